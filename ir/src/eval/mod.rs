@@ -1,0 +1,228 @@
+//! The reference evaluator: what every op means, computed in f32 with each result rounded to
+//! its node's dtype. It is the oracle every later backend is checked against, so it favours
+//! plain loops over cleverness, except for matmul (a CPU GEMM crate) so that the real model
+//! runs at a usable speed.
+
+mod elementwise;
+mod linalg;
+mod movement;
+
+use std::collections::HashMap;
+
+use crate::dtype::DType;
+use crate::graph::{Graph, NodeId};
+use crate::op::Op;
+use crate::print::node_label;
+use crate::shape::{Bindings, Dim, Sym};
+use crate::tensor::Tensor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("graph input {0:?} was not supplied")]
+    MissingInput(String),
+    #[error("graph input {name:?}: expected {expected}, found {found}")]
+    InputType { name: String, expected: String, found: String },
+    #[error("weight {0:?} was not supplied")]
+    MissingWeight(String),
+    #[error("weight {name:?}: expected {expected}, found {found}")]
+    WeightType { name: String, expected: String, found: String },
+    #[error("symbol {sym} is bound to both {a} and {b}")]
+    Binding { sym: &'static str, a: usize, b: usize },
+    #[error("node {node}: {message}")]
+    Node { node: String, message: String },
+    #[error("graph has a cycle")]
+    Cycle,
+}
+
+/// Where the evaluator finds parameters.
+pub trait WeightSource {
+    fn weight(&self, name: &str) -> Option<&Tensor>;
+}
+
+impl WeightSource for HashMap<String, Tensor> {
+    fn weight(&self, name: &str) -> Option<&Tensor> {
+        self.get(name)
+    }
+}
+
+/// A value in the evaluator's table: weights are borrowed, computed values owned.
+enum Val<'w> {
+    Owned(Tensor),
+    Borrowed(&'w Tensor),
+}
+
+impl Val<'_> {
+    fn get(&self) -> &Tensor {
+        match self {
+            Val::Owned(t) => t,
+            Val::Borrowed(t) => t,
+        }
+    }
+}
+
+/// Evaluates `graph` on `inputs` (by graph-input name) and returns every graph output by name.
+/// Inputs are taken by value so that a KV cache can be appended to in place when it is not
+/// used again.
+pub fn eval(
+    graph: &Graph,
+    mut inputs: HashMap<String, Tensor>,
+    weights: &dyn WeightSource,
+) -> Result<HashMap<String, Tensor>, EvalError> {
+    let order = graph.topo_order().ok_or(EvalError::Cycle)?;
+    let bindings = bind(graph, &inputs)?;
+    let mut remaining_uses: HashMap<NodeId, usize> = HashMap::new();
+    for &id in &order {
+        for x in graph.operands(id) {
+            *remaining_uses.entry(x).or_insert(0) += 1;
+        }
+    }
+    for (_, id) in graph.outputs() {
+        *remaining_uses.entry(*id).or_insert(0) += 1;
+    }
+    // Indexed by node index; never resized while evaluating.
+    let mut values: Vec<Option<Val>> = (0..graph.node_bound()).map(|_| None).collect();
+    for &id in &order {
+        let node = graph.node(id);
+        let val = match &node.op {
+            Op::Input { name } => Val::Owned(inputs.remove(name).ok_or_else(|| EvalError::MissingInput(name.clone()))?),
+            Op::Weight { name } => {
+                let w = weights.weight(name).ok_or_else(|| EvalError::MissingWeight(name.clone()))?;
+                let expected = node.shape.resolve(&bindings);
+                if w.shape() != expected || w.dtype() != node.dtype {
+                    return Err(EvalError::WeightType {
+                        name: name.clone(),
+                        expected: format!("{}{:?}", node.dtype, expected),
+                        found: format!("{}{:?}", w.dtype(), w.shape()),
+                    });
+                }
+                Val::Borrowed(w)
+            }
+            Op::Constant { values } => {
+                let shape = node.shape.resolve(&bindings);
+                Val::Owned(Tensor::from_f32(node.dtype, shape, values.to_vec()))
+            }
+            op => {
+                let operands = graph.operands(id);
+                // Operands at their last use leave the table; an owned one may be consumed
+                // by the op (kv_append appends in place).
+                let mut taken: Vec<(NodeId, Val)> = Vec::new();
+                for x in &operands {
+                    let uses = remaining_uses.get_mut(x).expect("operand counted");
+                    *uses -= 1;
+                    if *uses == 0 {
+                        taken.push((*x, values[x.index()].take().expect("operand evaluated")));
+                    }
+                }
+                let consumable = match taken.iter().position(|(x, v)| *x == operands[0] && matches!(v, Val::Owned(_))) {
+                    Some(i) if matches!(op, Op::KvAppend) && operands[1] != operands[0] => match taken.swap_remove(i).1
+                    {
+                        Val::Owned(t) => Some(t),
+                        Val::Borrowed(_) => None,
+                    },
+                    _ => None,
+                };
+                let lookup = |x: &NodeId| -> &Tensor {
+                    match taken.iter().find(|(y, _)| y == x) {
+                        Some((_, v)) => v.get(),
+                        None => values[x.index()].as_ref().expect("operand evaluated").get(),
+                    }
+                };
+                let args: Vec<&Tensor> = operands
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| match (i, &consumable) {
+                        (0, Some(c)) => c,
+                        _ => lookup(x),
+                    })
+                    .collect();
+                let out_shape = node.shape.resolve(&bindings);
+                let result = match (op, consumable.is_some()) {
+                    (Op::KvAppend, true) => {
+                        let new = args[1].clone();
+                        drop(args);
+                        Ok(movement::append_rows(consumable.expect("checked"), &new))
+                    }
+                    _ => apply(op, node.dtype, &out_shape, &args),
+                };
+                let result = result.map_err(|message| EvalError::Node { node: node_label(graph, id), message })?;
+                if result.shape() != out_shape.as_slice() {
+                    let message = format!("computed shape {:?}, the graph says {:?}", result.shape(), out_shape);
+                    return Err(EvalError::Node { node: node_label(graph, id), message });
+                }
+                Val::Owned(result)
+            }
+        };
+        values[id.index()] = Some(val);
+    }
+    let mut out = HashMap::new();
+    for (name, id) in graph.outputs() {
+        let t = values[id.index()].as_ref().map(|v| v.get().clone());
+        out.insert(name.clone(), t.ok_or_else(|| EvalError::MissingInput(name.clone()))?);
+    }
+    Ok(out)
+}
+
+/// Binds the symbolic dims from the shapes of the supplied inputs and checks every input's
+/// dtype and fixed dims.
+fn bind(graph: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Bindings, EvalError> {
+    let mut found: HashMap<Sym, usize> = graph.pins().iter().copied().collect();
+    for (name, id) in graph.inputs() {
+        let node = graph.node(id);
+        let t = inputs.get(&name).ok_or_else(|| EvalError::MissingInput(name.clone()))?;
+        let mismatch = || EvalError::InputType {
+            name: name.clone(),
+            expected: format!("{}{}", node.dtype, node.shape),
+            found: format!("{}{:?}", t.dtype(), t.shape()),
+        };
+        if t.dtype() != node.dtype || t.shape().len() != node.shape.rank() {
+            return Err(mismatch());
+        }
+        for (d, &n) in node.shape.dims().iter().zip(t.shape()) {
+            match d {
+                Dim::Fixed(f) if *f != n => return Err(mismatch()),
+                Dim::Fixed(_) => {}
+                Dim::Sym(s) => {
+                    if let Some(&prev) = found.get(s) {
+                        if prev != n {
+                            return Err(EvalError::Binding { sym: s.name(), a: prev, b: n });
+                        }
+                    }
+                    found.insert(*s, n);
+                }
+            }
+        }
+    }
+    let b = Bindings {
+        batch: found.get(&Sym::Batch).copied().unwrap_or(1),
+        new_tokens: found.get(&Sym::NewTokens).copied().unwrap_or(0),
+        cached_tokens: found.get(&Sym::CachedTokens).copied().unwrap_or(0),
+    };
+    if let Some(&total) = found.get(&Sym::TotalTokens) {
+        if total != b.cached_tokens + b.new_tokens {
+            return Err(EvalError::Binding { sym: "P+T", a: b.cached_tokens + b.new_tokens, b: total });
+        }
+    }
+    Ok(b)
+}
+
+fn apply(op: &Op, dtype: DType, out_shape: &[usize], args: &[&Tensor]) -> Result<Tensor, String> {
+    let a = |i: usize| args[i];
+    Ok(match op {
+        Op::Unary(u) => elementwise::unary(*u, a(0), dtype),
+        Op::Binary(b) => elementwise::binary(*b, a(0), a(1), dtype, out_shape),
+        Op::Reduce { op, axis } => elementwise::reduce(*op, a(0), *axis, dtype),
+        Op::Cast { to } => elementwise::cast(a(0), *to),
+        Op::MatMul => linalg::matmul(a(0), a(1), dtype),
+        Op::Attention { scale } => linalg::attention(a(0), a(1), a(2), *scale, dtype)?,
+        Op::ArgMax { axis } => elementwise::argmax(a(0), *axis),
+        Op::Gather => movement::gather(a(0), a(1))?,
+        Op::Reshape { .. } => a(0).clone().reshaped(out_shape.to_vec()),
+        Op::Slice { axis, start, end } => movement::slice(a(0), *axis, *start, *end)?,
+        Op::Concat { axis } => movement::concat(args, *axis),
+        Op::KvAppend => movement::append_rows(a(0).clone(), a(1)),
+        Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. } => return Err(format!("{} is a leaf", op.kind())),
+    })
+}
+
+#[cfg(test)]
+mod tests;

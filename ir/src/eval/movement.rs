@@ -1,0 +1,88 @@
+//! Ops that move data without arithmetic: gather, slice, concat, KV append.
+
+use super::elementwise::around;
+use crate::op::Bound;
+use crate::tensor::{Data, Tensor};
+
+fn rebuild(like: &Tensor, shape: Vec<usize>, data: Data) -> Tensor {
+    match data {
+        Data::F32(v) => Tensor::from_stored(like.dtype(), shape, v),
+        Data::I32(v) => Tensor::from_i32(shape, v),
+    }
+}
+
+/// Copies `rows` of `inner` elements each, chosen by `pick`, out of `src`.
+fn gather_rows<T: Copy>(src: &[T], inner: usize, rows: impl Iterator<Item = usize>) -> Vec<T> {
+    let mut out = Vec::new();
+    for r in rows {
+        out.extend_from_slice(&src[r * inner..(r + 1) * inner]);
+    }
+    out
+}
+
+pub fn gather(table: &Tensor, ids: &Tensor) -> Result<Tensor, String> {
+    let ids = ids.i32s().ok_or("gather ids must be i32")?;
+    let (rows, width) = (table.shape()[0], table.shape()[1]);
+    if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= rows) {
+        return Err(format!("token id {bad} is out of range for a table of {rows} rows"));
+    }
+    let idx = ids.iter().map(|&i| i as usize);
+    let table_f = table.f32s().ok_or("gather table must be float")?;
+    let mut shape: Vec<usize> = vec![ids.len()];
+    shape.push(width);
+    Ok(Tensor::from_stored(table.dtype(), shape, gather_rows(table_f, width, idx)))
+}
+
+pub fn slice(x: &Tensor, axis: usize, start: Bound, end: Bound) -> Result<Tensor, String> {
+    let (outer, len, inner) = around(x.shape(), axis);
+    let (s, e) = match (start.resolve(len), end.resolve(len)) {
+        (Some(s), Some(e)) if s < e => (s, e),
+        _ => return Err(format!("slice {start}:{end} out of range for an axis of {len}")),
+    };
+    // View the tensor as [outer * len, inner] rows and keep rows s..e of every outer block.
+    let rows = (0..outer).flat_map(|o| (s..e).map(move |k| o * len + k));
+    let data = match x.data() {
+        Data::F32(v) => Data::F32(gather_rows(v, inner, rows)),
+        Data::I32(v) => Data::I32(gather_rows(v, inner, rows)),
+    };
+    let mut shape = x.shape().to_vec();
+    shape[axis] = e - s;
+    Ok(rebuild(x, shape, data))
+}
+
+pub fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
+    let first = parts[0];
+    let (outer, _, inner) = around(first.shape(), axis);
+    let total: usize = parts.iter().map(|p| p.shape()[axis]).sum();
+    let mut out: Vec<f32> = Vec::with_capacity(outer * total * inner);
+    let vals: Vec<Vec<f32>> = parts.iter().map(|p| p.to_f32_vec()).collect();
+    for o in 0..outer {
+        for (p, v) in parts.iter().zip(&vals) {
+            let chunk = p.shape()[axis] * inner;
+            out.extend_from_slice(&v[o * chunk..(o + 1) * chunk]);
+        }
+    }
+    let mut shape = first.shape().to_vec();
+    shape[axis] = total;
+    match first.dtype() {
+        crate::DType::I32 => Tensor::from_i32(shape, out.into_iter().map(|f| f as i32).collect()),
+        d => Tensor::from_f32(d, shape, out),
+    }
+}
+
+/// Appends `new`'s rows (axis 0) to `cache`, reusing `cache`'s allocation.
+pub fn append_rows(cache: Tensor, new: &Tensor) -> Tensor {
+    let mut shape = cache.shape().to_vec();
+    shape[0] += new.shape()[0];
+    let dtype = cache.dtype();
+    match cache.into_data() {
+        Data::F32(mut v) => {
+            v.extend(new.to_f32_vec().into_iter().map(|x| dtype.round(x)));
+            Tensor::from_stored(dtype, shape, v)
+        }
+        Data::I32(mut v) => {
+            v.extend(new.i32s().unwrap_or_default());
+            Tensor::from_i32(shape, v)
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! smelt's tensor IR: dtypes, symbolic shapes, the op set, the graph and its builder, the
+//! verifier, the text and DOT printers, and `eval`, the reference meaning of every op.
+
+pub mod builder;
+pub mod cost;
+pub mod dtype;
+pub mod error;
+pub mod eval;
+pub mod graph;
+pub mod infer;
+pub mod op;
+pub mod print;
+pub mod shape;
+pub mod tensor;
+pub mod verify;
+
+pub use builder::Builder;
+pub use dtype::DType;
+pub use error::IrError;
+pub use eval::{eval, EvalError, WeightSource};
+pub use graph::{Graph, Node, NodeId};
+pub use op::{BinaryOp, Bound, Op, ReduceOp, UnaryOp};
+pub use shape::{Bindings, Dim, Shape, Sym};
+pub use tensor::{Data, Tensor};

@@ -1,0 +1,206 @@
+//! The op set: the primitive operations Qwen3 is declared in.
+//!
+//! Ops are deliberately small (RMSNorm is square → mean → add → rsqrt → mul → mul) so that
+//! fusion is the passes' work. Attention is one op: its fused form is a kernel family of its own.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::dtype::DType;
+use crate::shape::Shape;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Square,
+    Sqrt,
+    Rsqrt,
+    Recip,
+    Sigmoid,
+    /// `x * sigmoid(x)`, one op as in HF's `ACT2FN["silu"]`.
+    Silu,
+    Cos,
+    Sin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+}
+
+/// A slice bound counted from the start or, like Python's negative indices, from the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bound {
+    FromStart(usize),
+    FromEnd(usize),
+}
+
+impl Bound {
+    /// The index this bound denotes in an axis of `len`, if it is within `0..=len`.
+    pub fn resolve(self, len: usize) -> Option<usize> {
+        match self {
+            Bound::FromStart(i) => (i <= len).then_some(i),
+            Bound::FromEnd(i) => len.checked_sub(i),
+        }
+    }
+}
+
+impl fmt::Display for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Bound::FromStart(i) => write!(f, "{i}"),
+            Bound::FromEnd(0) => f.write_str("end"),
+            Bound::FromEnd(i) => write!(f, "end-{i}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A value supplied per run (token ids, positions, KV caches).
+    Input {
+        name: String,
+    },
+    /// A parameter loaded from the checkpoint.
+    Weight {
+        name: String,
+    },
+    /// A constant baked into the graph (a scalar like RMSNorm's eps, RoPE's inverse frequencies).
+    Constant {
+        values: Arc<Vec<f32>>,
+    },
+    Unary(UnaryOp),
+    /// Elementwise with NumPy broadcasting.
+    Binary(BinaryOp),
+    /// Reduction over one axis, which is kept with size 1 (`keepdim=True`).
+    Reduce {
+        op: ReduceOp,
+        axis: usize,
+    },
+    /// `a[.., M, K] @ b[N, K]^T -> [.., M, N]`: `b` in `nn.Linear`'s weight layout.
+    MatMul,
+    /// Rows of `table[V, D]` picked by `ids[..]` (i32) -> `[.., D]`.
+    Gather,
+    /// Same elements, new shape.
+    Reshape {
+        to: Shape,
+    },
+    /// `x[start:end]` along `axis`.
+    Slice {
+        axis: usize,
+        start: Bound,
+        end: Bound,
+    },
+    Concat {
+        axis: usize,
+    },
+    Cast {
+        to: DType,
+    },
+    /// Appends this step's keys or values `[T, KVH, D]` to a cache `[P, KVH, D]`, giving
+    /// `[P+T, KVH, D]`. The runtime does this in place; the graph states it as a value.
+    KvAppend,
+    /// Causal grouped-query attention. `q[T, H, D]`, `k[S, KVH, D]`, `v[S, KVH, D]` ->
+    /// `[T, H, D]`. Query `t` sits at position `S-T+t` and sees keys `0..=S-T+t`; query head
+    /// `h` reads KV head `h / (H/KVH)`. Scores are `(q·k) * scale`, softmax in f32.
+    Attention {
+        scale: f32,
+    },
+    /// Index of the largest element along `axis` (first on ties); the axis is removed; i32.
+    ArgMax {
+        axis: usize,
+    },
+}
+
+impl Op {
+    /// The op's kind as printed and counted ("matmul", "add", ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Weight { .. } => "weight",
+            Op::Constant { .. } => "constant",
+            Op::Unary(u) => match u {
+                UnaryOp::Neg => "neg",
+                UnaryOp::Exp => "exp",
+                UnaryOp::Square => "square",
+                UnaryOp::Sqrt => "sqrt",
+                UnaryOp::Rsqrt => "rsqrt",
+                UnaryOp::Recip => "recip",
+                UnaryOp::Sigmoid => "sigmoid",
+                UnaryOp::Silu => "silu",
+                UnaryOp::Cos => "cos",
+                UnaryOp::Sin => "sin",
+            },
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "add",
+                BinaryOp::Sub => "sub",
+                BinaryOp::Mul => "mul",
+                BinaryOp::Div => "div",
+                BinaryOp::Max => "max",
+            },
+            Op::Reduce { op, .. } => match op {
+                ReduceOp::Sum => "reduce_sum",
+                ReduceOp::Mean => "reduce_mean",
+                ReduceOp::Max => "reduce_max",
+            },
+            Op::MatMul => "matmul",
+            Op::Gather => "gather",
+            Op::Reshape { .. } => "reshape",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::Cast { .. } => "cast",
+            Op::KvAppend => "kv_append",
+            Op::Attention { .. } => "attention",
+            Op::ArgMax { .. } => "argmax",
+        }
+    }
+
+    /// Leaves take no operands and carry their type on the node.
+    pub fn is_leaf(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. })
+    }
+
+    /// The number of operands, or `None` for variadic ops (concat).
+    pub fn arity(&self) -> Option<usize> {
+        match self {
+            Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. } => Some(0),
+            Op::Unary(_) | Op::Reduce { .. } | Op::Reshape { .. } | Op::Slice { .. } => Some(1),
+            Op::Cast { .. } | Op::ArgMax { .. } => Some(1),
+            Op::Binary(_) | Op::MatMul | Op::Gather | Op::KvAppend => Some(2),
+            Op::Attention { .. } => Some(3),
+            Op::Concat { .. } => None,
+        }
+    }
+
+    /// Attributes as printed after the kind, e.g. `axis=1`; empty when there are none.
+    pub fn attrs(&self) -> String {
+        match self {
+            Op::Input { name } | Op::Weight { name } => format!("{name:?}"),
+            Op::Constant { values } if values.len() == 1 => format!("{:?}", values[0]),
+            Op::Constant { values } => {
+                let head: Vec<String> = values.iter().take(3).map(|v| format!("{v:?}")).collect();
+                format!("[{}, … {} values]", head.join(", "), values.len())
+            }
+            Op::Reduce { axis, .. } | Op::Concat { axis } | Op::ArgMax { axis } => {
+                format!("axis={axis}")
+            }
+            Op::Reshape { to } => format!("to={to}"),
+            Op::Slice { axis, start, end } => format!("axis={axis}, {start}:{end}"),
+            Op::Cast { to } => format!("to={to}"),
+            Op::Attention { scale } => format!("scale={scale:?}, causal"),
+            _ => String::new(),
+        }
+    }
+}

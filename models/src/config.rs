@@ -1,0 +1,301 @@
+//! Qwen3 `config.json`: parsed with serde, accepting both the transformers 4.x shape
+//! (`rope_theta`, `rope_scaling` at the top level) and the 5.x shape (`rope_parameters`), and
+//! validated so that a bad config names the field at fault instead of failing later.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use smelt_ir::DType;
+
+/// The Qwen3-0.6B `config.json` as published, embedded so `smelt compile` needs no files.
+pub const QWEN3_0_6B_CONFIG: &str = include_str!("../assets/qwen3/configs/qwen3-0.6b.json");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{origin}: not a valid config: {source}")]
+    Parse { origin: String, source: serde_json::Error },
+    #[error("{origin}: field `{field}`: {message}")]
+    Field { origin: String, field: &'static str, message: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct RawRope {
+    rope_type: Option<String>,
+    #[serde(rename = "type")]
+    legacy_type: Option<String>,
+    rope_theta: Option<f64>,
+}
+
+/// The fields of HF's `Qwen3Config` that smelt reads.
+#[derive(Clone, Debug, Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    vocab_size: i64,
+    hidden_size: i64,
+    intermediate_size: i64,
+    num_hidden_layers: i64,
+    num_attention_heads: i64,
+    num_key_value_heads: Option<i64>,
+    head_dim: Option<i64>,
+    max_position_embeddings: i64,
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<RawRope>,
+    rope_parameters: Option<RawRope>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    use_sliding_window: bool,
+    hidden_act: Option<String>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+    eos_token_id: Option<serde_json::Value>,
+}
+
+/// A validated Qwen3 configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Qwen3Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f64,
+    pub tie_word_embeddings: bool,
+    /// The dtype the checkpoint says it was saved in, if it says.
+    pub checkpoint_dtype: Option<DType>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl Qwen3Config {
+    /// The embedded Qwen3-0.6B config.
+    pub fn qwen3_0_6b() -> Qwen3Config {
+        Qwen3Config::from_json_str(QWEN3_0_6B_CONFIG, "embedded qwen3-0.6b config")
+            .expect("the embedded config is valid")
+    }
+
+    pub fn from_file(path: &Path) -> Result<Qwen3Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        Qwen3Config::from_json_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates; `origin` (a path) prefixes every error.
+    pub fn from_json_str(text: &str, origin: &str) -> Result<Qwen3Config, ConfigError> {
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|source| ConfigError::Parse { origin: origin.to_string(), source })?;
+        validate(raw, origin)
+    }
+
+    pub fn group_size(&self) -> usize {
+        self.num_heads / self.num_kv_heads
+    }
+
+    /// Parameters in the checkpoint, counting a tied embedding once.
+    pub fn parameter_count(&self) -> usize {
+        let (d, hd, i) = (self.hidden_size, self.head_dim, self.intermediate_size);
+        let attn = d * self.num_heads * hd * 2 + d * self.num_kv_heads * hd * 2 + 2 * hd;
+        let mlp = 3 * d * i;
+        let layer = attn + mlp + 2 * d;
+        let embed = self.vocab_size * d;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + head + self.num_layers * layer + d
+    }
+
+    /// KV-cache bytes per token of context in `dtype`.
+    pub fn kv_bytes_per_token(&self, dtype: DType) -> usize {
+        self.num_layers * 2 * self.num_kv_heads * self.head_dim * dtype.size_bytes()
+    }
+}
+
+fn validate(raw: RawConfig, origin: &str) -> Result<Qwen3Config, ConfigError> {
+    let err = |field: &'static str, message: String| ConfigError::Field { origin: origin.to_string(), field, message };
+    let positive = |field: &'static str, v: i64| -> Result<usize, ConfigError> {
+        if v > 0 {
+            Ok(v as usize)
+        } else {
+            Err(err(field, format!("must be positive, found {v}")))
+        }
+    };
+    if let Some(t) = raw.model_type.as_deref() {
+        if t != "qwen3" {
+            return Err(err("model_type", format!("expected \"qwen3\", found {t:?}")));
+        }
+    }
+    let vocab_size = positive("vocab_size", raw.vocab_size)?;
+    let hidden_size = positive("hidden_size", raw.hidden_size)?;
+    let intermediate_size = positive("intermediate_size", raw.intermediate_size)?;
+    let num_layers = positive("num_hidden_layers", raw.num_hidden_layers)?;
+    let num_heads = positive("num_attention_heads", raw.num_attention_heads)?;
+    let num_kv_heads = positive("num_key_value_heads", raw.num_key_value_heads.unwrap_or(raw.num_attention_heads))?;
+    let max_position_embeddings = positive("max_position_embeddings", raw.max_position_embeddings)?;
+    if num_heads % num_kv_heads != 0 {
+        let m = format!("num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})");
+        return Err(err("num_key_value_heads", m));
+    }
+    let head_dim = match raw.head_dim {
+        Some(h) => positive("head_dim", h)?,
+        None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+        None => {
+            return Err(err(
+                "head_dim",
+                format!("absent, and hidden_size {hidden_size} is not divisible by {num_heads} heads"),
+            ))
+        }
+    };
+    if head_dim % 2 != 0 {
+        return Err(err("head_dim", format!("must be even for rotary embeddings, found {head_dim}")));
+    }
+    if !(raw.rms_norm_eps > 0.0 && raw.rms_norm_eps < 1.0) {
+        return Err(err("rms_norm_eps", format!("must be in (0, 1), found {}", raw.rms_norm_eps)));
+    }
+    if raw.attention_bias {
+        return Err(err("attention_bias", "true is not supported (Qwen3 has no attention bias)".into()));
+    }
+    if raw.use_sliding_window {
+        return Err(err("use_sliding_window", "sliding-window attention is not supported".into()));
+    }
+    if let Some(act) = raw.hidden_act.as_deref() {
+        if act != "silu" {
+            return Err(err("hidden_act", format!("only \"silu\" is supported, found {act:?}")));
+        }
+    }
+    let rope_theta = rope_theta(&raw).map_err(|(field, m)| err(field, m))?;
+    let dtype_name = raw.dtype.as_deref().or(raw.torch_dtype.as_deref());
+    let checkpoint_dtype = match dtype_name {
+        None => None,
+        Some(name) => Some(DType::parse(name).filter(|d| d.is_float()).ok_or_else(|| {
+            err(if raw.dtype.is_some() { "dtype" } else { "torch_dtype" }, format!("unsupported dtype {name:?}"))
+        })?),
+    };
+    let eos_token_ids = token_ids(raw.eos_token_id.as_ref()).map_err(|m| err("eos_token_id", m))?;
+    Ok(Qwen3Config {
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        max_position_embeddings,
+        rms_norm_eps: raw.rms_norm_eps as f32,
+        rope_theta,
+        tie_word_embeddings: raw.tie_word_embeddings,
+        checkpoint_dtype,
+        eos_token_ids,
+    })
+}
+
+/// `rope_theta` from either config shape; any RoPE scaling other than the default is refused
+/// rather than silently ignored.
+fn rope_theta(raw: &RawConfig) -> Result<f64, (&'static str, String)> {
+    for (field, rope) in [("rope_parameters", &raw.rope_parameters), ("rope_scaling", &raw.rope_scaling)] {
+        if let Some(r) = rope {
+            if let Some(t) = r.rope_type.as_deref().or(r.legacy_type.as_deref()) {
+                if t != "default" {
+                    return Err((field, format!("rope_type {t:?} is not supported (only \"default\")")));
+                }
+            }
+        }
+    }
+    let theta = raw
+        .rope_parameters
+        .as_ref()
+        .and_then(|r| r.rope_theta)
+        .or(raw.rope_theta)
+        .ok_or(("rope_theta", "missing (neither top-level nor in rope_parameters)".to_string()))?;
+    if theta > 0.0 {
+        Ok(theta)
+    } else {
+        Err(("rope_theta", format!("must be positive, found {theta}")))
+    }
+}
+
+/// An id, a list of ids, or null.
+pub(crate) fn token_ids(v: Option<&serde_json::Value>) -> Result<Vec<u32>, String> {
+    let one = |x: &serde_json::Value| {
+        x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("{x} is not a token id"))
+    };
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(xs)) => xs.iter().map(one).collect(),
+        Some(x) => Ok(vec![one(x)?]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_0_6b() {
+        let c = Qwen3Config::qwen3_0_6b();
+        assert_eq!((c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim), (1024, 28, 16, 8, 128));
+        assert!(c.tie_word_embeddings);
+        assert_eq!(c.rope_theta, 1_000_000.0);
+        assert_eq!(c.kv_bytes_per_token(DType::BF16), 114_688);
+        // 0.6B: 596M parameters with the embedding counted once.
+        assert_eq!(c.parameter_count(), 596_049_920);
+    }
+
+    fn edit(f: impl FnOnce(&mut serde_json::Value)) -> Result<Qwen3Config, ConfigError> {
+        let mut v: serde_json::Value = serde_json::from_str(QWEN3_0_6B_CONFIG).unwrap();
+        f(&mut v);
+        Qwen3Config::from_json_str(&v.to_string(), "test.json")
+    }
+
+    fn field_of(r: Result<Qwen3Config, ConfigError>) -> &'static str {
+        match r {
+            Err(ConfigError::Field { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn transformers_5_rope_parameters() {
+        let c = edit(|v| {
+            let o = v.as_object_mut().unwrap();
+            o.remove("rope_theta");
+            o.remove("rope_scaling");
+            o.insert("rope_parameters".into(), serde_json::json!({"rope_type": "default", "rope_theta": 5e5}));
+        })
+        .unwrap();
+        assert_eq!(c.rope_theta, 5e5);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        assert_eq!(field_of(edit(|v| v["num_key_value_heads"] = 3.into())), "num_key_value_heads");
+        assert_eq!(field_of(edit(|v| v["hidden_size"] = 0.into())), "hidden_size");
+        assert_eq!(field_of(edit(|v| v["head_dim"] = (-4).into())), "head_dim");
+        assert_eq!(
+            field_of(edit(|v| v["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0}))),
+            "rope_scaling"
+        );
+        assert_eq!(
+            field_of(edit(|v| v["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 1e4}))),
+            "rope_parameters"
+        );
+        assert_eq!(field_of(edit(|v| v["model_type"] = "llama".into())), "model_type");
+        assert_eq!(field_of(edit(|v| v["attention_bias"] = true.into())), "attention_bias");
+        assert_eq!(field_of(edit(|v| v["torch_dtype"] = "int8".into())), "torch_dtype");
+        let e = edit(|v| v["num_key_value_heads"] = 3.into()).unwrap_err().to_string();
+        assert!(e.contains("test.json") && e.contains("num_key_value_heads"), "{e}");
+        assert!(matches!(edit(|v| v["vocab_size"] = "many".into()), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn eos_forms() {
+        assert_eq!(token_ids(Some(&serde_json::json!([1, 2]))).unwrap(), vec![1, 2]);
+        assert_eq!(token_ids(Some(&serde_json::json!(7))).unwrap(), vec![7]);
+        assert!(token_ids(Some(&serde_json::json!(-1))).is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! Qwen3 on the CPU backend: loads a Hugging Face model directory, runs prefill and decode
+//! steps over a KV cache, and generates.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use smelt_ir::{DType, EvalError, Graph, IrError, Tensor};
+use smelt_runtime::{Checkpoint, CpuState, HostWeights, WeightError};
+
+use crate::config::{token_ids, ConfigError, Qwen3Config};
+use crate::qwen3::{declare, DeclareOptions, Logits, Phase, LM_HEAD, LOGITS, POSITIONS, TOKEN_IDS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model directory {0} does not exist")]
+    NoDir(PathBuf),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error("building the graph: {0}")]
+    Ir(#[from] IrError),
+    #[error("evaluating the graph: {0}")]
+    Eval(#[from] EvalError),
+    #[error("token id {id} is out of range: the vocabulary has {vocab} entries")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("{needed} positions do not fit the context of {max} (max_position_embeddings)")]
+    ContextFull { needed: usize, max: usize },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("{path}: {message}")]
+    GenerationConfig { path: PathBuf, message: String },
+}
+
+/// The three graphs a CPU model runs.
+struct Graphs {
+    prefill_all: Graph,
+    prefill_last: Graph,
+    decode: Graph,
+}
+
+impl Graphs {
+    fn declare(cfg: &Qwen3Config, dtype: DType) -> Result<Graphs, IrError> {
+        let opts = |phase, logits| DeclareOptions { phase, dtype, logits };
+        Ok(Graphs {
+            prefill_all: declare(cfg, opts(Phase::Prefill, Logits::AllPositions))?,
+            prefill_last: declare(cfg, opts(Phase::Prefill, Logits::LastPosition))?,
+            decode: declare(cfg, opts(Phase::Decode, Logits::LastPosition))?,
+        })
+    }
+}
+
+pub struct Qwen3Cpu {
+    config: Qwen3Config,
+    dtype: DType,
+    graphs: Graphs,
+    weights: HostWeights,
+    state: CpuState,
+    position: usize,
+    eos_token_ids: Vec<u32>,
+    unused_tensors: Vec<String>,
+}
+
+impl Qwen3Cpu {
+    /// Loads `dir/config.json`, `dir/generation_config.json` (optional) and the safetensors
+    /// weights, validated against the graph before anything runs; computes in `dtype`.
+    pub fn load(dir: &Path, dtype: DType) -> Result<Qwen3Cpu, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::NoDir(dir.to_path_buf()));
+        }
+        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let graphs = Graphs::declare(&config, dtype)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        // Tied checkpoints may still carry lm_head.weight (the real 0.6B does): accept it.
+        let ignore: &[&str] = if config.tie_word_embeddings { &[LM_HEAD] } else { &[] };
+        let all = [&graphs.prefill_all, &graphs.prefill_last, &graphs.decode];
+        let (weights, unused_tensors) = HostWeights::load(&checkpoint, &all, ignore, dtype)?;
+        let mut eos_token_ids = generation_eos(dir)?.unwrap_or_default();
+        if eos_token_ids.is_empty() {
+            eos_token_ids = config.eos_token_ids.clone();
+        }
+        Ok(Qwen3Cpu {
+            config,
+            dtype,
+            graphs,
+            weights,
+            state: CpuState::new(),
+            position: 0,
+            eos_token_ids,
+            unused_tensors,
+        })
+    }
+
+    /// A model over weights already in memory (benchmarks, tests).
+    pub fn from_weights(
+        config: Qwen3Config,
+        weights: HashMap<String, Tensor>,
+        dtype: DType,
+    ) -> Result<Qwen3Cpu, ModelError> {
+        let graphs = Graphs::declare(&config, dtype)?;
+        let eos_token_ids = config.eos_token_ids.clone();
+        let weights = HostWeights::from_map(weights);
+        Ok(Qwen3Cpu {
+            config,
+            dtype,
+            graphs,
+            weights,
+            state: CpuState::new(),
+            position: 0,
+            eos_token_ids,
+            unused_tensors: Vec::new(),
+        })
+    }
+
+    pub fn config(&self) -> &Qwen3Config {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Ids that end generation: `generation_config.json`'s, else `config.json`'s.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_ids
+    }
+
+    /// Checkpoint tensors the model does not use (worth a warning).
+    pub fn unused_tensors(&self) -> &[String] {
+        &self.unused_tensors
+    }
+
+    /// Tokens in the KV cache.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Starts a new sequence.
+    pub fn reset(&mut self) {
+        self.state.reset();
+        self.position = 0;
+    }
+
+    /// Appends `ids` to the sequence and returns f32 logits: `[ids.len(), vocab]` for
+    /// `AllPositions`, `[1, vocab]` for `LastPosition`.
+    pub fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
+        if ids.is_empty() {
+            return Err(ModelError::EmptyPrompt);
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::TokenOutOfRange { id, vocab });
+        }
+        let needed = self.position + ids.len();
+        if needed > self.config.max_position_embeddings {
+            return Err(ModelError::ContextFull { needed, max: self.config.max_position_embeddings });
+        }
+        let graph = match (ids.len(), logits) {
+            (1, Logits::LastPosition) => &self.graphs.decode,
+            (_, Logits::LastPosition) => &self.graphs.prefill_last,
+            (_, Logits::AllPositions) => &self.graphs.prefill_all,
+        };
+        let n = ids.len();
+        let positions = (self.position..needed).map(|p| p as i32).collect();
+        let inputs = HashMap::from([
+            (TOKEN_IDS.to_string(), Tensor::from_i32(vec![n], ids.iter().map(|&i| i as i32).collect())),
+            (POSITIONS.to_string(), Tensor::from_i32(vec![n], positions)),
+        ]);
+        let mut out = self.state.run(graph, &self.weights, inputs)?;
+        self.position = needed;
+        Ok(out.remove(LOGITS).expect("the graph outputs logits"))
+    }
+}
+
+/// `eos_token_id` from `dir/generation_config.json`, if the file exists.
+fn generation_eos(dir: &Path) -> Result<Option<Vec<u32>>, ModelError> {
+    let path = dir.join("generation_config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bad = |message: String| ModelError::GenerationConfig { path: path.clone(), message };
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    token_ids(v.get("eos_token_id")).map(Some).map_err(|m| bad(format!("eos_token_id: {m}")))
+}
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug)]
+pub enum Sampling {
+    Greedy,
+    /// Softmax at `temperature`, drawn with a seeded generator (same seed, same output).
+    Temperature {
+        temperature: f32,
+        seed: u64,
+    },
+}
+
+/// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new id as
+/// soon as it is chosen. Stops at an EOS id (which is returned but is the last), at
+/// `max_new_tokens`, or when the context is full.
+pub fn generate(
+    model: &mut Qwen3Cpu,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    sampling: Sampling,
+    mut on_token: impl FnMut(u32),
+) -> Result<Vec<u32>, ModelError> {
+    model.reset();
+    if prompt.len() > model.config().max_position_embeddings {
+        let max = model.config().max_position_embeddings;
+        return Err(ModelError::ContextFull { needed: prompt.len(), max });
+    }
+    let mut rng = crate::sample::SplitMix64::new(match sampling {
+        Sampling::Temperature { seed, .. } => seed,
+        Sampling::Greedy => 0,
+    });
+    let mut out = Vec::new();
+    let mut logits = model.forward(prompt, Logits::LastPosition)?;
+    while out.len() < max_new_tokens {
+        let row = logits.f32s().expect("logits are f32");
+        let next = match sampling {
+            Sampling::Greedy => crate::sample::argmax(row),
+            Sampling::Temperature { temperature, .. } => crate::sample::sample(row, temperature, &mut rng),
+        };
+        out.push(next);
+        on_token(next);
+        let done = model.eos_token_ids().contains(&next)
+            || out.len() == max_new_tokens
+            || model.position() >= model.config().max_position_embeddings;
+        if done {
+            break;
+        }
+        logits = model.forward(&[next], Logits::LastPosition)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,14 @@
+//! Qwen3 for smelt: the config, the model declared as IR, the tokenizer and chat template,
+//! and the generation loop over a runtime backend.
+
+pub mod chat;
+pub mod config;
+pub mod engine;
+pub mod qwen3;
+pub mod sample;
+pub mod tokenizer;
+
+pub use chat::{ChatError, ChatMessage, ChatTemplate};
+pub use config::{ConfigError, Qwen3Config};
+pub use engine::{generate, ModelError, Qwen3Cpu, Sampling};
+pub use tokenizer::{IncrementalDecoder, Tokenizer, TokenizerError};

@@ -1,0 +1,211 @@
+//! Qwen3 declared as an IR graph in primitive ops, following HF transformers'
+//! `modeling_qwen3.py` line by line: RMSNorm and RoPE are written out so that fusing them is
+//! the passes' work. Activations are token-major: `[T, hidden]`, heads as `[T, H, head_dim]`.
+
+use smelt_ir::shape;
+use smelt_ir::{BinaryOp, Bound, Builder, DType, Graph, IrError, NodeId, ReduceOp, Shape, Sym, UnaryOp};
+
+use crate::config::Qwen3Config;
+
+pub const TOKEN_IDS: &str = "token_ids";
+pub const POSITIONS: &str = "positions";
+pub const LOGITS: &str = "logits";
+pub const NEXT_TOKEN: &str = "next_token";
+pub const EMBED: &str = "model.embed_tokens.weight";
+pub const LM_HEAD: &str = "lm_head.weight";
+
+/// The graph input (and output) holding layer `layer`'s key or value cache.
+pub fn kv_name(layer: usize, kind: KvKind) -> String {
+    let k = match kind {
+        KvKind::Key => "k",
+        KvKind::Value => "v",
+    };
+    format!("cache.l{layer:02}.{k}")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvKind {
+    Key,
+    Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Any number of new tokens `T` after `P` cached ones.
+    Prefill,
+    /// Exactly one new token.
+    Decode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Logits at every new position (`smelt logits`).
+    AllPositions,
+    /// Only the last position's (generation); skips most of the lm_head work in prefill.
+    LastPosition,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct DeclareOptions {
+    pub phase: Phase,
+    /// The execution dtype of weights, activations and the KV cache.
+    pub dtype: DType,
+    pub logits: Logits,
+}
+
+/// Declares Qwen3 for `cfg`. Inputs: `token_ids` i32[T], `positions` i32[T], and per layer
+/// `cache.lNN.k`/`.v` [P, KVH, head_dim]. Outputs: `logits` f32, `next_token` (greedy) i32,
+/// and every updated cache under its input's name, so a runtime feeds them back next step.
+pub fn declare(cfg: &Qwen3Config, opts: DeclareOptions) -> Result<Graph, IrError> {
+    let dt = opts.dtype;
+    let t: smelt_ir::Dim = match opts.phase {
+        Phase::Prefill => Sym::NewTokens.into(),
+        Phase::Decode => 1.into(),
+    };
+    let mut b = Builder::new();
+    if opts.phase == Phase::Decode {
+        b.pin(Sym::NewTokens, 1);
+    }
+    let ids = b.input(TOKEN_IDS, DType::I32, Shape::new([t]));
+    let positions = b.input(POSITIONS, DType::I32, Shape::new([t]));
+    let d = cfg.hidden_size;
+
+    let embed = b.weight(EMBED, dt, shape![cfg.vocab_size, d])?;
+    let mut h = b.gather("embed", embed, ids)?;
+    let (cos, sin) = b.scoped("rope", |b| rope_tables(b, cfg, positions, dt))?;
+    for layer in 0..cfg.num_layers {
+        h = b.scoped(&format!("l{layer:02}"), |b| decoder_layer(b, cfg, layer, h, cos, sin, dt))?;
+    }
+    let h = b.scoped("final_norm", |b| rms_norm(b, h, "model.norm.weight", cfg.rms_norm_eps))?;
+    let h = match opts.logits {
+        Logits::AllPositions => h,
+        Logits::LastPosition => b.slice("last_position", h, 0, Bound::FromEnd(1), Bound::FromEnd(0))?,
+    };
+    let head_name = if cfg.tie_word_embeddings { EMBED } else { LM_HEAD };
+    let head = b.weight(head_name, dt, shape![cfg.vocab_size, d])?;
+    let logits = b.matmul("lm_head", h, head)?;
+    let logits = b.cast("logits_f32", logits, DType::F32)?;
+    let next = b.op("greedy", smelt_ir::Op::ArgMax { axis: 1 }, &[logits])?;
+    b.output(LOGITS, logits)?;
+    b.output(NEXT_TOKEN, next)?;
+    b.finish()
+}
+
+/// HF's `Qwen3RMSNorm`: in f32, `x * rsqrt(mean(x²) + eps)`, cast back, then times the weight.
+fn rms_norm(b: &mut Builder, x: NodeId, weight: &str, eps: f32) -> Result<NodeId, IrError> {
+    let dt = b.dtype(x);
+    let last = b.shape(x).rank() - 1;
+    let width = b.shape(x).last().expect("rank >= 1");
+    let w = b.weight(weight, dt, Shape::new([width]))?;
+    let x32 = b.cast("to_f32", x, DType::F32)?;
+    let sq = b.unary("square", UnaryOp::Square, x32)?;
+    let var = b.reduce("mean", ReduceOp::Mean, sq, last)?;
+    let eps = b.scalar("eps", DType::F32, eps)?;
+    let var = b.add("add_eps", var, eps)?;
+    let inv = b.unary("rsqrt", UnaryOp::Rsqrt, var)?;
+    let y = b.mul("normalize", x32, inv)?;
+    let y = b.cast("to_input_dtype", y, dt)?;
+    b.mul("scale", w, y)
+}
+
+/// cos and sin of `position * inv_freq`, in f32 as HF computes them (bf16 angles lose
+/// precision past a few hundred positions), cast to the model dtype, shaped `[T, 1, hd]` to
+/// broadcast over heads.
+fn rope_tables(b: &mut Builder, cfg: &Qwen3Config, positions: NodeId, dt: DType) -> Result<(NodeId, NodeId), IrError> {
+    let hd = cfg.head_dim;
+    // HF: 1 / base ** (arange(0, dim, 2) / dim), in f32.
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| {
+            let exponent = (2 * i) as f32 / hd as f32;
+            1.0 / (cfg.rope_theta as f32).powf(exponent)
+        })
+        .collect();
+    let inv_freq = b.constant("inv_freq", DType::F32, shape![hd / 2], inv_freq)?;
+    let t = b.shape(positions).dims()[0];
+    let pos = b.cast("positions_f32", positions, DType::F32)?;
+    let pos = b.reshape("positions_col", pos, Shape::new([t, 1.into()]))?;
+    let freqs = b.mul("freqs", pos, inv_freq)?;
+    let emb = b.concat("emb", &[freqs, freqs], 1)?;
+    let mut out = Vec::new();
+    for (name, op) in [("cos", UnaryOp::Cos), ("sin", UnaryOp::Sin)] {
+        let x = b.unary(name, op, emb)?;
+        let x = b.cast(&format!("{name}_cast"), x, dt)?;
+        out.push(b.reshape(&format!("{name}_heads"), x, Shape::new([t, 1.into(), hd.into()]))?);
+    }
+    Ok((out[0], out[1]))
+}
+
+/// HF's `apply_rotary_pos_emb` for one tensor: `x * cos + rotate_half(x) * sin`, where
+/// `rotate_half(x) = cat(-x[.., d/2:], x[.., :d/2])` (the NeoX split-half layout).
+fn apply_rope(b: &mut Builder, x: NodeId, cos: NodeId, sin: NodeId, hd: usize) -> Result<NodeId, IrError> {
+    let half = hd / 2;
+    let x1 = b.slice("x1", x, 2, Bound::FromStart(0), Bound::FromStart(half))?;
+    let x2 = b.slice("x2", x, 2, Bound::FromStart(half), Bound::FromStart(hd))?;
+    let neg = b.unary("neg_x2", UnaryOp::Neg, x2)?;
+    let rotated = b.concat("rotate_half", &[neg, x1], 2)?;
+    let a = b.mul("x_cos", x, cos)?;
+    let c = b.mul("rot_sin", rotated, sin)?;
+    b.add("rope", a, c)
+}
+
+fn linear(b: &mut Builder, name: &str, x: NodeId, weight: &str, out: usize, dt: DType) -> Result<NodeId, IrError> {
+    let inp = b.shape(x).last().expect("rank >= 1");
+    let w = b.weight(weight, dt, Shape::new([out.into(), inp]))?;
+    b.matmul(name, x, w)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decoder_layer(
+    b: &mut Builder,
+    cfg: &Qwen3Config,
+    layer: usize,
+    h: NodeId,
+    cos: NodeId,
+    sin: NodeId,
+    dt: DType,
+) -> Result<NodeId, IrError> {
+    let p = format!("model.layers.{layer}");
+    let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+    let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+    let t = b.shape(h).dims()[0];
+
+    let x = b.scoped("input_norm", |b| rms_norm(b, h, &format!("{p}.input_layernorm.weight"), cfg.rms_norm_eps))?;
+    let attn = b.scoped("attn", |b| -> Result<NodeId, IrError> {
+        let q = linear(b, "q_proj", x, &format!("{p}.self_attn.q_proj.weight"), nh * hd, dt)?;
+        let k = linear(b, "k_proj", x, &format!("{p}.self_attn.k_proj.weight"), nkv * hd, dt)?;
+        let v = linear(b, "v_proj", x, &format!("{p}.self_attn.v_proj.weight"), nkv * hd, dt)?;
+        let q = b.reshape("q_heads", q, Shape::new([t, nh.into(), hd.into()]))?;
+        let k = b.reshape("k_heads", k, Shape::new([t, nkv.into(), hd.into()]))?;
+        let v = b.reshape("v_heads", v, Shape::new([t, nkv.into(), hd.into()]))?;
+        let q = b.scoped("q_norm", |b| rms_norm(b, q, &format!("{p}.self_attn.q_norm.weight"), cfg.rms_norm_eps))?;
+        let k = b.scoped("k_norm", |b| rms_norm(b, k, &format!("{p}.self_attn.k_norm.weight"), cfg.rms_norm_eps))?;
+        let q = b.scoped("q_rope", |b| apply_rope(b, q, cos, sin, hd))?;
+        let k = b.scoped("k_rope", |b| apply_rope(b, k, cos, sin, hd))?;
+        let cache_shape = shape![Sym::CachedTokens, nkv, hd];
+        let (kn, vn) = (kv_name(layer, KvKind::Key), kv_name(layer, KvKind::Value));
+        let k_cache = b.input(&kn, dt, cache_shape.clone());
+        let v_cache = b.input(&vn, dt, cache_shape);
+        let k_all = b.op("k_append", smelt_ir::Op::KvAppend, &[k_cache, k])?;
+        let v_all = b.op("v_append", smelt_ir::Op::KvAppend, &[v_cache, v])?;
+        b.output(&kn, k_all)?;
+        b.output(&vn, v_all)?;
+        let scale = (hd as f32).powf(-0.5);
+        let o = b.op("attention", smelt_ir::Op::Attention { scale }, &[q, k_all, v_all])?;
+        let o = b.reshape("merge_heads", o, Shape::new([t, (nh * hd).into()]))?;
+        linear(b, "o_proj", o, &format!("{p}.self_attn.o_proj.weight"), d, dt)
+    })?;
+    let h = b.add("attn_residual", h, attn)?;
+
+    let x = b.scoped("post_attn_norm", |b| {
+        rms_norm(b, h, &format!("{p}.post_attention_layernorm.weight"), cfg.rms_norm_eps)
+    })?;
+    let mlp = b.scoped("mlp", |b| -> Result<NodeId, IrError> {
+        let i = cfg.intermediate_size;
+        let gate = linear(b, "gate_proj", x, &format!("{p}.mlp.gate_proj.weight"), i, dt)?;
+        let up = linear(b, "up_proj", x, &format!("{p}.mlp.up_proj.weight"), i, dt)?;
+        let act = b.unary("silu", UnaryOp::Silu, gate)?;
+        let prod = b.binary("gate_up", BinaryOp::Mul, act, up)?;
+        linear(b, "down_proj", prod, &format!("{p}.mlp.down_proj.weight"), d, dt)
+    })?;
+    b.add("mlp_residual", h, mlp)
+}

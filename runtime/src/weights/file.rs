@@ -1,0 +1,159 @@
+//! Finding, mapping and parsing the safetensors files of a model directory.
+//!
+//! Headers are parsed once at open time into plain owned metadata (name → dtype, shape, absolute
+//! byte range, which file). Keeping owned metadata next to the `Mmap`s avoids a self-referential
+//! `SafeTensors<'mmap>` and lets every later access be a bounds-checked `get` on the map.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use super::error::WeightError;
+
+/// The single-file checkpoint name Hugging Face uses.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// The index of a sharded checkpoint.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// One mapped safetensors file.
+pub struct MappedFile {
+    pub path: PathBuf,
+    pub mmap: Mmap,
+}
+
+/// Where one tensor lives: `file` indexes `Opened::files`, `start..end` is absolute in that file.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub file: usize,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Everything `Checkpoint::open` produces.
+pub struct Opened {
+    pub files: Vec<MappedFile>,
+    pub entries: BTreeMap<String, Entry>,
+}
+
+/// Opens `dir/model.safetensors`, else `dir/model.safetensors.index.json` and its shards.
+/// The single file wins when both exist, as in `transformers`.
+pub fn open_dir(dir: &Path) -> Result<Opened, WeightError> {
+    let single = dir.join(SINGLE_FILE);
+    match map(&single) {
+        Ok(mmap) => {
+            let parsed = parse(&single, &mmap)?;
+            let entries = parsed.into_iter().map(|(n, e)| (n, e.in_file(0))).collect();
+            let files = vec![MappedFile { path: single, mmap }];
+            Ok(Opened { files, entries })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => open_index(dir),
+        Err(e) => Err(WeightError::io(&single, e)),
+    }
+}
+
+/// The part of the index we use; `metadata` (total size) and other keys are ignored.
+#[derive(Deserialize)]
+struct Index {
+    weight_map: BTreeMap<String, String>,
+}
+
+fn open_index(dir: &Path) -> Result<Opened, WeightError> {
+    let index_path = dir.join(INDEX_FILE);
+    let text = match fs::read_to_string(&index_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(WeightError::NoWeights { dir: dir.to_path_buf() }),
+        Err(e) => return Err(WeightError::io(&index_path, e)),
+    };
+    let bad = |reason: String| WeightError::BadIndex { path: index_path.clone(), reason };
+    let index: Index = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+
+    // Map each distinct shard once, in sorted order so `files` is deterministic.
+    let mut shard_ids: BTreeMap<String, usize> = BTreeMap::new();
+    for (name, shard) in &index.weight_map {
+        if !is_relative_file(shard) {
+            return Err(bad(format!("shard {shard:?} of tensor {name} is not a file name inside the model directory")));
+        }
+        shard_ids.insert(shard.clone(), 0);
+    }
+    let mut files = Vec::with_capacity(shard_ids.len());
+    let mut shard_tensors: Vec<HashMap<String, Entry>> = Vec::with_capacity(shard_ids.len());
+    for (shard, id) in shard_ids.iter_mut() {
+        let path = dir.join(shard);
+        let mmap = match map(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(WeightError::ShardMissing { index: index_path, shard: path })
+            }
+            Err(e) => return Err(WeightError::io(&path, e)),
+        };
+        *id = files.len();
+        shard_tensors.push(parse(&path, &mmap)?.into_iter().collect());
+        files.push(MappedFile { path, mmap });
+    }
+
+    // The index is authoritative: tensors a shard holds but the index omits are not visible,
+    // matching how `transformers` resolves names.
+    let mut entries = BTreeMap::new();
+    for (name, shard) in index.weight_map {
+        let id = shard_ids.get(shard.as_str()).copied();
+        let found = id.and_then(|id| Some(shard_tensors.get(id)?.get(&name)?.clone().in_file(id)));
+        let Some(entry) = found else {
+            return Err(WeightError::NotInShard { name, index: index_path, shard: dir.join(shard) });
+        };
+        entries.insert(name, entry);
+    }
+    Ok(Opened { files, entries })
+}
+
+impl Entry {
+    fn in_file(mut self, file: usize) -> Entry {
+        self.file = file;
+        self
+    }
+}
+
+/// Only plain relative paths (no `..`, no root) may name shards, so an index cannot point the
+/// loader outside the model directory.
+fn is_relative_file(name: &str) -> bool {
+    let path = Path::new(name);
+    !name.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+fn map(path: &Path) -> io::Result<Mmap> {
+    let file = fs::File::open(path)?;
+    // SAFETY: the map is read-only and private to this process. Like every mmap-based loader
+    // (safetensors' own docs included) we rely on the checkpoint not being modified or
+    // truncated by another process while it is open; all reads are bounds-checked against the
+    // length seen here, so malformed *contents* can never cause out-of-bounds access.
+    unsafe { Mmap::map(&file) }
+}
+
+/// Parses one file's header; every tensor's byte range is checked against the file length.
+fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Entry)>, WeightError> {
+    // `read_metadata` rejects short files, oversized header lengths, non-JSON headers, and
+    // headers whose offsets do not exactly cover the rest of the file (truncation).
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(bytes).map_err(|e| WeightError::malformed(path, e.to_string()))?;
+    let base = header_len.checked_add(8).ok_or_else(|| WeightError::malformed(path, "header length overflows"))?;
+    let mut out = Vec::new();
+    for (name, info) in metadata.tensors() {
+        let (s, e) = info.data_offsets;
+        let range = base.checked_add(s).zip(base.checked_add(e));
+        let Some((start, end)) = range.filter(|&(a, b)| a <= b && b <= bytes.len()) else {
+            return Err(WeightError::malformed(
+                path,
+                format!("tensor {name}: data offsets {s}..{e} lie outside the file"),
+            ));
+        };
+        let entry = Entry { file: 0, dtype: info.dtype, shape: info.shape.clone(), start, end };
+        out.push((name, entry));
+    }
+    Ok(out)
+}

@@ -1,0 +1,181 @@
+//! `smelt logits` and `smelt generate` on a Hugging Face model directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use smelt::ir::DType;
+use smelt::models::qwen3::Logits;
+use smelt::models::{generate as run_generation, Qwen3Cpu, Sampling, Tokenizer};
+
+use super::{io::write_atomically, model_dir_arg, parse_ids, DTypeArg, Device};
+
+#[derive(clap::Args)]
+pub struct LogitsArgs {
+    /// A Hugging Face model directory (config.json, *.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Comma-separated prompt token ids, e.g. 5,17,42.
+    #[arg(long)]
+    prompt_ids: String,
+    /// Output safetensors file; holds `logits`, f32, [T, vocab].
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    device: Device,
+    /// Execution dtype (the CPU reference computes in f32 by default).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DTypeArg,
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt as text (needs a tokenizer).
+    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    prompt: Option<String>,
+    /// The prompt as comma-separated token ids.
+    #[arg(long)]
+    prompt_ids: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Seed for sampling at temperature > 0.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the generated ids as a JSON array to this file.
+    #[arg(long)]
+    ids_out: Option<PathBuf>,
+    /// tokenizer.json to use instead of the model directory's.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    device: Device,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DTypeArg,
+}
+
+fn load(dir: &Path, dtype: DType) -> Result<Qwen3Cpu> {
+    let dir = model_dir_arg(dir)?;
+    let t0 = Instant::now();
+    let model = Qwen3Cpu::load(&dir, dtype).with_context(|| format!("loading {}", dir.display()))?;
+    for name in model.unused_tensors() {
+        eprintln!("warning: {}: tensor {name} is not used by the model", dir.display());
+    }
+    let c = model.config();
+    eprintln!(
+        "loaded {} ({} layers, hidden {}, vocab {}) in {:.2}s",
+        dir.display(),
+        c.num_layers,
+        c.hidden_size,
+        c.vocab_size,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(model)
+}
+
+pub fn logits(a: LogitsArgs) -> Result<()> {
+    a.device.require_cpu()?;
+    let ids = parse_ids(&a.prompt_ids)?;
+    let mut model = load(&a.model, a.dtype.into())?;
+    let t0 = Instant::now();
+    let logits = model.forward(&ids, Logits::AllPositions)?;
+    eprintln!("prefill of {} tokens in {:.2}s", ids.len(), t0.elapsed().as_secs_f64());
+    let values = logits.f32s().context("logits are not f32")?;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, logits.shape().to_vec(), &bytes)
+        .context("building the logits tensor")?;
+    let file = safetensors::serialize([("logits", view)], None).context("serializing logits")?;
+    write_atomically(&a.out, &file)?;
+    eprintln!("wrote logits {:?} to {}", logits.shape(), a.out.display());
+    Ok(())
+}
+
+fn tokenizer_for(a: &GenerateArgs) -> Result<Option<Tokenizer>> {
+    let path = match &a.tokenizer {
+        Some(p) => p.clone(),
+        None => a.model.join("tokenizer.json"),
+    };
+    if a.tokenizer.is_none() && !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(Tokenizer::from_file(&path)?))
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    a.device.require_cpu()?;
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        bail!("--temperature must be a finite number >= 0, got {}", a.temperature);
+    }
+    let tokenizer = tokenizer_for(&a)?;
+    let prompt = match (&a.prompt, &a.prompt_ids) {
+        (_, Some(ids)) => parse_ids(ids)?,
+        (Some(text), None) => match &tokenizer {
+            Some(t) => t.encode(text)?,
+            None => bail!(
+                "--prompt needs a tokenizer: {} has no tokenizer.json (pass --tokenizer or --prompt-ids)",
+                a.model.display()
+            ),
+        },
+        (None, None) => unreachable!("clap requires --prompt or --prompt-ids"),
+    };
+    let mut model = load(&a.model, a.dtype.into())?;
+    let sampling = match a.temperature {
+        t if t == 0.0 => Sampling::Greedy,
+        temperature => Sampling::Temperature { temperature, seed: a.seed },
+    };
+    if tokenizer.is_none() {
+        eprintln!("note: no tokenizer.json in {}: streaming token ids", a.model.display());
+    }
+    let mut decoder = tokenizer.as_ref().map(|t| t.decode_stream(false));
+    let mut stdout = std::io::stdout().lock();
+    let mut stream_error = None;
+    let t0 = Instant::now();
+    let ids = run_generation(&mut model, &prompt, a.max_new_tokens, sampling, |id| {
+        let text = match decoder.as_mut() {
+            Some(d) => match d.step(id) {
+                Ok(text) => text,
+                Err(e) => {
+                    stream_error.get_or_insert(e);
+                    None
+                }
+            },
+            None => Some(format!("{id} ")),
+        };
+        if let Some(text) = text {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        }
+    })?;
+    if let Some(d) = decoder {
+        match d.finish() {
+            Ok(Some(tail)) => {
+                let _ = stdout.write_all(tail.as_bytes());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                stream_error.get_or_insert(e);
+            }
+        }
+    }
+    let _ = writeln!(stdout);
+    if let Some(e) = stream_error {
+        return Err(e).context("decoding generated tokens");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{} prompt + {} generated tokens in {secs:.2}s ({:.2} tokens/s)",
+        prompt.len(),
+        ids.len(),
+        ids.len() as f64 / secs.max(1e-9)
+    );
+    if let Some(path) = &a.ids_out {
+        write_atomically(path, serde_json::to_string(&ids)?.as_bytes())?;
+    }
+    Ok(())
+}
