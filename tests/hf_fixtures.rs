@@ -77,3 +77,21 @@ fn gqa4_long_rope_1100_positions() {
 fn one_token_prompt() {
     check_fixture("one-token");
 }
+
+/// Executing in bf16 (weights, activations and KV cache rounded to bf16, as on the GPU) stays
+/// close to HF's f32 logits: whole-tensor relative error ≤ 2e-2, the bound the GPU backend
+/// is held to.
+#[test]
+fn bf16_execution_tracks_hf_f32() {
+    for name in ["gqa2-untied-bf16-sharded", "gqa4-long-rope"] {
+        let dir = fixture_dir(name);
+        let reference = dir.join("reference.safetensors");
+        let prompt: Vec<u32> = read_tensor(&reference, "prompt_ids").i32s.iter().map(|&i| i as u32).collect();
+        let prefill = read_tensor(&reference, "prefill_logits");
+        let mut model = Qwen3Cpu::load(&dir, DType::BF16).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let logits = model.forward(&prompt, Logits::AllPositions).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (rel, abs) = rel_err(logits.f32s().expect("f32 logits"), &prefill.f32s);
+        eprintln!("{name}: bf16 execution vs HF f32: rel err {rel:.2e}, max abs {abs:.2e}");
+        assert!(rel <= 2e-2, "{name}: bf16 rel err {rel:.2e} (max abs {abs:.2e})");
+    }
+}

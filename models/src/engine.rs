@@ -91,25 +91,24 @@ impl Qwen3Cpu {
         })
     }
 
-    /// A model over weights already in memory (benchmarks, tests).
-    pub fn from_weights(
-        config: Qwen3Config,
-        weights: HashMap<String, Tensor>,
-        dtype: DType,
-    ) -> Result<Qwen3Cpu, ModelError> {
+    /// A model with seeded random weights (uniform in ±0.05, norm weights 1): for benchmarks
+    /// and tests that need the real shapes but not a checkpoint.
+    pub fn with_random_weights(config: Qwen3Config, dtype: DType, seed: u64) -> Result<Qwen3Cpu, ModelError> {
         let graphs = Graphs::declare(&config, dtype)?;
+        let mut rng = crate::sample::SplitMix64::new(seed);
+        let mut weights = HashMap::new();
+        for spec in smelt_runtime::weight_specs(&[&graphs.prefill_all, &graphs.decode]) {
+            let n: usize = spec.shape.iter().product();
+            let values: Vec<f32> = if spec.name.ends_with("norm.weight") {
+                vec![1.0; n]
+            } else {
+                (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.1).collect()
+            };
+            weights.insert(spec.name, Tensor::from_f32(dtype, spec.shape, values));
+        }
         let eos_token_ids = config.eos_token_ids.clone();
         let weights = HostWeights::from_map(weights);
-        Ok(Qwen3Cpu {
-            config,
-            dtype,
-            graphs,
-            weights,
-            state: CpuState::new(),
-            position: 0,
-            eos_token_ids,
-            unused_tensors: Vec::new(),
-        })
+        Ok(Qwen3Cpu { config, dtype, graphs, weights, state: CpuState::new(), position: 0, eos_token_ids, unused_tensors: Vec::new() })
     }
 
     pub fn config(&self) -> &Qwen3Config {
