@@ -108,7 +108,16 @@ impl Qwen3Cpu {
         }
         let eos_token_ids = config.eos_token_ids.clone();
         let weights = HostWeights::from_map(weights);
-        Ok(Qwen3Cpu { config, dtype, graphs, weights, state: CpuState::new(), position: 0, eos_token_ids, unused_tensors: Vec::new() })
+        Ok(Qwen3Cpu {
+            config,
+            dtype,
+            graphs,
+            weights,
+            state: CpuState::new(),
+            position: 0,
+            eos_token_ids,
+            unused_tensors: Vec::new(),
+        })
     }
 
     pub fn config(&self) -> &Qwen3Config {
