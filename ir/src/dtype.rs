@@ -58,7 +58,8 @@ impl DType {
             DType::F32 => x,
             DType::F16 => f16::from_f32(x).to_f32(),
             DType::BF16 => bf16::from_f32(x).to_f32(),
-            DType::I32 => x.round(),
+            // As a cast to int32 does in PyTorch: toward zero.
+            DType::I32 => x.trunc(),
         }
     }
 }

@@ -23,6 +23,7 @@ pub fn infer(op: &Op, ins: &[Ty]) -> Result<Option<(DType, Shape)>, String> {
         }
         Op::Binary(_) => {
             same_dtype(op, ins)?;
+            float(op, ins[0])?;
             (ins[0].0, broadcast(ins[0].1, ins[1].1)?)
         }
         Op::Reduce { op: r, axis } => {
@@ -124,6 +125,7 @@ pub fn broadcast(a: &Shape, b: &Shape) -> Result<Shape, String> {
 
 fn matmul(op: &Op, ins: &[Ty]) -> Result<(DType, Shape), String> {
     same_dtype(op, ins)?;
+    float(op, ins[0])?;
     let (a, b) = (ins[0].1, ins[1].1);
     if a.rank() < 2 || b.rank() != 2 {
         return Err(format!("matmul needs a[.., M, K] and b[N, K], found {a} and {b}"));
@@ -194,6 +196,7 @@ fn kv_append(op: &Op, ins: &[Ty]) -> Result<(DType, Shape), String> {
 
 fn attention(op: &Op, ins: &[Ty]) -> Result<(DType, Shape), String> {
     same_dtype(op, ins)?;
+    float(op, ins[0])?;
     let (q, k, v) = (ins[0].1, ins[1].1, ins[2].1);
     if q.rank() != 3 || k.rank() != 3 || k != v {
         return Err(format!("attention needs q[T, H, D], k and v [S, KVH, D], found {q}, {k}, {v}"));
@@ -204,4 +207,171 @@ fn attention(op: &Op, ins: &[Ty]) -> Result<(DType, Shape), String> {
         return Err(format!("attention heads do not group: q {q}, k {k}"));
     }
     Ok((ins[0].0, q.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::op::{BinaryOp, UnaryOp};
+    use crate::shape;
+    use crate::{eval, Builder, Tensor};
+
+    const T: Sym = Sym::NewTokens;
+    const P: Sym = Sym::CachedTokens;
+
+    fn ty(op: Op, ins: &[(DType, Shape)]) -> Result<Option<(DType, Shape)>, String> {
+        let tys: Vec<Ty> = ins.iter().map(|(d, s)| (*d, s)).collect();
+        infer(&op, &tys)
+    }
+
+    #[track_caller]
+    fn ok(op: Op, ins: &[(DType, Shape)]) -> (DType, Shape) {
+        ty(op, ins).unwrap().expect("not a leaf")
+    }
+
+    #[test]
+    fn broadcast_rules() {
+        assert_eq!(broadcast(&shape![T, 1], &shape![1, 4]), Ok(shape![T, 4]));
+        assert_eq!(broadcast(&shape![3], &shape![T, 1]), Ok(shape![T, 3]));
+        assert_eq!(broadcast(&shape![], &shape![2, 3]), Ok(shape![2, 3]));
+        assert_eq!(broadcast(&shape![T, 1, 8], &shape![T, 4, 8]), Ok(shape![T, 4, 8]));
+        assert!(broadcast(&shape![T, 4], &shape![P, 4]).is_err());
+        assert!(broadcast(&shape![2, 3], &shape![3, 3]).is_err());
+        assert!(broadcast(&shape![T], &shape![4]).is_err(), "T is not known to be 1 or 4");
+    }
+
+    #[test]
+    fn shapes_of_each_op() {
+        let f = |s: Shape| (DType::F32, s);
+        assert_eq!(ty(Op::Weight { name: "w".into() }, &[]), Ok(None));
+        assert_eq!(ok(Op::Unary(UnaryOp::Silu), &[(DType::BF16, shape![T, 8])]), (DType::BF16, shape![T, 8]));
+        let reduce = Op::Reduce { op: ReduceOp::Sum, axis: 0 };
+        assert_eq!(ok(reduce, &[f(shape![T, 8])]), f(shape![1, 8]), "sum over T is fine, keepdim");
+        let mean = Op::Reduce { op: ReduceOp::Mean, axis: 1 };
+        assert_eq!(ok(mean, &[f(shape![T, 8])]), f(shape![T, 1]));
+        assert_eq!(ok(Op::MatMul, &[f(shape![2, T, 8]), f(shape![5, 8])]), f(shape![2, T, 5]));
+        assert!(ty(Op::MatMul, &[f(shape![8]), f(shape![5, 8])]).is_err(), "a needs rank 2");
+        assert!(ty(Op::MatMul, &[f(shape![T, 8]), f(shape![2, 5, 8])]).is_err(), "b is rank 2");
+        let gather = ok(Op::Gather, &[f(shape![100, 8]), (DType::I32, shape![2, T])]);
+        assert_eq!(gather, f(shape![2, T, 8]));
+        assert!(ty(Op::Gather, &[f(shape![100]), (DType::I32, shape![T])]).unwrap_err().contains("rank 2"));
+        let slice = |start, end| Op::Slice { axis: 0, start, end };
+        assert_eq!(ok(slice(Bound::FromEnd(1), Bound::FromEnd(0)), &[f(shape![T, 8])]), f(shape![1, 8]));
+        assert_eq!(ok(slice(Bound::FromStart(1), Bound::FromStart(3)), &[f(shape![T, 8])]), f(shape![2, 8]));
+        assert_eq!(ok(slice(Bound::FromStart(1), Bound::FromEnd(1)), &[f(shape![4, 8])]), f(shape![2, 8]));
+        assert!(ty(slice(Bound::FromEnd(0), Bound::FromEnd(1)), &[f(shape![T, 8])]).is_err());
+        assert!(ty(slice(Bound::FromEnd(5), Bound::FromEnd(0)), &[f(shape![4, 8])]).is_err());
+        let cat = ok(Op::Concat { axis: 1 }, &[f(shape![T, 2]), f(shape![T, 3]), f(shape![T, 1])]);
+        assert_eq!(cat, f(shape![T, 6]));
+        assert!(ty(Op::Concat { axis: 0 }, &[]).is_err());
+        assert_eq!(ok(Op::Cast { to: DType::I32 }, &[f(shape![T])]), (DType::I32, shape![T]));
+        let kv = ok(Op::KvAppend, &[f(shape![P, 2, 4]), f(shape![T, 2, 4])]);
+        assert_eq!(kv, f(shape![Sym::TotalTokens, 2, 4]));
+        assert!(ty(Op::KvAppend, &[f(shape![T, 2, 4]), f(shape![T, 2, 4])]).is_err(), "cache must be [P, ..]");
+        assert!(ty(Op::KvAppend, &[f(shape![P, 2, 4]), f(shape![T, 1, 4])]).is_err());
+        let attn = Op::Attention { scale: 0.125 };
+        let s = shape![Sym::TotalTokens, 2, 4];
+        assert_eq!(ok(attn.clone(), &[f(shape![T, 6, 4]), f(s.clone()), f(s.clone())]), f(shape![T, 6, 4]));
+        assert!(ty(attn.clone(), &[f(shape![T, 6, 8]), f(s.clone()), f(s.clone())]).is_err(), "head dims differ");
+        assert!(ty(attn, &[f(shape![T, 6, 4]), f(s), f(shape![P, 2, 4])]).is_err(), "k and v differ");
+        assert_eq!(ok(Op::ArgMax { axis: 1 }, &[f(shape![T, 50])]), (DType::I32, shape![T]));
+        assert!(ty(Op::ArgMax { axis: 0 }, &[(DType::I32, shape![T])]).is_err());
+        assert!(ty(Op::Binary(BinaryOp::Add), &[f(shape![2])]).unwrap_err().contains("2 operands"));
+    }
+
+    fn values(dt: DType, n: usize, seed: u64) -> Tensor {
+        let v: Vec<f32> = (0..n).map(|i| ((i as u64 * 2654435761 + seed) % 1009) as f32 / 37.0 - 13.0).collect();
+        match dt {
+            DType::I32 => Tensor::from_i32(vec![n], v.iter().map(|&x| (x * 37.0) as i32).collect()),
+            _ => Tensor::from_f32(dt, vec![n], v),
+        }
+    }
+
+    fn dims(s: &[usize]) -> Shape {
+        Shape::new(s.iter().map(|&d| Dim::Fixed(d)))
+    }
+
+    /// A broadcast-compatible pair: each side keeps a suffix of `out`'s dims, some set to 1.
+    fn compatible_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+        prop::collection::vec(1usize..=4, 0..=4).prop_flat_map(|out| {
+            let r = out.len();
+            let side = move |out: Vec<usize>| {
+                (0..=r, prop::collection::vec(any::<bool>(), r)).prop_map(move |(keep, ones)| {
+                    (r - keep..r).map(|i| if ones[i] { 1 } else { out[i] }).collect::<Vec<usize>>()
+                })
+            };
+            (side(out.clone()), side(out))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn broadcast_eval_matches_naive((sa, sb) in compatible_pair(), op in 0usize..4, seed: u64) {
+            let op = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Max][op];
+            let mut b = Builder::new();
+            let (xa, xb) = (b.input("a", DType::F32, dims(&sa)), b.input("b", DType::F32, dims(&sb)));
+            let y = b.binary("y", op, xa, xb).unwrap();
+            b.output("y", y).unwrap();
+            let g = b.finish().unwrap();
+            let ta = values(DType::F32, sa.iter().product(), seed).reshaped(sa.clone());
+            let tb = values(DType::F32, sb.iter().product(), seed / 3 + 1).reshaped(sb.clone());
+            let inputs = HashMap::from([("a".to_string(), ta.clone()), ("b".to_string(), tb.clone())]);
+            let got = eval(&g, inputs, &HashMap::<String, Tensor>::new()).unwrap().remove("y").unwrap();
+            // Reference: pad both shapes on the left with 1s, the out dim is the larger.
+            let rank = sa.len().max(sb.len());
+            let pad = |s: &[usize]| [vec![1; rank - s.len()], s.to_vec()].concat();
+            let (pa, pb) = (pad(&sa), pad(&sb));
+            let out: Vec<usize> = (0..rank).map(|i| pa[i].max(pb[i])).collect();
+            prop_assert_eq!(got.shape(), &out[..]);
+            let flat = |s: &[usize], idx: &[usize]| idx.iter().zip(s).fold(0, |acc, (&i, &n)| acc * n + if n == 1 { 0 } else { i });
+            let (va, vb, got) = (ta.to_f32_vec(), tb.to_f32_vec(), got.to_f32_vec());
+            let f: fn(f32, f32) -> f32 = match op {
+                BinaryOp::Add => |x, y| x + y,
+                BinaryOp::Sub => |x, y| x - y,
+                BinaryOp::Mul => |x, y| x * y,
+                _ => f32::max,
+            };
+            for (lin, g) in got.iter().enumerate() {
+                let mut idx = vec![0; rank];
+                let mut rest = lin;
+                for d in (0..rank).rev() {
+                    idx[d] = rest % out[d];
+                    rest /= out[d];
+                }
+                let want = f(va[flat(&pa, &idx)], vb[flat(&pb, &idx)]);
+                prop_assert_eq!(g.to_bits(), want.to_bits(), "at {:?}", idx);
+            }
+        }
+
+        #[test]
+        fn slice_halves_and_concat_reconstruct(
+            shape in prop::collection::vec(1usize..=5, 1..=4),
+            axis in 0usize..4,
+            dt in 0usize..4,
+            seed: u64,
+        ) {
+            let axis = axis % shape.len();
+            let mut shape = shape;
+            shape[axis] += 1; // at least 2, so both halves are non-empty
+            let dt = DType::ALL[dt];
+            let x = values(dt, shape.iter().product(), seed).reshaped(shape.clone());
+            let mid = shape[axis] / 2;
+            let mut b = Builder::new();
+            let xi = b.input("x", dt, dims(&shape));
+            let lo = b.slice("lo", xi, axis, Bound::FromStart(0), Bound::FromStart(mid)).unwrap();
+            let hi = b.slice("hi", xi, axis, Bound::FromEnd(shape[axis] - mid), Bound::FromEnd(0)).unwrap();
+            let y = b.concat("y", &[lo, hi], axis).unwrap();
+            prop_assert_eq!(b.shape(y), &dims(&shape));
+            b.output("y", y).unwrap();
+            let g = b.finish().unwrap();
+            let out = eval(&g, HashMap::from([("x".to_string(), x.clone())]), &HashMap::<String, Tensor>::new());
+            prop_assert_eq!(out.unwrap().remove("y").unwrap(), x);
+        }
+    }
 }

@@ -65,3 +65,138 @@ pub fn live_nodes(graph: &Graph) -> HashSet<NodeId> {
     }
     live
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::graph::Node;
+    use crate::op::UnaryOp;
+    use crate::shape;
+    use crate::{Builder, DType, Shape};
+
+    /// `%0 x: f32[T, 4]`, `%1 w: f32[3, 4]`, `%2 proj = matmul`, `%3 act = silu`, output "y".
+    fn graph() -> (Graph, [NodeId; 4]) {
+        let mut b = Builder::new();
+        let x = b.input("x", DType::F32, shape![Sym::NewTokens, 4]);
+        let w = b.weight("w", DType::F32, shape![3, 4]).unwrap();
+        let proj = b.matmul("proj", x, w).unwrap();
+        let act = b.unary("act", UnaryOp::Silu, proj).unwrap();
+        b.output("y", act).unwrap();
+        (b.finish().unwrap(), [x, w, proj, act])
+    }
+
+    #[track_caller]
+    fn node_err(g: &Graph) -> (String, String) {
+        match verify(g) {
+            Err(IrError::Node { node, message }) => (node, message),
+            other => panic!("expected a node error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupted_types_are_caught_by_name() {
+        let (g, [x, w, proj, act]) = graph();
+        assert_eq!(verify(&g), Ok(()));
+
+        let mut bad = g.clone();
+        bad.node_mut(act).shape = shape![Sym::NewTokens, 4];
+        let (node, message) = node_err(&bad);
+        assert_eq!(node, "%3 act");
+        assert!(message.contains("records f32[T,4]") && message.contains("f32[T,3]"), "{message}");
+
+        let mut bad = g.clone();
+        bad.node_mut(proj).dtype = DType::BF16;
+        assert_eq!(node_err(&bad).0, "%2 proj");
+
+        // A leaf's type is taken as given; its user no longer checks.
+        let mut bad = g.clone();
+        bad.node_mut(w).shape = shape![3, 5];
+        let (node, message) = node_err(&bad);
+        assert_eq!(node, "%2 proj");
+        assert!(message.contains("contraction"), "{message}");
+
+        let mut bad = g.clone();
+        bad.node_mut(x).dtype = DType::F16;
+        assert_eq!(node_err(&bad).0, "%2 proj");
+
+        let mut bad = g;
+        bad.node_mut(act).op = Op::Constant { values: Arc::new(vec![1.0]) };
+        assert!(node_err(&bad).1.contains("takes 0 operands"));
+    }
+
+    #[test]
+    fn cycles_are_rejected() {
+        let (mut g, [_, _, proj, act]) = graph();
+        // neg = neg(act); then every use of proj (act's operand) becomes neg: act <-> neg.
+        let node =
+            Node { op: Op::Unary(UnaryOp::Neg), dtype: DType::F32, shape: shape![Sym::NewTokens, 3], name: None };
+        let neg = g.add_node(node, &[act]);
+        g.replace_all_uses(proj, neg);
+        assert_eq!(g.operands(act), vec![neg]);
+        assert_eq!(g.topo_order(), None);
+        assert_eq!(verify(&g), Err(IrError::Cycle));
+        // A self-loop: replacing x's uses by a user of x.
+        let (mut g, [x, _, proj, _]) = graph();
+        g.replace_all_uses(x, proj);
+        assert_eq!(verify(&g), Err(IrError::Cycle));
+    }
+
+    #[test]
+    fn dangling_output_after_remove() {
+        let (mut g, [_, _, _, act]) = graph();
+        assert!(g.remove_node(act).is_some());
+        assert_eq!(verify(&g), Err(IrError::DanglingOutput { name: "y".into() }));
+    }
+
+    #[test]
+    fn fixed_kv_append_needs_a_pin() {
+        for pin in [None, Some(1), Some(2)] {
+            let mut b = Builder::new();
+            if let Some(v) = pin {
+                b.pin(Sym::NewTokens, v);
+            }
+            let cache = b.input("cache", DType::F32, shape![Sym::CachedTokens, 2, 4]);
+            let new = b.input("new", DType::F32, shape![1, 2, 4]);
+            let kv = b.op("append", Op::KvAppend, &[cache, new]).unwrap();
+            b.output("kv", kv).unwrap();
+            match (pin, b.finish()) {
+                (Some(1), r) => assert!(r.is_ok(), "{r:?}"),
+                (_, Err(IrError::Node { node, message })) => {
+                    assert_eq!(node, "%2 append");
+                    assert!(message.contains("pin T=1"), "{message}");
+                }
+                (_, r) => panic!("pin {pin:?}: expected an error, got {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_inputs_and_bad_constants() {
+        let mut b = Builder::new();
+        let a = b.input("x", DType::F32, shape![2]);
+        let c = b.input("x", DType::F32, shape![2]);
+        let y = b.add("y", a, c).unwrap();
+        b.output("y", y).unwrap();
+        assert_eq!(b.finish().unwrap_err(), IrError::Duplicate { what: "input", name: "x".into() });
+
+        let mut b = Builder::new();
+        let k = b.constant("k", DType::F32, shape![2], vec![1.0, 2.0]).unwrap();
+        b.output("k", k).unwrap();
+        let mut g = b.finish().unwrap();
+        g.node_mut(k).shape = Shape::scalar();
+        let (node, message) = node_err(&g);
+        assert_eq!(node, "%0 k");
+        assert!(message.contains("2 values"), "{message}");
+    }
+
+    #[test]
+    fn live_nodes_follow_outputs() {
+        let (mut g, [x, w, proj, act]) = graph();
+        let dead = g.add_node(g.node(act).clone(), &[proj]);
+        let live = live_nodes(&g);
+        assert_eq!(live, HashSet::from([x, w, proj, act]));
+        assert!(!live.contains(&dead));
+    }
+}

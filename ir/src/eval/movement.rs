@@ -21,6 +21,7 @@ fn gather_rows<T: Copy>(src: &[T], inner: usize, rows: impl Iterator<Item = usiz
 }
 
 pub fn gather(table: &Tensor, ids: &Tensor) -> Result<Tensor, String> {
+    let mut shape = ids.shape().to_vec();
     let ids = ids.i32s().ok_or("gather ids must be i32")?;
     let (rows, width) = (table.shape()[0], table.shape()[1]);
     if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= rows) {
@@ -28,7 +29,6 @@ pub fn gather(table: &Tensor, ids: &Tensor) -> Result<Tensor, String> {
     }
     let idx = ids.iter().map(|&i| i as usize);
     let table_f = table.f32s().ok_or("gather table must be float")?;
-    let mut shape: Vec<usize> = vec![ids.len()];
     shape.push(width);
     Ok(Tensor::from_stored(table.dtype(), shape, gather_rows(table_f, width, idx)))
 }
@@ -54,19 +54,28 @@ pub fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
     let first = parts[0];
     let (outer, _, inner) = around(first.shape(), axis);
     let total: usize = parts.iter().map(|p| p.shape()[axis]).sum();
-    let mut out: Vec<f32> = Vec::with_capacity(outer * total * inner);
-    let vals: Vec<Vec<f32>> = parts.iter().map(|p| p.to_f32_vec()).collect();
-    for o in 0..outer {
-        for (p, v) in parts.iter().zip(&vals) {
-            let chunk = p.shape()[axis] * inner;
-            out.extend_from_slice(&v[o * chunk..(o + 1) * chunk]);
-        }
-    }
     let mut shape = first.shape().to_vec();
     shape[axis] = total;
-    match first.dtype() {
-        crate::DType::I32 => Tensor::from_i32(shape, out.into_iter().map(|f| f as i32).collect()),
-        d => Tensor::from_f32(d, shape, out),
+    // Interleave each part's block of `shape[axis] * inner` elements per outer index.
+    fn interleave<T: Copy>(blocks: &[(&[T], usize)], outer: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(blocks.iter().map(|(v, _)| v.len()).sum());
+        for o in 0..outer {
+            for (v, chunk) in blocks {
+                out.extend_from_slice(&v[o * chunk..(o + 1) * chunk]);
+            }
+        }
+        out
+    }
+    let chunk = |p: &Tensor| p.shape()[axis] * inner;
+    match first.data() {
+        Data::I32(_) => {
+            let blocks: Vec<(&[i32], usize)> = parts.iter().map(|p| (p.i32s().unwrap_or_default(), chunk(p))).collect();
+            Tensor::from_i32(shape, interleave(&blocks, outer))
+        }
+        Data::F32(_) => {
+            let blocks: Vec<(&[f32], usize)> = parts.iter().map(|p| (p.f32s().unwrap_or_default(), chunk(p))).collect();
+            Tensor::from_stored(first.dtype(), shape, interleave(&blocks, outer))
+        }
     }
 }
 

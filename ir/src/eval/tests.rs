@@ -85,7 +85,7 @@ fn unary_ops() {
         (UnaryOp::Sin, &f32t(&[3], &[0.0, PI / 6.0, PI / 2.0]), [0.0, 0.5, 1.0]),
     ];
     for (op, x, want) in cases {
-        let got = run(Op::Unary(op), &[x.clone()]);
+        let got = run(Op::Unary(op), std::slice::from_ref(x));
         assert_eq!(got.dtype(), DType::F32, "{op:?}");
         assert_close(&got, &[3], &want, 1e-6);
     }
@@ -128,7 +128,7 @@ fn reduce_each_axis_of_rank_3() {
         (ReduceOp::Max, 2, &[2, 3, 1], &[3., 7., 11., 15., 19., 23.]),
     ];
     for (op, axis, shape, want) in cases {
-        assert_close(&run(Op::Reduce { op, axis }, &[x.clone()]), shape, want, 0.0);
+        assert_close(&run(Op::Reduce { op, axis }, std::slice::from_ref(&x)), shape, want, 0.0);
     }
     // Max of all-negative values must not be clamped at 0.
     let neg = f32t(&[2, 2], &[-5.0, -2.0, -3.0, -4.0]);
@@ -147,8 +147,13 @@ fn matmul_transposes_b_and_keeps_leading_dims() {
     let a = f32t(&[2, 2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0]);
     let got = eval_y(&g, &[a], &weights).unwrap();
     assert_close(&got, &[2, 2, 2], &[-2.0, 4.0, -2.0, 13.0, 0.0, 1.0, 0.0, 3.0], 0.0);
-    let a2 = f32t(&[1, 3], &[1.0, 2.0, 3.0]);
-    assert_close(&run(Op::MatMul, &[a2, f32t(&[2, 3], &[1.0, 0.0, -1.0, 2.0, 1.0, 0.0])]), &[1, 2], &[-2.0, 4.0], 0.0);
+    // One row (the decode GEMV path) and five rows (past it, the GEMM path).
+    let w = f32t(&[2, 3], &[1.0, 0.0, -1.0, 2.0, 1.0, 0.0]);
+    let a1 = f32t(&[1, 3], &[1.0, 2.0, 3.0]);
+    assert_close(&run(Op::MatMul, &[a1, w.clone()]), &[1, 2], &[-2.0, 4.0], 0.0);
+    let a5 = f32t(&[5, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 2.0, 0.0, 1.0]);
+    let want = [-2.0, 4.0, -2.0, 13.0, 0.0, 1.0, 0.0, 3.0, 1.0, 4.0];
+    assert_close(&run(Op::MatMul, &[a5, w]), &[5, 2], &want, 0.0);
 }
 
 fn gather_graph(ids_shape: Shape) -> Graph {
@@ -190,9 +195,9 @@ fn gather_keeps_the_ids_shape() {
 #[test]
 fn reshape_and_slices() {
     let x = f32t(&[4, 2], &seq(8));
-    let r = run(Op::Reshape { to: shape![2, 2, 2] }, &[x.clone()]);
+    let r = run(Op::Reshape { to: shape![2, 2, 2] }, std::slice::from_ref(&x));
     assert_close(&r, &[2, 2, 2], &seq(8), 0.0);
-    let slice = |axis, start, end| run(Op::Slice { axis, start, end }, &[x.clone()]);
+    let slice = |axis, start, end| run(Op::Slice { axis, start, end }, std::slice::from_ref(&x));
     // x[-1:]
     assert_close(&slice(0, Bound::FromEnd(1), Bound::FromEnd(0)), &[1, 2], &[6.0, 7.0], 0.0);
     // x[1:3], x[-3:-1], x[:, 1:]
@@ -209,6 +214,7 @@ fn reshape_and_slices() {
 }
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn concat_on_each_axis() {
     let a = f32t(&[2, 2, 2], &seq(8));
     let tail = [10.0, 11.0, 12.0, 13.0];
@@ -371,7 +377,7 @@ fn decode_query_sees_every_key() {
 #[test]
 fn argmax_takes_the_first_of_ties() {
     let x = f32t(&[2, 3], &[1.0, 3.0, 3.0, 5.0, 5.0, 0.0]);
-    let rows = run(Op::ArgMax { axis: 1 }, &[x.clone()]);
+    let rows = run(Op::ArgMax { axis: 1 }, std::slice::from_ref(&x));
     assert_eq!((rows.dtype(), rows.shape()), (DType::I32, &[2][..]));
     assert_eq!(rows.i32s(), Some(&[1, 0][..]));
     let cols = run(Op::ArgMax { axis: 0 }, &[x]);
