@@ -112,6 +112,13 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
         bail!("--temperature must be a finite number >= 0, got {}", a.temperature);
     }
+    if let Some(path) = &a.ids_out {
+        // Refuse a path that cannot be written before spending the time to generate.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            bail!("--ids-out {}: directory {} does not exist", path.display(), parent.display());
+        }
+    }
     let tokenizer = tokenizer_for(&a)?;
     let prompt = match (&a.prompt, &a.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
@@ -125,9 +132,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --prompt or --prompt-ids"),
     };
     let mut model = load(&a.model, a.dtype.into())?;
-    let sampling = match a.temperature {
-        t if t == 0.0 => Sampling::Greedy,
-        temperature => Sampling::Temperature { temperature, seed: a.seed },
+    let sampling = if a.temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::Temperature { temperature: a.temperature, seed: a.seed }
     };
     if tokenizer.is_none() {
         eprintln!("note: no tokenizer.json in {}: streaming token ids", a.model.display());
