@@ -79,16 +79,18 @@ impl Qwen3Cpu {
         if eos_token_ids.is_empty() {
             eos_token_ids = config.eos_token_ids.clone();
         }
-        Ok(Qwen3Cpu {
-            config,
-            dtype,
-            graphs,
-            weights,
-            state: CpuState::new(),
-            position: 0,
-            eos_token_ids,
-            unused_tensors,
-        })
+        Ok(Qwen3Cpu::assemble(config, dtype, graphs, weights, eos_token_ids, unused_tensors))
+    }
+
+    fn assemble(
+        config: Qwen3Config,
+        dtype: DType,
+        graphs: Graphs,
+        weights: HostWeights,
+        eos_token_ids: Vec<u32>,
+        unused_tensors: Vec<String>,
+    ) -> Qwen3Cpu {
+        Qwen3Cpu { config, dtype, graphs, weights, state: CpuState::new(), position: 0, eos_token_ids, unused_tensors }
     }
 
     /// A model with seeded random weights (uniform in ±0.05, norm weights 1): for benchmarks
@@ -107,17 +109,7 @@ impl Qwen3Cpu {
             weights.insert(spec.name, Tensor::from_f32(dtype, spec.shape, values));
         }
         let eos_token_ids = config.eos_token_ids.clone();
-        let weights = HostWeights::from_map(weights);
-        Ok(Qwen3Cpu {
-            config,
-            dtype,
-            graphs,
-            weights,
-            state: CpuState::new(),
-            position: 0,
-            eos_token_ids,
-            unused_tensors: Vec::new(),
-        })
+        Ok(Qwen3Cpu::assemble(config, dtype, graphs, HostWeights::from_map(weights), eos_token_ids, Vec::new()))
     }
 
     pub fn config(&self) -> &Qwen3Config {

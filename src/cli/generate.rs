@@ -142,17 +142,16 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     }
     let mut decoder = tokenizer.as_ref().map(|t| t.decode_stream(false));
     let mut stdout = std::io::stdout().lock();
-    let mut stream_error = None;
     let t0 = Instant::now();
+    // The ids are the result; text that cannot be shown (an id past the tokenizer's vocabulary,
+    // which a model's padded embedding table allows) is a warning, not a failed run.
+    let warn = |e: smelt::models::TokenizerError| eprintln!("\nwarning: not shown: {e}");
     let ids = run_generation(&mut model, &prompt, a.max_new_tokens, sampling, |id| {
         let text = match decoder.as_mut() {
-            Some(d) => match d.step(id) {
-                Ok(text) => text,
-                Err(e) => {
-                    stream_error.get_or_insert(e);
-                    None
-                }
-            },
+            Some(d) => d.step(id).unwrap_or_else(|e| {
+                warn(e);
+                None
+            }),
             None => Some(format!("{id} ")),
         };
         if let Some(text) = text {
@@ -160,21 +159,15 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             let _ = stdout.flush();
         }
     })?;
-    if let Some(d) = decoder {
-        match d.finish() {
-            Ok(Some(tail)) => {
-                let _ = stdout.write_all(tail.as_bytes());
-            }
-            Ok(None) => {}
-            Err(e) => {
-                stream_error.get_or_insert(e);
-            }
-        }
+    if let Some(tail) = decoder.and_then(|d| {
+        d.finish().unwrap_or_else(|e| {
+            warn(e);
+            None
+        })
+    }) {
+        let _ = stdout.write_all(tail.as_bytes());
     }
     let _ = writeln!(stdout);
-    if let Some(e) = stream_error {
-        return Err(e).context("decoding generated tokens");
-    }
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "{} prompt + {} generated tokens in {secs:.2}s ({:.2} tokens/s)",
