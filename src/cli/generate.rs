@@ -51,6 +51,12 @@ pub struct GenerateArgs {
     /// Write the generated ids as a JSON array to this file.
     #[arg(long)]
     ids_out: Option<PathBuf>,
+    /// Treat --prompt as one user turn, rendered with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// With --chat: ask Qwen3 not to think (`enable_thinking=false`).
+    #[arg(long, requires = "chat")]
+    no_think: bool,
     /// tokenizer.json to use instead of the model directory's.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -97,14 +103,23 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
 }
 
 fn tokenizer_for(a: &GenerateArgs) -> Result<Option<Tokenizer>> {
-    let path = match &a.tokenizer {
-        Some(p) => p.clone(),
-        None => a.model.join("tokenizer.json"),
-    };
-    if a.tokenizer.is_none() && !path.exists() {
-        return Ok(None);
+    match &a.tokenizer {
+        Some(path) => Ok(Some(Tokenizer::from_file(path)?)),
+        None if a.model.join("tokenizer.json").exists() => Ok(Some(Tokenizer::from_model_dir(&a.model)?)),
+        None => Ok(None),
     }
-    Ok(Some(Tokenizer::from_file(&path)?))
+}
+
+/// The prompt's text: as given, or as a user turn in the chat template.
+fn prompt_text(a: &GenerateArgs, text: &str, tokenizer: &Tokenizer) -> Result<String> {
+    if !a.chat {
+        return Ok(text.to_string());
+    }
+    let template = tokenizer.chat_template().with_context(|| {
+        format!("--chat needs a chat template: {} has no tokenizer_config.json with one", a.model.display())
+    })?;
+    let messages = [smelt::models::ChatMessage::new("user", text)];
+    Ok(template.render(&messages, true, a.no_think.then_some(false))?)
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -119,11 +134,14 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             bail!("--ids-out {}: directory {} does not exist", path.display(), parent.display());
         }
     }
+    if a.chat && a.prompt.is_none() {
+        bail!("--chat takes the user's turn from --prompt TEXT (not --prompt-ids)");
+    }
     let tokenizer = tokenizer_for(&a)?;
     let prompt = match (&a.prompt, &a.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
         (Some(text), None) => match &tokenizer {
-            Some(t) => t.encode(text)?,
+            Some(t) => t.encode(&prompt_text(&a, text, t)?)?,
             None => bail!(
                 "--prompt needs a tokenizer: {} has no tokenizer.json (pass --tokenizer or --prompt-ids)",
                 a.model.display()
