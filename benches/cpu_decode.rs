@@ -12,14 +12,15 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use smelt::ir::DType;
 use smelt::models::qwen3::Logits;
-use smelt::models::{Qwen3Config, Qwen3Cpu};
+use smelt::models::{LoadOptions, Qwen3Config, Qwen3Cpu};
 
 const PROMPT: usize = 64;
 
 fn load() -> Qwen3Cpu {
     match std::env::var_os("SMELT_BENCH_MODEL") {
         Some(dir) => Qwen3Cpu::load(std::path::Path::new(&dir), DType::F32).expect("loading SMELT_BENCH_MODEL"),
-        None => Qwen3Cpu::with_random_weights(Qwen3Config::qwen3_0_6b(), DType::F32, 0).expect("random 0.6B"),
+        None => Qwen3Cpu::with_random_weights(Qwen3Config::qwen3_0_6b(), LoadOptions::new(DType::F32), 0)
+            .expect("random 0.6B"),
     }
 }
 

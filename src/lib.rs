@@ -4,4 +4,5 @@
 
 pub use smelt_ir as ir;
 pub use smelt_models as models;
+pub use smelt_passes as passes;
 pub use smelt_runtime as runtime;

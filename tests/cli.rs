@@ -154,7 +154,60 @@ fn compile_dump_writes_text_and_dot_graphs() {
     let mut names: Vec<String> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    assert_eq!(names, ["decode.dot", "decode.txt", "prefill.dot", "prefill.txt"], "no stray (partial) files");
+    let expected = [
+        "decode.dot",
+        "decode.primitive.dot",
+        "decode.primitive.txt",
+        "decode.txt",
+        "passes",
+        "plan.json",
+        "prefill.dot",
+        "prefill.primitive.dot",
+        "prefill.primitive.txt",
+        "prefill.txt",
+    ];
+    assert_eq!(names, expected, "no stray (partial) files");
+    // One dump per pass, numbered in pipeline order; the last is the final graph.
+    let mut passes: Vec<String> = std::fs::read_dir(dir.join("passes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    passes.sort();
+    assert_eq!(passes.first().map(String::as_str), Some("01-canonicalize.txt"), "{passes:?}");
+    assert!(passes.iter().any(|p| p.ends_with("-fuse_rmsnorm.txt")), "{passes:?}");
+    let last = std::fs::read_to_string(dir.join("passes").join(passes.last().unwrap())).unwrap();
+    assert_eq!(last, std::fs::read_to_string(dir.join("decode.txt")).unwrap());
+}
+
+/// `plan.json` is a contract for outside checks.
+#[test]
+fn compile_writes_plan_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (stdout, _) = smelt_ok(&["compile", "--dump", path_str(tmp.path())]);
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("plan.json")).unwrap()).unwrap();
+    let decode = &plan["decode"];
+    assert_eq!(decode["ops_per_layer"], 7, "{plan}");
+    assert_eq!(decode["ops"], 28 * 7 + 3, "{plan}");
+    assert!(decode["arena_bytes"].as_u64().unwrap() <= 2 << 20, "{plan}");
+    assert!(plan["prefill"]["ops"].as_u64().unwrap() > 0 && plan["prefill"]["arena_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(plan["kv"]["dtype"], "bf16");
+    assert_eq!(plan["kv"]["block_tokens"], 16);
+    assert_eq!(plan["kv"]["bytes_per_token"], 114_688);
+    // The same figures are printed.
+    assert!(stdout.contains("199 fused ops, at most 7 per layer, 3 outside the layers"), "{stdout}");
+    assert!(stdout.contains(&format!("activation arena: {} bytes", decode["arena_bytes"])), "{stdout}");
+}
+
+#[test]
+fn compile_no_fuse_and_dump_after() {
+    let (stdout, _) = smelt_ok(&["compile", "--no-fuse"]);
+    assert!(stdout.contains("primitive ops (--no-fuse)") && !stdout.contains("pass pipeline"), "{stdout}");
+    let (stdout, _) = smelt_ok(&["compile", "--dump-after", "fuse_rmsnorm"]);
+    assert!(stdout.contains("graph qwen3.decode {") && stdout.contains("rmsnorm[eps=1e-6]"), "{stdout}");
+    let out = smelt(&["compile", "--dump-after", "no_such_pass"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fuse_rmsnorm"), "the error lists the passes");
 }
 
 #[test]

@@ -10,11 +10,18 @@ mod common;
 use common::*;
 use smelt::ir::DType;
 use smelt::models::qwen3::Logits;
-use smelt::models::Qwen3Cpu;
+use smelt::models::{LoadOptions, Qwen3Cpu};
 
 const ROW_REL_TOL: f64 = 1e-4;
 
+/// Both the fused graphs (the default) and the primitive ones (`--no-fuse`) must match.
 fn check_fixture(name: &str) {
+    for fuse in [true, false] {
+        check_fixture_with(name, fuse);
+    }
+}
+
+fn check_fixture_with(name: &str, fuse: bool) {
     let dir = fixture_dir(name);
     let reference = dir.join("reference.safetensors");
     let prompt: Vec<u32> = read_tensor(&reference, "prompt_ids").i32s.iter().map(|&i| i as u32).collect();
@@ -23,7 +30,9 @@ fn check_fixture(name: &str) {
     let decode = read_tensor(&reference, "decode_logits");
     let vocab = prefill.shape[1];
 
-    let mut model = Qwen3Cpu::load(&dir, DType::F32).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let options = LoadOptions { dtype: DType::F32, fuse };
+    let mut model = Qwen3Cpu::load_with(&dir, options).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let name = &format!("{name} ({})", if fuse { "fused" } else { "primitive" });
     let logits = model.forward(&prompt, Logits::AllPositions).unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(logits.shape(), [prompt.len(), vocab], "{name}: logits shape");
     let ours = logits.f32s().expect("f32 logits");

@@ -138,21 +138,37 @@ impl Graph {
         self.g.remove_node(id)
     }
 
-    /// A deterministic topological order: among ready nodes the lowest id goes first, so the
-    /// order (and everything printed from it) only changes when the graph does.
-    /// `None` if the graph has a cycle.
+    /// A deterministic topological order, so that everything printed from it only changes
+    /// when the graph does: graph inputs first (the calling convention), then computing nodes,
+    /// the lowest id first among the ready ones, each preceded by the weights and constants it
+    /// reads that have not appeared yet (so a dump shows a weight next to its use); leaves
+    /// nobody reads come last. `None` if the graph has a cycle.
     pub fn topo_order(&self) -> Option<Vec<NodeId>> {
+        let is_leaf = |id: NodeId| self.g[id].op.is_leaf();
+        let mut placed = vec![false; self.g.node_bound()];
         let mut pending: Vec<usize> = vec![0; self.g.node_bound()];
+        let mut order = Vec::with_capacity(self.g.node_count());
         let mut ready = BinaryHeap::new();
         for id in self.g.node_indices() {
-            let n = self.g.edges_directed(id, Direction::Incoming).count();
+            if matches!(self.g[id].op, Op::Input { .. }) {
+                placed[id.index()] = true;
+                order.push(id);
+            }
+            // Only edges from computing nodes gate readiness; leaves are placed on demand.
+            let n = self.g.edges_directed(id, Direction::Incoming).filter(|e| !is_leaf(e.source())).count();
             pending[id.index()] = n;
-            if n == 0 {
+            if n == 0 && !is_leaf(id) {
                 ready.push(Reverse(id));
             }
         }
-        let mut order = Vec::with_capacity(self.g.node_count());
         while let Some(Reverse(id)) = ready.pop() {
+            for x in self.operands(id) {
+                if is_leaf(x) && !placed[x.index()] {
+                    placed[x.index()] = true;
+                    order.push(x);
+                }
+            }
+            placed[id.index()] = true;
             order.push(id);
             for e in self.g.edges_directed(id, Direction::Outgoing) {
                 let t = e.target();
@@ -162,6 +178,7 @@ impl Graph {
                 }
             }
         }
+        order.extend(self.g.node_indices().filter(|&id| is_leaf(id) && !placed[id.index()]));
         (order.len() == self.g.node_count()).then_some(order)
     }
 
@@ -237,7 +254,8 @@ mod tests {
         assert!(g.remove_node(n3).is_some());
         let user = g.add_node(neg(shape![2]), &[late]);
         assert_eq!(user, n3);
-        assert_eq!(g.topo_order().unwrap(), vec![a, b, add, n4, late, user]);
+        // Graph inputs come first, then computing nodes by id once ready.
+        assert_eq!(g.topo_order().unwrap(), vec![a, b, late, add, user, n4]);
     }
 
     #[test]

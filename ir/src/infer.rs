@@ -65,6 +65,11 @@ pub fn infer(op: &Op, ins: &[Ty]) -> Result<Option<(DType, Shape)>, String> {
         Op::Cast { to } => (*to, ins[0].1.clone()),
         Op::KvAppend => kv_append(op, ins)?,
         Op::Attention { .. } => attention(op, ins)?,
+        Op::RmsNorm { .. }
+        | Op::Linear { .. }
+        | Op::NormRope { .. }
+        | Op::NormRopeAttention { .. }
+        | Op::Elementwise { .. } => crate::infer_fused::infer_fused(op, ins)?,
         Op::ArgMax { axis } => {
             float(op, ins[0])?;
             let mut dims = ins[0].1 .0.clone();
@@ -126,7 +131,16 @@ pub fn broadcast(a: &Shape, b: &Shape) -> Result<Shape, String> {
 fn matmul(op: &Op, ins: &[Ty]) -> Result<(DType, Shape), String> {
     same_dtype(op, ins)?;
     float(op, ins[0])?;
-    let (a, b) = (ins[0].1, ins[1].1);
+    matmul_type(ins[0], ins[1])
+}
+
+/// The type of `a[.., M, K] @ b[N, K]^T`.
+pub(crate) fn matmul_type(a: Ty, b: Ty) -> Result<(DType, Shape), String> {
+    if a.0 != b.0 || !a.0.is_float() {
+        return Err(format!("matmul of {} and {}", a.0, b.0));
+    }
+    let dtype = a.0;
+    let (a, b) = (a.1, b.1);
     if a.rank() < 2 || b.rank() != 2 {
         return Err(format!("matmul needs a[.., M, K] and b[N, K], found {a} and {b}"));
     }
@@ -135,7 +149,7 @@ fn matmul(op: &Op, ins: &[Ty]) -> Result<(DType, Shape), String> {
     }
     let mut dims = a.0.clone();
     *dims.last_mut().expect("rank >= 2") = b.0[0];
-    Ok((ins[0].0, Shape(dims)))
+    Ok((dtype, Shape(dims)))
 }
 
 fn slice_dim(d: Dim, start: Bound, end: Bound) -> Result<Dim, String> {

@@ -209,7 +209,7 @@ mod tests {
     fn labels_and_histogram() {
         let g = layer();
         let rsqrt = g.node_ids().find(|&id| g.node(id).name.as_deref() == Some("l00.rsqrt")).unwrap();
-        assert_eq!(node_label(&g, rsqrt), "%7 l00.rsqrt");
+        assert_eq!(node_label(&g, rsqrt), "%6 l00.rsqrt");
         let h = op_histogram(&g);
         assert_eq!((h["weight"], h["slice"], h["cast"], h["mul"]), (2, 2, 2, 2));
         assert_eq!(h.values().sum::<usize>(), g.node_count());

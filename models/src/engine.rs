@@ -30,6 +30,23 @@ pub enum ModelError {
     EmptyPrompt,
     #[error("{path}: {message}")]
     GenerationConfig { path: PathBuf, message: String },
+    #[error("compiling the graph: {0}")]
+    Pass(#[from] smelt_passes::PassError),
+}
+
+/// How a model is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Execution dtype of weights, activations and the KV cache.
+    pub dtype: DType,
+    /// Run the fused graphs the pass pipeline makes (the default), or the primitive ones.
+    pub fuse: bool,
+}
+
+impl LoadOptions {
+    pub fn new(dtype: DType) -> LoadOptions {
+        LoadOptions { dtype, fuse: true }
+    }
 }
 
 /// The three graphs a CPU model runs.
@@ -48,6 +65,19 @@ impl Graphs {
             decode: declare(cfg, opts(Phase::Decode, Logits::LastPosition))?,
         })
     }
+
+    fn all(&self) -> [&Graph; 3] {
+        [&self.prefill_all, &self.prefill_last, &self.decode]
+    }
+
+    /// Runs the standard pass pipeline over each graph.
+    fn fuse(mut self) -> Result<Graphs, smelt_passes::PassError> {
+        let pipeline = smelt_passes::pipeline::standard();
+        for g in [&mut self.prefill_all, &mut self.prefill_last, &mut self.decode] {
+            pipeline.run(g, "qwen3")?;
+        }
+        Ok(self)
+    }
 }
 
 pub struct Qwen3Cpu {
@@ -65,6 +95,12 @@ impl Qwen3Cpu {
     /// Loads `dir/config.json`, `dir/generation_config.json` (optional) and the safetensors
     /// weights, validated against the graph before anything runs; computes in `dtype`.
     pub fn load(dir: &Path, dtype: DType) -> Result<Qwen3Cpu, ModelError> {
+        Qwen3Cpu::load_with(dir, LoadOptions::new(dtype))
+    }
+
+    /// [`Qwen3Cpu::load`] with every option.
+    pub fn load_with(dir: &Path, options: LoadOptions) -> Result<Qwen3Cpu, ModelError> {
+        let dtype = options.dtype;
         if !dir.is_dir() {
             return Err(ModelError::NoDir(dir.to_path_buf()));
         }
@@ -73,8 +109,10 @@ impl Qwen3Cpu {
         let checkpoint = Checkpoint::open(dir)?;
         // Tied checkpoints may still carry lm_head.weight (the real 0.6B does): accept it.
         let ignore: &[&str] = if config.tie_word_embeddings { &[LM_HEAD] } else { &[] };
-        let all = [&graphs.prefill_all, &graphs.prefill_last, &graphs.decode];
-        let (weights, unused_tensors) = HostWeights::load(&checkpoint, &all, ignore, dtype)?;
+        // Checked against the declared (primitive) graphs: the checkpoint's own tensor names.
+        let (mut weights, unused_tensors) = HostWeights::load(&checkpoint, &graphs.all(), ignore, dtype)?;
+        let graphs = if options.fuse { graphs.fuse()? } else { graphs };
+        weights.prepare_for(&graphs.all())?;
         let mut eos_token_ids = generation_eos(dir)?.unwrap_or_default();
         if eos_token_ids.is_empty() {
             eos_token_ids = config.eos_token_ids.clone();
@@ -95,11 +133,12 @@ impl Qwen3Cpu {
 
     /// A model with seeded random weights (uniform in ±0.05, norm weights 1): for benchmarks
     /// and tests that need the real shapes but not a checkpoint.
-    pub fn with_random_weights(config: Qwen3Config, dtype: DType, seed: u64) -> Result<Qwen3Cpu, ModelError> {
+    pub fn with_random_weights(config: Qwen3Config, options: LoadOptions, seed: u64) -> Result<Qwen3Cpu, ModelError> {
+        let dtype = options.dtype;
         let graphs = Graphs::declare(&config, dtype)?;
         let mut rng = crate::sample::SplitMix64::new(seed);
         let mut weights = HashMap::new();
-        for spec in smelt_runtime::weight_specs(&[&graphs.prefill_all, &graphs.decode]) {
+        for spec in smelt_runtime::weight_specs(&graphs.all()) {
             let n: usize = spec.shape.iter().product();
             let values: Vec<f32> = if spec.name.ends_with("norm.weight") {
                 vec![1.0; n]
@@ -109,7 +148,10 @@ impl Qwen3Cpu {
             weights.insert(spec.name, Tensor::from_f32(dtype, spec.shape, values));
         }
         let eos_token_ids = config.eos_token_ids.clone();
-        Ok(Qwen3Cpu::assemble(config, dtype, graphs, HostWeights::from_map(weights), eos_token_ids, Vec::new()))
+        let mut weights = HostWeights::from_map(weights);
+        let graphs = if options.fuse { graphs.fuse()? } else { graphs };
+        weights.prepare_for(&graphs.all())?;
+        Ok(Qwen3Cpu::assemble(config, dtype, graphs, weights, eos_token_ids, Vec::new()))
     }
 
     pub fn config(&self) -> &Qwen3Config {

@@ -10,5 +10,5 @@ pub mod tokenizer;
 
 pub use chat::{ChatError, ChatMessage, ChatTemplate};
 pub use config::{ConfigError, Qwen3Config};
-pub use engine::{generate, ModelError, Qwen3Cpu, Sampling};
+pub use engine::{generate, LoadOptions, ModelError, Qwen3Cpu, Sampling};
 pub use tokenizer::{IncrementalDecoder, Tokenizer, TokenizerError};

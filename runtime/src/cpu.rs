@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use smelt_ir::{eval, DType, Dim, EvalError, Graph, Op, Sym, Tensor, WeightSource};
+use smelt_ir::{eval, DType, Dim, EvalError, Graph, Op, Sym, Tensor, WeightSource, WEIGHT_CONCAT};
 
 use crate::weights::{Checkpoint, WeightError, WeightSpec};
 
@@ -126,4 +126,50 @@ fn empty_state(node: &smelt_ir::Node) -> Tensor {
         .collect();
     debug_assert!(matches!(node.op, Op::Input { .. }));
     Tensor::zeros(node.dtype, shape)
+}
+
+impl HostWeights {
+    /// Makes the weights fit `graphs` (fused ones may name `a+b+c`, the concatenation of
+    /// checkpoint tensors along axis 0), then drops tensors none of them reads.
+    pub fn prepare_for(&mut self, graphs: &[&Graph]) -> Result<(), EvalError> {
+        for spec in weight_specs(graphs) {
+            if self.tensors.contains_key(&spec.name) {
+                continue;
+            }
+            let parts: Vec<&Tensor> = spec
+                .name
+                .split(WEIGHT_CONCAT)
+                .map(|p| self.tensors.get(p).ok_or_else(|| EvalError::MissingWeight(p.to_string())))
+                .collect::<Result<_, _>>()?;
+            let joined =
+                concat_rows(&parts).filter(|t| t.shape() == spec.shape).ok_or_else(|| EvalError::WeightType {
+                    name: spec.name.clone(),
+                    expected: format!("{:?}", spec.shape),
+                    found: parts.iter().map(|p| format!("{:?}", p.shape())).collect::<Vec<_>>().join(" + "),
+                })?;
+            self.tensors.insert(spec.name, joined);
+        }
+        let used: std::collections::HashSet<String> = weight_specs(graphs).into_iter().map(|s| s.name).collect();
+        self.tensors.retain(|name, _| used.contains(name));
+        Ok(())
+    }
+}
+
+/// Row-wise concatenation of same-dtype, same-width tensors.
+fn concat_rows(parts: &[&Tensor]) -> Option<Tensor> {
+    let first = parts.first()?;
+    let width: usize = first.shape().get(1..)?.iter().product();
+    let mut rows = 0;
+    let mut values = Vec::new();
+    for p in parts {
+        if p.dtype() != first.dtype() || p.shape().get(1..) != first.shape().get(1..) {
+            return None;
+        }
+        rows += p.shape()[0];
+        values.extend_from_slice(p.f32s()?);
+    }
+    let mut shape = first.shape().to_vec();
+    shape[0] = rows;
+    debug_assert_eq!(values.len(), rows * width);
+    Some(Tensor::from_f32(first.dtype(), shape, values))
 }

@@ -3,12 +3,14 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use smelt::ir::cost::{parameter_count, weight_bytes_read};
 use smelt::ir::print::{op_histogram, to_dot, to_text};
 use smelt::ir::{Bindings, DType, Graph};
 use smelt::models::qwen3::{declare, DeclareOptions, Logits, Phase};
 use smelt::models::Qwen3Config;
+use smelt::passes::stats::{op_counts, OpCounts};
+use smelt::passes::{plan_kv, plan_memory};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,6 +26,21 @@ pub struct Args {
     /// Execution dtype; defaults to the config's (bf16 for the published checkpoints).
     #[arg(long, value_enum)]
     dtype: Option<super::DTypeArg>,
+    /// Skip the pass pipeline: summarize and dump the primitive graphs.
+    #[arg(long)]
+    no_fuse: bool,
+    /// Print the decode graph as it is after this pass (e.g. fuse_rmsnorm).
+    #[arg(long, value_name = "PASS")]
+    dump_after: Option<String>,
+    /// Tokens per KV-cache block.
+    #[arg(long, default_value_t = smelt::passes::DEFAULT_BLOCK_TOKENS)]
+    kv_block_tokens: usize,
+    /// Memory for the KV cache, in GiB, to size the paged cache from.
+    #[arg(long, default_value_t = 4.0)]
+    kv_budget_gib: f64,
+    /// Prompt length at which the prefill arena is planned.
+    #[arg(long, default_value_t = 512)]
+    prefill_tokens: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -38,14 +55,132 @@ pub fn run(a: Args) -> Result<()> {
     };
     let dtype = a.dtype.map(DType::from).or(cfg.checkpoint_dtype).unwrap_or(DType::BF16);
     let opts = |phase, logits| DeclareOptions { phase, dtype, logits };
-    let decode = declare(&cfg, opts(Phase::Decode, Logits::LastPosition)).context("declaring the decode graph")?;
-    let prefill = declare(&cfg, opts(Phase::Prefill, Logits::AllPositions)).context("declaring the prefill graph")?;
+    let mut decode = declare(&cfg, opts(Phase::Decode, Logits::LastPosition)).context("declaring the decode graph")?;
+    let mut prefill =
+        declare(&cfg, opts(Phase::Prefill, Logits::AllPositions)).context("declaring the prefill graph")?;
+    let primitive = (decode.clone(), prefill.clone());
     print!("{}", summary(&cfg, &origin, dtype, &decode, &prefill));
+    let mut pass_dumps = Vec::new();
+    if !a.no_fuse {
+        let keep = a.dump.is_some() || a.dump_after.is_some();
+        let pipeline = smelt::passes::pipeline::standard().keep_text(keep);
+        if let Some(name) = &a.dump_after {
+            if !pipeline.names().contains(&name.as_str()) {
+                bail!("--dump-after {name}: no such pass (passes: {})", pipeline.names().join(", "));
+            }
+        }
+        let runs = pipeline.run(&mut decode, "qwen3.decode").context("compiling the decode graph")?;
+        pipeline.run(&mut prefill, "qwen3.prefill").context("compiling the prefill graph")?;
+        println!("pass pipeline (decode graph):");
+        for (i, r) in runs.iter().enumerate() {
+            println!(
+                "  {:02} {:<20} matched {:>4}  changed {:>4}  nodes {:>5}  {:>8.2} ms  {}",
+                i + 1,
+                r.name,
+                r.report.matched,
+                r.report.changed,
+                r.nodes,
+                r.elapsed.as_secs_f64() * 1e3,
+                r.report.notes.join("; ")
+            );
+        }
+        if let Some(name) = &a.dump_after {
+            if let Some(r) = runs.iter().find(|r| r.name == name) {
+                print!("{}", r.text.as_deref().unwrap_or_default());
+            }
+        }
+        pass_dumps =
+            runs.into_iter().enumerate().map(|(i, r)| (format!("{:02}-{}.txt", i + 1, r.name), r.text)).collect();
+    }
+    let plan = Plan::new(&decode, &prefill, a.prefill_tokens, a.kv_block_tokens, a.kv_budget_gib)?;
+    print!("{}", plan.summary(a.no_fuse));
     if let Some(dir) = &a.dump {
-        dump(dir, &[("decode", &decode), ("prefill", &prefill)])?;
-        println!("dumped graphs to {}", dir.display());
+        let graphs = [
+            ("decode", &decode),
+            ("prefill", &prefill),
+            ("decode.primitive", &primitive.0),
+            ("prefill.primitive", &primitive.1),
+        ];
+        dump(dir, &graphs)?;
+        let passes = dir.join("passes");
+        // A dump from an earlier run may hold other NN-pass.txt names: start the folder afresh.
+        if passes.is_dir() {
+            std::fs::remove_dir_all(&passes).with_context(|| format!("clearing {}", passes.display()))?;
+        }
+        if !pass_dumps.is_empty() {
+            std::fs::create_dir_all(&passes).with_context(|| format!("creating {}", passes.display()))?;
+        }
+        for (file, text) in pass_dumps {
+            super::io::write_atomically(&passes.join(file), text.unwrap_or_default().as_bytes())?;
+        }
+        let json = serde_json::to_string_pretty(&plan.json).context("serializing plan.json")?;
+        super::io::write_atomically(&dir.join("plan.json"), json.as_bytes())?;
+        println!("dumped graphs, passes/ and plan.json to {}", dir.display());
     }
     Ok(())
+}
+
+/// The figures of `plan.json` (a contract for outside checks) and of the printed summary.
+struct Plan {
+    json: serde_json::Value,
+    decode: OpCounts,
+}
+
+impl Plan {
+    fn new(decode: &Graph, prefill: &Graph, prefill_tokens: usize, block: usize, budget_gib: f64) -> Result<Plan> {
+        let graph_figures = |g: &Graph, t: usize| {
+            let b = Bindings { batch: 1, new_tokens: t, cached_tokens: 0 };
+            let counts = op_counts(g);
+            let mem = plan_memory(g, &b);
+            let json = serde_json::json!({
+                "ops": counts.ops,
+                "ops_per_layer": counts.ops_per_layer,
+                "ops_outside_layers": counts.ops_outside_layers,
+                "ops_by_kind": counts.by_kind,
+                "arena_bytes": mem.arena_bytes,
+                "arena_bytes_without_reuse": mem.naive_bytes,
+                "new_tokens": t,
+                "weight_bytes_read": weight_bytes_read(g, &b),
+            });
+            (counts, json)
+        };
+        let (decode_counts, decode_json) = graph_figures(decode, 1);
+        let (_, prefill_json) = graph_figures(prefill, prefill_tokens);
+        let budget = (budget_gib * (1u64 << 30) as f64) as usize;
+        let kv = plan_kv(decode, block, budget).context("planning the KV cache")?;
+        let json = serde_json::json!({ "decode": decode_json, "prefill": prefill_json, "kv": kv });
+        Ok(Plan { json, decode: decode_counts })
+    }
+
+    fn summary(&self, unfused: bool) -> String {
+        let d = &self.json["decode"];
+        let kv = &self.json["kv"];
+        let mut s = String::new();
+        let what = if unfused { "primitive ops (--no-fuse)" } else { "fused ops" };
+        let _ = writeln!(
+            s,
+            "decode step (batch 1): {} {what}, at most {} per layer, {} outside the layers",
+            self.decode.ops, self.decode.ops_per_layer, self.decode.ops_outside_layers
+        );
+        let kinds: Vec<String> = self.decode.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(s, "  by kind: {}", kinds.join(", "));
+        let _ = writeln!(
+            s,
+            "  activation arena: {} bytes (decode), {} bytes (prefill of {} tokens)",
+            d["arena_bytes"], self.json["prefill"]["arena_bytes"], self.json["prefill"]["new_tokens"]
+        );
+        let _ = writeln!(
+            s,
+            "  KV cache: {} bytes per token in {}, blocks of {} tokens; {} blocks ({} tokens) in {} bytes",
+            kv["bytes_per_token"],
+            kv["dtype"].as_str().unwrap_or("?"),
+            kv["block_tokens"],
+            kv["blocks"],
+            kv["capacity_tokens"],
+            kv["budget_bytes"]
+        );
+        s
+    }
 }
 
 fn summary(cfg: &Qwen3Config, origin: &str, dtype: DType, decode: &Graph, prefill: &Graph) -> String {

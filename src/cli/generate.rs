@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use smelt::ir::DType;
 use smelt::models::qwen3::Logits;
-use smelt::models::{generate as run_generation, Qwen3Cpu, Sampling, Tokenizer};
+use smelt::models::{generate as run_generation, LoadOptions, Qwen3Cpu, Sampling, Tokenizer};
 
 use super::{io::write_atomically, model_dir_arg, parse_ids, DTypeArg, Device};
 
@@ -27,6 +27,9 @@ pub struct LogitsArgs {
     /// Execution dtype (the CPU reference computes in f32 by default).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DTypeArg,
+    /// Run the primitive graph instead of the fused one.
+    #[arg(long)]
+    no_fuse: bool,
 }
 
 #[derive(clap::Args)]
@@ -64,12 +67,16 @@ pub struct GenerateArgs {
     device: Device,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DTypeArg,
+    /// Run the primitive graph instead of the fused one.
+    #[arg(long)]
+    no_fuse: bool,
 }
 
-fn load(dir: &Path, dtype: DType) -> Result<Qwen3Cpu> {
+fn load(dir: &Path, dtype: DType, no_fuse: bool) -> Result<Qwen3Cpu> {
     let dir = model_dir_arg(dir)?;
     let t0 = Instant::now();
-    let model = Qwen3Cpu::load(&dir, dtype).with_context(|| format!("loading {}", dir.display()))?;
+    let options = LoadOptions { dtype, fuse: !no_fuse };
+    let model = Qwen3Cpu::load_with(&dir, options).with_context(|| format!("loading {}", dir.display()))?;
     for name in model.unused_tensors() {
         eprintln!("warning: {}: tensor {name} is not used by the model", dir.display());
     }
@@ -88,7 +95,7 @@ fn load(dir: &Path, dtype: DType) -> Result<Qwen3Cpu> {
 pub fn logits(a: LogitsArgs) -> Result<()> {
     a.device.require_cpu()?;
     let ids = parse_ids(&a.prompt_ids)?;
-    let mut model = load(&a.model, a.dtype.into())?;
+    let mut model = load(&a.model, a.dtype.into(), a.no_fuse)?;
     let t0 = Instant::now();
     let logits = model.forward(&ids, Logits::AllPositions)?;
     eprintln!("prefill of {} tokens in {:.2}s", ids.len(), t0.elapsed().as_secs_f64());
@@ -149,7 +156,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         },
         (None, None) => unreachable!("clap requires --prompt or --prompt-ids"),
     };
-    let mut model = load(&a.model, a.dtype.into())?;
+    let mut model = load(&a.model, a.dtype.into(), a.no_fuse)?;
     let sampling = if a.temperature == 0.0 {
         Sampling::Greedy
     } else {

@@ -4,6 +4,7 @@
 //! runs at a usable speed.
 
 mod elementwise;
+mod fused;
 mod linalg;
 mod movement;
 
@@ -113,12 +114,17 @@ pub fn eval(
                         taken.push((*x, values[x.index()].take().expect("operand evaluated")));
                     }
                 }
-                let consumable = match taken.iter().position(|(x, v)| *x == operands[0] && matches!(v, Val::Owned(_))) {
-                    Some(i) if matches!(op, Op::KvAppend) && operands[1] != operands[0] => match taken.swap_remove(i).1
-                    {
-                        Val::Owned(t) => Some(t),
-                        Val::Borrowed(_) => None,
-                    },
+                // An owned cache at its last use is appended to in place instead of copied.
+                let slot = op.kv_cache_operand();
+                let consumable = match slot
+                    .and_then(|k| taken.iter().position(|(x, v)| *x == operands[k] && matches!(v, Val::Owned(_))))
+                {
+                    Some(i) if operands.iter().filter(|&&x| x == taken[i].0).count() == 1 => {
+                        match taken.swap_remove(i).1 {
+                            Val::Owned(t) => Some(t),
+                            Val::Borrowed(_) => None,
+                        }
+                    }
                     _ => None,
                 };
                 let lookup = |x: &NodeId| -> &Tensor {
@@ -130,19 +136,22 @@ pub fn eval(
                 let args: Vec<&Tensor> = operands
                     .iter()
                     .enumerate()
-                    .map(|(i, x)| match (i, &consumable) {
-                        (0, Some(c)) => c,
+                    .map(|(i, x)| match (&consumable, Some(i) == slot) {
+                        (Some(c), true) => c,
                         _ => lookup(x),
                     })
                     .collect();
                 let out_shape = node.shape.resolve(&bindings);
-                let result = match (op, consumable.is_some()) {
-                    (Op::KvAppend, true) => {
-                        let new = args[1].clone();
-                        drop(args);
-                        Ok(movement::append_rows(consumable.expect("checked"), &new))
-                    }
-                    _ => apply(op, node.dtype, &out_shape, &args),
+                let result = if consumable.is_some() {
+                    // The appended rows are computed before the cache is moved out of `args`.
+                    let rows = match op {
+                        Op::NormRope { eps, .. } => fused::norm_rope(&args[..4], *eps),
+                        _ => Ok(args[1].clone()),
+                    };
+                    drop(args);
+                    rows.map(|rows| movement::append_rows(consumable.expect("checked"), &rows))
+                } else {
+                    apply(op, node.dtype, &out_shape, &args)
                 };
                 let result = result.map_err(|message| EvalError::Node { node: node_label(graph, id), message })?;
                 if result.shape() != out_shape.as_slice() {
@@ -220,6 +229,12 @@ fn apply(op: &Op, dtype: DType, out_shape: &[usize], args: &[&Tensor]) -> Result
         Op::Slice { axis, start, end } => movement::slice(a(0), *axis, *start, *end)?,
         Op::Concat { axis } => movement::concat(args, *axis),
         Op::KvAppend => movement::append_rows(a(0).clone(), a(1)),
+        Op::RmsNorm { eps } => fused::rms_norm(a(0), a(1), *eps)?,
+        Op::Linear { norm_eps, epilogue } => fused::linear(args, *norm_eps, epilogue.as_ref())?,
+        Op::NormRope { eps, append: false } => fused::norm_rope(args, *eps)?,
+        Op::NormRope { eps, append: true } => movement::append_rows(a(4).clone(), &fused::norm_rope(&args[..4], *eps)?),
+        Op::NormRopeAttention { eps, scale } => fused::norm_rope_attention(args, *eps, *scale, dtype)?,
+        Op::Elementwise { body } => fused::expr(body, args, None)?.into_owned(),
         Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. } => return Err(format!("{} is a leaf", op.kind())),
     })
 }

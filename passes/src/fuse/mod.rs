@@ -1,0 +1,60 @@
+//! Fusion passes: each matches a primitive chain by walking operands from a root, and
+//! replaces it with one fused op whose `eval` meaning is the chain's. Nodes left dead are
+//! removed by `Dce`.
+
+mod elementwise;
+mod epilogue;
+mod horizontal;
+mod prologue;
+mod rmsnorm;
+mod rope;
+
+pub use elementwise::FuseElementwise;
+pub use epilogue::FuseEpilogue;
+pub use horizontal::FuseHorizontal;
+pub use prologue::FuseNormPrologue;
+pub use rmsnorm::FuseRmsNorm;
+pub use rope::FuseNormRope;
+
+use smelt_ir::{DType, Graph, Node, NodeId, Op, Shape};
+
+pub(crate) fn op(g: &Graph, id: NodeId) -> &Op {
+    &g.node(id).op
+}
+
+/// True when `id` has exactly one user and is not a graph output, so folding it into that
+/// user cannot change anything else.
+pub(crate) fn only_used_by(g: &Graph, id: NodeId, user: NodeId) -> bool {
+    g.users(id) == [user] && !g.outputs().iter().any(|(_, o)| *o == id)
+}
+
+/// The f32 value of a scalar constant.
+pub(crate) fn scalar_value(g: &Graph, id: NodeId) -> Option<f32> {
+    match op(g, id) {
+        Op::Constant { values } if values.len() == 1 => Some(values[0]),
+        _ => None,
+    }
+}
+
+/// Skips a cast, returning its operand (or `id` itself when it is not a cast).
+pub(crate) fn through_cast(g: &Graph, id: NodeId) -> NodeId {
+    match op(g, id) {
+        Op::Cast { .. } => g.operands(id)[0],
+        _ => id,
+    }
+}
+
+/// Adds `op` on `operands` with the type of `like`, carrying its name, and moves every use of
+/// `like` to the new node.
+pub(crate) fn replace_with(g: &mut Graph, like: NodeId, op: Op, operands: &[NodeId]) -> NodeId {
+    let old = g.node(like);
+    let (dtype, shape, name): (DType, Shape, Option<String>) = (old.dtype, old.shape.clone(), old.name.clone());
+    let new = g.add_node(Node { op, dtype, shape, name }, operands);
+    g.replace_all_uses(like, new);
+    new
+}
+
+/// Node ids in topological order (a snapshot: passes mutate the graph while iterating).
+pub(crate) fn topo(g: &Graph) -> Vec<NodeId> {
+    g.topo_order().unwrap_or_else(|| g.node_ids().collect())
+}

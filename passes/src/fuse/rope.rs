@@ -1,0 +1,127 @@
+//! Q/K norm + RoPE: `x*cos + rotate_half(x)*sin` over an RMSNorm'd `x`, with the cos/sin
+//! tables computed from the positions, becomes one `NormRope` that computes the tables
+//! itself. Then the op that consumes it absorbs it: a KV append (`NormRope { append }`, the
+//! K-cache write) or attention's queries (`NormRopeAttention`).
+
+use smelt_ir::{BinaryOp, Bound, Graph, IrError, NodeId, Op, UnaryOp};
+
+use super::{only_used_by, op, replace_with, through_cast, topo};
+use crate::pass::{Pass, Report};
+
+pub struct FuseNormRope;
+
+/// `(positions, inv_freq)` if `table` is `reshape(cast?(f(concat(freqs, freqs))))` with
+/// `freqs = reshape(cast(positions)) * inv_freq` and `f` the given unary op.
+fn match_table(g: &Graph, table: NodeId, f: UnaryOp) -> Option<(NodeId, NodeId)> {
+    let table = if matches!(op(g, table), Op::Reshape { .. }) { g.operands(table)[0] } else { table };
+    let trig = through_cast(g, table);
+    if *op(g, trig) != Op::Unary(f) {
+        return None;
+    }
+    let emb = g.operands(trig)[0];
+    let halves = g.operands(emb);
+    if !matches!(op(g, emb), Op::Concat { axis: 1 }) || halves.len() != 2 || halves[0] != halves[1] {
+        return None;
+    }
+    let freqs = halves[0];
+    if *op(g, freqs) != Op::Binary(BinaryOp::Mul) {
+        return None;
+    }
+    let ops = g.operands(freqs);
+    [(ops[0], ops[1]), (ops[1], ops[0])].into_iter().find_map(|(col, inv)| {
+        let col = if matches!(op(g, col), Op::Reshape { .. }) { g.operands(col)[0] } else { col };
+        let pos = through_cast(g, col);
+        let is_input = matches!(op(g, pos), Op::Input { .. }) && g.node(pos).dtype == smelt_ir::DType::I32;
+        (is_input && matches!(op(g, inv), Op::Constant { .. })).then_some((pos, inv))
+    })
+}
+
+/// `(raw, norm_w, eps, positions, inv_freq)` of a norm+rope chain rooted at `root`.
+fn match_norm_rope(g: &Graph, root: NodeId) -> Option<[NodeId; 4]> {
+    if *op(g, root) != Op::Binary(BinaryOp::Add) {
+        return None;
+    }
+    let [a, c] = <[NodeId; 2]>::try_from(g.operands(root)).ok()?;
+    [(a, c), (c, a)].into_iter().find_map(|(x_cos, rot_sin)| {
+        let both = |m: NodeId| (*op(g, m) == Op::Binary(BinaryOp::Mul)).then(|| g.operands(m));
+        let (xc, rs) = (both(x_cos)?, both(rot_sin)?);
+        let (x, cos, rot, sin) = (xc[0], xc[1], rs[0], rs[1]);
+        let x_node = g.node(x);
+        let d = x_node.shape.dims().last()?.fixed()?;
+        if !matches!(op(g, x), Op::RmsNorm { .. }) || x_node.shape.rank() != 3 {
+            return None;
+        }
+        let parts = g.operands(rot);
+        if !matches!(op(g, rot), Op::Concat { axis: 2 })
+            || parts.len() != 2
+            || *op(g, parts[0]) != Op::Unary(UnaryOp::Neg)
+        {
+            return None;
+        }
+        let (x2, x1) = (g.operands(parts[0])[0], parts[1]);
+        let half = |s: NodeId, a: usize, b: usize| {
+            *op(g, s) == (Op::Slice { axis: 2, start: Bound::FromStart(a), end: Bound::FromStart(b) })
+                && g.operands(s)[0] == x
+        };
+        if !half(x1, 0, d / 2) || !half(x2, d / 2, d) {
+            return None;
+        }
+        let (pos, inv) = match_table(g, cos, UnaryOp::Cos)?;
+        if match_table(g, sin, UnaryOp::Sin)? != (pos, inv) {
+            return None;
+        }
+        // Everything between the norm and the root must be private to this chain.
+        let private = [(x2, parts[0]), (parts[0], rot), (x1, rot), (rot, rot_sin), (rot_sin, root), (x_cos, root)];
+        if !private.iter().all(|&(n, user)| only_used_by(g, n, user)) {
+            return None;
+        }
+        let mut x_users = g.users(x);
+        x_users.sort();
+        let mut expected = vec![x_cos, x1, x2];
+        expected.sort();
+        (x_users == expected).then_some([x, pos, inv, root])
+    })
+}
+
+impl Pass for FuseNormRope {
+    fn name(&self) -> &'static str {
+        "fuse_norm_rope"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<Report, IrError> {
+        let mut report = Report::default();
+        let (mut appends, mut attentions) = (0, 0);
+        for root in topo(g) {
+            if !g.contains(root) {
+                continue;
+            }
+            let Some([norm, pos, inv, _]) = match_norm_rope(g, root) else { continue };
+            let Op::RmsNorm { eps } = *op(g, norm) else { continue };
+            let [raw, w] = <[NodeId; 2]>::try_from(g.operands(norm)).expect("rmsnorm has 2 operands");
+            let fused = replace_with(g, root, Op::NormRope { eps, append: false }, &[raw, w, pos, inv]);
+            report.matched += 1;
+            let users = g.users(fused);
+            let Some(&user) = users.first().filter(|_| users.len() == 1 && only_used_by(g, fused, users[0])) else {
+                continue;
+            };
+            let uops = g.operands(user);
+            match op(g, user).clone() {
+                Op::KvAppend if uops[1] == fused && uops[0] != fused => {
+                    replace_with(g, user, Op::NormRope { eps, append: true }, &[raw, w, pos, inv, uops[0]]);
+                    appends += 1;
+                }
+                Op::Attention { scale } if uops[0] == fused && uops[1] != fused && uops[2] != fused => {
+                    replace_with(g, user, Op::NormRopeAttention { eps, scale }, &[raw, w, pos, inv, uops[1], uops[2]]);
+                    attentions += 1;
+                }
+                _ => {}
+            }
+        }
+        report.changed = report.matched + appends + attentions;
+        report.note(format!(
+            "fused {} norm+rope chains; {appends} into a KV append, {attentions} into attention",
+            report.matched
+        ));
+        Ok(report)
+    }
+}
