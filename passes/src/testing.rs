@@ -299,13 +299,32 @@ pub(crate) fn random_inputs(graph: &Graph, new_tokens: usize, seed: u64) -> (Ten
     (inputs, weights)
 }
 
+/// Adds the `a+b` weights a horizontally fused `graph` reads: its parts stacked along axis 0,
+/// as a runtime does when it loads them.
+pub(crate) fn add_concatenated_weights(graph: &Graph, weights: &mut Tensors) {
+    for (name, id) in graph.weights() {
+        if weights.contains_key(&name) || !name.contains(smelt_ir::WEIGHT_CONCAT) {
+            continue;
+        }
+        let mut values = Vec::new();
+        for part in name.split(smelt_ir::WEIGHT_CONCAT) {
+            values.extend_from_slice(weights[part].f32s().expect("float weight"));
+        }
+        let node = graph.node(id);
+        let shape: Vec<usize> =
+            node.shape.dims().iter().map(|d| d.fixed().expect("weights have fixed shapes")).collect();
+        weights.insert(name, Tensor::from_f32(node.dtype, shape, values));
+    }
+}
+
 /// Evaluates `before` and `after` on the same random inputs and checks every output by name:
 /// same dtype and shape; i32 exactly; floats with `‖a−b‖₂ ≤ rel_tol·‖b‖₂` over the finite
 /// elements of `before`'s result `b`, where every non-finite element must be matched exactly
 /// (NaN by NaN). `rel_tol = 0.0` therefore demands identical finite values.
 #[track_caller]
 pub(crate) fn assert_same_eval(before: &Graph, after: &Graph, new_tokens: usize, seed: u64, rel_tol: f64) {
-    let (inputs, weights) = random_inputs(before, new_tokens, seed);
+    let (inputs, mut weights) = random_inputs(before, new_tokens, seed);
+    add_concatenated_weights(after, &mut weights);
     let want = eval(before, inputs.clone(), &weights).expect("`before` evaluates");
     let got = eval(after, inputs, &weights).unwrap_or_else(|e| panic!("`after` fails to evaluate: {e}"));
     let mut names: Vec<&String> = want.keys().collect();

@@ -16,6 +16,9 @@ pub use prologue::FuseNormPrologue;
 pub use rmsnorm::FuseRmsNorm;
 pub use rope::FuseNormRope;
 
+#[cfg(test)]
+mod tests;
+
 use smelt_ir::{DType, Graph, Node, NodeId, Op, Shape};
 
 pub(crate) fn op(g: &Graph, id: NodeId) -> &Op {

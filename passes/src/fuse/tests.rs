@@ -1,0 +1,74 @@
+//! Every fusion pass, on random graphs: the graph still verifies, evaluates to the same
+//! results, and, over many graphs, the pass finds work to do. (The Qwen3-specific patterns,
+//! RMSNorm and RoPE, are checked over random Qwen3 shapes in the workspace's
+//! tests/passes_qwen3.rs.)
+//!
+//! Tolerance: 1e-6 relative over each whole output. Fused ops evaluate as the very kernels of
+//! the chain they replace; only a horizontally fused matmul may sum in another order.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::dce::Dce;
+use crate::pass::Pass;
+use crate::testing::{assert_same_eval, graph_strategy, random_graph, run_verified};
+
+const TOL: f64 = 1e-6;
+
+fn passes() -> Vec<Box<dyn Pass>> {
+    vec![
+        Box::new(FuseHorizontal),
+        Box::new(FuseRmsNorm),
+        Box::new(FuseNormRope),
+        Box::new(FuseNormPrologue),
+        Box::new(FuseElementwise),
+        Box::new(FuseEpilogue),
+    ]
+}
+
+/// Runs `pass` then `Dce` (fusion leaves the replaced chain dead until then).
+fn fuse(pass: &dyn Pass, g: &smelt_ir::Graph) -> (smelt_ir::Graph, crate::Report) {
+    let (g, report) = run_verified(pass, g);
+    (run_verified(&Dce, &g).0, report)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+
+    #[test]
+    fn each_fusion_pass_preserves_eval(rg in graph_strategy()) {
+        for pass in passes() {
+            let (after, _) = fuse(pass.as_ref(), &rg.graph);
+            for t in [1, 3] {
+                assert_same_eval(&rg.graph, &after, t, rg.seed, TOL);
+            }
+        }
+    }
+
+    /// The passes in pipeline order, each on the previous one's result.
+    #[test]
+    fn fusion_passes_compose(rg in graph_strategy()) {
+        let mut g = rg.graph.clone();
+        for pass in passes() {
+            g = fuse(pass.as_ref(), &g).0;
+        }
+        assert_same_eval(&rg.graph, &g, 2, rg.seed, TOL);
+    }
+}
+
+#[test]
+fn random_graphs_give_generic_fusions_work() {
+    let (mut horizontal, mut elementwise, mut epilogue) = (0, 0, 0);
+    for seed in 0..200 {
+        let g = random_graph(seed);
+        let (g, r) = fuse(&FuseHorizontal, &g);
+        horizontal += r.matched;
+        let (g, r) = fuse(&FuseElementwise, &g);
+        elementwise += r.matched;
+        epilogue += fuse(&FuseEpilogue, &g).1.matched;
+    }
+    eprintln!(
+        "over 200 random graphs: {horizontal} horizontal, {elementwise} elementwise, {epilogue} epilogue fusions"
+    );
+    assert!(horizontal > 0 && elementwise > 0 && epilogue > 0);
+}
