@@ -1,0 +1,36 @@
+//! The helpers every generated kernel carries in its own source. They are plain C that NVRTC
+//! compiles with no include paths (NVRTC 13 has no built-in `cuda_bf16.h`), and that a host C
+//! compiler compiles too, so the tests can run rendered bodies on the CPU.
+
+/// Storage rounding to bf16 and f16 (round to nearest even, as the `half` crate does and so as
+/// `ir::eval` does), and bit casts.
+pub const PRELUDE: &str = r#"#ifdef __CUDACC__
+#define SMELT_FN static __device__ __forceinline__
+#else
+#include <math.h>
+#define SMELT_FN static inline
+#endif
+SMELT_FN unsigned int smelt_f2u(float x) { union { float f; unsigned int u; } v; v.f = x; return v.u; }
+SMELT_FN float smelt_u2f(unsigned int u) { union { float f; unsigned int u; } v; v.u = u; return v.f; }
+/* The nearest bf16 to x (ties to even), as an f32. NaN stays NaN. */
+SMELT_FN float smelt_round_bf16(float x) {
+  unsigned int u = smelt_f2u(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return smelt_u2f(u | 0x00400000u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return smelt_u2f(u & 0xffff0000u);
+}
+/* The nearest f16 to x (ties to even), as an f32: overflow gives infinity, values below the
+   smallest normal round to a multiple of 2^-24. */
+SMELT_FN float smelt_round_f16(float x) {
+  unsigned int u = smelt_f2u(x);
+  unsigned int sign = u & 0x80000000u, a = u & 0x7fffffffu;
+  if (a >= 0x7f800000u) return x;
+  if (a >= 0x477ff000u) return smelt_u2f(sign | 0x7f800000u);
+  if (a < 0x38800000u) {
+    float q = rintf(smelt_u2f(a) * 16777216.0f) * (1.0f / 16777216.0f);
+    return smelt_u2f(sign | smelt_f2u(q));
+  }
+  a += 0xfffu + ((a >> 13) & 1u);
+  return smelt_u2f(sign | (a & 0xffffe000u));
+}
+"#;
