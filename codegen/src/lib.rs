@@ -3,7 +3,12 @@
 //! headers). Kernel emitters, the launch schedule and the NVRTC front come next.
 
 pub mod expr;
+pub mod kernels;
+pub mod nvrtc;
 pub mod prelude;
+pub mod ptxas;
 
 pub use expr::{render, Leaves, LocalNames};
+pub use kernels::{kernel_name, Kernel};
+pub use nvrtc::{Arch, Nvrtc, NvrtcError};
 pub use prelude::PRELUDE;

@@ -33,4 +33,27 @@ SMELT_FN float smelt_round_f16(float x) {
   a += 0xfffu + ((a >> 13) & 1u);
   return smelt_u2f(sign | (a & 0xffffe000u));
 }
+/* Loads and stores of 16-bit storage types (kept as unsigned short: no CUDA headers). */
+SMELT_FN float smelt_load_bf16(unsigned short h) { return smelt_u2f((unsigned int)h << 16); }
+SMELT_FN unsigned short smelt_store_bf16(float x) { return (unsigned short)(smelt_f2u(smelt_round_bf16(x)) >> 16); }
+#ifdef __CUDACC__
+SMELT_FN float smelt_load_f16(unsigned short h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+SMELT_FN unsigned short smelt_store_f16(float x) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x)); return h; }
+#else
+SMELT_FN float smelt_load_f16(unsigned short h) {
+  unsigned int sign = (unsigned int)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0x1fu) return smelt_u2f(sign | 0x7f800000u | (m << 13));
+  if (e == 0) return smelt_u2f(sign | smelt_f2u((float)m * (1.0f / 16777216.0f)));
+  return smelt_u2f(sign | ((e + 112u) << 23) | (m << 13));
+}
+SMELT_FN unsigned short smelt_store_f16(float x) {
+  unsigned int u = smelt_f2u(smelt_round_f16(x)), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (unsigned short)(sign | 0x7e00u);
+  if (a == 0x7f800000u) return (unsigned short)(sign | 0x7c00u);
+  if (a < 0x38800000u) return (unsigned short)(sign | (unsigned int)(smelt_u2f(a) * 16777216.0f));
+  return (unsigned short)(sign | ((((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu)));
+}
+#endif
+/* Run-time sizes of one step, in device memory so a captured CUDA graph replays unchanged. */
+typedef struct { unsigned int batch, new_tokens, cached_tokens; } smelt_step;
 "#;

@@ -205,3 +205,44 @@ fn leaves_and_literals() {
     );
     assert_eq!(render(&add, &Global), "(x0[idx] + smelt_u2f(0x3f000000u))");
 }
+
+/// The prelude's host versions of the 16-bit loads and stores agree with the `half` crate for
+/// every f16 and bf16 bit pattern, and for stores of 4096 floats across the f16 range.
+#[test]
+fn prelude_codecs_match_half() {
+    let Ok(cc) = which_cc() else {
+        eprintln!("skipped: no C compiler (cc) on PATH");
+        return;
+    };
+    let mut r = Rng(7);
+    let floats: Vec<f32> = (0..4096).map(|i| (r.unit() - 0.5) * [1e-7, 1e-4, 1.0, 7e4][i % 4]).collect();
+    let mut c = String::from(PRELUDE);
+    c.push_str("#include <stdio.h>\nint main(void) {\n");
+    c.push_str("  for (unsigned int h = 0; h < 65536u; h++) printf(\"%08x %08x\\n\", smelt_f2u(smelt_load_f16((unsigned short)h)), smelt_f2u(smelt_load_bf16((unsigned short)h)));\n");
+    let bits: Vec<String> = floats.iter().map(|v| format!("0x{:08x}u", v.to_bits())).collect();
+    let _ = writeln!(c, "  static const unsigned int xs[{}] = {{{}}};", floats.len(), bits.join(","));
+    let _ = writeln!(c, "  for (int i = 0; i < {}; i++) printf(\"%04x %04x\\n\", smelt_store_f16(smelt_u2f(xs[i])), smelt_store_bf16(smelt_u2f(xs[i])));", floats.len());
+    c.push_str("  return 0;\n}\n");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (src, exe) = (dir.path().join("codecs.c"), dir.path().join("codecs"));
+    std::fs::write(&src, c).expect("write C source");
+    let status = Command::new(&cc).args(["-O1", "-o"]).arg(&exe).arg(&src).arg("-lm").status();
+    assert!(status.is_ok_and(|s| s.success()), "{cc} failed on {}", src.display());
+    let out = String::from_utf8(Command::new(&exe).output().expect("runs").stdout).expect("ascii");
+    let mut lines = out.lines();
+    let same = |a: u32, b: f32| a == b.to_bits() || (f32::from_bits(a).is_nan() && b.is_nan());
+    for h in 0..=u16::MAX {
+        let line = lines.next().expect("one line per pattern");
+        let (f, b) = line.split_once(' ').expect("two fields");
+        let (f, b) = (u32::from_str_radix(f, 16).expect("hex"), u32::from_str_radix(b, 16).expect("hex"));
+        assert!(same(f, half::f16::from_bits(h).to_f32()), "f16 load of {h:04x}: {f:08x}");
+        assert!(same(b, half::bf16::from_bits(h).to_f32()), "bf16 load of {h:04x}: {b:08x}");
+    }
+    for x in &floats {
+        let line = lines.next().expect("one line per float");
+        let (f, b) = line.split_once(' ').expect("two fields");
+        let (f, b) = (u16::from_str_radix(f, 16).expect("hex"), u16::from_str_radix(b, 16).expect("hex"));
+        assert_eq!(f, half::f16::from_f32(*x).to_bits(), "f16 store of {x:e}");
+        assert_eq!(b, half::bf16::from_f32(*x).to_bits(), "bf16 store of {x:e}");
+    }
+}

@@ -1,0 +1,67 @@
+//! Kernel emitters, one per fused-op kind, all with one calling convention:
+//! `name(inputs…, outputs…, const smelt_step* step)`, pointers in operand order, then the
+//! step's run-time sizes (in device memory, so a captured CUDA graph replays unchanged).
+
+mod elementwise;
+
+pub use elementwise::elementwise;
+
+use smelt_ir::{DType, Dim, Sym};
+
+/// A generated kernel: one `extern "C" __global__` entry point in self-contained CUDA C.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    /// Stable and meaningful (`l07_mlp_residual`): also the entry point's name.
+    pub name: String,
+    pub kind: &'static str,
+    pub source: String,
+}
+
+/// The C type a value of `dtype` is stored as.
+pub(crate) fn storage_type(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "float",
+        DType::BF16 | DType::F16 => "unsigned short",
+        DType::I32 => "int",
+    }
+}
+
+/// A C expression (float) loading `ptr[index]` of `dtype`.
+pub(crate) fn load(dtype: DType, ptr: &str, index: &str) -> String {
+    match dtype {
+        DType::F32 => format!("{ptr}[{index}]"),
+        DType::BF16 => format!("smelt_load_bf16({ptr}[{index}])"),
+        DType::F16 => format!("smelt_load_f16({ptr}[{index}])"),
+        DType::I32 => format!("(float){ptr}[{index}]"),
+    }
+}
+
+/// A C statement storing the float `value` (already rounded to `dtype`) to `ptr[index]`.
+pub(crate) fn store(dtype: DType, ptr: &str, index: &str, value: &str) -> String {
+    match dtype {
+        DType::F32 => format!("{ptr}[{index}] = {value};"),
+        DType::BF16 => format!("{ptr}[{index}] = smelt_store_bf16({value});"),
+        DType::F16 => format!("{ptr}[{index}] = smelt_store_f16({value});"),
+        DType::I32 => format!("{ptr}[{index}] = (int)({value});"),
+    }
+}
+
+/// A dim as a C expression: a literal, or read from the step parameters.
+pub(crate) fn dim_expr(d: Dim) -> String {
+    match d {
+        Dim::Fixed(n) => format!("{n}u"),
+        Dim::Sym(Sym::Batch) => "step->batch".into(),
+        Dim::Sym(Sym::NewTokens) => "step->new_tokens".into(),
+        Dim::Sym(Sym::CachedTokens) => "step->cached_tokens".into(),
+        Dim::Sym(Sym::TotalTokens) => "(step->cached_tokens + step->new_tokens)".into(),
+    }
+}
+
+/// A kernel name from an IR node name: `l07.mlp.gate_up` -> `l07_mlp_gate_up`.
+pub fn kernel_name(node_name: &str) -> String {
+    let mut s: String = node_name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert_str(0, "k_");
+    }
+    s
+}
