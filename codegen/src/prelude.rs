@@ -54,6 +54,11 @@ SMELT_FN unsigned short smelt_store_f16(float x) {
   return (unsigned short)(sign | ((((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu)));
 }
 #endif
-/* Run-time sizes of one step, in device memory so a captured CUDA graph replays unchanged. */
-typedef struct { unsigned int batch, new_tokens, cached_tokens; } smelt_step;
+/* Run-time values of one step, in device memory so a captured CUDA graph replays unchanged:
+   the symbolic sizes, and the paged KV cache's block table (one sequence). */
+typedef struct {
+  unsigned int batch, new_tokens, cached_tokens;
+  unsigned int block_tokens;
+  const unsigned int* block_table;
+} smelt_step;
 "#;

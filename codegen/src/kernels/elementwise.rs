@@ -5,7 +5,9 @@ use std::fmt::Write;
 
 use smelt_ir::{DType, Expr, Shape};
 
-use super::{dim_expr, load, storage_type, store, Kernel};
+use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch};
+
+const BLOCK: u32 = 256;
 use crate::expr::{render, LocalNames};
 use crate::PRELUDE;
 
@@ -60,5 +62,12 @@ pub fn elementwise(name: &str, body: &Expr, inputs: &[(DType, Shape)], out: (DTy
     }
     let _ = writeln!(s, "    {}", store(out.0, "y", "i", &render(body, &LocalNames)));
     s.push_str("  }\n}\n");
-    Kernel { name: name.to_string(), kind: "elementwise", source: s }
+    // A grid-stride loop: enough blocks to cover the output, capped so huge tensors reuse them.
+    let grid = Grid::Cover { shape: out.1.clone(), per_block: BLOCK, max: 4096 };
+    Kernel {
+        name: name.to_string(),
+        kind: "elementwise",
+        source: s,
+        launch: Launch { block: BLOCK, grid, shared_bytes: 0 },
+    }
 }

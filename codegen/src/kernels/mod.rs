@@ -1,12 +1,21 @@
 //! Kernel emitters, one per fused-op kind, all with one calling convention:
-//! `name(inputs…, outputs…, const smelt_step* step)`, pointers in operand order, then the
-//! step's run-time sizes (in device memory, so a captured CUDA graph replays unchanged).
+//! `name(inputs…, outputs…, const smelt_step* step)`: device pointers in operand order (the
+//! op's operands, then its one output), then the step's run-time values (`smelt_step` in the
+//! prelude), which live in device memory so that a captured CUDA graph replays unchanged.
+//!
+//! Storage: f32 as `float`, bf16/f16 as `unsigned short` (loaded and stored with the
+//! prelude's helpers), i32 as `int`; row-major, contiguous. Views (reshape, slice) are folded
+//! into a consumer's addressing by the emitter that reads through them.
+//!
+//! KV caches are paged: a cache (one layer's K or V) is physically
+//! `[blocks, block_tokens, KVH, D]`; logical position `p` lives in block
+//! `step->block_table[p / step->block_tokens]`, row `p % step->block_tokens`.
 
 mod elementwise;
 
 pub use elementwise::elementwise;
 
-use smelt_ir::{DType, Dim, Sym};
+use smelt_ir::{Bindings, DType, Dim, Shape, Sym};
 
 /// A generated kernel: one `extern "C" __global__` entry point in self-contained CUDA C.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,6 +24,40 @@ pub struct Kernel {
     pub name: String,
     pub kind: &'static str,
     pub source: String,
+    pub launch: Launch,
+}
+
+/// How a kernel is launched, as a function of the step's sizes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Launch {
+    /// Threads per block.
+    pub block: u32,
+    pub grid: Grid,
+    /// Dynamic shared memory per block.
+    pub shared_bytes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Grid {
+    Fixed(u32),
+    /// `ceil(volume(shape) / per_block)` blocks, at most `max`.
+    Cover {
+        shape: Shape,
+        per_block: u32,
+        max: u32,
+    },
+}
+
+impl Grid {
+    pub fn blocks(&self, b: &Bindings) -> u32 {
+        match self {
+            Grid::Fixed(n) => *n,
+            Grid::Cover { shape, per_block, max } => {
+                let n: usize = shape.resolve(b).iter().product();
+                (n.div_ceil(*per_block as usize) as u32).clamp(1, *max)
+            }
+        }
+    }
 }
 
 /// The C type a value of `dtype` is stored as.
