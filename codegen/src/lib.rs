@@ -6,9 +6,11 @@ pub mod expr;
 pub mod kernels;
 pub mod nvrtc;
 pub mod prelude;
+pub mod program;
 pub mod ptxas;
 
 pub use expr::{render, Leaves, LocalNames};
 pub use kernels::{kernel_name, Kernel};
 pub use nvrtc::{Arch, Nvrtc, NvrtcError};
 pub use prelude::PRELUDE;
+pub use program::{emit, CodegenError, Cost, Program, Scheduled};

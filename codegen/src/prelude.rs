@@ -10,6 +10,13 @@ pub const PRELUDE: &str = r#"#ifdef __CUDACC__
 #include <math.h>
 #define SMELT_FN static inline
 #endif
+/* A product that is never contracted with a following add into an FMA (NVRTC contracts by
+   default): ir::eval rounds every product, and rendered bodies must compute what it computes. */
+#ifdef __CUDACC__
+SMELT_FN float smelt_mul(float a, float b) { return __fmul_rn(a, b); }
+#else
+SMELT_FN float smelt_mul(float a, float b) { return a * b; }
+#endif
 SMELT_FN unsigned int smelt_f2u(float x) { union { float f; unsigned int u; } v; v.f = x; return v.u; }
 SMELT_FN float smelt_u2f(unsigned int u) { union { float f; unsigned int u; } v; v.u = u; return v.f; }
 /* The nearest bf16 to x (ties to even), as an f32. NaN stays NaN. */

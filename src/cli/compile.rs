@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use smelt::codegen::Arch;
 use smelt::ir::cost::{parameter_count, weight_bytes_read};
 use smelt::ir::print::{op_histogram, to_dot, to_text};
 use smelt::ir::{Bindings, DType, Graph};
@@ -41,6 +42,13 @@ pub struct Args {
     /// Prompt length at which the prefill arena is planned.
     #[arg(long, default_value_t = 512)]
     prefill_tokens: usize,
+    /// GPU architecture the dumped kernels are compiled for (sm_90, sm_80).
+    #[arg(long, default_value = "sm_90", value_parser = parse_arch)]
+    arch: Arch,
+}
+
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    Arch::parse(s).ok_or_else(|| format!("unknown architecture {s:?} (known: sm_80, sm_90)"))
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -92,6 +100,21 @@ pub fn run(a: Args) -> Result<()> {
         pass_dumps =
             runs.into_iter().enumerate().map(|(i, r)| (format!("{:02}-{}.txt", i + 1, r.name), r.text)).collect();
     }
+    let program = if a.no_fuse {
+        None
+    } else {
+        // A model the emitters cannot handle yet still compiles to a graph and a plan.
+        match smelt::codegen::emit(&decode) {
+            Ok(program) => {
+                print!("{}", super::kernels::table(&program));
+                Some(program)
+            }
+            Err(e) => {
+                println!("decode kernels: not generated: {e}");
+                None
+            }
+        }
+    };
     let plan = Plan::new(&decode, &prefill, a.prefill_tokens, a.kv_block_tokens, a.kv_budget_gib)?;
     print!("{}", plan.summary(a.no_fuse));
     if let Some(dir) = &a.dump {
@@ -115,6 +138,9 @@ pub fn run(a: Args) -> Result<()> {
         }
         let json = serde_json::to_string_pretty(&plan.json).context("serializing plan.json")?;
         super::io::write_atomically(&dir.join("plan.json"), json.as_bytes())?;
+        if let Some(program) = &program {
+            println!("{}", super::kernels::dump(dir, program, a.arch)?);
+        }
         println!("dumped graphs, passes/ and plan.json to {}", dir.display());
     }
     Ok(())

@@ -3,6 +3,7 @@
 mod compile;
 mod generate;
 mod io;
+mod kernels;
 mod tokenize;
 
 use std::path::PathBuf;

@@ -47,7 +47,7 @@ fn unary(op: UnaryOp, x: &str) -> String {
     match op {
         UnaryOp::Neg => format!("(-{x})"),
         UnaryOp::Exp => format!("expf({x})"),
-        UnaryOp::Square => format!("({x} * {x})"),
+        UnaryOp::Square => format!("smelt_mul({x}, {x})"),
         UnaryOp::Sqrt => format!("sqrtf({x})"),
         UnaryOp::Rsqrt => format!("(1.0f / sqrtf({x}))"),
         UnaryOp::Recip => format!("(1.0f / {x})"),
@@ -62,7 +62,7 @@ fn binary(op: BinaryOp, a: &str, b: &str) -> String {
     match op {
         BinaryOp::Add => format!("({a} + {b})"),
         BinaryOp::Sub => format!("({a} - {b})"),
-        BinaryOp::Mul => format!("({a} * {b})"),
+        BinaryOp::Mul => format!("smelt_mul({a}, {b})"),
         BinaryOp::Div => format!("({a} / {b})"),
         BinaryOp::Max => format!("fmaxf({a}, {b})"),
     }

@@ -183,7 +183,7 @@ fn leaves_and_literals() {
     );
     assert_eq!(
         render(&body, &LocalNames),
-        "smelt_round_bf16((smelt_round_bf16((acc_0of2 / (1.0f + expf(-acc_0of2)))) * acc_1of2))"
+        "smelt_round_bf16(smelt_mul(smelt_round_bf16((acc_0of2 / (1.0f + expf(-acc_0of2)))), acc_1of2))"
     );
     assert_eq!(super::f32_literal(1.0), "smelt_u2f(0x3f800000u)");
     struct Global;

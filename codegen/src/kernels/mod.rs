@@ -11,11 +11,37 @@
 //! `[blocks, block_tokens, KVH, D]`; logical position `p` lives in block
 //! `step->block_table[p / step->block_tokens]`, row `p % step->block_tokens`.
 
+mod argmax;
+mod attention;
 mod elementwise;
+mod gather;
+mod gemv;
+mod norm;
 
+pub use argmax::argmax;
+pub use attention::{decode_attention, decode_attention_scratch_bytes, AttentionSpec};
 pub use elementwise::elementwise;
+pub use gather::gather;
+pub use gemv::{linear_gemv, GemvSpec, GEMV_MAX_ROWS, GEMV_MAX_SHARED};
+pub use norm::{kv_append, norm_rope, norm_rope_kv_append, rmsnorm};
 
 use smelt_ir::{Bindings, DType, Dim, Shape, Sym};
+
+/// How a kernel reads the rows of a 2-D operand that may be a view: row `r`, element `c` is
+/// `ptr[offset + r * row_stride + c]` (a last-axis slice of a wider tensor has a nonzero
+/// offset and a stride wider than its rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub offset: usize,
+    pub row_stride: usize,
+}
+
+impl View {
+    /// Rows of `width` elements, back to back from the start of the buffer.
+    pub fn contiguous(width: usize) -> View {
+        View { offset: 0, row_stride: width }
+    }
+}
 
 /// A generated kernel: one `extern "C" __global__` entry point in self-contained CUDA C.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,0 +1,347 @@
+//! A `Program`: the kernels of one fused graph in launch order, each with the IR node it
+//! computes and what a call costs (FLOPs, bytes of weights, activations and KV cache). For now
+//! only decode graphs (`T` pinned to 1): prefill needs the tensor-core GEMM and prefill
+//! attention emitters, which come next.
+
+use serde::Serialize;
+use smelt_ir::{Bindings, DType, Dim, Graph, NodeId, Op, Shape, Sym};
+
+use crate::kernels::{self, AttentionSpec, GemvSpec, Kernel, View};
+
+/// Context positions each flash-decoding split covers.
+pub const ATTENTION_SPLIT_TOKENS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodegenError {
+    #[error("node {node}: {op} has no kernel emitter yet{hint}")]
+    Unsupported { node: String, op: &'static str, hint: &'static str },
+    #[error("node {node}: {message}")]
+    Shape { node: String, message: String },
+}
+
+/// What one call of a kernel costs. Bytes count each operand and result once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Cost {
+    pub flops: u64,
+    pub weight_bytes: u64,
+    pub activation_bytes: u64,
+    /// KV-cache bytes read per token of context (attention).
+    pub kv_bytes_per_context_token: u64,
+}
+
+impl Cost {
+    pub fn bytes_at(&self, context: u64) -> u64 {
+        self.weight_bytes + self.activation_bytes + self.kv_bytes_per_context_token * context
+    }
+}
+
+/// One launch in the schedule.
+#[derive(Clone, Debug)]
+pub struct Scheduled {
+    /// Index into `Program::kernels`.
+    pub kernel: usize,
+    /// The IR node it computes and that node's op, as printed (`linear_rmsnorm[norm_eps=…]`).
+    pub node: String,
+    pub op: String,
+    /// The buffers it reads, by weight/input name or node name, in operand order.
+    pub operands: Vec<String>,
+    pub cost: Cost,
+}
+
+impl Program {
+    /// `kernels.json`: per kernel its name, kind, the fused op it computes, operands, output,
+    /// launch configuration and cost per call.
+    pub fn to_json(&self) -> serde_json::Value {
+        let kernels: Vec<serde_json::Value> = self
+            .kernels
+            .iter()
+            .map(|k| {
+                let launches: Vec<&Scheduled> = self.launches.iter().filter(|s| &self.kernels[s.kernel] == k).collect();
+                let first = launches.first();
+                let l = &k.launch;
+                let grid = match &l.grid {
+                    kernels::Grid::Fixed(n) => serde_json::json!({ "fixed": n }),
+                    kernels::Grid::Cover { shape, per_block, max } => {
+                        serde_json::json!({ "cover": shape.to_string(), "per_block": per_block, "max": max })
+                    }
+                };
+                let cost = first.map(|s| s.cost.clone()).unwrap_or_default();
+                serde_json::json!({
+                    "name": k.name,
+                    "kind": k.kind,
+                    "fused_op": first.map(|s| s.op.as_str()),
+                    "launch": { "block": l.block, "grid": grid, "shared_bytes": l.shared_bytes },
+                    "calls_per_step": launches.len(),
+                    "per_call": {
+                        "flops": cost.flops,
+                        "weight_bytes": cost.weight_bytes,
+                        "activation_bytes": cost.activation_bytes,
+                        "kv_bytes_per_context_token": cost.kv_bytes_per_context_token,
+                    },
+                    "calls": launches.iter().map(|s| serde_json::json!({ "node": s.node, "inputs": s.operands, "output": s.node })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "kernels": kernels })
+    }
+}
+
+/// Distinct kernels (every layer launches the same ones: compiled once) and the launch
+/// schedule of one step.
+#[derive(Clone, Debug, Default)]
+pub struct Program {
+    pub kernels: Vec<Kernel>,
+    pub launches: Vec<Scheduled>,
+}
+
+/// The buffer a view chain (reshape, last-axis slice) reads, and how rows are addressed in it.
+/// A row is everything after the leading (token) dim, which the views here keep: a row of
+/// the base buffer holds one token's values.
+fn resolve_view(g: &Graph, mut id: NodeId) -> (NodeId, View) {
+    let width = |id: NodeId| g.node(id).shape.dims()[1..].iter().map(|d| d.fixed().unwrap_or(1)).product();
+    let mut offset = 0;
+    loop {
+        match g.node(id).op {
+            Op::Reshape { .. } => id = g.operands(id)[0],
+            Op::Slice { axis, start: smelt_ir::Bound::FromStart(s), .. } if axis + 1 == g.node(id).shape.rank() => {
+                offset += s;
+                id = g.operands(id)[0];
+            }
+            _ => return (id, View { offset, row_stride: width(id) }),
+        }
+    }
+}
+
+/// Shapes the emitters handle; anything else is a clear error, not an emitter's assertion.
+fn supported(node: &str, ok: bool, what: &str) -> Result<(), CodegenError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(CodegenError::Shape { node: node.to_string(), message: format!("no kernel for this shape yet: {what}") })
+    }
+}
+
+/// One warp per head, each lane owning 4 to 16 bytes of it.
+fn head_dim_ok(d: usize, dtype: DType) -> bool {
+    let per_lane = d / 32;
+    d % 32 == 0 && per_lane.is_power_of_two() && (4..=16).contains(&(per_lane * dtype.size_bytes()))
+}
+
+fn gemv_ok(rows: usize, k: usize, dtype: DType) -> bool {
+    let elt = dtype.size_bytes();
+    (1..=kernels::GEMV_MAX_ROWS).contains(&rows)
+        && k > 0
+        && (k * elt) % 16 == 0
+        && rows * k * elt <= kernels::GEMV_MAX_SHARED
+}
+
+fn fixed(node: &str, d: Dim) -> Result<usize, CodegenError> {
+    d.fixed().ok_or_else(|| CodegenError::Shape { node: node.to_string(), message: format!("dim {d} must be fixed") })
+}
+
+fn bytes(shape: &Shape, dtype: DType, b: &Bindings) -> u64 {
+    (shape.resolve(b).iter().product::<usize>() * dtype.size_bytes()) as u64
+}
+
+/// A kernel's name: what it computes, from its node's name without the layer scope (every
+/// layer runs the same kernel) and the kernel kind: `l07.attn.q_proj+k_proj+v_proj` with
+/// kind `gemv_rmsnorm` → `qkv_gemv_rmsnorm`.
+fn name_for(node: &str, kind: &str) -> String {
+    let last = node.rsplit('.').next().unwrap_or(node);
+    let role = match last {
+        "q_proj+k_proj+v_proj" => "qkv",
+        "gate_up" => "gate_up_swiglu",
+        "attn_residual" => "o_proj_residual",
+        "mlp_residual" => "down_residual",
+        "logits_f32" => "lm_head",
+        "k_append" => "k",
+        "v_append" => "v",
+        "attention" | "greedy" => "",
+        other => other,
+    };
+    let name = if role.is_empty() { kind.to_string() } else { format!("{role}_{kind}") };
+    kernels::kernel_name(&name)
+}
+
+/// Emits the kernels of a fused decode graph in topological order.
+pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
+    let order = g.topo_order().unwrap_or_else(|| g.node_ids().collect());
+    let step = Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 };
+    let decode = g.pinned(Sym::NewTokens) == Some(1);
+    let mut program = Program::default();
+    for id in order {
+        let node = g.node(id);
+        if node.op.is_leaf() || node.op.is_view() {
+            continue;
+        }
+        let label = node.name.clone().unwrap_or_else(|| format!("%{}", id.index()));
+        let ops = g.operands(id);
+        let ty = |x: NodeId| (g.node(x).dtype, g.node(x).shape.clone());
+        let mut cost = Cost::default();
+        for &x in &ops {
+            let (base, _) = resolve_view(g, x);
+            let n = g.node(base);
+            match n.op {
+                Op::Weight { .. } => cost.weight_bytes += bytes(&n.shape, n.dtype, &step),
+                Op::Input { .. } if n.shape.dims().first() == Some(&Dim::Sym(Sym::CachedTokens)) => {}
+                _ => cost.activation_bytes += bytes(&n.shape, n.dtype, &step),
+            }
+        }
+        if node.op.kv_cache_operand().is_none() {
+            cost.activation_bytes += bytes(&node.shape, node.dtype, &step);
+        }
+        let unsupported = |hint| CodegenError::Unsupported { node: label.clone(), op: node.op.kind(), hint };
+        let kernels: Vec<Kernel> = match &node.op {
+            Op::Linear { .. } | Op::MatMul if !decode => {
+                return Err(unsupported(": prefill matmuls need the tensor-core GEMM emitter"))
+            }
+            Op::Linear { norm_eps, epilogue } => {
+                let (_, view) = resolve_view(g, ops[0]);
+                let w = &g.node(ops[1]).shape;
+                let (n, k) = (fixed(&label, w.dims()[0])?, fixed(&label, w.dims()[1])?);
+                let extras: Vec<(DType, Shape)> =
+                    ops[2 + usize::from(norm_eps.is_some())..].iter().map(|&e| ty(e)).collect();
+                let xs = &g.node(ops[0]).shape;
+                let rows = xs.resolve(&step)[..xs.rank() - 1].iter().product();
+                let what = format!("GEMV of {rows} rows with K = {k} (K x dtype bytes must be a multiple of 16)");
+                supported(&label, gemv_ok(rows, k, g.node(ops[1]).dtype), &what)?;
+                cost.flops = 2 * (rows * n * k) as u64;
+                let spec = GemvSpec {
+                    rows,
+                    k,
+                    n,
+                    dtype: g.node(ops[1]).dtype,
+                    x_view: view,
+                    norm_eps: *norm_eps,
+                    epilogue: epilogue.as_ref(),
+                    extras: &extras,
+                    out_dtype: node.dtype,
+                };
+                let kind = if norm_eps.is_some() { "gemv_rmsnorm" } else { "gemv" };
+                vec![kernels::linear_gemv(&name_for(&label, kind), &spec)]
+            }
+            Op::MatMul => {
+                let (_, view) = resolve_view(g, ops[0]);
+                let w = &g.node(ops[1]).shape;
+                let (n, k) = (fixed(&label, w.dims()[0])?, fixed(&label, w.dims()[1])?);
+                supported(&label, gemv_ok(1, k, node.dtype), &format!("GEMV with K = {k}"))?;
+                cost.flops = 2 * (n * k) as u64;
+                let spec = GemvSpec {
+                    rows: 1,
+                    k,
+                    n,
+                    dtype: node.dtype,
+                    x_view: view,
+                    norm_eps: None,
+                    epilogue: None,
+                    extras: &[],
+                    out_dtype: node.dtype,
+                };
+                vec![kernels::linear_gemv(&name_for(&label, "gemv"), &spec)]
+            }
+            Op::NormRope { eps, append } => {
+                let (_, view) = resolve_view(g, ops[0]);
+                let s = &g.node(ops[0]).shape;
+                let (heads, d) = (fixed(&label, s.dims()[1])?, fixed(&label, s.dims()[2])?);
+                supported(&label, d % 32 == 0, &format!("head dim {d} (a multiple of 32 is needed)"))?;
+                if *append {
+                    vec![kernels::norm_rope_kv_append(
+                        &name_for(&label, "norm_rope_kv_append"),
+                        heads,
+                        d,
+                        node.dtype,
+                        *eps,
+                        view,
+                    )]
+                } else {
+                    vec![kernels::norm_rope(&name_for(&label, "norm_rope"), heads, d, node.dtype, *eps, view)]
+                }
+            }
+            Op::KvAppend => {
+                let (_, view) = resolve_view(g, ops[1]);
+                let s = &g.node(ops[1]).shape;
+                let (heads, d) = (fixed(&label, s.dims()[1])?, fixed(&label, s.dims()[2])?);
+                vec![kernels::kv_append(&name_for(&label, "kv_append"), heads, d, node.dtype, view)]
+            }
+            Op::Attention { scale } | Op::NormRopeAttention { scale, .. } => {
+                let eps = match node.op {
+                    Op::NormRopeAttention { eps, .. } => Some(eps),
+                    _ => None,
+                };
+                let (_, q_view) = resolve_view(g, ops[0]);
+                let (q, k) = (&g.node(ops[0]).shape, &g.node(ops[ops.len() - 2]).shape);
+                let spec = AttentionSpec {
+                    heads: fixed(&label, q.dims()[1])?,
+                    kv_heads: fixed(&label, k.dims()[1])?,
+                    d: fixed(&label, q.dims()[2])?,
+                    dtype: node.dtype,
+                    scale: *scale,
+                    q_view,
+                    norm_rope_eps: eps,
+                    split_tokens: ATTENTION_SPLIT_TOKENS,
+                };
+                supported(&label, head_dim_ok(spec.d, node.dtype), &format!("head dim {} in {}", spec.d, node.dtype))?;
+                cost.kv_bytes_per_context_token = (2 * spec.kv_heads * spec.d * node.dtype.size_bytes()) as u64;
+                cost.flops = (4 * spec.heads * spec.d) as u64;
+                kernels::decode_attention(&name_for(&label, "attention"), &spec)
+            }
+            Op::RmsNorm { eps } => {
+                let (_, view) = resolve_view(g, ops[0]);
+                let s = &node.shape;
+                let d = fixed(&label, *s.dims().last().expect("rank >= 1"))?;
+                vec![kernels::rmsnorm(&name_for(&label, "rmsnorm"), s.dims()[0], d, node.dtype, *eps, view)]
+            }
+            Op::Gather => {
+                let t = &g.node(ops[0]).shape;
+                let d = fixed(&label, t.dims()[1])?;
+                // Only the gathered rows of the table are read.
+                cost.weight_bytes = bytes(&node.shape, node.dtype, &step);
+                vec![kernels::gather(&name_for(&label, "gather"), node.shape.dims()[0], d, node.dtype)]
+            }
+            Op::ArgMax { .. } => {
+                let s = &g.node(ops[0]).shape;
+                let v = fixed(&label, *s.dims().last().expect("rank >= 1"))?;
+                vec![kernels::argmax(&name_for(&label, "argmax"), s.dims()[0], v, g.node(ops[0]).dtype)]
+            }
+            Op::Elementwise { body } => {
+                let inputs: Vec<(DType, Shape)> = ops.iter().map(|&x| ty(x)).collect();
+                vec![kernels::elementwise(&name_for(&label, "elementwise"), body, &inputs, (node.dtype, &node.shape))]
+            }
+            _ => return Err(unsupported(": run the pass pipeline first (primitive ops are not kernels)")),
+        };
+        let op = format!("{}[{}]", node.op.kind(), node.op.attrs());
+        let operands: Vec<String> = ops
+            .iter()
+            .map(|&x| {
+                let base = g.node(resolve_view(g, x).0);
+                match &base.op {
+                    Op::Weight { name } | Op::Input { name } => name.clone(),
+                    _ => base.name.clone().unwrap_or_default(),
+                }
+            })
+            .collect();
+        for (i, kernel) in kernels.into_iter().enumerate() {
+            // A multi-kernel op (split attention) charges its cost to its first kernel.
+            let cost = if i == 0 { cost.clone() } else { Cost::default() };
+            let index = match program.kernels.iter().position(|k| k.source == kernel.source) {
+                Some(index) => index,
+                None if program.kernels.iter().any(|k| k.name == kernel.name) => {
+                    let message = format!("two different kernels are both named {}", kernel.name);
+                    return Err(CodegenError::Shape { node: label.clone(), message });
+                }
+                None => {
+                    program.kernels.push(kernel);
+                    program.kernels.len() - 1
+                }
+            };
+            program.launches.push(Scheduled {
+                kernel: index,
+                node: label.clone(),
+                op: op.clone(),
+                operands: operands.clone(),
+                cost,
+            });
+        }
+    }
+    Ok(program)
+}

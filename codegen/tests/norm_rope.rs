@@ -1,0 +1,404 @@
+//! The norm, rope, KV-append, gather and argmax kernels at Qwen3-0.6B's shapes compile with
+//! NVRTC (no include paths) for sm_80 and sm_90, and ptxas finds no local-memory spills.
+//! Without libnvrtc these tests say so and pass, except under `CI=true`, where a missing NVRTC
+//! (or ptxas) is a failure (.ci/run installs them). The kernels also run on the CPU, under a
+//! C++ shim, and match `ir::eval`.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use smelt_codegen::kernels::{argmax, gather, kv_append, norm_rope, norm_rope_kv_append, rmsnorm, Grid, View};
+use smelt_codegen::ptxas::{find_ptxas, resources};
+use smelt_codegen::{Arch, Kernel, Nvrtc, PRELUDE};
+use smelt_ir::{shape, Bindings, Bound, Builder, DType, Dim, NodeId, Op, Shape, Sym, Tensor};
+
+// Qwen3-0.6B.
+const HIDDEN: usize = 1024;
+const HEAD_DIM: usize = 128;
+const HEADS: usize = 16;
+const KV_HEADS: usize = 8;
+const VOCAB: usize = 151936;
+const EPS: f32 = 1e-6;
+/// The fused q/k/v projection's row: q `[0, 2048)`, k `[2048, 3072)`, v `[3072, 4096)`.
+const QKV: usize = (HEADS + 2 * KV_HEADS) * HEAD_DIM;
+const Q_VIEW: View = View { offset: 0, row_stride: QKV };
+const K_VIEW: View = View { offset: HEADS * HEAD_DIM, row_stride: QKV };
+const V_VIEW: View = View { offset: (HEADS + KV_HEADS) * HEAD_DIM, row_stride: QKV };
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn nvrtc() -> Option<Nvrtc> {
+    match Nvrtc::load() {
+        Ok(n) => Some(n),
+        Err(e) if in_ci() => panic!("CI=true but {e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+/// Every kernel of one layer's attention front and the model's ends, in `dtype`.
+fn kernels(dtype: DType) -> Vec<Kernel> {
+    let t = Dim::Sym(Sym::NewTokens);
+    vec![
+        rmsnorm(&format!("final_norm_{dtype}"), t, HIDDEN, dtype, EPS, View::contiguous(HIDDEN)),
+        norm_rope(&format!("l00_attn_q_rope_{dtype}"), HEADS, HEAD_DIM, dtype, EPS, Q_VIEW),
+        norm_rope_kv_append(&format!("l00_attn_k_append_{dtype}"), KV_HEADS, HEAD_DIM, dtype, EPS, K_VIEW),
+        kv_append(&format!("l00_attn_v_append_{dtype}"), KV_HEADS, HEAD_DIM, dtype, V_VIEW),
+        gather(&format!("embed_{dtype}"), t, HIDDEN, dtype),
+        argmax(&format!("next_token_{dtype}"), t, VOCAB, dtype),
+    ]
+}
+
+#[test]
+fn norm_rope_gather_argmax_compile_for_every_arch_without_spills() {
+    let Some(nvrtc) = nvrtc() else { return };
+    let ptxas = find_ptxas();
+    if ptxas.is_none() {
+        assert!(!in_ci(), "CI=true but ptxas is not on PATH (nor $SMELT_PTXAS)");
+        eprintln!("ptxas not found: compiling to PTX only, no spill check");
+    }
+    let mut all = kernels(DType::BF16);
+    all.extend(kernels(DType::F16));
+    // The logits are f32 when the lm_head computes in f32.
+    all.push(argmax("next_token_f32", Dim::Sym(Sym::NewTokens), VOCAB, DType::F32));
+    for k in &all {
+        for arch in Arch::ALL {
+            let ptx = nvrtc.compile(&k.name, &k.source, arch).unwrap_or_else(|e| panic!("{e}"));
+            assert!(ptx.contains(&format!(".entry {}", k.name)), "{}: no entry point in the PTX", k.name);
+            let Some(ptxas) = &ptxas else { continue };
+            let r = resources(ptxas, &ptx, arch).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+            let r = r.iter().find(|r| r.kernel == k.name).unwrap_or_else(|| panic!("{}: not in ptxas report", k.name));
+            assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{} spills on {}", k.name, arch.name());
+            eprintln!(
+                "{} {}: {} registers, {} bytes smem, block {}, no spills",
+                k.name,
+                arch.name(),
+                r.registers,
+                r.shared_bytes,
+                k.launch.block
+            );
+        }
+    }
+    eprintln!("NVRTC {:?}: {} kernels compiled for {} archs", nvrtc.version(), all.len(), Arch::ALL.len());
+}
+
+/// The generated CUDA, read by people: the snapshots omit the shared prelude.
+fn body(k: &Kernel) -> &str {
+    k.source.strip_prefix(PRELUDE).expect("every kernel starts with the prelude")
+}
+
+#[test]
+fn norm_rope_kv_append_source() {
+    let k = norm_rope_kv_append("l00_attn_k_append", KV_HEADS, HEAD_DIM, DType::BF16, EPS, K_VIEW);
+    insta::assert_snapshot!(body(&k));
+}
+
+#[test]
+fn argmax_source() {
+    let k = argmax("next_token", Dim::Sym(Sym::NewTokens), VOCAB, DType::BF16);
+    insta::assert_snapshot!(body(&k));
+}
+
+#[test]
+fn launches_cover_the_rows() {
+    let b = |t| Bindings { batch: 1, new_tokens: t, cached_tokens: 9 };
+    let blocks = |k: &Kernel, t| k.launch.grid.blocks(&b(t));
+    let [norm, q, k, v, embed, next] = <[Kernel; 6]>::try_from(kernels(DType::BF16)).expect("six kernels");
+    // One warp per row, four rows per block; one block per gathered row or argmax row.
+    assert_eq!((blocks(&norm, 1), blocks(&norm, 9)), (1, 3));
+    assert_eq!((blocks(&q, 1), blocks(&q, 5), blocks(&k, 1)), (4, 20, 2));
+    assert_eq!((blocks(&v, 1), v.launch.block), (1, 256));
+    assert_eq!((blocks(&embed, 7), embed.launch.block, blocks(&next, 3), next.launch.block), (7, 128, 3, 1024));
+    assert!(matches!(next.launch.grid, Grid::Cover { max: 65535, .. }));
+}
+
+// ---- Host emulation: the kernels run on the CPU and match `ir::eval`. -----------------------
+//
+// No GPU is needed: the CUDA C runs under a small C++ shim, one std::thread per CUDA thread,
+// barriers for `__syncthreads` and warp shuffles, blocks one after another. The host libm
+// gives eval's sin and cos, so results match bit for bit except where the norm's f32 sum (a
+// tree here, left to right in eval) rounds differently.
+
+const SHIM: &str = r#"#include <math.h>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <barrier>
+#include <memory>
+#include <thread>
+#include <vector>
+#define __global__
+#define __launch_bounds__(n)
+#define __restrict__ __restrict
+#define __shared__ static
+struct uint2 { unsigned x, y; };
+struct uint4 { unsigned x, y, z, w; };
+struct smelt_idx { unsigned x; };
+static thread_local smelt_idx threadIdx, blockIdx;
+static smelt_idx blockDim, gridDim;
+static std::barrier<>* smelt_block;
+static std::vector<std::unique_ptr<std::barrier<>>> smelt_warps;
+static unsigned smelt_slots[1024];
+static void __syncthreads() { smelt_block->arrive_and_wait(); }
+static float __fmul_rn(float a, float b) { return a * b; }
+static float __fadd_rn(float a, float b) { return a + b; }
+template <class T> static T __shfl_xor_sync(unsigned, T v, int o) {
+  const unsigned t = threadIdx.x;
+  T r;
+  std::memcpy(&smelt_slots[t], &v, 4);
+  smelt_warps[t / 32]->arrive_and_wait();
+  std::memcpy(&r, &smelt_slots[t ^ o], 4);
+  smelt_warps[t / 32]->arrive_and_wait();
+  return r;
+}
+template <class F> static void smelt_launch(unsigned grid, unsigned block, F f) {
+  blockDim.x = block, gridDim.x = grid;
+  for (unsigned b = 0; b < grid; ++b) {
+    std::barrier<> bar(block);
+    smelt_block = &bar, smelt_warps.clear();
+    for (unsigned w = 0; w < block / 32; ++w) smelt_warps.emplace_back(new std::barrier<>(32));
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < block; ++t) ts.emplace_back([=] { threadIdx.x = t, blockIdx.x = b, f(); });
+    for (auto& t : ts) t.join();
+  }
+}
+/* A buffer from a file; converts to whatever pointer a kernel parameter wants. */
+struct smelt_any { void* p; template <class T> operator T*() const { return (T*)p; } };
+static smelt_any smelt_read(const char* path) {
+  FILE* f = fopen(path, "rb");
+  fseek(f, 0, SEEK_END); long n = ftell(f); fseek(f, 0, SEEK_SET);
+  void* p = aligned_alloc(64, (n + 127) / 64 * 64);
+  if (fread(p, 1, n, f) != (size_t)n) abort();
+  return smelt_any{p};
+}
+"#;
+
+const BLOCK_TOKENS: usize = 16;
+
+/// One kernel run: buffers (operands, then the output's initial contents), the block table,
+/// the number of rows `T` (`P` is 37), and what eval says the output is.
+struct Run {
+    kernel: Kernel,
+    bufs: Vec<Tensor>,
+    table: Vec<u32>,
+    t: usize,
+    want: Tensor,
+}
+
+/// Runs every `Run` under the shim; returns each one's output bytes.
+fn emulate(runs: &[Run]) -> Option<Vec<Vec<u8>>> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut src, mut cases) = (String::from(SHIM), String::new());
+    let file = |name: String, bytes: Vec<u8>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write buffer");
+        format!("smelt_read({:?})", path.display().to_string())
+    };
+    for (c, r) in runs.iter().enumerate() {
+        // Namespaces keep each kernel's copy of the prelude apart.
+        src.push_str(&format!("namespace k{c} {{\n{}}}\n", r.kernel.source));
+        let bufs: Vec<String> = r.bufs.iter().enumerate().map(|(i, b)| file(format!("c{c}_{i}"), bytes(b))).collect();
+        let table = file(format!("c{c}_table"), r.table.iter().chain(&[0]).flat_map(|b| b.to_le_bytes()).collect());
+        let args: String = (0..bufs.len()).map(|i| format!("b[{i}], ")).collect();
+        // A few blocks, so the grid-stride loops go round.
+        let blocks = r.kernel.launch.grid.blocks(&Bindings { batch: 1, new_tokens: r.t, cached_tokens: 37 }).min(3);
+        let (n, out, block, name) = (bytes(&r.want).len(), bufs.len() - 1, r.kernel.launch.block, &r.kernel.name);
+        cases.push_str(&format!(
+            "  case {c}: {{\n    smelt_any b[] = {{{}}};\n    k{c}::smelt_step st = {{1, {}, 37, {BLOCK_TOKENS}, {table}}};\n    \
+             smelt_launch({blocks}, {block}, [&] {{ k{c}::{name}({args}&st); }});\n    \
+             fwrite(b[{out}].p, 1, {n}, stdout);\n    break;\n  }}\n",
+            bufs.join(", "),
+            r.t,
+        ));
+    }
+    src.push_str(&format!("int main(int, char** argv) {{\n  switch (atoi(argv[1])) {{\n{cases}  }}\n}}\n"));
+    let (cpp, exe) = (dir.path().join("kernels.cpp"), dir.path().join("kernels"));
+    std::fs::write(&cpp, &src).expect("write C++");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    // No FMA contraction on the host either: eval rounds every product before a sum.
+    let flags = ["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-w", "-o"];
+    match Command::new(&cxx).args(flags).arg(&exe).arg(&cpp).status() {
+        Ok(s) if s.success() => {}
+        Ok(_) => panic!("{cxx} failed on the emulated kernels ({})", dir.keep().display()),
+        Err(e) => {
+            eprintln!("skipped: no C++20 compiler ({cxx}: {e})");
+            return None;
+        }
+    }
+    Some((0..runs.len()).map(|c| Command::new(&exe).arg(c.to_string()).output().expect("run").stdout).collect())
+}
+
+/// Reproducible values in `[lo, hi)`, stored in `dtype`.
+fn tensor(seed: &mut u64, dtype: DType, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+    let mut unit = || {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*seed >> 40) as f32 / (1u64 << 24) as f32
+    };
+    Tensor::from_f32(dtype, shape.to_vec(), (0..shape.iter().product()).map(|_| lo + (hi - lo) * unit()).collect())
+}
+
+/// Storage bytes of a tensor, as a device buffer holds them.
+fn bytes(t: &Tensor) -> Vec<u8> {
+    if let Some(v) = t.i32s() {
+        return v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    }
+    let le = |x: f32| match t.dtype() {
+        DType::BF16 => half::bf16::from_f32(x).to_le_bytes().to_vec(),
+        DType::F16 => half::f16::from_f32(x).to_le_bytes().to_vec(),
+        _ => x.to_le_bytes().to_vec(),
+    };
+    t.to_f32_vec().into_iter().flat_map(le).collect()
+}
+
+/// Values from storage bytes (i32 outputs as their values).
+fn decode(dtype: DType, b: &[u8]) -> Vec<f32> {
+    b.chunks(dtype.size_bytes())
+        .map(|c| match (dtype, c) {
+            (DType::BF16, &[a, b]) => half::bf16::from_le_bytes([a, b]).to_f32(),
+            (DType::F16, &[a, b]) => half::f16::from_le_bytes([a, b]).to_f32(),
+            (DType::I32, &[a, b, c, d]) => i32::from_le_bytes([a, b, c, d]) as f32,
+            (_, &[a, b, c, d]) => f32::from_le_bytes([a, b, c, d]),
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+/// `ir::eval` of one op over named inputs.
+fn eval(ins: &[(&str, &Tensor, Shape)], op: impl FnOnce(&mut Builder, &[NodeId]) -> NodeId) -> Tensor {
+    let mut b = Builder::new();
+    let ids: Vec<NodeId> = ins.iter().map(|(n, t, s)| b.input(n, t.dtype(), s.clone())).collect();
+    let out = op(&mut b, &ids);
+    b.output("out", out).expect("one output");
+    let feed = ins.iter().map(|(n, t, _)| (n.to_string(), (*t).clone())).collect();
+    let weights = HashMap::<String, Tensor>::new();
+    smelt_ir::eval(&b.finish().expect("verifies"), feed, &weights).expect("evaluates").remove("out").expect("out")
+}
+
+/// A cache `[rows, KVH, D]` laid out physically through a reversed block table, the rows past
+/// `rows` holding a sentinel (so stray writes show): (physical, table).
+fn paged(logical: &Tensor, rows: usize) -> (Tensor, Vec<u32>) {
+    let row = KV_HEADS * HEAD_DIM;
+    let blocks = rows.div_ceil(BLOCK_TOKENS) + 1;
+    let table: Vec<u32> = (0..blocks as u32).rev().collect();
+    let mut phys = vec![7.0; blocks * BLOCK_TOKENS * row];
+    for (p, r) in logical.to_f32_vec().chunks(row).enumerate() {
+        let at = (table[p / BLOCK_TOKENS] as usize * BLOCK_TOKENS + p % BLOCK_TOKENS) * row;
+        phys[at..at + row].copy_from_slice(r);
+    }
+    (Tensor::from_f32(logical.dtype(), vec![blocks * BLOCK_TOKENS, KV_HEADS, HEAD_DIM], phys), table)
+}
+
+/// The head slice `view` of `qkv [T, QKV]` as `[T, heads, D]`, in a graph.
+fn heads_of(b: &mut Builder, qkv: NodeId, view: View, heads: usize) -> NodeId {
+    let (start, end) = (Bound::FromStart(view.offset), Bound::FromStart(view.offset + heads * HEAD_DIM));
+    let x = b.slice("view", qkv, 1, start, end).expect("slice");
+    b.reshape("heads", x, shape![Sym::NewTokens, heads, HEAD_DIM]).expect("reshape")
+}
+
+#[test]
+fn kernels_emulated_on_the_host_match_eval() {
+    let (t, p, s, eps) = (3, 37, Dim::Sym(Sym::NewTokens), EPS);
+    let (tok, past) = (|n: usize| shape![Sym::NewTokens, n], shape![Sym::CachedTokens, KV_HEADS, HEAD_DIM]);
+    let mut r = 0x5eed;
+    let mut runs = Vec::new();
+    let inv_freq: Vec<f32> = (0..HEAD_DIM / 2).map(|i| 1e6f32.powf(-2.0 * i as f32 / HEAD_DIM as f32)).collect();
+    let inv_freq = Tensor::from_f32(DType::F32, vec![HEAD_DIM / 2], inv_freq);
+    // Far positions for q (large angles), the next ones for k.
+    let (q_pos, k_pos) =
+        (Tensor::from_i32(vec![t], vec![40000, 12345, 7]), Tensor::from_i32(vec![t], vec![37, 38, 39]));
+    let ids = Tensor::from_i32(vec![t], vec![299, 0, 17]);
+    for dtype in [DType::BF16, DType::F16, DType::F32] {
+        let name = |k: &str| format!("{k}_{dtype}");
+        let (qkv, w) = (tensor(&mut r, dtype, &[t, QKV], -3.0, 3.0), tensor(&mut r, dtype, &[HEAD_DIM], 0.5, 1.5));
+        let (x, x_w) = (tensor(&mut r, dtype, &[t, HIDDEN], -3.0, 3.0), tensor(&mut r, dtype, &[HIDDEN], 0.5, 1.5));
+        let (k_cache, v_cache) = (
+            tensor(&mut r, dtype, &[p, KV_HEADS, HEAD_DIM], -3.0, 3.0),
+            tensor(&mut r, dtype, &[p, KV_HEADS, HEAD_DIM], -3.0, 3.0),
+        );
+        let embed = tensor(&mut r, dtype, &[300, HIDDEN], -1.0, 1.0);
+        let rope_ins = |pos| {
+            let pos_shape = shape![Sym::NewTokens];
+            vec![
+                ("qkv", &qkv, tok(QKV)),
+                ("w", &w, shape![HEAD_DIM]),
+                ("pos", pos, pos_shape),
+                ("inv", &inv_freq, shape![HEAD_DIM / 2]),
+            ]
+        };
+        let want = eval(&[("x", &x, tok(HIDDEN)), ("w", &x_w, shape![HIDDEN])], |b, i| {
+            b.op("n", Op::RmsNorm { eps }, i).unwrap()
+        });
+        let kernel = rmsnorm(&name("norm"), s, HIDDEN, dtype, eps, View::contiguous(HIDDEN));
+        runs.push(Run { kernel, bufs: vec![x, x_w, want.clone()], table: vec![], t, want });
+        let want = eval(&rope_ins(&q_pos), |b, i| {
+            let x = heads_of(b, i[0], Q_VIEW, HEADS);
+            b.op("q", Op::NormRope { eps, append: false }, &[x, i[1], i[2], i[3]]).unwrap()
+        });
+        let kernel = norm_rope(&name("q"), HEADS, HEAD_DIM, dtype, eps, Q_VIEW);
+        let bufs = vec![qkv.clone(), w.clone(), q_pos.clone(), inv_freq.clone(), want.clone()];
+        runs.push(Run { kernel, bufs, table: vec![], t, want });
+        let mut ins = rope_ins(&k_pos);
+        ins.push(("cache", &k_cache, past.clone()));
+        let want = eval(&ins, |b, i| {
+            let x = heads_of(b, i[0], K_VIEW, KV_HEADS);
+            b.op("k", Op::NormRope { eps, append: true }, &[x, i[1], i[2], i[3], i[4]]).unwrap()
+        });
+        let ((before, table), (want, _)) = (paged(&k_cache, p + t), paged(&want, p + t));
+        let kernel = norm_rope_kv_append(&name("k"), KV_HEADS, HEAD_DIM, dtype, eps, K_VIEW);
+        let bufs = vec![qkv.clone(), w.clone(), k_pos.clone(), inv_freq.clone(), before.clone(), before];
+        runs.push(Run { kernel, bufs, table, t, want });
+        let want = eval(&[("cache", &v_cache, past.clone()), ("qkv", &qkv, tok(QKV))], |b, i| {
+            let x = heads_of(b, i[1], V_VIEW, KV_HEADS);
+            b.op("v", Op::KvAppend, &[i[0], x]).unwrap()
+        });
+        let ((before, table), (want, _)) = (paged(&v_cache, p + t), paged(&want, p + t));
+        let kernel = kv_append(&name("v"), KV_HEADS, HEAD_DIM, dtype, V_VIEW);
+        runs.push(Run { kernel, bufs: vec![before.clone(), qkv.clone(), before], table, t, want });
+        let want = eval(&[("e", &embed, shape![300, HIDDEN]), ("ids", &ids, shape![Sym::NewTokens])], |b, i| {
+            b.gather("g", i[0], i[1]).unwrap()
+        });
+        let kernel = gather(&name("g"), s, HIDDEN, dtype);
+        runs.push(Run { kernel, bufs: vec![embed, ids.clone(), want.clone()], table: vec![], t, want });
+        // ArgMax rows: random (16-bit rounding makes ties), a repeated maximum, a NaN first,
+        // NaNs elsewhere, all -inf, a long run of NaNs.
+        let mut v = tensor(&mut r, dtype, &[6, VOCAB], -8.0, 8.0).to_f32_vec();
+        let at = |i: usize, k: usize| i * VOCAB + k;
+        (v[at(1, 5000)], v[at(1, 100000)], v[at(2, 0)], v[at(2, 7)]) = (9.0, 9.0, f32::NAN, 9.0);
+        (v[at(3, 1)], v[at(3, 150000)], v[at(3, 9)]) = (f32::NAN, f32::NAN, 9.0);
+        v[at(4, 0)..at(5, 0)].fill(f32::NEG_INFINITY);
+        v[at(5, 3)..at(5, 60000)].fill(f32::NAN);
+        let x = Tensor::from_f32(dtype, vec![6, VOCAB], v);
+        let want = eval(&[("x", &x, tok(VOCAB))], |b, i| b.op("a", Op::ArgMax { axis: 1 }, i).unwrap());
+        assert_eq!(want.i32s().map(|w| &w[1..5]), Some(&[5000, 0, 9, 0][..]), "eval's argmax");
+        let kernel = argmax(&name("a"), s, VOCAB, dtype);
+        runs.push(Run { kernel, bufs: vec![x, want.clone()], table: vec![], t: 6, want });
+    }
+    let Some(got) = emulate(&runs) else { return };
+    for (run, got) in runs.iter().zip(&got) {
+        let (kind, dtype, want) = (run.kernel.kind, run.want.dtype(), run.want.to_f32_vec());
+        assert_eq!(got.len(), bytes(&run.want).len(), "{}: output size", run.kernel.name);
+        let (mut differ, mut worst) = (0, 0.0f32);
+        for (g, w) in decode(dtype, got).iter().zip(&want) {
+            if g.to_bits() != w.to_bits() {
+                differ += 1;
+                worst = worst.max((g - w).abs() / w.abs().max(1.0));
+            }
+        }
+        eprintln!("{}: {differ} of {} differ from eval, by {worst:e} of max(1, |x|)", run.kernel.name, want.len());
+        // The norm's sum order can move the inverse norm by an f32 ulp, and so the rounded
+        // normed value by an ulp, and the output (times the weight) by two: a few 16-bit
+        // results move (relative to max(1, |x|), as rope can cancel); in f32 most move a little.
+        let exact = !matches!(kind, "rmsnorm" | "norm_rope" | "norm_rope_kv_append");
+        let (few, tol) = match dtype {
+            DType::BF16 => (differ * 100 < want.len(), 2f32.powi(-6)),
+            DType::F16 => (differ * 100 < want.len(), 2f32.powi(-9)),
+            _ => (true, 4.0 * f32::EPSILON),
+        };
+        let ok = differ == 0 || (!exact && few && worst <= tol);
+        assert!(ok, "{}: {differ} elements differ, by up to {worst:e}", run.kernel.name);
+    }
+}

@@ -1,0 +1,116 @@
+//! The kernel side of `smelt compile`: the decode program's kernel table (bytes moved per
+//! call and the time a memory-bound kernel needs at an H100's bandwidth), and the dumps of
+//! every kernel's CUDA C, its PTX and ptxas's report when NVRTC and ptxas are present.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use smelt::codegen::ptxas::{find_ptxas, resources};
+use smelt::codegen::{Arch, Nvrtc, Program};
+use smelt::passes::stats::layer_of;
+
+/// Achievable HBM bandwidth of an H100 SXM (≈90% of its 3.35 TB/s peak), the decode floor.
+pub const H100_BYTES_PER_S: f64 = 3.0e12;
+
+/// Context length at which the table prices KV-cache reads.
+pub const TABLE_CONTEXT: u64 = 1024;
+
+/// The table: one row per kernel of layer 0 and outside the layers; the other layers repeat
+/// layer 0's kernels, so they are summed in one line.
+pub fn table(program: &Program) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "decode kernels (bytes per call at context {TABLE_CONTEXT}; floor at {:.1} TB/s):",
+        H100_BYTES_PER_S / 1e12
+    );
+    let _ = writeln!(s, "  {:<44} {:<22} {:>14} {:>12} {:>10}", "node", "kernel", "bytes", "of weights", "floor µs");
+    let (mut total, mut weights, mut others, mut other_bytes) = (0u64, 0u64, 0usize, 0u64);
+    for k in &program.launches {
+        let bytes = k.cost.bytes_at(TABLE_CONTEXT);
+        total += bytes;
+        weights += k.cost.weight_bytes;
+        match layer_of(&k.node) {
+            Some(l) if l > 0 => {
+                others += 1;
+                other_bytes += bytes;
+            }
+            _ => {
+                let floor = bytes as f64 / H100_BYTES_PER_S * 1e6;
+                let kernel = &program.kernels[k.kernel];
+                let _ = writeln!(
+                    s,
+                    "  {:<44} {:<22} {:>14} {:>12} {:>10.2}",
+                    k.node, kernel.name, bytes, k.cost.weight_bytes, floor
+                );
+            }
+        }
+    }
+    if others > 0 {
+        let floor = other_bytes as f64 / H100_BYTES_PER_S * 1e6;
+        let _ = writeln!(
+            s,
+            "  {:<44} {:<22} {:>14} {:>12} {:>10.2}",
+            format!("(layers 1.. : {others} more launches)"),
+            "",
+            other_bytes,
+            "",
+            floor
+        );
+    }
+    let floor_ms = total as f64 / H100_BYTES_PER_S * 1e3;
+    let _ = writeln!(
+        s,
+        "  total: {} launches of {} kernels, {total} bytes ({weights} of weights), floor {floor_ms:.3} ms/token on an H100",
+        program.launches.len(),
+        program.kernels.len()
+    );
+    s
+}
+
+/// Writes `kernels/<name>.cu` for every kernel, `.ptx` when NVRTC is present, and
+/// `kernels.json` with ptxas's registers, shared memory and spills when ptxas is present.
+pub fn dump(dir: &Path, program: &Program, arch: Arch) -> Result<String> {
+    let kdir = dir.join("kernels");
+    if kdir.is_dir() {
+        std::fs::remove_dir_all(&kdir).with_context(|| format!("clearing {}", kdir.display()))?;
+    }
+    std::fs::create_dir_all(&kdir).with_context(|| format!("creating {}", kdir.display()))?;
+    let nvrtc = Nvrtc::load().ok();
+    let ptxas = find_ptxas();
+    let mut json = program.to_json();
+    let mut note = String::new();
+    for (i, k) in program.kernels.iter().enumerate() {
+        super::io::write_atomically(&kdir.join(format!("{}.cu", k.name)), k.source.as_bytes())?;
+        let Some(nvrtc) = &nvrtc else { continue };
+        let ptx = nvrtc.compile(&k.name, &k.source, arch)?;
+        super::io::write_atomically(&kdir.join(format!("{}.ptx", k.name)), ptx.as_bytes())?;
+        if let Some(ptxas) = &ptxas {
+            let report = resources(ptxas, &ptx, arch).map_err(anyhow::Error::msg)?;
+            if let Some(r) = report.iter().find(|r| r.kernel == k.name) {
+                json["kernels"][i]["ptxas"] = serde_json::json!({
+                    "arch": arch.name(),
+                    "registers": r.registers,
+                    "shared_bytes": r.shared_bytes,
+                    "spill_store_bytes": r.spill_store_bytes,
+                    "spill_load_bytes": r.spill_load_bytes,
+                });
+            }
+        }
+    }
+    match (&nvrtc, &ptxas) {
+        (None, _) => note.push_str("NVRTC not found: wrote CUDA C only (see scripts/install-nvrtc)"),
+        (Some(_), None) => {
+            note.push_str(&format!("compiled PTX for {}; ptxas not found: no register report", arch.name()))
+        }
+        (Some(n), Some(_)) => note.push_str(&format!(
+            "compiled PTX for {} with NVRTC {:?}; ptxas report in kernels.json",
+            arch.name(),
+            n.version()
+        )),
+    }
+    let text = serde_json::to_string_pretty(&json).context("serializing kernels.json")?;
+    super::io::write_atomically(&dir.join("kernels.json"), text.as_bytes())?;
+    Ok(note)
+}
