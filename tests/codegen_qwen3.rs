@@ -3,13 +3,16 @@
 //! local-memory spills, and the launches read every weight once. Without NVRTC the compile
 //! part says so and is skipped, except under `CI=true`.
 
-use smelt::codegen::ptxas::{find_ptxas, resources};
-use smelt::codegen::{emit, Arch, Nvrtc, Program};
+use smelt::codegen::{emit, Program};
 use smelt::ir::cost::weight_bytes_read;
 use smelt::ir::{Bindings, DType};
 use smelt::models::qwen3::{declare, DeclareOptions, Logits, Phase};
 use smelt::models::Qwen3Config;
 use smelt::passes::pipeline::standard;
+
+/// The codegen crate's kernel checks (NVRTC gate, compile for every arch, no spills).
+#[path = "../codegen/tests/common/mod.rs"]
+mod kernel_checks;
 
 fn decode_program(dtype: DType) -> (Program, usize) {
     let cfg = Qwen3Config::qwen3_0_6b();
@@ -43,37 +46,8 @@ fn decode_program_reads_each_weight_once() {
 
 #[test]
 fn decode_kernels_compile_for_sm80_and_sm90_without_spills() {
-    let nvrtc = match Nvrtc::load() {
-        Ok(n) => n,
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true but {e}"),
-        Err(e) => return eprintln!("skipped: {e}"),
-    };
-    let ptxas = find_ptxas();
-    if ptxas.is_none() {
-        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true but ptxas is not on PATH");
-        eprintln!("ptxas not found: no spill check");
-    }
+    let Some(tc) = kernel_checks::toolchain() else { return };
     for dtype in [DType::BF16, DType::F16] {
-        let (p, _) = decode_program(dtype);
-        for k in &p.kernels {
-            for arch in Arch::ALL {
-                let ptx = nvrtc.compile(&k.name, &k.source, arch).unwrap_or_else(|e| panic!("{e}"));
-                if let Some(ptxas) = &ptxas {
-                    let r = resources(ptxas, &ptx, arch).unwrap_or_else(|e| panic!("{}: {e}", k.name));
-                    let r = r
-                        .iter()
-                        .find(|r| r.kernel == k.name)
-                        .unwrap_or_else(|| panic!("{} not in the ptxas report", k.name));
-                    assert_eq!(
-                        (r.spill_store_bytes, r.spill_load_bytes),
-                        (0, 0),
-                        "{} spills on {} in {dtype}",
-                        k.name,
-                        arch.name()
-                    );
-                }
-            }
-        }
-        eprintln!("{dtype}: {} kernels compiled for sm_80 and sm_90", p.kernels.len());
+        tc.check_all(&decode_program(dtype).0.kernels);
     }
 }

@@ -2,25 +2,11 @@
 //! Qwen3-0.6B's shapes; their sources are snapshotted. Without libnvrtc the compile test says
 //! so and passes, except under `CI=true` (see `tests/nvrtc.rs`).
 
+mod common;
+
 use smelt_codegen::kernels::{decode_attention, decode_attention_scratch_bytes, AttentionSpec, View};
-use smelt_codegen::ptxas::{find_ptxas, resources};
-use smelt_codegen::{Arch, Kernel, Nvrtc, PRELUDE};
+use smelt_codegen::{Kernel, PRELUDE};
 use smelt_ir::{Bindings, DType};
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn nvrtc() -> Option<Nvrtc> {
-    match Nvrtc::load() {
-        Ok(n) => Some(n),
-        Err(e) if in_ci() => panic!("CI=true but {e}"),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
-}
 
 /// Qwen3-0.6B's attention: 16 query heads, 8 KV heads, D = 128, q the first 2048 columns of
 /// the fused qkv row of 4096.
@@ -101,33 +87,9 @@ fn scratch_bytes_cover_every_split() {
 
 #[test]
 fn decode_attention_compiles_for_every_arch_without_spills() {
-    let Some(nvrtc) = nvrtc() else { return };
-    let ptxas = find_ptxas();
-    if ptxas.is_none() {
-        assert!(!in_ci(), "CI=true but ptxas is not on PATH (nor $SMELT_PTXAS)");
-        eprintln!("ptxas not found: compiling to PTX only, no spill check");
-    }
+    let Some(tc) = common::toolchain() else { return };
     let kernels: Vec<Kernel> = all_variants().iter().flat_map(|(name, spec)| decode_attention(name, spec)).collect();
-    for k in &kernels {
-        for arch in Arch::ALL {
-            let ptx = nvrtc.compile(&k.name, &k.source, arch).unwrap_or_else(|e| panic!("{e}"));
-            assert!(ptx.contains(&format!(".entry {}", k.name)), "{}: no entry point in the PTX", k.name);
-            if let Some(ptxas) = &ptxas {
-                let r = resources(ptxas, &ptx, arch).unwrap_or_else(|e| panic!("{}: {e}", k.name));
-                let r =
-                    r.iter().find(|r| r.kernel == k.name).unwrap_or_else(|| panic!("{}: not in ptxas report", k.name));
-                assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{} spills on {}", k.name, arch.name());
-                eprintln!(
-                    "{} {}: {} registers, {} bytes smem, no spills",
-                    k.name,
-                    arch.name(),
-                    r.registers,
-                    r.shared_bytes
-                );
-            }
-        }
-    }
-    eprintln!("NVRTC {:?}: {} kernels compiled for {} archs", nvrtc.version(), kernels.len(), Arch::ALL.len());
+    tc.check_all(&kernels);
 }
 
 #[test]

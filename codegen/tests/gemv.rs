@@ -6,31 +6,17 @@
 //! Without libnvrtc (or a C++ compiler) these tests say so and pass, except under `CI=true`,
 //! where a missing NVRTC is a failure (.ci/run installs it).
 
+mod common;
+
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::process::Command;
 
 use smelt_codegen::kernels::{linear_gemv, GemvSpec, Grid, Kernel, View};
-use smelt_codegen::ptxas::{find_ptxas, resources};
-use smelt_codegen::{Arch, Nvrtc, PRELUDE};
+use smelt_codegen::PRELUDE;
 use smelt_ir::{shape, BinaryOp, Bound, Builder, DType, Expr, ExprKind, Op, Shape, Tensor, UnaryOp};
 
 const EPS: f32 = 1e-6;
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn nvrtc() -> Option<Nvrtc> {
-    match Nvrtc::load() {
-        Ok(n) => Some(n),
-        Err(e) if in_ci() => panic!("CI=true but {e}"),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
-}
 
 fn node(kind: ExprKind, dtype: DType) -> Box<Expr> {
     Box::new(Expr::new(kind, dtype))
@@ -130,35 +116,11 @@ fn qwen3_decode(dtype: DType) -> Vec<Case> {
 
 #[test]
 fn qwen3_decode_gemvs_compile_for_every_arch_without_spills() {
-    let Some(nvrtc) = nvrtc() else { return };
-    let ptxas = find_ptxas();
-    if ptxas.is_none() {
-        assert!(!in_ci(), "CI=true but ptxas is not on PATH (nor $SMELT_PTXAS)");
-        eprintln!("ptxas not found: compiling to PTX only, no spill check");
-    }
-    let cases: Vec<Case> = [DType::BF16, DType::F16].into_iter().flat_map(qwen3_decode).collect();
-    for case in &cases {
-        let k = case.kernel();
-        assert_eq!(k.kind, "linear_gemv");
-        for arch in Arch::ALL {
-            let ptx = nvrtc.compile(&k.name, &k.source, arch).unwrap_or_else(|e| panic!("{e}"));
-            assert!(ptx.contains(&format!(".entry {}", k.name)), "{}: no entry point in the PTX", k.name);
-            let Some(ptxas) = &ptxas else { continue };
-            let r = resources(ptxas, &ptx, arch).unwrap_or_else(|e| panic!("{}: {e}", k.name));
-            let r = r.iter().find(|r| r.kernel == k.name).unwrap_or_else(|| panic!("{}: not in ptxas report", k.name));
-            assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{} spills on {}", k.name, arch.name());
-            eprintln!(
-                "{} {}: {} registers, {} bytes static + {} bytes dynamic smem, grid {:?}, no spills",
-                k.name,
-                arch.name(),
-                r.registers,
-                r.shared_bytes,
-                k.launch.shared_bytes,
-                k.launch.grid
-            );
-        }
-    }
-    eprintln!("NVRTC {:?}: {} GEMV kernels compiled for {} archs", nvrtc.version(), cases.len(), Arch::ALL.len());
+    let Some(tc) = common::toolchain() else { return };
+    let kernels: Vec<Kernel> =
+        [DType::BF16, DType::F16].into_iter().flat_map(qwen3_decode).map(|c| c.kernel()).collect();
+    assert!(kernels.iter().all(|k| k.kind == "linear_gemv"));
+    tc.check_all(&kernels);
 }
 
 #[test]

@@ -4,12 +4,13 @@
 //! (or ptxas) is a failure (.ci/run installs them). The kernels also run on the CPU, under a
 //! C++ shim, and match `ir::eval`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::Command;
 
 use smelt_codegen::kernels::{argmax, gather, kv_append, norm_rope, norm_rope_kv_append, rmsnorm, Grid, View};
-use smelt_codegen::ptxas::{find_ptxas, resources};
-use smelt_codegen::{Arch, Kernel, Nvrtc, PRELUDE};
+use smelt_codegen::{Kernel, PRELUDE};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, Dim, NodeId, Op, Shape, Sym, Tensor};
 
 // Qwen3-0.6B.
@@ -24,21 +25,6 @@ const QKV: usize = (HEADS + 2 * KV_HEADS) * HEAD_DIM;
 const Q_VIEW: View = View { offset: 0, row_stride: QKV };
 const K_VIEW: View = View { offset: HEADS * HEAD_DIM, row_stride: QKV };
 const V_VIEW: View = View { offset: (HEADS + KV_HEADS) * HEAD_DIM, row_stride: QKV };
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn nvrtc() -> Option<Nvrtc> {
-    match Nvrtc::load() {
-        Ok(n) => Some(n),
-        Err(e) if in_ci() => panic!("CI=true but {e}"),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
-}
 
 /// Every kernel of one layer's attention front and the model's ends, in `dtype`.
 fn kernels(dtype: DType) -> Vec<Kernel> {
@@ -55,35 +41,12 @@ fn kernels(dtype: DType) -> Vec<Kernel> {
 
 #[test]
 fn norm_rope_gather_argmax_compile_for_every_arch_without_spills() {
-    let Some(nvrtc) = nvrtc() else { return };
-    let ptxas = find_ptxas();
-    if ptxas.is_none() {
-        assert!(!in_ci(), "CI=true but ptxas is not on PATH (nor $SMELT_PTXAS)");
-        eprintln!("ptxas not found: compiling to PTX only, no spill check");
-    }
+    let Some(tc) = common::toolchain() else { return };
     let mut all = kernels(DType::BF16);
     all.extend(kernels(DType::F16));
     // The logits are f32 when the lm_head computes in f32.
     all.push(argmax("next_token_f32", Dim::Sym(Sym::NewTokens), VOCAB, DType::F32));
-    for k in &all {
-        for arch in Arch::ALL {
-            let ptx = nvrtc.compile(&k.name, &k.source, arch).unwrap_or_else(|e| panic!("{e}"));
-            assert!(ptx.contains(&format!(".entry {}", k.name)), "{}: no entry point in the PTX", k.name);
-            let Some(ptxas) = &ptxas else { continue };
-            let r = resources(ptxas, &ptx, arch).unwrap_or_else(|e| panic!("{}: {e}", k.name));
-            let r = r.iter().find(|r| r.kernel == k.name).unwrap_or_else(|| panic!("{}: not in ptxas report", k.name));
-            assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{} spills on {}", k.name, arch.name());
-            eprintln!(
-                "{} {}: {} registers, {} bytes smem, block {}, no spills",
-                k.name,
-                arch.name(),
-                r.registers,
-                r.shared_bytes,
-                k.launch.block
-            );
-        }
-    }
-    eprintln!("NVRTC {:?}: {} kernels compiled for {} archs", nvrtc.version(), all.len(), Arch::ALL.len());
+    tc.check_all(&all);
 }
 
 /// The generated CUDA, read by people: the snapshots omit the shared prelude.

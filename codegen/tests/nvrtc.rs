@@ -2,25 +2,11 @@
 //! ptxas finds no local-memory spills. Without libnvrtc these tests say so and pass, except
 //! under `CI=true`, where a missing NVRTC is a failure (.ci/run installs it).
 
+mod common;
+
 use smelt_codegen::kernels::elementwise;
-use smelt_codegen::ptxas::{find_ptxas, resources};
-use smelt_codegen::{Arch, Nvrtc, NvrtcError};
+use smelt_codegen::{Arch, NvrtcError};
 use smelt_ir::{shape, BinaryOp, DType, Expr, ExprKind, Shape, Sym, UnaryOp};
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn nvrtc() -> Option<Nvrtc> {
-    match Nvrtc::load() {
-        Ok(n) => Some(n),
-        Err(e) if in_ci() => panic!("CI=true but {e}"),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
-}
 
 fn leaf(kind: ExprKind, dtype: DType) -> Box<Expr> {
     Box::new(Expr::new(kind, dtype))
@@ -43,12 +29,7 @@ fn scaled_residual(dtype: DType) -> Expr {
 
 #[test]
 fn elementwise_kernels_compile_for_every_arch_without_spills() {
-    let Some(nvrtc) = nvrtc() else { return };
-    let ptxas = find_ptxas();
-    if ptxas.is_none() {
-        assert!(!in_ci(), "CI=true but ptxas is not on PATH (nor $SMELT_PTXAS)");
-        eprintln!("ptxas not found: compiling to PTX only, no spill check");
-    }
+    let Some(tc) = common::toolchain() else { return };
     let t = Sym::NewTokens;
     let mut kernels = Vec::new();
     for dtype in [DType::BF16, DType::F16, DType::F32] {
@@ -67,31 +48,12 @@ fn elementwise_kernels_compile_for_every_arch_without_spills() {
             (dtype, &x),
         ));
     }
-    for k in &kernels {
-        for arch in Arch::ALL {
-            let ptx = nvrtc.compile(&k.name, &k.source, arch).unwrap_or_else(|e| panic!("{e}"));
-            assert!(ptx.contains(&format!(".entry {}", k.name)), "{}: no entry point in the PTX", k.name);
-            if let Some(ptxas) = &ptxas {
-                let r = resources(ptxas, &ptx, arch).unwrap_or_else(|e| panic!("{}: {e}", k.name));
-                let r =
-                    r.iter().find(|r| r.kernel == k.name).unwrap_or_else(|| panic!("{}: not in ptxas report", k.name));
-                assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{} spills on {}", k.name, arch.name());
-                eprintln!(
-                    "{} {}: {} registers, {} bytes smem, no spills",
-                    k.name,
-                    arch.name(),
-                    r.registers,
-                    r.shared_bytes
-                );
-            }
-        }
-    }
-    eprintln!("NVRTC {:?}: {} kernels compiled for {} archs", nvrtc.version(), kernels.len(), Arch::ALL.len());
+    tc.check_all(&kernels);
 }
 
 #[test]
 fn compile_errors_name_the_kernel_and_show_the_log() {
-    let Some(nvrtc) = nvrtc() else { return };
+    let Some(common::Toolchain { nvrtc, .. }) = common::toolchain() else { return };
     let src = "extern \"C\" __global__ void l03_broken(float* y) { y[0] = not_a_function(1.0f); }";
     match nvrtc.compile("l03_broken", src, Arch::Sm90) {
         Err(e @ NvrtcError::Compile { .. }) => {

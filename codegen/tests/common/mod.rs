@@ -1,0 +1,70 @@
+//! Shared by the kernel tests: the NVRTC gate (without libnvrtc a test says so and passes,
+//! except under `CI=true`, where .ci/run installs it and its absence is a failure) and the
+//! check every generated kernel must pass.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use smelt_codegen::kernels::Kernel;
+use smelt_codegen::ptxas::{find_ptxas, resources};
+use smelt_codegen::{Arch, Nvrtc};
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// NVRTC, and ptxas when it is on PATH (required under CI).
+pub struct Toolchain {
+    pub nvrtc: Nvrtc,
+    pub ptxas: Option<PathBuf>,
+}
+
+pub fn toolchain() -> Option<Toolchain> {
+    let nvrtc = match Nvrtc::load() {
+        Ok(n) => n,
+        Err(e) if in_ci() => panic!("CI=true but {e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return None;
+        }
+    };
+    let ptxas = find_ptxas();
+    if ptxas.is_none() {
+        assert!(!in_ci(), "CI=true but ptxas is not on PATH (nor $SMELT_PTXAS)");
+        eprintln!("ptxas not found: compiling to PTX only, no spill check");
+    }
+    Some(Toolchain { nvrtc, ptxas })
+}
+
+impl Toolchain {
+    /// `k` compiles with NVRTC for every architecture, its PTX has the entry point, and
+    /// ptxas (when present) reports no local-memory spills.
+    pub fn check(&self, k: &Kernel) {
+        for arch in Arch::ALL {
+            let ptx = self.nvrtc.compile(&k.name, &k.source, arch).unwrap_or_else(|e| panic!("{e}"));
+            assert!(ptx.contains(&format!(".entry {}", k.name)), "{}: no entry point in the PTX", k.name);
+            let Some(ptxas) = &self.ptxas else { continue };
+            let r = resources(ptxas, &ptx, arch).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+            let r = r.iter().find(|r| r.kernel == k.name).unwrap_or_else(|| panic!("{}: not in ptxas report", k.name));
+            assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{} spills on {}", k.name, arch.name());
+            eprintln!(
+                "{} {}: {} registers, {} bytes static + {} dynamic smem, block {}, no spills",
+                k.name,
+                arch.name(),
+                r.registers,
+                r.shared_bytes,
+                k.launch.shared_bytes,
+                k.launch.block
+            );
+        }
+    }
+
+    /// Checks every kernel and says how many compiled.
+    pub fn check_all(&self, kernels: &[Kernel]) {
+        for k in kernels {
+            self.check(k);
+        }
+        eprintln!("NVRTC {:?}: {} kernels compiled for {} archs", self.nvrtc.version(), kernels.len(), Arch::ALL.len());
+    }
+}
