@@ -21,7 +21,7 @@ pub struct Args {
     /// A config.json. With neither --model nor --config, the embedded Qwen3-0.6B config.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Write the graphs' text and DOT forms into this directory.
+    /// Write the graphs (text, DOT, after each pass), plan.json, the kernels and kernels.json here.
     #[arg(long)]
     dump: Option<PathBuf>,
     /// Execution dtype; defaults to the config's (bf16 for the published checkpoints).

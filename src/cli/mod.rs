@@ -21,7 +21,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Declare the model as a graph, verify it, and print a summary (no weights, no GPU needed).
+    /// Declare the model as a graph, fuse it, plan its memory and generate its decode kernels;
+    /// print a summary (no weights, no GPU needed).
     Compile(compile::Args),
     /// Run one prefill and write the logits at every prompt position to a safetensors file.
     Logits(generate::LogitsArgs),
