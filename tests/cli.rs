@@ -20,11 +20,13 @@ fn tokenizer_path() -> PathBuf {
     root().join("models/assets/qwen3/tokenizer.json")
 }
 
-/// Runs `smelt args...` from the repository root.
+/// Runs `smelt args...` from the repository root, with its module cache under target/ rather
+/// than the user's home.
 fn smelt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_smelt"))
         .args(args)
         .current_dir(root())
+        .env("SMELT_CACHE_DIR", root().join("target/test-module-cache"))
         .output()
         .unwrap_or_else(|e| panic!("running smelt {args:?}: {e}"))
 }

@@ -2,6 +2,7 @@
 //! and the prelude of helpers every kernel carries (bf16/f16 storage rounding without CUDA
 //! headers). Kernel emitters, the launch schedule and the NVRTC front come next.
 
+pub mod cache;
 pub mod expr;
 pub mod kernels;
 pub mod nvrtc;
@@ -9,6 +10,7 @@ pub mod prelude;
 pub mod program;
 pub mod ptxas;
 
+pub use cache::ModuleCache;
 pub use expr::{render, Leaves, LocalNames};
 pub use kernels::{kernel_name, Kernel};
 pub use nvrtc::{Arch, Nvrtc, NvrtcError};

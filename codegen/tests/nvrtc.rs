@@ -64,3 +64,30 @@ fn compile_errors_name_the_kernel_and_show_the_log() {
         other => panic!("expected a compile error, got {other:?}"),
     }
 }
+
+#[test]
+fn module_cache_hits_on_the_second_compile() {
+    let Some(common::Toolchain { nvrtc, .. }) = common::toolchain() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = smelt_codegen::ModuleCache::at(dir.path().join("modules"));
+    let k = elementwise(
+        "cached_swiglu",
+        &swiglu(DType::BF16),
+        &[(DType::BF16, shape![Sym::NewTokens, 8]), (DType::BF16, shape![Sym::NewTokens, 8])],
+        (DType::BF16, &shape![Sym::NewTokens, 8]),
+    );
+    let (first, hit) = cache.compile(&nvrtc, &k.name, &k.source, Arch::Sm90).expect("compiles");
+    assert!(!hit, "an empty cache misses");
+    let (second, hit) = cache.compile(&nvrtc, &k.name, &k.source, Arch::Sm90).expect("reads back");
+    assert!(hit, "the same source, arch and NVRTC hit");
+    assert_eq!(first, second);
+    let (_, hit) = cache.compile(&nvrtc, &k.name, &k.source, Arch::Sm80).expect("compiles");
+    assert!(!hit, "another arch is another module");
+    // A damaged entry is recompiled, not loaded.
+    for entry in std::fs::read_dir(cache.dir()).expect("cache dir") {
+        std::fs::write(entry.expect("entry").path(), "garbage").expect("damage");
+    }
+    let (third, hit) = cache.compile(&nvrtc, &k.name, &k.source, Arch::Sm90).expect("recompiles");
+    assert!(!hit);
+    assert_eq!(third, first);
+}

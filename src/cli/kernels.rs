@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use smelt::codegen::ptxas::{find_ptxas, resources};
-use smelt::codegen::{Arch, Nvrtc, Program};
+use smelt::codegen::{Arch, ModuleCache, Nvrtc, Program};
 use smelt::passes::stats::layer_of;
 
 /// Achievable HBM bandwidth of an H100 SXM (≈90% of its 3.35 TB/s peak), the decode floor.
@@ -79,12 +79,21 @@ pub fn dump(dir: &Path, program: &Program, arch: Arch) -> Result<String> {
     std::fs::create_dir_all(&kdir).with_context(|| format!("creating {}", kdir.display()))?;
     let nvrtc = Nvrtc::load().ok();
     let ptxas = find_ptxas();
+    let cache = ModuleCache::default_dir().map(ModuleCache::at);
+    let mut hits = 0;
     let mut json = program.to_json();
     let mut note = String::new();
     for (i, k) in program.kernels.iter().enumerate() {
         super::io::write_atomically(&kdir.join(format!("{}.cu", k.name)), k.source.as_bytes())?;
         let Some(nvrtc) = &nvrtc else { continue };
-        let ptx = nvrtc.compile(&k.name, &k.source, arch)?;
+        let ptx = match &cache {
+            Some(cache) => {
+                let (ptx, hit) = cache.compile(nvrtc, &k.name, &k.source, arch)?;
+                hits += usize::from(hit);
+                ptx
+            }
+            None => nvrtc.compile(&k.name, &k.source, arch)?,
+        };
         super::io::write_atomically(&kdir.join(format!("{}.ptx", k.name)), ptx.as_bytes())?;
         if let Some(ptxas) = &ptxas {
             let report = resources(ptxas, &ptx, arch).map_err(anyhow::Error::msg)?;
@@ -105,9 +114,10 @@ pub fn dump(dir: &Path, program: &Program, arch: Arch) -> Result<String> {
             note.push_str(&format!("compiled PTX for {}; ptxas not found: no register report", arch.name()))
         }
         (Some(n), Some(_)) => note.push_str(&format!(
-            "compiled PTX for {} with NVRTC {:?}; ptxas report in kernels.json",
+            "compiled PTX for {} with NVRTC {:?} ({hits} of {} from the module cache); ptxas report in kernels.json",
             arch.name(),
-            n.version()
+            n.version(),
+            program.kernels.len()
         )),
     }
     let text = serde_json::to_string_pretty(&json).context("serializing kernels.json")?;
