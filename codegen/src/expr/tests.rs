@@ -136,15 +136,8 @@ fn rendered_bodies_match_eval_bit_for_bit() {
             (body, inputs(&mut r))
         })
         .collect();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (src, exe) = (dir.path().join("bodies.c"), dir.path().join("bodies"));
-    std::fs::write(&src, c_program(&cases)).expect("write C source");
-    // No FMA contraction: `ir::eval` rounds every multiply before the add.
-    let status = Command::new(&cc).args(["-O1", "-ffp-contract=off", "-o"]).arg(&exe).arg(&src).arg("-lm").status();
-    assert!(status.is_ok_and(|s| s.success()), "{cc} failed to compile {}", src.display());
-    let out = Command::new(&exe).output().expect("run the compiled bodies");
-    let got: Vec<u32> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| u32::from_str_radix(l, 16).expect("hex bits")).collect();
+    let out = run_c(&cc, &c_program(&cases));
+    let got: Vec<u32> = out.lines().map(|l| u32::from_str_radix(l, 16).expect("hex bits")).collect();
     assert_eq!(got.len(), cases.len() * LEN);
     let mut ops = 0;
     for (k, (body, inputs)) in cases.iter().enumerate() {
@@ -161,6 +154,18 @@ fn rendered_bodies_match_eval_bit_for_bit() {
         }
     }
     eprintln!("{} bodies ({ops} ops) x {LEN} elements agree bit for bit", cases.len());
+}
+
+/// Compiles a C program with the host compiler and returns what it prints. No FMA contraction:
+/// `ir::eval` rounds every product before it is added.
+fn run_c(cc: &str, source: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (src, exe) = (dir.path().join("prog.c"), dir.path().join("prog"));
+    std::fs::write(&src, source).expect("write C source");
+    let status = Command::new(cc).args(["-O1", "-ffp-contract=off", "-o"]).arg(&exe).arg(&src).arg("-lm").status();
+    assert!(status.is_ok_and(|s| s.success()), "{cc} failed to compile {}", src.display());
+    let out = Command::new(&exe).output().expect("run the compiled program");
+    String::from_utf8(out.stdout).expect("ASCII output")
 }
 
 fn which_cc() -> Result<String, ()> {
@@ -223,12 +228,7 @@ fn prelude_codecs_match_half() {
     let _ = writeln!(c, "  static const unsigned int xs[{}] = {{{}}};", floats.len(), bits.join(","));
     let _ = writeln!(c, "  for (int i = 0; i < {}; i++) printf(\"%04x %04x\\n\", smelt_store_f16(smelt_u2f(xs[i])), smelt_store_bf16(smelt_u2f(xs[i])));", floats.len());
     c.push_str("  return 0;\n}\n");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (src, exe) = (dir.path().join("codecs.c"), dir.path().join("codecs"));
-    std::fs::write(&src, c).expect("write C source");
-    let status = Command::new(&cc).args(["-O1", "-o"]).arg(&exe).arg(&src).arg("-lm").status();
-    assert!(status.is_ok_and(|s| s.success()), "{cc} failed on {}", src.display());
-    let out = String::from_utf8(Command::new(&exe).output().expect("runs").stdout).expect("ascii");
+    let out = run_c(&cc, &c);
     let mut lines = out.lines();
     let same = |a: u32, b: f32| a == b.to_bits() || (f32::from_bits(a).is_nan() && b.is_nan());
     for h in 0..=u16::MAX {
