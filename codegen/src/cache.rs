@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::nvrtc::{Arch, Nvrtc, NvrtcError};
 
+#[derive(Clone, Debug)]
 pub struct ModuleCache {
     dir: PathBuf,
 }

@@ -46,6 +46,24 @@ pub struct Scheduled {
     /// The buffers it reads, by weight/input name or node name, in operand order.
     pub operands: Vec<String>,
     pub cost: Cost,
+    /// The node and its operands as graph ids (operands as the graph has them, views
+    /// included: a runtime passes the buffer under the view, the kernel applies the view).
+    pub node_id: NodeId,
+    pub operand_ids: Vec<NodeId>,
+    /// The kernel's parameter list, in the calling convention's terms.
+    pub params: Params,
+}
+
+/// A launch's parameter list. Every kernel ends with `const smelt_step* step`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Params {
+    /// `(operands…, output, step)`.
+    Standard,
+    /// Flash-decoding's split kernel: `(operands…, output, float* scratch, step)`; it writes
+    /// partials to the scratch buffer, sized by [`kernels::decode_attention_scratch_bytes`].
+    AttentionSplit(AttentionSpec),
+    /// Its combine kernel: `(const float* scratch, output, step)`.
+    AttentionCombine(AttentionSpec),
 }
 
 impl Program {
@@ -97,7 +115,7 @@ pub struct Program {
 /// The buffer a view chain (reshape, last-axis slice) reads, and how rows are addressed in it.
 /// A row is everything after the leading (token) dim, which the views here keep: a row of
 /// the base buffer holds one token's values.
-fn resolve_view(g: &Graph, mut id: NodeId) -> (NodeId, View) {
+pub fn resolve_view(g: &Graph, mut id: NodeId) -> (NodeId, View) {
     let width = |id: NodeId| g.node(id).shape.dims()[1..].iter().map(|d| d.fixed().unwrap_or(1)).product();
     let mut offset = 0;
     loop {
@@ -190,6 +208,8 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
         if node.op.kv_cache_operand().is_none() {
             cost.activation_bytes += bytes(&node.shape, node.dtype, &step);
         }
+        // One entry per kernel the op becomes, when not all Standard.
+        let mut params: Vec<Params> = Vec::new();
         let unsupported = |hint| CodegenError::Unsupported { node: label.clone(), op: node.op.kind(), hint };
         let kernels: Vec<Kernel> = match &node.op {
             Op::Linear { .. } | Op::MatMul if !decode => {
@@ -283,7 +303,11 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
                 supported(&label, head_dim_ok(spec.d, node.dtype), &format!("head dim {} in {}", spec.d, node.dtype))?;
                 cost.kv_bytes_per_context_token = (2 * spec.kv_heads * spec.d * node.dtype.size_bytes()) as u64;
                 cost.flops = (4 * spec.heads * spec.d) as u64;
-                kernels::decode_attention(&name_for(&label, "attention"), &spec)
+                let kernels = kernels::decode_attention(&name_for(&label, "attention"), &spec);
+                if kernels.len() == 2 {
+                    params = vec![Params::AttentionSplit(spec), Params::AttentionCombine(spec)];
+                }
+                kernels
             }
             Op::RmsNorm { eps } => {
                 let (_, view) = resolve_view(g, ops[0]);
@@ -340,6 +364,9 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
                 op: op.clone(),
                 operands: operands.clone(),
                 cost,
+                node_id: id,
+                operand_ids: ops.clone(),
+                params: params.get(i).copied().unwrap_or(Params::Standard),
             });
         }
     }

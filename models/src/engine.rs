@@ -32,6 +32,44 @@ pub enum ModelError {
     GenerationConfig { path: PathBuf, message: String },
     #[error("compiling the graph: {0}")]
     Pass(#[from] smelt_passes::PassError),
+    #[error(transparent)]
+    Cuda(#[from] smelt_runtime::cuda::CudaError),
+}
+
+/// What generation needs of a backend: the CPU reference ([`Qwen3Cpu`]) or the GPU
+/// ([`crate::Qwen3Cuda`]).
+pub trait CausalLm {
+    fn config(&self) -> &Qwen3Config;
+    /// Ids that end generation.
+    fn eos_token_ids(&self) -> &[u32];
+    /// Tokens in the KV cache.
+    fn position(&self) -> usize;
+    /// Starts a new sequence.
+    fn reset(&mut self);
+    /// Appends `ids` to the sequence and returns f32 logits: `[ids.len(), vocab]` for
+    /// `AllPositions`, `[1, vocab]` for `LastPosition`.
+    fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError>;
+    /// Appends `ids` and returns the greedy next token (a backend may skip reading logits).
+    fn forward_greedy(&mut self, ids: &[u32]) -> Result<u32, ModelError> {
+        let logits = self.forward(ids, Logits::LastPosition)?;
+        Ok(crate::sample::argmax(logits.f32s().expect("logits are f32")))
+    }
+}
+
+/// The checks every backend makes before running `ids` after `position` cached tokens.
+pub(crate) fn check_ids(config: &Qwen3Config, position: usize, ids: &[u32]) -> Result<(), ModelError> {
+    if ids.is_empty() {
+        return Err(ModelError::EmptyPrompt);
+    }
+    let vocab = config.vocab_size;
+    if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(ModelError::TokenOutOfRange { id, vocab });
+    }
+    let needed = position + ids.len();
+    if needed > config.max_position_embeddings {
+        return Err(ModelError::ContextFull { needed, max: config.max_position_embeddings });
+    }
+    Ok(())
 }
 
 /// How a model is loaded.
@@ -158,6 +196,16 @@ impl Qwen3Cpu {
         &self.config
     }
 
+    /// The decode graph (fused unless loaded with `fuse: false`), which the GPU backend compiles.
+    pub fn decode_graph(&self) -> &Graph {
+        &self.graphs.decode
+    }
+
+    /// The weights, in the execution dtype, shaped for the graphs (concatenations made).
+    pub fn host_weights(&self) -> &HostWeights {
+        &self.weights
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -186,17 +234,8 @@ impl Qwen3Cpu {
     /// Appends `ids` to the sequence and returns f32 logits: `[ids.len(), vocab]` for
     /// `AllPositions`, `[1, vocab]` for `LastPosition`.
     pub fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
-        if ids.is_empty() {
-            return Err(ModelError::EmptyPrompt);
-        }
-        let vocab = self.config.vocab_size;
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(ModelError::TokenOutOfRange { id, vocab });
-        }
+        check_ids(&self.config, self.position, ids)?;
         let needed = self.position + ids.len();
-        if needed > self.config.max_position_embeddings {
-            return Err(ModelError::ContextFull { needed, max: self.config.max_position_embeddings });
-        }
         let graph = match (ids.len(), logits) {
             (1, Logits::LastPosition) => &self.graphs.decode,
             (_, Logits::LastPosition) => &self.graphs.prefill_last,
@@ -241,7 +280,7 @@ pub enum Sampling {
 /// soon as it is chosen. Stops at an EOS id (which is returned but is the last), at
 /// `max_new_tokens`, or when the context is full.
 pub fn generate(
-    model: &mut Qwen3Cpu,
+    model: &mut dyn CausalLm,
     prompt: &[u32],
     max_new_tokens: usize,
     sampling: Sampling,
@@ -257,13 +296,17 @@ pub fn generate(
         Sampling::Greedy => 0,
     });
     let mut out = Vec::new();
-    let mut logits = model.forward(prompt, Logits::LastPosition)?;
+    let mut step = |model: &mut dyn CausalLm, ids: &[u32]| -> Result<u32, ModelError> {
+        match sampling {
+            Sampling::Greedy => model.forward_greedy(ids),
+            Sampling::Temperature { temperature, .. } => {
+                let logits = model.forward(ids, Logits::LastPosition)?;
+                Ok(crate::sample::sample(logits.f32s().expect("logits are f32"), temperature, &mut rng))
+            }
+        }
+    };
+    let mut next = step(model, prompt)?;
     while out.len() < max_new_tokens {
-        let row = logits.f32s().expect("logits are f32");
-        let next = match sampling {
-            Sampling::Greedy => crate::sample::argmax(row),
-            Sampling::Temperature { temperature, .. } => crate::sample::sample(row, temperature, &mut rng),
-        };
         out.push(next);
         on_token(next);
         let done = model.eos_token_ids().contains(&next)
@@ -272,7 +315,29 @@ pub fn generate(
         if done {
             break;
         }
-        logits = model.forward(&[next], Logits::LastPosition)?;
+        next = step(model, &[next])?;
     }
     Ok(out)
+}
+
+impl CausalLm for Qwen3Cpu {
+    fn config(&self) -> &Qwen3Config {
+        Qwen3Cpu::config(self)
+    }
+
+    fn eos_token_ids(&self) -> &[u32] {
+        Qwen3Cpu::eos_token_ids(self)
+    }
+
+    fn position(&self) -> usize {
+        Qwen3Cpu::position(self)
+    }
+
+    fn reset(&mut self) {
+        Qwen3Cpu::reset(self)
+    }
+
+    fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
+        Qwen3Cpu::forward(self, ids, logits)
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod cuda_engine;
 pub mod engine;
 pub mod qwen3;
 pub mod sample;
@@ -10,5 +11,6 @@ pub mod tokenizer;
 
 pub use chat::{ChatError, ChatMessage, ChatTemplate};
 pub use config::{ConfigError, Qwen3Config};
-pub use engine::{generate, LoadOptions, ModelError, Qwen3Cpu, Sampling};
+pub use cuda_engine::Qwen3Cuda;
+pub use engine::{generate, CausalLm, LoadOptions, ModelError, Qwen3Cpu, Sampling};
 pub use tokenizer::{IncrementalDecoder, Tokenizer, TokenizerError};

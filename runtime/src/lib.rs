@@ -2,6 +2,7 @@
 //! use) and the CPU backend that runs graphs with the reference evaluator.
 
 pub mod cpu;
+pub mod cuda;
 pub mod weights;
 
 pub use cpu::{weight_specs, CpuState, HostWeights};

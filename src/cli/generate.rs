@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use smelt::ir::DType;
 use smelt::models::qwen3::Logits;
-use smelt::models::{generate as run_generation, LoadOptions, Qwen3Cpu, Sampling, Tokenizer};
+use smelt::models::{generate as run_generation, CausalLm, LoadOptions, Qwen3Cpu, Qwen3Cuda, Sampling, Tokenizer};
 
-use super::{io::write_atomically, model_dir_arg, parse_ids, DTypeArg, Device};
+use super::{io::write_atomically, model_dir_arg, parse_ids, CudaArgs, DTypeArg, Device};
 
 #[derive(clap::Args)]
 pub struct LogitsArgs {
@@ -24,12 +24,14 @@ pub struct LogitsArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value_t)]
     device: Device,
-    /// Execution dtype (the CPU reference computes in f32 by default).
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: DTypeArg,
-    /// Run the primitive graph instead of the fused one.
+    /// Execution dtype (default: f32 on the CPU, bf16 on CUDA).
+    #[arg(long, value_enum)]
+    dtype: Option<DTypeArg>,
+    /// Run the primitive graph instead of the fused one (CPU only).
     #[arg(long)]
     no_fuse: bool,
+    #[command(flatten)]
+    cuda: CudaArgs,
 }
 
 #[derive(clap::Args)]
@@ -65,14 +67,57 @@ pub struct GenerateArgs {
     tokenizer: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     device: Device,
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: DTypeArg,
-    /// Run the primitive graph instead of the fused one.
+    /// Execution dtype (default: f32 on the CPU, bf16 on CUDA).
+    #[arg(long, value_enum)]
+    dtype: Option<DTypeArg>,
+    /// Run the primitive graph instead of the fused one (CPU only).
     #[arg(long)]
     no_fuse: bool,
+    #[command(flatten)]
+    cuda: CudaArgs,
 }
 
-fn load(dir: &Path, dtype: DType, no_fuse: bool) -> Result<Qwen3Cpu> {
+/// The execution dtype: as asked, else f32 on the CPU (the reference) and bf16 on CUDA.
+fn dtype_for(device: Device, dtype: Option<DTypeArg>) -> DType {
+    match (dtype, device) {
+        (Some(d), _) => d.into(),
+        (None, Device::Cpu) => DType::F32,
+        (None, Device::Cuda) => DType::BF16,
+    }
+}
+
+/// Loads the model on `device`.
+fn load_on(device: Device, dir: &Path, dtype: DType, no_fuse: bool, cuda: &CudaArgs) -> Result<Box<dyn CausalLm>> {
+    if device == Device::Cpu {
+        return Ok(Box::new(load(dir, dtype, no_fuse)?));
+    }
+    if no_fuse {
+        bail!("--no-fuse: the CUDA backend runs fused graphs only");
+    }
+    let cpu = load(dir, dtype, false)?;
+    Ok(Box::new(load_cuda(cpu, cuda)?))
+}
+
+/// Compiles and uploads a loaded model to the GPU, reporting the JIT and memory.
+pub fn load_cuda(cpu: Qwen3Cpu, cuda: &CudaArgs) -> Result<Qwen3Cuda> {
+    let options = cuda.options(cpu.config());
+    let model = Qwen3Cuda::new(cpu, &options).context("--device cuda")?;
+    let d = model.decoder();
+    let jit = d.jit();
+    let bytes: Vec<String> =
+        d.device_bytes().iter().map(|(what, b)| format!("{what} {:.1} MiB", *b as f64 / 1048576.0)).collect();
+    eprintln!(
+        "{}: {} kernels ready in {:.2}s ({} from the module cache); {}",
+        d.gpu().name(),
+        jit.kernels,
+        jit.seconds,
+        jit.cached,
+        bytes.join(", ")
+    );
+    Ok(model)
+}
+
+pub fn load(dir: &Path, dtype: DType, no_fuse: bool) -> Result<Qwen3Cpu> {
     let dir = model_dir_arg(dir)?;
     let t0 = Instant::now();
     let options = LoadOptions { dtype, fuse: !no_fuse };
@@ -93,9 +138,8 @@ fn load(dir: &Path, dtype: DType, no_fuse: bool) -> Result<Qwen3Cpu> {
 }
 
 pub fn logits(a: LogitsArgs) -> Result<()> {
-    a.device.require_cpu()?;
     let ids = parse_ids(&a.prompt_ids)?;
-    let mut model = load(&a.model, a.dtype.into(), a.no_fuse)?;
+    let mut model = load_on(a.device, &a.model, dtype_for(a.device, a.dtype), a.no_fuse, &a.cuda)?;
     let t0 = Instant::now();
     let logits = model.forward(&ids, Logits::AllPositions)?;
     eprintln!("prefill of {} tokens in {:.2}s", ids.len(), t0.elapsed().as_secs_f64());
@@ -130,7 +174,6 @@ fn prompt_text(a: &GenerateArgs, text: &str, tokenizer: &Tokenizer) -> Result<St
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    a.device.require_cpu()?;
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
         bail!("--temperature must be a finite number >= 0, got {}", a.temperature);
     }
@@ -156,7 +199,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         },
         (None, None) => unreachable!("clap requires --prompt or --prompt-ids"),
     };
-    let mut model = load(&a.model, a.dtype.into(), a.no_fuse)?;
+    let mut model = load_on(a.device, &a.model, dtype_for(a.device, a.dtype), a.no_fuse, &a.cuda)?;
     let sampling = if a.temperature == 0.0 {
         Sampling::Greedy
     } else {
@@ -171,7 +214,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     // The ids are the result; text that cannot be shown (an id past the tokenizer's vocabulary,
     // which a model's padded embedding table allows) is a warning, not a failed run.
     let warn = |e: smelt::models::TokenizerError| eprintln!("\nwarning: not shown: {e}");
-    let ids = run_generation(&mut model, &prompt, a.max_new_tokens, sampling, |id| {
+    let ids = run_generation(model.as_mut(), &prompt, a.max_new_tokens, sampling, |id| {
         let text = match decoder.as_mut() {
             Some(d) => d.step(id).unwrap_or_else(|e| {
                 warn(e);

@@ -1,5 +1,7 @@
 //! Subcommands. The forms documented in the README are a contract that outside checks rely on.
 
+mod bench;
+mod check;
 mod compile;
 mod generate;
 mod io;
@@ -30,6 +32,12 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Turn text into token ids (or ids back into text) with a tokenizer.json.
     Tokenize(tokenize::Args),
+    /// Measure decode on the GPU: latency per token at several contexts, JIT time, memory,
+    /// each next to its bandwidth floor measured on the same device.
+    Bench(bench::Args),
+    /// Run decode steps on the GPU kernel by kernel and compare every kernel's output with the
+    /// CPU reference evaluator on the same operands.
+    CheckKernels(check::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -38,22 +46,38 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logits(a) => generate::logits(a),
         Command::Generate(a) => generate::generate(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::CheckKernels(a) => check::run(a),
     }
 }
 
-/// Where a model runs. Only the CPU reference backend exists so far.
-#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+/// Where a model runs: the CPU reference backend, or an NVIDIA GPU (decode kernels through
+/// NVRTC; prompts run one token per step until the prefill kernels exist).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Device {
     #[default]
     Cpu,
     Cuda,
 }
 
-impl Device {
-    fn require_cpu(self) -> Result<()> {
-        match self {
-            Device::Cpu => Ok(()),
-            Device::Cuda => bail!("--device cuda: the CUDA backend is not built yet; use --device cpu"),
+/// Options of the CUDA backend.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CudaArgs {
+    /// Tokens the GPU's KV cache holds (default: the model's context, at most 32768).
+    #[arg(long)]
+    kv_tokens: Option<usize>,
+    /// Launch the decode step's kernels one by one instead of replaying a CUDA graph.
+    #[arg(long)]
+    no_cuda_graphs: bool,
+}
+
+impl CudaArgs {
+    fn options(&self, config: &smelt::models::Qwen3Config) -> smelt::runtime::cuda::DecoderOptions {
+        smelt::runtime::cuda::DecoderOptions {
+            kv_tokens: self.kv_tokens.unwrap_or(config.max_position_embeddings.min(32768)),
+            block_tokens: smelt::passes::DEFAULT_BLOCK_TOKENS,
+            cuda_graphs: !self.no_cuda_graphs,
+            module_cache: smelt::codegen::ModuleCache::default_dir().map(smelt::codegen::ModuleCache::at),
         }
     }
 }

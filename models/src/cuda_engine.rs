@@ -1,0 +1,96 @@
+//! Qwen3 on the GPU: the CPU model's fused decode graph and weights, compiled and uploaded by
+//! the CUDA backend. Prompts run through the decode step one token at a time until the prefill
+//! kernels (tensor-core GEMM, prefill attention) exist.
+
+use smelt_ir::{DType, Tensor};
+use smelt_runtime::cuda::{check_step, CudaDecoder, DecoderOptions, Gpu, NodeCheck};
+
+use crate::config::Qwen3Config;
+use crate::engine::{check_ids, CausalLm, ModelError, Qwen3Cpu};
+use crate::qwen3::Logits;
+
+pub struct Qwen3Cuda {
+    /// Keeps the host weights and graphs: the reference for [`Qwen3Cuda::check_step`].
+    cpu: Qwen3Cpu,
+    decoder: CudaDecoder,
+}
+
+impl Qwen3Cuda {
+    /// Compiles `cpu`'s decode graph for device 0 and uploads its weights. The graph must be
+    /// fused (the CUDA backend has kernels for fused ops only) and in bf16, f16 or f32.
+    pub fn new(cpu: Qwen3Cpu, options: &DecoderOptions) -> Result<Qwen3Cuda, ModelError> {
+        let gpu = Gpu::open(0)?;
+        let decoder = CudaDecoder::new(gpu, cpu.decode_graph(), cpu.host_weights(), options)?;
+        Ok(Qwen3Cuda { cpu, decoder })
+    }
+
+    /// Frees the GPU side and gives back the host model.
+    pub fn into_cpu(self) -> Qwen3Cpu {
+        self.cpu
+    }
+
+    pub fn decoder(&self) -> &CudaDecoder {
+        &self.decoder
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.cpu.dtype()
+    }
+
+    /// Runs one decode step kernel by kernel, checking every node against `ir::eval` on the
+    /// same operands (see `smelt_runtime::cuda::check_step`).
+    pub fn check_step(&mut self, token: u32) -> Result<Vec<NodeCheck>, ModelError> {
+        check_ids(self.cpu.config(), self.decoder.position(), &[token])?;
+        Ok(check_step(&mut self.decoder, self.cpu.host_weights(), token)?)
+    }
+
+    fn check(&self, ids: &[u32]) -> Result<(), ModelError> {
+        check_ids(self.cpu.config(), self.decoder.position(), ids)?;
+        let needed = self.decoder.position() + ids.len();
+        if needed > self.decoder.capacity() {
+            return Err(smelt_runtime::cuda::CudaError::KvFull { capacity: self.decoder.capacity() }.into());
+        }
+        Ok(())
+    }
+}
+
+impl CausalLm for Qwen3Cuda {
+    fn config(&self) -> &Qwen3Config {
+        self.cpu.config()
+    }
+
+    fn eos_token_ids(&self) -> &[u32] {
+        self.cpu.eos_token_ids()
+    }
+
+    fn position(&self) -> usize {
+        self.decoder.position()
+    }
+
+    fn reset(&mut self) {
+        self.decoder.reset()
+    }
+
+    fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
+        self.check(ids)?;
+        let vocab = self.cpu.config().vocab_size;
+        let mut rows = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let want = logits == Logits::AllPositions || i + 1 == ids.len();
+            if let Some(row) = self.decoder.step(id, want)?.logits {
+                rows.extend(row);
+            }
+        }
+        let n = rows.len() / vocab;
+        Ok(Tensor::from_stored(DType::F32, vec![n, vocab], rows))
+    }
+
+    fn forward_greedy(&mut self, ids: &[u32]) -> Result<u32, ModelError> {
+        self.check(ids)?;
+        let mut next = 0;
+        for &id in ids {
+            next = self.decoder.step(id, false)?.next_token;
+        }
+        Ok(next)
+    }
+}

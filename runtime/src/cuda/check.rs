@@ -1,0 +1,165 @@
+//! Every kernel against the reference evaluator, on the data of a real step: launch by launch,
+//! each node's operands are read back from the device before its kernels run, its output after,
+//! and `ir::eval` computes the same op on the same operands. The arena and scratch are poisoned
+//! (all bytes 0xFF: NaN in every float type) first, so an element a kernel fails to write shows
+//! up as a non-finite value.
+
+use std::collections::HashMap;
+
+use smelt_ir::{eval, Bindings, DType, Dim, Graph, Node, NodeId, Op, Shape, Tensor, WeightSource};
+
+use super::decoder::CudaDecoder;
+use super::layout::tensor_from_storage;
+use super::CudaError;
+
+/// One node's comparison.
+#[derive(Clone, Debug)]
+pub struct NodeCheck {
+    pub node: String,
+    pub op: &'static str,
+    pub kernels: Vec<String>,
+    pub dtype: DType,
+    pub elements: usize,
+    /// ‖gpu − ref‖₂ / ‖ref‖₂ over the whole output.
+    pub rel_err: f64,
+    pub max_abs: f64,
+    /// Elements that are NaN or infinite on the GPU but finite in the reference.
+    pub nonfinite: usize,
+    pub tolerance: f64,
+    pub ok: bool,
+}
+
+/// Relative error allowed per output dtype: a few roundings in the output's precision (the
+/// kernels sum in another order than the evaluator); integer outputs must match exactly.
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => 1e-2,
+        DType::F16 => 2e-3,
+        DType::F32 => 1e-4,
+        DType::I32 => 0.0,
+    }
+}
+
+fn concrete(shape: &Shape, b: &Bindings) -> Shape {
+    Shape::new(shape.resolve(b).into_iter().map(Dim::Fixed))
+}
+
+/// Runs one decode step on `token` launch by launch, checking every node; the step counts (the
+/// cache advances) as with [`CudaDecoder::step`].
+pub fn check_step(dec: &mut CudaDecoder, weights: &dyn WeightSource, token: u32) -> Result<Vec<NodeCheck>, CudaError> {
+    let at = dec.position();
+    let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: at };
+    let (arena, scratch) = (&dec.layout.arena, &dec.layout.scratch);
+    dec.gpu.fill(arena.ptr(), 0xff, arena.bytes(), "poisoning the arena")?;
+    dec.gpu.fill(scratch.ptr(), 0xff, scratch.bytes(), "poisoning the scratch buffer")?;
+    dec.write_inputs(token)?;
+    let mut checks = Vec::new();
+    let n = dec.layout.launches.len();
+    let mut i = 0;
+    while i < n {
+        let id = dec.layout.launches[i].node;
+        let mut end = i;
+        while end < n && dec.layout.launches[end].node == id {
+            end += 1;
+        }
+        let graph = &dec.graph;
+        // Operands first: an in-place kernel overwrites them.
+        let mut sub = Graph::new();
+        let mut inputs = HashMap::new();
+        let operands = graph
+            .operands(id)
+            .into_iter()
+            .map(|x| import(dec, graph, x, &b, &mut sub, &mut inputs))
+            .collect::<Result<Vec<_>, _>>()?;
+        for l in i..end {
+            dec.launch(l, &b)?;
+        }
+        let node = graph.node(id);
+        let what = format!("running {}", dec.node_name(id));
+        dec.gpu.synchronize(&what)?;
+        let gpu_out = read_value(dec, graph, id, &b)?;
+        let copy = Node { shape: concrete(&node.shape, &b), ..node.clone() };
+        let out = sub.add_node(copy, &operands);
+        sub.set_output("out", out);
+        let reference = eval(&sub, inputs, weights)
+            .map_err(|e| CudaError::Layout(format!("evaluating {} on the CPU: {e}", dec.node_name(id))))?
+            .remove("out")
+            .expect("output named out");
+        let kernels = (i..end).map(|l| dec.program.kernels[dec.layout.launches[l].kernel].name.clone()).collect();
+        checks.push(compare(dec.node_name(id), node.op.kind(), kernels, &gpu_out, &reference));
+        i = end;
+    }
+    dec.position += 1;
+    Ok(checks)
+}
+
+/// Adds operand `x` to `sub`: weights and constants as they are, views over their imported
+/// operand, anything else as an input holding the value read from the device.
+fn import(
+    dec: &CudaDecoder,
+    graph: &Graph,
+    x: NodeId,
+    b: &Bindings,
+    sub: &mut Graph,
+    inputs: &mut HashMap<String, Tensor>,
+) -> Result<NodeId, CudaError> {
+    let node = graph.node(x);
+    let copy = Node { shape: concrete(&node.shape, b), ..node.clone() };
+    match &node.op {
+        Op::Weight { .. } | Op::Constant { .. } => Ok(sub.add_node(copy, &[])),
+        op if op.is_view() => {
+            let inner = import(dec, graph, graph.operands(x)[0], b, sub, inputs)?;
+            Ok(sub.add_node(copy, &[inner]))
+        }
+        _ => {
+            let name = format!("v{}", x.index());
+            inputs.insert(name.clone(), read_value(dec, graph, x, b)?);
+            let input = Node { op: Op::Input { name }, ..copy };
+            Ok(sub.add_node(input, &[]))
+        }
+    }
+}
+
+/// The value of a non-view node as the device holds it. A cache (input or append) is read as
+/// its first rows: with the identity block table the pages lie in order.
+fn read_value(dec: &CudaDecoder, graph: &Graph, id: NodeId, b: &Bindings) -> Result<Tensor, CudaError> {
+    let node = graph.node(id);
+    let shape = node.shape.resolve(b);
+    let bytes = shape.iter().product::<usize>() * node.dtype.size_bytes();
+    let mut host = vec![0u8; bytes];
+    let addr = dec.layout.address(graph, id)?;
+    dec.gpu.download(&mut host, addr, &format!("reading {}", dec.node_name(id)))?;
+    Ok(tensor_from_storage(node.dtype, shape, &host))
+}
+
+fn compare(node: String, op: &'static str, kernels: Vec<String>, gpu: &Tensor, reference: &Tensor) -> NodeCheck {
+    let (a, r) = (gpu.to_f32_vec(), reference.to_f32_vec());
+    let (mut diff2, mut ref2, mut max_abs, mut nonfinite) = (0f64, 0f64, 0f64, 0usize);
+    for (&x, &y) in a.iter().zip(&r) {
+        if !x.is_finite() && y.is_finite() {
+            nonfinite += 1;
+            continue;
+        }
+        let d = (x as f64 - y as f64).abs();
+        if d.is_finite() {
+            diff2 += d * d;
+            max_abs = max_abs.max(d);
+        }
+        ref2 += (y as f64) * (y as f64);
+    }
+    let rel_err = if ref2 > 0.0 { (diff2 / ref2).sqrt() } else { diff2.sqrt() };
+    let tol = tolerance(reference.dtype());
+    let ok = nonfinite == 0 && a.len() == r.len() && gpu.shape() == reference.shape() && rel_err <= tol;
+    NodeCheck {
+        node,
+        op,
+        kernels,
+        dtype: reference.dtype(),
+        elements: r.len(),
+        rel_err,
+        max_abs,
+        nonfinite,
+        tolerance: tol,
+        ok,
+    }
+}

@@ -1,0 +1,34 @@
+//! The CUDA backend: runs a fused decode graph's generated kernels on an NVIDIA GPU. Builds
+//! and links on machines without CUDA (the driver and NVRTC are loaded at run time); opening a
+//! device there is a clear error.
+
+mod check;
+mod decoder;
+mod device;
+mod layout;
+
+pub use check::{check_step, NodeCheck};
+pub use decoder::{CudaDecoder, DecoderOptions, JitReport, StepOutput};
+pub use device::{DeviceBuffer, Gpu};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    #[error("no CUDA driver (libcuda.so) was found: this machine has no NVIDIA GPU driver")]
+    NoDriver,
+    #[error("CUDA device {ordinal} does not exist ({count} found)")]
+    NoDevice { ordinal: usize, count: usize },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("CUDA error while {what}: {message}")]
+    Driver { what: String, message: String },
+    #[error("CUDA out of memory allocating {what} ({bytes} bytes; {free} bytes free): {message}")]
+    OutOfMemory { what: String, bytes: usize, free: usize, message: String },
+    #[error("code generation failed: {0}")]
+    Codegen(String),
+    #[error("{0}")]
+    Nvrtc(String),
+    #[error("device layout: {0}")]
+    Layout(String),
+    #[error("the KV cache is full: it holds {capacity} tokens (raise --kv-tokens)")]
+    KvFull { capacity: usize },
+}

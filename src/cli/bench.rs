@@ -1,0 +1,166 @@
+//! `smelt bench`: decode on the GPU at batch 1, each figure next to its floor (bytes the step
+//! must move over the device-to-device copy bandwidth measured in the same run), plus JIT time
+//! cold and cached and device memory. Writes the figures as JSON for `bench/results/`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use smelt::codegen::ModuleCache;
+use smelt::models::{CausalLm, LoadOptions, Qwen3Config, Qwen3Cpu, Qwen3Cuda};
+use smelt::runtime::cuda::DecoderOptions;
+use smelt::runtime::cuda::Gpu;
+
+use super::generate::load;
+use super::io::write_atomically;
+use super::{parse_ids, DTypeArg};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A Hugging Face model directory; without it, seeded random weights with the embedded
+    /// Qwen3-0.6B config.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "bf16")]
+    dtype: DTypeArg,
+    /// Contexts (tokens already in the KV cache) at which decode is timed.
+    #[arg(long, default_value = "128,1024,4096")]
+    contexts: String,
+    /// Timed decode steps per context.
+    #[arg(long, default_value_t = 64)]
+    steps: usize,
+    /// Write the figures to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Launch kernel by kernel instead of replaying CUDA graphs.
+    #[arg(long)]
+    no_cuda_graphs: bool,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let contexts = parse_ids(&a.contexts)?;
+    let dtype = a.dtype.into();
+    let t0 = Instant::now();
+    let cpu = match &a.model {
+        Some(dir) => load(dir, dtype, false)?,
+        None => {
+            let config = Qwen3Config::qwen3_0_6b();
+            Qwen3Cpu::with_random_weights(config, LoadOptions::new(dtype), 0)?
+        }
+    };
+    eprintln!("host model ready in {:.1}s", t0.elapsed().as_secs_f64());
+    let max_context = *contexts.iter().max().unwrap_or(&1) as usize + a.steps + 1;
+
+    let gpu = Gpu::open(0)?;
+    let device = gpu.name().to_string();
+    let (free_before, total) = gpu.memory()?;
+    let bandwidth = gpu.copy_bandwidth(1 << 30, 20)?;
+    eprintln!("{device}: copy bandwidth {:.0} GB/s (read + write)", bandwidth / 1e9);
+    drop(gpu);
+
+    // JIT: cold into an empty module cache, then again from it.
+    let cache_dir = std::env::temp_dir().join(format!("smelt-bench-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let options = |cache_dir: &PathBuf| DecoderOptions {
+        kv_tokens: max_context,
+        block_tokens: smelt::passes::DEFAULT_BLOCK_TOKENS,
+        cuda_graphs: !a.no_cuda_graphs,
+        module_cache: Some(ModuleCache::at(cache_dir.clone())),
+    };
+    let cold = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("--device cuda")?;
+    let jit_cold = cold.decoder().jit().seconds;
+    let cpu = cold.into_cpu();
+    let mut model = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("--device cuda")?;
+    let jit_cached = model.decoder().jit().seconds;
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    eprintln!(
+        "JIT of {} kernels: {jit_cold:.2}s cold, {jit_cached:.2}s from the module cache",
+        model.decoder().jit().kernels
+    );
+
+    let vocab = model.config().vocab_size as u64;
+    let token = |p: usize| (((p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % vocab) as u32;
+    let program = model.decoder().program().clone();
+    let mut rows = Vec::new();
+    let mut json = serde_json::Map::new();
+    for &context in &contexts {
+        let context = context as usize;
+        model.reset();
+        let t = Instant::now();
+        for p in 0..context {
+            model.forward_greedy(&[token(p)])?;
+        }
+        let fill_s = t.elapsed().as_secs_f64();
+        let mut next = token(context);
+        let mut times = Vec::with_capacity(a.steps);
+        for _ in 0..a.steps {
+            let t = Instant::now();
+            next = model.forward_greedy(&[next])?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let ms = median(&mut times);
+        let bytes: u64 = program.launches.iter().map(|s| s.cost.bytes_at(context as u64 + a.steps as u64 / 2)).sum();
+        let floor_ms = bytes as f64 / bandwidth * 1e3;
+        eprintln!(
+            "context {context}: {ms:.3} ms/token (floor {floor_ms:.3} ms, {:.0}% of bandwidth); filled in {fill_s:.1}s",
+            floor_ms / ms * 100.0
+        );
+        json.insert(format!("decode_ms_per_token_ctx{}", label(context)), ms.into());
+        json.insert(format!("decode_floor_ms_ctx{}", label(context)), floor_ms.into());
+        rows.push((context, ms, floor_ms, bytes));
+    }
+    let (free_after, _) = model.decoder().gpu().memory()?;
+    let used = free_before.saturating_sub(free_after);
+
+    println!(
+        "smelt bench on {device} ({} dtype, CUDA graphs {})",
+        dtype_name(a.dtype),
+        if a.no_cuda_graphs { "off" } else { "on" }
+    );
+    println!("  copy bandwidth (read+write)      {:>10.0} GB/s", bandwidth / 1e9);
+    println!("  JIT, empty cache / cached         {jit_cold:>8.2} s / {jit_cached:.2} s");
+    println!(
+        "  device memory used               {:>10.1} MiB of {:.0} GiB",
+        used as f64 / 1048576.0,
+        total as f64 / 1073741824.0
+    );
+    println!("  {:<10} {:>12} {:>12} {:>10} {:>14}", "context", "ms/token", "floor ms", "of floor", "bytes/step");
+    for (context, ms, floor, bytes) in &rows {
+        println!("  {context:<10} {ms:>12.3} {floor:>12.3} {:>9.0}% {bytes:>14}", floor / ms * 100.0);
+    }
+    json.insert("device".into(), device.into());
+    json.insert("dtype".into(), dtype_name(a.dtype).into());
+    json.insert("copy_bandwidth_gb_s".into(), (bandwidth / 1e9).into());
+    json.insert("jit_cold_s".into(), jit_cold.into());
+    json.insert("jit_cached_s".into(), jit_cached.into());
+    json.insert("device_memory_used_bytes".into(), used.into());
+    json.insert("decode_steps_timed".into(), a.steps.into());
+    json.insert("cuda_graphs".into(), (!a.no_cuda_graphs).into());
+    if let Some(path) = &a.json {
+        write_atomically(path, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `1024` → `1k`, `128` → `128`.
+fn label(context: usize) -> String {
+    if context >= 1024 && context % 1024 == 0 {
+        format!("{}k", context / 1024)
+    } else {
+        context.to_string()
+    }
+}
+
+fn dtype_name(d: DTypeArg) -> &'static str {
+    match d {
+        DTypeArg::F32 => "f32",
+        DTypeArg::Bf16 => "bf16",
+        DTypeArg::F16 => "f16",
+    }
+}
