@@ -44,6 +44,12 @@ impl Qwen3Cuda {
         Ok(check_step(&mut self.decoder, self.cpu.host_weights(), token)?)
     }
 
+    /// One decode step kernel by kernel, timed per launch (see `CudaDecoder::profile_step`).
+    pub fn profile_step(&mut self, token: u32) -> Result<Vec<f64>, ModelError> {
+        self.check(&[token])?;
+        Ok(self.decoder.profile_step(token)?)
+    }
+
     fn check(&self, ids: &[u32]) -> Result<(), ModelError> {
         check_ids(self.cpu.config(), self.decoder.position(), ids)?;
         let needed = self.decoder.position() + ids.len();

@@ -35,6 +35,10 @@ pub struct Args {
     /// Launch kernel by kernel instead of replaying CUDA graphs.
     #[arg(long)]
     no_cuda_graphs: bool,
+    /// Also time every kernel of one step at the largest context (device events between
+    /// launches) and print where the step's time goes.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -114,6 +118,11 @@ pub fn run(a: Args) -> Result<()> {
         json.insert(format!("decode_floor_ms_ctx{}", label(context)), floor_ms.into());
         rows.push((context, ms, floor_ms, bytes));
     }
+    if a.profile {
+        let context = model.position();
+        let times = model.profile_step(token(context))?;
+        print_profile(&program, &times, context as u64, bandwidth);
+    }
     let (free_after, _) = model.decoder().gpu().memory()?;
     let used = free_before.saturating_sub(free_after);
 
@@ -146,6 +155,35 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Time, bytes and achieved bandwidth per kernel, summed over a step's launches of it.
+fn print_profile(program: &smelt::codegen::Program, times_ms: &[f64], context: u64, bandwidth: f64) {
+    let mut rows: Vec<(String, usize, f64, u64)> = Vec::new();
+    for (s, &ms) in program.launches.iter().zip(times_ms) {
+        let name = &program.kernels[s.kernel].name;
+        let bytes = s.cost.bytes_at(context);
+        match rows.iter_mut().find(|r| &r.0 == name) {
+            Some(r) => {
+                r.1 += 1;
+                r.2 += ms;
+                r.3 += bytes;
+            }
+            None => rows.push((name.clone(), 1, ms, bytes)),
+        }
+    }
+    let total: f64 = times_ms.iter().sum();
+    println!("profile of one step at context {context} (kernel by kernel, no graph; sum {total:.3} ms):");
+    println!("  {:<30} {:>6} {:>10} {:>8} {:>14} {:>9} {:>9}", "kernel", "calls", "ms", "share", "bytes", "GB/s", "of copy");
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    for (name, calls, ms, bytes) in rows {
+        let gbs = bytes as f64 / (ms / 1e3) / 1e9;
+        println!(
+            "  {name:<30} {calls:>6} {ms:>10.4} {:>7.1}% {bytes:>14} {gbs:>9.0} {:>8.0}%",
+            ms / total * 100.0,
+            gbs * 1e9 / bandwidth * 100.0
+        );
+    }
 }
 
 /// `1024` → `1k`, `128` → `128`.

@@ -209,6 +209,31 @@ impl CudaDecoder {
         self.read_outputs(want_logits, at)
     }
 
+    /// Runs one decode step kernel by kernel with a device event between launches, and returns
+    /// each launch's time in milliseconds (in schedule order): the profile of a step, without
+    /// the launch gaps a captured graph removes.
+    pub fn profile_step(&mut self, token: u32) -> Result<Vec<f64>, CudaError> {
+        let at = self.position;
+        self.write_inputs(token)?;
+        let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: at };
+        let n = self.layout.launches.len();
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let events = (0..=n)
+            .map(|_| check("creating an event", self.gpu.ctx.new_event(flags)))
+            .collect::<Result<Vec<_>, _>>()?;
+        check("recording an event", events[0].record(&self.gpu.stream))?;
+        for (i, e) in events[1..].iter().enumerate() {
+            self.launch(i, &b)?;
+            check("recording an event", e.record(&self.gpu.stream))?;
+        }
+        self.gpu.synchronize(&format!("profiling the decode step at position {at}"))?;
+        self.position += 1;
+        events
+            .windows(2)
+            .map(|w| check("reading an event", w[0].elapsed_ms(&w[1])).map(f64::from))
+            .collect()
+    }
+
     /// Writes the token, its position and `smelt_step` (stream-ordered before the kernels).
     pub(crate) fn write_inputs(&self, token: u32) -> Result<(), CudaError> {
         let at = self.position;
