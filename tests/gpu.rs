@@ -47,7 +47,7 @@ fn gpu() -> Option<Gpu> {
 }
 
 fn options() -> DecoderOptions {
-    DecoderOptions { kv_tokens: 64, block_tokens: 16, cuda_graphs: true, module_cache: None }
+    DecoderOptions { kv_tokens: 64, block_tokens: 16, cuda_graphs: true, module_cache: None, pdl: true }
 }
 
 #[test]

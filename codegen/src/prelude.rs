@@ -61,6 +61,17 @@ SMELT_FN unsigned short smelt_store_f16(float x) {
   return (unsigned short)(sign | ((((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu)));
 }
 #endif
+/* Programmatic dependent launch (Hopper): a kernel launched with it may start while the previous
+   kernel finishes. Before SMELT_GRID_WAIT a kernel reads only weights, constants and the step
+   parameters (written before the step starts); it triggers its own dependents only after the
+   wait, so everything two launches back is complete when a kernel starts. Elsewhere: no-ops. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define SMELT_GRID_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define SMELT_GRID_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" :::)
+#else
+#define SMELT_GRID_WAIT() ((void)0)
+#define SMELT_GRID_LAUNCH() ((void)0)
+#endif
 /* Run-time values of one step, in device memory so a captured CUDA graph replays unchanged:
    the symbolic sizes, and the paged KV cache's block table (one sequence). */
 typedef struct {

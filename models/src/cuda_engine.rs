@@ -29,6 +29,11 @@ impl Qwen3Cuda {
         self.cpu
     }
 
+    /// Turns programmatic dependent launch on or off (see `CudaDecoder::set_pdl`).
+    pub fn set_pdl(&mut self, on: bool) {
+        self.decoder.set_pdl(on)
+    }
+
     pub fn decoder(&self) -> &CudaDecoder {
         &self.decoder
     }

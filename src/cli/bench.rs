@@ -35,6 +35,9 @@ pub struct Args {
     /// Launch kernel by kernel instead of replaying CUDA graphs.
     #[arg(long)]
     no_cuda_graphs: bool,
+    /// Launch without programmatic dependent launch.
+    #[arg(long)]
+    no_pdl: bool,
     /// Also time every kernel of one step at the largest context (device events between
     /// launches) and print where the step's time goes.
     #[arg(long)]
@@ -75,6 +78,7 @@ pub fn run(a: Args) -> Result<()> {
         block_tokens: smelt::passes::DEFAULT_BLOCK_TOKENS,
         cuda_graphs: !a.no_cuda_graphs,
         module_cache: Some(ModuleCache::at(cache_dir.clone())),
+        pdl: !a.no_pdl,
     };
     let cold = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("--device cuda")?;
     let jit_cold = cold.decoder().jit().seconds;
@@ -92,22 +96,10 @@ pub fn run(a: Args) -> Result<()> {
     let program = model.decoder().program().clone();
     let mut rows = Vec::new();
     let mut json = serde_json::Map::new();
+    let pdl = model.decoder().pdl();
     for &context in &contexts {
         let context = context as usize;
-        model.reset();
-        let t = Instant::now();
-        for p in 0..context {
-            model.forward_greedy(&[token(p)])?;
-        }
-        let fill_s = t.elapsed().as_secs_f64();
-        let mut next = token(context);
-        let mut times = Vec::with_capacity(a.steps);
-        for _ in 0..a.steps {
-            let t = Instant::now();
-            next = model.forward_greedy(&[next])?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        let ms = median(&mut times);
+        let (ms, fill_s) = time_decode(&mut model, context, a.steps, &token)?;
         let bytes: u64 = program.launches.iter().map(|s| s.cost.bytes_at(context as u64 + a.steps as u64 / 2)).sum();
         let floor_ms = bytes as f64 / bandwidth * 1e3;
         eprintln!(
@@ -117,6 +109,16 @@ pub fn run(a: Args) -> Result<()> {
         json.insert(format!("decode_ms_per_token_ctx{}", label(context)), ms.into());
         json.insert(format!("decode_floor_ms_ctx{}", label(context)), floor_ms.into());
         rows.push((context, ms, floor_ms, bytes));
+    }
+    // The same step without programmatic dependent launch, for what it buys.
+    if pdl {
+        if let Some(&context) = contexts.iter().find(|&&c| c == 1024).or(contexts.first()) {
+            model.set_pdl(false);
+            let (ms, _) = time_decode(&mut model, context as usize, a.steps, &token)?;
+            eprintln!("context {context} without programmatic dependent launch: {ms:.3} ms/token");
+            json.insert(format!("decode_ms_per_token_ctx{}_no_pdl", label(context as usize)), ms.into());
+            model.set_pdl(true);
+        }
     }
     if a.profile {
         let context = model.position();
@@ -150,11 +152,36 @@ pub fn run(a: Args) -> Result<()> {
     json.insert("device_memory_used_bytes".into(), used.into());
     json.insert("decode_steps_timed".into(), a.steps.into());
     json.insert("cuda_graphs".into(), (!a.no_cuda_graphs).into());
+    json.insert("programmatic_dependent_launch".into(), pdl.into());
     if let Some(path) = &a.json {
         write_atomically(path, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Fills the cache to `context` tokens, then times `steps` greedy steps: (median ms per step,
+/// seconds the fill took).
+fn time_decode(
+    model: &mut Qwen3Cuda,
+    context: usize,
+    steps: usize,
+    token: &dyn Fn(usize) -> u32,
+) -> Result<(f64, f64)> {
+    model.reset();
+    let t = Instant::now();
+    for p in 0..context {
+        model.forward_greedy(&[token(p)])?;
+    }
+    let fill_s = t.elapsed().as_secs_f64();
+    let mut next = token(context);
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t = Instant::now();
+        next = model.forward_greedy(&[next])?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((median(&mut times), fill_s))
 }
 
 /// Time, bytes and achieved bandwidth per kernel, summed over a step's launches of it.
@@ -174,7 +201,10 @@ fn print_profile(program: &smelt::codegen::Program, times_ms: &[f64], context: u
     }
     let total: f64 = times_ms.iter().sum();
     println!("profile of one step at context {context} (kernel by kernel, no graph; sum {total:.3} ms):");
-    println!("  {:<30} {:>6} {:>10} {:>8} {:>14} {:>9} {:>9}", "kernel", "calls", "ms", "share", "bytes", "GB/s", "of copy");
+    println!(
+        "  {:<30} {:>6} {:>10} {:>8} {:>14} {:>9} {:>9}",
+        "kernel", "calls", "ms", "share", "bytes", "GB/s", "of copy"
+    );
     rows.sort_by(|a, b| b.2.total_cmp(&a.2));
     for (name, calls, ms, bytes) in rows {
         let gbs = bytes as f64 / (ms / 1e3) / 1e9;

@@ -69,6 +69,10 @@ pub struct CudaArgs {
     /// Launch the decode step's kernels one by one instead of replaying a CUDA graph.
     #[arg(long)]
     no_cuda_graphs: bool,
+    /// Launch without programmatic dependent launch (Hopper lets a kernel start while the
+    /// previous one finishes).
+    #[arg(long)]
+    no_pdl: bool,
 }
 
 impl CudaArgs {
@@ -78,6 +82,7 @@ impl CudaArgs {
             block_tokens: smelt::passes::DEFAULT_BLOCK_TOKENS,
             cuda_graphs: !self.no_cuda_graphs,
             module_cache: smelt::codegen::ModuleCache::default_dir().map(smelt::codegen::ModuleCache::at),
+            pdl: !self.no_pdl,
         }
     }
 }

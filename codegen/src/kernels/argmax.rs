@@ -97,7 +97,7 @@ pub fn argmax(name: &str, rows: Dim, v: usize, dtype: DType) -> Kernel {
     Kernel {
         name: name.to_string(),
         kind: "argmax",
-        source: s,
+        source: super::wait_at_entry(s),
         launch: Launch {
             block,
             grid: Grid::Cover { shape: Shape::new([rows]), per_block: 1, max: MAX_BLOCKS },

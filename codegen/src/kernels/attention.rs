@@ -355,7 +355,12 @@ fn main_kernel(name: &str, spec: &AttentionSpec, split: bool, grid: Grid) -> Ker
     s.push_str(&BODY.replace("$PROLOGUE", prologue).replace("$STORE", &store));
     s.push_str("  }\n}\n");
     let kind = if split { "attention_split" } else { "attention" };
-    Kernel { name: name.to_string(), kind, source: s, launch: Launch { block: threads as u32, grid, shared_bytes: 0 } }
+    Kernel {
+        name: name.to_string(),
+        kind,
+        source: super::wait_at_entry(s),
+        launch: Launch { block: threads as u32, grid, shared_bytes: 0 },
+    }
 }
 
 fn combine_kernel(name: &str, spec: &AttentionSpec) -> Kernel {
@@ -370,9 +375,11 @@ extern \"C\" __global__ void {name}(const float* __restrict__ scratch, smelt_att
   for (unsigned int th = blockIdx.x; th < T * H; th += gridDim.x) {{
     const float* __restrict__ ml = part_ml + (size_t)th * nsplit * 2;
     float mx = smelt_u2f(0xff800000u);
+#pragma unroll 8
     for (unsigned int i = 0; i < nsplit; ++i) mx = fmaxf(mx, ml[2 * i]);
     for (unsigned int j = threadIdx.x; j < D; j += blockDim.x) {{
       float sum = 0.0f, a = 0.0f;
+#pragma unroll 8
       for (unsigned int i = 0; i < nsplit; ++i) {{
         const float f = expf(ml[2 * i] - mx); /* 0 for a split with no visible key */
         sum += f * ml[2 * i + 1];
@@ -390,7 +397,7 @@ extern \"C\" __global__ void {name}(const float* __restrict__ scratch, smelt_att
     Kernel {
         name: name.to_string(),
         kind: "attention_combine",
-        source: s,
+        source: super::wait_at_entry(s),
         launch: Launch { block: spec.d.clamp(32, 256) as u32, grid, shared_bytes: 0 },
     }
 }

@@ -67,7 +67,7 @@ pub fn elementwise(name: &str, body: &Expr, inputs: &[(DType, Shape)], out: (DTy
     Kernel {
         name: name.to_string(),
         kind: "elementwise",
-        source: s,
+        source: super::wait_at_entry(s),
         launch: Launch { block: BLOCK, grid, shared_bytes: 0 },
     }
 }

@@ -45,7 +45,7 @@ pub fn gather(name: &str, rows: Dim, d: usize, dtype: DType) -> Kernel {
     Kernel {
         name: name.to_string(),
         kind: "gather",
-        source: s,
+        source: super::wait_at_entry(s),
         launch: Launch {
             block,
             grid: Grid::Cover { shape: Shape::new([rows]), per_block: 1, max: MAX_BLOCKS },

@@ -25,8 +25,9 @@ const BLOCK: usize = WARPS * 32;
 /// At most this many blocks (about one wave of 256-thread blocks on an H100); past it, warps
 /// loop over columns, which also spreads the prologue over more columns per block.
 const MAX_BLOCKS: usize = 1024;
-/// 16-byte weight vectors a lane has in flight at once (summed over the parts).
-const LOADS_IN_FLIGHT: usize = 8;
+/// 16-byte weight vectors a lane has in flight at once (summed over the parts): enough that a
+/// GEMV of 1,024 columns (one per warp) issues all its loads at once.
+const LOADS_IN_FLIGHT: usize = 16;
 /// Rows (M) at most: every lane keeps `rows * parts` sums in registers.
 pub const GEMV_MAX_ROWS: usize = 8;
 const MAX_ROWS: usize = GEMV_MAX_ROWS;
@@ -132,6 +133,21 @@ fn dot_helper(dtype: DType) -> (String, usize) {
     (src, vec)
 }
 
+/// Element access of a 16-byte vector of `dtype` values (the element index is a constant after
+/// unrolling, so the union stays in registers).
+fn elem_helpers(dtype: DType) -> String {
+    let (lanes, get, set) = match dtype {
+        DType::BF16 => ("unsigned short h[8]", "smelt_load_bf16(u.h[e])", "u.h[e] = smelt_store_bf16(x)"),
+        DType::F16 => ("unsigned short h[8]", "smelt_load_f16(u.h[e])", "u.h[e] = smelt_store_f16(x)"),
+        _ => ("float f[4]", "u.f[e]", "u.f[e] = x"),
+    };
+    format!(
+        "/* Element e of a 16-byte vector; setting one stores x rounded to the element type. */\n\
+         SMELT_FN float gemv_elem(uint4 v, unsigned int e) {{ union {{ uint4 v; {lanes}; }} u; u.v = v; return {get}; }}\n\
+         SMELT_FN void gemv_set(uint4& v, unsigned int e, float x) {{ union {{ uint4 v; {lanes}; }} u; u.v = v; {set}; v = u.v; }}\n"
+    )
+}
+
 const WARP_SUM: &str = "/* The sum of v over the warp, in every lane: a butterfly, so every lane adds in the same
    order and holds the same bits. */
 SMELT_FN float gemv_warp_sum(float v) {
@@ -173,6 +189,7 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
 
     let mut s = String::from(PRELUDE);
     s.push_str(&dot);
+    s.push_str(&elem_helpers(dtype));
     s.push_str(WARP_SUM);
     let mut params = vec![format!("const {ty}* __restrict__ x"), format!("const {ty}* __restrict__ w")];
     if norm_eps.is_some() {
@@ -191,6 +208,7 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
         params.join(",\n    ")
     );
     let _ = writeln!(s, "  constexpr unsigned int ROWS = {rows}u, K = {k}u, N_OUT = {n_out}u, PARTS = {parts}u;");
+    let _ = writeln!(s, "  constexpr unsigned int WARPS = {WARPS}u, BLOCK = {BLOCK}u, VEC = {vec}u;");
     let _ = writeln!(s, "  constexpr unsigned int X_OFFSET = {}u, X_STRIDE = {}u;", x_view.offset, x_view.row_stride);
     let _ = writeln!(s, "  /* K as 16-byte vectors of {vec} values; lane l takes vectors l, l + 32, ... of each row,");
     let _ = writeln!(s, "     BATCH at a time, so that BATCH x PARTS weight loads are in flight together. */");
@@ -200,9 +218,63 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
     let _ = writeln!(s, "  extern __shared__ uint4 xs_vec[];");
     let _ = writeln!(s, "  {ty}* xs = ({ty}*)xs_vec;");
     let _ = writeln!(s, "  const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;");
-    let xr = |k: &str| load(dtype, "x", &format!("X_OFFSET + r * X_STRIDE + {k}"));
+    // The last step is partial only when KV is not a multiple of 32: guard it then only.
+    let (guard, zero) = if kv % 32 == 0 { ("", "") } else { ("i < KV ? ", " : uint4{0u, 0u, 0u, 0u}") };
+    s.push_str("  const unsigned int stride = gridDim.x * WARPS;\n");
+    let _ = writeln!(s, "  unsigned int col = blockIdx.x * WARPS + warp;");
+    s.push_str("  /* Part p of a column's accumulator is weight row p * N_OUT + col. */\n");
+    s.push_str("  uint4 wb[BATCH][PARTS];\n");
+    let _ = writeln!(s, "#define GEMV_LOAD_BATCH(s0) \\");
+    let _ = writeln!(s, "  _Pragma(\"unroll\") for (unsigned int b = 0; b < BATCH; b++) \\");
+    let _ = writeln!(s, "    _Pragma(\"unroll\") for (unsigned int p = 0; p < PARTS; p++) {{ \\");
+    let _ = writeln!(s, "      const unsigned int i = ((s0) + b) * 32u + lane; \\");
+    let _ = writeln!(
+        s,
+        "      wb[b][p] = {guard}((const uint4*)(w + (unsigned long long)(p * N_OUT + col) * K))[i]{zero}; \\"
+    );
+    let _ = writeln!(s, "    }}");
+    s.push_str("  /* Weights are constants: the first batch of this warp's first column loads before the\n");
+    s.push_str("     wait, overlapping the previous kernel's tail (see SMELT_GRID_WAIT). */\n");
+    s.push_str("  if (col < N_OUT) {\n    GEMV_LOAD_BATCH(0u)\n  }\n");
+    // x (and the norm weight) as 16-byte vectors when the view keeps them aligned.
+    let vector_x = x_view.offset % vec == 0 && x_view.row_stride % vec == 0;
+    let xpt = kv.div_ceil(BLOCK);
     match norm_eps {
+        Some(eps) if vector_x => {
+            let _ = writeln!(s, "  constexpr unsigned int XPT = {xpt}u; /* x vectors per thread and row */");
+            s.push_str("  uint4 nw[XPT];\n#pragma unroll\n");
+            s.push_str(
+                "  for (unsigned int j = 0; j < XPT; j++) {\n    const unsigned int v = threadIdx.x + j * BLOCK;\n",
+            );
+            s.push_str("    if (v < KV) nw[j] = ((const uint4*)norm_w)[v];\n  }\n");
+            s.push_str("  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();\n");
+            s.push_str(
+                "  /* RMSNorm prologue, as HF's Qwen3RMSNorm: in f32, cast to storage, then times the weight. */\n",
+            );
+            let _ = writeln!(s, "  __shared__ float warp_ss[WARPS];");
+            s.push_str("  for (unsigned int r = 0; r < ROWS; r++) {\n    uint4 xr[XPT];\n    float ss = 0.0f;\n#pragma unroll\n");
+            s.push_str(
+                "    for (unsigned int j = 0; j < XPT; j++) {\n      const unsigned int v = threadIdx.x + j * BLOCK;\n",
+            );
+            s.push_str("      if (v >= KV) continue;\n");
+            s.push_str("      xr[j] = ((const uint4*)(x + X_OFFSET + r * X_STRIDE))[v];\n#pragma unroll\n");
+            s.push_str("      for (unsigned int e = 0; e < VEC; e++) { const float f = gemv_elem(xr[j], e); ss += f * f; }\n    }\n");
+            s.push_str("    ss = gemv_warp_sum(ss);\n    if (lane == 0u) warp_ss[warp] = ss;\n    __syncthreads();\n");
+            s.push_str("    /* Every thread sums the warps' partials in one order: one value of inv per row. */\n");
+            s.push_str("    ss = 0.0f;\n    for (unsigned int i = 0; i < WARPS; i++) ss += warp_ss[i];\n");
+            let _ = writeln!(s, "    const float inv = 1.0f / sqrtf(ss / (float)K + {});", f32_literal(eps));
+            s.push_str("#pragma unroll\n    for (unsigned int j = 0; j < XPT; j++) {\n      const unsigned int v = threadIdx.x + j * BLOCK;\n");
+            s.push_str("      if (v >= KV) continue;\n      uint4 o;\n#pragma unroll\n      for (unsigned int e = 0; e < VEC; e++) {\n");
+            let _ = writeln!(s, "        const float xn = {};", round(dtype, "gemv_elem(xr[j], e) * inv"));
+            s.push_str(
+                "        gemv_set(o, e, gemv_elem(nw[j], e) * xn);\n      }\n      xs_vec[r * KV + v] = o;\n    }\n",
+            );
+            s.push_str("    /* warp_ss is reused by the next row; after the last, xs is complete. */\n");
+            s.push_str("    __syncthreads();\n  }\n");
+        }
         Some(eps) => {
+            let xr = |k: &str| load(dtype, "x", &format!("X_OFFSET + r * X_STRIDE + {k}"));
+            s.push_str("  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();\n");
             s.push_str(
                 "  /* RMSNorm prologue, as HF's Qwen3RMSNorm: in f32, cast to storage, then times the weight. */\n",
             );
@@ -224,27 +296,25 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
             s.push_str("    }\n    /* warp_ss is reused by the next row; after the last, xs is complete. */\n");
             s.push_str("    __syncthreads();\n  }\n");
         }
+        None if vector_x => {
+            s.push_str("  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();\n");
+            let _ = writeln!(s, "  for (unsigned int i = threadIdx.x; i < ROWS * KV; i += {BLOCK}u) {{");
+            s.push_str("    const unsigned int r = i / KV, v = i % KV;\n");
+            s.push_str("    xs_vec[i] = ((const uint4*)(x + X_OFFSET + r * X_STRIDE))[v];\n  }\n  __syncthreads();\n");
+        }
         None => {
+            s.push_str("  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();\n");
             let _ = writeln!(s, "  for (unsigned int i = threadIdx.x; i < ROWS * K; i += {BLOCK}u) {{");
             s.push_str("    const unsigned int r = i / K, k = i % K;\n");
             s.push_str("    xs[i] = x[X_OFFSET + r * X_STRIDE + k];\n  }\n  __syncthreads();\n");
         }
     }
     s.push_str("  const uint4* xv = (const uint4*)xs; /* row r's vector i is xv[r * KV + i] */\n");
-    let _ = writeln!(
-        s,
-        "  for (unsigned int col = blockIdx.x * {WARPS}u + warp; col < N_OUT; col += gridDim.x * {WARPS}u) {{"
-    );
-    s.push_str("    /* Part p of this column's accumulator is weight row p * N_OUT + col. */\n");
-    s.push_str("    const uint4* wv[PARTS];\n#pragma unroll\n");
-    let _ = writeln!(s, "    for (unsigned int p = 0; p < PARTS; p++) wv[p] = (const uint4*)(w + (unsigned long long)(p * N_OUT + col) * K);");
+    s.push_str("  bool prefetched = col < N_OUT;\n");
+    s.push_str("  for (; col < N_OUT; col += stride) {\n");
     s.push_str("    float sum[ROWS][PARTS] = {};\n");
-    s.push_str("    for (unsigned int s0 = 0; s0 < STEPS; s0 += BATCH) {\n      uint4 wb[BATCH][PARTS];\n");
-    // The last step is partial only when KV is not a multiple of 32: guard it then only.
-    let (guard, zero) = if kv % 32 == 0 { ("", "") } else { ("i < KV ? ", " : uint4{0u, 0u, 0u, 0u}") };
-    s.push_str("#pragma unroll\n      for (unsigned int b = 0; b < BATCH; b++) {\n");
-    s.push_str("        const unsigned int i = (s0 + b) * 32u + lane;\n#pragma unroll\n");
-    let _ = writeln!(s, "        for (unsigned int p = 0; p < PARTS; p++) wb[b][p] = {guard}wv[p][i]{zero};\n      }}");
+    s.push_str("    for (unsigned int s0 = 0; s0 < STEPS; s0 += BATCH) {\n");
+    s.push_str("      if (!prefetched) {\n        GEMV_LOAD_BATCH(s0)\n      }\n      prefetched = false;\n");
     s.push_str("#pragma unroll\n      for (unsigned int b = 0; b < BATCH; b++) {\n");
     s.push_str("        const unsigned int i = (s0 + b) * 32u + lane;\n#pragma unroll\n");
     s.push_str("        for (unsigned int r = 0; r < ROWS; r++) {\n");

@@ -175,7 +175,7 @@ pub fn rmsnorm(name: &str, rows: Dim, d: usize, dtype: DType, eps: f32, x_view: 
     Kernel {
         name: name.to_string(),
         kind: "rmsnorm",
-        source: s,
+        source: super::wait_at_entry(s),
         launch: Launch {
             block: WARPS * 32,
             grid: Grid::Cover { shape: Shape::new([rows]), per_block: WARPS, max: MAX_BLOCKS },
@@ -284,7 +284,7 @@ fn norm_rope_kernel(name: &str, heads: usize, d: usize, dtype: DType, eps: f32, 
     Kernel {
         name: name.to_string(),
         kind: if append { "norm_rope_kv_append" } else { "norm_rope" },
-        source: s,
+        source: super::wait_at_entry(s),
         launch: Launch {
             block: WARPS * 32,
             grid: Grid::Cover {
@@ -333,7 +333,7 @@ pub fn kv_append(name: &str, heads: usize, d: usize, dtype: DType, x_view: View)
     Kernel {
         name: name.to_string(),
         kind: "kv_append",
-        source: s,
+        source: super::wait_at_entry(s),
         launch: Launch {
             block: COPY_BLOCK,
             grid: Grid::Cover {

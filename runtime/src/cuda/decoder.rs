@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cudarc::driver::{result, sys, CudaFunction, CudaGraph, CudaModule};
+use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaModule};
 use cudarc::nvrtc::Ptx;
 use smelt_codegen::{emit, ModuleCache, Nvrtc, Program};
 use smelt_ir::{Bindings, Graph, NodeId, Sym, WeightSource};
@@ -34,6 +34,9 @@ pub struct DecoderOptions {
     pub cuda_graphs: bool,
     /// Where compiled modules are cached (None: compile every time).
     pub module_cache: Option<ModuleCache>,
+    /// Launch with programmatic dependent launch where the device has it (sm_90): a kernel
+    /// starts its weight loads while the previous one finishes.
+    pub pdl: bool,
 }
 
 /// How long loading the kernels took.
@@ -59,6 +62,7 @@ pub struct CudaDecoder {
     next_token: u64,
     pub(crate) position: usize,
     cuda_graphs: bool,
+    pdl: bool,
     graphs: HashMap<usize, CudaGraph>,
     jit: JitReport,
 }
@@ -137,6 +141,7 @@ impl CudaDecoder {
             .and_then(|(_, id)| graph.node(*id).shape.last()?.fixed())
             .ok_or_else(|| CudaError::Layout("logits must be [T, vocab] with a fixed vocab".into()))?;
         gpu.synchronize("uploading the weights")?;
+        let pdl = options.pdl && gpu.arch() == smelt_codegen::Arch::Sm90;
         Ok(CudaDecoder {
             gpu,
             graph: graph.clone(),
@@ -150,6 +155,7 @@ impl CudaDecoder {
             next_token,
             position: 0,
             cuda_graphs: options.cuda_graphs,
+            pdl,
             graphs: HashMap::new(),
             jit,
         })
@@ -170,6 +176,18 @@ impl CudaDecoder {
     /// Device bytes by use.
     pub fn device_bytes(&self) -> [(&'static str, usize); 4] {
         self.layout.device_bytes()
+    }
+
+    /// Whether launches use programmatic dependent launch.
+    pub fn pdl(&self) -> bool {
+        self.pdl
+    }
+
+    /// Turns programmatic dependent launch on or off (on needs sm_90); captured graphs are
+    /// dropped and recaptured.
+    pub fn set_pdl(&mut self, on: bool) {
+        self.pdl = on && self.gpu.arch() == smelt_codegen::Arch::Sm90;
+        self.graphs.clear();
     }
 
     /// Tokens in the KV cache.
@@ -228,10 +246,7 @@ impl CudaDecoder {
         }
         self.gpu.synchronize(&format!("profiling the decode step at position {at}"))?;
         self.position += 1;
-        events
-            .windows(2)
-            .map(|w| check("reading an event", w[0].elapsed_ms(&w[1])).map(f64::from))
-            .collect()
+        events.windows(2).map(|w| check("reading an event", w[0].elapsed_ms(&w[1])).map(f64::from)).collect()
     }
 
     /// Writes the token, its position and `smelt_step` (stream-ordered before the kernels).
@@ -266,17 +281,34 @@ impl CudaDecoder {
         let mut values = l.params.clone();
         let mut args: Vec<*mut std::ffi::c_void> = values.iter_mut().map(|v| v as *mut u64 as *mut _).collect();
         let grid = kernel.launch.grid.blocks(b);
+        // Every kernel waits on its predecessor (SMELT_GRID_WAIT) before touching what it wrote,
+        // which is what makes the programmatic launch safe.
+        let mut pdl: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        pdl.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        pdl.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: kernel.launch.block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: kernel.launch.shared_bytes,
+            hStream: self.gpu.cu_stream(),
+            attrs: &mut pdl,
+            numAttrs: u32::from(self.pdl),
+        };
         // SAFETY: every parameter is a device address inside this decoder's live buffers, in
-        // the order and number of the kernel's parameter list (the calling convention).
+        // the order and number of the kernel's parameter list (the calling convention); the
+        // config and attribute outlive the call.
         let r = unsafe {
-            result::launch_kernel(
+            sys::cuLaunchKernelEx(
+                &config,
                 self.functions[l.kernel].cu_function(),
-                (grid, 1, 1),
-                (kernel.launch.block, 1, 1),
-                kernel.launch.shared_bytes,
-                self.gpu.cu_stream(),
-                &mut args,
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
             )
+            .result()
         };
         check(&format!("launching {} for {}", kernel.name, self.node_name(l.node)), r)
     }
