@@ -187,10 +187,10 @@ fn compile_dump_writes_text_and_dot_graphs() {
     let kernels: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("kernels.json")).unwrap()).unwrap();
     let list = kernels["kernels"].as_array().unwrap();
-    assert_eq!(list.len(), 10);
+    assert_eq!(list.len(), 11);
     assert!(list.iter().all(|k| k["name"].is_string() && k["launch"]["block"].as_u64().unwrap() > 0));
     let calls: u64 = list.iter().map(|k| k["calls_per_step"].as_u64().unwrap()).sum();
-    assert_eq!(calls, 28 * 7 + 3);
+    assert_eq!(calls, 28 * 8 + 3);
 }
 
 /// `plan.json` is a contract for outside checks.
@@ -209,7 +209,7 @@ fn compile_writes_plan_json() {
     assert_eq!(plan["kv"]["block_tokens"], 16);
     assert_eq!(plan["kv"]["bytes_per_token"], 114_688);
     // The kernel table adds up to the model's weights plus KV reads at context 1024.
-    assert!(stdout.contains("total: 199 launches of 10 kernels"), "{stdout}");
+    assert!(stdout.contains("total: 227 launches of 11 kernels"), "{stdout}");
     assert!(stdout.contains("floor 0.438 ms/token on an H100"), "{stdout}");
     // The same figures are printed.
     assert!(stdout.contains("199 fused ops, at most 7 per layer, 3 outside the layers"), "{stdout}");

@@ -585,7 +585,8 @@ fn model_path_that_is_a_file_is_named() {
 }
 
 /// On a machine without a GPU (CI), `--device cuda` is a clear error, not a panic in the
-/// dynamically loaded driver.
+/// dynamically loaded driver. (With a GPU, this fixture's bf16 head dim of 32 has no decode
+/// attention kernel: also an error, naming the node.)
 #[test]
 fn device_cuda_without_a_usable_gpu_is_a_clear_error() {
     let model = fixture_dir(ONE);
@@ -594,7 +595,10 @@ fn device_cuda_without_a_usable_gpu_is_a_clear_error() {
         generate_fails(&model, PROMPT, &["--device", "cuda", "--dtype", "bf16"]),
     ] {
         mentions(&stderr, &["--device cuda"]);
-        assert!(stderr.contains("no CUDA driver") || stderr.contains("CUDA device"), "{stderr}");
+        assert!(
+            stderr.contains("no CUDA driver") || stderr.contains("CUDA device") || stderr.contains("head dim"),
+            "{stderr}"
+        );
     }
 }
 

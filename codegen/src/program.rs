@@ -8,11 +8,10 @@ use smelt_ir::{Bindings, DType, Dim, Graph, NodeId, Op, Shape, Sym};
 
 use crate::kernels::{self, AttentionSpec, GemvSpec, Kernel, View};
 
-/// Context positions each flash-decoding split covers: one 16-row chunk per warp of the split
-/// kernel at D = 128 in bf16, so every K/V load of a block is issued at once and a context of
-/// 1k makes 128 blocks. (At 256 positions per split, the first GPU run measured attention at
-/// 0.6 TB/s.)
-pub const ATTENTION_SPLIT_TOKENS: usize = 64;
+/// Context positions each flash-decoding split covers: one 8-row chunk per warp of the split
+/// kernel, so that a context of 1k already makes 256 blocks (two per SM) and every K/V load of a
+/// block is issued at once. (At 256, the first GPU run measured attention at 0.6 TB/s.)
+pub const ATTENTION_SPLIT_TOKENS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodegenError {
@@ -62,10 +61,11 @@ pub struct Scheduled {
 pub enum Params {
     /// `(operands…, output, step)`.
     Standard,
-    /// Flash-decoding's split kernel: `(operands…, output, float* scratch, step)`; the scratch
-    /// buffer is sized by [`kernels::decode_attention_scratch_bytes`] and starts with
-    /// [`kernels::ATTENTION_SCRATCH_ZEROED_BYTES`] of zeros.
+    /// Flash-decoding's split kernel: `(operands…, output, float* scratch, step)`; it writes
+    /// partials to the scratch buffer, sized by [`kernels::decode_attention_scratch_bytes`].
     AttentionSplit(AttentionSpec),
+    /// Its combine kernel: `(const float* scratch, output, step)`.
+    AttentionCombine(AttentionSpec),
 }
 
 impl Program {
@@ -139,6 +139,12 @@ fn supported(node: &str, ok: bool, what: &str) -> Result<(), CodegenError> {
     } else {
         Err(CodegenError::Shape { node: node.to_string(), message: format!("no kernel for this shape yet: {what}") })
     }
+}
+
+/// One warp per head, each lane owning 4 to 16 bytes of it.
+fn head_dim_ok(d: usize, dtype: DType) -> bool {
+    let per_lane = d / 32;
+    d % 32 == 0 && per_lane.is_power_of_two() && (4..=16).contains(&(per_lane * dtype.size_bytes()))
 }
 
 fn gemv_ok(rows: usize, k: usize, dtype: DType) -> bool {
@@ -296,17 +302,14 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
                     norm_rope_eps: eps,
                     split_tokens: ATTENTION_SPLIT_TOKENS,
                 };
-                supported(
-                    &label,
-                    AttentionSpec::head_dim_supported(spec.d, node.dtype),
-                    &format!("head dim {} in {}", spec.d, node.dtype),
-                )?;
+                supported(&label, head_dim_ok(spec.d, node.dtype), &format!("head dim {} in {}", spec.d, node.dtype))?;
                 cost.kv_bytes_per_context_token = (2 * spec.kv_heads * spec.d * node.dtype.size_bytes()) as u64;
                 cost.flops = (4 * spec.heads * spec.d) as u64;
-                if spec.split_tokens > 0 {
-                    params = vec![Params::AttentionSplit(spec)];
+                let kernels = kernels::decode_attention(&name_for(&label, "attention"), &spec);
+                if kernels.len() == 2 {
+                    params = vec![Params::AttentionSplit(spec), Params::AttentionCombine(spec)];
                 }
-                kernels::decode_attention(&name_for(&label, "attention"), &spec)
+                kernels
             }
             Op::RmsNorm { eps } => {
                 let (_, view) = resolve_view(g, ops[0]);

@@ -27,7 +27,7 @@ fn all_variants() -> Vec<(String, AttentionSpec)> {
     let mut v = Vec::new();
     for dtype in [DType::BF16, DType::F16] {
         for norm_rope in [false, true] {
-            for split in [0, 64] {
+            for split in [0, 256] {
                 let name = format!("l00_attn_{dtype}{}_s{split}", if norm_rope { "_nr" } else { "" });
                 v.push((name, qwen3_0_6b(dtype, norm_rope, split)));
             }
@@ -38,19 +38,20 @@ fn all_variants() -> Vec<(String, AttentionSpec)> {
 
 #[test]
 fn kernels_and_launches() {
-    let spec = qwen3_0_6b(DType::BF16, true, 64);
+    let spec = qwen3_0_6b(DType::BF16, true, 256);
     let ks = decode_attention("l00_attn", &spec);
     let names: Vec<&str> = ks.iter().map(|k| k.name.as_str()).collect();
-    // One kernel: the last block of each (token, KV head) merges the splits.
-    assert_eq!(names, ["l00_attn_split"]);
-    assert_eq!(ks[0].kind, "attention_split");
+    assert_eq!(names, ["l00_attn_split", "l00_attn_combine"]);
+    assert_eq!((ks[0].kind, ks[1].kind), ("attention_split", "attention_combine"));
     let b = |p: usize| Bindings { batch: 1, new_tokens: 1, cached_tokens: p };
-    // One split per 64 positions per KV head (a grid smaller than the items loops over them).
+    // One split per 256 positions per KV head.
     assert_eq!(ks[0].launch.grid.blocks(&b(0)), 1);
-    assert_eq!(ks[0].launch.grid.blocks(&b(1023)), 8 * 16);
-    assert_eq!(ks[0].launch.grid.blocks(&b(4095)), 8 * 64);
+    assert_eq!(ks[0].launch.grid.blocks(&b(4095)), 8 * 16);
+    assert_eq!(ks[1].launch.grid.blocks(&b(4095)), 16);
     assert!(ks[0].source.contains("float* __restrict__ scratch, const smelt_step* __restrict__ step)"));
-    assert!(ks[0].source.contains("atomicAdd(&counters[t * KVH + kvh], 1u)"));
+    assert!(ks[1]
+        .source
+        .contains("(const float* __restrict__ scratch, smelt_attn_t* __restrict__ out, const smelt_step*"));
 
     let single = decode_attention("l00_attn", &qwen3_0_6b(DType::F16, false, 0));
     assert_eq!(single.len(), 1);
@@ -63,34 +64,16 @@ fn kernels_and_launches() {
 }
 
 #[test]
-fn head_dims_the_kernel_takes() {
-    // Rows of 64 to 1024 bytes in a power of two of 16-byte pieces.
-    for (d, dtype, ok) in [
-        (128, DType::BF16, true),
-        (64, DType::BF16, true),
-        (32, DType::BF16, true),
-        (16, DType::BF16, false),
-        (16, DType::F32, true),
-        (256, DType::F32, true),
-        (512, DType::F32, false),
-        (96, DType::BF16, false),
-    ] {
-        assert_eq!(AttentionSpec::head_dim_supported(d, dtype), ok, "D = {d} in {dtype}");
-    }
-}
-
-#[test]
 fn scratch_bytes_cover_every_split() {
-    let spec = qwen3_0_6b(DType::BF16, true, 64);
+    let spec = qwen3_0_6b(DType::BF16, true, 256);
     let per_record = (128 + 2) * 4;
-    let header = smelt_codegen::kernels::ATTENTION_SCRATCH_ZEROED_BYTES;
     // Short contexts: one split per (token, KV head), 16 records of the two heads per group.
-    assert_eq!(decode_attention_scratch_bytes(&spec, 1, 1), header + 8 * 2 * per_record);
-    assert_eq!(decode_attention_scratch_bytes(&spec, 64, 1), header + 8 * 2 * per_record);
-    // 4096 keys: 64 splits of 64.
-    assert_eq!(decode_attention_scratch_bytes(&spec, 4096, 1), header + 8 * 64 * 2 * per_record);
-    // 4097 keys: the grid has 513 blocks, so the kernel makes 64 splits of 65; still bounded by the grid.
-    assert_eq!(decode_attention_scratch_bytes(&spec, 4097, 1), header + 513 * 2 * per_record);
+    assert_eq!(decode_attention_scratch_bytes(&spec, 1, 1), 16 + 8 * 2 * per_record);
+    assert_eq!(decode_attention_scratch_bytes(&spec, 256, 1), 16 + 8 * 2 * per_record);
+    // 4096 keys: 16 splits of 256.
+    assert_eq!(decode_attention_scratch_bytes(&spec, 4096, 1), 16 + 8 * 16 * 2 * per_record);
+    // 4097 keys: the grid has 129 blocks, so the kernel makes 16 splits of 257; still bounded by the grid.
+    assert_eq!(decode_attention_scratch_bytes(&spec, 4097, 1), 16 + 129 * 2 * per_record);
     // Monotonic in the context and in T, so the largest sizes bound every launch.
     let mut last = 0;
     for context in (1..20000).step_by(37) {
@@ -110,8 +93,8 @@ fn decode_attention_compiles_for_every_arch_without_spills() {
 }
 
 #[test]
-fn split_kernel_source() {
-    let ks = decode_attention("l00_attn_attention", &qwen3_0_6b(DType::BF16, true, 64));
+fn split_and_combine_sources() {
+    let ks = decode_attention("l00_attn_attention", &qwen3_0_6b(DType::BF16, true, 256));
     let text: String = ks
         .iter()
         .map(|k| {

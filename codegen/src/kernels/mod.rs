@@ -19,7 +19,7 @@ mod gemv;
 mod norm;
 
 pub use argmax::argmax;
-pub use attention::{decode_attention, decode_attention_scratch_bytes, AttentionSpec, ATTENTION_SCRATCH_ZEROED_BYTES};
+pub use attention::{decode_attention, decode_attention_scratch_bytes, AttentionSpec};
 pub use elementwise::elementwise;
 pub use gather::gather;
 pub use gemv::{linear_gemv, GemvSpec, GEMV_MAX_ROWS, GEMV_MAX_SHARED};

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use smelt_ir::{eval, Bindings, DType, Dim, Graph, Node, NodeId, Op, Shape, Tensor, WeightSource};
 
 use super::decoder::CudaDecoder;
-use super::layout::{tensor_from_storage, zero_attention_counters};
+use super::layout::tensor_from_storage;
 use super::CudaError;
 
 /// One node's comparison.
@@ -52,7 +52,6 @@ pub fn check_step(dec: &mut CudaDecoder, weights: &dyn WeightSource, token: u32)
     let (arena, scratch) = (&dec.layout.arena, &dec.layout.scratch);
     dec.gpu.fill(arena.ptr(), 0xff, arena.bytes(), "poisoning the arena")?;
     dec.gpu.fill(scratch.ptr(), 0xff, scratch.bytes(), "poisoning the scratch buffer")?;
-    zero_attention_counters(&dec.gpu, scratch)?;
     dec.write_inputs(token)?;
     let mut checks = Vec::new();
     let n = dec.layout.launches.len();

@@ -50,12 +50,6 @@ pub(crate) fn tensor_from_storage(dtype: DType, shape: Vec<usize>, bytes: &[u8])
     }
 }
 
-/// Zeroes the attention split kernel's completion counters at the start of the scratch buffer.
-pub(crate) fn zero_attention_counters(gpu: &Gpu, scratch: &DeviceBuffer) -> Result<(), CudaError> {
-    let bytes = smelt_codegen::kernels::ATTENTION_SCRATCH_ZEROED_BYTES.min(scratch.bytes());
-    gpu.fill(scratch.ptr(), 0, bytes, "zeroing the attention counters")
-}
-
 /// The KV pool's shape: `blocks` blocks of `block_tokens` tokens for each of the caches.
 #[derive(Clone, Copy, Debug)]
 pub struct KvShape {
@@ -190,7 +184,6 @@ impl Layout {
             .max()
             .unwrap_or(0);
         let scratch = gpu.alloc(scratch_bytes, "attention scratch")?;
-        zero_attention_counters(gpu, &scratch)?;
         let step = gpu.alloc(BLOCK_TABLE_OFFSET as usize + 4 * kv_shape.blocks, "the step parameters")?;
 
         let mut layout = Layout { parameters, arena, kv, scratch, step, kv_shape, homes, launches: Vec::new() };
@@ -201,6 +194,7 @@ impl Layout {
             let mut params = match s.params {
                 Params::Standard => [ins, vec![out]].concat(),
                 Params::AttentionSplit(_) => [ins, vec![out, layout.scratch.ptr()]].concat(),
+                Params::AttentionCombine(_) => vec![layout.scratch.ptr(), out],
             };
             params.push(layout.step.ptr());
             layout.launches.push(ResolvedLaunch { kernel: s.kernel, node: s.node_id, params });
