@@ -18,9 +18,11 @@ pub struct Qwen3Cuda {
 impl Qwen3Cuda {
     /// Compiles `cpu`'s decode graph for device 0 and uploads its weights. The graph must be
     /// fused (the CUDA backend has kernels for fused ops only) and in bf16, f16 or f32.
+    /// With `options.prefill`, prompts run through the prefill graph's kernels.
     pub fn new(cpu: Qwen3Cpu, options: &DecoderOptions) -> Result<Qwen3Cuda, ModelError> {
         let gpu = Gpu::open(0)?;
-        let decoder = CudaDecoder::new(gpu, cpu.decode_graph(), cpu.host_weights(), options)?;
+        let prefill = options.prefill.then(|| cpu.prefill_graph());
+        let decoder = CudaDecoder::with_prefill(gpu, cpu.decode_graph(), prefill, cpu.host_weights(), options)?;
         Ok(Qwen3Cuda { cpu, decoder })
     }
 
@@ -85,6 +87,10 @@ impl CausalLm for Qwen3Cuda {
     fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
         self.check(ids)?;
         let vocab = self.cpu.config().vocab_size;
+        if logits == Logits::LastPosition && ids.len() > 1 && self.decoder.has_prefill() {
+            let row = self.decoder.prefill(ids, true)?.logits.expect("asked for logits");
+            return Ok(Tensor::from_stored(DType::F32, vec![1, vocab], row));
+        }
         let mut rows = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
             let want = logits == Logits::AllPositions || i + 1 == ids.len();
@@ -98,6 +104,9 @@ impl CausalLm for Qwen3Cuda {
 
     fn forward_greedy(&mut self, ids: &[u32]) -> Result<u32, ModelError> {
         self.check(ids)?;
+        if ids.len() > 1 && self.decoder.has_prefill() {
+            return Ok(self.decoder.prefill(ids, false)?.next_token);
+        }
         let mut next = 0;
         for &id in ids {
             next = self.decoder.step(id, false)?.next_token;

@@ -201,6 +201,11 @@ impl Qwen3Cpu {
         &self.graphs.decode
     }
 
+    /// The prefill graph that returns last-position logits (for prompts on a GPU backend).
+    pub fn prefill_graph(&self) -> &Graph {
+        &self.graphs.prefill_last
+    }
+
     /// The weights, in the execution dtype, shaped for the graphs (concatenations made).
     pub fn host_weights(&self) -> &HostWeights {
         &self.weights

@@ -79,6 +79,8 @@ pub fn run(a: Args) -> Result<()> {
         cuda_graphs: !a.no_cuda_graphs,
         module_cache: Some(ModuleCache::at(cache_dir.clone())),
         pdl: !a.no_pdl,
+        prefill: false,
+        prefill_chunk: 512,
     };
     let cold = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("--device cuda")?;
     let jit_cold = cold.decoder().jit().seconds;

@@ -73,6 +73,10 @@ pub struct CudaArgs {
     /// previous one finishes).
     #[arg(long)]
     no_pdl: bool,
+    /// Run prompts through the prefill kernels (tensor-core GEMM, prefill attention) instead
+    /// of one decode step per token. Experimental: not yet checked on a GPU.
+    #[arg(long)]
+    gpu_prefill: bool,
 }
 
 impl CudaArgs {
@@ -83,6 +87,8 @@ impl CudaArgs {
             cuda_graphs: !self.no_cuda_graphs,
             module_cache: smelt::codegen::ModuleCache::default_dir().map(smelt::codegen::ModuleCache::at),
             pdl: !self.no_pdl,
+            prefill: self.gpu_prefill,
+            prefill_chunk: 512,
         }
     }
 }

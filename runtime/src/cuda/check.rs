@@ -49,20 +49,20 @@ fn concrete(shape: &Shape, b: &Bindings) -> Shape {
 pub fn check_step(dec: &mut CudaDecoder, weights: &dyn WeightSource, token: u32) -> Result<Vec<NodeCheck>, CudaError> {
     let at = dec.position();
     let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: at };
-    let (arena, scratch) = (&dec.layout.arena, &dec.layout.scratch);
+    let (arena, scratch) = (&dec.decode.layout.arena, &dec.decode.layout.scratch);
     dec.gpu.fill(arena.ptr(), 0xff, arena.bytes(), "poisoning the arena")?;
     dec.gpu.fill(scratch.ptr(), 0xff, scratch.bytes(), "poisoning the scratch buffer")?;
     dec.write_inputs(token)?;
     let mut checks = Vec::new();
-    let n = dec.layout.launches.len();
+    let n = dec.decode.layout.launches.len();
     let mut i = 0;
     while i < n {
-        let id = dec.layout.launches[i].node;
+        let id = dec.decode.layout.launches[i].node;
         let mut end = i;
-        while end < n && dec.layout.launches[end].node == id {
+        while end < n && dec.decode.layout.launches[end].node == id {
             end += 1;
         }
-        let graph = &dec.graph;
+        let graph = &dec.decode.graph;
         // Operands first: an in-place kernel overwrites them.
         let mut sub = Graph::new();
         let mut inputs = HashMap::new();
@@ -75,18 +75,19 @@ pub fn check_step(dec: &mut CudaDecoder, weights: &dyn WeightSource, token: u32)
             dec.launch(l, &b)?;
         }
         let node = graph.node(id);
-        let what = format!("running {}", dec.node_name(id));
+        let what = format!("running {}", dec.decode.node_name(id));
         dec.gpu.synchronize(&what)?;
         let gpu_out = read_value(dec, graph, id, &b)?;
         let copy = Node { shape: concrete(&node.shape, &b), ..node.clone() };
         let out = sub.add_node(copy, &operands);
         sub.set_output("out", out);
         let reference = eval(&sub, inputs, weights)
-            .map_err(|e| CudaError::Layout(format!("evaluating {} on the CPU: {e}", dec.node_name(id))))?
+            .map_err(|e| CudaError::Layout(format!("evaluating {} on the CPU: {e}", dec.decode.node_name(id))))?
             .remove("out")
             .expect("output named out");
-        let kernels = (i..end).map(|l| dec.program.kernels[dec.layout.launches[l].kernel].name.clone()).collect();
-        checks.push(compare(dec.node_name(id), node.op.kind(), kernels, &gpu_out, &reference));
+        let kernels =
+            (i..end).map(|l| dec.decode.program.kernels[dec.decode.layout.launches[l].kernel].name.clone()).collect();
+        checks.push(compare(dec.decode.node_name(id), node.op.kind(), kernels, &gpu_out, &reference));
         i = end;
     }
     dec.position += 1;
@@ -127,8 +128,8 @@ fn read_value(dec: &CudaDecoder, graph: &Graph, id: NodeId, b: &Bindings) -> Res
     let shape = node.shape.resolve(b);
     let bytes = shape.iter().product::<usize>() * node.dtype.size_bytes();
     let mut host = vec![0u8; bytes];
-    let addr = dec.layout.address(graph, id)?;
-    dec.gpu.download(&mut host, addr, &format!("reading {}", dec.node_name(id)))?;
+    let addr = dec.decode.layout.address(graph, id)?;
+    dec.gpu.download(&mut host, addr, &format!("reading {}", dec.decode.node_name(id)))?;
     Ok(tensor_from_storage(node.dtype, shape, &host))
 }
 

@@ -1,7 +1,9 @@
-//! The decode step on the GPU: the program's kernels JIT-compiled with NVRTC (through the
-//! on-disk module cache), the device memory of [`Layout`], and the launch schedule, captured
-//! once per context bucket as a CUDA graph and replayed. Per step the host writes the token,
-//! its position and `smelt_step`, replays, and reads back the greedy token: one sync.
+//! A model on the GPU: the programs' kernels JIT-compiled with NVRTC (through the on-disk
+//! module cache), the weights and the paged KV cache shared by its graphs, and per graph a
+//! [`Layout`] and launch schedule. The decode step is captured once per context bucket as a CUDA
+//! graph and replayed: per step the host writes the token, its position and `smelt_step`,
+//! replays, and reads back the greedy token (one sync). A prefill graph, when given, runs a
+//! prompt's tokens in chunks, kernel by kernel.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,10 +15,10 @@ use smelt_codegen::{emit, ModuleCache, Nvrtc, Program};
 use smelt_ir::{Bindings, Graph, NodeId, Sym, WeightSource};
 
 use super::device::{check, Gpu};
-use super::layout::{KvShape, Layout};
+use super::layout::{DeviceWeights, KvPool, KvShape, Layout};
 use super::CudaError;
 
-/// Graph names the decode graph must use (as `models::qwen3` declares them).
+/// Graph names the graphs must use (as `models::qwen3` declares them).
 pub const TOKEN_IDS: &str = "token_ids";
 pub const POSITIONS: &str = "positions";
 pub const LOGITS: &str = "logits";
@@ -37,6 +39,11 @@ pub struct DecoderOptions {
     /// Launch with programmatic dependent launch where the device has it (sm_90): a kernel
     /// starts its weight loads while the previous one finishes.
     pub pdl: bool,
+    /// Run prompts through a prefill program (when the model provides one) instead of one
+    /// decode step per token.
+    pub prefill: bool,
+    /// Tokens a prefill run takes at most (longer prompts run in chunks).
+    pub prefill_chunk: usize,
 }
 
 /// How long loading the kernels took.
@@ -49,53 +56,60 @@ pub struct JitReport {
     pub seconds: f64,
 }
 
-pub struct CudaDecoder {
-    pub(crate) gpu: Gpu,
+/// One graph's program on the device.
+pub(crate) struct Runner {
     pub(crate) graph: Graph,
     pub(crate) program: Program,
     pub(crate) layout: Layout,
     pub(crate) functions: Vec<CudaFunction>,
-    _modules: Vec<Arc<CudaModule>>,
     token_ids: u64,
     positions: u64,
     logits: (u64, usize),
     next_token: u64,
+    graphs: HashMap<usize, CudaGraph>,
+}
+
+pub struct CudaDecoder {
+    pub(crate) gpu: Gpu,
+    weights: DeviceWeights,
+    kv: KvPool,
+    pub(crate) decode: Runner,
+    prefill: Option<Runner>,
+    _modules: Vec<Arc<CudaModule>>,
     pub(crate) position: usize,
     cuda_graphs: bool,
     pdl: bool,
-    graphs: HashMap<usize, CudaGraph>,
     jit: JitReport,
 }
 
 /// What one step returns.
 pub struct StepOutput {
     pub next_token: u32,
-    /// f32 logits of the step's token, when asked for.
+    /// f32 logits of the step's last token, when asked for.
     pub logits: Option<Vec<f32>>,
 }
 
-impl CudaDecoder {
-    /// Compiles `graph` (a fused decode graph, `T` pinned to 1) for `gpu`, uploads `weights`
-    /// and allocates the KV cache.
-    pub fn new(
-        gpu: Gpu,
-        graph: &Graph,
-        weights: &dyn WeightSource,
-        options: &DecoderOptions,
-    ) -> Result<CudaDecoder, CudaError> {
-        if graph.pinned(Sym::NewTokens) != Some(1) {
-            return Err(CudaError::Unsupported(
-                "the CUDA backend runs decode graphs (T pinned to 1) only so far".into(),
-            ));
-        }
-        let program = emit(graph).map_err(|e| CudaError::Codegen(e.to_string()))?;
-        let t0 = Instant::now();
-        let nvrtc = Nvrtc::load().map_err(|e| CudaError::Nvrtc(e.to_string()))?;
-        let mut jit = JitReport { kernels: program.kernels.len(), ..JitReport::default() };
-        let mut modules = Vec::new();
+/// Compiles and loads every distinct kernel of `programs`; returns per program the functions
+/// in its kernel order.
+fn load_kernels(
+    gpu: &Gpu,
+    programs: &[&Program],
+    cache: Option<&ModuleCache>,
+) -> Result<(Vec<Vec<CudaFunction>>, Vec<Arc<CudaModule>>, JitReport), CudaError> {
+    let t0 = Instant::now();
+    let nvrtc = Nvrtc::load().map_err(|e| CudaError::Nvrtc(e.to_string()))?;
+    let mut jit = JitReport::default();
+    let mut modules = Vec::new();
+    let mut loaded: HashMap<&str, CudaFunction> = HashMap::new();
+    let mut per_program = Vec::new();
+    for p in programs {
         let mut functions = Vec::new();
-        for k in &program.kernels {
-            let ptx = match &options.module_cache {
+        for k in &p.kernels {
+            if let Some(f) = loaded.get(k.source.as_str()) {
+                functions.push(f.clone());
+                continue;
+            }
+            let ptx = match cache {
                 Some(cache) => {
                     let (ptx, hit) = cache
                         .compile(&nvrtc, &k.name, &k.source, gpu.arch())
@@ -115,158 +129,69 @@ impl CudaDecoder {
                     f.set_attribute(attr, k.launch.shared_bytes as i32),
                 )?;
             }
+            jit.kernels += 1;
             modules.push(module);
+            loaded.insert(k.source.as_str(), f.clone());
             functions.push(f);
         }
-        gpu.synchronize("loading modules")?;
-        jit.seconds = t0.elapsed().as_secs_f64();
+        per_program.push(functions);
+    }
+    gpu.synchronize("loading modules")?;
+    jit.seconds = t0.elapsed().as_secs_f64();
+    Ok((per_program, modules, jit))
+}
 
-        let blocks = options.kv_tokens.div_ceil(options.block_tokens.max(1)).max(1);
-        let kv_shape = KvShape { block_tokens: options.block_tokens.max(1), blocks };
-        let layout = Layout::new(&gpu, graph, &program, weights, kv_shape)?;
-        layout.write_identity_block_table(&gpu)?;
+impl Runner {
+    fn new(
+        gpu: &Gpu,
+        graph: &Graph,
+        program: Program,
+        functions: Vec<CudaFunction>,
+        weights: &DeviceWeights,
+        kv: &KvPool,
+        max_new_tokens: usize,
+    ) -> Result<Runner, CudaError> {
+        let layout = Layout::new(gpu, graph, &program, weights, kv, max_new_tokens)?;
         let find = |name: &str, list: Vec<(String, NodeId)>| -> Result<u64, CudaError> {
             let id = list.iter().find(|(n, _)| n == name).map(|(_, id)| *id);
-            let id = id.ok_or_else(|| CudaError::Layout(format!("the decode graph has no {name:?}")))?;
+            let id = id.ok_or_else(|| CudaError::Layout(format!("the graph has no {name:?}")))?;
             layout.address(graph, id)
         };
-        let token_ids = find(TOKEN_IDS, graph.inputs())?;
-        let positions = find(POSITIONS, graph.inputs())?;
         let outputs = graph.outputs().to_vec();
-        let logits = find(LOGITS, outputs.clone())?;
-        let next_token = find(NEXT_TOKEN, outputs.clone())?;
         let vocab = outputs
             .iter()
             .find(|(n, _)| n == LOGITS)
             .and_then(|(_, id)| graph.node(*id).shape.last()?.fixed())
             .ok_or_else(|| CudaError::Layout("logits must be [T, vocab] with a fixed vocab".into()))?;
-        gpu.synchronize("uploading the weights")?;
-        let pdl = options.pdl && gpu.arch() == smelt_codegen::Arch::Sm90;
-        Ok(CudaDecoder {
-            gpu,
+        Ok(Runner {
+            token_ids: find(TOKEN_IDS, graph.inputs())?,
+            positions: find(POSITIONS, graph.inputs())?,
+            logits: (find(LOGITS, outputs.clone())?, vocab),
+            next_token: find(NEXT_TOKEN, outputs)?,
             graph: graph.clone(),
             program,
             layout,
             functions,
-            _modules: modules,
-            token_ids,
-            positions,
-            logits: (logits, vocab),
-            next_token,
-            position: 0,
-            cuda_graphs: options.cuda_graphs,
-            pdl,
             graphs: HashMap::new(),
-            jit,
         })
     }
 
-    pub fn gpu(&self) -> &Gpu {
-        &self.gpu
+    /// Writes `tokens`, their positions from `at`, and `smelt_step` (stream-ordered before the
+    /// kernels).
+    fn write_inputs(&self, gpu: &Gpu, tokens: &[u32], at: usize) -> Result<(), CudaError> {
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let positions: Vec<i32> = (at..at + tokens.len()).map(|p| p as i32).collect();
+        gpu.upload(self.token_ids, &ids, "writing the token ids")?;
+        gpu.upload(self.positions, &positions, "writing the positions")?;
+        self.layout.write_step(gpu, tokens.len(), at)
     }
 
-    pub fn program(&self) -> &Program {
-        &self.program
-    }
-
-    pub fn jit(&self) -> &JitReport {
-        &self.jit
-    }
-
-    /// Device bytes by use.
-    pub fn device_bytes(&self) -> [(&'static str, usize); 4] {
-        self.layout.device_bytes()
-    }
-
-    /// Whether launches use programmatic dependent launch.
-    pub fn pdl(&self) -> bool {
-        self.pdl
-    }
-
-    /// Turns programmatic dependent launch on or off (on needs sm_90); captured graphs are
-    /// dropped and recaptured.
-    pub fn set_pdl(&mut self, on: bool) {
-        self.pdl = on && self.gpu.arch() == smelt_codegen::Arch::Sm90;
-        self.graphs.clear();
-    }
-
-    /// Tokens in the KV cache.
-    pub fn position(&self) -> usize {
-        self.position
-    }
-
-    /// Tokens the KV cache can hold.
-    pub fn capacity(&self) -> usize {
-        self.layout.kv_shape.tokens()
-    }
-
-    /// Starts a new sequence (the cache's old rows are simply overwritten).
-    pub fn reset(&mut self) {
-        self.position = 0;
-    }
-
-    /// Runs one decode step on `token` at the next position; returns the greedy next token
-    /// and, if `want_logits`, the logits.
-    pub fn step(&mut self, token: u32, want_logits: bool) -> Result<StepOutput, CudaError> {
-        let at = self.position;
-        self.write_inputs(token)?;
-        if self.cuda_graphs {
-            let bucket = bucket(at + 1, self.capacity());
-            if !self.graphs.contains_key(&bucket) {
-                let graph = self.capture(bucket)?;
-                self.graphs.insert(bucket, graph);
-            }
-            check(&format!("replaying the decode step at position {at}"), self.graphs[&bucket].launch())?;
-        } else {
-            let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: at };
-            for i in 0..self.layout.launches.len() {
-                self.launch(i, &b)?;
-            }
-        }
-        self.position += 1;
-        self.read_outputs(want_logits, at)
-    }
-
-    /// Runs one decode step kernel by kernel with a device event between launches, and returns
-    /// each launch's time in milliseconds (in schedule order): the profile of a step, without
-    /// the launch gaps a captured graph removes.
-    pub fn profile_step(&mut self, token: u32) -> Result<Vec<f64>, CudaError> {
-        let at = self.position;
-        self.write_inputs(token)?;
-        let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: at };
-        let n = self.layout.launches.len();
-        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let events = (0..=n)
-            .map(|_| check("creating an event", self.gpu.ctx.new_event(flags)))
-            .collect::<Result<Vec<_>, _>>()?;
-        check("recording an event", events[0].record(&self.gpu.stream))?;
-        for (i, e) in events[1..].iter().enumerate() {
-            self.launch(i, &b)?;
-            check("recording an event", e.record(&self.gpu.stream))?;
-        }
-        self.gpu.synchronize(&format!("profiling the decode step at position {at}"))?;
-        self.position += 1;
-        events.windows(2).map(|w| check("reading an event", w[0].elapsed_ms(&w[1])).map(f64::from)).collect()
-    }
-
-    /// Writes the token, its position and `smelt_step` (stream-ordered before the kernels).
-    pub(crate) fn write_inputs(&self, token: u32) -> Result<(), CudaError> {
-        let at = self.position;
-        if at >= self.capacity() {
-            return Err(CudaError::KvFull { capacity: self.capacity() });
-        }
-        self.gpu.upload(self.token_ids, &[token as i32], "writing the token id")?;
-        self.gpu.upload(self.positions, &[at as i32], "writing the position")?;
-        self.layout.write_step(&self.gpu, at)
-    }
-
-    pub(crate) fn read_outputs(&self, want_logits: bool, at: usize) -> Result<StepOutput, CudaError> {
+    fn read_outputs(&self, gpu: &Gpu, want_logits: bool, what: &str) -> Result<StepOutput, CudaError> {
         let mut next = [0i32; 1];
-        let what = format!("running the decode step at position {at}");
-        self.gpu.download(&mut next, self.next_token, &what)?;
+        gpu.download(&mut next, self.next_token, what)?;
         let logits = if want_logits {
             let mut v = vec![0f32; self.logits.1];
-            self.gpu.download(&mut v, self.logits.0, "reading the logits")?;
+            gpu.download(&mut v, self.logits.0, "reading the logits")?;
             Some(v)
         } else {
             None
@@ -275,7 +200,7 @@ impl CudaDecoder {
     }
 
     /// Launches launch `i` with grids sized for bindings `b`.
-    pub(crate) fn launch(&self, i: usize, b: &Bindings) -> Result<(), CudaError> {
+    fn launch(&self, gpu: &Gpu, i: usize, b: &Bindings, pdl: bool) -> Result<(), CudaError> {
         let l = &self.layout.launches[i];
         let kernel = &self.program.kernels[l.kernel];
         let mut values = l.params.clone();
@@ -283,9 +208,10 @@ impl CudaDecoder {
         let grid = kernel.launch.grid.blocks(b);
         // Every kernel waits on its predecessor (SMELT_GRID_WAIT) before touching what it wrote,
         // which is what makes the programmatic launch safe.
-        let mut pdl: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        pdl.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        pdl.value.programmaticStreamSerializationAllowed = 1;
+        // SAFETY: a plain C struct; zero is a valid bit pattern for every field.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
         let config = sys::CUlaunchConfig {
             gridDimX: grid,
             gridDimY: 1,
@@ -294,13 +220,13 @@ impl CudaDecoder {
             blockDimY: 1,
             blockDimZ: 1,
             sharedMemBytes: kernel.launch.shared_bytes,
-            hStream: self.gpu.cu_stream(),
-            attrs: &mut pdl,
-            numAttrs: u32::from(self.pdl),
+            hStream: gpu.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(pdl),
         };
-        // SAFETY: every parameter is a device address inside this decoder's live buffers, in
-        // the order and number of the kernel's parameter list (the calling convention); the
-        // config and attribute outlive the call.
+        // SAFETY: every parameter is a device address inside live buffers of this model, in the
+        // order and number of the kernel's parameter list (the calling convention); the config
+        // and attribute outlive the call.
         let r = unsafe {
             sys::cuLaunchKernelEx(
                 &config,
@@ -318,17 +244,218 @@ impl CudaDecoder {
     }
 
     /// Captures the whole step with grids sized for contexts up to `bucket`.
-    fn capture(&self, bucket: usize) -> Result<CudaGraph, CudaError> {
+    fn capture(&self, gpu: &Gpu, bucket: usize, pdl: bool) -> Result<CudaGraph, CudaError> {
         let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: bucket - 1 };
-        let stream = &self.gpu.stream;
+        let stream = &gpu.stream;
         check(
             "starting graph capture",
             stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
         )?;
-        let launched = (0..self.layout.launches.len()).try_for_each(|i| self.launch(i, &b));
+        let launched = (0..self.layout.launches.len()).try_for_each(|i| self.launch(gpu, i, &b, pdl));
         let graph = check("ending graph capture", stream.end_capture(sys::CUgraphInstantiate_flags(0)));
         launched?;
         graph?.ok_or_else(|| CudaError::Unsupported("graph capture recorded nothing".into()))
+    }
+}
+
+impl CudaDecoder {
+    /// Compiles `graph` (a fused decode graph, `T` pinned to 1) for `gpu`, uploads `weights`
+    /// and allocates the KV cache.
+    pub fn new(
+        gpu: Gpu,
+        graph: &Graph,
+        weights: &dyn WeightSource,
+        options: &DecoderOptions,
+    ) -> Result<CudaDecoder, CudaError> {
+        CudaDecoder::with_prefill(gpu, graph, None, weights, options)
+    }
+
+    /// As [`CudaDecoder::new`], with a fused prefill graph (symbolic `T`, last-position logits)
+    /// that runs prompts in chunks of `options.prefill_chunk` tokens.
+    pub fn with_prefill(
+        gpu: Gpu,
+        decode: &Graph,
+        prefill: Option<&Graph>,
+        weights: &dyn WeightSource,
+        options: &DecoderOptions,
+    ) -> Result<CudaDecoder, CudaError> {
+        if decode.pinned(Sym::NewTokens) != Some(1) {
+            return Err(CudaError::Unsupported("the decode graph must pin T to 1".into()));
+        }
+        let codegen = |g: &Graph| emit(g).map_err(|e| CudaError::Codegen(e.to_string()));
+        let decode_program = codegen(decode)?;
+        let prefill_program = prefill.map(codegen).transpose()?;
+        let mut programs = vec![&decode_program];
+        programs.extend(prefill_program.as_ref());
+        let (mut functions, modules, jit) = load_kernels(&gpu, &programs, options.module_cache.as_ref())?;
+        let mut graphs = vec![decode];
+        graphs.extend(prefill);
+        let device_weights = DeviceWeights::upload(&gpu, &graphs, weights)?;
+        let blocks = options.kv_tokens.div_ceil(options.block_tokens.max(1)).max(1);
+        let kv = KvPool::new(&gpu, decode, KvShape { block_tokens: options.block_tokens.max(1), blocks })?;
+        let prefill_functions = (functions.len() > 1).then(|| functions.remove(1));
+        let decode_runner = Runner::new(&gpu, decode, decode_program, functions.remove(0), &device_weights, &kv, 1)?;
+        let prefill_runner = match (prefill, prefill_program, prefill_functions) {
+            (Some(g), Some(p), Some(f)) => {
+                Some(Runner::new(&gpu, g, p, f, &device_weights, &kv, options.prefill_chunk.max(1))?)
+            }
+            _ => None,
+        };
+        gpu.synchronize("uploading the weights")?;
+        let pdl = options.pdl && gpu.arch() == smelt_codegen::Arch::Sm90;
+        Ok(CudaDecoder {
+            gpu,
+            weights: device_weights,
+            kv,
+            decode: decode_runner,
+            prefill: prefill_runner,
+            _modules: modules,
+            position: 0,
+            cuda_graphs: options.cuda_graphs,
+            pdl,
+            jit,
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The decode program.
+    pub fn program(&self) -> &Program {
+        &self.decode.program
+    }
+
+    /// Whether prompts run through a prefill program.
+    pub fn has_prefill(&self) -> bool {
+        self.prefill.is_some()
+    }
+
+    pub fn jit(&self) -> &JitReport {
+        &self.jit
+    }
+
+    /// Device bytes by use.
+    pub fn device_bytes(&self) -> [(&'static str, usize); 3] {
+        let own = self.decode.layout.own_bytes() + self.prefill.as_ref().map_or(0, |p| p.layout.own_bytes());
+        [("weights", self.weights.bytes()), ("kv cache", self.kv.bytes()), ("activations", own)]
+    }
+
+    /// Whether launches use programmatic dependent launch.
+    pub fn pdl(&self) -> bool {
+        self.pdl
+    }
+
+    /// Turns programmatic dependent launch on or off (on needs sm_90); captured graphs are
+    /// dropped and recaptured.
+    pub fn set_pdl(&mut self, on: bool) {
+        self.pdl = on && self.gpu.arch() == smelt_codegen::Arch::Sm90;
+        self.decode.graphs.clear();
+    }
+
+    /// Tokens in the KV cache.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Tokens the KV cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.kv.shape.tokens()
+    }
+
+    /// Starts a new sequence (the cache's old rows are simply overwritten).
+    pub fn reset(&mut self) {
+        self.position = 0;
+    }
+
+    fn check_room(&self, tokens: usize) -> Result<(), CudaError> {
+        if self.position + tokens > self.capacity() {
+            return Err(CudaError::KvFull { capacity: self.capacity() });
+        }
+        Ok(())
+    }
+
+    /// Runs one decode step on `token` at the next position; returns the greedy next token
+    /// and, if `want_logits`, the logits.
+    pub fn step(&mut self, token: u32, want_logits: bool) -> Result<StepOutput, CudaError> {
+        let at = self.position;
+        self.write_inputs(token)?;
+        if self.cuda_graphs {
+            let bucket = bucket(at + 1, self.capacity());
+            if !self.decode.graphs.contains_key(&bucket) {
+                let graph = self.decode.capture(&self.gpu, bucket, self.pdl)?;
+                self.decode.graphs.insert(bucket, graph);
+            }
+            check(&format!("replaying the decode step at position {at}"), self.decode.graphs[&bucket].launch())?;
+        } else {
+            let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: at };
+            for i in 0..self.decode.layout.launches.len() {
+                self.decode.launch(&self.gpu, i, &b, self.pdl)?;
+            }
+        }
+        self.position += 1;
+        self.decode.read_outputs(&self.gpu, want_logits, &format!("running the decode step at position {at}"))
+    }
+
+    /// Runs `tokens` through the prefill program (in chunks), kernel by kernel; returns the
+    /// greedy token after the last one and, if `want_logits`, its logits.
+    pub fn prefill(&mut self, tokens: &[u32], want_logits: bool) -> Result<StepOutput, CudaError> {
+        let Some(runner) = &self.prefill else {
+            return Err(CudaError::Unsupported("no prefill program was compiled".into()));
+        };
+        if tokens.is_empty() {
+            return Err(CudaError::Unsupported("prefill of no tokens".into()));
+        }
+        self.check_room(tokens.len())?;
+        let mut last = None;
+        for (i, chunk) in tokens.chunks(runner.layout.max_new_tokens).enumerate() {
+            let at = self.position;
+            runner.write_inputs(&self.gpu, chunk, at)?;
+            let b = Bindings { batch: 1, new_tokens: chunk.len(), cached_tokens: at };
+            for l in 0..runner.layout.launches.len() {
+                runner.launch(&self.gpu, l, &b, self.pdl)?;
+            }
+            self.position += chunk.len();
+            let is_last = (i + 1) * runner.layout.max_new_tokens >= tokens.len();
+            if is_last {
+                let what = format!("running the prefill of positions {at}..{}", self.position);
+                last = Some(runner.read_outputs(&self.gpu, want_logits, &what)?);
+            }
+        }
+        Ok(last.expect("at least one chunk"))
+    }
+
+    /// Runs one decode step kernel by kernel with a device event between launches, and returns
+    /// each launch's time in milliseconds (in schedule order): the profile of a step, without
+    /// the launch gaps a captured graph removes.
+    pub fn profile_step(&mut self, token: u32) -> Result<Vec<f64>, CudaError> {
+        let at = self.position;
+        self.write_inputs(token)?;
+        let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: at };
+        let n = self.decode.layout.launches.len();
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let events = (0..=n)
+            .map(|_| check("creating an event", self.gpu.ctx.new_event(flags)))
+            .collect::<Result<Vec<_>, _>>()?;
+        check("recording an event", events[0].record(&self.gpu.stream))?;
+        for (i, e) in events[1..].iter().enumerate() {
+            self.decode.launch(&self.gpu, i, &b, self.pdl)?;
+            check("recording an event", e.record(&self.gpu.stream))?;
+        }
+        self.gpu.synchronize(&format!("profiling the decode step at position {at}"))?;
+        self.position += 1;
+        events.windows(2).map(|w| check("reading an event", w[0].elapsed_ms(&w[1])).map(f64::from)).collect()
+    }
+
+    /// Writes the decode step's inputs for `token` at the next position.
+    pub(crate) fn write_inputs(&self, token: u32) -> Result<(), CudaError> {
+        self.check_room(1)?;
+        self.decode.write_inputs(&self.gpu, &[token], self.position)
+    }
+
+    /// Launches decode launch `i` with grids sized for bindings `b`.
+    pub(crate) fn launch(&self, i: usize, b: &Bindings) -> Result<(), CudaError> {
+        self.decode.launch(&self.gpu, i, b, self.pdl)
     }
 }
 

@@ -71,87 +71,68 @@ pub(crate) struct ResolvedLaunch {
     pub params: Vec<u64>,
 }
 
-/// Device memory of one decode program.
-pub struct Layout {
-    pub(crate) parameters: DeviceBuffer,
-    pub(crate) arena: DeviceBuffer,
-    pub(crate) kv: DeviceBuffer,
-    pub(crate) scratch: DeviceBuffer,
-    /// `smelt_step` at offset 0, the block table at offset 256.
-    pub(crate) step: DeviceBuffer,
-    pub(crate) kv_shape: KvShape,
-    /// Address of each value that has its own storage (weights, constants, arena buffers,
-    /// caches), by node index.
-    pub(crate) homes: HashMap<usize, u64>,
-    pub(crate) launches: Vec<ResolvedLaunch>,
-}
-
-pub(crate) const BLOCK_TABLE_OFFSET: u64 = 256;
-
 /// Names a value for errors.
 fn label(g: &Graph, id: NodeId) -> String {
     g.node(id).name.clone().unwrap_or_else(|| format!("%{}", id.index()))
 }
 
-impl Layout {
-    /// Allocates and fills the device memory for `program` (emitted from `graph`) with
-    /// `weights`, and a KV pool of `kv_shape`.
-    pub fn new(
-        gpu: &Gpu,
-        graph: &Graph,
-        program: &Program,
-        weights: &dyn WeightSource,
-        kv_shape: KvShape,
-    ) -> Result<Layout, CudaError> {
-        // Parameters: every weight and constant the launches read, in one buffer.
-        let mut param_nodes: Vec<NodeId> = Vec::new();
-        for id in graph.node_ids() {
-            if matches!(graph.node(id).op, Op::Weight { .. } | Op::Constant { .. }) {
-                param_nodes.push(id);
+/// Weights on the device by checkpoint name (concatenations included), uploaded once and
+/// shared by every graph of a model.
+pub struct DeviceWeights {
+    buffer: DeviceBuffer,
+    by_name: HashMap<String, u64>,
+}
+
+impl DeviceWeights {
+    /// Uploads, in its node's dtype, every weight that any of `graphs` reads.
+    pub fn upload(gpu: &Gpu, graphs: &[&Graph], weights: &dyn WeightSource) -> Result<DeviceWeights, CudaError> {
+        let mut nodes: Vec<(String, &Graph, NodeId)> = Vec::new();
+        for g in graphs {
+            for (name, id) in g.weights() {
+                if !nodes.iter().any(|(n, _, _)| *n == name) {
+                    nodes.push((name, g, id));
+                }
             }
         }
-        let bytes_of = |id: NodeId| {
-            let n = graph.node(id);
-            n.shape.fixed_volume().map(|v| v * n.dtype.size_bytes())
-        };
         let mut offsets = Vec::new();
         let mut total = 0;
-        for &id in &param_nodes {
-            let bytes = bytes_of(id)
-                .ok_or_else(|| CudaError::Layout(format!("{}: parameter shape is not fixed", label(graph, id))))?;
+        for (name, g, id) in &nodes {
+            let n = g.node(*id);
+            let bytes = n.shape.fixed_volume().map(|v| v * n.dtype.size_bytes());
+            let bytes = bytes.ok_or_else(|| CudaError::Layout(format!("weight {name}: shape is not fixed")))?;
             offsets.push(total);
             total += align(bytes);
         }
-        let parameters = gpu.alloc(total, "weights")?;
-        let mut homes = HashMap::new();
-        for (&id, &offset) in param_nodes.iter().zip(&offsets) {
-            let node = graph.node(id);
-            let host = match &node.op {
-                Op::Weight { name } => weights
-                    .weight(name)
-                    .cloned()
-                    .ok_or_else(|| CudaError::Layout(format!("weight {name} was not loaded")))?,
-                Op::Constant { values } => {
-                    let shape = node.shape.resolve(&Bindings::default());
-                    Tensor::from_f32(node.dtype, shape, values.to_vec())
-                }
-                _ => unreachable!("filtered above"),
-            };
-            let bytes = storage_bytes(&host, node.dtype);
-            let addr = parameters.ptr() + offset as u64;
-            gpu.upload(addr, &bytes, &format!("uploading {}", label(graph, id)))?;
-            homes.insert(id.index(), addr);
+        let buffer = gpu.alloc(total, "weights")?;
+        let mut by_name = HashMap::new();
+        for ((name, g, id), offset) in nodes.iter().zip(offsets) {
+            let host =
+                weights.weight(name).ok_or_else(|| CudaError::Layout(format!("weight {name} was not loaded")))?;
+            let addr = buffer.ptr() + offset as u64;
+            gpu.upload(addr, &storage_bytes(host, g.node(*id).dtype), &format!("uploading {name}"))?;
+            by_name.insert(name.clone(), addr);
         }
+        Ok(DeviceWeights { buffer, by_name })
+    }
 
-        // Activations: the memory plan's arena at T = 1.
-        let plan = plan_memory(graph, &Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 });
-        let arena = gpu.alloc(plan.arena_bytes, "the activation arena")?;
-        for b in &plan.buffers {
-            homes.insert(b.node, arena.ptr() + b.offset as u64);
-        }
+    pub fn bytes(&self) -> usize {
+        self.buffer.bytes()
+    }
+}
 
-        // KV caches: the state inputs (graph inputs the graph also outputs), each a
-        // [blocks, block_tokens, rows...] slab of the pool.
+/// The paged KV cache of one model: for each cache (a graph input that the graph also outputs,
+/// `cache.lNN.k` and `.v`), a `[blocks, block_tokens, rows...]` slab; and the block table that
+/// `smelt_step` points to. Shared by every graph of the model.
+pub struct KvPool {
+    buffer: DeviceBuffer,
+    table: DeviceBuffer,
+    pub(crate) shape: KvShape,
+    by_name: HashMap<String, u64>,
+}
+
+impl KvPool {
+    /// A pool of `shape` for the caches `graph` carries.
+    pub fn new(gpu: &Gpu, graph: &Graph, shape: KvShape) -> Result<KvPool, CudaError> {
         let outputs: Vec<&str> = graph.outputs().iter().map(|(n, _)| n.as_str()).collect();
         let mut caches = Vec::new();
         for (name, id) in graph.inputs() {
@@ -159,16 +140,94 @@ impl Layout {
                 let node = graph.node(id);
                 let row: Option<usize> = node.shape.dims()[1..].iter().map(|d| d.fixed()).product();
                 let row = row.ok_or_else(|| CudaError::Layout(format!("cache {name}: rows are not a fixed size")))?;
-                caches.push((id, row * node.dtype.size_bytes()));
+                caches.push((name, row * node.dtype.size_bytes()));
             }
         }
-        let slab = |row_bytes: usize| align(row_bytes * kv_shape.tokens());
-        let kv_bytes: usize = caches.iter().map(|&(_, r)| slab(r)).sum();
-        let kv = gpu.alloc(kv_bytes, &format!("the KV cache ({} tokens)", kv_shape.tokens()))?;
-        let mut at = kv.ptr();
-        for &(id, row_bytes) in &caches {
-            homes.insert(id.index(), at);
+        let slab = |row_bytes: usize| align(row_bytes * shape.tokens());
+        let bytes: usize = caches.iter().map(|(_, r)| slab(*r)).sum();
+        let buffer = gpu.alloc(bytes, &format!("the KV cache ({} tokens)", shape.tokens()))?;
+        let mut by_name = HashMap::new();
+        let mut at = buffer.ptr();
+        for (name, row_bytes) in caches {
+            by_name.insert(name, at);
             at += slab(row_bytes) as u64;
+        }
+        let table = gpu.alloc(4 * shape.blocks, "the KV block table")?;
+        // One sequence whose logical block i is physical block i.
+        let identity: Vec<u32> = (0..shape.blocks as u32).collect();
+        gpu.upload(table.ptr(), &identity, "writing the block table")?;
+        Ok(KvPool { buffer, table, shape, by_name })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buffer.bytes()
+    }
+}
+
+/// Device memory of one graph's program: its constants, its activation arena (planned for up
+/// to `max_new_tokens` new tokens), attention scratch and `smelt_step`; weights and the KV
+/// cache come from the model's shared [`DeviceWeights`] and [`KvPool`].
+pub struct Layout {
+    _constants: DeviceBuffer,
+    pub(crate) arena: DeviceBuffer,
+    pub(crate) scratch: DeviceBuffer,
+    step: DeviceBuffer,
+    table: u64,
+    pub(crate) kv_shape: KvShape,
+    pub(crate) max_new_tokens: usize,
+    /// Address of each value that has its own storage (weights, constants, arena buffers,
+    /// caches), by node index.
+    pub(crate) homes: HashMap<usize, u64>,
+    pub(crate) launches: Vec<ResolvedLaunch>,
+}
+
+impl Layout {
+    /// Places `program` (emitted from `graph`) for up to `max_new_tokens` new tokens a run.
+    pub fn new(
+        gpu: &Gpu,
+        graph: &Graph,
+        program: &Program,
+        weights: &DeviceWeights,
+        kv: &KvPool,
+        max_new_tokens: usize,
+    ) -> Result<Layout, CudaError> {
+        let mut homes = HashMap::new();
+        // Constants (RoPE's inverse frequencies): small, one buffer per graph.
+        let constants: Vec<NodeId> =
+            graph.node_ids().filter(|&id| matches!(graph.node(id).op, Op::Constant { .. })).collect();
+        let mut host_bytes: Vec<u8> = Vec::new();
+        let mut offsets = Vec::new();
+        for &id in &constants {
+            let node = graph.node(id);
+            let Op::Constant { values } = &node.op else { unreachable!("filtered above") };
+            let t = Tensor::from_f32(node.dtype, node.shape.resolve(&Bindings::default()), values.to_vec());
+            offsets.push(host_bytes.len());
+            host_bytes.extend(storage_bytes(&t, node.dtype));
+            host_bytes.resize(align(host_bytes.len()), 0);
+        }
+        let constants_buffer = gpu.alloc(host_bytes.len(), "constants")?;
+        gpu.upload(constants_buffer.ptr(), &host_bytes, "uploading constants")?;
+        for (&id, offset) in constants.iter().zip(offsets) {
+            homes.insert(id.index(), constants_buffer.ptr() + offset as u64);
+        }
+        for (name, id) in graph.weights() {
+            let addr = weights
+                .by_name
+                .get(&name)
+                .ok_or_else(|| CudaError::Layout(format!("weight {name} was not uploaded")))?;
+            homes.insert(id.index(), *addr);
+        }
+        for (name, id) in graph.inputs() {
+            if let Some(addr) = kv.by_name.get(&name) {
+                homes.insert(id.index(), *addr);
+            }
+        }
+
+        // Activations: the memory plan's arena at the largest T.
+        let plan = plan_memory(graph, &Bindings { batch: 1, new_tokens: max_new_tokens, cached_tokens: 0 });
+        let arena = gpu.alloc(plan.arena_bytes, "the activation arena")?;
+        for b in &plan.buffers {
+            homes.insert(b.node, arena.ptr() + b.offset as u64);
         }
 
         // Attention scratch, sized for the longest context the pool holds.
@@ -176,17 +235,29 @@ impl Layout {
             .launches
             .iter()
             .filter_map(|s| match s.params {
-                Params::AttentionSplit(spec) => {
-                    Some(smelt_codegen::kernels::decode_attention_scratch_bytes(&spec, kv_shape.tokens(), 1))
-                }
+                Params::AttentionSplit(spec) => Some(smelt_codegen::kernels::decode_attention_scratch_bytes(
+                    &spec,
+                    kv.shape.tokens(),
+                    max_new_tokens,
+                )),
                 _ => None,
             })
             .max()
             .unwrap_or(0);
         let scratch = gpu.alloc(scratch_bytes, "attention scratch")?;
-        let step = gpu.alloc(BLOCK_TABLE_OFFSET as usize + 4 * kv_shape.blocks, "the step parameters")?;
+        let step = gpu.alloc(32, "the step parameters")?;
 
-        let mut layout = Layout { parameters, arena, kv, scratch, step, kv_shape, homes, launches: Vec::new() };
+        let mut layout = Layout {
+            _constants: constants_buffer,
+            arena,
+            scratch,
+            step,
+            table: kv.table.ptr(),
+            kv_shape: kv.shape,
+            max_new_tokens,
+            homes,
+            launches: Vec::new(),
+        };
         for s in &program.launches {
             let addr = |id: NodeId| layout.address(graph, id);
             let out = addr(s.node_id)?;
@@ -221,28 +292,23 @@ impl Layout {
         base
     }
 
-    /// Writes the block table: one sequence whose logical block `i` is physical block `i`.
-    pub(crate) fn write_identity_block_table(&self, gpu: &Gpu) -> Result<(), CudaError> {
-        let table: Vec<u32> = (0..self.kv_shape.blocks as u32).collect();
-        gpu.upload(self.step.ptr() + BLOCK_TABLE_OFFSET, &table, "writing the block table")
-    }
-
-    /// Writes `smelt_step` for one new token after `cached` cached ones.
-    pub(crate) fn write_step(&self, gpu: &Gpu, cached: usize) -> Result<(), CudaError> {
-        let table = self.step.ptr() + BLOCK_TABLE_OFFSET;
+    /// Writes `smelt_step` for `new_tokens` new tokens after `cached` cached ones.
+    pub(crate) fn write_step(&self, gpu: &Gpu, new_tokens: usize, cached: usize) -> Result<(), CudaError> {
+        let table = self.table;
         // struct { u32 batch, new_tokens, cached_tokens, block_tokens; const u32* block_table; }
-        let words: [u32; 6] =
-            [1, 1, cached as u32, self.kv_shape.block_tokens as u32, table as u32, (table >> 32) as u32];
+        let words: [u32; 6] = [
+            1,
+            new_tokens as u32,
+            cached as u32,
+            self.kv_shape.block_tokens as u32,
+            table as u32,
+            (table >> 32) as u32,
+        ];
         gpu.upload(self.step.ptr(), &words, "writing the step parameters")
     }
 
-    /// Bytes on the device: parameters, arena, KV pool, scratch.
-    pub fn device_bytes(&self) -> [(&'static str, usize); 4] {
-        [
-            ("weights", self.parameters.bytes()),
-            ("arena", self.arena.bytes()),
-            ("kv cache", self.kv.bytes()),
-            ("scratch", self.scratch.bytes()),
-        ]
+    /// Bytes of this graph's own device memory (arena, scratch).
+    pub fn own_bytes(&self) -> usize {
+        self.arena.bytes() + self.scratch.bytes()
     }
 }
