@@ -1,7 +1,7 @@
-//! The Qwen3-0.6B decode program: every kernel the fused graph needs is generated, each
-//! compiles with NVRTC (no include paths) for sm_80 and sm_90 in bf16 and f16 without
-//! local-memory spills, and the launches read every weight once. Without NVRTC the compile
-//! part says so and is skipped, except under `CI=true`.
+//! The Qwen3-0.6B decode and prefill programs: every kernel the fused graphs need is
+//! generated, each compiles with NVRTC (no include paths) for sm_80 and sm_90 in bf16 and f16
+//! without local-memory spills, and the decode launches read every weight once. Without NVRTC
+//! the compile part says so and is skipped, except under `CI=true`.
 
 use smelt::codegen::{emit, Program};
 use smelt::ir::cost::weight_bytes_read;
@@ -13,6 +13,16 @@ use smelt::passes::pipeline::standard;
 /// The codegen crate's kernel checks (NVRTC gate, compile for every arch, no spills).
 #[path = "../codegen/tests/common/mod.rs"]
 mod kernel_checks;
+
+/// The prefill program (logits at every position: what `smelt compile` shows and the GPU
+/// backend runs).
+fn prefill_program(dtype: DType) -> Program {
+    let cfg = Qwen3Config::qwen3_0_6b();
+    let mut g =
+        declare(&cfg, DeclareOptions { phase: Phase::Prefill, dtype, logits: Logits::AllPositions }).expect("declares");
+    standard().run(&mut g, "qwen3").expect("pipeline");
+    emit(&g).expect("every fused prefill op has an emitter")
+}
 
 fn decode_program(dtype: DType) -> (Program, usize) {
     let cfg = Qwen3Config::qwen3_0_6b();
@@ -49,5 +59,26 @@ fn decode_kernels_compile_for_sm80_and_sm90_without_spills() {
     let Some(tc) = kernel_checks::toolchain() else { return };
     for dtype in [DType::BF16, DType::F16] {
         tc.check_all(&decode_program(dtype).0.kernels);
+    }
+}
+
+#[test]
+fn prefill_program_uses_tensor_core_gemms_and_flash_attention() {
+    let p = prefill_program(DType::BF16);
+    let kinds: Vec<&str> = p.launches.iter().map(|l| p.kernels[l.kernel].kind).collect();
+    let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+    // Per layer: qkv, o_proj + residual, gate_up + SwiGLU, down + residual; then the lm_head.
+    assert_eq!(count("linear_gemm"), 28 * 4 + 1, "{kinds:?}");
+    assert_eq!(count("prefill_attention"), 28, "{kinds:?}");
+    assert_eq!(count("linear_gemv"), 0);
+    let names: Vec<&str> = p.kernels.iter().map(|k| k.name.as_str()).collect();
+    assert!(names.contains(&"gate_up_swiglu_gemm_epilogue") && names.contains(&"lm_head_gemm_epilogue"), "{names:?}");
+}
+
+#[test]
+fn prefill_kernels_compile_for_sm80_and_sm90_without_spills() {
+    let Some(tc) = kernel_checks::toolchain() else { return };
+    for dtype in [DType::BF16, DType::F16] {
+        tc.check_all(&prefill_program(dtype).kernels);
     }
 }

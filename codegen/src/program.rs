@@ -1,7 +1,7 @@
 //! A `Program`: the kernels of one fused graph in launch order, each with the IR node it
-//! computes and what a call costs (FLOPs, bytes of weights, activations and KV cache). For now
-//! only decode graphs (`T` pinned to 1): prefill needs the tensor-core GEMM and prefill
-//! attention emitters, which come next.
+//! computes and what a call costs (FLOPs, bytes of weights, activations and KV cache), at one
+//! new token. Decode graphs (`T` pinned to 1) get GEMVs and flash-decoding attention; prefill
+//! graphs (symbolic `T`) get the tensor-core GEMM and prefill attention.
 
 use serde::Serialize;
 use smelt_ir::{Bindings, DType, Dim, Graph, NodeId, Op, Shape, Sym};
@@ -214,8 +214,33 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
         let mut params: Vec<Params> = Vec::new();
         let unsupported = |hint| CodegenError::Unsupported { node: label.clone(), op: node.op.kind(), hint };
         let kernels: Vec<Kernel> = match &node.op {
-            Op::Linear { .. } | Op::MatMul if !decode => {
-                return Err(unsupported(": prefill matmuls need the tensor-core GEMM emitter"))
+            Op::Linear { norm_eps: Some(_), .. } if !decode => {
+                return Err(unsupported(
+                    ": a prefill matmul with a norm prologue (prefill keeps RMSNorm as its own op)",
+                ))
+            }
+            Op::Linear { norm_eps: None, .. } | Op::MatMul if !decode => {
+                let (base, view) = resolve_view(g, ops[0]);
+                // The GEMM reads T rows of x; a row slice (the last position) is not addressable.
+                let rows_are_t = g.node(ops[0]).shape.dims().first() == Some(&Dim::Sym(Sym::NewTokens));
+                supported(&label, rows_are_t && !g.node(base).op.is_view(), "a GEMM whose x is not T whole rows")?;
+                let w = &g.node(ops[1]).shape;
+                let (n, k) = (fixed(&label, w.dims()[0])?, fixed(&label, w.dims()[1])?);
+                let epilogue = match &node.op {
+                    Op::Linear { epilogue, .. } => epilogue.as_ref(),
+                    _ => None,
+                };
+                let extras: Vec<(DType, Shape)> = ops[2..].iter().map(|&e| ty(e)).collect();
+                let dtype = g.node(ops[1]).dtype;
+                let spec =
+                    kernels::GemmSpec { k, n, dtype, x_view: view, epilogue, extras: &extras, out_dtype: node.dtype };
+                if let Some(why) = kernels::gemm_unsupported(&spec) {
+                    supported(&label, false, &why)?;
+                }
+                // FLOPs at one new token, like every cost here (multiply by T).
+                cost.flops = 2 * (n * k) as u64;
+                let kind = if epilogue.is_some() { "gemm_epilogue" } else { "gemm" };
+                vec![kernels::linear_gemm(&name_for(&label, kind), &spec)]
             }
             Op::Linear { norm_eps, epilogue } => {
                 let (_, view) = resolve_view(g, ops[0]);
@@ -302,14 +327,26 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
                     norm_rope_eps: eps,
                     split_tokens: ATTENTION_SPLIT_TOKENS,
                 };
-                supported(&label, head_dim_ok(spec.d, node.dtype), &format!("head dim {} in {}", spec.d, node.dtype))?;
                 cost.kv_bytes_per_context_token = (2 * spec.kv_heads * spec.d * node.dtype.size_bytes()) as u64;
                 cost.flops = (4 * spec.heads * spec.d) as u64;
-                let kernels = kernels::decode_attention(&name_for(&label, "attention"), &spec);
-                if kernels.len() == 2 {
-                    params = vec![Params::AttentionSplit(spec), Params::AttentionCombine(spec)];
+                // Prefill: flash attention on tensor cores where it has a kernel for the head
+                // dim; otherwise the decode kernel, which is correct for any T (but reads the
+                // cache once per query token).
+                if !decode && kernels::PrefillAttentionSpec::supports(spec.d, node.dtype) {
+                    let prefill = kernels::PrefillAttentionSpec::from(&spec);
+                    vec![kernels::prefill_attention(&name_for(&label, "prefill_attention"), &prefill)]
+                } else {
+                    supported(
+                        &label,
+                        head_dim_ok(spec.d, node.dtype),
+                        &format!("head dim {} in {}", spec.d, node.dtype),
+                    )?;
+                    let kernels = kernels::decode_attention(&name_for(&label, "attention"), &spec);
+                    if kernels.len() == 2 {
+                        params = vec![Params::AttentionSplit(spec), Params::AttentionCombine(spec)];
+                    }
+                    kernels
                 }
-                kernels
             }
             Op::RmsNorm { eps } => {
                 let (_, view) = resolve_view(g, ops[0]);

@@ -14,33 +14,11 @@ use std::process::Command;
 
 use smelt_codegen::kernels::{linear_gemv, GemvSpec, Grid, Kernel, View};
 use smelt_codegen::PRELUDE;
-use smelt_ir::{shape, BinaryOp, Bound, Builder, DType, Expr, ExprKind, Op, Shape, Tensor, UnaryOp};
+use smelt_ir::{shape, BinaryOp, Bound, Builder, DType, Expr, ExprKind, Op, Shape, Tensor};
 
 const EPS: f32 = 1e-6;
 
-fn node(kind: ExprKind, dtype: DType) -> Box<Expr> {
-    Box::new(Expr::new(kind, dtype))
-}
-
-fn acc(part: usize, parts: usize, dtype: DType) -> Box<Expr> {
-    node(ExprKind::Acc { part, parts }, dtype)
-}
-
-/// `add(in0, acc)`: the residual epilogue of o_proj and down_proj.
-fn residual(dtype: DType) -> Expr {
-    Expr::new(ExprKind::Binary(BinaryOp::Add, node(ExprKind::Input(0), dtype), acc(0, 1, dtype)), dtype)
-}
-
-/// `mul(silu(acc[0/2]), acc[1/2])`: SwiGLU over the fused gate_up projection.
-fn swiglu(dtype: DType) -> Expr {
-    let silu = node(ExprKind::Unary(UnaryOp::Silu, acc(0, 2, dtype)), dtype);
-    Expr::new(ExprKind::Binary(BinaryOp::Mul, silu, acc(1, 2, dtype)), dtype)
-}
-
-/// `cast<f32>(acc)`: the logits.
-fn to_f32(dtype: DType) -> Expr {
-    Expr::new(ExprKind::Cast(acc(0, 1, dtype)), DType::F32)
-}
+use common::epilogues::{acc, node, residual, swiglu, to_f32};
 
 /// One GEMV case: the spec's parts, owned.
 struct Case {

@@ -201,9 +201,11 @@ impl Qwen3Cpu {
         &self.graphs.decode
     }
 
-    /// The prefill graph that returns last-position logits (for prompts on a GPU backend).
+    /// The prefill graph a GPU backend runs prompts with: logits at every position. (The
+    /// last-position graph slices the last row before the lm_head, a view with a row offset
+    /// of T - 1 that the kernels cannot address yet.)
     pub fn prefill_graph(&self) -> &Graph {
-        &self.graphs.prefill_last
+        &self.graphs.prefill_all
     }
 
     /// The weights, in the execution dtype, shaped for the graphs (concatenations made).

@@ -115,6 +115,25 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     };
+    let prefill_program = if a.no_fuse {
+        None
+    } else {
+        match smelt::codegen::emit(&prefill) {
+            Ok(p) => {
+                let gemms = p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "linear_gemm").count();
+                println!(
+                    "prefill kernels: {} launches of {} kernels ({gemms} tensor-core GEMMs)",
+                    p.launches.len(),
+                    p.kernels.len()
+                );
+                Some(p)
+            }
+            Err(e) => {
+                println!("prefill kernels: not generated: {e}");
+                None
+            }
+        }
+    };
     let plan = Plan::new(&decode, &prefill, a.prefill_tokens, a.kv_block_tokens, a.kv_budget_gib)?;
     print!("{}", plan.summary(a.no_fuse));
     if let Some(dir) = &a.dump {
@@ -139,7 +158,10 @@ pub fn run(a: Args) -> Result<()> {
         let json = serde_json::to_string_pretty(&plan.json).context("serializing plan.json")?;
         super::io::write_atomically(&dir.join("plan.json"), json.as_bytes())?;
         if let Some(program) = &program {
-            println!("{}", super::kernels::dump(dir, program, a.arch)?);
+            println!("{}", super::kernels::dump(dir, program, a.arch, None)?);
+        }
+        if let Some(program) = &prefill_program {
+            println!("prefill: {}", super::kernels::dump(dir, program, a.arch, Some("prefill"))?);
         }
         println!("dumped graphs, passes/ and plan.json to {}", dir.display());
     }

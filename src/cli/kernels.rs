@@ -70,9 +70,13 @@ pub fn table(program: &Program) -> String {
 }
 
 /// Writes `kernels/<name>.cu` for every kernel, `.ptx` when NVRTC is present, and
-/// `kernels.json` with ptxas's registers, shared memory and spills when ptxas is present.
-pub fn dump(dir: &Path, program: &Program, arch: Arch) -> Result<String> {
-    let kdir = dir.join("kernels");
+/// `kernels.json` with ptxas's registers, shared memory and spills when ptxas is present. With
+/// a `phase` (`prefill`), into `kernels/<phase>/` and `kernels.<phase>.json`.
+pub fn dump(dir: &Path, program: &Program, arch: Arch, phase: Option<&str>) -> Result<String> {
+    let kdir = match phase {
+        Some(p) => dir.join("kernels").join(p),
+        None => dir.join("kernels"),
+    };
     if kdir.is_dir() {
         std::fs::remove_dir_all(&kdir).with_context(|| format!("clearing {}", kdir.display()))?;
     }
@@ -121,6 +125,7 @@ pub fn dump(dir: &Path, program: &Program, arch: Arch) -> Result<String> {
         )),
     }
     let text = serde_json::to_string_pretty(&json).context("serializing kernels.json")?;
-    super::io::write_atomically(&dir.join("kernels.json"), text.as_bytes())?;
+    let json_name = phase.map_or("kernels.json".to_string(), |p| format!("kernels.{p}.json"));
+    super::io::write_atomically(&dir.join(json_name), text.as_bytes())?;
     Ok(note)
 }

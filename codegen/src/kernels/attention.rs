@@ -281,20 +281,27 @@ $STORE    }
     __syncthreads();
 "#;
 
-fn main_kernel(name: &str, spec: &AttentionSpec, split: bool, grid: Grid) -> Kernel {
-    let mut params = vec!["const smelt_attn_t* __restrict__ q".to_string()];
-    if spec.norm_rope_eps.is_some() {
-        params.push("const smelt_attn_t* __restrict__ q_norm_w".into());
+/// The parameter list of an attention kernel over storage type `ty`: q, [q_norm_w, positions,
+/// inv_freq,] k_cache, v_cache, out, [float* scratch,] step.
+pub(super) fn attention_params(ty: &str, norm_rope: bool, scratch: bool) -> Vec<String> {
+    let mut params = vec![format!("const {ty}* __restrict__ q")];
+    if norm_rope {
+        params.push(format!("const {ty}* __restrict__ q_norm_w"));
         params.push("const int* __restrict__ positions".into());
         params.push("const float* __restrict__ inv_freq".into());
     }
-    params.push("const smelt_attn_t* __restrict__ k_cache".into());
-    params.push("const smelt_attn_t* __restrict__ v_cache".into());
-    params.push("smelt_attn_t* __restrict__ out".into());
-    if split {
+    params.push(format!("const {ty}* __restrict__ k_cache"));
+    params.push(format!("const {ty}* __restrict__ v_cache"));
+    params.push(format!("{ty}* __restrict__ out"));
+    if scratch {
         params.push("float* __restrict__ scratch".into());
     }
     params.push("const smelt_step* __restrict__ step".into());
+    params
+}
+
+fn main_kernel(name: &str, spec: &AttentionSpec, split: bool, grid: Grid) -> Kernel {
+    let params = attention_params("smelt_attn_t", spec.norm_rope_eps.is_some(), split);
     let threads = WARPS * 32;
     let mut s = format!("{PRELUDE}{}", helpers(spec));
     s.push_str(if split {

@@ -57,7 +57,7 @@ pub struct GemvSpec<'a> {
 }
 
 /// The accumulator parts an expression reads (`Acc { parts }`), and which inputs it reads.
-fn leaves(e: &Expr, parts: &mut Vec<usize>, inputs: &mut Vec<usize>) {
+pub(super) fn leaves(e: &Expr, parts: &mut Vec<usize>, inputs: &mut Vec<usize>) {
     match &e.kind {
         ExprKind::Acc { parts: p, .. } if !parts.contains(p) => parts.push(*p),
         ExprKind::Input(i) if !inputs.contains(i) => inputs.push(*i),
@@ -67,6 +67,43 @@ fn leaves(e: &Expr, parts: &mut Vec<usize>, inputs: &mut Vec<usize>) {
             leaves(b, parts, inputs);
         }
         _ => {}
+    }
+}
+
+/// A matmul's epilogue, checked: its body (`acc` when there is none), how many parts the N
+/// weight rows split into (`Acc { parts }`), and the extra inputs it reads, in order.
+pub(super) struct Epilogue {
+    pub body: Expr,
+    pub parts: usize,
+    pub inputs: Vec<usize>,
+}
+
+impl Epilogue {
+    /// Panics (naming `name`) on an epilogue the kernels cannot run: callers check shapes first.
+    pub fn of(
+        name: &str,
+        epilogue: Option<&Expr>,
+        dtype: DType,
+        n: usize,
+        out_dtype: DType,
+        extras: usize,
+    ) -> Epilogue {
+        let (mut part_counts, mut inputs) = (Vec::new(), Vec::new());
+        let body = epilogue.cloned().unwrap_or_else(|| Expr::new(ExprKind::Acc { part: 0, parts: 1 }, dtype));
+        leaves(&body, &mut part_counts, &mut inputs);
+        inputs.sort_unstable();
+        assert!(part_counts.len() <= 1, "{name}: the epilogue {body} cuts the accumulator in different ways");
+        let parts = part_counts.first().copied().unwrap_or(1);
+        assert!(n % parts == 0, "{name}: N = {n} does not split into {parts} parts");
+        assert_eq!(
+            body.dtype, out_dtype,
+            "{name}: the epilogue {body} yields {}, the output is {out_dtype}",
+            body.dtype
+        );
+        if let Some(&i) = inputs.last() {
+            assert!(i < extras, "{name}: the epilogue reads input {i} of {extras} extras");
+        }
+        Epilogue { body, parts, inputs }
     }
 }
 
@@ -81,10 +118,10 @@ fn round(dtype: DType, x: &str) -> String {
 
 /// The flat index of an extra input of `shape` at output coordinates `(r, col)` of
 /// `[rows, n_out]`, NumPy broadcasting: size-1 dims against a wider output contribute nothing.
-fn extra_index(shape: &Shape, rows: usize, n_out: usize, name: &str) -> String {
+pub(super) fn extra_index(shape: &Shape, rows: Dim, n_out: usize, name: &str) -> String {
     let dims = shape.dims();
     let rank = dims.len();
-    let out = [Dim::Fixed(rows), Dim::Fixed(n_out)];
+    let out = [rows, Dim::Fixed(n_out)];
     let (mut terms, mut stride) = (Vec::new(), String::new());
     for (j, d) in dims.iter().enumerate().rev() {
         let axis = (j + 2).checked_sub(rank);
@@ -168,20 +205,9 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
         rows * k * elt <= MAX_SHARED,
         "{name}: {rows} x {k} {dtype} rows exceed {MAX_SHARED} bytes of shared memory"
     );
-    // The epilogue decides how the N weight rows split into parts; without one, y = acc.
-    let (mut part_counts, mut inputs) = (Vec::new(), Vec::new());
-    let acc = Expr::new(ExprKind::Acc { part: 0, parts: 1 }, dtype);
-    let body = epilogue.unwrap_or(&acc);
-    leaves(body, &mut part_counts, &mut inputs);
-    inputs.sort_unstable();
-    assert!(part_counts.len() <= 1, "{name}: the epilogue {body} cuts the accumulator in different ways");
-    let parts = part_counts.first().copied().unwrap_or(1);
-    assert!(n % parts == 0, "{name}: N = {n} does not split into {parts} parts");
+    let Epilogue { body, parts, inputs } = Epilogue::of(name, epilogue, dtype, n, out_dtype, extras.len());
+    let body = &body;
     let n_out = n / parts;
-    assert_eq!(body.dtype, out_dtype, "{name}: the epilogue {body} yields {}, the output is {out_dtype}", body.dtype);
-    if let Some(&i) = inputs.last() {
-        assert!(i < extras.len(), "{name}: the epilogue reads input {i} of {} extras", extras.len());
-    }
     let ty = storage_type(dtype);
     let kv = k / vec; // 16-byte vectors per row
     let steps = kv.div_ceil(32); // vectors per lane per row
@@ -332,7 +358,7 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
     }
     for &i in &inputs {
         let (d, shape) = &extras[i];
-        let idx = extra_index(shape, rows, n_out, name);
+        let idx = extra_index(shape, Dim::Fixed(rows), n_out, name);
         let _ = writeln!(s, "      const float in{i} = {};", load(*d, &format!("extra{i}"), &idx));
     }
     let _ = writeln!(s, "      {}", store(out_dtype, "y", "r * N_OUT + col", &render(body, &LocalNames)));

@@ -15,15 +15,19 @@ mod argmax;
 mod attention;
 mod elementwise;
 mod gather;
+mod gemm;
 mod gemv;
 mod norm;
+mod prefill_attention;
 
 pub use argmax::argmax;
 pub use attention::{decode_attention, decode_attention_scratch_bytes, AttentionSpec};
 pub use elementwise::elementwise;
 pub use gather::gather;
+pub use gemm::{gemm_unsupported, linear_gemm, GemmSpec};
 pub use gemv::{linear_gemv, GemvSpec, GEMV_MAX_ROWS, GEMV_MAX_SHARED};
 pub use norm::{kv_append, norm_rope, norm_rope_kv_append, rmsnorm};
+pub use prefill_attention::{prefill_attention, PrefillAttentionSpec};
 
 use smelt_ir::{Bindings, DType, Dim, Shape, Sym};
 

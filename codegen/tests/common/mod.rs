@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod epilogues;
+
 use std::path::PathBuf;
 
 use smelt_codegen::kernels::Kernel;

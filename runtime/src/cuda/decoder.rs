@@ -186,12 +186,15 @@ impl Runner {
         self.layout.write_step(gpu, tokens.len(), at)
     }
 
-    fn read_outputs(&self, gpu: &Gpu, want_logits: bool, what: &str) -> Result<StepOutput, CudaError> {
+    /// The greedy token and (if `want_logits`) the logits of output row `row` (the graph's
+    /// outputs have one row per new token, or one in all).
+    fn read_outputs(&self, gpu: &Gpu, want_logits: bool, row: usize, what: &str) -> Result<StepOutput, CudaError> {
         let mut next = [0i32; 1];
-        gpu.download(&mut next, self.next_token, what)?;
+        gpu.download(&mut next, self.next_token + 4 * row as u64, what)?;
         let logits = if want_logits {
             let mut v = vec![0f32; self.logits.1];
-            gpu.download(&mut v, self.logits.0, "reading the logits")?;
+            let at = self.logits.0 + (4 * self.logits.1 * row) as u64;
+            gpu.download(&mut v, at, "reading the logits")?;
             Some(v)
         } else {
             None
@@ -270,8 +273,8 @@ impl CudaDecoder {
         CudaDecoder::with_prefill(gpu, graph, None, weights, options)
     }
 
-    /// As [`CudaDecoder::new`], with a fused prefill graph (symbolic `T`, last-position logits)
-    /// that runs prompts in chunks of `options.prefill_chunk` tokens.
+    /// As [`CudaDecoder::new`], with a fused prefill graph (symbolic `T`, logits and greedy
+    /// token at every position) that runs prompts in chunks of `options.prefill_chunk` tokens.
     pub fn with_prefill(
         gpu: Gpu,
         decode: &Graph,
@@ -394,7 +397,7 @@ impl CudaDecoder {
             }
         }
         self.position += 1;
-        self.decode.read_outputs(&self.gpu, want_logits, &format!("running the decode step at position {at}"))
+        self.decode.read_outputs(&self.gpu, want_logits, 0, &format!("running the decode step at position {at}"))
     }
 
     /// Runs `tokens` through the prefill program (in chunks), kernel by kernel; returns the
@@ -419,7 +422,8 @@ impl CudaDecoder {
             let is_last = (i + 1) * runner.layout.max_new_tokens >= tokens.len();
             if is_last {
                 let what = format!("running the prefill of positions {at}..{}", self.position);
-                last = Some(runner.read_outputs(&self.gpu, want_logits, &what)?);
+                // The prefill graph's outputs have a row per token: the chunk's last is wanted.
+                last = Some(runner.read_outputs(&self.gpu, want_logits, chunk.len() - 1, &what)?);
             }
         }
         Ok(last.expect("at least one chunk"))

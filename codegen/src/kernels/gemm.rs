@@ -1,0 +1,328 @@
+//! The prefill GEMM: `epilogue(x @ w^T)` for `M = T = step->new_tokens` rows, on tensor cores.
+//! Same operation contract as `linear_gemv` (minus its RMSNorm prologue: prefill keeps the
+//! norm as its own op), for any M known only at run time.
+//!
+//! Tiling. A block of 8 warps computes a 128 x 128 tile of `x[M, K] @ wt[K, 128]`, where `wt`
+//! is 128 weight rows: with one accumulator part, weight rows `c0 .. c0 + 128`; with `PARTS`
+//! parts (SwiGLU: 2), `128 / PARTS` output columns times every part, arranged so that one
+//! thread holds all the parts of each (row, column) it owns (see "B rows" below). Warps sit
+//! 2 (M) x 4 (N), each owning 64 rows x 32 weight rows = 4 x 4 `mma.m16n8k16` tiles, 64 f32
+//! accumulators per thread. Blocks loop over tiles (grid-stride, M fastest so blocks running
+//! together share weight tiles in L2), so any grid computes the same result.
+//!
+//! Pipeline. K advances 32 at a time through a 3-stage ring in dynamic shared memory (each
+//! stage an A tile and a B tile of 128 rows x 32 values, 8 KiB each; 48 KiB in all, so no
+//! opt-in attribute is needed). Each thread issues 4 16-byte `cp.async.cg` per stage (2 for A,
+//! 2 for B) and commits one group per stage, always (empty groups at the end), so that
+//! `cp.async.wait_group STAGES-2` at step kt means "stage kt has landed" for this thread; the
+//! `__syncthreads()` after it makes that true for all threads, and also ends every warp's reads
+//! of the stage that step kt then refills (the one read at step kt - 1). Rows past M (and
+//! weight rows past N_OUT) are zero-filled: `cp.async` with src-size 0 reads nothing.
+//!
+//! Shared-memory layout: row r of a tile is 64 bytes, four 16-byte chunks; chunk c is stored
+//! at chunk `c ^ ((r >> 1) & 3)`. An `ldmatrix` 8x8 matrix is 8 consecutive rows (from a
+//! multiple of 8) at one chunk: rows differ in `(r & 1, (r >> 1) & 3)`, so the 8 rows land
+//! in 8 distinct 16-byte bank groups of a 128-byte line: no conflicts. A `cp.async` quarter
+//! warp writes two whole rows: conflict-free too.
+//!
+//! Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type";
+//! g = lane >> 2, t = lane & 3; a register's low half holds the lower-indexed element):
+//! - A (16 x 16, row-major): a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1],
+//!   a2 = A[g][2t+8, 2t+9], a3 = A[g+8][2t+8, 2t+9].
+//! - B (16 x 8, "col": B[k][n] = wt row n, value k): b0 = B[2t, 2t+1][g], b1 = B[2t+8, 2t+9][g].
+//!   Weight row n's K values are contiguous, so a B fragment is a row of the weight tile, as an
+//!   A fragment is a row of the x tile: neither needs `ldmatrix .trans`.
+//! - C (16 x 8, f32): c0, c1 = C[g][2t, 2t+1]; c2, c3 = C[g+8][2t, 2t+1].
+//! - `ldmatrix.m8n8.x4.b16`: lanes 8i .. 8i+7 give the row addresses of matrix i (16 bytes
+//!   each); register i of lane l receives matrix i's row l >> 2, elements 2(l & 3), 2(l & 3)+1.
+//!   So for A at (m, k): lane l points at row m + (l & 15), values k + 8 (l >> 4), making
+//!   matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) = a0, a1, a2, a3.
+//!   For two B n-tiles at (n, k): row n + 8 (l >> 4) + (l & 7), values k + 8 ((l >> 3) & 1),
+//!   making (tile 0, k 0-7), (tile 0, k 8-15), (tile 1, k 0-7), (tile 1, k 8-15) = b0, b1 of
+//!   tile 0 then of tile 1.
+//!
+//! B rows. Warp column `wn` owns weight rows `32 wn .. 32 wn + 32` of the tile, its n-tiles
+//! j = 0..4. With P parts, JP = 4 / P tiles per part: n-tile j is part `j / JP`, columns
+//! `c0 + wn * 32/P + (j % JP) * 8 + 0..8`, weight rows `part * N_OUT + column` (as gemv and
+//! `ir::eval`: part p of the accumulator is columns `p * N_OUT ..` of `x @ w^T`). So thread
+//! (g, t)'s C element (j, e) for every part is the same output column.
+//!
+//! Against `ir::eval` (`fused::linear`): products of bf16/f16 values are exact in f32 and the
+//! tensor cores sum them into f32 accumulators, in their own order (and internal rounding), so
+//! the sums agree with the reference's f32 sums up to rounding; each is then rounded to the
+//! storage dtype as the matmul's output is, and the epilogue rendered by `expr::render` rounds
+//! every node where the reference does (as gemv).
+//!
+//! The launch must provide: x and w 16-byte aligned (cp.async), so every x row (the view's
+//! offset and stride are multiples of 8 values, checked here) and weight row (K % 32 == 0) is;
+//! y and the extras aligned to their element type; 48 KiB of dynamic shared memory.
+
+use std::fmt::Write;
+
+use smelt_ir::{DType, Dim, Expr, Shape, Sym};
+
+use super::gemv::{extra_index, leaves, Epilogue};
+use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, View};
+use crate::expr::{render, Leaves, LocalNames};
+use crate::PRELUDE;
+
+/// Rows (M) and weight rows per block tile, K per pipeline stage, stages, threads. `BODY`
+/// is written for exactly this geometry (8 warps of 64 x 32); these size the launch.
+const BM: usize = 128;
+const BN: usize = 128;
+const BK: usize = 32;
+const STAGES: usize = 3;
+const BLOCK: usize = 256;
+/// Dynamic shared memory: A and B tiles of 16-bit values per stage (48 KiB).
+const SHARED: usize = STAGES * (BM + BN) * BK * 2;
+/// Grid cover granularity: one block per 16 rows of each column tile. For T >= 16 that is at
+/// least one block per tile (T <= 128: T/16 >= 1; above: T/16 >= ceil(T/128)), at most 8x
+/// more (the surplus exits at once); below 16 some blocks loop over tiles.
+const COVER_ROWS: u32 = 16;
+/// Past this many blocks, blocks loop over tiles (bounding the idle surplus).
+const MAX_BLOCKS: u32 = 1024;
+
+/// `epilogue(x @ w^T)` for `M = step->new_tokens` rows. Operands, in the kernel's parameter
+/// order: `x [M, K]` (read at `x_view`), `w [N, K]`, the epilogue's extra inputs; then the
+/// output `y [M, N_out]` (`N_out = N / parts` when the epilogue reads accumulator parts,
+/// else N), then the step.
+pub struct GemmSpec<'a> {
+    pub k: usize,
+    /// The weight is `[n, k]`.
+    pub n: usize,
+    /// Of x, w and the accumulator's storage: bf16 or f16.
+    pub dtype: DType,
+    /// How x rows are addressed (a slice of a wider tensor is a view).
+    pub x_view: View,
+    pub epilogue: Option<&'a Expr>,
+    /// The epilogue's inputs (contiguous), broadcast against `[M, N_out]`.
+    pub extras: &'a [(DType, Shape)],
+    pub out_dtype: DType,
+}
+
+/// Why `spec` has no GEMM kernel (None: it has one): the shapes and dtypes `linear_gemm`
+/// takes, for a code generator to refuse cleanly before calling it.
+pub fn gemm_unsupported(spec: &GemmSpec) -> Option<String> {
+    let GemmSpec { k, n, dtype, x_view, epilogue, .. } = *spec;
+    let (mut parts, mut inputs) = (Vec::new(), Vec::new());
+    if let Some(e) = epilogue {
+        leaves(e, &mut parts, &mut inputs);
+    }
+    let p = parts.first().copied().unwrap_or(1);
+    let reason = if !matches!(dtype, DType::BF16 | DType::F16) {
+        format!("GEMM operands in {dtype} (bf16 or f16 only)")
+    } else if k == 0 || k % BK != 0 {
+        format!("K = {k} (a multiple of {BK} is needed)")
+    } else if x_view.offset % 8 != 0 || x_view.row_stride % 8 != 0 || x_view.offset + k > x_view.row_stride {
+        format!("x view offset {} stride {} (multiples of 8 elements are needed)", x_view.offset, x_view.row_stride)
+    } else if parts.len() > 1 || ![1, 2, 4].contains(&p) || n % p != 0 || (n / p) % 8 != 0 {
+        format!("N = {n} in {p} accumulator parts (1, 2 or 4 parts of a multiple of 8)")
+    } else {
+        return None;
+    };
+    Some(reason)
+}
+
+/// The PTX wrappers: no CUDA headers, so cp.async, ldmatrix and mma are inline assembly.
+const HELPERS: &str = r#"/* The shared-window address of a pointer to shared memory. */
+SMELT_FN unsigned int gemm_smem_addr(const void* p) { return (unsigned int)__cvta_generic_to_shared(p); }
+/* 16 bytes from global to shared memory, asynchronously; src_bytes = 0 reads nothing and
+   stores zeros. */
+SMELT_FN void gemm_cp16(unsigned int dst, const void* src, unsigned int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+SMELT_FN void gemm_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+/* Waits until at most n of this thread's committed groups are in flight. */
+#define GEMM_WAIT(n) asm volatile("cp.async.wait_group %0;" :: "n"(n) : "memory")
+/* Four 8x8 16-bit matrices; lanes 8i..8i+7 address the rows of matrix i (see the module). */
+SMELT_FN void gemm_ldsm4(unsigned int addr, unsigned int& r0, unsigned int& r1, unsigned int& r2, unsigned int& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+/* c += A (16x16, row) * B (16x8, col), f32 accumulators. */
+SMELT_FN void gemm_mma(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.$TYPE.$TYPE.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* Byte offset of 16-byte chunk c of row r in a 64-byte-row tile, swizzled (see the module). */
+SMELT_FN unsigned int gemm_swz(unsigned int r, unsigned int c) { return r * 64u + ((c ^ ((r >> 1) & 3u)) << 4); }
+"#;
+
+/// The kernel body after its constants; `$EPILOGUE` computes and stores one element `(r, col)`
+/// from `sum[mi][p * JP + jj][h * 2 + e]` for each part p.
+const BODY: &str = r#"  constexpr unsigned int BM = 128u, BK = 32u, STAGES = 3u, KT = K / BK;
+  constexpr unsigned int TILE_BYTES = BM * BK * 2u, STAGE_BYTES = 2u * TILE_BYTES;
+  /* Output columns per block and per warp, and n-tiles per part in a warp. */
+  constexpr unsigned int COLS = 128u / PARTS, WCOLS = 32u / PARTS, JP = 4u / PARTS;
+  constexpr unsigned int N_TILES = (N_OUT + COLS - 1u) / COLS;
+  extern __shared__ uint4 gemm_smem[];
+  const unsigned int smem = gemm_smem_addr(gemm_smem);
+  const unsigned int tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
+  /* This warp's 64 rows (wm) and 32 weight rows (wn) of the block tile. */
+  const unsigned int wm = warp & 1u, wn = warp >> 1;
+  const unsigned int M = $M;
+  const unsigned int m_tiles = (M + BM - 1u) / BM, tiles = m_tiles * N_TILES;
+  for (unsigned int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const unsigned int m0 = (tile % m_tiles) * BM, c0 = (tile / m_tiles) * COLS;
+    /* This thread's cp.async chunks: chunk i = tid + 256 j of a tile is row i / 4, 16-byte
+       chunk i % 4, for A (x rows m0 + row) and B (the weight row of tile row `row`). */
+    const $T* a_src[2];
+    const $T* b_src[2];
+    unsigned int a_bytes[2], b_bytes[2], dst[2];
+#pragma unroll
+    for (unsigned int j = 0; j < 2u; j++) {
+      const unsigned int i = tid + j * 256u, row = i >> 2, c = i & 3u;
+      dst[j] = gemm_swz(row, c);
+      const bool a_ok = m0 + row < M;
+      a_src[j] = x + X_OFFSET + (unsigned long long)(a_ok ? m0 + row : 0u) * X_STRIDE + c * 8u;
+      a_bytes[j] = a_ok ? 16u : 0u;
+      const unsigned int nt = (row >> 3) & 3u; /* the n-tile within warp column row / 32 */
+      const unsigned int col = c0 + (row >> 5) * WCOLS + (nt % JP) * 8u + (row & 7u);
+      const bool b_ok = col < N_OUT;
+      b_src[j] = w + (unsigned long long)(b_ok ? (nt / JP) * N_OUT + col : 0u) * K + c * 8u;
+      b_bytes[j] = b_ok ? 16u : 0u;
+    }
+#define GEMM_LOAD(kt) \
+    _Pragma("unroll") for (unsigned int j = 0; j < 2u; j++) { \
+      const unsigned int stage = smem + ((kt) % STAGES) * STAGE_BYTES; \
+      gemm_cp16(stage + dst[j], a_src[j] + (kt) * BK, a_bytes[j]); \
+      gemm_cp16(stage + TILE_BYTES + dst[j], b_src[j] + (kt) * BK, b_bytes[j]); \
+    }
+    /* sum[mi][j]: the C fragment of m-tile mi (rows 16 mi) and n-tile j (weight rows 8 j). */
+    float sum[4][4][4] = {};
+#pragma unroll
+    for (unsigned int s = 0; s < STAGES - 1u; s++) {
+      if (s < KT) { GEMM_LOAD(s) }
+      gemm_commit();
+    }
+    for (unsigned int kt = 0; kt < KT; kt++) {
+      /* Groups committed so far: STAGES - 1 + kt; at most STAGES - 2 pending: stage kt is in. */
+      GEMM_WAIT(STAGES - 2u);
+      __syncthreads();
+      if (kt + STAGES - 1u < KT) { GEMM_LOAD(kt + STAGES - 1u) }
+      gemm_commit();
+      const unsigned int sa = smem + (kt % STAGES) * STAGE_BYTES, sb = sa + TILE_BYTES;
+#pragma unroll
+      for (unsigned int kk = 0; kk < 2u; kk++) {
+        unsigned int a[4][4], b[4][2];
+#pragma unroll
+        for (unsigned int mi = 0; mi < 4u; mi++)
+          gemm_ldsm4(sa + gemm_swz(wm * 64u + mi * 16u + (lane & 15u), kk * 2u + (lane >> 4)),
+                     a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
+#pragma unroll
+        for (unsigned int jp = 0; jp < 2u; jp++)
+          gemm_ldsm4(sb + gemm_swz(wn * 32u + jp * 16u + ((lane >> 4) << 3) + (lane & 7u), kk * 2u + ((lane >> 3) & 1u)),
+                     b[2u * jp][0], b[2u * jp][1], b[2u * jp + 1u][0], b[2u * jp + 1u][1]);
+#pragma unroll
+        for (unsigned int mi = 0; mi < 4u; mi++)
+#pragma unroll
+          for (unsigned int j = 0; j < 4u; j++) gemm_mma(sum[mi][j], a[mi], b[j][0], b[j][1]);
+      }
+    }
+#undef GEMM_LOAD
+    /* Only empty groups remain; every warp is done with the ring before the next tile's
+       prologue refills it. */
+    GEMM_WAIT(0);
+    __syncthreads();
+    /* Epilogue: thread (g, t) holds rows g, g + 8 (h) of each m-tile, columns 2t, 2t + 1 (e)
+       of each n-tile. */
+#pragma unroll
+    for (unsigned int mi = 0; mi < 4u; mi++)
+#pragma unroll
+      for (unsigned int jj = 0; jj < JP; jj++)
+#pragma unroll
+        for (unsigned int h = 0; h < 2u; h++)
+#pragma unroll
+          for (unsigned int e = 0; e < 2u; e++) {
+            const unsigned long long r = m0 + wm * 64u + mi * 16u + (lane >> 2) + h * 8u;
+            const unsigned int col = c0 + wn * WCOLS + jj * 8u + (lane & 3u) * 2u + e;
+            if (r >= M || col >= N_OUT) continue;
+$EPILOGUE          }
+  }
+}
+"#;
+
+/// Emits `name(x, w, extra0…, y, step)` computing `spec` with `M = step->new_tokens`.
+pub fn linear_gemm(name: &str, spec: &GemmSpec) -> Kernel {
+    let GemmSpec { k, n, dtype, x_view, epilogue, extras, out_dtype } = *spec;
+    let mma_type = match dtype {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => panic!("{name}: linear_gemm takes bf16 or f16 operands, not {dtype}"),
+    };
+    assert!(k > 0 && k % BK == 0, "{name}: K = {k} must be a multiple of {BK}");
+    // 16-byte cp.async of x rows: every row must start 16-byte aligned (given an aligned x).
+    let View { offset, row_stride } = x_view;
+    assert!(
+        offset % 8 == 0 && row_stride % 8 == 0 && offset + k <= row_stride,
+        "{name}: x view (offset {offset}, row stride {row_stride}) must keep rows of {k} 16-byte aligned and apart"
+    );
+    let Epilogue { body, parts, inputs } = Epilogue::of(name, epilogue, dtype, n, out_dtype, extras.len());
+    let body = &body;
+    assert!([1, 2, 4].contains(&parts), "{name}: {parts} accumulator parts (linear_gemm takes 1, 2 or 4)");
+    let n_out = n / parts;
+    assert!(n_out > 0 && n_out % 8 == 0, "{name}: N_out = {n_out} must be a multiple of 8");
+
+    let ty = storage_type(dtype);
+    let mut params = vec![format!("const {ty}* __restrict__ x"), format!("const {ty}* __restrict__ w")];
+    for (i, (d, _)) in extras.iter().enumerate() {
+        params.push(format!("const {}* __restrict__ extra{i}", storage_type(*d)));
+    }
+    params.push(format!("{}* __restrict__ y", storage_type(out_dtype)));
+    params.push("const smelt_step* __restrict__ step".into());
+
+    // One output element: the accumulator parts rounded to storage as the matmul's output is,
+    // the extras at (r, col), then the fused body.
+    let mut epi = String::new();
+    let round = |x: String| match dtype {
+        DType::BF16 => format!("smelt_round_bf16({x})"),
+        _ => format!("smelt_round_f16({x})"),
+    };
+    for p in 0..parts {
+        let _ = writeln!(
+            epi,
+            "            const float {} = {};",
+            LocalNames.acc(p, parts),
+            round(format!("sum[mi][{p}u * JP + jj][h * 2u + e]"))
+        );
+    }
+    for &i in &inputs {
+        let (d, shape) = &extras[i];
+        let _ = writeln!(
+            epi,
+            "            const float in{i} = {};",
+            load(*d, &format!("extra{i}"), &extra_index(shape, Dim::Sym(Sym::NewTokens), n_out, name))
+        );
+    }
+    let _ = writeln!(epi, "            {}", store(out_dtype, "y", "r * N_OUT + col", &render(body, &LocalNames)));
+
+    let mut s = String::from(PRELUDE);
+    s.push_str(&HELPERS.replace("$TYPE", mma_type));
+    let _ =
+        writeln!(s, "/* {name}: y[T, {n_out}] = {body} over acc = x[T, {k}] @ w[{n}, {k}]^T, T = step->new_tokens. */");
+    // At most 128 registers (ptxas needs 124-128 unforced), so two blocks share an SM.
+    let _ = writeln!(
+        s,
+        "extern \"C\" __global__ void __launch_bounds__({BLOCK}, 2) {name}(\n    {}) {{",
+        params.join(",\n    ")
+    );
+    s.push_str("  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();\n");
+    let _ = writeln!(s, "  constexpr unsigned int K = {k}u, N_OUT = {n_out}u, PARTS = {parts}u;");
+    let _ = writeln!(s, "  constexpr unsigned int X_OFFSET = {offset}u, X_STRIDE = {row_stride}u;");
+    let m = dim_expr(Dim::Sym(Sym::NewTokens));
+    s.push_str(&BODY.replace("$T", ty).replace("$M", &m).replace("$EPILOGUE", &epi));
+
+    let n_tiles = n_out.div_ceil(BN / parts);
+    let shape = Shape::new([Dim::Sym(Sym::NewTokens), Dim::Fixed(n_tiles)]);
+    Kernel {
+        name: name.to_string(),
+        kind: "linear_gemm",
+        source: s,
+        launch: Launch {
+            block: BLOCK as u32,
+            grid: Grid::Cover { shape, per_block: COVER_ROWS, max: MAX_BLOCKS },
+            shared_bytes: SHARED as u32,
+        },
+    }
+}
