@@ -23,6 +23,10 @@ def load(path: Path) -> dict:
 def main() -> int:
     out = Path(sys.argv[1])
     smelt = load(out / "smelt-bench.json")
+    # Prefill figures come from a separate bench run with the (experimental) prefill kernels.
+    for k, v in load(out / "smelt-prefill.json").items():
+        if k.startswith("prefill_"):
+            smelt.setdefault(k, v)
     acc = load(out / "accuracy.json")
     torch = load(out / "torch-bench.json")
     commit = Path("bin/COMMIT").read_text().strip() if Path("bin/COMMIT").exists() else None

@@ -38,6 +38,10 @@ pub struct Args {
     /// Launch without programmatic dependent launch.
     #[arg(long)]
     no_pdl: bool,
+    /// Also time prefill of these prompt lengths through the prefill kernels (tensor-core GEMM,
+    /// flash attention; experimental), e.g. 512,2048.
+    #[arg(long)]
+    prefill: Option<String>,
     /// Also time every kernel of one step at the largest context (device events between
     /// launches) and print where the step's time goes.
     #[arg(long)]
@@ -61,7 +65,9 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     eprintln!("host model ready in {:.1}s", t0.elapsed().as_secs_f64());
-    let max_context = *contexts.iter().max().unwrap_or(&1) as usize + a.steps + 1;
+    let prefill_lengths = a.prefill.as_deref().map(parse_ids).transpose()?.unwrap_or_default();
+    let longest = contexts.iter().chain(&prefill_lengths).max().copied().unwrap_or(1) as usize;
+    let max_context = longest + a.steps + 1;
 
     let gpu = Gpu::open(0)?;
     let device = gpu.name().to_string();
@@ -79,9 +85,10 @@ pub fn run(a: Args) -> Result<()> {
         cuda_graphs: !a.no_cuda_graphs,
         module_cache: Some(ModuleCache::at(cache_dir.clone())),
         pdl: !a.no_pdl,
-        prefill: false,
-        prefill_chunk: 512,
+        prefill: a.prefill.is_some(),
+        prefill_chunk: 2048,
     };
+
     let cold = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("--device cuda")?;
     let jit_cold = cold.decoder().jit().seconds;
     let cpu = cold.into_cpu();
@@ -111,6 +118,22 @@ pub fn run(a: Args) -> Result<()> {
         json.insert(format!("decode_ms_per_token_ctx{}", label(context)), ms.into());
         json.insert(format!("decode_floor_ms_ctx{}", label(context)), floor_ms.into());
         rows.push((context, ms, floor_ms, bytes));
+    }
+    // Prefill throughput: a fresh sequence of n tokens each time, median of 5 after a warm-up.
+    for &n in &prefill_lengths {
+        let prompt: Vec<u32> = (0..n as usize).map(token).collect();
+        let mut times = Vec::new();
+        for i in 0..6 {
+            model.reset();
+            let t = Instant::now();
+            model.forward_greedy(&prompt)?;
+            if i > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let s = median(&mut times);
+        eprintln!("prefill of {n} tokens: {:.2} ms, {:.0} tokens/s", s * 1e3, n as f64 / s);
+        json.insert(format!("prefill_tokens_per_s_{n}"), (n as f64 / s).into());
     }
     // The same step without programmatic dependent launch, for what it buys.
     if pdl {
