@@ -3,7 +3,7 @@
 //! kernels (tensor-core GEMM, prefill attention) exist.
 
 use smelt_ir::{DType, Tensor};
-use smelt_runtime::cuda::{check_step, CudaDecoder, DecoderOptions, Gpu, NodeCheck};
+use smelt_runtime::cuda::{check_prefill, check_step, CudaDecoder, DecoderOptions, Gpu, NodeCheck};
 
 use crate::config::Qwen3Config;
 use crate::engine::{check_ids, CausalLm, ModelError, Qwen3Cpu};
@@ -49,6 +49,13 @@ impl Qwen3Cuda {
     pub fn check_step(&mut self, token: u32) -> Result<Vec<NodeCheck>, ModelError> {
         check_ids(self.cpu.config(), self.decoder.position(), &[token])?;
         Ok(check_step(&mut self.decoder, self.cpu.host_weights(), token)?)
+    }
+
+    /// Runs `tokens` through the prefill kernels launch by launch, checking every node against
+    /// `ir::eval` on the same operands (see `smelt_runtime::cuda::check_prefill`).
+    pub fn check_prefill(&mut self, tokens: &[u32]) -> Result<Vec<NodeCheck>, ModelError> {
+        self.check(tokens)?;
+        Ok(check_prefill(&mut self.decoder, self.cpu.host_weights(), tokens)?)
     }
 
     /// One decode step kernel by kernel, timed per launch (see `CudaDecoder::profile_step`).

@@ -20,6 +20,10 @@ pub struct Args {
     /// Context positions at which a step is checked (steps in between run normally).
     #[arg(long, default_value = "0,1,17,300")]
     positions: String,
+    /// Also check the prefill kernels on prompt chunks of these lengths, one after another
+    /// (the second runs after the first's tokens are cached), e.g. 48,80.
+    #[arg(long)]
+    prefill: Option<String>,
     /// Print every node, not only the worst of each kernel.
     #[arg(long)]
     verbose: bool,
@@ -33,17 +37,30 @@ pub fn run(a: Args) -> Result<()> {
     positions.dedup();
     let cpu = load(&a.model, a.dtype.into(), false)?;
     let vocab = cpu.config().vocab_size as u64;
-    let mut model = load_cuda(cpu, &a.cuda)?;
+    let prefill = a.prefill.as_deref().map(parse_ids).transpose()?.unwrap_or_default();
+    let mut cuda = a.cuda.clone();
+    cuda.gpu_prefill |= !prefill.is_empty();
+    let mut model = load_cuda(cpu, &cuda)?;
     // Token ids drawn from a fixed sequence (Weyl), so a run is reproducible.
     let token = |p: usize| ((p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % vocab;
     let (mut failed, mut checked) = (0, 0);
+    // Decode steps at the given positions, then the prefill chunks from a fresh sequence.
+    let mut runs: Vec<(String, Vec<NodeCheck>)> = Vec::new();
     for &p in &positions {
         let p = p as usize;
         while model.position() < p {
             model.forward_greedy(&[token(model.position()) as u32])?;
         }
-        let checks = model.check_step(token(p) as u32)?;
-        println!("position {p}: {} nodes", checks.len());
+        runs.push((format!("decode at position {p}"), model.check_step(token(p) as u32)?));
+    }
+    model.reset();
+    for &n in &prefill {
+        let at = model.position();
+        let chunk: Vec<u32> = (at..at + n as usize).map(|p| token(p) as u32).collect();
+        runs.push((format!("prefill of {n} tokens at position {at}"), model.check_prefill(&chunk)?));
+    }
+    for (what, checks) in runs {
+        println!("{what}: {} nodes", checks.len());
         println!(
             "  {:<36} {:<32} {:>6} {:>10} {:>10} {:>9}  result",
             "node", "kernels", "dtype", "rel err", "max abs", "tol"

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use smelt_ir::{eval, Bindings, DType, Dim, Graph, Node, NodeId, Op, Shape, Tensor, WeightSource};
 
-use super::decoder::CudaDecoder;
+use super::decoder::{CudaDecoder, Runner};
+use super::device::Gpu;
 use super::layout::tensor_from_storage;
 use super::CudaError;
 
@@ -47,74 +48,105 @@ fn concrete(shape: &Shape, b: &Bindings) -> Shape {
 /// Runs one decode step on `token` launch by launch, checking every node; the step counts (the
 /// cache advances) as with [`CudaDecoder::step`].
 pub fn check_step(dec: &mut CudaDecoder, weights: &dyn WeightSource, token: u32) -> Result<Vec<NodeCheck>, CudaError> {
-    let at = dec.position();
-    let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: at };
-    let (arena, scratch) = (&dec.decode.layout.arena, &dec.decode.layout.scratch);
-    dec.gpu.fill(arena.ptr(), 0xff, arena.bytes(), "poisoning the arena")?;
-    dec.gpu.fill(scratch.ptr(), 0xff, scratch.bytes(), "poisoning the scratch buffer")?;
-    dec.write_inputs(token)?;
+    dec.check_room(1)?;
+    let checks = check_run(&dec.gpu, &dec.decode, dec.pdl, &[token], dec.position, weights)?;
+    dec.position += 1;
+    Ok(checks)
+}
+
+/// Runs `tokens` through the prefill program launch by launch (one chunk: at most the prefill
+/// chunk size), checking every node; the tokens join the sequence as with
+/// [`CudaDecoder::prefill`].
+pub fn check_prefill(
+    dec: &mut CudaDecoder,
+    weights: &dyn WeightSource,
+    tokens: &[u32],
+) -> Result<Vec<NodeCheck>, CudaError> {
+    let Some(runner) = &dec.prefill else {
+        return Err(CudaError::Unsupported("no prefill program was compiled".into()));
+    };
+    if tokens.is_empty() || tokens.len() > runner.layout.max_new_tokens {
+        let message =
+            format!("a checked prefill takes 1 to {} tokens, not {}", runner.layout.max_new_tokens, tokens.len());
+        return Err(CudaError::Unsupported(message));
+    }
+    dec.check_room(tokens.len())?;
+    let checks = check_run(&dec.gpu, runner, dec.pdl, tokens, dec.position, weights)?;
+    dec.position += tokens.len();
+    Ok(checks)
+}
+
+/// One run of `runner` on `tokens` after `at` cached tokens, node by node against `ir::eval`.
+fn check_run(
+    gpu: &Gpu,
+    runner: &Runner,
+    pdl: bool,
+    tokens: &[u32],
+    at: usize,
+    weights: &dyn WeightSource,
+) -> Result<Vec<NodeCheck>, CudaError> {
+    let b = Bindings { batch: 1, new_tokens: tokens.len(), cached_tokens: at };
+    let (arena, scratch) = (&runner.layout.arena, &runner.layout.scratch);
+    gpu.fill(arena.ptr(), 0xff, arena.bytes(), "poisoning the arena")?;
+    gpu.fill(scratch.ptr(), 0xff, scratch.bytes(), "poisoning the scratch buffer")?;
+    runner.write_inputs(gpu, tokens, at)?;
+    let graph = &runner.graph;
+    let launches = &runner.layout.launches;
     let mut checks = Vec::new();
-    let n = dec.decode.layout.launches.len();
     let mut i = 0;
-    while i < n {
-        let id = dec.decode.layout.launches[i].node;
-        let mut end = i;
-        while end < n && dec.decode.layout.launches[end].node == id {
-            end += 1;
-        }
-        let graph = &dec.decode.graph;
+    while i < launches.len() {
+        let id = launches[i].node;
+        let end = i + launches[i..].iter().take_while(|l| l.node == id).count();
         // Operands first: an in-place kernel overwrites them.
         let mut sub = Graph::new();
         let mut inputs = HashMap::new();
         let operands = graph
             .operands(id)
             .into_iter()
-            .map(|x| import(dec, graph, x, &b, &mut sub, &mut inputs))
+            .map(|x| import(gpu, runner, x, &b, &mut sub, &mut inputs))
             .collect::<Result<Vec<_>, _>>()?;
         for l in i..end {
-            dec.launch(l, &b)?;
+            runner.launch(gpu, l, &b, pdl)?;
         }
         let node = graph.node(id);
-        let what = format!("running {}", dec.decode.node_name(id));
-        dec.gpu.synchronize(&what)?;
-        let gpu_out = read_value(dec, graph, id, &b)?;
+        gpu.synchronize(&format!("running {}", runner.node_name(id)))?;
+        let gpu_out = read_value(gpu, runner, id, &b)?;
         let copy = Node { shape: concrete(&node.shape, &b), ..node.clone() };
         let out = sub.add_node(copy, &operands);
         sub.set_output("out", out);
         let reference = eval(&sub, inputs, weights)
-            .map_err(|e| CudaError::Layout(format!("evaluating {} on the CPU: {e}", dec.decode.node_name(id))))?
+            .map_err(|e| CudaError::Layout(format!("evaluating {} on the CPU: {e}", runner.node_name(id))))?
             .remove("out")
             .expect("output named out");
-        let kernels =
-            (i..end).map(|l| dec.decode.program.kernels[dec.decode.layout.launches[l].kernel].name.clone()).collect();
-        checks.push(compare(dec.decode.node_name(id), node.op.kind(), kernels, &gpu_out, &reference));
+        let kernels = (i..end).map(|l| runner.program.kernels[launches[l].kernel].name.clone()).collect();
+        checks.push(compare(runner.node_name(id), node.op.kind(), kernels, &gpu_out, &reference));
         i = end;
     }
-    dec.position += 1;
     Ok(checks)
 }
 
 /// Adds operand `x` to `sub`: weights and constants as they are, views over their imported
 /// operand, anything else as an input holding the value read from the device.
 fn import(
-    dec: &CudaDecoder,
-    graph: &Graph,
+    gpu: &Gpu,
+    runner: &Runner,
     x: NodeId,
     b: &Bindings,
     sub: &mut Graph,
     inputs: &mut HashMap<String, Tensor>,
 ) -> Result<NodeId, CudaError> {
+    let graph = &runner.graph;
     let node = graph.node(x);
     let copy = Node { shape: concrete(&node.shape, b), ..node.clone() };
     match &node.op {
         Op::Weight { .. } | Op::Constant { .. } => Ok(sub.add_node(copy, &[])),
         op if op.is_view() => {
-            let inner = import(dec, graph, graph.operands(x)[0], b, sub, inputs)?;
+            let inner = import(gpu, runner, graph.operands(x)[0], b, sub, inputs)?;
             Ok(sub.add_node(copy, &[inner]))
         }
         _ => {
             let name = format!("v{}", x.index());
-            inputs.insert(name.clone(), read_value(dec, graph, x, b)?);
+            inputs.insert(name.clone(), read_value(gpu, runner, x, b)?);
             let input = Node { op: Op::Input { name }, ..copy };
             Ok(sub.add_node(input, &[]))
         }
@@ -123,13 +155,14 @@ fn import(
 
 /// The value of a non-view node as the device holds it. A cache (input or append) is read as
 /// its first rows: with the identity block table the pages lie in order.
-fn read_value(dec: &CudaDecoder, graph: &Graph, id: NodeId, b: &Bindings) -> Result<Tensor, CudaError> {
+fn read_value(gpu: &Gpu, runner: &Runner, id: NodeId, b: &Bindings) -> Result<Tensor, CudaError> {
+    let graph = &runner.graph;
     let node = graph.node(id);
     let shape = node.shape.resolve(b);
     let bytes = shape.iter().product::<usize>() * node.dtype.size_bytes();
     let mut host = vec![0u8; bytes];
-    let addr = dec.decode.layout.address(graph, id)?;
-    dec.gpu.download(&mut host, addr, &format!("reading {}", dec.decode.node_name(id)))?;
+    let addr = runner.layout.address(graph, id)?;
+    gpu.download(&mut host, addr, &format!("reading {}", runner.node_name(id)))?;
     Ok(tensor_from_storage(node.dtype, shape, &host))
 }
 

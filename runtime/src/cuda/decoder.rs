@@ -74,11 +74,11 @@ pub struct CudaDecoder {
     weights: DeviceWeights,
     kv: KvPool,
     pub(crate) decode: Runner,
-    prefill: Option<Runner>,
+    pub(crate) prefill: Option<Runner>,
     _modules: Vec<Arc<CudaModule>>,
     pub(crate) position: usize,
     cuda_graphs: bool,
-    pdl: bool,
+    pub(crate) pdl: bool,
     jit: JitReport,
 }
 
@@ -178,7 +178,7 @@ impl Runner {
 
     /// Writes `tokens`, their positions from `at`, and `smelt_step` (stream-ordered before the
     /// kernels).
-    fn write_inputs(&self, gpu: &Gpu, tokens: &[u32], at: usize) -> Result<(), CudaError> {
+    pub(crate) fn write_inputs(&self, gpu: &Gpu, tokens: &[u32], at: usize) -> Result<(), CudaError> {
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
         let positions: Vec<i32> = (at..at + tokens.len()).map(|p| p as i32).collect();
         gpu.upload(self.token_ids, &ids, "writing the token ids")?;
@@ -203,7 +203,7 @@ impl Runner {
     }
 
     /// Launches launch `i` with grids sized for bindings `b`.
-    fn launch(&self, gpu: &Gpu, i: usize, b: &Bindings, pdl: bool) -> Result<(), CudaError> {
+    pub(crate) fn launch(&self, gpu: &Gpu, i: usize, b: &Bindings, pdl: bool) -> Result<(), CudaError> {
         let l = &self.layout.launches[i];
         let kernel = &self.program.kernels[l.kernel];
         let mut values = l.params.clone();
@@ -371,7 +371,7 @@ impl CudaDecoder {
         self.position = 0;
     }
 
-    fn check_room(&self, tokens: usize) -> Result<(), CudaError> {
+    pub(crate) fn check_room(&self, tokens: usize) -> Result<(), CudaError> {
         if self.position + tokens > self.capacity() {
             return Err(CudaError::KvFull { capacity: self.capacity() });
         }
@@ -455,11 +455,6 @@ impl CudaDecoder {
     pub(crate) fn write_inputs(&self, token: u32) -> Result<(), CudaError> {
         self.check_room(1)?;
         self.decode.write_inputs(&self.gpu, &[token], self.position)
-    }
-
-    /// Launches decode launch `i` with grids sized for bindings `b`.
-    pub(crate) fn launch(&self, i: usize, b: &Bindings) -> Result<(), CudaError> {
-        self.decode.launch(&self.gpu, i, b, self.pdl)
     }
 }
 

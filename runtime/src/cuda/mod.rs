@@ -7,7 +7,7 @@ mod decoder;
 mod device;
 mod layout;
 
-pub use check::{check_step, NodeCheck};
+pub use check::{check_prefill, check_step, NodeCheck};
 pub use decoder::{CudaDecoder, DecoderOptions, JitReport, StepOutput};
 pub use device::{DeviceBuffer, Gpu};
 
