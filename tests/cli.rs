@@ -163,6 +163,7 @@ fn compile_dump_writes_text_and_dot_graphs() {
         "decode.txt",
         "kernels",
         "kernels.json",
+        "kernels.prefill.json",
         "passes",
         "plan.json",
         "prefill.dot",
@@ -191,6 +192,10 @@ fn compile_dump_writes_text_and_dot_graphs() {
     assert!(list.iter().all(|k| k["name"].is_string() && k["launch"]["block"].as_u64().unwrap() > 0));
     let calls: u64 = list.iter().map(|k| k["calls_per_step"].as_u64().unwrap()).sum();
     assert_eq!(calls, 28 * 8 + 3);
+    // The prefill program's kernels (tensor-core GEMMs, flash attention) in their own folder.
+    let prefill = std::fs::read_to_string(dir.join("kernels/prefill/gate_up_swiglu_gemm_epilogue.cu")).unwrap();
+    assert!(prefill.contains("mma.sync.aligned.m16n8k16"), "the GEMM uses tensor cores");
+    assert!(dir.join("kernels/prefill/prefill_attention.cu").is_file());
 }
 
 /// `plan.json` is a contract for outside checks.
@@ -570,4 +575,54 @@ fn help_lists_subcommands_and_flags() {
 fn version_flag() {
     let (stdout, _) = smelt_ok(&["--version"]);
     assert!(stdout.starts_with("smelt ") && stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout:?}");
+}
+
+/// `generate` on the gqa1 fixture with the real Qwen3 tokenizer (ids below 384 decode to
+/// short pieces of text): (stdout, ids).
+fn generate_text(extra: &[&str]) -> (String, Vec<u32>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ids_out = tmp.path().join("ids.json");
+    let tok = tokenizer_path();
+    let model = fixture_dir("gqa1-tied-f32");
+    let mut args = vec![
+        "generate",
+        "--model",
+        path_str(&model),
+        "--prompt-ids",
+        "5,17,42,7",
+        "--max-new-tokens",
+        "24",
+        "--tokenizer",
+        path_str(&tok),
+        "--ids-out",
+        path_str(&ids_out),
+    ];
+    args.extend_from_slice(extra);
+    let (stdout, _) = smelt_ok(&args);
+    let ids: Vec<u32> = serde_json::from_str(&std::fs::read_to_string(&ids_out).unwrap()).unwrap();
+    (stdout.trim_end_matches('\n').to_string(), ids)
+}
+
+#[test]
+fn generate_stops_at_a_stop_string_spanning_tokens() {
+    let (text, ids) = generate_text(&[]);
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() >= 8 && ids.len() > 4, "{text:?} {ids:?}");
+    // A stop string from the middle of the greedy text, longer than one token's piece.
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
+    let at = text.find(&stop).unwrap();
+    let (stopped, stopped_ids) = generate_text(&["--stop", &stop]);
+    assert_eq!(stopped, text[..at], "output ends just before the stop string {stop:?}");
+    assert!(stopped_ids.len() < ids.len() && ids.starts_with(&stopped_ids), "{stopped_ids:?} vs {ids:?}");
+}
+
+#[test]
+fn top_k_1_sampling_is_greedy_and_filters_are_reproducible() {
+    let (_, greedy) = generate_text(&[]);
+    let (_, top1) = generate_text(&["--temperature", "1.5", "--top-k", "1", "--seed", "9"]);
+    assert_eq!(top1, greedy);
+    let filtered = ["--temperature", "0.8", "--top-p", "0.9", "--min-p", "0.05", "--seed", "9"];
+    let penalized = ["--repetition-penalty", "1.3", "--presence-penalty", "0.5"];
+    let args: Vec<&str> = filtered.iter().chain(&penalized).copied().collect();
+    assert_eq!(generate_text(&args).1, generate_text(&args).1, "same seed and parameters: same ids");
 }

@@ -550,6 +550,13 @@ fn bad_temperature_is_a_clear_error() {
     mentions(&stderr, &["--temperature"]);
     let stderr = generate_fails(&model, PROMPT, &["--temperature", "NaN"]);
     mentions(&stderr, &["--temperature"]);
+    for (flag, value) in [("--top-p", "0"), ("--min-p", "2"), ("--repetition-penalty", "0")] {
+        let stderr = generate_fails(&model, PROMPT, &[flag, value]);
+        mentions(&stderr, &[flag]);
+    }
+    // A stop string needs text, so a tokenizer.
+    let stderr = generate_fails(&model, PROMPT, &["--stop", "x"]);
+    mentions(&stderr, &["--stop", "tokenizer"]);
 }
 
 #[test]

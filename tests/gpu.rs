@@ -7,7 +7,7 @@ mod common;
 
 use smelt::codegen::{emit, Arch, Nvrtc};
 use smelt::ir::DType;
-use smelt::models::{generate, CausalLm, LoadOptions, Qwen3Cpu, Qwen3Cuda, Sampling};
+use smelt::models::{generate, CausalLm, LoadOptions, Qwen3Cpu, Qwen3Cuda, SamplingParams};
 use smelt::runtime::cuda::{CudaError, DecoderOptions, Gpu};
 
 /// Fixtures whose head dim the decode attention kernel takes in f32 (32 elements per head).
@@ -83,9 +83,9 @@ fn gpu_greedy_generation_matches_the_cpu() {
         let dir = common::fixture_dir(name);
         let mut cpu = Qwen3Cpu::load_with(&dir, LoadOptions::new(DType::F32)).expect(name);
         let prompt = [5u32, 17, 42, 7];
-        let want = generate(&mut cpu, &prompt, 12, Sampling::Greedy, |_| {}).expect(name);
+        let want = generate(&mut cpu, &prompt, 12, &SamplingParams::default(), |_| true).expect(name);
         let mut gpu = Qwen3Cuda::new(cpu, &options()).expect(name);
-        let got = generate(&mut gpu, &prompt, 12, Sampling::Greedy, |_| {}).expect(name);
+        let got = generate(&mut gpu, &prompt, 12, &SamplingParams::default(), |_| true).expect(name);
         assert_eq!(got, want, "{name}: GPU and CPU greedy ids differ");
         assert_eq!(gpu.position(), prompt.len() + got.len() - 1);
     }

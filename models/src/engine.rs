@@ -9,6 +9,7 @@ use smelt_runtime::{Checkpoint, CpuState, HostWeights, WeightError};
 
 use crate::config::{token_ids, ConfigError, Qwen3Config};
 use crate::qwen3::{declare, DeclareOptions, Logits, Phase, LM_HEAD, LOGITS, POSITIONS, TOKEN_IDS};
+use crate::sample::{Sampler, SamplingParams};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -272,57 +273,44 @@ fn generation_eos(dir: &Path) -> Result<Option<Vec<u32>>, ModelError> {
     token_ids(v.get("eos_token_id")).map(Some).map_err(|m| bad(format!("eos_token_id: {m}")))
 }
 
-/// How the next token is chosen.
-#[derive(Clone, Copy, Debug)]
-pub enum Sampling {
-    Greedy,
-    /// Softmax at `temperature`, drawn with a seeded generator (same seed, same output).
-    Temperature {
-        temperature: f32,
-        seed: u64,
-    },
-}
-
-/// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new id as
-/// soon as it is chosen. Stops at an EOS id (which is returned but is the last), at
-/// `max_new_tokens`, or when the context is full.
+/// Generates up to `max_new_tokens` after `prompt` with `sampling`, calling `on_token` with
+/// each new id as soon as it is chosen; `on_token` returns false to stop (a stop string was
+/// seen). Stops also at an EOS id (which is returned but is the last), at `max_new_tokens`, or
+/// when the context is full.
 pub fn generate(
     model: &mut dyn CausalLm,
     prompt: &[u32],
     max_new_tokens: usize,
-    sampling: Sampling,
-    mut on_token: impl FnMut(u32),
+    sampling: &SamplingParams,
+    mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>, ModelError> {
     model.reset();
     if prompt.len() > model.config().max_position_embeddings {
         let max = model.config().max_position_embeddings;
         return Err(ModelError::ContextFull { needed: prompt.len(), max });
     }
-    let mut rng = crate::sample::SplitMix64::new(match sampling {
-        Sampling::Temperature { seed, .. } => seed,
-        Sampling::Greedy => 0,
-    });
+    let mut sampler = Sampler::new(sampling.clone(), prompt);
     let mut out = Vec::new();
-    let mut step = |model: &mut dyn CausalLm, ids: &[u32]| -> Result<u32, ModelError> {
-        match sampling {
-            Sampling::Greedy => model.forward_greedy(ids),
-            Sampling::Temperature { temperature, .. } => {
-                let logits = model.forward(ids, Logits::LastPosition)?;
-                Ok(crate::sample::sample(logits.f32s().expect("logits are f32"), temperature, &mut rng))
-            }
+    let step = |model: &mut dyn CausalLm, sampler: &mut Sampler, ids: &[u32]| -> Result<u32, ModelError> {
+        if sampler.params().is_plain_greedy() {
+            return model.forward_greedy(ids);
         }
+        let logits = model.forward(ids, Logits::LastPosition)?;
+        Ok(sampler.sample(logits.f32s().expect("logits are f32")))
     };
-    let mut next = step(model, prompt)?;
+    let mut next = step(model, &mut sampler, prompt)?;
     while out.len() < max_new_tokens {
         out.push(next);
-        on_token(next);
-        let done = model.eos_token_ids().contains(&next)
+        sampler.observe(next);
+        let go_on = on_token(next);
+        let done = !go_on
+            || model.eos_token_ids().contains(&next)
             || out.len() == max_new_tokens
             || model.position() >= model.config().max_position_embeddings;
         if done {
             break;
         }
-        next = step(model, &[next])?;
+        next = step(model, &mut sampler, &[next])?;
     }
     Ok(out)
 }

@@ -7,10 +7,13 @@ pub mod cuda_engine;
 pub mod engine;
 pub mod qwen3;
 pub mod sample;
+pub mod stop;
 pub mod tokenizer;
 
 pub use chat::{ChatError, ChatMessage, ChatTemplate};
 pub use config::{ConfigError, Qwen3Config};
 pub use cuda_engine::Qwen3Cuda;
-pub use engine::{generate, CausalLm, LoadOptions, ModelError, Qwen3Cpu, Sampling};
+pub use engine::{generate, CausalLm, LoadOptions, ModelError, Qwen3Cpu};
+pub use sample::{Sampler, SamplingParams};
+pub use stop::StopMatcher;
 pub use tokenizer::{IncrementalDecoder, Tokenizer, TokenizerError};

@@ -1,5 +1,181 @@
-//! Choosing the next token from logits. Greedy and plain temperature sampling for now; the
-//! full sampler (top-k/p, min-p, penalties) belongs to the generation engine.
+//! Choosing the next token from logits: greedy, or a seeded draw after the usual transforms in
+//! Hugging Face's order: repetition penalty, presence penalty, temperature, top-k, top-p,
+//! min-p. Same parameters and seed, same tokens.
+
+use std::collections::HashMap;
+
+/// How the next token is chosen. The default is greedy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 is greedy (the argmax after the penalties).
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability adds up to `top_p`; 1 keeps all.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one; 0 keeps all.
+    pub min_p: f32,
+    /// HF's repetition penalty over the prompt and the generated tokens: a seen token's positive
+    /// logit is divided by it, a negative one multiplied; 1 is off.
+    pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token generated so far (vLLM/OpenAI); 0 is off.
+    pub presence_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> SamplingParams {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy with no penalty: the next token is the raw argmax, which a backend may compute
+    /// without handing logits to the host.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature <= 0.0 && self.repetition_penalty == 1.0 && self.presence_penalty == 0.0
+    }
+
+    /// The first parameter out of range, named as the CLI and the batch file name it.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |name: &str, v: f32, range: &str| Err(format!("{name} must be {range}, got {v}"));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature", self.temperature, "a finite number >= 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", self.top_p, "in (0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", self.min_p, "in [0, 1]");
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad("repetition_penalty", self.repetition_penalty, "a finite number > 0");
+        }
+        if !self.presence_penalty.is_finite() {
+            return bad("presence_penalty", self.presence_penalty, "finite");
+        }
+        Ok(())
+    }
+}
+
+/// A sampler for one sequence: the parameters, its random stream and the tokens seen so far.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: SplitMix64,
+    /// Tokens of the prompt and the output (for the repetition penalty).
+    seen: HashMap<u32, ()>,
+    /// Tokens generated so far (for the presence penalty).
+    generated: HashMap<u32, ()>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams, prompt: &[u32]) -> Sampler {
+        let rng = SplitMix64::new(params.seed);
+        let seen = prompt.iter().map(|&t| (t, ())).collect();
+        Sampler { params, rng, seen, generated: HashMap::new() }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Records a generated token (the penalties see it from the next draw on).
+    pub fn observe(&mut self, token: u32) {
+        self.seen.insert(token, ());
+        self.generated.insert(token, ());
+    }
+
+    /// Chooses the next token from `logits`.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let scores = self.penalized(logits);
+        if self.params.temperature <= 0.0 {
+            return argmax(&scores);
+        }
+        let dist = self.filter(&scores);
+        let mut r = self.rng.next_f64();
+        for &(token, p) in &dist {
+            r -= p;
+            if r < 0.0 {
+                return token;
+            }
+        }
+        // Rounding left a sliver of probability mass: the last kept token takes it.
+        dist.last().map_or_else(|| argmax(&scores), |&(t, _)| t)
+    }
+
+    /// The distribution a draw is taken from: (token, probability), most likely first, the
+    /// probabilities summing to 1. Empty for greedy.
+    pub fn distribution(&self, logits: &[f32]) -> Vec<(u32, f64)> {
+        if self.params.temperature <= 0.0 {
+            return Vec::new();
+        }
+        self.filter(&self.penalized(logits))
+    }
+
+    fn penalized(&self, logits: &[f32]) -> Vec<f32> {
+        let mut scores = logits.to_vec();
+        let rp = self.params.repetition_penalty;
+        if rp != 1.0 {
+            for &t in self.seen.keys() {
+                if let Some(s) = scores.get_mut(t as usize) {
+                    *s = if *s > 0.0 { *s / rp } else { *s * rp };
+                }
+            }
+        }
+        if self.params.presence_penalty != 0.0 {
+            for &t in self.generated.keys() {
+                if let Some(s) = scores.get_mut(t as usize) {
+                    *s -= self.params.presence_penalty;
+                }
+            }
+        }
+        scores
+    }
+
+    /// Temperature, then top-k, top-p and min-p; renormalized.
+    fn filter(&self, scores: &[f32]) -> Vec<(u32, f64)> {
+        let t = self.params.temperature as f64;
+        let mut order: Vec<u32> = (0..scores.len() as u32).filter(|&i| scores[i as usize].is_finite()).collect();
+        // Most likely first; ties by token id so the order (and so a draw) is reproducible.
+        order.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
+        if self.params.top_k > 0 {
+            order.truncate(self.params.top_k);
+        }
+        let Some(&best) = order.first() else { return Vec::new() };
+        let max = scores[best as usize] as f64;
+        let weights: Vec<f64> = order.iter().map(|&i| ((scores[i as usize] as f64 - max) / t).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut dist: Vec<(u32, f64)> = order.iter().zip(&weights).map(|(&i, &w)| (i, w / total)).collect();
+        if self.params.top_p < 1.0 {
+            let mut cumulative = 0.0;
+            let keep = dist
+                .iter()
+                .position(|&(_, p)| {
+                    cumulative += p;
+                    cumulative >= self.params.top_p as f64
+                })
+                .map_or(dist.len(), |i| i + 1);
+            dist.truncate(keep);
+        }
+        if self.params.min_p > 0.0 {
+            let floor = self.params.min_p as f64 * dist[0].1;
+            dist.retain(|&(_, p)| p >= floor);
+        }
+        let kept: f64 = dist.iter().map(|&(_, p)| p).sum();
+        for d in &mut dist {
+            d.1 /= kept;
+        }
+        dist
+    }
+}
 
 /// Index of the largest logit (first on ties, as `torch.argmax`).
 pub fn argmax(logits: &[f32]) -> u32 {
@@ -10,24 +186,6 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
-}
-
-/// Draws from `softmax(logits / temperature)`; `temperature <= 0` is greedy.
-pub fn sample(logits: &[f32], temperature: f32, rng: &mut SplitMix64) -> u32 {
-    if temperature <= 0.0 {
-        return argmax(logits);
-    }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f64> = logits.iter().map(|&x| (((x - max) / temperature) as f64).exp()).collect();
-    let total: f64 = weights.iter().sum();
-    let mut r = rng.next_f64() * total;
-    for (i, w) in weights.iter().enumerate() {
-        r -= w;
-        if r <= 0.0 {
-            return i as u32;
-        }
-    }
-    argmax(logits)
 }
 
 /// SplitMix64: a tiny, well-known, seedable generator; enough for reproducible sampling.
@@ -56,22 +214,100 @@ impl SplitMix64 {
 mod tests {
     use super::*;
 
+    fn params(temperature: f32) -> SamplingParams {
+        SamplingParams { temperature, seed: 7, ..SamplingParams::default() }
+    }
+
     #[test]
     fn argmax_takes_first_of_ties() {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
     }
 
+    /// Draws `n` tokens and returns each token's frequency.
+    fn frequencies(p: &SamplingParams, logits: &[f32], n: usize) -> Vec<f64> {
+        let mut s = Sampler::new(p.clone(), &[]);
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..n {
+            counts[s.sample(logits) as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / n as f64).collect()
+    }
+
+    /// The filtered softmax, computed here from its definition for the test's logits.
+    fn expected(logits: &[f32], t: f64, keep: &[usize]) -> Vec<f64> {
+        let w: Vec<f64> =
+            (0..logits.len()).map(|i| if keep.contains(&i) { (logits[i] as f64 / t).exp() } else { 0.0 }).collect();
+        let total: f64 = w.iter().sum();
+        w.iter().map(|x| x / total).collect()
+    }
+
+    /// Every frequency within 4.5 standard errors of its probability (a false alarm about once
+    /// in 150,000 per token), and nothing drawn outside the kept set.
+    fn assert_matches(freq: &[f64], want: &[f64], n: usize) {
+        for (i, (&f, &p)) in freq.iter().zip(want).enumerate() {
+            let se = (p * (1.0 - p) / n as f64).sqrt().max(1e-12);
+            assert!((f - p).abs() <= 4.5 * se + 1e-12, "token {i}: frequency {f:.4}, probability {p:.4}");
+        }
+    }
+
+    const LOGITS: [f32; 6] = [2.0, 1.5, 1.0, 0.5, 0.0, -1.0];
+
     #[test]
-    fn sampling_is_seeded_and_follows_the_distribution() {
-        let logits = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY];
-        let draw = |seed| {
-            let mut rng = SplitMix64::new(seed);
-            (0..4000).map(|_| sample(&logits, 1.0, &mut rng)).collect::<Vec<_>>()
-        };
-        assert_eq!(draw(7), draw(7));
-        let ones = draw(7).iter().filter(|&&i| i == 1).count() as f64 / 4000.0;
-        // p(1) = 0.75; 4000 draws give a standard error of ~0.007.
-        assert!((ones - 0.75).abs() < 0.03, "{ones}");
-        assert!(!draw(7).contains(&2));
+    fn seeded_draws_repeat_and_follow_the_filtered_softmax() {
+        let n = 40_000;
+        let cases: Vec<(SamplingParams, Vec<usize>)> = vec![
+            (params(1.0), (0..6).collect()),
+            (params(0.5), (0..6).collect()),
+            (SamplingParams { top_k: 3, ..params(1.0) }, vec![0, 1, 2]),
+            // Softmax at T = 1: 0.429, 0.260, 0.158, 0.096, ...: 0.7 is reached at the 3rd.
+            (SamplingParams { top_p: 0.7, ..params(1.0) }, vec![0, 1, 2]),
+            // min-p 0.3 keeps p >= 0.129: tokens 0, 1, 2.
+            (SamplingParams { min_p: 0.3, ..params(1.0) }, vec![0, 1, 2]),
+            (SamplingParams { top_k: 4, top_p: 0.9, min_p: 0.25, ..params(1.0) }, vec![0, 1, 2]),
+        ];
+        for (p, keep) in cases {
+            let freq = frequencies(&p, &LOGITS, n);
+            assert_eq!(freq, frequencies(&p, &LOGITS, n), "same seed, same draws: {p:?}");
+            let want = expected(&LOGITS, p.temperature as f64, &keep);
+            assert_matches(&freq, &want, n);
+            let dist = Sampler::new(p.clone(), &[]).distribution(&LOGITS);
+            assert_eq!(dist.iter().map(|&(t, _)| t as usize).collect::<Vec<_>>(), keep, "{p:?}");
+        }
+        let other = SamplingParams { seed: 8, ..params(1.0) };
+        assert_ne!(frequencies(&params(1.0), &LOGITS, 1000), frequencies(&other, &LOGITS, 1000));
+    }
+
+    #[test]
+    fn penalties_change_what_greedy_picks() {
+        // Token 0 leads; the repetition penalty (it is in the prompt) halves its logit.
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..params(0.0) }, &[0]);
+        assert_eq!(s.sample(&LOGITS), 1);
+        // Negative logits are multiplied: -1 becomes -2.
+        assert_eq!(s.penalized(&[-1.0, -1.5])[0], -2.0);
+        let mut r = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..params(0.0) }, &[1]);
+        assert_eq!(r.penalized(&[-1.0, -1.5])[1], -3.0);
+        assert_eq!(r.sample(&LOGITS), 0);
+        // Presence: only generated tokens, once each.
+        let mut p = Sampler::new(SamplingParams { presence_penalty: 1.0, ..params(0.0) }, &[0]);
+        assert_eq!(p.sample(&LOGITS), 0);
+        p.observe(0);
+        p.observe(0);
+        assert_eq!(p.penalized(&LOGITS)[0], 1.0);
+        assert_eq!(p.sample(&LOGITS), 1);
+        assert!(!s.params().is_plain_greedy() && params(0.0).is_plain_greedy());
+    }
+
+    #[test]
+    fn out_of_range_parameters_are_named() {
+        for (p, name) in [
+            (SamplingParams { temperature: -1.0, ..params(0.0) }, "temperature"),
+            (SamplingParams { top_p: 0.0, ..params(0.0) }, "top_p"),
+            (SamplingParams { min_p: 1.5, ..params(0.0) }, "min_p"),
+            (SamplingParams { repetition_penalty: 0.0, ..params(0.0) }, "repetition_penalty"),
+            (SamplingParams { presence_penalty: f32::NAN, ..params(0.0) }, "presence_penalty"),
+        ] {
+            assert!(p.validate().unwrap_err().starts_with(name), "{p:?}");
+        }
+        assert!(params(0.7).validate().is_ok());
     }
 }

@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use smelt::ir::DType;
 use smelt::models::qwen3::Logits;
-use smelt::models::{generate as run_generation, CausalLm, LoadOptions, Qwen3Cpu, Qwen3Cuda, Sampling, Tokenizer};
+use smelt::models::{
+    generate as run_generation, CausalLm, LoadOptions, Qwen3Cpu, Qwen3Cuda, SamplingParams, StopMatcher, Tokenizer,
+};
 
 use super::{io::write_atomically, model_dir_arg, parse_ids, CudaArgs, DTypeArg, Device};
 
@@ -50,9 +52,27 @@ pub struct GenerateArgs {
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
-    /// Seed for sampling at temperature > 0.
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Keep the most likely tokens up to this much probability (1: all).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// HF's repetition penalty over the prompt and output (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Subtracted from the logit of every token already generated (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Seed for sampling at temperature > 0 (same seed, same output).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Stop when the generated text contains this string (not shown); may be repeated.
+    #[arg(long)]
+    stop: Vec<String>,
     /// Write the generated ids as a JSON array to this file.
     #[arg(long)]
     ids_out: Option<PathBuf>,
@@ -174,8 +194,18 @@ fn prompt_text(a: &GenerateArgs, text: &str, tokenizer: &Tokenizer) -> Result<St
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-        bail!("--temperature must be a finite number >= 0, got {}", a.temperature);
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repetition_penalty: a.repetition_penalty,
+        presence_penalty: a.presence_penalty,
+        seed: a.seed,
+    };
+    if let Err(e) = sampling.validate() {
+        // The flag's name, as typed: --top-p for top_p.
+        bail!("--{}", e.replacen('_', "-", 2));
     }
     if let Some(path) = &a.ids_out {
         // Refuse a path that cannot be written before spending the time to generate.
@@ -200,11 +230,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --prompt or --prompt-ids"),
     };
     let mut model = load_on(a.device, &a.model, dtype_for(a.device, a.dtype), a.no_fuse, &a.cuda)?;
-    let sampling = if a.temperature == 0.0 {
-        Sampling::Greedy
-    } else {
-        Sampling::Temperature { temperature: a.temperature, seed: a.seed }
-    };
+    if tokenizer.is_none() && !a.stop.is_empty() {
+        bail!("--stop needs a tokenizer to see text: {} has no tokenizer.json (pass --tokenizer)", a.model.display());
+    }
     if tokenizer.is_none() {
         eprintln!("note: no tokenizer.json in {}: streaming token ids", a.model.display());
     }
@@ -214,7 +242,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     // The ids are the result; text that cannot be shown (an id past the tokenizer's vocabulary,
     // which a model's padded embedding table allows) is a warning, not a failed run.
     let warn = |e: smelt::models::TokenizerError| eprintln!("\nwarning: not shown: {e}");
-    let ids = run_generation(model.as_mut(), &prompt, a.max_new_tokens, sampling, |id| {
+    let mut stops = StopMatcher::new(&a.stop);
+    let ids = run_generation(model.as_mut(), &prompt, a.max_new_tokens, &sampling, |id| {
         let text = match decoder.as_mut() {
             Some(d) => d.step(id).unwrap_or_else(|e| {
                 warn(e);
@@ -223,9 +252,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             None => Some(format!("{id} ")),
         };
         if let Some(text) = text {
-            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.write_all(stops.push(&text).as_bytes());
             let _ = stdout.flush();
         }
+        !stops.stopped()
     })?;
     if let Some(tail) = decoder.and_then(|d| {
         d.finish().unwrap_or_else(|e| {
@@ -233,8 +263,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             None
         })
     }) {
-        let _ = stdout.write_all(tail.as_bytes());
+        let _ = stdout.write_all(stops.push(&tail).as_bytes());
     }
+    let _ = stdout.write_all(stops.finish().as_bytes());
     let _ = writeln!(stdout);
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(

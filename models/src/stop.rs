@@ -1,0 +1,91 @@
+//! Stop strings: watching generated text for any of them, even when one spans several tokens,
+//! and never showing a piece of one.
+
+/// Watches streamed text for stop strings. Text that could still turn out to be the start of a
+/// stop string is held back until the next piece decides it.
+pub struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+    stopped: bool,
+}
+
+impl StopMatcher {
+    /// Empty strings are ignored (they would stop before the first token).
+    pub fn new(stops: &[String]) -> StopMatcher {
+        let stops = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
+        StopMatcher { stops, pending: String::new(), stopped: false }
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Adds the next piece of text; returns what can be shown now. Once a stop string is seen,
+    /// the text before it is returned, [`StopMatcher::stopped`] turns true, and the rest (the stop
+    /// string included) is dropped.
+    pub fn push(&mut self, text: &str) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        self.pending.push_str(text);
+        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+            self.stopped = true;
+            let shown = self.pending[..at].to_string();
+            self.pending.clear();
+            return shown;
+        }
+        // Hold back the longest tail that is the start of some stop string.
+        let hold = self
+            .pending
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| self.stops.iter().any(|s| s.starts_with(&self.pending[i..])))
+            .unwrap_or(self.pending.len());
+        let shown = self.pending[..hold].to_string();
+        self.pending.drain(..hold);
+        shown
+    }
+
+    /// What is still held back when generation ends without a stop string.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopMatcher;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (Vec<String>, bool, String) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut m = StopMatcher::new(&stops);
+        let shown: Vec<String> = pieces.iter().map(|p| m.push(p)).collect();
+        let stopped = m.stopped();
+        (shown, stopped, m.finish())
+    }
+
+    #[test]
+    fn a_stop_string_across_tokens_stops_and_is_not_shown() {
+        let (shown, stopped, rest) = run(&["o wor"], &["Hel", "lo w", "orld!", "more"]);
+        assert_eq!(shown, ["Hel", "l", "", ""]);
+        assert!(stopped);
+        assert_eq!(rest, "");
+    }
+
+    #[test]
+    fn held_text_that_is_not_a_stop_is_shown_later() {
+        let (shown, stopped, rest) = run(&["cd"], &["ab", "c", "e", "c"]);
+        assert_eq!(shown, ["ab", "", "ce", ""]);
+        assert!(!stopped);
+        assert_eq!(rest, "c");
+    }
+
+    #[test]
+    fn the_earliest_of_several_stops_wins_and_unicode_is_split_on_chars() {
+        let (shown, stopped, _) = run(&["éé", "\n\n", "zz"], &["naïve", " é", "xé\n\nzz"]);
+        assert_eq!(shown.concat(), "naïve éxé");
+        assert!(stopped);
+        let (shown, stopped, rest) = run(&[""], &["a", "b"]);
+        assert_eq!((shown.concat(), stopped, rest), ("ab".to_string(), false, String::new()));
+    }
+}
