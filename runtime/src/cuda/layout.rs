@@ -1,7 +1,8 @@
-//! Where every value of a decode step lives on the device: weights and constants in one
-//! parameter buffer, activations in one arena placed by the memory plan, the KV caches in one
-//! paged pool, and the step's run-time values (`smelt_step` and its block table). Resolves
-//! each launch's parameter list to device addresses once, so a step only writes a few scalars.
+//! Where every value lives on the device: a model's weights ([`DeviceWeights`]) and paged KV
+//! cache with its block table ([`KvPool`]), shared by its graphs; per graph ([`Layout`]) the
+//! constants, one activation arena placed by the memory plan, attention scratch and
+//! `smelt_step`. Each launch's parameter list is resolved to device addresses once, so a run
+//! only writes a few scalars.
 
 use std::collections::HashMap;
 
