@@ -82,3 +82,24 @@ fn prefill_kernels_compile_for_sm80_and_sm90_without_spills() {
         tc.check_all(&prefill_program(dtype).kernels);
     }
 }
+
+/// The kernel kinds the codegen crate's own tests do not snapshot (its tests hold the GEMV,
+/// GEMM, decode and prefill attention, norm+RoPE with the K append, argmax), as generated for
+/// Qwen3-0.6B in bf16: the embedding gather, the standalone RMSNorm (prefill) and the V append.
+#[test]
+fn remaining_kernel_kinds_source_snapshot() {
+    let decode = decode_program(DType::BF16).0;
+    let prefill = prefill_program(DType::BF16);
+    let mut text = String::new();
+    for kind in ["gather", "rmsnorm", "kv_append"] {
+        let k = decode
+            .kernels
+            .iter()
+            .chain(&prefill.kernels)
+            .find(|k| k.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind} kernel"));
+        let body = k.source.strip_prefix(smelt::codegen::PRELUDE).expect("every kernel starts with the prelude");
+        text.push_str(&format!("// {} ({}): {:?}\n{body}\n", k.name, k.kind, k.launch));
+    }
+    insta::assert_snapshot!(text);
+}
