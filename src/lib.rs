@@ -1,6 +1,13 @@
-//! smelt: a compute-graph compiler that runs Qwen3. This facade re-exports the crates:
-//! [`ir`] (the tensor IR and its reference evaluator), [`runtime`] (weights, CPU backend) and
-//! [`models`] (Qwen3, tokenizer, chat template, generation).
+//! smelt: a compute-graph compiler that runs Qwen3. [`Model`] is the library API (load a model
+//! directory on the CPU or a GPU, generate, chat); this facade also re-exports the crates:
+//! [`ir`] (the tensor IR and its reference evaluator), [`passes`], [`codegen`] (CUDA C kernels),
+//! [`runtime`] (weights, the CPU and CUDA backends) and [`models`] (Qwen3, tokenizer, chat
+//! template, sampling, generation).
+
+mod api;
+
+pub use api::{Chunk, Device, Error, GenerateParams, Generation, Model, ModelOptions, Prompt};
+pub use smelt_models::{ChatMessage, SamplingParams};
 
 pub use smelt_codegen as codegen;
 pub use smelt_ir as ir;

@@ -1,0 +1,241 @@
+//! The library API: load a Hugging Face model directory on a device, generate from a prompt
+//! or a chat as a stream of tokens and text, reach the tokenizer.
+//!
+//! ```
+//! use smelt::{GenerateParams, Model, ModelOptions, Prompt};
+//!
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/gqa1-tied-f32");
+//! let mut model = Model::load(dir.as_ref(), &ModelOptions::default())?;
+//! let params = GenerateParams { max_new_tokens: 8, ..GenerateParams::default() };
+//! let mut ids = Vec::new();
+//! for chunk in model.generate(Prompt::Ids(&[5, 17, 42]), &params)? {
+//!     let chunk = chunk?;
+//!     ids.push(chunk.token); // chunk.text is the new text (empty: this fixture has no tokenizer)
+//! }
+//! assert!(!ids.is_empty() && ids.len() <= 8);
+//! # Ok::<(), smelt::Error>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use smelt_ir::DType;
+use smelt_models::qwen3::Logits;
+use smelt_models::{
+    CausalLm, ChatError, ChatMessage, IncrementalDecoder, LoadOptions, ModelError, Qwen3Config, Qwen3Cpu, Qwen3Cuda,
+    Sampler, SamplingParams, StopMatcher, Tokenizer, TokenizerError,
+};
+use smelt_runtime::cuda::DecoderOptions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    #[error("{0} has no tokenizer.json: a text prompt, a chat or a stop string needs one")]
+    NoTokenizer(PathBuf),
+    #[error("{0} has no chat template (tokenizer_config.json or chat_template.jinja)")]
+    NoChatTemplate(PathBuf),
+    #[error("sampling: {0}")]
+    Sampling(String),
+}
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The reference evaluator (f32 by default).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU through the generated kernels (bf16 by default).
+    Cuda,
+}
+
+/// How a model is loaded.
+#[derive(Clone, Debug, Default)]
+pub struct ModelOptions {
+    pub device: Device,
+    /// Execution dtype; default f32 on the CPU, bf16 on CUDA.
+    pub dtype: Option<DType>,
+    /// Tokens the GPU's KV cache holds (default: the context, at most 32768).
+    pub kv_tokens: Option<usize>,
+}
+
+/// What to generate: sampling, length and stop strings.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub sampling: SamplingParams,
+    pub max_new_tokens: usize,
+    /// Generation ends at the first of these in the text (which is not returned).
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> GenerateParams {
+        GenerateParams { sampling: SamplingParams::default(), max_new_tokens: 64, stop: Vec::new() }
+    }
+}
+
+/// A prompt: text (tokenized with the model's tokenizer) or token ids.
+#[derive(Clone, Copy, Debug)]
+pub enum Prompt<'p> {
+    Text(&'p str),
+    Ids(&'p [u32]),
+}
+
+/// One generated token and the text it completes (possibly empty: a character may span tokens).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chunk {
+    pub token: u32,
+    pub text: String,
+}
+
+/// A loaded model.
+pub struct Model {
+    lm: Box<dyn CausalLm>,
+    tokenizer: Option<Tokenizer>,
+    dir: PathBuf,
+}
+
+impl Model {
+    /// Loads `dir` (config.json, safetensors weights, optionally tokenizer.json and a chat
+    /// template) on `options.device`.
+    pub fn load(dir: &Path, options: &ModelOptions) -> Result<Model, Error> {
+        let dtype = options.dtype.unwrap_or(match options.device {
+            Device::Cpu => DType::F32,
+            Device::Cuda => DType::BF16,
+        });
+        let cpu = Qwen3Cpu::load_with(dir, LoadOptions::new(dtype))?;
+        let lm: Box<dyn CausalLm> = match options.device {
+            Device::Cpu => Box::new(cpu),
+            Device::Cuda => {
+                let kv_tokens = options.kv_tokens.unwrap_or(cpu.config().max_position_embeddings.min(32768));
+                let decoder = DecoderOptions {
+                    kv_tokens,
+                    block_tokens: smelt_passes::DEFAULT_BLOCK_TOKENS,
+                    cuda_graphs: true,
+                    module_cache: smelt_codegen::ModuleCache::default_dir().map(smelt_codegen::ModuleCache::at),
+                    pdl: true,
+                    prefill: false,
+                    prefill_chunk: 512,
+                };
+                Box::new(Qwen3Cuda::new(cpu, &decoder)?)
+            }
+        };
+        let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::from_model_dir(dir)?) } else { None };
+        Ok(Model { lm, tokenizer, dir: dir.to_path_buf() })
+    }
+
+    pub fn config(&self) -> &Qwen3Config {
+        self.lm.config()
+    }
+
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Starts generating after `prompt` (a new sequence). The prompt runs now; the iterator
+    /// yields one chunk per new token.
+    pub fn generate(&mut self, prompt: Prompt<'_>, params: &GenerateParams) -> Result<Generation<'_>, Error> {
+        params.sampling.validate().map_err(Error::Sampling)?;
+        let needs_tokenizer = matches!(prompt, Prompt::Text(_)) || !params.stop.is_empty();
+        if needs_tokenizer && self.tokenizer.is_none() {
+            return Err(Error::NoTokenizer(self.dir.clone()));
+        }
+        let ids = match prompt {
+            Prompt::Ids(ids) => ids.to_vec(),
+            Prompt::Text(text) => self.tokenizer.as_ref().expect("checked").encode(text)?,
+        };
+        let Model { lm, tokenizer, .. } = self;
+        let lm = lm.as_mut();
+        lm.reset();
+        let mut sampler = Sampler::new(params.sampling.clone(), &ids);
+        let first = next_token(lm, &mut sampler, &ids)?;
+        Ok(Generation {
+            lm,
+            sampler,
+            decoder: tokenizer.as_ref().map(|t| t.decode_stream(false)),
+            stops: StopMatcher::new(&params.stop),
+            next: Some(first),
+            produced: 0,
+            max_new_tokens: params.max_new_tokens,
+        })
+    }
+
+    /// One assistant turn after `messages`, rendered with the model's chat template;
+    /// `enable_thinking: Some(false)` asks Qwen3 not to think.
+    pub fn chat(
+        &mut self,
+        messages: &[ChatMessage],
+        enable_thinking: Option<bool>,
+        params: &GenerateParams,
+    ) -> Result<Generation<'_>, Error> {
+        let tokenizer = self.tokenizer.as_ref().ok_or_else(|| Error::NoTokenizer(self.dir.clone()))?;
+        let template = tokenizer.chat_template().ok_or_else(|| Error::NoChatTemplate(self.dir.clone()))?;
+        let text = template.render(messages, true, enable_thinking)?;
+        self.generate(Prompt::Text(&text), params)
+    }
+}
+
+/// Chooses the token after `ids` (appended to the sequence).
+fn next_token(lm: &mut dyn CausalLm, sampler: &mut Sampler, ids: &[u32]) -> Result<u32, ModelError> {
+    if sampler.params().is_plain_greedy() {
+        return lm.forward_greedy(ids);
+    }
+    let logits = lm.forward(ids, Logits::LastPosition)?;
+    Ok(sampler.sample(logits.f32s().expect("logits are f32")))
+}
+
+/// A generation in progress: an iterator of [`Chunk`]s. It ends after an EOS token (yielded),
+/// `max_new_tokens`, a stop string, or a full context.
+pub struct Generation<'a> {
+    lm: &'a mut dyn CausalLm,
+    sampler: Sampler,
+    decoder: Option<IncrementalDecoder<'a>>,
+    stops: StopMatcher,
+    /// The token the next call yields; None once generation has ended.
+    next: Option<u32>,
+    produced: usize,
+    max_new_tokens: usize,
+}
+
+impl Iterator for Generation<'_> {
+    type Item = Result<Chunk, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.produced == self.max_new_tokens {
+            return None;
+        }
+        let token = self.next.take()?;
+        self.produced += 1;
+        self.sampler.observe(token);
+        let piece = match self.decoder.as_mut().map(|d| d.step(token)).transpose() {
+            Ok(piece) => piece.flatten().unwrap_or_default(),
+            Err(e) => return Some(Err(e.into())),
+        };
+        let mut text = self.stops.push(&piece);
+        let config = self.lm.config();
+        let ended = self.stops.stopped()
+            || self.lm.eos_token_ids().contains(&token)
+            || self.produced == self.max_new_tokens
+            || self.lm.position() >= config.max_position_embeddings;
+        if ended {
+            // Flush what the detokenizer and the stop matcher still hold.
+            if let Some(d) = self.decoder.take() {
+                match d.finish() {
+                    Ok(tail) => text.push_str(&self.stops.push(&tail.unwrap_or_default())),
+                    Err(e) => return Some(Err(e.into())),
+                }
+            }
+            text.push_str(&self.stops.finish());
+            self.produced = self.max_new_tokens;
+        } else {
+            match next_token(self.lm, &mut self.sampler, &[token]) {
+                Ok(t) => self.next = Some(t),
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        Some(Ok(Chunk { token, text }))
+    }
+}

@@ -1,0 +1,81 @@
+//! The library API (`smelt::Model`) on the CPU backend: the same ids as the generation loop,
+//! text prompts and chats through the model directory's tokenizer and template, stop strings,
+//! and clear errors.
+
+mod common;
+
+use common::fixture_dir;
+use smelt::models::{generate, LoadOptions, Qwen3Cpu};
+use smelt::{ChatMessage, Error, GenerateParams, Model, ModelOptions, Prompt, SamplingParams};
+
+/// A copy of a fixture model with the real Qwen3 tokenizer and chat template beside it.
+fn model_dir_with_tokenizer() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/assets/qwen3");
+    for (from, name) in [
+        (fixture_dir("gqa1-tied-f32"), "config.json"),
+        (fixture_dir("gqa1-tied-f32"), "model.safetensors"),
+        (assets.clone(), "tokenizer.json"),
+        (assets, "tokenizer_config.json"),
+    ] {
+        std::fs::copy(from.join(name), tmp.path().join(name)).unwrap();
+    }
+    tmp
+}
+
+fn collect(g: smelt::Generation<'_>) -> (Vec<u32>, String) {
+    let chunks: Vec<smelt::Chunk> = g.collect::<Result<_, _>>().unwrap();
+    (chunks.iter().map(|c| c.token).collect(), chunks.iter().map(|c| c.text.as_str()).collect())
+}
+
+#[test]
+fn generate_gives_the_generation_loops_ids() {
+    let dir = fixture_dir("gqa1-tied-f32");
+    let params = GenerateParams { max_new_tokens: 10, ..GenerateParams::default() };
+    let mut model = Model::load(&dir, &ModelOptions::default()).unwrap();
+    let (ids, text) = collect(model.generate(Prompt::Ids(&[5, 17, 42, 7]), &params).unwrap());
+    let mut cpu = Qwen3Cpu::load_with(&dir, LoadOptions::new(smelt::ir::DType::F32)).unwrap();
+    let want = generate(&mut cpu, &[5, 17, 42, 7], 10, &SamplingParams::default(), |_| true).unwrap();
+    assert_eq!(ids, want);
+    assert_eq!(text, "", "no tokenizer: no text");
+    // Seeded sampling through the API repeats.
+    let sampled =
+        GenerateParams { sampling: SamplingParams { temperature: 0.9, seed: 5, ..Default::default() }, ..params };
+    let a = collect(model.generate(Prompt::Ids(&[5, 17]), &sampled).unwrap()).0;
+    let b = collect(model.generate(Prompt::Ids(&[5, 17]), &sampled).unwrap()).0;
+    assert_eq!(a, b);
+}
+
+#[test]
+fn text_prompts_chats_and_stop_strings_use_the_directorys_tokenizer() {
+    let tmp = model_dir_with_tokenizer();
+    let mut model = Model::load(tmp.path(), &ModelOptions::default()).unwrap();
+    let params = GenerateParams { max_new_tokens: 16, ..GenerateParams::default() };
+    // The fixture's vocabulary is the first 384 ids: this text encodes to [87, 0, 88, 0, 89].
+    let prompt = "x!y!z";
+    let (ids, text) = collect(model.generate(Prompt::Text(prompt), &params).unwrap());
+    assert_eq!(text, model.tokenizer().unwrap().decode(&ids, false).unwrap(), "chunks add up to the decoded ids");
+    // A chat renders the template: its `<|im_start|>` is past this vocabulary, a clear error.
+    let turn = [ChatMessage::new("user", "Hi")];
+    let err = model.chat(&turn, Some(false), &params).err().unwrap();
+    assert!(matches!(err, Error::Model(smelt::models::ModelError::TokenOutOfRange { id: 151644, .. })), "{err}");
+    // A stop string from the middle of the text: the output ends just before it.
+    let chars: Vec<char> = text.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let stopped = GenerateParams { stop: vec![stop.clone()], ..params };
+    let (_, cut) = collect(model.generate(Prompt::Text(prompt), &stopped).unwrap());
+    assert_eq!(cut, text[..text.find(&stop).unwrap()]);
+}
+
+#[test]
+fn missing_tokenizer_and_bad_sampling_are_clear_errors() {
+    let dir = fixture_dir("gqa1-tied-f32");
+    let mut model = Model::load(&dir, &ModelOptions::default()).unwrap();
+    let params = GenerateParams::default();
+    assert!(matches!(model.generate(Prompt::Text("hi"), &params), Err(Error::NoTokenizer(_))));
+    assert!(matches!(model.chat(&[ChatMessage::new("user", "hi")], None, &params), Err(Error::NoTokenizer(_))));
+    let bad = GenerateParams { sampling: SamplingParams { top_p: 0.0, ..Default::default() }, ..params };
+    let err = model.generate(Prompt::Ids(&[1]), &bad).err().unwrap();
+    assert!(err.to_string().contains("top_p"), "{err}");
+    assert!(matches!(Model::load(&dir.join("nope"), &ModelOptions::default()), Err(Error::Model(_))));
+}
