@@ -366,6 +366,11 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
                 let v = fixed(&label, *s.dims().last().expect("rank >= 1"))?;
                 vec![kernels::argmax(&name_for(&label, "argmax"), s.dims()[0], v, g.node(ops[0]).dtype)]
             }
+            Op::Reduce { op, axis } => {
+                let x = ty(ops[0]);
+                supported(&label, x.0 != DType::I32 && node.dtype != DType::I32, "a reduction of i32")?;
+                vec![kernels::reduce(&name_for(&label, "reduce"), *op, (x.0, &x.1), *axis, node.dtype)]
+            }
             Op::Elementwise { body } => {
                 let inputs: Vec<(DType, Shape)> = ops.iter().map(|&x| ty(x)).collect();
                 vec![kernels::elementwise(&name_for(&label, "elementwise"), body, &inputs, (node.dtype, &node.shape))]

@@ -19,6 +19,7 @@ mod gemm;
 mod gemv;
 mod norm;
 mod prefill_attention;
+mod reduce;
 
 pub use argmax::argmax;
 pub use attention::{decode_attention, decode_attention_scratch_bytes, AttentionSpec};
@@ -28,6 +29,7 @@ pub use gemm::{gemm_unsupported, linear_gemm, GemmSpec};
 pub use gemv::{linear_gemv, GemvSpec, GEMV_MAX_ROWS, GEMV_MAX_SHARED};
 pub use norm::{kv_append, norm_rope, norm_rope_kv_append, rmsnorm};
 pub use prefill_attention::{prefill_attention, PrefillAttentionSpec};
+pub use reduce::reduce;
 
 use smelt_ir::{Bindings, DType, Dim, Shape, Sym};
 
