@@ -111,15 +111,7 @@ impl Model {
             Device::Cpu => Box::new(cpu),
             Device::Cuda => {
                 let kv_tokens = options.kv_tokens.unwrap_or(cpu.config().max_position_embeddings.min(32768));
-                let decoder = DecoderOptions {
-                    kv_tokens,
-                    block_tokens: smelt_passes::DEFAULT_BLOCK_TOKENS,
-                    cuda_graphs: true,
-                    module_cache: smelt_codegen::ModuleCache::default_dir().map(smelt_codegen::ModuleCache::at),
-                    pdl: true,
-                    prefill: false,
-                    prefill_chunk: 512,
-                };
+                let decoder = DecoderOptions::new(kv_tokens);
                 Box::new(Qwen3Cuda::new(cpu, &decoder)?)
             }
         };

@@ -47,15 +47,7 @@ fn gpu() -> Option<Gpu> {
 }
 
 fn options() -> DecoderOptions {
-    DecoderOptions {
-        kv_tokens: 64,
-        block_tokens: 16,
-        cuda_graphs: true,
-        module_cache: None,
-        pdl: true,
-        prefill: false,
-        prefill_chunk: 32,
-    }
+    DecoderOptions { module_cache: None, prefill_chunk: 32, ..DecoderOptions::new(64) }
 }
 
 #[test]

@@ -80,13 +80,12 @@ pub fn run(a: Args) -> Result<()> {
     let cache_dir = std::env::temp_dir().join(format!("smelt-bench-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache_dir);
     let options = |cache_dir: &PathBuf| DecoderOptions {
-        kv_tokens: max_context,
-        block_tokens: smelt::passes::DEFAULT_BLOCK_TOKENS,
         cuda_graphs: !a.no_cuda_graphs,
         module_cache: Some(ModuleCache::at(cache_dir.clone())),
         pdl: !a.no_pdl,
         prefill: a.prefill.is_some(),
         prefill_chunk: 2048,
+        ..DecoderOptions::new(max_context)
     };
 
     let cold = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("--device cuda")?;

@@ -24,16 +24,8 @@ pub struct LogitsArgs {
     /// Output safetensors file; holds `logits`, f32, [T, vocab].
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, value_enum, default_value_t)]
-    device: Device,
-    /// Execution dtype (default: f32 on the CPU, bf16 on CUDA).
-    #[arg(long, value_enum)]
-    dtype: Option<DTypeArg>,
-    /// Run the primitive graph instead of the fused one (CPU only).
-    #[arg(long)]
-    no_fuse: bool,
     #[command(flatten)]
-    cuda: CudaArgs,
+    backend: BackendArgs,
 }
 
 #[derive(clap::Args)]
@@ -85,6 +77,13 @@ pub struct GenerateArgs {
     /// tokenizer.json to use instead of the model directory's.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+/// Where and how `logits` and `generate` run the model.
+#[derive(clap::Args)]
+struct BackendArgs {
     #[arg(long, value_enum, default_value_t)]
     device: Device,
     /// Execution dtype (default: f32 on the CPU, bf16 on CUDA).
@@ -97,25 +96,27 @@ pub struct GenerateArgs {
     cuda: CudaArgs,
 }
 
-/// The execution dtype: as asked, else f32 on the CPU (the reference) and bf16 on CUDA.
-fn dtype_for(device: Device, dtype: Option<DTypeArg>) -> DType {
-    match (dtype, device) {
-        (Some(d), _) => d.into(),
-        (None, Device::Cpu) => DType::F32,
-        (None, Device::Cuda) => DType::BF16,
+impl BackendArgs {
+    /// The execution dtype: as asked, else f32 on the CPU (the reference) and bf16 on CUDA.
+    fn dtype(&self) -> DType {
+        match (self.dtype, self.device) {
+            (Some(d), _) => d.into(),
+            (None, Device::Cpu) => DType::F32,
+            (None, Device::Cuda) => DType::BF16,
+        }
     }
-}
 
-/// Loads the model on `device`.
-fn load_on(device: Device, dir: &Path, dtype: DType, no_fuse: bool, cuda: &CudaArgs) -> Result<Box<dyn CausalLm>> {
-    if device == Device::Cpu {
-        return Ok(Box::new(load(dir, dtype, no_fuse)?));
+    /// Loads the model in `dir` on the chosen device.
+    fn load(&self, dir: &Path) -> Result<Box<dyn CausalLm>> {
+        if self.device == Device::Cpu {
+            return Ok(Box::new(load(dir, self.dtype(), self.no_fuse)?));
+        }
+        if self.no_fuse {
+            bail!("--no-fuse: the CUDA backend runs fused graphs only");
+        }
+        let cpu = load(dir, self.dtype(), false)?;
+        Ok(Box::new(load_cuda(cpu, &self.cuda)?))
     }
-    if no_fuse {
-        bail!("--no-fuse: the CUDA backend runs fused graphs only");
-    }
-    let cpu = load(dir, dtype, false)?;
-    Ok(Box::new(load_cuda(cpu, cuda)?))
 }
 
 /// Compiles and uploads a loaded model to the GPU, reporting the JIT and memory.
@@ -159,7 +160,7 @@ pub fn load(dir: &Path, dtype: DType, no_fuse: bool) -> Result<Qwen3Cpu> {
 
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let ids = parse_ids(&a.prompt_ids)?;
-    let mut model = load_on(a.device, &a.model, dtype_for(a.device, a.dtype), a.no_fuse, &a.cuda)?;
+    let mut model = a.backend.load(&a.model)?;
     let t0 = Instant::now();
     let logits = model.forward(&ids, Logits::AllPositions)?;
     eprintln!("prefill of {} tokens in {:.2}s", ids.len(), t0.elapsed().as_secs_f64());
@@ -229,7 +230,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         },
         (None, None) => unreachable!("clap requires --prompt or --prompt-ids"),
     };
-    let mut model = load_on(a.device, &a.model, dtype_for(a.device, a.dtype), a.no_fuse, &a.cuda)?;
+    let mut model = a.backend.load(&a.model)?;
     if tokenizer.is_none() && !a.stop.is_empty() {
         bail!("--stop needs a tokenizer to see text: {} has no tokenizer.json (pass --tokenizer)", a.model.display());
     }

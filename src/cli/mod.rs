@@ -81,14 +81,12 @@ pub struct CudaArgs {
 
 impl CudaArgs {
     fn options(&self, config: &smelt::models::Qwen3Config) -> smelt::runtime::cuda::DecoderOptions {
+        let kv_tokens = self.kv_tokens.unwrap_or(config.max_position_embeddings.min(32768));
         smelt::runtime::cuda::DecoderOptions {
-            kv_tokens: self.kv_tokens.unwrap_or(config.max_position_embeddings.min(32768)),
-            block_tokens: smelt::passes::DEFAULT_BLOCK_TOKENS,
             cuda_graphs: !self.no_cuda_graphs,
-            module_cache: smelt::codegen::ModuleCache::default_dir().map(smelt::codegen::ModuleCache::at),
             pdl: !self.no_pdl,
             prefill: self.gpu_prefill,
-            prefill_chunk: 512,
+            ..smelt::runtime::cuda::DecoderOptions::new(kv_tokens)
         }
     }
 }

@@ -46,6 +46,23 @@ pub struct DecoderOptions {
     pub prefill_chunk: usize,
 }
 
+impl DecoderOptions {
+    /// The defaults for a cache of `kv_tokens` tokens: blocks of the planner's default size,
+    /// CUDA graphs and programmatic dependent launch on, the user's module cache, prompts one
+    /// token per step (the prefill kernels are opt-in), chunks of 512 when they are on.
+    pub fn new(kv_tokens: usize) -> DecoderOptions {
+        DecoderOptions {
+            kv_tokens,
+            block_tokens: smelt_passes::DEFAULT_BLOCK_TOKENS,
+            cuda_graphs: true,
+            module_cache: ModuleCache::default_dir().map(ModuleCache::at),
+            pdl: true,
+            prefill: false,
+            prefill_chunk: 512,
+        }
+    }
+}
+
 /// How long loading the kernels took.
 #[derive(Clone, Debug, Default)]
 pub struct JitReport {
