@@ -404,6 +404,24 @@ proptest! {
         }
     }
 
+    /// A row's result does not depend on the rows computed with it (the engine's exactness
+    /// under chunked prefill, preemption and prefix caching rests on this).
+    #[test]
+    fn matmul_rows_are_bit_identical_however_the_rows_are_split(
+        m in 1usize..=9, k in 1usize..=40, n in 1usize..=150, split in 1usize..=8, seed: u64,
+    ) {
+        let (a, w) = (noise(seed, m * k), noise(seed ^ 0x5eed, n * k));
+        let whole = run(Op::MatMul, &[f32t(&[m, k], &a), f32t(&[n, k], &w)]).to_f32_vec();
+        let split = split.min(m);
+        let head = run(Op::MatMul, &[f32t(&[split, k], &a[..split * k]), f32t(&[n, k], &w)]).to_f32_vec();
+        let mut parts = head;
+        for i in split..m {
+            parts.extend(run(Op::MatMul, &[f32t(&[1, k], &a[i * k..(i + 1) * k]), f32t(&[n, k], &w)]).to_f32_vec());
+        }
+        let same = whole.iter().zip(&parts).all(|(x, y)| x.to_bits() == y.to_bits());
+        prop_assert!(same, "rows differ once split at {split}");
+    }
+
     #[test]
     fn attention_matches_naive(t in 1usize..=6, h in 1usize..=3, d in 1usize..=8, seed: u64) {
         let (q, k, v) = (noise(seed, t * h * d), noise(seed + 1, t * h * d), noise(seed + 2, t * h * d));
