@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use smelt_ir::{DType, EvalError, Graph, IrError, Tensor};
-use smelt_runtime::{Checkpoint, CpuState, HostWeights, WeightError};
+use smelt_runtime::{Checkpoint, CpuState, HostWeights, PagedKv, WeightError};
 
 use crate::config::{token_ids, ConfigError, Qwen3Config};
 use crate::qwen3::{declare, DeclareOptions, Logits, Phase, LM_HEAD, LOGITS, POSITIONS, TOKEN_IDS};
@@ -35,6 +35,20 @@ pub enum ModelError {
     Pass(#[from] smelt_passes::PassError),
     #[error(transparent)]
     Cuda(#[from] smelt_runtime::cuda::CudaError),
+    #[error("the KV cache: {0}")]
+    PagedKv(#[from] smelt_runtime::PagedKvError),
+    #[error("the KV cache: {0}")]
+    KvPlan(#[from] smelt_passes::kv::KvPlanError),
+    #[error("request {index}: {source}")]
+    Request { index: usize, source: Box<ModelError> },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(
+        "up to {tokens} tokens (prompt + max new tokens) need {bytes} bytes of KV cache; the budget of {budget} bytes holds {capacity_tokens} tokens"
+    )]
+    KvTooSmall { tokens: usize, bytes: usize, capacity_tokens: usize, budget: usize },
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// What generation needs of a backend: the CPU reference ([`Qwen3Cpu`]) or the GPU
@@ -125,6 +139,8 @@ pub struct Qwen3Cpu {
     graphs: Graphs,
     weights: HostWeights,
     state: CpuState,
+    /// The batch engine's KV pool (see [`Qwen3Cpu::allocate_paged`]).
+    paged: Option<PagedKv>,
     position: usize,
     eos_token_ids: Vec<u32>,
     unused_tensors: Vec<String>,
@@ -167,7 +183,17 @@ impl Qwen3Cpu {
         eos_token_ids: Vec<u32>,
         unused_tensors: Vec<String>,
     ) -> Qwen3Cpu {
-        Qwen3Cpu { config, dtype, graphs, weights, state: CpuState::new(), position: 0, eos_token_ids, unused_tensors }
+        Qwen3Cpu {
+            config,
+            dtype,
+            graphs,
+            weights,
+            state: CpuState::new(),
+            paged: None,
+            position: 0,
+            eos_token_ids,
+            unused_tensors,
+        }
     }
 
     /// A model with seeded random weights (uniform in ±0.05, norm weights 1): for benchmarks
@@ -249,16 +275,43 @@ impl Qwen3Cpu {
             (_, Logits::LastPosition) => &self.graphs.prefill_last,
             (_, Logits::AllPositions) => &self.graphs.prefill_all,
         };
-        let n = ids.len();
-        let positions = (self.position..needed).map(|p| p as i32).collect();
-        let inputs = HashMap::from([
-            (TOKEN_IDS.to_string(), Tensor::from_i32(vec![n], ids.iter().map(|&i| i as i32).collect())),
-            (POSITIONS.to_string(), Tensor::from_i32(vec![n], positions)),
-        ]);
-        let mut out = self.state.run(graph, &self.weights, inputs)?;
+        let mut out = self.state.run(graph, &self.weights, step_inputs(ids, self.position))?;
         self.position = needed;
         Ok(out.remove(LOGITS).expect("the graph outputs logits"))
     }
+
+    /// The paged KV layout `budget_bytes` buys, from the decode graph's caches.
+    pub fn kv_plan(&self, block_tokens: usize, budget_bytes: usize) -> Result<smelt_passes::kv::KvPlan, ModelError> {
+        Ok(smelt_passes::kv::plan_kv(&self.graphs.decode, block_tokens, budget_bytes)?)
+    }
+
+    /// Makes a paged KV pool of `blocks` blocks for [`Qwen3Cpu::forward_paged`]; blocks take
+    /// memory when first written.
+    pub fn allocate_paged(&mut self, blocks: usize, block_tokens: usize) -> Result<(), ModelError> {
+        self.paged = Some(PagedKv::for_graph(&self.graphs.decode, blocks, block_tokens)?);
+        Ok(())
+    }
+
+    /// Runs `ids` after `start` tokens whose KV is in the blocks `table` lists (of the pool
+    /// [`Qwen3Cpu::allocate_paged`] made), writing theirs after it; returns the f32 logits of
+    /// the last position. The single-sequence state ([`Qwen3Cpu::forward`]) is untouched.
+    pub fn forward_paged(&mut self, ids: &[u32], start: usize, table: &[u32]) -> Result<Tensor, ModelError> {
+        check_ids(&self.config, start, ids)?;
+        let graph = if ids.len() == 1 { &self.graphs.decode } else { &self.graphs.prefill_last };
+        let paged = self.paged.as_mut().ok_or_else(|| ModelError::Internal("no paged KV pool allocated".into()))?;
+        let mut out = paged.run(graph, &self.weights, step_inputs(ids, start), table, start)?;
+        Ok(out.remove(LOGITS).expect("the graph outputs logits"))
+    }
+}
+
+/// The token ids and positions of `ids` appended after `start` tokens.
+fn step_inputs(ids: &[u32], start: usize) -> HashMap<String, Tensor> {
+    let n = ids.len();
+    let positions = (start..start + n).map(|p| p as i32).collect();
+    HashMap::from([
+        (TOKEN_IDS.to_string(), Tensor::from_i32(vec![n], ids.iter().map(|&i| i as i32).collect())),
+        (POSITIONS.to_string(), Tensor::from_i32(vec![n], positions)),
+    ])
 }
 
 /// `eos_token_id` from `dir/generation_config.json`, if the file exists.

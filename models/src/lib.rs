@@ -1,6 +1,7 @@
 //! Qwen3 for smelt: the config, the model declared as IR, the tokenizer and chat template,
 //! and the generation loop over a runtime backend.
 
+pub mod batch;
 pub mod chat;
 pub mod config;
 pub mod cuda_engine;
@@ -15,5 +16,5 @@ pub use config::{ConfigError, Qwen3Config};
 pub use cuda_engine::Qwen3Cuda;
 pub use engine::{generate, CausalLm, LoadOptions, ModelError, Qwen3Cpu};
 pub use sample::{Sampler, SamplingParams};
-pub use stop::StopMatcher;
+pub use stop::{StopMatcher, TextStream};
 pub use tokenizer::{IncrementalDecoder, Tokenizer, TokenizerError};

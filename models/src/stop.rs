@@ -1,6 +1,8 @@
 //! Stop strings: watching generated text for any of them, even when one spans several tokens,
 //! and never showing a piece of one.
 
+use crate::tokenizer::{IncrementalDecoder, Tokenizer, TokenizerError};
+
 /// Watches streamed text for stop strings. Text that could still turn out to be the start of a
 /// stop string is held back until the next piece decides it.
 pub struct StopMatcher {
@@ -49,6 +51,43 @@ impl StopMatcher {
     /// What is still held back when generation ends without a stop string.
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)
+    }
+}
+
+/// Generated ids to shown text: the incremental detokenizer (when there is a tokenizer) feeding
+/// a [`StopMatcher`].
+pub struct TextStream<'t> {
+    decoder: Option<IncrementalDecoder<'t>>,
+    stops: StopMatcher,
+}
+
+impl<'t> TextStream<'t> {
+    pub fn new(tokenizer: Option<&'t Tokenizer>, stops: &[String]) -> TextStream<'t> {
+        TextStream { decoder: tokenizer.map(|t| t.decode_stream(false)), stops: StopMatcher::new(stops) }
+    }
+
+    /// The text `token` completes that can be shown now (empty without a tokenizer).
+    pub fn push(&mut self, token: u32) -> Result<String, TokenizerError> {
+        let piece = match self.decoder.as_mut() {
+            Some(d) => d.step(token)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok(self.stops.push(&piece))
+    }
+
+    /// Whether a stop string was seen.
+    pub fn stopped(&self) -> bool {
+        self.stops.stopped()
+    }
+
+    /// Ends the stream: the text the detokenizer and the stop matcher still hold.
+    pub fn finish(&mut self) -> Result<String, TokenizerError> {
+        let mut text = String::new();
+        if let Some(d) = self.decoder.take() {
+            text = self.stops.push(&d.finish()?.unwrap_or_default());
+        }
+        text.push_str(&self.stops.finish());
+        Ok(text)
     }
 }
 

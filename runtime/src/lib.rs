@@ -3,7 +3,9 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod paged;
 pub mod weights;
 
 pub use cpu::{weight_specs, CpuState, HostWeights};
+pub use paged::{PagedKv, PagedKvError};
 pub use weights::{Checkpoint, LoadedWeights, WeightError, WeightSpec};

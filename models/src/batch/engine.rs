@@ -1,0 +1,257 @@
+//! The batch engine: runs many requests to completion over a paged KV cache, each with its
+//! own sampling, stop strings and length, through a backend that computes several sequences'
+//! chunks per step ([`BatchLm`]).
+
+use std::time::Instant;
+
+use smelt_passes::kv::KvPlan;
+
+use super::blocks::{BlockId, BlockPool};
+use super::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
+use crate::config::Qwen3Config;
+use crate::engine::{check_ids, ModelError};
+use crate::sample::{Sampler, SamplingParams};
+use crate::stop::TextStream;
+use crate::tokenizer::Tokenizer;
+
+/// `ids` of one sequence to compute after its first `start` tokens, whose KV is in the blocks
+/// of `blocks` (its block table, covering `start + ids.len()` tokens).
+pub struct Chunk<'a> {
+    pub ids: &'a [u32],
+    pub start: usize,
+    pub blocks: &'a [BlockId],
+}
+
+/// What the batch engine needs of a backend.
+pub trait BatchLm {
+    fn config(&self) -> &Qwen3Config;
+    /// Ids that end generation.
+    fn eos_token_ids(&self) -> &[u32];
+    /// The paged KV layout `budget_bytes` buys at `block_tokens` tokens per block.
+    fn kv_plan(&self, block_tokens: usize, budget_bytes: usize) -> Result<KvPlan, ModelError>;
+    /// Makes the KV pool `plan` describes (dropping any earlier one).
+    fn allocate_kv(&mut self, plan: &KvPlan) -> Result<(), ModelError>;
+    /// Computes every chunk (appending its KV through its block table) and returns each
+    /// chunk's f32 logits at its last position.
+    fn run_chunks(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError>;
+}
+
+/// One request of a batch.
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends at the first of these in the text (which is not shown).
+    pub stop: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An EOS id (the last id of the output).
+    Eos,
+    /// A stop string appeared in the text.
+    Stop,
+    /// `max_new_tokens` were generated.
+    Length,
+    /// The sequence filled the model's context.
+    ContextFull,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    pub ids: Vec<u32>,
+    /// The shown text (empty without a tokenizer).
+    pub text: String,
+    pub finish: FinishReason,
+    /// Why some ids are missing from `text` (an id the tokenizer cannot decode, which a
+    /// model's padded vocabulary allows); the ids are the result either way.
+    pub warning: Option<String>,
+}
+
+/// How the batch runs.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchOptions {
+    /// Bytes of KV cache (in the execution dtype) shared by all sequences.
+    pub kv_budget_bytes: usize,
+    pub block_tokens: usize,
+    /// Sequences running at once.
+    pub max_batch: usize,
+    /// Tokens computed per step across all sequences (bounds a step's prefill work).
+    pub max_step_tokens: usize,
+    pub prefix_cache: bool,
+}
+
+impl Default for BatchOptions {
+    fn default() -> BatchOptions {
+        BatchOptions {
+            kv_budget_bytes: 1 << 30,
+            block_tokens: smelt_passes::kv::DEFAULT_BLOCK_TOKENS,
+            max_batch: 64,
+            max_step_tokens: 2048,
+            prefix_cache: true,
+        }
+    }
+}
+
+/// What happened, for streaming.
+#[derive(Debug)]
+pub enum BatchEvent<'a> {
+    /// Request `request` generated `token`, completing `text` (possibly empty).
+    Token { request: usize, token: u32, text: &'a str },
+    /// Request `request` ended; `text` is the last of its text.
+    Finished { request: usize, text: &'a str, completion: &'a Completion },
+}
+
+#[derive(Clone, Debug)]
+pub struct BatchStats {
+    pub kv: KvPlan,
+    pub scheduler: SchedulerStats,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub seconds: f64,
+}
+
+impl BatchStats {
+    /// Prompt tokens whose KV came from the prefix cache, over prompt tokens looked up.
+    pub fn prefix_hit_rate(&self) -> f64 {
+        let s = &self.scheduler;
+        s.hit_tokens as f64 / s.queried_tokens.max(1) as f64
+    }
+}
+
+/// A request's generation state.
+struct Live<'t> {
+    sampler: Sampler,
+    text: TextStream<'t>,
+    ids: Vec<u32>,
+    /// The text shown so far.
+    shown: String,
+    warning: Option<String>,
+    max_new_tokens: usize,
+}
+
+/// Runs `requests` to completion; returns their completions in input order. `on_event` sees
+/// every token as it is chosen. Requests are checked before anything runs: a bad one is an
+/// error naming its index.
+pub fn generate_batch(
+    model: &mut dyn BatchLm,
+    requests: &[Request],
+    options: &BatchOptions,
+    tokenizer: Option<&Tokenizer>,
+    mut on_event: impl FnMut(BatchEvent<'_>),
+) -> Result<(Vec<Completion>, BatchStats), ModelError> {
+    let t0 = Instant::now();
+    let kv = model.kv_plan(options.block_tokens, options.kv_budget_bytes)?;
+    for (index, r) in requests.iter().enumerate() {
+        check_request(model.config(), &kv, r, tokenizer.is_some()).map_err(|e| ModelError::Request {
+            index,
+            source: Box::new(e),
+        })?;
+    }
+    model.allocate_kv(&kv)?;
+    let config = SchedulerConfig { max_batch: options.max_batch, max_step_tokens: options.max_step_tokens };
+    let mut sched = Scheduler::new(BlockPool::new(kv.blocks, kv.block_tokens, options.prefix_cache), config);
+    let mut live: Vec<Option<Live<'_>>> = Vec::with_capacity(requests.len());
+    let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
+    for (i, r) in requests.iter().enumerate() {
+        if r.max_new_tokens == 0 {
+            done[i] = Some(Completion { ids: Vec::new(), text: String::new(), finish: FinishReason::Length, warning: None });
+            live.push(None);
+            continue;
+        }
+        sched.add(i, r.prompt.clone());
+        live.push(Some(Live {
+            sampler: Sampler::new(r.sampling.clone(), &r.prompt),
+            text: TextStream::new(tokenizer, &r.stop),
+            ids: Vec::new(),
+            shown: String::new(),
+            warning: None,
+            max_new_tokens: r.max_new_tokens,
+        }));
+    }
+    let max_context = model.config().max_position_embeddings;
+    while !sched.is_idle() {
+        let plan = sched.schedule();
+        if plan.is_empty() {
+            return Err(ModelError::Internal("the scheduler has work but scheduled none".into()));
+        }
+        let chunks: Vec<Chunk<'_>> = plan
+            .iter()
+            .map(|s| Chunk { ids: &sched.tokens(s.seq)[s.start..s.start + s.len], start: s.start, blocks: sched.blocks(s.seq) })
+            .collect();
+        let logits = model.run_chunks(&chunks)?;
+        for (s, logits) in plan.iter().zip(logits) {
+            if !sched.advance(s.seq, s.len) {
+                continue;
+            }
+            let seq = live[s.seq].as_mut().expect("scheduled requests are live");
+            let token = seq.sampler.sample(&logits);
+            seq.sampler.observe(token);
+            seq.ids.push(token);
+            let text = seq.text.push(token).unwrap_or_else(|e| {
+                seq.warning.get_or_insert(e.to_string());
+                String::new()
+            });
+            seq.shown.push_str(&text);
+            on_event(BatchEvent::Token { request: s.seq, token, text: &text });
+            let finish = if seq.text.stopped() {
+                Some(FinishReason::Stop)
+            } else if model.eos_token_ids().contains(&token) {
+                Some(FinishReason::Eos)
+            } else if seq.ids.len() == seq.max_new_tokens {
+                Some(FinishReason::Length)
+            } else if sched.computed(s.seq) >= max_context {
+                Some(FinishReason::ContextFull)
+            } else {
+                None
+            };
+            let Some(finish) = finish else {
+                sched.push_token(s.seq, token);
+                continue;
+            };
+            sched.finish(s.seq);
+            let mut seq = live[s.seq].take().expect("scheduled requests are live");
+            let tail = seq.text.finish().unwrap_or_else(|e| {
+                seq.warning.get_or_insert(e.to_string());
+                String::new()
+            });
+            seq.shown.push_str(&tail);
+            let completion = Completion { ids: seq.ids, text: seq.shown, finish, warning: seq.warning };
+            on_event(BatchEvent::Finished { request: s.seq, text: &tail, completion: &completion });
+            done[s.seq] = Some(completion);
+        }
+    }
+    let completions: Vec<Completion> = done.into_iter().map(|c| c.expect("every request finished")).collect();
+    let stats = BatchStats {
+        kv,
+        scheduler: sched.stats(),
+        prompt_tokens: requests.iter().map(|r| r.prompt.len()).sum(),
+        generated_tokens: completions.iter().map(|c| c.ids.len()).sum(),
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    Ok((completions, stats))
+}
+
+/// The checks a request passes before the batch starts.
+fn check_request(config: &Qwen3Config, kv: &KvPlan, r: &Request, has_tokenizer: bool) -> Result<(), ModelError> {
+    r.sampling.validate().map_err(ModelError::BadRequest)?;
+    if !r.stop.is_empty() && !has_tokenizer {
+        return Err(ModelError::BadRequest("stop strings need a tokenizer to see text".into()));
+    }
+    check_ids(config, 0, &r.prompt)?;
+    // Alone in the cache, every request must fit to its end, or preemption could never make
+    // room for it.
+    let tokens = (r.prompt.len() + r.max_new_tokens).min(config.max_position_embeddings);
+    let blocks = tokens.div_ceil(kv.block_tokens);
+    if blocks > kv.blocks {
+        return Err(ModelError::KvTooSmall {
+            tokens,
+            bytes: blocks * kv.bytes_per_block,
+            capacity_tokens: kv.capacity_tokens,
+            budget: kv.budget_bytes,
+        });
+    }
+    Ok(())
+}

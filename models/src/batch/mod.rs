@@ -1,0 +1,11 @@
+//! Batched generation: many requests over one paged KV cache, with continuous batching,
+//! preemption and prefix caching.
+
+pub mod blocks;
+mod cpu;
+pub mod engine;
+pub mod scheduler;
+
+pub use blocks::{BlockId, BlockPool};
+pub use engine::{generate_batch, BatchEvent, BatchLm, BatchOptions, BatchStats, Chunk, Completion, FinishReason, Request};
+pub use scheduler::{Scheduled, Scheduler, SchedulerConfig, SchedulerStats, SeqId};

@@ -1,0 +1,164 @@
+//! The scheduler against a fake model whose "KV" of a token is the token id itself, stored in
+//! the blocks: a step must read back, through the sequence's block table, exactly the tokens
+//! before it, and must write only blocks no other sequence holds. The next token is a hash of
+//! all tokens so far, so a sequence's output depends on its whole history, as a model's does.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+struct FakeKv {
+    block_tokens: usize,
+    slots: HashMap<(BlockId, usize), u32>,
+}
+
+impl FakeKv {
+    fn run(&mut self, sched: &Scheduler, s: Scheduled) {
+        let b = self.block_tokens;
+        let (tokens, table) = (sched.tokens(s.seq), sched.blocks(s.seq));
+        assert!(s.len > 0, "seq {} is scheduled to compute nothing", s.seq);
+        assert!(table.len() * b >= s.start + s.len, "the table covers the step");
+        for p in 0..s.start {
+            let got = self.slots.get(&(table[p / b], p % b));
+            assert_eq!(got, Some(&tokens[p]), "seq {} reads position {p} through its table", s.seq);
+        }
+        for p in s.start..s.start + s.len {
+            let block = table[p / b];
+            assert_eq!(sched.pool().refs(block), 1, "seq {} writes block {block}, which is shared", s.seq);
+            self.slots.insert((block, p % b), tokens[p]);
+        }
+    }
+}
+
+fn next_token(tokens: &[u32]) -> u32 {
+    (chain_hash(ROOT_HASH, tokens) % 7) as u32
+}
+
+/// Runs every prompt to `new` generated tokens; returns the outputs and the stats.
+fn run(
+    prompts: &[Vec<u32>],
+    new: usize,
+    blocks: usize,
+    block_tokens: usize,
+    config: SchedulerConfig,
+    caching: bool,
+) -> (Vec<Vec<u32>>, SchedulerStats) {
+    let mut sched = Scheduler::new(BlockPool::new(blocks, block_tokens, caching), config);
+    let mut kv = FakeKv { block_tokens, slots: HashMap::new() };
+    for (i, p) in prompts.iter().enumerate() {
+        sched.add(i, p.clone());
+    }
+    let mut out = vec![Vec::new(); prompts.len()];
+    let mut steps = 0;
+    while !sched.is_idle() {
+        steps += 1;
+        assert!(steps < 10_000, "no progress");
+        let plan = sched.schedule();
+        assert!(!plan.is_empty(), "a busy scheduler schedules something");
+        assert!(plan.iter().map(|s| s.len).sum::<usize>() <= config.max_step_tokens.max(config.max_batch));
+        for &s in &plan {
+            kv.run(&sched, s);
+        }
+        for s in plan {
+            if sched.advance(s.seq, s.len) {
+                let token = next_token(sched.tokens(s.seq));
+                out[s.seq].push(token);
+                if out[s.seq].len() == new {
+                    sched.finish(s.seq);
+                } else {
+                    sched.push_token(s.seq, token);
+                }
+            }
+        }
+    }
+    assert_eq!(sched.pool().available(), blocks, "every block is back");
+    (out, sched.stats())
+}
+
+fn solo(prompt: &[u32], new: usize) -> Vec<u32> {
+    let mut tokens = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..new {
+        let t = next_token(&tokens);
+        out.push(t);
+        tokens.push(t);
+    }
+    out
+}
+
+fn config(max_batch: usize, max_step_tokens: usize) -> SchedulerConfig {
+    SchedulerConfig { max_batch, max_step_tokens }
+}
+
+#[test]
+fn a_shared_prefix_is_computed_once() {
+    let prefix: Vec<u32> = (0..20).collect();
+    let prompts: Vec<Vec<u32>> = (0..8).map(|i| [prefix.clone(), vec![100 + i, 7]].concat()).collect();
+    let (out, stats) = run(&prompts, 3, 64, 4, config(8, 256), true);
+    for (p, o) in prompts.iter().zip(&out) {
+        assert_eq!(o, &solo(p, 3));
+    }
+    // The first prompt computes all 22 tokens; the other 7 find the 20 prefix tokens cached
+    // (5 full blocks), having waited one step for the first to compute them.
+    assert_eq!(stats.queried_tokens, 8 * 22);
+    assert_eq!(stats.hit_tokens, 7 * 20);
+    assert_eq!(stats.preemptions, 0);
+}
+
+#[test]
+fn without_caching_nothing_hits() {
+    let prompts = vec![vec![1, 2, 3, 4, 5], vec![1, 2, 3, 4, 6]];
+    let (out, stats) = run(&prompts, 4, 16, 2, config(4, 64), false);
+    assert_eq!(out[1], solo(&prompts[1], 4));
+    assert_eq!(stats.hit_tokens, 0);
+}
+
+#[test]
+fn a_full_pool_preempts_the_youngest_and_recomputes_it() {
+    // Each sequence alone needs 4 blocks of 2 tokens (3 + 5 tokens); two need 8 > 6.
+    let prompts = vec![vec![1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]];
+    let (out, stats) = run(&prompts, 5, 6, 2, config(3, 64), false);
+    for (p, o) in prompts.iter().zip(&out) {
+        assert_eq!(o, &solo(p, 5));
+    }
+    assert!(stats.preemptions > 0, "{stats:?}");
+}
+
+#[test]
+fn a_small_step_budget_chunks_the_prefill() {
+    let prompts = vec![(0..30).collect::<Vec<u32>>()];
+    let (out, stats) = run(&prompts, 2, 16, 4, config(1, 8), true);
+    assert_eq!(out[0], solo(&prompts[0], 2));
+    // 30 prompt tokens in chunks of 8 (4 steps), then one decode step.
+    assert_eq!(stats.steps, 5);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn any_schedule_gives_every_sequence_its_solo_output(
+        shared in 0usize..12,
+        tails in prop::collection::vec((1usize..10, 0u32..3), 1..7),
+        new in 1usize..8,
+        block_tokens in 1usize..5,
+        extra_blocks in 0usize..12,
+        max_batch in 1usize..5,
+        max_step_tokens in 1usize..24,
+        caching: bool,
+    ) {
+        let prompts: Vec<Vec<u32>> = tails
+            .iter()
+            .map(|&(len, seed)| (0..shared as u32).chain((0..len as u32).map(|t| t * 3 + seed)).collect())
+            .collect();
+        // The longest sequence alone always fits (the engine refuses requests that do not).
+        let longest = prompts.iter().map(|p| p.len() + new).max().unwrap();
+        let blocks = longest.div_ceil(block_tokens) + extra_blocks;
+        let (out, _) = run(&prompts, new, blocks, block_tokens, config(max_batch, max_step_tokens), caching);
+        for (p, o) in prompts.iter().zip(&out) {
+            prop_assert_eq!(o, &solo(p, new));
+        }
+    }
+}
