@@ -4,46 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use common::*;
 
 /// Per-row tolerance on ‖ours − HF‖/‖HF‖, as in tests/hf_fixtures.rs.
 const ROW_REL_TOL: f64 = 1e-4;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tokenizer_path() -> PathBuf {
-    root().join("models/assets/qwen3/tokenizer.json")
-}
-
-/// Runs `smelt args...` from the repository root, with its module cache under target/ rather
-/// than the user's home.
-fn smelt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .args(args)
-        .current_dir(root())
-        .env("SMELT_CACHE_DIR", root().join("target/test-module-cache"))
-        .output()
-        .unwrap_or_else(|e| panic!("running smelt {args:?}: {e}"))
-}
-
-/// Runs `smelt args...`, asserts it succeeded, and returns (stdout, stderr).
-fn smelt_ok(args: &[&str]) -> (String, String) {
-    let out = smelt(args);
-    let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "smelt {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-    assert!(!stderr.contains("panicked"), "smelt {args:?} panicked:\n{stderr}");
-    (stdout, stderr)
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
 
 struct Reference {
     prompt: Vec<u32>,

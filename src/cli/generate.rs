@@ -11,6 +11,7 @@ use smelt::models::{
     generate as run_generation, CausalLm, LoadOptions, Qwen3Cpu, Qwen3Cuda, SamplingParams, StopMatcher, Tokenizer,
 };
 
+use super::batch::{self, BatchArgs};
 use super::{io::write_atomically, model_dir_arg, parse_ids, CudaArgs, DTypeArg, Device};
 
 #[derive(clap::Args)]
@@ -34,11 +35,20 @@ pub struct GenerateArgs {
     #[arg(long)]
     model: PathBuf,
     /// The prompt as text (needs a tokenizer).
-    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    #[arg(long, conflicts_with = "prompt_ids", required_unless_present_any = ["prompt_ids", "batch"])]
     prompt: Option<String>,
     /// The prompt as comma-separated token ids.
     #[arg(long)]
     prompt_ids: Option<String>,
+    /// Generate for every request of a JSON Lines file, batched: one object per line with
+    /// "prompt", "prompt_ids" or "messages", and optionally its own "max_new_tokens",
+    /// "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+    /// "seed" and "stop" (the flags are the defaults). Prints one JSON line per request as it
+    /// finishes; --ids-out gets the id arrays in input order. CPU backend.
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_ids"])]
+    batch: Option<PathBuf>,
+    #[command(flatten)]
+    batching: BatchArgs,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// 0 is greedy.
@@ -71,8 +81,8 @@ pub struct GenerateArgs {
     /// Treat --prompt as one user turn, rendered with the model's chat template.
     #[arg(long)]
     chat: bool,
-    /// With --chat: ask Qwen3 not to think (`enable_thinking=false`).
-    #[arg(long, requires = "chat")]
+    /// With --chat (or "messages" in --batch): ask Qwen3 not to think (`enable_thinking=false`).
+    #[arg(long)]
     no_think: bool,
     /// tokenizer.json to use instead of the model directory's.
     #[arg(long)]
@@ -215,10 +225,28 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             bail!("--ids-out {}: directory {} does not exist", path.display(), parent.display());
         }
     }
+    if a.no_think && !a.chat && a.batch.is_none() {
+        bail!("--no-think applies to a chat: add --chat");
+    }
+    let tokenizer = tokenizer_for(&a)?;
+    if let Some(path) = &a.batch {
+        if a.backend.device != Device::Cpu {
+            bail!("--batch runs on the CPU backend for now (the CUDA backend runs one sequence at a time)");
+        }
+        let defaults = batch::Defaults {
+            max_new_tokens: a.max_new_tokens,
+            sampling,
+            stop: &a.stop,
+            chat: a.chat,
+            enable_thinking: a.no_think.then_some(false),
+        };
+        let file = batch::read_requests(path, &defaults, tokenizer.as_ref())?;
+        let mut model = load(&a.model, a.backend.dtype(), a.backend.no_fuse)?;
+        return batch::run(&mut model, &file, &a.batching, tokenizer.as_ref(), a.ids_out.as_deref());
+    }
     if a.chat && a.prompt.is_none() {
         bail!("--chat takes the user's turn from --prompt TEXT (not --prompt-ids)");
     }
-    let tokenizer = tokenizer_for(&a)?;
     let prompt = match (&a.prompt, &a.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
         (Some(text), None) => match &tokenizer {

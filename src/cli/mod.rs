@@ -1,5 +1,6 @@
 //! Subcommands. The forms documented in the README are a contract that outside checks rely on.
 
+mod batch;
 mod bench;
 mod check;
 mod compile;

@@ -48,3 +48,38 @@ pub fn rel_err(ours: &[f32], reference: &[f32]) -> (f64, f64) {
 pub fn argmax(row: &[f32]) -> u32 {
     smelt::models::sample::argmax(row)
 }
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real Qwen3 tokenizer (ids below 384 decode to short pieces of text).
+pub fn tokenizer_path() -> PathBuf {
+    root().join("models/assets/qwen3/tokenizer.json")
+}
+
+pub fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// Runs `smelt args...` from the repository root, with its module cache under target/ rather
+/// than the user's home.
+pub fn smelt(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(args)
+        .current_dir(root())
+        .env("SMELT_CACHE_DIR", root().join("target/test-module-cache"))
+        .output()
+        .unwrap_or_else(|e| panic!("running smelt {args:?}: {e}"))
+}
+
+/// Runs `smelt args...`, asserts it succeeded, and returns (stdout, stderr).
+pub fn smelt_ok(args: &[&str]) -> (String, String) {
+    let out = smelt(args);
+    let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "smelt {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "smelt {args:?} panicked:\n{stderr}");
+    (stdout, stderr)
+}

@@ -1,0 +1,279 @@
+//! `smelt generate --batch FILE.jsonl`: many requests through the batch engine (continuous
+//! batching over a paged KV cache with prefix caching), one JSON line out per request.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use smelt::models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Request};
+use smelt::models::{ChatMessage, ModelError, SamplingParams, Tokenizer};
+
+use super::io::write_atomically;
+
+/// How `--batch` runs.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BatchArgs {
+    /// With --batch: reuse the KV of full blocks of tokens that earlier requests computed.
+    #[arg(long, value_enum, default_value = "on", requires = "batch")]
+    prefix_cache: OnOff,
+    /// With --batch: the KV cache's size, shared by all sequences (e.g. 48KiB, 512MiB, 2GiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size, requires = "batch")]
+    kv_memory: usize,
+    /// With --batch: tokens per KV block (the unit of allocation and of prefix reuse).
+    #[arg(long, default_value_t = 16, value_parser = at_least_one(), requires = "batch")]
+    kv_block_tokens: usize,
+    /// With --batch: sequences running at once.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one(), requires = "batch")]
+    max_batch: usize,
+    /// With --batch: tokens computed per step across all sequences.
+    #[arg(long, default_value_t = 2048, value_parser = at_least_one(), requires = "batch")]
+    max_step_tokens: usize,
+}
+
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// What every request starts from before its line overrides it.
+pub struct Defaults<'a> {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: &'a [String],
+    /// Render `prompt` as a user turn with the chat template (`--chat`).
+    pub chat: bool,
+    /// `enable_thinking` for the chat template (`--no-think`).
+    pub enable_thinking: Option<bool>,
+}
+
+/// One line of the batch file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    prompt: Option<String>,
+    prompt_ids: Option<Vec<u32>>,
+    messages: Option<Vec<ChatMessage>>,
+    max_new_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stops>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Stops {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A batch file's requests and where each came from.
+pub struct BatchFile<'p> {
+    path: &'p Path,
+    requests: Vec<Request>,
+    /// 1-based line of each request.
+    lines: Vec<usize>,
+}
+
+/// Reads `path` into requests (blank lines skipped); errors name the file and line.
+pub fn read_requests<'p>(
+    path: &'p Path,
+    defaults: &Defaults<'_>,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<BatchFile<'p>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading --batch {}", path.display()))?;
+    let (mut requests, mut lines) = (Vec::new(), Vec::new());
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), n + 1);
+        let parsed: Line = serde_json::from_str(line).with_context(at)?;
+        requests.push(request(parsed, defaults, tokenizer).with_context(at)?);
+        lines.push(n + 1);
+    }
+    if requests.is_empty() {
+        bail!("--batch {}: no requests (expected one JSON object per line)", path.display());
+    }
+    Ok(BatchFile { path, requests, lines })
+}
+
+fn template(t: &Tokenizer) -> Result<&smelt::models::ChatTemplate> {
+    t.chat_template().context("the model has no chat template for \"messages\" or --chat")
+}
+
+fn request(line: Line, d: &Defaults<'_>, tokenizer: Option<&Tokenizer>) -> Result<Request> {
+    let tokenizer_for = |what: &str| {
+        tokenizer.with_context(|| format!("\"{what}\" needs a tokenizer (the model has no tokenizer.json; pass --tokenizer)"))
+    };
+    let prompt = match (line.prompt, line.prompt_ids, line.messages) {
+        (None, Some(ids), None) => ids,
+        (Some(text), None, None) => {
+            let t = tokenizer_for("prompt")?;
+            let text = if d.chat { template(t)?.render(&[ChatMessage::new("user", text)], true, d.enable_thinking)? } else { text };
+            t.encode(&text)?
+        }
+        (None, None, Some(messages)) => {
+            let t = tokenizer_for("messages")?;
+            t.encode(&template(t)?.render(&messages, true, d.enable_thinking)?)?
+        }
+        _ => bail!("give exactly one of \"prompt\", \"prompt_ids\" or \"messages\""),
+    };
+    let s = &d.sampling;
+    let sampling = SamplingParams {
+        temperature: line.temperature.unwrap_or(s.temperature),
+        top_k: line.top_k.unwrap_or(s.top_k),
+        top_p: line.top_p.unwrap_or(s.top_p),
+        min_p: line.min_p.unwrap_or(s.min_p),
+        repetition_penalty: line.repetition_penalty.unwrap_or(s.repetition_penalty),
+        presence_penalty: line.presence_penalty.unwrap_or(s.presence_penalty),
+        seed: line.seed.unwrap_or(s.seed),
+    };
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    let stop = match line.stop {
+        None => d.stop.to_vec(),
+        Some(Stops::One(s)) => vec![s],
+        Some(Stops::Many(v)) => v,
+    };
+    Ok(Request { prompt, max_new_tokens: line.max_new_tokens.unwrap_or(d.max_new_tokens), sampling, stop })
+}
+
+/// Runs the batch, printing each request as a JSON line when it finishes and a summary (with
+/// the prefix-cache hit rate) on stderr.
+pub fn run(
+    model: &mut smelt::models::Qwen3Cpu,
+    file: &BatchFile<'_>,
+    args: &BatchArgs,
+    tokenizer: Option<&Tokenizer>,
+    ids_out: Option<&Path>,
+) -> Result<()> {
+    let options = BatchOptions {
+        kv_budget_bytes: args.kv_memory,
+        block_tokens: args.kv_block_tokens,
+        max_batch: args.max_batch,
+        max_step_tokens: args.max_step_tokens,
+        prefix_cache: args.prefix_cache == OnOff::On,
+    };
+    let requests = &file.requests;
+    let mut stdout = std::io::stdout().lock();
+    let (mut finished, mut generated) = (0, 0);
+    let mut last_report = Instant::now();
+    let result = generate_batch(model, requests, &options, tokenizer, |event| match event {
+        BatchEvent::Token { .. } => generated += 1,
+        BatchEvent::Finished { request, completion, .. } => {
+            finished += 1;
+            let mut line = serde_json::json!({
+                "index": request,
+                "finish_reason": completion.finish,
+                "ids": completion.ids,
+            });
+            if tokenizer.is_some() {
+                line["text"] = completion.text.clone().into();
+            }
+            if let Some(w) = &completion.warning {
+                line["warning"] = w.clone().into();
+            }
+            let _ = writeln!(stdout, "{line}");
+            if last_report.elapsed() > Duration::from_secs(2) {
+                eprintln!("{finished}/{} requests done, {generated} tokens generated", requests.len());
+                last_report = Instant::now();
+            }
+        }
+    });
+    let (completions, stats) = match result {
+        Ok(done) => done,
+        Err(ModelError::Request { index, source }) => {
+            bail!("{}:{}: {source}", file.path.display(), file.lines[index])
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let _ = stdout.flush();
+    eprintln!("{}", summary(requests.len(), &stats));
+    if let Some(path) = ids_out {
+        let ids: Vec<&Vec<u32>> = completions.iter().map(|c| &c.ids).collect();
+        write_atomically(path, serde_json::to_string(&ids)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn summary(requests: usize, stats: &BatchStats) -> String {
+    let s = &stats.scheduler;
+    let secs = stats.seconds.max(1e-9);
+    format!(
+        "batch of {requests} requests: {} prompt tokens; prefix cache: {} of {} looked-up tokens reused (hit rate {:.1}%); \
+         {} tokens generated in {:.2}s ({:.1} tokens/s; {:.1} tokens computed/s); {} steps, {} preemptions; \
+         KV cache {}: {} blocks of {} tokens",
+        stats.prompt_tokens,
+        s.hit_tokens,
+        s.queried_tokens,
+        100.0 * stats.prefix_hit_rate(),
+        stats.generated_tokens,
+        stats.seconds,
+        stats.generated_tokens as f64 / secs,
+        s.computed_tokens as f64 / secs,
+        s.steps,
+        s.preemptions,
+        format_size(stats.kv.budget_bytes),
+        stats.kv.blocks,
+        stats.kv.block_tokens,
+    )
+}
+
+/// `48KiB`, `2GiB`, `1.5GB`, `4096`: binary units with `i`, decimal without, bytes bare.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kib" | "k" => 1024.0,
+        "mib" | "m" => 1048576.0,
+        "gib" | "g" => 1073741824.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        other => return Err(format!("unknown unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB or GB)")),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("{s:?} is not a size like 48KiB or 2GiB"))?;
+    let bytes = value * scale;
+    if !(bytes >= 1.0 && bytes < usize::MAX as f64) {
+        return Err(format!("{s:?} is not a usable size"));
+    }
+    Ok(bytes as usize)
+}
+
+fn format_size(bytes: usize) -> String {
+    let b = bytes as f64;
+    match bytes {
+        _ if bytes >= 1 << 30 => format!("{:.2} GiB", b / 1073741824.0),
+        _ if bytes >= 1 << 20 => format!("{:.2} MiB", b / 1048576.0),
+        _ if bytes >= 1 << 10 => format!("{:.1} KiB", b / 1024.0),
+        _ => format!("{bytes} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("48KiB"), Ok(48 * 1024));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5 GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("KiB").is_err());
+        assert!(parse_size("0").is_err());
+    }
+}
