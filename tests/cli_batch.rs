@@ -209,6 +209,8 @@ fn bad_batch_lines_are_errors_naming_the_file_and_line() {
     assert!(stderr.contains("requests.jsonl:1") && stderr.contains("holds 48 tokens"), "{stderr}");
     let stderr = batch_fails("\n", &[]);
     assert!(stderr.contains("no requests"), "{stderr}");
+    let stderr = batch_fails(ok, &["--max-batch", "0"]);
+    assert!(stderr.contains("--max-batch"), "{stderr}");
     let stderr = batch_fails(ok, &["--kv-memory", "lots"]);
     assert!(stderr.contains("--kv-memory"), "{stderr}");
 }
