@@ -51,6 +51,30 @@ pub struct GenerateArgs {
     batching: BatchArgs,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Stop when the generated text contains this string (not shown); may be repeated.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Write the generated ids as a JSON array to this file.
+    #[arg(long)]
+    ids_out: Option<PathBuf>,
+    /// Treat --prompt as one user turn, rendered with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// With --chat (or "messages" in --batch): ask Qwen3 not to think (`enable_thinking=false`).
+    #[arg(long)]
+    no_think: bool,
+    /// tokenizer.json to use instead of the model directory's.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+/// How the next token is chosen (greedy by default).
+#[derive(clap::Args)]
+pub struct SamplingArgs {
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -72,28 +96,30 @@ pub struct GenerateArgs {
     /// Seed for sampling at temperature > 0 (same seed, same output).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Stop when the generated text contains this string (not shown); may be repeated.
-    #[arg(long)]
-    stop: Vec<String>,
-    /// Write the generated ids as a JSON array to this file.
-    #[arg(long)]
-    ids_out: Option<PathBuf>,
-    /// Treat --prompt as one user turn, rendered with the model's chat template.
-    #[arg(long)]
-    chat: bool,
-    /// With --chat (or "messages" in --batch): ask Qwen3 not to think (`enable_thinking=false`).
-    #[arg(long)]
-    no_think: bool,
-    /// tokenizer.json to use instead of the model directory's.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    #[command(flatten)]
-    backend: BackendArgs,
 }
 
-/// Where and how `logits` and `generate` run the model.
+impl SamplingArgs {
+    /// The parameters, checked; an error names the flag as typed (--top-p for top_p).
+    pub fn params(&self) -> Result<SamplingParams> {
+        let params = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            seed: self.seed,
+        };
+        if let Err(e) = params.validate() {
+            bail!("--{}", e.replacen('_', "-", 2));
+        }
+        Ok(params)
+    }
+}
+
+/// Where and how `logits`, `generate` and `chat` run the model.
 #[derive(clap::Args)]
-struct BackendArgs {
+pub struct BackendArgs {
     #[arg(long, value_enum, default_value_t)]
     device: Device,
     /// Execution dtype (default: f32 on the CPU, bf16 on CUDA).
@@ -117,7 +143,7 @@ impl BackendArgs {
     }
 
     /// Loads the model in `dir` on the chosen device.
-    fn load(&self, dir: &Path) -> Result<Box<dyn CausalLm>> {
+    pub fn load(&self, dir: &Path) -> Result<Box<dyn CausalLm>> {
         if self.device == Device::Cpu {
             return Ok(Box::new(load(dir, self.dtype(), self.no_fuse)?));
         }
@@ -205,19 +231,7 @@ fn prompt_text(a: &GenerateArgs, text: &str, tokenizer: &Tokenizer) -> Result<St
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let sampling = SamplingParams {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        repetition_penalty: a.repetition_penalty,
-        presence_penalty: a.presence_penalty,
-        seed: a.seed,
-    };
-    if let Err(e) = sampling.validate() {
-        // The flag's name, as typed: --top-p for top_p.
-        bail!("--{}", e.replacen('_', "-", 2));
-    }
+    let sampling = a.sampling.params()?;
     if let Some(path) = &a.ids_out {
         // Refuse a path that cannot be written before spending the time to generate.
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

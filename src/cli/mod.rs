@@ -2,6 +2,7 @@
 
 mod batch;
 mod bench;
+mod chat;
 mod check;
 mod compile;
 mod generate;
@@ -29,8 +30,10 @@ enum Command {
     Compile(compile::Args),
     /// Run one prefill and write the logits at every prompt position to a safetensors file.
     Logits(generate::LogitsArgs),
-    /// Generate text from a prompt, streaming it to stdout.
+    /// Generate text from a prompt (or a batch of them), streaming it to stdout.
     Generate(generate::GenerateArgs),
+    /// Chat with a model interactively: history, streaming replies, /reset, --no-think.
+    Chat(chat::Args),
     /// Turn text into token ids (or ids back into text) with a tokenizer.json.
     Tokenize(tokenize::Args),
     /// Measure decode on the GPU: latency per token at several contexts, JIT time, memory,
@@ -46,6 +49,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compile(a) => compile::run(a),
         Command::Logits(a) => generate::logits(a),
         Command::Generate(a) => generate::generate(a),
+        Command::Chat(a) => chat::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),
         Command::CheckKernels(a) => check::run(a),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod random_model;
+
 use std::path::PathBuf;
 
 pub fn fixture_dir(name: &str) -> PathBuf {

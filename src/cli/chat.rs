@@ -1,0 +1,141 @@
+//! `smelt chat --model DIR`: a conversation on stdin, each reply streamed to stdout as it is
+//! generated. Lines starting with `/` are commands: `/reset` forgets the conversation, `/exit`
+//! (or end of input) quits, `/help` lists them. Piped input works the same: one user turn per
+//! line.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use smelt::models::{generate as run_generation, CausalLm, ChatMessage, SamplingParams, TextStream, Tokenizer};
+
+use super::generate::{BackendArgs, SamplingArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A Hugging Face model directory with tokenizer.json and a chat template.
+    #[arg(long)]
+    model: PathBuf,
+    /// A system message that opens the conversation (kept across /reset).
+    #[arg(long)]
+    system: Option<String>,
+    /// Ask Qwen3 to answer without thinking first (`enable_thinking=false`).
+    #[arg(long)]
+    no_think: bool,
+    /// The longest reply, in tokens.
+    #[arg(long, default_value_t = 1024)]
+    max_new_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+const HELP: &str = "commands: /reset forgets the conversation, /exit quits (so does end of input), /help shows this";
+
+pub fn run(a: Args) -> Result<()> {
+    let sampling = a.sampling.params()?;
+    let dir = super::model_dir_arg(&a.model)?;
+    let tokenizer = Tokenizer::from_model_dir(&dir).with_context(|| format!("smelt chat needs {}/tokenizer.json", dir.display()))?;
+    let template = tokenizer.chat_template().with_context(|| {
+        format!("{} has no chat template (tokenizer_config.json or chat_template.jinja)", dir.display())
+    })?;
+    let mut model = a.backend.load(&dir)?;
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("smelt chat with {}. {HELP}.", dir.display());
+    }
+    let mut history: Vec<ChatMessage> = Vec::new();
+    let mut input = std::io::stdin().lock();
+    loop {
+        if interactive {
+            eprint!(">>> ");
+            let _ = std::io::stderr().flush();
+        }
+        let mut line = String::new();
+        if input.read_line(&mut line).context("reading stdin")? == 0 {
+            break;
+        }
+        let text = line.trim_end_matches(['\n', '\r']);
+        match text.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                history.clear();
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            "/help" => {
+                eprintln!("{HELP}");
+                continue;
+            }
+            command if command.starts_with('/') => {
+                eprintln!("unknown command {command}; {HELP}");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(ChatMessage::new("user", text));
+        let mut messages: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s.as_str())).collect();
+        messages.extend(history.iter().cloned());
+        let prompt = template.render(&messages, true, a.no_think.then_some(false))?;
+        let ids = tokenizer.encode(&prompt)?;
+        match reply(model.as_mut(), &tokenizer, &ids, a.max_new_tokens, &sampling) {
+            Ok(text) => history.push(ChatMessage::new("assistant", text)),
+            Err(e) => {
+                // The turn is dropped; the conversation before it goes on.
+                history.pop();
+                eprintln!("error: {e:#}");
+                if matches!(e.downcast_ref(), Some(smelt::models::ModelError::ContextFull { .. })) {
+                    eprintln!("(the conversation no longer fits the context: /reset starts a new one)");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Generates the assistant's reply to `ids` (the rendered conversation), streaming its text to
+/// stdout; returns the text. EOS ids end the reply and are not shown.
+fn reply(
+    model: &mut dyn CausalLm,
+    tokenizer: &Tokenizer,
+    ids: &[u32],
+    max_new_tokens: usize,
+    sampling: &SamplingParams,
+) -> Result<String> {
+    let eos = model.eos_token_ids().to_vec();
+    let mut stream = TextStream::new(Some(tokenizer), &[]);
+    let mut text = String::new();
+    let mut stdout = std::io::stdout().lock();
+    let mut show = |piece: &str, text: &mut String| {
+        text.push_str(piece);
+        let _ = stdout.write_all(piece.as_bytes());
+        let _ = stdout.flush();
+    };
+    let t0 = Instant::now();
+    let mut undecodable = None;
+    let out = run_generation(model, ids, max_new_tokens, sampling, |id| {
+        if !eos.contains(&id) {
+            match stream.push(id) {
+                Ok(piece) => show(&piece, &mut text),
+                Err(e) => undecodable = undecodable.take().or(Some(e)),
+            }
+        }
+        true
+    })?;
+    show(&stream.finish()?, &mut text);
+    let _ = writeln!(stdout);
+    if let Some(e) = undecodable {
+        eprintln!("warning: not shown: {e}");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "[{} prompt tokens, {} generated in {secs:.2}s, {:.1} tokens/s]",
+        ids.len(),
+        out.len(),
+        out.len() as f64 / secs.max(1e-9)
+    );
+    Ok(text)
+}

@@ -1,0 +1,70 @@
+//! `smelt chat` on a tiny random model with the real Qwen3 vocabulary, tokenizer and chat
+//! template, driven through stdin: history carries across turns, /reset forgets it, /exit
+//! ends, --no-think and --system change the rendered prompt, and a turn too long for the
+//! context is an error that leaves the conversation usable.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::random_model::write_random_qwen3;
+use common::*;
+
+/// Runs `smelt chat` on `model` with `input` on stdin: (stdout, stderr, the prompt-token count
+/// of each turn from the stats lines).
+fn chat(model: &std::path::Path, input: &str, extra: &[&str]) -> (String, String, Vec<usize>) {
+    let mut args = vec!["chat", "--model", path_str(model), "--max-new-tokens", "12"];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success() && !stderr.contains("panicked"), "smelt {args:?}: {}\n{stderr}", out.status);
+    let prompts = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix('[')?.split(" prompt tokens").next()?.parse().ok())
+        .collect();
+    (stdout, stderr, prompts)
+}
+
+#[test]
+fn history_reset_exit_no_think_system_and_an_overlong_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random_qwen3(dir.path(), 5);
+    let model = dir.path();
+
+    let (one, _, p) = chat(model, "hello there\n", &[]);
+    assert_eq!(p.len(), 1);
+    let first = p[0];
+
+    // The second turn's prompt holds the first turn and its reply.
+    let (_, _, p) = chat(model, "hello there\nhello there\n", &[]);
+    assert!(p.len() == 2 && p[1] > first + 4, "{p:?}");
+
+    // After /reset the same message gets the same (greedy) reply; /exit ignores the rest.
+    let (two, stderr, p) = chat(model, "hello there\n/reset\nhello there\n/exit\nnever read\n", &[]);
+    assert_eq!(two, format!("{one}{one}"));
+    assert_eq!(p, [first, first]);
+    assert!(stderr.contains("conversation cleared"), "{stderr}");
+
+    // --no-think adds the empty think block "<think>\n\n</think>\n\n" (4 tokens).
+    let (_, _, p) = chat(model, "hello there\n", &["--no-think"]);
+    assert_eq!(p, [first + 4]);
+    let (_, _, p) = chat(model, "hello there\n", &["--system", "You are terse."]);
+    assert!(p[0] > first, "{p:?}");
+
+    // Unknown commands are reported, not sent; a turn past the 4096-token context fails
+    // alone and the next turn sees a conversation without it.
+    let long = "word ".repeat(5000);
+    let (out, stderr, p) = chat(model, &format!("/frobnicate\n{long}\nhello there\n"), &[]);
+    assert!(stderr.contains("unknown command /frobnicate"), "{stderr}");
+    assert!(stderr.contains("error:") && stderr.contains("/reset starts a new one"), "{stderr}");
+    assert_eq!((out, p), (one, vec![first]));
+}
