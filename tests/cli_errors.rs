@@ -727,3 +727,32 @@ fn usage_errors_exit_2() {
         mentions(&stderr, &["error", "--help"]);
     }
 }
+
+/// gqa1 (f32) with every element of `tensor` set to `value`.
+fn with_constant_tensor(tensor: &str, value: f32) -> tempfile::TempDir {
+    let model = copy_fixture("gqa1-tied-f32");
+    rewrite_tensors(&model.path().join("model.safetensors"), |ts| {
+        let t = find(ts, tensor);
+        assert_eq!(t.dtype, Dtype::F32);
+        t.data = t.data.chunks(4).flat_map(|_| value.to_le_bytes()).collect();
+    });
+    model
+}
+
+#[test]
+fn f16_overflow_names_the_node_or_the_tensor_and_bf16_runs() {
+    // A norm weight of 30,000 fits f16, but the normalized activations it scales (|x| up to
+    // about 3) do not.
+    let norm = "model.layers.0.post_attention_layernorm.weight";
+    let model = with_constant_tensor(norm, 30000.0);
+    let stderr = generate_fails(model.path(), "5,17,42,7", &["--dtype", "f16"]);
+    mentions(&stderr, &["f16 overflow", "l00", "post_attn_norm", "bf16 or f32"]);
+    let stderr = logits_fails(model.path(), "5,17,42,7", &["--dtype", "f16"]);
+    mentions(&stderr, &["f16 overflow"]);
+    let (code, _, stderr) = run(&["generate", "--model", path_str(model.path()), "--prompt-ids", "5,17,42,7", "--max-new-tokens", "2", "--dtype", "bf16"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // 100,000 does not fit f16 at all: the loader names the tensor.
+    let model = with_constant_tensor(norm, 100000.0);
+    let stderr = generate_fails(model.path(), "5,17,42,7", &["--dtype", "f16"]);
+    mentions(&stderr, &[norm, "do not fit f16"]);
+}

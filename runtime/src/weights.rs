@@ -153,7 +153,14 @@ impl Checkpoint {
                 format!("tensor {name}: {} bytes of {} do not match shape {:?}", bytes.len(), entry.dtype, entry.shape),
             ));
         }
-        Ok(Tensor::from_f32(dtype, entry.shape.clone(), values))
+        let tensor = Tensor::from_f32(dtype, entry.shape.clone(), values);
+        if dtype == DType::F16 {
+            let count = tensor.f32s().map_or(0, |v| v.iter().filter(|x| !x.is_finite()).count());
+            if count > 0 {
+                return Err(WeightError::F16Range { name: name.to_string(), path: path.to_path_buf(), count });
+            }
+        }
+        Ok(tensor)
     }
 
     /// [`validate`](Self::validate), then [`load`](Self::load) every spec, in spec order.

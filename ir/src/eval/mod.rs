@@ -33,6 +33,10 @@ pub enum EvalError {
     Node { node: String, message: String },
     #[error("graph has a cycle")]
     Cycle,
+    /// An f16 result left f16's range (±65504) although its operands were finite: the
+    /// activations of this model need bf16 or f32.
+    #[error("node {node}: f16 overflow: {count} values beyond ±65504 (compute in bf16 or f32)")]
+    F16Overflow { node: String, count: usize },
 }
 
 /// Where the evaluator finds parameters.
@@ -157,6 +161,14 @@ pub fn eval(
                 if result.shape() != out_shape.as_slice() {
                     let message = format!("computed shape {:?}, the graph says {:?}", result.shape(), out_shape);
                     return Err(EvalError::Node { node: node_label(graph, id), message });
+                }
+                // Inputs and weights are finite and every f16 result is checked, so the first
+                // non-finite f16 value is where the overflow happened.
+                if node.dtype == DType::F16 {
+                    let count = result.f32s().map_or(0, |v| v.iter().filter(|x| !x.is_finite()).count());
+                    if count > 0 {
+                        return Err(EvalError::F16Overflow { node: node_label(graph, id), count });
+                    }
                 }
                 Val::Owned(result)
             }

@@ -432,3 +432,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_f16_result_beyond_its_range_is_an_error_naming_the_node() {
+    // 300 * 300 = 90,000 > 65,504: fine in bf16 and f32, an overflow in f16.
+    let x = |dtype| Tensor::from_f32(dtype, vec![2], vec![300.0, 1.0]);
+    let err = run_op(Op::Binary(BinaryOp::Mul), &[x(DType::F16), x(DType::F16)]).unwrap_err();
+    let EvalError::F16Overflow { node, count } = &err else { panic!("{err}") };
+    assert_eq!((node.as_str(), *count), ("%2 y", 1), "{err}");
+    assert!(err.to_string().contains("bf16 or f32"), "{err}");
+    for dtype in [DType::BF16, DType::F32] {
+        let y = run(Op::Binary(BinaryOp::Mul), &[x(dtype), x(dtype)]);
+        assert!(y.to_f32_vec()[0] > 65504.0);
+    }
+    // The matmul accumulates in f32: a sum whose partial sums leave f16's range but whose
+    // result is in range is fine.
+    let a = Tensor::from_f32(DType::F16, vec![1, 2], vec![60000.0, 60000.0]);
+    let w = Tensor::from_f32(DType::F16, vec![1, 2], vec![1.0, -0.5]);
+    assert_close(&run(Op::MatMul, &[a, w]), &[1, 1], &[30000.0], 1e-3);
+}

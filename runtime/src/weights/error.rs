@@ -73,6 +73,13 @@ pub enum WeightError {
     /// `load` was asked for a non-float host dtype; weights are always floats.
     #[error("cannot load tensor {name} from {} as {requested}: weights load as f32, f16 or bf16", .path.display())]
     Target { name: String, path: PathBuf, requested: DType },
+
+    /// Values that f16 cannot hold (beyond ±65504, or already inf/NaN in the file).
+    #[error(
+        "tensor {name} in {}: {count} values do not fit f16 (beyond ±65504 or not finite); load in bf16 or f32",
+        .path.display()
+    )]
+    F16Range { name: String, path: PathBuf, count: usize },
 }
 
 impl WeightError {

@@ -310,3 +310,13 @@ fn error_messages_name_file_and_tensor() {
         }
     }
 }
+
+#[test]
+fn values_beyond_f16_are_an_error_when_loading_in_f16() {
+    let dir = single(&[("big", Dtype::F32, vec![3], f32s(&[1.0, 70000.0, -1e6]))]);
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    let err = ck.load("big", DType::F16).unwrap_err();
+    assert!(matches!(err, WeightError::F16Range { count: 2, .. }), "{err}");
+    assert!(err.to_string().contains("tensor big in") && err.to_string().contains("bf16 or f32"), "{err}");
+    assert_eq!(ck.load("big", DType::BF16).unwrap().shape(), &[3]);
+}
