@@ -24,6 +24,7 @@ use smelt_models::{
     CausalLm, ChatError, ChatMessage, IncrementalDecoder, LoadOptions, ModelError, Qwen3Config, Qwen3Cpu, Qwen3Cuda,
     Sampler, SamplingParams, StopMatcher, Tokenizer, TokenizerError,
 };
+use smelt_models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Completion, Request};
 use smelt_runtime::cuda::DecoderOptions;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub enum Error {
     NoChatTemplate(PathBuf),
     #[error("sampling: {0}")]
     Sampling(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// Where a model runs.
@@ -60,6 +63,12 @@ pub struct ModelOptions {
     pub dtype: Option<DType>,
     /// Tokens the GPU's KV cache holds (default: the context, at most 32768).
     pub kv_tokens: Option<usize>,
+    /// [`Model::generate_batch`]: the KV cache's size in bytes, shared by the batch (default 1 GiB).
+    pub kv_memory: Option<usize>,
+    /// [`Model::generate_batch`]: sequences running at once (default 64).
+    pub max_batch: Option<usize>,
+    /// [`Model::generate_batch`]: share full KV blocks between requests (default on).
+    pub no_prefix_cache: bool,
 }
 
 /// What to generate: sampling, length and stop strings.
@@ -96,6 +105,7 @@ pub struct Model {
     lm: Box<dyn CausalLm>,
     tokenizer: Option<Tokenizer>,
     dir: PathBuf,
+    batch: BatchOptions,
 }
 
 impl Model {
@@ -116,7 +126,14 @@ impl Model {
             }
         };
         let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::from_model_dir(dir)?) } else { None };
-        Ok(Model { lm, tokenizer, dir: dir.to_path_buf() })
+        let defaults = BatchOptions::default();
+        let batch = BatchOptions {
+            kv_budget_bytes: options.kv_memory.unwrap_or(defaults.kv_budget_bytes),
+            max_batch: options.max_batch.unwrap_or(defaults.max_batch),
+            prefix_cache: !options.no_prefix_cache,
+            ..defaults
+        };
+        Ok(Model { lm, tokenizer, dir: dir.to_path_buf(), batch })
     }
 
     pub fn config(&self) -> &Qwen3Config {
@@ -167,6 +184,37 @@ impl Model {
         let template = tokenizer.chat_template().ok_or_else(|| Error::NoChatTemplate(self.dir.clone()))?;
         let text = template.render(messages, true, enable_thinking)?;
         self.generate(Prompt::Text(&text), params)
+    }
+}
+
+impl Model {
+    /// Runs every request to completion together: continuous batching over one paged KV cache
+    /// (sized by [`ModelOptions::kv_memory`]) with prefix caching and preemption. Each request
+    /// gets exactly the tokens [`Model::generate`] gives it alone. `on_event` sees each token
+    /// as it is chosen; the completions come back in input order. CPU backend for now.
+    pub fn generate_batch(
+        &mut self,
+        requests: &[(Prompt<'_>, GenerateParams)],
+        on_event: impl FnMut(BatchEvent<'_>),
+    ) -> Result<(Vec<Completion>, BatchStats), Error> {
+        let mut batch = Vec::with_capacity(requests.len());
+        for (prompt, params) in requests {
+            let prompt = match prompt {
+                Prompt::Ids(ids) => ids.to_vec(),
+                Prompt::Text(text) => {
+                    self.tokenizer.as_ref().ok_or_else(|| Error::NoTokenizer(self.dir.clone()))?.encode(text)?
+                }
+            };
+            batch.push(Request {
+                prompt,
+                max_new_tokens: params.max_new_tokens,
+                sampling: params.sampling.clone(),
+                stop: params.stop.clone(),
+            });
+        }
+        let options = self.batch;
+        let lm = self.lm.as_batch().ok_or(Error::Unsupported("batched generation runs on the CPU backend for now"))?;
+        Ok(generate_batch(lm, &batch, &options, self.tokenizer.as_ref(), on_event)?)
     }
 }
 

@@ -1,5 +1,5 @@
 //! smelt: a compute-graph compiler that runs Qwen3. [`Model`] is the library API (load a model
-//! directory on the CPU or a GPU, generate, chat); this facade also re-exports the crates:
+//! directory on the CPU or a GPU, generate, generate a batch, chat); this facade also re-exports the crates:
 //! [`ir`] (the tensor IR and its reference evaluator), [`passes`], [`codegen`] (CUDA C kernels),
 //! [`runtime`] (weights, the CPU and CUDA backends) and [`models`] (Qwen3, tokenizer, chat
 //! template, sampling, generation).
@@ -7,6 +7,7 @@
 mod api;
 
 pub use api::{Chunk, Device, Error, GenerateParams, Generation, Model, ModelOptions, Prompt};
+pub use smelt_models::batch::{BatchEvent, BatchStats, Completion, FinishReason};
 pub use smelt_models::{ChatMessage, SamplingParams};
 
 pub use smelt_codegen as codegen;

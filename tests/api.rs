@@ -79,3 +79,37 @@ fn missing_tokenizer_and_bad_sampling_are_clear_errors() {
     assert!(err.to_string().contains("top_p"), "{err}");
     assert!(matches!(Model::load(&dir.join("nope"), &ModelOptions::default()), Err(Error::Model(_))));
 }
+
+#[test]
+fn generate_batch_gives_each_request_its_generate_output() {
+    let tmp = model_dir_with_tokenizer();
+    // A KV budget of 6 blocks of 16 tokens (gqa1: 1,024 bytes of f32 KV per token) cannot hold
+    // all four requests at once.
+    let options = ModelOptions { kv_memory: Some(6 * 16 * 1024), max_batch: Some(3), ..ModelOptions::default() };
+    let mut model = Model::load(tmp.path(), &options).unwrap();
+    let sampled = SamplingParams { temperature: 0.8, top_p: 0.9, seed: 3, ..Default::default() };
+    let params = |n, sampling: &SamplingParams| GenerateParams { max_new_tokens: n, sampling: sampling.clone(), stop: vec![] };
+    let greedy = SamplingParams::default();
+    let long: Vec<u32> = (0..30).map(|i| i * 11 % 384).collect();
+    let requests = [
+        (Prompt::Ids(&long), params(20, &greedy)),
+        (Prompt::Text("x!y!z"), params(12, &sampled)),
+        (Prompt::Ids(&long[..20]), params(25, &sampled)),
+        (Prompt::Ids(&[5, 17, 42, 7]), params(30, &greedy)),
+    ];
+    let mut streamed = vec![Vec::new(); requests.len()];
+    let (out, stats) = model
+        .generate_batch(&requests, |e| {
+            if let smelt::BatchEvent::Token { request, token, .. } = e {
+                streamed[request].push(token);
+            }
+        })
+        .unwrap();
+    assert!(stats.scheduler.preemptions > 0, "{:?}", stats.scheduler);
+    for (i, (prompt, params)) in requests.iter().enumerate() {
+        let (ids, text) = collect(model.generate(*prompt, params).unwrap());
+        assert_eq!(out[i].ids, ids, "request {i}");
+        assert_eq!(streamed[i], ids, "request {i}: the events carry the same tokens");
+        assert_eq!(out[i].text, text, "request {i}");
+    }
+}

@@ -69,6 +69,10 @@ pub trait CausalLm {
         let logits = self.forward(ids, Logits::LastPosition)?;
         Ok(crate::sample::argmax(logits.f32s().expect("logits are f32")))
     }
+    /// The same model under the batch engine, where the backend supports it.
+    fn as_batch(&mut self) -> Option<&mut dyn crate::batch::BatchLm> {
+        None
+    }
 }
 
 /// The checks every backend makes before running `ids` after `position` cached tokens.
@@ -387,5 +391,9 @@ impl CausalLm for Qwen3Cpu {
 
     fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
         Qwen3Cpu::forward(self, ids, logits)
+    }
+
+    fn as_batch(&mut self) -> Option<&mut dyn crate::batch::BatchLm> {
+        Some(self)
     }
 }
