@@ -1,10 +1,13 @@
 //! Qwen3 on the GPU: the CPU model's fused decode graph and weights, compiled and uploaded by
-//! the CUDA backend. Prompts run through the decode step one token at a time until the prefill
-//! kernels (tensor-core GEMM, prefill attention) exist.
+//! the CUDA backend. Prompts run through the decode step one token at a time unless the
+//! prefill kernels (tensor-core GEMM, prefill attention) are asked for.
 
 use smelt_ir::{DType, Tensor};
 use smelt_runtime::cuda::{check_prefill, check_step, CudaDecoder, DecoderOptions, Gpu, NodeCheck};
 
+use smelt_passes::kv::KvPlan;
+
+use crate::batch::{BatchLm, Chunk};
 use crate::config::Qwen3Config;
 use crate::engine::{check_ids, CausalLm, ModelError, Qwen3Cpu};
 use crate::qwen3::Logits;
@@ -109,6 +112,10 @@ impl CausalLm for Qwen3Cuda {
         Ok(Tensor::from_stored(DType::F32, vec![n, vocab], rows))
     }
 
+    fn as_batch(&mut self) -> Option<&mut dyn BatchLm> {
+        Some(self)
+    }
+
     fn forward_greedy(&mut self, ids: &[u32]) -> Result<u32, ModelError> {
         self.check(ids)?;
         if ids.len() > 1 && self.decoder.has_prefill() {
@@ -119,5 +126,59 @@ impl CausalLm for Qwen3Cuda {
             next = self.decoder.step(id, false)?.next_token;
         }
         Ok(next)
+    }
+}
+
+/// The batch engine on the GPU: the pool made at load time holds every sequence's blocks, and
+/// each chunk runs with its sequence's block table, one sequence after another. Prompts run
+/// through the decode step token by token unless the prefill kernels were compiled, so by
+/// default a batched sequence runs exactly the kernels it runs alone.
+impl BatchLm for Qwen3Cuda {
+    fn config(&self) -> &Qwen3Config {
+        self.cpu.config()
+    }
+
+    fn eos_token_ids(&self) -> &[u32] {
+        self.cpu.eos_token_ids()
+    }
+
+    fn kv_plan(&self, block_tokens: usize, budget_bytes: usize) -> Result<KvPlan, ModelError> {
+        let shape = self.decoder.kv_shape();
+        if block_tokens != shape.block_tokens {
+            let message = format!("the GPU's KV pool has blocks of {} tokens, not {block_tokens}", shape.block_tokens);
+            return Err(ModelError::BadRequest(message));
+        }
+        // The pool was sized at load (--kv-tokens); the budget can only use less of it.
+        let mut plan = self.cpu.kv_plan(block_tokens, budget_bytes)?;
+        plan.blocks = plan.blocks.min(shape.blocks);
+        plan.capacity_tokens = plan.blocks * block_tokens;
+        Ok(plan)
+    }
+
+    fn allocate_kv(&mut self, plan: &KvPlan) -> Result<(), ModelError> {
+        let blocks = self.decoder.kv_shape().blocks;
+        if plan.blocks > blocks {
+            return Err(ModelError::Internal(format!("a plan of {} blocks for a pool of {blocks}", plan.blocks)));
+        }
+        Ok(())
+    }
+
+    fn run_chunks(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut out = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            check_ids(self.cpu.config(), c.start, c.ids)?;
+            self.decoder.set_sequence(c.blocks, c.start)?;
+            let logits = if c.ids.len() > 1 && self.decoder.has_prefill() {
+                self.decoder.prefill(c.ids, true)?.logits
+            } else {
+                let mut last = None;
+                for (i, &id) in c.ids.iter().enumerate() {
+                    last = self.decoder.step(id, i + 1 == c.ids.len())?.logits;
+                }
+                last
+            };
+            out.push(logits.ok_or_else(|| ModelError::Internal("a step returned no logits".into()))?);
+        }
+        Ok(out)
     }
 }

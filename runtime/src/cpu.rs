@@ -4,7 +4,11 @@
 
 use std::collections::HashMap;
 
-use smelt_ir::{eval, DType, Dim, EvalError, Graph, Op, Sym, Tensor, WeightSource, WEIGHT_CONCAT};
+use smelt_ir::{eval_with, DType, Dim, EvalError, EvalOptions, Graph, Op, Sym, Tensor, WeightSource, WEIGHT_CONCAT};
+
+/// How the CPU backend evaluates a model: an f16 activation that overflows is an error naming
+/// the op, not an inf that silently turns the logits into NaN.
+pub const MODEL_EVAL: EvalOptions = EvalOptions { f16_overflow_is_error: true };
 
 use crate::weights::{Checkpoint, WeightError, WeightSpec};
 
@@ -102,7 +106,7 @@ impl CpuState {
             inputs.insert(name.clone(), t);
             state_names.push(name);
         }
-        let mut out = eval(graph, inputs, weights)?;
+        let mut out = eval_with(graph, inputs, weights, MODEL_EVAL)?;
         for name in state_names {
             if let Some(t) = out.remove(&name) {
                 self.values.insert(name, t);

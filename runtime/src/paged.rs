@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 
-use smelt_ir::{eval, DType, EvalError, Graph, Tensor};
+use smelt_ir::{eval_with, DType, EvalError, Graph, Tensor};
 
-use crate::cpu::HostWeights;
+use crate::cpu::{HostWeights, MODEL_EVAL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PagedKvError {
@@ -91,7 +91,7 @@ impl PagedKv {
             let cache = self.caches.iter().find(|c| c.name == name).ok_or(PagedKvError::UnknownCache(name))?;
             inputs.insert(cache.name.clone(), self.gather(cache, table, cached)?);
         }
-        let mut out = eval(graph, inputs, weights)?;
+        let mut out = eval_with(graph, inputs, weights, MODEL_EVAL)?;
         for c in 0..self.caches.len() {
             let Some(all) = out.remove(&self.caches[c].name) else { continue };
             let values = all.f32s().map(|v| v.to_vec()).unwrap_or_else(|| all.to_f32_vec());

@@ -151,7 +151,7 @@ fn request(line: Line, d: &Defaults<'_>, tokenizer: Option<&Tokenizer>) -> Resul
 /// Runs the batch, printing each request as a JSON line when it finishes and a summary (with
 /// the prefix-cache hit rate) on stderr.
 pub fn run(
-    model: &mut smelt::models::Qwen3Cpu,
+    model: &mut dyn smelt::models::batch::BatchLm,
     file: &BatchFile<'_>,
     args: &BatchArgs,
     tokenizer: Option<&Tokenizer>,

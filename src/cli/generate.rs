@@ -44,7 +44,8 @@ pub struct GenerateArgs {
     /// "prompt", "prompt_ids" or "messages", and optionally its own "max_new_tokens",
     /// "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
     /// "seed" and "stop" (the flags are the defaults). Prints one JSON line per request as it
-    /// finishes; --ids-out gets the id arrays in input order. CPU backend.
+    /// finishes; --ids-out gets the id arrays in input order. On CUDA the batch shares the KV
+    /// pool of --kv-tokens, and sequences run one after another (no batched kernels yet).
     #[arg(long, conflicts_with_all = ["prompt", "prompt_ids"])]
     batch: Option<PathBuf>,
     #[command(flatten)]
@@ -244,9 +245,6 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     }
     let tokenizer = tokenizer_for(&a)?;
     if let Some(path) = &a.batch {
-        if a.backend.device != Device::Cpu {
-            bail!("--batch runs on the CPU backend for now (the CUDA backend runs one sequence at a time)");
-        }
         let defaults = batch::Defaults {
             max_new_tokens: a.max_new_tokens,
             sampling,
@@ -255,8 +253,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             enable_thinking: a.no_think.then_some(false),
         };
         let file = batch::read_requests(path, &defaults, tokenizer.as_ref())?;
-        let mut model = load(&a.model, a.backend.dtype(), a.backend.no_fuse)?;
-        return batch::run(&mut model, &file, &a.batching, tokenizer.as_ref(), a.ids_out.as_deref());
+        let mut model = a.backend.load(&a.model)?;
+        let lm = model.as_batch().context("this backend cannot run a batch")?;
+        return batch::run(lm, &file, &a.batching, tokenizer.as_ref(), a.ids_out.as_deref());
     }
     if a.chat && a.prompt.is_none() {
         bail!("--chat takes the user's turn from --prompt TEXT (not --prompt-ids)");

@@ -48,7 +48,7 @@ fn concrete(shape: &Shape, b: &Bindings) -> Shape {
 /// Runs one decode step on `token` launch by launch, checking every node; the step counts (the
 /// cache advances) as with [`CudaDecoder::step`].
 pub fn check_step(dec: &mut CudaDecoder, weights: &dyn WeightSource, token: u32) -> Result<Vec<NodeCheck>, CudaError> {
-    dec.check_room(1)?;
+    dec.prepare(1)?;
     let checks = check_run(&dec.gpu, &dec.decode, dec.pdl, &[token], dec.position, weights)?;
     dec.position += 1;
     Ok(checks)
@@ -62,6 +62,7 @@ pub fn check_prefill(
     weights: &dyn WeightSource,
     tokens: &[u32],
 ) -> Result<Vec<NodeCheck>, CudaError> {
+    dec.prepare(tokens.len())?;
     let Some(runner) = &dec.prefill else {
         return Err(CudaError::Unsupported("no prefill program was compiled".into()));
     };
@@ -70,7 +71,6 @@ pub fn check_prefill(
             format!("a checked prefill takes 1 to {} tokens, not {}", runner.layout.max_new_tokens, tokens.len());
         return Err(CudaError::Unsupported(message));
     }
-    dec.check_room(tokens.len())?;
     let checks = check_run(&dec.gpu, runner, dec.pdl, tokens, dec.position, weights)?;
     dec.position += tokens.len();
     Ok(checks)

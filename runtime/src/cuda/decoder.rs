@@ -94,9 +94,22 @@ pub struct CudaDecoder {
     pub(crate) prefill: Option<Runner>,
     _modules: Vec<Arc<CudaModule>>,
     pub(crate) position: usize,
+    /// The block table: the identity (one sequence owning the pool) or a batch sequence's.
+    table: Table,
     cuda_graphs: bool,
     pub(crate) pdl: bool,
     jit: JitReport,
+}
+
+/// Which sequence the KV block table describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Table {
+    /// Block i is block i: one sequence owns the whole pool.
+    Identity,
+    /// A batch sequence's blocks, covering this many tokens.
+    Sequence { tokens: usize },
+    /// Back to one sequence; the identity is rewritten before the next run.
+    IdentityPending,
 }
 
 /// What one step returns.
@@ -331,6 +344,7 @@ impl CudaDecoder {
             prefill: prefill_runner,
             _modules: modules,
             position: 0,
+            table: Table::Identity,
             cuda_graphs: options.cuda_graphs,
             pdl,
             jit,
@@ -383,14 +397,42 @@ impl CudaDecoder {
         self.kv.shape.tokens()
     }
 
-    /// Starts a new sequence (the cache's old rows are simply overwritten).
-    pub fn reset(&mut self) {
-        self.position = 0;
+    /// The KV pool's shape.
+    pub fn kv_shape(&self) -> KvShape {
+        self.kv.shape
     }
 
-    pub(crate) fn check_room(&self, tokens: usize) -> Result<(), CudaError> {
-        if self.position + tokens > self.capacity() {
-            return Err(CudaError::KvFull { capacity: self.capacity() });
+    /// Starts a new sequence that owns the whole pool (the cache's old rows are simply
+    /// overwritten).
+    pub fn reset(&mut self) {
+        self.position = 0;
+        if self.table != Table::Identity {
+            self.table = Table::IdentityPending;
+        }
+    }
+
+    /// Continues the sequence whose KV is in the pool's blocks `table` (in order) after
+    /// `position` tokens: how the batch engine runs many sequences through one pool. Until
+    /// [`CudaDecoder::reset`], steps and prefills read and write through this table.
+    pub fn set_sequence(&mut self, table: &[u32], position: usize) -> Result<(), CudaError> {
+        self.kv.set_table(&self.gpu, table)?;
+        self.position = position;
+        self.table = Table::Sequence { tokens: table.len() * self.kv.shape.block_tokens };
+        Ok(())
+    }
+
+    /// Makes the block table current and checks that `tokens` more fit the sequence.
+    pub(crate) fn prepare(&mut self, tokens: usize) -> Result<(), CudaError> {
+        if self.table == Table::IdentityPending {
+            self.kv.set_identity(&self.gpu)?;
+            self.table = Table::Identity;
+        }
+        let capacity = match self.table {
+            Table::Sequence { tokens } => tokens,
+            _ => self.capacity(),
+        };
+        if self.position + tokens > capacity {
+            return Err(CudaError::KvFull { capacity });
         }
         Ok(())
     }
@@ -420,13 +462,13 @@ impl CudaDecoder {
     /// Runs `tokens` through the prefill program (in chunks), kernel by kernel; returns the
     /// greedy token after the last one and, if `want_logits`, its logits.
     pub fn prefill(&mut self, tokens: &[u32], want_logits: bool) -> Result<StepOutput, CudaError> {
-        let Some(runner) = &self.prefill else {
-            return Err(CudaError::Unsupported("no prefill program was compiled".into()));
-        };
         if tokens.is_empty() {
             return Err(CudaError::Unsupported("prefill of no tokens".into()));
         }
-        self.check_room(tokens.len())?;
+        self.prepare(tokens.len())?;
+        let Some(runner) = &self.prefill else {
+            return Err(CudaError::Unsupported("no prefill program was compiled".into()));
+        };
         let mut last = None;
         for (i, chunk) in tokens.chunks(runner.layout.max_new_tokens).enumerate() {
             let at = self.position;
@@ -469,8 +511,8 @@ impl CudaDecoder {
     }
 
     /// Writes the decode step's inputs for `token` at the next position.
-    pub(crate) fn write_inputs(&self, token: u32) -> Result<(), CudaError> {
-        self.check_room(1)?;
+    pub(crate) fn write_inputs(&mut self, token: u32) -> Result<(), CudaError> {
+        self.prepare(1)?;
         self.decode.write_inputs(&self.gpu, &[token], self.position)
     }
 }

@@ -154,10 +154,28 @@ impl KvPool {
             at += slab(row_bytes) as u64;
         }
         let table = gpu.alloc(4 * shape.blocks, "the KV block table")?;
-        // One sequence whose logical block i is physical block i.
-        let identity: Vec<u32> = (0..shape.blocks as u32).collect();
-        gpu.upload(table.ptr(), &identity, "writing the block table")?;
-        Ok(KvPool { buffer, table, shape, by_name })
+        let pool = KvPool { buffer, table, shape, by_name };
+        pool.set_identity(gpu)?;
+        Ok(pool)
+    }
+
+    /// One sequence owning the pool: its logical block i is physical block i.
+    pub(crate) fn set_identity(&self, gpu: &Gpu) -> Result<(), CudaError> {
+        let identity: Vec<u32> = (0..self.shape.blocks as u32).collect();
+        gpu.upload(self.table.ptr(), &identity, "writing the block table")
+    }
+
+    /// A sequence's blocks, in order. The previous run has finished (every run ends by
+    /// reading its token back), so no kernel still reads the old table.
+    pub(crate) fn set_table(&self, gpu: &Gpu, table: &[u32]) -> Result<(), CudaError> {
+        let blocks = self.shape.blocks;
+        if table.len() > blocks {
+            return Err(CudaError::Layout(format!("a block table of {} blocks for a pool of {blocks}", table.len())));
+        }
+        if let Some(b) = table.iter().find(|&&b| b as usize >= blocks) {
+            return Err(CudaError::Layout(format!("block {b} is outside the pool of {blocks} blocks")));
+        }
+        gpu.upload(self.table.ptr(), table, "writing the block table")
     }
 
     pub fn bytes(&self) -> usize {
