@@ -118,18 +118,33 @@ pub struct Program {
 /// A row is everything after the leading (token) dim, which the views here keep: a row of
 /// the base buffer holds one token's values.
 pub fn resolve_view(g: &Graph, mut id: NodeId) -> (NodeId, View) {
+    use smelt_ir::Bound::{FromEnd, FromStart};
     let width = |id: NodeId| g.node(id).shape.dims()[1..].iter().map(|d| d.fixed().unwrap_or(1)).product();
     let mut offset = 0;
+    let mut from_last_row = false;
     loop {
         match g.node(id).op {
             Op::Reshape { .. } => id = g.operands(id)[0],
-            Op::Slice { axis, start: smelt_ir::Bound::FromStart(s), .. } if axis + 1 == g.node(id).shape.rank() => {
+            Op::Slice { axis, start: FromStart(s), .. } if axis + 1 == g.node(id).shape.rank() => {
                 offset += s;
                 id = g.operands(id)[0];
             }
-            _ => return (id, View { offset, row_stride: width(id) }),
+            // The last row of a 2-D value whose rows are the new tokens (`[T, d]`).
+            Op::Slice { axis: 0, start: FromEnd(1), end: FromEnd(0) }
+                if !from_last_row && g.node(id).shape.rank() == 2 =>
+            {
+                from_last_row = true;
+                id = g.operands(id)[0];
+            }
+            _ => return (id, View { offset, row_stride: width(id), from_last_row }),
         }
     }
+}
+
+/// Whether x (`ops[0]` of a matmul) is T whole rows, as the GEMM reads it.
+fn x_is_t_rows(g: &Graph, x: NodeId) -> bool {
+    let (base, view) = resolve_view(g, x);
+    g.node(x).shape.dims().first() == Some(&Dim::Sym(Sym::NewTokens)) && !g.node(base).op.is_view() && !view.from_last_row
 }
 
 /// Shapes the emitters handle; anything else is a clear error, not an emitter's assertion.
@@ -219,11 +234,10 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
                     ": a prefill matmul with a norm prologue (prefill keeps RMSNorm as its own op)",
                 ))
             }
-            Op::Linear { norm_eps: None, .. } | Op::MatMul if !decode => {
-                let (base, view) = resolve_view(g, ops[0]);
-                // The GEMM reads T rows of x; a row slice (the last position) is not addressable.
-                let rows_are_t = g.node(ops[0]).shape.dims().first() == Some(&Dim::Sym(Sym::NewTokens));
-                supported(&label, rows_are_t && !g.node(base).op.is_view(), "a GEMM whose x is not T whole rows")?;
+            // A prefill matmul over T rows; one over the last row (the lm_head when only the
+            // last position's logits are wanted) is a GEMV below.
+            Op::Linear { norm_eps: None, .. } | Op::MatMul if !decode && x_is_t_rows(g, ops[0]) => {
+                let (_, view) = resolve_view(g, ops[0]);
                 let w = &g.node(ops[1]).shape;
                 let (n, k) = (fixed(&label, w.dims()[0])?, fixed(&label, w.dims()[1])?);
                 let epilogue = match &node.op {
@@ -249,6 +263,8 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
                 let extras: Vec<(DType, Shape)> =
                     ops[2 + usize::from(norm_eps.is_some())..].iter().map(|&e| ty(e)).collect();
                 let xs = &g.node(ops[0]).shape;
+                let fixed_rows = xs.dims()[..xs.rank() - 1].iter().all(|d| d.fixed().is_some());
+                supported(&label, fixed_rows, "a prefill matmul whose x is neither T whole rows nor the last row")?;
                 let rows = xs.resolve(&step)[..xs.rank() - 1].iter().product();
                 let what = format!("GEMV of {rows} rows with K = {k} (K x dtype bytes must be a multiple of 16)");
                 supported(&label, gemv_ok(rows, k, g.node(ops[1]).dtype), &what)?;
@@ -268,6 +284,9 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
                 vec![kernels::linear_gemv(&name_for(&label, kind), &spec)]
             }
             Op::MatMul => {
+                let xs = &g.node(ops[0]).shape;
+                let one_row = xs.dims()[..xs.rank() - 1].iter().all(|d| d.fixed() == Some(1));
+                supported(&label, one_row, "a matmul of more than one row outside the GEMM")?;
                 let (_, view) = resolve_view(g, ops[0]);
                 let w = &g.node(ops[1]).shape;
                 let (n, k) = (fixed(&label, w.dims()[0])?, fixed(&label, w.dims()[1])?);

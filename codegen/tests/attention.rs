@@ -17,7 +17,7 @@ fn qwen3_0_6b(dtype: DType, norm_rope: bool, split_tokens: usize) -> AttentionSp
         d: 128,
         dtype,
         scale: (128.0f32).powf(-0.5),
-        q_view: View { offset: 0, row_stride: 4096 },
+        q_view: View { offset: 0, row_stride: 4096, from_last_row: false },
         norm_rope_eps: norm_rope.then_some(1e-6),
         split_tokens,
     }

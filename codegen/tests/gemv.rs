@@ -34,6 +34,8 @@ struct Case {
     out_dtype: DType,
     /// Blocks the host emulation launches, when not the kernel's own grid.
     emulated_grid: Option<u32>,
+    /// The step's new tokens T: rows in x when the view reads its last row.
+    new_tokens: usize,
 }
 
 impl Case {
@@ -52,6 +54,7 @@ impl Case {
             extras: if residual { vec![(dtype, shape![1, n])] } else { vec![] },
             out_dtype,
             emulated_grid: None,
+            new_tokens: 1,
         }
     }
 
@@ -217,8 +220,10 @@ struct Prepared {
 fn prepare(case: &Case, seed: u64) -> Prepared {
     let (rows, k, n, dtype) = (case.rows, case.k, case.n, case.dtype);
     let mut rng = Rng(seed);
-    let wide = rows * case.x_view.row_stride;
-    let x_wide = Tensor::from_f32(dtype, vec![rows, case.x_view.row_stride], rng.fill(wide, -3.0, 3.0));
+    // A view from the last row reads row T - 1 of T rows.
+    let x_rows = if case.x_view.from_last_row { case.new_tokens } else { rows };
+    let wide = x_rows * case.x_view.row_stride;
+    let x_wide = Tensor::from_f32(dtype, vec![x_rows, case.x_view.row_stride], rng.fill(wide, -3.0, 3.0));
     let w = Tensor::from_f32(dtype, vec![n, k], rng.fill(n * k, -0.08, 0.08));
     let norm_w = Tensor::from_f32(dtype, vec![k], rng.fill(k, 0.5, 1.5));
     let extras: Vec<Tensor> = case
@@ -232,7 +237,10 @@ fn prepare(case: &Case, seed: u64) -> Prepared {
 
     // The reference: Op::Linear on a view of x, evaluated by ir::eval.
     let mut b = Builder::new();
-    let xw = b.input("x", dtype, shape![rows, case.x_view.row_stride]);
+    let mut xw = b.input("x", dtype, shape![x_rows, case.x_view.row_stride]);
+    if case.x_view.from_last_row {
+        xw = b.slice("last_row", xw, 0, Bound::FromEnd(1), Bound::FromEnd(0)).expect("slice");
+    }
     let (lo, hi) = (case.x_view.offset, case.x_view.offset + k);
     let x = b.slice("x_view", xw, 1, Bound::FromStart(lo), Bound::FromStart(hi)).expect("slice");
     let mut ops = vec![x, b.weight("w", dtype, shape![n, k]).expect("w")];
@@ -292,7 +300,7 @@ fn emulate(cases: &[Case], data: &[Prepared], cxx: &str) -> Vec<Vec<f32>> {
         let out_bytes = case.rows * case.n_out() * case.out_dtype.size_bytes();
         let _ = writeln!(c, "    void* y = calloc({out_bytes}, 1);");
         let _ = writeln!(c, "    dynamic_smem = (unsigned char*)malloc({});", kernel.launch.shared_bytes);
-        let _ = writeln!(c, "    case{i}::smelt_step step = {{1u, 1u, 0u, 16u, nullptr}};");
+        let _ = writeln!(c, "    case{i}::smelt_step step = {{1u, {}u, 0u, 16u, nullptr}};", case.new_tokens);
         let _ = writeln!(c, "    gridDim = {{{blocks}u, 1u, 1u}};\n    std::vector<std::thread> threads;");
         let args: Vec<String> =
             data.buffers.iter().enumerate().map(|(j, (d, _))| format!("(const {}*)buf[{j}]", c_type(*d))).collect();
@@ -377,9 +385,13 @@ fn emulated_kernels_match_eval() {
     let mut odd = Case::new("rows3_view", d, 200, 72, true, None);
     let scaled = node(ExprKind::Binary(BinaryOp::Mul, acc(0, 1, d), node(ExprKind::Input(1), d)), d);
     odd.epilogue = Some(Expr::new(ExprKind::Binary(BinaryOp::Add, node(ExprKind::Input(0), d), scaled), d));
-    (odd.rows, odd.x_view) = (3, View { offset: 24, row_stride: 264 });
+    (odd.rows, odd.x_view) = (3, View { offset: 24, row_stride: 264, from_last_row: false });
     odd.extras = vec![(d, shape![3, 72]), (d, shape![1, 72])];
     cases.push(odd);
+    // The prefill lm_head on the last of T = 5 rows (a slice, then a column view of it).
+    let mut last = Case::new("last_row", d, 256, 48, false, Some(to_f32(d)));
+    (last.x_view, last.new_tokens) = (View { offset: 8, row_stride: 264, from_last_row: true }, 5);
+    cases.push(last);
     let mut f32_case = Case::new("swiglu", DType::F32, 512, 96, true, Some(swiglu(DType::F32)));
     f32_case.rows = 2;
     cases.push(f32_case);

@@ -22,9 +22,9 @@ const VOCAB: usize = 151936;
 const EPS: f32 = 1e-6;
 /// The fused q/k/v projection's row: q `[0, 2048)`, k `[2048, 3072)`, v `[3072, 4096)`.
 const QKV: usize = (HEADS + 2 * KV_HEADS) * HEAD_DIM;
-const Q_VIEW: View = View { offset: 0, row_stride: QKV };
-const K_VIEW: View = View { offset: HEADS * HEAD_DIM, row_stride: QKV };
-const V_VIEW: View = View { offset: (HEADS + KV_HEADS) * HEAD_DIM, row_stride: QKV };
+const Q_VIEW: View = View { offset: 0, row_stride: QKV, from_last_row: false };
+const K_VIEW: View = View { offset: HEADS * HEAD_DIM, row_stride: QKV, from_last_row: false };
+const V_VIEW: View = View { offset: (HEADS + KV_HEADS) * HEAD_DIM, row_stride: QKV, from_last_row: false };
 
 /// Every kernel of one layer's attention front and the model's ends, in `dtype`.
 fn kernels(dtype: DType) -> Vec<Kernel> {

@@ -17,7 +17,7 @@ fn qwen3_0_6b(dtype: DType, norm_rope: bool) -> PrefillAttentionSpec {
         d: 128,
         dtype,
         scale: (128.0f32).powf(-0.5),
-        q_view: View { offset: 0, row_stride: 4096 },
+        q_view: View { offset: 0, row_stride: 4096, from_last_row: false },
         norm_rope_eps: norm_rope.then_some(1e-6),
     }
 }
@@ -86,7 +86,7 @@ fn from_decode_spec() {
         d: 128,
         dtype: DType::BF16,
         scale: (128.0f32).powf(-0.5),
-        q_view: View { offset: 0, row_stride: 4096 },
+        q_view: View { offset: 0, row_stride: 4096, from_last_row: false },
         norm_rope_eps: Some(1e-6),
         split_tokens: 256,
     };

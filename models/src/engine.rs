@@ -232,11 +232,10 @@ impl Qwen3Cpu {
         &self.graphs.decode
     }
 
-    /// The prefill graph a GPU backend runs prompts with: logits at every position. (The
-    /// last-position graph slices the last row before the lm_head, a view with a row offset
-    /// of T - 1 that the kernels cannot address yet.)
+    /// The prefill graph a GPU backend runs prompts with: the last position's logits only
+    /// (the lm_head reads row T - 1 of the final norm's output).
     pub fn prefill_graph(&self) -> &Graph {
-        &self.graphs.prefill_all
+        &self.graphs.prefill_last
     }
 
     /// The weights, in the execution dtype, shaped for the graphs (concatenations made).

@@ -253,7 +253,8 @@ pub fn linear_gemm(name: &str, spec: &GemmSpec) -> Kernel {
     };
     assert!(k > 0 && k % BK == 0, "{name}: K = {k} must be a multiple of {BK}");
     // 16-byte cp.async of x rows: every row must start 16-byte aligned (given an aligned x).
-    let View { offset, row_stride } = x_view;
+    let View { offset, row_stride, from_last_row } = x_view;
+    assert!(!from_last_row, "{name}: the GEMM reads T whole rows, not the last one");
     assert!(
         offset % 8 == 0 && row_stride % 8 == 0 && offset + k <= row_stride,
         "{name}: x view (offset {offset}, row stride {row_stride}) must keep rows of {k} 16-byte aligned and apart"

@@ -235,7 +235,17 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
     );
     let _ = writeln!(s, "  constexpr unsigned int ROWS = {rows}u, K = {k}u, N_OUT = {n_out}u, PARTS = {parts}u;");
     let _ = writeln!(s, "  constexpr unsigned int WARPS = {WARPS}u, BLOCK = {BLOCK}u, VEC = {vec}u;");
-    let _ = writeln!(s, "  constexpr unsigned int X_OFFSET = {}u, X_STRIDE = {}u;", x_view.offset, x_view.row_stride);
+    if x_view.from_last_row {
+        // The rows start at the step's last new token (the last position of a prefill).
+        let _ = writeln!(s, "  constexpr unsigned int X_STRIDE = {}u;", x_view.row_stride);
+        let _ = writeln!(
+            s,
+            "  const unsigned long long X_OFFSET = {}ull + (unsigned long long)(step->new_tokens - 1u) * X_STRIDE;",
+            x_view.offset
+        );
+    } else {
+        let _ = writeln!(s, "  constexpr unsigned int X_OFFSET = {}u, X_STRIDE = {}u;", x_view.offset, x_view.row_stride);
+    }
     let _ = writeln!(s, "  /* K as 16-byte vectors of {vec} values; lane l takes vectors l, l + 32, ... of each row,");
     let _ = writeln!(s, "     BATCH at a time, so that BATCH x PARTS weight loads are in flight together. */");
     let _ = writeln!(s, "  constexpr unsigned int KV = {kv}u, STEPS = {steps}u, BATCH = {batch}u;");

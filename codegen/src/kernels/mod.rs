@@ -35,17 +35,19 @@ use smelt_ir::{Bindings, DType, Dim, Shape, Sym};
 
 /// How a kernel reads the rows of a 2-D operand that may be a view: row `r`, element `c` is
 /// `ptr[offset + r * row_stride + c]` (a last-axis slice of a wider tensor has a nonzero
-/// offset and a stride wider than its rows).
+/// offset and a stride wider than its rows). With `from_last_row`, row `r` is the source's row
+/// `T - 1 + r`: the last position of a prefill (`T` is the step's new tokens).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct View {
     pub offset: usize,
     pub row_stride: usize,
+    pub from_last_row: bool,
 }
 
 impl View {
     /// Rows of `width` elements, back to back from the start of the buffer.
     pub fn contiguous(width: usize) -> View {
-        View { offset: 0, row_stride: width }
+        View { offset: 0, row_stride: width, from_last_row: false }
     }
 }
 

@@ -115,7 +115,11 @@ fn warp_rows(s: &mut String, rows: &str) {
 
 /// The element index where row `r` of `view` starts.
 fn view_row(view: View, r: &str) -> String {
-    let row = format!("(unsigned long long){r} * {}u", view.row_stride);
+    let row = if view.from_last_row {
+        format!("((unsigned long long)step->new_tokens - 1u + {r}) * {}u", view.row_stride)
+    } else {
+        format!("(unsigned long long){r} * {}u", view.row_stride)
+    };
     if view.offset == 0 {
         row
     } else {

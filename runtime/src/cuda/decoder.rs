@@ -12,7 +12,7 @@ use std::time::Instant;
 use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaModule};
 use cudarc::nvrtc::Ptx;
 use smelt_codegen::{emit, ModuleCache, Nvrtc, Program};
-use smelt_ir::{Bindings, Graph, NodeId, Sym, WeightSource};
+use smelt_ir::{Bindings, Dim, Graph, NodeId, Sym, WeightSource};
 
 use super::device::{check, Gpu};
 use super::layout::{DeviceWeights, KvPool, KvShape, Layout};
@@ -83,6 +83,8 @@ pub(crate) struct Runner {
     positions: u64,
     logits: (u64, usize),
     next_token: u64,
+    /// Whether the outputs have a row per new token (else one row: the last position's).
+    row_per_token: bool,
     graphs: HashMap<usize, CudaGraph>,
 }
 
@@ -193,7 +195,10 @@ impl Runner {
             .find(|(n, _)| n == LOGITS)
             .and_then(|(_, id)| graph.node(*id).shape.last()?.fixed())
             .ok_or_else(|| CudaError::Layout("logits must be [T, vocab] with a fixed vocab".into()))?;
+        let logits_node = outputs.iter().find(|(n, _)| n == LOGITS).map(|(_, id)| graph.node(*id));
+        let row_per_token = logits_node.is_some_and(|n| n.shape.dims().first() == Some(&Dim::Sym(Sym::NewTokens)));
         Ok(Runner {
+            row_per_token,
             token_ids: find(TOKEN_IDS, graph.inputs())?,
             positions: find(POSITIONS, graph.inputs())?,
             logits: (find(LOGITS, outputs.clone())?, vocab),
@@ -481,8 +486,9 @@ impl CudaDecoder {
             let is_last = (i + 1) * runner.layout.max_new_tokens >= tokens.len();
             if is_last {
                 let what = format!("running the prefill of positions {at}..{}", self.position);
-                // The prefill graph's outputs have a row per token: the chunk's last is wanted.
-                last = Some(runner.read_outputs(&self.gpu, want_logits, chunk.len() - 1, &what)?);
+                // The chunk's last row is wanted: the only one, unless the graph makes a row per token.
+                let row = if runner.row_per_token { chunk.len() - 1 } else { 0 };
+                last = Some(runner.read_outputs(&self.gpu, want_logits, row, &what)?);
             }
         }
         Ok(last.expect("at least one chunk"))
