@@ -23,9 +23,9 @@ def load(path: Path) -> dict:
 def main() -> int:
     out = Path(sys.argv[1])
     smelt = load(out / "smelt-bench.json")
-    # Prefill figures come from a separate bench run with the (experimental) prefill kernels.
+    # Prefill and batched-decode figures come from a separate bench run.
     for k, v in load(out / "smelt-prefill.json").items():
-        if k.startswith("prefill_"):
+        if k.startswith(("prefill_", "batched_")):
             smelt.setdefault(k, v)
     acc = load(out / "accuracy.json")
     torch = load(out / "torch-bench.json")

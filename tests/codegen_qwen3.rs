@@ -3,7 +3,7 @@
 //! without local-memory spills, and the decode launches read every weight once. Without NVRTC
 //! the compile part says so and is skipped, except under `CI=true`.
 
-use smelt::codegen::{emit, Program};
+use smelt::codegen::{emit, emit_with, EmitOptions, Program};
 use smelt::ir::cost::weight_bytes_read;
 use smelt::ir::{Bindings, DType};
 use smelt::models::qwen3::{declare, DeclareOptions, Logits, Phase};
@@ -93,6 +93,29 @@ fn last_position_prefill_runs_the_lm_head_on_one_row() {
     // 2 x vocab x hidden FLOPs once, not per token.
     let flops: u64 = p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "linear_gemv").map(|l| l.cost.flops).sum();
     assert_eq!(flops, 2 * 151_936 * 1024);
+    let Some(tc) = kernel_checks::toolchain() else { return };
+    tc.check_all(&p.kernels);
+}
+
+/// A batched decode step (each of T rows its own sequence): the matmuls are the prefill's
+/// tensor-core GEMMs over all rows, attention is the decode kernel reading each row's own
+/// position and block table, and the logits and greedy token come out per row.
+#[test]
+fn batched_decode_program_uses_gemms_and_per_row_decode_attention() {
+    let cfg = Qwen3Config::qwen3_0_6b();
+    let options = DeclareOptions { phase: Phase::Prefill, dtype: DType::BF16, logits: Logits::AllPositions };
+    let mut g = declare(&cfg, options).expect("declares");
+    standard().run(&mut g, "qwen3").expect("pipeline");
+    let p = emit_with(&g, EmitOptions { rows_are_sequences: true }).expect("emits");
+    let kinds: Vec<&str> = p.launches.iter().map(|l| p.kernels[l.kernel].kind).collect();
+    let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+    assert_eq!(count("linear_gemm"), 28 * 4 + 1, "{kinds:?}");
+    assert_eq!((count("attention_split"), count("attention_combine")), (28, 28), "{kinds:?}");
+    assert_eq!(count("prefill_attention"), 0);
+    for k in p.kernels.iter().filter(|k| k.kind == "attention_split" || k.kind.contains("append")) {
+        assert!(k.source.contains("smelt_row_position(step, t)"), "{}: positions come from the row", k.name);
+        assert!(k.source.contains("smelt_row_table(step, t)"), "{}: blocks come from the row's table", k.name);
+    }
     let Some(tc) = kernel_checks::toolchain() else { return };
     tc.check_all(&p.kernels);
 }

@@ -73,10 +73,23 @@ SMELT_FN unsigned short smelt_store_f16(float x) {
 #define SMELT_GRID_LAUNCH() ((void)0)
 #endif
 /* Run-time values of one step, in device memory so a captured CUDA graph replays unchanged:
-   the symbolic sizes, and the paged KV cache's block table (one sequence). */
+   the symbolic sizes, and the paged KV cache's block table. By default the T new tokens are
+   one sequence's, at positions P..P+T (P = cached_tokens) through block_table. A batched
+   decode step sets row_positions: row t is then a sequence of its own, its new token at
+   row_positions[t] and its blocks at row_tables + t * table_stride. */
 typedef struct {
   unsigned int batch, new_tokens, cached_tokens;
   unsigned int block_tokens;
   const unsigned int* block_table;
+  const unsigned int* row_positions;
+  const unsigned int* row_tables;
+  unsigned int table_stride, reserved;
 } smelt_step;
+/* Row t's position (its keys are 0..=position) and block table. */
+SMELT_FN unsigned int smelt_row_position(const smelt_step* s, unsigned int t) {
+  return s->row_positions ? s->row_positions[t] : s->cached_tokens + t;
+}
+SMELT_FN const unsigned int* smelt_row_table(const smelt_step* s, unsigned int t) {
+  return s->row_positions ? s->row_tables + (unsigned long)t * s->table_stride : s->block_table;
+}
 "#;

@@ -198,8 +198,22 @@ fn name_for(node: &str, kind: &str) -> String {
     kernels::kernel_name(&name)
 }
 
-/// Emits the kernels of a fused decode graph in topological order.
+/// Emits the kernels of a fused decode or prefill graph in topological order.
 pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
+    emit_with(g, EmitOptions::default())
+}
+
+/// Choices [`emit`] leaves at their defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EmitOptions {
+    /// A graph of T new-token rows runs as a batched decode step: each row is a sequence of
+    /// its own (the step's `row_positions` and `row_tables`), so attention is the decode
+    /// kernel, row by row, instead of the prefill kernel's causal tiles over one sequence.
+    pub rows_are_sequences: bool,
+}
+
+/// [`emit`] with options.
+pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenError> {
     let order = g.topo_order().unwrap_or_else(|| g.node_ids().collect());
     let step = Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 };
     let decode = g.pinned(Sym::NewTokens) == Some(1);
@@ -351,7 +365,8 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
                 // Prefill: flash attention on tensor cores where it has a kernel for the head
                 // dim; otherwise the decode kernel, which is correct for any T (but reads the
                 // cache once per query token).
-                if !decode && kernels::PrefillAttentionSpec::supports(spec.d, node.dtype) {
+                let one_sequence = !options.rows_are_sequences;
+                if !decode && one_sequence && kernels::PrefillAttentionSpec::supports(spec.d, node.dtype) {
                     let prefill = kernels::PrefillAttentionSpec::from(&spec);
                     vec![kernels::prefill_attention(&name_for(&label, "prefill_attention"), &prefill)]
                 } else {

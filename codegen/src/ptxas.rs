@@ -29,7 +29,10 @@ pub fn find_ptxas() -> Option<PathBuf> {
 pub fn resources(ptxas: &std::path::Path, ptx: &str, arch: Arch) -> Result<Vec<Resources>, String> {
     let dir = std::env::temp_dir().join(format!("smelt-ptxas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let file = dir.join(format!("k{}.ptx", ptx.len()));
+    // A name of its own per call: threads may assemble the same kernel at once.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = dir.join(format!("k{n}.ptx"));
     std::fs::write(&file, ptx).map_err(|e| format!("writing {}: {e}", file.display()))?;
     let out = Command::new(ptxas)
         .args(["-v", "--gpu-name", arch.name(), "-o", "/dev/null"])

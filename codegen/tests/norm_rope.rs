@@ -150,6 +150,8 @@ struct Run {
     table: Vec<u32>,
     t: usize,
     want: Tensor,
+    /// A batched decode step: each row's position, and the rows' block tables at a stride.
+    rows: Option<(Vec<u32>, Vec<u32>, usize)>,
 }
 
 /// Runs every `Run` under the shim; returns each one's output bytes.
@@ -167,11 +169,19 @@ fn emulate(runs: &[Run]) -> Option<Vec<Vec<u8>>> {
         let bufs: Vec<String> = r.bufs.iter().enumerate().map(|(i, b)| file(format!("c{c}_{i}"), bytes(b))).collect();
         let table = file(format!("c{c}_table"), r.table.iter().chain(&[0]).flat_map(|b| b.to_le_bytes()).collect());
         let args: String = (0..bufs.len()).map(|i| format!("b[{i}], ")).collect();
+        let rows = match &r.rows {
+            Some((positions, tables, stride)) => {
+                let words = |v: &[u32]| v.iter().flat_map(|b| b.to_le_bytes()).collect::<Vec<u8>>();
+                let (p, t) = (file(format!("c{c}_pos"), words(positions)), file(format!("c{c}_tables"), words(tables)));
+                format!(", {p}, {t}, {stride}u")
+            }
+            None => String::new(),
+        };
         // A few blocks, so the grid-stride loops go round.
         let blocks = r.kernel.launch.grid.blocks(&Bindings { batch: 1, new_tokens: r.t, cached_tokens: 37 }).min(3);
         let (n, out, block, name) = (bytes(&r.want).len(), bufs.len() - 1, r.kernel.launch.block, &r.kernel.name);
         cases.push_str(&format!(
-            "  case {c}: {{\n    smelt_any b[] = {{{}}};\n    k{c}::smelt_step st = {{1, {}, 37, {BLOCK_TOKENS}, {table}}};\n    \
+            "  case {c}: {{\n    smelt_any b[] = {{{}}};\n    k{c}::smelt_step st = {{1, {}, 37, {BLOCK_TOKENS}, {table}{rows}}};\n    \
              smelt_launch({blocks}, {block}, [&] {{ k{c}::{name}({args}&st); }});\n    \
              fwrite(b[{out}].p, 1, {n}, stdout);\n    break;\n  }}\n",
             bufs.join(", "),
@@ -262,6 +272,36 @@ fn heads_of(b: &mut Builder, qkv: NodeId, view: View, heads: usize) -> NodeId {
     b.reshape("heads", x, shape![Sym::NewTokens, heads, HEAD_DIM]).expect("reshape")
 }
 
+/// The V append of a batched decode step: row t of `qkv` is one new token of sequence t, at
+/// its own position through its own block table, in a pool whose other slots hold a sentinel.
+fn batched_v_append(name: &str, qkv: &Tensor, dtype: DType) -> Run {
+    let (row, t) = (KV_HEADS * HEAD_DIM, qkv.shape()[0]);
+    let positions: Vec<u32> = vec![5, 40, 17];
+    // Sequence t owns blocks 3t..3t+2, listed in reverse; tables padded to a stride of 4.
+    let stride = 4;
+    let tables: Vec<u32> = (0..t as u32).flat_map(|i| [3 * i + 2, 3 * i + 1, 3 * i, 0]).collect();
+    let blocks = 3 * t;
+    let before = vec![7.0; blocks * BLOCK_TOKENS * row];
+    let mut want = before.clone();
+    let values = qkv.to_f32_vec();
+    for (i, &p) in positions.iter().enumerate() {
+        let block = tables[i * stride + p as usize / BLOCK_TOKENS] as usize;
+        let at = (block * BLOCK_TOKENS + p as usize % BLOCK_TOKENS) * row;
+        let from = i * QKV + V_VIEW.offset;
+        want[at..at + row].copy_from_slice(&values[from..from + row]);
+    }
+    let pool = |v: Vec<f32>| Tensor::from_f32(dtype, vec![blocks * BLOCK_TOKENS, KV_HEADS, HEAD_DIM], v);
+    let before = pool(before);
+    Run {
+        kernel: kv_append(name, KV_HEADS, HEAD_DIM, dtype, V_VIEW),
+        bufs: vec![before.clone(), qkv.clone(), before],
+        table: vec![],
+        t,
+        want: pool(want),
+        rows: Some((positions, tables, stride)),
+    }
+}
+
 #[test]
 fn kernels_emulated_on_the_host_match_eval() {
     let (t, p, s, eps) = (3, 37, Dim::Sym(Sym::NewTokens), EPS);
@@ -296,14 +336,14 @@ fn kernels_emulated_on_the_host_match_eval() {
             b.op("n", Op::RmsNorm { eps }, i).unwrap()
         });
         let kernel = rmsnorm(&name("norm"), s, HIDDEN, dtype, eps, View::contiguous(HIDDEN));
-        runs.push(Run { kernel, bufs: vec![x, x_w, want.clone()], table: vec![], t, want });
+        runs.push(Run { kernel, bufs: vec![x, x_w, want.clone()], table: vec![], t, want, rows: None });
         let want = eval(&rope_ins(&q_pos), |b, i| {
             let x = heads_of(b, i[0], Q_VIEW, HEADS);
             b.op("q", Op::NormRope { eps, append: false }, &[x, i[1], i[2], i[3]]).unwrap()
         });
         let kernel = norm_rope(&name("q"), HEADS, HEAD_DIM, dtype, eps, Q_VIEW);
         let bufs = vec![qkv.clone(), w.clone(), q_pos.clone(), inv_freq.clone(), want.clone()];
-        runs.push(Run { kernel, bufs, table: vec![], t, want });
+        runs.push(Run { kernel, bufs, table: vec![], t, want, rows: None });
         let mut ins = rope_ins(&k_pos);
         ins.push(("cache", &k_cache, past.clone()));
         let want = eval(&ins, |b, i| {
@@ -313,19 +353,20 @@ fn kernels_emulated_on_the_host_match_eval() {
         let ((before, table), (want, _)) = (paged(&k_cache, p + t), paged(&want, p + t));
         let kernel = norm_rope_kv_append(&name("k"), KV_HEADS, HEAD_DIM, dtype, eps, K_VIEW);
         let bufs = vec![qkv.clone(), w.clone(), k_pos.clone(), inv_freq.clone(), before.clone(), before];
-        runs.push(Run { kernel, bufs, table, t, want });
+        runs.push(Run { kernel, bufs, table, t, want, rows: None });
         let want = eval(&[("cache", &v_cache, past.clone()), ("qkv", &qkv, tok(QKV))], |b, i| {
             let x = heads_of(b, i[1], V_VIEW, KV_HEADS);
             b.op("v", Op::KvAppend, &[i[0], x]).unwrap()
         });
         let ((before, table), (want, _)) = (paged(&v_cache, p + t), paged(&want, p + t));
         let kernel = kv_append(&name("v"), KV_HEADS, HEAD_DIM, dtype, V_VIEW);
-        runs.push(Run { kernel, bufs: vec![before.clone(), qkv.clone(), before], table, t, want });
+        runs.push(Run { kernel, bufs: vec![before.clone(), qkv.clone(), before], table, t, want, rows: None });
+        runs.push(batched_v_append(&name("v_rows"), &qkv, dtype));
         let want = eval(&[("e", &embed, shape![300, HIDDEN]), ("ids", &ids, shape![Sym::NewTokens])], |b, i| {
             b.gather("g", i[0], i[1]).unwrap()
         });
         let kernel = gather(&name("g"), s, HIDDEN, dtype);
-        runs.push(Run { kernel, bufs: vec![embed, ids.clone(), want.clone()], table: vec![], t, want });
+        runs.push(Run { kernel, bufs: vec![embed, ids.clone(), want.clone()], table: vec![], t, want, rows: None });
         // ArgMax rows: random (16-bit rounding makes ties), a repeated maximum, a NaN first,
         // NaNs elsewhere, all -inf, a long run of NaNs.
         let mut v = tensor(&mut r, dtype, &[6, VOCAB], -8.0, 8.0).to_f32_vec();
@@ -338,7 +379,7 @@ fn kernels_emulated_on_the_host_match_eval() {
         let want = eval(&[("x", &x, tok(VOCAB))], |b, i| b.op("a", Op::ArgMax { axis: 1 }, i).unwrap());
         assert_eq!(want.i32s().map(|w| &w[1..5]), Some(&[5000, 0, 9, 0][..]), "eval's argmax");
         let kernel = argmax(&name("a"), s, VOCAB, dtype);
-        runs.push(Run { kernel, bufs: vec![x, want.clone()], table: vec![], t: 6, want });
+        runs.push(Run { kernel, bufs: vec![x, want.clone()], table: vec![], t: 6, want, rows: None });
     }
     let Some(got) = emulate(&runs) else { return };
     for (run, got) in runs.iter().zip(&got) {

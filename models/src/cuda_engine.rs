@@ -3,14 +3,30 @@
 //! prefill kernels (tensor-core GEMM, prefill attention) are asked for.
 
 use smelt_ir::{DType, Tensor};
-use smelt_runtime::cuda::{check_prefill, check_step, CudaDecoder, DecoderOptions, Gpu, NodeCheck};
+use smelt_runtime::cuda::{check_prefill, check_step, BatchRow, CudaDecoder, DecoderGraphs, DecoderOptions, Gpu, NodeCheck};
 
 use smelt_passes::kv::KvPlan;
 
-use crate::batch::{BatchLm, Chunk};
+use crate::batch::{BatchLm, Chunk, ChunkOutput};
 use crate::config::Qwen3Config;
 use crate::engine::{check_ids, CausalLm, ModelError, Qwen3Cpu};
 use crate::qwen3::Logits;
+use crate::sample::argmax;
+
+/// A batched decode step against the same rows run one at a time (see
+/// [`Qwen3Cuda::check_batch`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BatchCheck {
+    pub rows: usize,
+    /// ‖batched − single‖ / ‖single‖ over a row's logits: the worst row, and the mean.
+    pub max_rel_err: f64,
+    pub mean_rel_err: f64,
+    pub max_abs: f64,
+    /// Rows whose logits have the same argmax.
+    pub top1_agreement: f64,
+    /// Rows whose greedy tokens (computed on the GPU) agree.
+    pub greedy_agreement: f64,
+}
 
 pub struct Qwen3Cuda {
     /// Keeps the host weights and graphs: the reference for [`Qwen3Cuda::check_step`].
@@ -24,8 +40,14 @@ impl Qwen3Cuda {
     /// With `options.prefill`, prompts run through the prefill graph's kernels.
     pub fn new(cpu: Qwen3Cpu, options: &DecoderOptions) -> Result<Qwen3Cuda, ModelError> {
         let gpu = Gpu::open(0)?;
-        let prefill = options.prefill.then(|| cpu.prefill_graph());
-        let decoder = CudaDecoder::with_prefill(gpu, cpu.decode_graph(), prefill, cpu.host_weights(), options)?;
+        // Batched decode runs its matmuls on the tensor-core GEMM: bf16 and f16 only.
+        let batched = matches!(cpu.dtype(), DType::BF16 | DType::F16);
+        let graphs = DecoderGraphs {
+            decode: cpu.decode_graph(),
+            prefill: options.prefill.then(|| cpu.prefill_graph()),
+            batch: batched.then(|| cpu.batch_graph()),
+        };
+        let decoder = CudaDecoder::with_graphs(gpu, graphs, cpu.host_weights(), options)?;
         Ok(Qwen3Cuda { cpu, decoder })
     }
 
@@ -41,6 +63,12 @@ impl Qwen3Cuda {
 
     pub fn decoder(&self) -> &CudaDecoder {
         &self.decoder
+    }
+
+    /// The decoder itself, for benchmarks that drive it directly (its single-sequence state
+    /// is reset by the next [`CausalLm::reset`]).
+    pub fn decoder_mut(&mut self) -> &mut CudaDecoder {
+        &mut self.decoder
     }
 
     pub fn dtype(&self) -> DType {
@@ -65,6 +93,57 @@ impl Qwen3Cuda {
     pub fn profile_step(&mut self, token: u32) -> Result<Vec<f64>, ModelError> {
         self.check(&[token])?;
         Ok(self.decoder.profile_step(token)?)
+    }
+
+    /// Runs one batched decode step of `rows` sequences (prompts of 1 to 61 tokens, each in
+    /// blocks of its own, listed in reverse so no table is the identity) and the same rows
+    /// one sequence at a time, and compares each row's logits. The two paths run different
+    /// kernels (a GEMM over the rows against GEMVs) and both round to the model dtype, so they
+    /// agree to rounding noise; a wrong position or block table makes a row's error about 1.
+    pub fn check_batch(&mut self, rows: usize) -> Result<BatchCheck, ModelError> {
+        let vocab = self.cpu.config().vocab_size;
+        let d = &mut self.decoder;
+        if rows == 0 || rows > d.batch_rows() {
+            let why = format!("a batched step of {rows} rows (this model's batch graph takes 1 to {})", d.batch_rows());
+            return Err(smelt_runtime::cuda::CudaError::Unsupported(why).into());
+        }
+        let shape = d.kv_shape();
+        const LONGEST: usize = 61;
+        let per_seq = (LONGEST + 2).div_ceil(shape.block_tokens);
+        if rows * per_seq > shape.blocks {
+            let why = format!("{rows} sequences of {per_seq} blocks; the pool has {} (raise --kv-tokens)", shape.blocks);
+            return Err(smelt_runtime::cuda::CudaError::Unsupported(why).into());
+        }
+        let lens: Vec<usize> = (0..rows).map(|i| 1 + (i * 37) % LONGEST).collect();
+        let tables: Vec<Vec<u32>> =
+            (0..rows).map(|i| (0..per_seq).rev().map(|j| (i * per_seq + j) as u32).collect()).collect();
+        let token = |i: usize, p: usize| (((i * 1000 + p + 1) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as u32 % vocab as u32;
+        for (i, table) in tables.iter().enumerate() {
+            d.set_sequence(table, 0)?;
+            for p in 0..lens[i] {
+                d.step(token(i, p), false)?;
+            }
+        }
+        let batch: Vec<BatchRow<'_>> =
+            (0..rows).map(|i| BatchRow { token: token(i, lens[i]), position: lens[i], table: &tables[i] }).collect();
+        let batched = d.decode_batch(&batch, true)?;
+        let mut check = BatchCheck { rows, ..BatchCheck::default() };
+        for (i, b) in batched.iter().enumerate() {
+            d.set_sequence(&tables[i], lens[i])?;
+            let single = d.step(token(i, lens[i]), true)?;
+            let (b, s) = (b.logits.as_deref().unwrap_or_default(), single.logits.as_deref().unwrap_or_default());
+            let diff: f64 = b.iter().zip(s).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>().sqrt();
+            let norm: f64 = s.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+            let rel = diff / norm.max(1e-30);
+            check.max_rel_err = check.max_rel_err.max(rel);
+            check.mean_rel_err += rel / rows as f64;
+            let max_abs = b.iter().zip(s).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+            check.max_abs = check.max_abs.max(max_abs);
+            check.top1_agreement += f64::from(u8::from(argmax(b) == argmax(s))) / rows as f64;
+            check.greedy_agreement += f64::from(u8::from(batched[i].next_token == single.next_token)) / rows as f64;
+        }
+        d.reset();
+        Ok(check)
     }
 
     fn check(&self, ids: &[u32]) -> Result<(), ModelError> {
@@ -163,22 +242,50 @@ impl BatchLm for Qwen3Cuda {
         Ok(())
     }
 
-    fn run_chunks(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let mut out = Vec::with_capacity(chunks.len());
+    fn run_chunks(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<ChunkOutput>, ModelError> {
         for c in chunks {
             check_ids(self.cpu.config(), c.start, c.ids)?;
-            self.decoder.set_sequence(c.blocks, c.start)?;
-            let logits = if c.ids.len() > 1 && self.decoder.has_prefill() {
-                self.decoder.prefill(c.ids, true)?.logits
-            } else {
-                let mut last = None;
-                for (i, &id) in c.ids.iter().enumerate() {
-                    last = self.decoder.step(id, i + 1 == c.ids.len())?.logits;
-                }
-                last
-            };
-            out.push(logits.ok_or_else(|| ModelError::Internal("a step returned no logits".into()))?);
         }
-        Ok(out)
+        let mut out: Vec<Option<ChunkOutput>> = vec![None; chunks.len()];
+        // Decode chunks (one token each) run together when there is a batch graph.
+        let decodes: Vec<usize> = (0..chunks.len()).filter(|&i| chunks[i].ids.len() == 1).collect();
+        let rows = self.decoder.batch_rows();
+        if rows > 0 && decodes.len() > 1 {
+            for group in decodes.chunks(rows) {
+                let batch: Vec<BatchRow<'_>> = group
+                    .iter()
+                    .map(|&i| BatchRow { token: chunks[i].ids[0], position: chunks[i].start, table: chunks[i].blocks })
+                    .collect();
+                let want_logits = group.iter().any(|&i| !chunks[i].greedy);
+                for (&i, step) in group.iter().zip(self.decoder.decode_batch(&batch, want_logits)?) {
+                    out[i] = Some(chunk_output(chunks[i].greedy, step));
+                }
+            }
+        }
+        for (i, c) in chunks.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            self.decoder.set_sequence(c.blocks, c.start)?;
+            let step = if c.ids.len() > 1 && self.decoder.has_prefill() {
+                self.decoder.prefill(c.ids, !c.greedy)?
+            } else {
+                let (last, init) = c.ids.split_last().expect("chunks are not empty");
+                for &id in init {
+                    self.decoder.step(id, false)?;
+                }
+                self.decoder.step(*last, !c.greedy)?
+            };
+            out[i] = Some(chunk_output(c.greedy, step));
+        }
+        Ok(out.into_iter().map(|o| o.expect("every chunk ran")).collect())
+    }
+}
+
+/// What a step gives the engine: the greedy token alone when that is all a chunk needs.
+fn chunk_output(greedy: bool, step: smelt_runtime::cuda::StepOutput) -> ChunkOutput {
+    match step.logits {
+        Some(logits) if !greedy => ChunkOutput::Logits(logits),
+        _ => ChunkOutput::Greedy(step.next_token),
     }
 }

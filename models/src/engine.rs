@@ -232,6 +232,12 @@ impl Qwen3Cpu {
         &self.graphs.decode
     }
 
+    /// The graph of a batched decode step on the GPU: the all-positions prefill graph, its T
+    /// rows taken as one new token each of T sequences (see `smelt_codegen::EmitOptions`).
+    pub fn batch_graph(&self) -> &Graph {
+        &self.graphs.prefill_all
+    }
+
     /// The prefill graph a GPU backend runs prompts with: the last position's logits only
     /// (the lm_head reads row T - 1 of the final norm's output).
     pub fn prefill_graph(&self) -> &Graph {

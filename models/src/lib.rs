@@ -13,7 +13,7 @@ pub mod tokenizer;
 
 pub use chat::{ChatError, ChatMessage, ChatTemplate};
 pub use config::{ConfigError, Qwen3Config};
-pub use cuda_engine::Qwen3Cuda;
+pub use cuda_engine::{BatchCheck, Qwen3Cuda};
 pub use engine::{generate, CausalLm, LoadOptions, ModelError, Qwen3Cpu};
 pub use sample::{Sampler, SamplingParams};
 pub use stop::{StopMatcher, TextStream};

@@ -46,7 +46,14 @@ pub struct Args {
     /// launches) and print where the step's time goes.
     #[arg(long)]
     profile: bool,
+    /// Also time batched decode steps of these many sequences at once, each at context 128
+    /// (as the PyTorch baseline's batched decode), e.g. 8,32,64.
+    #[arg(long)]
+    batch: Option<String>,
 }
+
+/// The context of every sequence in a timed batched decode step.
+const BATCH_CONTEXT: usize = 128;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -67,7 +74,12 @@ pub fn run(a: Args) -> Result<()> {
     eprintln!("host model ready in {:.1}s", t0.elapsed().as_secs_f64());
     let prefill_lengths = a.prefill.as_deref().map(parse_ids).transpose()?.unwrap_or_default();
     let longest = contexts.iter().chain(&prefill_lengths).max().copied().unwrap_or(1) as usize;
-    let max_context = longest + a.steps + 1;
+    let batch_sizes = a.batch.as_deref().map(parse_ids).transpose()?.unwrap_or_default();
+    let batch_rows = batch_sizes.iter().max().copied().unwrap_or(0) as usize;
+    // One sequence at the longest context, or every batched sequence in blocks of its own.
+    let block = smelt::passes::DEFAULT_BLOCK_TOKENS;
+    let batch_tokens = batch_rows * (BATCH_CONTEXT + a.steps + 3).div_ceil(block) * block;
+    let max_context = (longest + a.steps + 1).max(batch_tokens);
 
     let gpu = Gpu::open(0)?;
     let device = gpu.name().to_string();
@@ -85,6 +97,7 @@ pub fn run(a: Args) -> Result<()> {
         pdl: !a.no_pdl,
         prefill: a.prefill.is_some(),
         prefill_chunk: 2048,
+        batch_rows,
         ..DecoderOptions::new(max_context)
     };
 
@@ -133,6 +146,14 @@ pub fn run(a: Args) -> Result<()> {
         let s = median(&mut times);
         eprintln!("prefill of {n} tokens: {:.2} ms, {:.0} tokens/s", s * 1e3, n as f64 / s);
         json.insert(format!("prefill_tokens_per_s_{n}"), (n as f64 / s).into());
+    }
+    // Batched decode: every sequence at BATCH_CONTEXT, each weight read once per step.
+    for &n in &batch_sizes {
+        let ms = time_batched(model.decoder_mut(), n as usize, a.steps, &token)?;
+        let rate = n as f64 / (ms / 1e3);
+        eprintln!("batched decode of {n} sequences at context {BATCH_CONTEXT}: {ms:.3} ms/step, {rate:.0} tokens/s");
+        json.insert(format!("batched_decode_ms_per_step_{n}"), ms.into());
+        json.insert(format!("batched_decode_tokens_per_s_{n}"), rate.into());
     }
     // The same step without programmatic dependent launch, for what it buys.
     if pdl {
@@ -206,6 +227,36 @@ fn time_decode(
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok((median(&mut times), fill_s))
+}
+
+/// Times `steps` batched decode steps of `rows` sequences, each in blocks of its own from
+/// context BATCH_CONTEXT on, after two untimed ones: median ms per step. The KV rows before
+/// BATCH_CONTEXT are left as they are (what they hold does not change the time).
+fn time_batched(
+    decoder: &mut smelt::runtime::cuda::CudaDecoder,
+    rows: usize,
+    steps: usize,
+    token: &dyn Fn(usize) -> u32,
+) -> Result<f64> {
+    let bt = decoder.kv_shape().block_tokens;
+    let per_seq = (BATCH_CONTEXT + steps + 3).div_ceil(bt);
+    let tables: Vec<Vec<u32>> = (0..rows).map(|i| (0..per_seq).map(|j| (i * per_seq + j) as u32).collect()).collect();
+    let mut times = Vec::with_capacity(steps);
+    for s in 0..steps + 2 {
+        let batch: Vec<smelt::runtime::cuda::BatchRow<'_>> = (0..rows)
+            .map(|i| smelt::runtime::cuda::BatchRow {
+                token: token(i * 7919 + s),
+                position: BATCH_CONTEXT + s,
+                table: &tables[i],
+            })
+            .collect();
+        let t = Instant::now();
+        decoder.decode_batch(&batch, false)?;
+        if s >= 2 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(median(&mut times))
 }
 
 /// Time, bytes and achieved bandwidth per kernel, summed over a step's launches of it.

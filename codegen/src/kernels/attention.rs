@@ -11,7 +11,9 @@
 //! f32 scratch buffer that a combine kernel merges with the usual log-sum-exp rescaling.
 //!
 //! Causal: query `t` sits at position `P + t` (`P = step->cached_tokens`) and sees keys
-//! `0..=P+t`; the caches already hold this step's rows (the appends run first).
+//! `0..=P+t`; the caches already hold this step's rows (the appends run first). In a batched
+//! decode step (`step->row_positions` set) row `t` is a sequence of its own: it sits at
+//! `row_positions[t]` and reads its keys through its own block table.
 //!
 //! Splits follow the launch: the split kernel divides the context into
 //! `max(1, gridDim.x / (T * KVH))` equal splits, so every block has work whatever grid a
@@ -196,7 +198,9 @@ const PROLOGUE: &str = r#"    {
 "#;
 
 /// The body shared by the split and the single kernel: one work item, per block.
-const BODY: &str = r#"    const unsigned int end = P + t + 1u; /* keys 0..=P+t */
+const BODY: &str = r#"    /* keys 0..=P+t, or 0..=row_positions[t] in a batched step (the row's own sequence) */
+    const unsigned int end = smelt_row_position(step, t) + 1u;
+    const unsigned int* __restrict__ row_table = smelt_row_table(step, t);
     const unsigned int lo = s * span, hi = lo + span < end ? lo + span : end;
     float qv[G][E];
 #pragma unroll
@@ -216,7 +220,7 @@ $PROLOGUE    float m[G], l[G], acc[G][E];
       unsigned int my_row = 0u;
       if (lane < CHUNK && base + lane < hi) {
         const unsigned int p = base + lane;
-        my_row = (table[p / bt] * bt + p % bt) * KVH + kvh;
+        my_row = (row_table[p / bt] * bt + p % bt) * KVH + kvh;
       }
       smelt_attn_vec kr[CHUNK], vr[CHUNK];
 #pragma unroll
@@ -319,8 +323,8 @@ fn main_kernel(name: &str, spec: &AttentionSpec, split: bool, grid: Grid) -> Ker
   const float SCALE = {scale}, NEG_INF = smelt_u2f(0xff800000u);{eps}
   __shared__ float sm_acc[WARPS][G][D], sm_m[WARPS][G], sm_l[WARPS][G];
   const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+  /* In a batched step P is the longest row's position: the splits cover every row. */
   const unsigned int T = step->new_tokens, P = step->cached_tokens, bt = step->block_tokens;
-  const unsigned int* __restrict__ table = step->block_table;
   if (T == 0u) return;
 ",
         h = spec.heads,

@@ -90,19 +90,19 @@ impl Access {
     }
 }
 
-/// C statements setting `dst` to the physical element index of head `h`'s row at logical
-/// position `P + t` in a paged cache `[blocks, block_tokens, heads, d]`.
+/// C statements setting `dst` to the physical element index of head `h`'s row at token `t`'s
+/// position (`P + t`, or `row_positions[t]` in a batched step) in a paged cache
+/// `[blocks, block_tokens, heads, d]`.
 fn cache_index(dst: &str, heads: usize, d: usize) -> String {
     format!(
-        "const unsigned int p = P + t, blk = block_table[p / block_tokens];\n    \
+        "const unsigned int p = smelt_row_position(step, t), blk = smelt_row_table(step, t)[p / block_tokens];\n    \
          const unsigned long long {dst} = ((unsigned long long)blk * block_tokens + p % block_tokens) * {}u + h * {d}u;",
         heads * d
     )
 }
 
 /// The step's values the cache writers use.
-const CACHE_STEP: &str = "  const unsigned int P = step->cached_tokens, block_tokens = step->block_tokens;\n  \
-                          const unsigned int* __restrict__ block_table = step->block_table;\n";
+const CACHE_STEP: &str = "  const unsigned int block_tokens = step->block_tokens;\n";
 
 /// The warp-per-row loop header: `row` runs over `rows` (a C expression), `lane` is the lane.
 fn warp_rows(s: &mut String, rows: &str) {

@@ -5,7 +5,7 @@
 
 use smelt_passes::kv::KvPlan;
 
-use super::engine::{BatchLm, Chunk};
+use super::engine::{BatchLm, Chunk, ChunkOutput};
 use crate::config::Qwen3Config;
 use crate::engine::{ModelError, Qwen3Cpu};
 
@@ -26,12 +26,12 @@ impl BatchLm for Qwen3Cpu {
         self.allocate_paged(plan.blocks, plan.block_tokens)
     }
 
-    fn run_chunks(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn run_chunks(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<ChunkOutput>, ModelError> {
         chunks
             .iter()
             .map(|c| {
                 let logits = self.forward_paged(c.ids, c.start, c.blocks)?;
-                Ok(logits.to_f32_vec())
+                Ok(ChunkOutput::Logits(logits.to_f32_vec()))
             })
             .collect()
     }

@@ -20,6 +20,18 @@ pub struct Chunk<'a> {
     pub ids: &'a [u32],
     pub start: usize,
     pub blocks: &'a [BlockId],
+    /// The next token is the plain argmax (greedy, no penalties): a backend may return it
+    /// instead of the logits.
+    pub greedy: bool,
+}
+
+/// What a backend computed for a chunk.
+#[derive(Clone, Debug)]
+pub enum ChunkOutput {
+    /// f32 logits of the chunk's last position.
+    Logits(Vec<f32>),
+    /// Their argmax (only for a chunk marked greedy).
+    Greedy(u32),
 }
 
 /// What the batch engine needs of a backend.
@@ -31,9 +43,9 @@ pub trait BatchLm {
     fn kv_plan(&self, block_tokens: usize, budget_bytes: usize) -> Result<KvPlan, ModelError>;
     /// Makes the KV pool `plan` describes (dropping any earlier one).
     fn allocate_kv(&mut self, plan: &KvPlan) -> Result<(), ModelError>;
-    /// Computes every chunk (appending its KV through its block table) and returns each
-    /// chunk's f32 logits at its last position.
-    fn run_chunks(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError>;
+    /// Computes every chunk (appending its KV through its block table) and returns what
+    /// chooses each chunk's next token.
+    fn run_chunks(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<ChunkOutput>, ModelError>;
 }
 
 /// One request of a batch.
@@ -179,7 +191,12 @@ pub fn generate_batch(
         }
         let chunks: Vec<Chunk<'_>> = plan
             .iter()
-            .map(|s| Chunk { ids: &sched.tokens(s.seq)[s.start..s.start + s.len], start: s.start, blocks: sched.blocks(s.seq) })
+            .map(|s| Chunk {
+                ids: &sched.tokens(s.seq)[s.start..s.start + s.len],
+                start: s.start,
+                blocks: sched.blocks(s.seq),
+                greedy: live[s.seq].as_ref().is_some_and(|l| l.sampler.params().is_plain_greedy()),
+            })
             .collect();
         let logits = model.run_chunks(&chunks)?;
         for (s, logits) in plan.iter().zip(logits) {
@@ -187,7 +204,10 @@ pub fn generate_batch(
                 continue;
             }
             let seq = live[s.seq].as_mut().expect("scheduled requests are live");
-            let token = seq.sampler.sample(&logits);
+            let token = match logits {
+                ChunkOutput::Logits(logits) => seq.sampler.sample(&logits),
+                ChunkOutput::Greedy(token) => token,
+            };
             seq.sampler.observe(token);
             seq.ids.push(token);
             let text = seq.text.push(token).unwrap_or_else(|e| {

@@ -7,5 +7,7 @@ pub mod engine;
 pub mod scheduler;
 
 pub use blocks::{BlockId, BlockPool};
-pub use engine::{generate_batch, BatchEvent, BatchLm, BatchOptions, BatchStats, Chunk, Completion, FinishReason, Request};
+pub use engine::{
+    generate_batch, BatchEvent, BatchLm, BatchOptions, BatchStats, Chunk, ChunkOutput, Completion, FinishReason, Request,
+};
 pub use scheduler::{Scheduled, Scheduler, SchedulerConfig, SchedulerStats, SeqId};

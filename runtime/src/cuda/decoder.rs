@@ -11,9 +11,10 @@ use std::time::Instant;
 
 use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaModule};
 use cudarc::nvrtc::Ptx;
-use smelt_codegen::{emit, ModuleCache, Nvrtc, Program};
+use smelt_codegen::{emit_with, EmitOptions, ModuleCache, Nvrtc, Program};
 use smelt_ir::{Bindings, Dim, Graph, NodeId, Sym, WeightSource};
 
+use super::batch::BatchRunner;
 use super::device::{check, Gpu};
 use super::layout::{DeviceWeights, KvPool, KvShape, Layout};
 use super::CudaError;
@@ -44,12 +45,15 @@ pub struct DecoderOptions {
     pub prefill: bool,
     /// Tokens a prefill run takes at most (longer prompts run in chunks).
     pub prefill_chunk: usize,
+    /// Sequences a batched decode step takes at most (when the model provides a batch graph).
+    pub batch_rows: usize,
 }
 
 impl DecoderOptions {
     /// The defaults for a cache of `kv_tokens` tokens: blocks of the planner's default size,
     /// CUDA graphs and programmatic dependent launch on, the user's module cache, prompts one
-    /// token per step (the prefill kernels are opt-in), chunks of 512 when they are on.
+    /// token per step (the prefill kernels are opt-in), chunks of 512 when they are on, batched
+    /// decode steps of up to 64 sequences.
     pub fn new(kv_tokens: usize) -> DecoderOptions {
         DecoderOptions {
             kv_tokens,
@@ -59,6 +63,7 @@ impl DecoderOptions {
             pdl: true,
             prefill: false,
             prefill_chunk: 512,
+            batch_rows: 64,
         }
     }
 }
@@ -79,21 +84,32 @@ pub(crate) struct Runner {
     pub(crate) program: Program,
     pub(crate) layout: Layout,
     pub(crate) functions: Vec<CudaFunction>,
-    token_ids: u64,
-    positions: u64,
-    logits: (u64, usize),
-    next_token: u64,
+    pub(crate) token_ids: u64,
+    pub(crate) positions: u64,
+    pub(crate) logits: (u64, usize),
+    pub(crate) next_token: u64,
     /// Whether the outputs have a row per new token (else one row: the last position's).
     row_per_token: bool,
     graphs: HashMap<usize, CudaGraph>,
 }
 
+/// The fused graphs a decoder runs: the decode step (T pinned to 1), and optionally a prefill
+/// graph (symbolic T; prompts in chunks) and a batch graph (symbolic T, logits at every row;
+/// batched decode steps, each row a sequence of its own).
+#[derive(Clone, Copy)]
+pub struct DecoderGraphs<'g> {
+    pub decode: &'g Graph,
+    pub prefill: Option<&'g Graph>,
+    pub batch: Option<&'g Graph>,
+}
+
 pub struct CudaDecoder {
     pub(crate) gpu: Gpu,
     weights: DeviceWeights,
-    kv: KvPool,
+    pub(crate) kv: KvPool,
     pub(crate) decode: Runner,
     pub(crate) prefill: Option<Runner>,
+    pub(crate) batch: Option<BatchRunner>,
     _modules: Vec<Arc<CudaModule>>,
     pub(crate) position: usize,
     /// The block table: the identity (one sequence owning the pool) or a batch sequence's.
@@ -305,37 +321,51 @@ impl CudaDecoder {
         weights: &dyn WeightSource,
         options: &DecoderOptions,
     ) -> Result<CudaDecoder, CudaError> {
-        CudaDecoder::with_prefill(gpu, graph, None, weights, options)
+        let graphs = DecoderGraphs { decode: graph, prefill: None, batch: None };
+        CudaDecoder::with_graphs(gpu, graphs, weights, options)
     }
 
-    /// As [`CudaDecoder::new`], with a fused prefill graph (symbolic `T`, logits and greedy
-    /// token at every position) that runs prompts in chunks of `options.prefill_chunk` tokens.
-    pub fn with_prefill(
+    /// As [`CudaDecoder::new`], with the optional graphs: a prefill graph that runs prompts in
+    /// chunks of `options.prefill_chunk` tokens, and a batch graph for batched decode steps of
+    /// up to `options.batch_rows` sequences.
+    pub fn with_graphs(
         gpu: Gpu,
-        decode: &Graph,
-        prefill: Option<&Graph>,
+        graphs: DecoderGraphs<'_>,
         weights: &dyn WeightSource,
         options: &DecoderOptions,
     ) -> Result<CudaDecoder, CudaError> {
+        let DecoderGraphs { decode, prefill, batch } = graphs;
         if decode.pinned(Sym::NewTokens) != Some(1) {
             return Err(CudaError::Unsupported("the decode graph must pin T to 1".into()));
         }
-        let codegen = |g: &Graph| emit(g).map_err(|e| CudaError::Codegen(e.to_string()));
-        let decode_program = codegen(decode)?;
-        let prefill_program = prefill.map(codegen).transpose()?;
+        let batch = batch.filter(|_| options.batch_rows > 0);
+        let codegen = |g: &Graph, options| emit_with(g, options).map_err(|e| CudaError::Codegen(e.to_string()));
+        let decode_program = codegen(decode, EmitOptions::default())?;
+        let prefill_program = prefill.map(|g| codegen(g, EmitOptions::default())).transpose()?;
+        let batch_program = batch.map(|g| codegen(g, EmitOptions { rows_are_sequences: true })).transpose()?;
         let mut programs = vec![&decode_program];
         programs.extend(prefill_program.as_ref());
-        let (mut functions, modules, jit) = load_kernels(&gpu, &programs, options.module_cache.as_ref())?;
-        let mut graphs = vec![decode];
-        graphs.extend(prefill);
-        let device_weights = DeviceWeights::upload(&gpu, &graphs, weights)?;
+        programs.extend(batch_program.as_ref());
+        let (functions, modules, jit) = load_kernels(&gpu, &programs, options.module_cache.as_ref())?;
+        let mut functions = functions.into_iter();
+        let mut all_graphs = vec![decode];
+        all_graphs.extend(prefill);
+        all_graphs.extend(batch);
+        let device_weights = DeviceWeights::upload(&gpu, &all_graphs, weights)?;
         let blocks = options.kv_tokens.div_ceil(options.block_tokens.max(1)).max(1);
         let kv = KvPool::new(&gpu, decode, KvShape { block_tokens: options.block_tokens.max(1), blocks })?;
-        let prefill_functions = (functions.len() > 1).then(|| functions.remove(1));
-        let decode_runner = Runner::new(&gpu, decode, decode_program, functions.remove(0), &device_weights, &kv, 1)?;
-        let prefill_runner = match (prefill, prefill_program, prefill_functions) {
-            (Some(g), Some(p), Some(f)) => {
-                Some(Runner::new(&gpu, g, p, f, &device_weights, &kv, options.prefill_chunk.max(1))?)
+        let mut next_functions = || functions.next().expect("one function list per program");
+        let decode_runner = Runner::new(&gpu, decode, decode_program, next_functions(), &device_weights, &kv, 1)?;
+        let prefill_runner = match (prefill, prefill_program) {
+            (Some(g), Some(p)) => {
+                Some(Runner::new(&gpu, g, p, next_functions(), &device_weights, &kv, options.prefill_chunk.max(1))?)
+            }
+            _ => None,
+        };
+        let batch_runner = match (batch, batch_program) {
+            (Some(g), Some(p)) => {
+                let runner = Runner::new(&gpu, g, p, next_functions(), &device_weights, &kv, options.batch_rows)?;
+                Some(BatchRunner::new(&gpu, runner, &kv)?)
             }
             _ => None,
         };
@@ -347,6 +377,7 @@ impl CudaDecoder {
             kv,
             decode: decode_runner,
             prefill: prefill_runner,
+            batch: batch_runner,
             _modules: modules,
             position: 0,
             table: Table::Identity,

@@ -121,6 +121,9 @@ impl DeviceWeights {
     }
 }
 
+/// Bytes of `smelt_step` (the prelude's struct, on a 64-bit device).
+const STEP_BYTES: usize = 48;
+
 /// The paged KV cache of one model: for each cache (a graph input that the graph also outputs,
 /// `cache.lNN.k` and `.v`), a `[blocks, block_tokens, rows...]` slab; and the block table that
 /// `smelt_step` points to. Shared by every graph of the model.
@@ -264,7 +267,7 @@ impl Layout {
             .max()
             .unwrap_or(0);
         let scratch = gpu.alloc(scratch_bytes, "attention scratch")?;
-        let step = gpu.alloc(32, "the step parameters")?;
+        let step = gpu.alloc(STEP_BYTES, "the step parameters")?;
 
         let mut layout = Layout {
             _constants: constants_buffer,
@@ -311,18 +314,43 @@ impl Layout {
         base
     }
 
-    /// Writes `smelt_step` for `new_tokens` new tokens after `cached` cached ones.
+    /// Writes `smelt_step` for `new_tokens` new tokens of one sequence after `cached` cached ones.
     pub(crate) fn write_step(&self, gpu: &Gpu, new_tokens: usize, cached: usize) -> Result<(), CudaError> {
-        let table = self.table;
-        // struct { u32 batch, new_tokens, cached_tokens, block_tokens; const u32* block_table; }
-        let words: [u32; 6] = [
-            1,
-            new_tokens as u32,
-            cached as u32,
-            self.kv_shape.block_tokens as u32,
-            table as u32,
-            (table >> 32) as u32,
-        ];
+        self.write_step_words(gpu, new_tokens, cached, None)
+    }
+
+    /// Writes `smelt_step` for a batched decode step: `rows` sequences, the longest at
+    /// `max_position`, each row's position at `row_positions` and its block table at
+    /// `row_tables + row * stride` (device addresses of u32 arrays).
+    pub(crate) fn write_rows_step(
+        &self,
+        gpu: &Gpu,
+        rows: usize,
+        max_position: usize,
+        row_positions: u64,
+        row_tables: u64,
+        stride: usize,
+    ) -> Result<(), CudaError> {
+        self.write_step_words(gpu, rows, max_position, Some((row_positions, row_tables, stride)))
+    }
+
+    fn write_step_words(
+        &self,
+        gpu: &Gpu,
+        new_tokens: usize,
+        cached: usize,
+        rows: Option<(u64, u64, usize)>,
+    ) -> Result<(), CudaError> {
+        let (positions, tables, stride) = rows.unwrap_or((0, 0, 0));
+        let lo_hi = |p: u64| [p as u32, (p >> 32) as u32];
+        // struct { u32 batch, new_tokens, cached_tokens, block_tokens; const u32* block_table;
+        //          const u32* row_positions; const u32* row_tables; u32 table_stride, reserved; }
+        let mut words: Vec<u32> = vec![1, new_tokens as u32, cached as u32, self.kv_shape.block_tokens as u32];
+        words.extend(lo_hi(self.table));
+        words.extend(lo_hi(positions));
+        words.extend(lo_hi(tables));
+        words.extend([stride as u32, 0]);
+        debug_assert_eq!(words.len() * 4, STEP_BYTES);
         gpu.upload(self.step.ptr(), &words, "writing the step parameters")
     }
 

@@ -2,13 +2,15 @@
 //! and links on machines without CUDA (the driver and NVRTC are loaded at run time); opening a
 //! device there is a clear error.
 
+mod batch;
 mod check;
 mod decoder;
 mod device;
 mod layout;
 
 pub use check::{check_prefill, check_step, NodeCheck};
-pub use decoder::{CudaDecoder, DecoderOptions, JitReport, StepOutput};
+pub use batch::BatchRow;
+pub use decoder::{CudaDecoder, DecoderGraphs, DecoderOptions, JitReport, StepOutput};
 pub use device::{DeviceBuffer, Gpu};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,101 @@
+//! Batched decode: one step for many sequences. The batch graph has a row per sequence (T =
+//! rows): every matmul is one tensor-core GEMM over all rows, so each weight is read once per
+//! step for the whole batch instead of once per sequence. Attention and the KV writes take
+//! each row as a sequence of its own: its position and block table come from per-row arrays
+//! that `smelt_step` points to (see the prelude).
+
+use smelt_ir::Bindings;
+
+use super::decoder::{CudaDecoder, Runner, StepOutput};
+use super::device::{DeviceBuffer, Gpu};
+use super::layout::KvPool;
+use super::CudaError;
+
+/// One sequence's part of a batched decode step.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchRow<'a> {
+    pub token: u32,
+    /// Where `token` goes: the sequence's cached tokens before it.
+    pub position: usize,
+    /// The sequence's KV blocks in order, covering `position + 1` tokens.
+    pub table: &'a [u32],
+}
+
+/// The batch graph's runner and its per-row arrays: positions (`u32 [rows]`) and block tables
+/// (`u32 [rows, pool blocks]` at most; each step packs them at its longest table's stride).
+pub(crate) struct BatchRunner {
+    pub(crate) runner: Runner,
+    positions: DeviceBuffer,
+    tables: DeviceBuffer,
+    rows: usize,
+}
+
+impl BatchRunner {
+    pub(crate) fn new(gpu: &Gpu, runner: Runner, kv: &KvPool) -> Result<BatchRunner, CudaError> {
+        let rows = runner.layout.max_new_tokens;
+        let positions = gpu.alloc(4 * rows, "the batch's row positions")?;
+        let tables = gpu.alloc(4 * rows * kv.shape.blocks, "the batch's block tables")?;
+        Ok(BatchRunner { runner, positions, tables, rows })
+    }
+}
+
+impl CudaDecoder {
+    /// Sequences a batched decode step takes at most (0: no batch graph was compiled).
+    pub fn batch_rows(&self) -> usize {
+        self.batch.as_ref().map_or(0, |b| b.rows)
+    }
+
+    /// One decode step for every row at once; returns each row's greedy next token and, if
+    /// `want_logits`, its logits. The single-sequence state (position, table) is untouched.
+    pub fn decode_batch(&mut self, rows: &[BatchRow<'_>], want_logits: bool) -> Result<Vec<StepOutput>, CudaError> {
+        let Some(batch) = &self.batch else {
+            return Err(CudaError::Unsupported("no batch graph was compiled".into()));
+        };
+        if rows.is_empty() || rows.len() > batch.rows {
+            return Err(CudaError::Unsupported(format!("a batched step takes 1 to {} rows, not {}", batch.rows, rows.len())));
+        }
+        let (bt, blocks) = (self.kv.shape.block_tokens, self.kv.shape.blocks);
+        for (i, r) in rows.iter().enumerate() {
+            if r.table.len() * bt < r.position + 1 {
+                return Err(CudaError::KvFull { capacity: r.table.len() * bt });
+            }
+            if let Some(b) = r.table.iter().find(|&&b| b as usize >= blocks) {
+                return Err(CudaError::Layout(format!("row {i}: block {b} is outside the pool of {blocks} blocks")));
+            }
+        }
+        let stride = rows.iter().map(|r| r.table.len()).max().unwrap_or(1);
+        let mut tables = vec![0u32; rows.len() * stride];
+        for (i, r) in rows.iter().enumerate() {
+            tables[i * stride..i * stride + r.table.len()].copy_from_slice(r.table);
+        }
+        let ids: Vec<i32> = rows.iter().map(|r| r.token as i32).collect();
+        let positions: Vec<i32> = rows.iter().map(|r| r.position as i32).collect();
+        let max_position = rows.iter().map(|r| r.position).max().unwrap_or(0);
+        let (gpu, runner) = (&self.gpu, &batch.runner);
+        gpu.upload(runner.token_ids, &ids, "writing the batch's token ids")?;
+        // RoPE reads the positions input (i32); attention and the KV writes read the row
+        // positions (u32): the same values.
+        gpu.upload(runner.positions, &positions, "writing the batch's positions")?;
+        gpu.upload(batch.positions.ptr(), &positions, "writing the batch's row positions")?;
+        gpu.upload(batch.tables.ptr(), &tables, "writing the batch's block tables")?;
+        runner.layout.write_rows_step(gpu, rows.len(), max_position, batch.positions.ptr(), batch.tables.ptr(), stride)?;
+        let b = Bindings { batch: 1, new_tokens: rows.len(), cached_tokens: max_position };
+        for l in 0..runner.layout.launches.len() {
+            runner.launch(gpu, l, &b, self.pdl)?;
+        }
+        let what = format!("running a batched decode step of {} rows", rows.len());
+        let mut next = vec![0i32; rows.len()];
+        gpu.download(&mut next, runner.next_token, &what)?;
+        let mut out: Vec<StepOutput> =
+            next.iter().map(|&t| StepOutput { next_token: t as u32, logits: None }).collect();
+        if want_logits {
+            let vocab = runner.logits.1;
+            let mut all = vec![0f32; rows.len() * vocab];
+            gpu.download(&mut all, runner.logits.0, "reading the batch's logits")?;
+            for (o, row) in out.iter_mut().zip(all.chunks(vocab)) {
+                o.logits = Some(row.to_vec());
+            }
+        }
+        Ok(out)
+    }
+}
