@@ -137,13 +137,16 @@ pub struct StepOutput {
     pub logits: Option<Vec<f32>>,
 }
 
+/// Per program its functions in kernel order; the modules that hold them; how long it took.
+type LoadedKernels = (Vec<Vec<CudaFunction>>, Vec<Arc<CudaModule>>, JitReport);
+
 /// Compiles and loads every distinct kernel of `programs`; returns per program the functions
 /// in its kernel order.
 fn load_kernels(
     gpu: &Gpu,
     programs: &[&Program],
     cache: Option<&ModuleCache>,
-) -> Result<(Vec<Vec<CudaFunction>>, Vec<Arc<CudaModule>>, JitReport), CudaError> {
+) -> Result<LoadedKernels, CudaError> {
     let t0 = Instant::now();
     let nvrtc = Nvrtc::load().map_err(|e| CudaError::Nvrtc(e.to_string()))?;
     let mut jit = JitReport::default();
