@@ -146,6 +146,21 @@ impl Qwen3Cuda {
         Ok(check)
     }
 
+    fn f16(&self) -> bool {
+        self.cpu.dtype() == DType::F16
+    }
+
+    /// f16 activations can overflow where bf16 ones cannot; the kernels accumulate in f32 but
+    /// store f16, so an overflow shows as non-finite logits. The CPU backend names the op
+    /// (`EvalOptions::f16_overflow_is_error`); here the logits of every f16 step are checked.
+    fn check_finite(&self, logits: &[f32]) -> Result<(), ModelError> {
+        let count = logits.iter().filter(|v| !v.is_finite()).count();
+        if count > 0 {
+            return Err(ModelError::F16Overflow { position: self.decoder.position(), count });
+        }
+        Ok(())
+    }
+
     fn check(&self, ids: &[u32]) -> Result<(), ModelError> {
         check_ids(self.cpu.config(), self.decoder.position(), ids)?;
         let needed = self.decoder.position() + ids.len();
@@ -178,13 +193,17 @@ impl CausalLm for Qwen3Cuda {
         let vocab = self.cpu.config().vocab_size;
         if logits == Logits::LastPosition && ids.len() > 1 && self.decoder.has_prefill() {
             let row = self.decoder.prefill(ids, true)?.logits.expect("asked for logits");
+            self.check_finite(&row)?;
             return Ok(Tensor::from_stored(DType::F32, vec![1, vocab], row));
         }
         let mut rows = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
-            let want = logits == Logits::AllPositions || i + 1 == ids.len();
+            let want = logits == Logits::AllPositions || i + 1 == ids.len() || self.f16();
             if let Some(row) = self.decoder.step(id, want)?.logits {
-                rows.extend(row);
+                self.check_finite(&row)?;
+                if logits == Logits::AllPositions || i + 1 == ids.len() {
+                    rows.extend(row);
+                }
             }
         }
         let n = rows.len() / vocab;
@@ -197,14 +216,20 @@ impl CausalLm for Qwen3Cuda {
 
     fn forward_greedy(&mut self, ids: &[u32]) -> Result<u32, ModelError> {
         self.check(ids)?;
-        if ids.len() > 1 && self.decoder.has_prefill() {
-            return Ok(self.decoder.prefill(ids, false)?.next_token);
-        }
-        let mut next = 0;
-        for &id in ids {
-            next = self.decoder.step(id, false)?.next_token;
-        }
-        Ok(next)
+        // In f16 every step's logits are read and checked (see `check_finite`).
+        let want = self.f16();
+        let out = if ids.len() > 1 && self.decoder.has_prefill() {
+            self.decoder.prefill(ids, want)?
+        } else {
+            let (last, init) = ids.split_last().expect("check refuses empty ids");
+            for &id in init {
+                let step = self.decoder.step(id, want)?;
+                self.check_finite(step.logits.as_deref().unwrap_or_default())?;
+            }
+            self.decoder.step(*last, want)?
+        };
+        self.check_finite(out.logits.as_deref().unwrap_or_default())?;
+        Ok(out.next_token)
     }
 }
 
@@ -256,8 +281,9 @@ impl BatchLm for Qwen3Cuda {
                     .iter()
                     .map(|&i| BatchRow { token: chunks[i].ids[0], position: chunks[i].start, table: chunks[i].blocks })
                     .collect();
-                let want_logits = group.iter().any(|&i| !chunks[i].greedy);
+                let want_logits = self.f16() || group.iter().any(|&i| !chunks[i].greedy);
                 for (&i, step) in group.iter().zip(self.decoder.decode_batch(&batch, want_logits)?) {
+                    self.check_finite(step.logits.as_deref().unwrap_or_default())?;
                     out[i] = Some(chunk_output(chunks[i].greedy, step));
                 }
             }
@@ -267,15 +293,18 @@ impl BatchLm for Qwen3Cuda {
                 continue;
             }
             self.decoder.set_sequence(c.blocks, c.start)?;
+            let want = self.f16() || !c.greedy;
             let step = if c.ids.len() > 1 && self.decoder.has_prefill() {
-                self.decoder.prefill(c.ids, !c.greedy)?
+                self.decoder.prefill(c.ids, want)?
             } else {
                 let (last, init) = c.ids.split_last().expect("chunks are not empty");
                 for &id in init {
-                    self.decoder.step(id, false)?;
+                    let step = self.decoder.step(id, self.f16())?;
+                    self.check_finite(step.logits.as_deref().unwrap_or_default())?;
                 }
-                self.decoder.step(*last, !c.greedy)?
+                self.decoder.step(*last, want)?
             };
+            self.check_finite(step.logits.as_deref().unwrap_or_default())?;
             out[i] = Some(chunk_output(c.greedy, step));
         }
         Ok(out.into_iter().map(|o| o.expect("every chunk ran")).collect())

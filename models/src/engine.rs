@@ -49,6 +49,10 @@ pub enum ModelError {
     KvTooSmall { tokens: usize, bytes: usize, capacity_tokens: usize, budget: usize },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(
+        "f16 overflow: {count} logits at position {position} are not finite (an activation left f16's range, ±65504); compute in bf16 or f32"
+    )]
+    F16Overflow { position: usize, count: usize },
 }
 
 /// What generation needs of a backend: the CPU reference ([`Qwen3Cpu`]) or the GPU
