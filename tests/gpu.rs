@@ -34,6 +34,21 @@ fn fixture_decode_programs_compile_with_nvrtc() {
     }
 }
 
+/// `smelt bench`'s compute ceiling (its own GEMM at 4096^3) compiles, so the bench can run.
+#[test]
+fn the_gemm_ceiling_kernel_compiles_with_nvrtc() {
+    let nvrtc = match Nvrtc::load() {
+        Ok(n) => n,
+        Err(e) if in_ci() => panic!("CI=true but {e}"),
+        Err(e) => return eprintln!("skipped: {e}"),
+    };
+    let k = smelt::runtime::cuda::gemm_ceiling_kernel(4096).unwrap();
+    for arch in [Arch::Sm80, Arch::Sm90] {
+        nvrtc.compile(&k.name, &k.source, arch).unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(smelt::runtime::cuda::gemm_ceiling_kernel(100).is_err());
+}
+
 /// A GPU, or why there is none (printed by the caller).
 fn gpu() -> Option<Gpu> {
     match Gpu::open(0) {

@@ -1,6 +1,8 @@
-//! `smelt bench`: decode on the GPU at batch 1, each figure next to its floor (bytes the step
-//! must move over the device-to-device copy bandwidth measured in the same run), plus JIT time
-//! cold and cached and device memory. Writes the figures as JSON for `bench/results/`.
+//! `smelt bench`: decode on the GPU at batch 1 (and optionally batched, and prefill), each
+//! figure next to its floor measured in the same run: bytes the step must move over the
+//! device-to-device copy bandwidth, or FLOPs over the rate of smelt's own bf16 GEMM at 4096^3.
+//! Plus JIT time cold and cached and device memory. Writes the figures as JSON for
+//! `bench/results/`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -86,6 +88,9 @@ pub fn run(a: Args) -> Result<()> {
     let (free_before, total) = gpu.memory()?;
     let bandwidth = gpu.copy_bandwidth(1 << 30, 20)?;
     eprintln!("{device}: copy bandwidth {:.0} GB/s (read + write)", bandwidth / 1e9);
+    // The compute ceiling for prefill: smelt's own tensor-core GEMM at 4096^3 (no cuBLAS here).
+    let gemm = smelt::runtime::cuda::gemm_rate(&gpu, 4096, 10)?;
+    eprintln!("{device}: smelt's bf16 GEMM at 4096^3: {:.0} TFLOP/s", gemm / 1e12);
     drop(gpu);
 
     // JIT: cold into an empty module cache, then again from it.
@@ -144,14 +149,30 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
         let s = median(&mut times);
-        eprintln!("prefill of {n} tokens: {:.2} ms, {:.0} tokens/s", s * 1e3, n as f64 / s);
+        let floor_ms = prefill_flops(model.config(), n as usize) / gemm * 1e3;
+        eprintln!(
+            "prefill of {n} tokens: {:.2} ms, {:.0} tokens/s (floor {floor_ms:.2} ms at the GEMM's rate, {:.0}% of it)",
+            s * 1e3,
+            n as f64 / s,
+            floor_ms / (s * 1e3) * 100.0
+        );
         json.insert(format!("prefill_tokens_per_s_{n}"), (n as f64 / s).into());
+        json.insert(format!("prefill_floor_ms_{n}"), floor_ms.into());
     }
     // Batched decode: every sequence at BATCH_CONTEXT, each weight read once per step.
     for &n in &batch_sizes {
         let ms = time_batched(model.decoder_mut(), n as usize, a.steps, &token)?;
         let rate = n as f64 / (ms / 1e3);
-        eprintln!("batched decode of {n} sequences at context {BATCH_CONTEXT}: {ms:.3} ms/step, {rate:.0} tokens/s");
+        // Every weight once, and each sequence's KV.
+        let weights: u64 = program.launches.iter().map(|s| s.cost.weight_bytes).sum();
+        let kv = n as u64 * (BATCH_CONTEXT as u64 + a.steps as u64 / 2) * model.config().kv_bytes_per_token(dtype) as u64;
+        let floor_ms = (weights + kv) as f64 / bandwidth * 1e3;
+        eprintln!(
+            "batched decode of {n} sequences at context {BATCH_CONTEXT}: {ms:.3} ms/step, {rate:.0} tokens/s \
+             (floor {floor_ms:.3} ms/step, {:.0}% of bandwidth)",
+            floor_ms / ms * 100.0
+        );
+        json.insert(format!("batched_decode_floor_ms_per_step_{n}"), floor_ms.into());
         json.insert(format!("batched_decode_ms_per_step_{n}"), ms.into());
         json.insert(format!("batched_decode_tokens_per_s_{n}"), rate.into());
     }
@@ -179,6 +200,7 @@ pub fn run(a: Args) -> Result<()> {
         if a.no_cuda_graphs { "off" } else { "on" }
     );
     println!("  copy bandwidth (read+write)      {:>10.0} GB/s", bandwidth / 1e9);
+    println!("  smelt's bf16 GEMM at 4096^3      {:>10.0} TFLOP/s", gemm / 1e12);
     println!("  JIT, empty cache / cached         {jit_cold:>8.2} s / {jit_cached:.2} s");
     println!(
         "  device memory used               {:>10.1} MiB of {:.0} GiB",
@@ -192,6 +214,7 @@ pub fn run(a: Args) -> Result<()> {
     json.insert("device".into(), device.into());
     json.insert("dtype".into(), dtype_name(a.dtype).into());
     json.insert("copy_bandwidth_gb_s".into(), (bandwidth / 1e9).into());
+    json.insert("gemm_4096_tflops".into(), (gemm / 1e12).into());
     json.insert("jit_cold_s".into(), jit_cold.into());
     json.insert("jit_cached_s".into(), jit_cached.into());
     json.insert("device_memory_used_bytes".into(), used.into());
@@ -227,6 +250,16 @@ fn time_decode(
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok((median(&mut times), fill_s))
+}
+
+/// FLOPs of a prefill of `n` tokens: the layers' matmuls for every token, causal attention
+/// (q.k and p.v over n(n+1)/2 pairs per head), and the lm_head for the last token only.
+fn prefill_flops(c: &Qwen3Config, n: usize) -> f64 {
+    let (d, q, kv) = (c.hidden_size as f64, (c.num_heads * c.head_dim) as f64, (c.num_kv_heads * c.head_dim) as f64);
+    let per_token = 2.0 * (d * q + 2.0 * d * kv + q * d + 3.0 * d * c.intermediate_size as f64);
+    let n = n as f64;
+    let attention = 4.0 * q * n * (n + 1.0) / 2.0;
+    c.num_layers as f64 * (n * per_token + attention) + 2.0 * c.vocab_size as f64 * d
 }
 
 /// Times `steps` batched decode steps of `rows` sequences, each in blocks of its own from

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaModule};
 use cudarc::nvrtc::Ptx;
-use smelt_codegen::{emit_with, EmitOptions, ModuleCache, Nvrtc, Program};
+use smelt_codegen::{emit_with, EmitOptions, Kernel, ModuleCache, Nvrtc, Program};
 use smelt_ir::{Bindings, Dim, Graph, NodeId, Sym, WeightSource};
 
 use super::batch::BatchRunner;
@@ -137,6 +137,58 @@ pub struct StepOutput {
     pub logits: Option<Vec<f32>>,
 }
 
+/// Launches `function` (compiled from `kernel`) on `grid` blocks with `params` (device
+/// addresses, by value), optionally as a programmatic dependent launch: every kernel waits on
+/// its predecessor (SMELT_GRID_WAIT) before touching what it wrote, which makes that safe.
+///
+/// # Safety
+/// `params` must match the kernel's parameter list in order and number, each a device address
+/// inside a live buffer of the size the kernel reads or writes there.
+pub(crate) unsafe fn launch_raw(
+    gpu: &Gpu,
+    function: &CudaFunction,
+    kernel: &Kernel,
+    grid: u32,
+    params: &[u64],
+    pdl: bool,
+    what: &str,
+) -> Result<(), CudaError> {
+    let mut values = params.to_vec();
+    let mut args: Vec<*mut std::ffi::c_void> = values.iter_mut().map(|v| v as *mut u64 as *mut _).collect();
+    // SAFETY: a plain C struct; zero is a valid bit pattern for every field.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: grid,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: kernel.launch.block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: kernel.launch.shared_bytes,
+        hStream: gpu.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: u32::from(pdl),
+    };
+    // SAFETY: the caller vouches for the parameters; the config, attribute and argument array
+    // outlive the call.
+    let r = unsafe { sys::cuLaunchKernelEx(&config, function.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()).result() };
+    check(what, r)
+}
+
+/// Loads `kernel`'s compiled `ptx` as a module of its own, allowing the dynamic shared memory
+/// it asks for.
+pub(crate) fn load_function(gpu: &Gpu, k: &Kernel, ptx: String) -> Result<(Arc<CudaModule>, CudaFunction), CudaError> {
+    let module = check(&format!("loading the module of kernel {}", k.name), gpu.ctx.load_module(Ptx::from_src(ptx)))?;
+    let f = check(&format!("finding kernel {}", k.name), module.load_function(&k.name))?;
+    if k.launch.shared_bytes > 48 * 1024 {
+        let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        check(&format!("raising the shared memory of {}", k.name), f.set_attribute(attr, k.launch.shared_bytes as i32))?;
+    }
+    Ok((module, f))
+}
+
 /// Per program its functions in kernel order; the modules that hold them; how long it took.
 type LoadedKernels = (Vec<Vec<CudaFunction>>, Vec<Arc<CudaModule>>, JitReport);
 
@@ -170,16 +222,7 @@ fn load_kernels(
                 }
                 None => nvrtc.compile(&k.name, &k.source, gpu.arch()).map_err(|e| CudaError::Nvrtc(e.to_string()))?,
             };
-            let module =
-                check(&format!("loading the module of kernel {}", k.name), gpu.ctx.load_module(Ptx::from_src(ptx)))?;
-            let f = check(&format!("finding kernel {}", k.name), module.load_function(&k.name))?;
-            if k.launch.shared_bytes > 48 * 1024 {
-                let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-                check(
-                    &format!("raising the shared memory of {}", k.name),
-                    f.set_attribute(attr, k.launch.shared_bytes as i32),
-                )?;
-            }
+            let (module, f) = load_function(gpu, k, ptx)?;
             jit.kernels += 1;
             modules.push(module);
             loaded.insert(k.source.as_str(), f.clone());
@@ -260,40 +303,10 @@ impl Runner {
     pub(crate) fn launch(&self, gpu: &Gpu, i: usize, b: &Bindings, pdl: bool) -> Result<(), CudaError> {
         let l = &self.layout.launches[i];
         let kernel = &self.program.kernels[l.kernel];
-        let mut values = l.params.clone();
-        let mut args: Vec<*mut std::ffi::c_void> = values.iter_mut().map(|v| v as *mut u64 as *mut _).collect();
-        let grid = kernel.launch.grid.blocks(b);
-        // Every kernel waits on its predecessor (SMELT_GRID_WAIT) before touching what it wrote,
-        // which is what makes the programmatic launch safe.
-        // SAFETY: a plain C struct; zero is a valid bit pattern for every field.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
-        let config = sys::CUlaunchConfig {
-            gridDimX: grid,
-            gridDimY: 1,
-            gridDimZ: 1,
-            blockDimX: kernel.launch.block,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: kernel.launch.shared_bytes,
-            hStream: gpu.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: u32::from(pdl),
-        };
+        let what = format!("launching {} for {}", kernel.name, self.node_name(l.node));
         // SAFETY: every parameter is a device address inside live buffers of this model, in the
-        // order and number of the kernel's parameter list (the calling convention); the config
-        // and attribute outlive the call.
-        let r = unsafe {
-            sys::cuLaunchKernelEx(
-                &config,
-                self.functions[l.kernel].cu_function(),
-                args.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-            .result()
-        };
-        check(&format!("launching {} for {}", kernel.name, self.node_name(l.node)), r)
+        // order and number of the kernel's parameter list (the calling convention).
+        unsafe { launch_raw(gpu, &self.functions[l.kernel], kernel, kernel.launch.grid.blocks(b), &l.params, pdl, &what) }
     }
 
     pub(crate) fn node_name(&self, id: NodeId) -> String {

@@ -3,6 +3,7 @@
 //! device there is a clear error.
 
 mod batch;
+mod ceiling;
 mod check;
 mod decoder;
 mod device;
@@ -10,6 +11,7 @@ mod layout;
 
 pub use check::{check_prefill, check_step, NodeCheck};
 pub use batch::BatchRow;
+pub use ceiling::{gemm_ceiling_kernel, gemm_rate};
 pub use decoder::{CudaDecoder, DecoderGraphs, DecoderOptions, JitReport, StepOutput};
 pub use device::{DeviceBuffer, Gpu};
 
