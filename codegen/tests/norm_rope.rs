@@ -79,66 +79,9 @@ fn launches_cover_the_rows() {
     assert!(matches!(next.launch.grid, Grid::Cover { max: 65535, .. }));
 }
 
-// ---- Host emulation: the kernels run on the CPU and match `ir::eval`. -----------------------
-//
-// No GPU is needed: the CUDA C runs under a small C++ shim, one std::thread per CUDA thread,
-// barriers for `__syncthreads` and warp shuffles, blocks one after another. The host libm
-// gives eval's sin and cos, so results match bit for bit except where the norm's f32 sum (a
-// tree here, left to right in eval) rounds differently.
-
-const SHIM: &str = r#"#include <math.h>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <barrier>
-#include <memory>
-#include <thread>
-#include <vector>
-#define __global__
-#define __launch_bounds__(n)
-#define __restrict__ __restrict
-#define __shared__ static
-struct uint2 { unsigned x, y; };
-struct uint4 { unsigned x, y, z, w; };
-struct smelt_idx { unsigned x; };
-static thread_local smelt_idx threadIdx, blockIdx;
-static smelt_idx blockDim, gridDim;
-static std::barrier<>* smelt_block;
-static std::vector<std::unique_ptr<std::barrier<>>> smelt_warps;
-static unsigned smelt_slots[1024];
-static void __syncthreads() { smelt_block->arrive_and_wait(); }
-static float __fmul_rn(float a, float b) { return a * b; }
-static float __fadd_rn(float a, float b) { return a + b; }
-template <class T> static T __shfl_xor_sync(unsigned, T v, int o) {
-  const unsigned t = threadIdx.x;
-  T r;
-  std::memcpy(&smelt_slots[t], &v, 4);
-  smelt_warps[t / 32]->arrive_and_wait();
-  std::memcpy(&r, &smelt_slots[t ^ o], 4);
-  smelt_warps[t / 32]->arrive_and_wait();
-  return r;
-}
-template <class F> static void smelt_launch(unsigned grid, unsigned block, F f) {
-  blockDim.x = block, gridDim.x = grid;
-  for (unsigned b = 0; b < grid; ++b) {
-    std::barrier<> bar(block);
-    smelt_block = &bar, smelt_warps.clear();
-    for (unsigned w = 0; w < block / 32; ++w) smelt_warps.emplace_back(new std::barrier<>(32));
-    std::vector<std::thread> ts;
-    for (unsigned t = 0; t < block; ++t) ts.emplace_back([=] { threadIdx.x = t, blockIdx.x = b, f(); });
-    for (auto& t : ts) t.join();
-  }
-}
-/* A buffer from a file; converts to whatever pointer a kernel parameter wants. */
-struct smelt_any { void* p; template <class T> operator T*() const { return (T*)p; } };
-static smelt_any smelt_read(const char* path) {
-  FILE* f = fopen(path, "rb");
-  fseek(f, 0, SEEK_END); long n = ftell(f); fseek(f, 0, SEEK_SET);
-  void* p = aligned_alloc(64, (n + 127) / 64 * 64);
-  if (fread(p, 1, n, f) != (size_t)n) abort();
-  return smelt_any{p};
-}
-"#;
+// ---- Host emulation: the kernels run on the CPU (see `common::host`) and match `ir::eval`,
+// bit for bit except where the norm's f32 sum (a tree here, left to right in eval) rounds
+// differently.
 
 const BLOCK_TOKENS: usize = 16;
 
@@ -157,7 +100,7 @@ struct Run {
 /// Runs every `Run` under the shim; returns each one's output bytes.
 fn emulate(runs: &[Run]) -> Option<Vec<Vec<u8>>> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut src, mut cases) = (String::from(SHIM), String::new());
+    let (mut src, mut cases) = (String::from(common::host::SHIM), String::new());
     let file = |name: String, bytes: Vec<u8>| {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).expect("write buffer");
@@ -189,19 +132,7 @@ fn emulate(runs: &[Run]) -> Option<Vec<Vec<u8>>> {
         ));
     }
     src.push_str(&format!("int main(int, char** argv) {{\n  switch (atoi(argv[1])) {{\n{cases}  }}\n}}\n"));
-    let (cpp, exe) = (dir.path().join("kernels.cpp"), dir.path().join("kernels"));
-    std::fs::write(&cpp, &src).expect("write C++");
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    // No FMA contraction on the host either: eval rounds every product before a sum.
-    let flags = ["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-w", "-o"];
-    match Command::new(&cxx).args(flags).arg(&exe).arg(&cpp).status() {
-        Ok(s) if s.success() => {}
-        Ok(_) => panic!("{cxx} failed on the emulated kernels ({})", dir.keep().display()),
-        Err(e) => {
-            eprintln!("skipped: no C++20 compiler ({cxx}: {e})");
-            return None;
-        }
-    }
+    let exe = common::host::build(dir.path(), &src)?;
     Some((0..runs.len()).map(|c| Command::new(&exe).arg(c.to_string()).output().expect("run").stdout).collect())
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod epilogues;
+pub mod host;
 
 use std::path::PathBuf;
 

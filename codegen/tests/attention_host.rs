@@ -1,0 +1,257 @@
+//! The decode attention kernels (split, then combine) run on the host (`common::host`) and
+//! compared with `ir::eval`: one sequence's T new tokens after P cached (a decode or prefill
+//! step), and a batched decode step whose rows are sequences of their own (each row's
+//! position and block table from `smelt_step`'s row arrays). Both with and without the
+//! queries' RMSNorm + RoPE prologue, in bf16, f16 and f32.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use smelt_codegen::kernels::{decode_attention, decode_attention_scratch_bytes, AttentionSpec, View};
+use smelt_ir::{shape, Bindings, Bound, Builder, DType, NodeId, Op, Shape, Tensor};
+
+const H: usize = 4;
+const KVH: usize = 2;
+const D: usize = 64;
+/// A fused qkv row: q, then k, then v heads.
+const QKV: usize = (H + 2 * KVH) * D;
+const BT: usize = 16;
+const EPS: f32 = 1e-6;
+
+fn spec(dtype: DType, norm_rope: bool) -> AttentionSpec {
+    AttentionSpec {
+        heads: H,
+        kv_heads: KVH,
+        d: D,
+        dtype,
+        scale: (D as f32).powf(-0.5),
+        q_view: View { offset: 0, row_stride: QKV, from_last_row: false },
+        norm_rope_eps: norm_rope.then_some(EPS),
+        // Small splits, so several split blocks and the combine take part.
+        split_tokens: 16,
+    }
+}
+
+/// Reproducible values in `[lo, hi)`, stored in `dtype`.
+fn tensor(seed: &mut u64, dtype: DType, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+    let n = shape.iter().product();
+    let values = (0..n)
+        .map(|_| {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            lo + (hi - lo) * ((*seed >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect();
+    Tensor::from_f32(dtype, shape.to_vec(), values)
+}
+
+fn storage(t: &Tensor) -> Vec<u8> {
+    match t.dtype() {
+        DType::BF16 => t.to_f32_vec().iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect(),
+        DType::F16 => t.to_f32_vec().iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect(),
+        DType::I32 => t.i32s().expect("i32").iter().flat_map(|v| v.to_le_bytes()).collect(),
+        _ => t.to_f32_vec().iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+fn from_storage(dtype: DType, b: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::BF16 => b.chunks(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+        DType::F16 => b.chunks(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+        _ => b.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+    }
+}
+
+/// `ir::eval` of (NormRope)Attention for one sequence: `qkv` rows are its T new tokens at
+/// `positions`, `k` and `v` its whole caches (`[P + T, KVH, D]`, this step's rows included).
+fn reference(spec: &AttentionSpec, qkv: &Tensor, positions: &Tensor, k: &Tensor, v: &Tensor, extra: &[Tensor]) -> Tensor {
+    let dtype = spec.dtype;
+    let mut b = Builder::new();
+    let t = qkv.shape()[0];
+    let x = b.input("qkv", dtype, shape![t, QKV]);
+    let q = b.slice("q_cols", x, 1, Bound::FromStart(0), Bound::FromStart(H * D)).unwrap();
+    let q = b.reshape("q", q, shape![t, H, D]).unwrap();
+    let cache = |b: &mut Builder, name: &str, c: &Tensor| b.input(name, dtype, Shape::new(c.shape().iter().map(|&d| d.into())));
+    let (kc, vc) = (cache(&mut b, "k", k), cache(&mut b, "v", v));
+    let mut feed = HashMap::from([("qkv".to_string(), qkv.clone()), ("k".into(), k.clone()), ("v".into(), v.clone())]);
+    let out = match spec.norm_rope_eps {
+        Some(eps) => {
+            let w = b.input("w", dtype, shape![D]);
+            let pos = b.input("pos", DType::I32, shape![t]);
+            let inv = b.input("inv", DType::F32, shape![D / 2]);
+            feed.extend([("w".to_string(), extra[0].clone()), ("pos".into(), positions.clone()), ("inv".into(), extra[1].clone())]);
+            let ops: [NodeId; 6] = [q, w, pos, inv, kc, vc];
+            b.op("attn", Op::NormRopeAttention { eps, scale: spec.scale }, &ops).unwrap()
+        }
+        None => b.op("attn", Op::Attention { scale: spec.scale }, &[q, kc, vc]).unwrap(),
+    };
+    b.output("out", out).unwrap();
+    let g = b.finish().unwrap();
+    smelt_ir::eval(&g, feed, &HashMap::<String, Tensor>::new()).unwrap().remove("out").unwrap()
+}
+
+/// Rows `rows` of `t` (first axis).
+fn rows_of(t: &Tensor, rows: std::ops::Range<usize>) -> Tensor {
+    let width: usize = t.shape()[1..].iter().product();
+    let values = t.to_f32_vec()[rows.start * width..rows.end * width].to_vec();
+    let mut shape = t.shape().to_vec();
+    shape[0] = rows.len();
+    Tensor::from_f32(t.dtype(), shape, values)
+}
+
+/// A case: the kernels' buffers in parameter order (q, [w, positions, inv_freq], k pool,
+/// v pool), the step (`T`, `P`, block table, row arrays) and eval's output.
+struct Case {
+    spec: AttentionSpec,
+    bufs: Vec<Vec<u8>>,
+    t: usize,
+    p: usize,
+    table: Vec<u32>,
+    rows: Option<(Vec<u32>, Vec<u32>, usize)>,
+    want: Tensor,
+}
+
+/// `logical` caches of several sequences (`[len, KVH, D]` each) laid into one pool through
+/// `tables` (`stride` entries per sequence); free slots hold a sentinel.
+fn pool(logical: &[Tensor], tables: &[u32], stride: usize, blocks: usize) -> Vec<u8> {
+    let dtype = logical[0].dtype();
+    let row = KVH * D;
+    let mut phys = vec![5.0f32; blocks * BT * row];
+    for (s, cache) in logical.iter().enumerate() {
+        for (p, r) in cache.to_f32_vec().chunks(row).enumerate() {
+            let at = (tables[s * stride + p / BT] as usize * BT + p % BT) * row;
+            phys[at..at + row].copy_from_slice(r);
+        }
+    }
+    storage(&Tensor::from_f32(dtype, vec![blocks * BT, KVH, D], phys))
+}
+
+fn cases() -> Vec<Case> {
+    let mut seed = 0xa77e;
+    let mut out = Vec::new();
+    let inv_freq: Vec<f32> = (0..D / 2).map(|i| 1e6f32.powf(-2.0 * i as f32 / D as f32)).collect();
+    let inv_freq = Tensor::from_f32(DType::F32, vec![D / 2], inv_freq);
+    for dtype in [DType::BF16, DType::F16, DType::F32] {
+        for norm_rope in [false, true] {
+            let spec = spec(dtype, norm_rope);
+            let w = tensor(&mut seed, dtype, &[D], 0.5, 1.5);
+            let extra = [w.clone(), inv_freq.clone()];
+            let head = |q: &Tensor, positions: &Tensor| {
+                let mut b = vec![storage(q)];
+                if norm_rope {
+                    b.extend([storage(&w), storage(positions), storage(&inv_freq)]);
+                }
+                b
+            };
+            // One sequence: T = 3 new tokens after P = 37, through a reversed block table.
+            let (t, p) = (3, 37);
+            let qkv = tensor(&mut seed, dtype, &[t, QKV], -2.0, 2.0);
+            let (k, v) = (tensor(&mut seed, dtype, &[p + t, KVH, D], -2.0, 2.0), tensor(&mut seed, dtype, &[p + t, KVH, D], -2.0, 2.0));
+            let positions = Tensor::from_i32(vec![t], (p..p + t).map(|x| x as i32).collect());
+            let blocks = (p + t).div_ceil(BT) + 1;
+            let table: Vec<u32> = (0..blocks as u32).rev().collect();
+            let mut bufs = head(&qkv, &positions);
+            bufs.extend([pool(&[k.clone()], &table, blocks, blocks), pool(&[v.clone()], &table, blocks, blocks)]);
+            let want = reference(&spec, &qkv, &positions, &k, &v, &extra);
+            out.push(Case { spec, bufs, t, p, table, rows: None, want });
+
+            // A batched step: row i is a sequence of its own at position pos[i] (keys 0..=pos).
+            let pos = [5usize, 40, 17];
+            let stride = 4;
+            let tables: Vec<u32> = (0..3u32).flat_map(|i| [3 * i + 2, 3 * i + 1, 3 * i, 0]).collect();
+            let qkv = tensor(&mut seed, dtype, &[3, QKV], -2.0, 2.0);
+            let positions = Tensor::from_i32(vec![3], pos.iter().map(|&x| x as i32).collect());
+            let ks: Vec<Tensor> = pos.iter().map(|&n| tensor(&mut seed, dtype, &[n + 1, KVH, D], -2.0, 2.0)).collect();
+            let vs: Vec<Tensor> = pos.iter().map(|&n| tensor(&mut seed, dtype, &[n + 1, KVH, D], -2.0, 2.0)).collect();
+            let wants: Vec<f32> = (0..3)
+                .flat_map(|i| {
+                    let one = Tensor::from_i32(vec![1], vec![pos[i] as i32]);
+                    reference(&spec, &rows_of(&qkv, i..i + 1), &one, &ks[i], &vs[i], &extra).to_f32_vec()
+                })
+                .collect();
+            let mut bufs = head(&qkv, &positions);
+            bufs.extend([pool(&ks, &tables, stride, 9), pool(&vs, &tables, stride, 9)]);
+            let want = Tensor::from_f32(dtype, vec![3, H, D], wants);
+            let rows = Some((pos.iter().map(|&x| x as u32).collect(), tables, stride));
+            out.push(Case { spec, bufs, t: 3, p: 40, table: vec![0], rows, want });
+        }
+    }
+    out
+}
+
+/// Runs every case's split and combine kernels on the host; returns each case's output bytes.
+fn emulate(cases: &[Case]) -> Option<Vec<Vec<u8>>> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut src, mut switch) = (String::from(common::host::SHIM), String::new());
+    let file = |name: String, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write buffer");
+        format!("smelt_read({:?})", path.display().to_string())
+    };
+    let words = |v: &[u32]| v.iter().chain(&[0]).flat_map(|b| b.to_le_bytes()).collect::<Vec<u8>>();
+    for (c, case) in cases.iter().enumerate() {
+        let [split, combine] = &decode_attention(&format!("attn{c}"), &case.spec)[..] else {
+            panic!("split_tokens > 0 gives a split and a combine kernel")
+        };
+        src.push_str(&format!("namespace s{c} {{\n{}}}\nnamespace c{c} {{\n{}}}\n", split.source, combine.source));
+        let b = Bindings { batch: 1, new_tokens: case.t, cached_tokens: case.p };
+        let (gs, gc) = (split.launch.grid.blocks(&b), combine.launch.grid.blocks(&b));
+        let scratch = decode_attention_scratch_bytes(&case.spec, case.p + case.t, case.t);
+        let out_bytes = case.t * H * D * case.spec.dtype.size_bytes();
+        let bufs: Vec<String> = case.bufs.iter().enumerate().map(|(i, b)| file(format!("c{c}_{i}"), b)).collect();
+        let table = file(format!("c{c}_table"), &words(&case.table));
+        let rows = match &case.rows {
+            Some((positions, tables, stride)) => {
+                format!(", {}, {}, {stride}u", file(format!("c{c}_pos"), &words(positions)), file(format!("c{c}_tabs"), &words(tables)))
+            }
+            None => ", nullptr, nullptr, 0u".into(),
+        };
+        let args: String = (0..bufs.len()).map(|i| format!("b[{i}], ")).collect();
+        switch.push_str(&format!(
+            "  case {c}: {{\n    smelt_any b[] = {{{}}};\n    void* out = calloc({out_bytes}, 1);\n    \
+             float* scratch = (float*)calloc({scratch} / 4 + 1, 4);\n    \
+             s{c}::smelt_step st = {{1u, {}u, {}u, {BT}u, {table}{rows}, 0u}};\n    \
+             smelt_launch({gs}, {}, [&] {{ s{c}::{}({args}(s{c}::smelt_attn_t*)out, scratch, &st); }});\n    \
+             smelt_launch({gc}, {}, [&] {{ c{c}::{}(scratch, (c{c}::smelt_attn_t*)out, (const c{c}::smelt_step*)&st); }});\n    \
+             fwrite(out, 1, {out_bytes}, stdout);\n    break;\n  }}\n",
+            bufs.join(", "),
+            case.t,
+            case.p,
+            split.launch.block,
+            split.name,
+            combine.launch.block,
+            combine.name,
+        ));
+    }
+    src.push_str(&format!("int main(int, char** argv) {{\n  switch (atoi(argv[1])) {{\n{switch}  }}\n}}\n"));
+    let exe = common::host::build(dir.path(), &src)?;
+    Some((0..cases.len()).map(|c| Command::new(&exe).arg(c.to_string()).output().expect("run").stdout).collect())
+}
+
+#[test]
+fn split_and_combine_match_eval_for_one_sequence_and_for_rows_of_their_own() {
+    let cases = cases();
+    let Some(outputs) = emulate(&cases) else { return };
+    for (case, got) in cases.iter().zip(&outputs) {
+        let dtype = case.spec.dtype;
+        let what = format!(
+            "{dtype}{} {}",
+            if case.spec.norm_rope_eps.is_some() { " norm+rope" } else { "" },
+            if case.rows.is_some() { "rows of their own" } else { "one sequence" }
+        );
+        let (got, want) = (from_storage(dtype, got), case.want.to_f32_vec());
+        assert_eq!(got.len(), want.len(), "{what}: output size");
+        // The kernels sum in another order (lanes, warps, splits; online softmax) and use the
+        // device's exp: a storage ulp or two, relative to max(1, |x|).
+        let tol = match dtype {
+            DType::BF16 => 2f32.powi(-6),
+            DType::F16 => 2f32.powi(-9),
+            _ => 1e-5,
+        };
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0.0f32, f32::max);
+        let exact = got.iter().zip(&want).filter(|(g, w)| g.to_bits() == w.to_bits()).count();
+        eprintln!("{what}: {exact} of {} bit-exact, worst {worst:e} of max(1, |x|)", want.len());
+        assert!(worst <= tol, "{what}: differs from eval by {worst:e} (tolerance {tol:e})");
+    }
+}
