@@ -19,12 +19,12 @@
 use std::path::{Path, PathBuf};
 
 use smelt_ir::DType;
+use smelt_models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Completion, Request};
 use smelt_models::qwen3::Logits;
 use smelt_models::{
     CausalLm, ChatError, ChatMessage, IncrementalDecoder, LoadOptions, ModelError, Qwen3Config, Qwen3Cpu, Qwen3Cuda,
     Sampler, SamplingParams, StopMatcher, Tokenizer, TokenizerError,
 };
-use smelt_models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Completion, Request};
 use smelt_runtime::cuda::DecoderOptions;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,8 @@ pub struct ModelOptions {
     pub kv_tokens: Option<usize>,
     /// [`Model::generate_batch`]: the KV cache's size in bytes, shared by the batch (default 1 GiB).
     pub kv_memory: Option<usize>,
-    /// [`Model::generate_batch`]: sequences running at once (default 64).
+    /// [`Model::generate_batch`]: sequences running at once (default 64); on CUDA, setting it
+    /// also compiles the batched decode step for that many rows.
     pub max_batch: Option<usize>,
     /// [`Model::generate_batch`]: share full KV blocks between requests (default on).
     pub no_prefix_cache: bool,
@@ -121,7 +122,9 @@ impl Model {
             Device::Cpu => Box::new(cpu),
             Device::Cuda => {
                 let kv_tokens = options.kv_tokens.unwrap_or(cpu.config().max_position_embeddings.min(32768));
-                let decoder = DecoderOptions::new(kv_tokens);
+                // With max_batch, batched decode steps are compiled too (for generate_batch).
+                let decoder =
+                    DecoderOptions { batch_rows: options.max_batch.unwrap_or(0), ..DecoderOptions::new(kv_tokens) };
                 Box::new(Qwen3Cuda::new(cpu, &decoder)?)
             }
         };

@@ -88,7 +88,8 @@ fn generate_batch_gives_each_request_its_generate_output() {
     let options = ModelOptions { kv_memory: Some(6 * 16 * 1024), max_batch: Some(3), ..ModelOptions::default() };
     let mut model = Model::load(tmp.path(), &options).unwrap();
     let sampled = SamplingParams { temperature: 0.8, top_p: 0.9, seed: 3, ..Default::default() };
-    let params = |n, sampling: &SamplingParams| GenerateParams { max_new_tokens: n, sampling: sampling.clone(), stop: vec![] };
+    let params =
+        |n, sampling: &SamplingParams| GenerateParams { max_new_tokens: n, sampling: sampling.clone(), stop: vec![] };
     let greedy = SamplingParams::default();
     let long: Vec<u32> = (0..30).map(|i| i * 11 % 384).collect();
     let requests = [

@@ -96,7 +96,12 @@ fn seeded_sampling_per_request_matches_each_request_alone() {
         seed: 100 + i,
     };
     let requests: Vec<Request> = (0..6u32)
-        .map(|i| Request { prompt: ids(i, 5 + i as usize, vocab), max_new_tokens: 12, sampling: sampling(i as u64), ..Request::default() })
+        .map(|i| Request {
+            prompt: ids(i, 5 + i as usize, vocab),
+            max_new_tokens: 12,
+            sampling: sampling(i as u64),
+            ..Request::default()
+        })
         .collect();
     let expected: Vec<Vec<u32>> = requests.iter().map(|r| solo(&mut model, r)).collect();
     // A budget tight enough to preempt: a recomputed sequence keeps its random stream.
@@ -114,7 +119,11 @@ fn sixty_four_prompts_sharing_a_200_token_prefix_hit_the_prefix_cache() {
     let vocab = model.config().vocab_size;
     let shared = ids(7, 200, vocab);
     let requests: Vec<Request> = (0..64u32)
-        .map(|i| Request { prompt: [shared.clone(), ids(i, 1 + i as usize % 8, vocab)].concat(), max_new_tokens: 4, ..Request::default() })
+        .map(|i| Request {
+            prompt: [shared.clone(), ids(i, 1 + i as usize % 8, vocab)].concat(),
+            max_new_tokens: 4,
+            ..Request::default()
+        })
         .collect();
     let (cached, stats) = batch(&mut model, &requests, &BatchOptions::default());
     let (uncached, _) = batch(&mut model, &requests, &BatchOptions { prefix_cache: false, ..BatchOptions::default() });
@@ -128,10 +137,15 @@ fn sixty_four_prompts_sharing_a_200_token_prefix_hit_the_prefix_cache() {
 fn context_end_and_stop_strings_end_requests_as_alone() {
     let mut model = load("gqa1-tied-f32", DType::F32);
     let max = model.config().max_position_embeddings;
-    let tokenizer = Tokenizer::from_file(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/assets/qwen3/tokenizer.json")).unwrap();
+    let tokenizer = Tokenizer::from_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/assets/qwen3/tokenizer.json"),
+    )
+    .unwrap();
     let long = Request { prompt: ids(3, max - 5, 384), max_new_tokens: 50, ..Request::default() };
     let free = Request { prompt: vec![5, 17, 42, 7], max_new_tokens: 24, ..Request::default() };
-    let (out, _) = generate_batch(&mut model, &[long.clone(), free.clone()], &BatchOptions::default(), Some(&tokenizer), |_| {}).unwrap();
+    let (out, _) =
+        generate_batch(&mut model, &[long.clone(), free.clone()], &BatchOptions::default(), Some(&tokenizer), |_| {})
+            .unwrap();
     // Alone, generation stops once the KV cache holds the whole context: 6 tokens here.
     assert_eq!(out[0].ids, solo(&mut model, &long));
     assert_eq!((out[0].ids.len(), out[0].finish), (6, FinishReason::ContextFull));

@@ -28,7 +28,8 @@ fn run_batch(model: &str, file: &Path, extra: &[&str]) -> (Vec<Vec<u32>>, String
     let dir = tempfile::tempdir().unwrap();
     let ids_out = dir.path().join("ids.json");
     let model = fixture_dir(model);
-    let mut args = vec!["generate", "--model", path_str(&model), "--batch", path_str(file), "--ids-out", path_str(&ids_out)];
+    let mut args =
+        vec!["generate", "--model", path_str(&model), "--batch", path_str(file), "--ids-out", path_str(&ids_out)];
     args.extend_from_slice(extra);
     let (stdout, stderr) = smelt_ok(&args);
     (read_ids(&ids_out), stdout, stderr)
@@ -74,7 +75,8 @@ fn batch_ids_are_the_one_at_a_time_ids_with_the_cache_on_off_and_in_48kib() {
         .map(|extra| {
             let dir = tempfile::tempdir().unwrap();
             let ids_out = dir.path().join("ids.json");
-            let mut args = vec!["generate", "--model", path_str(&model), "--dtype", "bf16", "--ids-out", path_str(&ids_out)];
+            let mut args =
+                vec!["generate", "--model", path_str(&model), "--dtype", "bf16", "--ids-out", path_str(&ids_out)];
             args.extend(extra.iter().map(String::as_str));
             smelt_ok(&args);
             serde_json::from_str(&std::fs::read_to_string(&ids_out).unwrap()).unwrap()
@@ -159,7 +161,10 @@ fn text_prompts_and_stop_strings_per_line() {
     let chars: Vec<char> = text.chars().collect();
     assert!(chars.len() >= 8, "{text:?}");
     let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
-    let file = write_lines(dir.path(), &[serde_json::json!({ "prompt_ids": [5, 17, 42, 7], "max_new_tokens": 24, "stop": [stop] })]);
+    let file = write_lines(
+        dir.path(),
+        &[serde_json::json!({ "prompt_ids": [5, 17, 42, 7], "max_new_tokens": 24, "stop": [stop] })],
+    );
     let (_, stdout, _) = run_batch("gqa1-tied-f32", &file, &["--tokenizer", path_str(&tok)]);
     let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(line["finish_reason"], "stop");
@@ -173,7 +178,8 @@ fn batch_fails(lines: &str, extra: &[&str]) -> String {
     std::fs::write(&file, lines).unwrap();
     let ids_out = dir.path().join("ids.json");
     let model = fixture_dir("gqa1-tied-f32");
-    let mut args = vec!["generate", "--model", path_str(&model), "--batch", path_str(&file), "--ids-out", path_str(&ids_out)];
+    let mut args =
+        vec!["generate", "--model", path_str(&model), "--batch", path_str(&file), "--ids-out", path_str(&ids_out)];
     args.extend_from_slice(extra);
     let out = smelt(&args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -25,12 +25,11 @@ fn chat(model: &std::path::Path, input: &str, extra: &[&str]) -> (String, String
         .unwrap();
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success() && !stderr.contains("panicked"), "smelt {args:?}: {}\n{stderr}", out.status);
-    let prompts = stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix('[')?.split(" prompt tokens").next()?.parse().ok())
-        .collect();
+    let prompts =
+        stderr.lines().filter_map(|l| l.strip_prefix('[')?.split(" prompt tokens").next()?.parse().ok()).collect();
     (stdout, stderr, prompts)
 }
 

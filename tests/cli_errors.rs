@@ -749,7 +749,17 @@ fn f16_overflow_names_the_node_or_the_tensor_and_bf16_runs() {
     mentions(&stderr, &["f16 overflow", "l00", "post_attn_norm", "bf16 or f32"]);
     let stderr = logits_fails(model.path(), "5,17,42,7", &["--dtype", "f16"]);
     mentions(&stderr, &["f16 overflow"]);
-    let (code, _, stderr) = run(&["generate", "--model", path_str(model.path()), "--prompt-ids", "5,17,42,7", "--max-new-tokens", "2", "--dtype", "bf16"]);
+    let (code, _, stderr) = run(&[
+        "generate",
+        "--model",
+        path_str(model.path()),
+        "--prompt-ids",
+        "5,17,42,7",
+        "--max-new-tokens",
+        "2",
+        "--dtype",
+        "bf16",
+    ]);
     assert_eq!(code, Some(0), "{stderr}");
     // 100,000 does not fit f16 at all: the loader names the tensor.
     let model = with_constant_tensor(norm, 100000.0);

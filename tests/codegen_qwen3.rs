@@ -91,7 +91,8 @@ fn last_position_prefill_runs_the_lm_head_on_one_row() {
     let head = p.kernels.iter().find(|k| k.kind == "linear_gemv").unwrap();
     assert!(head.source.contains("(step->new_tokens - 1u) * X_STRIDE"), "{}", head.source);
     // 2 x vocab x hidden FLOPs once, not per token.
-    let flops: u64 = p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "linear_gemv").map(|l| l.cost.flops).sum();
+    let flops: u64 =
+        p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "linear_gemv").map(|l| l.cost.flops).sum();
     assert_eq!(flops, 2 * 151_936 * 1024);
     let Some(tc) = kernel_checks::toolchain() else { return };
     tc.check_all(&p.kernels);

@@ -117,12 +117,18 @@ fn gpu_batches_give_every_request_its_one_at_a_time_output() {
         .map(|i| {
             let own: Vec<u32> = (0..1 + i * 5 % 17).map(|k| (k * 13 + i) % 384).collect();
             let prompt = if i % 2 == 0 { [shared.clone(), own].concat() } else { own };
-            let sampling = SamplingParams { temperature: if i % 3 == 0 { 0.8 } else { 0.0 }, seed: i as u64, ..Default::default() };
+            let sampling = SamplingParams {
+                temperature: if i % 3 == 0 { 0.8 } else { 0.0 },
+                seed: i as u64,
+                ..Default::default()
+            };
             Request { prompt, max_new_tokens: 4 + i as usize % 9, sampling, stop: vec![] }
         })
         .collect();
-    let expected: Vec<Vec<u32>> =
-        requests.iter().map(|r| generate(&mut model, &r.prompt, r.max_new_tokens, &r.sampling, |_| true).unwrap()).collect();
+    let expected: Vec<Vec<u32>> = requests
+        .iter()
+        .map(|r| generate(&mut model, &r.prompt, r.max_new_tokens, &r.sampling, |_| true).unwrap())
+        .collect();
     let block = model.config().kv_bytes_per_token(DType::F32) * 16;
     for (what, batch) in [
         ("cache on", BatchOptions::default()),

@@ -144,7 +144,9 @@ pub fn resolve_view(g: &Graph, mut id: NodeId) -> (NodeId, View) {
 /// Whether x (`ops[0]` of a matmul) is T whole rows, as the GEMM reads it.
 fn x_is_t_rows(g: &Graph, x: NodeId) -> bool {
     let (base, view) = resolve_view(g, x);
-    g.node(x).shape.dims().first() == Some(&Dim::Sym(Sym::NewTokens)) && !g.node(base).op.is_view() && !view.from_last_row
+    g.node(x).shape.dims().first() == Some(&Dim::Sym(Sym::NewTokens))
+        && !g.node(base).op.is_view()
+        && !view.from_last_row
 }
 
 /// Shapes the emitters handle; anything else is a clear error, not an emitter's assertion.

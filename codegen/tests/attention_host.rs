@@ -65,14 +65,22 @@ fn from_storage(dtype: DType, b: &[u8]) -> Vec<f32> {
 
 /// `ir::eval` of (NormRope)Attention for one sequence: `qkv` rows are its T new tokens at
 /// `positions`, `k` and `v` its whole caches (`[P + T, KVH, D]`, this step's rows included).
-fn reference(spec: &AttentionSpec, qkv: &Tensor, positions: &Tensor, k: &Tensor, v: &Tensor, extra: &[Tensor]) -> Tensor {
+fn reference(
+    spec: &AttentionSpec,
+    qkv: &Tensor,
+    positions: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    extra: &[Tensor],
+) -> Tensor {
     let dtype = spec.dtype;
     let mut b = Builder::new();
     let t = qkv.shape()[0];
     let x = b.input("qkv", dtype, shape![t, QKV]);
     let q = b.slice("q_cols", x, 1, Bound::FromStart(0), Bound::FromStart(H * D)).unwrap();
     let q = b.reshape("q", q, shape![t, H, D]).unwrap();
-    let cache = |b: &mut Builder, name: &str, c: &Tensor| b.input(name, dtype, Shape::new(c.shape().iter().map(|&d| d.into())));
+    let cache =
+        |b: &mut Builder, name: &str, c: &Tensor| b.input(name, dtype, Shape::new(c.shape().iter().map(|&d| d.into())));
     let (kc, vc) = (cache(&mut b, "k", k), cache(&mut b, "v", v));
     let mut feed = HashMap::from([("qkv".to_string(), qkv.clone()), ("k".into(), k.clone()), ("v".into(), v.clone())]);
     let out = match spec.norm_rope_eps {
@@ -80,7 +88,11 @@ fn reference(spec: &AttentionSpec, qkv: &Tensor, positions: &Tensor, k: &Tensor,
             let w = b.input("w", dtype, shape![D]);
             let pos = b.input("pos", DType::I32, shape![t]);
             let inv = b.input("inv", DType::F32, shape![D / 2]);
-            feed.extend([("w".to_string(), extra[0].clone()), ("pos".into(), positions.clone()), ("inv".into(), extra[1].clone())]);
+            feed.extend([
+                ("w".to_string(), extra[0].clone()),
+                ("pos".into(), positions.clone()),
+                ("inv".into(), extra[1].clone()),
+            ]);
             let ops: [NodeId; 6] = [q, w, pos, inv, kc, vc];
             b.op("attn", Op::NormRopeAttention { eps, scale: spec.scale }, &ops).unwrap()
         }
@@ -147,7 +159,10 @@ fn cases() -> Vec<Case> {
             // One sequence: T = 3 new tokens after P = 37, through a reversed block table.
             let (t, p) = (3, 37);
             let qkv = tensor(&mut seed, dtype, &[t, QKV], -2.0, 2.0);
-            let (k, v) = (tensor(&mut seed, dtype, &[p + t, KVH, D], -2.0, 2.0), tensor(&mut seed, dtype, &[p + t, KVH, D], -2.0, 2.0));
+            let (k, v) = (
+                tensor(&mut seed, dtype, &[p + t, KVH, D], -2.0, 2.0),
+                tensor(&mut seed, dtype, &[p + t, KVH, D], -2.0, 2.0),
+            );
             let positions = Tensor::from_i32(vec![t], (p..p + t).map(|x| x as i32).collect());
             let blocks = (p + t).div_ceil(BT) + 1;
             let table: Vec<u32> = (0..blocks as u32).rev().collect();
@@ -203,7 +218,11 @@ fn emulate(cases: &[Case]) -> Option<Vec<Vec<u8>>> {
         let table = file(format!("c{c}_table"), &words(&case.table));
         let rows = match &case.rows {
             Some((positions, tables, stride)) => {
-                format!(", {}, {}, {stride}u", file(format!("c{c}_pos"), &words(positions)), file(format!("c{c}_tabs"), &words(tables)))
+                format!(
+                    ", {}, {}, {stride}u",
+                    file(format!("c{c}_pos"), &words(positions)),
+                    file(format!("c{c}_tabs"), &words(tables))
+                )
             }
             None => ", nullptr, nullptr, 0u".into(),
         };

@@ -122,7 +122,8 @@ fn epilogue_addressing() {
     let d = DType::F16;
     let mut scaled = Case::new("scaled", d, 256, 64, None);
     scaled.epilogue = Some(Expr::new(ExprKind::Binary(BinaryOp::Mul, acc(0, 1, d), node(ExprKind::Input(0), d)), d));
-    (scaled.extras, scaled.x_view) = (vec![(d, shape![1, 64])], View { offset: 512, row_stride: 1024, from_last_row: false });
+    (scaled.extras, scaled.x_view) =
+        (vec![(d, shape![1, 64])], View { offset: 512, row_stride: 1024, from_last_row: false });
     let src = scaled.kernel().source;
     assert!(src.contains("const float in0 = smelt_load_f16(extra0[col]);"), "{src}");
     assert!(src.contains("X_OFFSET = 512u, X_STRIDE = 1024u"), "{src}");
@@ -469,8 +470,10 @@ fn emulated_kernels_match_eval() {
         64,
         Some(Expr::new(ExprKind::Binary(BinaryOp::Add, node(ExprKind::Input(0), b), scaled), b)),
     );
-    (view.x_view, view.extras) =
-        (View { offset: 16, row_stride: 96, from_last_row: false }, vec![(b, shape![Sym::NewTokens, 64]), (b, shape![1, 64])]);
+    (view.x_view, view.extras) = (
+        View { offset: 16, row_stride: 96, from_last_row: false },
+        vec![(b, shape![Sym::NewTokens, 64]), (b, shape![1, 64])],
+    );
     cases.push((view, 20, None));
     // Four parts: add(mul(acc[0/4], acc[1/4]), add(acc[2/4], acc[3/4])).
     let mul = node(ExprKind::Binary(BinaryOp::Mul, acc(0, 4, h), acc(1, 4, h)), h);

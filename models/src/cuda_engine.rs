@@ -3,7 +3,9 @@
 //! prefill kernels (tensor-core GEMM, prefill attention) are asked for.
 
 use smelt_ir::{DType, Tensor};
-use smelt_runtime::cuda::{check_prefill, check_step, BatchRow, CudaDecoder, DecoderGraphs, DecoderOptions, Gpu, NodeCheck};
+use smelt_runtime::cuda::{
+    check_prefill, check_step, BatchRow, CudaDecoder, DecoderGraphs, DecoderOptions, Gpu, NodeCheck,
+};
 
 use smelt_passes::kv::KvPlan;
 
@@ -111,13 +113,16 @@ impl Qwen3Cuda {
         const LONGEST: usize = 61;
         let per_seq = (LONGEST + 2).div_ceil(shape.block_tokens);
         if rows * per_seq > shape.blocks {
-            let why = format!("{rows} sequences of {per_seq} blocks; the pool has {} (raise --kv-tokens)", shape.blocks);
+            let why =
+                format!("{rows} sequences of {per_seq} blocks; the pool has {} (raise --kv-tokens)", shape.blocks);
             return Err(smelt_runtime::cuda::CudaError::Unsupported(why).into());
         }
         let lens: Vec<usize> = (0..rows).map(|i| 1 + (i * 37) % LONGEST).collect();
         let tables: Vec<Vec<u32>> =
             (0..rows).map(|i| (0..per_seq).rev().map(|j| (i * per_seq + j) as u32).collect()).collect();
-        let token = |i: usize, p: usize| (((i * 1000 + p + 1) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as u32 % vocab as u32;
+        let token = |i: usize, p: usize| {
+            (((i * 1000 + p + 1) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as u32 % vocab as u32
+        };
         for (i, table) in tables.iter().enumerate() {
             d.set_sequence(table, 0)?;
             for p in 0..lens[i] {

@@ -58,8 +58,8 @@ impl PagedKv {
             }
             let node = graph.node(id);
             let token_dims: Option<Vec<usize>> = node.shape.dims()[1..].iter().map(|d| d.fixed()).collect();
-            let token_dims =
-                token_dims.ok_or_else(|| PagedKvError::TokenShape { name: name.clone(), shape: node.shape.to_string() })?;
+            let token_dims = token_dims
+                .ok_or_else(|| PagedKvError::TokenShape { name: name.clone(), shape: node.shape.to_string() })?;
             let row = token_dims.iter().product();
             caches.push(PagedCache { name, dtype: node.dtype, token_dims, row, blocks: vec![Vec::new(); blocks] });
         }

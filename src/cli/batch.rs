@@ -35,6 +35,13 @@ fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
+impl BatchArgs {
+    /// Sequences running at once.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum OnOff {
     On,
@@ -114,13 +121,19 @@ fn template(t: &Tokenizer) -> Result<&smelt::models::ChatTemplate> {
 
 fn request(line: Line, d: &Defaults<'_>, tokenizer: Option<&Tokenizer>) -> Result<Request> {
     let tokenizer_for = |what: &str| {
-        tokenizer.with_context(|| format!("\"{what}\" needs a tokenizer (the model has no tokenizer.json; pass --tokenizer)"))
+        tokenizer.with_context(|| {
+            format!("\"{what}\" needs a tokenizer (the model has no tokenizer.json; pass --tokenizer)")
+        })
     };
     let prompt = match (line.prompt, line.prompt_ids, line.messages) {
         (None, Some(ids), None) => ids,
         (Some(text), None, None) => {
             let t = tokenizer_for("prompt")?;
-            let text = if d.chat { template(t)?.render(&[ChatMessage::new("user", text)], true, d.enable_thinking)? } else { text };
+            let text = if d.chat {
+                template(t)?.render(&[ChatMessage::new("user", text)], true, d.enable_thinking)?
+            } else {
+                text
+            };
             t.encode(&text)?
         }
         (None, None, Some(messages)) => {

@@ -165,7 +165,8 @@ pub fn run(a: Args) -> Result<()> {
         let rate = n as f64 / (ms / 1e3);
         // Every weight once, and each sequence's KV.
         let weights: u64 = program.launches.iter().map(|s| s.cost.weight_bytes).sum();
-        let kv = n as u64 * (BATCH_CONTEXT as u64 + a.steps as u64 / 2) * model.config().kv_bytes_per_token(dtype) as u64;
+        let kv =
+            n as u64 * (BATCH_CONTEXT as u64 + a.steps as u64 / 2) * model.config().kv_bytes_per_token(dtype) as u64;
         let floor_ms = (weights + kv) as f64 / bandwidth * 1e3;
         eprintln!(
             "batched decode of {n} sequences at context {BATCH_CONTEXT}: {ms:.3} ms/step, {rate:.0} tokens/s \

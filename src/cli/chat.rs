@@ -37,7 +37,8 @@ const HELP: &str = "commands: /reset forgets the conversation, /exit quits (so d
 pub fn run(a: Args) -> Result<()> {
     let sampling = a.sampling.params()?;
     let dir = super::model_dir_arg(&a.model)?;
-    let tokenizer = Tokenizer::from_model_dir(&dir).with_context(|| format!("smelt chat needs {}/tokenizer.json", dir.display()))?;
+    let tokenizer = Tokenizer::from_model_dir(&dir)
+        .with_context(|| format!("smelt chat needs {}/tokenizer.json", dir.display()))?;
     let template = tokenizer.chat_template().with_context(|| {
         format!("{} has no chat template (tokenizer_config.json or chat_template.jinja)", dir.display())
     })?;

@@ -44,6 +44,7 @@ pub fn run(a: Args) -> Result<()> {
     let prefill = a.prefill.as_deref().map(parse_ids).transpose()?.unwrap_or_default();
     let mut cuda = a.cuda.clone();
     cuda.gpu_prefill |= !prefill.is_empty();
+    cuda.batch_rows = a.batch.unwrap_or(0);
     let mut model = load_cuda(cpu, &cuda)?;
     // Token ids drawn from a fixed sequence (Weyl), so a run is reproducible.
     let token = |p: usize| ((p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % vocab;

@@ -253,7 +253,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             enable_thinking: a.no_think.then_some(false),
         };
         let file = batch::read_requests(path, &defaults, tokenizer.as_ref())?;
-        let mut model = a.backend.load(&a.model)?;
+        // On CUDA, compile the batched decode step for the batch's width.
+        let mut backend = a.backend;
+        backend.cuda.batch_rows = a.batching.max_batch();
+        let mut model = backend.load(&a.model)?;
         let lm = model.as_batch().context("this backend cannot run a batch")?;
         return batch::run(lm, &file, &a.batching, tokenizer.as_ref(), a.ids_out.as_deref());
     }

@@ -82,6 +82,9 @@ pub struct CudaArgs {
     /// of one decode step per token. Experimental: not yet checked on a GPU.
     #[arg(long)]
     gpu_prefill: bool,
+    /// Rows of a batched decode step to compile for (set by the commands that batch).
+    #[arg(skip)]
+    pub batch_rows: usize,
 }
 
 impl CudaArgs {
@@ -91,6 +94,7 @@ impl CudaArgs {
             cuda_graphs: !self.no_cuda_graphs,
             pdl: !self.no_pdl,
             prefill: self.gpu_prefill,
+            batch_rows: self.batch_rows,
             ..smelt::runtime::cuda::DecoderOptions::new(kv_tokens)
         }
     }

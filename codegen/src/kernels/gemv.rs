@@ -244,7 +244,8 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
             x_view.offset
         );
     } else {
-        let _ = writeln!(s, "  constexpr unsigned int X_OFFSET = {}u, X_STRIDE = {}u;", x_view.offset, x_view.row_stride);
+        let _ =
+            writeln!(s, "  constexpr unsigned int X_OFFSET = {}u, X_STRIDE = {}u;", x_view.offset, x_view.row_stride);
     }
     let _ = writeln!(s, "  /* K as 16-byte vectors of {vec} values; lane l takes vectors l, l + 32, ... of each row,");
     let _ = writeln!(s, "     BATCH at a time, so that BATCH x PARTS weight loads are in flight together. */");

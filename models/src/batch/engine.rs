@@ -157,10 +157,8 @@ pub fn generate_batch(
     let t0 = Instant::now();
     let kv = model.kv_plan(options.block_tokens, options.kv_budget_bytes)?;
     for (index, r) in requests.iter().enumerate() {
-        check_request(model.config(), &kv, r, tokenizer.is_some()).map_err(|e| ModelError::Request {
-            index,
-            source: Box::new(e),
-        })?;
+        check_request(model.config(), &kv, r, tokenizer.is_some())
+            .map_err(|e| ModelError::Request { index, source: Box::new(e) })?;
     }
     model.allocate_kv(&kv)?;
     let config = SchedulerConfig { max_batch: options.max_batch, max_step_tokens: options.max_step_tokens };
@@ -169,7 +167,8 @@ pub fn generate_batch(
     let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
     for (i, r) in requests.iter().enumerate() {
         if r.max_new_tokens == 0 {
-            done[i] = Some(Completion { ids: Vec::new(), text: String::new(), finish: FinishReason::Length, warning: None });
+            done[i] =
+                Some(Completion { ids: Vec::new(), text: String::new(), finish: FinishReason::Length, warning: None });
             live.push(None);
             continue;
         }

@@ -8,6 +8,7 @@ pub mod scheduler;
 
 pub use blocks::{BlockId, BlockPool};
 pub use engine::{
-    generate_batch, BatchEvent, BatchLm, BatchOptions, BatchStats, Chunk, ChunkOutput, Completion, FinishReason, Request,
+    generate_batch, BatchEvent, BatchLm, BatchOptions, BatchStats, Chunk, ChunkOutput, Completion, FinishReason,
+    Request,
 };
 pub use scheduler::{Scheduled, Scheduler, SchedulerConfig, SchedulerStats, SeqId};

@@ -94,7 +94,14 @@ impl Scheduler {
     pub fn new(pool: BlockPool, config: SchedulerConfig) -> Scheduler {
         let max_batch = config.max_batch.max(1);
         let config = SchedulerConfig { max_batch, max_step_tokens: config.max_step_tokens.max(max_batch) };
-        Scheduler { pool, config, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new(), stats: SchedulerStats::default() }
+        Scheduler {
+            pool,
+            config,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            stats: SchedulerStats::default(),
+        }
     }
 
     pub fn pool(&self) -> &BlockPool {

@@ -52,7 +52,11 @@ impl CudaDecoder {
             return Err(CudaError::Unsupported("no batch graph was compiled".into()));
         };
         if rows.is_empty() || rows.len() > batch.rows {
-            return Err(CudaError::Unsupported(format!("a batched step takes 1 to {} rows, not {}", batch.rows, rows.len())));
+            return Err(CudaError::Unsupported(format!(
+                "a batched step takes 1 to {} rows, not {}",
+                batch.rows,
+                rows.len()
+            )));
         }
         let (bt, blocks) = (self.kv.shape.block_tokens, self.kv.shape.blocks);
         for (i, r) in rows.iter().enumerate() {
@@ -78,7 +82,14 @@ impl CudaDecoder {
         gpu.upload(runner.positions, &positions, "writing the batch's positions")?;
         gpu.upload(batch.positions.ptr(), &positions, "writing the batch's row positions")?;
         gpu.upload(batch.tables.ptr(), &tables, "writing the batch's block tables")?;
-        runner.layout.write_rows_step(gpu, rows.len(), max_position, batch.positions.ptr(), batch.tables.ptr(), stride)?;
+        runner.layout.write_rows_step(
+            gpu,
+            rows.len(),
+            max_position,
+            batch.positions.ptr(),
+            batch.tables.ptr(),
+            stride,
+        )?;
         let b = Bindings { batch: 1, new_tokens: rows.len(), cached_tokens: max_position };
         for l in 0..runner.layout.launches.len() {
             runner.launch(gpu, l, &b, self.pdl)?;

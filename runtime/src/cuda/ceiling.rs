@@ -18,7 +18,11 @@ pub fn gemm_rate(gpu: &Gpu, size: usize, reps: usize) -> Result<f64, CudaError> 
     let ptx = nvrtc.compile(&kernel.name, &kernel.source, gpu.arch()).map_err(|e| CudaError::Nvrtc(e.to_string()))?;
     let (_module, function) = load_function(gpu, &kernel, ptx)?;
     let bytes = 2 * size * size;
-    let (x, w, y) = (gpu.alloc(bytes, "the GEMM ceiling")?, gpu.alloc(bytes, "the GEMM ceiling")?, gpu.alloc(bytes, "the GEMM ceiling")?);
+    let (x, w, y) = (
+        gpu.alloc(bytes, "the GEMM ceiling")?,
+        gpu.alloc(bytes, "the GEMM ceiling")?,
+        gpu.alloc(bytes, "the GEMM ceiling")?,
+    );
     // 0x3c3c in bf16 is about 0.0115: finite products whatever the sum order.
     gpu.fill(x.ptr(), 0x3c, bytes, "filling the GEMM ceiling")?;
     gpu.fill(w.ptr(), 0x3c, bytes, "filling the GEMM ceiling")?;

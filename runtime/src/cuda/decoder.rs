@@ -45,15 +45,16 @@ pub struct DecoderOptions {
     pub prefill: bool,
     /// Tokens a prefill run takes at most (longer prompts run in chunks).
     pub prefill_chunk: usize,
-    /// Sequences a batched decode step takes at most (when the model provides a batch graph).
+    /// Sequences a batched decode step takes at most (when the model provides a batch graph);
+    /// 0 compiles no batched decode (its GEMMs add to the JIT time of a single-sequence run).
     pub batch_rows: usize,
 }
 
 impl DecoderOptions {
     /// The defaults for a cache of `kv_tokens` tokens: blocks of the planner's default size,
     /// CUDA graphs and programmatic dependent launch on, the user's module cache, prompts one
-    /// token per step (the prefill kernels are opt-in), chunks of 512 when they are on, batched
-    /// decode steps of up to 64 sequences.
+    /// token per step (the prefill kernels are opt-in), chunks of 512 when they are on, no
+    /// batched decode (opt-in too).
     pub fn new(kv_tokens: usize) -> DecoderOptions {
         DecoderOptions {
             kv_tokens,
@@ -63,7 +64,7 @@ impl DecoderOptions {
             pdl: true,
             prefill: false,
             prefill_chunk: 512,
-            batch_rows: 64,
+            batch_rows: 0,
         }
     }
 }
@@ -173,7 +174,9 @@ pub(crate) unsafe fn launch_raw(
     };
     // SAFETY: the caller vouches for the parameters; the config, attribute and argument array
     // outlive the call.
-    let r = unsafe { sys::cuLaunchKernelEx(&config, function.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()).result() };
+    let r = unsafe {
+        sys::cuLaunchKernelEx(&config, function.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()).result()
+    };
     check(what, r)
 }
 
@@ -184,7 +187,10 @@ pub(crate) fn load_function(gpu: &Gpu, k: &Kernel, ptx: String) -> Result<(Arc<C
     let f = check(&format!("finding kernel {}", k.name), module.load_function(&k.name))?;
     if k.launch.shared_bytes > 48 * 1024 {
         let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        check(&format!("raising the shared memory of {}", k.name), f.set_attribute(attr, k.launch.shared_bytes as i32))?;
+        check(
+            &format!("raising the shared memory of {}", k.name),
+            f.set_attribute(attr, k.launch.shared_bytes as i32),
+        )?;
     }
     Ok((module, f))
 }
@@ -194,11 +200,7 @@ type LoadedKernels = (Vec<Vec<CudaFunction>>, Vec<Arc<CudaModule>>, JitReport);
 
 /// Compiles and loads every distinct kernel of `programs`; returns per program the functions
 /// in its kernel order.
-fn load_kernels(
-    gpu: &Gpu,
-    programs: &[&Program],
-    cache: Option<&ModuleCache>,
-) -> Result<LoadedKernels, CudaError> {
+fn load_kernels(gpu: &Gpu, programs: &[&Program], cache: Option<&ModuleCache>) -> Result<LoadedKernels, CudaError> {
     let t0 = Instant::now();
     let nvrtc = Nvrtc::load().map_err(|e| CudaError::Nvrtc(e.to_string()))?;
     let mut jit = JitReport::default();
@@ -306,7 +308,9 @@ impl Runner {
         let what = format!("launching {} for {}", kernel.name, self.node_name(l.node));
         // SAFETY: every parameter is a device address inside live buffers of this model, in the
         // order and number of the kernel's parameter list (the calling convention).
-        unsafe { launch_raw(gpu, &self.functions[l.kernel], kernel, kernel.launch.grid.blocks(b), &l.params, pdl, &what) }
+        unsafe {
+            launch_raw(gpu, &self.functions[l.kernel], kernel, kernel.launch.grid.blocks(b), &l.params, pdl, &what)
+        }
     }
 
     pub(crate) fn node_name(&self, id: NodeId) -> String {

@@ -9,9 +9,9 @@ mod decoder;
 mod device;
 mod layout;
 
-pub use check::{check_prefill, check_step, NodeCheck};
 pub use batch::BatchRow;
 pub use ceiling::{gemm_ceiling_kernel, gemm_rate};
+pub use check::{check_prefill, check_step, NodeCheck};
 pub use decoder::{CudaDecoder, DecoderGraphs, DecoderOptions, JitReport, StepOutput};
 pub use device::{DeviceBuffer, Gpu};
 
