@@ -17,13 +17,21 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
+/// NVRTC, or None after saying why the test skips (under `CI=true` its absence fails).
+fn nvrtc() -> Option<Nvrtc> {
+    match Nvrtc::load() {
+        Ok(n) => Some(n),
+        Err(e) if in_ci() => panic!("CI=true but {e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
 #[test]
 fn fixture_decode_programs_compile_with_nvrtc() {
-    let nvrtc = match Nvrtc::load() {
-        Ok(n) => n,
-        Err(e) if in_ci() => panic!("CI=true but {e}"),
-        Err(e) => return eprintln!("skipped: {e}"),
-    };
+    let Some(nvrtc) = nvrtc() else { return };
     for name in GPU_FIXTURES {
         let model = Qwen3Cpu::load_with(&common::fixture_dir(name), LoadOptions::new(DType::F32)).expect(name);
         let program = emit(model.decode_graph()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -37,11 +45,7 @@ fn fixture_decode_programs_compile_with_nvrtc() {
 /// `smelt bench`'s compute ceiling (its own GEMM at 4096^3) compiles, so the bench can run.
 #[test]
 fn the_gemm_ceiling_kernel_compiles_with_nvrtc() {
-    let nvrtc = match Nvrtc::load() {
-        Ok(n) => n,
-        Err(e) if in_ci() => panic!("CI=true but {e}"),
-        Err(e) => return eprintln!("skipped: {e}"),
-    };
+    let Some(nvrtc) = nvrtc() else { return };
     let k = smelt::runtime::cuda::gemm_ceiling_kernel(4096).unwrap();
     for arch in [Arch::Sm80, Arch::Sm90] {
         nvrtc.compile(&k.name, &k.source, arch).unwrap_or_else(|e| panic!("{e}"));

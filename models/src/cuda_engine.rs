@@ -238,10 +238,13 @@ impl CausalLm for Qwen3Cuda {
     }
 }
 
-/// The batch engine on the GPU: the pool made at load time holds every sequence's blocks, and
-/// each chunk runs with its sequence's block table, one sequence after another. Prompts run
-/// through the decode step token by token unless the prefill kernels were compiled, so by
-/// default a batched sequence runs exactly the kernels it runs alone.
+/// The batch engine on the GPU: the pool made at load time holds every sequence's blocks.
+/// With a batch graph (bf16/f16, `DecoderOptions::batch_rows`), a step's decode chunks run as
+/// one batched step, each row through its sequence's block table; its GEMMs round differently
+/// from the single-sequence GEMVs, so outputs can differ from one-at-a-time runs by rounding
+/// (`Qwen3Cuda::check_batch` measures by how much). Other chunks (prompts, recomputes) run one
+/// sequence after another, token by token unless the prefill kernels were compiled; without a
+/// batch graph every sequence runs exactly the kernels it runs alone.
 impl BatchLm for Qwen3Cuda {
     fn config(&self) -> &Qwen3Config {
         self.cpu.config()

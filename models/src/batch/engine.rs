@@ -197,13 +197,13 @@ pub fn generate_batch(
                 greedy: live[s.seq].as_ref().is_some_and(|l| l.sampler.params().is_plain_greedy()),
             })
             .collect();
-        let logits = model.run_chunks(&chunks)?;
-        for (s, logits) in plan.iter().zip(logits) {
+        let outputs = model.run_chunks(&chunks)?;
+        for (s, output) in plan.iter().zip(outputs) {
             if !sched.advance(s.seq, s.len) {
                 continue;
             }
             let seq = live[s.seq].as_mut().expect("scheduled requests are live");
-            let token = match logits {
+            let token = match output {
                 ChunkOutput::Logits(logits) => seq.sampler.sample(&logits),
                 ChunkOutput::Greedy(token) => token,
             };

@@ -60,6 +60,10 @@ impl CudaDecoder {
         }
         let (bt, blocks) = (self.kv.shape.block_tokens, self.kv.shape.blocks);
         for (i, r) in rows.iter().enumerate() {
+            if r.table.len() > blocks {
+                let why = format!("row {i}: a block table of {} blocks for a pool of {blocks}", r.table.len());
+                return Err(CudaError::Layout(why));
+            }
             if r.table.len() * bt < r.position + 1 {
                 return Err(CudaError::KvFull { capacity: r.table.len() * bt });
             }
