@@ -192,9 +192,25 @@ impl Model {
 
 impl Model {
     /// Runs every request to completion together: continuous batching over one paged KV cache
-    /// (sized by [`ModelOptions::kv_memory`]) with prefix caching and preemption. Each request
-    /// gets exactly the tokens [`Model::generate`] gives it alone. `on_event` sees each token
-    /// as it is chosen; the completions come back in input order. CPU backend for now.
+    /// (sized by [`ModelOptions::kv_memory`]) with prefix caching and preemption. On the CPU
+    /// each request gets exactly the tokens [`Model::generate`] gives it alone. `on_event`
+    /// sees each token as it is chosen; the completions come back in input order.
+    ///
+    /// ```
+    /// use smelt::{GenerateParams, Model, ModelOptions, Prompt};
+    ///
+    /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/gqa1-tied-f32");
+    /// let mut model = Model::load(dir.as_ref(), &ModelOptions::default())?;
+    /// let params = GenerateParams { max_new_tokens: 4, ..GenerateParams::default() };
+    /// let shared: Vec<u32> = (1..=40).collect();
+    /// let (a, b) = ([&shared[..], &[7]].concat(), [&shared[..], &[8]].concat());
+    /// let requests = [(Prompt::Ids(&a), params.clone()), (Prompt::Ids(&b), params)];
+    /// let (completions, stats) = model.generate_batch(&requests, |_event| {})?;
+    /// assert_eq!(completions.len(), 2);
+    /// // The second prompt found the first's two full 16-token blocks cached.
+    /// assert_eq!(stats.scheduler.hit_tokens, 32);
+    /// # Ok::<(), smelt::Error>(())
+    /// ```
     pub fn generate_batch(
         &mut self,
         requests: &[(Prompt<'_>, GenerateParams)],

@@ -67,3 +67,32 @@ fn history_reset_exit_no_think_system_and_an_overlong_turn() {
     assert!(stderr.contains("error:") && stderr.contains("/reset starts a new one"), "{stderr}");
     assert_eq!((out, p), (one, vec![first]));
 }
+
+/// A `--batch` line with "messages" is rendered with the chat template exactly as
+/// `generate --chat` renders `--prompt`: the same ids, also with `--no-think`.
+#[test]
+fn batch_messages_lines_are_chat_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random_qwen3(dir.path(), 9);
+    let model = path_str(dir.path());
+    let file = dir.path().join("batch.jsonl");
+    std::fs::write(
+        &file,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}], \"max_new_tokens\": 6}\n",
+    )
+    .unwrap();
+    for extra in [&[][..], &["--no-think"][..]] {
+        let (batch_ids, one_ids) = (dir.path().join("batch.json"), dir.path().join("one.json"));
+        let mut args =
+            vec!["generate", "--model", model, "--batch", path_str(&file), "--ids-out", path_str(&batch_ids)];
+        args.extend_from_slice(extra);
+        smelt_ok(&args);
+        let mut args = vec!["generate", "--model", model, "--chat", "--prompt", "hello there", "--max-new-tokens", "6"];
+        args.extend_from_slice(&["--ids-out", path_str(&one_ids)]);
+        args.extend_from_slice(extra);
+        smelt_ok(&args);
+        let batch: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(&batch_ids).unwrap()).unwrap();
+        let one: Vec<u32> = serde_json::from_str(&std::fs::read_to_string(&one_ids).unwrap()).unwrap();
+        assert_eq!(batch, [one], "{extra:?}");
+    }
+}
