@@ -22,8 +22,8 @@ use smelt_ir::DType;
 use smelt_models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Completion, Request};
 use smelt_models::qwen3::Logits;
 use smelt_models::{
-    CausalLm, ChatError, ChatMessage, IncrementalDecoder, LoadOptions, ModelError, Qwen3Config, Qwen3Cpu, Qwen3Cuda,
-    Sampler, SamplingParams, StopMatcher, Tokenizer, TokenizerError,
+    CausalLm, ChatError, ChatMessage, LoadOptions, ModelError, Qwen3Config, Qwen3Cpu, Qwen3Cuda, Sampler,
+    SamplingParams, TextStream, Tokenizer, TokenizerError,
 };
 use smelt_runtime::cuda::DecoderOptions;
 
@@ -167,8 +167,7 @@ impl Model {
         Ok(Generation {
             lm,
             sampler,
-            decoder: tokenizer.as_ref().map(|t| t.decode_stream(false)),
-            stops: StopMatcher::new(&params.stop),
+            text: TextStream::new(tokenizer.as_ref(), &params.stop),
             next: Some(first),
             produced: 0,
             max_new_tokens: params.max_new_tokens,
@@ -251,8 +250,8 @@ fn next_token(lm: &mut dyn CausalLm, sampler: &mut Sampler, ids: &[u32]) -> Resu
 pub struct Generation<'a> {
     lm: &'a mut dyn CausalLm,
     sampler: Sampler,
-    decoder: Option<IncrementalDecoder<'a>>,
-    stops: StopMatcher,
+    /// The detokenizer and the stop strings.
+    text: TextStream<'a>,
     /// The token the next call yields; None once generation has ended.
     next: Option<u32>,
     produced: usize,
@@ -269,25 +268,21 @@ impl Iterator for Generation<'_> {
         let token = self.next.take()?;
         self.produced += 1;
         self.sampler.observe(token);
-        let piece = match self.decoder.as_mut().map(|d| d.step(token)).transpose() {
-            Ok(piece) => piece.flatten().unwrap_or_default(),
+        let mut text = match self.text.push(token) {
+            Ok(text) => text,
             Err(e) => return Some(Err(e.into())),
         };
-        let mut text = self.stops.push(&piece);
         let config = self.lm.config();
-        let ended = self.stops.stopped()
+        let ended = self.text.stopped()
             || self.lm.eos_token_ids().contains(&token)
             || self.produced == self.max_new_tokens
             || self.lm.position() >= config.max_position_embeddings;
         if ended {
             // Flush what the detokenizer and the stop matcher still hold.
-            if let Some(d) = self.decoder.take() {
-                match d.finish() {
-                    Ok(tail) => text.push_str(&self.stops.push(&tail.unwrap_or_default())),
-                    Err(e) => return Some(Err(e.into())),
-                }
+            match self.text.finish() {
+                Ok(tail) => text.push_str(&tail),
+                Err(e) => return Some(Err(e.into())),
             }
-            text.push_str(&self.stops.finish());
             self.produced = self.max_new_tokens;
         } else {
             match next_token(self.lm, &mut self.sampler, &[token]) {

@@ -5,12 +5,15 @@
 //! queries' RMSNorm + RoPE prologue, in bf16, f16 and f32.
 
 mod common;
+#[path = "common/tensors.rs"]
+mod tensors;
 
 use std::collections::HashMap;
 use std::process::Command;
 
 use smelt_codegen::kernels::{decode_attention, decode_attention_scratch_bytes, AttentionSpec, View};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, NodeId, Op, Shape, Tensor};
+use tensors::{bytes, decode, tensor};
 
 const H: usize = 4;
 const KVH: usize = 2;
@@ -31,35 +34,6 @@ fn spec(dtype: DType, norm_rope: bool) -> AttentionSpec {
         norm_rope_eps: norm_rope.then_some(EPS),
         // Small splits, so several split blocks and the combine take part.
         split_tokens: 16,
-    }
-}
-
-/// Reproducible values in `[lo, hi)`, stored in `dtype`.
-fn tensor(seed: &mut u64, dtype: DType, shape: &[usize], lo: f32, hi: f32) -> Tensor {
-    let n = shape.iter().product();
-    let values = (0..n)
-        .map(|_| {
-            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            lo + (hi - lo) * ((*seed >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect();
-    Tensor::from_f32(dtype, shape.to_vec(), values)
-}
-
-fn storage(t: &Tensor) -> Vec<u8> {
-    match t.dtype() {
-        DType::BF16 => t.to_f32_vec().iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect(),
-        DType::F16 => t.to_f32_vec().iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect(),
-        DType::I32 => t.i32s().expect("i32").iter().flat_map(|v| v.to_le_bytes()).collect(),
-        _ => t.to_f32_vec().iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
-}
-
-fn from_storage(dtype: DType, b: &[u8]) -> Vec<f32> {
-    match dtype {
-        DType::BF16 => b.chunks(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
-        DType::F16 => b.chunks(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
-        _ => b.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
     }
 }
 
@@ -136,7 +110,7 @@ fn pool(logical: &[Tensor], tables: &[u32], stride: usize, blocks: usize) -> Vec
             phys[at..at + row].copy_from_slice(r);
         }
     }
-    storage(&Tensor::from_f32(dtype, vec![blocks * BT, KVH, D], phys))
+    bytes(&Tensor::from_f32(dtype, vec![blocks * BT, KVH, D], phys))
 }
 
 fn cases() -> Vec<Case> {
@@ -150,9 +124,9 @@ fn cases() -> Vec<Case> {
             let w = tensor(&mut seed, dtype, &[D], 0.5, 1.5);
             let extra = [w.clone(), inv_freq.clone()];
             let head = |q: &Tensor, positions: &Tensor| {
-                let mut b = vec![storage(q)];
+                let mut b = vec![bytes(q)];
                 if norm_rope {
-                    b.extend([storage(&w), storage(positions), storage(&inv_freq)]);
+                    b.extend([bytes(&w), bytes(positions), bytes(&inv_freq)]);
                 }
                 b
             };
@@ -259,7 +233,7 @@ fn split_and_combine_match_eval_for_one_sequence_and_for_rows_of_their_own() {
             if case.spec.norm_rope_eps.is_some() { " norm+rope" } else { "" },
             if case.rows.is_some() { "rows of their own" } else { "one sequence" }
         );
-        let (got, want) = (from_storage(dtype, got), case.want.to_f32_vec());
+        let (got, want) = (decode(dtype, got), case.want.to_f32_vec());
         assert_eq!(got.len(), want.len(), "{what}: output size");
         // The kernels sum in another order (lanes, warps, splits; online softmax) and use the
         // device's exp: a storage ulp or two, relative to max(1, |x|).

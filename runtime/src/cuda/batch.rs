@@ -58,17 +58,11 @@ impl CudaDecoder {
                 rows.len()
             )));
         }
-        let (bt, blocks) = (self.kv.shape.block_tokens, self.kv.shape.blocks);
+        let bt = self.kv.shape.block_tokens;
         for (i, r) in rows.iter().enumerate() {
-            if r.table.len() > blocks {
-                let why = format!("row {i}: a block table of {} blocks for a pool of {blocks}", r.table.len());
-                return Err(CudaError::Layout(why));
-            }
+            self.kv.check_table(r.table).map_err(|why| CudaError::Layout(format!("row {i}: {why}")))?;
             if r.table.len() * bt < r.position + 1 {
                 return Err(CudaError::KvFull { capacity: r.table.len() * bt });
-            }
-            if let Some(b) = r.table.iter().find(|&&b| b as usize >= blocks) {
-                return Err(CudaError::Layout(format!("row {i}: block {b} is outside the pool of {blocks} blocks")));
             }
         }
         let stride = rows.iter().map(|r| r.table.len()).max().unwrap_or(1);

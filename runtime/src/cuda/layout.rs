@@ -171,14 +171,20 @@ impl KvPool {
     /// A sequence's blocks, in order. The previous run has finished (every run ends by
     /// reading its token back), so no kernel still reads the old table.
     pub(crate) fn set_table(&self, gpu: &Gpu, table: &[u32]) -> Result<(), CudaError> {
+        self.check_table(table).map_err(CudaError::Layout)?;
+        gpu.upload(self.table.ptr(), table, "writing the block table")
+    }
+
+    /// Whether `table` can be a sequence's block table in this pool; if not, why.
+    pub(crate) fn check_table(&self, table: &[u32]) -> Result<(), String> {
         let blocks = self.shape.blocks;
         if table.len() > blocks {
-            return Err(CudaError::Layout(format!("a block table of {} blocks for a pool of {blocks}", table.len())));
+            return Err(format!("a block table of {} blocks for a pool of {blocks}", table.len()));
         }
-        if let Some(b) = table.iter().find(|&&b| b as usize >= blocks) {
-            return Err(CudaError::Layout(format!("block {b} is outside the pool of {blocks} blocks")));
+        match table.iter().find(|&&b| b as usize >= blocks) {
+            Some(b) => Err(format!("block {b} is outside the pool of {blocks} blocks")),
+            None => Ok(()),
         }
-        gpu.upload(self.table.ptr(), table, "writing the block table")
     }
 
     pub fn bytes(&self) -> usize {

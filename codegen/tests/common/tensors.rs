@@ -1,0 +1,39 @@
+//! Operand buffers for the kernels run on the host: reproducible tensors, and their storage
+//! bytes each way. (Included by the host-emulation tests, which have `half`.)
+
+use smelt_ir::{DType, Tensor};
+
+/// Reproducible values in `[lo, hi)`, stored in `dtype`.
+pub fn tensor(seed: &mut u64, dtype: DType, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+    let mut unit = || {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*seed >> 40) as f32 / (1u64 << 24) as f32
+    };
+    Tensor::from_f32(dtype, shape.to_vec(), (0..shape.iter().product()).map(|_| lo + (hi - lo) * unit()).collect())
+}
+
+/// Storage bytes of a tensor, as a device buffer holds them.
+pub fn bytes(t: &Tensor) -> Vec<u8> {
+    if let Some(v) = t.i32s() {
+        return v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    }
+    let le = |x: f32| match t.dtype() {
+        DType::BF16 => half::bf16::from_f32(x).to_le_bytes().to_vec(),
+        DType::F16 => half::f16::from_f32(x).to_le_bytes().to_vec(),
+        _ => x.to_le_bytes().to_vec(),
+    };
+    t.to_f32_vec().into_iter().flat_map(le).collect()
+}
+
+/// Values from storage bytes (i32 outputs as their values).
+pub fn decode(dtype: DType, b: &[u8]) -> Vec<f32> {
+    b.chunks(dtype.size_bytes())
+        .map(|c| match (dtype, c) {
+            (DType::BF16, &[a, b]) => half::bf16::from_le_bytes([a, b]).to_f32(),
+            (DType::F16, &[a, b]) => half::f16::from_le_bytes([a, b]).to_f32(),
+            (DType::I32, &[a, b, c, d]) => i32::from_le_bytes([a, b, c, d]) as f32,
+            (_, &[a, b, c, d]) => f32::from_le_bytes([a, b, c, d]),
+            _ => unreachable!(),
+        })
+        .collect()
+}
