@@ -128,7 +128,11 @@ impl Model {
                 Box::new(Qwen3Cuda::new(cpu, &decoder)?)
             }
         };
-        let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::from_model_dir(dir)?) } else { None };
+        let tokenizer = if smelt_runtime::files::exists(&dir.join("tokenizer.json")) {
+            Some(Tokenizer::from_model_dir(dir)?)
+        } else {
+            None
+        };
         let defaults = BatchOptions::default();
         let batch = BatchOptions {
             kv_budget_bytes: options.kv_memory.unwrap_or(defaults.kv_budget_bytes),

@@ -123,6 +123,7 @@ fn compile_dump_writes_text_and_dot_graphs() {
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     let expected = [
+        ".smelt-dump.json",
         "decode.dot",
         "decode.primitive.dot",
         "decode.primitive.txt",

@@ -86,10 +86,12 @@ impl ChatTemplate {
     /// when the directory has neither (a base model without a chat format).
     pub(crate) fn from_model_dir(dir: &Path) -> Result<Option<ChatTemplate>, ChatError> {
         let config_path = dir.join("tokenizer_config.json");
-        let config = if config_path.is_file() { Some(read_json(&config_path)?) } else { None };
+        let present = |p: &Path| smelt_runtime::files::exists(p);
+        let config = if present(&config_path) { Some(read_json(&config_path)?) } else { None };
         let jinja_path = dir.join("chat_template.jinja");
-        let source = if jinja_path.is_file() {
-            Some(std::fs::read_to_string(&jinja_path).map_err(|source| ChatError::Read { path: jinja_path, source })?)
+        let source = if present(&jinja_path) {
+            let text = smelt_runtime::files::read_metadata(&jinja_path);
+            Some(text.map_err(|source| ChatError::Read { path: jinja_path, source })?)
         } else {
             config.as_ref().and_then(template_source)
         };
@@ -128,7 +130,8 @@ fn raise_exception(msg: String) -> Result<Value, JinjaError> {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, ChatError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ChatError::Read { path: path.to_path_buf(), source })?;
+    let text = smelt_runtime::files::read_metadata(path)
+        .map_err(|source| ChatError::Read { path: path.to_path_buf(), source })?;
     serde_json::from_str(&text).map_err(|source| ChatError::Json { path: path.to_path_buf(), source })
 }
 

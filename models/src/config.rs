@@ -83,8 +83,8 @@ impl Qwen3Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Qwen3Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = smelt_runtime::files::read_metadata(path)
+            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
         Qwen3Config::from_json_str(&text, &path.display().to_string())
     }
 

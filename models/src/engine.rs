@@ -330,11 +330,11 @@ fn step_inputs(ids: &[u32], start: usize) -> HashMap<String, Tensor> {
 /// `eos_token_id` from `dir/generation_config.json`, if the file exists.
 fn generation_eos(dir: &Path) -> Result<Option<Vec<u32>>, ModelError> {
     let path = dir.join("generation_config.json");
-    if !path.exists() {
+    if !smelt_runtime::files::exists(&path) {
         return Ok(None);
     }
     let bad = |message: String| ModelError::GenerationConfig { path: path.clone(), message };
-    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let text = smelt_runtime::files::read_metadata(&path).map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     token_ids(v.get("eos_token_id")).map(Some).map_err(|m| bad(format!("eos_token_id: {m}")))
 }

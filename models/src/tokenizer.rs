@@ -42,7 +42,8 @@ impl Tokenizer {
     /// Loads a `tokenizer.json`. No chat template is attached.
     pub fn from_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
         // Read the bytes ourselves so an I/O error can name the path.
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Read { path: path.to_path_buf(), source })?;
+        let bytes = smelt_runtime::files::read_metadata(path)
+            .map_err(|source| TokenizerError::Read { path: path.to_path_buf(), source })?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|source| TokenizerError::Parse { path: path.to_path_buf(), source })?;
         Ok(Tokenizer { inner, path: path.to_path_buf(), chat_template: None })

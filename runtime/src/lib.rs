@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod files;
 pub mod paged;
 pub mod weights;
 

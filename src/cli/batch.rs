@@ -9,7 +9,10 @@ use anyhow::{bail, Context, Result};
 use smelt::models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Request};
 use smelt::models::{ChatMessage, ModelError, SamplingParams, Tokenizer};
 
-use super::io::write_atomically;
+use super::outputs::write_atomically;
+
+/// The largest `--batch` file read (it is held in memory whole, with its requests).
+const MAX_BATCH_FILE_BYTES: u64 = 1 << 30;
 
 /// How `--batch` runs.
 #[derive(clap::Args, Clone, Debug)]
@@ -98,7 +101,8 @@ pub fn read_requests<'p>(
     defaults: &Defaults<'_>,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<BatchFile<'p>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading --batch {}", path.display()))?;
+    let text = smelt::runtime::files::read_text(path, MAX_BATCH_FILE_BYTES)
+        .with_context(|| format!("reading --batch {}", path.display()))?;
     let (mut requests, mut lines) = (Vec::new(), Vec::new());
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

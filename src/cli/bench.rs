@@ -14,7 +14,7 @@ use smelt::runtime::cuda::DecoderOptions;
 use smelt::runtime::cuda::Gpu;
 
 use super::generate::load;
-use super::io::write_atomically;
+use super::outputs::{write_atomically, Reads};
 use super::{parse_ids, DTypeArg};
 
 #[derive(clap::Args)]
@@ -63,6 +63,13 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(path) = &a.json {
+        let reads = match &a.model {
+            Some(dir) => Reads::new().model_dir(dir),
+            None => Reads::new(),
+        };
+        reads.check_output("--json", path)?;
+    }
     let contexts = parse_ids(&a.contexts)?;
     let dtype = a.dtype.into();
     let t0 = Instant::now();

@@ -1,7 +1,7 @@
 //! `smelt compile`: declare Qwen3 as a graph, verify it, print a summary, optionally dump it.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use smelt::codegen::Arch;
@@ -12,6 +12,8 @@ use smelt::models::qwen3::{declare, DeclareOptions, Logits, Phase};
 use smelt::models::Qwen3Config;
 use smelt::passes::stats::{op_counts, OpCounts};
 use smelt::passes::{plan_kv, plan_memory};
+
+use super::outputs::{Dump, Reads};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,6 +54,10 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let config_path = a.model.as_ref().map(|dir| dir.join("config.json")).or(a.config.clone());
+    let reads = Reads::new().maybe_file(config_path.as_deref(), "the config");
+    // Checked and started before any work; dropped unfinished on an error, it leaves nothing.
+    let mut dump = a.dump.as_deref().map(|dir| Dump::begin("--dump", dir, &reads)).transpose()?;
     let (cfg, origin) = match (&a.model, &a.config) {
         (Some(dir), _) => {
             let dir = super::model_dir_arg(dir)?;
@@ -136,33 +142,29 @@ pub fn run(a: Args) -> Result<()> {
     };
     let plan = Plan::new(&decode, &prefill, a.prefill_tokens, a.kv_block_tokens, a.kv_budget_gib)?;
     print!("{}", plan.summary(a.no_fuse));
-    if let Some(dir) = &a.dump {
+    if let Some(out) = &mut dump {
         let graphs = [
             ("decode", &decode),
             ("prefill", &prefill),
             ("decode.primitive", &primitive.0),
             ("prefill.primitive", &primitive.1),
         ];
-        dump(dir, &graphs)?;
-        let passes = dir.join("passes");
-        // A dump from an earlier run may hold other NN-pass.txt names: start the folder afresh.
-        if passes.is_dir() {
-            std::fs::remove_dir_all(&passes).with_context(|| format!("clearing {}", passes.display()))?;
-        }
-        if !pass_dumps.is_empty() {
-            std::fs::create_dir_all(&passes).with_context(|| format!("creating {}", passes.display()))?;
-        }
+        write_graphs(out, &graphs)?;
         for (file, text) in pass_dumps {
-            super::io::write_atomically(&passes.join(file), text.unwrap_or_default().as_bytes())?;
+            out.write(&format!("passes/{file}"), text.unwrap_or_default().as_bytes())?;
         }
         let json = serde_json::to_string_pretty(&plan.json).context("serializing plan.json")?;
-        super::io::write_atomically(&dir.join("plan.json"), json.as_bytes())?;
+        out.write("plan.json", json.as_bytes())?;
         if let Some(program) = &program {
-            println!("{}", super::kernels::dump(dir, program, a.arch, None)?);
+            println!("{}", super::kernels::dump(out, program, a.arch, None)?);
         }
         if let Some(program) = &prefill_program {
-            println!("prefill: {}", super::kernels::dump(dir, program, a.arch, Some("prefill"))?);
+            println!("prefill: {}", super::kernels::dump(out, program, a.arch, Some("prefill"))?);
         }
+    }
+    if let Some(out) = dump {
+        let dir = out.target().to_path_buf();
+        out.finish()?;
         println!("dumped graphs, passes/ and plan.json to {}", dir.display());
     }
     Ok(())
@@ -265,13 +267,11 @@ fn summary(cfg: &Qwen3Config, origin: &str, dtype: DType, decode: &Graph, prefil
     s
 }
 
-fn dump(dir: &Path, graphs: &[(&str, &Graph)]) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+fn write_graphs(out: &mut Dump, graphs: &[(&str, &Graph)]) -> Result<()> {
     for (name, g) in graphs {
         let title = format!("qwen3.{name}");
         for (ext, text) in [("txt", to_text(g, &title)), ("dot", to_dot(g, &title))] {
-            let path = dir.join(format!("{name}.{ext}"));
-            super::io::write_atomically(&path, text.as_bytes())?;
+            out.write(&format!("{name}.{ext}"), text.as_bytes())?;
         }
     }
     Ok(())

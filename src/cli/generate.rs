@@ -12,7 +12,8 @@ use smelt::models::{
 };
 
 use super::batch::{self, BatchArgs};
-use super::{io::write_atomically, model_dir_arg, parse_ids, CudaArgs, DTypeArg, Device};
+use super::outputs::{write_atomically, Reads};
+use super::{model_dir_arg, parse_ids, CudaArgs, DTypeArg, Device};
 
 #[derive(clap::Args)]
 pub struct LogitsArgs {
@@ -196,6 +197,7 @@ pub fn load(dir: &Path, dtype: DType, no_fuse: bool) -> Result<Qwen3Cpu> {
 }
 
 pub fn logits(a: LogitsArgs) -> Result<()> {
+    Reads::new().model_dir(&a.model).check_output("--out", &a.out)?;
     let ids = parse_ids(&a.prompt_ids)?;
     let mut model = a.backend.load(&a.model)?;
     let t0 = Instant::now();
@@ -214,7 +216,9 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
 fn tokenizer_for(a: &GenerateArgs) -> Result<Option<Tokenizer>> {
     match &a.tokenizer {
         Some(path) => Ok(Some(Tokenizer::from_file(path)?)),
-        None if a.model.join("tokenizer.json").exists() => Ok(Some(Tokenizer::from_model_dir(&a.model)?)),
+        None if smelt::runtime::files::exists(&a.model.join("tokenizer.json")) => {
+            Ok(Some(Tokenizer::from_model_dir(&a.model)?))
+        }
         None => Ok(None),
     }
 }
@@ -232,14 +236,15 @@ fn prompt_text(a: &GenerateArgs, text: &str, tokenizer: &Tokenizer) -> Result<St
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let sampling = a.sampling.params()?;
     if let Some(path) = &a.ids_out {
-        // Refuse a path that cannot be written before spending the time to generate.
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !parent.is_dir() {
-            bail!("--ids-out {}: directory {} does not exist", path.display(), parent.display());
-        }
+        // Refused before any work: a file this command reads, or a folder it cannot write.
+        let reads = Reads::new()
+            .model_dir(&a.model)
+            .maybe_file(a.tokenizer.as_deref(), "--tokenizer")
+            .maybe_file(a.batch.as_deref(), "--batch");
+        reads.check_output("--ids-out", path)?;
     }
+    let sampling = a.sampling.params()?;
     if a.no_think && !a.chat && a.batch.is_none() {
         bail!("--no-think applies to a chat: add --chat");
     }

@@ -2,13 +2,13 @@
 //! call and the time a memory-bound kernel needs at an H100's bandwidth), and the dumps of
 //! every kernel's CUDA C, its PTX and ptxas's report when NVRTC and ptxas are present.
 
-use std::fmt::Write as _;
-use std::path::Path;
-
 use anyhow::{Context, Result};
 use smelt::codegen::ptxas::{find_ptxas, resources};
 use smelt::codegen::{Arch, ModuleCache, Nvrtc, Program};
 use smelt::passes::stats::layer_of;
+use std::fmt::Write as _;
+
+use super::outputs::Dump;
 
 /// Achievable HBM bandwidth of an H100 SXM (≈90% of its 3.35 TB/s peak), the decode floor.
 pub const H100_BYTES_PER_S: f64 = 3.0e12;
@@ -72,15 +72,11 @@ pub fn table(program: &Program) -> String {
 /// Writes `kernels/<name>.cu` for every kernel, `.ptx` when NVRTC is present, and
 /// `kernels.json` with ptxas's registers, shared memory and spills when ptxas is present. With
 /// a `phase` (`prefill`), into `kernels/<phase>/` and `kernels.<phase>.json`.
-pub fn dump(dir: &Path, program: &Program, arch: Arch, phase: Option<&str>) -> Result<String> {
+pub fn dump(out: &mut Dump, program: &Program, arch: Arch, phase: Option<&str>) -> Result<String> {
     let kdir = match phase {
-        Some(p) => dir.join("kernels").join(p),
-        None => dir.join("kernels"),
+        Some(p) => format!("kernels/{p}"),
+        None => "kernels".to_string(),
     };
-    if kdir.is_dir() {
-        std::fs::remove_dir_all(&kdir).with_context(|| format!("clearing {}", kdir.display()))?;
-    }
-    std::fs::create_dir_all(&kdir).with_context(|| format!("creating {}", kdir.display()))?;
     let nvrtc = Nvrtc::load().ok();
     let ptxas = find_ptxas();
     let cache = ModuleCache::default_dir().map(ModuleCache::at);
@@ -88,7 +84,7 @@ pub fn dump(dir: &Path, program: &Program, arch: Arch, phase: Option<&str>) -> R
     let mut json = program.to_json();
     let mut note = String::new();
     for (i, k) in program.kernels.iter().enumerate() {
-        super::io::write_atomically(&kdir.join(format!("{}.cu", k.name)), k.source.as_bytes())?;
+        out.write(&format!("{kdir}/{}.cu", k.name), k.source.as_bytes())?;
         let Some(nvrtc) = &nvrtc else { continue };
         let ptx = match &cache {
             Some(cache) => {
@@ -98,7 +94,7 @@ pub fn dump(dir: &Path, program: &Program, arch: Arch, phase: Option<&str>) -> R
             }
             None => nvrtc.compile(&k.name, &k.source, arch)?,
         };
-        super::io::write_atomically(&kdir.join(format!("{}.ptx", k.name)), ptx.as_bytes())?;
+        out.write(&format!("{kdir}/{}.ptx", k.name), ptx.as_bytes())?;
         if let Some(ptxas) = &ptxas {
             let report = resources(ptxas, &ptx, arch).map_err(anyhow::Error::msg)?;
             if let Some(r) = report.iter().find(|r| r.kernel == k.name) {
@@ -126,6 +122,6 @@ pub fn dump(dir: &Path, program: &Program, arch: Arch, phase: Option<&str>) -> R
     }
     let text = serde_json::to_string_pretty(&json).context("serializing kernels.json")?;
     let json_name = phase.map_or("kernels.json".to_string(), |p| format!("kernels.{p}.json"));
-    super::io::write_atomically(&dir.join(json_name), text.as_bytes())?;
+    out.write(&json_name, text.as_bytes())?;
     Ok(note)
 }

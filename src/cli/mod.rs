@@ -6,8 +6,8 @@ mod chat;
 mod check;
 mod compile;
 mod generate;
-mod io;
 mod kernels;
+mod outputs;
 mod tokenize;
 
 use std::path::PathBuf;

@@ -5,7 +5,6 @@
 //! `SafeTensors<'mmap>` and lets every later access be a bounds-checked `get` on the map.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
@@ -66,7 +65,7 @@ struct Index {
 
 fn open_index(dir: &Path) -> Result<Opened, WeightError> {
     let index_path = dir.join(INDEX_FILE);
-    let text = match fs::read_to_string(&index_path) {
+    let text = match crate::files::read_metadata(&index_path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(WeightError::NoWeights { dir: dir.to_path_buf() }),
         Err(e) => return Err(WeightError::io(&index_path, e)),
@@ -127,7 +126,7 @@ fn is_relative_file(name: &str) -> bool {
 }
 
 fn map(path: &Path) -> io::Result<Mmap> {
-    let file = fs::File::open(path)?;
+    let file = crate::files::open_regular(path)?;
     // SAFETY: the map is read-only and private to this process. Like every mmap-based loader
     // (safetensors' own docs included) we rely on the checkpoint not being modified or
     // truncated by another process while it is open; all reads are bounds-checked against the
