@@ -155,6 +155,7 @@ impl Model {
     /// yields one chunk per new token.
     pub fn generate(&mut self, prompt: Prompt<'_>, params: &GenerateParams) -> Result<Generation<'_>, Error> {
         params.sampling.validate().map_err(Error::Sampling)?;
+        smelt_models::check_stops(&params.stop).map_err(|e| Error::Model(ModelError::BadRequest(e)))?;
         let needs_tokenizer = matches!(prompt, Prompt::Text(_)) || !params.stop.is_empty();
         if needs_tokenizer && self.tokenizer.is_none() {
             return Err(Error::NoTokenizer(self.dir.clone()));

@@ -32,7 +32,7 @@ fn decode_program(dtype: DType) -> (Program, usize) {
     let mut g =
         declare(&cfg, DeclareOptions { phase: Phase::Decode, dtype, logits: Logits::LastPosition }).expect("declares");
     standard().run(&mut g, "qwen3").expect("pipeline");
-    let weights = weight_bytes_read(&g, &Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 });
+    let weights = weight_bytes_read(&g, &Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 }).expect("no overflow");
     (emit(&g).expect("every fused op has an emitter"), weights)
 }
 

@@ -267,16 +267,16 @@ fn kernels_emulated_on_the_host_match_eval() {
         let kernel = gather(&name("g"), s, HIDDEN, dtype);
         runs.push(Run { kernel, bufs: vec![embed, ids.clone(), want.clone()], table: vec![], t, want, rows: None });
         // ArgMax rows: random (16-bit rounding makes ties), a repeated maximum, a NaN first,
-        // NaNs elsewhere, all -inf, a long run of NaNs.
+        // a NaN and an inf elsewhere, all -inf, a long run of NaNs (each non-finite row: -1).
         let mut v = tensor(&mut r, dtype, &[6, VOCAB], -8.0, 8.0).to_f32_vec();
         let at = |i: usize, k: usize| i * VOCAB + k;
         (v[at(1, 5000)], v[at(1, 100000)], v[at(2, 0)], v[at(2, 7)]) = (9.0, 9.0, f32::NAN, 9.0);
-        (v[at(3, 1)], v[at(3, 150000)], v[at(3, 9)]) = (f32::NAN, f32::NAN, 9.0);
+        (v[at(3, 1)], v[at(3, 150000)], v[at(3, 9)]) = (f32::NAN, f32::INFINITY, 9.0);
         v[at(4, 0)..at(5, 0)].fill(f32::NEG_INFINITY);
         v[at(5, 3)..at(5, 60000)].fill(f32::NAN);
         let x = Tensor::from_f32(dtype, vec![6, VOCAB], v);
         let want = eval(&[("x", &x, tok(VOCAB))], |b, i| b.op("a", Op::ArgMax { axis: 1 }, i).unwrap());
-        assert_eq!(want.i32s().map(|w| &w[1..5]), Some(&[5000, 0, 9, 0][..]), "eval's argmax");
+        assert_eq!(want.i32s().map(|w| &w[1..6]), Some(&[5000, -1, -1, -1, -1][..]), "eval's argmax");
         let kernel = argmax(&name("a"), s, VOCAB, dtype);
         runs.push(Run { kernel, bufs: vec![x, want.clone()], table: vec![], t: 6, want, rows: None });
     }

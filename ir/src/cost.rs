@@ -4,30 +4,30 @@ use crate::graph::Graph;
 use crate::op::Op;
 use crate::shape::Bindings;
 
-/// Elements across all weight nodes (a weight used twice, e.g. tied embeddings, counts once).
-pub fn parameter_count(graph: &Graph) -> usize {
-    graph.weights().iter().map(|(_, id)| graph.node(*id).shape.fixed_volume().unwrap_or(0)).sum()
+/// Elements across all weight nodes (a weight used twice, e.g. tied embeddings, counts once);
+/// `None` when a weight's shape is not fixed or the count overflows `usize`.
+pub fn parameter_count(graph: &Graph) -> Option<usize> {
+    graph.weights().iter().try_fold(0usize, |total, (_, id)| total.checked_add(graph.node(*id).shape.fixed_volume()?))
 }
 
 /// Bytes of weights one run reads under `b`: a weight used only by gathers costs the rows
-/// gathered; any other use reads the whole tensor, once.
-pub fn weight_bytes_read(graph: &Graph, b: &Bindings) -> usize {
-    let mut total = 0;
+/// gathered; any other use reads the whole tensor, once. `None` when the count overflows.
+pub fn weight_bytes_read(graph: &Graph, b: &Bindings) -> Option<usize> {
+    let mut total = 0usize;
     for (_, id) in graph.weights() {
         let node = graph.node(id);
         let users = graph.users(id);
         let only_gathers = !users.is_empty() && users.iter().all(|&u| matches!(graph.node(u).op, Op::Gather));
-        let bytes = if only_gathers {
-            let row: usize = node.shape.dims()[1..].iter().map(|d| b.dim(*d)).product();
-            let rows: usize = users
+        let elements = if only_gathers {
+            let row = node.shape.dims()[1..].iter().try_fold(1usize, |n, d| n.checked_mul(b.dim(*d)))?;
+            let rows = users
                 .iter()
-                .map(|&u| graph.node(graph.operands(u)[1]).shape.resolve(b).iter().product::<usize>())
-                .sum();
-            rows * row
+                .try_fold(0usize, |n, &u| n.checked_add(graph.node(graph.operands(u)[1]).shape.checked_volume(b)?))?;
+            rows.checked_mul(row)?
         } else {
-            node.shape.resolve(b).iter().product()
+            node.shape.checked_volume(b)?
         };
-        total += bytes * node.dtype.size_bytes();
+        total = total.checked_add(elements.checked_mul(node.dtype.size_bytes())?)?;
     }
-    total
+    Some(total)
 }

@@ -123,7 +123,9 @@ pub enum Op {
     Attention {
         scale: f32,
     },
-    /// Index of the largest element along `axis` (first on ties); the axis is removed; i32.
+    /// Index of the largest element along `axis` (first on ties), or -1 when any element along
+    /// it is NaN or infinite (a greedy step over broken logits must fail, not pick a token);
+    /// the axis is removed; i32.
     ArgMax {
         axis: usize,
     },

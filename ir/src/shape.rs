@@ -109,7 +109,12 @@ impl Shape {
 
     /// The element count when every dim is fixed.
     pub fn fixed_volume(&self) -> Option<usize> {
-        self.0.iter().map(|d| d.fixed()).product()
+        self.0.iter().try_fold(1usize, |n, d| n.checked_mul(d.fixed()?))
+    }
+
+    /// Elements under `b`; `None` when the count overflows `usize`.
+    pub fn checked_volume(&self, b: &Bindings) -> Option<usize> {
+        self.0.iter().try_fold(1usize, |n, d| n.checked_mul(b.dim(*d)))
     }
 
     /// Concrete sizes under `b`.

@@ -42,7 +42,13 @@ pub enum ChatError {
     Compile(#[source] JinjaError),
     #[error("chat template failed to render: {0:#}")]
     Render(#[source] JinjaError),
+    #[error("message {index} has role {role:?}; expected one of {}", ROLES.join(", "))]
+    UnknownRole { index: usize, role: String },
 }
+
+/// The roles chat templates know. Qwen3's template drops a message with any other role
+/// without a word, so one is refused instead.
+pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
 /// A compiled chat template plus the special tokens HF exposes to it.
 pub struct ChatTemplate {
@@ -112,6 +118,9 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         enable_thinking: Option<bool>,
     ) -> Result<String, ChatError> {
+        if let Some((index, m)) = messages.iter().enumerate().find(|(_, m)| !ROLES.contains(&m.role.as_str())) {
+            return Err(ChatError::UnknownRole { index, role: m.role.clone() });
+        }
         let template = self.env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
         let mut ctx: BTreeMap<&str, Value> =
             self.special_tokens.iter().map(|(k, v)| (k.as_str(), Value::from(v.as_str()))).collect();

@@ -28,10 +28,33 @@ struct RawRope {
     rope_theta: Option<f64>,
 }
 
+/// Plausibility limits on a config's dimensions. Each is far above every published Qwen3 (and
+/// every open LLM: Llama-3.1-405B has hidden 16384, 126 layers, 128 heads), so no real model
+/// meets them; they bound what a config can make smelt declare, plan or allocate, and keep
+/// every size derived from a config (parameters, bytes, arenas) far below 2^64.
+pub mod limits {
+    /// Qwen3: 151,936; the largest open vocabularies are about 262k.
+    pub const VOCAB_SIZE: usize = 1 << 24;
+    /// Qwen3-32B: 5,120.
+    pub const HIDDEN_SIZE: usize = 1 << 16;
+    /// Qwen3-32B: 25,600.
+    pub const INTERMEDIATE_SIZE: usize = 1 << 18;
+    /// Qwen3-32B: 64.
+    pub const LAYERS: usize = 512;
+    /// Query and KV heads each. Qwen3-32B: 64 query heads.
+    pub const HEADS: usize = 1024;
+    /// Qwen3: 128.
+    pub const HEAD_DIM: usize = 1024;
+    /// Positions are computed in f32 for RoPE (as HF does), which counts integers exactly up
+    /// to 2^24 only. Qwen3: 40,960.
+    pub const POSITIONS: usize = 1 << 24;
+}
+
 /// The fields of HF's `Qwen3Config` that smelt reads.
 #[derive(Clone, Debug, Deserialize)]
 struct RawConfig {
     model_type: Option<String>,
+    architectures: Option<Vec<String>>,
     vocab_size: i64,
     hidden_size: i64,
     intermediate_size: i64,
@@ -118,11 +141,11 @@ impl Qwen3Config {
 
 fn validate(raw: RawConfig, origin: &str) -> Result<Qwen3Config, ConfigError> {
     let err = |field: &'static str, message: String| ConfigError::Field { origin: origin.to_string(), field, message };
-    let positive = |field: &'static str, v: i64| -> Result<usize, ConfigError> {
-        if v > 0 {
-            Ok(v as usize)
-        } else {
-            Err(err(field, format!("must be positive, found {v}")))
+    let dim = |field: &'static str, v: i64, limit: usize| -> Result<usize, ConfigError> {
+        match usize::try_from(v) {
+            Ok(n) if n > 0 && n <= limit => Ok(n),
+            _ if v <= 0 => Err(err(field, format!("must be positive, found {v}"))),
+            _ => Err(err(field, format!("{v} is beyond smelt's limit of {limit} (see config::limits)"))),
         }
     };
     if let Some(t) = raw.model_type.as_deref() {
@@ -130,20 +153,26 @@ fn validate(raw: RawConfig, origin: &str) -> Result<Qwen3Config, ConfigError> {
             return Err(err("model_type", format!("expected \"qwen3\", found {t:?}")));
         }
     }
-    let vocab_size = positive("vocab_size", raw.vocab_size)?;
-    let hidden_size = positive("hidden_size", raw.hidden_size)?;
-    let intermediate_size = positive("intermediate_size", raw.intermediate_size)?;
-    let num_layers = positive("num_hidden_layers", raw.num_hidden_layers)?;
-    let num_heads = positive("num_attention_heads", raw.num_attention_heads)?;
-    let num_kv_heads = positive("num_key_value_heads", raw.num_key_value_heads.unwrap_or(raw.num_attention_heads))?;
-    let max_position_embeddings = positive("max_position_embeddings", raw.max_position_embeddings)?;
+    if let Some(archs) = &raw.architectures {
+        if let Some(other) = archs.iter().find(|a| a.as_str() != "Qwen3ForCausalLM") {
+            return Err(err("architectures", format!("expected [\"Qwen3ForCausalLM\"], found {other:?}")));
+        }
+    }
+    let vocab_size = dim("vocab_size", raw.vocab_size, limits::VOCAB_SIZE)?;
+    let hidden_size = dim("hidden_size", raw.hidden_size, limits::HIDDEN_SIZE)?;
+    let intermediate_size = dim("intermediate_size", raw.intermediate_size, limits::INTERMEDIATE_SIZE)?;
+    let num_layers = dim("num_hidden_layers", raw.num_hidden_layers, limits::LAYERS)?;
+    let num_heads = dim("num_attention_heads", raw.num_attention_heads, limits::HEADS)?;
+    let kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+    let num_kv_heads = dim("num_key_value_heads", kv_heads, limits::HEADS)?;
+    let max_position_embeddings = dim("max_position_embeddings", raw.max_position_embeddings, limits::POSITIONS)?;
     if num_heads % num_kv_heads != 0 {
         let m = format!("num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})");
         return Err(err("num_key_value_heads", m));
     }
     let head_dim = match raw.head_dim {
-        Some(h) => positive("head_dim", h)?,
-        None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+        Some(h) => dim("head_dim", h, limits::HEAD_DIM)?,
+        None if hidden_size % num_heads == 0 => dim("head_dim", (hidden_size / num_heads) as i64, limits::HEAD_DIM)?,
         None => {
             return Err(err(
                 "head_dim",
@@ -154,8 +183,15 @@ fn validate(raw: RawConfig, origin: &str) -> Result<Qwen3Config, ConfigError> {
     if head_dim % 2 != 0 {
         return Err(err("head_dim", format!("must be even for rotary embeddings, found {head_dim}")));
     }
-    if !(raw.rms_norm_eps > 0.0 && raw.rms_norm_eps < 1.0) {
-        return Err(err("rms_norm_eps", format!("must be in (0, 1), found {}", raw.rms_norm_eps)));
+    // Used in f32: a value that rounds to 0 there divides by zero for an all-zero row.
+    let eps = raw.rms_norm_eps as f32;
+    if !(raw.rms_norm_eps > 0.0 && raw.rms_norm_eps < 1.0 && eps.is_normal()) {
+        let m = format!(
+            "must be in (0, 1) and a normal f32 (at least {:e}), found {:e}",
+            f32::MIN_POSITIVE,
+            raw.rms_norm_eps
+        );
+        return Err(err("rms_norm_eps", m));
     }
     if raw.attention_bias {
         return Err(err("attention_bias", "true is not supported (Qwen3 has no attention bias)".into()));
@@ -177,6 +213,8 @@ fn validate(raw: RawConfig, origin: &str) -> Result<Qwen3Config, ConfigError> {
         })?),
     };
     let eos_token_ids = token_ids(raw.eos_token_id.as_ref()).map_err(|m| err("eos_token_id", m))?;
+    check_eos_in_vocab(&eos_token_ids, vocab_size).map_err(|m| err("eos_token_id", m))?;
+    check_rope_theta(rope_theta, head_dim).map_err(|m| err(rope_field(&raw), m))?;
     Ok(Qwen3Config {
         vocab_size,
         hidden_size,
@@ -206,16 +244,41 @@ fn rope_theta(raw: &RawConfig) -> Result<f64, (&'static str, String)> {
             }
         }
     }
-    let theta = raw
-        .rope_parameters
+    raw.rope_parameters
         .as_ref()
         .and_then(|r| r.rope_theta)
         .or(raw.rope_theta)
-        .ok_or(("rope_theta", "missing (neither top-level nor in rope_parameters)".to_string()))?;
-    if theta > 0.0 {
-        Ok(theta)
+        .ok_or(("rope_theta", "missing (neither top-level nor in rope_parameters)".to_string()))
+}
+
+/// Where `rope_theta` came from, for its errors.
+fn rope_field(raw: &RawConfig) -> &'static str {
+    if raw.rope_parameters.as_ref().is_some_and(|r| r.rope_theta.is_some()) {
+        "rope_parameters"
     } else {
-        Err(("rope_theta", format!("must be positive, found {theta}")))
+        "rope_theta"
+    }
+}
+
+/// RoPE's inverse frequencies are `1 / theta^(2i / head_dim)` in f32, as HF computes them: theta
+/// must be positive and stay finite and non-zero in f32, and so must every frequency.
+fn check_rope_theta(theta: f64, head_dim: usize) -> Result<(), String> {
+    let t = theta as f32;
+    if !(theta > 0.0 && t.is_normal()) {
+        return Err(format!("rope_theta must be positive and a normal f32, found {theta:e}"));
+    }
+    let last = 1.0 / t.powf((head_dim - 2) as f32 / head_dim as f32);
+    if !(last.is_normal() && (1.0 / t.powf(0.0)).is_normal()) {
+        return Err(format!("rope_theta {theta} makes RoPE frequencies that are not finite in f32"));
+    }
+    Ok(())
+}
+
+/// EOS ids the model can never produce would never end a generation.
+pub(crate) fn check_eos_in_vocab(ids: &[u32], vocab: usize) -> Result<(), String> {
+    match ids.iter().find(|&&id| id as usize >= vocab) {
+        Some(id) => Err(format!("{id} is not below vocab_size {vocab}")),
+        None => Ok(()),
     }
 }
 

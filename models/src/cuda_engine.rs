@@ -155,15 +155,19 @@ impl Qwen3Cuda {
         self.cpu.dtype() == DType::F16
     }
 
-    /// f16 activations can overflow where bf16 ones cannot; the kernels accumulate in f32 but
-    /// store f16, so an overflow shows as non-finite logits. The CPU backend names the op
-    /// (`EvalOptions::f16_overflow_is_error`); here the logits of every f16 step are checked.
+    /// Logits read from the GPU must be finite (greedy steps need no read: the argmax kernel
+    /// flags non-finite rows). f16 activations can overflow where bf16 ones cannot; the
+    /// kernels accumulate in f32 but store f16, so an overflow shows as non-finite logits. The
+    /// CPU backend names the op (`EvalOptions::f16_overflow_is_error`); here the logits of
+    /// every f16 step are read and checked, and a failure says it was f16.
     fn check_finite(&self, logits: &[f32]) -> Result<(), ModelError> {
         let count = logits.iter().filter(|v| !v.is_finite()).count();
-        if count > 0 {
-            return Err(ModelError::F16Overflow { position: self.decoder.position(), count });
+        let position = self.decoder.position().saturating_sub(1);
+        match count {
+            0 => Ok(()),
+            _ if self.f16() => Err(ModelError::F16Overflow { position, count }),
+            _ => Err(ModelError::NonFiniteLogits { position, count }),
         }
-        Ok(())
     }
 
     fn check(&self, ids: &[u32]) -> Result<(), ModelError> {

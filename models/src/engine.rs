@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use smelt_ir::{DType, EvalError, Graph, IrError, Tensor};
 use smelt_runtime::{Checkpoint, CpuState, HostWeights, PagedKv, WeightError};
 
-use crate::config::{token_ids, ConfigError, Qwen3Config};
+use crate::config::{check_eos_in_vocab, token_ids, ConfigError, Qwen3Config};
 use crate::qwen3::{declare, DeclareOptions, Logits, Phase, LM_HEAD, LOGITS, POSITIONS, TOKEN_IDS};
 use crate::sample::{Sampler, SamplingParams};
 
@@ -53,6 +53,10 @@ pub enum ModelError {
         "f16 overflow: {count} logits at position {position} are not finite (an activation left f16's range, ±65504); compute in bf16 or f32"
     )]
     F16Overflow { position: usize, count: usize },
+    #[error(
+        "{count} logits at position {position} are NaN or infinite: an activation overflowed or a weight is damaged"
+    )]
+    NonFiniteLogits { position: usize, count: usize },
 }
 
 /// What generation needs of a backend: the CPU reference ([`Qwen3Cpu`]) or the GPU
@@ -167,16 +171,18 @@ impl Qwen3Cpu {
         if !dir.is_dir() {
             return Err(ModelError::NoDir(dir.to_path_buf()));
         }
-        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
-        let graphs = Graphs::declare(&config, dtype)?;
+        let config_path = dir.join("config.json");
+        let config = Qwen3Config::from_file(&config_path)?;
         let checkpoint = Checkpoint::open(dir)?;
+        crate::checkpoint_fit::check(&config, &checkpoint, &config_path.display().to_string())?;
+        let graphs = Graphs::declare(&config, dtype)?;
         // Tied checkpoints may still carry lm_head.weight (the real 0.6B does): accept it.
         let ignore: &[&str] = if config.tie_word_embeddings { &[LM_HEAD] } else { &[] };
         // Checked against the declared (primitive) graphs: the checkpoint's own tensor names.
         let (mut weights, unused_tensors) = HostWeights::load(&checkpoint, &graphs.all(), ignore, dtype)?;
         let graphs = if options.fuse { graphs.fuse()? } else { graphs };
         weights.prepare_for(&graphs.all())?;
-        let mut eos_token_ids = generation_eos(dir)?.unwrap_or_default();
+        let mut eos_token_ids = generation_eos(dir, config.vocab_size)?.unwrap_or_default();
         if eos_token_ids.is_empty() {
             eos_token_ids = config.eos_token_ids.clone();
         }
@@ -289,8 +295,12 @@ impl Qwen3Cpu {
             (_, Logits::AllPositions) => &self.graphs.prefill_all,
         };
         let mut out = self.state.run(graph, &self.weights, step_inputs(ids, self.position))?;
+        let logits = out.remove(LOGITS).expect("the graph outputs logits");
+        // A row per new token, or the last one's only.
+        let first_row = if logits.shape()[0] == ids.len() { self.position } else { needed - 1 };
+        check_finite_logits(&logits, first_row)?;
         self.position = needed;
-        Ok(out.remove(LOGITS).expect("the graph outputs logits"))
+        Ok(logits)
     }
 
     /// The paged KV layout `budget_bytes` buys, from the decode graph's caches.
@@ -313,7 +323,24 @@ impl Qwen3Cpu {
         let graph = if ids.len() == 1 { &self.graphs.decode } else { &self.graphs.prefill_last };
         let paged = self.paged.as_mut().ok_or_else(|| ModelError::Internal("no paged KV pool allocated".into()))?;
         let mut out = paged.run(graph, &self.weights, step_inputs(ids, start), table, start)?;
-        Ok(out.remove(LOGITS).expect("the graph outputs logits"))
+        let logits = out.remove(LOGITS).expect("the graph outputs logits");
+        check_finite_logits(&logits, start + ids.len() - 1)?;
+        Ok(logits)
+    }
+}
+
+/// Logits `[rows, vocab]` whose first row is at `first_row` must be finite: NaN or inf would
+/// make greedy decoding print token 0 forever.
+fn check_finite_logits(logits: &Tensor, first_row: usize) -> Result<(), ModelError> {
+    let values = logits.f32s().expect("logits are f32");
+    let vocab = logits.shape().last().copied().unwrap_or(1).max(1);
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(at) => {
+            let row = &values[at / vocab * vocab..(at / vocab + 1) * vocab];
+            let count = row.iter().filter(|v| !v.is_finite()).count();
+            Err(ModelError::NonFiniteLogits { position: first_row + at / vocab, count })
+        }
     }
 }
 
@@ -327,8 +354,8 @@ fn step_inputs(ids: &[u32], start: usize) -> HashMap<String, Tensor> {
     ])
 }
 
-/// `eos_token_id` from `dir/generation_config.json`, if the file exists.
-fn generation_eos(dir: &Path) -> Result<Option<Vec<u32>>, ModelError> {
+/// `eos_token_id` from `dir/generation_config.json`, if the file exists; each below `vocab`.
+fn generation_eos(dir: &Path, vocab: usize) -> Result<Option<Vec<u32>>, ModelError> {
     let path = dir.join("generation_config.json");
     if !smelt_runtime::files::exists(&path) {
         return Ok(None);
@@ -336,7 +363,9 @@ fn generation_eos(dir: &Path) -> Result<Option<Vec<u32>>, ModelError> {
     let bad = |message: String| ModelError::GenerationConfig { path: path.clone(), message };
     let text = smelt_runtime::files::read_metadata(&path).map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    token_ids(v.get("eos_token_id")).map(Some).map_err(|m| bad(format!("eos_token_id: {m}")))
+    let ids = token_ids(v.get("eos_token_id")).map_err(|m| bad(format!("eos_token_id: {m}")))?;
+    check_eos_in_vocab(&ids, vocab).map_err(|m| bad(format!("eos_token_id: {m}")))?;
+    Ok(Some(ids))
 }
 
 /// Generates up to `max_new_tokens` after `prompt` with `sampling`, calling `on_token` with

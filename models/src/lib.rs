@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod chat;
+pub mod checkpoint_fit;
 pub mod config;
 pub mod cuda_engine;
 pub mod engine;
@@ -16,5 +17,5 @@ pub use config::{ConfigError, Qwen3Config};
 pub use cuda_engine::{BatchCheck, Qwen3Cuda};
 pub use engine::{generate, CausalLm, LoadOptions, ModelError, Qwen3Cpu};
 pub use sample::{Sampler, SamplingParams};
-pub use stop::{StopMatcher, TextStream};
+pub use stop::{check_stops, StopMatcher, TextStream};
 pub use tokenizer::{IncrementalDecoder, Tokenizer, TokenizerError};

@@ -3,6 +3,15 @@
 
 use crate::tokenizer::{IncrementalDecoder, Tokenizer, TokenizerError};
 
+/// Stop strings must not be empty: an empty one would stop before the first token, which is
+/// never what was meant.
+pub fn check_stops(stops: &[String]) -> Result<(), String> {
+    if stops.iter().any(String::is_empty) {
+        return Err("a stop string is empty (it would stop before the first token)".into());
+    }
+    Ok(())
+}
+
 /// Watches streamed text for stop strings. Text that could still turn out to be the start of a
 /// stop string is held back until the next piece decides it.
 pub struct StopMatcher {

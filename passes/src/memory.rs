@@ -47,6 +47,13 @@ pub struct MemoryPlan {
     pub naive_bytes: usize,
 }
 
+impl MemoryPlan {
+    /// Whether a size overflowed `usize` while planning: sizes saturate, and so their sum.
+    pub fn overflowed(&self) -> bool {
+        self.naive_bytes == usize::MAX
+    }
+}
+
 /// Where a node's value is stored, as the planner sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Home {

@@ -79,6 +79,14 @@ pub fn read_text(path: &Path, limit: u64) -> io::Result<String> {
     Ok(text)
 }
 
+/// This machine's memory in bytes (`MemTotal` of `/proc/meminfo`), where the OS says.
+pub fn host_memory_bytes() -> Option<u64> {
+    let text = read_text(Path::new("/proc/meminfo"), 1 << 20).ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.trim_start_matches("MemTotal:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// [`read_text`] bounded by [`MAX_METADATA_BYTES`].
 pub fn read_metadata(path: &Path) -> io::Result<String> {
     read_text(path, MAX_METADATA_BYTES)
@@ -101,6 +109,13 @@ mod tests {
         let e = read_text(&file, 1).unwrap_err();
         assert!(e.to_string().contains("more than the 1 bytes"), "{e}");
         assert_eq!(read_metadata(&dir.path().join("absent")).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn host_memory_is_read_from_proc_meminfo() {
+        let bytes = host_memory_bytes().expect("Linux has /proc/meminfo");
+        assert!(bytes > 64 << 20 && bytes < 1 << 50, "{bytes} bytes");
     }
 
     #[cfg(unix)]

@@ -37,7 +37,8 @@ struct PagedCache {
     /// One token's shape (`[kv_heads, head_dim]`) and its element count.
     token_dims: Vec<usize>,
     row: usize,
-    /// Per block: `block_tokens * row` values, empty until first written.
+    /// Per block: `block_tokens * row` values, empty until first written. Grown to the
+    /// highest block written so far, so bookkeeping follows use, not the pool's size.
     blocks: Vec<Vec<f32>>,
 }
 
@@ -61,7 +62,7 @@ impl PagedKv {
             let token_dims = token_dims
                 .ok_or_else(|| PagedKvError::TokenShape { name: name.clone(), shape: node.shape.to_string() })?;
             let row = token_dims.iter().product();
-            caches.push(PagedCache { name, dtype: node.dtype, token_dims, row, blocks: vec![Vec::new(); blocks] });
+            caches.push(PagedCache { name, dtype: node.dtype, token_dims, row, blocks: Vec::new() });
         }
         if caches.is_empty() {
             return Err(PagedKvError::NoCaches);
@@ -107,7 +108,7 @@ impl PagedKv {
         let mut values = Vec::with_capacity(tokens * cache.row);
         for start in (0..tokens).step_by(b) {
             let block = table[start / b];
-            let data = &cache.blocks[block as usize];
+            let data = cache.blocks.get(block as usize).map_or(&[][..], Vec::as_slice);
             if data.is_empty() {
                 return Err(PagedKvError::Unwritten { block });
             }
@@ -125,7 +126,12 @@ impl PagedKv {
         let tokens = all.len() / row.max(1);
         self.check_table(table, tokens)?;
         for p in from..tokens {
-            let data = &mut self.caches[c].blocks[table[p / b] as usize];
+            let blocks = &mut self.caches[c].blocks;
+            let block = table[p / b] as usize;
+            if block >= blocks.len() {
+                blocks.resize_with(block + 1, Vec::new);
+            }
+            let data = &mut blocks[block];
             if data.is_empty() {
                 data.resize(b * row, 0.0);
             }

@@ -71,6 +71,11 @@ impl Checkpoint {
         self.files.iter().map(|f| f.path.as_path()).collect()
     }
 
+    /// The file holding tensor `name`, if the checkpoint has it.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.entries.get(name).map(|e| self.path_of(e))
+    }
+
     /// The stored shape of a tensor.
     pub fn shape(&self, name: &str) -> Result<&[usize], WeightError> {
         Ok(&self.entry(name)?.shape)
@@ -152,6 +157,12 @@ impl Checkpoint {
                 path,
                 format!("tensor {name}: {} bytes of {} do not match shape {:?}", bytes.len(), entry.dtype, entry.shape),
             ));
+        }
+        // NaN or inf in a weight makes every logit NaN, and greedy decoding then prints token
+        // 0 forever: refused here, where the tensor and file can be named.
+        if let Some(first) = values.iter().position(|v| !v.is_finite()) {
+            let count = values[first..].iter().filter(|v| !v.is_finite()).count();
+            return Err(WeightError::NonFinite { name: name.to_string(), path: path.to_path_buf(), count, first });
         }
         let tensor = Tensor::from_f32(dtype, entry.shape.clone(), values);
         if dtype == DType::F16 {

@@ -14,34 +14,55 @@ use super::outputs::write_atomically;
 /// The largest `--batch` file read (it is held in memory whole, with its requests).
 const MAX_BATCH_FILE_BYTES: u64 = 1 << 30;
 
-/// How `--batch` runs.
+/// The most sequences `--max-batch` runs at once (vLLM's default is 256).
+const MAX_BATCH: u64 = 4096;
+
+/// How `--batch` runs. Each flag is an error without `--batch`; unset, it takes the batch
+/// engine's default (`BatchOptions::default`).
 #[derive(clap::Args, Clone, Debug)]
 pub struct BatchArgs {
-    /// With --batch: reuse the KV of full blocks of tokens that earlier requests computed.
-    #[arg(long, value_enum, default_value = "on", requires = "batch")]
-    prefix_cache: OnOff,
-    /// With --batch: the KV cache's size, shared by all sequences (e.g. 48KiB, 512MiB, 2GiB).
-    #[arg(long, default_value = "1GiB", value_parser = parse_size, requires = "batch")]
-    kv_memory: usize,
-    /// With --batch: tokens per KV block (the unit of allocation and of prefix reuse).
-    #[arg(long, default_value_t = 16, value_parser = at_least_one(), requires = "batch")]
-    kv_block_tokens: usize,
-    /// With --batch: sequences running at once.
-    #[arg(long, default_value_t = 64, value_parser = at_least_one(), requires = "batch")]
-    max_batch: usize,
-    /// With --batch: tokens computed per step across all sequences.
-    #[arg(long, default_value_t = 2048, value_parser = at_least_one(), requires = "batch")]
-    max_step_tokens: usize,
-}
-
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
+    /// With --batch: reuse the KV of full blocks of tokens that earlier requests computed
+    /// [default: on].
+    #[arg(long, value_enum)]
+    prefix_cache: Option<OnOff>,
+    /// With --batch: the KV cache's size, shared by all sequences (e.g. 48KiB, 512MiB, 2GiB);
+    /// at most the host's memory (the GPU's with --device cuda) [default: 1GiB].
+    #[arg(long, value_parser = parse_size)]
+    kv_memory: Option<usize>,
+    /// With --batch: tokens per KV block (the unit of allocation and of prefix reuse) [default: 16].
+    #[arg(long, value_parser = super::at_least_one())]
+    kv_block_tokens: Option<usize>,
+    /// With --batch: sequences running at once, at most 4096 [default: 64].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_BATCH))]
+    max_batch: Option<usize>,
+    /// With --batch: tokens computed per step across all sequences [default: 2048].
+    #[arg(long, value_parser = super::at_least_one())]
+    max_step_tokens: Option<usize>,
 }
 
 impl BatchArgs {
-    /// Sequences running at once.
-    pub fn max_batch(&self) -> usize {
-        self.max_batch
+    /// The batch-only flags given (each is an error without `--batch`).
+    pub fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            ("--prefix-cache", self.prefix_cache.is_some()),
+            ("--kv-memory", self.kv_memory.is_some()),
+            ("--kv-block-tokens", self.kv_block_tokens.is_some()),
+            ("--max-batch", self.max_batch.is_some()),
+            ("--max-step-tokens", self.max_step_tokens.is_some()),
+        ];
+        flags.into_iter().filter(|(_, set)| *set).map(|(flag, _)| flag).collect()
+    }
+
+    /// The batch engine's options: the flags given, its defaults for the others.
+    pub fn options(&self) -> BatchOptions {
+        let d = BatchOptions::default();
+        BatchOptions {
+            kv_budget_bytes: self.kv_memory.unwrap_or(d.kv_budget_bytes),
+            block_tokens: self.kv_block_tokens.unwrap_or(d.block_tokens),
+            max_batch: self.max_batch.unwrap_or(d.max_batch),
+            max_step_tokens: self.max_step_tokens.unwrap_or(d.max_step_tokens),
+            prefix_cache: self.prefix_cache.map_or(d.prefix_cache, |p| p == OnOff::On),
+        }
     }
 }
 
@@ -174,13 +195,7 @@ pub fn run(
     tokenizer: Option<&Tokenizer>,
     ids_out: Option<&Path>,
 ) -> Result<()> {
-    let options = BatchOptions {
-        kv_budget_bytes: args.kv_memory,
-        block_tokens: args.kv_block_tokens,
-        max_batch: args.max_batch,
-        max_step_tokens: args.max_step_tokens,
-        prefix_cache: args.prefix_cache == OnOff::On,
-    };
+    let options = args.options();
     let requests = &file.requests;
     let mut stdout = std::io::stdout().lock();
     let (mut finished, mut generated) = (0, 0);
@@ -240,7 +255,7 @@ fn summary(requests: usize, stats: &BatchStats) -> String {
         s.computed_tokens as f64 / secs,
         s.steps,
         s.preemptions,
-        format_size(stats.kv.budget_bytes),
+        super::size(stats.kv.budget_bytes as u64),
         stats.kv.blocks,
         stats.kv.block_tokens,
     )
@@ -267,16 +282,6 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         return Err(format!("{s:?} is not a usable size"));
     }
     Ok(bytes as usize)
-}
-
-fn format_size(bytes: usize) -> String {
-    let b = bytes as f64;
-    match bytes {
-        _ if bytes >= 1 << 30 => format!("{:.2} GiB", b / 1073741824.0),
-        _ if bytes >= 1 << 20 => format!("{:.2} MiB", b / 1048576.0),
-        _ if bytes >= 1 << 10 => format!("{:.1} KiB", b / 1024.0),
-        _ => format!("{bytes} B"),
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use smelt::runtime::cuda::Gpu;
 
 use super::generate::load;
 use super::outputs::{write_atomically, Reads};
-use super::{parse_ids, DTypeArg};
+use super::{numbers, DTypeArg, Numbers};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,8 +26,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "bf16")]
     dtype: DTypeArg,
     /// Contexts (tokens already in the KV cache) at which decode is timed.
-    #[arg(long, default_value = "128,1024,4096")]
-    contexts: String,
+    #[arg(long, default_value = "128,1024,4096", value_parser = numbers)]
+    contexts: Numbers,
     /// Timed decode steps per context.
     #[arg(long, default_value_t = 64)]
     steps: usize,
@@ -42,16 +42,16 @@ pub struct Args {
     no_pdl: bool,
     /// Also time prefill of these prompt lengths through the prefill kernels (tensor-core GEMM,
     /// flash attention; experimental), e.g. 512,2048.
-    #[arg(long)]
-    prefill: Option<String>,
+    #[arg(long, value_parser = numbers)]
+    prefill: Option<Numbers>,
     /// Also time every kernel of one step at the largest context (device events between
     /// launches) and print where the step's time goes.
     #[arg(long)]
     profile: bool,
     /// Also time batched decode steps of these many sequences at once, each at context 128
     /// (as the PyTorch baseline's batched decode), e.g. 8,32,64.
-    #[arg(long)]
-    batch: Option<String>,
+    #[arg(long, value_parser = numbers)]
+    batch: Option<Numbers>,
 }
 
 /// The context of every sequence in a timed batched decode step.
@@ -70,8 +70,10 @@ pub fn run(a: Args) -> Result<()> {
         };
         reads.check_output("--json", path)?;
     }
-    let contexts = parse_ids(&a.contexts)?;
+    let contexts = a.contexts.0.clone();
     let dtype = a.dtype.into();
+    // The GPU first: without one this fails in a second, before the host model is built.
+    super::MemoryLimit::gpu("smelt bench")?;
     let t0 = Instant::now();
     let cpu = match &a.model {
         Some(dir) => load(dir, dtype, false)?,
@@ -81,9 +83,9 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     eprintln!("host model ready in {:.1}s", t0.elapsed().as_secs_f64());
-    let prefill_lengths = a.prefill.as_deref().map(parse_ids).transpose()?.unwrap_or_default();
+    let prefill_lengths = a.prefill.as_ref().map(|n| n.0.clone()).unwrap_or_default();
     let longest = contexts.iter().chain(&prefill_lengths).max().copied().unwrap_or(1) as usize;
-    let batch_sizes = a.batch.as_deref().map(parse_ids).transpose()?.unwrap_or_default();
+    let batch_sizes = a.batch.as_ref().map(|n| n.0.clone()).unwrap_or_default();
     let batch_rows = batch_sizes.iter().max().copied().unwrap_or(0) as usize;
     // One sequence at the longest context, or every batched sequence in blocks of its own.
     let block = smelt::passes::DEFAULT_BLOCK_TOKENS;
@@ -122,10 +124,10 @@ pub fn run(a: Args) -> Result<()> {
         ..DecoderOptions::new(max_context)
     };
 
-    let cold = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("--device cuda")?;
+    let cold = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("starting the CUDA backend")?;
     let jit_cold = cold.decoder().jit().seconds;
     let cpu = cold.into_cpu();
-    let mut model = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("--device cuda")?;
+    let mut model = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("starting the CUDA backend")?;
     let jit_cached = model.decoder().jit().seconds;
     let _ = std::fs::remove_dir_all(&cache_dir);
     eprintln!(

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use smelt::models::CausalLm;
+use smelt::models::{CausalLm, Qwen3Config};
 use smelt::runtime::cuda::NodeCheck;
 
 use super::generate::{load, load_cuda};
-use super::{parse_ids, CudaArgs, DTypeArg};
+use super::{model_dir_arg, numbers, CudaArgs, DTypeArg, MemoryLimit, Numbers};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,12 +18,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "bf16")]
     dtype: DTypeArg,
     /// Context positions at which a step is checked (steps in between run normally).
-    #[arg(long, default_value = "0,1,17,300")]
-    positions: String,
+    #[arg(long, default_value = "0,1,17,300", value_parser = numbers)]
+    positions: Numbers,
     /// Also check the prefill kernels on prompt chunks of these lengths, one after another
     /// (the second runs after the first's tokens are cached), e.g. 48,80.
-    #[arg(long)]
-    prefill: Option<String>,
+    #[arg(long, value_parser = numbers)]
+    prefill: Option<Numbers>,
     /// Also check one batched decode step of this many sequences against the same rows run
     /// one sequence at a time (bf16/f16 models).
     #[arg(long)]
@@ -36,12 +36,16 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut positions = parse_ids(&a.positions)?;
+    let mut positions = a.positions.0.clone();
     positions.sort_unstable();
     positions.dedup();
+    // The GPU first: without one this fails in a second, before the weights are read.
+    let gpu = MemoryLimit::gpu("smelt check-kernels")?;
+    let config = Qwen3Config::from_file(&model_dir_arg(&a.model)?.join("config.json"))?;
+    a.cuda.check_fits(&config, a.dtype.into(), &gpu)?;
     let cpu = load(&a.model, a.dtype.into(), false)?;
     let vocab = cpu.config().vocab_size as u64;
-    let prefill = a.prefill.as_deref().map(parse_ids).transpose()?.unwrap_or_default();
+    let prefill = a.prefill.as_ref().map(|n| n.0.clone()).unwrap_or_default();
     let mut cuda = a.cuda.clone();
     cuda.gpu_prefill |= !prefill.is_empty();
     cuda.batch_rows = a.batch.unwrap_or(0);

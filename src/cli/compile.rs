@@ -35,18 +35,32 @@ pub struct Args {
     /// Print the decode graph as it is after this pass (e.g. fuse_rmsnorm).
     #[arg(long, value_name = "PASS")]
     dump_after: Option<String>,
-    /// Tokens per KV-cache block.
-    #[arg(long, default_value_t = smelt::passes::DEFAULT_BLOCK_TOKENS)]
+    /// Tokens per KV-cache block (at most max_position_embeddings).
+    #[arg(long, default_value_t = smelt::passes::DEFAULT_BLOCK_TOKENS,
+          value_parser = super::at_least_one())]
     kv_block_tokens: usize,
-    /// Memory for the KV cache, in GiB, to size the paged cache from.
-    #[arg(long, default_value_t = 4.0)]
+    /// Memory for the KV cache, in GiB, to size the paged cache from (at most 1024: no GPU
+    /// has more memory).
+    #[arg(long, default_value_t = 4.0, value_parser = parse_gib)]
     kv_budget_gib: f64,
-    /// Prompt length at which the prefill arena is planned.
-    #[arg(long, default_value_t = 512)]
-    prefill_tokens: usize,
+    /// Prompt length at which the prefill arena is planned, at most max_position_embeddings
+    /// [default: 512, or the context if shorter].
+    #[arg(long, value_parser = super::at_least_one())]
+    prefill_tokens: Option<usize>,
     /// GPU architecture the dumped kernels are compiled for (sm_90, sm_80).
     #[arg(long, default_value = "sm_90", value_parser = parse_arch)]
     arch: Arch,
+}
+
+/// The largest `--kv-budget-gib`: more than any GPU has (the largest hold 288 GB).
+const MAX_KV_BUDGET_GIB: f64 = 1024.0;
+
+fn parse_gib(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of GiB"))?;
+    if !(v.is_finite() && v > 0.0 && v <= MAX_KV_BUDGET_GIB) {
+        return Err(format!("must be a number of GiB in (0, {MAX_KV_BUDGET_GIB}], found {s}"));
+    }
+    Ok(v)
 }
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
@@ -67,13 +81,22 @@ pub fn run(a: Args) -> Result<()> {
         (None, Some(path)) => (Qwen3Config::from_file(path)?, path.display().to_string()),
         (None, None) => (Qwen3Config::qwen3_0_6b(), "embedded Qwen3-0.6B config".to_string()),
     };
+    let prefill_tokens = a.prefill_tokens.unwrap_or(512.min(cfg.max_position_embeddings));
+    for (flag, value) in [("--prefill-tokens", prefill_tokens), ("--kv-block-tokens", a.kv_block_tokens)] {
+        if value > cfg.max_position_embeddings {
+            bail!(
+                "{flag} {value} is more than the model's context ({} tokens, max_position_embeddings)",
+                cfg.max_position_embeddings
+            );
+        }
+    }
     let dtype = a.dtype.map(DType::from).or(cfg.checkpoint_dtype).unwrap_or(DType::BF16);
     let opts = |phase, logits| DeclareOptions { phase, dtype, logits };
     let mut decode = declare(&cfg, opts(Phase::Decode, Logits::LastPosition)).context("declaring the decode graph")?;
     let mut prefill =
         declare(&cfg, opts(Phase::Prefill, Logits::AllPositions)).context("declaring the prefill graph")?;
     let primitive = (decode.clone(), prefill.clone());
-    print!("{}", summary(&cfg, &origin, dtype, &decode, &prefill));
+    print!("{}", summary(&cfg, &origin, dtype, &decode, &prefill)?);
     let mut pass_dumps = Vec::new();
     if !a.no_fuse {
         let keep = a.dump.is_some() || a.dump_after.is_some();
@@ -140,7 +163,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     };
-    let plan = Plan::new(&decode, &prefill, a.prefill_tokens, a.kv_block_tokens, a.kv_budget_gib)?;
+    let plan = Plan::new(&decode, &prefill, prefill_tokens, a.kv_block_tokens, a.kv_budget_gib)?;
     print!("{}", plan.summary(a.no_fuse));
     if let Some(out) = &mut dump {
         let graphs = [
@@ -178,10 +201,15 @@ struct Plan {
 
 impl Plan {
     fn new(decode: &Graph, prefill: &Graph, prefill_tokens: usize, block: usize, budget_gib: f64) -> Result<Plan> {
-        let graph_figures = |g: &Graph, t: usize| {
+        let graph_figures = |g: &Graph, t: usize| -> Result<(OpCounts, serde_json::Value)> {
             let b = Bindings { batch: 1, new_tokens: t, cached_tokens: 0 };
             let counts = op_counts(g);
             let mem = plan_memory(g, &b);
+            if mem.overflowed() {
+                bail!("the activation arena of {t} new tokens overflows a 64-bit byte count");
+            }
+            let weight_bytes =
+                weight_bytes_read(g, &b).context("the weight bytes read per step overflow a 64-bit count")?;
             let json = serde_json::json!({
                 "ops": counts.ops,
                 "ops_per_layer": counts.ops_per_layer,
@@ -190,12 +218,13 @@ impl Plan {
                 "arena_bytes": mem.arena_bytes,
                 "arena_bytes_without_reuse": mem.naive_bytes,
                 "new_tokens": t,
-                "weight_bytes_read": weight_bytes_read(g, &b),
+                "weight_bytes_read": weight_bytes,
             });
-            (counts, json)
+            Ok((counts, json))
         };
-        let (decode_counts, decode_json) = graph_figures(decode, 1);
-        let (_, prefill_json) = graph_figures(prefill, prefill_tokens);
+        let (decode_counts, decode_json) = graph_figures(decode, 1)?;
+        let (_, prefill_json) = graph_figures(prefill, prefill_tokens).context("--prefill-tokens")?;
+        // At most 2^40 bytes (parse_gib).
         let budget = (budget_gib * (1u64 << 30) as f64) as usize;
         let kv = plan_kv(decode, block, budget).context("planning the KV cache")?;
         let json = serde_json::json!({ "decode": decode_json, "prefill": prefill_json, "kv": kv });
@@ -233,7 +262,7 @@ impl Plan {
     }
 }
 
-fn summary(cfg: &Qwen3Config, origin: &str, dtype: DType, decode: &Graph, prefill: &Graph) -> String {
+fn summary(cfg: &Qwen3Config, origin: &str, dtype: DType, decode: &Graph, prefill: &Graph) -> Result<String> {
     let mut s = String::new();
     let _ = writeln!(s, "Qwen3 from {origin}, dtype {dtype}");
     let _ = writeln!(
@@ -248,23 +277,24 @@ fn summary(cfg: &Qwen3Config, origin: &str, dtype: DType, decode: &Graph, prefil
         cfg.vocab_size,
         cfg.tie_word_embeddings
     );
-    let params = parameter_count(decode);
-    let _ = writeln!(s, "  parameters: {params} ({:.3} GB in {dtype})", (params * dtype.size_bytes()) as f64 / 1e9);
+    let params = parameter_count(decode).context("the parameter count overflows a 64-bit count")?;
+    let _ =
+        writeln!(s, "  parameters: {params} ({:.3} GB in {dtype})", (params as f64 * dtype.size_bytes() as f64) / 1e9);
     for (name, g) in [("decode", decode), ("prefill", prefill)] {
         let hist = op_histogram(g);
         let kinds: Vec<String> = hist.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(s, "  {name} graph: {} ops: {}", g.node_count(), kinds.join(", "));
     }
     let step = Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 };
-    let weights = weight_bytes_read(decode, &step);
+    let weights = weight_bytes_read(decode, &step).context("the weight bytes read per step overflow a 64-bit count")?;
     let kv = cfg.kv_bytes_per_token(dtype);
     let _ = writeln!(
         s,
         "  bytes read per decode step: {weights} of weights ({:.3} GB) + {kv} of KV cache per context token",
         weights as f64 / 1e9
     );
-    let _ = writeln!(s, "    at context 1024: {:.3} GB", (weights + 1024 * kv) as f64 / 1e9);
-    s
+    let _ = writeln!(s, "    at context 1024: {:.3} GB", (weights as f64 + 1024.0 * kv as f64) / 1e9);
+    Ok(s)
 }
 
 fn write_graphs(out: &mut Dump, graphs: &[(&str, &Graph)]) -> Result<()> {

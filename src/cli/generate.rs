@@ -8,12 +8,13 @@ use anyhow::{bail, Context, Result};
 use smelt::ir::DType;
 use smelt::models::qwen3::Logits;
 use smelt::models::{
-    generate as run_generation, CausalLm, LoadOptions, Qwen3Cpu, Qwen3Cuda, SamplingParams, StopMatcher, Tokenizer,
+    generate as run_generation, CausalLm, LoadOptions, Qwen3Config, Qwen3Cpu, Qwen3Cuda, SamplingParams, StopMatcher,
+    Tokenizer,
 };
 
 use super::batch::{self, BatchArgs};
 use super::outputs::{write_atomically, Reads};
-use super::{model_dir_arg, parse_ids, CudaArgs, DTypeArg, Device};
+use super::{model_dir_arg, token_ids, CudaArgs, DTypeArg, Device, MemoryLimit, Numbers};
 
 #[derive(clap::Args)]
 pub struct LogitsArgs {
@@ -21,8 +22,8 @@ pub struct LogitsArgs {
     #[arg(long)]
     model: PathBuf,
     /// Comma-separated prompt token ids, e.g. 5,17,42.
-    #[arg(long)]
-    prompt_ids: String,
+    #[arg(long, value_parser = token_ids)]
+    prompt_ids: Numbers,
     /// Output safetensors file; holds `logits`, f32, [T, vocab].
     #[arg(long)]
     out: PathBuf,
@@ -39,8 +40,8 @@ pub struct GenerateArgs {
     #[arg(long, conflicts_with = "prompt_ids", required_unless_present_any = ["prompt_ids", "batch"])]
     prompt: Option<String>,
     /// The prompt as comma-separated token ids.
-    #[arg(long)]
-    prompt_ids: Option<String>,
+    #[arg(long, value_parser = token_ids)]
+    prompt_ids: Option<Numbers>,
     /// Generate for every request of a JSON Lines file, batched: one object per line with
     /// "prompt", "prompt_ids" or "messages", and optionally its own "max_new_tokens",
     /// "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
@@ -144,7 +145,17 @@ impl BackendArgs {
         }
     }
 
-    /// Loads the model in `dir` on the chosen device.
+    /// The memory a budget flag may ask for on the chosen device; on CUDA this probes the
+    /// GPU, so a machine without one fails here, before any weights are loaded.
+    pub fn memory_limit(&self) -> Result<Option<MemoryLimit>> {
+        match self.device {
+            Device::Cpu => Ok(MemoryLimit::host()),
+            Device::Cuda => Ok(Some(MemoryLimit::gpu("--device cuda")?)),
+        }
+    }
+
+    /// Loads the model in `dir` on the chosen device. For CUDA, the GPU is probed and the KV
+    /// cache checked against its memory first.
     pub fn load(&self, dir: &Path) -> Result<Box<dyn CausalLm>> {
         if self.device == Device::Cpu {
             return Ok(Box::new(load(dir, self.dtype(), self.no_fuse)?));
@@ -152,6 +163,9 @@ impl BackendArgs {
         if self.no_fuse {
             bail!("--no-fuse: the CUDA backend runs fused graphs only");
         }
+        let gpu = MemoryLimit::gpu("--device cuda")?;
+        let config = Qwen3Config::from_file(&model_dir_arg(dir)?.join("config.json"))?;
+        self.cuda.check_fits(&config, self.dtype(), &gpu)?;
         let cpu = load(dir, self.dtype(), false)?;
         Ok(Box::new(load_cuda(cpu, &self.cuda)?))
     }
@@ -160,7 +174,7 @@ impl BackendArgs {
 /// Compiles and uploads a loaded model to the GPU, reporting the JIT and memory.
 pub fn load_cuda(cpu: Qwen3Cpu, cuda: &CudaArgs) -> Result<Qwen3Cuda> {
     let options = cuda.options(cpu.config());
-    let model = Qwen3Cuda::new(cpu, &options).context("--device cuda")?;
+    let model = Qwen3Cuda::new(cpu, &options).context("starting the CUDA backend")?;
     let d = model.decoder();
     let jit = d.jit();
     let bytes: Vec<String> =
@@ -181,8 +195,15 @@ pub fn load(dir: &Path, dtype: DType, no_fuse: bool) -> Result<Qwen3Cpu> {
     let t0 = Instant::now();
     let options = LoadOptions { dtype, fuse: !no_fuse };
     let model = Qwen3Cpu::load_with(&dir, options).with_context(|| format!("loading {}", dir.display()))?;
-    for name in model.unused_tensors() {
-        eprintln!("warning: {}: tensor {name} is not used by the model", dir.display());
+    let unused = model.unused_tensors();
+    if !unused.is_empty() {
+        // One line, however many: a checkpoint of another model can hold thousands.
+        const SHOWN: usize = 5;
+        let mut names = unused.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+        if unused.len() > SHOWN {
+            names.push_str(&format!(" and {} more", unused.len() - SHOWN));
+        }
+        eprintln!("warning: {}: {} tensors are not used by the model: {names}", dir.display(), unused.len());
     }
     let c = model.config();
     eprintln!(
@@ -198,7 +219,7 @@ pub fn load(dir: &Path, dtype: DType, no_fuse: bool) -> Result<Qwen3Cpu> {
 
 pub fn logits(a: LogitsArgs) -> Result<()> {
     Reads::new().model_dir(&a.model).check_output("--out", &a.out)?;
-    let ids = parse_ids(&a.prompt_ids)?;
+    let ids = a.prompt_ids.0.clone();
     let mut model = a.backend.load(&a.model)?;
     let t0 = Instant::now();
     let logits = model.forward(&ids, Logits::AllPositions)?;
@@ -245,6 +266,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         reads.check_output("--ids-out", path)?;
     }
     let sampling = a.sampling.params()?;
+    smelt::models::check_stops(&a.stop).map_err(|e| anyhow::anyhow!("--stop: {e}"))?;
+    if let Some(flag) = a.batching.given().first().filter(|_| a.batch.is_none()) {
+        bail!("{flag} applies to a batch: add --batch FILE.jsonl");
+    }
     if a.no_think && !a.chat && a.batch.is_none() {
         bail!("--no-think applies to a chat: add --chat");
     }
@@ -258,9 +283,13 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             enable_thinking: a.no_think.then_some(false),
         };
         let file = batch::read_requests(path, &defaults, tokenizer.as_ref())?;
+        if let Some(limit) = a.backend.memory_limit()? {
+            let bytes = a.batching.options().kv_budget_bytes as u64;
+            limit.check(&format!("--kv-memory {}", super::size(bytes)), bytes)?;
+        }
         // On CUDA, compile the batched decode step for the batch's width.
         let mut backend = a.backend;
-        backend.cuda.batch_rows = a.batching.max_batch();
+        backend.cuda.batch_rows = a.batching.options().max_batch;
         let mut model = backend.load(&a.model)?;
         let lm = model.as_batch().context("this backend cannot run a batch")?;
         return batch::run(lm, &file, &a.batching, tokenizer.as_ref(), a.ids_out.as_deref());
@@ -269,7 +298,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         bail!("--chat takes the user's turn from --prompt TEXT (not --prompt-ids)");
     }
     let prompt = match (&a.prompt, &a.prompt_ids) {
-        (_, Some(ids)) => parse_ids(ids)?,
+        (_, Some(ids)) => ids.0.clone(),
         (Some(text), None) => match &tokenizer {
             Some(t) => t.encode(&prompt_text(&a, text, t)?)?,
             None => bail!(

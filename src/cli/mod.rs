@@ -12,7 +12,7 @@ mod tokenize;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use smelt::ir::DType;
 
@@ -44,6 +44,14 @@ enum Command {
     CheckKernels(check::Args),
 }
 
+/// The command line, parsed. Every subcommand reads `-1` as a value (a flag's parser then
+/// refuses it by name), not as an unknown flag.
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().mut_subcommands(|s| s.allow_negative_numbers(true)).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Compile(a) => compile::run(a),
@@ -69,7 +77,7 @@ pub enum Device {
 #[derive(clap::Args, Clone, Debug)]
 pub struct CudaArgs {
     /// Tokens the GPU's KV cache holds (default: the model's context, at most 32768).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     kv_tokens: Option<usize>,
     /// Launch the decode step's kernels one by one instead of replaying a CUDA graph.
     #[arg(long)]
@@ -88,8 +96,19 @@ pub struct CudaArgs {
 }
 
 impl CudaArgs {
+    fn kv_tokens(&self, config: &smelt::models::Qwen3Config) -> usize {
+        self.kv_tokens.unwrap_or(config.max_position_embeddings.min(32768))
+    }
+
+    /// Refuses a KV cache larger than the GPU's memory, before any weights are loaded.
+    pub fn check_fits(&self, config: &smelt::models::Qwen3Config, dtype: DType, gpu: &MemoryLimit) -> Result<()> {
+        let tokens = self.kv_tokens(config);
+        let bytes = tokens.checked_mul(config.kv_bytes_per_token(dtype)).map_or(u64::MAX, |b| b as u64);
+        gpu.check(&format!("--kv-tokens {tokens} ({} of KV cache in {dtype})", size(bytes)), bytes)
+    }
+
     fn options(&self, config: &smelt::models::Qwen3Config) -> smelt::runtime::cuda::DecoderOptions {
-        let kv_tokens = self.kv_tokens.unwrap_or(config.max_position_embeddings.min(32768));
+        let kv_tokens = self.kv_tokens(config);
         smelt::runtime::cuda::DecoderOptions {
             cuda_graphs: !self.no_cuda_graphs,
             pdl: !self.no_pdl,
@@ -117,19 +136,80 @@ impl From<DTypeArg> for DType {
     }
 }
 
-/// Parses `5,17,42` (spaces allowed) into ids.
-pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
-    let mut ids = Vec::new();
+/// The most memory a budget may ask for: the host's on the CPU, the GPU's on CUDA.
+pub struct MemoryLimit {
+    bytes: u64,
+    what: String,
+}
+
+impl MemoryLimit {
+    /// This machine's memory, where the OS says (`None` elsewhere: nothing to check against).
+    pub fn host() -> Option<MemoryLimit> {
+        let bytes = smelt::runtime::files::host_memory_bytes()?;
+        Some(MemoryLimit { bytes, what: "this machine's memory (MemTotal in /proc/meminfo)".into() })
+    }
+
+    /// Probes the GPU (within a second, allocating nothing) for its memory; the error says
+    /// which command needed it, never a flag the user did not pass.
+    pub fn gpu(command: &str) -> Result<MemoryLimit> {
+        let info = smelt::runtime::cuda::probe(0).with_context(|| format!("{command} needs an NVIDIA GPU"))?;
+        Ok(MemoryLimit { bytes: info.total_bytes as u64, what: format!("the memory of {}", info.name) })
+    }
+
+    /// `bytes` asked for by `flag` fits.
+    pub fn check(&self, flag: &str, bytes: u64) -> Result<()> {
+        if bytes > self.bytes {
+            bail!("{flag} is more than {}: {} ({} bytes)", self.what, size(self.bytes), self.bytes);
+        }
+        Ok(())
+    }
+}
+
+/// `2.00 GiB`, `48.0 KiB`, `512 B`.
+pub fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        _ if bytes >= 1 << 30 => format!("{:.2} GiB", b / 1073741824.0),
+        _ if bytes >= 1 << 20 => format!("{:.2} MiB", b / 1048576.0),
+        _ if bytes >= 1 << 10 => format!("{:.1} KiB", b / 1024.0),
+        _ => format!("{bytes} B"),
+    }
+}
+
+/// A count that must be at least 1, as a clap value parser (the error names the flag).
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// A comma-separated list of non-negative integers (`5,17,42`, spaces allowed): token ids,
+/// contexts, lengths. Parsed by clap, so an error names the flag.
+#[derive(Clone, Debug)]
+pub struct Numbers(pub Vec<u32>);
+
+/// The value parser of [`Numbers`] for counts and lengths.
+pub fn numbers(s: &str) -> Result<Numbers, String> {
+    list_of(s, "a non-negative integer", "numbers")
+}
+
+/// The value parser of [`Numbers`] for token ids.
+pub fn token_ids(s: &str) -> Result<Numbers, String> {
+    list_of(s, "a token id", "token ids")
+}
+
+fn list_of(s: &str, one: &str, many: &str) -> Result<Numbers, String> {
+    let mut values = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.parse::<u32>() {
-            Ok(id) => ids.push(id),
-            Err(_) => bail!("{part:?} is not a token id (expected non-negative integers separated by commas)"),
+            Ok(v) => values.push(v),
+            Err(_) => {
+                return Err(format!("{part:?} is not {one} (expected non-negative integers separated by commas)"))
+            }
         }
     }
-    if ids.is_empty() {
-        bail!("no token ids given");
+    if values.is_empty() {
+        return Err(format!("no {many} given"));
     }
-    Ok(ids)
+    Ok(Numbers(values))
 }
 
 pub fn model_dir_arg(dir: &std::path::Path) -> Result<PathBuf> {

@@ -14,8 +14,8 @@ pub struct Args {
     #[arg(long, conflicts_with = "decode", required_unless_present = "decode")]
     text: Option<String>,
     /// Comma-separated ids to decode instead.
-    #[arg(long)]
-    decode: Option<String>,
+    #[arg(long, value_parser = super::token_ids)]
+    decode: Option<super::Numbers>,
     /// With --decode: drop special tokens from the text.
     #[arg(long)]
     skip_special_tokens: bool,
@@ -29,7 +29,7 @@ pub fn run(a: Args) -> Result<()> {
             println!("{}", serde_json::to_string(&ids).context("serializing ids")?);
         }
         (None, Some(ids)) => {
-            let ids = super::parse_ids(&ids)?;
+            let ids = ids.0;
             print!("{}", tok.decode(&ids, a.skip_special_tokens)?);
         }
         (None, None) => unreachable!("clap requires --text or --decode"),

@@ -1,10 +1,10 @@
 //! ArgMax over the last axis (greedy sampling from the logits), one block per row.
 //!
-//! `ir::eval` scans left to right keeping `best` and moving only when `x[k] > x[best]`. So the
-//! answer is the first index of the largest value, NaNs never win (every comparison with NaN
-//! is false), and a NaN at index 0 is the answer (nothing is greater than it). The parallel
-//! version keeps (value, index) pairs ordered by value, then lower index, skipping NaNs, and
-//! settles the index-0 NaN case at the end.
+//! The answer is the first index of the largest value, or -1 when the row holds a NaN or an
+//! infinity (`Op::ArgMax`): the runtime reads -1 with the token and fails the step, so broken
+//! logits cost no extra check or transfer. The parallel version keeps (value, index) pairs
+//! ordered by value, then lower index; a non-finite value enters as index -1, which beats
+//! everything.
 
 use std::fmt::Write;
 
@@ -32,10 +32,13 @@ pub fn argmax(name: &str, rows: Dim, v: usize, dtype: DType) -> Kernel {
     let warps = block / 32;
     let mut s = String::from(PRELUDE);
     s.push_str(concat!(
-        "/* ArgMax as ir::eval's left-to-right scan with `>`: the first index of the largest value;\n",
-        "   NaNs never win (all their comparisons are false), except a NaN at index 0. */\n",
-        "/* Whether (v, i) beats (bv, bi): larger, or equal and earlier. NaN beats nothing. */\n",
+        "/* ArgMax as ir::eval's: the first index of the largest value; -1 for a row holding a NaN\n",
+        "   or an infinity. */\n",
+        "/* Whether (v, i) beats (bv, bi): a non-finite value (i = -1) beats all, then larger, then\n",
+        "   equal and earlier. */\n",
         "SMELT_FN bool smelt_argmax_better(float v, int i, float bv, int bi) {\n",
+        "  if (bi < 0) return false;\n",
+        "  if (i < 0) return true;\n",
         "  return v > bv || (v == bv && i < bi);\n",
         "}\n",
         "/* Folds the lanes' candidates together; every lane ends with the warp's winner. */\n",
@@ -76,7 +79,7 @@ pub fn argmax(name: &str, rows: Dim, v: usize, dtype: DType) -> Kernel {
     let _ = writeln!(s, "#pragma unroll\n      for (int e = 0; e < {vec}; ++e) {{");
     let _ = writeln!(
         s,
-        "        const float v = {};\n        const int i = (int)(c * {vec}u) + e;",
+        "        const float v = {};\n        const int i = fabsf(v) <= 3.402823466e+38f ? (int)(c * {vec}u) + e : -1;",
         load(dtype, "xv.e", "e")
     );
     s.push_str("        if (smelt_argmax_better(v, i, bv, bi)) { bv = v; bi = i; }\n      }\n    }\n");
@@ -89,10 +92,7 @@ pub fn argmax(name: &str, rows: Dim, v: usize, dtype: DType) -> Kernel {
         "      bv = lane < {warps}u ? warp_v[lane] : none_v;\n      bi = lane < {warps}u ? warp_i[lane] : none_i;"
     );
     s.push_str("      smelt_argmax_warp(bv, bi);\n");
-    s.push_str("      if (lane == 0) {\n");
-    let _ = writeln!(s, "        const float first = {};", load(dtype, "xr", "0"));
-    s.push_str("        /* eval never moves off a NaN at index 0; all-NaN rows start with one. */\n");
-    s.push_str("        y[row] = (first != first || bi == none_i) ? 0 : bi;\n      }\n    }\n");
+    s.push_str("      if (lane == 0) y[row] = bi;\n    }\n");
     s.push_str("    __syncthreads();  /* warp_v and warp_i are reused by the next row */\n  }\n}\n");
     Kernel {
         name: name.to_string(),

@@ -123,13 +123,15 @@ pub fn argmax(x: &Tensor, axis: usize) -> Tensor {
     let mut out = Vec::with_capacity(outer * inner);
     for o in 0..outer {
         for i in 0..inner {
+            let at = |k: usize| v[(o * len + k) * inner + i];
             let mut best = 0;
             for k in 1..len {
-                if v[(o * len + k) * inner + i] > v[(o * len + best) * inner + i] {
+                if at(k) > at(best) {
                     best = k;
                 }
             }
-            out.push(best as i32);
+            let finite = (0..len).all(|k| at(k).is_finite());
+            out.push(if finite { best as i32 } else { -1 });
         }
     }
     let mut shape = x.shape().to_vec();

@@ -386,6 +386,14 @@ fn argmax_takes_the_first_of_ties() {
     assert_eq!(neg.i32s(), Some(&[1][..]));
 }
 
+#[test]
+fn argmax_of_a_row_with_nan_or_inf_is_minus_one() {
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    let x = f32t(&[4, 3], &[1.0, nan, 3.0, inf, 0.0, 1.0, 2.0, 5.0, -inf, 0.0, 2.0, 1.0]);
+    let rows = run(Op::ArgMax { axis: 1 }, std::slice::from_ref(&x));
+    assert_eq!(rows.i32s(), Some(&[-1, -1, -1, 1][..]));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

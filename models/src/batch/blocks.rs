@@ -42,12 +42,18 @@ struct Block {
     released_at: Option<u64>,
 }
 
+/// Bookkeeping grows with the blocks in use, not with the pool: `blocks` holds only the
+/// blocks handed out so far (ids `0..blocks.len()`), and a fresh id is taken only when no
+/// released block is free, so a budget of millions of blocks costs nothing until used.
 #[derive(Debug)]
 pub struct BlockPool {
     block_tokens: usize,
     prefix_cache: bool,
+    /// Blocks in the pool (at most `BlockId::MAX + 1`).
+    capacity: usize,
+    /// The blocks handed out at least once.
     blocks: Vec<Block>,
-    /// Unheld blocks with nothing worth keeping.
+    /// Released blocks with nothing worth keeping.
     free: Vec<BlockId>,
     /// Unheld cached blocks by release time, the oldest first out.
     evictable: BTreeMap<u64, BlockId>,
@@ -60,9 +66,10 @@ impl BlockPool {
         BlockPool {
             block_tokens,
             prefix_cache,
-            blocks: vec![Block::default(); blocks],
-            // Popped from the end: block 0 is handed out first.
-            free: (0..blocks as BlockId).rev().collect(),
+            // Ids are u32, as in the GPU's block tables.
+            capacity: blocks.min(BlockId::MAX as usize + 1),
+            blocks: Vec::new(),
+            free: Vec::new(),
             evictable: BTreeMap::new(),
             by_hash: HashMap::new(),
             clock: 0,
@@ -79,12 +86,12 @@ impl BlockPool {
 
     /// Blocks in the pool.
     pub fn capacity(&self) -> usize {
-        self.blocks.len()
+        self.capacity
     }
 
-    /// Blocks an allocation can get: free ones plus cached ones nobody holds.
+    /// Blocks an allocation can get: never used, free, or cached with nobody holding them.
     pub fn available(&self) -> usize {
-        self.free.len() + self.evictable.len()
+        self.capacity - self.blocks.len() + self.free.len() + self.evictable.len()
     }
 
     /// Blocks cached for reuse.
@@ -92,10 +99,15 @@ impl BlockPool {
         self.by_hash.len()
     }
 
-    /// A block for one holder: a free one, else the least recently released cached one.
+    /// A block for one holder: a released free one, else one never used (the lowest id
+    /// first), else the least recently released cached one.
     pub fn allocate(&mut self) -> Option<BlockId> {
         let id = match self.free.pop() {
             Some(id) => id,
+            None if self.blocks.len() < self.capacity => {
+                self.blocks.push(Block::default());
+                (self.blocks.len() - 1) as BlockId
+            }
             None => {
                 let (_, id) = self.evictable.pop_first()?;
                 let block = &mut self.blocks[id as usize];

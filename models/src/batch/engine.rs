@@ -256,13 +256,14 @@ pub fn generate_batch(
 /// The checks a request passes before the batch starts.
 fn check_request(config: &Qwen3Config, kv: &KvPlan, r: &Request, has_tokenizer: bool) -> Result<(), ModelError> {
     r.sampling.validate().map_err(ModelError::BadRequest)?;
+    crate::stop::check_stops(&r.stop).map_err(ModelError::BadRequest)?;
     if !r.stop.is_empty() && !has_tokenizer {
         return Err(ModelError::BadRequest("stop strings need a tokenizer to see text".into()));
     }
     check_ids(config, 0, &r.prompt)?;
     // Alone in the cache, every request must fit to its end, or preemption could never make
     // room for it.
-    let tokens = (r.prompt.len() + r.max_new_tokens).min(config.max_position_embeddings);
+    let tokens = r.prompt.len().saturating_add(r.max_new_tokens).min(config.max_position_embeddings);
     let blocks = tokens.div_ceil(kv.block_tokens);
     if blocks > kv.blocks {
         return Err(ModelError::KvTooSmall {

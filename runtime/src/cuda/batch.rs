@@ -95,8 +95,12 @@ impl CudaDecoder {
         let what = format!("running a batched decode step of {} rows", rows.len());
         let mut next = vec![0i32; rows.len()];
         gpu.download(&mut next, runner.next_token, &what)?;
-        let mut out: Vec<StepOutput> =
-            next.iter().map(|&t| StepOutput { next_token: t as u32, logits: None }).collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for (&t, row) in next.iter().zip(rows) {
+            // -1: the greedy kernel saw non-finite logits in this row.
+            let next_token = u32::try_from(t).map_err(|_| CudaError::NonFiniteLogits { position: row.position })?;
+            out.push(StepOutput { next_token, logits: None });
+        }
         if want_logits {
             let vocab = runner.logits.1;
             let mut all = vec![0f32; rows.len() * vocab];

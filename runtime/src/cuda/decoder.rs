@@ -286,10 +286,19 @@ impl Runner {
     }
 
     /// The greedy token and (if `want_logits`) the logits of output row `row` (the graph's
-    /// outputs have one row per new token, or one in all).
-    fn read_outputs(&self, gpu: &Gpu, want_logits: bool, row: usize, what: &str) -> Result<StepOutput, CudaError> {
+    /// outputs have one row per new token, or one in all), the token at `position`. A greedy
+    /// token of -1 means non-finite logits: an error, found with no extra transfer.
+    fn read_outputs(
+        &self,
+        gpu: &Gpu,
+        want_logits: bool,
+        row: usize,
+        position: usize,
+        what: &str,
+    ) -> Result<StepOutput, CudaError> {
         let mut next = [0i32; 1];
         gpu.download(&mut next, self.next_token + 4 * row as u64, what)?;
+        let next_token = u32::try_from(next[0]).map_err(|_| CudaError::NonFiniteLogits { position })?;
         let logits = if want_logits {
             let mut v = vec![0f32; self.logits.1];
             let at = self.logits.0 + (4 * self.logits.1 * row) as u64;
@@ -298,7 +307,7 @@ impl Runner {
         } else {
             None
         };
-        Ok(StepOutput { next_token: next[0] as u32, logits })
+        Ok(StepOutput { next_token, logits })
     }
 
     /// Launches launch `i` with grids sized for bindings `b`.
@@ -512,7 +521,7 @@ impl CudaDecoder {
             }
         }
         self.position += 1;
-        self.decode.read_outputs(&self.gpu, want_logits, 0, &format!("running the decode step at position {at}"))
+        self.decode.read_outputs(&self.gpu, want_logits, 0, at, &format!("running the decode step at position {at}"))
     }
 
     /// Runs `tokens` through the prefill program (in chunks), kernel by kernel; returns the
@@ -539,7 +548,7 @@ impl CudaDecoder {
                 let what = format!("running the prefill of positions {at}..{}", self.position);
                 // The chunk's last row is wanted: the only one, unless the graph makes a row per token.
                 let row = if runner.row_per_token { chunk.len() - 1 } else { 0 };
-                last = Some(runner.read_outputs(&self.gpu, want_logits, row, &what)?);
+                last = Some(runner.read_outputs(&self.gpu, want_logits, row, self.position - 1, &what)?);
             }
         }
         Ok(last.expect("at least one chunk"))

@@ -29,6 +29,22 @@ fn describe(e: result::DriverError) -> String {
     }
 }
 
+/// What [`probe`] found.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub total_bytes: usize,
+    pub free_bytes: usize,
+}
+
+/// Checks that a driver and device `ordinal` exist and reads its name and memory: what a
+/// command that needs a GPU asks before it loads weights. Allocates nothing on the device.
+pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
+    let gpu = Gpu::open(ordinal)?;
+    let (free_bytes, total_bytes) = gpu.memory()?;
+    Ok(DeviceInfo { name: gpu.name().to_string(), total_bytes, free_bytes })
+}
+
 impl Gpu {
     /// Opens device `ordinal`. Probes for libcuda first: cudarc's dynamic loading panics on
     /// first use when the library is missing.

@@ -13,7 +13,7 @@ pub use batch::BatchRow;
 pub use ceiling::{gemm_ceiling_kernel, gemm_rate};
 pub use check::{check_prefill, check_step, NodeCheck};
 pub use decoder::{CudaDecoder, DecoderGraphs, DecoderOptions, JitReport, StepOutput};
-pub use device::{DeviceBuffer, Gpu};
+pub use device::{probe, DeviceBuffer, DeviceInfo, Gpu};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -35,4 +35,7 @@ pub enum CudaError {
     Layout(String),
     #[error("the KV cache is full: it holds {capacity} tokens (raise --kv-tokens)")]
     KvFull { capacity: usize },
+    /// The greedy kernel found a NaN or an infinity in the logits (it returns -1 then).
+    #[error("the logits at position {position} are NaN or infinite: an activation overflowed or a weight is damaged")]
+    NonFiniteLogits { position: usize },
 }

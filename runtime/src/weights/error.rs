@@ -74,6 +74,13 @@ pub enum WeightError {
     #[error("cannot load tensor {name} from {} as {requested}: weights load as f32, f16 or bf16", .path.display())]
     Target { name: String, path: PathBuf, requested: DType },
 
+    /// NaN or infinite values stored in the checkpoint.
+    #[error(
+        "tensor {name} in {}: {count} values are NaN or infinite (the first at flat index {first}); the checkpoint is damaged",
+        .path.display()
+    )]
+    NonFinite { name: String, path: PathBuf, count: usize, first: usize },
+
     /// Values that f16 cannot hold (beyond ±65504, or already inf/NaN in the file).
     #[error(
         "tensor {name} in {}: {count} values do not fit f16 (beyond ±65504 or not finite); load in bf16 or f32",
