@@ -141,7 +141,10 @@ fn cases() -> Vec<Case> {
             let blocks = (p + t).div_ceil(BT) + 1;
             let table: Vec<u32> = (0..blocks as u32).rev().collect();
             let mut bufs = head(&qkv, &positions);
-            bufs.extend([pool(std::slice::from_ref(&k), &table, blocks, blocks), pool(std::slice::from_ref(&v), &table, blocks, blocks)]);
+            bufs.extend([
+                pool(std::slice::from_ref(&k), &table, blocks, blocks),
+                pool(std::slice::from_ref(&v), &table, blocks, blocks),
+            ]);
             let want = reference(&spec, &qkv, &positions, &k, &v, &extra);
             out.push(Case { spec, bufs, t, p, table, rows: None, want });
 

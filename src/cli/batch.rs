@@ -285,17 +285,5 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_parse_in_binary_and_decimal_units() {
-        assert_eq!(parse_size("48KiB"), Ok(48 * 1024));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("1.5 GB"), Ok(1_500_000_000));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("KiB").is_err());
-        assert!(parse_size("0").is_err());
-    }
-}
+#[path = "batch_tests.rs"]
+mod tests;

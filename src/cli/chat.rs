@@ -3,11 +3,11 @@
 //! (or end of input) quits, `/help` lists them. Piped input works the same: one user turn per
 //! line.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use smelt::models::{generate as run_generation, CausalLm, ChatMessage, SamplingParams, TextStream, Tokenizer};
 
 use super::generate::{BackendArgs, SamplingArgs};
@@ -32,6 +32,10 @@ pub struct Args {
     backend: BackendArgs,
 }
 
+/// The longest line read from stdin: far more than any context holds, and a bound on what an
+/// endless line (`smelt chat < /dev/zero`) can take.
+const MAX_LINE_BYTES: u64 = 16 << 20;
+
 const HELP: &str = "commands: /reset forgets the conversation, /exit quits (so does end of input), /help shows this";
 
 pub fn run(a: Args) -> Result<()> {
@@ -49,14 +53,20 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut history: Vec<ChatMessage> = Vec::new();
     let mut input = std::io::stdin().lock();
+    let mut lines = 0usize;
     loop {
         if interactive {
             eprint!(">>> ");
             let _ = std::io::stderr().flush();
         }
         let mut line = String::new();
-        if input.read_line(&mut line).context("reading stdin")? == 0 {
+        let read = input.by_ref().take(MAX_LINE_BYTES).read_line(&mut line);
+        if read.with_context(|| format!("reading stdin (line {})", lines + 1))? == 0 {
             break;
+        }
+        lines += 1;
+        if line.len() as u64 == MAX_LINE_BYTES && !line.ends_with('\n') {
+            bail!("stdin line {lines} is longer than {MAX_LINE_BYTES} bytes");
         }
         let text = line.trim_end_matches(['\n', '\r']);
         match text.trim() {

@@ -47,9 +47,9 @@ pub struct Args {
     /// [default: 512, or the context if shorter].
     #[arg(long, value_parser = super::at_least_one())]
     prefill_tokens: Option<usize>,
-    /// GPU architecture the dumped kernels are compiled for (sm_90, sm_80).
-    #[arg(long, default_value = "sm_90", value_parser = parse_arch)]
-    arch: Arch,
+    /// GPU architecture the dumped kernels are compiled for (sm_90, sm_80) [default: sm_90].
+    #[arg(long, value_parser = parse_arch, requires = "dump")]
+    arch: Option<Arch>,
 }
 
 /// The largest `--kv-budget-gib`: more than any GPU has (the largest hold 288 GB).
@@ -68,6 +68,10 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.dump_after.is_some() && a.no_fuse {
+        bail!("--dump-after shows a pass's output, and --no-fuse runs no passes: drop one of them");
+    }
+    let arch = a.arch.unwrap_or(Arch::Sm90);
     let config_path = a.model.as_ref().map(|dir| dir.join("config.json")).or(a.config.clone());
     let reads = Reads::new().maybe_file(config_path.as_deref(), "the config");
     // Checked and started before any work; dropped unfinished on an error, it leaves nothing.
@@ -179,10 +183,10 @@ pub fn run(a: Args) -> Result<()> {
         let json = serde_json::to_string_pretty(&plan.json).context("serializing plan.json")?;
         out.write("plan.json", json.as_bytes())?;
         if let Some(program) = &program {
-            println!("{}", super::kernels::dump(out, program, a.arch, None)?);
+            println!("{}", super::kernels::dump(out, program, arch, None)?);
         }
         if let Some(program) = &prefill_program {
-            println!("prefill: {}", super::kernels::dump(out, program, a.arch, Some("prefill"))?);
+            println!("prefill: {}", super::kernels::dump(out, program, arch, Some("prefill"))?);
         }
     }
     if let Some(out) = dump {

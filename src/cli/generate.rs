@@ -145,6 +145,17 @@ impl BackendArgs {
         }
     }
 
+    /// Flags that do nothing on the chosen device are refused, not ignored.
+    pub fn check_flags(&self) -> Result<()> {
+        if let Some(flag) = self.cuda.given().first().filter(|_| self.device == Device::Cpu) {
+            bail!("{flag} applies to the GPU: add --device cuda");
+        }
+        if self.no_fuse && self.device == Device::Cuda {
+            bail!("--no-fuse: the CUDA backend runs fused graphs only");
+        }
+        Ok(())
+    }
+
     /// The memory a budget flag may ask for on the chosen device; on CUDA this probes the
     /// GPU, so a machine without one fails here, before any weights are loaded.
     pub fn memory_limit(&self) -> Result<Option<MemoryLimit>> {
@@ -157,11 +168,9 @@ impl BackendArgs {
     /// Loads the model in `dir` on the chosen device. For CUDA, the GPU is probed and the KV
     /// cache checked against its memory first.
     pub fn load(&self, dir: &Path) -> Result<Box<dyn CausalLm>> {
+        self.check_flags()?;
         if self.device == Device::Cpu {
             return Ok(Box::new(load(dir, self.dtype(), self.no_fuse)?));
-        }
-        if self.no_fuse {
-            bail!("--no-fuse: the CUDA backend runs fused graphs only");
         }
         let gpu = MemoryLimit::gpu("--device cuda")?;
         let config = Qwen3Config::from_file(&model_dir_arg(dir)?.join("config.json"))?;
@@ -283,6 +292,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             enable_thinking: a.no_think.then_some(false),
         };
         let file = batch::read_requests(path, &defaults, tokenizer.as_ref())?;
+        a.backend.check_flags()?;
         if let Some(limit) = a.backend.memory_limit()? {
             let bytes = a.batching.options().kv_budget_bytes as u64;
             limit.check(&format!("--kv-memory {}", super::size(bytes)), bytes)?;

@@ -96,6 +96,17 @@ pub struct CudaArgs {
 }
 
 impl CudaArgs {
+    /// The CUDA-only flags given (each is an error on the CPU).
+    pub fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            ("--kv-tokens", self.kv_tokens.is_some()),
+            ("--no-cuda-graphs", self.no_cuda_graphs),
+            ("--no-pdl", self.no_pdl),
+            ("--gpu-prefill", self.gpu_prefill),
+        ];
+        flags.into_iter().filter(|(_, set)| *set).map(|(flag, _)| flag).collect()
+    }
+
     fn kv_tokens(&self, config: &smelt::models::Qwen3Config) -> usize {
         self.kv_tokens.unwrap_or(config.max_position_embeddings.min(32768))
     }
