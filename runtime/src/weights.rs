@@ -149,7 +149,7 @@ impl Checkpoint {
             .ok_or_else(|| WeightError::malformed(path, format!("tensor {name}: data lies outside the file")))?;
         // The dtype was checked above, so this is `Some`; an empty default would fail the size
         // check below rather than panic.
-        let values = convert::to_f32(entry.dtype, bytes).unwrap_or_default();
+        let (values, finite) = convert::to_f32(entry.dtype, bytes).unwrap_or_default();
         let numel = entry.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         let exact = values.len().checked_mul(entry.dtype.bitsize() / 8) == Some(bytes.len());
         if numel != Some(values.len()) || !exact {
@@ -160,7 +160,8 @@ impl Checkpoint {
         }
         // NaN or inf in a weight makes every logit NaN, and greedy decoding then prints token
         // 0 forever: refused here, where the tensor and file can be named.
-        if let Some(first) = values.iter().position(|v| !v.is_finite()) {
+        if !finite {
+            let first = values.iter().position(|v| !v.is_finite()).unwrap_or_default();
             let count = values[first..].iter().filter(|v| !v.is_finite()).count();
             return Err(WeightError::NonFinite { name: name.to_string(), path: path.to_path_buf(), count, first });
         }

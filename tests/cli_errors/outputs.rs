@@ -157,4 +157,11 @@ fn a_failed_dump_leaves_nothing_behind() {
     let stderr = fails(&["compile", "--config", path_str(&config), "--dump", path_str(&dump)]);
     mentions(&stderr, &[path_str(&config)]);
     assert_eq!(listing(out.path()), ["config.json"]);
+    // A folder whose `passes` is a file of the user's: refused before a single file is written
+    // (writing the graphs first and failing at `passes/` would leave half a dump in it).
+    let target = out.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("passes"), "mine").unwrap();
+    let stderr = fails_keeping(&[&target], &["compile", "--dump", path_str(&target)]);
+    mentions(&stderr, &["--dump"]);
 }

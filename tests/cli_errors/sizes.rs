@@ -36,6 +36,13 @@ fn a_config_claiming_more_layers_than_the_checkpoint_fails_at_once() {
     std::fs::write(&path, v.to_string()).unwrap();
     let stderr = fails(&["compile", "--config", path_str(&path)]);
     mentions(&stderr, &[path_str(&path), "num_hidden_layers", "limit"]);
+    // Dimensions whose products overflow 64 bits are refused, never printed wrapped.
+    v["num_hidden_layers"] = 2.into();
+    v["vocab_size"] = (1u64 << 40).into();
+    v["hidden_size"] = (1u64 << 40).into();
+    std::fs::write(&path, v.to_string()).unwrap();
+    let stderr = fails(&["compile", "--config", path_str(&path)]);
+    mentions(&stderr, &[path_str(&path), "vocab_size", "limit"]);
 }
 
 #[test]

@@ -12,29 +12,49 @@ use safetensors::Dtype;
 /// Elements converted per chunk: small enough for the stack, large enough to amortise the loop.
 const CHUNK: usize = 4096;
 
-/// Converts `bytes` stored as `dtype` to f32. `None` when `dtype` is not BF16, F16 or F32.
-/// A trailing partial element (impossible after header validation) is ignored.
-pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+/// Converts `bytes` stored as `dtype` to f32, and says whether every value is finite: checked
+/// on the stored bits of each chunk while it is in cache (an all-ones exponent is NaN or inf),
+/// as a max-reduction the compiler vectorizes. On the full-size Qwen3-0.6B that costs about 50
+/// ms; a flag set inside the conversion loop cost 450 ms (it stops vectorization). `None` when
+/// `dtype` is not BF16, F16 or F32. A trailing partial element (impossible after header
+/// validation) is ignored.
+pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<(Vec<f32>, bool)> {
     match dtype {
-        Dtype::F32 => Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        Dtype::F16 => Some(halves(bytes, |bits, out| bits.reinterpret_cast::<f16>().convert_to_f32_slice(out))),
-        Dtype::BF16 => Some(halves(bytes, |bits, out| bits.reinterpret_cast::<bf16>().convert_to_f32_slice(out))),
+        Dtype::F32 => {
+            const EXPONENT: u32 = 0x7f80_0000;
+            let mut out = vec![0f32; bytes.len() / 4];
+            let mut worst = 0u32;
+            for (src, dst) in bytes.chunks(4 * CHUNK).zip(out.chunks_mut(CHUNK)) {
+                for (v, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+                worst = worst.max(dst.iter().map(|v| v.to_bits() & EXPONENT).max().unwrap_or(0));
+            }
+            Some((out, worst != EXPONENT))
+        }
+        Dtype::F16 => Some(halves(bytes, 0x7c00, |bits, out| bits.reinterpret_cast::<f16>().convert_to_f32_slice(out))),
+        Dtype::BF16 => {
+            Some(halves(bytes, 0x7f80, |bits, out| bits.reinterpret_cast::<bf16>().convert_to_f32_slice(out)))
+        }
         _ => None,
     }
 }
 
-/// Chunked 16-bit conversion: `convert(bits, out)` fills `out` (same length as `bits`).
-fn halves(bytes: &[u8], convert: impl Fn(&[u16], &mut [f32])) -> Vec<f32> {
+/// Chunked 16-bit conversion: `convert(bits, out)` fills `out` (same length as `bits`); a
+/// value whose bits hold all of `exponent` is NaN or inf.
+fn halves(bytes: &[u8], exponent: u16, convert: impl Fn(&[u16], &mut [f32])) -> (Vec<f32>, bool) {
     let mut out = vec![0f32; bytes.len() / 2];
     let mut bits = [0u16; CHUNK];
+    let mut worst = 0u16;
     for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
         let n = dst.len();
         for (b, c) in bits[..n].iter_mut().zip(src.chunks_exact(2)) {
             *b = u16::from_le_bytes([c[0], c[1]]);
         }
+        worst = worst.max(bits[..n].iter().map(|b| b & exponent).max().unwrap_or(0));
         convert(&bits[..n], dst);
     }
-    out
+    (out, worst != exponent)
 }
 
 #[cfg(test)]
@@ -47,9 +67,27 @@ mod tests {
         // Exactly representable in both bf16 and f16; varied so a misplaced chunk shows up.
         let vals: Vec<f32> = (0..n).map(|i| (i % 251) as f32 * 0.5 - 60.0).collect();
         let bytes: Vec<u8> = vals.iter().flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes()).collect();
-        assert!(to_f32(Dtype::BF16, &bytes) == Some(vals.clone()));
+        assert!(to_f32(Dtype::BF16, &bytes) == Some((vals.clone(), true)));
         let bytes: Vec<u8> = vals.iter().flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()).collect();
-        assert!(to_f32(Dtype::F16, &bytes) == Some(vals));
+        assert!(to_f32(Dtype::F16, &bytes) == Some((vals, true)));
+    }
+
+    #[test]
+    fn non_finite_values_are_flagged_in_every_dtype() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let vals = [1.0, bad, -2.0];
+            let f32_bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let bf16_bytes: Vec<u8> = vals.iter().flat_map(|&v| bf16::from_f32(v).to_bits().to_le_bytes()).collect();
+            let f16_bytes: Vec<u8> = vals.iter().flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()).collect();
+            for (dtype, bytes) in [(Dtype::F32, f32_bytes), (Dtype::BF16, bf16_bytes), (Dtype::F16, f16_bytes)] {
+                assert_eq!(to_f32(dtype, &bytes).map(|(_, finite)| finite), Some(false), "{dtype:?} {bad}");
+            }
+        }
+        // The largest finite values are not flagged.
+        let max: Vec<u8> = [f32::MAX, f32::MIN].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(to_f32(Dtype::F32, &max).map(|(_, finite)| finite), Some(true));
+        let max16: Vec<u8> = [f16::MAX, f16::MIN].iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+        assert_eq!(to_f32(Dtype::F16, &max16).map(|(_, finite)| finite), Some(true));
     }
 
     #[test]
@@ -57,7 +95,7 @@ mod tests {
         let mut bytes = vec![0u8];
         bytes.extend(1.5f32.to_le_bytes());
         bytes.extend((-2.25f32).to_le_bytes());
-        assert_eq!(to_f32(Dtype::F32, &bytes[1..]), Some(vec![1.5, -2.25]));
+        assert_eq!(to_f32(Dtype::F32, &bytes[1..]), Some((vec![1.5, -2.25], true)));
         assert_eq!(to_f32(Dtype::F64, &bytes), None);
         assert_eq!(to_f32(Dtype::I32, &bytes), None);
     }
