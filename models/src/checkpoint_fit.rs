@@ -21,12 +21,11 @@ pub fn check(config: &Qwen3Config, checkpoint: &Checkpoint, origin: &str) -> Res
         .map_or(0, |last| last + 1);
     if layers != config.num_layers {
         let files: Vec<String> = checkpoint.files().iter().map(|p| p.display().to_string()).collect();
-        let m = format!(
-            "{}, but the checkpoint ({}) holds {layers} layers (model.layers.0 to model.layers.{})",
-            config.num_layers,
-            files.join(", "),
-            layers.saturating_sub(1)
-        );
+        let held = match layers {
+            0 => "no layers (no model.layers.* tensors)".to_string(),
+            n => format!("{n} layers (model.layers.0 to model.layers.{})", n - 1),
+        };
+        let m = format!("{}, but the checkpoint ({}) holds {held}", config.num_layers, files.join(", "));
         return Err(err("num_hidden_layers", m));
     }
     let c = config;

@@ -363,6 +363,9 @@ fn generation_eos(dir: &Path, vocab: usize) -> Result<Option<Vec<u32>>, ModelErr
     let bad = |message: String| ModelError::GenerationConfig { path: path.clone(), message };
     let text = smelt_runtime::files::read_metadata(&path).map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if !v.is_object() {
+        return Err(bad("expected a JSON object".into()));
+    }
     let ids = token_ids(v.get("eos_token_id")).map_err(|m| bad(format!("eos_token_id: {m}")))?;
     check_eos_in_vocab(&ids, vocab).map_err(|m| bad(format!("eos_token_id: {m}")))?;
     Ok(Some(ids))

@@ -120,20 +120,23 @@ impl Sampler {
         self.filter(&self.penalized(logits))
     }
 
+    /// The logits after the penalties. A penalized score saturates at ±f32::MAX instead of
+    /// overflowing to ±inf (a repetition penalty of 1e-40 would), so it keeps its rank.
     fn penalized(&self, logits: &[f32]) -> Vec<f32> {
         let mut scores = logits.to_vec();
         let rp = self.params.repetition_penalty;
+        let saturate = |s: f32| s.clamp(-f32::MAX, f32::MAX);
         if rp != 1.0 {
             for &t in self.seen.keys() {
                 if let Some(s) = scores.get_mut(t as usize) {
-                    *s = if *s > 0.0 { *s / rp } else { *s * rp };
+                    *s = saturate(if *s > 0.0 { *s / rp } else { *s * rp });
                 }
             }
         }
         if self.params.presence_penalty != 0.0 {
             for &t in self.generated.keys() {
                 if let Some(s) = scores.get_mut(t as usize) {
-                    *s -= self.params.presence_penalty;
+                    *s = saturate(*s - self.params.presence_penalty);
                 }
             }
         }
@@ -221,6 +224,23 @@ mod tests {
     #[test]
     fn argmax_takes_first_of_ties() {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+    }
+
+    #[test]
+    fn extreme_penalties_and_temperatures_saturate_instead_of_overflowing() {
+        // A repetition penalty of 1e-40 lifts a seen positive logit past f32::MAX: it must
+        // then be the surest token, not one dropped as non-finite.
+        let p = SamplingParams { temperature: 1.0, repetition_penalty: 1e-40, ..params(1.0) };
+        let mut s = Sampler::new(p, &[3]);
+        assert!((0..50).all(|_| s.sample(&LOGITS) == 3));
+        // A presence penalty of 1e38 on a token makes it the least likely, never NaN.
+        let p = SamplingParams { temperature: 1.0, presence_penalty: 3e38, ..params(1.0) };
+        let mut s = Sampler::new(p, &[]);
+        s.observe(0);
+        assert!((0..200).all(|_| s.sample(&LOGITS) != 0));
+        // A temperature of 1e-45 is greedy, computed without overflow.
+        let mut s = Sampler::new(params(1e-45), &[]);
+        assert!((0..50).all(|_| s.sample(&LOGITS) == 0));
     }
 
     /// Draws `n` tokens and returns each token's frequency.

@@ -227,6 +227,14 @@ pub fn run(
         Err(ModelError::Request { index, source }) => {
             bail!("{}:{}: {source}", file.path.display(), file.lines[index])
         }
+        Err(e @ ModelError::KvPlan(_)) => {
+            let flags = format!(
+                "--kv-memory {}, --kv-block-tokens {}",
+                super::size(options.kv_budget_bytes as u64),
+                options.block_tokens
+            );
+            return Err(anyhow::Error::new(e).context(flags));
+        }
         Err(e) => return Err(e.into()),
     };
     let _ = stdout.flush();

@@ -230,7 +230,9 @@ impl Plan {
         let (_, prefill_json) = graph_figures(prefill, prefill_tokens).context("--prefill-tokens")?;
         // At most 2^40 bytes (parse_gib).
         let budget = (budget_gib * (1u64 << 30) as f64) as usize;
-        let kv = plan_kv(decode, block, budget).context("planning the KV cache")?;
+        let kv = plan_kv(decode, block, budget).with_context(|| {
+            format!("planning the KV cache (--kv-budget-gib {budget_gib}, --kv-block-tokens {block})")
+        })?;
         let json = serde_json::json!({ "decode": decode_json, "prefill": prefill_json, "kv": kv });
         Ok(Plan { json, decode: decode_counts })
     }

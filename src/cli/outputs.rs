@@ -188,9 +188,15 @@ impl Dump {
         if let Some((read, what)) = reads.same_as(target) {
             bail!("{flag} {}{}, which this command reads ({what})", target.display(), same_file_as(target, read));
         }
-        if files::exists(target) {
-            replaceable(flag, target)?;
-        }
+        // An existing folder by its full name, so `--dump .` has a name to stage beside.
+        let target = match files::exists(target) {
+            true => {
+                replaceable(flag, target)?;
+                target.canonicalize().with_context(|| format!("{flag} {}", target.display()))?
+            }
+            false => target.to_path_buf(),
+        };
+        let target = target.as_path();
         let parent = parent_of(target);
         let mut created = Vec::new();
         let mut missing: Vec<PathBuf> =
@@ -233,7 +239,10 @@ impl Dump {
         Ok(())
     }
 
-    /// Writes the marker and moves the dump into place (an earlier dump there is replaced).
+    /// Writes the marker and moves the dump into place: the staged folder is renamed to the
+    /// target, or, where the target folder exists (empty, or an earlier dump), what it holds
+    /// is moved aside and the staged entries are moved in, so the folder itself stays (it may
+    /// be a shell's working directory).
     pub fn finish(mut self) -> Result<()> {
         let manifest = serde_json::json!({
             "written_by": format!("smelt {}", env!("CARGO_PKG_VERSION")),
@@ -247,14 +256,21 @@ impl Dump {
             // Checked again: something may have been added since `begin`.
             replaceable("--dump", &target)?;
             let old = sibling(&target, "smelt-old")?;
-            std::fs::rename(&target, &old)
-                .with_context(|| format!("moving the earlier dump {} aside", target.display()))?;
-            if let Err(e) = std::fs::rename(&self.staging, &target) {
-                let _ = std::fs::rename(&old, &target);
-                bail!("moving the dump into {}: {e}", target.display());
+            std::fs::create_dir(&old).with_context(|| format!("creating {}", old.display()))?;
+            let result = move_entries(&target, &old).and_then(|()| {
+                move_entries(&self.staging, &target).inspect_err(|_| {
+                    // Back as it was: ours out, the earlier dump in.
+                    let _ = move_entries(&target, &self.staging);
+                    let _ = move_entries(&old, &target);
+                })
+            });
+            if let Err(e) = result {
+                let _ = std::fs::remove_dir(&old);
+                return Err(e.context(format!("moving the dump into {}", target.display())));
             }
-            // Only smelt's files (checked above), or an empty folder.
+            // Only smelt's files (checked above), moved aside; and the now empty staging folder.
             std::fs::remove_dir_all(&old).with_context(|| format!("removing the earlier dump {}", old.display()))?;
+            std::fs::remove_dir(&self.staging).with_context(|| format!("removing {}", self.staging.display()))?;
         } else {
             std::fs::rename(&self.staging, &target)
                 .with_context(|| format!("moving the dump into {}", target.display()))?;
@@ -272,6 +288,24 @@ impl Drop for Dump {
             undo_created(&self.created);
         }
     }
+}
+
+/// Renames every entry of folder `from` into folder `to`; on a failure, moves back those moved.
+fn move_entries(from: &Path, to: &Path) -> Result<()> {
+    let entries: Vec<_> = std::fs::read_dir(from)
+        .with_context(|| format!("reading {}", from.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", from.display()))?;
+    for (i, name) in entries.iter().enumerate() {
+        if let Err(e) = std::fs::rename(from.join(name), to.join(name)) {
+            for done in &entries[..i] {
+                let _ = std::fs::rename(to.join(done), from.join(done));
+            }
+            bail!("moving {} into {}: {e}", from.join(name).display(), to.display());
+        }
+    }
+    Ok(())
 }
 
 /// Removes folders this run created, deepest first, if they are still empty.
@@ -376,12 +410,15 @@ mod tests {
         dump.write("kernels/k.cu", b"x").unwrap();
         dump.finish().unwrap();
         assert_eq!(names(&target), [DUMP_MARKER, "kernels", "plan.json"]);
-        // An earlier dump is replaced; nothing is left beside it.
+        // An earlier dump is replaced in the same folder; nothing is left beside it.
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let folder = inode(&target);
         let mut dump = Dump::begin("--dump", &target, &Reads::new()).unwrap();
         dump.write("decode.txt", b"g").unwrap();
         dump.finish().unwrap();
         assert_eq!(names(&target), [DUMP_MARKER, "decode.txt"]);
         assert_eq!(names(target.parent().unwrap()), ["dump"]);
+        assert_eq!(inode(&target), folder, "the folder itself stays");
         // A file smelt did not write makes the folder off limits.
         std::fs::write(target.join("notes.md"), "mine").unwrap();
         let e = Dump::begin("--dump", &target, &Reads::new()).err().unwrap().to_string();

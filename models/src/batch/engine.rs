@@ -155,6 +155,13 @@ pub fn generate_batch(
     mut on_event: impl FnMut(BatchEvent<'_>),
 ) -> Result<(Vec<Completion>, BatchStats), ModelError> {
     let t0 = Instant::now();
+    let context = model.config().max_position_embeddings;
+    if options.block_tokens > context {
+        return Err(ModelError::BadRequest(format!(
+            "a KV block of {} tokens is longer than the model's context ({context} tokens)",
+            options.block_tokens
+        )));
+    }
     let kv = model.kv_plan(options.block_tokens, options.kv_budget_bytes)?;
     for (index, r) in requests.iter().enumerate() {
         check_request(model.config(), &kv, r, tokenizer.is_some())
