@@ -117,6 +117,10 @@ impl Model {
             Device::Cpu => DType::F32,
             Device::Cuda => DType::BF16,
         });
+        if options.device == Device::Cuda {
+            // Without a GPU this fails at once, before the weights are read.
+            smelt_runtime::cuda::probe(0).map_err(ModelError::from)?;
+        }
         let cpu = Qwen3Cpu::load_with(dir, LoadOptions::new(dtype))?;
         let lm: Box<dyn CausalLm> = match options.device {
             Device::Cpu => Box::new(cpu),

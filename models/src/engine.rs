@@ -50,6 +50,10 @@ pub enum ModelError {
     #[error("internal error: {0}")]
     Internal(String),
     #[error(
+        "{parameters} parameters need at least {need} bytes of host memory as f32 while loading; this machine has {have} (MemTotal)"
+    )]
+    HostMemory { parameters: usize, need: u64, have: u64 },
+    #[error(
         "f16 overflow: {count} logits at position {position} are not finite (an activation left f16's range, ±65504); compute in bf16 or f32"
     )]
     F16Overflow { position: usize, count: usize },
@@ -175,6 +179,7 @@ impl Qwen3Cpu {
         let config = Qwen3Config::from_file(&config_path)?;
         let checkpoint = Checkpoint::open(dir)?;
         crate::checkpoint_fit::check(&config, &checkpoint, &config_path.display().to_string())?;
+        check_host_memory(&config)?;
         let graphs = Graphs::declare(&config, dtype)?;
         // Tied checkpoints may still carry lm_head.weight (the real 0.6B does): accept it.
         let ignore: &[&str] = if config.tie_word_embeddings { &[LM_HEAD] } else { &[] };
@@ -213,6 +218,7 @@ impl Qwen3Cpu {
     /// A model with seeded random weights (uniform in ±0.05, norm weights 1): for benchmarks
     /// and tests that need the real shapes but not a checkpoint.
     pub fn with_random_weights(config: Qwen3Config, options: LoadOptions, seed: u64) -> Result<Qwen3Cpu, ModelError> {
+        check_host_memory(&config)?;
         let dtype = options.dtype;
         let graphs = Graphs::declare(&config, dtype)?;
         let mut rng = crate::sample::SplitMix64::new(seed);
@@ -344,6 +350,18 @@ fn check_finite_logits(logits: &Tensor, first_row: usize) -> Result<(), ModelErr
     }
 }
 
+/// The host holds every weight as f32 while loading (4 bytes a parameter, whatever the
+/// checkpoint's dtype): a model that needs more than the machine's memory is refused here,
+/// before anything is allocated, instead of ending in the out-of-memory killer.
+fn check_host_memory(config: &Qwen3Config) -> Result<(), ModelError> {
+    let Some(have) = smelt_runtime::files::host_memory_bytes() else { return Ok(()) };
+    let need = (config.parameter_count() as u64).saturating_mul(4);
+    if need > have {
+        return Err(ModelError::HostMemory { parameters: config.parameter_count(), need, have });
+    }
+    Ok(())
+}
+
 /// The token ids and positions of `ids` appended after `start` tokens.
 fn step_inputs(ids: &[u32], start: usize) -> HashMap<String, Tensor> {
     let n = ids.len();
@@ -436,5 +454,21 @@ impl CausalLm for Qwen3Cpu {
 
     fn as_batch(&mut self) -> Option<&mut dyn crate::batch::BatchLm> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_larger_than_the_host_is_refused_before_allocating() {
+        // A 16M-entry vocabulary of width 16384: 2^38 parameters, 1 TiB as f32.
+        let mut config = Qwen3Config::qwen3_0_6b();
+        config.vocab_size = 1 << 24;
+        config.hidden_size = 1 << 14;
+        let e = Qwen3Cpu::with_random_weights(config, LoadOptions::new(DType::BF16), 0).err().expect("refused");
+        assert!(matches!(e, ModelError::HostMemory { .. }), "{e}");
+        assert!(e.to_string().contains("host memory"), "{e}");
     }
 }

@@ -14,9 +14,6 @@ use super::outputs::write_atomically;
 /// The largest `--batch` file read (it is held in memory whole, with its requests).
 const MAX_BATCH_FILE_BYTES: u64 = 1 << 30;
 
-/// The most sequences `--max-batch` runs at once (vLLM's default is 256).
-const MAX_BATCH: u64 = 4096;
-
 /// How `--batch` runs. Each flag is an error without `--batch`; unset, it takes the batch
 /// engine's default (`BatchOptions::default`).
 #[derive(clap::Args, Clone, Debug)]
@@ -33,7 +30,7 @@ pub struct BatchArgs {
     #[arg(long, value_parser = super::at_least_one())]
     kv_block_tokens: Option<usize>,
     /// With --batch: sequences running at once, at most 4096 [default: 64].
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_BATCH))]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=super::MAX_BATCH))]
     max_batch: Option<usize>,
     /// With --batch: tokens computed per step across all sequences [default: 2048].
     #[arg(long, value_parser = super::at_least_one())]

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use smelt::codegen::ModuleCache;
 use smelt::models::{CausalLm, LoadOptions, Qwen3Config, Qwen3Cpu, Qwen3Cuda};
 use smelt::runtime::cuda::DecoderOptions;
@@ -15,7 +15,7 @@ use smelt::runtime::cuda::Gpu;
 
 use super::generate::load;
 use super::outputs::{write_atomically, Reads};
-use super::{numbers, DTypeArg, Numbers};
+use super::{at_most, numbers, DTypeArg, Numbers};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, default_value = "128,1024,4096", value_parser = numbers)]
     contexts: Numbers,
     /// Timed decode steps per context.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::at_least_one())]
     steps: usize,
     /// Write the figures to this JSON file.
     #[arg(long)]
@@ -72,20 +72,29 @@ pub fn run(a: Args) -> Result<()> {
     }
     let contexts = a.contexts.0.clone();
     let dtype = a.dtype.into();
-    // The GPU first: without one this fails in a second, before the host model is built.
+    let prefill_lengths = a.prefill.as_ref().map(|n| n.0.clone()).unwrap_or_default();
+    let batch_sizes = a.batch.as_ref().map(|n| n.0.clone()).unwrap_or_default();
+    // The flags against the model, then the GPU: without one this fails in a second, before
+    // the host model is built.
+    let config = match &a.model {
+        Some(dir) => Qwen3Config::from_file(&super::model_dir_arg(dir)?.join("config.json"))?,
+        None => Qwen3Config::qwen3_0_6b(),
+    };
+    let room = config.max_position_embeddings.saturating_sub(a.steps + 1);
+    at_most("--contexts", &contexts, room, "the model's context less --steps and one")?;
+    at_most("--prefill", &prefill_lengths, config.max_position_embeddings, "the model's context")?;
+    at_most("--batch", &batch_sizes, super::MAX_BATCH as usize, "the most sequences a step runs")?;
+    if batch_sizes.contains(&0) || prefill_lengths.contains(&0) {
+        bail!("--batch and --prefill take counts of at least 1");
+    }
     super::MemoryLimit::gpu("smelt bench")?;
     let t0 = Instant::now();
     let cpu = match &a.model {
         Some(dir) => load(dir, dtype, false)?,
-        None => {
-            let config = Qwen3Config::qwen3_0_6b();
-            Qwen3Cpu::with_random_weights(config, LoadOptions::new(dtype), 0)?
-        }
+        None => Qwen3Cpu::with_random_weights(config, LoadOptions::new(dtype), 0)?,
     };
     eprintln!("host model ready in {:.1}s", t0.elapsed().as_secs_f64());
-    let prefill_lengths = a.prefill.as_ref().map(|n| n.0.clone()).unwrap_or_default();
     let longest = contexts.iter().chain(&prefill_lengths).max().copied().unwrap_or(1) as usize;
-    let batch_sizes = a.batch.as_ref().map(|n| n.0.clone()).unwrap_or_default();
     let batch_rows = batch_sizes.iter().max().copied().unwrap_or(0) as usize;
     // One sequence at the longest context, or every batched sequence in blocks of its own.
     let block = smelt::passes::DEFAULT_BLOCK_TOKENS;

@@ -40,6 +40,7 @@ const HELP: &str = "commands: /reset forgets the conversation, /exit quits (so d
 
 pub fn run(a: Args) -> Result<()> {
     let sampling = a.sampling.params()?;
+    a.sampling.refuse_unused()?;
     let dir = super::model_dir_arg(&a.model)?;
     let tokenizer = Tokenizer::from_model_dir(&dir)
         .with_context(|| format!("smelt chat needs {}/tokenizer.json", dir.display()))?;

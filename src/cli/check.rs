@@ -8,7 +8,7 @@ use smelt::models::{CausalLm, Qwen3Config};
 use smelt::runtime::cuda::NodeCheck;
 
 use super::generate::{load, load_cuda};
-use super::{model_dir_arg, numbers, CudaArgs, DTypeArg, MemoryLimit, Numbers};
+use super::{at_most, model_dir_arg, numbers, CudaArgs, DTypeArg, MemoryLimit, Numbers};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,8 +25,8 @@ pub struct Args {
     #[arg(long, value_parser = numbers)]
     prefill: Option<Numbers>,
     /// Also check one batched decode step of this many sequences against the same rows run
-    /// one sequence at a time (bf16/f16 models).
-    #[arg(long)]
+    /// one sequence at a time (bf16/f16 models), at most 4096.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=super::MAX_BATCH))]
     batch: Option<usize>,
     /// Print every node, not only the worst of each kernel.
     #[arg(long)]
@@ -39,13 +39,20 @@ pub fn run(a: Args) -> Result<()> {
     let mut positions = a.positions.0.clone();
     positions.sort_unstable();
     positions.dedup();
-    // The GPU first: without one this fails in a second, before the weights are read.
-    let gpu = MemoryLimit::gpu("smelt check-kernels")?;
+    let prefill = a.prefill.as_ref().map(|n| n.0.clone()).unwrap_or_default();
+    // The flags against the model, then the GPU: without one this fails in a second, before
+    // the weights are read.
     let config = Qwen3Config::from_file(&model_dir_arg(&a.model)?.join("config.json"))?;
+    let capacity = a.cuda.kv_tokens(&config).min(config.max_position_embeddings);
+    at_most("--positions", &positions, capacity - 1, "the last position the KV cache holds")?;
+    let prefill_total = prefill.iter().map(|&n| n as usize).sum::<usize>();
+    if prefill_total > capacity {
+        bail!("--prefill chunks of {prefill_total} tokens in all are more than the KV cache holds ({capacity})");
+    }
+    let gpu = MemoryLimit::gpu("smelt check-kernels")?;
     a.cuda.check_fits(&config, a.dtype.into(), &gpu)?;
     let cpu = load(&a.model, a.dtype.into(), false)?;
     let vocab = cpu.config().vocab_size as u64;
-    let prefill = a.prefill.as_ref().map(|n| n.0.clone()).unwrap_or_default();
     let mut cuda = a.cuda.clone();
     cuda.gpu_prefill |= !prefill.is_empty();
     cuda.batch_rows = a.batch.unwrap_or(0);

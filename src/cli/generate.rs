@@ -118,6 +118,24 @@ impl SamplingArgs {
         }
         Ok(params)
     }
+
+    /// Refuses the flags greedy decoding ignores (`--temperature 0`, the default), as Hugging
+    /// Face warns of them: they would change nothing. (In a batch they are defaults for lines
+    /// that may set a temperature, so a batch does not call this.)
+    pub fn refuse_unused(&self) -> Result<()> {
+        let sampling_only = [
+            ("--top-k", self.top_k != 0),
+            ("--top-p", self.top_p != 1.0),
+            ("--min-p", self.min_p != 0.0),
+            ("--seed", self.seed != 0),
+        ];
+        match sampling_only.iter().find(|(_, set)| *set) {
+            Some((flag, _)) if self.temperature == 0.0 => {
+                bail!("{flag} applies to sampling, and --temperature 0 is greedy: set --temperature above 0")
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Where and how `logits`, `generate` and `chat` run the model.
@@ -304,6 +322,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         let lm = model.as_batch().context("this backend cannot run a batch")?;
         return batch::run(lm, &file, &a.batching, tokenizer.as_ref(), a.ids_out.as_deref());
     }
+    a.sampling.refuse_unused()?;
     if a.chat && a.prompt.is_none() {
         bail!("--chat takes the user's turn from --prompt TEXT (not --prompt-ids)");
     }

@@ -107,7 +107,7 @@ impl CudaArgs {
         flags.into_iter().filter(|(_, set)| *set).map(|(flag, _)| flag).collect()
     }
 
-    fn kv_tokens(&self, config: &smelt::models::Qwen3Config) -> usize {
+    pub fn kv_tokens(&self, config: &smelt::models::Qwen3Config) -> usize {
         self.kv_tokens.unwrap_or(config.max_position_embeddings.min(32768))
     }
 
@@ -190,6 +190,18 @@ pub fn size(bytes: u64) -> String {
 /// A count that must be at least 1, as a clap value parser (the error names the flag).
 pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// The most sequences a batched step runs (`--max-batch`, `bench --batch`, `check-kernels
+/// --batch`); vLLM's default is 256.
+pub const MAX_BATCH: u64 = 4096;
+
+/// Refuses a value of `flag` above `max`, saying what `max` is.
+pub fn at_most(flag: &str, values: &[u32], max: usize, what: &str) -> Result<()> {
+    match values.iter().find(|&&v| v as usize > max) {
+        Some(v) => bail!("{flag} {v} is more than {what} ({max})"),
+        None => Ok(()),
+    }
 }
 
 /// A comma-separated list of non-negative integers (`5,17,42`, spaces allowed): token ids,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use smelt::models::Tokenizer;
 
 #[derive(clap::Args)]
@@ -22,6 +22,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.skip_special_tokens && a.decode.is_none() {
+        bail!("--skip-special-tokens applies to --decode");
+    }
     let tok = Tokenizer::from_file(&a.tokenizer)?;
     match (a.text, a.decode) {
         (Some(text), _) => {

@@ -14,14 +14,15 @@ fn commands_that_need_a_gpu_probe_it_before_loading_anything() {
         eprintln!("skipped: this machine has a GPU (the probe succeeds)");
         return;
     }
-    let model = copy_fixture(ONE);
+    // gqa1: its context (512) holds check-kernels' default positions.
+    let model = copy_fixture("gqa1-tied-f32");
     std::fs::write(model.path().join("model.safetensors"), b"garbage").unwrap();
     let dir = path_str(model.path());
     let out = OutDir::new();
     let out_file = out.file("logits.safetensors");
     for (args, command) in [
         (vec!["check-kernels", "--model", dir], "smelt check-kernels needs an NVIDIA GPU"),
-        (vec!["bench", "--model", dir], "smelt bench needs an NVIDIA GPU"),
+        (vec!["bench", "--model", dir, "--contexts", "128"], "smelt bench needs an NVIDIA GPU"),
         (vec!["bench"], "smelt bench needs an NVIDIA GPU"),
         (vec!["generate", "--model", dir, "--prompt-ids", PROMPT, "--device", "cuda"], "--device cuda needs"),
         (
@@ -83,6 +84,34 @@ fn flags_that_do_nothing_here_are_refused() {
     }
     mentions(&fails(&["compile", "--arch", "sm_80"]), &["--arch", "--dump"]);
     mentions(&fails(&["compile", "--no-fuse", "--dump-after", "fuse_rmsnorm"]), &["--dump-after", "--no-fuse"]);
+    // Greedy decoding (temperature 0, the default) ignores the sampling flags.
+    for flag in [&["--top-k", "5"][..], &["--top-p", "0.9"], &["--min-p", "0.1"], &["--seed", "3"]] {
+        let stderr = generate_fails(&model, PROMPT, flag);
+        mentions(&stderr, &[flag[0], "--temperature 0 is greedy"]);
+    }
+    let tokenizer = root().join("models/assets/qwen3/tokenizer.json");
+    let stderr = fails(&["tokenize", "--tokenizer", path_str(&tokenizer), "--text", "hi", "--skip-special-tokens"]);
+    mentions(&stderr, &["--skip-special-tokens", "--decode"]);
+}
+
+/// GPU commands check their counts against the model before looking for a GPU.
+#[test]
+fn gpu_command_counts_are_bounded_by_the_model() {
+    let model = fixture_dir(ONE);
+    let dir = path_str(&model);
+    for (args, needles) in [
+        (vec!["bench", "--contexts", "40960"], &["--contexts 40960", "context"][..]),
+        (vec!["bench", "--steps", "0"], &["--steps"]),
+        (vec!["bench", "--batch", "0"], &["--batch"]),
+        (vec!["bench", "--batch", "100000"], &["--batch 100000"]),
+        (vec!["check-kernels", "--model", dir, "--positions", "0,500"], &["--positions 500", "127"]),
+        (vec!["check-kernels", "--model", dir, "--positions", "0", "--prefill", "100,100"], &["--prefill", "200"]),
+        (vec!["check-kernels", "--model", dir, "--positions", "0", "--batch", "0"], &["--batch"]),
+    ] {
+        let stderr = fails(&args);
+        mentions(&stderr, needles);
+        assert!(!stderr.contains("GPU"), "looked for a GPU before checking the flags:\n{stderr}");
+    }
 }
 
 #[test]
