@@ -35,10 +35,10 @@ pub struct Args {
     /// Print the decode graph as it is after this pass (e.g. fuse_rmsnorm).
     #[arg(long, value_name = "PASS")]
     dump_after: Option<String>,
-    /// Tokens per KV-cache block (at most max_position_embeddings).
-    #[arg(long, default_value_t = smelt::passes::DEFAULT_BLOCK_TOKENS,
-          value_parser = super::at_least_one())]
-    kv_block_tokens: usize,
+    /// Tokens per KV-cache block, at most max_position_embeddings [default: 16, or the
+    /// context if shorter].
+    #[arg(long, value_parser = super::at_least_one())]
+    kv_block_tokens: Option<usize>,
     /// Memory for the KV cache, in GiB, to size the paged cache from (at most 1024: no GPU
     /// has more memory).
     #[arg(long, default_value_t = 4.0, value_parser = parse_gib)]
@@ -86,7 +86,9 @@ pub fn run(a: Args) -> Result<()> {
         (None, None) => (Qwen3Config::qwen3_0_6b(), "embedded Qwen3-0.6B config".to_string()),
     };
     let prefill_tokens = a.prefill_tokens.unwrap_or(512.min(cfg.max_position_embeddings));
-    for (flag, value) in [("--prefill-tokens", prefill_tokens), ("--kv-block-tokens", a.kv_block_tokens)] {
+    let kv_block_tokens =
+        a.kv_block_tokens.unwrap_or(smelt::passes::DEFAULT_BLOCK_TOKENS.min(cfg.max_position_embeddings));
+    for (flag, value) in [("--prefill-tokens", prefill_tokens), ("--kv-block-tokens", kv_block_tokens)] {
         if value > cfg.max_position_embeddings {
             bail!(
                 "{flag} {value} is more than the model's context ({} tokens, max_position_embeddings)",
@@ -167,7 +169,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     };
-    let plan = Plan::new(&decode, &prefill, prefill_tokens, a.kv_block_tokens, a.kv_budget_gib)?;
+    let plan = Plan::new(&decode, &prefill, prefill_tokens, kv_block_tokens, a.kv_budget_gib)?;
     print!("{}", plan.summary(a.no_fuse));
     if let Some(out) = &mut dump {
         let graphs = [
