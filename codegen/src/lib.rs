@@ -9,6 +9,7 @@ pub mod nvrtc;
 pub mod prelude;
 pub mod program;
 pub mod ptxas;
+pub mod skip;
 
 pub use cache::ModuleCache;
 pub use expr::{render, Leaves, LocalNames};

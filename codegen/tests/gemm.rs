@@ -446,7 +446,8 @@ fn emulated_kernels_match_eval() {
     let probe =
         std::process::Command::new(&cxx).args(["-std=c++20", "-fsanitize=address", "-x", "c++", "-E", "-"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: no C++20 compiler with AddressSanitizer ({cxx}) to emulate the kernel on the host");
+        let why = format!("no C++20 compiler with AddressSanitizer ({cxx}) to emulate the kernel on the host");
+        smelt_codegen::skip::missing_tool("emulated_kernels_match_eval", &why);
         return;
     }
     // Qwen3's epilogues with small K and N (emulated warps are slow), chosen for the edges: M

@@ -363,7 +363,8 @@ fn which_cxx() -> Option<String> {
 #[test]
 fn emulated_kernels_match_eval() {
     let Some(cxx) = which_cxx() else {
-        eprintln!("skipped: no C++20 compiler with AddressSanitizer (c++) to emulate the kernel on the host");
+        let why = "no C++20 compiler with AddressSanitizer (c++) to emulate the kernel on the host";
+        smelt_codegen::skip::missing_tool("emulated_kernels_match_eval", why);
         return;
     };
     // The Qwen3-0.6B decode projections with their real K, parts and epilogues, but fewer

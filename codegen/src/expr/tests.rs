@@ -125,7 +125,7 @@ fn c_program(cases: &[(Expr, Vec<Tensor>)]) -> String {
 #[test]
 fn rendered_bodies_match_eval_bit_for_bit() {
     let Ok(cc) = which_cc() else {
-        eprintln!("skipped: no C compiler (cc) on PATH to run rendered expressions on the host");
+        crate::skip::missing_tool("rendered_bodies_match_eval_bit_for_bit", "no C compiler (cc) on PATH");
         return;
     };
     let mut r = Rng(0x5eed);
@@ -216,7 +216,7 @@ fn leaves_and_literals() {
 #[test]
 fn prelude_codecs_match_half() {
     let Ok(cc) = which_cc() else {
-        eprintln!("skipped: no C compiler (cc) on PATH");
+        crate::skip::missing_tool("prelude_codecs_match_half", "no C compiler (cc) on PATH");
         return;
     };
     let mut r = Rng(7);

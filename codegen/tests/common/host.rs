@@ -80,7 +80,7 @@ pub fn build(dir: &Path, src: &str) -> Option<PathBuf> {
         Ok(s) if s.success() => Some(exe),
         Ok(_) => panic!("{cxx} failed on the emulated kernels ({})", cpp.display()),
         Err(e) => {
-            eprintln!("skipped: no C++20 compiler ({cxx}: {e})");
+            smelt_codegen::skip::missing_tool(&super::current_test(), &format!("no C++20 compiler ({cxx}: {e})"));
             None
         }
     }
