@@ -82,6 +82,31 @@ fn every_request_gets_its_one_at_a_time_output_however_the_batch_runs() {
     }
 }
 
+/// B‖A then A‖B, one sequence at a time: A's blocks hold the same tokens in both but after
+/// different prefixes, so their KV differs and must not be shared. With the cache on or off,
+/// under a roomy or a tight budget, each request gets its solo output.
+#[test]
+fn equal_blocks_after_different_prefixes_do_not_share_kv() {
+    let mut model = load("gqa1-tied-f32", DType::F32);
+    let vocab = model.config().vocab_size;
+    let (a, b) = (ids(7, 8, vocab), ids(8, 8, vocab));
+    let requests: Vec<Request> = [[b.clone(), a.clone()].concat(), [a, b].concat()]
+        .into_iter()
+        .map(|prompt| Request { prompt, max_new_tokens: 6, ..Request::default() })
+        .collect();
+    let expected: Vec<Vec<u32>> = requests.iter().map(|r| solo(&mut model, r)).collect();
+    for prefix_cache in [true, false] {
+        for blocks in [64, 6] {
+            let options = BatchOptions { prefix_cache, max_batch: 1, ..budget_of(&model, blocks) };
+            let (out, stats) = batch(&mut model, &requests, &options);
+            for (i, (c, want)) in out.iter().zip(&expected).enumerate() {
+                assert_eq!(&c.ids, want, "cache {prefix_cache}, {blocks} blocks: request {i}");
+            }
+            assert_eq!(stats.scheduler.hit_tokens, 0, "no prefix is shared");
+        }
+    }
+}
+
 #[test]
 fn seeded_sampling_per_request_matches_each_request_alone() {
     let mut model = load("gqa1-tied-f32", DType::F32);

@@ -1,6 +1,8 @@
-//! The scheduler against a fake model whose "KV" of a token is the token id itself, stored in
-//! the blocks: a step must read back, through the sequence's block table, exactly the tokens
-//! before it, and must write only blocks no other sequence holds. The next token is a hash of
+//! The scheduler against a fake model whose "KV" of a token is a hash of the whole prefix up to
+//! it, as a real model's KV depends on the position and on every token before: a step must
+//! read back, through the sequence's block table, exactly its own prefix's values, and must
+//! write only blocks no other sequence holds. (A "KV" of the token id alone could not see two
+//! blocks of equal tokens after different prefixes being shared.) The next token is a hash of
 //! all tokens so far, so a sequence's output depends on its whole history, as a model's does.
 
 use std::collections::HashMap;
@@ -11,7 +13,12 @@ use super::*;
 
 struct FakeKv {
     block_tokens: usize,
-    slots: HashMap<(BlockId, usize), u32>,
+    slots: HashMap<(BlockId, usize), u64>,
+}
+
+/// The fake KV of position `p`: every token up to it, hashed.
+fn kv_of(tokens: &[u32], p: usize) -> u64 {
+    chain_hash(ROOT_HASH, &tokens[..=p])
 }
 
 impl FakeKv {
@@ -22,12 +29,12 @@ impl FakeKv {
         assert!(table.len() * b >= s.start + s.len, "the table covers the step");
         for p in 0..s.start {
             let got = self.slots.get(&(table[p / b], p % b));
-            assert_eq!(got, Some(&tokens[p]), "seq {} reads position {p} through its table", s.seq);
+            assert_eq!(got, Some(&kv_of(tokens, p)), "seq {} reads position {p} through its table", s.seq);
         }
         for p in s.start..s.start + s.len {
             let block = table[p / b];
             assert_eq!(sched.pool().refs(block), 1, "seq {} writes block {block}, which is shared", s.seq);
-            self.slots.insert((block, p % b), tokens[p]);
+            self.slots.insert((block, p % b), kv_of(tokens, p));
         }
     }
 }
@@ -105,6 +112,23 @@ fn a_shared_prefix_is_computed_once() {
     assert_eq!(stats.queried_tokens, 8 * 22);
     assert_eq!(stats.hit_tokens, 7 * 20);
     assert_eq!(stats.preemptions, 0);
+}
+
+/// B‖A then A‖B, one at a time: A's blocks hold the same tokens in both, after different
+/// prefixes, so they must not be shared (a key of a block's own tokens alone would share them).
+#[test]
+fn equal_blocks_after_different_prefixes_are_not_shared() {
+    let (a, b): (Vec<u32>, Vec<u32>) = ((1..=4).collect(), (5..=8).collect());
+    let prompts = vec![[b.clone(), a.clone()].concat(), [a.clone(), b.clone()].concat()];
+    for caching in [true, false] {
+        for blocks in [10, 6] {
+            let (out, stats) = run(&prompts, 3, blocks, 2, config(1, 64), caching);
+            for (p, o) in prompts.iter().zip(&out) {
+                assert_eq!(o, &solo(p, 3), "cache {caching}, {blocks} blocks");
+            }
+            assert_eq!(stats.hit_tokens, 0, "no prefix is shared, so nothing may hit");
+        }
+    }
 }
 
 #[test]
