@@ -17,6 +17,8 @@ pub use rmsnorm::FuseRmsNorm;
 pub use rope::FuseNormRope;
 
 #[cfg(test)]
+mod near_miss;
+#[cfg(test)]
 mod tests;
 
 use smelt_ir::{DType, Graph, Node, NodeId, Op, Shape};

@@ -17,6 +17,10 @@ use smelt_ir::{Data, UnaryOp};
 
 use crate::pass::{Pass, Report};
 
+pub(crate) mod chains;
+
+use chains::{Norm, Rope, NORM_MISSES, ROPE_MISSES};
+
 /// A deterministic random stream (SplitMix64): enough for test data, no dependency.
 pub(crate) struct Rng(u64);
 
@@ -124,6 +128,14 @@ pub(crate) fn random_graph(seed: u64) -> Graph {
             made += 1;
         }
     }
+    // Qwen3's chains, exact or one step off, so that the fusion matchers meet them (and their
+    // near misses) among everything else.
+    if r.chance(0.35) {
+        add_norm_chain(&mut r, &mut b, &mut pool);
+    }
+    if r.chance(0.35) {
+        add_norm_rope_chain(&mut r, &mut b, &mut pool);
+    }
     // Outputs favour recent nodes, so earlier ones are often dead.
     for i in 0..1 + r.below(3) {
         let lo = pool.len().saturating_sub(6);
@@ -136,6 +148,44 @@ pub(crate) fn random_graph(seed: u64) -> Graph {
     }
     smelt_ir::verify::verify(&g).expect("random graph verifies");
     g
+}
+
+/// An RMSNorm chain (half the time exact, else a random near miss) over a float node of the
+/// pool with a fixed last dim; its root is an output, and joins the pool.
+fn add_norm_chain(r: &mut Rng, b: &mut Builder, pool: &mut Vec<NodeId>) {
+    let fits = |b: &Builder, x: NodeId| b.dtype(x).is_float() && b.shape(x).last().and_then(|d| d.fixed()).is_some();
+    let candidates: Vec<NodeId> = pool.iter().copied().filter(|&x| fits(b, x)).collect();
+    if candidates.is_empty() {
+        return;
+    }
+    let x = r.pick(&candidates);
+    let misses: Vec<Norm> =
+        NORM_MISSES.iter().copied().filter(|&m| m != Norm::WrongAxis || chains::wrong_axis(b, x).is_some()).collect();
+    let how = if r.chance(0.5) { Norm::Exact } else { r.pick(&misses) };
+    let name = format!("norm{}", pool.len());
+    let other = b.unary(&format!("{name}.other"), UnaryOp::Exp, x).expect("exp of a float");
+    let root = chains::rms_norm(b, &name, x, other, how);
+    // An output, or the chain could be dead and gone before a matcher sees it.
+    b.output(&format!("{name}.out"), root).expect("fresh output name");
+    pool.push(root);
+}
+
+/// A q/k norm + RoPE chain (half the time exact, else a random near miss) over a new input
+/// `[T, H, D]`, reading the `positions` inputs; its root is an output, and joins the pool.
+fn add_norm_rope_chain(r: &mut Rng, b: &mut Builder, pool: &mut Vec<NodeId>) {
+    let (heads, d) = (1 + r.below(3), 2 * (1 + r.below(4)));
+    let dt = r.pick(&FLOATS);
+    let name = format!("rope{}", pool.len());
+    let x = b.input(&format!("{name}.x"), dt, Shape(vec![Dim::Sym(Sym::NewTokens), Dim::Fixed(heads), Dim::Fixed(d)]));
+    let t = Shape(vec![Dim::Sym(Sym::NewTokens)]);
+    let (positions, other) = (b.input("positions", DType::I32, t.clone()), b.input("positions_b", DType::I32, t));
+    let how = if r.chance(0.5) { Rope::Exact } else { r.pick(&ROPE_MISSES) };
+    let (root, shared) = chains::norm_rope(b, &name, x, positions, other, how);
+    b.output(&format!("{name}.out"), root).expect("fresh output name");
+    pool.push(root);
+    if let Some(half) = shared {
+        b.output(&format!("{name}.shared_half"), half).expect("fresh output name");
+    }
 }
 
 /// An op and its operands, which a later step may emit again.

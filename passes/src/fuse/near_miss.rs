@@ -1,0 +1,185 @@
+//! Each fusion matcher on its pattern and on near misses: chains one step away from it (a
+//! wrong axis, another tensor squared, a scale that is not a weight, halves swapped, a value
+//! read outside the pattern). The pattern must fuse and the near misses must not; either way
+//! the graph must evaluate as before (exactly: a fused op evaluates as the chain it replaces).
+
+use smelt_ir::{shape, Builder, DType, Graph, NodeId, Op, Sym, UnaryOp};
+
+use super::*;
+use crate::dce::Dce;
+use crate::pass::Pass;
+use crate::testing::chains::{self, Norm, Rope, NORM_MISSES, ROPE_MISSES};
+use crate::testing::{assert_same_eval, run_verified};
+
+const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+/// Runs `passes` in order (each followed by DCE), checking eval is unchanged; returns how
+/// many matches the last pass reported.
+fn fused_count(g: &Graph, passes: &[&dyn Pass]) -> usize {
+    let mut after = g.clone();
+    let mut matched = 0;
+    for pass in passes {
+        let (fused, report) = run_verified(*pass, &after);
+        after = run_verified(&Dce, &fused).0;
+        matched = report.matched;
+    }
+    for t in [1, 3] {
+        assert_same_eval(g, &after, t, 11, 0.0);
+    }
+    matched
+}
+
+/// `x [T, 2, 8]` in `dt` and the RMSNorm chain `how` over it, as the output.
+fn norm_graph(dt: DType, how: Norm) -> Graph {
+    let mut b = Builder::new();
+    let x = b.input("x", dt, shape![Sym::NewTokens, 2, 8]);
+    let other = b.unary("other", UnaryOp::Exp, x).unwrap();
+    let y = chains::rms_norm(&mut b, "norm", x, other, how);
+    b.output("y", y).unwrap();
+    b.finish().unwrap()
+}
+
+#[test]
+fn rmsnorm_fuses_hf_chain_and_no_near_miss() {
+    for dt in DTYPES {
+        assert_eq!(fused_count(&norm_graph(dt, Norm::Exact), &[&FuseRmsNorm]), 1, "{dt}");
+        for how in NORM_MISSES {
+            assert_eq!(fused_count(&norm_graph(dt, how), &[&FuseRmsNorm]), 0, "{dt} {how:?}");
+        }
+    }
+}
+
+/// `x [T, 2, 8]` in `dt`, the norm + RoPE chain `how` over it, as the output.
+fn rope_graph(dt: DType, how: Rope) -> Graph {
+    let mut b = Builder::new();
+    let x = b.input("x", dt, shape![Sym::NewTokens, 2, 8]);
+    let positions = b.input("positions", DType::I32, shape![Sym::NewTokens]);
+    let other = b.input("other_positions", DType::I32, shape![Sym::NewTokens]);
+    let (y, shared) = chains::norm_rope(&mut b, "q", x, positions, other, how);
+    b.output("y", y).unwrap();
+    if let Some(half) = shared {
+        b.output("half", half).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+#[test]
+fn norm_rope_fuses_qwen3_chain_and_no_near_miss() {
+    for dt in DTYPES {
+        assert_eq!(fused_count(&rope_graph(dt, Rope::Exact), &[&FuseRmsNorm, &FuseNormRope]), 1, "{dt}");
+        for how in ROPE_MISSES {
+            assert_eq!(fused_count(&rope_graph(dt, how), &[&FuseRmsNorm, &FuseNormRope]), 0, "{dt} {how:?}");
+        }
+    }
+}
+
+/// A decode graph (T pinned to 1): `x [1, 8]` normed, then read by matmuls and by `extra`.
+fn prologue_graph(extra_reader: bool, decode: bool) -> Graph {
+    let mut b = Builder::new();
+    if decode {
+        b.pin(Sym::NewTokens, 1);
+    }
+    let x = b.input("x", DType::F32, shape![Sym::NewTokens, 8]);
+    let normed = chains::rms_norm(&mut b, "norm", x, x, Norm::Exact);
+    for (i, n) in [3, 5].into_iter().enumerate() {
+        let w = b.weight(&format!("w{i}"), DType::F32, shape![n, 8]).unwrap();
+        let y = b.matmul(&format!("mm{i}"), normed, w).unwrap();
+        b.output(&format!("y{i}"), y).unwrap();
+    }
+    if extra_reader {
+        let e = b.unary("exp", UnaryOp::Exp, normed).unwrap();
+        b.output("e", e).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+#[test]
+fn norm_prologue_folds_only_a_norm_read_by_matmuls_alone_in_decode() {
+    let passes: [&dyn Pass; 2] = [&FuseRmsNorm, &FuseNormPrologue];
+    assert_eq!(fused_count(&prologue_graph(false, true), &passes), 1);
+    assert_eq!(fused_count(&prologue_graph(true, true), &passes), 0, "a reader outside the matmuls");
+    assert_eq!(fused_count(&prologue_graph(false, false), &passes), 0, "not a decode graph");
+}
+
+/// `y = exp(x)`, `z = y * 2 + 1`; with `shared`, `y` is also an output.
+fn elementwise_graph(shared: bool) -> (Graph, NodeId) {
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F32, shape![Sym::NewTokens, 4]);
+    let y = b.unary("y", UnaryOp::Exp, x).unwrap();
+    let two = b.scalar("two", DType::F32, 2.0).unwrap();
+    let one = b.scalar("one", DType::F32, 1.0).unwrap();
+    let z = b.mul("z", y, two).unwrap();
+    let z = b.add("z1", z, one).unwrap();
+    b.output("z", z).unwrap();
+    if shared {
+        b.output("y", y).unwrap();
+    }
+    (b.finish().unwrap(), y)
+}
+
+#[test]
+fn elementwise_regions_absorb_only_values_private_to_them() {
+    // Private: one region of three ops.
+    let (g, _) = elementwise_graph(false);
+    let (after, report) = run_verified(&FuseElementwise, &g);
+    assert_eq!((report.matched, report.changed), (1, 3));
+    assert_same_eval(&g, &run_verified(&Dce, &after).0, 2, 1, 0.0);
+    // `y` is also an output: it is its own region, read by the other as an input.
+    let (g, _) = elementwise_graph(true);
+    let (after, report) = run_verified(&FuseElementwise, &g);
+    assert_eq!((report.matched, report.changed), (2, 3));
+    let after = run_verified(&Dce, &after).0;
+    let exps = after
+        .node_ids()
+        .filter(|&id| matches!(op(&after, id), Op::Elementwise { body } if body.to_string().contains("exp")))
+        .count();
+    assert_eq!(exps, 1, "exp is computed once, not inlined into z's region as well");
+    assert_same_eval(&g, &after, 2, 1, 0.0);
+}
+
+/// `m = x @ w`, `e = silu(m) + 1`; with `reader`, `m` is also an output.
+fn epilogue_graph(reader: bool) -> Graph {
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F32, shape![Sym::NewTokens, 8]);
+    let w = b.weight("w", DType::F32, shape![4, 8]).unwrap();
+    let m = b.matmul("m", x, w).unwrap();
+    let s = b.unary("s", UnaryOp::Silu, m).unwrap();
+    let one = b.scalar("one", DType::F32, 1.0).unwrap();
+    let e = b.add("e", s, one).unwrap();
+    b.output("e", e).unwrap();
+    if reader {
+        b.output("m", m).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+#[test]
+fn epilogues_take_only_matmuls_nothing_else_reads() {
+    let passes: [&dyn Pass; 2] = [&FuseElementwise, &FuseEpilogue];
+    assert_eq!(fused_count(&epilogue_graph(false), &passes), 1);
+    assert_eq!(fused_count(&epilogue_graph(true), &passes), 0, "the matmul is also an output");
+}
+
+/// Two matmuls against weights of 3 and 5 rows; `same_x` reads one activation, else two.
+fn horizontal_graph(same_x: bool, weight_leaves: bool) -> Graph {
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F32, shape![Sym::NewTokens, 8]);
+    let x2 = if same_x { x } else { b.input("x2", DType::F32, shape![Sym::NewTokens, 8]) };
+    for (i, (n, xi)) in [(3, x), (5, x2)].into_iter().enumerate() {
+        let w = if weight_leaves {
+            b.weight(&format!("w{i}"), DType::F32, shape![n, 8]).unwrap()
+        } else {
+            b.input(&format!("w{i}"), DType::F32, shape![n, 8])
+        };
+        let y = b.matmul(&format!("mm{i}"), xi, w).unwrap();
+        b.output(&format!("y{i}"), y).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+#[test]
+fn horizontal_fusion_groups_only_weight_matmuls_of_one_activation() {
+    assert_eq!(fused_count(&horizontal_graph(true, true), &[&FuseHorizontal]), 1);
+    assert_eq!(fused_count(&horizontal_graph(false, true), &[&FuseHorizontal]), 0, "two activations");
+    assert_eq!(fused_count(&horizontal_graph(true, false), &[&FuseHorizontal]), 0, "weights that are inputs");
+}

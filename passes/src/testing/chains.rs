@@ -1,0 +1,133 @@
+//! The Qwen3 chains the fusion passes look for, written as `models::qwen3` declares them
+//! (HF's Qwen3RMSNorm; q/k norm + RoPE with its cos/sin tables), each with near misses: a
+//! chain one step away from the pattern, which a matcher must leave alone. A near miss
+//! computes something else, so fusing it is caught both by the matcher's count and by eval.
+
+use smelt_ir::{Bound, Builder, DType, NodeId, ReduceOp, Shape, UnaryOp};
+
+/// How an RMSNorm chain departs from HF's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Norm {
+    Exact,
+    /// The mean is taken over the first axis, not the last.
+    WrongAxis,
+    /// `square` reads another tensor than the one normalized.
+    OtherSquared,
+    /// The scale is a constant, not a weight.
+    ConstantScale,
+    /// A sum where HF has a mean.
+    SumNotMean,
+}
+
+pub(crate) const NORM_MISSES: [Norm; 4] = [Norm::WrongAxis, Norm::OtherSquared, Norm::ConstantScale, Norm::SumNotMean];
+
+/// A fixed axis of `x` before its last, which [`Norm::WrongAxis`] reduces over.
+pub(crate) fn wrong_axis(b: &Builder, x: NodeId) -> Option<usize> {
+    let dims = b.shape(x).dims();
+    (0..dims.len().saturating_sub(1)).find(|&i| dims[i].fixed().is_some())
+}
+
+/// `w * cast(x32 * rsqrt(mean(x32²) + eps))` with `x32 = cast(x, f32)`, over `x`'s last axis
+/// (fixed); `other` is what [`Norm::OtherSquared`] squares (same shape as `x`).
+pub(crate) fn rms_norm(b: &mut Builder, name: &str, x: NodeId, other: NodeId, how: Norm) -> NodeId {
+    let dt = b.dtype(x);
+    let last = b.shape(x).rank() - 1;
+    let width = b.shape(x).last().expect("rank >= 1");
+    let scale = match how {
+        Norm::ConstantScale => {
+            let n = width.fixed().expect("fixed last dim");
+            b.constant(&format!("{name}.not_a_weight"), dt, Shape::new([width]), vec![1.5; n]).unwrap()
+        }
+        _ => b.weight(&format!("{name}.weight"), dt, Shape::new([width])).unwrap(),
+    };
+    let x32 = b.cast(&format!("{name}.to_f32"), x, DType::F32).unwrap();
+    let squared = match how {
+        Norm::OtherSquared => b.cast(&format!("{name}.other_f32"), other, DType::F32).unwrap(),
+        _ => x32,
+    };
+    let sq = b.unary(&format!("{name}.square"), UnaryOp::Square, squared).unwrap();
+    // The mean keeps its axis (as size 1), so one over any fixed axis still broadcasts.
+    let (op, axis) = match how {
+        Norm::WrongAxis => (ReduceOp::Mean, wrong_axis(b, x).expect("a fixed axis before the last")),
+        Norm::SumNotMean => (ReduceOp::Sum, last),
+        _ => (ReduceOp::Mean, last),
+    };
+    let var = b.reduce(&format!("{name}.mean"), op, sq, axis).unwrap();
+    let eps = b.scalar(&format!("{name}.eps"), DType::F32, 1e-6).unwrap();
+    let var = b.add(&format!("{name}.add_eps"), var, eps).unwrap();
+    let inv = b.unary(&format!("{name}.rsqrt"), UnaryOp::Rsqrt, var).unwrap();
+    let y = b.mul(&format!("{name}.normalize"), x32, inv).unwrap();
+    let y = b.cast(&format!("{name}.to_input_dtype"), y, dt).unwrap();
+    b.mul(&format!("{name}.scale"), scale, y).unwrap()
+}
+
+/// How a q/k norm + RoPE chain departs from Qwen3's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rope {
+    Exact,
+    /// `rotate_half` as `cat(x1, -x2)`: the halves swapped.
+    HalvesSwapped,
+    /// The cos table computed with `sin`.
+    SinForCos,
+    /// The second half `x2` is also read outside the chain (a graph output).
+    SharedHalf,
+    /// The sin table from other positions than the cos table.
+    OtherPositions,
+}
+
+pub(crate) const ROPE_MISSES: [Rope; 4] =
+    [Rope::HalvesSwapped, Rope::SinForCos, Rope::SharedHalf, Rope::OtherPositions];
+
+/// The cos or sin table `[T, 1, D]` in `dt`: `f(cat(freqs, freqs))` with `freqs =
+/// reshape(cast(positions, f32), [T, 1]) * inv_freq`, as `models::qwen3` computes it.
+fn table(b: &mut Builder, name: &str, positions: NodeId, inv_freq: NodeId, f: UnaryOp, dt: DType) -> NodeId {
+    let t = b.shape(positions).dims()[0];
+    let d = 2 * b.shape(inv_freq).dims()[0].fixed().expect("fixed");
+    let pos = b.cast(&format!("{name}.positions_f32"), positions, DType::F32).unwrap();
+    let pos = b.reshape(&format!("{name}.positions_col"), pos, Shape::new([t, 1.into()])).unwrap();
+    let freqs = b.mul(&format!("{name}.freqs"), pos, inv_freq).unwrap();
+    let emb = b.concat(&format!("{name}.emb"), &[freqs, freqs], 1).unwrap();
+    let x = b.unary(&format!("{name}.trig"), f, emb).unwrap();
+    let x = b.cast(&format!("{name}.cast"), x, dt).unwrap();
+    b.reshape(&format!("{name}.heads"), x, Shape::new([t, 1.into(), d.into()])).unwrap()
+}
+
+/// Qwen3's q/k norm + RoPE over `x [T, H, D]` (D even and fixed): `x*cos + rotate_half(x)*sin`
+/// of `rms_norm(x)`, the tables from `positions` (i32 `[T]`, and `other_positions` for
+/// [`Rope::OtherPositions`]) and a constant `inv_freq`. Returns the root, and for
+/// [`Rope::SharedHalf`] the half that must also become a graph output.
+pub(crate) fn norm_rope(
+    b: &mut Builder,
+    name: &str,
+    x: NodeId,
+    positions: NodeId,
+    other_positions: NodeId,
+    how: Rope,
+) -> (NodeId, Option<NodeId>) {
+    let dt = b.dtype(x);
+    let d = b.shape(x).last().and_then(|d| d.fixed()).expect("fixed head dim");
+    let half = d / 2;
+    let inv: Vec<f32> = (0..half).map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / d as f32)).collect();
+    let inv_freq = b.constant(&format!("{name}.inv_freq"), DType::F32, Shape::new([half.into()]), inv).unwrap();
+    let cos_f = if how == Rope::SinForCos { UnaryOp::Sin } else { UnaryOp::Cos };
+    let cos = table(b, &format!("{name}.cos"), positions, inv_freq, cos_f, dt);
+    let sin_positions = if how == Rope::OtherPositions { other_positions } else { positions };
+    let sin = table(b, &format!("{name}.sin"), sin_positions, inv_freq, UnaryOp::Sin, dt);
+    let normed = rms_norm(b, &format!("{name}.norm"), x, x, Norm::Exact);
+    let x1 = b.slice(&format!("{name}.x1"), normed, 2, Bound::FromStart(0), Bound::FromStart(half)).unwrap();
+    let x2 = b.slice(&format!("{name}.x2"), normed, 2, Bound::FromStart(half), Bound::FromStart(d)).unwrap();
+    let rotated = match how {
+        Rope::HalvesSwapped => {
+            let neg = b.unary(&format!("{name}.neg_x2"), UnaryOp::Neg, x2).unwrap();
+            b.concat(&format!("{name}.rotate_half"), &[x1, neg], 2).unwrap()
+        }
+        _ => {
+            let neg = b.unary(&format!("{name}.neg_x2"), UnaryOp::Neg, x2).unwrap();
+            b.concat(&format!("{name}.rotate_half"), &[neg, x1], 2).unwrap()
+        }
+    };
+    let a = b.mul(&format!("{name}.x_cos"), normed, cos).unwrap();
+    let c = b.mul(&format!("{name}.rot_sin"), rotated, sin).unwrap();
+    let root = b.add(&format!("{name}.rope"), a, c).unwrap();
+    (root, (how == Rope::SharedHalf).then_some(x2))
+}
