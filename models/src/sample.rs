@@ -297,6 +297,109 @@ mod tests {
         assert_ne!(frequencies(&params(1.0), &LOGITS, 1000), frequencies(&other, &LOGITS, 1000));
     }
 
+    /// Hugging Face's sampling, written here from `transformers`' logits processors as
+    /// `generate` orders them, independently of `Sampler`: repetition penalty, (vLLM's)
+    /// presence penalty, then the warpers temperature, top-k, top-p, min-p, each masking to
+    /// -inf, then softmax. Top-p sorts ascending and drops tokens whose cumulative
+    /// probability is at most 1 - top_p (keeping the last); min-p drops tokens below min_p
+    /// times the top probability of what is left. (The test logits have no ties, where HF's
+    /// top-k would keep every token equal to the k-th.)
+    fn hf_distribution(logits: &[f32], p: &SamplingParams, seen: &[u32], generated: &[u32]) -> Vec<f64> {
+        let mut s: Vec<f64> = logits.iter().map(|&x| x as f64).collect();
+        for &t in seen {
+            let x = &mut s[t as usize];
+            let rp = p.repetition_penalty as f64;
+            *x = if *x < 0.0 { *x * rp } else { *x / rp };
+        }
+        for &t in generated {
+            s[t as usize] -= p.presence_penalty as f64;
+        }
+        for x in &mut s {
+            *x /= p.temperature as f64;
+        }
+        if p.top_k > 0 && p.top_k < s.len() {
+            let mut sorted = s.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kth = sorted[p.top_k - 1];
+            s.iter_mut().filter(|x| **x < kth).for_each(|x| *x = f64::NEG_INFINITY);
+        }
+        let softmax = |s: &[f64]| {
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+            let total: f64 = e.iter().sum();
+            e.into_iter().map(|x| x / total).collect::<Vec<f64>>()
+        };
+        if p.top_p < 1.0 {
+            let probs = softmax(&s);
+            let mut ascending: Vec<usize> = (0..s.len()).collect();
+            ascending.sort_by(|&a, &b| s[a].total_cmp(&s[b]));
+            let mut cumulative = 0.0;
+            let last = ascending.len() - 1;
+            for (rank, &i) in ascending.iter().enumerate() {
+                cumulative += probs[i];
+                if cumulative <= 1.0 - p.top_p as f64 && rank != last {
+                    s[i] = f64::NEG_INFINITY;
+                }
+            }
+        }
+        if p.min_p > 0.0 {
+            let probs = softmax(&s);
+            let top = probs.iter().cloned().fold(0.0, f64::max);
+            for (x, &q) in s.iter_mut().zip(&probs) {
+                if q < p.min_p as f64 * top {
+                    *x = f64::NEG_INFINITY;
+                }
+            }
+        }
+        softmax(&s)
+    }
+
+    /// Every processor at temperatures other than 1, where their order matters (top-p before
+    /// the temperature would keep another set), against `hf_distribution`.
+    #[test]
+    fn draws_follow_hugging_faces_processor_order_at_every_temperature() {
+        let n = 40_000;
+        // Distinct logits, so no top-k tie; the penalties reorder them.
+        let logits: [f32; 8] = [2.0, 1.5, 1.1, 0.6, 0.1, -0.4, -1.0, 2.4];
+        let (seen, generated) = ([7u32, 3], [7u32]);
+        for temperature in [0.5, 0.8, 1.7] {
+            for (top_k, top_p, min_p, rp, pp) in [
+                (0, 0.8, 0.0, 1.0, 0.0),
+                (4, 1.0, 0.0, 1.0, 0.0),
+                (0, 1.0, 0.2, 1.0, 0.0),
+                (5, 0.9, 0.1, 1.3, 0.0),
+                (0, 0.75, 0.0, 1.0, 0.7),
+                (6, 0.95, 0.05, 1.5, 0.4),
+            ] {
+                let p = SamplingParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    min_p,
+                    repetition_penalty: rp,
+                    presence_penalty: pp,
+                    seed: 11,
+                };
+                let mut sampler = Sampler::new(p.clone(), &seen[1..]);
+                for &t in &generated {
+                    sampler.observe(t);
+                }
+                let want = hf_distribution(&logits, &p, &seen, &generated);
+                let mut counts = vec![0usize; logits.len()];
+                for _ in 0..n {
+                    counts[sampler.sample(&logits) as usize] += 1;
+                }
+                let freq: Vec<f64> = counts.iter().map(|&c| c as f64 / n as f64).collect();
+                assert_matches(&freq, &want, n);
+                let kept: Vec<usize> = (0..logits.len()).filter(|&i| want[i] > 0.0).collect();
+                let mut got: Vec<usize> =
+                    sampler.distribution(&logits).iter().map(|&(t, _)| t as usize).collect();
+                got.sort();
+                assert_eq!(got, kept, "{p:?}");
+            }
+        }
+    }
+
     #[test]
     fn penalties_change_what_greedy_picks() {
         // Token 0 leads; the repetition penalty (it is in the prompt) halves its logit.
