@@ -313,6 +313,33 @@ fn check_plan_catches_overlaps_and_bad_hand_overs() {
     assert!(check_plan(&bad).unwrap_err().contains("aligned"));
 }
 
+/// Live intervals are inclusive: a buffer still read at position 2 conflicts with one written
+/// at position 2 (unless that one takes it over in place), while 0..=1 and 2..=3 do not.
+#[test]
+fn check_plan_treats_touching_live_intervals_as_overlapping() {
+    let buffer = |node, offset, start, end, reuses| Buffer {
+        node,
+        label: format!("n{node}"),
+        offset,
+        bytes: 512,
+        start,
+        end,
+        reuses,
+    };
+    let plan = |a: Buffer, b: Buffer| MemoryPlan { buffers: vec![a, b], arena_bytes: 1024, naive_bytes: 1024 };
+    // Touching at position 2, same bytes: a conflict.
+    let err = check_plan(&plan(buffer(0, 0, 0, 2, None), buffer(1, 0, 2, 4, None))).unwrap_err();
+    assert!(err.contains("overlaps"), "{err}");
+    // Touching, the bytes overlapping by one 256-byte block: a conflict too.
+    assert!(check_plan(&plan(buffer(0, 0, 0, 2, None), buffer(1, 256, 2, 4, None))).is_err());
+    // The same, as an in-place hand-over (the later one reuses the earlier, at its offset).
+    check_plan(&plan(buffer(0, 0, 0, 2, None), buffer(1, 0, 2, 4, Some(0)))).unwrap();
+    // One position apart: disjoint, so the bytes may be shared.
+    check_plan(&plan(buffer(0, 0, 0, 1, None), buffer(1, 0, 2, 4, None))).unwrap();
+    // Side by side in the arena: no conflict at any time.
+    check_plan(&plan(buffer(0, 0, 0, 4, None), buffer(1, 512, 0, 4, None))).unwrap();
+}
+
 /// Builds a graph from random steps, each applying an op to an earlier value (wrapped).
 fn random_graph(steps: &[(u8, usize, usize)], outs: &[usize]) -> Graph {
     let mut b = Builder::new();
