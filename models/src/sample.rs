@@ -392,8 +392,7 @@ mod tests {
                 let freq: Vec<f64> = counts.iter().map(|&c| c as f64 / n as f64).collect();
                 assert_matches(&freq, &want, n);
                 let kept: Vec<usize> = (0..logits.len()).filter(|&i| want[i] > 0.0).collect();
-                let mut got: Vec<usize> =
-                    sampler.distribution(&logits).iter().map(|&(t, _)| t as usize).collect();
+                let mut got: Vec<usize> = sampler.distribution(&logits).iter().map(|&(t, _)| t as usize).collect();
                 got.sort();
                 assert_eq!(got, kept, "{p:?}");
             }

