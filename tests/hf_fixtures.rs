@@ -2,8 +2,9 @@
 //! checkpoints (see tests/fixtures/models/README.md): prefill logits at every position and
 //! every greedy decode step through the KV cache.
 //!
-//! Tolerance: per row, ‖ours − HF‖/‖HF‖ ≤ 1e-4 (both compute in f32; differences come from
-//! summation order and libm), and greedy ids identical.
+//! Tolerance: per row, ‖ours − HF‖/‖HF‖ ≤ 1e-5 (both compute in f32; differences come from
+//! summation order and libm: the worst row measured is 2.3e-6, gqa4-long-rope row 903), and
+//! greedy ids identical.
 
 mod common;
 
@@ -12,7 +13,7 @@ use smelt::ir::DType;
 use smelt::models::qwen3::Logits;
 use smelt::models::{LoadOptions, Qwen3Cpu};
 
-const ROW_REL_TOL: f64 = 1e-4;
+const ROW_REL_TOL: f64 = 1e-5;
 
 /// Both the fused graphs (the default) and the primitive ones (`--no-fuse`) must match.
 fn check_fixture(name: &str) {

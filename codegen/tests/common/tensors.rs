@@ -37,3 +37,12 @@ pub fn decode(dtype: DType, b: &[u8]) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The worst error of `got` against `want`, relative per element: a 16-bit value on its own
+/// magnitude, or on 2^-10 of the largest when far below it (a sum that cancels); an f32 value
+/// on the largest, as its differences are the f32 rounding of sums taken in another order.
+pub fn worst_relative(got: &[f32], want: &[f32], dtype: DType) -> f32 {
+    let largest = want.iter().fold(0f32, |m, w| m.max(w.abs()));
+    let floor = if dtype == DType::F32 { largest } else { largest * 2f32.powi(-10) };
+    got.iter().zip(want).map(|(g, w)| (g - w).abs() / w.abs().max(floor).max(f32::MIN_POSITIVE)).fold(0.0, f32::max)
+}
