@@ -322,11 +322,21 @@ def save_safetensors_deterministic(tensors: dict, path: Path, metadata: dict) ->
             assert torch.equal(sf.get_tensor(name), t), name
 
 
-def write_reference(path: Path, prompt_ids, prefill, greedy, decode, metadata: dict) -> None:
+@torch.no_grad()
+def bf16_prefill(path: Path, prompt_ids: torch.Tensor) -> torch.Tensor:
+    """The prompt's logits with the checkpoint run in bfloat16 (weights and activations, as a
+    bf16 deployment runs it; HF's RMSNorm and softmax still compute in f32), as f32."""
+    model = Qwen3ForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16, attn_implementation="eager")
+    model.eval()
+    return model(input_ids=prompt_ids[None, :], use_cache=False).logits[0].float().clone()
+
+
+def write_reference(path: Path, prompt_ids, prefill, greedy, decode, prefill_bf16, metadata: dict) -> None:
     save_safetensors_deterministic(
         {
             "prompt_ids": prompt_ids.to(torch.int32),
             "prefill_logits": prefill.to(torch.float32),
+            "prefill_logits_bf16": prefill_bf16.to(torch.float32),
             "greedy_ids": greedy.to(torch.int32),
             "decode_logits": decode.to(torch.float32),
         },
@@ -453,7 +463,9 @@ def build_one_fixture(fx: ModelFixture, out_root: Path) -> dict:
             "max_abs_diff_cache_vs_nocache": f"{nocache_diff:.3e}",
         }
     )
-    write_reference(out_dir / "reference.safetensors", prompt, prefill2, greedy2, decode2, meta)
+    prefill_bf16 = bf16_prefill(out_dir, prompt)
+    meta["bf16_reference"] = "prefill_logits_bf16: the same prompt with weights and activations in bfloat16"
+    write_reference(out_dir / "reference.safetensors", prompt, prefill2, greedy2, decode2, prefill_bf16, meta)
     for f in out_dir.iterdir():
         f.chmod(0o644)  # save_pretrained creates some files 0600
     size = sum(p.stat().st_size for p in out_dir.iterdir())
@@ -954,7 +966,7 @@ def cmd_full(args: argparse.Namespace) -> None:
             "min_top1_top2_margin": f"{min_margin:.6f}",
         }
     )
-    write_reference(out / "reference.safetensors", prompt, prefill2, greedy2, decode2, meta)
+    write_reference(out / "reference.safetensors", prompt, prefill2, greedy2, decode2, bf16_prefill(out, prompt), meta)
     for f in out.iterdir():
         f.chmod(0o644)  # safetensors creates files 0600
     log(

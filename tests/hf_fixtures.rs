@@ -15,6 +15,9 @@ use smelt::models::{LoadOptions, Qwen3Cpu};
 
 const ROW_REL_TOL: f64 = 1e-5;
 
+/// Whole-tensor relative error of smelt's bf16 logits against HF's bf16 ones.
+const BF16_VS_HF_BF16: f64 = 1.0;
+
 /// Both the fused graphs (the default) and the primitive ones (`--no-fuse`) must match.
 fn check_fixture(name: &str) {
     for fuse in [true, false] {
@@ -88,20 +91,35 @@ fn one_token_prompt() {
     check_fixture("one-token");
 }
 
-/// Executing in bf16 (weights, activations and KV cache rounded to bf16, as on the GPU) stays
-/// close to HF's f32 logits: whole-tensor relative error ≤ 2e-2, the bound the GPU backend
-/// is held to.
+/// Executing in bf16 (weights, activations and KV cache rounded to bf16, as on the GPU),
+/// judged against HF run in bf16 as well as in f32. HF's eager attention rounds its scores
+/// and probabilities to bf16 where smelt keeps them in f32 (as flash attention does), so:
+/// - with one token (attention reads one value: no scores to round) the logits must equal
+///   HF's bf16 logits to the bit (measured: identical), which every bf16 rounding elsewhere,
+///   in the norms, the MLP and the head, must match;
+/// - with more, they must be as close to HF's bf16 ones as measured (1.1e-2 at worst) allows,
+///   and no further from HF's f32 logits than HF's own bf16 are (measured: 0.93 to 0.99 of
+///   it), with a margin for rounding in other places.
 #[test]
-fn bf16_execution_tracks_hf_f32() {
-    for name in ["gqa2-untied-bf16-sharded", "gqa4-long-rope"] {
+fn bf16_execution_tracks_hf_bf16_and_hf_f32() {
+    for name in FIXTURES {
         let dir = fixture_dir(name);
         let reference = dir.join("reference.safetensors");
         let prompt: Vec<u32> = read_tensor(&reference, "prompt_ids").i32s.iter().map(|&i| i as u32).collect();
-        let prefill = read_tensor(&reference, "prefill_logits");
+        let hf_f32 = read_tensor(&reference, "prefill_logits").f32s;
+        let hf_bf16 = read_tensor(&reference, "prefill_logits_bf16").f32s;
         let mut model = Qwen3Cpu::load(&dir, DType::BF16).unwrap_or_else(|e| panic!("{name}: {e}"));
         let logits = model.forward(&prompt, Logits::AllPositions).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let (rel, abs) = rel_err(logits.f32s().expect("f32 logits"), &prefill.f32s);
-        eprintln!("{name}: bf16 execution vs HF f32: rel err {rel:.2e}, max abs {abs:.2e}");
-        assert!(rel <= 2e-2, "{name}: bf16 rel err {rel:.2e} (max abs {abs:.2e})");
+        let ours = logits.f32s().expect("f32 logits");
+        let (vs_bf16, _) = rel_err(ours, &hf_bf16);
+        let (vs_f32, _) = rel_err(ours, &hf_f32);
+        let (bf16_cost, _) = rel_err(&hf_bf16, &hf_f32);
+        eprintln!("{name}: bf16 vs HF bf16 {vs_bf16:.2e}, vs HF f32 {vs_f32:.2e}; HF bf16 vs HF f32 {bf16_cost:.2e}");
+        if prompt.len() == 1 {
+            let same = ours.iter().zip(&hf_bf16).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{name}: one token in bf16 differs from HF's bf16 (rel err {vs_bf16:.2e})");
+        }
+        assert!(vs_bf16 <= 2e-2, "{name}: bf16 vs HF bf16 rel err {vs_bf16:.2e}");
+        assert!(vs_f32 <= 1.25 * bf16_cost, "{name}: bf16 vs HF f32 {vs_f32:.2e}, HF's own bf16 {bf16_cost:.2e}");
     }
 }
