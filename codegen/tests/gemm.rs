@@ -424,19 +424,20 @@ fn emulate(cases: &[(Case, Run)], cxx: &str) -> Vec<Vec<f32>> {
 }
 
 /// Summation order differs from `ir::eval`, so an f32 sum may land on the other side of a
-/// storage rounding: allow a few storage ulps, but most outputs must match bit for bit, which
-/// they only do if every rounding point is where `ir::eval` puts it.
+/// storage rounding: allow one storage ulp (relative per element, with a floor of a tenth of
+/// the outputs' RMS; the worst measured is 0.075 of one, plain_bf16), but most outputs must
+/// match bit for bit, which they only do if every rounding point is where `ir::eval` puts it.
 fn compare(case: &Case, t: usize, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{}", case.name);
     let ulp = if case.dtype == DType::BF16 { 1.0 / 128.0 } else { 1.0 / 1024.0 };
     let scale = (want.iter().map(|v| v * v).sum::<f32>() / want.len() as f32).sqrt();
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let tol = 4.0 * ulp * (w.abs() + 0.1 * scale) + 1e-6 * scale;
+        let tol = ulp * (w.abs() + 0.1 * scale) + 1e-6 * scale;
         assert!((g - w).abs() <= tol, "{} T = {t} [{i}]: kernel {g:e}, ir::eval {w:e} (tolerance {tol:e})", case.name);
     }
     let exact = got.iter().zip(want).filter(|(g, w)| g.to_bits() == w.to_bits()).count();
     let share = exact as f64 / want.len() as f64;
-    eprintln!("{} T = {t}: {} outputs, {:.1}% bit-exact, the rest within 4 ulps", case.name, want.len(), share * 100.0);
+    eprintln!("{} T = {t}: {} outputs, {:.1}% bit-exact, the rest within an ulp", case.name, want.len(), share * 100.0);
     assert!(share > 0.9, "{} T = {t}: only {:.1}% bit-exact", case.name, share * 100.0);
 }
 

@@ -332,7 +332,9 @@ fn emulate(cases: &[Case], data: &[Prepared], cxx: &str) -> Vec<Vec<f32>> {
 }
 
 /// Summation order differs from `ir::eval` (lanes, then a butterfly), so an f32 sum may land on
-/// the other side of a storage rounding: allow a few storage ulps, but most outputs must match
+/// the other side of a storage rounding: allow one 16-bit storage ulp (relative per element,
+/// with a floor of a tenth of the outputs' RMS; measured: every 16-bit output bit-exact) or 4
+/// f32 ulps (measured 3.4, swiglu_f32, whose K-long sums reorder), but most outputs must match
 /// bit for bit, which they only do if every rounding point is where `ir::eval` puts it.
 fn compare(case: &Case, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{}", case.name);
@@ -344,11 +346,12 @@ fn compare(case: &Case, got: &[f32], want: &[f32]) {
     let scale = (want.iter().map(|v| v * v).sum::<f32>() / want.len() as f32).sqrt();
     let exact = got.iter().zip(want).filter(|(g, w)| g.to_bits() == w.to_bits()).count();
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let tol = 4.0 * ulp * (w.abs() + 0.1 * scale) + 1e-6 * scale;
+        let ulps = if case.dtype == DType::F32 { 4.0 } else { 1.0 };
+        let tol = ulps * ulp * (w.abs() + 0.1 * scale) + 1e-6 * scale;
         assert!((g - w).abs() <= tol, "{} [{i}]: kernel {g:e}, ir::eval {w:e} (tolerance {tol:e})", case.name);
     }
     let share = exact as f64 / want.len() as f64;
-    eprintln!("{}: {} outputs, {:.1}% bit-exact, the rest within 4 ulps", case.name, want.len(), share * 100.0);
+    eprintln!("{}: {} outputs, {:.1}% bit-exact, the rest within the tolerance", case.name, want.len(), share * 100.0);
     if case.dtype != DType::F32 {
         assert!(share > 0.9, "{}: only {:.1}% bit-exact", case.name, share * 100.0);
     }
