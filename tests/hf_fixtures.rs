@@ -15,9 +15,6 @@ use smelt::models::{LoadOptions, Qwen3Cpu};
 
 const ROW_REL_TOL: f64 = 1e-5;
 
-/// Whole-tensor relative error of smelt's bf16 logits against HF's bf16 ones.
-const BF16_VS_HF_BF16: f64 = 1.0;
-
 /// Both the fused graphs (the default) and the primitive ones (`--no-fuse`) must match.
 fn check_fixture(name: &str) {
     for fuse in [true, false] {
