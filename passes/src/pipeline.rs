@@ -32,3 +32,31 @@ pub fn standard_passes() -> Vec<Box<dyn Pass>> {
 pub fn standard() -> PassManager {
     PassManager::new(standard_passes())
 }
+
+#[cfg(test)]
+mod tests {
+    /// The names are a contract: `smelt compile --dump-after NAME` and the `passes/NN-NAME.txt`
+    /// dumps use them.
+    #[test]
+    fn the_pipeline_runs_its_passes_under_their_documented_names_in_order() {
+        let names = super::standard().names().into_iter().map(str::to_string).collect::<Vec<_>>();
+        let expected = [
+            "canonicalize",
+            "cse",
+            "dce",
+            "fuse_horizontal",
+            "dce",
+            "fuse_rmsnorm",
+            "dce",
+            "fuse_norm_rope",
+            "dce",
+            "fuse_norm_prologue",
+            "dce",
+            "fuse_elementwise",
+            "dce",
+            "fuse_epilogue",
+            "dce",
+        ];
+        assert_eq!(names, expected);
+    }
+}
