@@ -119,11 +119,14 @@ fn elementwise_graph(shared: bool) -> (Graph, NodeId) {
 
 #[test]
 fn elementwise_regions_absorb_only_values_private_to_them() {
-    // Private: one region of three ops.
+    // Private: one region of three ops, its scalar constants inlined: x is its one input.
     let (g, _) = elementwise_graph(false);
     let (after, report) = run_verified(&FuseElementwise, &g);
     assert_eq!((report.matched, report.changed), (1, 3));
-    assert_same_eval(&g, &run_verified(&Dce, &after).0, 2, 1, 0.0);
+    let after = run_verified(&Dce, &after).0;
+    let region = after.outputs().iter().find(|(n, _)| n == "z").map(|(_, id)| *id).unwrap();
+    assert_eq!(after.operands(region).len(), 1, "the scalars 2 and 1 are inlined, x is the input");
+    assert_same_eval(&g, &after, 2, 1, 0.0);
     // `y` is also an output: it is its own region, read by the other as an input.
     let (g, _) = elementwise_graph(true);
     let (after, report) = run_verified(&FuseElementwise, &g);
@@ -135,6 +138,25 @@ fn elementwise_regions_absorb_only_values_private_to_them() {
         .count();
     assert_eq!(exps, 1, "exp is computed once, not inlined into z's region as well");
     assert_same_eval(&g, &after, 2, 1, 0.0);
+}
+
+/// A one-element constant of shape [1, 1] is not a scalar: it broadcasts `x [4]` to [1, 4], so
+/// a region must read it as an input, not inline it.
+#[test]
+fn a_one_element_constant_that_broadcasts_stays_an_input() {
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F32, shape![4]);
+    let c = b.constant("c", DType::F32, shape![1, 1], vec![2.0]).unwrap();
+    let y = b.mul("y", x, c).unwrap();
+    let y = b.unary("e", UnaryOp::Exp, y).unwrap();
+    b.output("y", y).unwrap();
+    let g = b.finish().unwrap();
+    let (after, report) = run_verified(&FuseElementwise, &g);
+    assert_eq!(report.matched, 1);
+    let after = run_verified(&Dce, &after).0;
+    let region = after.outputs()[0].1;
+    assert_eq!(after.operands(region).len(), 2, "x and the [1, 1] constant");
+    assert_same_eval(&g, &after, 1, 1, 0.0);
 }
 
 /// `m = x @ w`, `e = silu(m) + 1`; with `reader`, `m` is also an output.

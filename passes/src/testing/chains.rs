@@ -17,9 +17,12 @@ pub(crate) enum Norm {
     ConstantScale,
     /// A sum where HF has a mean.
     SumNotMean,
+    /// The epsilon varies along the row (a vector constant, not a scalar).
+    VectorEps,
 }
 
-pub(crate) const NORM_MISSES: [Norm; 4] = [Norm::WrongAxis, Norm::OtherSquared, Norm::ConstantScale, Norm::SumNotMean];
+pub(crate) const NORM_MISSES: [Norm; 5] =
+    [Norm::WrongAxis, Norm::OtherSquared, Norm::ConstantScale, Norm::SumNotMean, Norm::VectorEps];
 
 /// A fixed axis of `x` before its last, which [`Norm::WrongAxis`] reduces over.
 pub(crate) fn wrong_axis(b: &Builder, x: NodeId) -> Option<usize> {
@@ -53,7 +56,14 @@ pub(crate) fn rms_norm(b: &mut Builder, name: &str, x: NodeId, other: NodeId, ho
         _ => (ReduceOp::Mean, last),
     };
     let var = b.reduce(&format!("{name}.mean"), op, sq, axis).unwrap();
-    let eps = b.scalar(&format!("{name}.eps"), DType::F32, 1e-6).unwrap();
+    let eps = match how {
+        Norm::VectorEps => {
+            let n = width.fixed().expect("fixed last dim");
+            let values = (0..n).map(|i| 1e-6 + 0.5 * i as f32).collect();
+            b.constant(&format!("{name}.eps"), DType::F32, Shape::new([width]), values).unwrap()
+        }
+        _ => b.scalar(&format!("{name}.eps"), DType::F32, 1e-6).unwrap(),
+    };
     let var = b.add(&format!("{name}.add_eps"), var, eps).unwrap();
     let inv = b.unary(&format!("{name}.rsqrt"), UnaryOp::Rsqrt, var).unwrap();
     let y = b.mul(&format!("{name}.normalize"), x32, inv).unwrap();
