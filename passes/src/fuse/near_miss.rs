@@ -182,6 +182,79 @@ fn epilogues_take_only_matmuls_nothing_else_reads() {
     assert_eq!(fused_count(&epilogue_graph(true), &passes), 0, "the matmul is also an output");
 }
 
+/// How an elementwise op reads a matmul `m = x @ w` (`[T, 12]`, as horizontal fusion leaves
+/// three 4-column parts): `silu(g) * u` over two slices of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slices {
+    /// Columns 0..4 and 4..8: parts 0 and 1 of 3.
+    Parts,
+    /// Columns 0..4 and 6..10: the second does not start on a part boundary.
+    Offset,
+    /// Parts, but `u` is also a graph output.
+    Shared,
+    /// Parts, and a residual `r` added: `silu(g) * u + r`.
+    Residual,
+}
+
+fn swiglu_graph(how: Slices) -> Graph {
+    use smelt_ir::Bound::FromStart;
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F32, shape![Sym::NewTokens, 8]);
+    let w = b.weight("gate+up+other", DType::F32, shape![12, 8]).unwrap();
+    let m = b.matmul("m", x, w).unwrap();
+    let g = b.slice("g", m, 1, FromStart(0), FromStart(4)).unwrap();
+    let (us, ue) = if how == Slices::Offset { (6, 10) } else { (4, 8) };
+    let u = b.slice("u", m, 1, FromStart(us), FromStart(ue)).unwrap();
+    let s = b.unary("silu", UnaryOp::Silu, g).unwrap();
+    let mut e = b.mul("swiglu", s, u).unwrap();
+    if how == Slices::Residual {
+        let r = b.input("r", DType::F32, shape![Sym::NewTokens, 4]);
+        e = b.add("residual", e, r).unwrap();
+    }
+    b.output("e", e).unwrap();
+    if how == Slices::Shared {
+        b.output("u", u).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+#[test]
+fn epilogues_read_a_matmul_through_its_parts_only() {
+    let passes: [&dyn Pass; 2] = [&FuseElementwise, &FuseEpilogue];
+    for (how, fused) in [(Slices::Parts, 1), (Slices::Residual, 1), (Slices::Offset, 0), (Slices::Shared, 0)] {
+        assert_eq!(fused_count(&swiglu_graph(how), &passes), fused, "{how:?}");
+    }
+    // The parts and the residual as the epilogue reads them.
+    let mut g = swiglu_graph(Slices::Residual);
+    for (pass, counts) in passes.into_iter().zip([(1, 3), (1, 1)]) {
+        let (fused, report) = run_verified(pass, &g);
+        assert_eq!((report.matched, report.changed), counts, "{}", pass.name());
+        g = run_verified(&Dce, &fused).0;
+    }
+    let e = g.outputs()[0].1;
+    let Op::Linear { norm_eps: None, epilogue: Some(body) } = op(&g, e) else { panic!("{:?}", op(&g, e)) };
+    let text = body.to_string();
+    assert!(text.contains("acc[0/3]") && text.contains("acc[1/3]"), "{text}");
+    assert_eq!(g.operands(e).len(), 3, "x, the weight and the residual");
+}
+
+/// A norm folded into a matmul as its prologue still takes an epilogue (a decode step's
+/// down projection: norm, matmul, residual add).
+#[test]
+fn a_matmul_with_a_norm_prologue_takes_an_epilogue() {
+    let mut b = Builder::new();
+    b.pin(Sym::NewTokens, 1);
+    let x = b.input("x", DType::F32, shape![Sym::NewTokens, 8]);
+    let normed = chains::rms_norm(&mut b, "norm", x, x, Norm::Exact);
+    let w = b.weight("w", DType::F32, shape![8, 8]).unwrap();
+    let m = b.matmul("m", normed, w).unwrap();
+    let e = b.add("residual", m, x).unwrap();
+    b.output("e", e).unwrap();
+    let g = b.finish().unwrap();
+    let passes: [&dyn Pass; 4] = [&FuseRmsNorm, &FuseNormPrologue, &FuseElementwise, &FuseEpilogue];
+    assert_eq!(fused_count(&g, &passes), 1);
+}
+
 /// Two matmuls against weights of 3 and 5 rows; `same_x` reads one activation, else two.
 fn horizontal_graph(same_x: bool, weight_leaves: bool) -> Graph {
     let mut b = Builder::new();
@@ -193,7 +266,7 @@ fn horizontal_graph(same_x: bool, weight_leaves: bool) -> Graph {
         } else {
             b.input(&format!("w{i}"), DType::F32, shape![n, 8])
         };
-        let y = b.matmul(&format!("mm{i}"), xi, w).unwrap();
+        let y = b.matmul(&format!("blk.mm{i}"), xi, w).unwrap();
         b.output(&format!("y{i}"), y).unwrap();
     }
     b.finish().unwrap()
@@ -202,6 +275,15 @@ fn horizontal_graph(same_x: bool, weight_leaves: bool) -> Graph {
 #[test]
 fn horizontal_fusion_groups_only_weight_matmuls_of_one_activation() {
     assert_eq!(fused_count(&horizontal_graph(true, true), &[&FuseHorizontal]), 1);
+    // One matmul of both, named for both (kernel names and the runtime's weights follow it).
+    let (after, report) = run_verified(&FuseHorizontal, &horizontal_graph(true, true));
+    assert_eq!((report.matched, report.changed), (1, 2));
+    let names: Vec<String> = after
+        .node_ids()
+        .filter(|&id| *op(&after, id) == Op::MatMul && !after.users(id).is_empty())
+        .filter_map(|id| after.node(id).name.clone())
+        .collect();
+    assert_eq!(names, ["blk.mm0+mm1"]);
     assert_eq!(fused_count(&horizontal_graph(false, true), &[&FuseHorizontal]), 0, "two activations");
     assert_eq!(fused_count(&horizontal_graph(true, false), &[&FuseHorizontal]), 0, "weights that are inputs");
 }
