@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 /// Name under which the single template is stored in the environment.
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// The most template instructions one render may run: a template comes with the model and may
+/// loop for ever (nested `range`s). Qwen3's runs about 50 per message, so this allows
+/// conversations of many thousands of turns, and stops a runaway template within a second.
+const TEMPLATE_FUEL: u64 = 20_000_000;
+
 /// One turn of a conversation (`role` is `system`, `user`, `assistant`, `tool`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -74,6 +79,7 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_template_owned(TEMPLATE_NAME, source).map_err(ChatError::Compile)?;
         Ok(ChatTemplate { env, special_tokens: BTreeMap::new() })
     }
@@ -190,6 +196,22 @@ mod tests {
         let err = ChatTemplate::from_tokenizer_config(Path::new("/nonexistent/tokenizer_config.json"))
             .expect_err("must fail");
         assert!(err.to_string().contains("/nonexistent/tokenizer_config.json"), "{err}");
+    }
+
+    #[test]
+    fn a_runaway_template_runs_out_of_fuel_and_a_long_chat_does_not() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}".into(),
+        )
+        .expect("compiles");
+        let err = t.render(&[], false, None).expect_err("must stop");
+        assert!(err.to_string().contains("fuel"), "{err}");
+        // Qwen3's own template over 10,000 turns stays well within the fuel.
+        let turns: Vec<ChatMessage> = (0..10_000)
+            .map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, format!("turn {i}")))
+            .collect();
+        let prompt = qwen3().render(&turns, true, None).expect("renders");
+        assert!(prompt.contains("turn 9999"));
     }
 
     #[test]

@@ -174,3 +174,20 @@ fn files_that_are_not_regular_files_are_errors_never_hangs() {
     mentions(&fails(&["compile", "--config", path_str(dir.path())]), &["a directory"]);
     mentions(&fails(&["tokenize", "--tokenizer", "/dev/zero", "--text", "hi"]), &["/dev/zero", "a device"]);
 }
+
+/// A chat template comes with the model and may loop for ever: it runs on bounded fuel.
+#[test]
+fn a_runaway_chat_template_is_an_error_not_a_hang() {
+    let model = tempfile::tempdir().unwrap();
+    common::random_model::write_random_qwen3(model.path(), 2);
+    let path = model.path().join("tokenizer_config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["chat_template"] =
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}".into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let args = ["generate", "--model", path_str(model.path()), "--prompt", "hi", "--chat", "--max-new-tokens", "1"];
+    let (code, stdout, stderr, took) = run_in(&root(), None, &args);
+    failed_cleanly(&args, code, &stdout, &stderr);
+    mentions(&stderr, &["chat template", "fuel"]);
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
