@@ -207,6 +207,16 @@ mod tests {
         let mixed = plan_kv(&b.finish().unwrap(), 16, 1 << 20);
         assert_eq!(mixed, Err(KvPlanError::MixedDtypes(vec!["f32".into(), "bf16".into()])));
 
+        // A cache whose token rows hold no bytes: refused (a zero block size would divide the
+        // budget by zero).
+        let mut b = Builder::new();
+        let x = b.input("new", DType::BF16, shape![T, 0, 4]);
+        let cache = b.input("c", DType::BF16, shape![P, 0, 4]);
+        let all = b.op("append", Op::KvAppend, &[cache, x]).unwrap();
+        b.output("c", all).unwrap();
+        let err = plan_kv(&b.finish().unwrap(), 16, 1 << 20).unwrap_err();
+        assert!(matches!(err, KvPlanError::TokenShape { .. }), "{err}");
+
         let mut b = Builder::new();
         let x = b.input("new", DType::BF16, shape![T, Sym::Batch, 4]);
         let cache = b.input("c", DType::BF16, shape![P, Sym::Batch, 4]);

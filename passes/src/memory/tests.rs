@@ -283,6 +283,19 @@ fn a_cycle_gets_an_empty_plan() {
     assert!(plan.buffers.is_empty() && plan.arena_bytes == 0);
 }
 
+/// Sizes that do not fit 64 bits saturate, and the plan says it overflowed (a real plan never
+/// does: its sizes are far from it).
+#[test]
+fn a_plan_too_large_to_count_says_it_overflowed() {
+    let (mut b, x) = start();
+    let y = b.unary("y", UnaryOp::Exp, x).unwrap();
+    b.output("y", y).unwrap();
+    let g = b.finish().unwrap();
+    assert!(!plan_memory(&g, &bind(1 << 20)).overflowed());
+    let huge = plan_memory(&g, &bind(1 << 60));
+    assert!(huge.overflowed(), "{} bytes", huge.naive_bytes);
+}
+
 #[test]
 fn check_plan_catches_overlaps_and_bad_hand_overs() {
     let (mut b, x) = start();
