@@ -283,6 +283,51 @@ fn a_cycle_gets_an_empty_plan() {
     assert!(plan.buffers.is_empty() && plan.arena_bytes == 0);
 }
 
+#[test]
+fn a_cast_to_a_type_of_the_same_width_is_in_place() {
+    let (mut b, x) = start();
+    let a = b.unary("a", UnaryOp::Exp, x).unwrap();
+    let c = b.cast("c", a, DType::I32).unwrap();
+    b.output("c", c).unwrap();
+    let plan = planned(&b.finish().unwrap(), 4);
+    assert_eq!(get(&plan, "c").reuses, Some(get(&plan, "a").node), "f32 to i32: 4 bytes each");
+}
+
+/// Where a KV append lives: in the KV cache when it extends a state cache or is one; in the
+/// arena when it extends a value the step computed and is no state.
+#[test]
+fn an_append_lives_in_the_kv_cache_only_when_it_extends_or_is_a_state() {
+    let appended = |state_input: bool, state_output: bool| {
+        let mut b = Builder::new();
+        let new = b.input("new", DType::F32, shape![T, 2, 4]);
+        let cache = b.input("c", DType::F32, shape![P, 2, 4]);
+        // A cache operand computed by the step (not the state input itself) when asked.
+        let base = if state_input { cache } else { b.unary("copy", UnaryOp::Neg, cache).unwrap() };
+        let all = b.op("append", Op::KvAppend, &[base, new]).unwrap();
+        let y = b.reduce("sum", ReduceOp::Sum, all, 0).unwrap();
+        b.output("y", y).unwrap();
+        // `c` is a state when the graph also outputs it: the append, or the input unchanged.
+        b.output("c", if state_output { all } else { cache }).unwrap();
+        let plan = plan_memory(&b.finish().unwrap(), &bind(3));
+        check_plan(&plan).unwrap();
+        buf(&plan, "append").is_some()
+    };
+    assert!(!appended(true, true), "extends the state cache and is the state: KV");
+    assert!(!appended(true, false), "extends the state cache, read by the step only: KV");
+    assert!(!appended(false, true), "is the state output: KV");
+    assert!(appended(false, false), "neither: an arena buffer");
+}
+
+/// Best fit breaks a tie between equal gaps by the lower offset, so plans are reproducible.
+#[test]
+fn equal_gaps_go_to_the_lower_offset() {
+    let span = |start, end| Span { start, end, bytes: 256 };
+    // Four spans stacked from 0; the fifth is live with the second and fourth only, so the
+    // first and third leave two gaps of 256 bytes, at 0 and at 512.
+    let spans = [span(0, 1), span(0, 3), span(0, 1), span(0, 3), span(2, 3)];
+    assert_eq!(assign_offsets(&spans), [0, 256, 512, 768, 0]);
+}
+
 /// Sizes that do not fit 64 bits saturate, and the plan says it overflowed (a real plan never
 /// does: its sizes are far from it).
 #[test]
