@@ -56,7 +56,7 @@ impl fmt::Display for Role {
 pub struct Meta {
     /// The decoder layer the node belongs to, if any.
     pub layer: Option<u32>,
-    /// What the node computes, in the model's words (`qkv`, `o_proj_residual`): a kernel rooted
+    /// What the node computes, in the model's words (`qkv`, `lm_head`): a kernel rooted
     /// at the node is named after it. `Some("")` asks for the kernel kind alone.
     pub label: Option<String>,
 }
