@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use smelt::ir::print::to_text;
-use smelt::ir::{eval, Bindings, DType, Graph, Tensor};
-use smelt::models::qwen3::{declare, kv_name, DeclareOptions, KvKind, Logits, Phase, LOGITS};
+use smelt::ir::{eval, Bindings, DType, Graph, KvPart, Tensor};
+use smelt::models::qwen3::{declare, kv_name, DeclareOptions, Logits, Phase, LOGITS};
 use smelt::models::Qwen3Config;
 use smelt::passes::pipeline::{standard, standard_passes};
 use smelt::passes::stats::op_counts;
@@ -100,7 +100,7 @@ fn inputs(cfg: &Qwen3Config, dtype: DType, t: usize, p: usize, seed: &mut u64) -
     m.insert("token_ids".to_string(), Tensor::from_i32(vec![t], ids.collect()));
     m.insert("positions".to_string(), Tensor::from_i32(vec![t], (p..p + t).map(|x| x as i32).collect()));
     for l in 0..cfg.num_layers {
-        for kind in [KvKind::Key, KvKind::Value] {
+        for kind in [KvPart::Key, KvPart::Value] {
             let shape = vec![p, cfg.num_kv_heads, cfg.head_dim];
             let values = uniform(shape.iter().product(), seed);
             m.insert(kv_name(l, kind), Tensor::from_f32(dtype, shape, values));

@@ -4,7 +4,7 @@
 //! graphs (symbolic `T`) get the tensor-core GEMM and prefill attention.
 
 use serde::Serialize;
-use smelt_ir::{Bindings, DType, Dim, Graph, NodeId, Op, Shape, Sym};
+use smelt_ir::{Bindings, DType, Dim, Graph, Node, NodeId, Op, Shape, Sym};
 
 use crate::kernels::{self, AttentionSpec, GemvSpec, Kernel, View};
 
@@ -44,6 +44,8 @@ pub struct Scheduled {
     pub kernel: usize,
     /// The IR node it computes and that node's op, as printed (`linear_rmsnorm[norm_eps=…]`).
     pub node: String,
+    /// The decoder layer of that node, as the model marked it.
+    pub layer: Option<u32>,
     pub op: String,
     /// The buffers it reads, by weight/input name or node name, in operand order.
     pub operands: Vec<String>,
@@ -180,23 +182,17 @@ fn bytes(shape: &Shape, dtype: DType, b: &Bindings) -> u64 {
     (shape.resolve(b).iter().product::<usize>() * dtype.size_bytes()) as u64
 }
 
-/// A kernel's name: what it computes, from its node's name without the layer scope (every
-/// layer runs the same kernel) and the kernel kind: `l07.attn.q_proj+k_proj+v_proj` with
-/// kind `gemv_rmsnorm` → `qkv_gemv_rmsnorm`.
-fn name_for(node: &str, kind: &str) -> String {
-    let last = node.rsplit('.').next().unwrap_or(node);
-    let role = match last {
-        "q_proj+k_proj+v_proj" => "qkv",
-        "gate_up" => "gate_up_swiglu",
-        "attn_residual" => "o_proj_residual",
-        "mlp_residual" => "down_residual",
-        "logits_f32" => "lm_head",
-        "k_append" => "k",
-        "v_append" => "v",
-        "attention" | "greedy" => "",
-        other => other,
+/// A kernel's name: what its node computes, then the kernel kind (label `qkv`, kind
+/// `gemv_rmsnorm` → `qkv_gemv_rmsnorm`). What it computes is the label the model gave the node
+/// (an empty label leaves the kind alone), else the last part of the node's name. Never the
+/// layer: every layer runs the same kernel.
+fn name_for(node: &Node, kind: &str) -> String {
+    let what = match (&node.meta.label, &node.name) {
+        (Some(label), _) => label.as_str(),
+        (None, Some(name)) => name.rsplit('.').next().unwrap_or(name),
+        (None, None) => "",
     };
-    let name = if role.is_empty() { kind.to_string() } else { format!("{role}_{kind}") };
+    let name = if what.is_empty() { kind.to_string() } else { format!("{what}_{kind}") };
     kernels::kernel_name(&name)
 }
 
@@ -270,7 +266,7 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
                 // FLOPs at one new token, like every cost here (multiply by T).
                 cost.flops = 2 * (n * k) as u64;
                 let kind = if epilogue.is_some() { "gemm_epilogue" } else { "gemm" };
-                vec![kernels::linear_gemm(&name_for(&label, kind), &spec)]
+                vec![kernels::linear_gemm(&name_for(node, kind), &spec)]
             }
             Op::Linear { norm_eps, epilogue } => {
                 let (_, view) = resolve_view(g, ops[0]);
@@ -297,7 +293,7 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
                     out_dtype: node.dtype,
                 };
                 let kind = if norm_eps.is_some() { "gemv_rmsnorm" } else { "gemv" };
-                vec![kernels::linear_gemv(&name_for(&label, kind), &spec)]
+                vec![kernels::linear_gemv(&name_for(node, kind), &spec)]
             }
             Op::MatMul => {
                 let xs = &g.node(ops[0]).shape;
@@ -319,7 +315,7 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
                     extras: &[],
                     out_dtype: node.dtype,
                 };
-                vec![kernels::linear_gemv(&name_for(&label, "gemv"), &spec)]
+                vec![kernels::linear_gemv(&name_for(node, "gemv"), &spec)]
             }
             Op::NormRope { eps, append } => {
                 let (_, view) = resolve_view(g, ops[0]);
@@ -328,7 +324,7 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
                 supported(&label, d % 32 == 0, &format!("head dim {d} (a multiple of 32 is needed)"))?;
                 if *append {
                     vec![kernels::norm_rope_kv_append(
-                        &name_for(&label, "norm_rope_kv_append"),
+                        &name_for(node, "norm_rope_kv_append"),
                         heads,
                         d,
                         node.dtype,
@@ -336,14 +332,14 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
                         view,
                     )]
                 } else {
-                    vec![kernels::norm_rope(&name_for(&label, "norm_rope"), heads, d, node.dtype, *eps, view)]
+                    vec![kernels::norm_rope(&name_for(node, "norm_rope"), heads, d, node.dtype, *eps, view)]
                 }
             }
             Op::KvAppend => {
                 let (_, view) = resolve_view(g, ops[1]);
                 let s = &g.node(ops[1]).shape;
                 let (heads, d) = (fixed(&label, s.dims()[1])?, fixed(&label, s.dims()[2])?);
-                vec![kernels::kv_append(&name_for(&label, "kv_append"), heads, d, node.dtype, view)]
+                vec![kernels::kv_append(&name_for(node, "kv_append"), heads, d, node.dtype, view)]
             }
             Op::Attention { scale } | Op::NormRopeAttention { scale, .. } => {
                 let eps = match node.op {
@@ -370,14 +366,14 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
                 let one_sequence = !options.rows_are_sequences;
                 if !decode && one_sequence && kernels::PrefillAttentionSpec::supports(spec.d, node.dtype) {
                     let prefill = kernels::PrefillAttentionSpec::from(&spec);
-                    vec![kernels::prefill_attention(&name_for(&label, "prefill_attention"), &prefill)]
+                    vec![kernels::prefill_attention(&name_for(node, "prefill_attention"), &prefill)]
                 } else {
                     supported(
                         &label,
                         head_dim_ok(spec.d, node.dtype),
                         &format!("head dim {} in {}", spec.d, node.dtype),
                     )?;
-                    let kernels = kernels::decode_attention(&name_for(&label, "attention"), &spec);
+                    let kernels = kernels::decode_attention(&name_for(node, "attention"), &spec);
                     if kernels.len() == 2 {
                         params = vec![Params::AttentionSplit(spec), Params::AttentionCombine(spec)];
                     }
@@ -388,28 +384,28 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
                 let (_, view) = resolve_view(g, ops[0]);
                 let s = &node.shape;
                 let d = fixed(&label, *s.dims().last().expect("rank >= 1"))?;
-                vec![kernels::rmsnorm(&name_for(&label, "rmsnorm"), s.dims()[0], d, node.dtype, *eps, view)]
+                vec![kernels::rmsnorm(&name_for(node, "rmsnorm"), s.dims()[0], d, node.dtype, *eps, view)]
             }
             Op::Gather => {
                 let t = &g.node(ops[0]).shape;
                 let d = fixed(&label, t.dims()[1])?;
                 // Only the gathered rows of the table are read.
                 cost.weight_bytes = bytes(&node.shape, node.dtype, &step);
-                vec![kernels::gather(&name_for(&label, "gather"), node.shape.dims()[0], d, node.dtype)]
+                vec![kernels::gather(&name_for(node, "gather"), node.shape.dims()[0], d, node.dtype)]
             }
             Op::ArgMax { .. } => {
                 let s = &g.node(ops[0]).shape;
                 let v = fixed(&label, *s.dims().last().expect("rank >= 1"))?;
-                vec![kernels::argmax(&name_for(&label, "argmax"), s.dims()[0], v, g.node(ops[0]).dtype)]
+                vec![kernels::argmax(&name_for(node, "argmax"), s.dims()[0], v, g.node(ops[0]).dtype)]
             }
             Op::Reduce { op, axis } => {
                 let x = ty(ops[0]);
                 supported(&label, x.0 != DType::I32 && node.dtype != DType::I32, "a reduction of i32")?;
-                vec![kernels::reduce(&name_for(&label, "reduce"), *op, (x.0, &x.1), *axis, node.dtype)]
+                vec![kernels::reduce(&name_for(node, "reduce"), *op, (x.0, &x.1), *axis, node.dtype)]
             }
             Op::Elementwise { body } => {
                 let inputs: Vec<(DType, Shape)> = ops.iter().map(|&x| ty(x)).collect();
-                vec![kernels::elementwise(&name_for(&label, "elementwise"), body, &inputs, (node.dtype, &node.shape))]
+                vec![kernels::elementwise(&name_for(node, "elementwise"), body, &inputs, (node.dtype, &node.shape))]
             }
             _ => return Err(unsupported(": run the pass pipeline first (primitive ops are not kernels)")),
         };
@@ -441,6 +437,7 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
             program.launches.push(Scheduled {
                 kernel: index,
                 node: label.clone(),
+                layer: node.meta.layer,
                 op: op.clone(),
                 operands: operands.clone(),
                 cost,

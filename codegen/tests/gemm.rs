@@ -60,7 +60,7 @@ fn qwen3_prefill(dtype: DType) -> Vec<Case> {
         Case::new("l00_attn_qkv_gemm", dtype, 1024, 4096, None),
         Case::new("l00_attn_residual_gemm", dtype, 2048, 1024, Some(residual(dtype))),
         Case::new("l00_mlp_gate_up_gemm", dtype, 1024, 6144, Some(swiglu(dtype))),
-        Case::new("l00_mlp_residual_gemm", dtype, 3072, 1024, Some(residual(dtype))),
+        Case::new("l00_ffn_residual_gemm", dtype, 3072, 1024, Some(residual(dtype))),
         Case::new("logits_f32_gemm", dtype, 1024, 151936, Some(to_f32(dtype))),
     ]
 }
@@ -113,8 +113,8 @@ fn launch_config() {
 
 #[test]
 fn epilogue_addressing() {
-    let o_proj = Case::new("o_proj", DType::BF16, 2048, 1024, Some(residual(DType::BF16))).kernel();
-    let src = &o_proj.source;
+    let out = Case::new("attn_out", DType::BF16, 2048, 1024, Some(residual(DType::BF16))).kernel();
+    let src = &out.source;
     assert!(src.contains("const float in0 = smelt_load_bf16(extra0[r * 1024u + col]);"), "{src}");
     assert!(src.contains("y[r * N_OUT + col] = smelt_store_bf16(smelt_round_bf16((in0 + acc)));"), "{src}");
     assert!(src.contains("const float acc = smelt_round_bf16(sum[mi][0u * JP + jj][h * 2u + e]);"), "{src}");
@@ -136,7 +136,7 @@ fn epilogue_addressing() {
 
 #[test]
 fn parameters_in_operand_order() {
-    let k = Case::new("o_proj", DType::BF16, 2048, 1024, Some(residual(DType::BF16))).kernel();
+    let k = Case::new("attn_out", DType::BF16, 2048, 1024, Some(residual(DType::BF16))).kernel();
     let x = k.source.find("__restrict__ x,").expect("x");
     let w = k.source.find("__restrict__ w,").expect("w");
     let e = k.source.find("__restrict__ extra0,").expect("extra0");

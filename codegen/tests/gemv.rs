@@ -90,7 +90,7 @@ fn qwen3_decode(dtype: DType) -> Vec<Case> {
         Case::new("l00_attn_qkv_gemv", dtype, 1024, 4096, true, None),
         Case::new("l00_attn_residual_gemv", dtype, 2048, 1024, false, Some(residual(dtype))),
         Case::new("l00_mlp_gate_up_gemv", dtype, 1024, 6144, true, Some(swiglu(dtype))),
-        Case::new("l00_mlp_residual_gemv", dtype, 3072, 1024, false, Some(residual(dtype))),
+        Case::new("l00_ffn_residual_gemv", dtype, 3072, 1024, false, Some(residual(dtype))),
         Case::new("logits_f32_gemv", dtype, 1024, 151936, true, Some(to_f32(dtype))),
     ]
 }
@@ -118,8 +118,8 @@ fn launch_and_epilogue_addressing() {
     let gate_up = Case::new("gate_up", DType::F16, 1024, 6144, true, Some(swiglu(DType::F16))).kernel();
     assert_eq!(gate_up.launch.grid, Grid::Fixed(3072 / 8));
     // The residual is read at (row, column); a [1, N] extra is broadcast over three rows.
-    let o_proj = Case::new("o_proj", DType::BF16, 2048, 1024, false, Some(residual(DType::BF16))).kernel();
-    assert!(o_proj.source.contains("const float in0 = smelt_load_bf16(extra0[r * 1024u + col]);"), "{}", o_proj.source);
+    let out = Case::new("attn_out", DType::BF16, 2048, 1024, false, Some(residual(DType::BF16))).kernel();
+    assert!(out.source.contains("const float in0 = smelt_load_bf16(extra0[r * 1024u + col]);"), "{}", out.source);
     let d = DType::BF16;
     let mut rows3 = Case::new("rows3", d, 256, 64, false, None);
     rows3.epilogue = Some(Expr::new(ExprKind::Binary(BinaryOp::Mul, acc(0, 1, d), node(ExprKind::Input(0), d)), d));
@@ -377,7 +377,7 @@ fn emulated_kernels_match_eval() {
         cases.push(Case::new("qkv", dtype, 1024, 256, true, None));
         cases.push(Case::new("attn_residual", dtype, 2048, 128, false, Some(residual(dtype))));
         cases.push(Case::new("gate_up", dtype, 1024, 2 * 96, true, Some(swiglu(dtype))));
-        cases.push(Case::new("mlp_residual", dtype, 3072, 128, false, Some(residual(dtype))));
+        cases.push(Case::new("ffn_residual", dtype, 3072, 128, false, Some(residual(dtype))));
         // lm_head's columns outnumber the warps (1024 blocks of 8 at most): here, 3 blocks.
         let mut logits = Case::new("logits", dtype, 1024, 200, true, Some(to_f32(dtype)));
         logits.emulated_grid = Some(3);

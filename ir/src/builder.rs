@@ -9,12 +9,15 @@ use crate::error::IrError;
 use crate::graph::{Graph, Node, NodeId};
 use crate::infer::infer;
 use crate::op::{BinaryOp, Bound, Op, ReduceOp, UnaryOp};
+use crate::role::{Meta, Role};
 use crate::shape::Shape;
 
 #[derive(Default)]
 pub struct Builder {
     graph: Graph,
     scope: Vec<String>,
+    /// The layer index given to every node added, if any.
+    layer: Option<u32>,
     weights: HashMap<String, NodeId>,
 }
 
@@ -29,6 +32,23 @@ impl Builder {
         let r = f(self);
         self.scope.pop();
         r
+    }
+
+    /// Runs `f` with every node it adds marked as belonging to layer `layer`.
+    pub fn in_layer<R>(&mut self, layer: u32, f: impl FnOnce(&mut Builder) -> R) -> R {
+        let outer = self.layer.replace(layer);
+        let r = f(self);
+        self.layer = outer;
+        r
+    }
+
+    /// Labels `x` with what it computes in the model's words (see [`Meta::label`]).
+    pub fn label(&mut self, x: NodeId, label: &str) {
+        self.graph.node_mut(x).meta.label = Some(label.to_string());
+    }
+
+    fn meta(&self) -> Meta {
+        Meta { layer: self.layer, label: None }
     }
 
     fn qualified(&self, name: &str) -> String {
@@ -58,17 +78,23 @@ impl Builder {
             }
             Err(message) => return Err(IrError::Node { node: qualified, message }),
         };
-        let node = Node { op, dtype, shape, name: Some(qualified) };
+        let node = Node { op, dtype, shape, name: Some(qualified), meta: self.meta() };
         Ok(self.graph.add_node(node, operands))
     }
 
     fn leaf(&mut self, op: Op, dtype: DType, shape: Shape, name: String) -> NodeId {
-        self.graph.add_node(Node { op, dtype, shape, name: Some(name) }, &[])
+        self.graph.add_node(Node { op, dtype, shape, name: Some(name), meta: self.meta() }, &[])
     }
 
     pub fn input(&mut self, name: &str, dtype: DType, shape: Shape) -> NodeId {
         let op = Op::Input { name: name.to_string() };
         self.leaf(op, dtype, shape, name.to_string())
+    }
+
+    /// An input playing `role` (an output of the same name shares it).
+    pub fn input_as(&mut self, name: &str, dtype: DType, shape: Shape, role: Role) -> NodeId {
+        self.graph.set_role(name, role);
+        self.input(name, dtype, shape)
     }
 
     /// A checkpoint parameter. Asking twice for one name gives the same node (tied weights);
@@ -172,6 +198,13 @@ impl Builder {
         Ok(())
     }
 
+    /// [`Builder::output`] playing `role`.
+    pub fn output_as(&mut self, name: &str, x: NodeId, role: Role) -> Result<(), IrError> {
+        self.output(name, x)?;
+        self.graph.set_role(name, role);
+        Ok(())
+    }
+
     /// The finished graph, verified.
     pub fn finish(self) -> Result<Graph, IrError> {
         crate::verify::verify(&self.graph)?;
@@ -216,11 +249,11 @@ mod tests {
     fn infer_errors_name_the_node() {
         let cases: Vec<(&str, &str, (String, String))> = vec![
             (
-                "l00.q_proj",
+                "l00.proj",
                 "contraction",
                 scoped_err(|b, [a, ..]| {
                     let w = b.weight("w", DType::F32, shape![8, 5])?;
-                    b.matmul("q_proj", a, w)
+                    b.matmul("proj", a, w)
                 }),
             ),
             (

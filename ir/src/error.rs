@@ -1,7 +1,7 @@
 //! Errors of graph construction and verification.
 
 /// A graph that is not well-formed. `node` names the offending node as the printer shows it
-/// (`%12 l03.attn.q_proj`).
+/// (`%12 l03.attn.scores`).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum IrError {
     #[error("node {node}: {message}")]
@@ -12,4 +12,6 @@ pub enum IrError {
     DanglingOutput { name: String },
     #[error("duplicate {what} name {name:?}")]
     Duplicate { what: &'static str, name: String },
+    #[error("{name:?} plays the role {role}, {message}")]
+    Role { name: String, role: crate::Role, message: String },
 }

@@ -2,7 +2,7 @@
 //! operand's slot.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::{EdgeRef, NodeIndexable};
@@ -10,6 +10,7 @@ use petgraph::Direction;
 
 use crate::dtype::DType;
 use crate::op::Op;
+use crate::role::{Meta, Role};
 use crate::shape::{Shape, Sym};
 
 pub type NodeId = NodeIndex<u32>;
@@ -20,8 +21,17 @@ pub struct Node {
     pub op: Op,
     pub dtype: DType,
     pub shape: Shape,
-    /// A stable, meaningful name (`l03.attn.q_proj`) used by printers and kernel names.
+    /// A stable, meaningful name (`l03.attn.scores`) used by printers and error messages.
     pub name: Option<String>,
+    /// The model's layer index and label, from which kernels are named.
+    pub meta: Meta,
+}
+
+impl Node {
+    /// A node with no name and no metadata.
+    pub fn new(op: Op, dtype: DType, shape: Shape) -> Node {
+        Node { op, dtype, shape, name: None, meta: Meta::default() }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -31,6 +41,8 @@ pub struct Graph {
     /// Symbols this graph fixes: a decode graph pins `T = 1`, which gives `P+T` its meaning
     /// where shapes spell the new-token dim as a literal 1.
     pins: Vec<(Sym, usize)>,
+    /// The role of each input and output name that has one; the rest are [`Role::Other`].
+    roles: BTreeMap<String, Role>,
 }
 
 impl Graph {
@@ -115,6 +127,46 @@ impl Graph {
             Some(slot) => slot.1 = id,
             None => self.outputs.push((name.to_string(), id)),
         }
+    }
+
+    /// Gives the input and/or output called `name` the role `role`.
+    pub fn set_role(&mut self, name: &str, role: Role) {
+        match role {
+            Role::Other => self.roles.remove(name),
+            role => self.roles.insert(name.to_string(), role),
+        };
+    }
+
+    /// The role of the input or output called `name`.
+    pub fn role(&self, name: &str) -> Role {
+        self.roles.get(name).copied().unwrap_or_default()
+    }
+
+    /// Every name with a role, by name.
+    pub fn roles(&self) -> impl Iterator<Item = (&str, Role)> + '_ {
+        self.roles.iter().map(|(n, r)| (n.as_str(), *r))
+    }
+
+    /// The input playing `role`, if one does.
+    pub fn input_with(&self, role: Role) -> Option<(String, NodeId)> {
+        self.inputs().into_iter().find(|(n, _)| self.role(n) == role)
+    }
+
+    /// The output playing `role`, if one does.
+    pub fn output_with(&self, role: Role) -> Option<(String, NodeId)> {
+        self.outputs.iter().find(|(n, _)| self.role(n) == role).cloned()
+    }
+
+    /// The KV-cache inputs (state the runtime keeps between steps and feeds back under the
+    /// same name), by layer, keys before values.
+    pub fn kv_cache_inputs(&self) -> Vec<(String, NodeId)> {
+        let mut caches: Vec<(Role, String, NodeId)> = self
+            .inputs()
+            .into_iter()
+            .filter_map(|(n, id)| Some(self.role(&n)).filter(|r| r.is_kv_cache()).map(|r| (r, n, id)))
+            .collect();
+        caches.sort();
+        caches.into_iter().map(|(_, n, id)| (n, id)).collect()
     }
 
     /// Redirects every use of `old` (operands and outputs) to `new`.
@@ -220,7 +272,7 @@ mod tests {
     const T: Sym = Sym::NewTokens;
 
     fn node(op: Op, shape: Shape) -> Node {
-        Node { op, dtype: DType::F32, shape, name: None }
+        Node::new(op, DType::F32, shape)
     }
 
     fn neg(shape: Shape) -> Node {

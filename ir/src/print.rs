@@ -17,7 +17,7 @@ fn numbering(graph: &Graph) -> (Vec<NodeId>, HashMap<NodeId, usize>) {
     (order, index)
 }
 
-/// `%12 l03.attn.q_proj`: how errors name a node.
+/// `%12 l03.attn.scores`: how errors name a node.
 pub fn node_label(graph: &Graph, id: NodeId) -> String {
     let (_, index) = numbering(graph);
     let n = graph.node(id);
@@ -133,8 +133,8 @@ mod tests {
                 let y = b.mul("normalize", x32, inv)?;
                 let y = b.cast("to_bf16", y, DType::BF16)?;
                 let h = b.mul("scale", w, y)?;
-                let wq = b.weight("l00.q_proj.weight", DType::BF16, shape![8, 8])?;
-                let q = b.matmul("q_proj", h, wq)?;
+                let wq = b.weight("l00.proj.weight", DType::BF16, shape![8, 8])?;
+                let q = b.matmul("proj", h, wq)?;
                 let q = b.reshape("heads", q, shape![Sym::NewTokens, 2, 4])?;
                 let x1 = b.slice("x1", q, 2, Bound::FromStart(0), Bound::FromStart(2))?;
                 let x2 = b.slice("x2", q, 2, Bound::FromStart(2), Bound::FromEnd(0))?;

@@ -8,6 +8,7 @@ use crate::graph::{Graph, NodeId};
 use crate::infer::infer;
 use crate::op::Op;
 use crate::print::node_label;
+use crate::role::Role;
 use crate::shape::{Dim, Sym};
 
 pub fn verify(graph: &Graph) -> Result<(), IrError> {
@@ -49,6 +50,34 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
     for (name, id) in graph.outputs() {
         if !graph.contains(*id) {
             return Err(IrError::DanglingOutput { name: name.clone() });
+        }
+    }
+    verify_roles(graph, &input_names)
+}
+
+/// Every role belongs to an input or output that exists, and on the right side: a KV cache is
+/// both (read, then written back under its name); no role but `Other` is played twice.
+fn verify_roles(graph: &Graph, inputs: &HashSet<String>) -> Result<(), IrError> {
+    let mut seen = HashSet::new();
+    for (name, role) in graph.roles() {
+        let err = |message: &str| IrError::Role { name: name.to_string(), role, message: message.to_string() };
+        let (is_input, is_output) = (inputs.contains(name), graph.outputs().iter().any(|(n, _)| n == name));
+        let ok = match role {
+            Role::TokenIds | Role::Positions => is_input,
+            Role::Logits | Role::NextToken => is_output,
+            Role::KvCache { .. } => is_input && is_output,
+            Role::Other => true,
+        };
+        if !ok {
+            let message = match role {
+                Role::KvCache { .. } => "but is not both an input and an output",
+                Role::TokenIds | Role::Positions => "but is not an input",
+                _ => "but is not an output",
+            };
+            return Err(err(message));
+        }
+        if !seen.insert(role) {
+            return Err(err("which another name plays too"));
         }
     }
     Ok(())
@@ -130,8 +159,7 @@ mod tests {
     fn cycles_are_rejected() {
         let (mut g, [_, _, proj, act]) = graph();
         // neg = neg(act); then every use of proj (act's operand) becomes neg: act <-> neg.
-        let node =
-            Node { op: Op::Unary(UnaryOp::Neg), dtype: DType::F32, shape: shape![Sym::NewTokens, 3], name: None };
+        let node = Node::new(Op::Unary(UnaryOp::Neg), DType::F32, shape![Sym::NewTokens, 3]);
         let neg = g.add_node(node, &[act]);
         g.replace_all_uses(proj, neg);
         assert_eq!(g.operands(act), vec![neg]);
@@ -189,6 +217,47 @@ mod tests {
         let (node, message) = node_err(&g);
         assert_eq!(node, "%0 k");
         assert!(message.contains("2 values"), "{message}");
+    }
+
+    #[test]
+    fn roles_sit_on_the_side_they_belong_to() {
+        use crate::role::KvPart;
+        let key = Role::KvCache { layer: 0, part: KvPart::Key };
+        // (x's role, y's role, whether x is also written back as an output, the error's name
+        // and message; None: valid)
+        let cases = [
+            (Role::TokenIds, Role::Logits, false, None),
+            (key, Role::Other, true, None),
+            (Role::Logits, Role::Other, false, Some(("x", "is not an output"))),
+            (Role::Other, Role::TokenIds, false, Some(("y", "is not an input"))),
+            (key, Role::Other, false, Some(("x", "not both an input and an output"))),
+            (Role::Positions, Role::Positions, false, Some(("y", "is not an input"))),
+        ];
+        for (x_role, y_role, written_back, want) in cases {
+            let mut b = Builder::new();
+            let x = b.input_as("x", DType::F32, shape![Sym::CachedTokens, 4], x_role);
+            let y = b.unary("neg", UnaryOp::Neg, x).unwrap();
+            b.output_as("y", y, y_role).unwrap();
+            if written_back {
+                b.output("x", y).unwrap();
+            }
+            match (b.finish(), want) {
+                (Ok(g), None) => assert_eq!((g.role("x"), g.role("y")), (x_role, y_role)),
+                (Err(IrError::Role { name, message, .. }), Some((n, m))) => {
+                    assert_eq!(name, n);
+                    assert!(message.contains(m), "{message}");
+                }
+                (r, want) => panic!("{x_role:?} / {y_role:?}: {r:?}, wanted {want:?}"),
+            }
+        }
+        // One role, two names.
+        let mut b = Builder::new();
+        let x = b.input_as("x", DType::F32, shape![4], Role::TokenIds);
+        let z = b.input_as("z", DType::F32, shape![4], Role::TokenIds);
+        let y = b.add("y", x, z).unwrap();
+        b.output("y", y).unwrap();
+        let err = b.finish().unwrap_err().to_string();
+        assert!(err.contains("token ids, which another name plays too"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the passes' work. Activations are token-major: `[T, hidden]`, heads as `[T, H, head_dim]`.
 
 use smelt_ir::shape;
-use smelt_ir::{BinaryOp, Bound, Builder, DType, Graph, IrError, NodeId, ReduceOp, Shape, Sym, UnaryOp};
+use smelt_ir::{BinaryOp, Bound, Builder, DType, Graph, IrError, KvPart, NodeId, ReduceOp, Role, Shape, Sym, UnaryOp};
 
 use crate::config::Qwen3Config;
 
@@ -15,18 +15,12 @@ pub const EMBED: &str = "model.embed_tokens.weight";
 pub const LM_HEAD: &str = "lm_head.weight";
 
 /// The graph input (and output) holding layer `layer`'s key or value cache.
-pub fn kv_name(layer: usize, kind: KvKind) -> String {
-    let k = match kind {
-        KvKind::Key => "k",
-        KvKind::Value => "v",
+pub fn kv_name(layer: usize, part: KvPart) -> String {
+    let k = match part {
+        KvPart::Key => "k",
+        KvPart::Value => "v",
     };
     format!("cache.l{layer:02}.{k}")
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KvKind {
-    Key,
-    Value,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +50,8 @@ pub struct DeclareOptions {
 /// Declares Qwen3 for `cfg`. Inputs: `token_ids` i32[T], `positions` i32[T], and per layer
 /// `cache.lNN.k`/`.v` [P, KVH, head_dim]. Outputs: `logits` f32, `next_token` (greedy) i32,
 /// and every updated cache under its input's name, so a runtime feeds them back next step.
+/// Each plays its [`Role`], which is how the runtimes find them; every node of a decoder layer
+/// is marked with its layer, and the nodes that root kernels carry the kernels' labels.
 pub fn declare(cfg: &Qwen3Config, opts: DeclareOptions) -> Result<Graph, IrError> {
     let dt = opts.dtype;
     let t: smelt_ir::Dim = match opts.phase {
@@ -66,15 +62,18 @@ pub fn declare(cfg: &Qwen3Config, opts: DeclareOptions) -> Result<Graph, IrError
     if opts.phase == Phase::Decode {
         b.pin(Sym::NewTokens, 1);
     }
-    let ids = b.input(TOKEN_IDS, DType::I32, Shape::new([t]));
-    let positions = b.input(POSITIONS, DType::I32, Shape::new([t]));
+    let ids = b.input_as(TOKEN_IDS, DType::I32, Shape::new([t]), Role::TokenIds);
+    let positions = b.input_as(POSITIONS, DType::I32, Shape::new([t]), Role::Positions);
     let d = cfg.hidden_size;
 
     let embed = b.weight(EMBED, dt, shape![cfg.vocab_size, d])?;
     let mut h = b.gather("embed", embed, ids)?;
+    b.label(h, "embed");
     let (cos, sin) = b.scoped("rope", |b| rope_tables(b, cfg, positions, dt))?;
     for layer in 0..cfg.num_layers {
-        h = b.scoped(&format!("l{layer:02}"), |b| decoder_layer(b, cfg, layer, h, cos, sin, dt))?;
+        h = b.in_layer(layer as u32, |b| {
+            b.scoped(&format!("l{layer:02}"), |b| decoder_layer(b, cfg, layer, h, cos, sin, dt))
+        })?;
     }
     let h = b.scoped("final_norm", |b| rms_norm(b, h, "model.norm.weight", cfg.rms_norm_eps))?;
     let h = match opts.logits {
@@ -85,9 +84,11 @@ pub fn declare(cfg: &Qwen3Config, opts: DeclareOptions) -> Result<Graph, IrError
     let head = b.weight(head_name, dt, shape![cfg.vocab_size, d])?;
     let logits = b.matmul("lm_head", h, head)?;
     let logits = b.cast("logits_f32", logits, DType::F32)?;
+    b.label(logits, "lm_head");
     let next = b.op("greedy", smelt_ir::Op::ArgMax { axis: 1 }, &[logits])?;
-    b.output(LOGITS, logits)?;
-    b.output(NEXT_TOKEN, next)?;
+    b.label(next, "");
+    b.output_as(LOGITS, logits, Role::Logits)?;
+    b.output_as(NEXT_TOKEN, next, Role::NextToken)?;
     b.finish()
 }
 
@@ -174,6 +175,10 @@ fn decoder_layer(
         let q = linear(b, "q_proj", x, &format!("{p}.self_attn.q_proj.weight"), nh * hd, dt)?;
         let k = linear(b, "k_proj", x, &format!("{p}.self_attn.k_proj.weight"), nkv * hd, dt)?;
         let v = linear(b, "v_proj", x, &format!("{p}.self_attn.v_proj.weight"), nkv * hd, dt)?;
+        // Fused side by side, the three become one `qkv` kernel.
+        for (node, label) in [(q, "q"), (k, "k"), (v, "v")] {
+            b.label(node, label);
+        }
         let q = b.reshape("q_heads", q, Shape::new([t, nh.into(), hd.into()]))?;
         let k = b.reshape("k_heads", k, Shape::new([t, nkv.into(), hd.into()]))?;
         let v = b.reshape("v_heads", v, Shape::new([t, nkv.into(), hd.into()]))?;
@@ -182,19 +187,24 @@ fn decoder_layer(
         let q = b.scoped("q_rope", |b| apply_rope(b, q, cos, sin, hd))?;
         let k = b.scoped("k_rope", |b| apply_rope(b, k, cos, sin, hd))?;
         let cache_shape = shape![Sym::CachedTokens, nkv, hd];
-        let (kn, vn) = (kv_name(layer, KvKind::Key), kv_name(layer, KvKind::Value));
-        let k_cache = b.input(&kn, dt, cache_shape.clone());
-        let v_cache = b.input(&vn, dt, cache_shape);
+        let (kn, vn) = (kv_name(layer, KvPart::Key), kv_name(layer, KvPart::Value));
+        let cache = |part| Role::KvCache { layer: layer as u32, part };
+        let k_cache = b.input_as(&kn, dt, cache_shape.clone(), cache(KvPart::Key));
+        let v_cache = b.input_as(&vn, dt, cache_shape, cache(KvPart::Value));
         let k_all = b.op("k_append", smelt_ir::Op::KvAppend, &[k_cache, k])?;
         let v_all = b.op("v_append", smelt_ir::Op::KvAppend, &[v_cache, v])?;
+        b.label(k_all, "k");
+        b.label(v_all, "v");
         b.output(&kn, k_all)?;
         b.output(&vn, v_all)?;
         let scale = (hd as f32).powf(-0.5);
         let o = b.op("attention", smelt_ir::Op::Attention { scale }, &[q, k_all, v_all])?;
+        b.label(o, "");
         let o = b.reshape("merge_heads", o, Shape::new([t, (nh * hd).into()]))?;
         linear(b, "o_proj", o, &format!("{p}.self_attn.o_proj.weight"), d, dt)
     })?;
     let h = b.add("attn_residual", h, attn)?;
+    b.label(h, "o_proj_residual");
 
     let x = b.scoped("post_attn_norm", |b| {
         rms_norm(b, h, &format!("{p}.post_attention_layernorm.weight"), cfg.rms_norm_eps)
@@ -205,7 +215,10 @@ fn decoder_layer(
         let up = linear(b, "up_proj", x, &format!("{p}.mlp.up_proj.weight"), i, dt)?;
         let act = b.unary("silu", UnaryOp::Silu, gate)?;
         let prod = b.binary("gate_up", BinaryOp::Mul, act, up)?;
+        b.label(prod, "gate_up_swiglu");
         linear(b, "down_proj", prod, &format!("{p}.mlp.down_proj.weight"), d, dt)
     })?;
-    b.add("mlp_residual", h, mlp)
+    let out = b.add("mlp_residual", h, mlp)?;
+    b.label(out, "down_residual");
+    Ok(out)
 }

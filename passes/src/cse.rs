@@ -97,7 +97,7 @@ mod tests {
     /// A hand-made leaf, for what the builder will not make (two nodes for one weight
     /// name, constants whose values differ only in the sign of zero).
     fn leaf(g: &mut Graph, op: Op, dtype: DType, shape: Shape) -> NodeId {
-        g.add_node(smelt_ir::Node { op, dtype, shape, name: None }, &[])
+        g.add_node(smelt_ir::Node::new(op, dtype, shape), &[])
     }
 
     fn konst(values: &[f32]) -> Op {
@@ -173,10 +173,8 @@ mod tests {
         let w1 = leaf(&mut g, Op::Weight { name: "w".into() }, DType::F32, shape![2, 4]);
         let other = leaf(&mut g, Op::Weight { name: "v".into() }, DType::F32, shape![2, 4]);
         let node = |a: NodeId| smelt_ir::Node {
-            op: Op::MatMul,
-            dtype: DType::F32,
-            shape: shape![T, 2],
             name: Some(format!("mm{}", a.index())),
+            ..smelt_ir::Node::new(Op::MatMul, DType::F32, shape![T, 2])
         };
         let m0 = g.add_node(node(w0), &[x, w0]);
         let m1 = g.add_node(node(w1), &[x, w1]);

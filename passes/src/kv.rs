@@ -100,7 +100,7 @@ pub fn plan_kv(graph: &Graph, block_tokens: usize, budget_bytes: usize) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use smelt_ir::{shape, Builder, Sym};
+    use smelt_ir::{shape, Builder, KvPart, Role, Sym};
 
     use super::*;
 
@@ -108,16 +108,17 @@ mod tests {
     const P: Sym = Sym::CachedTokens;
 
     /// `layers` decoder layers' cache handling, each appending a K and a V of `[T, kvh, hd]`
-    /// computed from the input to state caches `cache.lNN.k`/`.v` of `dtype`.
+    /// computed from the input to the layer's key and value caches (`kvNN.k`/`.v`) of `dtype`.
     fn graph(layers: usize, kvh: usize, hd: usize, dtype: DType) -> Graph {
         let mut b = Builder::new();
         let x = b.input("x", dtype, shape![T, kvh * hd]);
         for l in 0..layers {
-            for kind in ["k", "v"] {
-                let name = format!("cache.l{l:02}.{kind}");
+            for (kind, part) in [("k", KvPart::Key), ("v", KvPart::Value)] {
+                let name = format!("kv{l:02}.{kind}");
                 let new = b.unary(&format!("{name}.new"), smelt_ir::UnaryOp::Neg, x).unwrap();
                 let new = b.reshape(&format!("{name}.heads"), new, shape![T, kvh, hd]).unwrap();
-                let cache = b.input(&name, dtype, shape![P, kvh, hd]);
+                let role = Role::KvCache { layer: l as u32, part };
+                let cache = b.input_as(&name, dtype, shape![P, kvh, hd], role);
                 let all = b.op(&format!("{name}.append"), Op::KvAppend, &[cache, new]).unwrap();
                 b.output(&name, all).unwrap();
             }
@@ -170,14 +171,14 @@ mod tests {
         assert_eq!(labels, ["x", "positions", "attention"], "the fused append writes the cache, not the arena");
     }
 
-    /// `norm_rope` with `append` (what fusion makes of rmsnorm, rope and kv_append) on a state.
+    /// `norm_rope` with `append` (what fusion makes of rmsnorm, rope and kv_append) on a key cache.
     fn fused_graph() -> Graph {
         let mut b = Builder::new();
         let x = b.input("x", DType::BF16, shape![T, 2, 4]);
         let w = b.weight("norm", DType::BF16, shape![4]).unwrap();
         let positions = b.input("positions", DType::I32, shape![T]);
         let inv = b.constant("inv_freq", DType::F32, shape![2], vec![1.0, 0.01]).unwrap();
-        let cache = b.input("cache", DType::BF16, shape![P, 2, 4]);
+        let cache = b.input_as("cache", DType::BF16, shape![P, 2, 4], Role::KvCache { layer: 0, part: KvPart::Key });
         let op = Op::NormRope { eps: 1e-6, append: true };
         let all = b.op("k_append", op, &[x, w, positions, inv, cache]).unwrap();
         let o = b.op("attention", Op::Attention { scale: 0.5 }, &[x, all, all]).unwrap();

@@ -59,7 +59,7 @@ impl MemoryPlan {
 enum Home {
     /// Not in the arena: weights and constants, and views of them.
     Elsewhere,
-    /// In the KV cache: state inputs, the appends that extend them, views of those.
+    /// In the KV cache: KV-cache inputs (by their role), the appends that extend them, views of those.
     Kv,
     /// A buffer of its own in the arena.
     Arena,
@@ -183,24 +183,21 @@ fn pinned(graph: &Graph, bindings: &Bindings) -> Bindings {
 
 /// Decides every node's home, operands before users.
 fn homes(graph: &Graph, order: &[NodeId]) -> Vec<Home> {
-    let output_names: HashSet<&str> = graph.outputs().iter().map(|(n, _)| n.as_str()).collect();
-    let inputs = graph.inputs();
-    let input_names: HashSet<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
-    // The appends that are (through views) a state output: the cache they build is the next
-    // step's input, so it stays in the KV cache even if their cache operand were not a state.
+    // The appends that are (through views) a KV-cache output: the cache they build is the next
+    // step's input, so it stays in the KV cache even if their cache operand were not one.
     let mut state_outputs: HashSet<NodeId> = HashSet::new();
     for (name, id) in graph.outputs() {
-        let is_state = input_names.contains(name.as_str());
+        if !graph.role(name).is_kv_cache() {
+            continue;
+        }
         let mut x = *id;
-        while is_state && graph.node(x).op.is_view() {
+        while graph.node(x).op.is_view() {
             match graph.operands(x).first() {
                 Some(&y) => x = y,
                 None => break,
             }
         }
-        if is_state {
-            state_outputs.insert(x);
-        }
+        state_outputs.insert(x);
     }
     let mut homes = vec![Home::Elsewhere; graph.node_bound()];
     for &id in order {
@@ -208,7 +205,7 @@ fn homes(graph: &Graph, order: &[NodeId]) -> Vec<Home> {
         let first = operands.first().map(|x| homes[x.index()]);
         let reads_cache = operands.iter().any(|x| homes[x.index()] == Home::Kv);
         homes[id.index()] = match &graph.node(id).op {
-            Op::Input { name } if output_names.contains(name.as_str()) => Home::Kv,
+            Op::Input { name } if graph.role(name).is_kv_cache() => Home::Kv,
             Op::Input { .. } => Home::Arena,
             Op::Weight { .. } | Op::Constant { .. } => Home::Elsewhere,
             op if op.is_view() => match (first, operands.first()) {

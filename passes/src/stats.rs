@@ -1,6 +1,6 @@
 //! Counting the ops that become kernels: every op that computes, i.e. not a leaf (input,
 //! weight, constant) and not a view (reshape, slice), which kernels absorb as addressing.
-//! Ops are assigned to a decoder layer by their name's `lNN.` scope.
+//! Ops are assigned to the decoder layer the model marked them with.
 
 use std::collections::BTreeMap;
 
@@ -22,13 +22,6 @@ pub struct OpCounts {
     pub by_kind: BTreeMap<&'static str, usize>,
 }
 
-/// The layer a node name belongs to: `l07.attn.q_proj` -> 7.
-pub fn layer_of(name: &str) -> Option<usize> {
-    let scope = name.split('.').next()?;
-    let digits = scope.strip_prefix('l')?;
-    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
-}
-
 pub fn op_counts(graph: &Graph) -> OpCounts {
     let mut c = OpCounts::default();
     for id in graph.node_ids() {
@@ -38,8 +31,8 @@ pub fn op_counts(graph: &Graph) -> OpCounts {
         }
         c.ops += 1;
         *c.by_kind.entry(node.op.kind()).or_insert(0) += 1;
-        match node.name.as_deref().and_then(layer_of) {
-            Some(l) => *c.by_layer.entry(l).or_insert(0) += 1,
+        match node.meta.layer {
+            Some(l) => *c.by_layer.entry(l as usize).or_insert(0) += 1,
             None => c.ops_outside_layers += 1,
         }
     }
@@ -49,14 +42,30 @@ pub fn op_counts(graph: &Graph) -> OpCounts {
 
 #[cfg(test)]
 mod tests {
+    use smelt_ir::{shape, Builder, DType, UnaryOp};
+
     use super::*;
 
     #[test]
-    fn layer_names() {
-        assert_eq!(layer_of("l07.attn.q_proj"), Some(7));
-        assert_eq!(layer_of("l12"), Some(12));
-        assert_eq!(layer_of("lm_head"), None);
-        assert_eq!(layer_of("logits_f32"), None);
-        assert_eq!(layer_of("l.x"), None);
+    fn ops_count_by_the_layer_the_model_marked() {
+        let mut b = Builder::new();
+        let x = b.input("x", DType::F32, shape![4]);
+        let mut h = b.unary("embed", UnaryOp::Neg, x).unwrap();
+        for layer in [0, 1, 3] {
+            // Names carry no layer: the mark alone assigns it.
+            h = b.in_layer(layer, |b| {
+                let y = b.unary("a", UnaryOp::Exp, h).unwrap();
+                let y = b.reshape("view", y, shape![2, 2]).unwrap();
+                b.reshape("flat", y, shape![4]).unwrap()
+            });
+            if layer == 3 {
+                h = b.in_layer(3, |b| b.unary("b", UnaryOp::Silu, h).unwrap());
+            }
+        }
+        b.output("y", h).unwrap();
+        let c = op_counts(&b.finish().unwrap());
+        assert_eq!(c.ops, 5, "views and leaves are not kernel ops");
+        assert_eq!(c.by_layer, BTreeMap::from([(0, 1), (1, 1), (3, 2)]));
+        assert_eq!((c.ops_per_layer, c.ops_outside_layers), (2, 1));
     }
 }

@@ -68,8 +68,8 @@ pub fn weight_specs(graphs: &[&Graph]) -> Vec<WeightSpec> {
     specs
 }
 
-/// Values that persist between runs: every graph input that the graph also outputs under the
-/// same name (the KV caches). They start empty along the cached-tokens dim.
+/// Values that persist between runs: the graph's KV-cache inputs (by role), which the graph
+/// writes back under the same names. They start empty along the cached-tokens dim.
 #[derive(Default)]
 pub struct CpuState {
     values: HashMap<String, Tensor>,
@@ -93,12 +93,8 @@ impl CpuState {
         weights: &HostWeights,
         mut inputs: HashMap<String, Tensor>,
     ) -> Result<HashMap<String, Tensor>, EvalError> {
-        let outputs: Vec<&str> = graph.outputs().iter().map(|(n, _)| n.as_str()).collect();
         let mut state_names = Vec::new();
-        for (name, id) in graph.inputs() {
-            if !outputs.contains(&name.as_str()) {
-                continue;
-            }
+        for (name, id) in graph.kv_cache_inputs() {
             let t = match self.values.remove(&name) {
                 Some(t) => t,
                 None => empty_state(graph.node(id)),

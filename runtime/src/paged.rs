@@ -17,7 +17,7 @@ use crate::cpu::{HostWeights, MODEL_EVAL};
 pub enum PagedKvError {
     #[error("state cache {name}: per-token shape {shape} is not fixed")]
     TokenShape { name: String, shape: String },
-    #[error("the graph has no state caches to page")]
+    #[error("the graph has no KV-cache inputs to page")]
     NoCaches,
     #[error("graph input {0} is not one of the paged caches")]
     UnknownCache(String),
@@ -49,14 +49,10 @@ pub struct PagedKv {
 }
 
 impl PagedKv {
-    /// A pool of `blocks` blocks for the state caches of `graph` (inputs it also outputs).
+    /// A pool of `blocks` blocks for the KV caches of `graph` (the inputs of that role).
     pub fn for_graph(graph: &Graph, blocks: usize, block_tokens: usize) -> Result<PagedKv, PagedKvError> {
-        let outputs: Vec<&str> = graph.outputs().iter().map(|(n, _)| n.as_str()).collect();
         let mut caches = Vec::new();
-        for (name, id) in graph.inputs() {
-            if !outputs.contains(&name.as_str()) {
-                continue;
-            }
+        for (name, id) in graph.kv_cache_inputs() {
             let node = graph.node(id);
             let token_dims: Option<Vec<usize>> = node.shape.dims()[1..].iter().map(|d| d.fixed()).collect();
             let token_dims = token_dims
@@ -155,15 +151,16 @@ impl PagedKv {
 
 #[cfg(test)]
 mod tests {
-    use smelt_ir::{shape, Builder, Op, Sym};
+    use smelt_ir::{shape, Builder, KvPart, Op, Role, Sym};
 
     use super::*;
 
-    /// One cache `c` of `[P, 1, 2]` that appends `x` (`[T, 1, 2]`) and outputs the sum of all its rows.
+    /// One key cache `c` of `[P, 1, 2]` that appends `x` (`[T, 1, 2]`) and outputs the sum of all its rows.
     fn graph() -> Graph {
         let mut b = Builder::new();
         let x = b.input("x", DType::F32, shape![Sym::NewTokens, 1, 2]);
-        let cache = b.input("c", DType::F32, shape![Sym::CachedTokens, 1, 2]);
+        let role = Role::KvCache { layer: 0, part: KvPart::Key };
+        let cache = b.input_as("c", DType::F32, shape![Sym::CachedTokens, 1, 2], role);
         let all = b.op("append", Op::KvAppend, &[cache, x]).unwrap();
         let sum = b.reduce("sum", smelt_ir::ReduceOp::Sum, all, 0).unwrap();
         b.output("c", all).unwrap();

@@ -5,7 +5,6 @@
 use anyhow::{Context, Result};
 use smelt::codegen::ptxas::{find_ptxas, resources};
 use smelt::codegen::{Arch, ModuleCache, Nvrtc, Program};
-use smelt::passes::stats::layer_of;
 use std::fmt::Write as _;
 
 use super::outputs::Dump;
@@ -31,7 +30,7 @@ pub fn table(program: &Program) -> String {
         let bytes = k.cost.bytes_at(TABLE_CONTEXT);
         total += bytes;
         weights += k.cost.weight_bytes;
-        match layer_of(&k.node) {
+        match k.layer {
             Some(l) if l > 0 => {
                 others += 1;
                 other_bytes += bytes;

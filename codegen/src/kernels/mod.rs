@@ -54,7 +54,7 @@ impl View {
 /// A generated kernel: one `extern "C" __global__` entry point in self-contained CUDA C.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Kernel {
-    /// Stable and meaningful (`l07_mlp_residual`): also the entry point's name.
+    /// Stable and meaningful (`qkv_gemv_rmsnorm`): also the entry point's name.
     pub name: String,
     pub kind: &'static str,
     pub source: String,
@@ -143,7 +143,7 @@ pub(crate) fn dim_expr(d: Dim) -> String {
     }
 }
 
-/// A kernel name from an IR node name: `l07.mlp.gate_up` -> `l07_mlp_gate_up`.
+/// A C identifier from a name: `l07.mlp.up` -> `l07_mlp_up`.
 pub fn kernel_name(node_name: &str) -> String {
     let mut s: String = node_name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {

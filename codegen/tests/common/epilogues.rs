@@ -11,7 +11,7 @@ pub fn acc(part: usize, parts: usize, dtype: DType) -> Box<Expr> {
     node(ExprKind::Acc { part, parts }, dtype)
 }
 
-/// `add(in0, acc)`: the residual epilogue of o_proj and down_proj.
+/// `add(in0, acc)`: the residual epilogue of the attention output and MLP down projections.
 pub fn residual(dtype: DType) -> Expr {
     Expr::new(ExprKind::Binary(BinaryOp::Add, node(ExprKind::Input(0), dtype), acc(0, 1, dtype)), dtype)
 }

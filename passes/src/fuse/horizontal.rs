@@ -5,20 +5,28 @@
 
 use std::collections::BTreeMap;
 
-use smelt_ir::{Bound, Dim, Graph, IrError, Node, NodeId, Op, Shape, WEIGHT_CONCAT};
+use smelt_ir::{Bound, Dim, Graph, IrError, Meta, Node, NodeId, Op, Shape, WEIGHT_CONCAT};
 
 use super::{op, topo};
 use crate::pass::{Pass, Report};
 
 pub struct FuseHorizontal;
 
-/// `l00.attn.q_proj`, `l00.attn.k_proj` -> `l00.attn.q_proj+k_proj`.
+/// `l00.attn.a`, `l00.attn.b` -> `l00.attn.a+b`.
 fn joined_name(names: &[Option<String>]) -> Option<String> {
     let names: Vec<&str> = names.iter().map(|n| n.as_deref()).collect::<Option<_>>()?;
     let (scope, _) = names[0].rsplit_once('.').unwrap_or(("", names[0]));
     let lasts: Vec<&str> = names.iter().map(|n| n.rsplit_once('.').map_or(*n, |(_, l)| l)).collect();
     let joined = lasts.join(&WEIGHT_CONCAT.to_string());
     Some(if scope.is_empty() { joined } else { format!("{scope}.{joined}") })
+}
+
+/// The merged matmul's metadata: the layer all share, and their labels run together (labels
+/// `q`, `k`, `v` name the merged kernel `qkv`).
+fn joined_meta(metas: &[Meta]) -> Meta {
+    let layer = metas[0].layer.filter(|l| metas.iter().all(|m| m.layer == Some(*l)));
+    let labels: Option<Vec<&str>> = metas.iter().map(|m| m.label.as_deref()).collect();
+    Meta { layer, label: labels.map(|l| l.concat()) }
 }
 
 impl Pass for FuseHorizontal {
@@ -57,14 +65,23 @@ impl Pass for FuseHorizontal {
             let wshape = Shape(vec![Dim::Fixed(total), w0.shape.dims()[1]]);
             let joined = names.join(&WEIGHT_CONCAT.to_string());
             let wcat = g.add_node(
-                Node { op: Op::Weight { name: joined.clone() }, dtype: w0.dtype, shape: wshape, name: Some(joined) },
+                Node {
+                    op: Op::Weight { name: joined.clone() },
+                    dtype: w0.dtype,
+                    shape: wshape,
+                    name: Some(joined),
+                    meta: Meta::default(),
+                },
                 &[],
             );
             let m0 = g.node(mms[0]).clone();
             let mut out_dims = m0.shape.dims().to_vec();
             *out_dims.last_mut().expect("matmul rank >= 2") = Dim::Fixed(total);
             let mm_names: Vec<Option<String>> = mms.iter().map(|&m| g.node(m).name.clone()).collect();
-            let node = Node { op: Op::MatMul, dtype: m0.dtype, shape: Shape(out_dims), name: joined_name(&mm_names) };
+            let metas: Vec<Meta> = mms.iter().map(|&m| g.node(m).meta.clone()).collect();
+            let name = joined_name(&mm_names);
+            let node =
+                Node { op: Op::MatMul, dtype: m0.dtype, shape: Shape(out_dims), name, meta: joined_meta(&metas) };
             let fused = g.add_node(node, &[x, wcat]);
             let axis = m0.shape.rank() - 1;
             let mut offset = 0;

@@ -21,7 +21,7 @@ mod near_miss;
 #[cfg(test)]
 mod tests;
 
-use smelt_ir::{DType, Graph, Node, NodeId, Op, Shape};
+use smelt_ir::{Graph, Node, NodeId, Op};
 
 pub(crate) fn op(g: &Graph, id: NodeId) -> &Op {
     &g.node(id).op
@@ -49,12 +49,10 @@ pub(crate) fn through_cast(g: &Graph, id: NodeId) -> NodeId {
     }
 }
 
-/// Adds `op` on `operands` with the type of `like`, carrying its name, and moves every use of
-/// `like` to the new node.
+/// Adds `op` on `operands` with the type of `like`, carrying its name and metadata, and moves
+/// every use of `like` to the new node.
 pub(crate) fn replace_with(g: &mut Graph, like: NodeId, op: Op, operands: &[NodeId]) -> NodeId {
-    let old = g.node(like);
-    let (dtype, shape, name): (DType, Shape, Option<String>) = (old.dtype, old.shape.clone(), old.name.clone());
-    let new = g.add_node(Node { op, dtype, shape, name }, operands);
+    let new = g.add_node(Node { op, ..g.node(like).clone() }, operands);
     g.replace_all_uses(like, new);
     new
 }

@@ -1,7 +1,9 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use smelt_ir::{shape, Bindings, Bound, Builder, DType, Graph, Node, NodeId, Op, ReduceOp, Shape, Sym, UnaryOp};
+use smelt_ir::{
+    shape, Bindings, Bound, Builder, DType, Graph, KvPart, Node, NodeId, Op, ReduceOp, Role, Shape, Sym, UnaryOp,
+};
 
 use super::*;
 
@@ -229,6 +231,8 @@ fn binary_broadcasting_its_first_operand_is_not_in_place() {
     assert_eq!(get(&plan, "r").bytes, ARENA_ALIGN, "2 f32s round up to one alignment unit");
 }
 
+const KEY_CACHE: Role = Role::KvCache { layer: 0, part: KvPart::Key };
+
 /// One attention layer's cache handling: `cache` in and out, a computed `k` appended.
 fn kv_graph() -> Graph {
     let mut b = Builder::new();
@@ -238,7 +242,7 @@ fn kv_graph() -> Graph {
     let w = b.weight("w", DType::BF16, shape![8, 8]).unwrap();
     let k = b.matmul("k_proj", h, w).unwrap();
     let k = b.reshape("k_heads", k, shape![T, 2, 4]).unwrap();
-    let cache = b.input("cache", DType::BF16, shape![P, 2, 4]);
+    let cache = b.input_as("cache", DType::BF16, shape![P, 2, 4], KEY_CACHE);
     let all = b.op("append", Op::KvAppend, &[cache, k]).unwrap();
     let o = b.op("attention", Op::Attention { scale: 0.5 }, &[k, all, all]).unwrap();
     b.output("cache", all).unwrap();
@@ -274,7 +278,7 @@ fn pins_override_bindings_and_sizes_round_up() {
 #[test]
 fn a_cycle_gets_an_empty_plan() {
     let mut g = Graph::new();
-    let node = |op| Node { op, dtype: DType::F32, shape: shape![2], name: None };
+    let node = |op| Node::new(op, DType::F32, shape![2]);
     let x = g.add_node(node(Op::Input { name: "x".into() }), &[]);
     let a = g.add_node(node(Op::Unary(UnaryOp::Neg)), &[x]);
     let c = g.add_node(node(Op::Unary(UnaryOp::Neg)), &[a]);
@@ -300,13 +304,13 @@ fn an_append_lives_in_the_kv_cache_only_when_it_extends_or_is_a_state() {
     let appended = |state_input: bool, state_output: bool| {
         let mut b = Builder::new();
         let new = b.input("new", DType::F32, shape![T, 2, 4]);
-        let cache = b.input("c", DType::F32, shape![P, 2, 4]);
+        let cache = b.input_as("c", DType::F32, shape![P, 2, 4], KEY_CACHE);
         // A cache operand computed by the step (not the state input itself) when asked.
         let base = if state_input { cache } else { b.unary("copy", UnaryOp::Neg, cache).unwrap() };
         let all = b.op("append", Op::KvAppend, &[base, new]).unwrap();
         let y = b.reduce("sum", ReduceOp::Sum, all, 0).unwrap();
         b.output("y", y).unwrap();
-        // `c` is a state when the graph also outputs it: the append, or the input unchanged.
+        // `c`, a KV cache, is written back: the append, or the input unchanged.
         b.output("c", if state_output { all } else { cache }).unwrap();
         let plan = plan_memory(&b.finish().unwrap(), &bind(3));
         check_plan(&plan).unwrap();

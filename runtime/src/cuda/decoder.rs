@@ -12,18 +12,12 @@ use std::time::Instant;
 use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaModule};
 use cudarc::nvrtc::Ptx;
 use smelt_codegen::{emit_with, EmitOptions, Kernel, ModuleCache, Nvrtc, Program};
-use smelt_ir::{Bindings, Dim, Graph, NodeId, Sym, WeightSource};
+use smelt_ir::{Bindings, Dim, Graph, NodeId, Role, Sym, WeightSource};
 
 use super::batch::BatchRunner;
 use super::device::{check, Gpu};
 use super::layout::{DeviceWeights, KvPool, KvShape, Layout};
 use super::CudaError;
-
-/// Graph names the graphs must use (as `models::qwen3` declares them).
-pub const TOKEN_IDS: &str = "token_ids";
-pub const POSITIONS: &str = "positions";
-pub const LOGITS: &str = "logits";
-pub const NEXT_TOKEN: &str = "next_token";
 
 /// Smallest context bucket: below it, one captured graph serves every length.
 const MIN_BUCKET: usize = 256;
@@ -248,25 +242,25 @@ impl Runner {
         max_new_tokens: usize,
     ) -> Result<Runner, CudaError> {
         let layout = Layout::new(gpu, graph, &program, weights, kv, max_new_tokens)?;
-        let find = |name: &str, list: Vec<(String, NodeId)>| -> Result<u64, CudaError> {
-            let id = list.iter().find(|(n, _)| n == name).map(|(_, id)| *id);
-            let id = id.ok_or_else(|| CudaError::Layout(format!("the graph has no {name:?}")))?;
-            layout.address(graph, id)
+        let find = |role: Role, found: Option<(String, NodeId)>| -> Result<NodeId, CudaError> {
+            found.map(|(_, id)| id).ok_or_else(|| CudaError::Layout(format!("the graph has no {role} (a graph role)")))
         };
-        let outputs = graph.outputs().to_vec();
-        let vocab = outputs
-            .iter()
-            .find(|(n, _)| n == LOGITS)
-            .and_then(|(_, id)| graph.node(*id).shape.last()?.fixed())
+        let input = |role: Role| find(role, graph.input_with(role));
+        let output = |role: Role| find(role, graph.output_with(role));
+        let logits = graph.node(output(Role::Logits)?);
+        let vocab = logits
+            .shape
+            .last()
+            .and_then(|d| d.fixed())
             .ok_or_else(|| CudaError::Layout("logits must be [T, vocab] with a fixed vocab".into()))?;
-        let logits_node = outputs.iter().find(|(n, _)| n == LOGITS).map(|(_, id)| graph.node(*id));
-        let row_per_token = logits_node.is_some_and(|n| n.shape.dims().first() == Some(&Dim::Sym(Sym::NewTokens)));
+        let row_per_token = logits.shape.dims().first() == Some(&Dim::Sym(Sym::NewTokens));
+        let address = |id: NodeId| layout.address(graph, id);
         Ok(Runner {
             row_per_token,
-            token_ids: find(TOKEN_IDS, graph.inputs())?,
-            positions: find(POSITIONS, graph.inputs())?,
-            logits: (find(LOGITS, outputs.clone())?, vocab),
-            next_token: find(NEXT_TOKEN, outputs)?,
+            token_ids: address(input(Role::TokenIds)?)?,
+            positions: address(input(Role::Positions)?)?,
+            logits: (address(output(Role::Logits)?)?, vocab),
+            next_token: address(output(Role::NextToken)?)?,
             graph: graph.clone(),
             program,
             layout,

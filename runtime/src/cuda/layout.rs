@@ -124,8 +124,8 @@ impl DeviceWeights {
 /// Bytes of `smelt_step` (the prelude's struct, on a 64-bit device).
 const STEP_BYTES: usize = 48;
 
-/// The paged KV cache of one model: for each cache (a graph input that the graph also outputs,
-/// `cache.lNN.k` and `.v`), a `[blocks, block_tokens, rows...]` slab; and the block table that
+/// The paged KV cache of one model: for each KV cache (a graph input with that role, which the
+/// graph writes back under its name), a `[blocks, block_tokens, rows...]` slab; and the block table that
 /// `smelt_step` points to. Shared by every graph of the model.
 pub struct KvPool {
     buffer: DeviceBuffer,
@@ -137,15 +137,12 @@ pub struct KvPool {
 impl KvPool {
     /// A pool of `shape` for the caches `graph` carries.
     pub fn new(gpu: &Gpu, graph: &Graph, shape: KvShape) -> Result<KvPool, CudaError> {
-        let outputs: Vec<&str> = graph.outputs().iter().map(|(n, _)| n.as_str()).collect();
         let mut caches = Vec::new();
-        for (name, id) in graph.inputs() {
-            if outputs.contains(&name.as_str()) {
-                let node = graph.node(id);
-                let row: Option<usize> = node.shape.dims()[1..].iter().map(|d| d.fixed()).product();
-                let row = row.ok_or_else(|| CudaError::Layout(format!("cache {name}: rows are not a fixed size")))?;
-                caches.push((name, row * node.dtype.size_bytes()));
-            }
+        for (name, id) in graph.kv_cache_inputs() {
+            let node = graph.node(id);
+            let row: Option<usize> = node.shape.dims()[1..].iter().map(|d| d.fixed()).product();
+            let row = row.ok_or_else(|| CudaError::Layout(format!("cache {name}: rows are not a fixed size")))?;
+            caches.push((name, row * node.dtype.size_bytes()));
         }
         let slab = |row_bytes: usize| align(row_bytes * shape.tokens());
         let bytes: usize = caches.iter().map(|(_, r)| slab(*r)).sum();
