@@ -65,13 +65,15 @@ impl Reads {
         self
     }
 
-    /// The read file `path` is, if any: same canonical path, or same device and inode.
+    /// The read file `path` is, or would be once written, if any: same canonical path, or
+    /// same device and inode. A model directory's files count even when absent (writing
+    /// `tokenizer.json` there would make the next run read it).
     fn same_as(&self, path: &Path) -> Option<&(PathBuf, String)> {
-        let canonical = path.canonicalize().ok()?;
+        let target = resolved(path)?;
         let id = file_id(path);
-        self.files.iter().find(|(read, _)| {
-            read.canonicalize().is_ok_and(|c| c == canonical) || (id.is_some() && file_id(read) == id)
-        })
+        self.files
+            .iter()
+            .find(|(read, _)| resolved(read).is_some_and(|c| c == target) || (id.is_some() && file_id(read) == id))
     }
 
     /// Checks output file `path` (given as `flag`) before any work: not a file this command
@@ -91,6 +93,15 @@ impl Reads {
             bail!("{flag} {} exists and is not a regular file: refusing to replace it", path.display());
         }
         check_writable_folder(flag, path, &parent_of(path))
+    }
+}
+
+/// Where `path` is or would be: its canonical path, or, for a file not there yet, its
+/// folder's canonical path joined with its name.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    match path.canonicalize() {
+        Ok(c) => Some(c),
+        Err(_) => Some(parent_of(path).canonicalize().ok()?.join(path.file_name()?)),
     }
 }
 
@@ -381,6 +392,11 @@ mod tests {
             let hard = dir.path().join("hard.json");
             std::fs::hard_link(model.join("config.json"), &hard).unwrap();
             assert!(reads.check_output("--out", &hard).is_err(), "a hard link to a read file");
+        }
+        // Files smelt would read there next time count even before they exist.
+        for absent in ["tokenizer.json", "model.safetensors", "generation_config.json"] {
+            let e = reads.check_output("--ids-out", &model.join(absent)).unwrap_err().to_string();
+            assert!(e.contains(absent) && e.contains("reads"), "{e}");
         }
         reads.check_output("--out", &model.join("logits.safetensors")).unwrap();
         let e = reads.check_output("--out", &dir.path().join("no/such/x")).unwrap_err().to_string();

@@ -58,6 +58,22 @@ fn ids_out_onto_a_shard_the_tokenizer_or_the_batch_file_is_refused() {
     mentions(&ids_out(&tokenizer), &["--ids-out", "--tokenizer", "tokenizer.json"]);
 }
 
+/// A file smelt would read from the model folder next time counts as read before it exists:
+/// writing it would break the model (a sharded model gains a `model.safetensors` that wins
+/// over its index; ids land where the tokenizer is looked for).
+#[test]
+fn outputs_onto_model_files_that_do_not_exist_yet_are_refused() {
+    let sharded = copy_fixture("gqa2-untied-bf16-sharded");
+    logits_out_refused(sharded.path(), &sharded.path().join("model.safetensors"));
+    let model = copy_fixture(ONE);
+    for name in ["tokenizer.json", "generation_config.json", "chat_template.jinja"] {
+        let out = model.path().join(name);
+        let _ = std::fs::remove_file(&out);
+        let args = ["generate", "--model", path_str(model.path()), "--prompt-ids", PROMPT, "--ids-out", path_str(&out)];
+        mentions(&fails_keeping(&[model.path()], &args), &["--ids-out", name, "which this command reads"]);
+    }
+}
+
 #[test]
 fn bench_json_onto_the_model_config_is_refused_before_anything_runs() {
     let model = copy_fixture(ONE);
