@@ -8,6 +8,7 @@
 //! (large) conversion work in [`Checkpoint::load`] happens.
 
 mod convert;
+mod diagnose;
 mod error;
 mod file;
 #[cfg(test)]

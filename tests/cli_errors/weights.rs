@@ -145,7 +145,45 @@ fn wrong_dtype_f64_names_tensor_and_dtype() {
     mentions(&stderr, &[name, "F64"]);
 }
 
+/// Headers `safetensors` refuses with a message that names no tensor (or the wrong one) are
+/// diagnosed by smelt, which names the tensor at fault.
+#[test]
+fn bad_header_entries_name_their_tensor() {
+    let name = "model.layers.0.mlp.up_proj.weight";
+    // (edit of the entry, what the error says)
+    let edits: [(fn(&mut serde_json::Value), &str); 4] = [
+        (|e| e["dtype"] = "F64".into(), "dtype F64"),
+        (|e| e["dtype"] = "Q4".into(), "is not a safetensors dtype"),
+        (|e| e["shape"] = serde_json::json!([0, 64]), "bytes, but its data_offsets"),
+        (|e| e["data_offsets"][1] = (1u64 << 62).into(), "lie past the end"),
+    ];
+    for (edit, says) in edits {
+        let model = copy_fixture(ONE);
+        let file = model.path().join("model.safetensors");
+        let bytes = std::fs::read(&file).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        edit(&mut header[name]);
+        let text = header.to_string();
+        let mut out = (text.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(&bytes[8 + n..]);
+        std::fs::write(&file, out).unwrap();
+        let stderr = logits_fails(model.path(), PROMPT, &[]);
+        mentions(&stderr, &["model.safetensors", name, says]);
+    }
+}
+
 // Sharded checkpoints
+
+#[test]
+fn an_empty_weight_map_names_the_index() {
+    let model = copy_fixture(SHARDED);
+    let index = model.path().join("model.safetensors.index.json");
+    std::fs::write(&index, r#"{"metadata": {}, "weight_map": {}}"#).unwrap();
+    let stderr = logits_fails(model.path(), PROMPT, &[]);
+    mentions(&stderr, &[path_str(&index), "weight_map", "empty"]);
+}
 
 #[test]
 fn missing_shard_names_index_and_shard() {

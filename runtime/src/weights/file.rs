@@ -72,6 +72,9 @@ fn open_index(dir: &Path) -> Result<Opened, WeightError> {
     };
     let bad = |reason: String| WeightError::BadIndex { path: index_path.clone(), reason };
     let index: Index = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if index.weight_map.is_empty() {
+        return Err(bad("its `weight_map` is empty: it names no tensor".to_string()));
+    }
 
     // Map each distinct shard once, in sorted order so `files` is deterministic.
     let mut shard_ids: BTreeMap<String, usize> = BTreeMap::new();
@@ -118,11 +121,12 @@ impl Entry {
     }
 }
 
-/// Only plain relative paths (no `..`, no root) may name shards, so an index cannot point the
-/// loader outside the model directory.
+/// Only plain relative paths (no `..`, no root; `./` is harmless) may name shards, so an index
+/// cannot point the loader outside the model directory.
 fn is_relative_file(name: &str) -> bool {
     let path = Path::new(name);
-    !name.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)))
+    path.components().any(|c| matches!(c, Component::Normal(_)))
+        && path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 fn map(path: &Path) -> io::Result<Mmap> {
@@ -135,11 +139,20 @@ fn map(path: &Path) -> io::Result<Mmap> {
 }
 
 /// Parses one file's header; every tensor's byte range is checked against the file length.
+/// The header's JSON text and the length of the data after it, when the length prefix fits.
+fn header_of(bytes: &[u8]) -> Option<(&[u8], u64)> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let end = usize::try_from(n).ok()?.checked_add(8)?;
+    Some((bytes.get(8..end)?, (bytes.len() - end) as u64))
+}
+
 fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Entry)>, WeightError> {
     // `read_metadata` rejects short files, oversized header lengths, non-JSON headers, and
     // headers whose offsets do not exactly cover the rest of the file (truncation).
-    let (header_len, metadata) =
-        SafeTensors::read_metadata(bytes).map_err(|e| WeightError::malformed(path, e.to_string()))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| {
+        let reason = header_of(bytes).and_then(|(h, data_len)| super::diagnose::diagnose(h, data_len));
+        WeightError::malformed(path, reason.unwrap_or_else(|| e.to_string()))
+    })?;
     let base = header_len.checked_add(8).ok_or_else(|| WeightError::malformed(path, "header length overflows"))?;
     let mut out = Vec::new();
     for (name, info) in metadata.tensors() {
