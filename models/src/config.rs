@@ -73,6 +73,7 @@ struct RawConfig {
     attention_bias: bool,
     #[serde(default)]
     use_sliding_window: bool,
+    layer_types: Option<serde_json::Value>,
     hidden_act: Option<String>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
@@ -199,6 +200,7 @@ fn validate(raw: RawConfig, origin: &str) -> Result<Qwen3Config, ConfigError> {
     if raw.use_sliding_window {
         return Err(err("use_sliding_window", "sliding-window attention is not supported".into()));
     }
+    check_layer_types(raw.layer_types.as_ref(), num_layers).map_err(|m| err("layer_types", m))?;
     if let Some(act) = raw.hidden_act.as_deref() {
         if act != "silu" {
             return Err(err("hidden_act", format!("only \"silu\" is supported, found {act:?}")));
@@ -244,11 +246,32 @@ fn rope_theta(raw: &RawConfig) -> Result<f64, (&'static str, String)> {
             }
         }
     }
-    raw.rope_parameters
-        .as_ref()
-        .and_then(|r| r.rope_theta)
-        .or(raw.rope_theta)
-        .ok_or(("rope_theta", "missing (neither top-level nor in rope_parameters)".to_string()))
+    let nested = raw.rope_parameters.as_ref().and_then(|r| r.rope_theta);
+    if let (Some(a), Some(b)) = (nested, raw.rope_theta) {
+        if a != b {
+            return Err((
+                "rope_theta",
+                format!("{b} at the top level but {a} in rope_parameters: which one is meant?"),
+            ));
+        }
+    }
+    nested.or(raw.rope_theta).ok_or(("rope_theta", "missing (neither top-level nor in rope_parameters)".to_string()))
+}
+
+/// HF's per-layer attention kinds: smelt runs full attention only, so the list, when given,
+/// must say so for every layer (HF applies a sliding window wherever it says otherwise).
+fn check_layer_types(types: Option<&serde_json::Value>, layers: usize) -> Result<(), String> {
+    let Some(types) = types else { return Ok(()) };
+    let Some(list) = types.as_array() else {
+        return Err(format!("must be a list of per-layer attention kinds, found {types}"));
+    };
+    if list.len() != layers {
+        return Err(format!("lists {} layers but num_hidden_layers is {layers}", list.len()));
+    }
+    match list.iter().position(|t| t.as_str() != Some("full_attention")) {
+        Some(i) => Err(format!("layer {i} is {}: only \"full_attention\" is supported (no sliding windows)", list[i])),
+        None => Ok(()),
+    }
 }
 
 /// Where `rope_theta` came from, for its errors.
@@ -354,6 +377,25 @@ mod tests {
         let e = edit(|v| v["num_key_value_heads"] = 3.into()).unwrap_err().to_string();
         assert!(e.contains("test.json") && e.contains("num_key_value_heads"), "{e}");
         assert!(matches!(edit(|v| v["vocab_size"] = "many".into()), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn layer_types_must_all_be_full_attention_and_rope_theta_agree() {
+        let full = serde_json::json!(vec!["full_attention"; 28]);
+        let c = edit(|v| v["layer_types"] = full.clone()).unwrap();
+        assert_eq!(c.num_layers, 28);
+        let mut sliding = full.clone();
+        sliding[5] = "sliding_attention".into();
+        for bad in [serde_json::json!("garbage"), serde_json::json!(vec!["full_attention"; 27]), sliding] {
+            let e = edit(|v| v["layer_types"] = bad.clone()).unwrap_err().to_string();
+            assert!(e.contains("layer_types"), "{bad}: {e}");
+        }
+        let twice = |nested: f64| {
+            edit(|v| v["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": nested}))
+        };
+        assert_eq!(twice(1e6).unwrap().rope_theta, 1e6, "the same value twice is fine");
+        let e = twice(1e4).unwrap_err().to_string();
+        assert!(e.contains("rope_theta") && e.contains("which one"), "{e}");
     }
 
     #[test]
