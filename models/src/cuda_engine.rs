@@ -158,7 +158,7 @@ impl Qwen3Cuda {
     /// Logits read from the GPU must be finite (greedy steps need no read: the argmax kernel
     /// flags non-finite rows). f16 activations can overflow where bf16 ones cannot; the
     /// kernels accumulate in f32 but store f16, so an overflow shows as non-finite logits. The
-    /// CPU backend names the op (`EvalOptions::f16_overflow_is_error`); here the logits of
+    /// CPU backend names the op (`EvalOptions::overflow_is_error`); here the logits of
     /// every f16 step are read and checked, and a failure says it was f16.
     fn check_finite(&self, logits: &[f32]) -> Result<(), ModelError> {
         let count = logits.iter().filter(|v| !v.is_finite()).count();

@@ -8,7 +8,7 @@ use smelt_ir::{eval_with, DType, Dim, EvalError, EvalOptions, Graph, Op, Sym, Te
 
 /// How the CPU backend evaluates a model: an f16 activation that overflows is an error naming
 /// the op, not an inf that silently turns the logits into NaN.
-pub const MODEL_EVAL: EvalOptions = EvalOptions { f16_overflow_is_error: true };
+pub const MODEL_EVAL: EvalOptions = EvalOptions { overflow_is_error: true };
 
 use crate::weights::{Checkpoint, WeightError, WeightSpec};
 

@@ -65,18 +65,41 @@ fn config_floats_that_are_zero_or_infinite_in_f32_name_the_field() {
 }
 
 #[test]
+fn a_huge_finite_weight_that_overflows_an_activation_names_the_op() {
+    // 1e30 in one up_proj element: the next RMSNorm's mean square is inf, which used to zero
+    // every later activation and give all-zero logits (greedy: token 0 forever), exit 0.
+    let model = with_value_at("gqa1-tied-f32", "model.safetensors", "model.layers.0.mlp.up_proj.weight", 0, 1e30);
+    let stderr = generate_fails(model.path(), "5,17,42", &[]);
+    mentions(&stderr, &["not finite", "l01"]);
+    let stderr = generate_fails(model.path(), "5,17,42", &["--no-fuse"]);
+    mentions(&stderr, &["overflowed", "l01"]);
+}
+
+#[test]
 fn logits_that_overflow_at_run_time_name_the_position() {
-    // Finite weights, but a final norm weight of 3e38 overflows the lm_head's dot products.
+    // A final norm weight of 3e38 overflows the norm itself: the op is named.
     let model = copy_fixture("gqa1-tied-f32");
     rewrite_tensors(&model.path().join("model.safetensors"), |ts| {
         let t = find(ts, "model.norm.weight");
         t.data = t.data.chunks(4).flat_map(|_| 3e38f32.to_le_bytes()).collect();
     });
+    for extra in [&[][..], &["--dtype", "bf16", "--temperature", "0.7"]] {
+        mentions(&generate_fails(model.path(), "5,17,42", extra), &["final_norm", "overflowed"]);
+    }
+    // An untied lm_head of 3e38s: every activation is finite, the logits are not.
+    let model = copy_fixture("gqa2-untied-bf16-sharded");
+    let index = std::fs::read_to_string(model.path().join("model.safetensors.index.json")).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&index).unwrap();
+    let shard = model.path().join(index["weight_map"]["lm_head.weight"].as_str().unwrap());
+    rewrite_tensors(&shard, |ts| {
+        let t = find(ts, "lm_head.weight");
+        t.data = t.data.chunks(2).flat_map(|_| ((3e38f32.to_bits() >> 16) as u16).to_le_bytes()).collect();
+    });
     let stderr = generate_fails(model.path(), "5,17,42", &[]);
     mentions(&stderr, &["logits at position 2", "NaN or infinite"]);
     let stderr = logits_fails(model.path(), "5,17,42", &[]);
     mentions(&stderr, &["logits at position 0", "NaN or infinite"]);
-    let stderr = generate_fails(model.path(), "5,17,42", &["--dtype", "bf16", "--temperature", "0.7"]);
+    let stderr = generate_fails(model.path(), "5,17,42", &["--dtype", "f32", "--temperature", "0.7"]);
     mentions(&stderr, &["logits at position 2"]);
 }
 

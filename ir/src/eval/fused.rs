@@ -41,6 +41,11 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor, String> {
     let sq = ew::unary(UnaryOp::Square, &x32, DType::F32);
     let mean = ew::reduce(ReduceOp::Mean, &sq, last, DType::F32);
     let var = binary(BinaryOp::Add, &mean, &scalar(eps), DType::F32)?;
+    // rsqrt(inf) is 0: an overflowed mean square would silently zero the row.
+    let overflowed = var.f32s().map_or(0, |v| v.iter().filter(|v| !v.is_finite()).count());
+    if overflowed > 0 {
+        return Err(format!("the mean square of {overflowed} rows is not finite in f32 (an activation overflowed)"));
+    }
     let inv = ew::unary(UnaryOp::Rsqrt, &var, DType::F32);
     let y = binary(BinaryOp::Mul, &x32, &inv, DType::F32)?;
     binary(BinaryOp::Mul, w, &ew::cast(&y, dtype), dtype)

@@ -37,6 +37,10 @@ pub enum EvalError {
     /// activations of this model need bf16 or f32.
     #[error("node {node}: f16 overflow: {count} values beyond ±65504 (compute in bf16 or f32)")]
     F16Overflow { node: String, count: usize },
+    /// A bf16 or f32 result is not finite although its operands were: an activation overflowed,
+    /// which a trained model's weights never make happen.
+    #[error("node {node}: {count} {dtype} values overflowed to infinity or NaN (are the weights damaged?)")]
+    Overflow { node: String, count: usize, dtype: DType },
 }
 
 /// Where the evaluator finds parameters.
@@ -79,9 +83,11 @@ pub fn eval(
 /// How [`eval_with`] treats what plain arithmetic allows.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EvalOptions {
-    /// Fail with [`EvalError::F16Overflow`] at the first f16 result that is not finite. A
-    /// model's activations should never be; an arbitrary expression's may (`exp(20)` in f16).
-    pub f16_overflow_is_error: bool,
+    /// Fail at the first result that is not finite: [`EvalError::F16Overflow`] for f16,
+    /// [`EvalError::Overflow`] for bf16 and f32 results other than the graph's outputs (whose
+    /// caller names where they went wrong: a model's logits, by position). A model's
+    /// activations never overflow; an arbitrary expression's may (`exp(20)` in f16).
+    pub overflow_is_error: bool,
 }
 
 /// [`eval`] with options.
@@ -180,12 +186,17 @@ pub fn eval_with(
                     let message = format!("computed shape {:?}, the graph says {:?}", result.shape(), out_shape);
                     return Err(EvalError::Node { node: node_label(graph, id), message });
                 }
-                // Inputs and weights are finite and every f16 result is checked, so the first
-                // non-finite f16 value is where the overflow happened.
-                if options.f16_overflow_is_error && node.dtype == DType::F16 {
+                // Inputs and weights are finite and every result is checked, so the first
+                // non-finite value is where the overflow happened.
+                let checked = node.dtype == DType::F16 || !graph.outputs().iter().any(|(_, o)| *o == id);
+                if options.overflow_is_error && checked {
                     let count = result.f32s().map_or(0, |v| v.iter().filter(|x| !x.is_finite()).count());
-                    if count > 0 {
-                        return Err(EvalError::F16Overflow { node: node_label(graph, id), count });
+                    match count {
+                        0 => {}
+                        _ if node.dtype == DType::F16 => {
+                            return Err(EvalError::F16Overflow { node: node_label(graph, id), count })
+                        }
+                        _ => return Err(EvalError::Overflow { node: node_label(graph, id), count, dtype: node.dtype }),
                     }
                 }
                 Val::Owned(result)

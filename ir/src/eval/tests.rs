@@ -458,6 +458,39 @@ proptest! {
 }
 
 #[test]
+fn a_bf16_or_f32_overflow_inside_the_graph_is_an_error_naming_the_node() {
+    for dtype in [DType::BF16, DType::F32] {
+        // 1e30 squared is inf in both; the square feeds a node, the sum is the output.
+        let mut b = Builder::new();
+        let x = b.input("x", dtype, fixed(&[2]));
+        let sq = b.op("sq", Op::Unary(UnaryOp::Square), &[x]).unwrap();
+        let y = b.op("y", Op::Binary(BinaryOp::Mul), &[sq, x]).unwrap();
+        b.output("y", y).unwrap();
+        let graph = b.finish().unwrap();
+        let inputs = || HashMap::from([("x".to_string(), Tensor::from_f32(dtype, vec![2], vec![1e30, 1.0]))]);
+        assert!(eval(&graph, inputs(), &Map::new()).is_ok(), "plain evaluation allows it");
+        let err = eval_with(&graph, inputs(), &Map::new(), EvalOptions { overflow_is_error: true }).unwrap_err();
+        let EvalError::Overflow { node, count, .. } = &err else { panic!("{err}") };
+        assert_eq!((node.as_str(), *count), ("%1 sq", 1), "{err}");
+        // An output is left to the caller (a model names the logits' position).
+        let mut b = Builder::new();
+        let x = b.input("x", dtype, fixed(&[2]));
+        let sq = b.op("sq", Op::Unary(UnaryOp::Square), &[x]).unwrap();
+        b.output("sq", sq).unwrap();
+        let graph = b.finish().unwrap();
+        let out = eval_with(&graph, inputs(), &Map::new(), EvalOptions { overflow_is_error: true }).unwrap();
+        assert_eq!(out["sq"].to_f32_vec()[0], f32::INFINITY);
+    }
+    // A fused RMSNorm whose mean square overflows would zero the row: an error instead.
+    let x = Tensor::from_f32(DType::F32, vec![1, 2], vec![1e30, 1.0]);
+    let w = Tensor::from_f32(DType::F32, vec![2], vec![1.0, 1.0]);
+    let err = super::fused::rms_norm(&x, &w, 1e-6).unwrap_err();
+    assert!(err.contains("mean square") && err.contains("not finite"), "{err}");
+    let fine = Tensor::from_f32(DType::F32, vec![1, 2], vec![1e18, 1.0]);
+    assert!(super::fused::rms_norm(&fine, &w, 1e-6).is_ok());
+}
+
+#[test]
 fn an_f16_result_beyond_its_range_is_an_error_naming_the_node() {
     // 300 * 300 = 90,000 > 65,504: fine in bf16 and f32, an overflow in f16.
     let x = |dtype| Tensor::from_f32(dtype, vec![2], vec![300.0, 1.0]);
@@ -469,7 +502,7 @@ fn an_f16_result_beyond_its_range_is_an_error_naming_the_node() {
     let inputs = || (0..2).map(|i| (format!("x{i}"), x(DType::F16))).collect::<HashMap<_, _>>();
     // Plain evaluation allows it (inf is what f16 arithmetic gives); the model check does not.
     assert_eq!(eval(&graph, inputs(), &Map::new()).unwrap()["y"].to_f32_vec()[0], f32::INFINITY);
-    let checked = EvalOptions { f16_overflow_is_error: true };
+    let checked = EvalOptions { overflow_is_error: true };
     let err = eval_with(&graph, inputs(), &Map::new(), checked).unwrap_err();
     let EvalError::F16Overflow { node, count } = &err else { panic!("{err}") };
     assert_eq!((node.as_str(), *count), ("%2 y", 1), "{err}");
