@@ -11,9 +11,16 @@ use std::process::{Command, Stdio};
 use common::random_model::write_random_qwen3;
 use common::*;
 
-/// Runs `smelt chat` on `model` with `input` on stdin: (stdout, stderr, the prompt-token count
-/// of each turn from the stats lines).
+/// Runs `smelt chat` on `model` with `input` on stdin, which must succeed: (stdout, stderr, the
+/// prompt-token count of each turn from the stats lines).
 fn chat(model: &std::path::Path, input: &str, extra: &[&str]) -> (String, String, Vec<usize>) {
+    let (ok, stdout, stderr, prompts) = chat_status(model, input, extra);
+    assert!(ok, "smelt chat {extra:?} failed:\n{stderr}");
+    (stdout, stderr, prompts)
+}
+
+/// [`chat`], whether it succeeded first.
+fn chat_status(model: &std::path::Path, input: &str, extra: &[&str]) -> (bool, String, String, Vec<usize>) {
     let mut args = vec!["chat", "--model", path_str(model), "--max-new-tokens", "12"];
     args.extend_from_slice(extra);
     let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
@@ -27,10 +34,10 @@ fn chat(model: &std::path::Path, input: &str, extra: &[&str]) -> (String, String
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(out.status.success() && !stderr.contains("panicked"), "smelt {args:?}: {}\n{stderr}", out.status);
+    assert!(!stderr.contains("panicked") && out.status.code().is_some(), "smelt {args:?}: {}\n{stderr}", out.status);
     let prompts =
         stderr.lines().filter_map(|l| l.strip_prefix('[')?.split(" prompt tokens").next()?.parse().ok()).collect();
-    (stdout, stderr, prompts)
+    (out.status.success(), stdout, stderr, prompts)
 }
 
 #[test]
@@ -60,12 +67,14 @@ fn history_reset_exit_no_think_system_and_an_overlong_turn() {
     assert!(p[0] > first, "{p:?}");
 
     // Unknown commands are reported, not sent; a turn past the 4096-token context fails
-    // alone and the next turn sees a conversation without it.
+    // alone and the next turn sees a conversation without it. From a pipe, the failed turn
+    // makes the exit status a failure.
     let long = "word ".repeat(5000);
-    let (out, stderr, p) = chat(model, &format!("/frobnicate\n{long}\nhello there\n"), &[]);
+    let (ok, out, stderr, p) = chat_status(model, &format!("/frobnicate\n{long}\nhello there\n"), &[]);
     assert!(stderr.contains("unknown command /frobnicate"), "{stderr}");
     assert!(stderr.contains("error:") && stderr.contains("/reset starts a new one"), "{stderr}");
     assert_eq!((out, p), (one, vec![first]));
+    assert!(!ok && stderr.contains("1 of 2 turns failed"), "{stderr}");
 }
 
 /// A `--batch` line with "messages" is rendered with the chat template exactly as

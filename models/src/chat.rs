@@ -45,6 +45,8 @@ pub enum ChatError {
     MissingTemplate { path: PathBuf },
     #[error("chat template does not compile: {0:#}")]
     Compile(#[source] JinjaError),
+    #[error("the chat template in {} does not compile: {source:#}", path.display())]
+    CompileIn { path: PathBuf, source: JinjaError },
     #[error("chat template failed to render: {0:#}")]
     Render(#[source] JinjaError),
     #[error("message {index} has role {role:?}; expected one of {}", ROLES.join(", "))]
@@ -101,16 +103,19 @@ impl ChatTemplate {
         let present = |p: &Path| smelt_runtime::files::exists(p);
         let config = if present(&config_path) { Some(read_json(&config_path)?) } else { None };
         let jinja_path = dir.join("chat_template.jinja");
-        let source = if present(&jinja_path) {
+        let (source, origin) = if present(&jinja_path) {
             let text = smelt_runtime::files::read_metadata(&jinja_path);
-            Some(text.map_err(|source| ChatError::Read { path: jinja_path, source })?)
+            (Some(text.map_err(|source| ChatError::Read { path: jinja_path.clone(), source })?), jinja_path)
         } else {
-            config.as_ref().and_then(template_source)
+            (config.as_ref().and_then(template_source), config_path)
         };
         let Some(source) = source else {
             return Ok(None);
         };
-        let mut template = ChatTemplate::new(source)?;
+        let mut template = ChatTemplate::new(source).map_err(|e| match e {
+            ChatError::Compile(source) => ChatError::CompileIn { path: origin, source },
+            other => other,
+        })?;
         template.special_tokens = config.as_ref().map(special_tokens).unwrap_or_default();
         Ok(Some(template))
     }

@@ -175,6 +175,16 @@ fn request(line: Line, d: &Defaults<'_>, tokenizer: Option<&Tokenizer>) -> Resul
         seed: line.seed.unwrap_or(s.seed),
     };
     sampling.validate().map_err(anyhow::Error::msg)?;
+    // As on the command line: a sampling field this line sets would change nothing greedily.
+    let sampling_only = [
+        ("top_k", line.top_k.is_some()),
+        ("top_p", line.top_p.is_some()),
+        ("min_p", line.min_p.is_some()),
+        ("seed", line.seed.is_some()),
+    ];
+    if let Some((field, _)) = sampling_only.iter().find(|(_, set)| *set).filter(|_| sampling.temperature == 0.0) {
+        bail!("\"{field}\" applies to sampling, and the temperature is 0 (greedy): set \"temperature\" above 0");
+    }
     let stop = match line.stop {
         None => d.stop.to_vec(),
         Some(Stops::One(s)) => vec![s],

@@ -20,6 +20,36 @@ fn sizes_parse_in_binary_and_decimal_units() {
     assert!(parse_size("0").is_err());
 }
 
+#[test]
+fn a_line_setting_a_sampling_field_at_temperature_0_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("requests.jsonl");
+    let defaults = Defaults {
+        max_new_tokens: 4,
+        sampling: SamplingParams::default(),
+        stop: &[],
+        chat: false,
+        enable_thinking: None,
+    };
+    for (line, refused) in [
+        (r#"{"prompt_ids": [1, 2], "top_k": 5}"#, Some("top_k")),
+        (r#"{"prompt_ids": [1, 2], "seed": 7, "temperature": 0}"#, Some("seed")),
+        (r#"{"prompt_ids": [1, 2], "top_p": 0.5, "temperature": 0.7}"#, None),
+        (r#"{"prompt_ids": [1, 2], "repetition_penalty": 1.2}"#, None),
+    ] {
+        std::fs::write(&path, format!("{{\"prompt_ids\": [3]}}\n{line}\n")).unwrap();
+        match (read_requests(&path, &defaults, None), refused) {
+            (Ok(_), None) => {}
+            (Err(e), Some(field)) => {
+                let e = format!("{e:#}");
+                assert!(e.contains(&format!("{}:2", path.display())) && e.contains(field), "{e}");
+                assert!(e.contains("temperature"), "{e}");
+            }
+            (r, _) => panic!("{line}: {:?}", r.map(|_| ()).map_err(|e| format!("{e:#}"))),
+        }
+    }
+}
+
 /// The real tokenizer and chat template, loaded once for every case.
 fn tokenizer() -> &'static Tokenizer {
     static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();

@@ -43,7 +43,7 @@ pub fn run(a: Args) -> Result<()> {
     a.sampling.refuse_unused()?;
     let dir = super::model_dir_arg(&a.model)?;
     let tokenizer = Tokenizer::from_model_dir(&dir)
-        .with_context(|| format!("smelt chat needs {}/tokenizer.json", dir.display()))?;
+        .with_context(|| format!("smelt chat needs the tokenizer and chat template of {}", dir.display()))?;
     let template = tokenizer.chat_template().with_context(|| {
         format!("{} has no chat template (tokenizer_config.json or chat_template.jinja)", dir.display())
     })?;
@@ -55,6 +55,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut history: Vec<ChatMessage> = Vec::new();
     let mut input = std::io::stdin().lock();
     let mut lines = 0usize;
+    let (mut turns, mut failed) = (0usize, 0usize);
     loop {
         if interactive {
             eprint!(">>> ");
@@ -93,17 +94,24 @@ pub fn run(a: Args) -> Result<()> {
         messages.extend(history.iter().cloned());
         let prompt = template.render(&messages, true, a.no_think.then_some(false))?;
         let ids = tokenizer.encode(&prompt)?;
+        turns += 1;
         match reply(model.as_mut(), &tokenizer, &ids, a.max_new_tokens, &sampling) {
             Ok(text) => history.push(ChatMessage::new("assistant", text)),
             Err(e) => {
                 // The turn is dropped; the conversation before it goes on.
                 history.pop();
+                failed += 1;
                 eprintln!("error: {e:#}");
                 if matches!(e.downcast_ref(), Some(smelt::models::ModelError::ContextFull { .. })) {
                     eprintln!("(the conversation no longer fits the context: /reset starts a new one)");
                 }
             }
         }
+    }
+    // Interactively, a failed turn was seen and the conversation went on; a script reading
+    // the exit status must learn that some of its messages got no reply.
+    if failed > 0 && !interactive {
+        bail!("{failed} of {turns} turns failed (their errors are above)");
     }
     Ok(())
 }

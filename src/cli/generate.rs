@@ -311,6 +311,16 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         };
         let file = batch::read_requests(path, &defaults, tokenizer.as_ref())?;
         a.backend.check_flags()?;
+        if let Some(block) =
+            a.batching.given().contains(&"--kv-block-tokens").then(|| a.batching.options().block_tokens)
+        {
+            // Checked before the weights load: a block is at most the context.
+            let config = Qwen3Config::from_file(&model_dir_arg(&a.model)?.join("config.json"))?;
+            let context = config.max_position_embeddings;
+            if block > context {
+                bail!("--kv-block-tokens {block} is longer than the model's context ({context} tokens)");
+            }
+        }
         if let Some(limit) = a.backend.memory_limit()? {
             let bytes = a.batching.options().kv_budget_bytes as u64;
             limit.check(&format!("--kv-memory {}", super::size(bytes)), bytes)?;
@@ -382,6 +392,15 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         ids.len(),
         ids.len() as f64 / secs.max(1e-9)
     );
+    // Generation ends at the context as it does at EOS, but the user asked for more: say so.
+    let context = model.config().max_position_embeddings;
+    if ids.len() < a.max_new_tokens && prompt.len() + ids.len() >= context {
+        eprintln!(
+            "note: stopped after {} of --max-new-tokens {}: the context ({context} tokens) is full",
+            ids.len(),
+            a.max_new_tokens
+        );
+    }
     if let Some(path) = &a.ids_out {
         write_atomically(path, serde_json::to_string(&ids)?.as_bytes())?;
     }

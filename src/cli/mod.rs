@@ -45,11 +45,34 @@ enum Command {
 }
 
 /// The command line, parsed. Every subcommand reads `-1` as a value (a flag's parser then
-/// refuses it by name), not as an unknown flag.
+/// refuses it by name), not as an unknown flag; `-inf` and `-nan` too.
 pub fn parse() -> Cli {
     use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().mut_subcommands(|s| s.allow_negative_numbers(true)).get_matches();
+    let args = negative_specials_joined(std::env::args_os().collect());
+    let matches = Cli::command().mut_subcommands(|s| s.allow_negative_numbers(true)).get_matches_from(args);
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// `--flag -inf` as `--flag=-inf`: clap takes `-1` for a number but `-inf`, `-nan` and
+/// `-infinity` for short flags (`-i`); joined, the flag's own parser refuses them by name.
+fn negative_specials_joined(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let special = |a: &std::ffi::OsString| {
+        a.to_str().is_some_and(|s| ["-inf", "-infinity", "-nan"].contains(&s.to_ascii_lowercase().as_str()))
+    };
+    let mut out: Vec<std::ffi::OsString> = Vec::with_capacity(args.len());
+    for arg in args {
+        let joinable = out.last().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with("--") && !f.contains('='));
+        if special(&arg) && joinable {
+            let flag = out.pop().unwrap_or_default();
+            let mut joined = flag;
+            joined.push("=");
+            joined.push(&arg);
+            out.push(joined);
+        } else {
+            out.push(arg);
+        }
+    }
+    out
 }
 
 pub fn run(cli: Cli) -> Result<()> {

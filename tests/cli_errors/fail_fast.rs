@@ -69,6 +69,9 @@ fn negative_numbers_are_values_refused_by_name() {
         ("--top-k", "-1"),
         ("--max-new-tokens", "-1"),
         ("--seed", "-7"),
+        ("--presence-penalty", "-inf"),
+        ("--temperature", "-NaN"),
+        ("--top-p", "-Infinity"),
     ] {
         let stderr = generate_fails(&model, PROMPT, &[flag, value]);
         mentions(&stderr, &[flag]);

@@ -52,6 +52,22 @@ fn prompt_longer_than_context_mentions_max_position_embeddings() {
     mentions(&stderr, &["max_position_embeddings", "129", "128"]);
 }
 
+/// Generation that reaches the end of the context before --max-new-tokens says so (it used
+/// to stop short in silence).
+#[test]
+fn generation_cut_short_by_the_context_says_so() {
+    let model = fixture_dir(ONE);
+    // 126 prompt tokens + 3 generated: the last one needs no KV row.
+    let ids = vec!["5"; 126].join(",");
+    let (code, _, stderr) =
+        run(&["generate", "--model", path_str(&model), "--prompt-ids", &ids, "--max-new-tokens", "50"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    mentions(&stderr, &["stopped after 3 of --max-new-tokens 50", "context (128 tokens) is full"]);
+    let (code, _, stderr) =
+        run(&["generate", "--model", path_str(&model), "--prompt-ids", "5", "--max-new-tokens", "2"]);
+    assert!(code == Some(0) && !stderr.contains("stopped after"), "{stderr}");
+}
+
 #[test]
 fn bad_temperature_is_a_clear_error() {
     let model = fixture_dir(ONE);
