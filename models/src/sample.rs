@@ -221,6 +221,29 @@ mod tests {
         SamplingParams { temperature, seed: 7, ..SamplingParams::default() }
     }
 
+    /// The reference SplitMix64 (Steele, Lea and Flood; Vigna's `splitmix64.c`): seed 0 and
+    /// the much-quoted seed 1234567 give these first outputs.
+    #[test]
+    fn splitmix64_is_the_reference_generator() {
+        let first = |seed: u64| {
+            let mut g = SplitMix64::new(seed);
+            [g.next_u64(), g.next_u64(), g.next_u64()]
+        };
+        assert_eq!(first(0), [0xe220_a839_7b1d_cdaf, 0x6e78_9e6a_a1b9_65f4, 0x06c4_5d18_8009_454f]);
+        assert_eq!(first(1_234_567), [6_457_827_717_110_365_317, 3_203_168_211_198_807_973, 9_817_491_932_198_370_423]);
+        // The top 53 bits, over 2^53: in [0, 1).
+        assert_eq!(SplitMix64::new(0).next_f64(), (0xe220_a839_7b1d_cdafu64 >> 11) as f64 / (1u64 << 53) as f64);
+    }
+
+    /// HF leaves top-p out at 1.0: a token whose probability is below f64's resolution next to
+    /// 1 (e^-40 here) stays in the distribution, although the cumulative sum reaches 1 first.
+    #[test]
+    fn top_p_of_one_keeps_every_token() {
+        let dist = Sampler::new(params(1.0), &[]).distribution(&[0.0, -40.0]);
+        assert_eq!(dist.len(), 2, "{dist:?}");
+        assert!(dist[1].1 > 0.0 && dist[1].1 < 1e-17, "{dist:?}");
+    }
+
     #[test]
     fn argmax_takes_first_of_ties() {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);

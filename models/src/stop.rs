@@ -102,7 +102,42 @@ impl<'t> TextStream<'t> {
 
 #[cfg(test)]
 mod tests {
-    use super::StopMatcher;
+    use super::{check_stops, StopMatcher, TextStream};
+    use crate::tokenizer::Tokenizer;
+
+    #[test]
+    fn an_empty_stop_string_is_refused() {
+        assert!(check_stops(&["\n\n".into(), "User:".into()]).is_ok());
+        let e = check_stops(&["x".into(), String::new()]).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+    }
+
+    /// The real Qwen3 tokenizer's ids of `text`, streamed through a [`TextStream`]: (the text
+    /// shown token by token, whether it stopped, what `finish` returned).
+    fn stream(text: &str, stops: &[&str]) -> (String, bool, String) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/qwen3/tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&path).unwrap();
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut s = TextStream::new(Some(&tokenizer), &stops);
+        let mut shown = String::new();
+        for id in tokenizer.encode(text).unwrap() {
+            shown.push_str(&s.push(id).unwrap());
+        }
+        let stopped = s.stopped();
+        (shown, stopped, s.finish().unwrap())
+    }
+
+    #[test]
+    fn a_text_stream_shows_the_text_up_to_a_stop_and_finish_returns_what_it_held() {
+        let text = "Héllo wörld. Stop here, please.";
+        assert_eq!(stream(text, &[]), (text.to_string(), false, String::new()));
+        assert_eq!(stream(text, &["Stop"]), ("Héllo wörld. ".to_string(), true, String::new()));
+        // A last "please" could still have become "please!": held back, then given by finish.
+        assert_eq!(stream("Stop here, please", &["please!"]), ("Stop here, ".to_string(), false, "please".to_string()));
+        // Without a tokenizer there is no text.
+        let mut bare = TextStream::new(None, &[]);
+        assert_eq!((bare.push(9707).unwrap(), bare.stopped(), bare.finish().unwrap()), (String::new(), false, String::new()));
+    }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (Vec<String>, bool, String) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
