@@ -136,7 +136,10 @@ mod tests {
         assert_eq!(stream("Stop here, please", &["please!"]), ("Stop here, ".to_string(), false, "please".to_string()));
         // Without a tokenizer there is no text.
         let mut bare = TextStream::new(None, &[]);
-        assert_eq!((bare.push(9707).unwrap(), bare.stopped(), bare.finish().unwrap()), (String::new(), false, String::new()));
+        assert_eq!(
+            (bare.push(9707).unwrap(), bare.stopped(), bare.finish().unwrap()),
+            (String::new(), false, String::new())
+        );
     }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (Vec<String>, bool, String) {

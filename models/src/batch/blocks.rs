@@ -227,6 +227,19 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_reports_what_it_was_made_with_and_ids_fit_u32() {
+        let pool = BlockPool::new(10, 16, false);
+        assert_eq!((pool.block_tokens(), pool.prefix_cache(), pool.capacity(), pool.available()), (16, false, 10, 10));
+        let pool = BlockPool::new(3, 4, true);
+        assert_eq!((pool.block_tokens(), pool.prefix_cache(), pool.capacity()), (4, true, 3));
+        // Block ids are u32 (the GPU's block tables): more blocks than that are not addressable.
+        assert_eq!(BlockPool::new(usize::MAX, 16, true).capacity(), 1 << 32);
+        // Different prefixes give different keys; the same prefix the same key.
+        assert_ne!(chain_hash(ROOT_HASH, &[1, 2]), chain_hash(chain_hash(ROOT_HASH, &[9]), &[1, 2]));
+        assert_eq!(chain_hash(ROOT_HASH, &[1, 2]), chain_hash(ROOT_HASH, &[1, 2]));
+    }
+
+    #[test]
     fn eviction_takes_the_least_recently_released_and_a_sequence_tail_first() {
         let mut pool = BlockPool::new(3, 1, true);
         let x = filled(&mut pool, ROOT_HASH, &[7]);
