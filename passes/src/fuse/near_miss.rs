@@ -287,3 +287,44 @@ fn horizontal_fusion_groups_only_weight_matmuls_of_one_activation() {
     assert_eq!(fused_count(&horizontal_graph(false, true), &[&FuseHorizontal]), 0, "two activations");
     assert_eq!(fused_count(&horizontal_graph(true, false), &[&FuseHorizontal]), 0, "weights that are inputs");
 }
+
+/// The model's metadata survives fusion: a fused node keeps its root's layer and label, and a
+/// horizontally fused matmul joins its parts' labels (`q`, `k`, `v` name the `qkv` kernel),
+/// keeping a layer only when all parts share it and a label only when all have one.
+#[test]
+fn fused_nodes_carry_the_models_layer_and_label() {
+    let horizontal = |layers: [u32; 3], labels: [Option<&str>; 3]| {
+        let mut b = Builder::new();
+        let x = b.input("x", DType::F32, shape![Sym::NewTokens, 8]);
+        for (i, (layer, label)) in layers.into_iter().zip(labels).enumerate() {
+            let w = b.weight(&format!("w{i}"), DType::F32, shape![4, 8]).unwrap();
+            let y = b.in_layer(layer, |b| b.matmul(&format!("mm{i}"), x, w).unwrap());
+            if let Some(label) = label {
+                b.label(y, label);
+            }
+            b.output(&format!("y{i}"), y).unwrap();
+        }
+        let (after, _) = run_verified(&FuseHorizontal, &b.finish().unwrap());
+        let fused = after.node_ids().find(|&id| *op(&after, id) == Op::MatMul && !after.users(id).is_empty());
+        after.node(fused.expect("one fused matmul")).meta.clone()
+    };
+    let meta = |layer: Option<u32>, label: Option<&str>| smelt_ir::Meta { layer, label: label.map(String::from) };
+    assert_eq!(horizontal([3, 3, 3], [Some("q"), Some("k"), Some("v")]), meta(Some(3), Some("qkv")));
+    assert_eq!(horizontal([3, 3, 4], [Some("q"), Some("k"), Some("v")]), meta(None, Some("qkv")));
+    assert_eq!(horizontal([0, 0, 0], [Some("q"), None, Some("v")]), meta(Some(0), None));
+
+    // An elementwise region takes its root's metadata, not an operand's.
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F32, shape![Sym::NewTokens, 8]);
+    let y = b.in_layer(1, |b| {
+        let a = b.unary("act", UnaryOp::Exp, x).unwrap();
+        b.label(a, "inner");
+        b.unary("out", UnaryOp::Neg, a).unwrap()
+    });
+    b.label(y, "outer");
+    b.output("y", y).unwrap();
+    let (after, _) = run_verified(&FuseElementwise, &b.finish().unwrap());
+    let region = after.outputs()[0].1;
+    assert!(matches!(op(&after, region), Op::Elementwise { .. }));
+    assert_eq!(after.node(region).meta, meta(Some(1), Some("outer")));
+}
