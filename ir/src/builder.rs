@@ -246,6 +246,26 @@ mod tests {
     }
 
     #[test]
+    fn layers_and_labels_mark_the_nodes_they_cover() {
+        let mut b = Builder::new();
+        let x = b.input("x", DType::F32, shape![T, 4]);
+        let (inner, outer) = b.in_layer(2, |b| {
+            let inner = b.in_layer(5, |b| b.unary("inner", UnaryOp::Neg, x).unwrap());
+            (inner, b.unary("outer", UnaryOp::Exp, inner).unwrap())
+        });
+        let after = b.unary("after", UnaryOp::Neg, outer).unwrap();
+        b.label(outer, "act");
+        b.label(after, "");
+        b.output("y", after).unwrap();
+        let g = b.finish().unwrap();
+        let meta = |id: NodeId| (g.node(id).meta.layer, g.node(id).meta.label.clone());
+        assert_eq!(meta(x), (None, None));
+        assert_eq!(meta(inner), (Some(5), None), "the innermost layer wins");
+        assert_eq!(meta(outer), (Some(2), Some("act".to_string())), "the outer layer is restored");
+        assert_eq!(meta(after), (None, Some(String::new())), "no layer once outside");
+    }
+
+    #[test]
     fn infer_errors_name_the_node() {
         let cases: Vec<(&str, &str, (String, String))> = vec![
             (

@@ -310,6 +310,40 @@ mod tests {
         assert_eq!(g.topo_order().unwrap(), vec![a, b, late, add, user, n4]);
     }
 
+    /// Runtimes find what they feed and read by role: the input or output playing one, and the
+    /// KV caches by layer, keys before values, whatever order they were declared in.
+    #[test]
+    fn inputs_and_outputs_are_found_by_role() {
+        use crate::role::{KvPart, Role};
+        let cache = |layer, part| Role::KvCache { layer, part };
+        let mut b = Builder::new();
+        let ids = b.input_as("ids", DType::I32, shape![T], Role::TokenIds);
+        let x = b.input("x", DType::F32, shape![T, 4]);
+        let mut caches = Vec::new();
+        for (name, role) in
+            [("v1", cache(1, KvPart::Value)), ("k1", cache(1, KvPart::Key)), ("k0", cache(0, KvPart::Key))]
+        {
+            let c = b.input_as(name, DType::F32, shape![Sym::CachedTokens, 4], role);
+            b.output(name, c).unwrap();
+            caches.push(c);
+        }
+        let y = b.unary("y", UnaryOp::Neg, x).unwrap();
+        b.output_as("logits", y, Role::Logits).unwrap();
+        b.output("other", y).unwrap();
+        let mut g = b.finish().unwrap();
+        assert_eq!(g.input_with(Role::TokenIds), Some(("ids".to_string(), ids)));
+        assert_eq!(g.input_with(Role::Positions), None);
+        assert_eq!(g.output_with(Role::Logits), Some(("logits".to_string(), y)));
+        assert_eq!(g.output_with(Role::NextToken), None);
+        let names: Vec<String> = g.kv_cache_inputs().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["k0", "k1", "v1"]);
+        assert_eq!(g.kv_cache_inputs()[0].1, caches[2]);
+        assert_eq!((g.role("x"), g.role("other"), g.role("k1")), (Role::Other, Role::Other, cache(1, KvPart::Key)));
+        assert!(cache(0, KvPart::Value).is_kv_cache() && !Role::Logits.is_kv_cache() && !Role::Other.is_kv_cache());
+        g.set_role("ids", Role::Other);
+        assert_eq!((g.input_with(Role::TokenIds), g.roles().count()), (None, 4));
+    }
+
     #[test]
     fn replace_all_uses_rewires_operands_and_outputs() {
         let mut b = Builder::new();

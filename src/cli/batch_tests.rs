@@ -20,17 +20,16 @@ fn sizes_parse_in_binary_and_decimal_units() {
     assert!(parse_size("0").is_err());
 }
 
+/// A batch's defaults: 4 new tokens, greedy, no stops, no chat template.
+fn defaults() -> Defaults<'static> {
+    Defaults { max_new_tokens: 4, sampling: SamplingParams::default(), stop: &[], chat: false, enable_thinking: None }
+}
+
 #[test]
 fn a_line_setting_a_sampling_field_at_temperature_0_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("requests.jsonl");
-    let defaults = Defaults {
-        max_new_tokens: 4,
-        sampling: SamplingParams::default(),
-        stop: &[],
-        chat: false,
-        enable_thinking: None,
-    };
+    let defaults = defaults();
     for (line, refused) in [
         (r#"{"prompt_ids": [1, 2], "top_k": 5}"#, Some("top_k")),
         (r#"{"prompt_ids": [1, 2], "seed": 7, "temperature": 0}"#, Some("seed")),
@@ -151,13 +150,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("requests.jsonl");
         std::fs::write(&path, lines.join("\n")).unwrap();
-        let defaults = Defaults {
-            max_new_tokens: 4,
-            sampling: SamplingParams::default(),
-            stop: &[],
-            chat: false,
-            enable_thinking: None,
-        };
+        let defaults = defaults();
         if let Err(e) = read_requests(&path, &defaults, Some(tokenizer())) {
             let text = format!("{e:#}");
             let named = (1..=lines.join("\n").lines().count().max(1))

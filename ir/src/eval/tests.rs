@@ -517,3 +517,21 @@ fn an_f16_result_beyond_its_range_is_an_error_naming_the_node() {
     let w = Tensor::from_f32(DType::F16, vec![1, 2], vec![1.0, -0.5]);
     assert_close(&run(Op::MatMul, &[a, w]), &[1, 1], &[30000.0], 1e-3);
 }
+
+/// An epilogue reads its part of the accumulator: part `p` of `n` is columns
+/// `[p * width / n, (p + 1) * width / n)` of every row; one part is the whole.
+#[test]
+fn an_epilogue_reads_its_part_of_the_accumulator() {
+    use crate::{Expr, ExprKind};
+    // 2 rows of 6 columns: value = 10 * row + column.
+    let acc = Tensor::from_f32(DType::F32, vec![2, 6], (0..12).map(|i| (10 * (i / 6) + i % 6) as f32).collect());
+    let part = |part: usize, parts: usize| {
+        let e = Expr::new(ExprKind::Acc { part, parts }, DType::F32);
+        super::fused::expr(&e, &[], Some(&acc)).unwrap().into_owned()
+    };
+    assert_eq!(part(0, 1).to_f32_vec(), acc.to_f32_vec());
+    assert_eq!((part(0, 3).shape().to_vec(), part(0, 3).to_f32_vec()), (vec![2, 2], vec![0.0, 1.0, 10.0, 11.0]));
+    assert_eq!(part(1, 3).to_f32_vec(), [2.0, 3.0, 12.0, 13.0]);
+    assert_eq!(part(2, 3).to_f32_vec(), [4.0, 5.0, 14.0, 15.0]);
+    assert_eq!(part(1, 2).to_f32_vec(), [3.0, 4.0, 5.0, 13.0, 14.0, 15.0]);
+}
