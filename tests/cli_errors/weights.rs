@@ -151,7 +151,8 @@ fn wrong_dtype_f64_names_tensor_and_dtype() {
 fn bad_header_entries_name_their_tensor() {
     let name = "model.layers.0.mlp.up_proj.weight";
     // (edit of the entry, what the error says)
-    let edits: [(fn(&mut serde_json::Value), &str); 4] = [
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(Edit, &str); 4] = [
         (|e| e["dtype"] = "F64".into(), "dtype F64"),
         (|e| e["dtype"] = "Q4".into(), "is not a safetensors dtype"),
         (|e| e["shape"] = serde_json::json!([0, 64]), "bytes, but its data_offsets"),

@@ -37,18 +37,28 @@ fn binary(op: BinaryOp, a: &Tensor, b: &Tensor, dtype: DType) -> Result<Tensor, 
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor, String> {
     let dtype = x.dtype();
     let last = x.shape().len().checked_sub(1).ok_or("rmsnorm of a scalar")?;
+    let (x32, var) = mean_square(x, eps, last)?;
+    let inv = ew::unary(UnaryOp::Rsqrt, &var, DType::F32);
+    let y = binary(BinaryOp::Mul, &x32, &inv, DType::F32)?;
+    binary(BinaryOp::Mul, w, &ew::cast(&y, dtype), dtype)
+}
+
+/// `x` in f32 and `mean(x², last axis) + eps`, as RMSNorm computes them.
+fn mean_square(x: &Tensor, eps: f32, last: usize) -> Result<(Tensor, Tensor), String> {
     let x32 = ew::cast(x, DType::F32);
     let sq = ew::unary(UnaryOp::Square, &x32, DType::F32);
     let mean = ew::reduce(ReduceOp::Mean, &sq, last, DType::F32);
     let var = binary(BinaryOp::Add, &mean, &scalar(eps), DType::F32)?;
-    // rsqrt(inf) is 0: an overflowed mean square would silently zero the row.
-    let overflowed = var.f32s().map_or(0, |v| v.iter().filter(|v| !v.is_finite()).count());
-    if overflowed > 0 {
-        return Err(format!("the mean square of {overflowed} rows is not finite in f32 (an activation overflowed)"));
-    }
-    let inv = ew::unary(UnaryOp::Rsqrt, &var, DType::F32);
-    let y = binary(BinaryOp::Mul, &x32, &inv, DType::F32)?;
-    binary(BinaryOp::Mul, w, &ew::cast(&y, dtype), dtype)
+    Ok((x32, var))
+}
+
+/// Rows of `x` whose mean square (plus `eps`) is not finite in f32. RMSNorm multiplies them by
+/// rsqrt(inf) = 0: a model's overflowed activation would silently zero the row. (As an op, that
+/// is what RMSNorm means; a model evaluation refuses it.)
+pub fn norm_overflows(x: &Tensor, eps: f32) -> Result<usize, String> {
+    let last = x.shape().len().checked_sub(1).ok_or("rmsnorm of a scalar")?;
+    let (_, var) = mean_square(x, eps, last)?;
+    Ok(var.f32s().map_or(0, |v| v.iter().filter(|v| !v.is_finite()).count()))
 }
 
 /// Rotary embedding of `x[T, heads, D]` at `positions`, as `models::qwen3` declares it.

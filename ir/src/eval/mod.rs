@@ -170,6 +170,10 @@ pub fn eval_with(
                     })
                     .collect();
                 let out_shape = node.shape.resolve(&bindings);
+                if options.overflow_is_error {
+                    check_norm_input(op, &args)
+                        .map_err(|message| EvalError::Node { node: node_label(graph, id), message })?;
+                }
                 let result = if consumable.is_some() {
                     // The appended rows are computed before the cache is moved out of `args`.
                     let rows = match op {
@@ -253,6 +257,20 @@ fn bind(graph: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Bindings, Eva
         }
     }
     Ok(b)
+}
+
+/// For an op that normalizes its first operand: no row's mean square overflows (see
+/// [`fused::norm_overflows`]).
+fn check_norm_input(op: &Op, args: &[&Tensor]) -> Result<(), String> {
+    let eps = match op {
+        Op::RmsNorm { eps } | Op::Linear { norm_eps: Some(eps), .. } => *eps,
+        Op::NormRope { eps, .. } | Op::NormRopeAttention { eps, .. } => *eps,
+        _ => return Ok(()),
+    };
+    match fused::norm_overflows(args[0], eps)? {
+        0 => Ok(()),
+        rows => Err(format!("the mean square of {rows} rows is not finite in f32 (an activation overflowed)")),
+    }
 }
 
 fn apply(op: &Op, dtype: DType, out_shape: &[usize], args: &[&Tensor]) -> Result<Tensor, String> {

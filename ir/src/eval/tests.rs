@@ -481,13 +481,25 @@ fn a_bf16_or_f32_overflow_inside_the_graph_is_an_error_naming_the_node() {
         let out = eval_with(&graph, inputs(), &Map::new(), EvalOptions { overflow_is_error: true }).unwrap();
         assert_eq!(out["sq"].to_f32_vec()[0], f32::INFINITY);
     }
-    // A fused RMSNorm whose mean square overflows would zero the row: an error instead.
-    let x = Tensor::from_f32(DType::F32, vec![1, 2], vec![1e30, 1.0]);
-    let w = Tensor::from_f32(DType::F32, vec![2], vec![1.0, 1.0]);
-    let err = super::fused::rms_norm(&x, &w, 1e-6).unwrap_err();
-    assert!(err.contains("mean square") && err.contains("not finite"), "{err}");
-    let fine = Tensor::from_f32(DType::F32, vec![1, 2], vec![1e18, 1.0]);
-    assert!(super::fused::rms_norm(&fine, &w, 1e-6).is_ok());
+    // A fused RMSNorm whose mean square overflows zeroes the row (rsqrt(inf) = 0): what the op
+    // means, and an error in a model evaluation.
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F32, fixed(&[1, 2]));
+    let w = b.input("w", DType::F32, fixed(&[2]));
+    let y = b.op("norm", Op::RmsNorm { eps: 1e-6 }, &[x, w]).unwrap();
+    let z = b.op("z", Op::Unary(UnaryOp::Neg), &[y]).unwrap();
+    b.output("z", z).unwrap();
+    let graph = b.finish().unwrap();
+    let inputs = |x0: f32| {
+        HashMap::from([
+            ("x".to_string(), Tensor::from_f32(DType::F32, vec![1, 2], vec![x0, 1.0])),
+            ("w".to_string(), Tensor::from_f32(DType::F32, vec![2], vec![1.0, 1.0])),
+        ])
+    };
+    assert_eq!(eval(&graph, inputs(1e30), &Map::new()).unwrap()["z"].to_f32_vec(), [0.0, 0.0]);
+    let err = eval_with(&graph, inputs(1e30), &Map::new(), EvalOptions { overflow_is_error: true }).unwrap_err();
+    assert!(err.to_string().contains("%2 norm: the mean square of 1 rows is not finite"), "{err}");
+    assert!(eval_with(&graph, inputs(1e18), &Map::new(), EvalOptions { overflow_is_error: true }).is_ok());
 }
 
 #[test]
