@@ -50,6 +50,11 @@ impl BatchArgs {
         flags.into_iter().filter(|(_, set)| *set).map(|(flag, _)| flag).collect()
     }
 
+    /// `--kv-block-tokens`, when given.
+    pub fn kv_block_tokens(&self) -> Option<usize> {
+        self.kv_block_tokens
+    }
+
     /// The batch engine's options: the flags given, its defaults for the others.
     pub fn options(&self) -> BatchOptions {
         let d = BatchOptions::default();

@@ -311,9 +311,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         };
         let file = batch::read_requests(path, &defaults, tokenizer.as_ref())?;
         a.backend.check_flags()?;
-        if let Some(block) =
-            a.batching.given().contains(&"--kv-block-tokens").then(|| a.batching.options().block_tokens)
-        {
+        if let Some(block) = a.batching.kv_block_tokens() {
             // Checked before the weights load: a block is at most the context.
             let config = Qwen3Config::from_file(&model_dir_arg(&a.model)?.join("config.json"))?;
             let context = config.max_position_embeddings;

@@ -63,8 +63,7 @@ fn negative_specials_joined(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
     for arg in args {
         let joinable = out.last().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with("--") && !f.contains('='));
         if special(&arg) && joinable {
-            let flag = out.pop().unwrap_or_default();
-            let mut joined = flag;
+            let mut joined = out.pop().unwrap_or_default();
             joined.push("=");
             joined.push(&arg);
             out.push(joined);

@@ -105,8 +105,10 @@ pub fn eval_with(
             *remaining_uses.entry(x).or_insert(0) += 1;
         }
     }
+    let mut is_output = vec![false; graph.node_bound()];
     for (_, id) in graph.outputs() {
         *remaining_uses.entry(*id).or_insert(0) += 1;
+        is_output[id.index()] = true;
     }
     // Indexed by node index; never resized while evaluating.
     let mut values: Vec<Option<Val>> = (0..graph.node_bound()).map(|_| None).collect();
@@ -192,7 +194,7 @@ pub fn eval_with(
                 }
                 // Inputs and weights are finite and every result is checked, so the first
                 // non-finite value is where the overflow happened.
-                let checked = node.dtype == DType::F16 || !graph.outputs().iter().any(|(_, o)| *o == id);
+                let checked = node.dtype == DType::F16 || !is_output[id.index()];
                 if options.overflow_is_error && checked {
                     let count = result.f32s().map_or(0, |v| v.iter().filter(|x| !x.is_finite()).count());
                     match count {
