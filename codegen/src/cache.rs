@@ -2,7 +2,10 @@
 //! compile of the same kernel is a file read. Entries are written whole (temporary file, then
 //! rename), so a crash never leaves a half-written module that a later run would load.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
 
 use crate::nvrtc::{Arch, Nvrtc, NvrtcError};
 
@@ -11,22 +14,15 @@ pub struct ModuleCache {
     dir: PathBuf,
 }
 
-/// FNV-1a over 128 bits: stable across Rust versions and machines (std's hasher is not), and
-/// wide enough that distinct kernels do not collide in practice.
-fn fnv1a_128(parts: &[&[u8]]) -> u128 {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013b;
-    let mut h = OFFSET;
+/// SHA-256 of the parts, each length-prefixed so that ("ab", "c") and ("a", "bc") differ: stable
+/// across Rust versions and machines (std's hasher is not), and collision-free in practice.
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
     for part in parts {
-        for &b in *part {
-            h ^= b as u128;
-            h = h.wrapping_mul(PRIME);
-        }
-        // A separator, so that ("ab", "c") and ("a", "bc") differ.
-        h ^= 0xff;
-        h = h.wrapping_mul(PRIME);
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
     }
-    h
+    h.finalize().into()
 }
 
 impl ModuleCache {
@@ -34,15 +30,13 @@ impl ModuleCache {
         ModuleCache { dir: dir.into() }
     }
 
-    /// `$SMELT_CACHE_DIR`, else `$XDG_CACHE_HOME/smelt`, else `~/.cache/smelt`.
+    /// `$SMELT_CACHE_DIR`, else the platform's cache folder + `smelt` (`$XDG_CACHE_HOME/smelt`
+    /// or `~/.cache/smelt` on Linux).
     pub fn default_dir() -> Option<PathBuf> {
         if let Some(d) = std::env::var_os("SMELT_CACHE_DIR") {
             return Some(PathBuf::from(d));
         }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
-        Some(base.join("smelt"))
+        Some(dirs::cache_dir()?.join("smelt"))
     }
 
     pub fn dir(&self) -> &Path {
@@ -52,7 +46,9 @@ impl ModuleCache {
     /// The cache key of `source` compiled for `arch` by NVRTC `version`.
     pub fn key(source: &str, arch: Arch, version: (i32, i32)) -> String {
         let version = format!("{}.{}", version.0, version.1);
-        format!("{:032x}", fnv1a_128(&[source.as_bytes(), arch.name().as_bytes(), version.as_bytes()]))
+        let d = digest(&[source.as_bytes(), arch.name().as_bytes(), version.as_bytes()]);
+        // 128 of the 256 bits: a short file name, and still no collision in practice.
+        d[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// PTX for `source`, from the cache or compiled (and then stored); `true` on a hit. A cache
@@ -61,18 +57,25 @@ impl ModuleCache {
         let path = self.dir.join(format!("{}-{}.ptx", ModuleCache::key(source, arch, nvrtc.version()), arch.name()));
         if let Ok(ptx) = std::fs::read_to_string(&path) {
             if ptx.contains(&format!(".entry {kernel}")) {
+                tracing::debug!(kernel, path = %path.display(), "module cache hit");
                 return Ok((ptx, true));
             }
         }
         let ptx = nvrtc.compile(kernel, source, arch)?;
-        let tmp = path.with_extension(format!("ptx.{}.partial", std::process::id()));
-        let stored = std::fs::create_dir_all(&self.dir).is_ok()
-            && std::fs::write(&tmp, &ptx).is_ok()
-            && std::fs::rename(&tmp, &path).is_ok();
-        if !stored {
-            let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = self.store(&path, &ptx) {
+            tracing::debug!(kernel, path = %path.display(), "module cache not written: {e}");
         }
         Ok((ptx, false))
+    }
+
+    /// Writes `ptx` as `path` whole: a temporary file in the cache folder (removed if anything
+    /// fails), then renamed over `path`.
+    fn store(&self, path: &Path, ptx: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let mut tmp = tempfile::Builder::new().prefix(".partial-").tempfile_in(&self.dir)?;
+        tmp.write_all(ptx.as_bytes())?;
+        tmp.persist(path)?;
+        Ok(())
     }
 }
 
@@ -88,7 +91,11 @@ mod tests {
         assert_ne!(k, ModuleCache::key("extern \"C\" __global__ void f() {}", Arch::Sm80, (13, 0)));
         assert_ne!(k, ModuleCache::key("extern \"C\" __global__ void f() {}", Arch::Sm90, (13, 1)));
         assert_ne!(k, ModuleCache::key("extern \"C\" __global__ void g() {}", Arch::Sm90, (13, 0)));
-        // FNV-1a 128 of nothing but the separators is fixed forever: the key is stable.
-        assert_eq!(format!("{:032x}", fnv1a_128(&[])), "6c62272e07bb014262b821756295c58d");
+        // SHA-256 of nothing is fixed forever (FIPS 180-2 test vector): the key is stable.
+        let empty: String = digest(&[]).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(empty, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        // And a key, as Python's hashlib computes it: sha256 over (le u64 length, bytes) of
+        // each part, first 16 bytes in hex.
+        assert_eq!(k, "db617b14bd7f888a91eab16ea2fe2ca5");
     }
 }

@@ -1,6 +1,7 @@
 //! `ptxas -v`: assembles PTX for a real architecture and reports each kernel's registers,
 //! shared memory and local-memory spills. Found on PATH, or at `$SMELT_PTXAS`.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -21,25 +22,24 @@ pub fn find_ptxas() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SMELT_PTXAS") {
         return Some(PathBuf::from(p));
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("ptxas")).find(|p| p.is_file())
+    which::which("ptxas").ok()
 }
 
 /// Assembles `ptx` for `arch` and parses ptxas's resource report.
 pub fn resources(ptxas: &std::path::Path, ptx: &str, arch: Arch) -> Result<Vec<Resources>, String> {
-    let dir = std::env::temp_dir().join(format!("smelt-ptxas-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    // A name of its own per call: threads may assemble the same kernel at once.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let file = dir.join(format!("k{n}.ptx"));
-    std::fs::write(&file, ptx).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    // ptxas reads a file, not a pipe. A file of its own per call (threads may assemble the same
+    // kernel at once), removed when `file` drops.
+    let mut file = tempfile::Builder::new()
+        .prefix("smelt-ptxas-")
+        .suffix(".ptx")
+        .tempfile()
+        .map_err(|e| format!("creating a temporary file for ptxas: {e}"))?;
+    file.write_all(ptx.as_bytes()).map_err(|e| format!("writing {}: {e}", file.path().display()))?;
     let out = Command::new(ptxas)
         .args(["-v", "--gpu-name", arch.name(), "-o", "/dev/null"])
-        .arg(&file)
+        .arg(file.path())
         .output()
         .map_err(|e| format!("running {}: {e}", ptxas.display()))?;
-    let _ = std::fs::remove_file(&file);
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         return Err(format!("ptxas failed for {}:\n{text}", arch.name()));
