@@ -2,16 +2,17 @@
 //! be a file the command reads (compared by canonical path and by device and inode, so a
 //! symlink or a hard link is caught), and its folder must exist and be writable. The error
 //! names both paths. A file is written whole or not at all (`write_atomically`), and a dump
-//! folder is built beside its target and renamed into place (`Dump`).
+//! folder is built beside its target and renamed into place ([`dump::Dump`]).
 
-use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, Context, Result};
 use smelt::runtime::files;
 use smelt::runtime::weights::{INDEX_FILE, SINGLE_FILE};
+
+mod dump;
+pub use dump::Dump;
 
 /// The files of a model directory smelt may read, besides the shards an index names.
 const MODEL_FILES: [&str; 7] = [
@@ -132,12 +133,30 @@ fn file_id(_: &Path) -> Option<(u64, u64)> {
     None
 }
 
-/// A name beside `path` no other process of smelt uses: `.<name>.<tag>-<pid>-<n>`.
-fn sibling(path: &Path, tag: &str) -> Result<PathBuf> {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// Creates a temporary file or folder (`make`) beside `path`, under a name no other file has:
+/// `.<name>.<tag>-` and random letters. With the permissions a plain create would give (`mode`
+/// less the umask), since what is staged becomes the user's file or folder.
+fn beside<T>(
+    path: &Path,
+    tag: &str,
+    mode: u32,
+    make: impl FnOnce(&tempfile::Builder, &Path) -> std::io::Result<T>,
+) -> Result<T> {
     let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    Ok(path.with_file_name(format!(".{}.{tag}-{}-{n}", name.to_string_lossy(), std::process::id())))
+    let prefix = format!(".{}.{tag}-", name.to_string_lossy());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(mode));
+    #[cfg(not(unix))]
+    let _ = mode;
+    let parent = parent_of(path);
+    make(&builder, &parent).with_context(|| format!("cannot write in folder {}", parent.display()))
+}
+
+/// A new folder beside `path` (see [`beside`]), kept: the caller removes it.
+fn folder_beside(path: &Path, tag: &str) -> Result<PathBuf> {
+    beside(path, tag, 0o777, |b, parent| b.tempdir_in(parent).map(tempfile::TempDir::keep))
 }
 
 /// `folder` exists, is a directory, and a file can be created in it (tried, then removed).
@@ -145,12 +164,9 @@ fn check_writable_folder(flag: &str, path: &Path, folder: &Path) -> Result<()> {
     if !folder.is_dir() {
         bail!("{flag} {}: folder {} does not exist", path.display(), folder.display());
     }
-    let probe = sibling(&folder.join("probe"), "smelt-write-test")?;
-    match OpenOptions::new().write(true).create_new(true).open(&probe) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
+    // Created new and removed when dropped.
+    match tempfile::Builder::new().prefix(".smelt-write-test-").tempfile_in(folder) {
+        Ok(_) => Ok(()),
         Err(e) => bail!("{flag} {}: cannot write in folder {}: {e}", path.display(), folder.display()),
     }
 }
@@ -161,211 +177,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     if path.is_dir() || path.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) {
         bail!("{} is a directory, expected a file path", path.display());
     }
-    let tmp = sibling(path, "partial")?;
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
-    let result = written.with_context(|| format!("writing {} (as {})", path.display(), tmp.display())).and_then(|()| {
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-    });
-    if result.is_err() {
-        // Ours alone (created new above): never leave it behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// The file that marks a folder as a smelt dump and lists what smelt wrote in it.
-pub const DUMP_MARKER: &str = ".smelt-dump.json";
-
-/// A dump folder under construction: files go into a fresh folder beside the target, which
-/// [`Dump::finish`] renames into place. Dropped unfinished, it removes what it made.
-pub struct Dump {
-    target: PathBuf,
-    staging: PathBuf,
-    /// Paths written, relative to the folder.
-    written: Vec<String>,
-    /// Ancestors of the target this dump created, deepest last.
-    created: Vec<PathBuf>,
-    finished: bool,
-}
-
-impl Dump {
-    /// Starts a dump into `target` (given as `flag`). `target` must be absent, an empty folder,
-    /// or an earlier smelt dump holding nothing smelt did not write, and none of `reads`.
-    pub fn begin(flag: &str, target: &Path, reads: &Reads) -> Result<Dump> {
-        if let Some((read, what)) = reads.same_as(target) {
-            bail!("{flag} {}{}, which this command reads ({what})", target.display(), same_file_as(target, read));
-        }
-        // An existing folder by its full name, so `--dump .` has a name to stage beside.
-        let target = match files::exists(target) {
-            true => {
-                replaceable(flag, target)?;
-                target.canonicalize().with_context(|| format!("{flag} {}", target.display()))?
-            }
-            false => target.to_path_buf(),
-        };
-        let target = target.as_path();
-        let parent = parent_of(target);
-        let mut created = Vec::new();
-        let mut missing: Vec<PathBuf> =
-            parent.ancestors().take_while(|p| !files::exists(p)).map(Path::to_path_buf).collect();
-        missing.reverse();
-        for dir in missing.into_iter().filter(|d| !d.as_os_str().is_empty()) {
-            if let Err(e) = std::fs::create_dir(&dir) {
-                undo_created(&created);
-                bail!("{flag} {}: creating folder {}: {e}", target.display(), dir.display());
-            }
-            created.push(dir);
-        }
-        let staging = match sibling(target, "smelt-partial") {
-            Ok(s) => s,
-            Err(e) => {
-                undo_created(&created);
-                return Err(e);
-            }
-        };
-        if let Err(e) = std::fs::create_dir(&staging) {
-            undo_created(&created);
-            bail!("{flag} {}: cannot create a folder in {}: {e}", target.display(), parent.display());
-        }
-        Ok(Dump { target: target.to_path_buf(), staging, written: Vec::new(), created, finished: false })
-    }
-
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-
-    /// Writes `bytes` as `relative` (`kernels/x.cu`), making its folders.
-    pub fn write(&mut self, relative: &str, bytes: &[u8]) -> Result<()> {
-        let path = self.staging.join(relative);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        std::fs::write(&path, bytes)
-            .with_context(|| format!("writing {} (for {})", path.display(), self.target.join(relative).display()))?;
-        self.written.push(relative.to_string());
-        Ok(())
-    }
-
-    /// Writes the marker and moves the dump into place: the staged folder is renamed to the
-    /// target, or, where the target folder exists (empty, or an earlier dump), what it holds
-    /// is moved aside and the staged entries are moved in, so the folder itself stays (it may
-    /// be a shell's working directory).
-    pub fn finish(mut self) -> Result<()> {
-        let manifest = serde_json::json!({
-            "written_by": format!("smelt {}", env!("CARGO_PKG_VERSION")),
-            "files": self.written,
-        });
-        let text = serde_json::to_string_pretty(&manifest).context("serializing the dump marker")?;
-        std::fs::write(self.staging.join(DUMP_MARKER), text)
-            .with_context(|| format!("writing {}", self.staging.join(DUMP_MARKER).display()))?;
-        let target = self.target.clone();
-        if files::exists(&target) {
-            // Checked again: something may have been added since `begin`.
-            replaceable("--dump", &target)?;
-            let old = sibling(&target, "smelt-old")?;
-            std::fs::create_dir(&old).with_context(|| format!("creating {}", old.display()))?;
-            let result = move_entries(&target, &old).and_then(|()| {
-                move_entries(&self.staging, &target).inspect_err(|_| {
-                    // Back as it was: ours out, the earlier dump in.
-                    let _ = move_entries(&target, &self.staging);
-                    let _ = move_entries(&old, &target);
-                })
-            });
-            if let Err(e) = result {
-                let _ = std::fs::remove_dir(&old);
-                return Err(e.context(format!("moving the dump into {}", target.display())));
-            }
-            // Only smelt's files (checked above), moved aside; and the now empty staging folder.
-            std::fs::remove_dir_all(&old).with_context(|| format!("removing the earlier dump {}", old.display()))?;
-            std::fs::remove_dir(&self.staging).with_context(|| format!("removing {}", self.staging.display()))?;
-        } else {
-            std::fs::rename(&self.staging, &target)
-                .with_context(|| format!("moving the dump into {}", target.display()))?;
-        }
-        self.finished = true;
-        Ok(())
-    }
-}
-
-impl Drop for Dump {
-    fn drop(&mut self) {
-        if !self.finished {
-            // Made by `begin`, holding only what this dump wrote.
-            let _ = std::fs::remove_dir_all(&self.staging);
-            undo_created(&self.created);
-        }
-    }
-}
-
-/// Renames every entry of folder `from` into folder `to`; on a failure, moves back those moved.
-fn move_entries(from: &Path, to: &Path) -> Result<()> {
-    let entries: Vec<_> = std::fs::read_dir(from)
-        .with_context(|| format!("reading {}", from.display()))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("reading {}", from.display()))?;
-    for (i, name) in entries.iter().enumerate() {
-        if let Err(e) = std::fs::rename(from.join(name), to.join(name)) {
-            for done in &entries[..i] {
-                let _ = std::fs::rename(to.join(done), from.join(done));
-            }
-            bail!("moving {} into {}: {e}", from.join(name).display(), to.display());
-        }
-    }
-    Ok(())
-}
-
-/// Removes folders this run created, deepest first, if they are still empty.
-fn undo_created(created: &[PathBuf]) {
-    for dir in created.iter().rev() {
-        let _ = std::fs::remove_dir(dir);
-    }
-}
-
-/// An existing `--dump` target may be replaced only if it is an empty folder or an earlier
-/// smelt dump that holds nothing but the files its marker lists.
-fn replaceable(flag: &str, target: &Path) -> Result<()> {
-    let shown = target.display();
-    let meta = std::fs::symlink_metadata(target).with_context(|| format!("{flag} {shown}"))?;
-    if !meta.is_dir() {
-        bail!("{flag} {shown} exists and is not a folder");
-    }
-    let mut entries = std::fs::read_dir(target).with_context(|| format!("{flag} {shown}: reading the folder"))?;
-    if entries.next().is_none() {
-        return Ok(());
-    }
-    let marker = target.join(DUMP_MARKER);
-    let listed: Vec<String> = match files::read_metadata(&marker) {
-        Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(v) => v["files"].as_array().into_iter().flatten().filter_map(|f| f.as_str().map(String::from)).collect(),
-            Err(e) => bail!("{flag} {shown}: {} is not a smelt dump marker: {e}", marker.display()),
-        },
-        Err(_) => bail!(
-            "{flag} {shown} is not empty and is not an earlier smelt dump (it has no {DUMP_MARKER}): \
-             refusing to replace it; choose a new or empty folder"
-        ),
-    };
-    let mut stack = vec![(target.to_path_buf(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("{flag} {shown}: reading {}", dir.display()))? {
-            let entry = entry.with_context(|| format!("{flag} {shown}: reading {}", dir.display()))?;
-            let relative = format!("{prefix}{}", entry.file_name().to_string_lossy());
-            let kind = entry.file_type().with_context(|| format!("{flag} {shown}: {relative}"))?;
-            if kind.is_dir() && listed.iter().any(|f| f.starts_with(&format!("{relative}/"))) {
-                stack.push((entry.path(), format!("{relative}/")));
-            } else if !(kind.is_file() && (relative == DUMP_MARKER || listed.contains(&relative))) {
-                bail!(
-                    "{flag} {shown} holds {}, which smelt did not write there: refusing to replace the folder; \
-                     move it or choose another folder",
-                    entry.path().display()
-                );
-            }
-        }
-    }
+    // Removed when dropped unless persisted: never left behind.
+    let mut tmp = beside(path, "partial", 0o666, |b, parent| b.tempfile_in(parent))
+        .with_context(|| format!("writing {}", path.display()))?;
+    let shown = tmp.path().display().to_string();
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {} (as {shown})", path.display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming {shown} to {}", path.display()))?;
     Ok(())
 }
 
@@ -403,49 +222,6 @@ mod tests {
         assert!(e.contains("does not exist"), "{e}");
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left.len(), 3, "the write test leaves nothing: {left:?}");
-    }
-
-    #[test]
-    fn a_dump_lands_whole_replaces_only_a_smelt_dump_and_leaves_nothing_when_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("a/b/dump");
-        let names = |p: &Path| -> Vec<String> {
-            let mut v: Vec<String> =
-                std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-            v.sort();
-            v
-        };
-        // Dropped unfinished: not even the folders it made are left.
-        let mut dump = Dump::begin("--dump", &target, &Reads::new()).unwrap();
-        dump.write("kernels/k.cu", b"x").unwrap();
-        drop(dump);
-        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
-        // Finished: in place with its marker.
-        let mut dump = Dump::begin("--dump", &target, &Reads::new()).unwrap();
-        dump.write("plan.json", b"{}").unwrap();
-        dump.write("kernels/k.cu", b"x").unwrap();
-        dump.finish().unwrap();
-        assert_eq!(names(&target), [DUMP_MARKER, "kernels", "plan.json"]);
-        // An earlier dump is replaced in the same folder; nothing is left beside it.
-        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
-        let folder = inode(&target);
-        let mut dump = Dump::begin("--dump", &target, &Reads::new()).unwrap();
-        dump.write("decode.txt", b"g").unwrap();
-        dump.finish().unwrap();
-        assert_eq!(names(&target), [DUMP_MARKER, "decode.txt"]);
-        assert_eq!(names(target.parent().unwrap()), ["dump"]);
-        assert_eq!(inode(&target), folder, "the folder itself stays");
-        // A file smelt did not write makes the folder off limits.
-        std::fs::write(target.join("notes.md"), "mine").unwrap();
-        let e = Dump::begin("--dump", &target, &Reads::new()).err().unwrap().to_string();
-        assert!(e.contains("notes.md") && e.contains("did not write"), "{e}");
-        // So does a folder with no marker.
-        let other = dir.path().join("other");
-        std::fs::create_dir(&other).unwrap();
-        std::fs::write(other.join("Cargo.toml"), "").unwrap();
-        let e = Dump::begin("--dump", &other, &Reads::new()).err().unwrap().to_string();
-        assert!(e.contains("not an earlier smelt dump"), "{e}");
-        assert_eq!(names(&other), ["Cargo.toml"]);
     }
 
     #[test]
