@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use rand::Rng as _;
+
 use smelt_ir::{DType, EvalError, Graph, IrError, Tensor};
 use smelt_runtime::{Checkpoint, CpuState, HostWeights, PagedKv, WeightError};
 
@@ -221,14 +223,14 @@ impl Qwen3Cpu {
         check_host_memory(&config)?;
         let dtype = options.dtype;
         let graphs = Graphs::declare(&config, dtype)?;
-        let mut rng = crate::sample::SplitMix64::new(seed);
+        let mut rng = crate::sample::seeded_rng(seed);
         let mut weights = HashMap::new();
         for spec in smelt_runtime::weight_specs(&graphs.all()) {
             let n: usize = spec.shape.iter().product();
             let values: Vec<f32> = if spec.name.ends_with("norm.weight") {
                 vec![1.0; n]
             } else {
-                (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * 0.1).collect()
+                (0..n).map(|_| (rng.random::<f32>() - 0.5) * 0.1).collect()
             };
             weights.insert(spec.name, Tensor::from_f32(dtype, spec.shape, values));
         }

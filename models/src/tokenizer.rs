@@ -199,10 +199,10 @@ mod tests {
 
     #[test]
     fn invalid_file_error_names_path() {
-        let path = std::env::temp_dir().join(format!("smelt-bad-tok-{}.json", std::process::id()));
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("tokenizer.json");
         std::fs::write(&path, b"{ not json").expect("write temp file");
         let err = Tokenizer::from_file(&path).err().expect("must fail");
-        std::fs::remove_file(&path).ok();
         assert!(matches!(err, TokenizerError::Parse { .. }), "{err:?}");
         assert!(err.to_string().contains(&*path.to_string_lossy()));
     }

@@ -31,7 +31,7 @@ pub fn write_random_qwen3(dir: &Path, seed: u64) {
     let config = Qwen3Config::from_json_str(CONFIG, "random model").unwrap();
     let options = DeclareOptions { phase: Phase::Prefill, dtype: DType::BF16, logits: Logits::AllPositions };
     let graph = declare(&config, options).unwrap();
-    let mut state = seed;
+    let mut rng = smelt::models::sample::seeded_rng(seed);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for spec in smelt::runtime::weight_specs(&[&graph]) {
         let n: usize = spec.shape.iter().product();
@@ -40,12 +40,8 @@ pub fn write_random_qwen3(dir: &Path, seed: u64) {
                 let v = if spec.name.ends_with("norm.weight") {
                     1.0
                 } else {
-                    // SplitMix64, mapped to [-0.05, 0.05).
-                    state = state.wrapping_add(0x9e3779b97f4a7c15);
-                    let mut z = state;
-                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-                    ((z ^ (z >> 31)) >> 11) as f32 / (1u64 << 53) as f32 * 0.1 - 0.05
+                    // The generator smelt samples with, mapped to [-0.05, 0.05).
+                    rand::Rng::random_range(&mut rng, -0.05f32..0.05)
                 };
                 // bf16: the top half of the f32, rounded to nearest even.
                 let bits = v.to_bits();
