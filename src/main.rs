@@ -1,12 +1,17 @@
 //! The `smelt` command line.
 
+#![forbid(unsafe_code)]
+// What a user supplies is never unwrapped: errors carry context instead.
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod cli;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::parse();
-    match cli::run(args) {
+    match cli::log::init().and_then(|()| cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));

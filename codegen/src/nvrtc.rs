@@ -74,8 +74,12 @@ impl Nvrtc {
             options: vec!["--std=c++17".to_string()],
             ..Default::default()
         };
+        let t0 = std::time::Instant::now();
         match cudarc::nvrtc::compile_ptx_with_opts(source, opts) {
-            Ok(ptx) => Ok(ptx.to_src()),
+            Ok(ptx) => {
+                tracing::debug!(kernel, arch = arch.name(), ms = t0.elapsed().as_secs_f64() * 1e3, "NVRTC compiled");
+                Ok(ptx.to_src())
+            }
             Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => Err(NvrtcError::Compile {
                 kernel: kernel.to_string(),
                 arch: arch.name(),

@@ -10,6 +10,8 @@
 mod convert;
 mod diagnose;
 mod error;
+// Mapping a checkpoint file (memmap2 cannot make that safe: another process may change it).
+#[allow(unsafe_code)]
 mod file;
 #[cfg(test)]
 mod tests;
@@ -59,6 +61,7 @@ impl Checkpoint {
     /// names. Every file is mapped and its header parsed and checked here.
     pub fn open(dir: &Path) -> Result<Checkpoint, WeightError> {
         let opened = file::open_dir(dir)?;
+        tracing::debug!(dir = %dir.display(), files = opened.files.len(), tensors = opened.entries.len(), "checkpoint opened");
         Ok(Checkpoint { files: opened.files, entries: opened.entries })
     }
 
@@ -183,6 +186,7 @@ impl Checkpoint {
             .iter()
             .map(|s| Ok((s.name.clone(), self.load(&s.name, dtype)?)))
             .collect::<Result<_, WeightError>>()?;
+        tracing::debug!(tensors = specs.len(), ?dtype, unexpected = unexpected.len(), "weights loaded");
         Ok(LoadedWeights { tensors, unexpected })
     }
 

@@ -229,7 +229,7 @@ pub fn run(
             }
             let _ = writeln!(stdout, "{line}");
             if last_report.elapsed() > Duration::from_secs(2) {
-                eprintln!("{finished}/{} requests done, {generated} tokens generated", requests.len());
+                tracing::info!("{finished}/{} requests done, {generated} tokens generated", requests.len());
                 last_report = Instant::now();
             }
         }
@@ -250,7 +250,7 @@ pub fn run(
         Err(e) => return Err(e.into()),
     };
     let _ = stdout.flush();
-    eprintln!("{}", summary(requests.len(), &stats));
+    tracing::info!("{}", summary(requests.len(), &stats));
     if let Some(path) = ids_out {
         let ids: Vec<&Vec<u32>> = completions.iter().map(|c| &c.ids).collect();
         write_atomically(path, serde_json::to_string(&ids)?.as_bytes())?;

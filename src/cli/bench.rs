@@ -4,7 +4,7 @@
 //! Plus JIT time cold and cached and device memory. Writes the figures as JSON for
 //! `bench/results/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -93,7 +93,7 @@ pub fn run(a: Args) -> Result<()> {
         Some(dir) => load(dir, dtype, false)?,
         None => Qwen3Cpu::with_random_weights(config, LoadOptions::new(dtype), 0)?,
     };
-    eprintln!("host model ready in {:.1}s", t0.elapsed().as_secs_f64());
+    tracing::info!("host model ready in {:.1}s", t0.elapsed().as_secs_f64());
     let longest = contexts.iter().chain(&prefill_lengths).max().copied().unwrap_or(1) as usize;
     let batch_rows = batch_sizes.iter().max().copied().unwrap_or(0) as usize;
     // One sequence at the longest context, or every batched sequence in blocks of its own.
@@ -105,27 +105,28 @@ pub fn run(a: Args) -> Result<()> {
     let device = gpu.name().to_string();
     let (free_before, total) = gpu.memory()?;
     let bandwidth = gpu.copy_bandwidth(1 << 30, 20)?;
-    eprintln!("{device}: copy bandwidth {:.0} GB/s (read + write)", bandwidth / 1e9);
+    tracing::info!("{device}: copy bandwidth {:.0} GB/s (read + write)", bandwidth / 1e9);
     // The compute ceiling for prefill: smelt's own tensor-core GEMM at 4096^3 (no cuBLAS here).
     // New and not yet run on a GPU: a failure costs the floors, not the other figures.
     let gemm = match smelt::runtime::cuda::gemm_rate(&gpu, 4096, 10) {
         Ok(rate) => {
-            eprintln!("{device}: smelt's bf16 GEMM at 4096^3: {:.0} TFLOP/s", rate / 1e12);
+            tracing::info!("{device}: smelt's bf16 GEMM at 4096^3: {:.0} TFLOP/s", rate / 1e12);
             Some(rate)
         }
         Err(e) => {
-            eprintln!("warning: the GEMM ceiling failed, prefill has no FLOP floor: {e}");
+            tracing::warn!("the GEMM ceiling failed, prefill has no FLOP floor: {e}");
             None
         }
     };
     drop(gpu);
 
     // JIT: cold into an empty module cache, then again from it.
-    let cache_dir = std::env::temp_dir().join(format!("smelt-bench-cache-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&cache_dir);
-    let options = |cache_dir: &PathBuf| DecoderOptions {
+    // A folder of its own, removed when `cache_dir` drops.
+    let cache_dir =
+        tempfile::Builder::new().prefix("smelt-bench-cache-").tempdir().context("creating a temporary module cache")?;
+    let options = |cache_dir: &Path| DecoderOptions {
         cuda_graphs: !a.no_cuda_graphs,
-        module_cache: Some(ModuleCache::at(cache_dir.clone())),
+        module_cache: Some(ModuleCache::at(cache_dir)),
         pdl: !a.no_pdl,
         prefill: a.prefill.is_some(),
         prefill_chunk: 2048,
@@ -133,13 +134,13 @@ pub fn run(a: Args) -> Result<()> {
         ..DecoderOptions::new(max_context)
     };
 
-    let cold = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("starting the CUDA backend")?;
+    let cold = Qwen3Cuda::new(cpu, &options(cache_dir.path())).context("starting the CUDA backend")?;
     let jit_cold = cold.decoder().jit().seconds;
     let cpu = cold.into_cpu();
-    let mut model = Qwen3Cuda::new(cpu, &options(&cache_dir)).context("starting the CUDA backend")?;
+    let mut model = Qwen3Cuda::new(cpu, &options(cache_dir.path())).context("starting the CUDA backend")?;
     let jit_cached = model.decoder().jit().seconds;
-    let _ = std::fs::remove_dir_all(&cache_dir);
-    eprintln!(
+    drop(cache_dir);
+    tracing::info!(
         "JIT of {} kernels: {jit_cold:.2}s cold, {jit_cached:.2}s from the module cache",
         model.decoder().jit().kernels
     );
@@ -155,7 +156,7 @@ pub fn run(a: Args) -> Result<()> {
         let (ms, fill_s) = time_decode(&mut model, context, a.steps, &token)?;
         let bytes: u64 = program.launches.iter().map(|s| s.cost.bytes_at(context as u64 + a.steps as u64 / 2)).sum();
         let floor_ms = bytes as f64 / bandwidth * 1e3;
-        eprintln!(
+        tracing::info!(
             "context {context}: {ms:.3} ms/token (floor {floor_ms:.3} ms, {:.0}% of bandwidth); filled in {fill_s:.1}s",
             floor_ms / ms * 100.0
         );
@@ -180,7 +181,7 @@ pub fn run(a: Args) -> Result<()> {
         let floor_text = floor.map_or(String::new(), |ms| {
             format!(" (floor {ms:.2} ms at the GEMM's rate, {:.0}% of it)", ms / (s * 1e3) * 100.0)
         });
-        eprintln!("prefill of {n} tokens: {:.2} ms, {:.0} tokens/s{floor_text}", s * 1e3, n as f64 / s);
+        tracing::info!("prefill of {n} tokens: {:.2} ms, {:.0} tokens/s{floor_text}", s * 1e3, n as f64 / s);
         json.insert(format!("prefill_tokens_per_s_{n}"), (n as f64 / s).into());
         if let Some(ms) = floor {
             json.insert(format!("prefill_floor_ms_{n}"), ms.into());
@@ -192,7 +193,7 @@ pub fn run(a: Args) -> Result<()> {
         let ms = match time_batched(model.decoder_mut(), n as usize, a.steps, &token) {
             Ok(ms) => ms,
             Err(e) => {
-                eprintln!("warning: batched decode of {n} sequences failed: {e:#}");
+                tracing::warn!("batched decode of {n} sequences failed: {e:#}");
                 continue;
             }
         };
@@ -202,7 +203,7 @@ pub fn run(a: Args) -> Result<()> {
         let kv =
             n as u64 * (BATCH_CONTEXT as u64 + a.steps as u64 / 2) * model.config().kv_bytes_per_token(dtype) as u64;
         let floor_ms = (weights + kv) as f64 / bandwidth * 1e3;
-        eprintln!(
+        tracing::info!(
             "batched decode of {n} sequences at context {BATCH_CONTEXT}: {ms:.3} ms/step, {rate:.0} tokens/s \
              (floor {floor_ms:.3} ms/step, {:.0}% of bandwidth)",
             floor_ms / ms * 100.0
@@ -216,7 +217,7 @@ pub fn run(a: Args) -> Result<()> {
         if let Some(&context) = contexts.iter().find(|&&c| c == 1024).or(contexts.first()) {
             model.set_pdl(false);
             let (ms, _) = time_decode(&mut model, context as usize, a.steps, &token)?;
-            eprintln!("context {context} without programmatic dependent launch: {ms:.3} ms/token");
+            tracing::info!("context {context} without programmatic dependent launch: {ms:.3} ms/token");
             json.insert(format!("decode_ms_per_token_ctx{}_no_pdl", label(context as usize)), ms.into());
             model.set_pdl(true);
         }
@@ -262,7 +263,7 @@ pub fn run(a: Args) -> Result<()> {
     json.insert("programmatic_dependent_launch".into(), pdl.into());
     if let Some(path) = &a.json {
         write_atomically(path, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
-        eprintln!("wrote {}", path.display());
+        tracing::info!("wrote {}", path.display());
     }
     Ok(())
 }

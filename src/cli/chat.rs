@@ -148,7 +148,7 @@ fn reply(
     show(&stream.finish()?, &mut text);
     let _ = writeln!(stdout);
     if let Some(e) = undecodable {
-        eprintln!("warning: not shown: {e}");
+        tracing::warn!("not shown: {e}");
     }
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(

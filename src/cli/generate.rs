@@ -206,7 +206,7 @@ pub fn load_cuda(cpu: Qwen3Cpu, cuda: &CudaArgs) -> Result<Qwen3Cuda> {
     let jit = d.jit();
     let bytes: Vec<String> =
         d.device_bytes().iter().map(|(what, b)| format!("{what} {:.1} MiB", *b as f64 / 1048576.0)).collect();
-    eprintln!(
+    tracing::info!(
         "{}: {} kernels ready in {:.2}s ({} from the module cache); {}",
         d.gpu().name(),
         jit.kernels,
@@ -230,10 +230,10 @@ pub fn load(dir: &Path, dtype: DType, no_fuse: bool) -> Result<Qwen3Cpu> {
         if unused.len() > SHOWN {
             names.push_str(&format!(" and {} more", unused.len() - SHOWN));
         }
-        eprintln!("warning: {}: {} tensors are not used by the model: {names}", dir.display(), unused.len());
+        tracing::warn!("{}: {} tensors are not used by the model: {names}", dir.display(), unused.len());
     }
     let c = model.config();
-    eprintln!(
+    tracing::info!(
         "loaded {} ({} layers, hidden {}, vocab {}) in {:.2}s",
         dir.display(),
         c.num_layers,
@@ -250,14 +250,14 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     let mut model = a.backend.load(&a.model)?;
     let t0 = Instant::now();
     let logits = model.forward(&ids, Logits::AllPositions)?;
-    eprintln!("prefill of {} tokens in {:.2}s", ids.len(), t0.elapsed().as_secs_f64());
+    tracing::info!("prefill of {} tokens in {:.2}s", ids.len(), t0.elapsed().as_secs_f64());
     let values = logits.f32s().context("logits are not f32")?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, logits.shape().to_vec(), &bytes)
         .context("building the logits tensor")?;
     let file = safetensors::serialize([("logits", view)], None).context("serializing logits")?;
     write_atomically(&a.out, &file)?;
-    eprintln!("wrote logits {:?} to {}", logits.shape(), a.out.display());
+    tracing::info!("wrote logits {:?} to {}", logits.shape(), a.out.display());
     Ok(())
 }
 
@@ -350,7 +350,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         bail!("--stop needs a tokenizer to see text: {} has no tokenizer.json (pass --tokenizer)", a.model.display());
     }
     if tokenizer.is_none() {
-        eprintln!("note: no tokenizer.json in {}: streaming token ids", a.model.display());
+        tracing::info!("note: no tokenizer.json in {}: streaming token ids", a.model.display());
     }
     let mut decoder = tokenizer.as_ref().map(|t| t.decode_stream(false));
     let mut stdout = std::io::stdout().lock();
@@ -384,7 +384,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let _ = stdout.write_all(stops.finish().as_bytes());
     let _ = writeln!(stdout);
     let secs = t0.elapsed().as_secs_f64();
-    eprintln!(
+    tracing::info!(
         "{} prompt + {} generated tokens in {secs:.2}s ({:.2} tokens/s)",
         prompt.len(),
         ids.len(),
@@ -393,7 +393,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     // Generation ends at the context as it does at EOS, but the user asked for more: say so.
     let context = model.config().max_position_embeddings;
     if ids.len() < a.max_new_tokens && prompt.len() + ids.len() >= context {
-        eprintln!(
+        tracing::info!(
             "note: stopped after {} of --max-new-tokens {}: the context ({context} tokens) is full",
             ids.len(),
             a.max_new_tokens

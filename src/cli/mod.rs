@@ -7,6 +7,7 @@ mod check;
 mod compile;
 mod generate;
 mod kernels;
+pub mod log;
 mod outputs;
 mod tokenize;
 
