@@ -4,6 +4,11 @@
 //! [`runtime`] (weights, the CPU and CUDA backends) and [`models`] (Qwen3, tokenizer, chat
 //! template, sampling, generation).
 
+#![forbid(unsafe_code)]
+// What a user supplies is never unwrapped: errors carry context instead.
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod api;
 
 pub use api::{Chunk, Device, Error, GenerateParams, Generation, Model, ModelOptions, Prompt};

@@ -2,9 +2,17 @@
 //! and the prelude of helpers every kernel carries (bf16/f16 storage rounding without CUDA
 //! headers). Kernel emitters, the launch schedule and the NVRTC front come next.
 
+// Unsafe code only where a module is allowed it, with the reason there.
+#![deny(unsafe_code)]
+// What a user supplies is never unwrapped: errors carry context instead.
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod cache;
 pub mod expr;
 pub mod kernels;
+// FFI: NVRTC's C API, for its version and whether the library is present.
+#[allow(unsafe_code)]
 pub mod nvrtc;
 pub mod prelude;
 pub mod program;

@@ -1,6 +1,12 @@
 //! smelt's tensor IR: dtypes, symbolic shapes, the op set, the graph and its builder, the
 //! verifier, the text and DOT printers, and `eval`, the reference meaning of every op.
 
+// Unsafe code only where a module is allowed it, with the reason there.
+#![deny(unsafe_code)]
+// What a user supplies is never unwrapped: errors carry context instead.
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod builder;
 pub mod cost;
 pub mod dtype;

@@ -1,6 +1,11 @@
 //! Qwen3 for smelt: the config, the model declared as IR, the tokenizer and chat template,
 //! and the generation loop over a runtime backend.
 
+#![forbid(unsafe_code)]
+// What a user supplies is never unwrapped: errors carry context instead.
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod batch;
 pub mod chat;
 pub mod checkpoint_fit;

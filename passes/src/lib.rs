@@ -1,6 +1,11 @@
 //! smelt's compiler passes: each a small `Pass` that rewrites the IR graph and reports what it
 //! matched; the `PassManager` runs them in order; planners lay out activation and KV memory.
 
+#![forbid(unsafe_code)]
+// What a user supplies is never unwrapped: errors carry context instead.
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;

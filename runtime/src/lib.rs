@@ -1,6 +1,12 @@
 //! smelt's runtime: Hugging Face weights from safetensors (memory-mapped, validated before
 //! use) and the CPU backend that runs graphs with the reference evaluator.
 
+// Unsafe code only where a module is allowed it, with the reason there.
+#![deny(unsafe_code)]
+// What a user supplies is never unwrapped: errors carry context instead.
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod cpu;
 pub mod cuda;
 pub mod files;

@@ -5,6 +5,8 @@
 
 mod elementwise;
 mod fused;
+// An AVX2 kernel, called only after the CPU is checked to have it.
+#[allow(unsafe_code)]
 mod linalg;
 mod movement;
 

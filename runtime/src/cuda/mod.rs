@@ -3,9 +3,13 @@
 //! device there is a clear error.
 
 mod batch;
+// FFI: the CUDA driver API (launches, device memory).
+#[allow(unsafe_code)]
 mod ceiling;
 mod check;
+#[allow(unsafe_code)]
 mod decoder;
+#[allow(unsafe_code)]
 mod device;
 mod layout;
 
