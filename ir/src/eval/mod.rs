@@ -13,7 +13,7 @@ mod movement;
 use std::collections::HashMap;
 
 use crate::dtype::DType;
-use crate::graph::{Graph, NodeId};
+use crate::graph::{Graph, Node, NodeId};
 use crate::op::Op;
 use crate::print::node_label;
 use crate::shape::{Bindings, Dim, Sym};
@@ -101,123 +101,172 @@ pub fn eval_with(
 ) -> Result<HashMap<String, Tensor>, EvalError> {
     let order = graph.topo_order().ok_or(EvalError::Cycle)?;
     let bindings = bind(graph, &inputs)?;
-    let mut remaining_uses: HashMap<NodeId, usize> = HashMap::new();
-    for &id in &order {
-        for x in graph.operands(id) {
-            *remaining_uses.entry(x).or_insert(0) += 1;
-        }
-    }
-    let mut is_output = vec![false; graph.node_bound()];
-    for (_, id) in graph.outputs() {
-        *remaining_uses.entry(*id).or_insert(0) += 1;
-        is_output[id.index()] = true;
-    }
-    // Indexed by node index; never resized while evaluating.
-    let mut values: Vec<Option<Val>> = (0..graph.node_bound()).map(|_| None).collect();
+    let mut run = Run::new(graph, &order, bindings, options);
     for &id in &order {
         let node = graph.node(id);
         let val = match &node.op {
             Op::Input { name } => Val::Owned(inputs.remove(name).ok_or_else(|| EvalError::MissingInput(name.clone()))?),
-            Op::Weight { name } => {
-                let w = weights.weight(name).ok_or_else(|| EvalError::MissingWeight(name.clone()))?;
-                let expected = node.shape.resolve(&bindings);
-                if w.shape() != expected || w.dtype() != node.dtype {
-                    return Err(EvalError::WeightType {
-                        name: name.clone(),
-                        expected: format!("{}{:?}", node.dtype, expected),
-                        found: format!("{}{:?}", w.dtype(), w.shape()),
-                    });
-                }
-                Val::Borrowed(w)
-            }
+            Op::Weight { name } => Val::Borrowed(checked_weight(weights, name, node, &run.bindings)?),
             Op::Constant { values } => {
-                let shape = node.shape.resolve(&bindings);
+                let shape = node.shape.resolve(&run.bindings);
                 Val::Owned(Tensor::from_f32(node.dtype, shape, values.to_vec()))
             }
-            op => {
-                let operands = graph.operands(id);
-                // Operands at their last use leave the table; an owned one may be consumed
-                // by the op (kv_append appends in place).
-                let mut taken: Vec<(NodeId, Val)> = Vec::new();
-                for x in &operands {
-                    let uses = remaining_uses.get_mut(x).expect("operand counted");
-                    *uses -= 1;
-                    if *uses == 0 {
-                        taken.push((*x, values[x.index()].take().expect("operand evaluated")));
-                    }
-                }
-                // An owned cache at its last use is appended to in place instead of copied.
-                let slot = op.kv_cache_operand();
-                let consumable = match slot
-                    .and_then(|k| taken.iter().position(|(x, v)| *x == operands[k] && matches!(v, Val::Owned(_))))
-                {
-                    Some(i) if operands.iter().filter(|&&x| x == taken[i].0).count() == 1 => {
-                        match taken.swap_remove(i).1 {
-                            Val::Owned(t) => Some(t),
-                            Val::Borrowed(_) => None,
-                        }
-                    }
-                    _ => None,
-                };
-                let lookup = |x: &NodeId| -> &Tensor {
-                    match taken.iter().find(|(y, _)| y == x) {
-                        Some((_, v)) => v.get(),
-                        None => values[x.index()].as_ref().expect("operand evaluated").get(),
-                    }
-                };
-                let args: Vec<&Tensor> = operands
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| match (&consumable, Some(i) == slot) {
-                        (Some(c), true) => c,
-                        _ => lookup(x),
-                    })
-                    .collect();
-                let out_shape = node.shape.resolve(&bindings);
-                if options.overflow_is_error {
-                    check_norm_input(op, &args)
-                        .map_err(|message| EvalError::Node { node: node_label(graph, id), message })?;
-                }
-                let result = if consumable.is_some() {
-                    // The appended rows are computed before the cache is moved out of `args`.
-                    let rows = match op {
-                        Op::NormRope { eps, .. } => fused::norm_rope(&args[..4], *eps),
-                        _ => Ok(args[1].clone()),
-                    };
-                    drop(args);
-                    rows.map(|rows| movement::append_rows(consumable.expect("checked"), &rows))
-                } else {
-                    apply(op, node.dtype, &out_shape, &args)
-                };
-                let result = result.map_err(|message| EvalError::Node { node: node_label(graph, id), message })?;
-                if result.shape() != out_shape.as_slice() {
-                    let message = format!("computed shape {:?}, the graph says {:?}", result.shape(), out_shape);
-                    return Err(EvalError::Node { node: node_label(graph, id), message });
-                }
-                // Inputs and weights are finite and every result is checked, so the first
-                // non-finite value is where the overflow happened.
-                let checked = node.dtype == DType::F16 || !is_output[id.index()];
-                if options.overflow_is_error && checked {
-                    let count = result.f32s().map_or(0, |v| v.iter().filter(|x| !x.is_finite()).count());
-                    match count {
-                        0 => {}
-                        _ if node.dtype == DType::F16 => {
-                            return Err(EvalError::F16Overflow { node: node_label(graph, id), count })
-                        }
-                        _ => return Err(EvalError::Overflow { node: node_label(graph, id), count, dtype: node.dtype }),
-                    }
-                }
-                Val::Owned(result)
+            op => Val::Owned(run.compute(id, op)?),
+        };
+        run.values[id.index()] = Some(val);
+    }
+    run.outputs()
+}
+
+/// The weight `name` for `node`, checked against the node's dtype and shape.
+fn checked_weight<'w>(
+    weights: &'w dyn WeightSource,
+    name: &str,
+    node: &Node,
+    bindings: &Bindings,
+) -> Result<&'w Tensor, EvalError> {
+    let w = weights.weight(name).ok_or_else(|| EvalError::MissingWeight(name.to_string()))?;
+    let expected = node.shape.resolve(bindings);
+    if w.shape() != expected || w.dtype() != node.dtype {
+        return Err(EvalError::WeightType {
+            name: name.to_string(),
+            expected: format!("{}{:?}", node.dtype, expected),
+            found: format!("{}{:?}", w.dtype(), w.shape()),
+        });
+    }
+    Ok(w)
+}
+
+/// One evaluation in progress: the value table and what decides when a value leaves it.
+struct Run<'g, 'w> {
+    graph: &'g Graph,
+    bindings: Bindings,
+    options: EvalOptions,
+    /// Uses not yet evaluated, by node (a graph output counts as one).
+    remaining_uses: HashMap<NodeId, usize>,
+    is_output: Vec<bool>,
+    /// Indexed by node index; never resized while evaluating.
+    values: Vec<Option<Val<'w>>>,
+}
+
+impl<'g, 'w> Run<'g, 'w> {
+    fn new(graph: &'g Graph, order: &[NodeId], bindings: Bindings, options: EvalOptions) -> Run<'g, 'w> {
+        let mut remaining_uses: HashMap<NodeId, usize> = HashMap::new();
+        for &id in order {
+            for x in graph.operands(id) {
+                *remaining_uses.entry(x).or_insert(0) += 1;
+            }
+        }
+        let mut is_output = vec![false; graph.node_bound()];
+        for (_, id) in graph.outputs() {
+            *remaining_uses.entry(*id).or_insert(0) += 1;
+            is_output[id.index()] = true;
+        }
+        let values = (0..graph.node_bound()).map(|_| None).collect();
+        Run { graph, bindings, options, remaining_uses, is_output, values }
+    }
+
+    /// Computes node `id`, whose op `op` is not a leaf, from its operands' values.
+    fn compute(&mut self, id: NodeId, op: &Op) -> Result<Tensor, EvalError> {
+        let graph = self.graph;
+        let node = graph.node(id);
+        let operands = graph.operands(id);
+        // Operands at their last use leave the table; an owned one may be consumed
+        // by the op (kv_append appends in place).
+        let mut taken = self.take_last_uses(&operands);
+        // An owned cache at its last use is appended to in place instead of copied.
+        let slot = op.kv_cache_operand();
+        let consumable = take_consumable(slot, &operands, &mut taken);
+        let values = &self.values;
+        let lookup = |x: &NodeId| -> &Tensor {
+            match taken.iter().find(|(y, _)| y == x) {
+                Some((_, v)) => v.get(),
+                None => values[x.index()].as_ref().expect("operand evaluated").get(),
             }
         };
-        values[id.index()] = Some(val);
+        let args: Vec<&Tensor> = operands
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match (&consumable, Some(i) == slot) {
+                (Some(c), true) => c,
+                _ => lookup(x),
+            })
+            .collect();
+        let out_shape = node.shape.resolve(&self.bindings);
+        if self.options.overflow_is_error {
+            check_norm_input(op, &args).map_err(|message| EvalError::Node { node: node_label(graph, id), message })?;
+        }
+        let result = if consumable.is_some() {
+            // The appended rows are computed before the cache is moved out of `args`.
+            let rows = match op {
+                Op::NormRope { eps, .. } => fused::norm_rope(&args[..4], *eps),
+                _ => Ok(args[1].clone()),
+            };
+            drop(args);
+            rows.map(|rows| movement::append_rows(consumable.expect("checked"), &rows))
+        } else {
+            apply(op, node.dtype, &out_shape, &args)
+        };
+        let result = result.map_err(|message| EvalError::Node { node: node_label(graph, id), message })?;
+        if result.shape() != out_shape.as_slice() {
+            let message = format!("computed shape {:?}, the graph says {:?}", result.shape(), out_shape);
+            return Err(EvalError::Node { node: node_label(graph, id), message });
+        }
+        self.check_finite(id, &result)?;
+        Ok(result)
     }
-    let mut out = HashMap::new();
-    for (name, id) in graph.outputs() {
-        let t = values[id.index()].as_ref().map(|v| v.get().clone());
-        out.insert(name.clone(), t.ok_or_else(|| EvalError::MissingInput(name.clone()))?);
+
+    /// Counts one use of each of `operands`; those at their last use leave the table.
+    fn take_last_uses(&mut self, operands: &[NodeId]) -> Vec<(NodeId, Val<'w>)> {
+        let mut taken: Vec<(NodeId, Val)> = Vec::new();
+        for x in operands {
+            let uses = self.remaining_uses.get_mut(x).expect("operand counted");
+            *uses -= 1;
+            if *uses == 0 {
+                taken.push((*x, self.values[x.index()].take().expect("operand evaluated")));
+            }
+        }
+        taken
     }
-    Ok(out)
+
+    /// With [`EvalOptions::overflow_is_error`], fails on a non-finite `result` of node `id`.
+    /// Inputs and weights are finite and every result is checked, so the first non-finite
+    /// value is where the overflow happened.
+    fn check_finite(&self, id: NodeId, result: &Tensor) -> Result<(), EvalError> {
+        let node = self.graph.node(id);
+        let checked = node.dtype == DType::F16 || !self.is_output[id.index()];
+        if !(self.options.overflow_is_error && checked) {
+            return Ok(());
+        }
+        let count = result.f32s().map_or(0, |v| v.iter().filter(|x| !x.is_finite()).count());
+        match count {
+            0 => Ok(()),
+            _ if node.dtype == DType::F16 => Err(EvalError::F16Overflow { node: node_label(self.graph, id), count }),
+            _ => Err(EvalError::Overflow { node: node_label(self.graph, id), count, dtype: node.dtype }),
+        }
+    }
+
+    /// Every graph output by name.
+    fn outputs(&self) -> Result<HashMap<String, Tensor>, EvalError> {
+        let mut out = HashMap::new();
+        for (name, id) in self.graph.outputs() {
+            let t = self.values[id.index()].as_ref().map(|v| v.get().clone());
+            out.insert(name.clone(), t.ok_or_else(|| EvalError::MissingInput(name.clone()))?);
+        }
+        Ok(out)
+    }
+}
+
+/// The operand at the op's cache slot `slot`, out of `taken`, when it is owned, at its last
+/// use, and read once by this op: the op may then append to it in place.
+fn take_consumable(slot: Option<usize>, operands: &[NodeId], taken: &mut Vec<(NodeId, Val)>) -> Option<Tensor> {
+    match slot.and_then(|k| taken.iter().position(|(x, v)| *x == operands[k] && matches!(v, Val::Owned(_)))) {
+        Some(i) if operands.iter().filter(|&&x| x == taken[i].0).count() == 1 => match taken.swap_remove(i).1 {
+            Val::Owned(t) => Some(t),
+            Val::Borrowed(_) => None,
+        },
+        _ => None,
+    }
 }
 
 /// Binds the symbolic dims from the shapes of the supplied inputs and checks every input's
