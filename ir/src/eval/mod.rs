@@ -354,4 +354,6 @@ fn apply(op: &Op, dtype: DType, out_shape: &[usize], args: &[&Tensor]) -> Result
 #[cfg(test)]
 mod fused_tests;
 #[cfg(test)]
+mod linalg_tests;
+#[cfg(test)]
 mod tests;
