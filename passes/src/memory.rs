@@ -74,96 +74,145 @@ pub fn plan_memory(graph: &Graph, bindings: &Bindings) -> MemoryPlan {
     let Some(order) = graph.topo_order() else {
         return MemoryPlan { buffers: Vec::new(), arena_bytes: 0, naive_bytes: 0 };
     };
-    let bindings = pinned(graph, bindings);
-    let bound = graph.node_bound();
-    let last = order.len().saturating_sub(1);
-    let mut pos = vec![0; bound];
-    for (i, &id) in order.iter().enumerate() {
-        pos[id.index()] = i;
-    }
-    let homes = homes(graph, &order);
-    let root = |x: NodeId| match homes[x.index()] {
-        Home::Alias(r) => Some(r),
-        Home::Arena => Some(x),
-        Home::Elsewhere | Home::Kv => None,
-    };
-
-    // Liveness. Inputs are written by the host before the step starts, so they are live from
-    // position 0 whatever their place in the order.
-    let mut start = vec![0; bound];
-    let mut end = vec![0; bound];
-    for &id in &order {
-        if homes[id.index()] == Home::Arena {
-            let is_input = matches!(graph.node(id).op, Op::Input { .. });
-            start[id.index()] = if is_input { 0 } else { pos[id.index()] };
-            end[id.index()] = pos[id.index()];
-        }
-        for x in graph.operands(id) {
-            if let Some(r) = root(x) {
-                end[r.index()] = end[r.index()].max(pos[id.index()]);
-            }
-        }
-    }
-    let mut is_output = vec![false; bound];
-    for (_, id) in graph.outputs() {
-        if let Some(r) = root(*id) {
-            end[r.index()] = last;
-            is_output[r.index()] = true;
-        }
-    }
-
-    // Sizes, then in-place hand-overs; each hand-over chain becomes one group to place.
-    let raw = |id: NodeId| {
-        let n = graph.node(id);
-        n.shape.resolve(&bindings).iter().fold(n.dtype.size_bytes(), |acc, &d| acc.saturating_mul(d))
-    };
-    let mut reuses: Vec<Option<NodeId>> = vec![None; bound];
-    let mut group = vec![usize::MAX; bound];
-    let mut spans: Vec<Span> = Vec::new();
-    let mut defined: Vec<NodeId> = Vec::new();
-    for &id in &order {
-        if homes[id.index()] != Home::Arena {
-            continue;
-        }
-        let bytes = align(raw(id));
-        let (s, e) = (start[id.index()], end[id.index()]);
-        let taken = in_place_operand(graph, id, &root).filter(|&r| {
-            let at_last_use = end[r.index()] == pos[id.index()];
-            let host_written = matches!(graph.node(r).op, Op::Input { .. });
-            at_last_use && !is_output[r.index()] && !host_written && raw(r) == raw(id)
-        });
-        match taken {
-            Some(r) => {
-                reuses[id.index()] = Some(r);
-                let g = group[r.index()];
-                group[id.index()] = g;
-                spans[g].end = spans[g].end.max(e);
-                spans[g].bytes = spans[g].bytes.max(bytes);
-            }
-            None => {
-                group[id.index()] = spans.len();
-                spans.push(Span { start: s, end: e, bytes });
-            }
-        }
-        defined.push(id);
-    }
-
-    let offsets = assign_offsets(&spans);
-    let buffers: Vec<Buffer> = defined
+    let planner = Planner::new(graph, pinned(graph, bindings), order);
+    let live = planner.liveness();
+    let groups = planner.groups(&live);
+    let offsets = assign_offsets(&groups.spans);
+    let buffers: Vec<Buffer> = groups
+        .defined
         .iter()
         .map(|&id| Buffer {
             node: id.index(),
-            label: graph.node(id).name.clone().unwrap_or_else(|| format!("%{}", pos[id.index()])),
-            offset: offsets[group[id.index()]],
-            bytes: align(raw(id)),
-            start: start[id.index()],
-            end: end[id.index()],
-            reuses: reuses[id.index()].map(|r| r.index()),
+            label: graph.node(id).name.clone().unwrap_or_else(|| format!("%{}", planner.pos[id.index()])),
+            offset: offsets[groups.group[id.index()]],
+            bytes: align(planner.raw(id)),
+            start: live.start[id.index()],
+            end: live.end[id.index()],
+            reuses: groups.reuses[id.index()].map(|r| r.index()),
         })
         .collect();
     let arena_bytes = buffers.iter().map(|b| b.offset.saturating_add(b.bytes)).max().unwrap_or(0);
     let naive_bytes = buffers.iter().fold(0usize, |acc, b| acc.saturating_add(b.bytes));
     MemoryPlan { buffers, arena_bytes, naive_bytes }
+}
+
+/// What planning one graph reads: its order, each node's position in it, and each node's home.
+struct Planner<'g> {
+    graph: &'g Graph,
+    bindings: Bindings,
+    order: Vec<NodeId>,
+    /// Topological position, by node index.
+    pos: Vec<usize>,
+    homes: Vec<Home>,
+}
+
+/// Live intervals of the arena buffers, by node index (see [`Buffer::start`]).
+struct Liveness {
+    start: Vec<usize>,
+    end: Vec<usize>,
+    /// Whether the buffer holds a graph output (through any view of it).
+    is_output: Vec<bool>,
+}
+
+/// The arena buffers in topological order (`defined`), each with the buffer it takes over in
+/// place, if any, and its group: a hand-over chain, placed as one span.
+struct Groups {
+    reuses: Vec<Option<NodeId>>,
+    group: Vec<usize>,
+    spans: Vec<Span>,
+    defined: Vec<NodeId>,
+}
+
+impl<'g> Planner<'g> {
+    fn new(graph: &'g Graph, bindings: Bindings, order: Vec<NodeId>) -> Planner<'g> {
+        let mut pos = vec![0; graph.node_bound()];
+        for (i, &id) in order.iter().enumerate() {
+            pos[id.index()] = i;
+        }
+        let homes = homes(graph, &order);
+        Planner { graph, bindings, order, pos, homes }
+    }
+
+    /// The node whose arena buffer holds `x`'s value, if one does.
+    fn root(&self, x: NodeId) -> Option<NodeId> {
+        match self.homes[x.index()] {
+            Home::Alias(r) => Some(r),
+            Home::Arena => Some(x),
+            Home::Elsewhere | Home::Kv => None,
+        }
+    }
+
+    /// The size of `id`'s value in bytes, unaligned (saturating).
+    fn raw(&self, id: NodeId) -> usize {
+        let n = self.graph.node(id);
+        n.shape.resolve(&self.bindings).iter().fold(n.dtype.size_bytes(), |acc, &d| acc.saturating_mul(d))
+    }
+
+    /// Liveness. Inputs are written by the host before the step starts, so they are live from
+    /// position 0 whatever their place in the order.
+    fn liveness(&self) -> Liveness {
+        let (graph, pos, bound) = (self.graph, &self.pos, self.graph.node_bound());
+        let last = self.order.len().saturating_sub(1);
+        let mut start = vec![0; bound];
+        let mut end = vec![0; bound];
+        for &id in &self.order {
+            if self.homes[id.index()] == Home::Arena {
+                let is_input = matches!(graph.node(id).op, Op::Input { .. });
+                start[id.index()] = if is_input { 0 } else { pos[id.index()] };
+                end[id.index()] = pos[id.index()];
+            }
+            for x in graph.operands(id) {
+                if let Some(r) = self.root(x) {
+                    end[r.index()] = end[r.index()].max(pos[id.index()]);
+                }
+            }
+        }
+        let mut is_output = vec![false; bound];
+        for (_, id) in graph.outputs() {
+            if let Some(r) = self.root(*id) {
+                end[r.index()] = last;
+                is_output[r.index()] = true;
+            }
+        }
+        Liveness { start, end, is_output }
+    }
+
+    /// Sizes, then in-place hand-overs; each hand-over chain becomes one group to place.
+    fn groups(&self, live: &Liveness) -> Groups {
+        let (graph, pos, bound) = (self.graph, &self.pos, self.graph.node_bound());
+        let (start, end) = (&live.start, &live.end);
+        let mut reuses: Vec<Option<NodeId>> = vec![None; bound];
+        let mut group = vec![usize::MAX; bound];
+        let mut spans: Vec<Span> = Vec::new();
+        let mut defined: Vec<NodeId> = Vec::new();
+        for &id in &self.order {
+            if self.homes[id.index()] != Home::Arena {
+                continue;
+            }
+            let bytes = align(self.raw(id));
+            let (s, e) = (start[id.index()], end[id.index()]);
+            let taken = in_place_operand(graph, id, &|x| self.root(x)).filter(|&r| {
+                let at_last_use = end[r.index()] == pos[id.index()];
+                let host_written = matches!(graph.node(r).op, Op::Input { .. });
+                at_last_use && !live.is_output[r.index()] && !host_written && self.raw(r) == self.raw(id)
+            });
+            match taken {
+                Some(r) => {
+                    reuses[id.index()] = Some(r);
+                    let g = group[r.index()];
+                    group[id.index()] = g;
+                    spans[g].end = spans[g].end.max(e);
+                    spans[g].bytes = spans[g].bytes.max(bytes);
+                }
+                None => {
+                    group[id.index()] = spans.len();
+                    spans.push(Span { start: s, end: e, bytes });
+                }
+            }
+            defined.push(id);
+        }
+        Groups { reuses, group, spans, defined }
+    }
 }
 
 /// `bindings` with the graph's pinned symbols put in.
