@@ -393,4 +393,6 @@ pub fn check_plan(plan: &MemoryPlan) -> Result<(), String> {
 }
 
 #[cfg(test)]
+mod check_tests;
+#[cfg(test)]
 mod tests;
