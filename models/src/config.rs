@@ -140,25 +140,74 @@ impl Qwen3Config {
     }
 }
 
+/// A field at fault and what is wrong with it.
+type FieldError = (&'static str, String);
+
 fn validate(raw: RawConfig, origin: &str) -> Result<Qwen3Config, ConfigError> {
-    let err = |field: &'static str, message: String| ConfigError::Field { origin: origin.to_string(), field, message };
-    let dim = |field: &'static str, v: i64, limit: usize| -> Result<usize, ConfigError> {
-        match usize::try_from(v) {
-            Ok(n) if n > 0 && n <= limit => Ok(n),
-            _ if v <= 0 => Err(err(field, format!("must be positive, found {v}"))),
-            _ => Err(err(field, format!("{v} is beyond smelt's limit of {limit} (see config::limits)"))),
-        }
-    };
+    let err = |(field, message): FieldError| ConfigError::Field { origin: origin.to_string(), field, message };
+    check_architecture(&raw).map_err(err)?;
+    let dims = dims(&raw).map_err(err)?;
+    check_features(&raw, dims.num_layers).map_err(err)?;
+    let rope_theta = rope_theta(&raw).map_err(err)?;
+    let checkpoint_dtype = checkpoint_dtype(&raw).map_err(err)?;
+    let eos_token_ids = token_ids(raw.eos_token_id.as_ref()).map_err(|m| err(("eos_token_id", m)))?;
+    check_eos_in_vocab(&eos_token_ids, dims.vocab_size).map_err(|m| err(("eos_token_id", m)))?;
+    check_rope_theta(rope_theta, dims.head_dim).map_err(|m| err((rope_field(&raw), m)))?;
+    Ok(Qwen3Config {
+        vocab_size: dims.vocab_size,
+        hidden_size: dims.hidden_size,
+        intermediate_size: dims.intermediate_size,
+        num_layers: dims.num_layers,
+        num_heads: dims.num_heads,
+        num_kv_heads: dims.num_kv_heads,
+        head_dim: dims.head_dim,
+        max_position_embeddings: dims.max_position_embeddings,
+        rms_norm_eps: raw.rms_norm_eps as f32,
+        rope_theta,
+        tie_word_embeddings: raw.tie_word_embeddings,
+        checkpoint_dtype,
+        eos_token_ids,
+    })
+}
+
+/// A Qwen3 model, when the config names its type or architecture.
+fn check_architecture(raw: &RawConfig) -> Result<(), FieldError> {
     if let Some(t) = raw.model_type.as_deref() {
         if t != "qwen3" {
-            return Err(err("model_type", format!("expected \"qwen3\", found {t:?}")));
+            return Err(("model_type", format!("expected \"qwen3\", found {t:?}")));
         }
     }
     if let Some(archs) = &raw.architectures {
         if let Some(other) = archs.iter().find(|a| a.as_str() != "Qwen3ForCausalLM") {
-            return Err(err("architectures", format!("expected [\"Qwen3ForCausalLM\"], found {other:?}")));
+            return Err(("architectures", format!("expected [\"Qwen3ForCausalLM\"], found {other:?}")));
         }
     }
+    Ok(())
+}
+
+/// A config's dimensions, each checked against [`limits`].
+struct Dims {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_layers: usize,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    max_position_embeddings: usize,
+}
+
+/// `v`, the value of `field`, as a size in `1..=limit`.
+fn dim(field: &'static str, v: i64, limit: usize) -> Result<usize, FieldError> {
+    match usize::try_from(v) {
+        Ok(n) if n > 0 && n <= limit => Ok(n),
+        _ if v <= 0 => Err((field, format!("must be positive, found {v}"))),
+        _ => Err((field, format!("{v} is beyond smelt's limit of {limit} (see config::limits)"))),
+    }
+}
+
+/// The dimensions; the heads must group and the head dim (given, or hidden / heads) be even.
+fn dims(raw: &RawConfig) -> Result<Dims, FieldError> {
     let vocab_size = dim("vocab_size", raw.vocab_size, limits::VOCAB_SIZE)?;
     let hidden_size = dim("hidden_size", raw.hidden_size, limits::HIDDEN_SIZE)?;
     let intermediate_size = dim("intermediate_size", raw.intermediate_size, limits::INTERMEDIATE_SIZE)?;
@@ -169,55 +218,22 @@ fn validate(raw: RawConfig, origin: &str) -> Result<Qwen3Config, ConfigError> {
     let max_position_embeddings = dim("max_position_embeddings", raw.max_position_embeddings, limits::POSITIONS)?;
     if num_heads % num_kv_heads != 0 {
         let m = format!("num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})");
-        return Err(err("num_key_value_heads", m));
+        return Err(("num_key_value_heads", m));
     }
     let head_dim = match raw.head_dim {
         Some(h) => dim("head_dim", h, limits::HEAD_DIM)?,
         None if hidden_size % num_heads == 0 => dim("head_dim", (hidden_size / num_heads) as i64, limits::HEAD_DIM)?,
         None => {
-            return Err(err(
+            return Err((
                 "head_dim",
                 format!("absent, and hidden_size {hidden_size} is not divisible by {num_heads} heads"),
             ))
         }
     };
     if head_dim % 2 != 0 {
-        return Err(err("head_dim", format!("must be even for rotary embeddings, found {head_dim}")));
+        return Err(("head_dim", format!("must be even for rotary embeddings, found {head_dim}")));
     }
-    // Used in f32: a value that rounds to 0 there divides by zero for an all-zero row.
-    let eps = raw.rms_norm_eps as f32;
-    if !(raw.rms_norm_eps > 0.0 && raw.rms_norm_eps < 1.0 && eps.is_normal()) {
-        let m = format!(
-            "must be in (0, 1) and a normal f32 (at least {:e}), found {:e}",
-            f32::MIN_POSITIVE,
-            raw.rms_norm_eps
-        );
-        return Err(err("rms_norm_eps", m));
-    }
-    if raw.attention_bias {
-        return Err(err("attention_bias", "true is not supported (Qwen3 has no attention bias)".into()));
-    }
-    if raw.use_sliding_window {
-        return Err(err("use_sliding_window", "sliding-window attention is not supported".into()));
-    }
-    check_layer_types(raw.layer_types.as_ref(), num_layers).map_err(|m| err("layer_types", m))?;
-    if let Some(act) = raw.hidden_act.as_deref() {
-        if act != "silu" {
-            return Err(err("hidden_act", format!("only \"silu\" is supported, found {act:?}")));
-        }
-    }
-    let rope_theta = rope_theta(&raw).map_err(|(field, m)| err(field, m))?;
-    let dtype_name = raw.dtype.as_deref().or(raw.torch_dtype.as_deref());
-    let checkpoint_dtype = match dtype_name {
-        None => None,
-        Some(name) => Some(DType::parse(name).filter(|d| d.is_float()).ok_or_else(|| {
-            err(if raw.dtype.is_some() { "dtype" } else { "torch_dtype" }, format!("unsupported dtype {name:?}"))
-        })?),
-    };
-    let eos_token_ids = token_ids(raw.eos_token_id.as_ref()).map_err(|m| err("eos_token_id", m))?;
-    check_eos_in_vocab(&eos_token_ids, vocab_size).map_err(|m| err("eos_token_id", m))?;
-    check_rope_theta(rope_theta, head_dim).map_err(|m| err(rope_field(&raw), m))?;
-    Ok(Qwen3Config {
+    Ok(Dims {
         vocab_size,
         hidden_size,
         intermediate_size,
@@ -226,17 +242,51 @@ fn validate(raw: RawConfig, origin: &str) -> Result<Qwen3Config, ConfigError> {
         num_kv_heads,
         head_dim,
         max_position_embeddings,
-        rms_norm_eps: raw.rms_norm_eps as f32,
-        rope_theta,
-        tie_word_embeddings: raw.tie_word_embeddings,
-        checkpoint_dtype,
-        eos_token_ids,
+    })
+}
+
+/// What the config asks of the model beyond its dimensions: a usable RMSNorm epsilon, and
+/// only what smelt implements (no attention bias, no sliding window, SiLU).
+fn check_features(raw: &RawConfig, num_layers: usize) -> Result<(), FieldError> {
+    // Used in f32: a value that rounds to 0 there divides by zero for an all-zero row.
+    let eps = raw.rms_norm_eps as f32;
+    if !(raw.rms_norm_eps > 0.0 && raw.rms_norm_eps < 1.0 && eps.is_normal()) {
+        let m = format!(
+            "must be in (0, 1) and a normal f32 (at least {:e}), found {:e}",
+            f32::MIN_POSITIVE,
+            raw.rms_norm_eps
+        );
+        return Err(("rms_norm_eps", m));
+    }
+    if raw.attention_bias {
+        return Err(("attention_bias", "true is not supported (Qwen3 has no attention bias)".into()));
+    }
+    if raw.use_sliding_window {
+        return Err(("use_sliding_window", "sliding-window attention is not supported".into()));
+    }
+    check_layer_types(raw.layer_types.as_ref(), num_layers).map_err(|m| ("layer_types", m))?;
+    if let Some(act) = raw.hidden_act.as_deref() {
+        if act != "silu" {
+            return Err(("hidden_act", format!("only \"silu\" is supported, found {act:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// The dtype the checkpoint says it was saved in (`dtype`, else `torch_dtype`), if it says.
+fn checkpoint_dtype(raw: &RawConfig) -> Result<Option<DType>, FieldError> {
+    let dtype_name = raw.dtype.as_deref().or(raw.torch_dtype.as_deref());
+    Ok(match dtype_name {
+        None => None,
+        Some(name) => Some(DType::parse(name).filter(|d| d.is_float()).ok_or_else(|| {
+            (if raw.dtype.is_some() { "dtype" } else { "torch_dtype" }, format!("unsupported dtype {name:?}"))
+        })?),
     })
 }
 
 /// `rope_theta` from either config shape; any RoPE scaling other than the default is refused
 /// rather than silently ignored.
-fn rope_theta(raw: &RawConfig) -> Result<f64, (&'static str, String)> {
+fn rope_theta(raw: &RawConfig) -> Result<f64, FieldError> {
     for (field, rope) in [("rope_parameters", &raw.rope_parameters), ("rope_scaling", &raw.rope_scaling)] {
         if let Some(r) = rope {
             if let Some(t) = r.rope_type.as_deref().or(r.legacy_type.as_deref()) {
