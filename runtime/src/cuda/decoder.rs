@@ -1,23 +1,26 @@
 //! A model on the GPU: the programs' kernels JIT-compiled with NVRTC (through the on-disk
 //! module cache), the weights and the paged KV cache shared by its graphs, and per graph a
-//! [`Layout`] and launch schedule. The decode step is captured once per context bucket as a CUDA
-//! graph and replayed: per step the host writes the token, its position and `smelt_step`,
-//! replays, and reads back the greedy token (one sync). A prefill graph, when given, runs a
-//! prompt's tokens in chunks, kernel by kernel.
+//! [`Layout`](super::layout::Layout) and launch schedule. The decode step is captured once per
+//! context bucket as a CUDA graph and replayed: per step the host writes the token, its
+//! position and `smelt_step`, replays, and reads back the greedy token (one sync). A prefill
+//! graph, when given, runs a prompt's tokens in chunks, kernel by kernel.
 
-use std::collections::HashMap;
+mod kernels;
+mod runner;
+
 use std::sync::Arc;
-use std::time::Instant;
 
-use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaModule};
-use cudarc::nvrtc::Ptx;
-use smelt_codegen::{emit_with, EmitOptions, Kernel, ModuleCache, Nvrtc, Program};
-use smelt_ir::{Bindings, Dim, Graph, NodeId, Role, Sym, WeightSource};
+use cudarc::driver::{sys, CudaModule};
+use smelt_codegen::{emit_with, EmitOptions, ModuleCache, Program};
+use smelt_ir::{Bindings, Graph, Sym, WeightSource};
 
 use super::batch::BatchRunner;
 use super::device::{check, Gpu};
-use super::layout::{DeviceWeights, KvPool, KvShape, Layout};
+use super::layout::{DeviceWeights, KvPool, KvShape};
 use super::CudaError;
+use kernels::load_kernels;
+pub(crate) use kernels::{launch_raw, load_function};
+pub(crate) use runner::Runner;
 
 /// Smallest context bucket: below it, one captured graph serves every length.
 const MIN_BUCKET: usize = 256;
@@ -73,21 +76,6 @@ pub struct JitReport {
     pub seconds: f64,
 }
 
-/// One graph's program on the device.
-pub(crate) struct Runner {
-    pub(crate) graph: Graph,
-    pub(crate) program: Program,
-    pub(crate) layout: Layout,
-    pub(crate) functions: Vec<CudaFunction>,
-    pub(crate) token_ids: u64,
-    pub(crate) positions: u64,
-    pub(crate) logits: (u64, usize),
-    pub(crate) next_token: u64,
-    /// Whether the outputs have a row per new token (else one row: the last position's).
-    row_per_token: bool,
-    graphs: HashMap<usize, CudaGraph>,
-}
-
 /// The fused graphs a decoder runs: the decode step (T pinned to 1), and optionally a prefill
 /// graph (symbolic T; prompts in chunks) and a batch graph (symbolic T, logits at every row;
 /// batched decode steps, each row a sequence of its own).
@@ -130,209 +118,6 @@ pub struct StepOutput {
     pub next_token: u32,
     /// f32 logits of the step's last token, when asked for.
     pub logits: Option<Vec<f32>>,
-}
-
-/// Launches `function` (compiled from `kernel`) on `grid` blocks with `params` (device
-/// addresses, by value), optionally as a programmatic dependent launch: every kernel waits on
-/// its predecessor (SMELT_GRID_WAIT) before touching what it wrote, which makes that safe.
-///
-/// # Safety
-/// `params` must match the kernel's parameter list in order and number, each a device address
-/// inside a live buffer of the size the kernel reads or writes there.
-pub(crate) unsafe fn launch_raw(
-    gpu: &Gpu,
-    function: &CudaFunction,
-    kernel: &Kernel,
-    grid: u32,
-    params: &[u64],
-    pdl: bool,
-    what: &str,
-) -> Result<(), CudaError> {
-    let mut values = params.to_vec();
-    let mut args: Vec<*mut std::ffi::c_void> = values.iter_mut().map(|v| v as *mut u64 as *mut _).collect();
-    // SAFETY: a plain C struct; zero is a valid bit pattern for every field.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
-    let config = sys::CUlaunchConfig {
-        gridDimX: grid,
-        gridDimY: 1,
-        gridDimZ: 1,
-        blockDimX: kernel.launch.block,
-        blockDimY: 1,
-        blockDimZ: 1,
-        sharedMemBytes: kernel.launch.shared_bytes,
-        hStream: gpu.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: u32::from(pdl),
-    };
-    // SAFETY: the caller vouches for the parameters; the config, attribute and argument array
-    // outlive the call.
-    let r = unsafe {
-        sys::cuLaunchKernelEx(&config, function.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()).result()
-    };
-    check(what, r)
-}
-
-/// Loads `kernel`'s compiled `ptx` as a module of its own, allowing the dynamic shared memory
-/// it asks for.
-pub(crate) fn load_function(gpu: &Gpu, k: &Kernel, ptx: String) -> Result<(Arc<CudaModule>, CudaFunction), CudaError> {
-    let module = check(&format!("loading the module of kernel {}", k.name), gpu.ctx.load_module(Ptx::from_src(ptx)))?;
-    let f = check(&format!("finding kernel {}", k.name), module.load_function(&k.name))?;
-    if k.launch.shared_bytes > 48 * 1024 {
-        let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        check(
-            &format!("raising the shared memory of {}", k.name),
-            f.set_attribute(attr, k.launch.shared_bytes as i32),
-        )?;
-    }
-    Ok((module, f))
-}
-
-/// Per program its functions in kernel order; the modules that hold them; how long it took.
-type LoadedKernels = (Vec<Vec<CudaFunction>>, Vec<Arc<CudaModule>>, JitReport);
-
-/// Compiles and loads every distinct kernel of `programs`; returns per program the functions
-/// in its kernel order.
-fn load_kernels(gpu: &Gpu, programs: &[&Program], cache: Option<&ModuleCache>) -> Result<LoadedKernels, CudaError> {
-    let t0 = Instant::now();
-    let nvrtc = Nvrtc::load().map_err(|e| CudaError::Nvrtc(e.to_string()))?;
-    let mut jit = JitReport::default();
-    let mut modules = Vec::new();
-    let mut loaded: HashMap<&str, CudaFunction> = HashMap::new();
-    let mut per_program = Vec::new();
-    for p in programs {
-        let mut functions = Vec::new();
-        for k in &p.kernels {
-            if let Some(f) = loaded.get(k.source.as_str()) {
-                functions.push(f.clone());
-                continue;
-            }
-            let ptx = match cache {
-                Some(cache) => {
-                    let (ptx, hit) = cache
-                        .compile(&nvrtc, &k.name, &k.source, gpu.arch())
-                        .map_err(|e| CudaError::Nvrtc(e.to_string()))?;
-                    jit.cached += usize::from(hit);
-                    ptx
-                }
-                None => nvrtc.compile(&k.name, &k.source, gpu.arch()).map_err(|e| CudaError::Nvrtc(e.to_string()))?,
-            };
-            let (module, f) = load_function(gpu, k, ptx)?;
-            jit.kernels += 1;
-            modules.push(module);
-            loaded.insert(k.source.as_str(), f.clone());
-            functions.push(f);
-        }
-        per_program.push(functions);
-    }
-    gpu.synchronize("loading modules")?;
-    jit.seconds = t0.elapsed().as_secs_f64();
-    Ok((per_program, modules, jit))
-}
-
-impl Runner {
-    fn new(
-        gpu: &Gpu,
-        graph: &Graph,
-        program: Program,
-        functions: Vec<CudaFunction>,
-        weights: &DeviceWeights,
-        kv: &KvPool,
-        max_new_tokens: usize,
-    ) -> Result<Runner, CudaError> {
-        let layout = Layout::new(gpu, graph, &program, weights, kv, max_new_tokens)?;
-        let find = |role: Role, found: Option<(String, NodeId)>| -> Result<NodeId, CudaError> {
-            found.map(|(_, id)| id).ok_or_else(|| CudaError::Layout(format!("the graph has no {role} (a graph role)")))
-        };
-        let input = |role: Role| find(role, graph.input_with(role));
-        let output = |role: Role| find(role, graph.output_with(role));
-        let logits = graph.node(output(Role::Logits)?);
-        let vocab = logits
-            .shape
-            .last()
-            .and_then(|d| d.fixed())
-            .ok_or_else(|| CudaError::Layout("logits must be [T, vocab] with a fixed vocab".into()))?;
-        let row_per_token = logits.shape.dims().first() == Some(&Dim::Sym(Sym::NewTokens));
-        let address = |id: NodeId| layout.address(graph, id);
-        Ok(Runner {
-            row_per_token,
-            token_ids: address(input(Role::TokenIds)?)?,
-            positions: address(input(Role::Positions)?)?,
-            logits: (address(output(Role::Logits)?)?, vocab),
-            next_token: address(output(Role::NextToken)?)?,
-            graph: graph.clone(),
-            program,
-            layout,
-            functions,
-            graphs: HashMap::new(),
-        })
-    }
-
-    /// Writes `tokens`, their positions from `at`, and `smelt_step` (stream-ordered before the
-    /// kernels).
-    pub(crate) fn write_inputs(&self, gpu: &Gpu, tokens: &[u32], at: usize) -> Result<(), CudaError> {
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let positions: Vec<i32> = (at..at + tokens.len()).map(|p| p as i32).collect();
-        gpu.upload(self.token_ids, &ids, "writing the token ids")?;
-        gpu.upload(self.positions, &positions, "writing the positions")?;
-        self.layout.write_step(gpu, tokens.len(), at)
-    }
-
-    /// The greedy token and (if `want_logits`) the logits of output row `row` (the graph's
-    /// outputs have one row per new token, or one in all), the token at `position`. A greedy
-    /// token of -1 means non-finite logits: an error, found with no extra transfer.
-    fn read_outputs(
-        &self,
-        gpu: &Gpu,
-        want_logits: bool,
-        row: usize,
-        position: usize,
-        what: &str,
-    ) -> Result<StepOutput, CudaError> {
-        let mut next = [0i32; 1];
-        gpu.download(&mut next, self.next_token + 4 * row as u64, what)?;
-        let next_token = u32::try_from(next[0]).map_err(|_| CudaError::NonFiniteLogits { position })?;
-        let logits = if want_logits {
-            let mut v = vec![0f32; self.logits.1];
-            let at = self.logits.0 + (4 * self.logits.1 * row) as u64;
-            gpu.download(&mut v, at, "reading the logits")?;
-            Some(v)
-        } else {
-            None
-        };
-        Ok(StepOutput { next_token, logits })
-    }
-
-    /// Launches launch `i` with grids sized for bindings `b`.
-    pub(crate) fn launch(&self, gpu: &Gpu, i: usize, b: &Bindings, pdl: bool) -> Result<(), CudaError> {
-        let l = &self.layout.launches[i];
-        let kernel = &self.program.kernels[l.kernel];
-        let what = format!("launching {} for {}", kernel.name, self.node_name(l.node));
-        // SAFETY: every parameter is a device address inside live buffers of this model, in the
-        // order and number of the kernel's parameter list (the calling convention).
-        unsafe {
-            launch_raw(gpu, &self.functions[l.kernel], kernel, kernel.launch.grid.blocks(b), &l.params, pdl, &what)
-        }
-    }
-
-    pub(crate) fn node_name(&self, id: NodeId) -> String {
-        self.graph.node(id).name.clone().unwrap_or_else(|| format!("%{}", id.index()))
-    }
-
-    /// Captures the whole step with grids sized for contexts up to `bucket`.
-    fn capture(&self, gpu: &Gpu, bucket: usize, pdl: bool) -> Result<CudaGraph, CudaError> {
-        let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: bucket - 1 };
-        let stream = &gpu.stream;
-        check(
-            "starting graph capture",
-            stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
-        )?;
-        let launched = (0..self.layout.launches.len()).try_for_each(|i| self.launch(gpu, i, &b, pdl));
-        let graph = check("ending graph capture", stream.end_capture(sys::CUgraphInstantiate_flags(0)));
-        launched?;
-        graph?.ok_or_else(|| CudaError::Unsupported("graph capture recorded nothing".into()))
-    }
 }
 
 impl CudaDecoder {
