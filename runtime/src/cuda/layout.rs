@@ -189,6 +189,44 @@ impl KvPool {
     }
 }
 
+/// Uploads `graph`'s constants (RoPE's inverse frequencies): small, one buffer per graph.
+/// Records each one's address in `homes`.
+fn upload_constants(gpu: &Gpu, graph: &Graph, homes: &mut HashMap<usize, u64>) -> Result<DeviceBuffer, CudaError> {
+    let constants: Vec<NodeId> =
+        graph.node_ids().filter(|&id| matches!(graph.node(id).op, Op::Constant { .. })).collect();
+    let mut host_bytes: Vec<u8> = Vec::new();
+    let mut offsets = Vec::new();
+    for &id in &constants {
+        let node = graph.node(id);
+        let Op::Constant { values } = &node.op else { unreachable!("filtered above") };
+        let t = Tensor::from_f32(node.dtype, node.shape.resolve(&Bindings::default()), values.to_vec());
+        offsets.push(host_bytes.len());
+        host_bytes.extend(storage_bytes(&t, node.dtype));
+        host_bytes.resize(align(host_bytes.len()), 0);
+    }
+    let constants_buffer = gpu.alloc(host_bytes.len(), "constants")?;
+    gpu.upload(constants_buffer.ptr(), &host_bytes, "uploading constants")?;
+    for (&id, offset) in constants.iter().zip(offsets) {
+        homes.insert(id.index(), constants_buffer.ptr() + offset as u64);
+    }
+    Ok(constants_buffer)
+}
+
+/// Attention scratch, sized for the longest context the pool holds.
+fn scratch_bytes(program: &Program, kv: &KvPool, max_new_tokens: usize) -> usize {
+    program
+        .launches
+        .iter()
+        .filter_map(|s| match s.params {
+            Params::AttentionSplit(spec) => {
+                Some(smelt_codegen::kernels::decode_attention_scratch_bytes(&spec, kv.shape.tokens(), max_new_tokens))
+            }
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Device memory of one graph's program: its constants, its activation arena (planned for up
 /// to `max_new_tokens` new tokens), attention scratch and `smelt_step`; weights and the KV
 /// cache come from the model's shared [`DeviceWeights`] and [`KvPool`].
@@ -217,24 +255,7 @@ impl Layout {
         max_new_tokens: usize,
     ) -> Result<Layout, CudaError> {
         let mut homes = HashMap::new();
-        // Constants (RoPE's inverse frequencies): small, one buffer per graph.
-        let constants: Vec<NodeId> =
-            graph.node_ids().filter(|&id| matches!(graph.node(id).op, Op::Constant { .. })).collect();
-        let mut host_bytes: Vec<u8> = Vec::new();
-        let mut offsets = Vec::new();
-        for &id in &constants {
-            let node = graph.node(id);
-            let Op::Constant { values } = &node.op else { unreachable!("filtered above") };
-            let t = Tensor::from_f32(node.dtype, node.shape.resolve(&Bindings::default()), values.to_vec());
-            offsets.push(host_bytes.len());
-            host_bytes.extend(storage_bytes(&t, node.dtype));
-            host_bytes.resize(align(host_bytes.len()), 0);
-        }
-        let constants_buffer = gpu.alloc(host_bytes.len(), "constants")?;
-        gpu.upload(constants_buffer.ptr(), &host_bytes, "uploading constants")?;
-        for (&id, offset) in constants.iter().zip(offsets) {
-            homes.insert(id.index(), constants_buffer.ptr() + offset as u64);
-        }
+        let constants_buffer = upload_constants(gpu, graph, &mut homes)?;
         for (name, id) in graph.weights() {
             let addr = weights
                 .by_name
@@ -255,21 +276,7 @@ impl Layout {
             homes.insert(b.node, arena.ptr() + b.offset as u64);
         }
 
-        // Attention scratch, sized for the longest context the pool holds.
-        let scratch_bytes = program
-            .launches
-            .iter()
-            .filter_map(|s| match s.params {
-                Params::AttentionSplit(spec) => Some(smelt_codegen::kernels::decode_attention_scratch_bytes(
-                    &spec,
-                    kv.shape.tokens(),
-                    max_new_tokens,
-                )),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        let scratch = gpu.alloc(scratch_bytes, "attention scratch")?;
+        let scratch = gpu.alloc(scratch_bytes(program, kv, max_new_tokens), "attention scratch")?;
         let step = gpu.alloc(STEP_BYTES, "the step parameters")?;
 
         let mut layout = Layout {
@@ -283,19 +290,27 @@ impl Layout {
             homes,
             launches: Vec::new(),
         };
+        layout.launches = layout.resolve_launches(graph, program)?;
+        Ok(layout)
+    }
+
+    /// Every launch of `program` with its parameters resolved to device addresses, the step
+    /// pointer last.
+    fn resolve_launches(&self, graph: &Graph, program: &Program) -> Result<Vec<ResolvedLaunch>, CudaError> {
+        let mut launches = Vec::new();
         for s in &program.launches {
-            let addr = |id: NodeId| layout.address(graph, id);
+            let addr = |id: NodeId| self.address(graph, id);
             let out = addr(s.node_id)?;
             let ins = s.operand_ids.iter().map(|&x| addr(x)).collect::<Result<Vec<_>, _>>()?;
             let mut params = match s.params {
                 Params::Standard => [ins, vec![out]].concat(),
-                Params::AttentionSplit(_) => [ins, vec![out, layout.scratch.ptr()]].concat(),
-                Params::AttentionCombine(_) => vec![layout.scratch.ptr(), out],
+                Params::AttentionSplit(_) => [ins, vec![out, self.scratch.ptr()]].concat(),
+                Params::AttentionCombine(_) => vec![self.scratch.ptr(), out],
             };
-            params.push(layout.step.ptr());
-            layout.launches.push(ResolvedLaunch { kernel: s.kernel, node: s.node_id, params });
+            params.push(self.step.ptr());
+            launches.push(ResolvedLaunch { kernel: s.kernel, node: s.node_id, params });
         }
-        Ok(layout)
+        Ok(launches)
     }
 
     /// The device address a kernel is given for value `id`: the storage under any views (the
