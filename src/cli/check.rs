@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use smelt::models::{CausalLm, Qwen3Config};
+use smelt::models::{CausalLm, Qwen3Config, Qwen3Cuda};
 use smelt::runtime::cuda::NodeCheck;
 
 use super::generate::{load, load_cuda};
@@ -57,55 +57,9 @@ pub fn run(a: Args) -> Result<()> {
     cuda.gpu_prefill |= !prefill.is_empty();
     cuda.batch_rows = a.batch.unwrap_or(0);
     let mut model = load_cuda(cpu, &cuda)?;
-    // Token ids drawn from a fixed sequence (Weyl), so a run is reproducible.
-    let token = |p: usize| ((p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % vocab;
     let (mut failed, mut checked) = (0, 0);
-    // Decode steps at the given positions, then the prefill chunks from a fresh sequence.
-    let mut runs: Vec<(String, Vec<NodeCheck>)> = Vec::new();
-    for &p in &positions {
-        let p = p as usize;
-        while model.position() < p {
-            model.forward_greedy(&[token(model.position()) as u32])?;
-        }
-        runs.push((format!("decode at position {p}"), model.check_step(token(p) as u32)?));
-    }
-    model.reset();
-    for &n in &prefill {
-        let at = model.position();
-        let chunk: Vec<u32> = (at..at + n as usize).map(|p| token(p) as u32).collect();
-        runs.push((format!("prefill of {n} tokens at position {at}"), model.check_prefill(&chunk)?));
-    }
-    for (what, checks) in runs {
-        println!("{what}: {} nodes", checks.len());
-        println!(
-            "  {:<36} {:<32} {:>6} {:>10} {:>10} {:>9}  result",
-            "node", "kernels", "dtype", "rel err", "max abs", "tol"
-        );
-        // The worst node of each kernel (every layer runs the same kernels), failures first.
-        let score = |c: &NodeCheck| if c.ok { c.rel_err / c.tolerance.max(1e-30) } else { f64::INFINITY };
-        let mut shown: Vec<&NodeCheck> = Vec::new();
-        for c in &checks {
-            match shown.iter_mut().find(|s| s.kernels == c.kernels) {
-                Some(s) if !a.verbose => {
-                    if score(c) > score(s) {
-                        *s = c;
-                    }
-                }
-                _ => shown.push(c),
-            }
-        }
-        for c in shown {
-            let result = if c.ok { "ok".to_string() } else { format!("FAIL ({} non-finite)", c.nonfinite) };
-            println!(
-                "  {:<36} {:<32} {:>6} {:>10.3e} {:>10.3e} {:>9.1e}  {result}",
-                c.node,
-                c.kernels.join("+"),
-                c.dtype.name(),
-                c.rel_err,
-                c.max_abs,
-                c.tolerance
-            );
-        }
+    for (what, checks) in check_runs(&mut model, &positions, &prefill, vocab)? {
+        print_checks(&what, &checks, a.verbose);
         checked += checks.len();
         failed += checks.iter().filter(|c| !c.ok).count();
     }
@@ -121,6 +75,67 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{failed} of {checked} kernel outputs differ from the CPU reference beyond tolerance");
     }
     Ok(())
+}
+
+/// Checks decode steps at `positions`, then the `prefill` chunks from a fresh sequence, on
+/// token ids drawn from a fixed sequence (Weyl), so a run is reproducible; returns each run's
+/// node checks under what it was.
+fn check_runs(
+    model: &mut Qwen3Cuda,
+    positions: &[u32],
+    prefill: &[u32],
+    vocab: u64,
+) -> Result<Vec<(String, Vec<NodeCheck>)>> {
+    let token = |p: usize| ((p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % vocab;
+    let mut runs: Vec<(String, Vec<NodeCheck>)> = Vec::new();
+    for &p in positions {
+        let p = p as usize;
+        while model.position() < p {
+            model.forward_greedy(&[token(model.position()) as u32])?;
+        }
+        runs.push((format!("decode at position {p}"), model.check_step(token(p) as u32)?));
+    }
+    model.reset();
+    for &n in prefill {
+        let at = model.position();
+        let chunk: Vec<u32> = (at..at + n as usize).map(|p| token(p) as u32).collect();
+        runs.push((format!("prefill of {n} tokens at position {at}"), model.check_prefill(&chunk)?));
+    }
+    Ok(runs)
+}
+
+/// Prints one run's checks: the worst node of each kernel (every layer runs the same kernels),
+/// failures first, or with `verbose` every node.
+fn print_checks(what: &str, checks: &[NodeCheck], verbose: bool) {
+    println!("{what}: {} nodes", checks.len());
+    println!(
+        "  {:<36} {:<32} {:>6} {:>10} {:>10} {:>9}  result",
+        "node", "kernels", "dtype", "rel err", "max abs", "tol"
+    );
+    let score = |c: &NodeCheck| if c.ok { c.rel_err / c.tolerance.max(1e-30) } else { f64::INFINITY };
+    let mut shown: Vec<&NodeCheck> = Vec::new();
+    for c in checks {
+        match shown.iter_mut().find(|s| s.kernels == c.kernels) {
+            Some(s) if !verbose => {
+                if score(c) > score(s) {
+                    *s = c;
+                }
+            }
+            _ => shown.push(c),
+        }
+    }
+    for c in shown {
+        let result = if c.ok { "ok".to_string() } else { format!("FAIL ({} non-finite)", c.nonfinite) };
+        println!(
+            "  {:<36} {:<32} {:>6} {:>10.3e} {:>10.3e} {:>9.1e}  {result}",
+            c.node,
+            c.kernels.join("+"),
+            c.dtype.name(),
+            c.rel_err,
+            c.max_abs,
+            c.tolerance
+        );
+    }
 }
 
 /// The worst row's relative error a batched step may have against the single-sequence step:
