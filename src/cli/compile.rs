@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use smelt::codegen::Arch;
+use smelt::codegen::{Arch, Program};
 use smelt::ir::cost::{parameter_count, weight_bytes_read};
 use smelt::ir::print::{op_histogram, to_dot, to_text};
 use smelt::ir::{Bindings, DType, Graph};
@@ -76,26 +76,8 @@ pub fn run(a: Args) -> Result<()> {
     let reads = Reads::new().maybe_file(config_path.as_deref(), "the config");
     // Checked and started before any work; dropped unfinished on an error, it leaves nothing.
     let mut dump = a.dump.as_deref().map(|dir| Dump::begin("--dump", dir, &reads)).transpose()?;
-    let (cfg, origin) = match (&a.model, &a.config) {
-        (Some(dir), _) => {
-            let dir = super::model_dir_arg(dir)?;
-            let path = dir.join("config.json");
-            (Qwen3Config::from_file(&path)?, path.display().to_string())
-        }
-        (None, Some(path)) => (Qwen3Config::from_file(path)?, path.display().to_string()),
-        (None, None) => (Qwen3Config::qwen3_0_6b(), "embedded Qwen3-0.6B config".to_string()),
-    };
-    let prefill_tokens = a.prefill_tokens.unwrap_or(512.min(cfg.max_position_embeddings));
-    let kv_block_tokens =
-        a.kv_block_tokens.unwrap_or(smelt::passes::DEFAULT_BLOCK_TOKENS.min(cfg.max_position_embeddings));
-    for (flag, value) in [("--prefill-tokens", prefill_tokens), ("--kv-block-tokens", kv_block_tokens)] {
-        if value > cfg.max_position_embeddings {
-            bail!(
-                "{flag} {value} is more than the model's context ({} tokens, max_position_embeddings)",
-                cfg.max_position_embeddings
-            );
-        }
-    }
+    let (cfg, origin) = config(&a)?;
+    let (prefill_tokens, kv_block_tokens) = context_sizes(&a, &cfg)?;
     let dtype = a.dtype.map(DType::from).or(cfg.checkpoint_dtype).unwrap_or(DType::BF16);
     let opts = |phase, logits| DeclareOptions { phase, dtype, logits };
     let mut decode = declare(&cfg, opts(Phase::Decode, Logits::LastPosition)).context("declaring the decode graph")?;
@@ -104,71 +86,12 @@ pub fn run(a: Args) -> Result<()> {
     let primitive = (decode.clone(), prefill.clone());
     print!("{}", summary(&cfg, &origin, dtype, &decode, &prefill)?);
     let mut pass_dumps = Vec::new();
+    let (mut program, mut prefill_program) = (None, None);
     if !a.no_fuse {
-        let keep = a.dump.is_some() || a.dump_after.is_some();
-        let pipeline = smelt::passes::pipeline::standard().keep_text(keep);
-        if let Some(name) = &a.dump_after {
-            if !pipeline.names().contains(&name.as_str()) {
-                bail!("--dump-after {name}: no such pass (passes: {})", pipeline.names().join(", "));
-            }
-        }
-        let runs = pipeline.run(&mut decode, "qwen3.decode").context("compiling the decode graph")?;
-        pipeline.run(&mut prefill, "qwen3.prefill").context("compiling the prefill graph")?;
-        println!("pass pipeline (decode graph):");
-        for (i, r) in runs.iter().enumerate() {
-            println!(
-                "  {:02} {:<20} matched {:>4}  changed {:>4}  nodes {:>5}  {:>8.2} ms  {}",
-                i + 1,
-                r.name,
-                r.report.matched,
-                r.report.changed,
-                r.nodes,
-                r.elapsed.as_secs_f64() * 1e3,
-                r.report.notes.join("; ")
-            );
-        }
-        if let Some(name) = &a.dump_after {
-            if let Some(r) = runs.iter().find(|r| r.name == name) {
-                print!("{}", r.text.as_deref().unwrap_or_default());
-            }
-        }
-        pass_dumps =
-            runs.into_iter().enumerate().map(|(i, r)| (format!("{:02}-{}.txt", i + 1, r.name), r.text)).collect();
+        pass_dumps = run_passes(&a, &mut decode, &mut prefill)?;
+        program = emit_decode(&decode);
+        prefill_program = emit_prefill(&prefill);
     }
-    let program = if a.no_fuse {
-        None
-    } else {
-        // A model the emitters cannot handle yet still compiles to a graph and a plan.
-        match smelt::codegen::emit(&decode) {
-            Ok(program) => {
-                print!("{}", super::kernels::table(&program));
-                Some(program)
-            }
-            Err(e) => {
-                println!("decode kernels: not generated: {e}");
-                None
-            }
-        }
-    };
-    let prefill_program = if a.no_fuse {
-        None
-    } else {
-        match smelt::codegen::emit(&prefill) {
-            Ok(p) => {
-                let gemms = p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "linear_gemm").count();
-                println!(
-                    "prefill kernels: {} launches of {} kernels ({gemms} tensor-core GEMMs)",
-                    p.launches.len(),
-                    p.kernels.len()
-                );
-                Some(p)
-            }
-            Err(e) => {
-                println!("prefill kernels: not generated: {e}");
-                None
-            }
-        }
-    };
     let plan = Plan::new(&decode, &prefill, prefill_tokens, kv_block_tokens, a.kv_budget_gib)?;
     print!("{}", plan.summary(a.no_fuse));
     if let Some(out) = &mut dump {
@@ -197,6 +120,106 @@ pub fn run(a: Args) -> Result<()> {
         println!("dumped graphs, passes/ and plan.json to {}", dir.display());
     }
     Ok(())
+}
+
+/// The config `--model` or `--config` names, or the embedded Qwen3-0.6B one; and where it
+/// came from.
+fn config(a: &Args) -> Result<(Qwen3Config, String)> {
+    Ok(match (&a.model, &a.config) {
+        (Some(dir), _) => {
+            let dir = super::model_dir_arg(dir)?;
+            let path = dir.join("config.json");
+            (Qwen3Config::from_file(&path)?, path.display().to_string())
+        }
+        (None, Some(path)) => (Qwen3Config::from_file(path)?, path.display().to_string()),
+        (None, None) => (Qwen3Config::qwen3_0_6b(), "embedded Qwen3-0.6B config".to_string()),
+    })
+}
+
+/// `--prefill-tokens` and `--kv-block-tokens`, or their defaults, checked against the model's
+/// context.
+fn context_sizes(a: &Args, cfg: &Qwen3Config) -> Result<(usize, usize)> {
+    let prefill_tokens = a.prefill_tokens.unwrap_or(512.min(cfg.max_position_embeddings));
+    let kv_block_tokens =
+        a.kv_block_tokens.unwrap_or(smelt::passes::DEFAULT_BLOCK_TOKENS.min(cfg.max_position_embeddings));
+    for (flag, value) in [("--prefill-tokens", prefill_tokens), ("--kv-block-tokens", kv_block_tokens)] {
+        if value > cfg.max_position_embeddings {
+            bail!(
+                "{flag} {value} is more than the model's context ({} tokens, max_position_embeddings)",
+                cfg.max_position_embeddings
+            );
+        }
+    }
+    Ok((prefill_tokens, kv_block_tokens))
+}
+
+/// Runs the pass pipeline on both graphs and prints what each pass did to the decode graph
+/// (and the decode graph after the `--dump-after` pass); returns the decode graph's text after
+/// each pass, by dump file name (kept only when dumped).
+fn run_passes(a: &Args, decode: &mut Graph, prefill: &mut Graph) -> Result<Vec<(String, Option<String>)>> {
+    let keep = a.dump.is_some() || a.dump_after.is_some();
+    let pipeline = smelt::passes::pipeline::standard().keep_text(keep);
+    if let Some(name) = &a.dump_after {
+        if !pipeline.names().contains(&name.as_str()) {
+            bail!("--dump-after {name}: no such pass (passes: {})", pipeline.names().join(", "));
+        }
+    }
+    let runs = pipeline.run(decode, "qwen3.decode").context("compiling the decode graph")?;
+    pipeline.run(prefill, "qwen3.prefill").context("compiling the prefill graph")?;
+    println!("pass pipeline (decode graph):");
+    for (i, r) in runs.iter().enumerate() {
+        println!(
+            "  {:02} {:<20} matched {:>4}  changed {:>4}  nodes {:>5}  {:>8.2} ms  {}",
+            i + 1,
+            r.name,
+            r.report.matched,
+            r.report.changed,
+            r.nodes,
+            r.elapsed.as_secs_f64() * 1e3,
+            r.report.notes.join("; ")
+        );
+    }
+    if let Some(name) = &a.dump_after {
+        if let Some(r) = runs.iter().find(|r| r.name == name) {
+            print!("{}", r.text.as_deref().unwrap_or_default());
+        }
+    }
+    Ok(runs.into_iter().enumerate().map(|(i, r)| (format!("{:02}-{}.txt", i + 1, r.name), r.text)).collect())
+}
+
+/// The decode kernels, their table printed; none (and why, printed) for a model the emitters
+/// cannot handle yet, which still compiles to a graph and a plan.
+fn emit_decode(decode: &Graph) -> Option<Program> {
+    match smelt::codegen::emit(decode) {
+        Ok(program) => {
+            print!("{}", super::kernels::table(&program));
+            Some(program)
+        }
+        Err(e) => {
+            println!("decode kernels: not generated: {e}");
+            None
+        }
+    }
+}
+
+/// The prefill kernels, counted on one line; none (and why, printed) if they cannot be
+/// generated.
+fn emit_prefill(prefill: &Graph) -> Option<Program> {
+    match smelt::codegen::emit(prefill) {
+        Ok(p) => {
+            let gemms = p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "linear_gemm").count();
+            println!(
+                "prefill kernels: {} launches of {} kernels ({gemms} tensor-core GEMMs)",
+                p.launches.len(),
+                p.kernels.len()
+            );
+            Some(p)
+        }
+        Err(e) => {
+            println!("prefill kernels: not generated: {e}");
+            None
+        }
+    }
 }
 
 /// The figures of `plan.json` (a contract for outside checks) and of the printed summary.
