@@ -1,0 +1,183 @@
+//! `smelt compile`: the summary it prints, the graphs, kernels and plan.json it dumps, for the
+//! embedded Qwen3-0.6B config, the 8B config and the fixture models.
+
+use std::path::Path;
+
+use crate::common::*;
+
+/// Total element count of every tensor in a fixture's checkpoint (single file or shards).
+fn checkpoint_numel(dir: &Path) -> usize {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("model") && name.ends_with(".safetensors")) {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        total += st.tensors().iter().map(|(_, t)| t.shape().iter().product::<usize>()).sum::<usize>();
+    }
+    total
+}
+
+/// The `  decode graph: N ops: kind n, kind n, ...` line, parsed to (N, [(kind, n)]).
+fn op_histogram_line(stdout: &str, graph: &str) -> (usize, Vec<(String, usize)>) {
+    let prefix = format!("{graph} graph: ");
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{stdout}"));
+    let rest = &line[prefix.len()..];
+    let (total, hist) = rest.split_once(" ops: ").unwrap_or_else(|| panic!("bad histogram line {line:?}"));
+    let total: usize = total.parse().unwrap_or_else(|_| panic!("bad op count in {line:?}"));
+    let hist = hist
+        .split(", ")
+        .map(|kv| {
+            let (k, n) = kv.rsplit_once(' ').unwrap_or_else(|| panic!("bad entry {kv:?} in {line:?}"));
+            (k.to_string(), n.parse().unwrap_or_else(|_| panic!("bad count {kv:?} in {line:?}")))
+        })
+        .collect();
+    (total, hist)
+}
+
+#[test]
+fn compile_default_prints_qwen3_0_6b_summary() {
+    let (stdout, _) = smelt_ok(&["compile"]);
+    assert!(stdout.contains("596049920"), "parameter count missing:\n{stdout}");
+    assert!(stdout.contains("114688"), "KV bytes per token (bf16) missing:\n{stdout}");
+    assert!(stdout.contains("28 layers"), "{stdout}");
+    let (total, hist) = op_histogram_line(&stdout, "decode");
+    assert_eq!(hist.iter().map(|(_, n)| n).sum::<usize>(), total, "histogram does not add up to the op count");
+    let count = |kind: &str| hist.iter().find(|(k, _)| k == kind).map(|&(_, n)| n);
+    // One attention and two cache appends per layer, one greedy argmax.
+    assert_eq!(count("attention"), Some(28), "{stdout}");
+    assert_eq!(count("kv_append"), Some(56), "{stdout}");
+    assert_eq!(count("argmax"), Some(1), "{stdout}");
+    assert!(count("matmul").is_some_and(|n| n > 0), "{stdout}");
+    op_histogram_line(&stdout, "prefill");
+}
+
+#[test]
+fn compile_dump_writes_text_and_dot_graphs() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A directory that does not exist yet, nested: --dump creates it.
+    let dir = tmp.path().join("graphs/qwen3");
+    let (stdout, _) = smelt_ok(&["compile", "--dump", path_str(&dir)]);
+    assert!(stdout.contains(path_str(&dir)), "{stdout}");
+    for graph in ["decode", "prefill"] {
+        let txt = std::fs::read_to_string(dir.join(format!("{graph}.txt"))).unwrap();
+        assert!(txt.starts_with(&format!("graph qwen3.{graph} {{")), "{graph}.txt starts with {:?}", &txt[..80]);
+        assert!(txt.len() > 1000, "{graph}.txt is suspiciously short");
+        let dot = std::fs::read_to_string(dir.join(format!("{graph}.dot"))).unwrap();
+        assert!(dot.starts_with("digraph"), "{graph}.dot starts with {:?}", &dot[..40.min(dot.len())]);
+        assert!(dot.contains(&format!("qwen3.{graph}")) && dot.contains("->"), "{graph}.dot has no edges");
+    }
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let expected = [
+        ".smelt-dump.json",
+        "decode.dot",
+        "decode.primitive.dot",
+        "decode.primitive.txt",
+        "decode.txt",
+        "kernels",
+        "kernels.json",
+        "kernels.prefill.json",
+        "passes",
+        "plan.json",
+        "prefill.dot",
+        "prefill.primitive.dot",
+        "prefill.primitive.txt",
+        "prefill.txt",
+    ];
+    assert_eq!(names, expected, "no stray (partial) files");
+    // One dump per pass, numbered in pipeline order; the last is the final graph.
+    let mut passes: Vec<String> = std::fs::read_dir(dir.join("passes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    passes.sort();
+    assert_eq!(passes.first().map(String::as_str), Some("01-canonicalize.txt"), "{passes:?}");
+    assert!(passes.iter().any(|p| p.ends_with("-fuse_rmsnorm.txt")), "{passes:?}");
+    let last = std::fs::read_to_string(dir.join("passes").join(passes.last().unwrap())).unwrap();
+    assert_eq!(last, std::fs::read_to_string(dir.join("decode.txt")).unwrap());
+    // Every kernel's CUDA C, and kernels.json listing them with their launches.
+    let cu = std::fs::read_to_string(dir.join("kernels/qkv_gemv_rmsnorm.cu")).unwrap();
+    assert!(cu.contains("extern \"C\" __global__") && cu.contains(" qkv_gemv_rmsnorm("), "{cu}");
+    let kernels: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("kernels.json")).unwrap()).unwrap();
+    let list = kernels["kernels"].as_array().unwrap();
+    assert_eq!(list.len(), 11);
+    assert!(list.iter().all(|k| k["name"].is_string() && k["launch"]["block"].as_u64().unwrap() > 0));
+    let calls: u64 = list.iter().map(|k| k["calls_per_step"].as_u64().unwrap()).sum();
+    assert_eq!(calls, 28 * 8 + 3);
+    // The prefill program's kernels (tensor-core GEMMs, flash attention) in their own folder.
+    let prefill = std::fs::read_to_string(dir.join("kernels/prefill/gate_up_swiglu_gemm_epilogue.cu")).unwrap();
+    assert!(prefill.contains("mma.sync.aligned.m16n8k16"), "the GEMM uses tensor cores");
+    assert!(dir.join("kernels/prefill/prefill_attention.cu").is_file());
+}
+
+/// `plan.json` is a contract for outside checks.
+#[test]
+fn compile_writes_plan_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (stdout, _) = smelt_ok(&["compile", "--dump", path_str(tmp.path())]);
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("plan.json")).unwrap()).unwrap();
+    let decode = &plan["decode"];
+    assert_eq!(decode["ops_per_layer"], 7, "{plan}");
+    assert_eq!(decode["ops"], 28 * 7 + 3, "{plan}");
+    assert!(decode["arena_bytes"].as_u64().unwrap() <= 2 << 20, "{plan}");
+    assert!(plan["prefill"]["ops"].as_u64().unwrap() > 0 && plan["prefill"]["arena_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(plan["kv"]["dtype"], "bf16");
+    assert_eq!(plan["kv"]["block_tokens"], 16);
+    assert_eq!(plan["kv"]["bytes_per_token"], 114_688);
+    // The kernel table adds up to the model's weights plus KV reads at context 1024.
+    assert!(stdout.contains("total: 227 launches of 11 kernels"), "{stdout}");
+    assert!(stdout.contains("floor 0.438 ms/token on an H100"), "{stdout}");
+    // The same figures are printed.
+    assert!(stdout.contains("199 fused ops, at most 7 per layer, 3 outside the layers"), "{stdout}");
+    assert!(stdout.contains(&format!("activation arena: {} bytes", decode["arena_bytes"])), "{stdout}");
+}
+
+#[test]
+fn compile_no_fuse_and_dump_after() {
+    let (stdout, _) = smelt_ok(&["compile", "--no-fuse"]);
+    assert!(stdout.contains("primitive ops (--no-fuse)") && !stdout.contains("pass pipeline"), "{stdout}");
+    let (stdout, _) = smelt_ok(&["compile", "--dump-after", "fuse_rmsnorm"]);
+    assert!(stdout.contains("graph qwen3.decode {") && stdout.contains("rmsnorm[eps=1e-6]"), "{stdout}");
+    let out = smelt(&["compile", "--dump-after", "no_such_pass"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fuse_rmsnorm"), "the error lists the passes");
+}
+
+#[test]
+fn compile_with_qwen3_8b_config() {
+    let (stdout, _) = smelt_ok(&["compile", "--config", "models/assets/qwen3/configs/qwen3-8b.json"]);
+    assert!(stdout.contains("qwen3-8b.json"), "{stdout}");
+    assert!(stdout.contains("36 layers") && stdout.contains("hidden 4096"), "{stdout}");
+    // Untied 8B: 8,190,735,360 parameters; KV = 36 layers * 2 * 8 heads * 128 * 2 bytes.
+    assert!(stdout.contains("8190735360"), "{stdout}");
+    assert!(stdout.contains("147456"), "{stdout}");
+    let (_, hist) = op_histogram_line(&stdout, "decode");
+    assert!(hist.contains(&("attention".to_string(), 36)), "{stdout}");
+}
+
+#[test]
+fn compile_with_fixture_model_dir() {
+    for name in FIXTURES {
+        let dir = fixture_dir(name);
+        let (stdout, _) = smelt_ok(&["compile", "--model", path_str(&dir)]);
+        assert!(stdout.contains(path_str(&dir.join("config.json"))), "{name}: origin missing:\n{stdout}");
+        // The graph's parameter count is exactly what the checkpoint holds.
+        let params = checkpoint_numel(&dir);
+        assert!(stdout.contains(&format!("parameters: {params} ")), "{name}: expected {params} parameters:\n{stdout}");
+        op_histogram_line(&stdout, "decode");
+    }
+    // one-token: 2 layers * 2 (K, V) * 1 KV head * head_dim 32 * 2 bytes (bf16 checkpoint).
+    let (stdout, _) = smelt_ok(&["compile", "--model", path_str(&fixture_dir("one-token"))]);
+    assert!(stdout.contains("dtype bf16") && stdout.contains("+ 256 of KV cache"), "{stdout}");
+}
