@@ -201,106 +201,130 @@ fn batched_v_append(name: &str, qkv: &Tensor, dtype: DType) -> Run {
     }
 }
 
-#[test]
-fn kernels_emulated_on_the_host_match_eval() {
+/// Operands every dtype shares, for T = 3 rows: RoPE's inverse frequencies, positions (far
+/// ones for q: large angles; the next ones for k) and the gathered ids.
+struct Shared {
+    inv_freq: Tensor,
+    q_pos: Tensor,
+    k_pos: Tensor,
+    ids: Tensor,
+}
+
+/// Every kernel's run in `dtype` at T = 3 after P = 37, its operands drawn from `r`.
+fn dtype_runs(r: &mut u64, dtype: DType, shared: &Shared) -> Vec<Run> {
     let (t, p, s, eps) = (3, 37, Dim::Sym(Sym::NewTokens), EPS);
     let (tok, past) = (|n: usize| shape![Sym::NewTokens, n], shape![Sym::CachedTokens, KV_HEADS, HEAD_DIM]);
-    let mut r = 0x5eed;
+    let Shared { inv_freq, q_pos, k_pos, ids } = shared;
     let mut runs = Vec::new();
+    let name = |k: &str| format!("{k}_{dtype}");
+    let (qkv, w) = (tensor(r, dtype, &[t, QKV], -3.0, 3.0), tensor(r, dtype, &[HEAD_DIM], 0.5, 1.5));
+    let (x, x_w) = (tensor(r, dtype, &[t, HIDDEN], -3.0, 3.0), tensor(r, dtype, &[HIDDEN], 0.5, 1.5));
+    let (k_cache, v_cache) =
+        (tensor(r, dtype, &[p, KV_HEADS, HEAD_DIM], -3.0, 3.0), tensor(r, dtype, &[p, KV_HEADS, HEAD_DIM], -3.0, 3.0));
+    let embed = tensor(r, dtype, &[300, HIDDEN], -1.0, 1.0);
+    let rope_ins = |pos| {
+        let pos_shape = shape![Sym::NewTokens];
+        vec![
+            ("qkv", &qkv, tok(QKV)),
+            ("w", &w, shape![HEAD_DIM]),
+            ("pos", pos, pos_shape),
+            ("inv", inv_freq, shape![HEAD_DIM / 2]),
+        ]
+    };
+    let want =
+        eval(&[("x", &x, tok(HIDDEN)), ("w", &x_w, shape![HIDDEN])], |b, i| b.op("n", Op::RmsNorm { eps }, i).unwrap());
+    let kernel = rmsnorm(&name("norm"), s, HIDDEN, dtype, eps, View::contiguous(HIDDEN));
+    runs.push(Run { kernel, bufs: vec![x, x_w, want.clone()], table: vec![], t, want, rows: None });
+    let want = eval(&rope_ins(q_pos), |b, i| {
+        let x = heads_of(b, i[0], Q_VIEW, HEADS);
+        b.op("q", Op::NormRope { eps, append: false }, &[x, i[1], i[2], i[3]]).unwrap()
+    });
+    let kernel = norm_rope(&name("q"), HEADS, HEAD_DIM, dtype, eps, Q_VIEW);
+    let bufs = vec![qkv.clone(), w.clone(), q_pos.clone(), inv_freq.clone(), want.clone()];
+    runs.push(Run { kernel, bufs, table: vec![], t, want, rows: None });
+    let mut ins = rope_ins(k_pos);
+    ins.push(("cache", &k_cache, past.clone()));
+    let want = eval(&ins, |b, i| {
+        let x = heads_of(b, i[0], K_VIEW, KV_HEADS);
+        b.op("k", Op::NormRope { eps, append: true }, &[x, i[1], i[2], i[3], i[4]]).unwrap()
+    });
+    let ((before, table), (want, _)) = (paged(&k_cache, p + t), paged(&want, p + t));
+    let kernel = norm_rope_kv_append(&name("k"), KV_HEADS, HEAD_DIM, dtype, eps, K_VIEW);
+    let bufs = vec![qkv.clone(), w.clone(), k_pos.clone(), inv_freq.clone(), before.clone(), before];
+    runs.push(Run { kernel, bufs, table, t, want, rows: None });
+    let want = eval(&[("cache", &v_cache, past.clone()), ("qkv", &qkv, tok(QKV))], |b, i| {
+        let x = heads_of(b, i[1], V_VIEW, KV_HEADS);
+        b.op("v", Op::KvAppend, &[i[0], x]).unwrap()
+    });
+    let ((before, table), (want, _)) = (paged(&v_cache, p + t), paged(&want, p + t));
+    let kernel = kv_append(&name("v"), KV_HEADS, HEAD_DIM, dtype, V_VIEW);
+    runs.push(Run { kernel, bufs: vec![before.clone(), qkv.clone(), before], table, t, want, rows: None });
+    runs.push(batched_v_append(&name("v_rows"), &qkv, dtype));
+    let want = eval(&[("e", &embed, shape![300, HIDDEN]), ("ids", ids, shape![Sym::NewTokens])], |b, i| {
+        b.gather("g", i[0], i[1]).unwrap()
+    });
+    let kernel = gather(&name("g"), s, HIDDEN, dtype);
+    runs.push(Run { kernel, bufs: vec![embed, ids.clone(), want.clone()], table: vec![], t, want, rows: None });
+    runs.push(argmax_run(r, dtype, &name("a")));
+    runs
+}
+
+/// ArgMax rows: random (16-bit rounding makes ties), a repeated maximum, a NaN first, a NaN
+/// and an inf elsewhere, all -inf, a long run of NaNs (each non-finite row: -1).
+fn argmax_run(r: &mut u64, dtype: DType, name: &str) -> Run {
+    let mut v = tensor(r, dtype, &[6, VOCAB], -8.0, 8.0).to_f32_vec();
+    let at = |i: usize, k: usize| i * VOCAB + k;
+    (v[at(1, 5000)], v[at(1, 100000)], v[at(2, 0)], v[at(2, 7)]) = (9.0, 9.0, f32::NAN, 9.0);
+    (v[at(3, 1)], v[at(3, 150000)], v[at(3, 9)]) = (f32::NAN, f32::INFINITY, 9.0);
+    v[at(4, 0)..at(5, 0)].fill(f32::NEG_INFINITY);
+    v[at(5, 3)..at(5, 60000)].fill(f32::NAN);
+    let x = Tensor::from_f32(dtype, vec![6, VOCAB], v);
+    let want = eval(&[("x", &x, shape![Sym::NewTokens, VOCAB])], |b, i| b.op("a", Op::ArgMax { axis: 1 }, i).unwrap());
+    assert_eq!(want.i32s().map(|w| &w[1..6]), Some(&[5000, -1, -1, -1, -1][..]), "eval's argmax");
+    let kernel = argmax(name, Dim::Sym(Sym::NewTokens), VOCAB, dtype);
+    Run { kernel, bufs: vec![x, want.clone()], table: vec![], t: 6, want, rows: None }
+}
+
+/// A kernel's output bytes `got` against eval's: bit for bit, except where the norm's f32 sum
+/// rounds differently.
+fn check_against_eval(run: &Run, got: &[u8]) {
+    let (kind, dtype, want) = (run.kernel.kind, run.want.dtype(), run.want.to_f32_vec());
+    assert_eq!(got.len(), bytes(&run.want).len(), "{}: output size", run.kernel.name);
+    let got = decode(dtype, got);
+    let differ = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
+    let worst = worst_relative(&got, &want, dtype);
+    eprintln!("{}: {differ} of {} differ from eval, worst relative error {worst:e}", run.kernel.name, want.len());
+    // The norm's sum order can move the inverse norm by an f32 ulp, and so the rounded
+    // normed value by an ulp, and the output (times the weight, or rotated, which can
+    // cancel) by two: under 1% of the 16-bit results move; in f32 most move a little.
+    // Relative per element (`worst_relative`), each with the worst measured: bf16 2^-6
+    // (6.3e-3, q), f16 2^-5 (1.9e-2, q: an output at 2^-10 of the largest, from one ulp of
+    // its normed input), f32 1e-6 (2.3e-7); every other kernel bit-exact.
+    let exact = !matches!(kind, "rmsnorm" | "norm_rope" | "norm_rope_kv_append");
+    let (few, tol) = match dtype {
+        DType::BF16 => (differ * 100 < want.len(), 2f32.powi(-6)),
+        DType::F16 => (differ * 100 < want.len(), 2f32.powi(-5)),
+        _ => (true, 1e-6),
+    };
+    let ok = differ == 0 || (!exact && few && worst <= tol);
+    assert!(ok, "{}: {differ} elements differ, by up to {worst:e}", run.kernel.name);
+}
+
+#[test]
+fn kernels_emulated_on_the_host_match_eval() {
+    let t = 3;
     let inv_freq: Vec<f32> = (0..HEAD_DIM / 2).map(|i| 1e6f32.powf(-2.0 * i as f32 / HEAD_DIM as f32)).collect();
-    let inv_freq = Tensor::from_f32(DType::F32, vec![HEAD_DIM / 2], inv_freq);
-    // Far positions for q (large angles), the next ones for k.
-    let (q_pos, k_pos) =
-        (Tensor::from_i32(vec![t], vec![40000, 12345, 7]), Tensor::from_i32(vec![t], vec![37, 38, 39]));
-    let ids = Tensor::from_i32(vec![t], vec![299, 0, 17]);
-    for dtype in [DType::BF16, DType::F16, DType::F32] {
-        let name = |k: &str| format!("{k}_{dtype}");
-        let (qkv, w) = (tensor(&mut r, dtype, &[t, QKV], -3.0, 3.0), tensor(&mut r, dtype, &[HEAD_DIM], 0.5, 1.5));
-        let (x, x_w) = (tensor(&mut r, dtype, &[t, HIDDEN], -3.0, 3.0), tensor(&mut r, dtype, &[HIDDEN], 0.5, 1.5));
-        let (k_cache, v_cache) = (
-            tensor(&mut r, dtype, &[p, KV_HEADS, HEAD_DIM], -3.0, 3.0),
-            tensor(&mut r, dtype, &[p, KV_HEADS, HEAD_DIM], -3.0, 3.0),
-        );
-        let embed = tensor(&mut r, dtype, &[300, HIDDEN], -1.0, 1.0);
-        let rope_ins = |pos| {
-            let pos_shape = shape![Sym::NewTokens];
-            vec![
-                ("qkv", &qkv, tok(QKV)),
-                ("w", &w, shape![HEAD_DIM]),
-                ("pos", pos, pos_shape),
-                ("inv", &inv_freq, shape![HEAD_DIM / 2]),
-            ]
-        };
-        let want = eval(&[("x", &x, tok(HIDDEN)), ("w", &x_w, shape![HIDDEN])], |b, i| {
-            b.op("n", Op::RmsNorm { eps }, i).unwrap()
-        });
-        let kernel = rmsnorm(&name("norm"), s, HIDDEN, dtype, eps, View::contiguous(HIDDEN));
-        runs.push(Run { kernel, bufs: vec![x, x_w, want.clone()], table: vec![], t, want, rows: None });
-        let want = eval(&rope_ins(&q_pos), |b, i| {
-            let x = heads_of(b, i[0], Q_VIEW, HEADS);
-            b.op("q", Op::NormRope { eps, append: false }, &[x, i[1], i[2], i[3]]).unwrap()
-        });
-        let kernel = norm_rope(&name("q"), HEADS, HEAD_DIM, dtype, eps, Q_VIEW);
-        let bufs = vec![qkv.clone(), w.clone(), q_pos.clone(), inv_freq.clone(), want.clone()];
-        runs.push(Run { kernel, bufs, table: vec![], t, want, rows: None });
-        let mut ins = rope_ins(&k_pos);
-        ins.push(("cache", &k_cache, past.clone()));
-        let want = eval(&ins, |b, i| {
-            let x = heads_of(b, i[0], K_VIEW, KV_HEADS);
-            b.op("k", Op::NormRope { eps, append: true }, &[x, i[1], i[2], i[3], i[4]]).unwrap()
-        });
-        let ((before, table), (want, _)) = (paged(&k_cache, p + t), paged(&want, p + t));
-        let kernel = norm_rope_kv_append(&name("k"), KV_HEADS, HEAD_DIM, dtype, eps, K_VIEW);
-        let bufs = vec![qkv.clone(), w.clone(), k_pos.clone(), inv_freq.clone(), before.clone(), before];
-        runs.push(Run { kernel, bufs, table, t, want, rows: None });
-        let want = eval(&[("cache", &v_cache, past.clone()), ("qkv", &qkv, tok(QKV))], |b, i| {
-            let x = heads_of(b, i[1], V_VIEW, KV_HEADS);
-            b.op("v", Op::KvAppend, &[i[0], x]).unwrap()
-        });
-        let ((before, table), (want, _)) = (paged(&v_cache, p + t), paged(&want, p + t));
-        let kernel = kv_append(&name("v"), KV_HEADS, HEAD_DIM, dtype, V_VIEW);
-        runs.push(Run { kernel, bufs: vec![before.clone(), qkv.clone(), before], table, t, want, rows: None });
-        runs.push(batched_v_append(&name("v_rows"), &qkv, dtype));
-        let want = eval(&[("e", &embed, shape![300, HIDDEN]), ("ids", &ids, shape![Sym::NewTokens])], |b, i| {
-            b.gather("g", i[0], i[1]).unwrap()
-        });
-        let kernel = gather(&name("g"), s, HIDDEN, dtype);
-        runs.push(Run { kernel, bufs: vec![embed, ids.clone(), want.clone()], table: vec![], t, want, rows: None });
-        // ArgMax rows: random (16-bit rounding makes ties), a repeated maximum, a NaN first,
-        // a NaN and an inf elsewhere, all -inf, a long run of NaNs (each non-finite row: -1).
-        let mut v = tensor(&mut r, dtype, &[6, VOCAB], -8.0, 8.0).to_f32_vec();
-        let at = |i: usize, k: usize| i * VOCAB + k;
-        (v[at(1, 5000)], v[at(1, 100000)], v[at(2, 0)], v[at(2, 7)]) = (9.0, 9.0, f32::NAN, 9.0);
-        (v[at(3, 1)], v[at(3, 150000)], v[at(3, 9)]) = (f32::NAN, f32::INFINITY, 9.0);
-        v[at(4, 0)..at(5, 0)].fill(f32::NEG_INFINITY);
-        v[at(5, 3)..at(5, 60000)].fill(f32::NAN);
-        let x = Tensor::from_f32(dtype, vec![6, VOCAB], v);
-        let want = eval(&[("x", &x, tok(VOCAB))], |b, i| b.op("a", Op::ArgMax { axis: 1 }, i).unwrap());
-        assert_eq!(want.i32s().map(|w| &w[1..6]), Some(&[5000, -1, -1, -1, -1][..]), "eval's argmax");
-        let kernel = argmax(&name("a"), s, VOCAB, dtype);
-        runs.push(Run { kernel, bufs: vec![x, want.clone()], table: vec![], t: 6, want, rows: None });
-    }
+    let shared = Shared {
+        inv_freq: Tensor::from_f32(DType::F32, vec![HEAD_DIM / 2], inv_freq),
+        q_pos: Tensor::from_i32(vec![t], vec![40000, 12345, 7]),
+        k_pos: Tensor::from_i32(vec![t], vec![37, 38, 39]),
+        ids: Tensor::from_i32(vec![t], vec![299, 0, 17]),
+    };
+    let mut r = 0x5eed;
+    let runs: Vec<Run> =
+        [DType::BF16, DType::F16, DType::F32].into_iter().flat_map(|d| dtype_runs(&mut r, d, &shared)).collect();
     let Some(got) = emulate(&runs) else { return };
     for (run, got) in runs.iter().zip(&got) {
-        let (kind, dtype, want) = (run.kernel.kind, run.want.dtype(), run.want.to_f32_vec());
-        assert_eq!(got.len(), bytes(&run.want).len(), "{}: output size", run.kernel.name);
-        let got = decode(dtype, got);
-        let differ = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
-        let worst = worst_relative(&got, &want, dtype);
-        eprintln!("{}: {differ} of {} differ from eval, worst relative error {worst:e}", run.kernel.name, want.len());
-        // The norm's sum order can move the inverse norm by an f32 ulp, and so the rounded
-        // normed value by an ulp, and the output (times the weight, or rotated, which can
-        // cancel) by two: under 1% of the 16-bit results move; in f32 most move a little.
-        // Relative per element (`worst_relative`), each with the worst measured: bf16 2^-6
-        // (6.3e-3, q), f16 2^-5 (1.9e-2, q: an output at 2^-10 of the largest, from one ulp of
-        // its normed input), f32 1e-6 (2.3e-7); every other kernel bit-exact.
-        let exact = !matches!(kind, "rmsnorm" | "norm_rope" | "norm_rope_kv_append");
-        let (few, tol) = match dtype {
-            DType::BF16 => (differ * 100 < want.len(), 2f32.powi(-6)),
-            DType::F16 => (differ * 100 < want.len(), 2f32.powi(-5)),
-            _ => (true, 1e-6),
-        };
-        let ok = differ == 0 || (!exact && few && worst <= tol);
-        assert!(ok, "{}: {differ} elements differ, by up to {worst:e}", run.kernel.name);
+        check_against_eval(run, got);
     }
 }
