@@ -158,11 +158,6 @@ impl BlockPool {
         (key.parent == parent && key.tokens == tokens).then_some(id)
     }
 
-    /// Whether a block with key `hash` is cached.
-    pub fn contains(&self, hash: u64) -> bool {
-        self.by_hash.contains_key(&hash)
-    }
-
     /// Offers held block `id`, now full of `tokens`' KV after prefix `parent`, to the cache.
     /// Returns false (and leaves it private) when prefix caching is off or the same content
     /// is already cached in another block.
@@ -269,6 +264,21 @@ mod tests {
         let reused = (0..4).map(|_| pool.allocate().unwrap()).find(|&id| id == p).unwrap();
         pool.register(reused, ROOT_HASH, &[5, 6]);
         assert_eq!(pool.lookup(chain_hash(ROOT_HASH, &[5, 6]), &[3, 4]), None);
+    }
+
+    /// A block found by its key's hash is checked against the whole key (prefix and tokens),
+    /// so two contents whose hashes collide are never taken for each other. The collisions are
+    /// forged: no 64-bit one can be found for a test.
+    #[test]
+    fn a_hash_collision_is_a_miss() {
+        let mut pool = BlockPool::new(2, 2, true);
+        let a = filled(&mut pool, ROOT_HASH, &[1, 2]);
+        let other_prefix = chain_hash(ROOT_HASH, &[9, 9]);
+        pool.by_hash.insert(chain_hash(ROOT_HASH, &[3, 4]), a);
+        pool.by_hash.insert(chain_hash(other_prefix, &[1, 2]), a);
+        assert_eq!(pool.lookup(ROOT_HASH, &[3, 4]), None, "same prefix, other tokens");
+        assert_eq!(pool.lookup(other_prefix, &[1, 2]), None, "same tokens, other prefix");
+        assert_eq!(pool.lookup(ROOT_HASH, &[1, 2]), Some(a));
     }
 
     #[test]

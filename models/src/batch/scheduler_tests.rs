@@ -140,6 +140,40 @@ fn equal_blocks_after_different_prefixes_are_not_shared() {
     }
 }
 
+/// A block's key covers every one of its tokens: B differs from A in one token of its second
+/// block (the first or the last), so B's second block misses, and so must its third, whose
+/// tokens are A's after a different prefix. Run again, B finds its own three blocks.
+#[test]
+fn a_block_is_keyed_by_all_of_its_tokens() {
+    for changed in [4, 7] {
+        let a: Vec<u32> = (0..13).collect();
+        let mut b = a.clone();
+        b[changed] = 99;
+        let prompts = vec![a, b.clone(), b];
+        let (out, stats) = run(&prompts, 2, 32, 4, config(1, 64), true);
+        for (p, o) in prompts.iter().zip(&out) {
+            assert_eq!(o, &solo(p, 2), "token {changed} changed");
+        }
+        // A: nothing; B: its first block (4 tokens); B again: three blocks (12).
+        assert_eq!(stats.hit_tokens, 4 + 12, "token {changed} changed");
+    }
+}
+
+#[test]
+fn computed_counts_the_tokens_with_kv() {
+    let mut sched = Scheduler::new(BlockPool::new(8, 2, false), config(1, 3));
+    sched.add(0, vec![1, 2, 3, 4, 5]);
+    assert_eq!(sched.computed(0), 0);
+    let plan = sched.schedule();
+    assert_eq!((plan[0].start, plan[0].len), (0, 3));
+    assert!(!sched.advance(0, 3));
+    assert_eq!(sched.computed(0), 3);
+    let plan = sched.schedule();
+    assert_eq!((plan[0].start, plan[0].len), (3, 2));
+    assert!(sched.advance(0, 2));
+    assert_eq!(sched.computed(0), 5);
+}
+
 #[test]
 fn without_caching_nothing_hits() {
     let prompts = vec![vec![1, 2, 3, 4, 5], vec![1, 2, 3, 4, 6]];
