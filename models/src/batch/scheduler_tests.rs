@@ -73,6 +73,7 @@ fn run(
         assert!(steps < 10_000, "no progress");
         let plan = sched.schedule();
         assert!(!plan.is_empty(), "a busy scheduler schedules something");
+        assert!(plan.len() <= config.max_batch.max(1), "{} sequences in a batch of {}", plan.len(), config.max_batch);
         assert!(plan.iter().map(|s| s.len).sum::<usize>() <= config.max_step_tokens.max(config.max_batch));
         for &s in &plan {
             kv.run(&sched, s);
