@@ -173,6 +173,7 @@ fn computed_counts_the_tokens_with_kv() {
     assert_eq!((plan[0].start, plan[0].len), (3, 2));
     assert!(sched.advance(0, 2));
     assert_eq!(sched.computed(0), 5);
+    assert_eq!(sched.stats().computed_tokens, 5);
 }
 
 #[test]
