@@ -328,3 +328,29 @@ fn fused_nodes_carry_the_models_layer_and_label() {
     assert!(matches!(op(&after, region), Op::Elementwise { .. }));
     assert_eq!(after.node(region).meta, meta(Some(1), Some("outer")));
 }
+
+/// `e = m + y` with `m = x @ w` (`[T, n]`) and `y` `[T, 4]`, or `[2, T, 4]` with `lead`: with
+/// `n = 1` or `lead`, `m` is broadcast (along its last dim, or over a new leading dim).
+fn broadcast_epilogue_graph(n: usize, lead: bool) -> Graph {
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F32, shape![Sym::NewTokens, 8]);
+    let w = b.weight("w", DType::F32, shape![n, 8]).unwrap();
+    let m = b.matmul("m", x, w).unwrap();
+    let y = match lead {
+        true => b.input("y", DType::F32, shape![2, Sym::NewTokens, 4]),
+        false => b.input("y", DType::F32, shape![Sym::NewTokens, 4]),
+    };
+    let e = b.add("e", m, y).unwrap();
+    b.output("e", e).unwrap();
+    b.finish().unwrap()
+}
+
+/// An epilogue computes one element for each element of the matmul's output, so an op that
+/// broadcasts the matmul's result stays outside it.
+#[test]
+fn an_epilogue_never_broadcasts_the_matmul() {
+    let passes: [&dyn Pass; 2] = [&FuseElementwise, &FuseEpilogue];
+    assert_eq!(fused_count(&broadcast_epilogue_graph(4, false), &passes), 1, "the pattern");
+    assert_eq!(fused_count(&broadcast_epilogue_graph(1, false), &passes), 0, "m broadcast along its last dim");
+    assert_eq!(fused_count(&broadcast_epilogue_graph(4, true), &passes), 0, "m broadcast over a leading dim");
+}
