@@ -354,3 +354,26 @@ fn an_epilogue_never_broadcasts_the_matmul() {
     assert_eq!(fused_count(&broadcast_epilogue_graph(1, false), &passes), 0, "m broadcast along its last dim");
     assert_eq!(fused_count(&broadcast_epilogue_graph(4, true), &passes), 0, "m broadcast over a leading dim");
 }
+
+/// A norm that is also a graph output stays a norm of its own: its matmuls do not take it
+/// as a prologue (the output would need the norm computed anyway).
+#[test]
+fn norm_prologue_leaves_a_norm_that_is_an_output() {
+    let mut g = prologue_graph(false, true);
+    g = run_verified(&FuseRmsNorm, &g).0;
+    let norm = g.node_ids().find(|&n| matches!(op(&g, n), Op::RmsNorm { .. })).expect("fused norm");
+    g.set_output("normed", norm);
+    let (after, report) = run_verified(&FuseNormPrologue, &g);
+    assert_eq!((report.matched, report.changed), (0, 0));
+    assert!(after.node_ids().any(|n| matches!(op(&after, n), Op::RmsNorm { .. })), "the norm stays");
+}
+
+/// Reports count what changed: one RMSNorm chain fused; one norm folded into its 2 matmuls.
+#[test]
+fn reports_count_the_nodes_changed() {
+    let g = prologue_graph(false, true);
+    let (g, report) = run_verified(&FuseRmsNorm, &g);
+    assert_eq!((report.matched, report.changed), (1, 1));
+    let (_, report) = run_verified(&FuseNormPrologue, &g);
+    assert_eq!((report.matched, report.changed), (1, 2));
+}

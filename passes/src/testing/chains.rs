@@ -83,20 +83,27 @@ pub(crate) enum Rope {
     SharedHalf,
     /// The sin table from other positions than the cos table.
     OtherPositions,
+    /// The cos table's second half from other positions than its first: `cat(freqs, freqs')`.
+    UnequalTableHalves,
 }
 
-pub(crate) const ROPE_MISSES: [Rope; 4] =
-    [Rope::HalvesSwapped, Rope::SinForCos, Rope::SharedHalf, Rope::OtherPositions];
+pub(crate) const ROPE_MISSES: [Rope; 5] =
+    [Rope::HalvesSwapped, Rope::SinForCos, Rope::SharedHalf, Rope::OtherPositions, Rope::UnequalTableHalves];
 
 /// The cos or sin table `[T, 1, D]` in `dt`: `f(cat(freqs, freqs))` with `freqs =
-/// reshape(cast(positions, f32), [T, 1]) * inv_freq`, as `models::qwen3` computes it.
-fn table(b: &mut Builder, name: &str, positions: NodeId, inv_freq: NodeId, f: UnaryOp, dt: DType) -> NodeId {
-    let t = b.shape(positions).dims()[0];
+/// reshape(cast(positions, f32), [T, 1]) * inv_freq`, as `models::qwen3` computes it (with
+/// `second`, the second half's freqs from those positions instead).
+fn table(b: &mut Builder, name: &str, positions: [NodeId; 2], inv_freq: NodeId, f: UnaryOp, dt: DType) -> NodeId {
+    let t = b.shape(positions[0]).dims()[0];
     let d = 2 * b.shape(inv_freq).dims()[0].fixed().expect("fixed");
-    let pos = b.cast(&format!("{name}.positions_f32"), positions, DType::F32).unwrap();
-    let pos = b.reshape(&format!("{name}.positions_col"), pos, Shape::new([t, 1.into()])).unwrap();
-    let freqs = b.mul(&format!("{name}.freqs"), pos, inv_freq).unwrap();
-    let emb = b.concat(&format!("{name}.emb"), &[freqs, freqs], 1).unwrap();
+    let freqs_of = |b: &mut Builder, part: &str, positions: NodeId| {
+        let pos = b.cast(&format!("{name}.positions_f32{part}"), positions, DType::F32).unwrap();
+        let pos = b.reshape(&format!("{name}.positions_col{part}"), pos, Shape::new([t, 1.into()])).unwrap();
+        b.mul(&format!("{name}.freqs{part}"), pos, inv_freq).unwrap()
+    };
+    let freqs = freqs_of(b, "", positions[0]);
+    let second = if positions[1] == positions[0] { freqs } else { freqs_of(b, ".second", positions[1]) };
+    let emb = b.concat(&format!("{name}.emb"), &[freqs, second], 1).unwrap();
     let x = b.unary(&format!("{name}.trig"), f, emb).unwrap();
     let x = b.cast(&format!("{name}.cast"), x, dt).unwrap();
     b.reshape(&format!("{name}.heads"), x, Shape::new([t, 1.into(), d.into()])).unwrap()
@@ -120,9 +127,10 @@ pub(crate) fn norm_rope(
     let inv: Vec<f32> = (0..half).map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / d as f32)).collect();
     let inv_freq = b.constant(&format!("{name}.inv_freq"), DType::F32, Shape::new([half.into()]), inv).unwrap();
     let cos_f = if how == Rope::SinForCos { UnaryOp::Sin } else { UnaryOp::Cos };
-    let cos = table(b, &format!("{name}.cos"), positions, inv_freq, cos_f, dt);
+    let cos_second = if how == Rope::UnequalTableHalves { other_positions } else { positions };
+    let cos = table(b, &format!("{name}.cos"), [positions, cos_second], inv_freq, cos_f, dt);
     let sin_positions = if how == Rope::OtherPositions { other_positions } else { positions };
-    let sin = table(b, &format!("{name}.sin"), sin_positions, inv_freq, UnaryOp::Sin, dt);
+    let sin = table(b, &format!("{name}.sin"), [sin_positions; 2], inv_freq, UnaryOp::Sin, dt);
     let normed = rms_norm(b, &format!("{name}.norm"), x, x, Norm::Exact);
     let x1 = b.slice(&format!("{name}.x1"), normed, 2, Bound::FromStart(0), Bound::FromStart(half)).unwrap();
     let x2 = b.slice(&format!("{name}.x2"), normed, 2, Bound::FromStart(half), Bound::FromStart(d)).unwrap();
