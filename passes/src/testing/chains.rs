@@ -85,10 +85,24 @@ pub(crate) enum Rope {
     OtherPositions,
     /// The cos table's second half from other positions than its first: `cat(freqs, freqs')`.
     UnequalTableHalves,
+    /// RoPE of `x` itself, not of `rms_norm(x)`.
+    NoNorm,
+    /// The tables from f32 positions, an input of their own (not the i32 positions).
+    FloatPositions,
+    /// `inv_freq` a weight, not a constant.
+    WeightInvFreq,
 }
 
-pub(crate) const ROPE_MISSES: [Rope; 5] =
-    [Rope::HalvesSwapped, Rope::SinForCos, Rope::SharedHalf, Rope::OtherPositions, Rope::UnequalTableHalves];
+pub(crate) const ROPE_MISSES: [Rope; 8] = [
+    Rope::HalvesSwapped,
+    Rope::SinForCos,
+    Rope::SharedHalf,
+    Rope::OtherPositions,
+    Rope::UnequalTableHalves,
+    Rope::NoNorm,
+    Rope::FloatPositions,
+    Rope::WeightInvFreq,
+];
 
 /// The cos or sin table `[T, 1, D]` in `dt`: `f(cat(freqs, freqs))` with `freqs =
 /// reshape(cast(positions, f32), [T, 1]) * inv_freq`, as `models::qwen3` computes it (with
@@ -125,13 +139,20 @@ pub(crate) fn norm_rope(
     let d = b.shape(x).last().and_then(|d| d.fixed()).expect("fixed head dim");
     let half = d / 2;
     let inv: Vec<f32> = (0..half).map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / d as f32)).collect();
-    let inv_freq = b.constant(&format!("{name}.inv_freq"), DType::F32, Shape::new([half.into()]), inv).unwrap();
+    let inv_freq = match how {
+        Rope::WeightInvFreq => b.weight(&format!("{name}.inv_freq"), DType::F32, Shape::new([half.into()])).unwrap(),
+        _ => b.constant(&format!("{name}.inv_freq"), DType::F32, Shape::new([half.into()]), inv).unwrap(),
+    };
+    let positions = match how {
+        Rope::FloatPositions => b.input(&format!("{name}.positions_f32"), DType::F32, b.shape(positions).clone()),
+        _ => positions,
+    };
     let cos_f = if how == Rope::SinForCos { UnaryOp::Sin } else { UnaryOp::Cos };
     let cos_second = if how == Rope::UnequalTableHalves { other_positions } else { positions };
     let cos = table(b, &format!("{name}.cos"), [positions, cos_second], inv_freq, cos_f, dt);
     let sin_positions = if how == Rope::OtherPositions { other_positions } else { positions };
     let sin = table(b, &format!("{name}.sin"), [sin_positions; 2], inv_freq, UnaryOp::Sin, dt);
-    let normed = rms_norm(b, &format!("{name}.norm"), x, x, Norm::Exact);
+    let normed = if how == Rope::NoNorm { x } else { rms_norm(b, &format!("{name}.norm"), x, x, Norm::Exact) };
     let x1 = b.slice(&format!("{name}.x1"), normed, 2, Bound::FromStart(0), Bound::FromStart(half)).unwrap();
     let x2 = b.slice(&format!("{name}.x2"), normed, 2, Bound::FromStart(half), Bound::FromStart(d)).unwrap();
     let rotated = match how {
