@@ -48,7 +48,8 @@ fn match_norm_rope(g: &Graph, root: NodeId) -> Option<[NodeId; 4]> {
         let (x, cos, rot, sin) = (xc[0], xc[1], rs[0], rs[1]);
         let x_node = g.node(x);
         let d = x_node.shape.dims().last()?.fixed()?;
-        if !matches!(op(g, x), Op::RmsNorm { .. }) || x_node.shape.rank() != 3 {
+        let Op::RmsNorm { .. } = op(g, x) else { return None };
+        if x_node.shape.rank() != 3 {
             return None;
         }
         let parts = g.operands(rot);
