@@ -25,6 +25,11 @@ fn digest(parts: &[&[u8]]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// Lowercase hex, two digits a byte.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl ModuleCache {
     pub fn at(dir: impl Into<PathBuf>) -> ModuleCache {
         ModuleCache { dir: dir.into() }
@@ -48,7 +53,7 @@ impl ModuleCache {
         let version = format!("{}.{}", version.0, version.1);
         let d = digest(&[source.as_bytes(), arch.name().as_bytes(), version.as_bytes()]);
         // 128 of the 256 bits: a short file name, and still no collision in practice.
-        d[..16].iter().map(|b| format!("{b:02x}")).collect()
+        hex(&d[..16])
     }
 
     /// PTX for `source`, from the cache or compiled (and then stored); `true` on a hit. A cache
@@ -92,8 +97,7 @@ mod tests {
         assert_ne!(k, ModuleCache::key("extern \"C\" __global__ void f() {}", Arch::Sm90, (13, 1)));
         assert_ne!(k, ModuleCache::key("extern \"C\" __global__ void g() {}", Arch::Sm90, (13, 0)));
         // SHA-256 of nothing is fixed forever (FIPS 180-2 test vector): the key is stable.
-        let empty: String = digest(&[]).iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(empty, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(hex(&digest(&[])), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         // And a key, as Python's hashlib computes it: sha256 over (le u64 length, bytes) of
         // each part, first 16 bytes in hex.
         assert_eq!(k, "db617b14bd7f888a91eab16ea2fe2ca5");
