@@ -102,12 +102,13 @@ impl Pass for FuseNormRope {
             let fused = replace_with(g, root, Op::NormRope { eps, append: false }, &[raw, w, pos, inv]);
             report.matched += 1;
             let users = g.users(fused);
-            let Some(&user) = users.first().filter(|_| users.len() == 1 && only_used_by(g, fused, users[0])) else {
+            let Some(&user) = users.first().filter(|&&u| only_used_by(g, fused, u)) else {
                 continue;
             };
             let uops = g.operands(user);
             match op(g, user).clone() {
-                Op::KvAppend if uops[1] == fused && uops[0] != fused => {
+                // Not also the cache operand: that one is [P, ..], this one [T, ..].
+                Op::KvAppend if uops[1] == fused => {
                     replace_with(g, user, Op::NormRope { eps, append: true }, &[raw, w, pos, inv, uops[0]]);
                     appends += 1;
                 }

@@ -91,9 +91,30 @@ pub(crate) enum Rope {
     FloatPositions,
     /// `inv_freq` a weight, not a constant.
     WeightInvFreq,
+    /// The tables' angles as `freqs + freqs` (`inv_freq` as wide as the head), not
+    /// `cat(freqs, freqs)`.
+    DoubledFreqs,
+    /// The first half sliced one element late: `x[..., 1..D/2+1]`.
+    ShiftedHalf,
+    /// `rotate_half` as `cat(exp(x2), x1)`: another unary op in place of the negation.
+    ExpNotNeg,
+    /// `rotate_half` as `-x2 + x1` (broadcast against the tables): only well-typed for D = 2,
+    /// see [`Rope::head_dim`].
+    SumNotConcat,
 }
 
-pub(crate) const ROPE_MISSES: [Rope; 8] = [
+impl Rope {
+    /// The head dim a chain of this kind is built with: `d`, or 2 where only 2 type-checks.
+    pub(crate) fn head_dim(self, d: usize) -> usize {
+        if self == Rope::SumNotConcat {
+            2
+        } else {
+            d
+        }
+    }
+}
+
+pub(crate) const ROPE_MISSES: [Rope; 12] = [
     Rope::HalvesSwapped,
     Rope::SinForCos,
     Rope::SharedHalf,
@@ -102,14 +123,27 @@ pub(crate) const ROPE_MISSES: [Rope; 8] = [
     Rope::NoNorm,
     Rope::FloatPositions,
     Rope::WeightInvFreq,
+    Rope::DoubledFreqs,
+    Rope::ShiftedHalf,
+    Rope::ExpNotNeg,
+    Rope::SumNotConcat,
 ];
 
 /// The cos or sin table `[T, 1, D]` in `dt`: `f(cat(freqs, freqs))` with `freqs =
-/// reshape(cast(positions, f32), [T, 1]) * inv_freq`, as `models::qwen3` computes it (with
-/// `second`, the second half's freqs from those positions instead).
-fn table(b: &mut Builder, name: &str, positions: [NodeId; 2], inv_freq: NodeId, f: UnaryOp, dt: DType) -> NodeId {
+/// reshape(cast(positions, f32), [T, 1]) * inv_freq`, as `models::qwen3` computes it (the
+/// second half's freqs from `positions[1]`; for [`Rope::DoubledFreqs`], `f(freqs + freqs)`).
+fn table(
+    b: &mut Builder,
+    name: &str,
+    positions: [NodeId; 2],
+    inv_freq: NodeId,
+    f: UnaryOp,
+    dt: DType,
+    how: Rope,
+) -> NodeId {
     let t = b.shape(positions[0]).dims()[0];
-    let d = 2 * b.shape(inv_freq).dims()[0].fixed().expect("fixed");
+    let width = b.shape(inv_freq).dims()[0].fixed().expect("fixed");
+    let d = if how == Rope::DoubledFreqs { width } else { 2 * width };
     let freqs_of = |b: &mut Builder, part: &str, positions: NodeId| {
         let pos = b.cast(&format!("{name}.positions_f32{part}"), positions, DType::F32).unwrap();
         let pos = b.reshape(&format!("{name}.positions_col{part}"), pos, Shape::new([t, 1.into()])).unwrap();
@@ -117,7 +151,10 @@ fn table(b: &mut Builder, name: &str, positions: [NodeId; 2], inv_freq: NodeId, 
     };
     let freqs = freqs_of(b, "", positions[0]);
     let second = if positions[1] == positions[0] { freqs } else { freqs_of(b, ".second", positions[1]) };
-    let emb = b.concat(&format!("{name}.emb"), &[freqs, second], 1).unwrap();
+    let emb = match how {
+        Rope::DoubledFreqs => b.add(&format!("{name}.emb"), freqs, second).unwrap(),
+        _ => b.concat(&format!("{name}.emb"), &[freqs, second], 1).unwrap(),
+    };
     let x = b.unary(&format!("{name}.trig"), f, emb).unwrap();
     let x = b.cast(&format!("{name}.cast"), x, dt).unwrap();
     b.reshape(&format!("{name}.heads"), x, Shape::new([t, 1.into(), d.into()])).unwrap()
@@ -137,11 +174,16 @@ pub(crate) fn norm_rope(
 ) -> (NodeId, Option<NodeId>) {
     let dt = b.dtype(x);
     let d = b.shape(x).last().and_then(|d| d.fixed()).expect("fixed head dim");
+    assert_eq!(d, how.head_dim(d), "{how:?} needs a head dim of {}", how.head_dim(d));
     let half = d / 2;
-    let inv: Vec<f32> = (0..half).map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / d as f32)).collect();
+    let mut inv: Vec<f32> = (0..half).map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / d as f32)).collect();
+    if how == Rope::DoubledFreqs {
+        inv = inv.repeat(2);
+    }
+    let inv_shape = Shape::new([inv.len().into()]);
     let inv_freq = match how {
-        Rope::WeightInvFreq => b.weight(&format!("{name}.inv_freq"), DType::F32, Shape::new([half.into()])).unwrap(),
-        _ => b.constant(&format!("{name}.inv_freq"), DType::F32, Shape::new([half.into()]), inv).unwrap(),
+        Rope::WeightInvFreq => b.weight(&format!("{name}.inv_freq"), DType::F32, inv_shape).unwrap(),
+        _ => b.constant(&format!("{name}.inv_freq"), DType::F32, inv_shape, inv).unwrap(),
     };
     let positions = match how {
         Rope::FloatPositions => b.input(&format!("{name}.positions_f32"), DType::F32, b.shape(positions).clone()),
@@ -149,21 +191,20 @@ pub(crate) fn norm_rope(
     };
     let cos_f = if how == Rope::SinForCos { UnaryOp::Sin } else { UnaryOp::Cos };
     let cos_second = if how == Rope::UnequalTableHalves { other_positions } else { positions };
-    let cos = table(b, &format!("{name}.cos"), [positions, cos_second], inv_freq, cos_f, dt);
+    let cos = table(b, &format!("{name}.cos"), [positions, cos_second], inv_freq, cos_f, dt, how);
     let sin_positions = if how == Rope::OtherPositions { other_positions } else { positions };
-    let sin = table(b, &format!("{name}.sin"), [sin_positions; 2], inv_freq, UnaryOp::Sin, dt);
+    let sin = table(b, &format!("{name}.sin"), [sin_positions; 2], inv_freq, UnaryOp::Sin, dt, how);
     let normed = if how == Rope::NoNorm { x } else { rms_norm(b, &format!("{name}.norm"), x, x, Norm::Exact) };
-    let x1 = b.slice(&format!("{name}.x1"), normed, 2, Bound::FromStart(0), Bound::FromStart(half)).unwrap();
+    let first = if how == Rope::ShiftedHalf { 1 } else { 0 };
+    let x1 =
+        b.slice(&format!("{name}.x1"), normed, 2, Bound::FromStart(first), Bound::FromStart(first + half)).unwrap();
     let x2 = b.slice(&format!("{name}.x2"), normed, 2, Bound::FromStart(half), Bound::FromStart(d)).unwrap();
+    let sign = if how == Rope::ExpNotNeg { UnaryOp::Exp } else { UnaryOp::Neg };
+    let neg = b.unary(&format!("{name}.neg_x2"), sign, x2).unwrap();
     let rotated = match how {
-        Rope::HalvesSwapped => {
-            let neg = b.unary(&format!("{name}.neg_x2"), UnaryOp::Neg, x2).unwrap();
-            b.concat(&format!("{name}.rotate_half"), &[x1, neg], 2).unwrap()
-        }
-        _ => {
-            let neg = b.unary(&format!("{name}.neg_x2"), UnaryOp::Neg, x2).unwrap();
-            b.concat(&format!("{name}.rotate_half"), &[neg, x1], 2).unwrap()
-        }
+        Rope::HalvesSwapped => b.concat(&format!("{name}.rotate_half"), &[x1, neg], 2).unwrap(),
+        Rope::SumNotConcat => b.add(&format!("{name}.rotate_half"), neg, x1).unwrap(),
+        _ => b.concat(&format!("{name}.rotate_half"), &[neg, x1], 2).unwrap(),
     };
     let a = b.mul(&format!("{name}.x_cos"), normed, cos).unwrap();
     let c = b.mul(&format!("{name}.rot_sin"), rotated, sin).unwrap();

@@ -167,13 +167,13 @@ fn add_norm_chain(r: &mut Rng, b: &mut Builder, pool: &mut Vec<NodeId>) {
 /// A q/k norm + RoPE chain (half the time exact, else a random near miss) over a new input
 /// `[T, H, D]`, reading the `positions` inputs; its root is an output, and joins the pool.
 fn add_norm_rope_chain(r: &mut Rng, b: &mut Builder, pool: &mut Vec<NodeId>) {
-    let (heads, d) = (1 + r.below(3), 2 * (1 + r.below(4)));
+    let how = if r.chance(0.5) { Rope::Exact } else { r.pick(&ROPE_MISSES) };
+    let (heads, d) = (1 + r.below(3), how.head_dim(2 * (1 + r.below(4))));
     let dt = r.pick(&FLOATS);
     let name = format!("rope{}", pool.len());
     let x = b.input(&format!("{name}.x"), dt, Shape(vec![Dim::Sym(Sym::NewTokens), Dim::Fixed(heads), Dim::Fixed(d)]));
     let t = Shape(vec![Dim::Sym(Sym::NewTokens)]);
     let (positions, other) = (b.input("positions", DType::I32, t.clone()), b.input("positions_b", DType::I32, t));
-    let how = if r.chance(0.5) { Rope::Exact } else { r.pick(&ROPE_MISSES) };
     let (root, shared) = chains::norm_rope(b, &name, x, positions, other, how);
     b.output(&format!("{name}.out"), root).expect("fresh output name");
     pool.push(root);
