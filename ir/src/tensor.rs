@@ -1,18 +1,40 @@
 //! Host tensors: the values the reference evaluator computes with.
 
+use std::borrow::Cow;
 use std::fmt;
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 use crate::dtype::DType;
 
-/// Element storage. Float dtypes keep f32 values that are already rounded to the tensor's dtype.
+/// Element storage. Computed float values are f32, already rounded to the tensor's dtype.
+/// Weights may stay in the 16 bits their checkpoint stores them in (a quarter or half of the
+/// memory): `Bf16` for a tensor of dtype bf16 or f32, `F16` for f16 or f32; every such value
+/// widens to f32 exactly, so the evaluator computes with the same numbers either way.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
     F32(Vec<f32>),
     I32(Vec<i32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
 }
 
-/// A dense row-major host tensor.
-#[derive(Clone, PartialEq)]
+impl Data {
+    /// The values as f32: moved when stored as f32, else converted.
+    pub fn into_floats(self) -> Vec<f32> {
+        match self {
+            Data::F32(v) => v,
+            Data::I32(v) => v.into_iter().map(|x| x as f32).collect(),
+            Data::Bf16(v) => v.to_f32_vec(),
+            Data::F16(v) => v.to_f32_vec(),
+        }
+    }
+}
+
+/// A dense row-major host tensor. Two tensors are equal when their dtype, shape and values
+/// are, however the values are stored.
+#[derive(Clone)]
 pub struct Tensor {
     dtype: DType,
     shape: Vec<usize>,
@@ -42,6 +64,24 @@ impl Tensor {
         assert_eq!(shape.iter().product::<usize>(), values.len(), "shape {shape:?}");
         debug_assert!(values.iter().take(64).all(|&v| dtype.round(v).to_bits() == v.to_bits() || v.is_nan()));
         Tensor { dtype, shape, data: Data::F32(values) }
+    }
+
+    /// A float tensor of `dtype` (bf16 or f32) kept as the bf16 values given.
+    ///
+    /// Panics on another dtype or a length that does not match the shape.
+    pub fn from_bf16(dtype: DType, shape: Vec<usize>, values: Vec<bf16>) -> Tensor {
+        assert!(matches!(dtype, DType::BF16 | DType::F32), "bf16 storage for {dtype}");
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape {shape:?}");
+        Tensor { dtype, shape, data: Data::Bf16(values) }
+    }
+
+    /// A float tensor of `dtype` (f16 or f32) kept as the f16 values given.
+    ///
+    /// Panics on another dtype or a length that does not match the shape.
+    pub fn from_f16(dtype: DType, shape: Vec<usize>, values: Vec<f16>) -> Tensor {
+        assert!(matches!(dtype, DType::F16 | DType::F32), "f16 storage for {dtype}");
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape {shape:?}");
+        Tensor { dtype, shape, data: Data::F16(values) }
     }
 
     pub fn from_i32(shape: Vec<usize>, values: Vec<i32>) -> Tensor {
@@ -77,26 +117,49 @@ impl Tensor {
         &self.data
     }
 
-    /// The float values; `None` for i32 tensors.
+    /// The float values when stored as f32; `None` for i32 and 16-bit storage (see
+    /// [`Tensor::floats`]).
     pub fn f32s(&self) -> Option<&[f32]> {
         match &self.data {
             Data::F32(v) => Some(v),
-            Data::I32(_) => None,
+            _ => None,
         }
     }
 
     pub fn i32s(&self) -> Option<&[i32]> {
         match &self.data {
             Data::I32(v) => Some(v),
-            Data::F32(_) => None,
+            _ => None,
         }
     }
 
-    /// Every element as f32 (i32 converted).
+    /// Every element as f32: borrowed when stored as f32, else widened (i32 converted).
+    pub fn floats(&self) -> Cow<'_, [f32]> {
+        match &self.data {
+            Data::F32(v) => Cow::Borrowed(v),
+            _ => Cow::Owned(self.to_f32_vec()),
+        }
+    }
+
+    /// Every element as f32 (i32 converted, 16-bit floats widened).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match &self.data {
             Data::F32(v) => v.clone(),
             Data::I32(v) => v.iter().map(|&x| x as f32).collect(),
+            Data::Bf16(v) => v.to_f32_vec(),
+            Data::F16(v) => v.to_f32_vec(),
+        }
+    }
+
+    /// Elements `start..start + out.len()` as f32 into `out`, for a reader that wants a few
+    /// rows of a large tensor without widening all of it. Panics past the end.
+    pub fn floats_into(&self, start: usize, out: &mut [f32]) {
+        let end = start + out.len();
+        match &self.data {
+            Data::F32(v) => out.copy_from_slice(&v[start..end]),
+            Data::I32(v) => out.iter_mut().zip(&v[start..end]).for_each(|(o, &x)| *o = x as f32),
+            Data::Bf16(v) => v[start..end].convert_to_f32_slice(out),
+            Data::F16(v) => v[start..end].convert_to_f32_slice(out),
         }
     }
 
@@ -112,9 +175,22 @@ impl Tensor {
     }
 }
 
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Tensor) -> bool {
+        let meta = self.dtype == other.dtype && self.shape == other.shape;
+        meta && match (&self.data, &other.data) {
+            (Data::I32(a), Data::I32(b)) => a == b,
+            (Data::I32(_), _) | (_, Data::I32(_)) => false,
+            (Data::F32(a), Data::F32(b)) => a == b,
+            _ => self.floats() == other.floats(),
+        }
+    }
+}
+
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let preview: Vec<f32> = self.to_f32_vec().into_iter().take(8).collect();
+        let mut preview = vec![0.0; self.len().min(8)];
+        self.floats_into(0, &mut preview);
         write!(f, "Tensor({}{:?}, {:?}…)", self.dtype, self.shape, preview)
     }
 }

@@ -1,11 +1,12 @@
 //! Matmul and attention (with the KV appends that feed it): against hand-computed values,
 //! and property tests against a triple loop and naive causal GQA.
 
+use half::{bf16, f16};
 use proptest::prelude::*;
 
 use super::eval;
 use super::tests::{assert_close, eval_y, f32t, noise, run, Map, TWO_ULPS};
-use crate::{shape, Builder, DType, Graph, Op, Sym, Tensor};
+use crate::{shape, Bound, Builder, DType, Graph, Op, Sym, Tensor};
 
 #[test]
 fn matmul_transposes_b_and_keeps_leading_dims() {
@@ -26,6 +27,37 @@ fn matmul_transposes_b_and_keeps_leading_dims() {
     let a5 = f32t(&[5, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 2.0, 0.0, 1.0]);
     let want = [-2.0, 4.0, -2.0, 13.0, 0.0, 1.0, 0.0, 3.0, 1.0, 4.0];
     assert_close(&run(Op::MatMul, &[a5, w]), &[5, 2], &want, 0.0);
+}
+
+/// `values` as a weight of dtype f32 kept in 16 bits (bf16, or f16 with `f16_storage`), and
+/// the same values stored as f32.
+fn kept_and_wide(shape: &[usize], values: &[f32], f16_storage: bool) -> (Tensor, Tensor) {
+    let kept = if f16_storage {
+        Tensor::from_f16(DType::F32, shape.to_vec(), values.iter().map(|&x| f16::from_f32(x)).collect())
+    } else {
+        Tensor::from_bf16(DType::F32, shape.to_vec(), values.iter().map(|&x| bf16::from_f32(x)).collect())
+    };
+    let wide = f32t(shape, &kept.to_f32_vec());
+    (kept, wide)
+}
+
+/// The ops that read weights give the same tensor for a weight kept in 16 bits as for its
+/// f32 copy (a gathered embedding row, slices and concatenations, the elementwise ops).
+#[test]
+fn ops_read_weights_kept_in_16_bits_as_their_f32_copies() {
+    for f16_storage in [false, true] {
+        let (kept, wide) = kept_and_wide(&[4, 3], &noise(7, 12), f16_storage);
+        assert_eq!(kept, wide, "equal values are equal tensors however they are stored");
+        assert_ne!(kept, f32t(&[4, 3], &noise(8, 12)));
+        let ids = Tensor::from_i32(vec![3], vec![3, 0, 3]);
+        assert_eq!(run(Op::Gather, &[kept.clone(), ids.clone()]), run(Op::Gather, &[wide.clone(), ids]));
+        let slice = Op::Slice { axis: 1, start: Bound::FromStart(1), end: Bound::FromStart(3) };
+        assert_eq!(run(slice.clone(), std::slice::from_ref(&kept)), run(slice, std::slice::from_ref(&wide)));
+        let concat = Op::Concat { axis: 0 };
+        assert_eq!(run(concat.clone(), &[kept.clone(), wide.clone()]), run(concat, &[wide.clone(), wide.clone()]));
+        let mul = Op::Binary(crate::BinaryOp::Mul);
+        assert_eq!(run(mul.clone(), &[kept.clone(), kept]), run(mul, &[wide.clone(), wide]));
+    }
 }
 
 /// Graph `y = kv_append(x0: [P, KVH, D], x1: [T, KVH, D])`, optionally also returning the cache.
@@ -189,6 +221,19 @@ proptest! {
         }
         let same = whole.iter().zip(&parts).all(|(x, y)| x.to_bits() == y.to_bits());
         prop_assert!(same, "rows differ once split at {split}");
+    }
+
+    /// A weight kept in 16 bits (as a bf16 or f16 checkpoint loads for f32) gives the bits of
+    /// its f32 copy: widening is exact, and done a tile of rows at a time (n up to 100 spans
+    /// several tiles and a partial one).
+    #[test]
+    fn matmul_weight_kept_in_16_bits_gives_the_f32_bits(
+        m in 1usize..=5, k in 1usize..=40, n in 1usize..=100, f16_storage: bool, seed: u64,
+    ) {
+        let a = f32t(&[m, k], &noise(seed, m * k));
+        let (kept, wide) = kept_and_wide(&[n, k], &noise(seed ^ 0x5eed, n * k), f16_storage);
+        let (x, y) = (run(Op::MatMul, &[a.clone(), kept]).to_f32_vec(), run(Op::MatMul, &[a, wide]).to_f32_vec());
+        prop_assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()));
     }
 
     /// GQA (1 to 3 query heads per KV head) after 0 to 5 cached tokens, against the naive

@@ -8,6 +8,8 @@ fn rebuild(like: &Tensor, shape: Vec<usize>, data: Data) -> Tensor {
     match data {
         Data::F32(v) => Tensor::from_stored(like.dtype(), shape, v),
         Data::I32(v) => Tensor::from_i32(shape, v),
+        Data::Bf16(v) => Tensor::from_bf16(like.dtype(), shape, v),
+        Data::F16(v) => Tensor::from_f16(like.dtype(), shape, v),
     }
 }
 
@@ -27,10 +29,16 @@ pub fn gather(table: &Tensor, ids: &Tensor) -> Result<Tensor, String> {
     if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= rows) {
         return Err(format!("token id {bad} is out of range for a table of {rows} rows"));
     }
-    let idx = ids.iter().map(|&i| i as usize);
-    let table_f = table.f32s().ok_or("gather table must be float")?;
+    if !table.dtype().is_float() {
+        return Err("gather table must be float".to_string());
+    }
+    // Row by row: an embedding table kept in 16 bits is widened only where it is read.
+    let mut out = vec![0.0; ids.len() * width];
+    for (&i, row) in ids.iter().zip(out.chunks_exact_mut(width.max(1))) {
+        table.floats_into(i as usize * width, row);
+    }
     shape.push(width);
-    Ok(Tensor::from_stored(table.dtype(), shape, gather_rows(table_f, width, idx)))
+    Ok(Tensor::from_stored(table.dtype(), shape, out))
 }
 
 pub fn slice(x: &Tensor, axis: usize, start: Bound, end: Bound) -> Result<Tensor, String> {
@@ -44,6 +52,8 @@ pub fn slice(x: &Tensor, axis: usize, start: Bound, end: Bound) -> Result<Tensor
     let data = match x.data() {
         Data::F32(v) => Data::F32(gather_rows(v, inner, rows)),
         Data::I32(v) => Data::I32(gather_rows(v, inner, rows)),
+        Data::Bf16(v) => Data::Bf16(gather_rows(v, inner, rows)),
+        Data::F16(v) => Data::F16(gather_rows(v, inner, rows)),
     };
     let mut shape = x.shape().to_vec();
     shape[axis] = e - s;
@@ -67,16 +77,13 @@ pub fn concat(parts: &[&Tensor], axis: usize) -> Tensor {
         out
     }
     let chunk = |p: &Tensor| p.shape()[axis] * inner;
-    match first.data() {
-        Data::I32(_) => {
-            let blocks: Vec<(&[i32], usize)> = parts.iter().map(|p| (p.i32s().unwrap_or_default(), chunk(p))).collect();
-            Tensor::from_i32(shape, interleave(&blocks, outer))
-        }
-        Data::F32(_) => {
-            let blocks: Vec<(&[f32], usize)> = parts.iter().map(|p| (p.f32s().unwrap_or_default(), chunk(p))).collect();
-            Tensor::from_stored(first.dtype(), shape, interleave(&blocks, outer))
-        }
+    if let Data::I32(_) = first.data() {
+        let blocks: Vec<(&[i32], usize)> = parts.iter().map(|p| (p.i32s().unwrap_or_default(), chunk(p))).collect();
+        return Tensor::from_i32(shape, interleave(&blocks, outer));
     }
+    let floats: Vec<_> = parts.iter().map(|p| p.floats()).collect();
+    let blocks: Vec<(&[f32], usize)> = floats.iter().zip(parts).map(|(v, p)| (&v[..], chunk(p))).collect();
+    Tensor::from_stored(first.dtype(), shape, interleave(&blocks, outer))
 }
 
 /// Appends `new`'s rows (axis 0) to `cache`, reusing `cache`'s allocation.
@@ -85,13 +92,14 @@ pub fn append_rows(cache: Tensor, new: &Tensor) -> Tensor {
     shape[0] += new.shape()[0];
     let dtype = cache.dtype();
     match cache.into_data() {
-        Data::F32(mut v) => {
-            v.extend(new.to_f32_vec().into_iter().map(|x| dtype.round(x)));
-            Tensor::from_stored(dtype, shape, v)
-        }
         Data::I32(mut v) => {
             v.extend(new.i32s().unwrap_or_default());
             Tensor::from_i32(shape, v)
+        }
+        floats => {
+            let mut v = floats.into_floats();
+            v.extend(new.to_f32_vec().into_iter().map(|x| dtype.round(x)));
+            Tensor::from_stored(dtype, shape, v)
         }
     }
 }
