@@ -2,9 +2,11 @@
 //! state (the KV cache) from one step to the next. It is the oracle every other backend is
 //! checked against, not a fast path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use smelt_ir::{eval_with, DType, Dim, EvalError, EvalOptions, Graph, Op, Sym, Tensor, WeightSource, WEIGHT_CONCAT};
+use smelt_ir::{
+    eval_with, DType, Data, Dim, EvalError, EvalOptions, Graph, Op, Sym, Tensor, WeightSource, WEIGHT_CONCAT,
+};
 
 /// How the CPU backend evaluates a model: an f16 activation that overflows is an error naming
 /// the op, not an inf that silently turns the logits into NaN.
@@ -130,12 +132,20 @@ fn empty_state(node: &smelt_ir::Node) -> Tensor {
 
 impl HostWeights {
     /// Makes the weights fit `graphs` (fused ones may name `a+b+c`, the concatenation of
-    /// checkpoint tensors along axis 0), then drops tensors none of them reads.
+    /// checkpoint tensors along axis 0), then drops tensors none of them reads. Each part is
+    /// dropped as soon as the last concatenation that needs it is made, so the parts and their
+    /// copies are never all held at once.
     pub fn prepare_for(&mut self, graphs: &[&Graph]) -> Result<(), EvalError> {
-        for spec in weight_specs(graphs) {
-            if self.tensors.contains_key(&spec.name) {
-                continue;
+        let specs = weight_specs(graphs);
+        let used: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        let joins: Vec<&WeightSpec> = specs.iter().filter(|s| !self.tensors.contains_key(&s.name)).collect();
+        let mut pending: HashMap<&str, usize> = HashMap::new();
+        for spec in &joins {
+            for part in spec.name.split(WEIGHT_CONCAT) {
+                *pending.entry(part).or_default() += 1;
             }
+        }
+        for spec in joins {
             let parts: Vec<&Tensor> = spec
                 .name
                 .split(WEIGHT_CONCAT)
@@ -147,29 +157,99 @@ impl HostWeights {
                     expected: format!("{:?}", spec.shape),
                     found: parts.iter().map(|p| format!("{:?}", p.shape())).collect::<Vec<_>>().join(" + "),
                 })?;
-            self.tensors.insert(spec.name, joined);
+            self.tensors.insert(spec.name.clone(), joined);
+            for part in spec.name.split(WEIGHT_CONCAT) {
+                let left = pending.get_mut(part).map(|n| {
+                    *n -= 1;
+                    *n
+                });
+                if left == Some(0) && !used.contains(part) {
+                    self.tensors.remove(part);
+                }
+            }
         }
-        let used: std::collections::HashSet<String> = weight_specs(graphs).into_iter().map(|s| s.name).collect();
-        self.tensors.retain(|name, _| used.contains(name));
+        self.tensors.retain(|name, _| used.contains(name.as_str()));
         Ok(())
     }
 }
 
-/// Row-wise concatenation of same-dtype, same-width tensors.
+/// Row-wise concatenation of same-dtype, same-width tensors, kept in their storage when they
+/// share it.
 fn concat_rows(parts: &[&Tensor]) -> Option<Tensor> {
-    let first = parts.first()?;
-    let width: usize = first.shape().get(1..)?.iter().product();
-    let mut rows = 0;
-    let mut values = Vec::new();
-    for p in parts {
+    let first = parts.first().filter(|p| p.dtype().is_float())?;
+    let mut shape = first.shape().to_vec();
+    for p in &parts[1..] {
         if p.dtype() != first.dtype() || p.shape().get(1..) != first.shape().get(1..) {
             return None;
         }
-        rows += p.shape()[0];
-        values.extend_from_slice(p.f32s()?);
+        shape[0] += p.shape()[0];
     }
-    let mut shape = first.shape().to_vec();
-    shape[0] = rows;
-    debug_assert_eq!(values.len(), rows * width);
-    Some(Tensor::from_f32(first.dtype(), shape, values))
+    fn join<T: Copy>(parts: &[&Tensor], of: impl Fn(&Data) -> Option<&Vec<T>>) -> Option<Vec<T>> {
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend_from_slice(of(p.data())?);
+        }
+        Some(out)
+    }
+    let dtype = first.dtype();
+    if let Some(v) = join(parts, |d| if let Data::Bf16(v) = d { Some(v) } else { None }) {
+        return Some(Tensor::from_bf16(dtype, shape, v));
+    }
+    if let Some(v) = join(parts, |d| if let Data::F16(v) = d { Some(v) } else { None }) {
+        return Some(Tensor::from_f16(dtype, shape, v));
+    }
+    let mut values = Vec::new();
+    for p in parts {
+        values.extend_from_slice(&p.floats());
+    }
+    Some(Tensor::from_stored(dtype, shape, values))
+}
+
+#[cfg(test)]
+mod tests {
+    use half::bf16;
+    use smelt_ir::{shape, Builder};
+
+    use super::*;
+
+    fn kept(rows: usize, values: &[f32]) -> Tensor {
+        Tensor::from_bf16(DType::F32, vec![rows, 2], values.iter().map(|&v| bf16::from_f32(v)).collect())
+    }
+
+    /// A graph reading the weights `names` (each [rows, 2]) and nothing else.
+    fn reading(names: &[(&str, usize)]) -> Graph {
+        let mut b = Builder::new();
+        for (i, &(name, rows)) in names.iter().enumerate() {
+            let w = b.weight(name, DType::F32, shape![rows, 2]).unwrap();
+            b.output(&format!("y{i}"), w).unwrap();
+        }
+        b.finish().unwrap()
+    }
+
+    #[test]
+    fn concatenations_keep_16_bit_storage_and_their_parts_go() {
+        let parts = [("a", kept(1, &[1.0, 2.0])), ("b", kept(2, &[3.0, 4.0, 5.0, 6.0])), ("c", kept(1, &[7.0, 8.0]))];
+        let mut weights = HostWeights::from_map(parts.into_iter().map(|(n, t)| (n.to_string(), t)).collect());
+        // `a` is in two concatenations, `c` is also read alone.
+        let g = reading(&[("a+b", 3), ("c+a", 2), ("c", 1)]);
+        weights.prepare_for(&[&g]).unwrap();
+        let mut names: Vec<&str> = weights.tensors.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["a+b", "c", "c+a"]);
+        let ab = weights.weight("a+b").unwrap();
+        assert!(matches!(ab.data(), Data::Bf16(_)), "{ab:?}");
+        assert_eq!(ab.to_f32_vec(), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(weights.weight("c+a").unwrap().to_f32_vec(), [7.0, 8.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn mixed_storage_concatenates_in_f32() {
+        let f32_part = Tensor::from_f32(DType::F32, vec![1, 2], vec![0.5, -1.0]);
+        let tensors = HashMap::from([("a".to_string(), kept(1, &[1.0, 2.0])), ("b".to_string(), f32_part)]);
+        let mut weights = HostWeights::from_map(tensors);
+        weights.prepare_for(&[&reading(&[("a+b", 2)])]).unwrap();
+        let ab = weights.weight("a+b").unwrap();
+        assert_eq!((ab.f32s().is_some(), ab.to_f32_vec()), (true, vec![1.0, 2.0, 0.5, -1.0]));
+        assert_eq!(weights.len(), 1);
+    }
 }

@@ -1,7 +1,7 @@
 //! Loading Hugging Face safetensors checkpoints from a model directory.
 //!
 //! A model directory holds either `model.safetensors` or `model.safetensors.index.json` plus the
-//! shards it names. [`Checkpoint::open`] memory-maps every file and parses every header up front,
+//! shards it names. [`Checkpoint::open`] opens every file and parses every header up front,
 //! so a truncated download or a non-safetensors file fails immediately with the path at fault.
 //! [`Checkpoint::validate`] then checks the checkpoint against what the model expects (names,
 //! exact shapes, float dtypes) and reports *all* missing tensors at once, before any of the
@@ -10,7 +10,8 @@
 mod convert;
 mod diagnose;
 mod error;
-// Mapping a checkpoint file (memmap2 cannot make that safe: another process may change it).
+// Mapping a checkpoint file to parse its header (memmap2 cannot make that safe: another
+// process may change it).
 #[allow(unsafe_code)]
 mod file;
 #[cfg(test)]
@@ -24,7 +25,11 @@ use smelt_ir::{DType, Tensor};
 pub use error::WeightError;
 pub use file::{INDEX_FILE, SINGLE_FILE};
 
-use file::{Entry, MappedFile};
+use file::{Entry, TensorFile};
+use safetensors::Dtype;
+
+/// Bytes read from a checkpoint at a time (a multiple of every element size).
+const STAGING_BYTES: usize = 4 << 20;
 
 /// What the model expects: a tensor name and its exact shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,12 +52,12 @@ pub struct LoadedWeights {
     pub unexpected: Vec<String>,
 }
 
-/// The mmapped checkpoint: one file or the shards of an index.
+/// The opened checkpoint: one file or the shards of an index.
 ///
-/// The maps stay alive as long as the checkpoint; tensor metadata is owned, so nothing borrows
-/// from the maps between calls and every byte access is bounds-checked.
+/// Tensor metadata is owned and every byte range was checked against its file's length at
+/// open time; data is read on demand by [`Checkpoint::load`].
 pub struct Checkpoint {
-    files: Vec<MappedFile>,
+    files: Vec<TensorFile>,
     entries: BTreeMap<String, Entry>,
 }
 
@@ -89,9 +94,9 @@ impl Checkpoint {
     pub fn dtype(&self, name: &str) -> Result<DType, WeightError> {
         let entry = self.entry(name)?;
         match entry.dtype {
-            safetensors::Dtype::F32 => Ok(DType::F32),
-            safetensors::Dtype::F16 => Ok(DType::F16),
-            safetensors::Dtype::BF16 => Ok(DType::BF16),
+            Dtype::F32 => Ok(DType::F32),
+            Dtype::F16 => Ok(DType::F16),
+            Dtype::BF16 => Ok(DType::BF16),
             other => Err(WeightError::DType {
                 name: name.to_string(),
                 path: self.path_of(entry).to_path_buf(),
@@ -136,8 +141,10 @@ impl Checkpoint {
             .collect())
     }
 
-    /// Converts one tensor to a host [`Tensor`] of `dtype`: stored values are widened to f32
-    /// exactly, then rounded to `dtype` (so bf16 → bf16 and bf16 → f32 are exact).
+    /// Reads one tensor as a host [`Tensor`] of `dtype`, kept in the narrowest storage that
+    /// holds exactly the values `dtype` computes with ([`convert::Kept`]): a bf16 checkpoint
+    /// stays bf16 for bf16 and for f32 (widened per tile as it is used, exactly); an f32 one
+    /// loaded as bf16 rounds to nearest even. The bytes go through a bounded staging buffer.
     pub fn load(&self, name: &str, dtype: DType) -> Result<Tensor, WeightError> {
         let entry = self.entry(name)?;
         let path = self.path_of(entry);
@@ -145,38 +152,40 @@ impl Checkpoint {
             return Err(WeightError::Target { name: name.to_string(), path: path.to_path_buf(), requested: dtype });
         }
         // Checks the stored dtype (and names the tensor) before any conversion work.
-        self.dtype(name)?;
-        let bytes = self
-            .files
-            .get(entry.file)
-            .and_then(|f| f.mmap.get(entry.start..entry.end))
-            .ok_or_else(|| WeightError::malformed(path, format!("tensor {name}: data lies outside the file")))?;
-        // The dtype was checked above, so this is `Some`; an empty default would fail the size
-        // check below rather than panic.
-        let (values, finite) = convert::to_f32(entry.dtype, bytes).unwrap_or_default();
+        let stored = self.dtype(name)?;
+        let bytes = entry.end - entry.start;
         let numel = entry.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-        let exact = values.len().checked_mul(entry.dtype.bitsize() / 8) == Some(bytes.len());
-        if numel != Some(values.len()) || !exact {
+        let file = self.files.get(entry.file);
+        let kept = numel.filter(|n| n.checked_mul(entry.dtype.bitsize() / 8) == Some(bytes));
+        let (Some(file), Some(mut kept)) = (file, kept.and_then(|n| convert::Kept::new(entry.dtype, dtype, n))) else {
             return Err(WeightError::malformed(
                 path,
-                format!("tensor {name}: {} bytes of {} do not match shape {:?}", bytes.len(), entry.dtype, entry.shape),
+                format!("tensor {name}: {bytes} bytes of {} do not match shape {:?}", entry.dtype, entry.shape),
             ));
+        };
+        let mut staging = vec![0u8; STAGING_BYTES.min(bytes)];
+        let mut finite = true;
+        for offset in (entry.start..entry.end).step_by(STAGING_BYTES) {
+            let chunk = &mut staging[..STAGING_BYTES.min(entry.end - offset)];
+            file.read_at(offset, chunk).map_err(|e| {
+                WeightError::malformed(path, format!("tensor {name}: cannot read its bytes at offset {offset}: {e}"))
+            })?;
+            finite &= kept.append(entry.dtype, chunk);
         }
         // NaN or inf in a weight makes every logit NaN, and greedy decoding then prints token
         // 0 forever: refused here, where the tensor and file can be named.
-        if !finite {
-            let first = values.iter().position(|v| !v.is_finite()).unwrap_or_default();
-            let count = values[first..].iter().filter(|v| !v.is_finite()).count();
+        let (count, first) = if finite { (0, 0) } else { kept.non_finite() };
+        if count > 0 {
             return Err(WeightError::NonFinite { name: name.to_string(), path: path.to_path_buf(), count, first });
         }
-        let tensor = Tensor::from_f32(dtype, entry.shape.clone(), values);
-        if dtype == DType::F16 {
-            let count = tensor.f32s().map_or(0, |v| v.iter().filter(|x| !x.is_finite()).count());
+        // Finite stored values that rounded to infinity in a narrower dtype.
+        if dtype != DType::F32 && dtype != stored {
+            let (count, _) = kept.non_finite();
             if count > 0 {
-                return Err(WeightError::F16Range { name: name.to_string(), path: path.to_path_buf(), count });
+                return Err(WeightError::Range { name: name.to_string(), path: path.to_path_buf(), count, dtype });
             }
         }
-        Ok(tensor)
+        Ok(kept.into_tensor(dtype, entry.shape.clone()))
     }
 
     /// [`validate`](Self::validate), then [`load`](Self::load) every spec, in spec order.

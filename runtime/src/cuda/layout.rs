@@ -19,14 +19,19 @@ fn align(n: usize) -> usize {
 
 /// `values` in `dtype`'s storage, little-endian.
 pub(crate) fn storage_bytes(t: &Tensor, dtype: DType) -> Vec<u8> {
-    match t.data() {
-        Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Data::F32(v) => match dtype {
-            DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            DType::BF16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect(),
-            DType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes()).collect(),
-            DType::I32 => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
-        },
+    match (t.data(), dtype) {
+        (Data::I32(v), _) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        (Data::Bf16(v), DType::BF16) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+        (Data::F16(v), DType::F16) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+        _ => {
+            let v = t.floats();
+            match dtype {
+                DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                DType::BF16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect(),
+                DType::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes()).collect(),
+                DType::I32 => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+            }
+        }
     }
 }
 

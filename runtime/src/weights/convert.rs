@@ -1,13 +1,96 @@
-//! Little-endian raw tensor bytes → f32 values.
+//! Little-endian raw tensor bytes → the values a loaded weight keeps.
 //!
 //! The real model has ~600M parameters, so conversion works over fixed-size chunks: half-floats
 //! are gathered into a small stack buffer of bits and converted with `half`'s slice routines
 //! (vectorised — F16C on x86 — where the hardware allows), with no per-element allocation. The
-//! mmapped bytes need not be 2- or 4-byte aligned, which is why nothing is reinterpreted in place.
+//! bytes need not be 2- or 4-byte aligned, which is why nothing is reinterpreted in place.
 
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
 use safetensors::Dtype;
+use smelt_ir::{DType, Tensor};
+
+/// The values of a weight being loaded, in the narrowest storage that holds exactly what the
+/// execution dtype computes with: a 16-bit execution dtype keeps its own 16 bits; f32 keeps
+/// the checkpoint's own (bf16 or f16 widen to f32 exactly, so storing them wider only costs
+/// memory).
+pub enum Kept {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+impl Kept {
+    /// Empty storage for `len` values stored as `stored`, to be computed with in `target` (a
+    /// float dtype); `None` when `stored` is not BF16, F16 or F32.
+    pub fn new(stored: Dtype, target: DType, len: usize) -> Option<Kept> {
+        Some(match (target, stored) {
+            (DType::BF16, _) | (DType::F32, Dtype::BF16) => Kept::Bf16(Vec::with_capacity(len)),
+            (DType::F16, _) | (DType::F32, Dtype::F16) => Kept::F16(Vec::with_capacity(len)),
+            (DType::F32, Dtype::F32) => Kept::F32(Vec::with_capacity(len)),
+            _ => return None,
+        })
+    }
+
+    /// Appends the values of `bytes` (whole elements stored as `stored`) and says whether
+    /// every stored value was finite. Same-width values are copied as bits; others go
+    /// through f32 and round to nearest even, as `DType::round` does.
+    pub fn append(&mut self, stored: Dtype, bytes: &[u8]) -> bool {
+        match (self, stored) {
+            (Kept::Bf16(out), Dtype::BF16) => {
+                bits(bytes, 0x7f80, |b| out.extend(b.iter().map(|&b| bf16::from_bits(b))))
+            }
+            (Kept::F16(out), Dtype::F16) => bits(bytes, 0x7c00, |b| out.extend(b.iter().map(|&b| f16::from_bits(b)))),
+            (kept, _) => {
+                let (values, finite) = to_f32(stored, bytes).unwrap_or_default();
+                match kept {
+                    Kept::F32(out) => out.extend_from_slice(&values),
+                    Kept::Bf16(out) => out.extend(values.iter().map(|&v| bf16::from_f32(v))),
+                    Kept::F16(out) => out.extend(values.iter().map(|&v| f16::from_f32(v))),
+                }
+                finite
+            }
+        }
+    }
+
+    /// How many values are NaN or infinite, and the index of the first.
+    pub fn non_finite(&self) -> (usize, usize) {
+        fn count<T: Copy>(v: &[T], finite: impl Fn(T) -> bool) -> (usize, usize) {
+            let first = v.iter().position(|&x| !finite(x)).unwrap_or(v.len());
+            (v[first..].iter().filter(|&&x| !finite(x)).count(), first)
+        }
+        match self {
+            Kept::F32(v) => count(v, f32::is_finite),
+            Kept::Bf16(v) => count(v, bf16::is_finite),
+            Kept::F16(v) => count(v, f16::is_finite),
+        }
+    }
+
+    /// The tensor of `dtype` (the target given to [`Kept::new`]).
+    pub fn into_tensor(self, dtype: DType, shape: Vec<usize>) -> Tensor {
+        match self {
+            Kept::F32(v) => Tensor::from_stored(dtype, shape, v),
+            Kept::Bf16(v) => Tensor::from_bf16(dtype, shape, v),
+            Kept::F16(v) => Tensor::from_f16(dtype, shape, v),
+        }
+    }
+}
+
+/// Little-endian 16-bit words of `bytes`, a chunk at a time, to `take`; says whether no word
+/// holds all of `exponent` (NaN or inf).
+fn bits(bytes: &[u8], exponent: u16, mut take: impl FnMut(&[u16])) -> bool {
+    let mut chunk = [0u16; CHUNK];
+    let mut worst = 0u16;
+    for src in bytes.chunks(2 * CHUNK) {
+        let n = src.len() / 2;
+        for (b, c) in chunk[..n].iter_mut().zip(src.chunks_exact(2)) {
+            *b = u16::from_le_bytes([c[0], c[1]]);
+        }
+        worst = worst.max(chunk[..n].iter().map(|b| b & exponent).max().unwrap_or(0));
+        take(&chunk[..n]);
+    }
+    worst != exponent
+}
 
 /// Elements converted per chunk: small enough for the stack, large enough to amortise the loop.
 const CHUNK: usize = 4096;
@@ -43,18 +126,13 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<(Vec<f32>, bool)> {
 /// Chunked 16-bit conversion: `convert(bits, out)` fills `out` (same length as `bits`); a
 /// value whose bits hold all of `exponent` is NaN or inf.
 fn halves(bytes: &[u8], exponent: u16, convert: impl Fn(&[u16], &mut [f32])) -> (Vec<f32>, bool) {
-    let mut out = vec![0f32; bytes.len() / 2];
-    let mut bits = [0u16; CHUNK];
-    let mut worst = 0u16;
-    for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
-        let n = dst.len();
-        for (b, c) in bits[..n].iter_mut().zip(src.chunks_exact(2)) {
-            *b = u16::from_le_bytes([c[0], c[1]]);
-        }
-        worst = worst.max(bits[..n].iter().map(|b| b & exponent).max().unwrap_or(0));
-        convert(&bits[..n], dst);
-    }
-    (out, worst != exponent)
+    let mut out = Vec::with_capacity(bytes.len() / 2);
+    let mut chunk = [0f32; CHUNK];
+    let finite = bits(bytes, exponent, |b| {
+        convert(b, &mut chunk[..b.len()]);
+        out.extend_from_slice(&chunk[..b.len()]);
+    });
+    (out, finite)
 }
 
 #[cfg(test)]

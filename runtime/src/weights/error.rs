@@ -81,12 +81,13 @@ pub enum WeightError {
     )]
     NonFinite { name: String, path: PathBuf, count: usize, first: usize },
 
-    /// Values that f16 cannot hold (beyond ±65504, or already inf/NaN in the file).
+    /// Values that the 16-bit execution dtype cannot hold (beyond ±65504 for f16).
     #[error(
-        "tensor {name} in {}: {count} values do not fit f16 (beyond ±65504 or not finite); load in bf16 or f32",
-        .path.display()
+        "tensor {name} in {}: {count} values do not fit {dtype} (they round to infinity); load in {}",
+        .path.display(),
+        if *.dtype == DType::F16 { "bf16 or f32" } else { "f32" }
     )]
-    F16Range { name: String, path: PathBuf, count: usize },
+    Range { name: String, path: PathBuf, count: usize, dtype: DType },
 }
 
 impl WeightError {

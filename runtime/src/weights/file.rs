@@ -1,10 +1,11 @@
 //! Finding, mapping and parsing the safetensors files of a model directory.
 //!
-//! Headers are parsed once at open time into plain owned metadata (name → dtype, shape, absolute
-//! byte range, which file). Keeping owned metadata next to the `Mmap`s avoids a self-referential
-//! `SafeTensors<'mmap>` and lets every later access be a bounds-checked `get` on the map.
+//! Headers are parsed once at open time, through a map of the file, into plain owned metadata
+//! (name → dtype, shape, absolute byte range, which file); the map is dropped then. Tensor
+//! data is read later with `pread` at ranges checked against the file's length.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
@@ -19,10 +20,30 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 /// The index of a sharded checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// One mapped safetensors file.
-pub struct MappedFile {
+/// One safetensors file: its header was parsed through a map at open time; tensor data is
+/// read with `pread`, not through a map. Bytes read through a map stay counted in this
+/// process's resident memory for as long as the map lives (a whole checkpoint next to the
+/// weights converted from it), while `pread` leaves them in the page cache alone.
+pub struct TensorFile {
     pub path: PathBuf,
-    pub mmap: Mmap,
+    file: File,
+}
+
+impl TensorFile {
+    /// Fills `buf` from byte `offset` on; an error if the file ends first (truncated since
+    /// it was opened).
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
+        #[cfg(unix)]
+        return std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset as u64);
+        #[cfg(not(unix))]
+        {
+            // One reader at a time: a checkpoint is loaded tensor after tensor.
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = &self.file;
+            file.seek(SeekFrom::Start(offset as u64))?;
+            file.read_exact(buf)
+        }
+    }
 }
 
 /// Where one tensor lives: `file` indexes `Opened::files`, `start..end` is absolute in that file.
@@ -37,7 +58,7 @@ pub struct Entry {
 
 /// Everything `Checkpoint::open` produces.
 pub struct Opened {
-    pub files: Vec<MappedFile>,
+    pub files: Vec<TensorFile>,
     pub entries: BTreeMap<String, Entry>,
 }
 
@@ -46,10 +67,10 @@ pub struct Opened {
 pub fn open_dir(dir: &Path) -> Result<Opened, WeightError> {
     let single = dir.join(SINGLE_FILE);
     match map(&single) {
-        Ok(mmap) => {
+        Ok((file, mmap)) => {
             let parsed = parse(&single, &mmap)?;
             let entries = parsed.into_iter().map(|(n, e)| (n, e.in_file(0))).collect();
-            let files = vec![MappedFile { path: single, mmap }];
+            let files = vec![TensorFile { path: single, file }];
             Ok(Opened { files, entries })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => open_index(dir),
@@ -88,7 +109,7 @@ fn open_index(dir: &Path) -> Result<Opened, WeightError> {
     let mut shard_tensors: Vec<HashMap<String, Entry>> = Vec::with_capacity(shard_ids.len());
     for (shard, id) in shard_ids.iter_mut() {
         let path = dir.join(shard);
-        let mmap = match map(&path) {
+        let (file, mmap) = match map(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(WeightError::ShardMissing { index: index_path, shard: path })
@@ -97,7 +118,7 @@ fn open_index(dir: &Path) -> Result<Opened, WeightError> {
         };
         *id = files.len();
         shard_tensors.push(parse(&path, &mmap)?.into_iter().collect());
-        files.push(MappedFile { path, mmap });
+        files.push(TensorFile { path, file });
     }
 
     // The index is authoritative: tensors a shard holds but the index omits are not visible,
@@ -129,13 +150,14 @@ fn is_relative_file(name: &str) -> bool {
         && path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
-fn map(path: &Path) -> io::Result<Mmap> {
+fn map(path: &Path) -> io::Result<(File, Mmap)> {
     let file = crate::files::open_regular(path)?;
     // SAFETY: the map is read-only and private to this process. Like every mmap-based loader
     // (safetensors' own docs included) we rely on the checkpoint not being modified or
     // truncated by another process while it is open; all reads are bounds-checked against the
     // length seen here, so malformed *contents* can never cause out-of-bounds access.
-    unsafe { Mmap::map(&file) }
+    let mmap = unsafe { Mmap::map(&file) }?;
+    Ok((file, mmap))
 }
 
 /// Parses one file's header; every tensor's byte range is checked against the file length.

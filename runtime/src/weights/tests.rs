@@ -9,6 +9,7 @@ use safetensors::Dtype;
 use tempfile::TempDir;
 
 use super::*;
+use smelt_ir::Data;
 
 /// One stored tensor: name, dtype, shape, raw little-endian bytes.
 type Raw = (&'static str, Dtype, Vec<usize>, Vec<u8>);
@@ -79,24 +80,33 @@ fn round_trips_f32_bf16_f16() {
     assert_eq!(ck.dtype("x.f16").unwrap(), DType::F16);
     assert_eq!(ck.dtype("x.f32").unwrap(), DType::F32);
 
-    // Half-precision storage widens to f32 exactly.
+    // Half-precision storage widens to f32 exactly; loaded for f32 it stays in its 16 bits.
     let b = ck.load("x.bf16", DType::F32).unwrap();
+    assert!(matches!(b.data(), Data::Bf16(_)), "{:?}", b.data());
+    assert!(matches!(ck.load("x.f16", DType::F32).unwrap().data(), Data::F16(_)));
+    assert!(matches!(ck.load("x.f32", DType::F32).unwrap().data(), Data::F32(_)));
+    assert!(matches!(ck.load("x.f32", DType::BF16).unwrap().data(), Data::Bf16(_)));
+    assert!(matches!(ck.load("x.f16", DType::BF16).unwrap().data(), Data::Bf16(_)));
+    assert!(
+        matches!(ck.load("x.bf16", DType::F16), Err(WeightError::Range { count: 1, .. })),
+        "65504 rounds to bf16 65536"
+    );
     assert_eq!(b.shape(), [2, 3]);
     let want: Vec<f32> = exact.iter().map(|&x| DType::BF16.round(x)).collect();
-    assert_eq!(b.f32s().unwrap(), want);
-    assert_eq!(ck.load("x.bf16", DType::BF16).unwrap().f32s().unwrap(), want);
+    assert_eq!(b.to_f32_vec(), want);
+    assert_eq!(ck.load("x.bf16", DType::BF16).unwrap().to_f32_vec(), want);
     let h = ck.load("x.f16", DType::F32).unwrap();
     let want: Vec<f32> = exact.iter().map(|&x| DType::F16.round(x)).collect();
-    assert_eq!(h.f32s().unwrap(), want);
+    assert_eq!(h.to_f32_vec(), want);
     assert_eq!(want[..3], [1.0, -2.5, 0.15625]);
 
     // f32 is exact as f32 and rounded once when loaded narrower.
     let vals = [0.1, 1.0 / 3.0, 1e30, -7.0, 0.0, 2.0];
     let f = ck.load("x.f32", DType::F32).unwrap();
-    assert_eq!((f.dtype(), f.f32s().unwrap()), (DType::F32, &vals[..]));
+    assert_eq!((f.dtype(), &f.to_f32_vec()[..]), (DType::F32, &vals[..]));
     let fb = ck.load("x.f32", DType::BF16).unwrap();
     let want: Vec<f32> = vals.iter().map(|&x| DType::BF16.round(x)).collect();
-    assert_eq!((fb.dtype(), fb.f32s().unwrap()), (DType::BF16, &want[..]));
+    assert_eq!((fb.dtype(), &fb.to_f32_vec()[..]), (DType::BF16, &want[..]));
 }
 
 #[test]
@@ -107,7 +117,7 @@ fn single_file_load_all_in_spec_order() {
     let got = ck.load_all(&specs, &[], DType::F16).unwrap();
     let names: Vec<&str> = got.tensors.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["w1", "w0"]);
-    assert_eq!(got.tensors[1].1.f32s().unwrap(), [0.0, 1.0, 2.0]);
+    assert_eq!(got.tensors[1].1.to_f32_vec(), [0.0, 1.0, 2.0]);
     assert_eq!(got.tensors[0].1.dtype(), DType::F16);
     assert!(got.unexpected.is_empty());
 }
@@ -120,8 +130,8 @@ fn two_shard_index() {
     assert_eq!(ck.files().len(), 2);
     let specs = [spec("c", &[2, 2]), spec("a", &[2]), spec("b", &[3])];
     let got = ck.load_all(&specs, &[], DType::F32).unwrap();
-    assert_eq!(got.tensors[0].1.f32s().unwrap(), [1.0, -0.5, 0.25, 8.0]);
-    assert_eq!(got.tensors[2].1.f32s().unwrap(), [0.0, 1.0, 2.0]);
+    assert_eq!(got.tensors[0].1.to_f32_vec(), [1.0, -0.5, 0.25, 8.0]);
+    assert_eq!(got.tensors[2].1.to_f32_vec(), [0.0, 1.0, 2.0]);
     assert_eq!(ck.dtype("c").unwrap(), DType::BF16);
 }
 
@@ -316,7 +326,7 @@ fn values_beyond_f16_are_an_error_when_loading_in_f16() {
     let dir = single(&[("big", Dtype::F32, vec![3], f32s(&[1.0, 70000.0, -1e6]))]);
     let ck = Checkpoint::open(dir.path()).unwrap();
     let err = ck.load("big", DType::F16).unwrap_err();
-    assert!(matches!(err, WeightError::F16Range { count: 2, .. }), "{err}");
+    assert!(matches!(err, WeightError::Range { count: 2, dtype: DType::F16, .. }), "{err}");
     assert!(err.to_string().contains("tensor big in") && err.to_string().contains("bf16 or f32"), "{err}");
     assert_eq!(ck.load("big", DType::BF16).unwrap().shape(), &[3]);
 }
