@@ -8,6 +8,9 @@
   reference   Seeded random prompt; one no-cache forward of HF Qwen3ForCausalLM in f32 (eager
               attention, no TF32) and one in bf16 (sdpa). Writes prompt_ids i32 [N],
               logits_f32 f32 [N, vocab], argmax_bf16 i32 [N].
+  logits      HF's counterpart of `smelt logits`: one no-cache forward of the given ids with
+              the weights in --dtype (f32 or bf16), `logits` f32 [N, vocab] to --out. Run
+              both under /usr/bin/time -v to compare peak memory on one checkpoint.
   compare     Our `logits` [N, vocab] vs a reference: relative error (whole tensor, worst row),
               max abs error, top-1 agreement; exit 1 past --max-rel-err / --min-top1.
   bench       HF transformers bf16 speed on the same weights: batch-1 decode ms/token at two
@@ -173,6 +176,20 @@ def cmd_reference(a: argparse.Namespace) -> int:
         "logits_f32": logits32.cpu(),
         "argmax_bf16": argmax16.to(torch.int32).cpu(),
     }, a.out, metadata={k: str(v) for k, v in meta.items()})
+    log(f"wrote {a.out} ({time.time() - T0:.1f}s total)")
+    return 0
+
+
+def cmd_logits(a: argparse.Namespace) -> int:
+    dev = pick_device(a.device)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    model = load_model(a.model, dtype, "eager" if a.dtype == "f32" else "sdpa", dev)
+    ids = torch.tensor([int(t) for t in a.prompt_ids.split(",")], device=dev)
+    log(f"loaded {a.model} as {a.dtype} on {dev} ({time.time() - T0:.1f}s); {len(ids)} ids")
+    with torch.no_grad():
+        logits = model(input_ids=ids[None], use_cache=False).logits[0].float()
+    save_file({"logits": logits.cpu().contiguous()}, a.out,
+              metadata={"generator": "scripts/torch_baseline.py logits", "dtype": a.dtype})
     log(f"wrote {a.out} ({time.time() - T0:.1f}s total)")
     return 0
 
@@ -403,6 +420,13 @@ def main() -> int:
     r.add_argument("--device", default="auto", help=dev_help)
     r.set_defaults(func=cmd_reference)
 
+    lg = sub.add_parser("logits", help="HF logits of given ids with weights in --dtype (smelt logits' twin)")
+    lg.add_argument("--model", required=True, help="checkpoint directory")
+    lg.add_argument("--prompt-ids", required=True, help="comma-separated token ids, e.g. 5,17,42")
+    lg.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    lg.add_argument("--out", required=True, help="output .safetensors holding `logits` f32 [N, vocab]")
+    lg.add_argument("--device", default="cpu", help=dev_help)
+    lg.set_defaults(func=cmd_logits)
     c = sub.add_parser("compare", help="compare our logits with a reference file; exit 1 on failure")
     c.add_argument("--ours", required=True, help=".safetensors holding `logits` f32 [N, vocab]")
     c.add_argument("--reference", required=True, help="output of the reference subcommand")
