@@ -117,6 +117,36 @@ fn norm_rope_goes_into_its_append_and_attention_only_when_private() {
     }
 }
 
+/// The norm+RoPE of `x [rows, 2, 8]` read by one op in the operand slot where absorbing it
+/// would be wrong: a KV append's cache (over cached rows), or attention's keys.
+fn misplaced_rope_graph(as_cache: bool) -> Graph {
+    let mut b = Builder::new();
+    let rows = if as_cache { Sym::CachedTokens } else { Sym::NewTokens };
+    let positions = b.input("positions", DType::I32, shape![rows]);
+    let x = b.input("x", DType::F32, shape![rows, 2, 8]);
+    let rope = chains::norm_rope(&mut b, "x", x, positions, positions, Rope::Exact).0;
+    let other = b.input("other", DType::F32, shape![Sym::NewTokens, 2, 8]);
+    let y = if as_cache {
+        b.op("append", Op::KvAppend, &[rope, other]).unwrap()
+    } else {
+        b.op("attention", Op::Attention { scale: 0.35 }, &[other, rope, other]).unwrap()
+    };
+    b.output("y", y).unwrap();
+    b.finish().unwrap()
+}
+
+#[test]
+fn norm_rope_stays_out_of_an_append_it_is_the_cache_of_or_attention_it_is_the_keys_of() {
+    for as_cache in [true, false] {
+        let g = misplaced_rope_graph(as_cache);
+        let (after, report) = run_verified(&FuseNormRope, &run_verified(&FuseRmsNorm, &g).0);
+        assert_eq!((report.matched, report.changed), (1, 1), "as cache: {as_cache}");
+        for t in [1, 3] {
+            assert_same_eval(&g, &run_verified(&Dce, &after).0, t, 5, 0.0);
+        }
+    }
+}
+
 /// A decode graph (T pinned to 1): `x [1, 8]` normed, then read by matmuls and by `extra`.
 fn prologue_graph(extra_reader: bool, decode: bool) -> Graph {
     let mut b = Builder::new();

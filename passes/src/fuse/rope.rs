@@ -112,7 +112,8 @@ impl Pass for FuseNormRope {
                     replace_with(g, user, Op::NormRope { eps, append: true }, &[raw, w, pos, inv, uops[0]]);
                     appends += 1;
                 }
-                Op::Attention { scale } if uops[0] == fused && uops[1] != fused && uops[2] != fused => {
+                // Only as the queries; if k or v is the same value, it stays computed for them.
+                Op::Attention { scale } if uops[0] == fused => {
                     replace_with(g, user, Op::NormRopeAttention { eps, scale }, &[raw, w, pos, inv, uops[1], uops[2]]);
                     attentions += 1;
                 }
