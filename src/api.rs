@@ -22,8 +22,8 @@ use smelt_ir::DType;
 use smelt_models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Completion, Request};
 use smelt_models::qwen3::Logits;
 use smelt_models::{
-    CausalLm, ChatError, ChatMessage, LoadOptions, ModelError, Qwen3Config, Qwen3Cpu, Qwen3Cuda, Sampler,
-    SamplingParams, TextStream, Tokenizer, TokenizerError,
+    CausalLm, ChatError, ChatMessage, Continuation, FinishReason, LoadOptions, ModelError, Qwen3Config, Qwen3Cpu,
+    Qwen3Cuda, SamplingParams, Tokenizer, TokenizerError,
 };
 use smelt_runtime::cuda::DecoderOptions;
 
@@ -156,7 +156,7 @@ impl Model {
     }
 
     /// Starts generating after `prompt` (a new sequence). The prompt runs now; the iterator
-    /// yields one chunk per new token.
+    /// yields one chunk per new token (with `max_new_tokens: 0`, nothing runs and it yields none).
     pub fn generate(&mut self, prompt: Prompt<'_>, params: &GenerateParams) -> Result<Generation<'_>, Error> {
         params.sampling.validate().map_err(Error::Sampling)?;
         smelt_models::check_stops(&params.stop).map_err(|e| Error::Model(ModelError::BadRequest(e)))?;
@@ -168,19 +168,21 @@ impl Model {
             Prompt::Ids(ids) => ids.to_vec(),
             Prompt::Text(text) => self.tokenizer.as_ref().expect("checked").encode(text)?,
         };
+        let request = Request {
+            prompt: ids,
+            max_new_tokens: params.max_new_tokens,
+            sampling: params.sampling.clone(),
+            stop: params.stop.clone(),
+        };
         let Model { lm, tokenizer, .. } = self;
         let lm = lm.as_mut();
         lm.reset();
-        let mut sampler = Sampler::new(params.sampling.clone(), &ids);
-        let first = next_token(lm, &mut sampler, &ids)?;
-        Ok(Generation {
-            lm,
-            sampler,
-            text: TextStream::new(tokenizer.as_ref(), &params.stop),
-            next: Some(first),
-            produced: 0,
-            max_new_tokens: params.max_new_tokens,
-        })
+        let mut seq = Continuation::new(&request, tokenizer.as_ref());
+        let next = match seq.finish() {
+            Some(_) => None,
+            None => Some(next_token(lm, &mut seq, &request.prompt)?),
+        };
+        Ok(Generation { lm, seq, next })
     }
 
     /// One assistant turn after `messages`, rendered with the model's chat template;
@@ -240,64 +242,58 @@ impl Model {
             });
         }
         let options = self.batch;
-        let lm = self.lm.as_batch().ok_or(Error::Unsupported("batched generation runs on the CPU backend for now"))?;
+        let lm = self.lm.as_batch().ok_or(Error::Unsupported("this backend cannot run a batch"))?;
         Ok(generate_batch(lm, &batch, &options, self.tokenizer.as_ref(), on_event)?)
     }
 }
 
 /// Chooses the token after `ids` (appended to the sequence).
-fn next_token(lm: &mut dyn CausalLm, sampler: &mut Sampler, ids: &[u32]) -> Result<u32, ModelError> {
-    if sampler.params().is_plain_greedy() {
+fn next_token(lm: &mut dyn CausalLm, seq: &mut Continuation<'_>, ids: &[u32]) -> Result<u32, ModelError> {
+    if seq.greedy() {
         return lm.forward_greedy(ids);
     }
     let logits = lm.forward(ids, Logits::LastPosition)?;
-    Ok(sampler.sample(logits.f32s().expect("logits are f32")))
+    Ok(seq.choose(logits.f32s().expect("logits are f32")))
 }
 
 /// A generation in progress: an iterator of [`Chunk`]s. It ends after an EOS token (yielded),
-/// `max_new_tokens`, a stop string, or a full context.
+/// `max_new_tokens`, a stop string, or a full context; [`Generation::finish_reason`] says
+/// which.
 pub struct Generation<'a> {
     lm: &'a mut dyn CausalLm,
-    sampler: Sampler,
-    /// The detokenizer and the stop strings.
-    text: TextStream<'a>,
+    seq: Continuation<'a>,
     /// The token the next call yields; None once generation has ended.
     next: Option<u32>,
-    produced: usize,
-    max_new_tokens: usize,
+}
+
+impl Generation<'_> {
+    /// Why generation ended; `None` while it goes on.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.seq.finish()
+    }
+
+    /// The first text that could not be shown (an id past the tokenizer's vocabulary, which a
+    /// model's padded embedding table allows); the ids are the result either way.
+    pub fn warning(&self) -> Option<&str> {
+        self.seq.warning()
+    }
 }
 
 impl Iterator for Generation<'_> {
     type Item = Result<Chunk, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.produced == self.max_new_tokens {
-            return None;
-        }
         let token = self.next.take()?;
-        self.produced += 1;
-        self.sampler.observe(token);
-        let mut text = match self.text.push(token) {
-            Ok(text) => text,
-            Err(e) => return Some(Err(e.into())),
-        };
-        let config = self.lm.config();
-        let ended = self.text.stopped()
-            || self.lm.eos_token_ids().contains(&token)
-            || self.produced == self.max_new_tokens
-            || self.lm.position() >= config.max_position_embeddings;
-        if ended {
+        let context = self.lm.config().max_position_embeddings;
+        let step = self.seq.accept(token, self.lm.eos_token_ids(), self.lm.position(), context);
+        let mut text = step.text;
+        match step.end {
             // Flush what the detokenizer and the stop matcher still hold.
-            match self.text.finish() {
-                Ok(tail) => text.push_str(&tail),
-                Err(e) => return Some(Err(e.into())),
-            }
-            self.produced = self.max_new_tokens;
-        } else {
-            match next_token(self.lm, &mut self.sampler, &[token]) {
+            Some((_, tail)) => text.push_str(&tail),
+            None => match next_token(self.lm, &mut self.seq, &[token]) {
                 Ok(t) => self.next = Some(t),
                 Err(e) => return Some(Err(e.into())),
-            }
+            },
         }
         Some(Ok(Chunk { token, text }))
     }

@@ -35,7 +35,7 @@ fn generate_gives_the_generation_loops_ids() {
     let mut model = Model::load(&dir, &ModelOptions::default()).unwrap();
     let (ids, text) = collect(model.generate(Prompt::Ids(&[5, 17, 42, 7]), &params).unwrap());
     let mut cpu = Qwen3Cpu::load_with(&dir, LoadOptions::new(smelt::ir::DType::F32)).unwrap();
-    let want = generate(&mut cpu, &[5, 17, 42, 7], 10, &SamplingParams::default(), |_| true).unwrap();
+    let want = generate(&mut cpu, &[5, 17, 42, 7], common::greedy(&[5, 17, 42, 7], 10), |_, _| {}).unwrap().ids;
     assert_eq!(ids, want);
     assert_eq!(text, "", "no tokenizer: no text");
     // Seeded sampling through the API repeats.

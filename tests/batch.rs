@@ -8,7 +8,7 @@ mod common;
 use common::fixture_dir;
 use smelt::ir::DType;
 use smelt::models::batch::{generate_batch, BatchOptions, BatchStats, Completion, FinishReason, Request};
-use smelt::models::{generate, ModelError, Qwen3Cpu, SamplingParams, Tokenizer};
+use smelt::models::{generate, Continuation, ModelError, Qwen3Cpu, SamplingParams, Tokenizer};
 
 fn load(fixture: &str, dtype: DType) -> Qwen3Cpu {
     Qwen3Cpu::load(&fixture_dir(fixture), dtype).unwrap()
@@ -33,7 +33,7 @@ fn mixed_requests(vocab: usize) -> Vec<Request> {
 }
 
 fn solo(model: &mut Qwen3Cpu, r: &Request) -> Vec<u32> {
-    generate(model, &r.prompt, r.max_new_tokens, &r.sampling, |_| true).unwrap()
+    generate(model, &r.prompt, Continuation::new(r, None), |_, _| {}).unwrap().ids
 }
 
 fn batch(model: &mut Qwen3Cpu, requests: &[Request], options: &BatchOptions) -> (Vec<Completion>, BatchStats) {

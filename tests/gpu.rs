@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::greedy;
 use smelt::codegen::{emit, Arch, Nvrtc};
 use smelt::ir::DType;
-use smelt::models::{generate, CausalLm, LoadOptions, Qwen3Cpu, Qwen3Cuda, SamplingParams};
+use smelt::models::{generate, CausalLm, Continuation, LoadOptions, Qwen3Cpu, Qwen3Cuda, SamplingParams};
 use smelt::runtime::cuda::{CudaError, DecoderOptions, Gpu};
 
 /// Fixtures whose head dim the decode attention kernel takes in f32 (32 elements per head).
@@ -94,9 +95,9 @@ fn gpu_greedy_generation_matches_the_cpu() {
         let dir = common::fixture_dir(name);
         let mut cpu = Qwen3Cpu::load_with(&dir, LoadOptions::new(DType::F32)).expect(name);
         let prompt = [5u32, 17, 42, 7];
-        let want = generate(&mut cpu, &prompt, 12, &SamplingParams::default(), |_| true).expect(name);
+        let want = generate(&mut cpu, &prompt, greedy(&prompt, 12), |_, _| {}).expect(name).ids;
         let mut gpu = Qwen3Cuda::new(cpu, &options()).expect(name);
-        let got = generate(&mut gpu, &prompt, 12, &SamplingParams::default(), |_| true).expect(name);
+        let got = generate(&mut gpu, &prompt, greedy(&prompt, 12), |_, _| {}).expect(name).ids;
         assert_eq!(got, want, "{name}: GPU and CPU greedy ids differ");
         assert_eq!(gpu.position(), prompt.len() + got.len() - 1);
     }
@@ -131,7 +132,7 @@ fn gpu_batches_give_every_request_its_one_at_a_time_output() {
         .collect();
     let expected: Vec<Vec<u32>> = requests
         .iter()
-        .map(|r| generate(&mut model, &r.prompt, r.max_new_tokens, &r.sampling, |_| true).unwrap())
+        .map(|r| generate(&mut model, &r.prompt, Continuation::new(r, None), |_, _| {}).unwrap().ids)
         .collect();
     let block = model.config().kv_bytes_per_token(DType::F32) * 16;
     for (what, batch) in [
@@ -149,6 +150,7 @@ fn gpu_batches_give_every_request_its_one_at_a_time_output() {
         }
     }
     // The single-sequence path still owns the whole pool afterwards.
-    let again = generate(&mut model, &requests[0].prompt, requests[0].max_new_tokens, &requests[0].sampling, |_| true);
+    let again =
+        generate(&mut model, &requests[0].prompt, Continuation::new(&requests[0], None), |_, _| {}).map(|c| c.ids);
     assert_eq!(again.unwrap(), expected[0]);
 }

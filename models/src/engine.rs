@@ -10,8 +10,8 @@ use smelt_ir::{DType, EvalError, Graph, IrError, Tensor};
 use smelt_runtime::{Checkpoint, CpuState, HostWeights, PagedKv, WeightError};
 
 use crate::config::{check_eos_in_vocab, token_ids, ConfigError, Qwen3Config};
+use crate::continuation::{Completion, Continuation, Step};
 use crate::qwen3::{declare, DeclareOptions, Logits, Phase, LM_HEAD, LOGITS, POSITIONS, TOKEN_IDS};
-use crate::sample::{Sampler, SamplingParams};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -391,46 +391,38 @@ fn generation_eos(dir: &Path, vocab: usize) -> Result<Option<Vec<u32>>, ModelErr
     Ok(Some(ids))
 }
 
-/// Generates up to `max_new_tokens` after `prompt` with `sampling`, calling `on_token` with
-/// each new id as soon as it is chosen; `on_token` returns false to stop (a stop string was
-/// seen). Stops also at an EOS id (which is returned but is the last), at `max_new_tokens`, or
-/// when the context is full.
+/// Generates after `prompt` until `seq` ends (see [`Continuation::accept`]), calling
+/// `on_token` with each new id and what it showed as soon as it is chosen.
 pub fn generate(
     model: &mut dyn CausalLm,
     prompt: &[u32],
-    max_new_tokens: usize,
-    sampling: &SamplingParams,
-    mut on_token: impl FnMut(u32) -> bool,
-) -> Result<Vec<u32>, ModelError> {
+    mut seq: Continuation<'_>,
+    mut on_token: impl FnMut(u32, &Step),
+) -> Result<Completion, ModelError> {
     model.reset();
-    if prompt.len() > model.config().max_position_embeddings {
-        let max = model.config().max_position_embeddings;
-        return Err(ModelError::ContextFull { needed: prompt.len(), max });
+    let context = model.config().max_position_embeddings;
+    if prompt.len() > context {
+        return Err(ModelError::ContextFull { needed: prompt.len(), max: context });
     }
-    let mut sampler = Sampler::new(sampling.clone(), prompt);
-    let mut out = Vec::new();
-    let step = |model: &mut dyn CausalLm, sampler: &mut Sampler, ids: &[u32]| -> Result<u32, ModelError> {
-        if sampler.params().is_plain_greedy() {
+    if seq.finish().is_some() {
+        return Ok(seq.into_completion());
+    }
+    let step = |model: &mut dyn CausalLm, seq: &mut Continuation<'_>, ids: &[u32]| -> Result<u32, ModelError> {
+        if seq.greedy() {
             return model.forward_greedy(ids);
         }
         let logits = model.forward(ids, Logits::LastPosition)?;
-        Ok(sampler.sample(logits.f32s().expect("logits are f32")))
+        Ok(seq.choose(logits.f32s().expect("logits are f32")))
     };
-    let mut next = step(model, &mut sampler, prompt)?;
-    while out.len() < max_new_tokens {
-        out.push(next);
-        sampler.observe(next);
-        let go_on = on_token(next);
-        let done = !go_on
-            || model.eos_token_ids().contains(&next)
-            || out.len() == max_new_tokens
-            || model.position() >= model.config().max_position_embeddings;
-        if done {
-            break;
+    let mut next = step(model, &mut seq, prompt)?;
+    loop {
+        let done = seq.accept(next, model.eos_token_ids(), model.position(), context);
+        on_token(next, &done);
+        if done.end.is_some() {
+            return Ok(seq.into_completion());
         }
-        next = step(model, &mut sampler, &[next])?;
+        next = step(model, &mut seq, &[next])?;
     }
-    Ok(out)
 }
 
 impl CausalLm for Qwen3Cpu {

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod chat;
 pub mod checkpoint_fit;
 pub mod config;
+pub mod continuation;
 pub mod cuda_engine;
 pub mod engine;
 pub mod qwen3;
@@ -19,6 +20,7 @@ pub mod tokenizer;
 
 pub use chat::{ChatError, ChatMessage, ChatTemplate};
 pub use config::{ConfigError, Qwen3Config};
+pub use continuation::{Completion, Continuation, FinishReason, Request, Step};
 pub use cuda_engine::{BatchCheck, Qwen3Cuda};
 pub use engine::{generate, CausalLm, LoadOptions, ModelError, Qwen3Cpu};
 pub use sample::{Sampler, SamplingParams};

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use smelt::models::{generate as run_generation, CausalLm, ChatMessage, SamplingParams, TextStream, Tokenizer};
+use smelt::models::{
+    generate as run_generation, CausalLm, ChatMessage, Continuation, Request, SamplingParams, Tokenizer,
+};
 
 use super::generate::{BackendArgs, SamplingArgs};
 
@@ -125,37 +127,31 @@ fn reply(
     max_new_tokens: usize,
     sampling: &SamplingParams,
 ) -> Result<String> {
-    let eos = model.eos_token_ids().to_vec();
-    let mut stream = TextStream::new(Some(tokenizer), &[]);
-    let mut text = String::new();
+    let request = Request { prompt: ids.to_vec(), max_new_tokens, sampling: sampling.clone(), stop: Vec::new() };
+    let seq = Continuation::new(&request, Some(tokenizer)).without_eos_text();
     let mut stdout = std::io::stdout().lock();
-    let mut show = |piece: &str, text: &mut String| {
-        text.push_str(piece);
+    let mut show = |piece: &str| {
         let _ = stdout.write_all(piece.as_bytes());
         let _ = stdout.flush();
     };
     let t0 = Instant::now();
-    let mut undecodable = None;
-    let out = run_generation(model, ids, max_new_tokens, sampling, |id| {
-        if !eos.contains(&id) {
-            match stream.push(id) {
-                Ok(piece) => show(&piece, &mut text),
-                Err(e) => undecodable = undecodable.take().or(Some(e)),
-            }
+    let out = run_generation(model, ids, seq, |_, step| {
+        show(&step.text);
+        if let Some((_, tail)) = &step.end {
+            show(tail);
         }
-        true
     })?;
-    show(&stream.finish()?, &mut text);
     let _ = writeln!(stdout);
-    if let Some(e) = undecodable {
+    if let Some(e) = &out.warning {
         tracing::warn!("not shown: {e}");
     }
+    let text = out.text;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "[{} prompt tokens, {} generated in {secs:.2}s, {:.1} tokens/s]",
         ids.len(),
-        out.len(),
-        out.len() as f64 / secs.max(1e-9)
+        out.ids.len(),
+        out.ids.len() as f64 / secs.max(1e-9)
     );
     Ok(text)
 }

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use smelt::ir::DType;
 use smelt::models::qwen3::Logits;
 use smelt::models::{
-    generate as run_generation, CausalLm, LoadOptions, Qwen3Config, Qwen3Cpu, Qwen3Cuda, SamplingParams, StopMatcher,
-    Tokenizer,
+    generate as run_generation, CausalLm, Continuation, FinishReason, LoadOptions, Qwen3Config, Qwen3Cpu, Qwen3Cuda,
+    Request, SamplingParams, Tokenizer,
 };
 
 use super::batch::{self, BatchArgs};
@@ -47,7 +47,8 @@ pub struct GenerateArgs {
     /// "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
     /// "seed" and "stop" (the flags are the defaults). Prints one JSON line per request as it
     /// finishes; --ids-out gets the id arrays in input order. On CUDA the batch shares the KV
-    /// pool of --kv-tokens, and sequences run one after another (no batched kernels yet).
+    /// pool of --kv-tokens; in bf16 and f16 the decode steps of up to --max-batch sequences run
+    /// as one batched step (not yet checked on a GPU), prompts one sequence at a time.
     #[arg(long, conflicts_with_all = ["prompt", "prompt_ids"])]
     batch: Option<PathBuf>,
     #[command(flatten)]
@@ -352,47 +353,40 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     if tokenizer.is_none() {
         tracing::info!("note: no tokenizer.json in {}: streaming token ids", a.model.display());
     }
-    let mut decoder = tokenizer.as_ref().map(|t| t.decode_stream(false));
     let mut stdout = std::io::stdout().lock();
     let t0 = Instant::now();
+    let request = Request { prompt: prompt.clone(), max_new_tokens: a.max_new_tokens, sampling, stop: a.stop.clone() };
+    let seq = Continuation::new(&request, tokenizer.as_ref());
+    let done = run_generation(model.as_mut(), &prompt, seq, |id, step| {
+        // Without a tokenizer, the ids are the text.
+        let text = if tokenizer.is_some() { step.text.clone() } else { format!("{id} ") };
+        let tail = step.end.as_ref().map_or("", |(_, tail)| tail.as_str());
+        let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.write_all(tail.as_bytes()));
+        let _ = stdout.flush();
+    })?;
+    let _ = writeln!(stdout);
     // The ids are the result; text that cannot be shown (an id past the tokenizer's vocabulary,
     // which a model's padded embedding table allows) is a warning, not a failed run.
-    let warn = |e: smelt::models::TokenizerError| eprintln!("\nwarning: not shown: {e}");
-    let mut stops = StopMatcher::new(&a.stop);
-    let ids = run_generation(model.as_mut(), &prompt, a.max_new_tokens, &sampling, |id| {
-        let text = match decoder.as_mut() {
-            Some(d) => d.step(id).unwrap_or_else(|e| {
-                warn(e);
-                None
-            }),
-            None => Some(format!("{id} ")),
-        };
-        if let Some(text) = text {
-            let _ = stdout.write_all(stops.push(&text).as_bytes());
-            let _ = stdout.flush();
-        }
-        !stops.stopped()
-    })?;
-    if let Some(tail) = decoder.and_then(|d| {
-        d.finish().unwrap_or_else(|e| {
-            warn(e);
-            None
-        })
-    }) {
-        let _ = stdout.write_all(stops.push(&tail).as_bytes());
+    if let Some(e) = &done.warning {
+        tracing::warn!("not shown: {e}");
     }
-    let _ = stdout.write_all(stops.finish().as_bytes());
-    let _ = writeln!(stdout);
+    let ids = done.ids;
     let secs = t0.elapsed().as_secs_f64();
+    let why = match done.finish {
+        FinishReason::Eos => "an EOS token",
+        FinishReason::Stop => "a stop string",
+        FinishReason::Length => "--max-new-tokens",
+        FinishReason::ContextFull => "the full context",
+    };
     tracing::info!(
-        "{} prompt + {} generated tokens in {secs:.2}s ({:.2} tokens/s)",
+        "{} prompt + {} generated tokens in {secs:.2}s ({:.2} tokens/s), ended by {why}",
         prompt.len(),
         ids.len(),
         ids.len() as f64 / secs.max(1e-9)
     );
     // Generation ends at the context as it does at EOS, but the user asked for more: say so.
-    let context = model.config().max_position_embeddings;
-    if ids.len() < a.max_new_tokens && prompt.len() + ids.len() >= context {
+    if done.finish == FinishReason::ContextFull {
+        let context = model.config().max_position_embeddings;
         tracing::info!(
             "note: stopped after {} of --max-new-tokens {}: the context ({context} tokens) is full",
             ids.len(),

@@ -7,6 +7,12 @@ pub mod random_model;
 
 use std::path::PathBuf;
 
+/// Greedy generation of up to `n` tokens after `prompt`, ids only (no tokenizer).
+pub fn greedy(prompt: &[u32], n: usize) -> smelt::models::Continuation<'static> {
+    let request = smelt::models::Request { prompt: prompt.to_vec(), max_new_tokens: n, ..Default::default() };
+    smelt::models::Continuation::new(&request, None)
+}
+
 pub fn fixture_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)
 }

@@ -9,9 +9,8 @@ use smelt_passes::kv::KvPlan;
 use super::blocks::{BlockId, BlockPool};
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
 use crate::config::Qwen3Config;
+use crate::continuation::{Completion, Continuation, Request};
 use crate::engine::{check_ids, ModelError};
-use crate::sample::{Sampler, SamplingParams};
-use crate::stop::TextStream;
 use crate::tokenizer::Tokenizer;
 
 /// `ids` of one sequence to compute after its first `start` tokens, whose KV is in the blocks
@@ -46,40 +45,6 @@ pub trait BatchLm {
     /// Computes every chunk (appending its KV through its block table) and returns what
     /// chooses each chunk's next token.
     fn run_chunks(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<ChunkOutput>, ModelError>;
-}
-
-/// One request of a batch.
-#[derive(Clone, Debug, Default)]
-pub struct Request {
-    pub prompt: Vec<u32>,
-    pub max_new_tokens: usize,
-    pub sampling: SamplingParams,
-    /// Generation ends at the first of these in the text (which is not shown).
-    pub stop: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// An EOS id (the last id of the output).
-    Eos,
-    /// A stop string appeared in the text.
-    Stop,
-    /// `max_new_tokens` were generated.
-    Length,
-    /// The sequence filled the model's context.
-    ContextFull,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Completion {
-    pub ids: Vec<u32>,
-    /// The shown text (empty without a tokenizer).
-    pub text: String,
-    pub finish: FinishReason,
-    /// Why some ids are missing from `text` (an id the tokenizer cannot decode, which a
-    /// model's padded vocabulary allows); the ids are the result either way.
-    pub warning: Option<String>,
 }
 
 /// How the batch runs.
@@ -133,17 +98,6 @@ impl BatchStats {
     }
 }
 
-/// A request's generation state.
-struct Live<'t> {
-    sampler: Sampler,
-    text: TextStream<'t>,
-    ids: Vec<u32>,
-    /// The text shown so far.
-    shown: String,
-    warning: Option<String>,
-    max_new_tokens: usize,
-}
-
 /// Runs `requests` to completion; returns their completions in input order. `on_event` sees
 /// every token as it is chosen. Requests are checked before anything runs: a bad one is an
 /// error naming its index.
@@ -170,26 +124,18 @@ pub fn generate_batch(
     model.allocate_kv(&kv)?;
     let config = SchedulerConfig { max_batch: options.max_batch, max_step_tokens: options.max_step_tokens };
     let mut sched = Scheduler::new(BlockPool::new(kv.blocks, kv.block_tokens, options.prefix_cache), config);
-    let mut live: Vec<Option<Live<'_>>> = Vec::with_capacity(requests.len());
+    let mut live: Vec<Option<Continuation<'_>>> = Vec::with_capacity(requests.len());
     let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
     for (i, r) in requests.iter().enumerate() {
-        if r.max_new_tokens == 0 {
-            done[i] =
-                Some(Completion { ids: Vec::new(), text: String::new(), finish: FinishReason::Length, warning: None });
+        let seq = Continuation::new(r, tokenizer);
+        if seq.finish().is_some() {
+            done[i] = Some(seq.into_completion());
             live.push(None);
             continue;
         }
         sched.add(i, r.prompt.clone());
-        live.push(Some(Live {
-            sampler: Sampler::new(r.sampling.clone(), &r.prompt),
-            text: TextStream::new(tokenizer, &r.stop),
-            ids: Vec::new(),
-            shown: String::new(),
-            warning: None,
-            max_new_tokens: r.max_new_tokens,
-        }));
+        live.push(Some(seq));
     }
-    let max_context = model.config().max_position_embeddings;
     while !sched.is_idle() {
         let plan = sched.schedule();
         if plan.is_empty() {
@@ -201,7 +147,7 @@ pub fn generate_batch(
                 ids: &sched.tokens(s.seq)[s.start..s.start + s.len],
                 start: s.start,
                 blocks: sched.blocks(s.seq),
-                greedy: live[s.seq].as_ref().is_some_and(|l| l.sampler.params().is_plain_greedy()),
+                greedy: live[s.seq].as_ref().is_some_and(Continuation::greedy),
             })
             .collect();
         let outputs = model.run_chunks(&chunks)?;
@@ -211,40 +157,17 @@ pub fn generate_batch(
             }
             let seq = live[s.seq].as_mut().expect("scheduled requests are live");
             let token = match output {
-                ChunkOutput::Logits(logits) => seq.sampler.sample(&logits),
+                ChunkOutput::Logits(logits) => seq.choose(&logits),
                 ChunkOutput::Greedy(token) => token,
             };
-            seq.sampler.observe(token);
-            seq.ids.push(token);
-            let text = seq.text.push(token).unwrap_or_else(|e| {
-                seq.warning.get_or_insert(e.to_string());
-                String::new()
-            });
-            seq.shown.push_str(&text);
-            on_event(BatchEvent::Token { request: s.seq, token, text: &text });
-            let finish = if seq.text.stopped() {
-                Some(FinishReason::Stop)
-            } else if model.eos_token_ids().contains(&token) {
-                Some(FinishReason::Eos)
-            } else if seq.ids.len() == seq.max_new_tokens {
-                Some(FinishReason::Length)
-            } else if sched.computed(s.seq) >= max_context {
-                Some(FinishReason::ContextFull)
-            } else {
-                None
-            };
-            let Some(finish) = finish else {
+            let step = seq.accept(token, model.eos_token_ids(), sched.computed(s.seq), context);
+            on_event(BatchEvent::Token { request: s.seq, token, text: &step.text });
+            let Some((_, tail)) = step.end else {
                 sched.push_token(s.seq, token);
                 continue;
             };
             sched.finish(s.seq);
-            let mut seq = live[s.seq].take().expect("scheduled requests are live");
-            let tail = seq.text.finish().unwrap_or_else(|e| {
-                seq.warning.get_or_insert(e.to_string());
-                String::new()
-            });
-            seq.shown.push_str(&tail);
-            let completion = Completion { ids: seq.ids, text: seq.shown, finish, warning: seq.warning };
+            let completion = live[s.seq].take().expect("scheduled requests are live").into_completion();
             on_event(BatchEvent::Finished { request: s.seq, text: &tail, completion: &completion });
             done[s.seq] = Some(completion);
         }

@@ -6,9 +6,7 @@ mod cpu;
 pub mod engine;
 pub mod scheduler;
 
+pub use crate::continuation::{Completion, FinishReason, Request};
 pub use blocks::{BlockId, BlockPool};
-pub use engine::{
-    generate_batch, BatchEvent, BatchLm, BatchOptions, BatchStats, Chunk, ChunkOutput, Completion, FinishReason,
-    Request,
-};
+pub use engine::{generate_batch, BatchEvent, BatchLm, BatchOptions, BatchStats, Chunk, ChunkOutput};
 pub use scheduler::{Scheduled, Scheduler, SchedulerConfig, SchedulerStats, SeqId};
