@@ -62,6 +62,11 @@ fn check_plan_treats_touching_live_intervals_as_overlapping() {
     check_plan(&plan(buffer(0, 0, 0, 1, None), buffer(1, 0, 2, 4, None))).unwrap();
     // Side by side in the arena: no conflict at any time.
     check_plan(&plan(buffer(0, 0, 0, 4, None), buffer(1, 512, 0, 4, None))).unwrap();
+    // An empty buffer (a dim bound to 0) holds no bytes, so it conflicts with nothing, even
+    // placed inside another live one: whichever of the two comes first.
+    let empty = Buffer { bytes: 0, ..buffer(1, 256, 0, 4, None) };
+    check_plan(&plan(buffer(0, 0, 0, 4, None), empty.clone())).unwrap();
+    check_plan(&plan(empty, buffer(0, 0, 0, 4, None))).unwrap();
 }
 
 /// Builds a graph from random steps, each applying an op to an earlier value (wrapped).
