@@ -19,6 +19,8 @@ pub use rope::FuseNormRope;
 #[cfg(test)]
 mod near_miss;
 #[cfg(test)]
+mod rope_tests;
+#[cfg(test)]
 mod tests;
 
 use smelt_ir::{Graph, Node, NodeId, Op};
