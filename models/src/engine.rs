@@ -11,7 +11,7 @@ use smelt_runtime::{Checkpoint, CpuState, HostWeights, PagedKv, WeightError};
 
 use crate::config::{check_eos_in_vocab, token_ids, ConfigError, Qwen3Config};
 use crate::continuation::{Completion, Continuation, Step};
-use crate::qwen3::{declare, DeclareOptions, Logits, Phase, LM_HEAD, LOGITS, POSITIONS, TOKEN_IDS};
+use crate::qwen3::{declare, DeclareOptions, Logits, Phase, EMBED, LM_HEAD, LOGITS, POSITIONS, TOKEN_IDS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -52,9 +52,9 @@ pub enum ModelError {
     #[error("internal error: {0}")]
     Internal(String),
     #[error(
-        "{parameters} parameters need at least {need} bytes of host memory as f32 while loading; this machine has {have} (MemTotal)"
+        "{parameters} parameters need at least {need} bytes of host memory ({bytes_per_parameter} each) while loading; this machine has {have} (MemTotal)"
     )]
-    HostMemory { parameters: usize, need: u64, have: u64 },
+    HostMemory { parameters: usize, bytes_per_parameter: u64, need: u64, have: u64 },
     #[error(
         "f16 overflow: {count} logits at position {position} are not finite (an activation left f16's range, ±65504); compute in bf16 or f32"
     )]
@@ -181,7 +181,11 @@ impl Qwen3Cpu {
         let config = Qwen3Config::from_file(&config_path)?;
         let checkpoint = Checkpoint::open(dir)?;
         crate::checkpoint_fit::check(&config, &checkpoint, &config_path.display().to_string())?;
-        check_host_memory(&config)?;
+        // Weights stay in 16 bits when the checkpoint or the execution dtype has them so (a
+        // missing or odd embedding is reported with everything else by the weight checks).
+        let stored = checkpoint.dtype(EMBED).unwrap_or(DType::F32);
+        let kept = if dtype == DType::F32 { stored } else { dtype };
+        check_host_memory(&config, kept.size_bytes() as u64)?;
         let graphs = Graphs::declare(&config, dtype)?;
         // Tied checkpoints may still carry lm_head.weight (the real 0.6B does): accept it.
         let ignore: &[&str] = if config.tie_word_embeddings { &[LM_HEAD] } else { &[] };
@@ -220,7 +224,8 @@ impl Qwen3Cpu {
     /// A model with seeded random weights (uniform in ±0.05, norm weights 1): for benchmarks
     /// and tests that need the real shapes but not a checkpoint.
     pub fn with_random_weights(config: Qwen3Config, options: LoadOptions, seed: u64) -> Result<Qwen3Cpu, ModelError> {
-        check_host_memory(&config)?;
+        // Random weights are made in f32 whatever the dtype.
+        check_host_memory(&config, 4)?;
         let dtype = options.dtype;
         let graphs = Graphs::declare(&config, dtype)?;
         let mut rng = crate::sample::seeded_rng(seed);
@@ -355,11 +360,14 @@ fn check_finite_logits(logits: &Tensor, first_row: usize) -> Result<(), ModelErr
 /// The host holds every weight as f32 while loading (4 bytes a parameter, whatever the
 /// checkpoint's dtype): a model that needs more than the machine's memory is refused here,
 /// before anything is allocated, instead of ending in the out-of-memory killer.
-fn check_host_memory(config: &Qwen3Config) -> Result<(), ModelError> {
+/// Refuses a model whose weights, `bytes_per_parameter` each as the host keeps them, cannot fit
+/// this machine's memory, before any is read.
+fn check_host_memory(config: &Qwen3Config, bytes_per_parameter: u64) -> Result<(), ModelError> {
     let Some(have) = smelt_runtime::files::host_memory_bytes() else { return Ok(()) };
-    let need = (config.parameter_count() as u64).saturating_mul(4);
+    let parameters = config.parameter_count();
+    let need = (parameters as u64).saturating_mul(bytes_per_parameter);
     if need > have {
-        return Err(ModelError::HostMemory { parameters: config.parameter_count(), need, have });
+        return Err(ModelError::HostMemory { parameters, bytes_per_parameter, need, have });
     }
     Ok(())
 }
