@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use smelt_ir::DType;
 use smelt_models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Completion, Request};
-use smelt_models::qwen3::Logits;
+use smelt_models::engine::next_token;
 use smelt_models::{
     CausalLm, ChatError, ChatMessage, Continuation, FinishReason, LoadOptions, ModelError, Qwen3Config, Qwen3Cpu,
     Qwen3Cuda, SamplingParams, Tokenizer, TokenizerError,
@@ -245,15 +245,6 @@ impl Model {
         let lm = self.lm.as_batch().ok_or(Error::Unsupported("this backend cannot run a batch"))?;
         Ok(generate_batch(lm, &batch, &options, self.tokenizer.as_ref(), on_event)?)
     }
-}
-
-/// Chooses the token after `ids` (appended to the sequence).
-fn next_token(lm: &mut dyn CausalLm, seq: &mut Continuation<'_>, ids: &[u32]) -> Result<u32, ModelError> {
-    if seq.greedy() {
-        return lm.forward_greedy(ids);
-    }
-    let logits = lm.forward(ids, Logits::LastPosition)?;
-    Ok(seq.choose(logits.f32s().expect("logits are f32")))
 }
 
 /// A generation in progress: an iterator of [`Chunk`]s. It ends after an EOS token (yielded),

@@ -415,22 +415,25 @@ pub fn generate(
     if seq.finish().is_some() {
         return Ok(seq.into_completion());
     }
-    let step = |model: &mut dyn CausalLm, seq: &mut Continuation<'_>, ids: &[u32]| -> Result<u32, ModelError> {
-        if seq.greedy() {
-            return model.forward_greedy(ids);
-        }
-        let logits = model.forward(ids, Logits::LastPosition)?;
-        Ok(seq.choose(logits.f32s().expect("logits are f32")))
-    };
-    let mut next = step(model, &mut seq, prompt)?;
+    let mut next = next_token(model, &mut seq, prompt)?;
     loop {
         let done = seq.accept(next, model.eos_token_ids(), model.position(), context);
         on_token(next, &done);
         if done.end.is_some() {
             return Ok(seq.into_completion());
         }
-        next = step(model, &mut seq, &[next])?;
+        next = next_token(model, &mut seq, &[next])?;
     }
+}
+
+/// Runs `ids` (appended to the sequence) and chooses the token after them for `seq`: the
+/// backend's own argmax when `seq` is greedy, else `seq`'s sampler over the logits.
+pub fn next_token(model: &mut dyn CausalLm, seq: &mut Continuation<'_>, ids: &[u32]) -> Result<u32, ModelError> {
+    if seq.greedy() {
+        return model.forward_greedy(ids);
+    }
+    let logits = model.forward(ids, Logits::LastPosition)?;
+    Ok(seq.choose(logits.f32s().expect("logits are f32")))
 }
 
 impl CausalLm for Qwen3Cpu {

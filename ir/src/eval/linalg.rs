@@ -1,10 +1,9 @@
 //! Matmul and attention.
 
-use half::slice::HalfFloatSliceExt;
-use half::{bf16, f16};
+use std::ops::Range;
 
 use crate::dtype::DType;
-use crate::tensor::{Data, Tensor};
+use crate::tensor::Tensor;
 
 /// `a[.., M, K] @ b[N, K]^T`, f32 accumulation, result rounded to `dtype`.
 ///
@@ -18,81 +17,14 @@ pub fn matmul(a: &Tensor, b: &Tensor, dtype: DType) -> Tensor {
     let n = b.shape()[0];
     let m = a.len() / k.max(1);
     let av = a.floats();
-    let bv = WeightRows::of(b);
+    assert!(b.dtype().is_float(), "matmul weight is float (the verifier checks it)");
     let mut c = vec![0.0f32; m * n];
     if m > 0 && n > 0 {
-        matmul_rows(&av, bv, &mut c, m, k, n);
+        matmul_rows(&av, b, &mut c, m, k, n);
     }
     let mut shape = a.shape().to_vec();
     *shape.last_mut().expect("rank >= 2") = n;
     Tensor::from_f32(dtype, shape, c)
-}
-
-/// A weight's elements as stored: f32 ones are read in place, 16-bit ones widened a tile of
-/// rows at a time, while the tile is hot.
-#[derive(Clone, Copy)]
-enum WeightRows<'a> {
-    F32(&'a [f32]),
-    Bf16(&'a [bf16]),
-    F16(&'a [f16]),
-}
-
-impl<'a> WeightRows<'a> {
-    fn of(t: &'a Tensor) -> WeightRows<'a> {
-        match t.data() {
-            Data::F32(v) => WeightRows::F32(v),
-            Data::Bf16(v) => WeightRows::Bf16(v),
-            Data::F16(v) => WeightRows::F16(v),
-            Data::I32(_) => panic!("matmul weight is float (the verifier checks it)"),
-        }
-    }
-
-    fn len(self) -> usize {
-        match self {
-            WeightRows::F32(v) => v.len(),
-            WeightRows::Bf16(v) => v.len(),
-            WeightRows::F16(v) => v.len(),
-        }
-    }
-
-    /// Elements `range`, as a sub-weight.
-    fn part(self, range: std::ops::Range<usize>) -> WeightRows<'a> {
-        match self {
-            WeightRows::F32(v) => WeightRows::F32(&v[range]),
-            WeightRows::Bf16(v) => WeightRows::Bf16(&v[range]),
-            WeightRows::F16(v) => WeightRows::F16(&v[range]),
-        }
-    }
-
-    /// Elements `range` as f32: in place, or widened into `buf`. Inlined into the AVX2 build
-    /// of the caller, where the bf16 shift becomes a few vector instructions per 8 values.
-    /// (`half`'s bf16 slice conversion is a scalar loop with a branch to quiet NaNs: with it,
-    /// a decode step over a bf16 checkpoint in f32 took 1.5x as long as over f32 weights.)
-    #[inline(always)]
-    fn floats<'b>(self, range: std::ops::Range<usize>, buf: &'b mut Vec<f32>) -> &'b [f32]
-    where
-        'a: 'b,
-    {
-        let len = range.len();
-        match self {
-            WeightRows::F32(v) => return &v[range],
-            WeightRows::Bf16(v) => {
-                let out = widened(buf, len);
-                for (o, x) in out.iter_mut().zip(&v[range]) {
-                    *o = f32::from_bits(u32::from(x.to_bits()) << 16);
-                }
-            }
-            WeightRows::F16(v) => v[range].convert_to_f32_slice(widened(buf, len)),
-        }
-        buf
-    }
-}
-
-/// `buf` as `len` elements to overwrite.
-#[inline(always)]
-fn widened(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    buf.resize(len, 0.0);
-    buf
 }
 
 /// Weight rows a thread keeps hot while every input row passes over them: 32 rows of a
@@ -100,7 +32,7 @@ fn widened(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 const WEIGHT_ROWS_PER_TILE: usize = 32;
 
 /// `c[i, j] = a[i, :] · b[j, :]` with the output columns split across threads.
-fn matmul_rows(a: &[f32], b: WeightRows, c: &mut [f32], m: usize, k: usize, n: usize) {
+fn matmul_rows(a: &[f32], b: &Tensor, c: &mut [f32], m: usize, k: usize, n: usize) {
     let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).min(8);
     let chunk = n.div_ceil(threads).max(64);
     // Column blocks of the output; each thread owns a disjoint range of weight rows.
@@ -112,7 +44,7 @@ fn matmul_rows(a: &[f32], b: WeightRows, c: &mut [f32], m: usize, k: usize, n: u
                 let j1 = (j0 + chunk).min(n);
                 s.spawn(move || {
                     let mut out = vec![0.0f32; m * (j1 - j0)];
-                    column_block(a, b.part(j0 * k..j1 * k), &mut out, m, k);
+                    column_block(a, b, j0..j1, &mut out, m, k);
                     out
                 })
             })
@@ -129,33 +61,43 @@ fn matmul_rows(a: &[f32], b: WeightRows, c: &mut [f32], m: usize, k: usize, n: u
     }
 }
 
-/// `out[m, w] = a[m, k] @ b[w, k]^T`, with AVX2 code where the CPU has it. Both builds do the
-/// same IEEE mul and add per lane in the same order (no FMA), so they agree to the bit.
-fn column_block(a: &[f32], b: WeightRows, out: &mut [f32], m: usize, k: usize) {
+/// `out[m, w] = a[m, k] @ b[rows, k]^T` (w rows), with AVX2 code where the CPU has it. Both
+/// builds do the same IEEE mul and add per lane in the same order (no FMA), so they agree to
+/// the bit.
+fn column_block(a: &[f32], b: &Tensor, rows: Range<usize>, out: &mut [f32], m: usize, k: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { column_block_avx2(a, b, out, m, k) };
+        return unsafe { column_block_avx2(a, b, rows, out, m, k) };
     }
-    column_block_portable(a, b, out, m, k)
+    column_block_portable(a, b, rows, out, m, k)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn column_block_avx2(a: &[f32], b: WeightRows, out: &mut [f32], m: usize, k: usize) {
-    column_block_portable(a, b, out, m, k)
+unsafe fn column_block_avx2(a: &[f32], b: &Tensor, rows: Range<usize>, out: &mut [f32], m: usize, k: usize) {
+    column_block_portable(a, b, rows, out, m, k)
 }
 
 /// A tile of weight rows is reused by every input row; within it, two input rows meet four
-/// weight rows at a time, so each load feeds several accumulators.
+/// weight rows at a time, so each load feeds several accumulators. An f32 weight is read in
+/// place; one kept in 16 bits is widened a tile at a time, while the tile is hot.
 #[inline(always)]
-fn column_block_portable(a: &[f32], b: WeightRows, out: &mut [f32], m: usize, k: usize) {
-    let width = b.len() / k.max(1);
+fn column_block_portable(a: &[f32], b: &Tensor, rows: Range<usize>, out: &mut [f32], m: usize, k: usize) {
+    let width = rows.len();
     let row = |i: usize| &a[i * k..(i + 1) * k];
     let mut buf = Vec::new();
     for t0 in (0..width).step_by(WEIGHT_ROWS_PER_TILE) {
         let t1 = (t0 + WEIGHT_ROWS_PER_TILE).min(width);
-        let tile = b.floats(t0 * k..t1 * k, &mut buf);
+        let span = (rows.start + t0) * k..(rows.start + t1) * k;
+        let tile = match b.f32s() {
+            Some(v) => &v[span],
+            None => {
+                buf.resize(span.len(), 0.0);
+                b.floats_into(span.start, &mut buf);
+                &buf[..]
+            }
+        };
         let weight = |j: usize| &tile[(j - t0) * k..(j - t0 + 1) * k];
         let mut i = 0;
         while i < m {
