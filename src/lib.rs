@@ -11,8 +11,11 @@
 
 mod api;
 
-pub use api::{Chunk, Device, Error, GenerateParams, Generation, Model, ModelOptions, Prompt};
-pub use smelt_models::batch::{BatchEvent, BatchStats, Completion, FinishReason};
+pub use api::{
+    load_tokenizer, Chunk, CudaOptions, Device, Error, GenerateParams, Generation, Model, ModelOptions, Needs, Prompt,
+    DEFAULT_MAX_KV_TOKENS,
+};
+pub use smelt_models::batch::{BatchEvent, BatchOptions, BatchStats, Completion, FinishReason, Request};
 pub use smelt_models::{ChatMessage, SamplingParams};
 
 pub use smelt_codegen as codegen;

@@ -85,11 +85,15 @@ fn generate_batch_gives_each_request_its_generate_output() {
     let tmp = model_dir_with_tokenizer();
     // A KV budget of 6 blocks of 16 tokens (gqa1: 1,024 bytes of f32 KV per token) cannot hold
     // all four requests at once.
-    let options = ModelOptions { kv_memory: Some(6 * 16 * 1024), max_batch: Some(3), ..ModelOptions::default() };
+    let batch = smelt::BatchOptions { kv_budget_bytes: 6 * 16 * 1024, max_batch: 3, ..Default::default() };
+    let options = ModelOptions { batch: Some(batch), ..ModelOptions::default() };
     let mut model = Model::load(tmp.path(), &options).unwrap();
     let sampled = SamplingParams { temperature: 0.8, top_p: 0.9, seed: 3, ..Default::default() };
-    let params =
-        |n, sampling: &SamplingParams| GenerateParams { max_new_tokens: n, sampling: sampling.clone(), stop: vec![] };
+    let params = |n, sampling: &SamplingParams| GenerateParams {
+        max_new_tokens: n,
+        sampling: sampling.clone(),
+        ..GenerateParams::default()
+    };
     let greedy = SamplingParams::default();
     let long: Vec<u32> = (0..30).map(|i| i * 11 % 384).collect();
     let requests = [
@@ -112,5 +116,85 @@ fn generate_batch_gives_each_request_its_generate_output() {
         assert_eq!(out[i].ids, ids, "request {i}");
         assert_eq!(streamed[i], ids, "request {i}: the events carry the same tokens");
         assert_eq!(out[i].text, text, "request {i}");
+    }
+}
+
+#[test]
+fn logits_are_the_cpu_models_and_each_call_is_a_new_sequence() {
+    let dir = fixture_dir("gqa1-tied-f32");
+    let mut model = Model::load(&dir, &ModelOptions::default()).unwrap();
+    let ids = [5, 17, 42, 7];
+    let first = model.logits(&ids).unwrap();
+    let mut cpu = Qwen3Cpu::load_with(&dir, LoadOptions::new(smelt::ir::DType::F32)).unwrap();
+    let want = cpu.forward(&ids, smelt::models::qwen3::Logits::AllPositions).unwrap();
+    assert_eq!(first.shape(), [4, 384]);
+    // Bit-identical: the same graphs on the same evaluator.
+    assert_eq!(first.f32s().unwrap(), want.f32s().unwrap());
+    assert_eq!(model.logits(&ids).unwrap().f32s().unwrap(), want.f32s().unwrap(), "the second call restarts");
+}
+
+/// A copy of the fixture whose weights are garbage: whatever is refused before the weights are
+/// read is refused without an error about them.
+fn garbage_weights() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture_dir("gqa1-tied-f32").join("config.json"), tmp.path().join("config.json")).unwrap();
+    std::fs::write(tmp.path().join("model.safetensors"), b"garbage").unwrap();
+    tmp
+}
+
+#[test]
+fn options_are_refused_before_the_weights_are_read() {
+    use smelt::{CudaOptions, Device, Needs};
+    let tmp = garbage_weights();
+    let load = |options: ModelOptions| Model::load(tmp.path(), &options).err().unwrap();
+    let bad_request = |e: &Error| matches!(e, Error::Model(smelt::models::ModelError::BadRequest(_)));
+    let cuda_on_cpu = ModelOptions { cuda: CudaOptions { no_pdl: true, ..Default::default() }, ..Default::default() };
+    let err = load(cuda_on_cpu);
+    assert!(bad_request(&err) && err.to_string().contains("device cuda"), "{err}");
+    // Refused before the GPU is probed: this holds on machines without one.
+    let err = load(ModelOptions { device: Device::Cuda, no_fuse: true, ..Default::default() });
+    assert!(bad_request(&err) && err.to_string().contains("fused"), "{err}");
+    let err = load(ModelOptions { needs: Needs::Tokenizer, ..Default::default() });
+    assert!(matches!(err, Error::NoTokenizer(_)), "{err}");
+    // A tokenizer.json without tokenizer_config.json: no chat template.
+    std::fs::copy(common::tokenizer_path(), tmp.path().join("tokenizer.json")).unwrap();
+    let err = load(ModelOptions { needs: Needs::ChatTemplate, ..Default::default() });
+    assert!(matches!(err, Error::NoChatTemplate(_)), "{err}");
+    // What it needs is there: now the weights are read, and they are garbage.
+    let err = load(ModelOptions { needs: Needs::Tokenizer, ..Default::default() });
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn a_tokenizer_file_stands_in_for_the_directorys() {
+    let dir = fixture_dir("gqa1-tied-f32");
+    let options = ModelOptions { tokenizer: Some(common::tokenizer_path()), ..ModelOptions::default() };
+    let mut model = Model::load(&dir, &options).unwrap();
+    let params = GenerateParams { max_new_tokens: 4, ..GenerateParams::default() };
+    let (ids, text) = collect(model.generate(Prompt::Text("x!y!z"), &params).unwrap());
+    assert_eq!(text, model.tokenizer().unwrap().decode(&ids, false).unwrap());
+    let (want, _) = collect(model.generate(Prompt::Ids(&[87, 0, 88, 0, 89]), &params).unwrap());
+    assert_eq!(ids, want, "the text encodes to these ids");
+}
+
+#[test]
+fn hide_eos_text_drops_only_the_eos_tokens_text() {
+    let tmp = model_dir_with_tokenizer();
+    let mut model = Model::load(tmp.path(), &ModelOptions::default()).unwrap();
+    let prompt = [5, 17, 42, 7];
+    let one = GenerateParams { max_new_tokens: 1, ..GenerateParams::default() };
+    let (first, _) = collect(model.generate(Prompt::Ids(&prompt), &one).unwrap());
+    // Make the first greedy token the model's EOS.
+    std::fs::write(tmp.path().join("generation_config.json"), format!("{{\"eos_token_id\": {}}}", first[0])).unwrap();
+    let mut model = Model::load(tmp.path(), &ModelOptions::default()).unwrap();
+    let eos_text = model.tokenizer().unwrap().decode(&first, false).unwrap();
+    assert!(!eos_text.is_empty(), "token {} shows no text: pick another prompt", first[0]);
+    for (hide, want) in [(false, eos_text.as_str()), (true, "")] {
+        let params = GenerateParams { max_new_tokens: 8, hide_eos_text: hide, ..GenerateParams::default() };
+        let mut generation = model.generate(Prompt::Ids(&prompt), &params).unwrap();
+        let chunks: Vec<smelt::Chunk> = generation.by_ref().collect::<Result<_, _>>().unwrap();
+        assert_eq!(chunks, [smelt::Chunk { token: first[0], text: want.to_string() }], "hide_eos_text: {hide}");
+        assert_eq!(generation.finish_reason(), Some(smelt::FinishReason::Eos));
+        assert_eq!(generation.prompt_tokens(), prompt.len());
     }
 }

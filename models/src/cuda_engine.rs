@@ -39,7 +39,8 @@ pub struct Qwen3Cuda {
 impl Qwen3Cuda {
     /// Compiles `cpu`'s decode graph for device 0 and uploads its weights. The graph must be
     /// fused (the CUDA backend has kernels for fused ops only) and in bf16, f16 or f32.
-    /// With `options.prefill`, prompts run through the prefill graph's kernels.
+    /// With `options.prefill`, prompts run through the prefill graph's kernels. Reports the
+    /// kernels' JIT time and the device memory as a `tracing` event.
     pub fn new(cpu: Qwen3Cpu, options: &DecoderOptions) -> Result<Qwen3Cuda, ModelError> {
         let gpu = Gpu::open(0)?;
         // Batched decode runs its matmuls on the tensor-core GEMM: bf16 and f16 only.
@@ -50,6 +51,7 @@ impl Qwen3Cuda {
             batch: batched.then(|| cpu.batch_graph()),
         };
         let decoder = CudaDecoder::with_graphs(gpu, graphs, cpu.host_weights(), options)?;
+        crate::report::compiled(&decoder);
         Ok(Qwen3Cuda { cpu, decoder })
     }
 

@@ -172,7 +172,9 @@ impl Qwen3Cpu {
     }
 
     /// [`Qwen3Cpu::load`] with every option.
+    /// Reports the load (and any tensor the model does not use) as `tracing` events.
     pub fn load_with(dir: &Path, options: LoadOptions) -> Result<Qwen3Cpu, ModelError> {
+        let started = std::time::Instant::now();
         let dtype = options.dtype;
         if !dir.is_dir() {
             return Err(ModelError::NoDir(dir.to_path_buf()));
@@ -197,7 +199,9 @@ impl Qwen3Cpu {
         if eos_token_ids.is_empty() {
             eos_token_ids = config.eos_token_ids.clone();
         }
-        Ok(Qwen3Cpu::assemble(config, dtype, graphs, weights, eos_token_ids, unused_tensors))
+        let model = Qwen3Cpu::assemble(config, dtype, graphs, weights, eos_token_ids, unused_tensors);
+        crate::report::loaded(dir, &model, started);
+        Ok(model)
     }
 
     fn assemble(

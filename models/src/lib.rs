@@ -14,6 +14,7 @@ pub mod continuation;
 pub mod cuda_engine;
 pub mod engine;
 pub mod qwen3;
+mod report;
 pub mod sample;
 pub mod stop;
 pub mod tokenizer;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use smelt::models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Request};
+use smelt::models::batch::{BatchEvent, BatchOptions, BatchStats, Request};
 use smelt::models::{ChatMessage, ModelError, SamplingParams, Tokenizer};
 
 use super::outputs::write_atomically;
@@ -200,19 +200,14 @@ fn request(line: Line, d: &Defaults<'_>, tokenizer: Option<&Tokenizer>) -> Resul
 
 /// Runs the batch, printing each request as a JSON line when it finishes and a summary (with
 /// the prefix-cache hit rate) on stderr.
-pub fn run(
-    model: &mut dyn smelt::models::batch::BatchLm,
-    file: &BatchFile<'_>,
-    args: &BatchArgs,
-    tokenizer: Option<&Tokenizer>,
-    ids_out: Option<&Path>,
-) -> Result<()> {
+pub fn run(model: &mut smelt::Model, file: &BatchFile<'_>, args: &BatchArgs, ids_out: Option<&Path>) -> Result<()> {
     let options = args.options();
     let requests = &file.requests;
+    let shows_text = model.tokenizer().is_some();
     let mut stdout = std::io::stdout().lock();
     let (mut finished, mut generated) = (0, 0);
     let mut last_report = Instant::now();
-    let result = generate_batch(model, requests, &options, tokenizer, |event| match event {
+    let result = model.run_batch(requests, |event| match event {
         BatchEvent::Token { .. } => generated += 1,
         BatchEvent::Finished { request, completion, .. } => {
             finished += 1;
@@ -221,7 +216,7 @@ pub fn run(
                 "finish_reason": completion.finish,
                 "ids": completion.ids,
             });
-            if tokenizer.is_some() {
+            if shows_text {
                 line["text"] = completion.text.clone().into();
             }
             if let Some(w) = &completion.warning {
@@ -236,10 +231,10 @@ pub fn run(
     });
     let (completions, stats) = match result {
         Ok(done) => done,
-        Err(ModelError::Request { index, source }) => {
+        Err(smelt::Error::Model(ModelError::Request { index, source })) => {
             bail!("{}:{}: {source}", file.path.display(), file.lines[index])
         }
-        Err(e @ ModelError::KvPlan(_)) => {
+        Err(e @ smelt::Error::Model(ModelError::KvPlan(_))) => {
             let flags = format!(
                 "--kv-memory {}, --kv-block-tokens {}",
                 super::size(options.kv_budget_bytes as u64),

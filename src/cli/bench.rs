@@ -13,7 +13,6 @@ use smelt::models::{CausalLm, LoadOptions, Qwen3Config, Qwen3Cpu, Qwen3Cuda};
 use smelt::runtime::cuda::DecoderOptions;
 use smelt::runtime::cuda::Gpu;
 
-use super::generate::load;
 use super::outputs::{write_atomically, Reads};
 use super::{at_most, numbers, DTypeArg, Numbers};
 
@@ -90,7 +89,9 @@ pub fn run(a: Args) -> Result<()> {
     super::MemoryLimit::gpu("smelt bench")?;
     let t0 = Instant::now();
     let cpu = match &a.model {
-        Some(dir) => load(dir, dtype, false)?,
+        Some(dir) => {
+            Qwen3Cpu::load_with(dir, LoadOptions::new(dtype)).with_context(|| format!("loading {}", dir.display()))?
+        }
         None => Qwen3Cpu::with_random_weights(config, LoadOptions::new(dtype), 0)?,
     };
     tracing::info!("host model ready in {:.1}s", t0.elapsed().as_secs_f64());

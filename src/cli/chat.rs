@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use smelt::models::{
-    generate as run_generation, CausalLm, ChatMessage, Continuation, Request, SamplingParams, Tokenizer,
-};
+use smelt::models::{ChatMessage, Tokenizer};
+use smelt::{GenerateParams, Model};
 
 use super::generate::{BackendArgs, SamplingArgs};
 
@@ -46,10 +45,12 @@ pub fn run(a: Args) -> Result<()> {
     let dir = super::model_dir_arg(&a.model)?;
     let tokenizer = Tokenizer::from_model_dir(&dir)
         .with_context(|| format!("smelt chat needs the tokenizer and chat template of {}", dir.display()))?;
-    let template = tokenizer.chat_template().with_context(|| {
-        format!("{} has no chat template (tokenizer_config.json or chat_template.jinja)", dir.display())
-    })?;
-    let mut model = a.backend.load(&dir)?;
+    if tokenizer.chat_template().is_none() {
+        bail!("{} has no chat template (tokenizer_config.json or chat_template.jinja)", dir.display());
+    }
+    let mut model = a.backend.load(&dir, &a.backend.options(), Some(tokenizer))?;
+    // A reply ends at EOS without showing it (`<|im_end|>` is not part of the reply).
+    let params = GenerateParams { max_new_tokens: a.max_new_tokens, sampling, stop: Vec::new(), hide_eos_text: true };
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("smelt chat with {}. {HELP}.", dir.display());
@@ -94,17 +95,16 @@ pub fn run(a: Args) -> Result<()> {
         history.push(ChatMessage::new("user", text));
         let mut messages: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s.as_str())).collect();
         messages.extend(history.iter().cloned());
-        let prompt = template.render(&messages, true, a.no_think.then_some(false))?;
-        let ids = tokenizer.encode(&prompt)?;
         turns += 1;
-        match reply(model.as_mut(), &tokenizer, &ids, a.max_new_tokens, &sampling) {
+        match reply(&mut model, &messages, a.no_think.then_some(false), &params) {
             Ok(text) => history.push(ChatMessage::new("assistant", text)),
             Err(e) => {
                 // The turn is dropped; the conversation before it goes on.
                 history.pop();
                 failed += 1;
                 eprintln!("error: {e:#}");
-                if matches!(e.downcast_ref(), Some(smelt::models::ModelError::ContextFull { .. })) {
+                if matches!(e.downcast_ref(), Some(smelt::Error::Model(smelt::models::ModelError::ContextFull { .. })))
+                {
                     eprintln!("(the conversation no longer fits the context: /reset starts a new one)");
                 }
             }
@@ -118,40 +118,33 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Generates the assistant's reply to `ids` (the rendered conversation), streaming its text to
-/// stdout; returns the text. EOS ids end the reply and are not shown.
+/// Generates the assistant's reply to `messages`, streaming its text to stdout; returns the
+/// text.
 fn reply(
-    model: &mut dyn CausalLm,
-    tokenizer: &Tokenizer,
-    ids: &[u32],
-    max_new_tokens: usize,
-    sampling: &SamplingParams,
+    model: &mut Model,
+    messages: &[ChatMessage],
+    enable_thinking: Option<bool>,
+    params: &GenerateParams,
 ) -> Result<String> {
-    let request = Request { prompt: ids.to_vec(), max_new_tokens, sampling: sampling.clone(), stop: Vec::new() };
-    let seq = Continuation::new(&request, Some(tokenizer)).without_eos_text();
-    let mut stdout = std::io::stdout().lock();
-    let mut show = |piece: &str| {
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
-    };
     let t0 = Instant::now();
-    let out = run_generation(model, ids, seq, |_, step| {
-        show(&step.text);
-        if let Some((_, tail)) = &step.end {
-            show(tail);
-        }
-    })?;
+    let mut generation = model.chat(messages, enable_thinking, params)?;
+    let mut stdout = std::io::stdout().lock();
+    let (mut text, mut generated) = (String::new(), 0usize);
+    for chunk in &mut generation {
+        let chunk = chunk?;
+        generated += 1;
+        let _ = stdout.write_all(chunk.text.as_bytes()).and_then(|()| stdout.flush());
+        text.push_str(&chunk.text);
+    }
     let _ = writeln!(stdout);
-    if let Some(e) = &out.warning {
+    if let Some(e) = generation.warning() {
         tracing::warn!("not shown: {e}");
     }
-    let text = out.text;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
-        "[{} prompt tokens, {} generated in {secs:.2}s, {:.1} tokens/s]",
-        ids.len(),
-        out.ids.len(),
-        out.ids.len() as f64 / secs.max(1e-9)
+        "[{} prompt tokens, {generated} generated in {secs:.2}s, {:.1} tokens/s]",
+        generation.prompt_tokens(),
+        generated as f64 / secs.max(1e-9)
     );
     Ok(text)
 }

@@ -3,11 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
-use smelt::models::{CausalLm, Qwen3Config, Qwen3Cuda};
+use anyhow::{bail, Context, Result};
+use smelt::models::{CausalLm, LoadOptions, Qwen3Config, Qwen3Cpu, Qwen3Cuda};
 use smelt::runtime::cuda::NodeCheck;
 
-use super::generate::{load, load_cuda};
 use super::{at_most, model_dir_arg, numbers, CudaArgs, DTypeArg, MemoryLimit, Numbers};
 
 #[derive(clap::Args)]
@@ -43,20 +42,21 @@ pub fn run(a: Args) -> Result<()> {
     // The flags against the model, then the GPU: without one this fails in a second, before
     // the weights are read.
     let config = Qwen3Config::from_file(&model_dir_arg(&a.model)?.join("config.json"))?;
-    let capacity = a.cuda.kv_tokens(&config).min(config.max_position_embeddings);
+    let cuda = a.cuda.options();
+    let capacity = cuda.kv_tokens(&config).min(config.max_position_embeddings);
     at_most("--positions", &positions, capacity - 1, "the last position the KV cache holds")?;
     let prefill_total = prefill.iter().map(|&n| n as usize).sum::<usize>();
     if prefill_total > capacity {
         bail!("--prefill chunks of {prefill_total} tokens in all are more than the KV cache holds ({capacity})");
     }
-    let gpu = MemoryLimit::gpu("smelt check-kernels")?;
-    a.cuda.check_fits(&config, a.dtype.into(), &gpu)?;
-    let cpu = load(&a.model, a.dtype.into(), false)?;
+    MemoryLimit::gpu("smelt check-kernels")?;
+    cuda.check_fits(&config, a.dtype.into()).map_err(|e| super::load_error(e, &a.model))?;
+    let cpu = Qwen3Cpu::load_with(&a.model, LoadOptions::new(a.dtype.into()))
+        .with_context(|| format!("loading {}", a.model.display()))?;
     let vocab = cpu.config().vocab_size as u64;
-    let mut cuda = a.cuda.clone();
-    cuda.gpu_prefill |= !prefill.is_empty();
-    cuda.batch_rows = a.batch.unwrap_or(0);
-    let mut model = load_cuda(cpu, &cuda)?;
+    let prefill_too = smelt::CudaOptions { prefill: cuda.prefill || !prefill.is_empty(), ..cuda };
+    let options = prefill_too.decoder_options(&config, a.batch.unwrap_or(0));
+    let mut model = Qwen3Cuda::new(cpu, &options).context("starting the CUDA backend")?;
     let (mut failed, mut checked) = (0, 0);
     for (what, checks) in check_runs(&mut model, &positions, &prefill, vocab)? {
         print_checks(&what, &checks, a.verbose);

@@ -6,15 +6,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use smelt::ir::DType;
-use smelt::models::qwen3::Logits;
-use smelt::models::{
-    generate as run_generation, CausalLm, Continuation, FinishReason, LoadOptions, Qwen3Config, Qwen3Cpu, Qwen3Cuda,
-    Request, SamplingParams, Tokenizer,
-};
+use smelt::models::{FinishReason, Qwen3Config, SamplingParams, Tokenizer};
+use smelt::{Device, GenerateParams, Model, ModelOptions, Prompt};
 
 use super::batch::{self, BatchArgs};
 use super::outputs::{write_atomically, Reads};
-use super::{model_dir_arg, token_ids, CudaArgs, DTypeArg, Device, MemoryLimit, Numbers};
+use super::{model_dir_arg, token_ids, CudaArgs, DTypeArg, MemoryLimit, Numbers};
 
 #[derive(clap::Args)]
 pub struct LogitsArgs {
@@ -142,7 +139,9 @@ impl SamplingArgs {
 /// Where and how `logits`, `generate` and `chat` run the model.
 #[derive(clap::Args)]
 pub struct BackendArgs {
-    #[arg(long, value_enum, default_value_t)]
+    /// Where the model runs: the CPU reference backend, or an NVIDIA GPU through the generated
+    /// kernels.
+    #[arg(long, default_value_t, value_parser = super::device())]
     device: Device,
     /// Execution dtype (default: f32 on the CPU, bf16 on CUDA).
     #[arg(long, value_enum)]
@@ -155,12 +154,14 @@ pub struct BackendArgs {
 }
 
 impl BackendArgs {
-    /// The execution dtype: as asked, else f32 on the CPU (the reference) and bf16 on CUDA.
-    fn dtype(&self) -> DType {
-        match (self.dtype, self.device) {
-            (Some(d), _) => d.into(),
-            (None, Device::Cpu) => DType::F32,
-            (None, Device::Cuda) => DType::BF16,
+    /// The library's options for these flags.
+    pub fn options(&self) -> ModelOptions {
+        ModelOptions {
+            device: self.device,
+            dtype: self.dtype.map(DType::from),
+            no_fuse: self.no_fuse,
+            cuda: self.cuda.options(),
+            ..ModelOptions::default()
         }
     }
 
@@ -184,73 +185,24 @@ impl BackendArgs {
         }
     }
 
-    /// Loads the model in `dir` on the chosen device. For CUDA, the GPU is probed and the KV
-    /// cache checked against its memory first.
-    pub fn load(&self, dir: &Path) -> Result<Box<dyn CausalLm>> {
+    /// Loads the model in `dir` with `options` (made by [`BackendArgs::options`]) and the
+    /// tokenizer the command already loaded. On CUDA the GPU is probed first.
+    pub fn load(&self, dir: &Path, options: &ModelOptions, tokenizer: Option<Tokenizer>) -> Result<Model> {
         self.check_flags()?;
-        if self.device == Device::Cpu {
-            return Ok(Box::new(load(dir, self.dtype(), self.no_fuse)?));
+        let dir = model_dir_arg(dir)?;
+        if self.device == Device::Cuda {
+            MemoryLimit::gpu("--device cuda")?;
         }
-        let gpu = MemoryLimit::gpu("--device cuda")?;
-        let config = Qwen3Config::from_file(&model_dir_arg(dir)?.join("config.json"))?;
-        self.cuda.check_fits(&config, self.dtype(), &gpu)?;
-        let cpu = load(dir, self.dtype(), false)?;
-        Ok(Box::new(load_cuda(cpu, &self.cuda)?))
+        Model::load_with(&dir, options, tokenizer).map_err(|e| super::load_error(e, &dir))
     }
-}
-
-/// Compiles and uploads a loaded model to the GPU, reporting the JIT and memory.
-pub fn load_cuda(cpu: Qwen3Cpu, cuda: &CudaArgs) -> Result<Qwen3Cuda> {
-    let options = cuda.options(cpu.config());
-    let model = Qwen3Cuda::new(cpu, &options).context("starting the CUDA backend")?;
-    let d = model.decoder();
-    let jit = d.jit();
-    let bytes: Vec<String> =
-        d.device_bytes().iter().map(|(what, b)| format!("{what} {:.1} MiB", *b as f64 / 1048576.0)).collect();
-    tracing::info!(
-        "{}: {} kernels ready in {:.2}s ({} from the module cache); {}",
-        d.gpu().name(),
-        jit.kernels,
-        jit.seconds,
-        jit.cached,
-        bytes.join(", ")
-    );
-    Ok(model)
-}
-
-pub fn load(dir: &Path, dtype: DType, no_fuse: bool) -> Result<Qwen3Cpu> {
-    let dir = model_dir_arg(dir)?;
-    let t0 = Instant::now();
-    let options = LoadOptions { dtype, fuse: !no_fuse };
-    let model = Qwen3Cpu::load_with(&dir, options).with_context(|| format!("loading {}", dir.display()))?;
-    let unused = model.unused_tensors();
-    if !unused.is_empty() {
-        // One line, however many: a checkpoint of another model can hold thousands.
-        const SHOWN: usize = 5;
-        let mut names = unused.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
-        if unused.len() > SHOWN {
-            names.push_str(&format!(" and {} more", unused.len() - SHOWN));
-        }
-        tracing::warn!("{}: {} tensors are not used by the model: {names}", dir.display(), unused.len());
-    }
-    let c = model.config();
-    tracing::info!(
-        "loaded {} ({} layers, hidden {}, vocab {}) in {:.2}s",
-        dir.display(),
-        c.num_layers,
-        c.hidden_size,
-        c.vocab_size,
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(model)
 }
 
 pub fn logits(a: LogitsArgs) -> Result<()> {
     Reads::new().model_dir(&a.model).check_output("--out", &a.out)?;
     let ids = a.prompt_ids.0.clone();
-    let mut model = a.backend.load(&a.model)?;
+    let mut model = a.backend.load(&a.model, &a.backend.options(), None)?;
     let t0 = Instant::now();
-    let logits = model.forward(&ids, Logits::AllPositions)?;
+    let logits = model.logits(&ids)?;
     tracing::info!("prefill of {} tokens in {:.2}s", ids.len(), t0.elapsed().as_secs_f64());
     let values = logits.f32s().context("logits are not f32")?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -263,25 +215,7 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
 }
 
 fn tokenizer_for(a: &GenerateArgs) -> Result<Option<Tokenizer>> {
-    match &a.tokenizer {
-        Some(path) => Ok(Some(Tokenizer::from_file(path)?)),
-        None if smelt::runtime::files::exists(&a.model.join("tokenizer.json")) => {
-            Ok(Some(Tokenizer::from_model_dir(&a.model)?))
-        }
-        None => Ok(None),
-    }
-}
-
-/// The prompt's text: as given, or as a user turn in the chat template.
-fn prompt_text(a: &GenerateArgs, text: &str, tokenizer: &Tokenizer) -> Result<String> {
-    if !a.chat {
-        return Ok(text.to_string());
-    }
-    let template = tokenizer.chat_template().with_context(|| {
-        format!("--chat needs a chat template: {} has no tokenizer_config.json with one", a.model.display())
-    })?;
-    let messages = [smelt::models::ChatMessage::new("user", text)];
-    Ok(template.render(&messages, true, a.no_think.then_some(false))?)
+    Ok(smelt::load_tokenizer(&a.model, a.tokenizer.as_deref())?)
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -324,69 +258,77 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             let bytes = a.batching.options().kv_budget_bytes as u64;
             limit.check(&format!("--kv-memory {}", super::size(bytes)), bytes)?;
         }
-        // On CUDA, compile the batched decode step for the batch's width.
-        let mut backend = a.backend;
-        backend.cuda.batch_rows = a.batching.options().max_batch;
-        let mut model = backend.load(&a.model)?;
-        let lm = model.as_batch().context("this backend cannot run a batch")?;
-        return batch::run(lm, &file, &a.batching, tokenizer.as_ref(), a.ids_out.as_deref());
+        // On CUDA, the batched decode step is compiled for the batch's width.
+        let options = ModelOptions { batch: Some(a.batching.options()), ..a.backend.options() };
+        let mut model = a.backend.load(&a.model, &options, tokenizer)?;
+        return batch::run(&mut model, &file, &a.batching, a.ids_out.as_deref());
     }
     a.sampling.refuse_unused()?;
     if a.chat && a.prompt.is_none() {
         bail!("--chat takes the user's turn from --prompt TEXT (not --prompt-ids)");
     }
-    let prompt = match (&a.prompt, &a.prompt_ids) {
-        (_, Some(ids)) => ids.0.clone(),
-        (Some(text), None) => match &tokenizer {
-            Some(t) => t.encode(&prompt_text(&a, text, t)?)?,
-            None => bail!(
-                "--prompt needs a tokenizer: {} has no tokenizer.json (pass --tokenizer or --prompt-ids)",
-                a.model.display()
-            ),
-        },
+    // What the prompt and stop strings need, before the weights load.
+    match &tokenizer {
+        None if a.prompt.is_some() => bail!(
+            "--prompt needs a tokenizer: {} has no tokenizer.json (pass --tokenizer or --prompt-ids)",
+            a.model.display()
+        ),
+        None if !a.stop.is_empty() => bail!(
+            "--stop needs a tokenizer to see text: {} has no tokenizer.json (pass --tokenizer)",
+            a.model.display()
+        ),
+        None => tracing::info!("note: no tokenizer.json in {}: streaming token ids", a.model.display()),
+        Some(t) if a.chat && t.chat_template().is_none() => {
+            bail!("--chat needs a chat template: {} has no tokenizer_config.json with one", a.model.display())
+        }
+        Some(_) => {}
+    }
+    let shows_text = tokenizer.is_some();
+    let mut model = a.backend.load(&a.model, &a.backend.options(), tokenizer)?;
+    let context = model.config().max_position_embeddings;
+    let params =
+        GenerateParams { max_new_tokens: a.max_new_tokens, sampling, stop: a.stop.clone(), hide_eos_text: false };
+    let t0 = Instant::now();
+    let mut generation = match (&a.prompt, &a.prompt_ids) {
+        (_, Some(ids)) => model.generate(Prompt::Ids(&ids.0), &params)?,
+        (Some(text), None) if a.chat => {
+            let turn = [smelt::ChatMessage::new("user", text.as_str())];
+            model.chat(&turn, a.no_think.then_some(false), &params)?
+        }
+        (Some(text), None) => model.generate(Prompt::Text(text), &params)?,
         (None, None) => unreachable!("clap requires --prompt or --prompt-ids"),
     };
-    let mut model = a.backend.load(&a.model)?;
-    if tokenizer.is_none() && !a.stop.is_empty() {
-        bail!("--stop needs a tokenizer to see text: {} has no tokenizer.json (pass --tokenizer)", a.model.display());
-    }
-    if tokenizer.is_none() {
-        tracing::info!("note: no tokenizer.json in {}: streaming token ids", a.model.display());
-    }
     let mut stdout = std::io::stdout().lock();
-    let t0 = Instant::now();
-    let request = Request { prompt: prompt.clone(), max_new_tokens: a.max_new_tokens, sampling, stop: a.stop.clone() };
-    let seq = Continuation::new(&request, tokenizer.as_ref());
-    let done = run_generation(model.as_mut(), &prompt, seq, |id, step| {
+    let mut ids = Vec::new();
+    for chunk in &mut generation {
+        let chunk = chunk?;
+        ids.push(chunk.token);
         // Without a tokenizer, the ids are the text.
-        let text = if tokenizer.is_some() { step.text.clone() } else { format!("{id} ") };
-        let tail = step.end.as_ref().map_or("", |(_, tail)| tail.as_str());
-        let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.write_all(tail.as_bytes()));
-        let _ = stdout.flush();
-    })?;
+        let text = if shows_text { chunk.text } else { format!("{} ", chunk.token) };
+        let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+    }
     let _ = writeln!(stdout);
     // The ids are the result; text that cannot be shown (an id past the tokenizer's vocabulary,
     // which a model's padded embedding table allows) is a warning, not a failed run.
-    if let Some(e) = &done.warning {
+    if let Some(e) = generation.warning() {
         tracing::warn!("not shown: {e}");
     }
-    let ids = done.ids;
+    let finish = generation.finish_reason();
+    let prompt_tokens = generation.prompt_tokens();
     let secs = t0.elapsed().as_secs_f64();
-    let why = match done.finish {
-        FinishReason::Eos => "an EOS token",
-        FinishReason::Stop => "a stop string",
-        FinishReason::Length => "--max-new-tokens",
-        FinishReason::ContextFull => "the full context",
+    let why = match finish {
+        Some(FinishReason::Eos) => "an EOS token",
+        Some(FinishReason::Stop) => "a stop string",
+        Some(FinishReason::Length) | None => "--max-new-tokens",
+        Some(FinishReason::ContextFull) => "the full context",
     };
     tracing::info!(
-        "{} prompt + {} generated tokens in {secs:.2}s ({:.2} tokens/s), ended by {why}",
-        prompt.len(),
+        "{prompt_tokens} prompt + {} generated tokens in {secs:.2}s ({:.2} tokens/s), ended by {why}",
         ids.len(),
         ids.len() as f64 / secs.max(1e-9)
     );
     // Generation ends at the context as it does at EOS, but the user asked for more: say so.
-    if done.finish == FinishReason::ContextFull {
-        let context = model.config().max_position_embeddings;
+    if finish == Some(FinishReason::ContextFull) {
         tracing::info!(
             "note: stopped after {} of --max-new-tokens {}: the context ({context} tokens) is full",
             ids.len(),

@@ -87,16 +87,13 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Where a model runs: the CPU reference backend, or an NVIDIA GPU (decode kernels through
-/// NVRTC; prompts run one token per step until the prefill kernels exist).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Device {
-    #[default]
-    Cpu,
-    Cuda,
+/// `--device`: where a model runs ([`smelt::Device`]), listed in `--help`.
+pub fn device() -> impl clap::builder::TypedValueParser<Value = smelt::Device> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["cpu", "cuda"]).try_map(|s| s.parse::<smelt::Device>())
 }
 
-/// Options of the CUDA backend.
+/// Options of the CUDA backend, as flags ([`smelt::CudaOptions`]).
 #[derive(clap::Args, Clone, Debug)]
 pub struct CudaArgs {
     /// Tokens the GPU's KV cache holds (default: the model's context, at most 32768).
@@ -113,9 +110,6 @@ pub struct CudaArgs {
     /// of one decode step per token. Experimental: not yet checked on a GPU.
     #[arg(long)]
     gpu_prefill: bool,
-    /// Rows of a batched decode step to compile for (set by the commands that batch).
-    #[arg(skip)]
-    pub batch_rows: usize,
 }
 
 impl CudaArgs {
@@ -130,26 +124,22 @@ impl CudaArgs {
         flags.into_iter().filter(|(_, set)| *set).map(|(flag, _)| flag).collect()
     }
 
-    pub fn kv_tokens(&self, config: &smelt::models::Qwen3Config) -> usize {
-        self.kv_tokens.unwrap_or(config.max_position_embeddings.min(32768))
-    }
-
-    /// Refuses a KV cache larger than the GPU's memory, before any weights are loaded.
-    pub fn check_fits(&self, config: &smelt::models::Qwen3Config, dtype: DType, gpu: &MemoryLimit) -> Result<()> {
-        let tokens = self.kv_tokens(config);
-        let bytes = tokens.checked_mul(config.kv_bytes_per_token(dtype)).map_or(u64::MAX, |b| b as u64);
-        gpu.check(&format!("--kv-tokens {tokens} ({} of KV cache in {dtype})", size(bytes)), bytes)
-    }
-
-    fn options(&self, config: &smelt::models::Qwen3Config) -> smelt::runtime::cuda::DecoderOptions {
-        let kv_tokens = self.kv_tokens(config);
-        smelt::runtime::cuda::DecoderOptions {
-            cuda_graphs: !self.no_cuda_graphs,
-            pdl: !self.no_pdl,
+    pub fn options(&self) -> smelt::CudaOptions {
+        smelt::CudaOptions {
+            kv_tokens: self.kv_tokens,
+            no_cuda_graphs: self.no_cuda_graphs,
+            no_pdl: self.no_pdl,
             prefill: self.gpu_prefill,
-            batch_rows: self.batch_rows,
-            ..smelt::runtime::cuda::DecoderOptions::new(kv_tokens)
         }
+    }
+}
+
+/// An error of [`smelt::Model::load`] for the command line: a KV cache too large for the GPU
+/// names `--kv-tokens`; anything else names the directory.
+pub fn load_error(e: smelt::Error, dir: &std::path::Path) -> anyhow::Error {
+    match e {
+        e @ smelt::Error::KvCacheTooLarge { .. } => anyhow::Error::new(e).context("--kv-tokens"),
+        e => anyhow::Error::new(e).context(format!("loading {}", dir.display())),
     }
 }
 

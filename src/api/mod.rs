@@ -16,16 +16,20 @@
 //! # Ok::<(), smelt::Error>(())
 //! ```
 
+mod options;
+
 use std::path::{Path, PathBuf};
 
-use smelt_ir::DType;
+use smelt_ir::{DType, Tensor};
 use smelt_models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Completion, Request};
 use smelt_models::engine::next_token;
+use smelt_models::qwen3::Logits;
 use smelt_models::{
     CausalLm, ChatError, ChatMessage, Continuation, FinishReason, LoadOptions, ModelError, Qwen3Config, Qwen3Cpu,
     Qwen3Cuda, SamplingParams, Tokenizer, TokenizerError,
 };
-use smelt_runtime::cuda::DecoderOptions;
+
+pub use options::{CudaOptions, Device, ModelOptions, Needs, DEFAULT_MAX_KV_TOKENS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,33 +47,11 @@ pub enum Error {
     Sampling(String),
     #[error("{0}")]
     Unsupported(&'static str),
-}
-
-/// Where a model runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Device {
-    /// The reference evaluator (f32 by default).
-    #[default]
-    Cpu,
-    /// An NVIDIA GPU through the generated kernels (bf16 by default).
-    Cuda,
-}
-
-/// How a model is loaded.
-#[derive(Clone, Debug, Default)]
-pub struct ModelOptions {
-    pub device: Device,
-    /// Execution dtype; default f32 on the CPU, bf16 on CUDA.
-    pub dtype: Option<DType>,
-    /// Tokens the GPU's KV cache holds (default: the context, at most 32768).
-    pub kv_tokens: Option<usize>,
-    /// [`Model::generate_batch`]: the KV cache's size in bytes, shared by the batch (default 1 GiB).
-    pub kv_memory: Option<usize>,
-    /// [`Model::generate_batch`]: sequences running at once (default 64); on CUDA, setting it
-    /// also compiles the batched decode step for that many rows.
-    pub max_batch: Option<usize>,
-    /// [`Model::generate_batch`]: share full KV blocks between requests (default on).
-    pub no_prefix_cache: bool,
+    #[error(
+        "a KV cache of {tokens} tokens takes {bytes} bytes in {dtype}, more than the {total} bytes of {gpu}: \
+         ask for fewer KV tokens"
+    )]
+    KvCacheTooLarge { tokens: usize, bytes: u64, dtype: DType, gpu: String, total: u64 },
 }
 
 /// What to generate: sampling, length and stop strings.
@@ -79,11 +61,19 @@ pub struct GenerateParams {
     pub max_new_tokens: usize,
     /// Generation ends at the first of these in the text (which is not returned).
     pub stop: Vec<String>,
+    /// The EOS token that ends generation shows no text (a chat reply without its
+    /// `<|im_end|>`); by default it shows the text the tokenizer decodes it to.
+    pub hide_eos_text: bool,
 }
 
 impl Default for GenerateParams {
     fn default() -> GenerateParams {
-        GenerateParams { sampling: SamplingParams::default(), max_new_tokens: 64, stop: Vec::new() }
+        GenerateParams {
+            sampling: SamplingParams::default(),
+            max_new_tokens: 64,
+            stop: Vec::new(),
+            hide_eos_text: false,
+        }
     }
 }
 
@@ -111,39 +101,46 @@ pub struct Model {
 
 impl Model {
     /// Loads `dir` (config.json, safetensors weights, optionally tokenizer.json and a chat
-    /// template) on `options.device`.
+    /// template) on `options.device`. What can fail fast does, before the weights are read:
+    /// the options, the GPU, the tokenizer and the KV cache's size.
     pub fn load(dir: &Path, options: &ModelOptions) -> Result<Model, Error> {
-        let dtype = options.dtype.unwrap_or(match options.device {
-            Device::Cpu => DType::F32,
-            Device::Cuda => DType::BF16,
-        });
+        options.check()?;
         if options.device == Device::Cuda {
-            // Without a GPU this fails at once, before the weights are read.
+            // Without a GPU this fails at once, before anything is read.
             smelt_runtime::cuda::probe(0).map_err(ModelError::from)?;
         }
-        let cpu = Qwen3Cpu::load_with(dir, LoadOptions::new(dtype))?;
+        let tokenizer = load_tokenizer(dir, options.tokenizer.as_deref())?;
+        Model::load_with(dir, options, tokenizer)
+    }
+
+    /// [`Model::load`] with a tokenizer the caller loaded (with [`load_tokenizer`]), to use it
+    /// before the weights are read.
+    pub fn load_with(dir: &Path, options: &ModelOptions, tokenizer: Option<Tokenizer>) -> Result<Model, Error> {
+        options.check()?;
+        if !dir.is_dir() {
+            return Err(ModelError::NoDir(dir.to_path_buf()).into());
+        }
+        match (&tokenizer, options.needs) {
+            (None, Needs::Tokenizer | Needs::ChatTemplate) => return Err(Error::NoTokenizer(dir.to_path_buf())),
+            (Some(t), Needs::ChatTemplate) if t.chat_template().is_none() => {
+                return Err(Error::NoChatTemplate(dir.to_path_buf()))
+            }
+            _ => {}
+        }
+        let dtype = options.dtype();
+        let load = LoadOptions { dtype, fuse: !options.no_fuse };
         let lm: Box<dyn CausalLm> = match options.device {
-            Device::Cpu => Box::new(cpu),
+            Device::Cpu => Box::new(Qwen3Cpu::load_with(dir, load)?),
             Device::Cuda => {
-                let kv_tokens = options.kv_tokens.unwrap_or(cpu.config().max_position_embeddings.min(32768));
-                // With max_batch, batched decode steps are compiled too (for generate_batch).
-                let decoder =
-                    DecoderOptions { batch_rows: options.max_batch.unwrap_or(0), ..DecoderOptions::new(kv_tokens) };
-                Box::new(Qwen3Cuda::new(cpu, &decoder)?)
+                let config = Qwen3Config::from_file(&dir.join("config.json")).map_err(ModelError::from)?;
+                options.cuda.check_fits(&config, dtype)?;
+                let cpu = Qwen3Cpu::load_with(dir, load)?;
+                // With batch options, the batched decode step is compiled too (for generate_batch).
+                let rows = options.batch.map_or(0, |b| b.max_batch);
+                Box::new(Qwen3Cuda::new(cpu, &options.cuda.decoder_options(&config, rows))?)
             }
         };
-        let tokenizer = if smelt_runtime::files::exists(&dir.join("tokenizer.json")) {
-            Some(Tokenizer::from_model_dir(dir)?)
-        } else {
-            None
-        };
-        let defaults = BatchOptions::default();
-        let batch = BatchOptions {
-            kv_budget_bytes: options.kv_memory.unwrap_or(defaults.kv_budget_bytes),
-            max_batch: options.max_batch.unwrap_or(defaults.max_batch),
-            prefix_cache: !options.no_prefix_cache,
-            ..defaults
-        };
+        let batch = options.batch.unwrap_or_default();
         Ok(Model { lm, tokenizer, dir: dir.to_path_buf(), batch })
     }
 
@@ -153,6 +150,13 @@ impl Model {
 
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
         self.tokenizer.as_ref()
+    }
+
+    /// Runs `ids` as a new sequence and returns the f32 logits at every position,
+    /// `[ids.len(), vocab]`.
+    pub fn logits(&mut self, ids: &[u32]) -> Result<Tensor, Error> {
+        self.lm.reset();
+        Ok(self.lm.forward(ids, Logits::AllPositions)?)
     }
 
     /// Starts generating after `prompt` (a new sequence). The prompt runs now; the iterator
@@ -178,11 +182,14 @@ impl Model {
         let lm = lm.as_mut();
         lm.reset();
         let mut seq = Continuation::new(&request, tokenizer.as_ref());
+        if params.hide_eos_text {
+            seq = seq.without_eos_text();
+        }
         let next = match seq.finish() {
             Some(_) => None,
             None => Some(next_token(lm, &mut seq, &request.prompt)?),
         };
-        Ok(Generation { lm, seq, next })
+        Ok(Generation { lm, seq, next, prompt_tokens: request.prompt.len() })
     }
 
     /// One assistant turn after `messages`, rendered with the model's chat template;
@@ -202,7 +209,7 @@ impl Model {
 
 impl Model {
     /// Runs every request to completion together: continuous batching over one paged KV cache
-    /// (sized by [`ModelOptions::kv_memory`]) with prefix caching and preemption. On the CPU
+    /// (sized by [`ModelOptions::batch`]) with prefix caching and preemption. On the CPU
     /// each request gets exactly the tokens [`Model::generate`] gives it alone. `on_event`
     /// sees each token as it is chosen; the completions come back in input order.
     ///
@@ -241,9 +248,19 @@ impl Model {
                 stop: params.stop.clone(),
             });
         }
+        self.run_batch(&batch, on_event)
+    }
+
+    /// [`Model::generate_batch`] of requests already in token ids; a request's error names its
+    /// index ([`ModelError::Request`]).
+    pub fn run_batch(
+        &mut self,
+        batch: &[Request],
+        on_event: impl FnMut(BatchEvent<'_>),
+    ) -> Result<(Vec<Completion>, BatchStats), Error> {
         let options = self.batch;
         let lm = self.lm.as_batch().ok_or(Error::Unsupported("this backend cannot run a batch"))?;
-        Ok(generate_batch(lm, &batch, &options, self.tokenizer.as_ref(), on_event)?)
+        Ok(generate_batch(lm, batch, &options, self.tokenizer.as_ref(), on_event)?)
     }
 }
 
@@ -255,9 +272,15 @@ pub struct Generation<'a> {
     seq: Continuation<'a>,
     /// The token the next call yields; None once generation has ended.
     next: Option<u32>,
+    prompt_tokens: usize,
 }
 
 impl Generation<'_> {
+    /// Tokens of the prompt (after tokenizing and, for a chat, the template).
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
     /// Why generation ended; `None` while it goes on.
     pub fn finish_reason(&self) -> Option<FinishReason> {
         self.seq.finish()
@@ -288,4 +311,14 @@ impl Iterator for Generation<'_> {
         }
         Some(Ok(Chunk { token, text }))
     }
+}
+
+/// The tokenizer [`Model::load`] uses: `path` if given, else the directory's tokenizer.json
+/// (with its chat template) if there is one.
+pub fn load_tokenizer(dir: &Path, path: Option<&Path>) -> Result<Option<Tokenizer>, Error> {
+    Ok(match path {
+        Some(path) => Some(Tokenizer::from_file(path)?),
+        None if smelt_runtime::files::exists(&dir.join("tokenizer.json")) => Some(Tokenizer::from_model_dir(dir)?),
+        None => None,
+    })
 }
