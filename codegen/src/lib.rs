@@ -18,6 +18,7 @@ pub mod prelude;
 pub mod program;
 pub mod ptxas;
 pub mod skip;
+pub mod template;
 
 pub use cache::ModuleCache;
 pub use expr::{render, Leaves, LocalNames};
@@ -25,3 +26,4 @@ pub use kernels::{kernel_name, Kernel};
 pub use nvrtc::{Arch, Nvrtc, NvrtcError};
 pub use prelude::PRELUDE;
 pub use program::{emit, emit_with, resolve_view, CodegenError, Cost, EmitOptions, Params, Program, Scheduled};
+pub use template::{Template, TemplateError};

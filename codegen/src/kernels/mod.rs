@@ -94,6 +94,10 @@ impl Grid {
     }
 }
 
+/// The `$GRID_WAIT` slot's statements: the grid-dependency wait and trigger (see the prelude)
+/// where a kernel has nothing to fetch before its inputs are ready.
+pub(crate) const GRID_WAIT: &str = "  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();";
+
 /// `source` with the grid-dependency wait and trigger (see the prelude) as the first statements
 /// of its entry point: for kernels that have nothing to fetch before their inputs are ready.
 pub(crate) fn wait_at_entry(mut source: String) -> String {
