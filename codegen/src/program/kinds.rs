@@ -1,0 +1,312 @@
+//! How each fused op becomes kernels: [`plan`] is the one exhaustive match from a node's op to
+//! its kernel kind, and each kind's function builds the kernel's spec from the node (refusing
+//! shapes it has no kernel for, with a clear error), prices it and emits it.
+
+use smelt_ir::{Bindings, DType, Dim, Graph, Node, NodeId, Op, Shape, Sym};
+
+use super::{bytes, resolve_view, CodegenError, EmitOptions, Params, ATTENTION_SPLIT_TOKENS};
+use crate::kernels::{self, AttentionSpec, GemvSpec, Kernel, View};
+
+/// A node being planned, and what every kind asks of it.
+pub(crate) struct NodeCtx<'g> {
+    g: &'g Graph,
+    node: &'g Node,
+    pub ops: Vec<NodeId>,
+    /// The node's name (or `%index`), for errors and the schedule.
+    pub label: String,
+    /// `T` is pinned to 1: a decode step (GEMVs); else a prefill or batched step (GEMMs).
+    decode: bool,
+    options: EmitOptions,
+}
+
+/// What a node becomes: its kernels in launch order, each with how it is called, and the
+/// op-specific part of its cost at one new token.
+pub(crate) struct Planned {
+    pub kernels: Vec<(Kernel, Params)>,
+    pub flops: u64,
+    pub kv_bytes_per_context_token: u64,
+    /// Replaces the weight bytes of the operands (a gather reads only the rows it picks).
+    pub weight_bytes: Option<u64>,
+}
+
+impl Planned {
+    fn one(kernel: Kernel, flops: u64) -> Planned {
+        Planned { kernels: vec![(kernel, Params::Standard)], flops, kv_bytes_per_context_token: 0, weight_bytes: None }
+    }
+}
+
+/// The step every cost is priced at.
+const ONE_TOKEN: Bindings = Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 };
+
+impl<'g> NodeCtx<'g> {
+    pub fn new(g: &'g Graph, id: NodeId, options: EmitOptions) -> NodeCtx<'g> {
+        let node = g.node(id);
+        NodeCtx {
+            g,
+            node,
+            ops: g.operands(id),
+            label: node.name.clone().unwrap_or_else(|| format!("%{}", id.index())),
+            decode: g.pinned(Sym::NewTokens) == Some(1),
+            options,
+        }
+    }
+
+    fn operand(&self, i: usize) -> &'g Node {
+        self.g.node(self.ops[i])
+    }
+
+    /// How operand `i` is addressed through its views.
+    fn view(&self, i: usize) -> View {
+        resolve_view(self.g, self.ops[i]).1
+    }
+
+    /// Dtypes and shapes of operands `from..`.
+    fn types_from(&self, from: usize) -> Vec<(DType, Shape)> {
+        self.ops[from..].iter().map(|&x| (self.g.node(x).dtype, self.g.node(x).shape.clone())).collect()
+    }
+
+    fn fixed(&self, d: Dim) -> Result<usize, CodegenError> {
+        d.fixed()
+            .ok_or_else(|| CodegenError::Shape { node: self.label.clone(), message: format!("dim {d} must be fixed") })
+    }
+
+    /// A weight operand `[n, k]`'s n and k.
+    fn weight_nk(&self, i: usize) -> Result<(usize, usize), CodegenError> {
+        let w = &self.operand(i).shape;
+        Ok((self.fixed(w.dims()[0])?, self.fixed(w.dims()[1])?))
+    }
+
+    /// Shapes the emitters handle; anything else is a clear error, not an emitter's assertion.
+    fn supported(&self, ok: bool, what: &str) -> Result<(), CodegenError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(CodegenError::Shape {
+                node: self.label.clone(),
+                message: format!("no kernel for this shape yet: {what}"),
+            })
+        }
+    }
+
+    fn unsupported(&self, hint: &'static str) -> CodegenError {
+        CodegenError::Unsupported { node: self.label.clone(), op: self.node.op.kind(), hint }
+    }
+
+    /// A kernel's name: what its node computes, then the kernel kind (label `qkv`, kind
+    /// `gemv_rmsnorm` → `qkv_gemv_rmsnorm`). What it computes is the label the model gave the
+    /// node (an empty label leaves the kind alone), else the last part of the node's name.
+    /// Never the layer: every layer runs the same kernel.
+    fn name(&self, kind: &str) -> String {
+        let what = match (&self.node.meta.label, &self.node.name) {
+            (Some(label), _) => label.as_str(),
+            (None, Some(name)) => name.rsplit('.').next().unwrap_or(name),
+            (None, None) => "",
+        };
+        let name = if what.is_empty() { kind.to_string() } else { format!("{what}_{kind}") };
+        kernels::kernel_name(&name)
+    }
+
+    /// Whether x (operand 0 of a matmul) is T whole rows, as the GEMM reads it.
+    fn x_is_t_rows(&self) -> bool {
+        let (base, view) = resolve_view(self.g, self.ops[0]);
+        self.operand(0).shape.dims().first() == Some(&Dim::Sym(Sym::NewTokens))
+            && !self.g.node(base).op.is_view()
+            && !view.from_last_row
+    }
+}
+
+/// The kernels of one fused node.
+pub(crate) fn plan(n: &NodeCtx) -> Result<Planned, CodegenError> {
+    let prefill = !n.decode;
+    match &n.node.op {
+        Op::Linear { norm_eps: Some(_), .. } if prefill => {
+            Err(n.unsupported(": a prefill matmul with a norm prologue (prefill keeps RMSNorm as its own op)"))
+        }
+        // A prefill matmul over T rows; one over the last row (the lm_head when only the last
+        // position's logits are wanted) is a GEMV.
+        Op::Linear { norm_eps: None, epilogue } if prefill && n.x_is_t_rows() => gemm(n, epilogue.as_ref()),
+        Op::MatMul if prefill && n.x_is_t_rows() => gemm(n, None),
+        Op::Linear { norm_eps, epilogue } => linear_gemv(n, *norm_eps, epilogue.as_ref()),
+        Op::MatMul => matmul_gemv(n),
+        Op::NormRope { eps, append } => norm_rope(n, *eps, *append),
+        Op::KvAppend => kv_append(n),
+        Op::Attention { scale } => attention(n, *scale, None),
+        Op::NormRopeAttention { scale, eps, .. } => attention(n, *scale, Some(*eps)),
+        Op::RmsNorm { eps } => rmsnorm(n, *eps),
+        Op::Gather => gather(n),
+        Op::ArgMax { .. } => argmax(n),
+        Op::Reduce { op, axis } => reduce(n, *op, *axis),
+        Op::Elementwise { body } => elementwise(n, body),
+        Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. } | Op::Reshape { .. } | Op::Slice { .. } => {
+            Err(n.unsupported(": leaves and views are not kernels"))
+        }
+        Op::Unary(_) | Op::Binary(_) | Op::Concat { .. } | Op::Cast { .. } => {
+            Err(n.unsupported(": run the pass pipeline first (primitive ops are not kernels)"))
+        }
+    }
+}
+
+fn gemm(n: &NodeCtx, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, CodegenError> {
+    let (nw, k) = n.weight_nk(1)?;
+    let extras = n.types_from(2);
+    let dtype = n.operand(1).dtype;
+    let spec =
+        kernels::GemmSpec { k, n: nw, dtype, x_view: n.view(0), epilogue, extras: &extras, out_dtype: n.node.dtype };
+    if let Some(why) = kernels::gemm_unsupported(&spec) {
+        n.supported(false, &why)?;
+    }
+    let kind = if epilogue.is_some() { "gemm_epilogue" } else { "gemm" };
+    // FLOPs at one new token, like every cost here (multiply by T).
+    Ok(Planned::one(kernels::linear_gemm(&n.name(kind), &spec), 2 * (nw * k) as u64))
+}
+
+fn gemv_ok(rows: usize, k: usize, dtype: DType) -> bool {
+    let elt = dtype.size_bytes();
+    (1..=kernels::GEMV_MAX_ROWS).contains(&rows)
+        && k > 0
+        && (k * elt) % 16 == 0
+        && rows * k * elt <= kernels::GEMV_MAX_SHARED
+}
+
+fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, CodegenError> {
+    let (nw, k) = n.weight_nk(1)?;
+    let extras = n.types_from(2 + usize::from(norm_eps.is_some()));
+    let xs = &n.operand(0).shape;
+    let fixed_rows = xs.dims()[..xs.rank() - 1].iter().all(|d| d.fixed().is_some());
+    n.supported(fixed_rows, "a prefill matmul whose x is neither T whole rows nor the last row")?;
+    let rows = xs.resolve(&ONE_TOKEN)[..xs.rank() - 1].iter().product();
+    let dtype = n.operand(1).dtype;
+    let what = format!("GEMV of {rows} rows with K = {k} (K x dtype bytes must be a multiple of 16)");
+    n.supported(gemv_ok(rows, k, dtype), &what)?;
+    let spec = GemvSpec {
+        rows,
+        k,
+        n: nw,
+        dtype,
+        x_view: n.view(0),
+        norm_eps,
+        epilogue,
+        extras: &extras,
+        out_dtype: n.node.dtype,
+    };
+    let kind = if norm_eps.is_some() { "gemv_rmsnorm" } else { "gemv" };
+    Ok(Planned::one(kernels::linear_gemv(&n.name(kind), &spec), 2 * (rows * nw * k) as u64))
+}
+
+fn matmul_gemv(n: &NodeCtx) -> Result<Planned, CodegenError> {
+    let xs = &n.operand(0).shape;
+    let one_row = xs.dims()[..xs.rank() - 1].iter().all(|d| d.fixed() == Some(1));
+    n.supported(one_row, "a matmul of more than one row outside the GEMM")?;
+    let (nw, k) = n.weight_nk(1)?;
+    let dtype = n.node.dtype;
+    n.supported(gemv_ok(1, k, dtype), &format!("GEMV with K = {k}"))?;
+    let spec = GemvSpec {
+        rows: 1,
+        k,
+        n: nw,
+        dtype,
+        x_view: n.view(0),
+        norm_eps: None,
+        epilogue: None,
+        extras: &[],
+        out_dtype: dtype,
+    };
+    Ok(Planned::one(kernels::linear_gemv(&n.name("gemv"), &spec), 2 * (nw * k) as u64))
+}
+
+fn norm_rope(n: &NodeCtx, eps: f32, append: bool) -> Result<Planned, CodegenError> {
+    let s = &n.operand(0).shape;
+    let (heads, d) = (n.fixed(s.dims()[1])?, n.fixed(s.dims()[2])?);
+    n.supported(d % 32 == 0, &format!("head dim {d} (a multiple of 32 is needed)"))?;
+    let (dtype, view) = (n.node.dtype, n.view(0));
+    let kernel = if append {
+        kernels::norm_rope_kv_append(&n.name("norm_rope_kv_append"), heads, d, dtype, eps, view)
+    } else {
+        kernels::norm_rope(&n.name("norm_rope"), heads, d, dtype, eps, view)
+    };
+    Ok(Planned::one(kernel, 0))
+}
+
+fn kv_append(n: &NodeCtx) -> Result<Planned, CodegenError> {
+    let s = &n.operand(1).shape;
+    let (heads, d) = (n.fixed(s.dims()[1])?, n.fixed(s.dims()[2])?);
+    Ok(Planned::one(kernels::kv_append(&n.name("kv_append"), heads, d, n.node.dtype, n.view(1)), 0))
+}
+
+/// One warp per head, each lane owning 4 to 16 bytes of it.
+fn head_dim_ok(d: usize, dtype: DType) -> bool {
+    let per_lane = d / 32;
+    d % 32 == 0 && per_lane.is_power_of_two() && (4..=16).contains(&(per_lane * dtype.size_bytes()))
+}
+
+fn attention(n: &NodeCtx, scale: f32, norm_rope_eps: Option<f32>) -> Result<Planned, CodegenError> {
+    let (q, k) = (&n.operand(0).shape, &n.operand(n.ops.len() - 2).shape);
+    let dtype = n.node.dtype;
+    let spec = AttentionSpec {
+        heads: n.fixed(q.dims()[1])?,
+        kv_heads: n.fixed(k.dims()[1])?,
+        d: n.fixed(q.dims()[2])?,
+        dtype,
+        scale,
+        q_view: n.view(0),
+        norm_rope_eps,
+        split_tokens: ATTENTION_SPLIT_TOKENS,
+    };
+    let mut planned = Planned {
+        kernels: Vec::new(),
+        flops: (4 * spec.heads * spec.d) as u64,
+        kv_bytes_per_context_token: (2 * spec.kv_heads * spec.d * dtype.size_bytes()) as u64,
+        weight_bytes: None,
+    };
+    // Prefill: flash attention on tensor cores where it has a kernel for the head dim;
+    // otherwise the decode kernel, which is correct for any T (but reads the cache once per
+    // query token). A batched decode step's rows are sequences of their own: decode kernel.
+    let one_sequence = !n.options.rows_are_sequences;
+    if !n.decode && one_sequence && kernels::PrefillAttentionSpec::supports(spec.d, dtype) {
+        let prefill = kernels::PrefillAttentionSpec::from(&spec);
+        let kernel = kernels::prefill_attention(&n.name("prefill_attention"), &prefill);
+        planned.kernels.push((kernel, Params::Standard));
+        return Ok(planned);
+    }
+    n.supported(head_dim_ok(spec.d, dtype), &format!("head dim {} in {}", spec.d, dtype))?;
+    let emitted = kernels::decode_attention(&n.name("attention"), &spec);
+    let params = match emitted.len() {
+        2 => vec![Params::AttentionSplit(spec), Params::AttentionCombine(spec)],
+        _ => vec![Params::Standard],
+    };
+    planned.kernels = emitted.into_iter().zip(params).collect();
+    Ok(planned)
+}
+
+fn rmsnorm(n: &NodeCtx, eps: f32) -> Result<Planned, CodegenError> {
+    let s = &n.node.shape;
+    let d = n.fixed(*s.dims().last().expect("rank >= 1"))?;
+    Ok(Planned::one(kernels::rmsnorm(&n.name("rmsnorm"), s.dims()[0], d, n.node.dtype, eps, n.view(0)), 0))
+}
+
+fn gather(n: &NodeCtx) -> Result<Planned, CodegenError> {
+    let d = n.fixed(n.operand(0).shape.dims()[1])?;
+    let node = n.node;
+    let mut planned = Planned::one(kernels::gather(&n.name("gather"), node.shape.dims()[0], d, node.dtype), 0);
+    // Only the gathered rows of the table are read.
+    planned.weight_bytes = Some(bytes(&node.shape, node.dtype, &ONE_TOKEN));
+    Ok(planned)
+}
+
+fn argmax(n: &NodeCtx) -> Result<Planned, CodegenError> {
+    let x = n.operand(0);
+    let v = n.fixed(*x.shape.dims().last().expect("rank >= 1"))?;
+    Ok(Planned::one(kernels::argmax(&n.name("argmax"), x.shape.dims()[0], v, x.dtype), 0))
+}
+
+fn reduce(n: &NodeCtx, op: smelt_ir::ReduceOp, axis: usize) -> Result<Planned, CodegenError> {
+    let x = n.operand(0);
+    n.supported(x.dtype != DType::I32 && n.node.dtype != DType::I32, "a reduction of i32")?;
+    Ok(Planned::one(kernels::reduce(&n.name("reduce"), op, (x.dtype, &x.shape), axis, n.node.dtype), 0))
+}
+
+fn elementwise(n: &NodeCtx, body: &smelt_ir::Expr) -> Result<Planned, CodegenError> {
+    let inputs = n.types_from(0);
+    let out = (n.node.dtype, &n.node.shape);
+    Ok(Planned::one(kernels::elementwise(&n.name("elementwise"), body, &inputs, out), 0))
+}

@@ -1,0 +1,244 @@
+//! A `Program`: the kernels of one fused graph in launch order, each with the IR node it
+//! computes and what a call costs (FLOPs, bytes of weights, activations and KV cache), at one
+//! new token. Decode graphs (`T` pinned to 1) get GEMVs and flash-decoding attention; prefill
+//! graphs (symbolic `T`) get the tensor-core GEMM and prefill attention.
+
+use serde::Serialize;
+use smelt_ir::{Bindings, DType, Dim, Graph, NodeId, Op, Shape, Sym};
+
+use crate::kernels::{self, AttentionSpec, Kernel, View};
+
+mod kinds;
+
+/// Context positions each flash-decoding split covers: one 8-row chunk per warp of the split
+/// kernel, so that a context of 1k already makes 256 blocks (two per SM) and every K/V load of a
+/// block is issued at once. (At 256, the first GPU run measured attention at 0.6 TB/s.)
+pub const ATTENTION_SPLIT_TOKENS: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodegenError {
+    #[error("node {node}: {op} has no kernel emitter yet{hint}")]
+    Unsupported { node: String, op: &'static str, hint: &'static str },
+    #[error("node {node}: {message}")]
+    Shape { node: String, message: String },
+}
+
+/// What one call of a kernel costs. Bytes count each operand and result once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Cost {
+    pub flops: u64,
+    pub weight_bytes: u64,
+    pub activation_bytes: u64,
+    /// KV-cache bytes read per token of context (attention).
+    pub kv_bytes_per_context_token: u64,
+}
+
+impl Cost {
+    pub fn bytes_at(&self, context: u64) -> u64 {
+        self.weight_bytes + self.activation_bytes + self.kv_bytes_per_context_token * context
+    }
+}
+
+/// One launch in the schedule.
+#[derive(Clone, Debug)]
+pub struct Scheduled {
+    /// Index into `Program::kernels`.
+    pub kernel: usize,
+    /// The IR node it computes and that node's op, as printed (`linear_rmsnorm[norm_eps=…]`).
+    pub node: String,
+    /// The decoder layer of that node, as the model marked it.
+    pub layer: Option<u32>,
+    pub op: String,
+    /// The buffers it reads, by weight/input name or node name, in operand order.
+    pub operands: Vec<String>,
+    pub cost: Cost,
+    /// The node and its operands as graph ids (operands as the graph has them, views
+    /// included: a runtime passes the buffer under the view, the kernel applies the view).
+    pub node_id: NodeId,
+    pub operand_ids: Vec<NodeId>,
+    /// The kernel's parameter list, in the calling convention's terms.
+    pub params: Params,
+}
+
+/// A launch's parameter list. Every kernel ends with `const smelt_step* step`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Params {
+    /// `(operands…, output, step)`.
+    Standard,
+    /// Flash-decoding's split kernel: `(operands…, output, float* scratch, step)`; it writes
+    /// partials to the scratch buffer, sized by [`kernels::decode_attention_scratch_bytes`].
+    AttentionSplit(AttentionSpec),
+    /// Its combine kernel: `(const float* scratch, output, step)`.
+    AttentionCombine(AttentionSpec),
+}
+
+impl Program {
+    /// `kernels.json`: per kernel its name, kind, the fused op it computes, operands, output,
+    /// launch configuration and cost per call.
+    pub fn to_json(&self) -> serde_json::Value {
+        let kernels: Vec<serde_json::Value> = self
+            .kernels
+            .iter()
+            .map(|k| {
+                let launches: Vec<&Scheduled> = self.launches.iter().filter(|s| &self.kernels[s.kernel] == k).collect();
+                let first = launches.first();
+                let l = &k.launch;
+                let grid = match &l.grid {
+                    kernels::Grid::Fixed(n) => serde_json::json!({ "fixed": n }),
+                    kernels::Grid::Cover { shape, per_block, max } => {
+                        serde_json::json!({ "cover": shape.to_string(), "per_block": per_block, "max": max })
+                    }
+                };
+                let cost = first.map(|s| s.cost.clone()).unwrap_or_default();
+                serde_json::json!({
+                    "name": k.name,
+                    "kind": k.kind,
+                    "fused_op": first.map(|s| s.op.as_str()),
+                    "launch": { "block": l.block, "grid": grid, "shared_bytes": l.shared_bytes },
+                    "calls_per_step": launches.len(),
+                    "per_call": {
+                        "flops": cost.flops,
+                        "weight_bytes": cost.weight_bytes,
+                        "activation_bytes": cost.activation_bytes,
+                        "kv_bytes_per_context_token": cost.kv_bytes_per_context_token,
+                    },
+                    "calls": launches.iter().map(|s| serde_json::json!({ "node": s.node, "inputs": s.operands, "output": s.node })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "kernels": kernels })
+    }
+}
+
+/// Distinct kernels (every layer launches the same ones: compiled once) and the launch
+/// schedule of one step.
+#[derive(Clone, Debug, Default)]
+pub struct Program {
+    pub kernels: Vec<Kernel>,
+    pub launches: Vec<Scheduled>,
+}
+
+/// The buffer a view chain (reshape, last-axis slice) reads, and how rows are addressed in it.
+/// A row is everything after the leading (token) dim, which the views here keep: a row of
+/// the base buffer holds one token's values.
+pub fn resolve_view(g: &Graph, mut id: NodeId) -> (NodeId, View) {
+    use smelt_ir::Bound::{FromEnd, FromStart};
+    let width = |id: NodeId| g.node(id).shape.dims()[1..].iter().map(|d| d.fixed().unwrap_or(1)).product();
+    let mut offset = 0;
+    let mut from_last_row = false;
+    loop {
+        match g.node(id).op {
+            Op::Reshape { .. } => id = g.operands(id)[0],
+            Op::Slice { axis, start: FromStart(s), .. } if axis + 1 == g.node(id).shape.rank() => {
+                offset += s;
+                id = g.operands(id)[0];
+            }
+            // The last row of a 2-D value whose rows are the new tokens (`[T, d]`).
+            Op::Slice { axis: 0, start: FromEnd(1), end: FromEnd(0) }
+                if !from_last_row && g.node(id).shape.rank() == 2 =>
+            {
+                from_last_row = true;
+                id = g.operands(id)[0];
+            }
+            _ => return (id, View { offset, row_stride: width(id), from_last_row }),
+        }
+    }
+}
+
+fn bytes(shape: &Shape, dtype: DType, b: &Bindings) -> u64 {
+    (shape.resolve(b).iter().product::<usize>() * dtype.size_bytes()) as u64
+}
+
+/// Emits the kernels of a fused decode or prefill graph in topological order.
+pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
+    emit_with(g, EmitOptions::default())
+}
+
+/// Choices [`emit`] leaves at their defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EmitOptions {
+    /// A graph of T new-token rows runs as a batched decode step: each row is a sequence of
+    /// its own (the step's `row_positions` and `row_tables`), so attention is the decode
+    /// kernel, row by row, instead of the prefill kernel's causal tiles over one sequence.
+    pub rows_are_sequences: bool,
+}
+
+/// [`emit`] with options.
+pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenError> {
+    let order = g.topo_order().unwrap_or_else(|| g.node_ids().collect());
+    let mut program = Program::default();
+    for id in order {
+        let node = g.node(id);
+        if node.op.is_leaf() || node.op.is_view() {
+            continue;
+        }
+        let n = kinds::NodeCtx::new(g, id, options);
+        let planned = kinds::plan(&n)?;
+        let mut cost = base_cost(g, id);
+        cost.flops = planned.flops;
+        cost.kv_bytes_per_context_token = planned.kv_bytes_per_context_token;
+        if let Some(bytes) = planned.weight_bytes {
+            cost.weight_bytes = bytes;
+        }
+        let op = format!("{}[{}]", node.op.kind(), node.op.attrs());
+        let operands: Vec<String> = n
+            .ops
+            .iter()
+            .map(|&x| {
+                let base = g.node(resolve_view(g, x).0);
+                match &base.op {
+                    Op::Weight { name } | Op::Input { name } => name.clone(),
+                    _ => base.name.clone().unwrap_or_default(),
+                }
+            })
+            .collect();
+        for (i, (kernel, params)) in planned.kernels.into_iter().enumerate() {
+            // A multi-kernel op (split attention) charges its cost to its first kernel.
+            let cost = if i == 0 { cost.clone() } else { Cost::default() };
+            let index = match program.kernels.iter().position(|k| k.source == kernel.source) {
+                Some(index) => index,
+                None if program.kernels.iter().any(|k| k.name == kernel.name) => {
+                    let message = format!("two different kernels are both named {}", kernel.name);
+                    return Err(CodegenError::Shape { node: n.label.clone(), message });
+                }
+                None => {
+                    program.kernels.push(kernel);
+                    program.kernels.len() - 1
+                }
+            };
+            program.launches.push(Scheduled {
+                kernel: index,
+                node: n.label.clone(),
+                layer: node.meta.layer,
+                op: op.clone(),
+                operands: operands.clone(),
+                cost,
+                node_id: id,
+                operand_ids: n.ops.clone(),
+                params,
+            });
+        }
+    }
+    Ok(program)
+}
+
+/// Bytes a node moves at one new token: each operand once (weights apart from activations; a
+/// KV cache read by the token, not here) and its result, unless it appends to a cache.
+fn base_cost(g: &Graph, id: NodeId) -> Cost {
+    let step = Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 };
+    let node = g.node(id);
+    let mut cost = Cost::default();
+    for x in g.operands(id) {
+        let (base, _) = resolve_view(g, x);
+        let n = g.node(base);
+        match n.op {
+            Op::Weight { .. } => cost.weight_bytes += bytes(&n.shape, n.dtype, &step),
+            Op::Input { .. } if n.shape.dims().first() == Some(&Dim::Sym(Sym::CachedTokens)) => {}
+            _ => cost.activation_bytes += bytes(&n.shape, n.dtype, &step),
+        }
+    }
+    if node.op.kv_cache_operand().is_none() {
+        cost.activation_bytes += bytes(&node.shape, node.dtype, &step);
+    }
+    cost
+}
