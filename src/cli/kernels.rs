@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use smelt::codegen::ptxas::{find_ptxas, resources};
-use smelt::codegen::{Arch, ModuleCache, Nvrtc, Program};
+use smelt::codegen::{Arch, ModuleCache, Nvrtc, Program, PRELUDE};
 use std::fmt::Write as _;
 
 use super::outputs::Dump;
@@ -68,14 +68,21 @@ pub fn table(program: &Program) -> String {
     s
 }
 
+/// The prelude every kernel carries, dumped once beside the kernels (`kernels/`) and included
+/// by each dumped `.cu` in its place.
+pub const PRELUDE_FILE: &str = "smelt_prelude.h";
+
 /// Writes `kernels/<name>.cu` for every kernel, `.ptx` when NVRTC is present, and
 /// `kernels.json` with ptxas's registers, shared memory and spills when ptxas is present. With
-/// a `phase` (`prefill`), into `kernels/<phase>/` and `kernels.<phase>.json`.
+/// a `phase` (`prefill`), into `kernels/<phase>/` and `kernels.<phase>.json`. The prelude is
+/// written once, as `kernels/smelt_prelude.h`: each `.cu` includes it where NVRTC sees it
+/// inline (prelude + the file's text after the `#include` line is the source compiled).
 pub fn dump(out: &mut Dump, program: &Program, arch: Arch, phase: Option<&str>) -> Result<String> {
-    let kdir = match phase {
-        Some(p) => format!("kernels/{p}"),
-        None => "kernels".to_string(),
+    let (kdir, include) = match phase {
+        Some(p) => (format!("kernels/{p}"), format!("#include \"../{PRELUDE_FILE}\"\n")),
+        None => ("kernels".to_string(), format!("#include \"{PRELUDE_FILE}\"\n")),
     };
+    out.write(&format!("kernels/{PRELUDE_FILE}"), PRELUDE.as_bytes())?;
     let nvrtc = Nvrtc::load().ok();
     let ptxas = find_ptxas();
     let cache = ModuleCache::default_dir().map(ModuleCache::at);
@@ -83,7 +90,11 @@ pub fn dump(out: &mut Dump, program: &Program, arch: Arch, phase: Option<&str>) 
     let mut json = program.to_json();
     let mut note = String::new();
     for (i, k) in program.kernels.iter().enumerate() {
-        out.write(&format!("{kdir}/{}.cu", k.name), k.source.as_bytes())?;
+        let dumped = match k.source.strip_prefix(PRELUDE) {
+            Some(own) => format!("{include}{own}"),
+            None => k.source.clone(),
+        };
+        out.write(&format!("{kdir}/{}.cu", k.name), dumped.as_bytes())?;
         let Some(nvrtc) = &nvrtc else { continue };
         let ptx = match &cache {
             Some(cache) => {

@@ -6,6 +6,16 @@ use std::path::Path;
 use crate::common::*;
 
 /// Total element count of every tensor in a fixture's checkpoint (single file or shards).
+/// The decode program `smelt compile` dumps for the embedded config (bf16, as the config says).
+fn compiled_decode_program() -> smelt::codegen::Program {
+    use smelt::models::qwen3::{declare, DeclareOptions, Logits, Phase};
+    let cfg = smelt::models::Qwen3Config::qwen3_0_6b();
+    let options = DeclareOptions { phase: Phase::Decode, dtype: smelt::ir::DType::BF16, logits: Logits::LastPosition };
+    let mut g = declare(&cfg, options).unwrap();
+    smelt::passes::pipeline::standard().run(&mut g, "qwen3").unwrap();
+    smelt::codegen::emit(&g).unwrap()
+}
+
 fn checkpoint_numel(dir: &Path) -> usize {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -107,6 +117,14 @@ fn compile_dump_writes_text_and_dot_graphs() {
     // Every kernel's CUDA C, and kernels.json listing them with their launches.
     let cu = std::fs::read_to_string(dir.join("kernels/qkv_gemv_rmsnorm.cu")).unwrap();
     assert!(cu.contains("extern \"C\" __global__") && cu.contains(" qkv_gemv_rmsnorm("), "{cu}");
+    // The prelude once, included by each kernel: prelude + the rest is what NVRTC compiles.
+    let prelude = std::fs::read_to_string(dir.join("kernels/smelt_prelude.h")).unwrap();
+    assert_eq!(prelude, smelt::codegen::PRELUDE);
+    let own = cu.strip_prefix("#include \"smelt_prelude.h\"\n").expect("the .cu includes the prelude");
+    assert!(!own.contains("smelt_round_bf16(float x) {"), "the prelude is not repeated");
+    let program = compiled_decode_program();
+    let source = &program.kernels.iter().find(|k| k.name == "qkv_gemv_rmsnorm").unwrap().source;
+    assert_eq!(format!("{prelude}{own}"), *source);
     let kernels: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("kernels.json")).unwrap()).unwrap();
     let list = kernels["kernels"].as_array().unwrap();
@@ -116,6 +134,7 @@ fn compile_dump_writes_text_and_dot_graphs() {
     assert_eq!(calls, 28 * 8 + 3);
     // The prefill program's kernels (tensor-core GEMMs, flash attention) in their own folder.
     let prefill = std::fs::read_to_string(dir.join("kernels/prefill/gate_up_swiglu_gemm_epilogue.cu")).unwrap();
+    assert!(prefill.starts_with("#include \"../smelt_prelude.h\"\n"), "{prefill}");
     assert!(prefill.contains("mma.sync.aligned.m16n8k16"), "the GEMM uses tensor cores");
     assert!(dir.join("kernels/prefill/prefill_attention.cu").is_file());
 }
