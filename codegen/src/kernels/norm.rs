@@ -7,13 +7,11 @@
 //! on their own are written `__fmul_rn` so the compiler cannot contract them into an FMA. The
 //! one difference from the reference is the order of the norm's f32 sum (lanes, then a tree).
 
-use std::fmt::Write;
-
 use smelt_ir::{DType, Dim, Shape, Sym};
 
-use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, View};
+use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, View, GRID_WAIT};
 use crate::expr::f32_literal;
-use crate::PRELUDE;
+use crate::{Template, PRELUDE};
 
 /// Warps (rows) per block of the warp-per-row kernels.
 const WARPS: u32 = 4;
@@ -101,16 +99,12 @@ fn cache_index(dst: &str, heads: usize, d: usize) -> String {
     )
 }
 
-/// The step's values the cache writers use.
-const CACHE_STEP: &str = "  const unsigned int block_tokens = step->block_tokens;\n";
-
-/// The warp-per-row loop header: `row` runs over `rows` (a C expression), `lane` is the lane.
-fn warp_rows(s: &mut String, rows: &str) {
-    let _ = writeln!(s, "  const unsigned int lane = threadIdx.x & 31u, rows = {rows};");
-    let _ = writeln!(
-        s,
-        "  for (unsigned int row = blockIdx.x * {WARPS}u + (threadIdx.x >> 5); row < rows; row += gridDim.x * {WARPS}u) {{"
-    );
+/// Statements (each ending in a newline, indented) as the value of a slot on a line of its own.
+fn lines(statements: String) -> String {
+    match statements.strip_suffix('\n') {
+        Some(s) => s.to_string(),
+        None => statements,
+    }
 }
 
 /// The element index where row `r` of `view` starts.
@@ -127,59 +121,42 @@ fn view_row(view: View, r: &str) -> String {
     }
 }
 
-fn params(list: &[String]) -> String {
-    list.join(",\n    ")
-}
+/// The RMSNorm kernel after the prelude: one warp per row (`$ROWS` of them), `$VEC` elements
+/// per access; `$XV_LOAD`, `$WV_LOAD` and `$Y_STORE` are one statement per vector word.
+const RMSNORM: Template = Template::new("rmsnorm.cu", include_str!("rmsnorm.cu"));
 
 /// RMSNorm over the last axis of `x [rows, d]` (read through `x_view`): operands `x, w [d]`;
 /// output `[rows, d]`, contiguous. Two passes over the row (the second hits L1): any `d`.
 pub fn rmsnorm(name: &str, rows: Dim, d: usize, dtype: DType, eps: f32, x_view: View) -> Kernel {
-    let st = storage_type(dtype);
     let vec = vector_elems(dtype, 16, &[d, x_view.offset, x_view.row_stride]);
     let a = Access::new(dtype, vec, vec);
-    let mut s = String::from(PRELUDE);
-    let _ = writeln!(s, "/* RMSNorm over rows of {d}, one warp per row, {vec} elements per access. */");
-    let _ = writeln!(s, "extern \"C\" __global__ void __launch_bounds__({}) {name}(", WARPS * 32);
-    let p = [
-        format!("const {st}* __restrict__ x"),
-        format!("const {st}* __restrict__ w"),
-        format!("{st}* __restrict__ y"),
-        "const smelt_step* __restrict__ step".into(),
-    ];
-    let _ = writeln!(s, "    {}) {{", params(&p));
-    warp_rows(&mut s, &dim_expr(rows));
-    let _ = writeln!(s, "    const unsigned long long xr = {};", view_row(x_view, "row"));
-    let _ = writeln!(s, "    /* Sum of squares in f32, each square rounded on its own (no FMA), as eval does. */");
-    let _ = writeln!(s, "    float ss = 0.0f;");
-    let _ = writeln!(s, "    for (unsigned int j = lane * {vec}u; j < {d}u; j += {}u) {{", 32 * vec);
-    let _ = write!(s, "      {}\n{}", a.decl("xv"), a.load("      ", "xv", "x", "xr + j"));
-    let _ = writeln!(
-        s,
-        "#pragma unroll\n      for (int e = 0; e < {vec}; ++e) {{ const float v = {}; ss += __fmul_rn(v, v); }}",
-        load(dtype, "xv.e", "e")
-    );
-    s.push_str("    }\n");
-    s.push_str("    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);\n");
-    let _ = writeln!(
-        s,
-        "    const float inv = 1.0f / sqrtf(__fadd_rn(ss / {d}.0f, {}));  /* mean + eps: no FMA either */",
-        f32_literal(eps)
-    );
-    let _ = writeln!(s, "    /* y = round(x * inv), out = round(w * y): the cast back, then the weight. */");
-    let _ = writeln!(s, "    for (unsigned int j = lane * {vec}u; j < {d}u; j += {}u) {{", 32 * vec);
-    let _ = writeln!(s, "      {}\n      {}", a.decl("xv"), a.decl("wv"));
-    s.push_str(&a.load("      ", "xv", "x", "xr + j"));
-    s.push_str(&a.load("      ", "wv", "w", "j"));
     // The store rounds the final product to the dtype.
     let y = rounded(dtype, &format!("{} * inv", load(dtype, "xv.e", "e")));
     let out = format!("{} * {y}", load(dtype, "wv.e", "e"));
-    let _ = writeln!(s, "#pragma unroll\n      for (int e = 0; e < {vec}; ++e) {}", store(dtype, "xv.e", "e", &out));
-    s.push_str(&a.store("      ", "xv", "y", &format!("(unsigned long long)row * {d}u + j")));
-    s.push_str("    }\n  }\n}\n");
+    let kernel = RMSNORM.fill(&[
+        ("D", &d.to_string()),
+        ("VEC", &vec.to_string()),
+        ("BLOCK", &(WARPS * 32).to_string()),
+        ("NAME", name),
+        ("STORAGE", storage_type(dtype)),
+        ("GRID_WAIT", GRID_WAIT),
+        ("ROWS", &dim_expr(rows)),
+        ("WARPS", &WARPS.to_string()),
+        ("X_ROW", &view_row(x_view, "row")),
+        ("WARP_ELEMS", &(32 * vec).to_string()),
+        ("XV_DECL", &a.decl("xv")),
+        ("XV_LOAD", &lines(a.load("      ", "xv", "x", "xr + j"))),
+        ("XV_E", &load(dtype, "xv.e", "e")),
+        ("EPS", &f32_literal(eps)),
+        ("WV_DECL", &a.decl("wv")),
+        ("WV_LOAD", &lines(a.load("      ", "wv", "w", "j"))),
+        ("OUT_E", &store(dtype, "xv.e", "e", &out)),
+        ("Y_STORE", &lines(a.store("      ", "xv", "y", &format!("(unsigned long long)row * {d}u + j")))),
+    ]);
     Kernel {
         name: name.to_string(),
         kind: "rmsnorm",
-        source: super::wait_at_entry(s),
+        source: format!("{PRELUDE}{kernel}"),
         launch: Launch {
             block: WARPS * 32,
             grid: Grid::Cover { shape: Shape::new([rows]), per_block: WARPS, max: MAX_BLOCKS },
@@ -201,74 +178,21 @@ pub fn norm_rope_kv_append(name: &str, heads: usize, d: usize, dtype: DType, eps
     norm_rope_kernel(name, heads, d, dtype, eps, x_view, true)
 }
 
+/// The NormRope kernel after the prelude, with or without the append: `$OUT_PARAMS` are the
+/// output's parameters, `$APPEND_SETUP` the statements the cache writer needs first (ending in
+/// a newline; none without the append), `$XV_STORE` the store of the finished row `xv`.
+const NORM_ROPE: Template = Template::new("norm_rope.cu", include_str!("norm_rope.cu"));
+
+/// The append's first statements: the cache operand goes unused (the cache is written through
+/// `cache`), and the step's values `cache_index` reads.
+const APPEND_SETUP: &str = "  (void)cache_in;\n  const unsigned int block_tokens = step->block_tokens;\n";
+
 fn norm_rope_kernel(name: &str, heads: usize, d: usize, dtype: DType, eps: f32, x_view: View, append: bool) -> Kernel {
     assert!(d % 32 == 0, "norm_rope needs a head dim that is a multiple of 32 (one warp per head), not {d}");
     let (st, per_lane, half) = (storage_type(dtype), d / 32, d / 2);
     let vec = vector_elems(dtype, per_lane, &[per_lane, d, x_view.offset, x_view.row_stride]);
     let a = Access::new(dtype, per_lane, vec);
-    let mut s = String::from(PRELUDE);
-    let what = if append { "appended to the paged KV cache" } else { "contiguous" };
-    let _ = writeln!(
-        s,
-        "/* RMSNorm over each head's {d} dims, then NeoX rotary embedding; output {what}.\n   \
-         One warp per (token, head); lane l holds elements {per_lane}l..{per_lane}l+{}, so the rotate-half\n   \
-         partner of each element (j +- {half}) sits at the same slot of lane l ^ 16. */",
-        per_lane - 1
-    );
-    let _ = writeln!(s, "extern \"C\" __global__ void __launch_bounds__({}) {name}(", WARPS * 32);
-    let mut p = vec![
-        format!("const {st}* __restrict__ x"),
-        format!("const {st}* __restrict__ norm_w"),
-        "const int* __restrict__ positions".into(),
-        "const float* __restrict__ inv_freq".into(),
-    ];
-    if append {
-        // The cache operand and the output are one buffer: written through `cache` only.
-        p.push(format!("const {st}* cache_in"));
-        p.push(format!("{st}* cache"));
-    } else {
-        p.push(format!("{st}* __restrict__ y"));
-    }
-    p.push("const smelt_step* __restrict__ step".into());
-    let _ = writeln!(s, "    {}) {{", params(&p));
-    if append {
-        s.push_str("  (void)cache_in;\n");
-        s.push_str(CACHE_STEP);
-    }
-    warp_rows(&mut s, &format!("step->new_tokens * {heads}u"));
-    let _ = writeln!(s, "    const unsigned int t = row / {heads}u, h = row % {heads}u, j0 = lane * {per_lane}u;");
-    let _ =
-        writeln!(s, "    /* x is a view: token rows {} apart from element {}. */", x_view.row_stride, x_view.offset);
-    let _ = writeln!(s, "    {}", a.decl("xv"));
-    let xi = format!("{} + h * {d}u + j0", view_row(x_view, "t"));
-    s.push_str(&a.load("    ", "xv", "x", &xi));
-    let _ = writeln!(s, "    float v[{per_lane}];");
-    let _ =
-        writeln!(s, "#pragma unroll\n    for (int e = 0; e < {per_lane}; ++e) v[e] = {};", load(dtype, "xv.e", "e"));
-    s.push_str("    /* RMSNorm as eval: squares rounded on their own (no FMA), summed in f32; every lane\n       ends with the same sum (f32 addition commutes exactly). */\n");
-    let _ = writeln!(s, "    float ss = 0.0f;");
-    let _ = writeln!(s, "#pragma unroll\n    for (int e = 0; e < {per_lane}; ++e) ss += __fmul_rn(v[e], v[e]);");
-    s.push_str("    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);\n");
-    let _ = writeln!(
-        s,
-        "    const float inv = 1.0f / sqrtf(__fadd_rn(ss / {d}.0f, {}));  /* mean + eps: no FMA either */",
-        f32_literal(eps)
-    );
-    let _ = writeln!(s, "    {}", a.decl("wv"));
-    s.push_str(&a.load("    ", "wv", "norm_w", "j0"));
     let normed = rounded(dtype, &format!("{} * {}", load(dtype, "wv.e", "e"), rounded(dtype, "v[e] * inv")));
-    let _ = writeln!(s, "#pragma unroll\n    for (int e = 0; e < {per_lane}; ++e) v[e] = {normed};");
-    s.push_str(concat!(
-        "    /* Rotary embedding: cos/sin of pos * inv_freq[j % (d/2)] in f32, rounded to the dtype;\n",
-        "       rot = concat(-x[d/2:], x[:d/2]): lanes 0-15 hold the first half and take their\n",
-        "       partner negated. out = round(round(x * cos) + round(rot * sin)), the store rounding\n",
-        "       the sum. */\n"
-    ));
-    let _ = writeln!(s, "    const float pos = (float)positions[t];");
-    let _ = writeln!(s, "#pragma unroll\n    for (int e = 0; e < {per_lane}; ++e) {{");
-    s.push_str("      const float partner = __shfl_xor_sync(0xffffffffu, v[e], 16);\n");
-    s.push_str("      const float rot = lane < 16u ? -partner : partner;\n");
-    let _ = writeln!(s, "      float sn, cs;\n      sincosf(__fmul_rn(pos, inv_freq[j0 % {half}u + e]), &sn, &cs);");
     let (c, sn) = (rounded(dtype, "cs"), rounded(dtype, "sn"));
     // The store rounds the sum to the dtype.
     let out = format!(
@@ -276,19 +200,48 @@ fn norm_rope_kernel(name: &str, heads: usize, d: usize, dtype: DType, eps: f32, 
         rounded(dtype, &format!("__fmul_rn(v[e], {c})")),
         rounded(dtype, &format!("__fmul_rn(rot, {sn})"))
     );
-    let _ = writeln!(s, "      {}\n    }}", store(dtype, "xv.e", "e", &out));
-    if append {
-        s.push_str("    /* Position P + t of the paged cache: its block from the table, then its row. */\n");
-        let _ = writeln!(s, "    {}", cache_index("ci", heads, d));
-        s.push_str(&a.store("    ", "xv", "cache", "ci + j0"));
+    let (output, out_params, setup, xv_store) = if append {
+        // The cache operand and the output are one buffer: written through `cache` only.
+        let store = format!(
+            "    /* Position P + t of the paged cache: its block from the table, then its row. */\n    {}\n{}",
+            cache_index("ci", heads, d),
+            a.store("    ", "xv", "cache", "ci + j0")
+        );
+        ("appended to the paged KV cache", format!("const {st}* cache_in,\n    {st}* cache"), APPEND_SETUP, store)
     } else {
-        s.push_str(&a.store("    ", "xv", "y", &format!("(unsigned long long)row * {d}u + j0")));
-    }
-    s.push_str("  }\n}\n");
+        let store = a.store("    ", "xv", "y", &format!("(unsigned long long)row * {d}u + j0"));
+        ("contiguous", format!("{st}* __restrict__ y"), "", store)
+    };
+    let kernel = NORM_ROPE.fill(&[
+        ("D", &d.to_string()),
+        ("OUTPUT", output),
+        ("PER_LANE", &per_lane.to_string()),
+        ("LAST", &(per_lane - 1).to_string()),
+        ("HALF", &half.to_string()),
+        ("BLOCK", &(WARPS * 32).to_string()),
+        ("NAME", name),
+        ("STORAGE", st),
+        ("OUT_PARAMS", &out_params),
+        ("GRID_WAIT", GRID_WAIT),
+        ("APPEND_SETUP", setup),
+        ("HEADS", &heads.to_string()),
+        ("WARPS", &WARPS.to_string()),
+        ("X_STRIDE", &x_view.row_stride.to_string()),
+        ("X_OFFSET", &x_view.offset.to_string()),
+        ("XV_DECL", &a.decl("xv")),
+        ("XV_LOAD", &lines(a.load("    ", "xv", "x", &format!("{} + h * {d}u + j0", view_row(x_view, "t"))))),
+        ("XV_E", &load(dtype, "xv.e", "e")),
+        ("EPS", &f32_literal(eps)),
+        ("WV_DECL", &a.decl("wv")),
+        ("WV_LOAD", &lines(a.load("    ", "wv", "norm_w", "j0"))),
+        ("NORMED", &normed),
+        ("OUT_E", &store(dtype, "xv.e", "e", &out)),
+        ("XV_STORE", &lines(xv_store)),
+    ]);
     Kernel {
         name: name.to_string(),
         kind: if append { "norm_rope_kv_append" } else { "norm_rope" },
-        source: super::wait_at_entry(s),
+        source: format!("{PRELUDE}{kernel}"),
         launch: Launch {
             block: WARPS * 32,
             grid: Grid::Cover {
@@ -301,43 +254,34 @@ fn norm_rope_kernel(name: &str, heads: usize, d: usize, dtype: DType, eps: f32, 
     }
 }
 
+/// The KV append kernel after the prelude: thread `i` copies `$VEC` elements (`$XV_LOAD`,
+/// `$XV_STORE`: one statement per vector word) of token `i / $PER_ROW`.
+const KV_APPEND: Template = Template::new("kv_append.cu", include_str!("kv_append.cu"));
+
 /// KvAppend: operands `cache` (paged) and `new [T, heads, d]` (through `x_view`); the output is
 /// the cache. A bitwise copy (the cache and the new rows share `dtype`), one vector per thread.
 pub fn kv_append(name: &str, heads: usize, d: usize, dtype: DType, x_view: View) -> Kernel {
-    let st = storage_type(dtype);
     let vec = vector_elems(dtype, 16, &[d, x_view.offset, x_view.row_stride]);
     let a = Access::new(dtype, vec, vec);
     let per_row = heads * d / vec;
-    let mut s = String::from(PRELUDE);
-    let _ = writeln!(s, "/* Appends T rows of {heads} heads x {d} to the paged cache, {vec} elements per thread. */");
-    let _ = writeln!(s, "extern \"C\" __global__ void __launch_bounds__({COPY_BLOCK}) {name}(");
-    let p = [
-        format!("const {st}* cache_in"),
-        format!("const {st}* __restrict__ x"),
-        format!("{st}* cache"),
-        "const smelt_step* __restrict__ step".into(),
-    ];
-    let _ = writeln!(s, "    {}) {{", params(&p));
-    s.push_str("  (void)cache_in;\n");
-    s.push_str(CACHE_STEP);
-    let _ = writeln!(s, "  const unsigned int n = step->new_tokens * {per_row}u;");
-    s.push_str(
-        "  for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {\n",
-    );
-    let _ = writeln!(
-        s,
-        "    const unsigned int t = i / {per_row}u, c = i % {per_row}u * {vec}u, h = c / {d}u, j = c % {d}u;"
-    );
-    let _ = writeln!(s, "    {}", a.decl("xv"));
-    let xi = format!("{} + c", view_row(x_view, "t"));
-    s.push_str(&a.load("    ", "xv", "x", &xi));
-    let _ = writeln!(s, "    {}", cache_index("ci", heads, d));
-    s.push_str(&a.store("    ", "xv", "cache", "ci + j"));
-    s.push_str("  }\n}\n");
+    let kernel = KV_APPEND.fill(&[
+        ("HEADS", &heads.to_string()),
+        ("D", &d.to_string()),
+        ("VEC", &vec.to_string()),
+        ("BLOCK", &COPY_BLOCK.to_string()),
+        ("NAME", name),
+        ("STORAGE", storage_type(dtype)),
+        ("GRID_WAIT", GRID_WAIT),
+        ("PER_ROW", &per_row.to_string()),
+        ("XV_DECL", &a.decl("xv")),
+        ("XV_LOAD", &lines(a.load("    ", "xv", "x", &format!("{} + c", view_row(x_view, "t"))))),
+        ("CACHE_INDEX", &cache_index("ci", heads, d)),
+        ("XV_STORE", &lines(a.store("    ", "xv", "cache", "ci + j"))),
+    ]);
     Kernel {
         name: name.to_string(),
         kind: "kv_append",
-        source: super::wait_at_entry(s),
+        source: format!("{PRELUDE}{kernel}"),
         launch: Launch {
             block: COPY_BLOCK,
             grid: Grid::Cover {
