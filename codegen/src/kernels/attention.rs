@@ -31,9 +31,9 @@
 
 use smelt_ir::{shape, Bindings, DType, Sym};
 
-use super::{Grid, Kernel, Launch, View};
+use super::{Grid, Kernel, Launch, View, GRID_WAIT};
 use crate::expr::f32_literal;
-use crate::PRELUDE;
+use crate::{Template, PRELUDE};
 
 /// Warps per block of the split (or single) kernel.
 const WARPS: usize = 4;
@@ -135,6 +135,57 @@ pub fn decode_attention_scratch_bytes(spec: &AttentionSpec, context: usize, new_
 
 /// Type, vector and load/round/store helpers for the storage dtype. A lane's slice of a K or V
 /// row is loaded as 32-bit words (16-bit halves unpacked with shifts: no 16-bit registers).
+const HELPERS: Template = Template::new("attention_helpers.cu", include_str!("attention_helpers.cu"));
+
+/// The split (or single) kernel, after the helpers: one work item per block iteration. The
+/// variant's fragments fill `$ABOUT` (its comment), `$ITEMS` (the split of the work and the
+/// item loop's head, naming `s`, `span`, `t`, `kvh`) and `$STORE` (what becomes of the merged
+/// `(mx, sum, a)` of output element `j` of head `h`); `$PROLOGUE` is empty or [`PROLOGUE`].
+const MAIN: Template = Template::new("attention.cu", include_str!("attention.cu"));
+
+/// The queries' RMSNorm + RoPE, in place on `qv` (each lane's elements of each head).
+const PROLOGUE: Template = Template::new("attention_prologue.cu", include_str!("attention_prologue.cu"));
+
+/// The combine kernel, after the helpers.
+const COMBINE: Template = Template::new("attention_combine.cu", include_str!("attention_combine.cu"));
+
+/// What the split and the single kernel put in `MAIN`'s `$ABOUT`, `$ITEMS` and `$STORE`.
+struct Variant {
+    about: &'static str,
+    items: &'static str,
+    store: &'static str,
+}
+
+/// The split kernel: `gridDim.x / (T * KVH)` splits (at least 1) of the context per (token, KV
+/// head); partials go to the scratch buffer, the split count to its header.
+const SPLIT: Variant = Variant {
+    about: "/* Split kernel: scratch is f32 [4 header words (word 0: the split count S, as u32), then
+   [T, heads, S, D] unnormalized outputs, then [T, heads, S] (max, sum) pairs]. */",
+    items: "  const unsigned int nsplit = gridDim.x / (T * KVH) > 1u ? gridDim.x / (T * KVH) : 1u;
+  const unsigned int span = (P + T + nsplit - 1u) / nsplit;
+  if (blockIdx.x == 0u && threadIdx.x == 0u) ((unsigned int*)scratch)[0] = nsplit;
+  float* __restrict__ part_acc = scratch + 4;
+  float* __restrict__ part_ml = part_acc + (size_t)T * H * nsplit * D;
+  for (unsigned int item = blockIdx.x; item < T * KVH * nsplit; item += gridDim.x) {
+    const unsigned int s = item % nsplit, t = item / nsplit / KVH, kvh = item / nsplit % KVH;
+",
+    store: "      const size_t r = (size_t)(t * H + h) * nsplit + s;
+      part_acc[r * D + j] = a;
+      if (j == 0u) { part_ml[2 * r] = mx; part_ml[2 * r + 1] = sum; }
+",
+};
+
+/// The single kernel: one split, the whole context; stores the normalized output.
+const SINGLE: Variant = Variant {
+    about: "/* Single kernel: one block per (token, KV head) over the whole context. */",
+    items: "  const unsigned int s = 0u, span = P + T;
+  for (unsigned int item = blockIdx.x; item < T * KVH; item += gridDim.x) {
+    const unsigned int t = item / KVH, kvh = item % KVH;
+",
+    store: "      out[((size_t)t * H + h) * D + j] = smelt_attn_st(a / sum);\n",
+};
+
+/// The helpers filled for `spec`'s storage dtype.
 fn helpers(spec: &AttentionSpec) -> String {
     let (st, ld, round, store, elem) = match spec.dtype {
         DType::BF16 => (
@@ -154,136 +205,16 @@ fn helpers(spec: &AttentionSpec) -> String {
         _ => ("float", "x", "x", "x", "smelt_u2f(v.w[e])"),
     };
     let bytes = spec.per_lane() * spec.dtype.size_bytes();
-    format!(
-        "typedef {st} smelt_attn_t;
-/* The D/32 consecutive elements one lane owns of a K or V row: one vector load. */
-struct alignas({bytes}) smelt_attn_vec {{ unsigned int w[{words}]; }};
-SMELT_FN float smelt_attn_ld(smelt_attn_t x) {{ return {ld}; }}
-SMELT_FN float smelt_attn_round(float x) {{ return {round}; }}
-SMELT_FN smelt_attn_t smelt_attn_st(float x) {{ return {store}; }}
-SMELT_FN float smelt_attn_elem(const smelt_attn_vec& v, unsigned int e) {{ return {elem}; }}
-SMELT_FN float smelt_warp_sum(float v) {{
-  for (unsigned int m = 16u; m > 0u; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}}
-",
-        words = bytes / 4,
-    )
+    HELPERS.fill(&[
+        ("STORAGE", st),
+        ("BYTES", &bytes.to_string()),
+        ("WORDS", &(bytes / 4).to_string()),
+        ("LOAD", ld),
+        ("ROUND", round),
+        ("STORE", store),
+        ("ELEM", elem),
+    ])
 }
-
-/// The queries' RMSNorm + RoPE, in place on `qv` (each lane's elements of each head).
-const PROLOGUE: &str = r#"    {
-      const float pos = (float)positions[t];
-#pragma unroll
-      for (unsigned int g = 0; g < G; ++g) {
-        float ss = 0.0f;
-#pragma unroll
-        for (unsigned int e = 0; e < E; ++e) ss += __fmul_rn(qv[g][e], qv[g][e]);
-        const float inv = 1.0f / sqrtf(smelt_warp_sum(ss) / (float)D + EPS);
-        float y[E];
-#pragma unroll
-        for (unsigned int e = 0; e < E; ++e)
-          y[e] = smelt_attn_round(__fmul_rn(smelt_attn_ld(q_norm_w[lane * E + e]), smelt_attn_round(__fmul_rn(qv[g][e], inv))));
-#pragma unroll
-        for (unsigned int e = 0; e < E; ++e) {
-          /* NeoX rotation: element j pairs with j +- D/2, held by lane ^ 16. */
-          const float other = __shfl_xor_sync(0xffffffffu, y[e], 16);
-          const float rot = lane < 16u ? -other : other;
-          const float f = __fmul_rn(pos, inv_freq[(lane * E + e) % (D / 2)]);
-          const float c = smelt_attn_round(cosf(f)), s = smelt_attn_round(sinf(f));
-          qv[g][e] = smelt_attn_round(smelt_attn_round(__fmul_rn(y[e], c)) + smelt_attn_round(__fmul_rn(rot, s)));
-        }
-      }
-    }
-"#;
-
-/// The body shared by the split and the single kernel: one work item, per block.
-const BODY: &str = r#"    /* keys 0..=P+t, or 0..=row_positions[t] in a batched step (the row's own sequence) */
-    const unsigned int end = smelt_row_position(step, t) + 1u;
-    const unsigned int* __restrict__ row_table = smelt_row_table(step, t);
-    const unsigned int lo = s * span, hi = lo + span < end ? lo + span : end;
-    float qv[G][E];
-#pragma unroll
-    for (unsigned int g = 0; g < G; ++g)
-#pragma unroll
-      for (unsigned int e = 0; e < E; ++e)
-        qv[g][e] = smelt_attn_ld(q[Q_OFFSET + (size_t)t * Q_STRIDE + (kvh * G + g) * D + lane * E + e]);
-$PROLOGUE    float m[G], l[G], acc[G][E];
-#pragma unroll
-    for (unsigned int g = 0; g < G; ++g) {
-      m[g] = NEG_INF; l[g] = 0.0f;
-#pragma unroll
-      for (unsigned int e = 0; e < E; ++e) acc[g][e] = 0.0f;
-    }
-    for (unsigned int base = lo + warp * CHUNK; base < hi; base += WARPS * CHUNK) {
-      /* Lane c < CHUNK looks up position base + c in the block table. */
-      unsigned int my_row = 0u;
-      if (lane < CHUNK && base + lane < hi) {
-        const unsigned int p = base + lane;
-        my_row = (row_table[p / bt] * bt + p % bt) * KVH + kvh;
-      }
-      smelt_attn_vec kr[CHUNK], vr[CHUNK];
-#pragma unroll
-      for (unsigned int c = 0; c < CHUNK; ++c) {
-        const size_t off = (size_t)__shfl_sync(0xffffffffu, my_row, c) * D + lane * E;
-        if (base + c < hi) {
-          kr[c] = *(const smelt_attn_vec*)(k_cache + off);
-          vr[c] = *(const smelt_attn_vec*)(v_cache + off);
-        } else {
-#pragma unroll
-          for (unsigned int w = 0; w < sizeof(smelt_attn_vec) / 4; ++w) kr[c].w[w] = vr[c].w[w] = 0u;
-        }
-      }
-#pragma unroll
-      for (unsigned int g = 0; g < G; ++g) {
-        float sc[CHUNK], cmax = NEG_INF;
-#pragma unroll
-        for (unsigned int c = 0; c < CHUNK; ++c) {
-          float dot = 0.0f;
-#pragma unroll
-          for (unsigned int e = 0; e < E; ++e) dot += qv[g][e] * smelt_attn_elem(kr[c], e);
-          dot = smelt_warp_sum(dot) * SCALE;
-          sc[c] = base + c < hi ? dot : NEG_INF;
-          cmax = fmaxf(cmax, sc[c]);
-        }
-        const float mn = fmaxf(m[g], cmax), corr = expf(m[g] - mn);
-        l[g] *= corr;
-#pragma unroll
-        for (unsigned int e = 0; e < E; ++e) acc[g][e] *= corr;
-#pragma unroll
-        for (unsigned int c = 0; c < CHUNK; ++c) {
-          const float p = expf(sc[c] - mn);
-          l[g] += p;
-#pragma unroll
-          for (unsigned int e = 0; e < E; ++e) acc[g][e] += p * smelt_attn_elem(vr[c], e);
-        }
-        m[g] = mn;
-      }
-    }
-    /* Merge the warps' states: a warp that saw no position has max -inf and adds nothing. */
-#pragma unroll
-    for (unsigned int g = 0; g < G; ++g) {
-      if (lane == 0u) { sm_m[warp][g] = m[g]; sm_l[warp][g] = l[g]; }
-#pragma unroll
-      for (unsigned int e = 0; e < E; ++e) sm_acc[warp][g][lane * E + e] = acc[g][e];
-    }
-    __syncthreads();
-    for (unsigned int i = threadIdx.x; i < G * D; i += blockDim.x) {
-      const unsigned int g = i / D, j = i % D, h = kvh * G + g;
-      float mx = NEG_INF, sum = 0.0f, a = 0.0f;
-#pragma unroll
-      for (unsigned int w = 0; w < WARPS; ++w) mx = fmaxf(mx, sm_m[w][g]);
-      if (mx != NEG_INF) {
-#pragma unroll
-        for (unsigned int w = 0; w < WARPS; ++w) {
-          const float f = expf(sm_m[w][g] - mx);
-          sum += f * sm_l[w][g];
-          a += f * sm_acc[w][g][j];
-        }
-      }
-$STORE    }
-    __syncthreads();
-"#;
 
 /// The parameter list of an attention kernel over storage type `ty`: q, [q_norm_w, positions,
 /// inv_freq,] k_cache, v_cache, out, [float* scratch,] step.
@@ -307,108 +238,51 @@ pub(super) fn attention_params(ty: &str, norm_rope: bool, scratch: bool) -> Vec<
 fn main_kernel(name: &str, spec: &AttentionSpec, split: bool, grid: Grid) -> Kernel {
     let params = attention_params("smelt_attn_t", spec.norm_rope_eps.is_some(), split);
     let threads = WARPS * 32;
-    let mut s = format!("{PRELUDE}{}", helpers(spec));
-    s.push_str(if split {
-        "/* Split kernel: scratch is f32 [4 header words (word 0: the split count S, as u32), then\n   [T, heads, S, D] unnormalized outputs, then [T, heads, S] (max, sum) pairs]. */\n"
-    } else {
-        "/* Single kernel: one block per (token, KV head) over the whole context. */\n"
-    });
-    s.push_str(&format!(
-        "extern \"C\" __global__ void __launch_bounds__({threads}) {name}({}) {{\n",
-        params.join(", ")
-    ));
-    s.push_str(&format!(
-        "  constexpr unsigned int H = {h}u, KVH = {kvh}u, G = {g}u, D = {d}u, E = {e}u, WARPS = {WARPS}u, CHUNK = {CHUNK}u;
-  constexpr size_t Q_OFFSET = {qo}u, Q_STRIDE = {qs}u;
-  const float SCALE = {scale}, NEG_INF = smelt_u2f(0xff800000u);{eps}
-  __shared__ float sm_acc[WARPS][G][D], sm_m[WARPS][G], sm_l[WARPS][G];
-  const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-  /* In a batched step P is the longest row's position: the splits cover every row. */
-  const unsigned int T = step->new_tokens, P = step->cached_tokens, bt = step->block_tokens;
-  if (T == 0u) return;
-",
-        h = spec.heads,
-        kvh = spec.kv_heads,
-        g = spec.group(),
-        d = spec.d,
-        e = spec.per_lane(),
-        qo = spec.q_view.offset,
-        qs = spec.q_view.row_stride,
-        scale = f32_literal(spec.scale),
-        eps = spec.norm_rope_eps.map(|e| format!("\n  const float EPS = {};", f32_literal(e))).unwrap_or_default(),
-    ));
-    let store = if split {
-        s.push_str(
-            "  const unsigned int nsplit = gridDim.x / (T * KVH) > 1u ? gridDim.x / (T * KVH) : 1u;
-  const unsigned int span = (P + T + nsplit - 1u) / nsplit;
-  if (blockIdx.x == 0u && threadIdx.x == 0u) ((unsigned int*)scratch)[0] = nsplit;
-  float* __restrict__ part_acc = scratch + 4;
-  float* __restrict__ part_ml = part_acc + (size_t)T * H * nsplit * D;
-  for (unsigned int item = blockIdx.x; item < T * KVH * nsplit; item += gridDim.x) {
-    const unsigned int s = item % nsplit, t = item / nsplit / KVH, kvh = item / nsplit % KVH;
-",
-        );
-        "      const size_t r = (size_t)(t * H + h) * nsplit + s;
-      part_acc[r * D + j] = a;
-      if (j == 0u) { part_ml[2 * r] = mx; part_ml[2 * r + 1] = sum; }
-"
-        .to_string()
-    } else {
-        s.push_str(
-            "  const unsigned int s = 0u, span = P + T;
-  for (unsigned int item = blockIdx.x; item < T * KVH; item += gridDim.x) {
-    const unsigned int t = item / KVH, kvh = item % KVH;
-",
-        );
-        "      out[((size_t)t * H + h) * D + j] = smelt_attn_st(a / sum);\n".to_string()
-    };
-    let prologue = if spec.norm_rope_eps.is_some() { PROLOGUE } else { "" };
-    s.push_str(&BODY.replace("$PROLOGUE", prologue).replace("$STORE", &store));
-    s.push_str("  }\n}\n");
+    let Variant { about, items, store } = if split { SPLIT } else { SINGLE };
+    let eps = spec.norm_rope_eps.map(|e| format!("\n  const float EPS = {};", f32_literal(e))).unwrap_or_default();
+    let prologue = if spec.norm_rope_eps.is_some() { PROLOGUE.fill(&[]) } else { String::new() };
+    let kernel = MAIN.fill(&[
+        ("ABOUT", about),
+        ("THREADS", &threads.to_string()),
+        ("NAME", name),
+        ("PARAMS", &params.join(", ")),
+        ("GRID_WAIT", GRID_WAIT),
+        ("H", &spec.heads.to_string()),
+        ("KVH", &spec.kv_heads.to_string()),
+        ("G", &spec.group().to_string()),
+        ("D", &spec.d.to_string()),
+        ("E", &spec.per_lane().to_string()),
+        ("WARPS", &WARPS.to_string()),
+        ("CHUNK", &CHUNK.to_string()),
+        ("Q_OFFSET", &spec.q_view.offset.to_string()),
+        ("Q_STRIDE", &spec.q_view.row_stride.to_string()),
+        ("SCALE", &f32_literal(spec.scale)),
+        ("EPS_DECL", &eps),
+        ("ITEMS", items),
+        ("PROLOGUE", &prologue),
+        ("STORE", store),
+    ]);
     let kind = if split { "attention_split" } else { "attention" };
     Kernel {
         name: name.to_string(),
         kind,
-        source: super::wait_at_entry(s),
+        source: format!("{PRELUDE}{}{kernel}", helpers(spec)),
         launch: Launch { block: threads as u32, grid, shared_bytes: 0 },
     }
 }
 
 fn combine_kernel(name: &str, spec: &AttentionSpec) -> Kernel {
-    let mut s = format!("{PRELUDE}{}", helpers(spec));
-    s.push_str(&format!(
-        "/* Combine kernel: merges the split kernel's partials (see its scratch layout) per (token, head). */
-extern \"C\" __global__ void {name}(const float* __restrict__ scratch, smelt_attn_t* __restrict__ out, const smelt_step* __restrict__ step) {{
-  constexpr unsigned int H = {h}u, D = {d}u;
-  const unsigned int T = step->new_tokens, nsplit = ((const unsigned int*)scratch)[0];
-  const float* __restrict__ part_acc = scratch + 4;
-  const float* __restrict__ part_ml = part_acc + (size_t)T * H * nsplit * D;
-  for (unsigned int th = blockIdx.x; th < T * H; th += gridDim.x) {{
-    const float* __restrict__ ml = part_ml + (size_t)th * nsplit * 2;
-    float mx = smelt_u2f(0xff800000u);
-#pragma unroll 8
-    for (unsigned int i = 0; i < nsplit; ++i) mx = fmaxf(mx, ml[2 * i]);
-    for (unsigned int j = threadIdx.x; j < D; j += blockDim.x) {{
-      float sum = 0.0f, a = 0.0f;
-#pragma unroll 8
-      for (unsigned int i = 0; i < nsplit; ++i) {{
-        const float f = expf(ml[2 * i] - mx); /* 0 for a split with no visible key */
-        sum += f * ml[2 * i + 1];
-        a += f * part_acc[((size_t)th * nsplit + i) * D + j];
-      }}
-      out[(size_t)th * D + j] = smelt_attn_st(a / sum);
-    }}
-  }}
-}}
-",
-        h = spec.heads,
-        d = spec.d,
-    ));
+    let kernel = COMBINE.fill(&[
+        ("NAME", name),
+        ("GRID_WAIT", GRID_WAIT),
+        ("H", &spec.heads.to_string()),
+        ("D", &spec.d.to_string()),
+    ]);
     let grid = Grid::Cover { shape: shape![Sym::NewTokens, spec.heads], per_block: 1, max: MAX_BLOCKS };
     Kernel {
         name: name.to_string(),
         kind: "attention_combine",
-        source: super::wait_at_entry(s),
+        source: format!("{PRELUDE}{}{kernel}", helpers(spec)),
         launch: Launch { block: spec.d.clamp(32, 256) as u32, grid, shared_bytes: 0 },
     }
 }
