@@ -12,13 +12,11 @@
 //! anyway (`round(norm_w * round(x * inv))`), so this is exact, takes half the shared memory,
 //! and each 16-byte weight vector meets one 16-byte, bank-conflict-free vector of `x`.
 
-use std::fmt::Write;
-
 use smelt_ir::{DType, Dim, Expr, ExprKind, Shape};
 
-use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, View};
+use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, View, GRID_WAIT};
 use crate::expr::{f32_literal, render, Leaves, LocalNames};
-use crate::PRELUDE;
+use crate::{Template, PRELUDE};
 
 const WARPS: usize = 8;
 const BLOCK: usize = WARPS * 32;
@@ -143,61 +141,57 @@ pub(super) fn extra_index(shape: &Shape, rows: Dim, n_out: usize, name: &str) ->
     }
 }
 
-/// The dot-product helper for one 16-byte vector pair of `dtype`, and the values per vector.
-fn dot_helper(dtype: DType) -> (String, usize) {
-    let (what, vec, body) = match dtype {
+/// The dot-product helper of one 16-byte vector pair of `dtype`: what it sums (for its
+/// comment), its loop body, and the values per vector.
+fn dot_helper(dtype: DType) -> (&'static str, &'static str, usize) {
+    match dtype {
         DType::BF16 => (
             "the 8 bf16 pairs in a and b (two per 32-bit word, low half first)",
+            "    acc += smelt_u2f(av[i] << 16) * smelt_u2f(bv[i] << 16);\n    acc += smelt_u2f(av[i] & 0xffff0000u) * smelt_u2f(bv[i] & 0xffff0000u);",
             8,
-            "    acc += smelt_u2f(av[i] << 16) * smelt_u2f(bv[i] << 16);\n    acc += smelt_u2f(av[i] & 0xffff0000u) * smelt_u2f(bv[i] & 0xffff0000u);\n",
         ),
         DType::F16 => (
             "the 8 f16 pairs in a and b (two per 32-bit word, low half first)",
+            "    acc += smelt_load_f16((unsigned short)(av[i] & 0xffffu)) * smelt_load_f16((unsigned short)(bv[i] & 0xffffu));\n    acc += smelt_load_f16((unsigned short)(av[i] >> 16)) * smelt_load_f16((unsigned short)(bv[i] >> 16));",
             8,
-            "    acc += smelt_load_f16((unsigned short)(av[i] & 0xffffu)) * smelt_load_f16((unsigned short)(bv[i] & 0xffffu));\n    acc += smelt_load_f16((unsigned short)(av[i] >> 16)) * smelt_load_f16((unsigned short)(bv[i] >> 16));\n",
         ),
-        DType::F32 => ("the 4 f32 pairs in a and b", 4, "    acc += smelt_u2f(av[i]) * smelt_u2f(bv[i]);\n"),
+        DType::F32 => ("the 4 f32 pairs in a and b", "    acc += smelt_u2f(av[i]) * smelt_u2f(bv[i]);", 4),
         DType::I32 => panic!("linear_gemv: i32 weights are not supported"),
-    };
-    let src = format!(
-        "/* acc + the dot product of {what}, in f32. */\n\
-         SMELT_FN float gemv_dot(uint4 a, uint4 b, float acc) {{\n\
-         \x20 const unsigned int av[4] = {{a.x, a.y, a.z, a.w}}, bv[4] = {{b.x, b.y, b.z, b.w}};\n\
-         #pragma unroll\n\
-         \x20 for (int i = 0; i < 4; i++) {{\n{body}  }}\n\
-         \x20 return acc;\n}}\n"
-    );
-    (src, vec)
+    }
 }
 
-/// Element access of a 16-byte vector of `dtype` values (the element index is a constant after
-/// unrolling, so the union stays in registers).
-fn elem_helpers(dtype: DType) -> String {
-    let (lanes, get, set) = match dtype {
+/// Element access of a 16-byte vector of `dtype` values: the union's lanes, reading element
+/// `e`, and setting it to `x` (the element index is a constant after unrolling, so the union
+/// stays in registers).
+fn elem_access(dtype: DType) -> (&'static str, &'static str, &'static str) {
+    match dtype {
         DType::BF16 => ("unsigned short h[8]", "smelt_load_bf16(u.h[e])", "u.h[e] = smelt_store_bf16(x)"),
         DType::F16 => ("unsigned short h[8]", "smelt_load_f16(u.h[e])", "u.h[e] = smelt_store_f16(x)"),
         _ => ("float f[4]", "u.f[e]", "u.f[e] = x"),
-    };
-    format!(
-        "/* Element e of a 16-byte vector; setting one stores x rounded to the element type. */\n\
-         SMELT_FN float gemv_elem(uint4 v, unsigned int e) {{ union {{ uint4 v; {lanes}; }} u; u.v = v; return {get}; }}\n\
-         SMELT_FN void gemv_set(uint4& v, unsigned int e, float x) {{ union {{ uint4 v; {lanes}; }} u; u.v = v; {set}; v = u.v; }}\n"
-    )
+    }
 }
 
-const WARP_SUM: &str = "/* The sum of v over the warp, in every lane: a butterfly, so every lane adds in the same
-   order and holds the same bits. */
-SMELT_FN float gemv_warp_sum(float v) {
-#pragma unroll
-  for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
-  return v;
+/// The helpers (dot product, vector element access, warp sum), then the entry point:
+/// `$PROLOGUE` stages the input rows in shared memory (one of the prologues below, which
+/// holds the PDL wait), `$EPILOGUE` computes and stores element `(r, col)` from `sum[r][p]`.
+const TEMPLATE: Template = Template::new("gemv.cu", include_str!("gemv.cu"));
+/// The prologues: with or without the RMSNorm, reading x as 16-byte vectors (when the view
+/// keeps them aligned) or value by value.
+const RMSNORM_VEC: Template = prologue("gemv_rmsnorm_vec.cu", include_str!("gemv_rmsnorm_vec.cu"));
+const RMSNORM: Template = prologue("gemv_rmsnorm.cu", include_str!("gemv_rmsnorm.cu"));
+const STAGE_VEC: Template = prologue("gemv_stage_vec.cu", include_str!("gemv_stage_vec.cu"));
+const STAGE: Template = prologue("gemv_stage.cu", include_str!("gemv_stage.cu"));
+
+/// A prologue fills the `$PROLOGUE` line of `gemv.cu`, which ends the line: its file's last
+/// newline is dropped.
+const fn prologue(name: &'static str, text: &'static str) -> Template {
+    Template::new(name, text.trim_ascii_end())
 }
-";
 
 /// Emits `name(x, w, [norm_w], extra0…, y, step)` computing `spec`.
 pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
     let GemvSpec { rows, k, n, dtype, x_view, norm_eps, epilogue, extras, out_dtype } = *spec;
-    let (dot, vec) = dot_helper(dtype);
+    let (dot_what, dot_body, vec) = dot_helper(dtype);
     let elt = dtype.size_bytes();
     assert!((1..=MAX_ROWS).contains(&rows), "{name}: linear_gemv takes 1..={MAX_ROWS} rows, not {rows}");
     assert!(k > 0 && k % vec == 0, "{name}: K = {k} must be a multiple of {vec} for 16-byte {dtype} vectors");
@@ -212,11 +206,8 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
     let kv = k / vec; // 16-byte vectors per row
     let steps = kv.div_ceil(32); // vectors per lane per row
     let batch = (1..=(LOADS_IN_FLIGHT / parts).max(1)).rev().find(|b| steps % b == 0).unwrap_or(1);
+    let (lanes, elem_get, elem_set) = elem_access(dtype);
 
-    let mut s = String::from(PRELUDE);
-    s.push_str(&dot);
-    s.push_str(&elem_helpers(dtype));
-    s.push_str(WARP_SUM);
     let mut params = vec![format!("const {ty}* __restrict__ x"), format!("const {ty}* __restrict__ w")];
     if norm_eps.is_some() {
         params.push(format!("const {ty}* __restrict__ norm_w"));
@@ -227,158 +218,91 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
     params.push(format!("{}* __restrict__ y", storage_type(out_dtype)));
     params.push("const smelt_step* __restrict__ step".into());
     let norm = norm_eps.map_or(String::new(), |e| format!("rmsnorm(eps = {e:e}) "));
-    let _ = writeln!(s, "/* {name}: y[{rows}, {n_out}] = {body} over acc = {norm}x[{rows}, {k}] @ w[{n}, {k}]^T. */");
-    let _ = writeln!(
-        s,
-        "extern \"C\" __global__ void __launch_bounds__({BLOCK}) {name}(\n    {}) {{",
-        params.join(",\n    ")
-    );
-    let _ = writeln!(s, "  constexpr unsigned int ROWS = {rows}u, K = {k}u, N_OUT = {n_out}u, PARTS = {parts}u;");
-    let _ = writeln!(s, "  constexpr unsigned int WARPS = {WARPS}u, BLOCK = {BLOCK}u, VEC = {vec}u;");
-    if x_view.from_last_row {
+    let View { offset, row_stride, from_last_row } = x_view;
+    let x_view_text = if from_last_row {
         // The rows start at the step's last new token (the last position of a prefill).
-        let _ = writeln!(s, "  constexpr unsigned int X_STRIDE = {}u;", x_view.row_stride);
-        let _ = writeln!(
-            s,
-            "  const unsigned long long X_OFFSET = {}ull + (unsigned long long)(step->new_tokens - 1u) * X_STRIDE;",
-            x_view.offset
-        );
+        format!(
+            "  constexpr unsigned int X_STRIDE = {row_stride}u;\n  const unsigned long long X_OFFSET = {offset}ull + (unsigned long long)(step->new_tokens - 1u) * X_STRIDE;"
+        )
     } else {
-        let _ =
-            writeln!(s, "  constexpr unsigned int X_OFFSET = {}u, X_STRIDE = {}u;", x_view.offset, x_view.row_stride);
-    }
-    let _ = writeln!(s, "  /* K as 16-byte vectors of {vec} values; lane l takes vectors l, l + 32, ... of each row,");
-    let _ = writeln!(s, "     BATCH at a time, so that BATCH x PARTS weight loads are in flight together. */");
-    let _ = writeln!(s, "  constexpr unsigned int KV = {kv}u, STEPS = {steps}u, BATCH = {batch}u;");
-    let seen = if norm_eps.is_some() { "normalized, in" } else { "in" };
-    let _ = writeln!(s, "  /* The input rows as the matmul sees them ({seen} {dtype}), shared by the warps. */");
-    let _ = writeln!(s, "  extern __shared__ uint4 xs_vec[];");
-    let _ = writeln!(s, "  {ty}* xs = ({ty}*)xs_vec;");
-    let _ = writeln!(s, "  const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;");
+        format!("  constexpr unsigned int X_OFFSET = {offset}u, X_STRIDE = {row_stride}u;")
+    };
     // The last step is partial only when KV is not a multiple of 32: guard it then only.
     let (guard, zero) = if kv % 32 == 0 { ("", "") } else { ("i < KV ? ", " : uint4{0u, 0u, 0u, 0u}") };
-    s.push_str("  const unsigned int stride = gridDim.x * WARPS;\n");
-    let _ = writeln!(s, "  unsigned int col = blockIdx.x * WARPS + warp;");
-    s.push_str("  /* Part p of a column's accumulator is weight row p * N_OUT + col. */\n");
-    s.push_str("  uint4 wb[BATCH][PARTS];\n");
-    let _ = writeln!(s, "#define GEMV_LOAD_BATCH(s0) \\");
-    let _ = writeln!(s, "  _Pragma(\"unroll\") for (unsigned int b = 0; b < BATCH; b++) \\");
-    let _ = writeln!(s, "    _Pragma(\"unroll\") for (unsigned int p = 0; p < PARTS; p++) {{ \\");
-    let _ = writeln!(s, "      const unsigned int i = ((s0) + b) * 32u + lane; \\");
-    let _ = writeln!(
-        s,
-        "      wb[b][p] = {guard}((const uint4*)(w + (unsigned long long)(p * N_OUT + col) * K))[i]{zero}; \\"
-    );
-    let _ = writeln!(s, "    }}");
-    s.push_str("  /* Weights are constants: the first batch of this warp's first column loads before the\n");
-    s.push_str("     wait, overlapping the previous kernel's tail (see SMELT_GRID_WAIT). */\n");
-    s.push_str("  if (col < N_OUT) {\n    GEMV_LOAD_BATCH(0u)\n  }\n");
+
     // x (and the norm weight) as 16-byte vectors when the view keeps them aligned.
-    let vector_x = x_view.offset % vec == 0 && x_view.row_stride % vec == 0;
-    let xpt = kv.div_ceil(BLOCK);
-    match norm_eps {
-        Some(eps) if vector_x => {
-            let _ = writeln!(s, "  constexpr unsigned int XPT = {xpt}u; /* x vectors per thread and row */");
-            s.push_str("  uint4 nw[XPT];\n#pragma unroll\n");
-            s.push_str(
-                "  for (unsigned int j = 0; j < XPT; j++) {\n    const unsigned int v = threadIdx.x + j * BLOCK;\n",
-            );
-            s.push_str("    if (v < KV) nw[j] = ((const uint4*)norm_w)[v];\n  }\n");
-            s.push_str("  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();\n");
-            s.push_str(
-                "  /* RMSNorm prologue, as HF's Qwen3RMSNorm: in f32, cast to storage, then times the weight. */\n",
-            );
-            let _ = writeln!(s, "  __shared__ float warp_ss[WARPS];");
-            s.push_str("  for (unsigned int r = 0; r < ROWS; r++) {\n    uint4 xr[XPT];\n    float ss = 0.0f;\n#pragma unroll\n");
-            s.push_str(
-                "    for (unsigned int j = 0; j < XPT; j++) {\n      const unsigned int v = threadIdx.x + j * BLOCK;\n",
-            );
-            s.push_str("      if (v >= KV) continue;\n");
-            s.push_str("      xr[j] = ((const uint4*)(x + X_OFFSET + r * X_STRIDE))[v];\n#pragma unroll\n");
-            s.push_str("      for (unsigned int e = 0; e < VEC; e++) { const float f = gemv_elem(xr[j], e); ss += f * f; }\n    }\n");
-            s.push_str("    ss = gemv_warp_sum(ss);\n    if (lane == 0u) warp_ss[warp] = ss;\n    __syncthreads();\n");
-            s.push_str("    /* Every thread sums the warps' partials in one order: one value of inv per row. */\n");
-            s.push_str("    ss = 0.0f;\n    for (unsigned int i = 0; i < WARPS; i++) ss += warp_ss[i];\n");
-            let _ = writeln!(s, "    const float inv = 1.0f / sqrtf(ss / (float)K + {});", f32_literal(eps));
-            s.push_str("#pragma unroll\n    for (unsigned int j = 0; j < XPT; j++) {\n      const unsigned int v = threadIdx.x + j * BLOCK;\n");
-            s.push_str("      if (v >= KV) continue;\n      uint4 o;\n#pragma unroll\n      for (unsigned int e = 0; e < VEC; e++) {\n");
-            let _ = writeln!(s, "        const float xn = {};", round(dtype, "gemv_elem(xr[j], e) * inv"));
-            s.push_str(
-                "        gemv_set(o, e, gemv_elem(nw[j], e) * xn);\n      }\n      xs_vec[r * KV + v] = o;\n    }\n",
-            );
-            s.push_str("    /* warp_ss is reused by the next row; after the last, xs is complete. */\n");
-            s.push_str("    __syncthreads();\n  }\n");
-        }
+    let vector_x = offset % vec == 0 && row_stride % vec == 0;
+    let (block, warps) = (BLOCK.to_string(), WARPS.to_string());
+    let prologue = match norm_eps {
+        Some(eps) if vector_x => RMSNORM_VEC.fill(&[
+            ("XPT", &kv.div_ceil(BLOCK).to_string()),
+            ("GRID_WAIT", GRID_WAIT),
+            ("EPS", &f32_literal(eps)),
+            ("XN", &round(dtype, "gemv_elem(xr[j], e) * inv")),
+        ]),
         Some(eps) => {
-            let xr = |k: &str| load(dtype, "x", &format!("X_OFFSET + r * X_STRIDE + {k}"));
-            s.push_str("  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();\n");
-            s.push_str(
-                "  /* RMSNorm prologue, as HF's Qwen3RMSNorm: in f32, cast to storage, then times the weight. */\n",
-            );
-            let _ = writeln!(s, "  __shared__ float warp_ss[{WARPS}];");
-            s.push_str("  for (unsigned int r = 0; r < ROWS; r++) {\n    float ss = 0.0f;\n");
-            let _ = writeln!(s, "    for (unsigned int k = threadIdx.x; k < K; k += {BLOCK}u) {{");
-            let _ = writeln!(s, "      const float v = {};\n      ss += v * v;\n    }}", xr("k"));
-            s.push_str("    ss = gemv_warp_sum(ss);\n    if (lane == 0u) warp_ss[warp] = ss;\n    __syncthreads();\n");
-            s.push_str("    /* Every thread sums the warps' partials in one order: one value of inv per row. */\n");
-            let _ = writeln!(s, "    ss = 0.0f;\n    for (unsigned int i = 0; i < {WARPS}u; i++) ss += warp_ss[i];");
-            let _ = writeln!(s, "    const float inv = 1.0f / sqrtf(ss / (float)K + {});", f32_literal(eps));
-            let _ = writeln!(s, "    for (unsigned int k = threadIdx.x; k < K; k += {BLOCK}u) {{");
-            let _ = writeln!(s, "      const float xn = {};", round(dtype, &format!("{} * inv", xr("k"))));
-            let _ = writeln!(
-                s,
-                "      {}",
-                store(dtype, "xs", "r * K + k", &format!("{} * xn", load(dtype, "norm_w", "k")))
-            );
-            s.push_str("    }\n    /* warp_ss is reused by the next row; after the last, xs is complete. */\n");
-            s.push_str("    __syncthreads();\n  }\n");
+            let xk = load(dtype, "x", "X_OFFSET + r * X_STRIDE + k");
+            RMSNORM.fill(&[
+                ("GRID_WAIT", GRID_WAIT),
+                ("WARPS", &warps),
+                ("BLOCK", &block),
+                ("X_K", &xk),
+                ("EPS", &f32_literal(eps)),
+                ("XN", &round(dtype, &format!("{xk} * inv"))),
+                ("STORE_XS", &store(dtype, "xs", "r * K + k", &format!("{} * xn", load(dtype, "norm_w", "k")))),
+            ])
         }
-        None if vector_x => {
-            s.push_str("  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();\n");
-            let _ = writeln!(s, "  for (unsigned int i = threadIdx.x; i < ROWS * KV; i += {BLOCK}u) {{");
-            s.push_str("    const unsigned int r = i / KV, v = i % KV;\n");
-            s.push_str("    xs_vec[i] = ((const uint4*)(x + X_OFFSET + r * X_STRIDE))[v];\n  }\n  __syncthreads();\n");
-        }
-        None => {
-            s.push_str("  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();\n");
-            let _ = writeln!(s, "  for (unsigned int i = threadIdx.x; i < ROWS * K; i += {BLOCK}u) {{");
-            s.push_str("    const unsigned int r = i / K, k = i % K;\n");
-            s.push_str("    xs[i] = x[X_OFFSET + r * X_STRIDE + k];\n  }\n  __syncthreads();\n");
-        }
-    }
-    s.push_str("  const uint4* xv = (const uint4*)xs; /* row r's vector i is xv[r * KV + i] */\n");
-    s.push_str("  bool prefetched = col < N_OUT;\n");
-    s.push_str("  for (; col < N_OUT; col += stride) {\n");
-    s.push_str("    float sum[ROWS][PARTS] = {};\n");
-    s.push_str("    for (unsigned int s0 = 0; s0 < STEPS; s0 += BATCH) {\n");
-    s.push_str("      if (!prefetched) {\n        GEMV_LOAD_BATCH(s0)\n      }\n      prefetched = false;\n");
-    s.push_str("#pragma unroll\n      for (unsigned int b = 0; b < BATCH; b++) {\n");
-    s.push_str("        const unsigned int i = (s0 + b) * 32u + lane;\n#pragma unroll\n");
-    s.push_str("        for (unsigned int r = 0; r < ROWS; r++) {\n");
-    let _ = writeln!(s, "          const uint4 a = {guard}xv[r * KV + i]{zero};\n#pragma unroll");
-    s.push_str("          for (unsigned int p = 0; p < PARTS; p++) sum[r][p] = gemv_dot(a, wb[b][p], sum[r][p]);\n");
-    s.push_str(
-        "        }\n      }\n    }\n#pragma unroll\n    for (unsigned int r = 0; r < ROWS; r++) {\n#pragma unroll\n",
-    );
-    s.push_str("      for (unsigned int p = 0; p < PARTS; p++) sum[r][p] = gemv_warp_sum(sum[r][p]);\n    }\n");
-    let _ = writeln!(s, "    /* Epilogue, lane r for row r: the accumulator rounded to {dtype} as the matmul's output is, then the fused body. */");
-    s.push_str("#pragma unroll\n    for (unsigned int r = 0; r < ROWS; r++) {\n      if (lane != r) continue;\n");
-    for p in 0..parts {
-        let name = LocalNames.acc(p, parts);
-        let _ = writeln!(s, "      const float {name} = {};", round(dtype, &format!("sum[r][{p}]")));
-    }
+        None if vector_x => STAGE_VEC.fill(&[("GRID_WAIT", GRID_WAIT), ("BLOCK", &block)]),
+        None => STAGE.fill(&[("GRID_WAIT", GRID_WAIT), ("BLOCK", &block)]),
+    };
+
+    // Row r's element col: the accumulator parts rounded to storage as the matmul's output is,
+    // the extras at (r, col), then the fused body.
+    let mut epi: Vec<String> = (0..parts)
+        .map(|p| format!("      const float {} = {};", LocalNames.acc(p, parts), round(dtype, &format!("sum[r][{p}]"))))
+        .collect();
     for &i in &inputs {
         let (d, shape) = &extras[i];
         let idx = extra_index(shape, Dim::Fixed(rows), n_out, name);
-        let _ = writeln!(s, "      const float in{i} = {};", load(*d, &format!("extra{i}"), &idx));
+        epi.push(format!("      const float in{i} = {};", load(*d, &format!("extra{i}"), &idx)));
     }
-    let _ = writeln!(s, "      {}", store(out_dtype, "y", "r * N_OUT + col", &render(body, &LocalNames)));
-    s.push_str("    }\n  }\n}\n");
+    epi.push(format!("      {}", store(out_dtype, "y", "r * N_OUT + col", &render(body, &LocalNames))));
+
+    let kernel = TEMPLATE.fill(&[
+        ("DOT_WHAT", dot_what),
+        ("DOT_BODY", dot_body),
+        ("LANES", lanes),
+        ("ELEM_GET", elem_get),
+        ("ELEM_SET", elem_set),
+        ("NAME", name),
+        ("ROWS", &rows.to_string()),
+        ("N_OUT", &n_out.to_string()),
+        ("EPILOGUE_TEXT", &body.to_string()),
+        ("NORM_TEXT", &norm),
+        ("K", &k.to_string()),
+        ("N", &n.to_string()),
+        ("BLOCK", &block),
+        ("PARAMS", &params.join(",\n    ")),
+        ("PARTS", &parts.to_string()),
+        ("WARPS", &warps),
+        ("VEC", &vec.to_string()),
+        ("X_VIEW", &x_view_text),
+        ("KV", &kv.to_string()),
+        ("STEPS", &steps.to_string()),
+        ("BATCH", &batch.to_string()),
+        ("SEEN", if norm_eps.is_some() { "normalized, in" } else { "in" }),
+        ("DTYPE", &dtype.to_string()),
+        ("STORAGE", ty),
+        ("GUARD", guard),
+        ("ZERO", zero),
+        ("PROLOGUE", &prologue),
+        ("EPILOGUE", &epi.join("\n")),
+    ]);
     let blocks = n_out.div_ceil(WARPS).clamp(1, MAX_BLOCKS) as u32;
     Kernel {
         name: name.to_string(),
         kind: "linear_gemv",
-        source: s,
+        source: format!("{PRELUDE}{kernel}"),
         launch: Launch { block: BLOCK as u32, grid: Grid::Fixed(blocks), shared_bytes: (rows * k * elt) as u32 },
     }
 }

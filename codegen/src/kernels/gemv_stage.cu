@@ -1,0 +1,6 @@
+$GRID_WAIT
+  for (unsigned int i = threadIdx.x; i < ROWS * K; i += $BLOCKu) {
+    const unsigned int r = i / K, k = i % K;
+    xs[i] = x[X_OFFSET + r * X_STRIDE + k];
+  }
+  __syncthreads();
