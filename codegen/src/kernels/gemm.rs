@@ -57,13 +57,10 @@
 //! offset and stride are multiples of 8 values, checked here) and weight row (K % 32 == 0) is;
 //! y and the extras aligned to their element type; 48 KiB of dynamic shared memory.
 
-use std::fmt::Write;
-
 use smelt_ir::{DType, Dim, Expr, Shape, Sym};
 
-use super::gemv::{extra_index, leaves, Epilogue};
-use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, View, GRID_WAIT};
-use crate::expr::{render, Leaves, LocalNames};
+use super::gemv::{leaves, Epilogue};
+use super::{dim_expr, storage_type, Grid, Kernel, Launch, View, GRID_WAIT};
 use crate::{Template, PRELUDE};
 
 /// Rows (M) and weight rows per block tile, K per pipeline stage, stages, threads. `BODY`
@@ -145,8 +142,8 @@ pub fn linear_gemm(name: &str, spec: &GemmSpec) -> Kernel {
         offset % 8 == 0 && row_stride % 8 == 0 && offset + k <= row_stride,
         "{name}: x view (offset {offset}, row stride {row_stride}) must keep rows of {k} 16-byte aligned and apart"
     );
-    let Epilogue { body, parts, inputs } = Epilogue::of(name, epilogue, dtype, n, out_dtype, extras.len());
-    let body = &body;
+    let fused = Epilogue::of(name, epilogue, dtype, n, out_dtype, extras.len());
+    let (body, parts) = (&fused.body, fused.parts);
     assert!([1, 2, 4].contains(&parts), "{name}: {parts} accumulator parts (linear_gemm takes 1, 2 or 4)");
     let n_out = n / parts;
     assert!(n_out > 0 && n_out % 8 == 0, "{name}: N_out = {n_out} must be a multiple of 8");
@@ -159,30 +156,19 @@ pub fn linear_gemm(name: &str, spec: &GemmSpec) -> Kernel {
     params.push(format!("{}* __restrict__ y", storage_type(out_dtype)));
     params.push("const smelt_step* __restrict__ step".into());
 
-    // One output element: the accumulator parts rounded to storage as the matmul's output is,
-    // the extras at (r, col), then the fused body.
-    let mut epi = String::new();
-    let round = |x: String| match dtype {
-        DType::BF16 => format!("smelt_round_bf16({x})"),
-        _ => format!("smelt_round_f16({x})"),
-    };
-    for p in 0..parts {
-        let _ = writeln!(
-            epi,
-            "            const float {} = {};",
-            LocalNames.acc(p, parts),
-            round(format!("sum[mi][{p}u * JP + jj][h * 2u + e]"))
-        );
-    }
-    for &i in &inputs {
-        let (d, shape) = &extras[i];
-        let _ = writeln!(
-            epi,
-            "            const float in{i} = {};",
-            load(*d, &format!("extra{i}"), &extra_index(shape, Dim::Sym(Sym::NewTokens), n_out, name))
-        );
-    }
-    let _ = writeln!(epi, "            {}", store(out_dtype, "y", "r * N_OUT + col", &render(body, &LocalNames)));
+    // One output element per line, each line ending (the slot starts the closing brace's line).
+    let epi: String = fused
+        .statements(
+            "            ",
+            |p| format!("sum[mi][{p}u * JP + jj][h * 2u + e]"),
+            (dtype, out_dtype),
+            extras,
+            (Dim::Sym(Sym::NewTokens), n_out),
+            name,
+        )
+        .iter()
+        .map(|line| format!("{line}\n"))
+        .collect();
 
     // At most 128 registers (ptxas needs 124-128 unforced), so two blocks share an SM.
     let kernel = TEMPLATE.fill(&[

@@ -103,6 +103,30 @@ impl Epilogue {
         }
         Epilogue { body, parts, inputs }
     }
+
+    /// The statements computing and storing output element `(r, col)`, one per line at
+    /// `indent`: the accumulator parts (part p is `acc(p)`) rounded to storage as the
+    /// matmul's output is, the extras at `(r, col)` (`rows` rows), then the fused body.
+    pub fn statements(
+        &self,
+        indent: &str,
+        acc: impl Fn(usize) -> String,
+        (dtype, out_dtype): (DType, DType),
+        extras: &[(DType, Shape)],
+        (rows, n_out): (Dim, usize),
+        name: &str,
+    ) -> Vec<String> {
+        let mut lines: Vec<String> = (0..self.parts)
+            .map(|p| format!("{indent}const float {} = {};", LocalNames.acc(p, self.parts), round(dtype, &acc(p))))
+            .collect();
+        for &i in &self.inputs {
+            let (d, shape) = &extras[i];
+            let index = extra_index(shape, rows, n_out, name);
+            lines.push(format!("{indent}const float in{i} = {};", load(*d, &format!("extra{i}"), &index)));
+        }
+        lines.push(format!("{indent}{}", store(out_dtype, "y", "r * N_OUT + col", &render(&self.body, &LocalNames))));
+        lines
+    }
 }
 
 /// `x` rounded to `dtype` (an f32 expression).
@@ -199,8 +223,8 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
         rows * k * elt <= MAX_SHARED,
         "{name}: {rows} x {k} {dtype} rows exceed {MAX_SHARED} bytes of shared memory"
     );
-    let Epilogue { body, parts, inputs } = Epilogue::of(name, epilogue, dtype, n, out_dtype, extras.len());
-    let body = &body;
+    let fused = Epilogue::of(name, epilogue, dtype, n, out_dtype, extras.len());
+    let (body, parts) = (&fused.body, fused.parts);
     let n_out = n / parts;
     let ty = storage_type(dtype);
     let kv = k / vec; // 16-byte vectors per row
@@ -256,17 +280,14 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
         None => STAGE.fill(&[("GRID_WAIT", GRID_WAIT), ("BLOCK", &block)]),
     };
 
-    // Row r's element col: the accumulator parts rounded to storage as the matmul's output is,
-    // the extras at (r, col), then the fused body.
-    let mut epi: Vec<String> = (0..parts)
-        .map(|p| format!("      const float {} = {};", LocalNames.acc(p, parts), round(dtype, &format!("sum[r][{p}]"))))
-        .collect();
-    for &i in &inputs {
-        let (d, shape) = &extras[i];
-        let idx = extra_index(shape, Dim::Fixed(rows), n_out, name);
-        epi.push(format!("      const float in{i} = {};", load(*d, &format!("extra{i}"), &idx)));
-    }
-    epi.push(format!("      {}", store(out_dtype, "y", "r * N_OUT + col", &render(body, &LocalNames))));
+    let epi = fused.statements(
+        "      ",
+        |p| format!("sum[r][{p}]"),
+        (dtype, out_dtype),
+        extras,
+        (Dim::Fixed(rows), n_out),
+        name,
+    );
 
     let kernel = TEMPLATE.fill(&[
         ("DOT_WHAT", dot_what),

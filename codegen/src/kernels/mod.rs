@@ -98,15 +98,6 @@ impl Grid {
 /// where a kernel has nothing to fetch before its inputs are ready.
 pub(crate) const GRID_WAIT: &str = "  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();";
 
-/// `source` with the grid-dependency wait and trigger (see the prelude) as the first statements
-/// of its entry point: for kernels that have nothing to fetch before their inputs are ready.
-pub(crate) fn wait_at_entry(mut source: String) -> String {
-    let entry = source.find("extern \"C\" __global__").expect("a kernel entry point");
-    let body = entry + source[entry..].find(") {").expect("the entry point's body") + 3;
-    source.insert_str(body, "\n  SMELT_GRID_WAIT();\n  SMELT_GRID_LAUNCH();");
-    source
-}
-
 /// The C type a value of `dtype` is stored as.
 pub(crate) fn storage_type(dtype: DType) -> &'static str {
     match dtype {
