@@ -98,7 +98,7 @@ pub struct GemmSpec<'a> {
 }
 
 /// Why `spec` has no GEMM kernel (None: it has one): the shapes and dtypes `linear_gemm`
-/// takes, for a code generator to refuse cleanly before calling it.
+/// takes, stated once: a code generator refuses cleanly with it, `linear_gemm` panics with it.
 pub fn gemm_unsupported(spec: &GemmSpec) -> Option<String> {
     let GemmSpec { k, n, dtype, x_view, epilogue, .. } = *spec;
     let (mut parts, mut inputs) = (Vec::new(), Vec::new());
@@ -109,11 +109,14 @@ pub fn gemm_unsupported(spec: &GemmSpec) -> Option<String> {
     let reason = if !matches!(dtype, DType::BF16 | DType::F16) {
         format!("GEMM operands in {dtype} (bf16 or f16 only)")
     } else if k == 0 || k % BK != 0 {
-        format!("K = {k} (a multiple of {BK} is needed)")
+        format!("K = {k} (it must be a multiple of {BK})")
+    } else if x_view.from_last_row {
+        "x as the last row (the GEMM reads T whole rows)".to_string()
     } else if x_view.offset % 8 != 0 || x_view.row_stride % 8 != 0 || x_view.offset + k > x_view.row_stride {
-        format!("x view offset {} stride {} (multiples of 8 elements are needed)", x_view.offset, x_view.row_stride)
+        let (offset, stride) = (x_view.offset, x_view.row_stride);
+        format!("x view offset {offset} stride {stride} (rows must start 16-byte aligned: multiples of 8 elements)")
     } else if parts.len() > 1 || ![1, 2, 4].contains(&p) || n % p != 0 || (n / p) % 8 != 0 {
-        format!("N = {n} in {p} accumulator parts (1, 2 or 4 parts of a multiple of 8)")
+        format!("N = {n} in {p} accumulator parts (1, 2 or 4 parts; N / parts must be a multiple of 8)")
     } else {
         return None;
     };
@@ -129,24 +132,14 @@ const TEMPLATE: Template = Template::new("gemm.cu", include_str!("gemm.cu"));
 /// Emits `name(x, w, extra0…, y, step)` computing `spec` with `M = step->new_tokens`.
 pub fn linear_gemm(name: &str, spec: &GemmSpec) -> Kernel {
     let GemmSpec { k, n, dtype, x_view, epilogue, extras, out_dtype } = *spec;
-    let mma_type = match dtype {
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        _ => panic!("{name}: linear_gemm takes bf16 or f16 operands, not {dtype}"),
-    };
-    assert!(k > 0 && k % BK == 0, "{name}: K = {k} must be a multiple of {BK}");
-    // 16-byte cp.async of x rows: every row must start 16-byte aligned (given an aligned x).
-    let View { offset, row_stride, from_last_row } = x_view;
-    assert!(!from_last_row, "{name}: the GEMM reads T whole rows, not the last one");
-    assert!(
-        offset % 8 == 0 && row_stride % 8 == 0 && offset + k <= row_stride,
-        "{name}: x view (offset {offset}, row stride {row_stride}) must keep rows of {k} 16-byte aligned and apart"
-    );
+    if let Some(why) = gemm_unsupported(spec) {
+        panic!("{name}: linear_gemm has no kernel for {why} (check gemm_unsupported first)");
+    }
+    let mma_type = if dtype == DType::BF16 { "bf16" } else { "f16" };
+    let View { offset, row_stride, .. } = x_view;
     let fused = Epilogue::of(name, epilogue, dtype, n, out_dtype, extras.len());
     let (body, parts) = (&fused.body, fused.parts);
-    assert!([1, 2, 4].contains(&parts), "{name}: {parts} accumulator parts (linear_gemm takes 1, 2 or 4)");
     let n_out = n / parts;
-    assert!(n_out > 0 && n_out % 8 == 0, "{name}: N_out = {n_out} must be a multiple of 8");
 
     let ty = storage_type(dtype);
     let mut params = vec![format!("const {ty}* __restrict__ x"), format!("const {ty}* __restrict__ w")];

@@ -27,11 +27,9 @@ const MAX_BLOCKS: usize = 1024;
 /// GEMV of 1,024 columns (one per warp) issues all its loads at once.
 const LOADS_IN_FLIGHT: usize = 16;
 /// Rows (M) at most: every lane keeps `rows * parts` sums in registers.
-pub const GEMV_MAX_ROWS: usize = 8;
-const MAX_ROWS: usize = GEMV_MAX_ROWS;
+const MAX_ROWS: usize = 8;
 /// Dynamic shared memory without the opt-in attribute.
-pub const GEMV_MAX_SHARED: usize = 48 * 1024;
-const MAX_SHARED: usize = GEMV_MAX_SHARED;
+const MAX_SHARED: usize = 48 * 1024;
 
 /// `epilogue(rmsnorm?(x) @ w^T)` for a few rows (decode: M = 1). Operands, in the kernel's
 /// parameter order: `x [M, K]` (read at `x_view`), `w [N, K]`, then `norm_w [K]` if
@@ -212,17 +210,30 @@ const fn prologue(name: &'static str, text: &'static str) -> Template {
     Template::new(name, text.trim_ascii_end())
 }
 
+/// Why a GEMV of `rows` rows of K = `k` in `dtype` has no kernel (None: it has one), stated
+/// once: a code generator refuses cleanly with it, `linear_gemv` panics with it. x rows are
+/// staged whole in shared memory, and read as 16-byte vectors.
+pub fn gemv_unsupported(rows: usize, k: usize, dtype: DType) -> Option<String> {
+    let bytes = k * dtype.size_bytes();
+    if !(1..=MAX_ROWS).contains(&rows) {
+        Some(format!("a GEMV of {rows} rows (1 to {MAX_ROWS})"))
+    } else if k == 0 || bytes % 16 != 0 {
+        let vector = 16 / dtype.size_bytes();
+        Some(format!("K = {k} in {dtype} (it must be a multiple of {vector}, for 16-byte vectors)"))
+    } else if rows * bytes > MAX_SHARED {
+        Some(format!("{rows} rows of K = {k} in {dtype} (more than {MAX_SHARED} bytes of shared memory)"))
+    } else {
+        None
+    }
+}
+
 /// Emits `name(x, w, [norm_w], extra0…, y, step)` computing `spec`.
 pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
     let GemvSpec { rows, k, n, dtype, x_view, norm_eps, epilogue, extras, out_dtype } = *spec;
+    if let Some(why) = gemv_unsupported(rows, k, dtype) {
+        panic!("{name}: linear_gemv has no kernel for {why} (check gemv_unsupported first)");
+    }
     let (dot_what, dot_body, vec) = dot_helper(dtype);
-    let elt = dtype.size_bytes();
-    assert!((1..=MAX_ROWS).contains(&rows), "{name}: linear_gemv takes 1..={MAX_ROWS} rows, not {rows}");
-    assert!(k > 0 && k % vec == 0, "{name}: K = {k} must be a multiple of {vec} for 16-byte {dtype} vectors");
-    assert!(
-        rows * k * elt <= MAX_SHARED,
-        "{name}: {rows} x {k} {dtype} rows exceed {MAX_SHARED} bytes of shared memory"
-    );
     let fused = Epilogue::of(name, epilogue, dtype, n, out_dtype, extras.len());
     let (body, parts) = (&fused.body, fused.parts);
     let n_out = n / parts;
@@ -324,6 +335,10 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
         name: name.to_string(),
         kind: "linear_gemv",
         source: format!("{PRELUDE}{kernel}"),
-        launch: Launch { block: BLOCK as u32, grid: Grid::Fixed(blocks), shared_bytes: (rows * k * elt) as u32 },
+        launch: Launch {
+            block: BLOCK as u32,
+            grid: Grid::Fixed(blocks),
+            shared_bytes: (rows * k * dtype.size_bytes()) as u32,
+        },
     }
 }

@@ -26,7 +26,7 @@ pub use attention::{decode_attention, decode_attention_scratch_bytes, AttentionS
 pub use elementwise::elementwise;
 pub use gather::gather;
 pub use gemm::{gemm_unsupported, linear_gemm, GemmSpec};
-pub use gemv::{linear_gemv, GemvSpec, GEMV_MAX_ROWS, GEMV_MAX_SHARED};
+pub use gemv::{gemv_unsupported, linear_gemv, GemvSpec};
 pub use norm::{kv_append, norm_rope, norm_rope_kv_append, rmsnorm};
 pub use prefill_attention::{prefill_attention, PrefillAttentionSpec};
 pub use reduce::reduce;

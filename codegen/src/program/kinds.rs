@@ -160,14 +160,6 @@ fn gemm(n: &NodeCtx, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, Codeg
     Ok(Planned::one(kernels::linear_gemm(&n.name(kind), &spec), 2 * (nw * k) as u64))
 }
 
-fn gemv_ok(rows: usize, k: usize, dtype: DType) -> bool {
-    let elt = dtype.size_bytes();
-    (1..=kernels::GEMV_MAX_ROWS).contains(&rows)
-        && k > 0
-        && (k * elt) % 16 == 0
-        && rows * k * elt <= kernels::GEMV_MAX_SHARED
-}
-
 fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, CodegenError> {
     let (nw, k) = n.weight_nk(1)?;
     let extras = n.types_from(2 + usize::from(norm_eps.is_some()));
@@ -176,8 +168,9 @@ fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::E
     n.supported(fixed_rows, "a prefill matmul whose x is neither T whole rows nor the last row")?;
     let rows = xs.resolve(&ONE_TOKEN)[..xs.rank() - 1].iter().product();
     let dtype = n.operand(1).dtype;
-    let what = format!("GEMV of {rows} rows with K = {k} (K x dtype bytes must be a multiple of 16)");
-    n.supported(gemv_ok(rows, k, dtype), &what)?;
+    if let Some(why) = kernels::gemv_unsupported(rows, k, dtype) {
+        n.supported(false, &why)?;
+    }
     let spec = GemvSpec {
         rows,
         k,
@@ -199,7 +192,9 @@ fn matmul_gemv(n: &NodeCtx) -> Result<Planned, CodegenError> {
     n.supported(one_row, "a matmul of more than one row outside the GEMM")?;
     let (nw, k) = n.weight_nk(1)?;
     let dtype = n.node.dtype;
-    n.supported(gemv_ok(1, k, dtype), &format!("GEMV with K = {k}"))?;
+    if let Some(why) = kernels::gemv_unsupported(1, k, dtype) {
+        n.supported(false, &why)?;
+    }
     let spec = GemvSpec {
         rows: 1,
         k,
