@@ -9,6 +9,7 @@ mod generate;
 mod kernels;
 pub mod log;
 mod outputs;
+mod random_model;
 mod tokenize;
 
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Chat with a model interactively: history, streaming replies, /reset, --no-think.
     Chat(chat::Args),
+    /// Write a Qwen3 model directory with random weights (tiny or a published shape): runs
+    /// every other command without a download.
+    RandomModel(random_model::Args),
     /// Turn text into token ids (or ids back into text) with a tokenizer.json.
     Tokenize(tokenize::Args),
     /// Measure decode on the GPU: latency per token at several contexts, JIT time, memory,
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logits(a) => generate::logits(a),
         Command::Generate(a) => generate::generate(a),
         Command::Chat(a) => chat::run(a),
+        Command::RandomModel(a) => random_model::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),
         Command::CheckKernels(a) => check::run(a),

@@ -77,6 +77,12 @@ impl Reads {
             .find(|(read, _)| resolved(read).is_some_and(|c| c == target) || (id.is_some() && file_id(read) == id))
     }
 
+    /// A file this command reads that lies in folder `folder` (at any depth), if any.
+    fn inside(&self, folder: &Path) -> Option<&(PathBuf, String)> {
+        let folder = folder.canonicalize().ok()?;
+        self.files.iter().find(|(read, _)| resolved(read).is_some_and(|r| r.starts_with(&folder)))
+    }
+
     /// Checks output file `path` (given as `flag`) before any work: not a file this command
     /// reads, not a directory, in an existing writable folder.
     pub fn check_output(&self, flag: &str, path: &Path) -> Result<()> {

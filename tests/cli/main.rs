@@ -8,6 +8,7 @@ mod compile;
 mod generate;
 mod help;
 mod logits;
+mod random_model;
 mod tokenize;
 
 use common::*;

@@ -14,6 +14,8 @@ pub const DUMP_MARKER: &str = ".smelt-dump.json";
 /// A dump folder under construction: files go into a fresh folder beside the target, which
 /// [`Dump::finish`] renames into place. Dropped unfinished, it removes what it made.
 pub struct Dump {
+    /// The flag that named the target, for errors.
+    flag: String,
     target: PathBuf,
     staging: PathBuf,
     /// Paths written, relative to the folder.
@@ -25,10 +27,19 @@ pub struct Dump {
 
 impl Dump {
     /// Starts a dump into `target` (given as `flag`). `target` must be absent, an empty folder,
-    /// or an earlier smelt dump holding nothing smelt did not write, and none of `reads`.
+    /// or an earlier smelt dump holding nothing smelt did not write, and neither one of `reads`
+    /// nor a folder holding one (replacing it would remove a file this command reads).
     pub fn begin(flag: &str, target: &Path, reads: &Reads) -> Result<Dump> {
         if let Some((read, what)) = reads.same_as(target) {
             bail!("{flag} {}{}, which this command reads ({what})", target.display(), same_file_as(target, read));
+        }
+        if let Some((read, what)) = reads.inside(target) {
+            bail!(
+                "{flag} {} holds {}, which this command reads ({what}): refusing to replace it; \
+                 choose another folder",
+                target.display(),
+                read.display()
+            );
         }
         // An existing folder by its full name, so `--dump .` has a name to stage beside.
         let target = match files::exists(target) {
@@ -58,7 +69,14 @@ impl Dump {
                 bail!("{flag} {}: {e:#}", target.display());
             }
         };
-        Ok(Dump { target: target.to_path_buf(), staging, written: Vec::new(), created, finished: false })
+        Ok(Dump {
+            flag: flag.to_string(),
+            target: target.to_path_buf(),
+            staging,
+            written: Vec::new(),
+            created,
+            finished: false,
+        })
     }
 
     pub fn target(&self) -> &Path {
@@ -73,6 +91,20 @@ impl Dump {
         }
         std::fs::write(&path, bytes)
             .with_context(|| format!("writing {} (for {})", path.display(), self.target.join(relative).display()))?;
+        self.written.push(relative.to_string());
+        Ok(())
+    }
+
+    /// Writes `relative` by streaming into it with `fill` (for a file too large to hold in
+    /// memory), making its folders; the file is synced to disk before this returns.
+    pub fn write_with(&mut self, relative: &str, fill: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+        let path = self.staging.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let shown = format!("writing {} (for {})", path.display(), self.target.join(relative).display());
+        let mut file = std::fs::File::create(&path).with_context(|| shown.clone())?;
+        fill(&mut file).and_then(|()| file.sync_all().map_err(anyhow::Error::from)).with_context(|| shown)?;
         self.written.push(relative.to_string());
         Ok(())
     }
@@ -92,7 +124,7 @@ impl Dump {
         let target = self.target.clone();
         if files::exists(&target) {
             // Checked again: something may have been added since `begin`.
-            replaceable("--dump", &target)?;
+            replaceable(&self.flag, &target)?;
             let old = folder_beside(&target, "smelt-old")?;
             let result = move_entries(&target, &old).and_then(|()| {
                 move_entries(&self.staging, &target).inspect_err(|_| {
