@@ -29,9 +29,9 @@
 //! rather than weighting each value by `p / sum`. cosf/sinf/expf are CUDA's (not libm's).
 //! Results therefore match the reference up to a tolerance, not bit for bit.
 
-use smelt_ir::{shape, Bindings, DType, Sym};
+use smelt_ir::{shape, DType, Sym};
 
-use super::{Grid, Kernel, Launch, View, GRID_WAIT};
+use super::{Grid, Kernel, Launch, Scratch, View, GRID_WAIT};
 use crate::expr::f32_literal;
 use crate::{Template, PRELUDE};
 
@@ -71,17 +71,28 @@ impl AttentionSpec {
         self.d / 32
     }
 
+    /// Why this layer has no decode attention kernel (None: it has one), stated once: a code
+    /// generator refuses cleanly with it, the emitter panics with it.
+    pub fn unsupported(&self) -> Option<String> {
+        let (d, dtype) = (self.d, self.dtype);
+        let bytes_per_lane = self.per_lane() * dtype.size_bytes();
+        if dtype == DType::I32 {
+            Some(format!("attention in {dtype}"))
+        } else if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            Some(format!("{} query heads over {} KV heads (kv_heads must divide heads)", self.heads, self.kv_heads))
+        } else if d % 32 != 0 || !self.per_lane().is_power_of_two() || !(4..=16).contains(&bytes_per_lane) {
+            Some(format!("head dim {d} in {dtype} (D = 32 * 2^k, each lane's D/32 elements 4 to 16 bytes)"))
+        } else if self.q_view.row_stride < self.heads * self.d {
+            Some(format!("q rows of {} narrower than heads * d", self.q_view.row_stride))
+        } else {
+            None
+        }
+    }
+
     fn check(&self) {
-        assert!(matches!(self.dtype, DType::BF16 | DType::F16 | DType::F32), "attention in {}", self.dtype);
-        assert!(self.kv_heads > 0 && self.heads % self.kv_heads == 0, "kv_heads must divide heads");
-        let e = self.per_lane();
-        assert!(
-            self.d % 32 == 0 && e.is_power_of_two() && (4..=16).contains(&(e * self.dtype.size_bytes())),
-            "head dim {} in {}: need D = 32 * 2^k with D/32 elements in 4 to 16 bytes",
-            self.d,
-            self.dtype
-        );
-        assert!(self.q_view.row_stride >= self.heads * self.d, "q rows narrower than heads * d");
+        if let Some(why) = self.unsupported() {
+            panic!("decode attention has no kernel for {why} (check AttentionSpec::unsupported first)");
+        }
     }
 
     /// The split kernel's grid: one block per `split_tokens` positions per (token, KV head).
@@ -119,18 +130,23 @@ pub fn decode_attention(name: &str, spec: &AttentionSpec) -> Vec<Kernel> {
     }
 }
 
+/// The split kernel's scratch: 16 bytes of header, then per (token, head, split) `D` floats
+/// of unnormalized output and (max, sum). None without splits.
+pub fn decode_attention_scratch(spec: &AttentionSpec) -> Option<Scratch> {
+    (spec.split_tokens > 0).then(|| Scratch {
+        header_bytes: SCRATCH_HEADER * 4,
+        item_bytes: spec.group() * (spec.d + 2) * 4,
+        writer_grid: spec.split_grid(),
+        // Items are T * KVH * max(1, blocks / (T * KVH)) <= max(blocks, T * KVH).
+        min_items_per_token: spec.kv_heads,
+    })
+}
+
 /// Bytes of f32 scratch the split kernel needs for a given context length (`context`: the keys
-/// visible to the last new token, cached + new) and T: 16 bytes of header, then per (token,
-/// head, split) `D` floats of unnormalized output and (max, sum). Grows with both arguments, so
-/// sizing for the largest context and T covers every smaller launch. 0 without splits.
+/// visible to the last new token, cached + new) and T (see [`Scratch::bytes`]); 0 without
+/// splits.
 pub fn decode_attention_scratch_bytes(spec: &AttentionSpec, context: usize, new_tokens: usize) -> usize {
-    if spec.split_tokens == 0 {
-        return 0;
-    }
-    let b = Bindings { batch: 1, new_tokens, cached_tokens: context.saturating_sub(new_tokens) };
-    // Items are T * KVH * max(1, blocks / (T * KVH)) <= max(blocks, T * KVH).
-    let items = (spec.split_grid().blocks(&b) as usize).max(new_tokens * spec.kv_heads);
-    (SCRATCH_HEADER + items * spec.group() * (spec.d + 2)) * 4
+    decode_attention_scratch(spec).map_or(0, |s| s.bytes(context, new_tokens))
 }
 
 /// Type, vector and load/round/store helpers for the storage dtype. A lane's slice of a K or V

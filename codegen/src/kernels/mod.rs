@@ -22,12 +22,12 @@ mod prefill_attention;
 mod reduce;
 
 pub use argmax::argmax;
-pub use attention::{decode_attention, decode_attention_scratch_bytes, AttentionSpec};
+pub use attention::{decode_attention, decode_attention_scratch, decode_attention_scratch_bytes, AttentionSpec};
 pub use elementwise::elementwise;
 pub use gather::gather;
 pub use gemm::{gemm_unsupported, linear_gemm, GemmSpec};
 pub use gemv::{gemv_unsupported, linear_gemv, GemvSpec};
-pub use norm::{kv_append, norm_rope, norm_rope_kv_append, rmsnorm};
+pub use norm::{kv_append, norm_rope, norm_rope_kv_append, norm_rope_unsupported, rmsnorm};
 pub use prefill_attention::{prefill_attention, PrefillAttentionSpec};
 pub use reduce::reduce;
 
@@ -91,6 +91,30 @@ impl Grid {
                 (n.div_ceil(*per_block as usize) as u32).clamp(1, *max)
             }
         }
+    }
+}
+
+/// A buffer one kernel writes partial results to and the next one reads (flash-decoding's
+/// split and combine): a header, then a record per work item of the writer. A runtime lays it
+/// out from this alone, knowing nothing of the kernels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scratch {
+    pub header_bytes: usize,
+    pub item_bytes: usize,
+    /// The writer's grid: its blocks at a step's sizes bound the work items...
+    pub writer_grid: Grid,
+    /// ...as do this many items per new token, whichever is more.
+    pub min_items_per_token: usize,
+}
+
+impl Scratch {
+    /// Bytes for a step of `new_tokens` at a context of `context` tokens (the new ones
+    /// included). Grows with both, so sizing for the largest context and T covers every
+    /// smaller launch.
+    pub fn bytes(&self, context: usize, new_tokens: usize) -> usize {
+        let b = Bindings { batch: 1, new_tokens, cached_tokens: context.saturating_sub(new_tokens) };
+        let items = (self.writer_grid.blocks(&b) as usize).max(new_tokens * self.min_items_per_token);
+        self.header_bytes + items * self.item_bytes
     }
 }
 

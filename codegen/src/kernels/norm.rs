@@ -187,8 +187,16 @@ const NORM_ROPE: Template = Template::new("norm_rope.cu", include_str!("norm_rop
 /// `cache`), and the step's values `cache_index` reads.
 const APPEND_SETUP: &str = "  (void)cache_in;\n  const unsigned int block_tokens = step->block_tokens;\n";
 
+/// Why RMSNorm + RoPE of heads of `d` has no kernel (None: it has one), stated once: one warp
+/// per head.
+pub fn norm_rope_unsupported(d: usize) -> Option<String> {
+    (d % 32 != 0).then(|| format!("head dim {d} (norm_rope needs a multiple of 32: one warp per head)"))
+}
+
 fn norm_rope_kernel(name: &str, heads: usize, d: usize, dtype: DType, eps: f32, x_view: View, append: bool) -> Kernel {
-    assert!(d % 32 == 0, "norm_rope needs a head dim that is a multiple of 32 (one warp per head), not {d}");
+    if let Some(why) = norm_rope_unsupported(d) {
+        panic!("{name}: no kernel for {why} (check norm_rope_unsupported first)");
+    }
     let (st, per_lane, half) = (storage_type(dtype), d / 32, d / 2);
     let vec = vector_elems(dtype, per_lane, &[per_lane, d, x_view.offset, x_view.row_stride]);
     let a = Access::new(dtype, per_lane, vec);

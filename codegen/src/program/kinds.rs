@@ -212,7 +212,9 @@ fn matmul_gemv(n: &NodeCtx) -> Result<Planned, CodegenError> {
 fn norm_rope(n: &NodeCtx, eps: f32, append: bool) -> Result<Planned, CodegenError> {
     let s = &n.operand(0).shape;
     let (heads, d) = (n.fixed(s.dims()[1])?, n.fixed(s.dims()[2])?);
-    n.supported(d % 32 == 0, &format!("head dim {d} (a multiple of 32 is needed)"))?;
+    if let Some(why) = kernels::norm_rope_unsupported(d) {
+        n.supported(false, &why)?;
+    }
     let (dtype, view) = (n.node.dtype, n.view(0));
     let kernel = if append {
         kernels::norm_rope_kv_append(&n.name("norm_rope_kv_append"), heads, d, dtype, eps, view)
@@ -226,12 +228,6 @@ fn kv_append(n: &NodeCtx) -> Result<Planned, CodegenError> {
     let s = &n.operand(1).shape;
     let (heads, d) = (n.fixed(s.dims()[1])?, n.fixed(s.dims()[2])?);
     Ok(Planned::one(kernels::kv_append(&n.name("kv_append"), heads, d, n.node.dtype, n.view(1)), 0))
-}
-
-/// One warp per head, each lane owning 4 to 16 bytes of it.
-fn head_dim_ok(d: usize, dtype: DType) -> bool {
-    let per_lane = d / 32;
-    d % 32 == 0 && per_lane.is_power_of_two() && (4..=16).contains(&(per_lane * dtype.size_bytes()))
 }
 
 fn attention(n: &NodeCtx, scale: f32, norm_rope_eps: Option<f32>) -> Result<Planned, CodegenError> {
@@ -263,11 +259,13 @@ fn attention(n: &NodeCtx, scale: f32, norm_rope_eps: Option<f32>) -> Result<Plan
         planned.kernels.push((kernel, Params::Standard));
         return Ok(planned);
     }
-    n.supported(head_dim_ok(spec.d, dtype), &format!("head dim {} in {}", spec.d, dtype))?;
+    if let Some(why) = spec.unsupported() {
+        n.supported(false, &why)?;
+    }
     let emitted = kernels::decode_attention(&n.name("attention"), &spec);
-    let params = match emitted.len() {
-        2 => vec![Params::AttentionSplit(spec), Params::AttentionCombine(spec)],
-        _ => vec![Params::Standard],
+    let params = match kernels::decode_attention_scratch(&spec) {
+        Some(scratch) => vec![Params::WritesScratch(scratch), Params::ReadsScratch],
+        None => vec![Params::Standard],
     };
     planned.kernels = emitted.into_iter().zip(params).collect();
     Ok(planned)

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use smelt_ir::{Bindings, DType, Dim, Graph, NodeId, Op, Shape, Sym};
 
-use crate::kernels::{self, AttentionSpec, Kernel, View};
+use crate::kernels::{self, Kernel, Scratch, View};
 
 mod kinds;
 
@@ -61,15 +61,15 @@ pub struct Scheduled {
 }
 
 /// A launch's parameter list. Every kernel ends with `const smelt_step* step`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Params {
     /// `(operands…, output, step)`.
     Standard,
-    /// Flash-decoding's split kernel: `(operands…, output, float* scratch, step)`; it writes
-    /// partials to the scratch buffer, sized by [`kernels::decode_attention_scratch_bytes`].
-    AttentionSplit(AttentionSpec),
-    /// Its combine kernel: `(const float* scratch, output, step)`.
-    AttentionCombine(AttentionSpec),
+    /// `(operands…, output, scratch, step)`: writes partial results to a scratch buffer of at
+    /// least [`Scratch::bytes`] (flash-decoding's split kernel).
+    WritesScratch(Scratch),
+    /// `(scratch, output, step)`: reads them (the combine kernel).
+    ReadsScratch,
 }
 
 impl Program {

@@ -217,15 +217,14 @@ fn upload_constants(gpu: &Gpu, graph: &Graph, homes: &mut HashMap<usize, u64>) -
     Ok(constants_buffer)
 }
 
-/// Attention scratch, sized for the longest context the pool holds.
+/// The scratch buffer the program's kernels share, sized for the longest context the pool
+/// holds.
 fn scratch_bytes(program: &Program, kv: &KvPool, max_new_tokens: usize) -> usize {
     program
         .launches
         .iter()
-        .filter_map(|s| match s.params {
-            Params::AttentionSplit(spec) => {
-                Some(smelt_codegen::kernels::decode_attention_scratch_bytes(&spec, kv.shape.tokens(), max_new_tokens))
-            }
+        .filter_map(|s| match &s.params {
+            Params::WritesScratch(scratch) => Some(scratch.bytes(kv.shape.tokens(), max_new_tokens)),
             _ => None,
         })
         .max()
@@ -309,8 +308,8 @@ impl Layout {
             let ins = s.operand_ids.iter().map(|&x| addr(x)).collect::<Result<Vec<_>, _>>()?;
             let mut params = match s.params {
                 Params::Standard => [ins, vec![out]].concat(),
-                Params::AttentionSplit(_) => [ins, vec![out, self.scratch.ptr()]].concat(),
-                Params::AttentionCombine(_) => vec![self.scratch.ptr(), out],
+                Params::WritesScratch(_) => [ins, vec![out, self.scratch.ptr()]].concat(),
+                Params::ReadsScratch => vec![self.scratch.ptr(), out],
             };
             params.push(self.step.ptr());
             launches.push(ResolvedLaunch { kernel: s.kernel, node: s.node_id, params });
