@@ -1,9 +1,14 @@
-//! The helpers every generated kernel carries in its own source. They are plain C that NVRTC
-//! compiles with no include paths (NVRTC 13 has no built-in `cuda_bf16.h`), and that a host C
-//! compiler compiles too, so the tests can run rendered bodies on the CPU.
+//! The helpers every generated kernel carries in its own source (a dump writes them once, as
+//! `smelt_prelude.h`). They need no include paths (NVRTC 13 has no built-in `cuda_bf16.h`),
+//! and what runs per thread compiles as host C/C++ too, so the tests run kernels on the CPU:
+//! the warp collectives need a host emulation that defines CUDA's shuffles and
+//! `SMELT_HOST_WARPS`; the PTX wrappers (tensor cores, async copies) are device-only, and a
+//! host emulation defines the same names.
 
 /// Storage rounding to bf16 and f16 (round to nearest even, as the `half` crate does and so as
-/// `ir::eval` does), and bit casts.
+/// `ir::eval` does) and bit casts; the PDL wait; the step's parameters and paged-cache
+/// addressing; RMSNorm's inverse, the warp sum and NeoX RoPE's rotate-half; `cp.async`,
+/// `ldmatrix` and `mma.sync` wrappers. Each is written once, here.
 pub const PRELUDE: &str = r#"#ifdef __CUDACC__
 #define SMELT_FN static __device__ __forceinline__
 #else
@@ -14,8 +19,10 @@ pub const PRELUDE: &str = r#"#ifdef __CUDACC__
    default): ir::eval rounds every product, and rendered bodies must compute what it computes. */
 #ifdef __CUDACC__
 SMELT_FN float smelt_mul(float a, float b) { return __fmul_rn(a, b); }
+SMELT_FN float smelt_add(float a, float b) { return __fadd_rn(a, b); }
 #else
 SMELT_FN float smelt_mul(float a, float b) { return a * b; }
+SMELT_FN float smelt_add(float a, float b) { return a + b; }
 #endif
 SMELT_FN unsigned int smelt_f2u(float x) { union { float f; unsigned int u; } v; v.f = x; return v.u; }
 SMELT_FN float smelt_u2f(unsigned int u) { union { float f; unsigned int u; } v; v.u = u; return v.f; }
@@ -92,4 +99,79 @@ SMELT_FN unsigned int smelt_row_position(const smelt_step* s, unsigned int t) {
 SMELT_FN const unsigned int* smelt_row_table(const smelt_step* s, unsigned int t) {
   return s->row_positions ? s->row_tables + (unsigned long)t * s->table_stride : s->block_table;
 }
+/* RMSNorm's 1 / sqrt(mean(x^2) + eps) from the sum of squares over n elements, rounded as
+   eval rounds it: the mean and the add each on their own (no FMA). */
+SMELT_FN float smelt_rms_inverse(float sum_sq, float n, float eps) { return 1.0f / sqrtf(smelt_add(sum_sq / n, eps)); }
+/* Row `p` of a paged KV cache [blocks, block_tokens, ...]: the block holding logical position
+   p is table[p / block_tokens]. */
+SMELT_FN unsigned int smelt_cache_row(const unsigned int* table, unsigned int p, unsigned int block_tokens) {
+  return table[p / block_tokens] * block_tokens + p % block_tokens;
+}
+/* Warp collectives. The host emulation (tests) defines CUDA's shuffles over one thread per
+   CUDA thread and SMELT_HOST_WARPS, so these are the same code on both. */
+#if defined(__CUDACC__) || defined(SMELT_HOST_WARPS)
+/* The sum of v over the warp, in every lane: a butterfly, so every lane adds in the same
+   order and holds the same bits. */
+SMELT_FN float smelt_warp_sum(float v) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;
+}
+/* NeoX rotary's rotate-half for a head whose D elements lie D/32 per lane in order: element j
+   pairs with j +- D/2, the same slot of lane ^ 16; rot = concat(-x[D/2:], x[:D/2]), so lanes
+   0-15 (the first half) take their partner negated. */
+SMELT_FN float smelt_rope_rotated(float v, unsigned int lane) {
+  const float partner = __shfl_xor_sync(0xffffffffu, v, 16);
+  return lane < 16u ? -partner : partner;
+}
+#endif
+/* Tensor cores and asynchronous copies (sm_80 and later), for the prefill GEMM and attention.
+   The host emulation (codegen/tests/gemm) defines the same names from the PTX ISA's tables.
+   Shared-memory reads and async copies are volatile with a memory clobber, so the compiler
+   keeps them between the barriers they belong to. */
+#ifdef __CUDACC__
+/* The shared-window address of a pointer to shared memory. */
+SMELT_FN unsigned int smelt_smem_addr(const void* p) { return (unsigned int)__cvta_generic_to_shared(p); }
+/* 16 bytes from global to shared memory, asynchronously; src_bytes = 0 reads nothing and
+   stores zeros. */
+SMELT_FN void smelt_cp_async16(unsigned int dst, const void* src, unsigned int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+SMELT_FN void smelt_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+/* Waits until at most n (a constant) of this thread's committed groups are in flight. */
+#define SMELT_CP_ASYNC_WAIT(n) asm volatile("cp.async.wait_group %0;" :: "n"(n) : "memory")
+/* Four 8x8 16-bit matrices; lanes 8i..8i+7 address the rows of matrix i. */
+SMELT_FN void smelt_ldmatrix_x4(unsigned int addr, unsigned int& r0, unsigned int& r1, unsigned int& r2, unsigned int& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
+}
+/* The same, each matrix transposed. */
+SMELT_FN void smelt_ldmatrix_x4_trans(unsigned int addr, unsigned int& r0, unsigned int& r1, unsigned int& r2, unsigned int& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
+}
+/* c += A (16x16, row) * B (16x8, col) in f32, A and B in bf16 or f16. */
+SMELT_FN void smelt_mma_bf16(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+SMELT_FN void smelt_mma_f16(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* Two floats rounded to nearest even into one register, lo in the low half (the lower column
+   of a fragment); cvt puts its first source in the high half. */
+SMELT_FN unsigned int smelt_pack_bf16(float lo, float hi) {
+  unsigned int r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+SMELT_FN unsigned int smelt_pack_f16(float lo, float hi) {
+  unsigned int r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+#endif
 "#;

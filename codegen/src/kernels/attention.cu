@@ -31,7 +31,7 @@ $PROLOGUE    float m[G], l[G], acc[G][E];
       unsigned int my_row = 0u;
       if (lane < CHUNK && base + lane < hi) {
         const unsigned int p = base + lane;
-        my_row = (row_table[p / bt] * bt + p % bt) * KVH + kvh;
+        my_row = smelt_cache_row(row_table, p, bt) * KVH + kvh;
       }
       smelt_attn_vec kr[CHUNK], vr[CHUNK];
 #pragma unroll

@@ -1,24 +1,3 @@
-/* The shared-window address of a pointer to shared memory. */
-SMELT_FN unsigned int gemm_smem_addr(const void* p) { return (unsigned int)__cvta_generic_to_shared(p); }
-/* 16 bytes from global to shared memory, asynchronously; src_bytes = 0 reads nothing and
-   stores zeros. */
-SMELT_FN void gemm_cp16(unsigned int dst, const void* src, unsigned int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-SMELT_FN void gemm_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-/* Waits until at most n of this thread's committed groups are in flight. */
-#define GEMM_WAIT(n) asm volatile("cp.async.wait_group %0;" :: "n"(n) : "memory")
-/* Four 8x8 16-bit matrices; lanes 8i..8i+7 address the rows of matrix i (see the module). */
-SMELT_FN void gemm_ldsm4(unsigned int addr, unsigned int& r0, unsigned int& r1, unsigned int& r2, unsigned int& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
-}
-/* c += A (16x16, row) * B (16x8, col), f32 accumulators. */
-SMELT_FN void gemm_mma(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.$MMA_TYPE.$MMA_TYPE.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 /* Byte offset of 16-byte chunk c of row r in a 64-byte-row tile, swizzled (see the module). */
 SMELT_FN unsigned int gemm_swz(unsigned int r, unsigned int c) { return r * 64u + ((c ^ ((r >> 1) & 3u)) << 4); }
 /* $NAME: y[T, $N_OUT] = $EPILOGUE_TEXT over acc = x[T, $K] @ w[$N, $K]^T, T = step->new_tokens. */
@@ -33,7 +12,7 @@ $GRID_WAIT
   constexpr unsigned int COLS = 128u / PARTS, WCOLS = 32u / PARTS, JP = 4u / PARTS;
   constexpr unsigned int N_TILES = (N_OUT + COLS - 1u) / COLS;
   extern __shared__ uint4 gemm_smem[];
-  const unsigned int smem = gemm_smem_addr(gemm_smem);
+  const unsigned int smem = smelt_smem_addr(gemm_smem);
   const unsigned int tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
   /* This warp's 64 rows (wm) and 32 weight rows (wn) of the block tile. */
   const unsigned int wm = warp & 1u, wn = warp >> 1;
@@ -62,44 +41,44 @@ $GRID_WAIT
 #define GEMM_LOAD(kt) \
     _Pragma("unroll") for (unsigned int j = 0; j < 2u; j++) { \
       const unsigned int stage = smem + ((kt) % STAGES) * STAGE_BYTES; \
-      gemm_cp16(stage + dst[j], a_src[j] + (kt) * BK, a_bytes[j]); \
-      gemm_cp16(stage + TILE_BYTES + dst[j], b_src[j] + (kt) * BK, b_bytes[j]); \
+      smelt_cp_async16(stage + dst[j], a_src[j] + (kt) * BK, a_bytes[j]); \
+      smelt_cp_async16(stage + TILE_BYTES + dst[j], b_src[j] + (kt) * BK, b_bytes[j]); \
     }
     /* sum[mi][j]: the C fragment of m-tile mi (rows 16 mi) and n-tile j (weight rows 8 j). */
     float sum[4][4][4] = {};
 #pragma unroll
     for (unsigned int s = 0; s < STAGES - 1u; s++) {
       if (s < KT) { GEMM_LOAD(s) }
-      gemm_commit();
+      smelt_cp_async_commit();
     }
     for (unsigned int kt = 0; kt < KT; kt++) {
       /* Groups committed so far: STAGES - 1 + kt; at most STAGES - 2 pending: stage kt is in. */
-      GEMM_WAIT(STAGES - 2u);
+      SMELT_CP_ASYNC_WAIT(STAGES - 2u);
       __syncthreads();
       if (kt + STAGES - 1u < KT) { GEMM_LOAD(kt + STAGES - 1u) }
-      gemm_commit();
+      smelt_cp_async_commit();
       const unsigned int sa = smem + (kt % STAGES) * STAGE_BYTES, sb = sa + TILE_BYTES;
 #pragma unroll
       for (unsigned int kk = 0; kk < 2u; kk++) {
         unsigned int a[4][4], b[4][2];
 #pragma unroll
         for (unsigned int mi = 0; mi < 4u; mi++)
-          gemm_ldsm4(sa + gemm_swz(wm * 64u + mi * 16u + (lane & 15u), kk * 2u + (lane >> 4)),
+          smelt_ldmatrix_x4(sa + gemm_swz(wm * 64u + mi * 16u + (lane & 15u), kk * 2u + (lane >> 4)),
                      a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
 #pragma unroll
         for (unsigned int jp = 0; jp < 2u; jp++)
-          gemm_ldsm4(sb + gemm_swz(wn * 32u + jp * 16u + ((lane >> 4) << 3) + (lane & 7u), kk * 2u + ((lane >> 3) & 1u)),
+          smelt_ldmatrix_x4(sb + gemm_swz(wn * 32u + jp * 16u + ((lane >> 4) << 3) + (lane & 7u), kk * 2u + ((lane >> 3) & 1u)),
                      b[2u * jp][0], b[2u * jp][1], b[2u * jp + 1u][0], b[2u * jp + 1u][1]);
 #pragma unroll
         for (unsigned int mi = 0; mi < 4u; mi++)
 #pragma unroll
-          for (unsigned int j = 0; j < 4u; j++) gemm_mma(sum[mi][j], a[mi], b[j][0], b[j][1]);
+          for (unsigned int j = 0; j < 4u; j++) smelt_mma_$MMA_TYPE(sum[mi][j], a[mi], b[j][0], b[j][1]);
       }
     }
 #undef GEMM_LOAD
     /* Only empty groups remain; every warp is done with the ring before the next tile's
        prologue refills it. */
-    GEMM_WAIT(0);
+    SMELT_CP_ASYNC_WAIT(0);
     __syncthreads();
     /* Epilogue: thread (g, t) holds rows g, g + 8 (h) of each m-tile, columns 2t, 2t + 1 (e)
        of each n-tile. */

@@ -10,13 +10,6 @@ $DOT_BODY
 /* Element e of a 16-byte vector; setting one stores x rounded to the element type. */
 SMELT_FN float gemv_elem(uint4 v, unsigned int e) { union { uint4 v; $LANES; } u; u.v = v; return $ELEM_GET; }
 SMELT_FN void gemv_set(uint4& v, unsigned int e, float x) { union { uint4 v; $LANES; } u; u.v = v; $ELEM_SET; v = u.v; }
-/* The sum of v over the warp, in every lane: a butterfly, so every lane adds in the same
-   order and holds the same bits. */
-SMELT_FN float gemv_warp_sum(float v) {
-#pragma unroll
-  for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
-  return v;
-}
 /* $NAME: y[$ROWS, $N_OUT] = $EPILOGUE_TEXT over acc = $NORM_TEXTx[$ROWS, $K] @ w[$N, $K]^T. */
 extern "C" __global__ void __launch_bounds__($BLOCK) $NAME(
     $PARAMS) {
@@ -69,7 +62,7 @@ $PROLOGUE
 #pragma unroll
     for (unsigned int r = 0; r < ROWS; r++) {
 #pragma unroll
-      for (unsigned int p = 0; p < PARTS; p++) sum[r][p] = gemv_warp_sum(sum[r][p]);
+      for (unsigned int p = 0; p < PARTS; p++) sum[r][p] = smelt_warp_sum(sum[r][p]);
     }
     /* Epilogue, lane r for row r: the accumulator rounded to $DTYPE as the matmul's output is, then the fused body. */
 #pragma unroll

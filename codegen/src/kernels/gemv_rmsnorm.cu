@@ -7,13 +7,13 @@ $GRID_WAIT
       const float v = $X_K;
       ss += v * v;
     }
-    ss = gemv_warp_sum(ss);
+    ss = smelt_warp_sum(ss);
     if (lane == 0u) warp_ss[warp] = ss;
     __syncthreads();
     /* Every thread sums the warps' partials in one order: one value of inv per row. */
     ss = 0.0f;
     for (unsigned int i = 0; i < $WARPSu; i++) ss += warp_ss[i];
-    const float inv = 1.0f / sqrtf(ss / (float)K + $EPS);
+    const float inv = smelt_rms_inverse(ss, (float)K, $EPS);
     for (unsigned int k = threadIdx.x; k < K; k += $BLOCKu) {
       const float xn = $XN;
       $STORE_XS

@@ -19,13 +19,13 @@ $GRID_WAIT
 #pragma unroll
       for (unsigned int e = 0; e < VEC; e++) { const float f = gemv_elem(xr[j], e); ss += f * f; }
     }
-    ss = gemv_warp_sum(ss);
+    ss = smelt_warp_sum(ss);
     if (lane == 0u) warp_ss[warp] = ss;
     __syncthreads();
     /* Every thread sums the warps' partials in one order: one value of inv per row. */
     ss = 0.0f;
     for (unsigned int i = 0; i < WARPS; i++) ss += warp_ss[i];
-    const float inv = 1.0f / sqrtf(ss / (float)K + $EPS);
+    const float inv = smelt_rms_inverse(ss, (float)K, $EPS);
 #pragma unroll
     for (unsigned int j = 0; j < XPT; j++) {
       const unsigned int v = threadIdx.x + j * BLOCK;

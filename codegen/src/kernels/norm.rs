@@ -93,8 +93,8 @@ impl Access {
 /// `[blocks, block_tokens, heads, d]`.
 fn cache_index(dst: &str, heads: usize, d: usize) -> String {
     format!(
-        "const unsigned int p = smelt_row_position(step, t), blk = smelt_row_table(step, t)[p / block_tokens];\n    \
-         const unsigned long long {dst} = ((unsigned long long)blk * block_tokens + p % block_tokens) * {}u + h * {d}u;",
+        "const unsigned long long {dst} =\n        \
+         (unsigned long long)smelt_cache_row(smelt_row_table(step, t), smelt_row_position(step, t), block_tokens) * {}u + h * {d}u;",
         heads * d
     )
 }

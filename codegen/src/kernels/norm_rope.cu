@@ -23,8 +23,7 @@ $XV_LOAD
     float ss = 0.0f;
 #pragma unroll
     for (int e = 0; e < $PER_LANE; ++e) ss += __fmul_rn(v[e], v[e]);
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    const float inv = 1.0f / sqrtf(__fadd_rn(ss / $D.0f, $EPS));  /* mean + eps: no FMA either */
+    const float inv = smelt_rms_inverse(smelt_warp_sum(ss), $D.0f, $EPS);
     $WV_DECL
 $WV_LOAD
 #pragma unroll
@@ -36,8 +35,7 @@ $WV_LOAD
     const float pos = (float)positions[t];
 #pragma unroll
     for (int e = 0; e < $PER_LANE; ++e) {
-      const float partner = __shfl_xor_sync(0xffffffffu, v[e], 16);
-      const float rot = lane < 16u ? -partner : partner;
+      const float rot = smelt_rope_rotated(v[e], lane);
       float sn, cs;
       sincosf(__fmul_rn(pos, inv_freq[j0 % $HALFu + e]), &sn, &cs);
       $OUT_E

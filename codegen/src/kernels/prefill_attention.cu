@@ -1,39 +1,6 @@
 typedef unsigned short smelt_pa_t;
 SMELT_FN float smelt_pa_ld(smelt_pa_t x) { return smelt_load_$DTYPE(x); }
 SMELT_FN float smelt_pa_round(float x) { return smelt_round_$DTYPE(x); }
-/* Two floats rounded to nearest even into one register, lo in the low half (the lower column
-   of a fragment); cvt puts its first source in the high half. */
-SMELT_FN unsigned int smelt_pa_pack(float lo, float hi) {
-  unsigned int r;
-  asm("cvt.rn.$DTYPEx2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-/* c += a b for one 16x8 tile, k = 16. */
-SMELT_FN void smelt_pa_mma(float (&c)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.$DTYPE.$DTYPE.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-/* Shared-memory reads and async copies: volatile with a memory clobber, so the compiler keeps
-   them between the barriers they belong to. */
-SMELT_FN void smelt_pa_ldsm(unsigned int (&r)[4], unsigned int addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
-}
-SMELT_FN void smelt_pa_ldsm_t(unsigned int (&r)[4], unsigned int addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
-}
-/* 16 bytes global -> shared, of which the first `bytes` (16 or 0) are read, the rest zeroed. */
-SMELT_FN void smelt_pa_cp16(unsigned int dst, const void* src, unsigned int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-SMELT_FN void smelt_pa_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-SMELT_FN void smelt_pa_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
-SMELT_FN float smelt_pa_warp_sum(float v) {
-  for (unsigned int m = 16u; m > 0u; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}
 /* Prefill attention: a block per (KV head, tile of $BQ (token, group head) rows); see prefill_attention.rs. */
 extern "C" __global__ void __launch_bounds__($THREADS) $NAME($PARAMS) {
 $GRID_WAIT
@@ -46,8 +13,8 @@ $GRID_WAIT
   const unsigned int T = step->new_tokens, P = step->cached_tokens, bt = step->block_tokens;
   const unsigned int* __restrict__ table = step->block_table;
   if (T == 0u) return;
-  const unsigned int sk_base = (unsigned int)__cvta_generic_to_shared(sk);
-  const unsigned int sv_base = (unsigned int)__cvta_generic_to_shared(sv);
+  const unsigned int sk_base = smelt_smem_addr(sk);
+  const unsigned int sv_base = smelt_smem_addr(sv);
   /* Tile copies: thread i moves chunk i % 16 of tile rows i / 16 + 8 c (c < 8): 16 threads read
      a 256-byte row. All its rows have the same row % 8, so one swizzled offset serves them. */
   const unsigned int cp_row = threadIdx.x >> 4, cp_chunk = threadIdx.x & 15u;
@@ -71,16 +38,16 @@ $GRID_WAIT
 #pragma unroll
       for (unsigned int c = 0; c < 8u; ++c) {
         const unsigned int p = kbase + cp_row + 8u * c;
-        kv_row[c] = p < end ? (table[p / bt] * bt + p % bt) * KVH + kvh : 0u;
+        kv_row[c] = p < end ? smelt_cache_row(table, p, bt) * KVH + kvh : 0u;
       }
     };
     auto copy = [&](unsigned int dst, const smelt_pa_t* __restrict__ cache, unsigned int kbase) {
 #pragma unroll
       for (unsigned int c = 0; c < 8u; ++c) {
         const bool ok = kbase + cp_row + 8u * c < end;
-        smelt_pa_cp16(dst + cp_dst + c * (8u * D * 2u), cache + (size_t)kv_row[c] * D + cp_chunk * 8u, ok ? 16u : 0u);
+        smelt_cp_async16(dst + cp_dst + c * (8u * D * 2u), cache + (size_t)kv_row[c] * D + cp_chunk * 8u, ok ? 16u : 0u);
       }
-      smelt_pa_commit();
+      smelt_cp_async_commit();
     };
     lookup(0u);
     copy(sk_base, k_cache, 0u);
@@ -98,8 +65,8 @@ $GRID_WAIT
         for (unsigned int e = 0; e < 4u; ++e) x[e] = smelt_pa_ld(src[e]);
 $PROLOGUE      }
       unsigned int* dst = (unsigned int*)(sv + r * D + ((lane >> 1) ^ (r & 7u)) * 8u + (lane & 1u) * 4u);
-      dst[0] = smelt_pa_pack(x[0], x[1]);
-      dst[1] = smelt_pa_pack(x[2], x[3]);
+      dst[0] = smelt_pack_$DTYPE(x[0], x[1]);
+      dst[1] = smelt_pack_$DTYPE(x[2], x[3]);
     }
     __syncwarp();
     /* A fragments of Q, k-step kk = d 16 kk .. 16 kk + 15: matrices (rows 0-7, chunk 2kk), (rows
@@ -109,7 +76,7 @@ $PROLOGUE      }
 #pragma unroll
     for (unsigned int kk = 0; kk < 8u; ++kk) {
       const unsigned int r = warp * 16u + (lane & 15u), chunk = 2u * kk + (lane >> 4);
-      smelt_pa_ldsm(qf[kk], sv_base + (r * D + (chunk ^ (lane & 7u)) * 8u) * 2u);
+      smelt_ldmatrix_x4(sv_base + (r * D + (chunk ^ (lane & 7u)) * 8u) * 2u, qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
     }
     /* Online softmax state of rows g (index 0) and g + 8 (index 1): this lane's partial row sum
        (its quad's 4 partials add up at the end), and the running max, the same in the quad. */
@@ -118,7 +85,7 @@ $PROLOGUE      }
     for (unsigned int n = 0; n < 16u; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     for (unsigned int j = 0; j < nk; ++j) {
       const unsigned int kbase = j * BK;
-      smelt_pa_wait_all();
+      SMELT_CP_ASYNC_WAIT(0);
       __syncthreads(); /* K_j is in sk; every warp is done with sv (Q staging or P V_{j-1}) */
       copy(sv_base, v_cache, kbase);
       /* Warp-uniform: skip a tile no row of the warp sees, and a warp of padding rows skips
@@ -138,9 +105,9 @@ $PROLOGUE      }
           for (unsigned int np = 0; np < 4u; ++np) {
             const unsigned int key = 16u * np + (lane & 7u) + ((lane >> 4) << 3), chunk = 2u * kk + ((lane >> 3) & 1u);
             unsigned int b[4];
-            smelt_pa_ldsm(b, sk_base + (key * D + (chunk ^ (lane & 7u)) * 8u) * 2u);
-            smelt_pa_mma(s[2u * np], qf[kk], b[0], b[1]);
-            smelt_pa_mma(s[2u * np + 1u], qf[kk], b[2], b[3]);
+            smelt_ldmatrix_x4(sk_base + (key * D + (chunk ^ (lane & 7u)) * 8u) * 2u, b[0], b[1], b[2], b[3]);
+            smelt_mma_$DTYPE(s[2u * np], qf[kk], b[0], b[1]);
+            smelt_mma_$DTYPE(s[2u * np + 1u], qf[kk], b[2], b[3]);
           }
         /* Scale, mask (element i of tile n: row i < 2 ? g : g + 8, key kbase + 8n + 2(lane % 4)
            + i % 2), row max over the quad (lanes ^ 1, ^ 2 share the rows). Tile 0 holds key 0,
@@ -179,16 +146,16 @@ $PROLOGUE      }
            the same of s[2kk+1]. Rounded to the storage dtype here (see the module doc). */
 #pragma unroll
         for (unsigned int kk = 0; kk < 4u; ++kk) {
-          pf[kk][0] = smelt_pa_pack(s[2u * kk][0], s[2u * kk][1]);
-          pf[kk][1] = smelt_pa_pack(s[2u * kk][2], s[2u * kk][3]);
-          pf[kk][2] = smelt_pa_pack(s[2u * kk + 1u][0], s[2u * kk + 1u][1]);
-          pf[kk][3] = smelt_pa_pack(s[2u * kk + 1u][2], s[2u * kk + 1u][3]);
+          pf[kk][0] = smelt_pack_$DTYPE(s[2u * kk][0], s[2u * kk][1]);
+          pf[kk][1] = smelt_pack_$DTYPE(s[2u * kk][2], s[2u * kk][3]);
+          pf[kk][2] = smelt_pack_$DTYPE(s[2u * kk + 1u][0], s[2u * kk + 1u][1]);
+          pf[kk][3] = smelt_pack_$DTYPE(s[2u * kk + 1u][2], s[2u * kk + 1u][3]);
         }
       }
       /* V_j's copy is issued: look K_{j+1}'s rows up now (S is dead, few registers are live),
          the table loads' latency overlapping the wait for V_j. */
       if (j + 1u < nk) lookup(kbase + BK);
-      smelt_pa_wait_all();
+      SMELT_CP_ASYNC_WAIT(0);
       __syncthreads(); /* V_j is in sv; every warp is done with sk */
       if (j + 1u < nk) copy(sk_base, k_cache, kbase + BK);
       if (active) {
@@ -201,9 +168,9 @@ $PROLOGUE      }
           for (unsigned int dp = 0; dp < 8u; ++dp) {
             const unsigned int key = 16u * kk + (lane & 15u), chunk = 2u * dp + (lane >> 4);
             unsigned int b[4];
-            smelt_pa_ldsm_t(b, sv_base + (key * D + (chunk ^ (lane & 7u)) * 8u) * 2u);
-            smelt_pa_mma(o[2u * dp], pf[kk], b[0], b[1]);
-            smelt_pa_mma(o[2u * dp + 1u], pf[kk], b[2], b[3]);
+            smelt_ldmatrix_x4_trans(sv_base + (key * D + (chunk ^ (lane & 7u)) * 8u) * 2u, b[0], b[1], b[2], b[3]);
+            smelt_mma_$DTYPE(o[2u * dp], pf[kk], b[0], b[1]);
+            smelt_mma_$DTYPE(o[2u * dp + 1u], pf[kk], b[2], b[3]);
           }
       }
     }
@@ -216,7 +183,7 @@ $PROLOGUE      }
       if (row < rows) {
         unsigned int* __restrict__ dst = (unsigned int*)(out + ((size_t)(row / G) * H + kvh * G + row % G) * D) + (lane & 3u);
 #pragma unroll
-        for (unsigned int n = 0; n < 16u; ++n) dst[4u * n] = smelt_pa_pack(o[n][2u * r] / l[r], o[n][2u * r + 1u] / l[r]);
+        for (unsigned int n = 0; n < 16u; ++n) dst[4u * n] = smelt_pack_$DTYPE(o[n][2u * r] / l[r], o[n][2u * r + 1u] / l[r]);
       }
     }
   }

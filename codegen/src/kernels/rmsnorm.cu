@@ -16,8 +16,7 @@ $XV_LOAD
 #pragma unroll
       for (int e = 0; e < $VEC; ++e) { const float v = $XV_E; ss += __fmul_rn(v, v); }
     }
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    const float inv = 1.0f / sqrtf(__fadd_rn(ss / $D.0f, $EPS));  /* mean + eps: no FMA either */
+    const float inv = smelt_rms_inverse(smelt_warp_sum(ss), $D.0f, $EPS);
     /* y = round(x * inv), out = round(w * y): the cast back, then the weight. */
     for (unsigned int j = lane * $VECu; j < $Du; j += $WARP_ELEMSu) {
       $XV_DECL

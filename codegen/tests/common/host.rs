@@ -18,6 +18,8 @@ pub const SHIM: &str = r#"#include <math.h>
 #define __launch_bounds__(n)
 #define __restrict__ __restrict
 #define __shared__ static
+/* The prelude's warp collectives are built on the shuffles below. */
+#define SMELT_HOST_WARPS
 struct uint2 { unsigned x, y; };
 struct uint4 { unsigned x, y, z, w; };
 struct smelt_idx { unsigned x; };

@@ -2,6 +2,7 @@
 //! kernel uses (`ldmatrix`, `mma`, `cp.async`), under AddressSanitizer.
 
 use smelt_codegen::kernels::View;
+use smelt_codegen::PRELUDE;
 use smelt_ir::{shape, BinaryOp, DType, Expr, ExprKind, Shape, Sym};
 
 use crate::common::epilogues::{acc, node, residual, swiglu, to_f32};
@@ -96,19 +97,19 @@ static void emu_mma(float* c, const unsigned int* a, unsigned int b0, unsigned i
 #define __restrict__ __restrict
 "#;
 
-/// The kernel's PTX helpers, swapped for the emulation's (`load`: the dtype's value loader).
-fn emulated_helpers(load: &str) -> String {
-    format!(
-        "SMELT_FN unsigned int gemm_smem_addr(const void* p) {{ return emu_smem_addr(p); }}\n\
-         SMELT_FN void gemm_cp16(unsigned int dst, const void* src, unsigned int n) {{ emu_cp16(dst, src, n); }}\n\
-         SMELT_FN void gemm_commit() {{ emu_commit(); }}\n\
-         #define GEMM_WAIT(n) emu_wait(n)\n\
-         SMELT_FN void gemm_ldsm4(unsigned int addr, unsigned int& r0, unsigned int& r1, unsigned int& r2, unsigned int& r3) {{\n\
-         \x20 unsigned int r[4]; emu_ldsm4(addr, r); r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];\n}}\n\
-         static float emu_value(unsigned short h) {{ return {load}(h); }}\n\
-         SMELT_FN void gemm_mma(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) {{ emu_mma(c, a, b0, b1, emu_value); }}\n"
-    )
+/// The prelude's PTX helpers (defined only under `__CUDACC__`), emulated: the same names,
+/// after the prelude (the mma needs its loaders).
+const EMULATED_HELPERS: &str = "\
+SMELT_FN unsigned int smelt_smem_addr(const void* p) { return emu_smem_addr(p); }
+SMELT_FN void smelt_cp_async16(unsigned int dst, const void* src, unsigned int n) { emu_cp16(dst, src, n); }
+SMELT_FN void smelt_cp_async_commit() { emu_commit(); }
+#define SMELT_CP_ASYNC_WAIT(n) emu_wait(n)
+SMELT_FN void smelt_ldmatrix_x4(unsigned int addr, unsigned int& r0, unsigned int& r1, unsigned int& r2, unsigned int& r3) {
+  unsigned int r[4]; emu_ldsm4(addr, r); r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];
 }
+SMELT_FN void smelt_mma_bf16(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) { emu_mma(c, a, b0, b1, smelt_load_bf16); }
+SMELT_FN void smelt_mma_f16(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) { emu_mma(c, a, b0, b1, smelt_load_f16); }
+";
 
 struct Rng(u64);
 
@@ -195,9 +196,8 @@ fn emulate(cases: &[(Case, Run)], cxx: &str) -> Vec<Vec<f32>> {
     let mut c = String::from(SHIM);
     for (i, (case, _)) in cases.iter().enumerate() {
         let source = case.kernel().source;
-        let (from, to) = (source.find("/* The shared-window address").unwrap(), source.find("/* Byte offset").unwrap());
-        let load = if case.dtype == DType::BF16 { "smelt_load_bf16" } else { "smelt_load_f16" };
-        let source = format!("{}{}{}", &source[..from], emulated_helpers(load), &source[to..]);
+        let body = source.strip_prefix(PRELUDE).expect("a kernel source starts with the prelude");
+        let source = format!("{PRELUDE}{EMULATED_HELPERS}{body}");
         let dynamic = "  extern __shared__ uint4 gemm_smem[];";
         assert!(source.contains(dynamic), "{}: no dynamic shared memory declaration", case.name);
         let source = source.replace(dynamic, "  uint4* gemm_smem = (uint4*)dynamic_smem;");

@@ -55,6 +55,8 @@ static float __shfl_xor_sync(unsigned int, float v, int d) {
 #define __launch_bounds__(n)
 #define __shared__ static
 #define __restrict__ __restrict
+/* The prelude's warp collectives are built on the shuffle above. */
+#define SMELT_HOST_WARPS
 "#;
 
 fn storage_bytes(dtype: DType, values: &[f32]) -> Vec<u8> {
