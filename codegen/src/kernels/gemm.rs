@@ -59,7 +59,7 @@
 
 use smelt_ir::{DType, Dim, Expr, Shape, Sym};
 
-use super::gemv::{leaves, Epilogue};
+use super::epilogue::{leaves, Epilogue};
 use super::{dim_expr, storage_type, Grid, Kernel, Launch, View, GRID_WAIT};
 use crate::{Template, PRELUDE};
 

@@ -14,6 +14,7 @@
 mod argmax;
 mod attention;
 mod elementwise;
+mod epilogue;
 mod gather;
 mod gemm;
 mod gemv;
