@@ -133,54 +133,14 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
     let batch = (1..=(LOADS_IN_FLIGHT / parts).max(1)).rev().find(|b| steps % b == 0).unwrap_or(1);
     let (lanes, elem_get, elem_set) = elem_access(dtype);
 
-    let mut params = vec![format!("const {ty}* __restrict__ x"), format!("const {ty}* __restrict__ w")];
-    if norm_eps.is_some() {
-        params.push(format!("const {ty}* __restrict__ norm_w"));
-    }
-    for (i, (d, _)) in extras.iter().enumerate() {
-        params.push(format!("const {}* __restrict__ extra{i}", storage_type(*d)));
-    }
-    params.push(format!("{}* __restrict__ y", storage_type(out_dtype)));
-    params.push("const smelt_step* __restrict__ step".into());
     let norm = norm_eps.map_or(String::new(), |e| format!("rmsnorm(eps = {e:e}) "));
-    let View { offset, row_stride, from_last_row } = x_view;
-    let x_view_text = if from_last_row {
-        // The rows start at the step's last new token (the last position of a prefill).
-        format!(
-            "  constexpr unsigned int X_STRIDE = {row_stride}u;\n  const unsigned long long X_OFFSET = {offset}ull + (unsigned long long)(step->new_tokens - 1u) * X_STRIDE;"
-        )
-    } else {
-        format!("  constexpr unsigned int X_OFFSET = {offset}u, X_STRIDE = {row_stride}u;")
-    };
     // The last step is partial only when KV is not a multiple of 32: guard it then only.
     let (guard, zero) = if kv % 32 == 0 { ("", "") } else { ("i < KV ? ", " : uint4{0u, 0u, 0u, 0u}") };
 
     // x (and the norm weight) as 16-byte vectors when the view keeps them aligned.
-    let vector_x = offset % vec == 0 && row_stride % vec == 0;
+    let vector_x = x_view.offset % vec == 0 && x_view.row_stride % vec == 0;
     let (block, warps) = (BLOCK.to_string(), WARPS.to_string());
-    let prologue = match norm_eps {
-        Some(eps) if vector_x => RMSNORM_VEC.fill(&[
-            ("XPT", &kv.div_ceil(BLOCK).to_string()),
-            ("GRID_WAIT", GRID_WAIT),
-            ("EPS", &f32_literal(eps)),
-            ("XN", &round(dtype, "gemv_elem(xr[j], e) * inv")),
-        ]),
-        Some(eps) => {
-            let xk = load(dtype, "x", "X_OFFSET + r * X_STRIDE + k");
-            RMSNORM.fill(&[
-                ("GRID_WAIT", GRID_WAIT),
-                ("WARPS", &warps),
-                ("BLOCK", &block),
-                ("X_K", &xk),
-                ("EPS", &f32_literal(eps)),
-                ("XN", &round(dtype, &format!("{xk} * inv"))),
-                ("STORE_XS", &store(dtype, "xs", "r * K + k", &format!("{} * xn", load(dtype, "norm_w", "k")))),
-            ])
-        }
-        None if vector_x => STAGE_VEC.fill(&[("GRID_WAIT", GRID_WAIT), ("BLOCK", &block)]),
-        None => STAGE.fill(&[("GRID_WAIT", GRID_WAIT), ("BLOCK", &block)]),
-    };
-
+    let prologue = staging_prologue(dtype, kv, norm_eps, vector_x);
     let epi = fused.statements(
         "      ",
         |p| format!("sum[r][{p}]"),
@@ -204,11 +164,11 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
         ("K", &k.to_string()),
         ("N", &n.to_string()),
         ("BLOCK", &block),
-        ("PARAMS", &params.join(",\n    ")),
+        ("PARAMS", &params(spec).join(",\n    ")),
         ("PARTS", &parts.to_string()),
         ("WARPS", &warps),
         ("VEC", &vec.to_string()),
-        ("X_VIEW", &x_view_text),
+        ("X_VIEW", &x_view_text(x_view)),
         ("KV", &kv.to_string()),
         ("STEPS", &steps.to_string()),
         ("BATCH", &batch.to_string()),
@@ -230,5 +190,60 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
             grid: Grid::Fixed(blocks),
             shared_bytes: (rows * k * dtype.size_bytes()) as u32,
         },
+    }
+}
+
+/// The kernel's parameters: `x, w, [norm_w], extra0…, y, step`.
+fn params(spec: &GemvSpec) -> Vec<String> {
+    let ty = storage_type(spec.dtype);
+    let mut params = vec![format!("const {ty}* __restrict__ x"), format!("const {ty}* __restrict__ w")];
+    if spec.norm_eps.is_some() {
+        params.push(format!("const {ty}* __restrict__ norm_w"));
+    }
+    for (i, (d, _)) in spec.extras.iter().enumerate() {
+        params.push(format!("const {}* __restrict__ extra{i}", storage_type(*d)));
+    }
+    params.push(format!("{}* __restrict__ y", storage_type(spec.out_dtype)));
+    params.push("const smelt_step* __restrict__ step".into());
+    params
+}
+
+/// `X_OFFSET` and `X_STRIDE`: where row r of x starts.
+fn x_view_text(View { offset, row_stride, from_last_row }: View) -> String {
+    if from_last_row {
+        // The rows start at the step's last new token (the last position of a prefill).
+        format!(
+            "  constexpr unsigned int X_STRIDE = {row_stride}u;\n  const unsigned long long X_OFFSET = {offset}ull + (unsigned long long)(step->new_tokens - 1u) * X_STRIDE;"
+        )
+    } else {
+        format!("  constexpr unsigned int X_OFFSET = {offset}u, X_STRIDE = {row_stride}u;")
+    }
+}
+
+/// The prologue that stages x's rows in shared memory (`kv` 16-byte vectors per row),
+/// normalized when `norm_eps` is set, read as vectors when `vector_x`.
+fn staging_prologue(dtype: DType, kv: usize, norm_eps: Option<f32>, vector_x: bool) -> String {
+    let (block, warps) = (BLOCK.to_string(), WARPS.to_string());
+    match norm_eps {
+        Some(eps) if vector_x => RMSNORM_VEC.fill(&[
+            ("XPT", &kv.div_ceil(BLOCK).to_string()),
+            ("GRID_WAIT", GRID_WAIT),
+            ("EPS", &f32_literal(eps)),
+            ("XN", &round(dtype, "gemv_elem(xr[j], e) * inv")),
+        ]),
+        Some(eps) => {
+            let xk = load(dtype, "x", "X_OFFSET + r * X_STRIDE + k");
+            RMSNORM.fill(&[
+                ("GRID_WAIT", GRID_WAIT),
+                ("WARPS", &warps),
+                ("BLOCK", &block),
+                ("X_K", &xk),
+                ("EPS", &f32_literal(eps)),
+                ("XN", &round(dtype, &format!("{xk} * inv"))),
+                ("STORE_XS", &store(dtype, "xs", "r * K + k", &format!("{} * xn", load(dtype, "norm_w", "k")))),
+            ])
+        }
+        None if vector_x => STAGE_VEC.fill(&[("GRID_WAIT", GRID_WAIT), ("BLOCK", &block)]),
+        None => STAGE.fill(&[("GRID_WAIT", GRID_WAIT), ("BLOCK", &block)]),
     }
 }
