@@ -36,7 +36,7 @@ fn chat_status(model: &std::path::Path, input: &str, extra: &[&str]) -> (bool, S
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(!stderr.contains("panicked") && out.status.code().is_some(), "smelt {args:?}: {}\n{stderr}", out.status);
     let prompts =
-        stderr.lines().filter_map(|l| l.strip_prefix('[')?.split(" prompt tokens").next()?.parse().ok()).collect();
+        stderr.lines().filter_map(|l| l.strip_prefix("[prompt: ")?.split(" tokens").next()?.parse().ok()).collect();
     (out.status.success(), stdout, stderr, prompts)
 }
 
@@ -46,8 +46,10 @@ fn history_reset_exit_no_think_system_and_an_overlong_turn() {
     write_random_qwen3(dir.path(), 5);
     let model = dir.path();
 
-    let (one, _, p) = chat(model, "hello there\n", &[]);
+    let (one, stderr, p) = chat(model, "hello there\n", &[]);
     assert_eq!(p.len(), 1);
+    // Each turn's statistics end with why it stopped.
+    assert!(stderr.contains(" | generation: ") && stderr.contains(" | finish: "), "{stderr}");
     let first = p[0];
 
     // The second turn's prompt holds the first turn and its reply.

@@ -30,6 +30,19 @@ pub enum FinishReason {
     ContextFull,
 }
 
+impl FinishReason {
+    /// The name the batch output and the run statistics use (as serialized): `eos`, `stop`,
+    /// `length`, `context_full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ContextFull => "context_full",
+        }
+    }
+}
+
 /// A finished sequence.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Completion {

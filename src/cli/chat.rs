@@ -5,13 +5,13 @@
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use smelt::models::{ChatMessage, Tokenizer};
 use smelt::{GenerateParams, Model};
 
 use super::generate::{BackendArgs, SamplingArgs};
+use super::stats::RunClock;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -126,13 +126,14 @@ fn reply(
     enable_thinking: Option<bool>,
     params: &GenerateParams,
 ) -> Result<String> {
-    let t0 = Instant::now();
+    let mut clock = RunClock::start();
     let mut generation = model.chat(messages, enable_thinking, params)?;
+    clock.prompt_done();
     let mut stdout = std::io::stdout().lock();
-    let (mut text, mut generated) = (String::new(), 0usize);
+    let mut text = String::new();
     for chunk in &mut generation {
         let chunk = chunk?;
-        generated += 1;
+        clock.token();
         let _ = stdout.write_all(chunk.text.as_bytes()).and_then(|()| stdout.flush());
         text.push_str(&chunk.text);
     }
@@ -140,11 +141,6 @@ fn reply(
     if let Some(e) = generation.warning() {
         tracing::warn!("not shown: {e}");
     }
-    let secs = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "[{} prompt tokens, {generated} generated in {secs:.2}s, {:.1} tokens/s]",
-        generation.prompt_tokens(),
-        generated as f64 / secs.max(1e-9)
-    );
+    eprintln!("[{}]", clock.summary(generation.prompt_tokens(), generation.finish_reason()));
     Ok(text)
 }

@@ -11,6 +11,7 @@ use smelt::{Device, GenerateParams, Model, ModelOptions, Prompt};
 
 use super::batch::{self, BatchArgs};
 use super::outputs::{write_atomically, Reads};
+use super::stats::RunClock;
 use super::{model_dir_arg, token_ids, CudaArgs, DTypeArg, MemoryLimit, Numbers};
 
 #[derive(clap::Args)]
@@ -288,7 +289,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let context = model.config().max_position_embeddings;
     let params =
         GenerateParams { max_new_tokens: a.max_new_tokens, sampling, stop: a.stop.clone(), hide_eos_text: false };
-    let t0 = Instant::now();
+    let mut clock = RunClock::start();
     let mut generation = match (&a.prompt, &a.prompt_ids) {
         (_, Some(ids)) => model.generate(Prompt::Ids(&ids.0), &params)?,
         (Some(text), None) if a.chat => {
@@ -298,10 +299,12 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         (Some(text), None) => model.generate(Prompt::Text(text), &params)?,
         (None, None) => unreachable!("clap requires --prompt or --prompt-ids"),
     };
+    clock.prompt_done();
     let mut stdout = std::io::stdout().lock();
     let mut ids = Vec::new();
     for chunk in &mut generation {
         let chunk = chunk?;
+        clock.token();
         ids.push(chunk.token);
         // Without a tokenizer, the ids are the text.
         let text = if shows_text { chunk.text } else { format!("{} ", chunk.token) };
@@ -314,19 +317,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         tracing::warn!("not shown: {e}");
     }
     let finish = generation.finish_reason();
-    let prompt_tokens = generation.prompt_tokens();
-    let secs = t0.elapsed().as_secs_f64();
-    let why = match finish {
-        Some(FinishReason::Eos) => "an EOS token",
-        Some(FinishReason::Stop) => "a stop string",
-        Some(FinishReason::Length) | None => "--max-new-tokens",
-        Some(FinishReason::ContextFull) => "the full context",
-    };
-    tracing::info!(
-        "{prompt_tokens} prompt + {} generated tokens in {secs:.2}s ({:.2} tokens/s), ended by {why}",
-        ids.len(),
-        ids.len() as f64 / secs.max(1e-9)
-    );
+    tracing::info!("{}", clock.summary(generation.prompt_tokens(), finish));
     // Generation ends at the context as it does at EOS, but the user asked for more: say so.
     if finish == Some(FinishReason::ContextFull) {
         tracing::info!(

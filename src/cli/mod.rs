@@ -10,6 +10,7 @@ mod kernels;
 pub mod log;
 mod outputs;
 mod random_model;
+mod stats;
 mod tokenize;
 
 use std::path::PathBuf;

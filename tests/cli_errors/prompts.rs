@@ -63,9 +63,12 @@ fn generation_cut_short_by_the_context_says_so() {
         run(&["generate", "--model", path_str(&model), "--prompt-ids", &ids, "--max-new-tokens", "50"]);
     assert_eq!(code, Some(0), "{stderr}");
     mentions(&stderr, &["stopped after 3 of --max-new-tokens 50", "context (128 tokens) is full"]);
+    // The run statistics: the prompt and the generation apart, and why it stopped.
+    mentions(&stderr, &["prompt: 126 tokens in ", "generation: 3 tokens in ", "finish: context_full"]);
     let (code, _, stderr) =
         run(&["generate", "--model", path_str(&model), "--prompt-ids", "5", "--max-new-tokens", "2"]);
     assert!(code == Some(0) && !stderr.contains("stopped after"), "{stderr}");
+    mentions(&stderr, &["prompt: 1 token in ", "generation: 2 tokens in ", "first token after ", "finish: length"]);
 }
 
 #[test]
