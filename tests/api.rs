@@ -40,7 +40,7 @@ fn generate_gives_the_generation_loops_ids() {
     assert_eq!(text, "", "no tokenizer: no text");
     // Seeded sampling through the API repeats.
     let sampled =
-        GenerateParams { sampling: SamplingParams { temperature: 0.9, seed: 5, ..Default::default() }, ..params };
+        GenerateParams { sampling: Some(SamplingParams { temperature: 0.9, seed: 5, ..Default::default() }), ..params };
     let a = collect(model.generate(Prompt::Ids(&[5, 17]), &sampled).unwrap()).0;
     let b = collect(model.generate(Prompt::Ids(&[5, 17]), &sampled).unwrap()).0;
     assert_eq!(a, b);
@@ -74,7 +74,7 @@ fn missing_tokenizer_and_bad_sampling_are_clear_errors() {
     let params = GenerateParams::default();
     assert!(matches!(model.generate(Prompt::Text("hi"), &params), Err(Error::NoTokenizer(_))));
     assert!(matches!(model.chat(&[ChatMessage::new("user", "hi")], None, &params), Err(Error::NoTokenizer(_))));
-    let bad = GenerateParams { sampling: SamplingParams { top_p: 0.0, ..Default::default() }, ..params };
+    let bad = GenerateParams { sampling: Some(SamplingParams { top_p: 0.0, ..Default::default() }), ..params };
     let err = model.generate(Prompt::Ids(&[1]), &bad).err().unwrap();
     assert!(err.to_string().contains("top_p"), "{err}");
     assert!(matches!(Model::load(&dir.join("nope"), &ModelOptions::default()), Err(Error::Model(_))));
@@ -91,7 +91,7 @@ fn generate_batch_gives_each_request_its_generate_output() {
     let sampled = SamplingParams { temperature: 0.8, top_p: 0.9, seed: 3, ..Default::default() };
     let params = |n, sampling: &SamplingParams| GenerateParams {
         max_new_tokens: n,
-        sampling: sampling.clone(),
+        sampling: Some(sampling.clone()),
         ..GenerateParams::default()
     };
     let greedy = SamplingParams::default();
@@ -197,4 +197,31 @@ fn hide_eos_text_drops_only_the_eos_tokens_text() {
         assert_eq!(generation.finish_reason(), Some(smelt::FinishReason::Eos));
         assert_eq!(generation.prompt_tokens(), prompt.len());
     }
+}
+
+/// `GenerateParams::default()` samples as the model's generation_config.json says (when it
+/// sets `do_sample`), exactly as the same sampling given explicitly; without the file, greedy.
+#[test]
+fn default_sampling_comes_from_generation_config() {
+    let name = "gqa1-tied-f32";
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture_dir(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let gen = r#"{"eos_token_id": 383, "do_sample": true, "temperature": 1.3, "top_k": 30}"#;
+    std::fs::write(dir.path().join("generation_config.json"), gen).unwrap();
+    let mut model = Model::load(dir.path(), &ModelOptions::default()).unwrap();
+    let want = SamplingParams { temperature: 1.3, top_k: 30, ..SamplingParams::default() };
+    assert_eq!(model.sampling_defaults(), Some(&want));
+    let params = GenerateParams { max_new_tokens: 12, ..GenerateParams::default() };
+    let by_default = collect(model.generate(Prompt::Ids(&[5, 17]), &params).unwrap()).0;
+    let explicit = GenerateParams { sampling: Some(want), ..params.clone() };
+    assert_eq!(by_default, collect(model.generate(Prompt::Ids(&[5, 17]), &explicit).unwrap()).0);
+    let greedy = GenerateParams { sampling: Some(SamplingParams::default()), ..params.clone() };
+    let greedy_ids = collect(model.generate(Prompt::Ids(&[5, 17]), &greedy).unwrap()).0;
+    assert_ne!(by_default, greedy_ids, "temperature 1.3 over 384 tokens: 12 ids that all match greedy are unlikely");
+    let mut plain = Model::load(&fixture_dir(name), &ModelOptions::default()).unwrap();
+    assert_eq!(plain.sampling_defaults(), None);
+    assert_eq!(collect(plain.generate(Prompt::Ids(&[5, 17]), &params).unwrap()).0, greedy_ids);
 }

@@ -9,8 +9,9 @@ use rand::Rng as _;
 use smelt_ir::{DType, EvalError, Graph, IrError, Tensor};
 use smelt_runtime::{Checkpoint, CpuState, HostWeights, PagedKv, WeightError};
 
-use crate::config::{check_eos_in_vocab, token_ids, ConfigError, Qwen3Config};
+use crate::config::{ConfigError, Qwen3Config};
 use crate::continuation::{Completion, Continuation, Step};
+use crate::generation_config::GenerationConfig;
 use crate::qwen3::{declare, DeclareOptions, Logits, Phase, EMBED, LM_HEAD, LOGITS, POSITIONS, TOKEN_IDS};
 
 #[derive(Debug, thiserror::Error)]
@@ -195,7 +196,7 @@ impl Qwen3Cpu {
         let (mut weights, unused_tensors) = HostWeights::load(&checkpoint, &graphs.all(), ignore, dtype)?;
         let graphs = if options.fuse { graphs.fuse()? } else { graphs };
         weights.prepare_for(&graphs.all())?;
-        let mut eos_token_ids = generation_eos(dir, config.vocab_size)?.unwrap_or_default();
+        let mut eos_token_ids = GenerationConfig::load(dir, config.vocab_size)?.eos_token_ids.unwrap_or_default();
         if eos_token_ids.is_empty() {
             eos_token_ids = config.eos_token_ids.clone();
         }
@@ -384,23 +385,6 @@ fn step_inputs(ids: &[u32], start: usize) -> HashMap<String, Tensor> {
         (TOKEN_IDS.to_string(), Tensor::from_i32(vec![n], ids.iter().map(|&i| i as i32).collect())),
         (POSITIONS.to_string(), Tensor::from_i32(vec![n], positions)),
     ])
-}
-
-/// `eos_token_id` from `dir/generation_config.json`, if the file exists; each below `vocab`.
-fn generation_eos(dir: &Path, vocab: usize) -> Result<Option<Vec<u32>>, ModelError> {
-    let path = dir.join("generation_config.json");
-    if !smelt_runtime::files::exists(&path) {
-        return Ok(None);
-    }
-    let bad = |message: String| ModelError::GenerationConfig { path: path.clone(), message };
-    let text = smelt_runtime::files::read_metadata(&path).map_err(|e| bad(e.to_string()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if !v.is_object() {
-        return Err(bad("expected a JSON object".into()));
-    }
-    let ids = token_ids(v.get("eos_token_id")).map_err(|m| bad(format!("eos_token_id: {m}")))?;
-    check_eos_in_vocab(&ids, vocab).map_err(|m| bad(format!("eos_token_id: {m}")))?;
-    Ok(Some(ids))
 }
 
 /// Generates after `prompt` until `seq` ends (see [`Continuation::accept`]), calling

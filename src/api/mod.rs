@@ -25,8 +25,8 @@ use smelt_models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, 
 use smelt_models::engine::next_token;
 use smelt_models::qwen3::Logits;
 use smelt_models::{
-    CausalLm, ChatError, ChatMessage, Continuation, FinishReason, LoadOptions, ModelError, Qwen3Config, Qwen3Cpu,
-    Qwen3Cuda, SamplingParams, Tokenizer, TokenizerError,
+    CausalLm, ChatError, ChatMessage, Continuation, FinishReason, GenerationConfig, LoadOptions, ModelError,
+    Qwen3Config, Qwen3Cpu, Qwen3Cuda, SamplingParams, Tokenizer, TokenizerError,
 };
 
 pub use options::{CudaOptions, Device, ModelOptions, Needs, DEFAULT_MAX_KV_TOKENS};
@@ -57,7 +57,9 @@ pub enum Error {
 /// What to generate: sampling, length and stop strings.
 #[derive(Clone, Debug)]
 pub struct GenerateParams {
-    pub sampling: SamplingParams,
+    /// None (the default): the model's recommended sampling, from its `generation_config.json`
+    /// ([`Model::sampling_defaults`]), greedy when it has none.
+    pub sampling: Option<SamplingParams>,
     pub max_new_tokens: usize,
     /// Generation ends at the first of these in the text (which is not returned).
     pub stop: Vec<String>,
@@ -68,12 +70,7 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> GenerateParams {
-        GenerateParams {
-            sampling: SamplingParams::default(),
-            max_new_tokens: 64,
-            stop: Vec::new(),
-            hide_eos_text: false,
-        }
+        GenerateParams { sampling: None, max_new_tokens: 64, stop: Vec::new(), hide_eos_text: false }
     }
 }
 
@@ -97,6 +94,8 @@ pub struct Model {
     tokenizer: Option<Tokenizer>,
     dir: PathBuf,
     batch: BatchOptions,
+    /// `generation_config.json`'s sampling; None: greedy.
+    sampling: Option<SamplingParams>,
 }
 
 impl Model {
@@ -141,7 +140,21 @@ impl Model {
             }
         };
         let batch = options.batch.unwrap_or_default();
-        Ok(Model { lm, tokenizer, dir: dir.to_path_buf(), batch })
+        let sampling = GenerationConfig::load(dir, lm.config().vocab_size)?.sampling;
+        Ok(Model { lm, tokenizer, dir: dir.to_path_buf(), batch, sampling })
+    }
+
+    /// The sampling a request without its own gets: `generation_config.json`'s when it sets
+    /// `do_sample` (Qwen3: temperature 0.6, top_k 20, top_p 0.95), else None (greedy).
+    pub fn sampling_defaults(&self) -> Option<&SamplingParams> {
+        self.sampling.as_ref()
+    }
+
+    /// `params`' sampling, else the model's, else greedy; checked.
+    fn sampling_for(&self, params: &GenerateParams) -> Result<SamplingParams, Error> {
+        let sampling = params.sampling.as_ref().or(self.sampling.as_ref()).cloned().unwrap_or_default();
+        sampling.validate().map_err(Error::Sampling)?;
+        Ok(sampling)
     }
 
     pub fn config(&self) -> &Qwen3Config {
@@ -162,7 +175,7 @@ impl Model {
     /// Starts generating after `prompt` (a new sequence). The prompt runs now; the iterator
     /// yields one chunk per new token (with `max_new_tokens: 0`, nothing runs and it yields none).
     pub fn generate(&mut self, prompt: Prompt<'_>, params: &GenerateParams) -> Result<Generation<'_>, Error> {
-        params.sampling.validate().map_err(Error::Sampling)?;
+        let sampling = self.sampling_for(params)?;
         smelt_models::check_stops(&params.stop).map_err(|e| Error::Model(ModelError::BadRequest(e)))?;
         let needs_tokenizer = matches!(prompt, Prompt::Text(_)) || !params.stop.is_empty();
         if needs_tokenizer && self.tokenizer.is_none() {
@@ -172,12 +185,8 @@ impl Model {
             Prompt::Ids(ids) => ids.to_vec(),
             Prompt::Text(text) => self.tokenizer.as_ref().expect("checked").encode(text)?,
         };
-        let request = Request {
-            prompt: ids,
-            max_new_tokens: params.max_new_tokens,
-            sampling: params.sampling.clone(),
-            stop: params.stop.clone(),
-        };
+        let request =
+            Request { prompt: ids, max_new_tokens: params.max_new_tokens, sampling, stop: params.stop.clone() };
         let Model { lm, tokenizer, .. } = self;
         let lm = lm.as_mut();
         lm.reset();
@@ -244,7 +253,7 @@ impl Model {
             batch.push(Request {
                 prompt,
                 max_new_tokens: params.max_new_tokens,
-                sampling: params.sampling.clone(),
+                sampling: self.sampling_for(params)?,
                 stop: params.stop.clone(),
             });
         }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use smelt::models::{ChatMessage, Tokenizer};
 use smelt::{GenerateParams, Model};
 
-use super::generate::{BackendArgs, SamplingArgs};
+use super::generate::{describe_sampling, sampling_defaults, BackendArgs, SamplingArgs};
 use super::stats::RunClock;
 
 #[derive(clap::Args)]
@@ -40,8 +40,9 @@ const MAX_LINE_BYTES: u64 = 16 << 20;
 const HELP: &str = "commands: /reset forgets the conversation, /exit quits (so does end of input), /help shows this";
 
 pub fn run(a: Args) -> Result<()> {
-    let sampling = a.sampling.params()?;
-    a.sampling.refuse_unused()?;
+    let defaults = sampling_defaults(&a.model)?;
+    let sampling = a.sampling.params(defaults.as_ref())?;
+    a.sampling.refuse_unused(&sampling)?;
     let dir = super::model_dir_arg(&a.model)?;
     let tokenizer = Tokenizer::from_model_dir(&dir)
         .with_context(|| format!("smelt chat needs the tokenizer and chat template of {}", dir.display()))?;
@@ -50,7 +51,13 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut model = a.backend.load(&dir, &a.backend.options(), Some(tokenizer))?;
     // A reply ends at EOS without showing it (`<|im_end|>` is not part of the reply).
-    let params = GenerateParams { max_new_tokens: a.max_new_tokens, sampling, stop: Vec::new(), hide_eos_text: true };
+    tracing::info!("{}", describe_sampling(&sampling, defaults.as_ref()));
+    let params = GenerateParams {
+        max_new_tokens: a.max_new_tokens,
+        sampling: Some(sampling),
+        stop: Vec::new(),
+        hide_eos_text: true,
+    };
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("smelt chat with {}. {HELP}.", dir.display());

@@ -74,43 +74,49 @@ pub struct GenerateArgs {
     backend: BackendArgs,
 }
 
-/// How the next token is chosen (greedy by default).
+/// How the next token is chosen. A flag not given takes the model's recommended value from
+/// its generation_config.json (when that sets `do_sample`), else greedy decoding's.
 #[derive(clap::Args)]
 pub struct SamplingArgs {
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Keep only the k most likely tokens (0: all).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Keep the most likely tokens up to this much probability (1: all).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// Drop tokens less likely than this fraction of the most likely one (0: none).
-    #[arg(long, default_value_t = 0.0)]
-    min_p: f32,
-    /// HF's repetition penalty over the prompt and output (1: off).
-    #[arg(long, default_value_t = 1.0)]
-    repetition_penalty: f32,
-    /// Subtracted from the logit of every token already generated (0: off).
-    #[arg(long, default_value_t = 0.0)]
-    presence_penalty: f32,
-    /// Seed for sampling at temperature > 0 (same seed, same output).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// 0 is greedy. [default: generation_config.json's, else 0]
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep only the k most likely tokens (0: all). [default: generation_config.json's, else 0]
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Keep the most likely tokens up to this much probability (1: all). [default:
+    /// generation_config.json's, else 1]
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than this fraction of the most likely one (0: none). [default:
+    /// generation_config.json's, else 0]
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// HF's repetition penalty over the prompt and output (1: off). [default:
+    /// generation_config.json's, else 1]
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Subtracted from the logit of every token already generated (0: off). [default: 0]
+    #[arg(long)]
+    presence_penalty: Option<f32>,
+    /// Seed for sampling at temperature > 0 (same seed, same output). [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 impl SamplingArgs {
-    /// The parameters, checked; an error names the flag as typed (--top-p for top_p).
-    pub fn params(&self) -> Result<SamplingParams> {
+    /// The sampling in force: `defaults` (the model's generation_config.json; greedy without)
+    /// with each flag given in place of its field; checked, an error naming the flag as typed.
+    pub fn params(&self, defaults: Option<&SamplingParams>) -> Result<SamplingParams> {
+        let d = defaults.cloned().unwrap_or_default();
         let params = SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repetition_penalty: self.repetition_penalty,
-            presence_penalty: self.presence_penalty,
-            seed: self.seed,
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            seed: self.seed.unwrap_or(d.seed),
         };
         if let Err(e) = params.validate() {
             bail!("--{}", e.replacen('_', "-", 2));
@@ -118,23 +124,54 @@ impl SamplingArgs {
         Ok(params)
     }
 
-    /// Refuses the flags greedy decoding ignores (`--temperature 0`, the default), as Hugging
-    /// Face warns of them: they would change nothing. (In a batch they are defaults for lines
-    /// that may set a temperature, so a batch does not call this.)
-    pub fn refuse_unused(&self) -> Result<()> {
+    /// Refuses the flags greedy decoding ignores, given while `sampling` (what is in force) is
+    /// greedy, as Hugging Face warns of them: they would change nothing. (In a batch they are
+    /// defaults for lines that may set a temperature, so a batch does not call this.)
+    pub fn refuse_unused(&self, sampling: &SamplingParams) -> Result<()> {
         let sampling_only = [
-            ("--top-k", self.top_k != 0),
-            ("--top-p", self.top_p != 1.0),
-            ("--min-p", self.min_p != 0.0),
-            ("--seed", self.seed != 0),
+            ("--top-k", self.top_k.is_some()),
+            ("--top-p", self.top_p.is_some()),
+            ("--min-p", self.min_p.is_some()),
+            ("--seed", self.seed.is_some()),
         ];
         match sampling_only.iter().find(|(_, set)| *set) {
-            Some((flag, _)) if self.temperature == 0.0 => {
+            Some((flag, _)) if sampling.temperature == 0.0 => {
                 bail!("{flag} applies to sampling, and --temperature 0 is greedy: set --temperature above 0")
             }
             _ => Ok(()),
         }
     }
+}
+
+/// The sampling `dir`'s generation_config.json recommends (None: greedy), read before the
+/// weights load.
+pub fn sampling_defaults(dir: &Path) -> Result<Option<SamplingParams>> {
+    let dir = model_dir_arg(dir)?;
+    let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+    Ok(smelt::models::GenerationConfig::load(&dir, config.vocab_size)?.sampling)
+}
+
+/// One line saying which sampling is in force and where it came from.
+pub fn describe_sampling(sampling: &SamplingParams, defaults: Option<&SamplingParams>) -> String {
+    if sampling.temperature == 0.0 {
+        return "sampling: greedy".into();
+    }
+    let SamplingParams { temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty, seed } = sampling;
+    let mut line = format!("sampling: temperature {temperature}, top_k {top_k}, top_p {top_p}");
+    for (name, value, off) in [
+        ("min_p", min_p, 0.0),
+        ("repetition_penalty", repetition_penalty, 1.0),
+        ("presence_penalty", presence_penalty, 0.0),
+    ] {
+        if *value != off {
+            line += &format!(", {name} {value}");
+        }
+    }
+    line += &format!(", seed {seed}");
+    if defaults.is_some() {
+        line += " (generation_config.json's where no flag is given; --temperature 0 for greedy)";
+    }
+    line
 }
 
 /// Where and how `logits`, `generate` and `chat` run the model.
@@ -228,7 +265,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             .maybe_file(a.batch.as_deref(), "--batch");
         reads.check_output("--ids-out", path)?;
     }
-    let sampling = a.sampling.params()?;
+    let defaults = sampling_defaults(&a.model)?;
+    let sampling = a.sampling.params(defaults.as_ref())?;
     smelt::models::check_stops(&a.stop).map_err(|e| anyhow::anyhow!("--stop: {e}"))?;
     if let Some(flag) = a.batching.given().first().filter(|_| a.batch.is_none()) {
         bail!("{flag} applies to a batch: add --batch FILE.jsonl");
@@ -238,14 +276,15 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     }
     let tokenizer = tokenizer_for(&a)?;
     if let Some(path) = &a.batch {
-        let defaults = batch::Defaults {
+        tracing::info!("{} (a line's own fields take precedence)", describe_sampling(&sampling, defaults.as_ref()));
+        let batch_defaults = batch::Defaults {
             max_new_tokens: a.max_new_tokens,
             sampling,
             stop: &a.stop,
             chat: a.chat,
             enable_thinking: a.no_think.then_some(false),
         };
-        let file = batch::read_requests(path, &defaults, tokenizer.as_ref())?;
+        let file = batch::read_requests(path, &batch_defaults, tokenizer.as_ref())?;
         a.backend.check_flags()?;
         if let Some(block) = a.batching.kv_block_tokens() {
             // Checked before the weights load: a block is at most the context.
@@ -264,7 +303,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         let mut model = a.backend.load(&a.model, &options, tokenizer)?;
         return batch::run(&mut model, &file, &a.batching, a.ids_out.as_deref());
     }
-    a.sampling.refuse_unused()?;
+    a.sampling.refuse_unused(&sampling)?;
     if a.chat && a.prompt.is_none() {
         bail!("--chat takes the user's turn from --prompt TEXT (not --prompt-ids)");
     }
@@ -287,8 +326,13 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let shows_text = tokenizer.is_some();
     let mut model = a.backend.load(&a.model, &a.backend.options(), tokenizer)?;
     let context = model.config().max_position_embeddings;
-    let params =
-        GenerateParams { max_new_tokens: a.max_new_tokens, sampling, stop: a.stop.clone(), hide_eos_text: false };
+    tracing::info!("{}", describe_sampling(&sampling, defaults.as_ref()));
+    let params = GenerateParams {
+        max_new_tokens: a.max_new_tokens,
+        sampling: Some(sampling),
+        stop: a.stop.clone(),
+        hide_eos_text: false,
+    };
     let mut clock = RunClock::start();
     let mut generation = match (&a.prompt, &a.prompt_ids) {
         (_, Some(ids)) => model.generate(Prompt::Ids(&ids.0), &params)?,

@@ -135,7 +135,10 @@ fn compile_dump_writes_text_and_dot_graphs() {
     // The prefill program's kernels (tensor-core GEMMs, flash attention) in their own folder.
     let prefill = std::fs::read_to_string(dir.join("kernels/prefill/gate_up_swiglu_gemm_epilogue.cu")).unwrap();
     assert!(prefill.starts_with("#include \"../smelt_prelude.h\"\n"), "{prefill}");
-    assert!(prefill.contains("mma.sync.aligned.m16n8k16"), "the GEMM uses tensor cores");
+    // The GEMM uses tensor cores: the prelude's mma.sync wrapper.
+    assert!(prefill.contains("smelt_mma_bf16("), "{prefill}");
+    let prelude_file = std::fs::read_to_string(dir.join("kernels/smelt_prelude.h")).unwrap();
+    assert!(prelude_file.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{prelude_file}");
     assert!(dir.join("kernels/prefill/prefill_attention.cu").is_file());
 }
 

@@ -224,3 +224,53 @@ fn top_k_1_sampling_is_greedy_and_filters_are_reproducible() {
     let args: Vec<&str> = filtered.iter().chain(&penalized).copied().collect();
     assert_eq!(generate_text(&args).1, generate_text(&args).1, "same seed and parameters: same ids");
 }
+
+/// A generation_config.json that sets `do_sample` chooses the sampling when no flag does (as
+/// transformers' generate does): the ids are those of the flags spelling it out, and a line
+/// says what is in force. A flag overrides its one field; `--temperature 0` is greedy.
+#[test]
+fn generation_config_sampling_is_the_default_and_flags_override_it() {
+    let name = "one-token";
+    let r = reference(name);
+    let model = copy_fixture(name);
+    let gen =
+        serde_json::json!({"eos_token_id": 383, "do_sample": true, "temperature": 0.9, "top_k": 40, "top_p": 0.95});
+    std::fs::write(model.path().join("generation_config.json"), gen.to_string()).unwrap();
+    let run = |dir: &std::path::Path, extra: &[&str]| {
+        let prompt = join_ids(&r.prompt);
+        let mut args = vec!["generate", "--model", path_str(dir), "--prompt-ids", &prompt, "--max-new-tokens", "8"];
+        args.extend_from_slice(extra);
+        let (stdout, stderr) = smelt_ok(&args);
+        let ids: Vec<u32> = stdout.split_whitespace().map(|s| s.parse().unwrap()).collect();
+        (ids, stderr)
+    };
+    let (by_default, stderr) = run(model.path(), &[]);
+    assert!(
+        stderr.contains(
+            "sampling: temperature 0.9, top_k 40, top_p 0.95, seed 0 (generation_config.json's where no flag"
+        ),
+        "{stderr}"
+    );
+    let flags = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95"];
+    let (spelled_out, _) = run(&fixture_dir(name), &flags);
+    assert_eq!(by_default, spelled_out, "the file's sampling is the flags' sampling");
+    let (greedy, stderr) = run(model.path(), &["--temperature", "0"]);
+    assert!(stderr.contains("sampling: greedy"), "{stderr}");
+    assert_eq!(greedy, expected_greedy(name, &r.greedy[..8]));
+    // --top-k alone keeps the file's temperature; with --temperature 0 it would do nothing.
+    let (_, stderr) = run(model.path(), &["--top-k", "5", "--seed", "7"]);
+    assert!(stderr.contains("sampling: temperature 0.9, top_k 5, top_p 0.95, seed 7"), "{stderr}");
+    let out = smelt(&[
+        "generate",
+        "--model",
+        path_str(model.path()),
+        "--prompt-ids",
+        "5",
+        "--temperature",
+        "0",
+        "--top-k",
+        "5",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--top-k applies to sampling"), "{stderr}");
+}

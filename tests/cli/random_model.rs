@@ -49,7 +49,7 @@ fn the_tiny_model_generates_and_chats() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "smelt chat: {}\n{stderr}", out.status);
-    assert!(!out.stdout.is_empty() && stderr.contains("8 generated"), "{stderr}");
+    assert!(!out.stdout.is_empty() && stderr.contains("generation: 8 tokens"), "{stderr}");
 }
 
 #[test]
