@@ -107,3 +107,24 @@ fn batch_messages_lines_are_chat_turns() {
         assert_eq!(batch, [one], "{extra:?}");
     }
 }
+
+/// `chat --tokenizer FILE` for a model directory without one: the chat template comes from
+/// the file's folder, and the replies are those of the same files in the model directory.
+#[test]
+fn chat_takes_a_tokenizer_from_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    write_random_qwen3(&model, 5);
+    let (own, _, _) = chat(&model, "hello there\n", &[]);
+    let elsewhere = dir.path().join("tokenizer");
+    std::fs::create_dir(&elsewhere).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::rename(model.join(f), elsewhere.join(f)).unwrap();
+    }
+    let (ok, _, stderr, _) = chat_status(&model, "hello there\n", &[]);
+    assert!(!ok && stderr.contains("pass --tokenizer FILE"), "{stderr}");
+    let file = elsewhere.join("tokenizer.json");
+    let (borrowed, _, _) = chat(&model, "hello there\n", &["--tokenizer", path_str(&file)]);
+    assert_eq!(borrowed, own);
+}

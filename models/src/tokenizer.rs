@@ -59,6 +59,21 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// Loads `path` (a tokenizer.json) with the chat template of its own folder, else of
+    /// `model_dir` (see [`Tokenizer::from_model_dir`]).
+    pub fn from_file_for(path: &Path, model_dir: &Path) -> Result<Tokenizer, TokenizerError> {
+        let mut tok = Tokenizer::from_file(path)?;
+        let own = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        for dir in [own, model_dir] {
+            tok.chat_template = ChatTemplate::from_model_dir(dir)
+                .map_err(|source| TokenizerError::ChatTemplate { dir: dir.to_path_buf(), source })?;
+            if tok.chat_template.is_some() {
+                break;
+            }
+        }
+        Ok(tok)
+    }
+
     /// Encodes `text` without adding special tokens (Qwen3 has no BOS), but
     /// recognizing special tokens such as `<|im_start|>` written in the text,
     /// exactly as HF `tokenizer.encode(text, add_special_tokens=False)`.

@@ -322,11 +322,12 @@ impl Iterator for Generation<'_> {
     }
 }
 
-/// The tokenizer [`Model::load`] uses: `path` if given, else the directory's tokenizer.json
+/// The tokenizer [`Model::load`] uses: `path` if given (with the chat template of its folder,
+/// else of `dir`), else the directory's tokenizer.json
 /// (with its chat template) if there is one.
 pub fn load_tokenizer(dir: &Path, path: Option<&Path>) -> Result<Option<Tokenizer>, Error> {
     Ok(match path {
-        Some(path) => Some(Tokenizer::from_file(path)?),
+        Some(path) => Some(Tokenizer::from_file_for(path, dir)?),
         None if smelt_runtime::files::exists(&dir.join("tokenizer.json")) => Some(Tokenizer::from_model_dir(dir)?),
         None => None,
     })

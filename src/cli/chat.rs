@@ -3,13 +3,14 @@
 //! (or end of input) quits, `/help` lists them. Piped input works the same: one user turn per
 //! line.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use smelt::models::{ChatMessage, Tokenizer};
-use smelt::{GenerateParams, Model};
+use smelt::models::ChatMessage;
+use smelt::{FinishReason, GenerateParams, Model};
 
+use super::chat_input::{catch_ctrl_c, reply_starts, stop_requested, Input, Turn};
 use super::generate::{describe_sampling, sampling_defaults, BackendArgs, SamplingArgs};
 use super::stats::RunClock;
 
@@ -18,6 +19,10 @@ pub struct Args {
     /// A Hugging Face model directory with tokenizer.json and a chat template.
     #[arg(long)]
     model: PathBuf,
+    /// tokenizer.json to use instead of the model directory's (its folder's chat template
+    /// first, else the model directory's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// A system message that opens the conversation (kept across /reset).
     #[arg(long)]
     system: Option<String>,
@@ -33,21 +38,22 @@ pub struct Args {
     backend: BackendArgs,
 }
 
-/// The longest line read from stdin: far more than any context holds, and a bound on what an
-/// endless line (`smelt chat < /dev/zero`) can take.
-const MAX_LINE_BYTES: u64 = 16 << 20;
-
-const HELP: &str = "commands: /reset forgets the conversation, /exit quits (so does end of input), /help shows this";
+const HELP: &str = "commands: /reset forgets the conversation, /exit quits (so does end of input), /help shows this; \
+     Ctrl-C stops a reply, twice at the prompt quits; arrows edit the line and recall earlier ones";
 
 pub fn run(a: Args) -> Result<()> {
     let defaults = sampling_defaults(&a.model)?;
     let sampling = a.sampling.params(defaults.as_ref())?;
     a.sampling.refuse_unused(&sampling)?;
     let dir = super::model_dir_arg(&a.model)?;
-    let tokenizer = Tokenizer::from_model_dir(&dir)
-        .with_context(|| format!("smelt chat needs the tokenizer and chat template of {}", dir.display()))?;
+    let tokenizer = smelt::load_tokenizer(&dir, a.tokenizer.as_deref())?.with_context(|| {
+        format!("smelt chat needs a tokenizer: {} has no tokenizer.json (pass --tokenizer FILE)", dir.display())
+    })?;
     if tokenizer.chat_template().is_none() {
-        bail!("{} has no chat template (tokenizer_config.json or chat_template.jinja)", dir.display());
+        bail!(
+            "no chat template (tokenizer_config.json or chat_template.jinja) beside the tokenizer or in {}",
+            dir.display()
+        );
     }
     let mut model = a.backend.load(&dir, &a.backend.options(), Some(tokenizer))?;
     // A reply ends at EOS without showing it (`<|im_end|>` is not part of the reply).
@@ -60,27 +66,27 @@ pub fn run(a: Args) -> Result<()> {
     };
     let interactive = std::io::stdin().is_terminal();
     if interactive {
+        catch_ctrl_c()?;
         eprintln!("smelt chat with {}. {HELP}.", dir.display());
     }
     let mut history: Vec<ChatMessage> = Vec::new();
-    let mut input = std::io::stdin().lock();
-    let mut lines = 0usize;
+    let mut input = Input::new(interactive)?;
     let (mut turns, mut failed) = (0usize, 0usize);
+    let mut interrupted = false;
     loop {
-        if interactive {
-            eprint!(">>> ");
-            let _ = std::io::stderr().flush();
-        }
-        let mut line = String::new();
-        let read = input.by_ref().take(MAX_LINE_BYTES).read_line(&mut line);
-        if read.with_context(|| format!("reading stdin (line {})", lines + 1))? == 0 {
-            break;
-        }
-        lines += 1;
-        if line.len() as u64 == MAX_LINE_BYTES && !line.ends_with('\n') {
-            bail!("stdin line {lines} is longer than {MAX_LINE_BYTES} bytes");
-        }
-        let text = line.trim_end_matches(['\n', '\r']);
+        let line = match input.next()? {
+            Turn::End => break,
+            // A second Ctrl-C in a row at the prompt quits.
+            Turn::Interrupt if interrupted => break,
+            Turn::Interrupt => {
+                interrupted = true;
+                eprintln!("(Ctrl-C again to quit, or /exit)");
+                continue;
+            }
+            Turn::Line(line) => line,
+        };
+        interrupted = false;
+        let text = line.as_str();
         match text.trim() {
             "" => continue,
             "/exit" | "/quit" => break,
@@ -134,20 +140,28 @@ fn reply(
     params: &GenerateParams,
 ) -> Result<String> {
     let mut clock = RunClock::start();
+    reply_starts();
     let mut generation = model.chat(messages, enable_thinking, params)?;
     clock.prompt_done();
     let mut stdout = std::io::stdout().lock();
-    let mut text = String::new();
+    let (mut text, mut stopped) = (String::new(), false);
     for chunk in &mut generation {
         let chunk = chunk?;
         clock.token();
         let _ = stdout.write_all(chunk.text.as_bytes()).and_then(|()| stdout.flush());
         text.push_str(&chunk.text);
+        // Ctrl-C: the reply so far stays in the conversation, as it was shown.
+        if stop_requested() {
+            stopped = true;
+            break;
+        }
     }
     let _ = writeln!(stdout);
     if let Some(e) = generation.warning() {
         tracing::warn!("not shown: {e}");
     }
-    eprintln!("[{}]", clock.summary(generation.prompt_tokens(), generation.finish_reason()));
+    let finish =
+        if stopped { "interrupted" } else { generation.finish_reason().map_or("length", FinishReason::as_str) };
+    eprintln!("[{}]", clock.summary(generation.prompt_tokens(), finish));
     Ok(text)
 }

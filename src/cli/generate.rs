@@ -361,7 +361,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         tracing::warn!("not shown: {e}");
     }
     let finish = generation.finish_reason();
-    tracing::info!("{}", clock.summary(generation.prompt_tokens(), finish));
+    tracing::info!("{}", clock.summary(generation.prompt_tokens(), finish.map_or("length", FinishReason::as_str)));
     // Generation ends at the context as it does at EOS, but the user asked for more: say so.
     if finish == Some(FinishReason::ContextFull) {
         tracing::info!(

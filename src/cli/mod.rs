@@ -3,6 +3,7 @@
 mod batch;
 mod bench;
 mod chat;
+mod chat_input;
 mod check;
 mod compile;
 mod generate;

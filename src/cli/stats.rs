@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use smelt::FinishReason;
-
 /// Times one generation: start it before the prompt runs, mark the prompt's end and each token.
 pub struct RunClock {
     start: Instant,
@@ -33,10 +31,11 @@ impl RunClock {
     }
 
     /// One line: `prompt: 5 tokens in 12.3 ms (406.5 tokens/s) | generation: 16 tokens in
-    /// 0.11 s (140.2 tokens/s) | first token after 13.0 ms | finish: length`. The generation's
+    /// 0.11 s (140.2 tokens/s) | first token after 13.0 ms | finish: length` (`finish`: a
+    /// [`smelt::FinishReason`]'s name, or why else it stopped). The generation's
     /// rate counts the tokens after the first over the time after it (the first comes from the
     /// prompt's logits).
-    pub fn summary(&self, prompt_tokens: usize, finish: Option<FinishReason>) -> String {
+    pub fn summary(&self, prompt_tokens: usize, finish: &str) -> String {
         let prompt_time = self.prompt_done.map_or(Duration::ZERO, |t| t - self.start);
         let mut line = format!("prompt: {} in {}", count(prompt_tokens), duration(prompt_time));
         line += &rate(prompt_tokens, prompt_time);
@@ -49,7 +48,6 @@ impl RunClock {
         if let Some(first) = self.first_token {
             line += &format!(" | first token after {}", duration(first - self.start));
         }
-        let finish = finish.map_or("length", FinishReason::as_str);
         line + " | finish: " + finish
     }
 }
@@ -83,6 +81,8 @@ fn rate(tokens: usize, d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    use smelt::FinishReason;
+
     use super::*;
 
     #[test]
@@ -97,14 +97,14 @@ mod tests {
             tokens: 21,
         };
         assert_eq!(
-            clock.summary(50, Some(FinishReason::ContextFull)),
+            clock.summary(50, FinishReason::ContextFull.as_str()),
             "prompt: 50 tokens in 100.0 ms (500.0 tokens/s) | generation: 21 tokens in 2.00 s (10.0 tokens/s) \
              | first token after 110.0 ms | finish: context_full"
         );
         // Nothing generated: no rate, no first token.
         let idle = RunClock { start, prompt_done: Some(at(5)), first_token: None, last_token: None, tokens: 0 };
         assert_eq!(
-            idle.summary(1, None),
+            idle.summary(1, "length"),
             "prompt: 1 token in 5.0 ms (200.0 tokens/s) | generation: 0 tokens in 0.0 ms | finish: length"
         );
     }
