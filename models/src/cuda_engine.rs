@@ -3,17 +3,20 @@
 //! prefill kernels (tensor-core GEMM, prefill attention) are asked for.
 
 use smelt_ir::{DType, Tensor};
+use smelt_passes::kv::KvPlan;
 use smelt_runtime::cuda::{
     check_prefill, check_step, BatchRow, CudaDecoder, DecoderGraphs, DecoderOptions, Gpu, NodeCheck,
 };
-
-use smelt_passes::kv::KvPlan;
+use smelt_runtime::progress::{Task, Unit};
 
 use crate::batch::{BatchLm, Chunk, ChunkOutput};
 use crate::config::Qwen3Config;
 use crate::engine::{check_ids, CausalLm, ModelError, Qwen3Cpu};
 use crate::qwen3::Logits;
 use crate::sample::argmax;
+
+/// Prompts at least this long report their progress (run token by token).
+const LONG_PROMPT: usize = 256;
 
 /// A batched decode step against the same rows run one at a time (see
 /// [`Qwen3Cuda::check_batch`]).
@@ -233,9 +236,12 @@ impl CausalLm for Qwen3Cuda {
             self.decoder.prefill(ids, want)?
         } else {
             let (last, init) = ids.split_last().expect("check refuses empty ids");
+            // A long prompt, token by token, takes seconds: show it.
+            let task = (init.len() >= LONG_PROMPT).then(|| Task::begin("prompt", ids.len() as u64, Unit::Items));
             for &id in init {
                 let step = self.decoder.step(id, want)?;
                 self.check_finite(step.logits.as_deref().unwrap_or_default())?;
+                task.iter().for_each(|t| t.advance(1));
             }
             self.decoder.step(*last, want)?
         };

@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod files;
 pub mod paged;
+pub mod progress;
 pub mod weights;
 
 pub use cpu::{weight_specs, CpuState, HostWeights};

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 use smelt_ir::{DType, Tensor};
 
+use crate::progress::{Task, Unit};
+
 pub use error::WeightError;
 pub use file::{INDEX_FILE, SINGLE_FILE};
 
@@ -191,9 +193,15 @@ impl Checkpoint {
     /// [`validate`](Self::validate), then [`load`](Self::load) every spec, in spec order.
     pub fn load_all(&self, specs: &[WeightSpec], ignore: &[&str], dtype: DType) -> Result<LoadedWeights, WeightError> {
         let unexpected = self.validate(specs, ignore)?;
+        let bytes = |name: &str| self.entries.get(name).map_or(0, |e| (e.end - e.start) as u64);
+        let task = Task::begin("loading weights", specs.iter().map(|s| bytes(&s.name)).sum(), Unit::Bytes);
         let tensors = specs
             .iter()
-            .map(|s| Ok((s.name.clone(), self.load(&s.name, dtype)?)))
+            .map(|s| {
+                let tensor = self.load(&s.name, dtype)?;
+                task.advance(bytes(&s.name));
+                Ok((s.name.clone(), tensor))
+            })
             .collect::<Result<_, WeightError>>()?;
         tracing::debug!(tensors = specs.len(), ?dtype, unexpected = unexpected.len(), "weights loaded");
         Ok(LoadedWeights { tensors, unexpected })

@@ -12,6 +12,7 @@ use smelt::codegen::ModuleCache;
 use smelt::models::{CausalLm, LoadOptions, Qwen3Config, Qwen3Cpu, Qwen3Cuda};
 use smelt::runtime::cuda::DecoderOptions;
 use smelt::runtime::cuda::Gpu;
+use smelt::runtime::progress::{Task, Unit};
 
 use super::outputs::{write_atomically, Reads};
 use super::{at_most, numbers, DTypeArg, Numbers};
@@ -279,9 +280,12 @@ fn time_decode(
 ) -> Result<(f64, f64)> {
     model.reset();
     let t = Instant::now();
+    let fill = Task::begin(&format!("filling the KV cache to context {context}"), context as u64, Unit::Items);
     for p in 0..context {
         model.forward_greedy(&[token(p)])?;
+        fill.advance(1);
     }
+    drop(fill);
     let fill_s = t.elapsed().as_secs_f64();
     let mut next = token(context);
     let mut times = Vec::with_capacity(steps);

@@ -162,6 +162,6 @@ fn reply(
     }
     let finish =
         if stopped { "interrupted" } else { generation.finish_reason().map_or("length", FinishReason::as_str) };
-    eprintln!("[{}]", clock.summary(generation.prompt_tokens(), finish));
+    tracing::info!("[{}]", clock.summary(generation.prompt_tokens(), finish));
     Ok(text)
 }

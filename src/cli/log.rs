@@ -18,18 +18,19 @@ use tracing_subscriber::EnvFilter;
 /// The environment variable that sets the filter.
 pub const ENV: &str = "SMELT_LOG";
 
-/// Installs the stderr subscriber. A `SMELT_LOG` that does not parse is an error naming it,
-/// not a silently ignored setting.
-pub fn init() -> anyhow::Result<()> {
+/// Installs the stderr subscriber (`quiet`: warnings and errors only, unless `SMELT_LOG` says
+/// otherwise). A `SMELT_LOG` that does not parse is an error naming it, not a silently
+/// ignored setting.
+pub fn init(quiet: bool) -> anyhow::Result<()> {
     let filter = match std::env::var(ENV) {
         Ok(spec) => EnvFilter::builder()
             .parse(&spec)
             .map_err(|e| anyhow::anyhow!("{ENV}={spec:?} is not a log filter (try info, warn or debug): {e}"))?,
-        Err(_) => EnvFilter::new("info"),
+        Err(_) => EnvFilter::new(if quiet { "warn" } else { "info" }),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| super::progress::LogWriter)
         .event_format(Plain)
         .try_init()
         .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))

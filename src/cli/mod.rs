@@ -10,6 +10,7 @@ mod generate;
 mod kernels;
 pub mod log;
 mod outputs;
+mod progress;
 mod random_model;
 mod stats;
 mod tokenize;
@@ -23,6 +24,10 @@ use smelt::ir::DType;
 #[derive(Parser)]
 #[command(name = "smelt", version, about = "Compile Qwen3 into a fused tensor graph and run it")]
 pub struct Cli {
+    /// Only warnings and errors on stderr: no progress bars, timings or statistics
+    /// (`SMELT_LOG` still chooses the log lines when set).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +87,8 @@ fn negative_specials_joined(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    log::init(cli.quiet)?;
+    progress::install(cli.quiet);
     match cli.command {
         Command::Compile(a) => compile::run(a),
         Command::Logits(a) => generate::logits(a),

@@ -14,6 +14,7 @@ use smelt::ir::DType;
 use smelt::models::qwen3::{declare, DeclareOptions, Logits, Phase};
 use smelt::models::Qwen3Config;
 use smelt::runtime::files;
+use smelt::runtime::progress::{Task, Unit};
 
 use super::outputs::{Dump, Reads};
 use super::{size, DTypeArg};
@@ -72,7 +73,7 @@ const TOKENIZER_TOKENS: usize = 151_669;
 /// Bytes generated and written at a time.
 const CHUNK_BYTES: usize = 4 << 20;
 
-/// Checkpoints at least this large report their progress every 10%.
+/// Checkpoints at least this large show a progress bar.
 const PROGRESS_FROM_BYTES: u64 = 256 << 20;
 
 pub fn run(a: Args) -> Result<()> {
@@ -219,8 +220,8 @@ fn write_checkpoint(out: &mut impl Write, plan: &Plan, dtype: DTypeArg, seed: u6
     let per_chunk = (CHUNK_BYTES / DType::from(dtype).size_bytes()) as u64;
     let mut rng = smelt::models::sample::seeded_rng(seed);
     let mut buf = Vec::with_capacity(CHUNK_BYTES);
-    let (mut written, mut tenths) = (0u64, 0u64);
-    let start = std::time::Instant::now();
+    // A bar on a terminal for checkpoints worth watching.
+    let task = progress.then(|| Task::begin("writing model.safetensors", plan.data_bytes, Unit::Bytes));
     for tensor in &plan.tensors {
         let norm = tensor.name.ends_with("norm.weight");
         let mut left = tensor.elements;
@@ -233,17 +234,7 @@ fn write_checkpoint(out: &mut impl Write, plan: &Plan, dtype: DTypeArg, seed: u6
             }
             out.write_all(&buf)?;
             left -= n;
-            written += buf.len() as u64;
-            while progress && tenths < 10 && u128::from(written) * 10 >= u128::from((tenths + 1) * plan.data_bytes) {
-                tenths += 1;
-                let secs = start.elapsed().as_secs_f64();
-                tracing::info!(
-                    "model.safetensors: {}0% ({} of {}, {secs:.1} s)",
-                    tenths,
-                    size(written),
-                    size(plan.data_bytes)
-                );
-            }
+            task.iter().for_each(|t| t.advance(buf.len() as u64));
         }
     }
     out.flush()?;

@@ -274,3 +274,21 @@ fn generation_config_sampling_is_the_default_and_flags_override_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--top-k applies to sampling"), "{stderr}");
 }
+
+/// `--quiet` (anywhere on the line) keeps stderr to warnings and errors: no sampling line, no
+/// statistics; the generated ids are the same.
+#[test]
+fn quiet_keeps_stderr_to_warnings() {
+    let r = reference("gqa1-tied-f32");
+    let model = fixture_dir("gqa1-tied-f32");
+    let prompt = join_ids(&r.prompt);
+    let args = ["generate", "--model", path_str(&model), "--prompt-ids", &prompt, "--max-new-tokens", "3"];
+    let (loud_out, loud_err) = smelt_ok(&args);
+    assert!(loud_err.contains("prompt: ") && loud_err.contains("sampling: greedy"), "{loud_err}");
+    for quiet in [&["--quiet"][..], &["-q"][..]] {
+        let (out, err) = smelt_ok(&[quiet, &args[..]].concat());
+        assert_eq!((out.as_str(), err.as_str()), (loud_out.as_str(), ""), "{quiet:?}");
+        let (out, err) = smelt_ok(&[&args[..], quiet].concat());
+        assert_eq!((out.as_str(), err.as_str()), (loud_out.as_str(), ""), "{quiet:?} after the subcommand");
+    }
+}

@@ -12,6 +12,7 @@ use smelt_codegen::{Kernel, ModuleCache, Nvrtc, Program};
 use super::JitReport;
 use crate::cuda::device::{check, Gpu};
 use crate::cuda::CudaError;
+use crate::progress::{Task, Unit};
 
 /// Launches `function` (compiled from `kernel`) on `grid` blocks with `params` (device
 /// addresses, by value), optionally as a programmatic dependent launch: every kernel waits on
@@ -86,6 +87,9 @@ pub(super) fn load_kernels(
     let mut modules = Vec::new();
     let mut loaded: HashMap<&str, CudaFunction> = HashMap::new();
     let mut per_program = Vec::new();
+    let distinct: std::collections::HashSet<&str> =
+        programs.iter().flat_map(|p| &p.kernels).map(|k| k.source.as_str()).collect();
+    let task = Task::begin("compiling kernels", distinct.len() as u64, Unit::Items);
     for p in programs {
         let mut functions = Vec::new();
         for k in &p.kernels {
@@ -93,6 +97,7 @@ pub(super) fn load_kernels(
                 functions.push(f.clone());
                 continue;
             }
+            task.advance(1);
             let ptx = match cache {
                 Some(cache) => {
                     let (ptx, hit) = cache
