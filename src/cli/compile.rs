@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use smelt::codegen::{Arch, Program};
 use smelt::ir::cost::{parameter_count, weight_bytes_read};
 use smelt::ir::print::{op_histogram, to_dot, to_text};
@@ -32,7 +32,8 @@ pub struct Args {
     /// Skip the pass pipeline: summarize and dump the primitive graphs.
     #[arg(long)]
     no_fuse: bool,
-    /// Print the decode graph as it is after this pass (e.g. fuse_rmsnorm).
+    /// Print the decode graph as it is after this pass: its name (fuse_rmsnorm), or for dce,
+    /// which runs after each fusion, its step as --dump's passes/ numbers it (05-dce).
     #[arg(long, value_name = "PASS")]
     dump_after: Option<String>,
     /// Tokens per KV-cache block, at most max_position_embeddings [default: 16, or the
@@ -159,11 +160,10 @@ fn context_sizes(a: &Args, cfg: &Qwen3Config) -> Result<(usize, usize)> {
 fn run_passes(a: &Args, decode: &mut Graph, prefill: &mut Graph) -> Result<Vec<(String, Option<String>)>> {
     let keep = a.dump.is_some() || a.dump_after.is_some();
     let pipeline = smelt::passes::pipeline::standard().keep_text(keep);
-    if let Some(name) = &a.dump_after {
-        if !pipeline.names().contains(&name.as_str()) {
-            bail!("--dump-after {name}: no such pass (passes: {})", pipeline.names().join(", "));
-        }
-    }
+    let shown =
+        a.dump_after.as_deref().map(|name| pipeline.find_step(name).map_err(|e| anyhow!("--dump-after {name}: {e}")));
+    let shown = shown.transpose()?;
+    let labels = pipeline.step_labels();
     let runs = pipeline.run(decode, "qwen3.decode").context("compiling the decode graph")?;
     pipeline.run(prefill, "qwen3.prefill").context("compiling the prefill graph")?;
     println!("pass pipeline (decode graph):");
@@ -179,12 +179,10 @@ fn run_passes(a: &Args, decode: &mut Graph, prefill: &mut Graph) -> Result<Vec<(
             r.report.notes.join("; ")
         );
     }
-    if let Some(name) = &a.dump_after {
-        if let Some(r) = runs.iter().find(|r| r.name == name) {
-            print!("{}", r.text.as_deref().unwrap_or_default());
-        }
+    if let Some(r) = shown.and_then(|step| runs.get(step)) {
+        print!("{}", r.text.as_deref().unwrap_or_default());
     }
-    Ok(runs.into_iter().enumerate().map(|(i, r)| (format!("{:02}-{}.txt", i + 1, r.name), r.text)).collect())
+    Ok(labels.into_iter().zip(runs).map(|(label, r)| (format!("{label}.txt"), r.text)).collect())
 }
 
 /// The decode kernels, their table printed; none (and why, printed) for a model the emitters

@@ -170,7 +170,18 @@ fn compile_no_fuse_and_dump_after() {
     assert!(stdout.contains("graph qwen3.decode {") && stdout.contains("rmsnorm[eps=1e-6]"), "{stdout}");
     let out = smelt(&["compile", "--dump-after", "no_such_pass"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("fuse_rmsnorm"), "the error lists the passes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fuse_rmsnorm"), "the error lists the passes: {stderr}");
+    // Each pass once; dce, which runs seven times, by the steps that name it apart.
+    assert!(stderr.contains("passes: canonicalize, cse, dce, fuse_horizontal,"), "{stderr}");
+    assert!(!stderr.contains("dce, dce") && stderr.contains("dce runs as 03-dce, 05-dce,"), "{stderr}");
+    // Bare `dce` is ambiguous; a step label, as passes/ names the dumps, is not.
+    let out = smelt(&["compile", "--dump-after", "dce"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("dce runs 7 times: name one step"));
+    let (stdout, _) = smelt_ok(&["compile", "--dump-after", "07-dce"]);
+    let graph = &stdout[stdout.find("graph qwen3.decode {").expect("the graph is printed")..];
+    let graph = &graph[..graph.find("\n}\n").expect("the graph ends")];
+    assert!(graph.contains("rmsnorm[eps=1e-6]") && !graph.contains("norm_rope"), "after fuse_rmsnorm's dce: {graph}");
 }
 
 #[test]
