@@ -156,7 +156,9 @@ fn compile_writes_plan_json() {
     assert_eq!(plan["kv"]["bytes_per_token"], 114_688);
     // The kernel table adds up to the model's weights plus KV reads at context 1024.
     assert!(stdout.contains("total: 227 launches of 11 kernels"), "{stdout}");
-    assert!(stdout.contains("floor 0.438 ms/token on an H100"), "{stdout}");
+    // One card, named with the bandwidth it is priced at, in the header and the total.
+    assert!(stdout.contains("floor at 4.25 TB/s, an H200's copy rate"), "{stdout}");
+    assert!(stdout.contains("floor 0.312 ms/token on an H200") && !stdout.contains("H100"), "{stdout}");
     // The same figures are printed.
     assert!(stdout.contains("199 fused ops, at most 7 per layer, 3 outside the layers"), "{stdout}");
     assert!(stdout.contains(&format!("activation arena: {} bytes", decode["arena_bytes"])), "{stdout}");
@@ -210,4 +212,62 @@ fn compile_with_fixture_model_dir() {
     // one-token: 2 layers * 2 (K, V) * 1 KV head * head_dim 32 * 2 bytes (bf16 checkpoint).
     let (stdout, _) = smelt_ok(&["compile", "--model", path_str(&fixture_dir("one-token"))]);
     assert!(stdout.contains("dtype bf16") && stdout.contains("+ 256 of KV cache"), "{stdout}");
+}
+
+/// The kernel table's lines: its column header to the last row, before `total:`.
+fn kernel_table(stdout: &str) -> Vec<&str> {
+    let lines: Vec<&str> = stdout.lines().collect();
+    let start = lines.iter().position(|l| l.trim_start().starts_with("node ")).expect("a kernel table");
+    let end = lines.iter().position(|l| l.trim_start().starts_with("total: ")).expect("a total line");
+    lines[start..end].to_vec()
+}
+
+/// Right-aligned numbers end in one column (every line as long as the header), and each
+/// kernel name starts where the header's `kernel` does, after at least two spaces.
+fn assert_kernel_table_aligned(stdout: &str) {
+    let table = kernel_table(stdout);
+    let chars = |l: &str| l.chars().collect::<Vec<char>>();
+    let header = chars(table[0]);
+    let kernel = table[0].find("kernel").expect("a kernel column");
+    for line in &table[1..] {
+        let row = chars(line);
+        assert_eq!(row.len(), header.len(), "numbers end where the header does:\n{}", table.join("\n"));
+        if line.trim_start().starts_with("(layer") {
+            continue;
+        }
+        assert!(
+            row[kernel - 2] == ' ' && row[kernel - 1] == ' ' && row[kernel] != ' ',
+            "{line:?}:\n{}",
+            table.join("\n")
+        );
+    }
+}
+
+#[test]
+fn compile_kernel_table_columns_align() {
+    let (stdout, _) = smelt_ok(&["compile"]);
+    assert_kernel_table_aligned(&stdout);
+    let (stdout, _) = smelt_ok(&["compile", "--config", "models/assets/qwen3/configs/qwen3-8b.json"]);
+    assert_kernel_table_aligned(&stdout);
+    assert!(stdout.contains("gate_up_swiglu_gemv_rmsnorm") && stdout.contains("(layers 1-35: 280 more launches)"));
+}
+
+/// The combine kernel reads back what the split kernel wrote: the scratch at context 1024.
+#[test]
+fn compile_kernel_table_shows_the_scratch_attention_combine_reads() {
+    let (stdout, _) = smelt_ok(&["compile"]);
+    let program = compiled_decode_program();
+    let scratch = program
+        .launches
+        .iter()
+        .find_map(|l| match &l.params {
+            smelt::codegen::Params::WritesScratch(s) => Some(s.bytes(1024, 1)),
+            _ => None,
+        })
+        .expect("split attention");
+    let row = kernel_table(&stdout).into_iter().find(|l| l.contains("attention_combine")).expect("a combine row");
+    let bytes: usize = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert_eq!(bytes, scratch, "{row}");
+    assert!(scratch > 100_000, "{scratch}");
+    assert!(stdout.contains(&format!("{} of attention scratch", 2 * 28 * scratch)), "{stdout}");
 }
