@@ -14,6 +14,12 @@ use smelt::passes::stats::{op_counts, OpCounts};
 use smelt::passes::{plan_kv, plan_memory};
 
 use super::outputs::{Dump, Reads};
+use super::{decimal_size, plural};
+
+/// A count of plan.json, which wrote it from a count.
+fn count(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_default()
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -279,12 +285,12 @@ impl Plan {
         );
         let _ = writeln!(
             s,
-            "  KV cache: {} bytes per token in {}, blocks of {} tokens; {} blocks ({} tokens) in {} bytes",
+            "  KV cache: {} bytes per token in {}, blocks of {}; {} ({}) in {} bytes",
             kv["bytes_per_token"],
             kv["dtype"].as_str().unwrap_or("?"),
-            kv["block_tokens"],
-            kv["blocks"],
-            kv["capacity_tokens"],
+            plural(count(&kv["block_tokens"]), "token"),
+            plural(count(&kv["blocks"]), "block"),
+            plural(count(&kv["capacity_tokens"]), "token"),
             kv["budget_bytes"]
         );
         s
@@ -296,19 +302,19 @@ fn summary(cfg: &Qwen3Config, origin: &str, dtype: DType, decode: &Graph, prefil
     let _ = writeln!(s, "Qwen3 from {origin}, dtype {dtype}");
     let _ = writeln!(
         s,
-        "  {} layers, hidden {}, {} heads / {} KV heads x head_dim {}, intermediate {}, vocab {}, tied embeddings: {}",
-        cfg.num_layers,
+        "  {}, hidden {}, {} / {} x head_dim {}, intermediate {}, vocab {}, tied embeddings: {}",
+        plural(cfg.num_layers as u64, "layer"),
         cfg.hidden_size,
-        cfg.num_heads,
-        cfg.num_kv_heads,
+        plural(cfg.num_heads as u64, "head"),
+        plural(cfg.num_kv_heads as u64, "KV head"),
         cfg.head_dim,
         cfg.intermediate_size,
         cfg.vocab_size,
         cfg.tie_word_embeddings
     );
     let params = parameter_count(decode).context("the parameter count overflows a 64-bit count")?;
-    let _ =
-        writeln!(s, "  parameters: {params} ({:.3} GB in {dtype})", (params as f64 * dtype.size_bytes() as f64) / 1e9);
+    let param_bytes = params.saturating_mul(dtype.size_bytes());
+    let _ = writeln!(s, "  parameters: {params} ({} in {dtype})", decimal_size(param_bytes as u64));
     for (name, g) in [("decode", decode), ("prefill", prefill)] {
         let hist = op_histogram(g);
         let kinds: Vec<String> = hist.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -319,10 +325,11 @@ fn summary(cfg: &Qwen3Config, origin: &str, dtype: DType, decode: &Graph, prefil
     let kv = cfg.kv_bytes_per_token(dtype);
     let _ = writeln!(
         s,
-        "  bytes read per decode step: {weights} of weights ({:.3} GB) + {kv} of KV cache per context token",
-        weights as f64 / 1e9
+        "  bytes read per decode step: {weights} of weights ({}) + {kv} of KV cache per context token",
+        decimal_size(weights as u64)
     );
-    let _ = writeln!(s, "    at context 1024: {:.3} GB", (weights as f64 + 1024.0 * kv as f64) / 1e9);
+    let at_1k = weights.saturating_add(kv.saturating_mul(1024));
+    let _ = writeln!(s, "    at context 1024: {}", decimal_size(at_1k as u64));
     Ok(s)
 }
 

@@ -271,3 +271,29 @@ fn compile_kernel_table_shows_the_scratch_attention_combine_reads() {
     assert!(scratch > 100_000, "{scratch}");
     assert!(stdout.contains(&format!("{} of attention scratch", 2 * 28 * scratch)), "{stdout}");
 }
+
+/// Counts agree with their nouns ("1 layer", "1 KV head") and small sizes get small units.
+#[test]
+fn compile_counts_and_sizes_read_naturally() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir("one-token").join("config.json")).unwrap()).unwrap();
+    cfg["num_hidden_layers"] = 1.into();
+    cfg["layer_types"] = serde_json::json!(["full_attention"]);
+    let path = tmp.path().join("config.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let (stdout, _) = smelt_ok(&["compile", "--config", path_str(&path), "--dtype", "f32"]);
+    assert!(stdout.contains("  1 layer, hidden 64, 2 heads / 1 KV head x head_dim 32"), "{stdout}");
+    assert!(!stdout.contains("GB") && !stdout.contains("(layer"), "{stdout}");
+    // 2 layers of the fixture: in KB, and the other layer's row says "layer 1".
+    let (stdout, _) = smelt_ok(&["compile", "--model", path_str(&fixture_dir("one-token"))]);
+    assert!(stdout.contains("parameters: 123328 (246.7 KB in bf16)"), "{stdout}");
+    assert!(
+        stdout.contains("197632 of weights (197.6 KB)") && stdout.contains("at context 1024: 459.8 KB"),
+        "{stdout}"
+    );
+    let (stdout, _) = smelt_ok(&["compile", "--model", path_str(&fixture_dir("one-token")), "--dtype", "f32"]);
+    assert!(stdout.contains("(layer 1: 8 more launches)"), "{stdout}");
+    assert!(stdout.contains(" µs/token on an H200"), "a tiny step's floor in µs: {stdout}");
+    assert_kernel_table_aligned(&stdout);
+}
