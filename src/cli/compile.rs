@@ -1,13 +1,14 @@
 //! `smelt compile`: declare Qwen3 as a graph, verify it, print a summary, optionally dump it.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use smelt::codegen::{Arch, Program};
 use smelt::ir::cost::{parameter_count, weight_bytes_read};
-use smelt::ir::print::{op_histogram, to_dot, to_text};
-use smelt::ir::{Bindings, DType, Graph};
+use smelt::ir::print::{op_histogram, to_dot, to_text_with_notes};
+use smelt::ir::{Bindings, DType, Graph, NodeId};
 use smelt::models::qwen3::{declare, DeclareOptions, Logits, Phase};
 use smelt::models::Qwen3Config;
 use smelt::passes::stats::{op_counts, OpCounts};
@@ -29,7 +30,8 @@ pub struct Args {
     /// A config.json. With neither --model nor --config, the embedded Qwen3-0.6B config.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Write the graphs (text, DOT, after each pass), plan.json, the kernels and kernels.json here.
+    /// Write the graphs (text, DOT, after each pass), plan.json, the kernels and kernels.json
+    /// here; in decode.txt and prefill.txt each fused op's line ends `=> kernels/<name>.cu`.
     #[arg(long)]
     dump: Option<PathBuf>,
     /// Execution dtype; defaults to the config's (bf16 for the published checkpoints).
@@ -102,11 +104,13 @@ pub fn run(a: Args) -> Result<()> {
     let plan = Plan::new(&decode, &prefill, prefill_tokens, kv_block_tokens, a.kv_budget_gib)?;
     print!("{}", plan.summary(a.no_fuse));
     if let Some(out) = &mut dump {
+        // The fused graphs' lines name their kernels' files.
+        let files = |p: &Option<Program>, phase| p.as_ref().map(|p| super::kernels::node_files(p, phase));
         let graphs = [
-            ("decode", &decode),
-            ("prefill", &prefill),
-            ("decode.primitive", &primitive.0),
-            ("prefill.primitive", &primitive.1),
+            ("decode", &decode, files(&program, None)),
+            ("prefill", &prefill, files(&prefill_program, Some("prefill"))),
+            ("decode.primitive", &primitive.0, None),
+            ("prefill.primitive", &primitive.1, None),
         ];
         write_graphs(out, &graphs)?;
         for (file, text) in pass_dumps {
@@ -333,10 +337,12 @@ fn summary(cfg: &Qwen3Config, origin: &str, dtype: DType, decode: &Graph, prefil
     Ok(s)
 }
 
-fn write_graphs(out: &mut Dump, graphs: &[(&str, &Graph)]) -> Result<()> {
-    for (name, g) in graphs {
+/// Each graph's text and DOT; a text line whose node has a note in `notes` ends with it.
+fn write_graphs(out: &mut Dump, graphs: &[(&str, &Graph, Option<HashMap<NodeId, String>>)]) -> Result<()> {
+    for (name, g, notes) in graphs {
         let title = format!("qwen3.{name}");
-        for (ext, text) in [("txt", to_text(g, &title)), ("dot", to_dot(g, &title))] {
+        let note = |id| notes.as_ref().and_then(|n| n.get(&id).cloned());
+        for (ext, text) in [("txt", to_text_with_notes(g, &title, &note)), ("dot", to_dot(g, &title))] {
             out.write(&format!("{name}.{ext}"), text.as_bytes())?;
         }
     }

@@ -5,7 +5,10 @@
 use anyhow::{Context, Result};
 use smelt::codegen::ptxas::{find_ptxas, resources};
 use smelt::codegen::{Arch, ModuleCache, Nvrtc, Params, Program, PRELUDE};
+use std::collections::HashMap;
 use std::fmt::Write as _;
+
+use smelt::ir::NodeId;
 
 use super::outputs::Dump;
 
@@ -122,6 +125,28 @@ fn columns<const N: usize>(rows: &[[String; N]], right: [bool; N]) -> String {
     s
 }
 
+/// The folder of the dump that [`dump`] writes a program's kernels to: `kernels`, or with a
+/// phase `kernels/<phase>`.
+fn kernel_dir(phase: Option<&str>) -> String {
+    phase.map_or("kernels".to_string(), |p| format!("kernels/{p}"))
+}
+
+/// For each node that launches kernels, `=> ` and the files [`dump`] writes them to, in launch
+/// order (`=> kernels/attention_split.cu, kernels/attention_combine.cu`): the note each line of
+/// the dumped decode.txt and prefill.txt carries.
+pub fn node_files(program: &Program, phase: Option<&str>) -> HashMap<NodeId, String> {
+    let kdir = kernel_dir(phase);
+    let mut files: HashMap<NodeId, Vec<String>> = HashMap::new();
+    for launch in &program.launches {
+        let file = format!("{kdir}/{}.cu", program.kernels[launch.kernel].name);
+        let of_node = files.entry(launch.node_id).or_default();
+        if !of_node.contains(&file) {
+            of_node.push(file);
+        }
+    }
+    files.into_iter().map(|(node, files)| (node, format!("=> {}", files.join(", ")))).collect()
+}
+
 /// The prelude every kernel carries, dumped once beside the kernels (`kernels/`) and included
 /// by each dumped `.cu` in its place.
 pub const PRELUDE_FILE: &str = "smelt_prelude.h";
@@ -132,9 +157,10 @@ pub const PRELUDE_FILE: &str = "smelt_prelude.h";
 /// written once, as `kernels/smelt_prelude.h`: each `.cu` includes it where NVRTC sees it
 /// inline (prelude + the file's text after the `#include` line is the source compiled).
 pub fn dump(out: &mut Dump, program: &Program, arch: Arch, phase: Option<&str>) -> Result<String> {
-    let (kdir, include) = match phase {
-        Some(p) => (format!("kernels/{p}"), format!("#include \"../{PRELUDE_FILE}\"\n")),
-        None => ("kernels".to_string(), format!("#include \"{PRELUDE_FILE}\"\n")),
+    let kdir = kernel_dir(phase);
+    let include = match phase {
+        Some(_) => format!("#include \"../{PRELUDE_FILE}\"\n"),
+        None => format!("#include \"{PRELUDE_FILE}\"\n"),
     };
     out.write(&format!("kernels/{PRELUDE_FILE}"), PRELUDE.as_bytes())?;
     let nvrtc = Nvrtc::load().ok();

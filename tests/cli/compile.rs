@@ -113,7 +113,7 @@ fn compile_dump_writes_text_and_dot_graphs() {
     assert_eq!(passes.first().map(String::as_str), Some("01-canonicalize.txt"), "{passes:?}");
     assert!(passes.iter().any(|p| p.ends_with("-fuse_rmsnorm.txt")), "{passes:?}");
     let last = std::fs::read_to_string(dir.join("passes").join(passes.last().unwrap())).unwrap();
-    assert_eq!(last, std::fs::read_to_string(dir.join("decode.txt")).unwrap());
+    assert_eq!(last, without_kernel_files(&std::fs::read_to_string(dir.join("decode.txt")).unwrap()));
     // Every kernel's CUDA C, and kernels.json listing them with their launches.
     let cu = std::fs::read_to_string(dir.join("kernels/qkv_gemv_rmsnorm.cu")).unwrap();
     assert!(cu.contains("extern \"C\" __global__") && cu.contains(" qkv_gemv_rmsnorm("), "{cu}");
@@ -137,6 +137,52 @@ fn compile_dump_writes_text_and_dot_graphs() {
     assert!(prefill.starts_with("#include \"../smelt_prelude.h\"\n"), "{prefill}");
     assert!(prefill.contains("mma.sync.aligned.m16n8k16"), "the GEMM uses tensor cores");
     assert!(dir.join("kernels/prefill/prefill_attention.cu").is_file());
+}
+
+/// A dumped graph's text without the kernel files its lines name (` => kernels/….cu`).
+fn without_kernel_files(text: &str) -> String {
+    let strip = |l: &str| match (l.find("  => "), l.find("  # => ")) {
+        (_, Some(i)) | (Some(i), None) => l[..i].to_string(),
+        (None, None) => l.to_string(),
+    };
+    text.lines().map(|l| strip(l) + "\n").collect()
+}
+
+/// Each line of decode.txt and prefill.txt that launches kernels names their files in the dump.
+#[test]
+fn compile_dump_graph_lines_name_their_kernel_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dump");
+    smelt_ok(&["compile", "--dump", path_str(&dir)]);
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap();
+    for graph in ["decode", "prefill"] {
+        let text = std::fs::read_to_string(dir.join(format!("{graph}.txt"))).unwrap();
+        let mut noted = 0;
+        for line in text.lines().filter(|l| l.contains(" => ")) {
+            noted += 1;
+            let files = &line[line.find(" => ").unwrap() + 4..];
+            for file in files.split(", ") {
+                assert!(dir.join(file).is_file(), "{graph}.txt names {file}, which is not in the dump: {line}");
+                let folder = if graph == "prefill" { "kernels/prefill/" } else { "kernels/" };
+                assert!(
+                    file.starts_with(folder)
+                        && file[folder.len()..].ends_with(".cu")
+                        && !file[folder.len()..].contains('/')
+                );
+            }
+        }
+        // One line per fused op, each of which is a kernel (or two).
+        assert_eq!(noted, plan[graph]["ops"].as_u64().unwrap(), "{graph}.txt:\n{text}");
+    }
+    let decode = std::fs::read_to_string(dir.join("decode.txt")).unwrap();
+    let attention = decode
+        .lines()
+        .find(|l| l.ends_with("# l00.attn.attention  => kernels/attention_split.cu, kernels/attention_combine.cu"));
+    assert!(attention.is_some(), "{decode}");
+    assert!(decode.contains("# l00.mlp.gate_up  => kernels/gate_up_swiglu_gemv_rmsnorm.cu\n"), "{decode}");
+    // The primitive graphs have no kernels.
+    assert!(!std::fs::read_to_string(dir.join("decode.primitive.txt")).unwrap().contains(" => "));
 }
 
 /// `plan.json` is a contract for outside checks.
