@@ -337,8 +337,11 @@ fn summary(cfg: &Qwen3Config, origin: &str, dtype: DType, decode: &Graph, prefil
     Ok(s)
 }
 
+/// A graph to dump: its file name, the graph, and a note for some of its nodes' lines.
+type DumpedGraph<'g> = (&'g str, &'g Graph, Option<HashMap<NodeId, String>>);
+
 /// Each graph's text and DOT; a text line whose node has a note in `notes` ends with it.
-fn write_graphs(out: &mut Dump, graphs: &[(&str, &Graph, Option<HashMap<NodeId, String>>)]) -> Result<()> {
+fn write_graphs(out: &mut Dump, graphs: &[DumpedGraph<'_>]) -> Result<()> {
     for (name, g, notes) in graphs {
         let title = format!("qwen3.{name}");
         let note = |id| notes.as_ref().and_then(|n| n.get(&id).cloned());

@@ -31,12 +31,13 @@ pub fn run(a: Args) -> Result<()> {
     if a.skip_special_tokens && a.decode.is_none() {
         bail!("--skip-special-tokens applies to --decode");
     }
+    // Loaded first: a bad tokenizer fails before a pipe is read to its end.
+    let tok = Tokenizer::from_file(&a.tokenizer)?;
     let text = match (a.text, &a.decode) {
         (Some(text), _) => Some(text),
         (None, Some(_)) => None,
         (None, None) => Some(read_stdin(std::io::stdin())?),
     };
-    let tok = Tokenizer::from_file(&a.tokenizer)?;
     match (text, a.decode) {
         (Some(text), _) => {
             let ids = tok.encode(&text)?;
