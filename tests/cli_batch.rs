@@ -171,6 +171,42 @@ fn text_prompts_and_stop_strings_per_line() {
     assert_eq!(line["text"], text[..text.find(&stop).unwrap()]);
 }
 
+/// Each output line echoes its request's `"id"` (any JSON value; none without one) and counts
+/// its tokens as OpenAI's `usage` does: `prompt_tokens` (after tokenizing and the chat
+/// template) and `completion_tokens` (the length of `ids`).
+#[test]
+fn output_lines_echo_the_request_id_and_count_tokens() {
+    let tok = tokenizer_path();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lines(
+        dir.path(),
+        &[
+            serde_json::json!({ "id": "req-a", "prompt_ids": [5, 17, 42], "max_new_tokens": 3 }),
+            serde_json::json!({ "id": 7, "prompt": "in the", "max_new_tokens": 5 }),
+            serde_json::json!({ "prompt_ids": [1, 2, 3, 4, 5], "max_new_tokens": 2 }),
+            serde_json::json!({ "id": {"user": "x", "n": [1, 2]}, "prompt_ids": [9], "max_new_tokens": 1 }),
+        ],
+    );
+    let (ids, stdout, _) = run_batch("gqa1-tied-f32", &file, &["--tokenizer", path_str(&tok)]);
+    let mut lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    lines.sort_by_key(|l| l["index"].as_u64());
+    assert_eq!(lines.len(), 4, "{stdout}");
+    let expect = [
+        (Some(serde_json::json!("req-a")), 3),
+        (Some(serde_json::json!(7)), 2), // "in the" is ids 258, 279
+        (None, 5),
+        (Some(serde_json::json!({"user": "x", "n": [1, 2]})), 1),
+    ];
+    for (i, (line, (id, prompt))) in lines.iter().zip(expect).enumerate() {
+        assert_eq!(line.get("id"), id.as_ref(), "{line}");
+        assert_eq!(line["prompt_tokens"], prompt, "{line}");
+        assert_eq!(line["completion_tokens"], ids[i].len(), "{line}");
+        assert_eq!(line["ids"], serde_json::json!(ids[i]), "{line}");
+        assert!(line["finish_reason"].is_string() && line["text"].is_string(), "the other fields stay: {line}");
+    }
+    assert_eq!(lines[0]["completion_tokens"], 3, "{stdout}");
+}
+
 /// Runs a batch that must fail; returns stderr. No --ids-out file may be left.
 fn batch_fails(lines: &str, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();

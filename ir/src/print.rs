@@ -29,6 +29,12 @@ pub fn node_label(graph: &Graph, id: NodeId) -> String {
 
 /// The text form: one line per value, `%N = kind[attrs](operands) : dtype[shape]  # name`.
 pub fn to_text(graph: &Graph, title: &str) -> String {
+    to_text_with_notes(graph, title, &|_| None)
+}
+
+/// [`to_text`], with `note(node)`, where it says something, after the node's line's `#`
+/// comment (`# l00.mlp.gate_up  => kernels/gate_up.cu`; a `#` of its own on an unnamed node).
+pub fn to_text_with_notes(graph: &Graph, title: &str, note: &dyn Fn(NodeId) -> Option<String>) -> String {
     let (order, index) = numbering(graph);
     let mut s = String::new();
     let _ = writeln!(s, "graph {title} {{");
@@ -47,11 +53,15 @@ pub fn to_text(graph: &Graph, title: &str) -> String {
             let _ = write!(s, "({})", ops.join(", "));
         }
         let _ = write!(s, " : {}{}", n.dtype, n.shape);
-        match (&n.name, &n.op) {
-            (_, Op::Input { .. } | Op::Weight { .. }) | (None, _) => {}
+        let named = match (&n.name, &n.op) {
+            (_, Op::Input { .. } | Op::Weight { .. }) | (None, _) => false,
             (Some(name), _) => {
                 let _ = write!(s, "  # {name}");
+                true
             }
+        };
+        if let Some(note) = note(id) {
+            let _ = write!(s, "{}{note}", if named { "  " } else { "  # " });
         }
         s.push('\n');
     }
@@ -175,6 +185,23 @@ mod tests {
                     %1 = constant[[1.0, 0.5, 0.25, … 4 values]] : f32[4]  # inv_freq\n  \
                     %2 = mul(%0, %1) : f32[1,4]  # freqs\n  output \"y\" = %2\n}\n";
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn notes_follow_a_line_s_comment_and_change_nothing_else() {
+        let mut b = Builder::new();
+        let x = b.input("x", DType::F32, shape![1, 4]);
+        let y = b.unary("y", UnaryOp::Neg, x).unwrap();
+        b.output("y", y).unwrap();
+        let mut g = b.finish().unwrap();
+        let text = to_text_with_notes(&g, "g", &|id| (id == y).then(|| "=> kernels/y.cu".to_string()));
+        assert_eq!(text, to_text(&g, "g").replace("  # y\n", "  # y  => kernels/y.cu\n"));
+        assert!(text.contains("%1 = neg(%0) : f32[1,4]  # y  => kernels/y.cu\n"), "{text}");
+        // An unnamed node gets a comment of its own.
+        g.node_mut(y).name = None;
+        let text = to_text_with_notes(&g, "g", &|id| (id == y).then(|| "=> kernels/y.cu".to_string()));
+        assert!(text.contains("%1 = neg(%0) : f32[1,4]  # => kernels/y.cu\n"), "{text}");
+        assert_eq!(to_text_with_notes(&layer(), "layer", &|_| None), to_text(&layer(), "layer"));
     }
 
     #[test]

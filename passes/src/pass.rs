@@ -65,6 +65,52 @@ impl PassManager {
         self.passes.iter().map(|p| p.name()).collect()
     }
 
+    /// Each step's label, numbered from 1 in pipeline order as `--dump`'s `passes/` names its
+    /// file: `01-canonicalize`, `03-dce`.
+    pub fn step_labels(&self) -> Vec<String> {
+        self.passes.iter().enumerate().map(|(i, p)| format!("{:02}-{}", i + 1, p.name())).collect()
+    }
+
+    /// The step (0-based) that `name` means: a pass that runs once by its name
+    /// (`fuse_rmsnorm`), any step by its label (`05-dce`). A pass that runs more than once
+    /// (`dce`) by its bare name is ambiguous, and an error lists the labels to choose from; so
+    /// does an unknown name, with each pass named once.
+    pub fn find_step(&self, name: &str) -> Result<usize, String> {
+        let names = self.names();
+        let labels = self.step_labels();
+        if let Some(i) = labels.iter().position(|l| l == name) {
+            return Ok(i);
+        }
+        // The labels of the steps that run `pass`.
+        let steps_of = |pass: &str| -> Vec<&str> {
+            labels.iter().zip(&names).filter(|(_, n)| **n == pass).map(|(l, _)| l.as_str()).collect()
+        };
+        match steps_of(name)[..] {
+            [] => {}
+            [_] => return names.iter().position(|n| *n == name).ok_or_else(String::new),
+            ref steps => {
+                return Err(format!("{name} runs {} times: name one step ({})", steps.len(), steps.join(", ")))
+            }
+        }
+        let mut unique: Vec<&str> = Vec::new();
+        for n in &names {
+            if !unique.contains(n) {
+                unique.push(n);
+            }
+        }
+        let repeated: Vec<String> = unique
+            .iter()
+            .filter(|n| steps_of(n).len() > 1)
+            .map(|n| format!("{n} runs as {}", steps_of(n).join(", ")))
+            .collect();
+        let mut listing = format!("no such pass (passes: {}", unique.join(", "));
+        if !repeated.is_empty() {
+            listing.push_str(&format!("; {}", repeated.join("; ")));
+        }
+        listing.push(')');
+        Err(listing)
+    }
+
     /// Runs every pass in order on `graph`; `title` heads the dumped text.
     pub fn run(&self, graph: &mut Graph, title: &str) -> Result<Vec<PassRun>, PassError> {
         let mut runs = Vec::with_capacity(self.passes.len());
@@ -86,4 +132,37 @@ impl PassManager {
 pub struct PassError {
     pub pass: &'static str,
     pub source: IrError,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::pipeline::standard;
+
+    #[test]
+    fn a_pass_is_found_by_its_name_or_its_step_label() {
+        let p = standard();
+        assert_eq!(p.find_step("canonicalize"), Ok(0));
+        assert_eq!(p.find_step("fuse_rmsnorm"), Ok(5));
+        assert_eq!(p.find_step("06-fuse_rmsnorm"), Ok(5));
+        assert_eq!(p.find_step("05-dce"), Ok(4));
+        assert_eq!(p.find_step("15-dce"), Ok(14));
+        assert_eq!(p.step_labels()[2], "03-dce");
+    }
+
+    #[test]
+    fn a_repeated_or_unknown_pass_lists_each_pass_once_and_the_steps_of_a_repeated_one() {
+        let p = standard();
+        let steps = "03-dce, 05-dce, 07-dce, 09-dce, 11-dce, 13-dce, 15-dce";
+        assert_eq!(p.find_step("dce"), Err(format!("dce runs 7 times: name one step ({steps})")));
+        let err = p.find_step("no_such_pass").unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "no such pass (passes: canonicalize, cse, dce, fuse_horizontal, fuse_rmsnorm, fuse_norm_rope, \
+                 fuse_norm_prologue, fuse_elementwise, fuse_epilogue; dce runs as {steps})"
+            )
+        );
+        assert_eq!(err.matches("dce").count(), 1 + 1 + 7, "in the list, saying it repeats, and per step");
+        assert!(p.find_step("3-dce").is_err() && p.find_step("06-dce").is_err());
+    }
 }

@@ -89,6 +89,8 @@ pub struct Defaults<'a> {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line {
+    /// The caller's name for the request (any JSON value), echoed in its output line.
+    id: Option<serde_json::Value>,
     prompt: Option<String>,
     prompt_ids: Option<Vec<u32>>,
     messages: Option<Vec<ChatMessage>>,
@@ -116,6 +118,8 @@ pub struct BatchFile<'p> {
     requests: Vec<Request>,
     /// 1-based line of each request.
     lines: Vec<usize>,
+    /// Each request's `"id"`, where its line has one.
+    ids: Vec<Option<serde_json::Value>>,
 }
 
 /// Reads `path` into requests (blank lines skipped); errors name the file and line.
@@ -126,20 +130,21 @@ pub fn read_requests<'p>(
 ) -> Result<BatchFile<'p>> {
     let text = smelt::runtime::files::read_text(path, MAX_BATCH_FILE_BYTES)
         .with_context(|| format!("reading --batch {}", path.display()))?;
-    let (mut requests, mut lines) = (Vec::new(), Vec::new());
+    let (mut requests, mut lines, mut ids) = (Vec::new(), Vec::new(), Vec::new());
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = || format!("{}:{}", path.display(), n + 1);
-        let parsed: Line = serde_json::from_str(line).with_context(at)?;
+        let mut parsed: Line = serde_json::from_str(line).with_context(at)?;
+        ids.push(parsed.id.take());
         requests.push(request(parsed, defaults, tokenizer).with_context(at)?);
         lines.push(n + 1);
     }
     if requests.is_empty() {
         bail!("--batch {}: no requests (expected one JSON object per line)", path.display());
     }
-    Ok(BatchFile { path, requests, lines })
+    Ok(BatchFile { path, requests, lines, ids })
 }
 
 fn template(t: &Tokenizer) -> Result<&smelt::models::ChatTemplate> {
@@ -211,11 +216,17 @@ pub fn run(model: &mut smelt::Model, file: &BatchFile<'_>, args: &BatchArgs, ids
         BatchEvent::Token { .. } => generated += 1,
         BatchEvent::Finished { request, completion, .. } => {
             finished += 1;
+            // Token counts as OpenAI's `usage` names them.
             let mut line = serde_json::json!({
                 "index": request,
                 "finish_reason": completion.finish,
+                "prompt_tokens": requests[request].prompt.len(),
+                "completion_tokens": completion.ids.len(),
                 "ids": completion.ids,
             });
+            if let Some(id) = &file.ids[request] {
+                line["id"] = id.clone();
+            }
             if shows_text {
                 line["text"] = completion.text.clone().into();
             }

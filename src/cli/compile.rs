@@ -1,19 +1,26 @@
 //! `smelt compile`: declare Qwen3 as a graph, verify it, print a summary, optionally dump it.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use smelt::codegen::{Arch, Program};
 use smelt::ir::cost::{parameter_count, weight_bytes_read};
-use smelt::ir::print::{op_histogram, to_dot, to_text};
-use smelt::ir::{Bindings, DType, Graph};
+use smelt::ir::print::{op_histogram, to_dot, to_text_with_notes};
+use smelt::ir::{Bindings, DType, Graph, NodeId};
 use smelt::models::qwen3::{declare, DeclareOptions, Logits, Phase};
 use smelt::models::Qwen3Config;
 use smelt::passes::stats::{op_counts, OpCounts};
 use smelt::passes::{plan_kv, plan_memory};
 
 use super::outputs::{Dump, Reads};
+use super::{decimal_size, plural};
+
+/// A count of plan.json, which wrote it from a count.
+fn count(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_default()
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,7 +30,8 @@ pub struct Args {
     /// A config.json. With neither --model nor --config, the embedded Qwen3-0.6B config.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Write the graphs (text, DOT, after each pass), plan.json, the kernels and kernels.json here.
+    /// Write the graphs (text, DOT, after each pass), plan.json, the kernels and kernels.json
+    /// here; in decode.txt and prefill.txt each fused op's line ends `=> kernels/<name>.cu`.
     #[arg(long)]
     dump: Option<PathBuf>,
     /// Execution dtype; defaults to the config's (bf16 for the published checkpoints).
@@ -32,7 +40,8 @@ pub struct Args {
     /// Skip the pass pipeline: summarize and dump the primitive graphs.
     #[arg(long)]
     no_fuse: bool,
-    /// Print the decode graph as it is after this pass (e.g. fuse_rmsnorm).
+    /// Print the decode graph as it is after this pass: its name (fuse_rmsnorm), or for dce,
+    /// which runs after each fusion, its step as --dump's passes/ numbers it (05-dce).
     #[arg(long, value_name = "PASS")]
     dump_after: Option<String>,
     /// Tokens per KV-cache block, at most max_position_embeddings [default: 16, or the
@@ -95,11 +104,13 @@ pub fn run(a: Args) -> Result<()> {
     let plan = Plan::new(&decode, &prefill, prefill_tokens, kv_block_tokens, a.kv_budget_gib)?;
     print!("{}", plan.summary(a.no_fuse));
     if let Some(out) = &mut dump {
+        // The fused graphs' lines name their kernels' files.
+        let files = |p: &Option<Program>, phase| p.as_ref().map(|p| super::kernels::node_files(p, phase));
         let graphs = [
-            ("decode", &decode),
-            ("prefill", &prefill),
-            ("decode.primitive", &primitive.0),
-            ("prefill.primitive", &primitive.1),
+            ("decode", &decode, files(&program, None)),
+            ("prefill", &prefill, files(&prefill_program, Some("prefill"))),
+            ("decode.primitive", &primitive.0, None),
+            ("prefill.primitive", &primitive.1, None),
         ];
         write_graphs(out, &graphs)?;
         for (file, text) in pass_dumps {
@@ -159,11 +170,10 @@ fn context_sizes(a: &Args, cfg: &Qwen3Config) -> Result<(usize, usize)> {
 fn run_passes(a: &Args, decode: &mut Graph, prefill: &mut Graph) -> Result<Vec<(String, Option<String>)>> {
     let keep = a.dump.is_some() || a.dump_after.is_some();
     let pipeline = smelt::passes::pipeline::standard().keep_text(keep);
-    if let Some(name) = &a.dump_after {
-        if !pipeline.names().contains(&name.as_str()) {
-            bail!("--dump-after {name}: no such pass (passes: {})", pipeline.names().join(", "));
-        }
-    }
+    let shown =
+        a.dump_after.as_deref().map(|name| pipeline.find_step(name).map_err(|e| anyhow!("--dump-after {name}: {e}")));
+    let shown = shown.transpose()?;
+    let labels = pipeline.step_labels();
     let runs = pipeline.run(decode, "qwen3.decode").context("compiling the decode graph")?;
     pipeline.run(prefill, "qwen3.prefill").context("compiling the prefill graph")?;
     println!("pass pipeline (decode graph):");
@@ -179,12 +189,10 @@ fn run_passes(a: &Args, decode: &mut Graph, prefill: &mut Graph) -> Result<Vec<(
             r.report.notes.join("; ")
         );
     }
-    if let Some(name) = &a.dump_after {
-        if let Some(r) = runs.iter().find(|r| r.name == name) {
-            print!("{}", r.text.as_deref().unwrap_or_default());
-        }
+    if let Some(r) = shown.and_then(|step| runs.get(step)) {
+        print!("{}", r.text.as_deref().unwrap_or_default());
     }
-    Ok(runs.into_iter().enumerate().map(|(i, r)| (format!("{:02}-{}.txt", i + 1, r.name), r.text)).collect())
+    Ok(labels.into_iter().zip(runs).map(|(label, r)| (format!("{label}.txt"), r.text)).collect())
 }
 
 /// The decode kernels, their table printed; none (and why, printed) for a model the emitters
@@ -281,12 +289,12 @@ impl Plan {
         );
         let _ = writeln!(
             s,
-            "  KV cache: {} bytes per token in {}, blocks of {} tokens; {} blocks ({} tokens) in {} bytes",
+            "  KV cache: {} bytes per token in {}, blocks of {}; {} ({}) in {} bytes",
             kv["bytes_per_token"],
             kv["dtype"].as_str().unwrap_or("?"),
-            kv["block_tokens"],
-            kv["blocks"],
-            kv["capacity_tokens"],
+            plural(count(&kv["block_tokens"]), "token"),
+            plural(count(&kv["blocks"]), "block"),
+            plural(count(&kv["capacity_tokens"]), "token"),
             kv["budget_bytes"]
         );
         s
@@ -298,19 +306,19 @@ fn summary(cfg: &Qwen3Config, origin: &str, dtype: DType, decode: &Graph, prefil
     let _ = writeln!(s, "Qwen3 from {origin}, dtype {dtype}");
     let _ = writeln!(
         s,
-        "  {} layers, hidden {}, {} heads / {} KV heads x head_dim {}, intermediate {}, vocab {}, tied embeddings: {}",
-        cfg.num_layers,
+        "  {}, hidden {}, {} / {} x head_dim {}, intermediate {}, vocab {}, tied embeddings: {}",
+        plural(cfg.num_layers as u64, "layer"),
         cfg.hidden_size,
-        cfg.num_heads,
-        cfg.num_kv_heads,
+        plural(cfg.num_heads as u64, "head"),
+        plural(cfg.num_kv_heads as u64, "KV head"),
         cfg.head_dim,
         cfg.intermediate_size,
         cfg.vocab_size,
         cfg.tie_word_embeddings
     );
     let params = parameter_count(decode).context("the parameter count overflows a 64-bit count")?;
-    let _ =
-        writeln!(s, "  parameters: {params} ({:.3} GB in {dtype})", (params as f64 * dtype.size_bytes() as f64) / 1e9);
+    let param_bytes = params.saturating_mul(dtype.size_bytes());
+    let _ = writeln!(s, "  parameters: {params} ({} in {dtype})", decimal_size(param_bytes as u64));
     for (name, g) in [("decode", decode), ("prefill", prefill)] {
         let hist = op_histogram(g);
         let kinds: Vec<String> = hist.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -321,17 +329,23 @@ fn summary(cfg: &Qwen3Config, origin: &str, dtype: DType, decode: &Graph, prefil
     let kv = cfg.kv_bytes_per_token(dtype);
     let _ = writeln!(
         s,
-        "  bytes read per decode step: {weights} of weights ({:.3} GB) + {kv} of KV cache per context token",
-        weights as f64 / 1e9
+        "  bytes read per decode step: {weights} of weights ({}) + {kv} of KV cache per context token",
+        decimal_size(weights as u64)
     );
-    let _ = writeln!(s, "    at context 1024: {:.3} GB", (weights as f64 + 1024.0 * kv as f64) / 1e9);
+    let at_1k = weights.saturating_add(kv.saturating_mul(1024));
+    let _ = writeln!(s, "    at context 1024: {}", decimal_size(at_1k as u64));
     Ok(s)
 }
 
-fn write_graphs(out: &mut Dump, graphs: &[(&str, &Graph)]) -> Result<()> {
-    for (name, g) in graphs {
+/// A graph to dump: its file name, the graph, and a note for some of its nodes' lines.
+type DumpedGraph<'g> = (&'g str, &'g Graph, Option<HashMap<NodeId, String>>);
+
+/// Each graph's text and DOT; a text line whose node has a note in `notes` ends with it.
+fn write_graphs(out: &mut Dump, graphs: &[DumpedGraph<'_>]) -> Result<()> {
+    for (name, g, notes) in graphs {
         let title = format!("qwen3.{name}");
-        for (ext, text) in [("txt", to_text(g, &title)), ("dot", to_dot(g, &title))] {
+        let note = |id| notes.as_ref().and_then(|n| n.get(&id).cloned());
+        for (ext, text) in [("txt", to_text_with_notes(g, &title, &note)), ("dot", to_dot(g, &title))] {
             out.write(&format!("{name}.{ext}"), text.as_bytes())?;
         }
     }

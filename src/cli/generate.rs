@@ -43,8 +43,9 @@ pub struct GenerateArgs {
     /// Generate for every request of a JSON Lines file, batched: one object per line with
     /// "prompt", "prompt_ids" or "messages", and optionally its own "max_new_tokens",
     /// "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-    /// "seed" and "stop" (the flags are the defaults). Prints one JSON line per request as it
-    /// finishes; --ids-out gets the id arrays in input order. On CUDA the batch shares the KV
+    /// "seed" and "stop" (the flags are the defaults), and an "id" (any JSON value). Prints one
+    /// JSON line per request as it finishes (its index, "id", finish_reason, prompt_tokens,
+    /// completion_tokens, ids and text); --ids-out gets the id arrays in input order. On CUDA the batch shares the KV
     /// pool of --kv-tokens; in bf16 and f16 the decode steps of up to --max-batch sequences run
     /// as one batched step (not yet checked on a GPU), prompts one sequence at a time.
     #[arg(long, conflicts_with_all = ["prompt", "prompt_ids"])]

@@ -1,71 +1,150 @@
 //! The kernel side of `smelt compile`: the decode program's kernel table (bytes moved per
-//! call and the time a memory-bound kernel needs at an H100's bandwidth), and the dumps of
+//! call and the time a memory-bound kernel needs at an H200's bandwidth), and the dumps of
 //! every kernel's CUDA C, its PTX and ptxas's report when NVRTC and ptxas are present.
 
 use anyhow::{Context, Result};
 use smelt::codegen::ptxas::{find_ptxas, resources};
-use smelt::codegen::{Arch, ModuleCache, Nvrtc, Program, PRELUDE};
+use smelt::codegen::{Arch, ModuleCache, Nvrtc, Params, Program, PRELUDE};
+use std::collections::HashMap;
 use std::fmt::Write as _;
+
+use smelt::ir::NodeId;
 
 use super::outputs::Dump;
 
-/// Achievable HBM bandwidth of an H100 SXM (≈90% of its 3.35 TB/s peak), the decode floor.
-pub const H100_BYTES_PER_S: f64 = 3.0e12;
+/// The GPU the table's floors are priced on: the H200 (SXM) smelt's decode was measured on
+/// (bench/results/2026-11-28-h200-*)...
+pub const FLOOR_GPU: &str = "H200";
+
+/// ...at the device-to-device copy rate `smelt bench` measured there (4,236-4,259 GB/s, of a
+/// 4.8 TB/s peak): the bandwidth a memory-bound kernel can reach.
+pub const FLOOR_BYTES_PER_S: f64 = 4.25e12;
 
 /// Context length at which the table prices KV-cache reads.
 pub const TABLE_CONTEXT: u64 = 1024;
 
 /// The table: one row per kernel of layer 0 and outside the layers; the other layers repeat
-/// layer 0's kernels, so they are summed in one line.
+/// layer 0's kernels, so they are summed in one line. Bytes per call include the flash-decoding
+/// scratch the attention split kernel writes and the combine kernel reads back (the op's own
+/// cost, its output included, is the split kernel's). Columns are as wide as their widest cell.
 pub fn table(program: &Program) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "decode kernels (bytes per call at context {TABLE_CONTEXT}; floor at {:.1} TB/s):",
-        H100_BYTES_PER_S / 1e12
-    );
-    let _ = writeln!(s, "  {:<44} {:<22} {:>14} {:>12} {:>10}", "node", "kernel", "bytes", "of weights", "floor µs");
-    let (mut total, mut weights, mut others, mut other_bytes) = (0u64, 0u64, 0usize, 0u64);
-    for k in &program.launches {
-        let bytes = k.cost.bytes_at(TABLE_CONTEXT);
+    let scratch = scratch_bytes(program, TABLE_CONTEXT);
+    let floor_us = |bytes: u64| format!("{:.2}", bytes as f64 / FLOOR_BYTES_PER_S * 1e6);
+    let mut rows: Vec<[String; 5]> = vec![["node", "kernel", "bytes", "of weights", "floor µs"].map(String::from)];
+    let (mut total, mut weights, mut scratch_total) = (0u64, 0u64, 0u64);
+    let (mut others, mut other_bytes, mut last_layer) = (0usize, 0u64, 0u32);
+    for (k, &scratch) in program.launches.iter().zip(&scratch) {
+        let bytes = k.cost.bytes_at(TABLE_CONTEXT) + scratch;
         total += bytes;
         weights += k.cost.weight_bytes;
+        scratch_total += scratch;
         match k.layer {
             Some(l) if l > 0 => {
                 others += 1;
                 other_bytes += bytes;
+                last_layer = last_layer.max(l);
             }
             _ => {
-                let floor = bytes as f64 / H100_BYTES_PER_S * 1e6;
-                let kernel = &program.kernels[k.kernel];
-                let _ = writeln!(
-                    s,
-                    "  {:<44} {:<22} {:>14} {:>12} {:>10.2}",
-                    k.node, kernel.name, bytes, k.cost.weight_bytes, floor
-                );
+                let kernel = program.kernels[k.kernel].name.clone();
+                rows.push([
+                    k.node.clone(),
+                    kernel,
+                    bytes.to_string(),
+                    k.cost.weight_bytes.to_string(),
+                    floor_us(bytes),
+                ]);
             }
         }
     }
     if others > 0 {
-        let floor = other_bytes as f64 / H100_BYTES_PER_S * 1e6;
-        let _ = writeln!(
-            s,
-            "  {:<44} {:<22} {:>14} {:>12} {:>10.2}",
-            format!("(layers 1.. : {others} more launches)"),
-            "",
-            other_bytes,
-            "",
-            floor
-        );
+        let layers = if last_layer == 1 { "layer 1".to_string() } else { format!("layers 1-{last_layer}") };
+        let what = format!("({layers}: {others} more launches)");
+        rows.push([what, String::new(), other_bytes.to_string(), String::new(), floor_us(other_bytes)]);
     }
-    let floor_ms = total as f64 / H100_BYTES_PER_S * 1e3;
+    let mut s = format!(
+        "decode kernels (bytes per call at context {TABLE_CONTEXT}; floor at {:.2} TB/s, an {FLOOR_GPU}'s copy rate):\n",
+        FLOOR_BYTES_PER_S / 1e12
+    );
+    s.push_str(&columns(&rows, [false, false, true, true, true]));
     let _ = writeln!(
         s,
-        "  total: {} launches of {} kernels, {total} bytes ({weights} of weights), floor {floor_ms:.3} ms/token on an H100",
+        "  total: {} launches of {} kernels, {total} bytes ({weights} of weights, {scratch_total} of attention \
+         scratch), floor {}/token on an {FLOOR_GPU}",
         program.launches.len(),
-        program.kernels.len()
+        program.kernels.len(),
+        step_time(total as f64 / FLOOR_BYTES_PER_S),
     );
     s
+}
+
+/// `0.312 ms`, or below a tenth of a millisecond `42.50 µs` (a tiny model's step).
+fn step_time(seconds: f64) -> String {
+    if seconds >= 1e-4 {
+        format!("{:.3} ms", seconds * 1e3)
+    } else {
+        format!("{:.2} µs", seconds * 1e6)
+    }
+}
+
+/// Per launch, the bytes of scratch it writes (attention split) or reads back (the combine
+/// that follows it) at `context` tokens; 0 for the others.
+fn scratch_bytes(program: &Program, context: u64) -> Vec<u64> {
+    let mut written = 0u64;
+    program
+        .launches
+        .iter()
+        .map(|k| match &k.params {
+            Params::WritesScratch(scratch) => {
+                written = scratch.bytes(context as usize, 1) as u64;
+                written
+            }
+            Params::ReadsScratch => written,
+            Params::Standard => 0,
+        })
+        .collect()
+}
+
+/// Rows of cells as aligned columns, two spaces in and two apart (`right`: numbers,
+/// aligned right); each column as wide as its widest cell.
+fn columns<const N: usize>(rows: &[[String; N]], right: [bool; N]) -> String {
+    let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..N).map(width).collect();
+    let mut s = String::new();
+    for row in rows {
+        let cells: Vec<String> = (0..N)
+            .map(|c| {
+                if right[c] {
+                    format!("{:>w$}", row[c], w = widths[c])
+                } else {
+                    format!("{:<w$}", row[c], w = widths[c])
+                }
+            })
+            .collect();
+        let _ = writeln!(s, "  {}", cells.join("  ").trim_end());
+    }
+    s
+}
+
+/// The folder of the dump that [`dump`] writes a program's kernels to: `kernels`, or with a
+/// phase `kernels/<phase>`.
+fn kernel_dir(phase: Option<&str>) -> String {
+    phase.map_or("kernels".to_string(), |p| format!("kernels/{p}"))
+}
+
+/// For each node that launches kernels, `=> ` and the files [`dump`] writes them to, in launch
+/// order (`=> kernels/attention_split.cu, kernels/attention_combine.cu`): the note each line of
+/// the dumped decode.txt and prefill.txt carries.
+pub fn node_files(program: &Program, phase: Option<&str>) -> HashMap<NodeId, String> {
+    let kdir = kernel_dir(phase);
+    let mut files: HashMap<NodeId, Vec<String>> = HashMap::new();
+    for launch in &program.launches {
+        let file = format!("{kdir}/{}.cu", program.kernels[launch.kernel].name);
+        let of_node = files.entry(launch.node_id).or_default();
+        if !of_node.contains(&file) {
+            of_node.push(file);
+        }
+    }
+    files.into_iter().map(|(node, files)| (node, format!("=> {}", files.join(", ")))).collect()
 }
 
 /// The prelude every kernel carries, dumped once beside the kernels (`kernels/`) and included
@@ -78,9 +157,10 @@ pub const PRELUDE_FILE: &str = "smelt_prelude.h";
 /// written once, as `kernels/smelt_prelude.h`: each `.cu` includes it where NVRTC sees it
 /// inline (prelude + the file's text after the `#include` line is the source compiled).
 pub fn dump(out: &mut Dump, program: &Program, arch: Arch, phase: Option<&str>) -> Result<String> {
-    let (kdir, include) = match phase {
-        Some(p) => (format!("kernels/{p}"), format!("#include \"../{PRELUDE_FILE}\"\n")),
-        None => ("kernels".to_string(), format!("#include \"{PRELUDE_FILE}\"\n")),
+    let kdir = kernel_dir(phase);
+    let include = match phase {
+        Some(_) => format!("#include \"../{PRELUDE_FILE}\"\n"),
+        None => format!("#include \"{PRELUDE_FILE}\"\n"),
     };
     out.write(&format!("kernels/{PRELUDE_FILE}"), PRELUDE.as_bytes())?;
     let nvrtc = Nvrtc::load().ok();

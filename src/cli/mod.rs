@@ -214,6 +214,23 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
+/// In decimal units, as bandwidths are given: `1.192 GB`, `37.50 MB`, `197.6 KB`, `512 B`.
+pub fn decimal_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        1_000_000_000.. => format!("{:.3} GB", b / 1e9),
+        1_000_000.. => format!("{:.2} MB", b / 1e6),
+        1_000.. => format!("{:.1} KB", b / 1e3),
+        _ => format!("{bytes} B"),
+    }
+}
+
+/// `1 layer`, `28 layers`: `n` and a noun made plural with an `s` unless `n` is 1.
+pub fn plural(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// A count that must be at least 1, as a clap value parser (the error names the flag).
 pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)

@@ -113,7 +113,7 @@ fn compile_dump_writes_text_and_dot_graphs() {
     assert_eq!(passes.first().map(String::as_str), Some("01-canonicalize.txt"), "{passes:?}");
     assert!(passes.iter().any(|p| p.ends_with("-fuse_rmsnorm.txt")), "{passes:?}");
     let last = std::fs::read_to_string(dir.join("passes").join(passes.last().unwrap())).unwrap();
-    assert_eq!(last, std::fs::read_to_string(dir.join("decode.txt")).unwrap());
+    assert_eq!(last, without_kernel_files(&std::fs::read_to_string(dir.join("decode.txt")).unwrap()));
     // Every kernel's CUDA C, and kernels.json listing them with their launches.
     let cu = std::fs::read_to_string(dir.join("kernels/qkv_gemv_rmsnorm.cu")).unwrap();
     assert!(cu.contains("extern \"C\" __global__") && cu.contains(" qkv_gemv_rmsnorm("), "{cu}");
@@ -142,6 +142,52 @@ fn compile_dump_writes_text_and_dot_graphs() {
     assert!(dir.join("kernels/prefill/prefill_attention.cu").is_file());
 }
 
+/// A dumped graph's text without the kernel files its lines name (` => kernels/….cu`).
+fn without_kernel_files(text: &str) -> String {
+    let strip = |l: &str| match (l.find("  => "), l.find("  # => ")) {
+        (_, Some(i)) | (Some(i), None) => l[..i].to_string(),
+        (None, None) => l.to_string(),
+    };
+    text.lines().map(|l| strip(l) + "\n").collect()
+}
+
+/// Each line of decode.txt and prefill.txt that launches kernels names their files in the dump.
+#[test]
+fn compile_dump_graph_lines_name_their_kernel_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dump");
+    smelt_ok(&["compile", "--dump", path_str(&dir)]);
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap();
+    for graph in ["decode", "prefill"] {
+        let text = std::fs::read_to_string(dir.join(format!("{graph}.txt"))).unwrap();
+        let mut noted = 0;
+        for line in text.lines().filter(|l| l.contains(" => ")) {
+            noted += 1;
+            let files = &line[line.find(" => ").unwrap() + 4..];
+            for file in files.split(", ") {
+                assert!(dir.join(file).is_file(), "{graph}.txt names {file}, which is not in the dump: {line}");
+                let folder = if graph == "prefill" { "kernels/prefill/" } else { "kernels/" };
+                assert!(
+                    file.starts_with(folder)
+                        && file[folder.len()..].ends_with(".cu")
+                        && !file[folder.len()..].contains('/')
+                );
+            }
+        }
+        // One line per fused op, each of which is a kernel (or two).
+        assert_eq!(noted, plan[graph]["ops"].as_u64().unwrap(), "{graph}.txt:\n{text}");
+    }
+    let decode = std::fs::read_to_string(dir.join("decode.txt")).unwrap();
+    let attention = decode
+        .lines()
+        .find(|l| l.ends_with("# l00.attn.attention  => kernels/attention_split.cu, kernels/attention_combine.cu"));
+    assert!(attention.is_some(), "{decode}");
+    assert!(decode.contains("# l00.mlp.gate_up  => kernels/gate_up_swiglu_gemv_rmsnorm.cu\n"), "{decode}");
+    // The primitive graphs have no kernels.
+    assert!(!std::fs::read_to_string(dir.join("decode.primitive.txt")).unwrap().contains(" => "));
+}
+
 /// `plan.json` is a contract for outside checks.
 #[test]
 fn compile_writes_plan_json() {
@@ -159,7 +205,9 @@ fn compile_writes_plan_json() {
     assert_eq!(plan["kv"]["bytes_per_token"], 114_688);
     // The kernel table adds up to the model's weights plus KV reads at context 1024.
     assert!(stdout.contains("total: 227 launches of 11 kernels"), "{stdout}");
-    assert!(stdout.contains("floor 0.438 ms/token on an H100"), "{stdout}");
+    // One card, named with the bandwidth it is priced at, in the header and the total.
+    assert!(stdout.contains("floor at 4.25 TB/s, an H200's copy rate"), "{stdout}");
+    assert!(stdout.contains("floor 0.312 ms/token on an H200") && !stdout.contains("H100"), "{stdout}");
     // The same figures are printed.
     assert!(stdout.contains("199 fused ops, at most 7 per layer, 3 outside the layers"), "{stdout}");
     assert!(stdout.contains(&format!("activation arena: {} bytes", decode["arena_bytes"])), "{stdout}");
@@ -173,7 +221,18 @@ fn compile_no_fuse_and_dump_after() {
     assert!(stdout.contains("graph qwen3.decode {") && stdout.contains("rmsnorm[eps=1e-6]"), "{stdout}");
     let out = smelt(&["compile", "--dump-after", "no_such_pass"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("fuse_rmsnorm"), "the error lists the passes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fuse_rmsnorm"), "the error lists the passes: {stderr}");
+    // Each pass once; dce, which runs seven times, by the steps that name it apart.
+    assert!(stderr.contains("passes: canonicalize, cse, dce, fuse_horizontal,"), "{stderr}");
+    assert!(!stderr.contains("dce, dce") && stderr.contains("dce runs as 03-dce, 05-dce,"), "{stderr}");
+    // Bare `dce` is ambiguous; a step label, as passes/ names the dumps, is not.
+    let out = smelt(&["compile", "--dump-after", "dce"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("dce runs 7 times: name one step"));
+    let (stdout, _) = smelt_ok(&["compile", "--dump-after", "07-dce"]);
+    let graph = &stdout[stdout.find("graph qwen3.decode {").expect("the graph is printed")..];
+    let graph = &graph[..graph.find("\n}\n").expect("the graph ends")];
+    assert!(graph.contains("rmsnorm[eps=1e-6]") && !graph.contains("norm_rope"), "after fuse_rmsnorm's dce: {graph}");
 }
 
 #[test]
@@ -202,4 +261,88 @@ fn compile_with_fixture_model_dir() {
     // one-token: 2 layers * 2 (K, V) * 1 KV head * head_dim 32 * 2 bytes (bf16 checkpoint).
     let (stdout, _) = smelt_ok(&["compile", "--model", path_str(&fixture_dir("one-token"))]);
     assert!(stdout.contains("dtype bf16") && stdout.contains("+ 256 of KV cache"), "{stdout}");
+}
+
+/// The kernel table's lines: its column header to the last row, before `total:`.
+fn kernel_table(stdout: &str) -> Vec<&str> {
+    let lines: Vec<&str> = stdout.lines().collect();
+    let start = lines.iter().position(|l| l.trim_start().starts_with("node ")).expect("a kernel table");
+    let end = lines.iter().position(|l| l.trim_start().starts_with("total: ")).expect("a total line");
+    lines[start..end].to_vec()
+}
+
+/// Right-aligned numbers end in one column (every line as long as the header), and each
+/// kernel name starts where the header's `kernel` does, after at least two spaces.
+fn assert_kernel_table_aligned(stdout: &str) {
+    let table = kernel_table(stdout);
+    let chars = |l: &str| l.chars().collect::<Vec<char>>();
+    let header = chars(table[0]);
+    let kernel = table[0].find("kernel").expect("a kernel column");
+    for line in &table[1..] {
+        let row = chars(line);
+        assert_eq!(row.len(), header.len(), "numbers end where the header does:\n{}", table.join("\n"));
+        if line.trim_start().starts_with("(layer") {
+            continue;
+        }
+        assert!(
+            row[kernel - 2] == ' ' && row[kernel - 1] == ' ' && row[kernel] != ' ',
+            "{line:?}:\n{}",
+            table.join("\n")
+        );
+    }
+}
+
+#[test]
+fn compile_kernel_table_columns_align() {
+    let (stdout, _) = smelt_ok(&["compile"]);
+    assert_kernel_table_aligned(&stdout);
+    let (stdout, _) = smelt_ok(&["compile", "--config", "models/assets/qwen3/configs/qwen3-8b.json"]);
+    assert_kernel_table_aligned(&stdout);
+    assert!(stdout.contains("gate_up_swiglu_gemv_rmsnorm") && stdout.contains("(layers 1-35: 280 more launches)"));
+}
+
+/// The combine kernel reads back what the split kernel wrote: the scratch at context 1024.
+#[test]
+fn compile_kernel_table_shows_the_scratch_attention_combine_reads() {
+    let (stdout, _) = smelt_ok(&["compile"]);
+    let program = compiled_decode_program();
+    let scratch = program
+        .launches
+        .iter()
+        .find_map(|l| match &l.params {
+            smelt::codegen::Params::WritesScratch(s) => Some(s.bytes(1024, 1)),
+            _ => None,
+        })
+        .expect("split attention");
+    let row = kernel_table(&stdout).into_iter().find(|l| l.contains("attention_combine")).expect("a combine row");
+    let bytes: usize = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert_eq!(bytes, scratch, "{row}");
+    assert!(scratch > 100_000, "{scratch}");
+    assert!(stdout.contains(&format!("{} of attention scratch", 2 * 28 * scratch)), "{stdout}");
+}
+
+/// Counts agree with their nouns ("1 layer", "1 KV head") and small sizes get small units.
+#[test]
+fn compile_counts_and_sizes_read_naturally() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir("one-token").join("config.json")).unwrap()).unwrap();
+    cfg["num_hidden_layers"] = 1.into();
+    cfg["layer_types"] = serde_json::json!(["full_attention"]);
+    let path = tmp.path().join("config.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let (stdout, _) = smelt_ok(&["compile", "--config", path_str(&path), "--dtype", "f32"]);
+    assert!(stdout.contains("  1 layer, hidden 64, 2 heads / 1 KV head x head_dim 32"), "{stdout}");
+    assert!(!stdout.contains("GB") && !stdout.contains("(layer"), "{stdout}");
+    // 2 layers of the fixture: in KB, and the other layer's row says "layer 1".
+    let (stdout, _) = smelt_ok(&["compile", "--model", path_str(&fixture_dir("one-token"))]);
+    assert!(stdout.contains("parameters: 123328 (246.7 KB in bf16)"), "{stdout}");
+    assert!(
+        stdout.contains("197632 of weights (197.6 KB)") && stdout.contains("at context 1024: 459.8 KB"),
+        "{stdout}"
+    );
+    let (stdout, _) = smelt_ok(&["compile", "--model", path_str(&fixture_dir("one-token")), "--dtype", "f32"]);
+    assert!(stdout.contains("(layer 1: 8 more launches)"), "{stdout}");
+    assert!(stdout.contains(" µs/token on an H200"), "a tiny step's floor in µs: {stdout}");
+    assert_kernel_table_aligned(&stdout);
 }

@@ -161,3 +161,18 @@ fn endless_or_binary_stdin_ends_the_chat_with_an_error() {
     failed_cleanly(&args, code, &stdout, &stderr);
     mentions(&stderr, &["line 2", "UTF-8"]);
 }
+
+#[test]
+fn endless_or_binary_stdin_ends_tokenize_with_an_error() {
+    let tokenizer = root().join("models/assets/qwen3/tokenizer.json");
+    let args = ["tokenize", "--tokenizer", path_str(&tokenizer)];
+    let (code, stdout, stderr, _) = run_in(&root(), Some(Path::new("/dev/zero")), &args);
+    failed_cleanly(&args, code, &stdout, &stderr);
+    mentions(&stderr, &["stdin holds more than"]);
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, [b'h', b'i', 0xff, 0xfe]).unwrap();
+    let (code, stdout, stderr, _) = run_in(&root(), Some(&garbage), &args);
+    failed_cleanly(&args, code, &stdout, &stderr);
+    mentions(&stderr, &["stdin", "UTF-8", "byte 2"]);
+}
