@@ -11,7 +11,8 @@ use smelt_runtime::progress::{Task, Unit};
 
 use crate::batch::{BatchLm, Chunk, ChunkOutput};
 use crate::config::Qwen3Config;
-use crate::engine::{check_ids, CausalLm, ModelError, Qwen3Cpu};
+use crate::engine::{ModelError, Qwen3Cpu};
+use crate::lm::{check_ids, CausalLm};
 use crate::qwen3::Logits;
 use crate::sample::argmax;
 

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use smelt_ir::{DType, Tensor};
 use smelt_models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Completion, Request};
-use smelt_models::engine::next_token;
+use smelt_models::lm::next_token;
 use smelt_models::qwen3::Logits;
 use smelt_models::{
     CausalLm, ChatError, ChatMessage, Continuation, FinishReason, GenerationConfig, LoadOptions, ModelError,

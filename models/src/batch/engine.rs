@@ -10,7 +10,8 @@ use super::blocks::{BlockId, BlockPool};
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
 use crate::config::Qwen3Config;
 use crate::continuation::{Completion, Continuation, Request};
-use crate::engine::{check_ids, ModelError};
+use crate::engine::ModelError;
+use crate::lm::check_ids;
 use crate::tokenizer::Tokenizer;
 
 /// `ids` of one sequence to compute after its first `start` tokens, whose KV is in the blocks
