@@ -63,64 +63,18 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if let Some(path) = &a.json {
-        let reads = match &a.model {
-            Some(dir) => Reads::new().model_dir(dir),
-            None => Reads::new(),
-        };
-        reads.check_output("--json", path)?;
-    }
-    let contexts = a.contexts.0.clone();
+    let plan = Plan::check(&a)?;
     let dtype = a.dtype.into();
-    let prefill_lengths = a.prefill.as_ref().map(|n| n.0.clone()).unwrap_or_default();
-    let batch_sizes = a.batch.as_ref().map(|n| n.0.clone()).unwrap_or_default();
-    // The flags against the model, then the GPU: without one this fails in a second, before
-    // the host model is built.
-    let config = match &a.model {
-        Some(dir) => Qwen3Config::from_file(&super::model_dir_arg(dir)?.join("config.json"))?,
-        None => Qwen3Config::qwen3_0_6b(),
-    };
-    let room = config.max_position_embeddings.saturating_sub(a.steps + 1);
-    at_most("--contexts", &contexts, room, "the model's context less --steps and one")?;
-    at_most("--prefill", &prefill_lengths, config.max_position_embeddings, "the model's context")?;
-    at_most("--batch", &batch_sizes, super::MAX_BATCH as usize, "the most sequences a step runs")?;
-    if batch_sizes.contains(&0) || prefill_lengths.contains(&0) {
-        bail!("--batch and --prefill take counts of at least 1");
-    }
     super::MemoryLimit::gpu("smelt bench")?;
     let t0 = Instant::now();
     let cpu = match &a.model {
         Some(dir) => {
             Qwen3Cpu::load_with(dir, LoadOptions::new(dtype)).with_context(|| format!("loading {}", dir.display()))?
         }
-        None => Qwen3Cpu::with_random_weights(config, LoadOptions::new(dtype), 0)?,
+        None => Qwen3Cpu::with_random_weights(plan.config.clone(), LoadOptions::new(dtype), 0)?,
     };
     tracing::info!("host model ready in {:.1}s", t0.elapsed().as_secs_f64());
-    let longest = contexts.iter().chain(&prefill_lengths).max().copied().unwrap_or(1) as usize;
-    let batch_rows = batch_sizes.iter().max().copied().unwrap_or(0) as usize;
-    // One sequence at the longest context, or every batched sequence in blocks of its own.
-    let block = smelt::passes::DEFAULT_BLOCK_TOKENS;
-    let batch_tokens = batch_rows * (BATCH_CONTEXT + a.steps + 3).div_ceil(block) * block;
-    let max_context = (longest + a.steps + 1).max(batch_tokens);
-
-    let gpu = Gpu::open(0)?;
-    let device = gpu.name().to_string();
-    let (free_before, total) = gpu.memory()?;
-    let bandwidth = gpu.copy_bandwidth(1 << 30, 20)?;
-    tracing::info!("{device}: copy bandwidth {:.0} GB/s (read + write)", bandwidth / 1e9);
-    // The compute ceiling for prefill: smelt's own tensor-core GEMM at 4096^3 (no cuBLAS here).
-    // New and not yet run on a GPU: a failure costs the floors, not the other figures.
-    let gemm = match smelt::runtime::cuda::gemm_rate(&gpu, 4096, 10) {
-        Ok(rate) => {
-            tracing::info!("{device}: smelt's bf16 GEMM at 4096^3: {:.0} TFLOP/s", rate / 1e12);
-            Some(rate)
-        }
-        Err(e) => {
-            tracing::warn!("the GEMM ceiling failed, prefill has no FLOP floor: {e}");
-            None
-        }
-    };
-    drop(gpu);
+    let device = Device::measure()?;
 
     // JIT: cold into an empty module cache, then again from it.
     // A folder of its own, removed when `cache_dir` drops.
@@ -132,10 +86,9 @@ pub fn run(a: Args) -> Result<()> {
         pdl: !a.no_pdl,
         prefill: a.prefill.is_some(),
         prefill_chunk: 2048,
-        batch_rows,
-        ..DecoderOptions::new(max_context)
+        batch_rows: plan.batch_rows,
+        ..DecoderOptions::new(plan.max_context(a.steps))
     };
-
     let cold = Qwen3Cuda::new(cpu, &options(cache_dir.path())).context("starting the CUDA backend")?;
     let jit_cold = cold.decoder().jit().seconds;
     let cpu = cold.into_cpu();
@@ -149,14 +102,145 @@ pub fn run(a: Args) -> Result<()> {
 
     let vocab = model.config().vocab_size as u64;
     let token = |p: usize| (((p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % vocab) as u32;
-    let program = model.decoder().program().clone();
-    let mut rows = Vec::new();
     let mut json = serde_json::Map::new();
     let pdl = model.decoder().pdl();
-    for &context in &contexts {
+    let rows = bench_decode(&mut model, &plan.contexts, a.steps, device.bandwidth, &token, &mut json)?;
+    bench_prefill(&mut model, &plan.prefill_lengths, device.gemm, &token, &mut json)?;
+    bench_batched(&mut model, &plan.batch_sizes, a.steps, (device.bandwidth, dtype), &token, &mut json);
+    // The same step without programmatic dependent launch, for what it buys.
+    if pdl {
+        if let Some(&context) = plan.contexts.iter().find(|&&c| c == 1024).or(plan.contexts.first()) {
+            model.set_pdl(false);
+            let (ms, _) = time_decode(&mut model, context as usize, a.steps, &token)?;
+            tracing::info!("context {context} without programmatic dependent launch: {ms:.3} ms/token");
+            json.insert(format!("decode_ms_per_token_ctx{}_no_pdl", label(context as usize)), ms.into());
+            model.set_pdl(true);
+        }
+    }
+    if a.profile {
+        let context = model.position();
+        let times = model.profile_step(token(context))?;
+        print_profile(model.decoder().program(), &times, context as u64, device.bandwidth);
+    }
+    let (free_after, _) = model.decoder().gpu().memory()?;
+    let used = device.free_before.saturating_sub(free_after);
+    print_summary(&a, &device, (jit_cold, jit_cached), used, &rows);
+    json.insert("device".into(), device.name.clone().into());
+    json.insert("dtype".into(), dtype_name(a.dtype).into());
+    json.insert("copy_bandwidth_gb_s".into(), (device.bandwidth / 1e9).into());
+    if let Some(rate) = device.gemm {
+        json.insert("gemm_4096_tflops".into(), (rate / 1e12).into());
+    }
+    json.insert("jit_cold_s".into(), jit_cold.into());
+    json.insert("jit_cached_s".into(), jit_cached.into());
+    json.insert("device_memory_used_bytes".into(), used.into());
+    json.insert("decode_steps_timed".into(), a.steps.into());
+    json.insert("cuda_graphs".into(), (!a.no_cuda_graphs).into());
+    json.insert("programmatic_dependent_launch".into(), pdl.into());
+    if let Some(path) = &a.json {
+        write_atomically(path, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
+        tracing::info!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The flags, checked against the model before anything runs: without a GPU the command
+/// fails in a second, before the host model is built.
+struct Plan {
+    config: Qwen3Config,
+    contexts: Vec<u32>,
+    prefill_lengths: Vec<u32>,
+    batch_sizes: Vec<u32>,
+    /// The widest batched step.
+    batch_rows: usize,
+}
+
+impl Plan {
+    fn check(a: &Args) -> Result<Plan> {
+        if let Some(path) = &a.json {
+            let reads = match &a.model {
+                Some(dir) => Reads::new().model_dir(dir),
+                None => Reads::new(),
+            };
+            reads.check_output("--json", path)?;
+        }
+        let contexts = a.contexts.0.clone();
+        let prefill_lengths = a.prefill.as_ref().map(|n| n.0.clone()).unwrap_or_default();
+        let batch_sizes = a.batch.as_ref().map(|n| n.0.clone()).unwrap_or_default();
+        let config = match &a.model {
+            Some(dir) => Qwen3Config::from_file(&super::model_dir_arg(dir)?.join("config.json"))?,
+            None => Qwen3Config::qwen3_0_6b(),
+        };
+        let room = config.max_position_embeddings.saturating_sub(a.steps + 1);
+        at_most("--contexts", &contexts, room, "the model's context less --steps and one")?;
+        at_most("--prefill", &prefill_lengths, config.max_position_embeddings, "the model's context")?;
+        at_most("--batch", &batch_sizes, super::MAX_BATCH as usize, "the most sequences a step runs")?;
+        if batch_sizes.contains(&0) || prefill_lengths.contains(&0) {
+            bail!("--batch and --prefill take counts of at least 1");
+        }
+        let batch_rows = batch_sizes.iter().max().copied().unwrap_or(0) as usize;
+        Ok(Plan { config, contexts, prefill_lengths, batch_sizes, batch_rows })
+    }
+
+    /// The KV cache's tokens: one sequence at the longest context, or every batched sequence
+    /// in blocks of its own.
+    fn max_context(&self, steps: usize) -> usize {
+        let longest = self.contexts.iter().chain(&self.prefill_lengths).max().copied().unwrap_or(1) as usize;
+        let block = smelt::passes::DEFAULT_BLOCK_TOKENS;
+        let batch_tokens = self.batch_rows * (BATCH_CONTEXT + steps + 3).div_ceil(block) * block;
+        (longest + steps + 1).max(batch_tokens)
+    }
+}
+
+/// The GPU and its ceilings, measured before the model is on it.
+struct Device {
+    name: String,
+    free_before: usize,
+    total: usize,
+    /// Device-to-device copy bandwidth, bytes/s (read + write).
+    bandwidth: f64,
+    /// smelt's own bf16 GEMM at 4096^3, FLOP/s (None if it failed).
+    gemm: Option<f64>,
+}
+
+impl Device {
+    fn measure() -> Result<Device> {
+        let gpu = Gpu::open(0)?;
+        let name = gpu.name().to_string();
+        let (free_before, total) = gpu.memory()?;
+        let bandwidth = gpu.copy_bandwidth(1 << 30, 20)?;
+        tracing::info!("{name}: copy bandwidth {:.0} GB/s (read + write)", bandwidth / 1e9);
+        // The compute ceiling for prefill: smelt's own tensor-core GEMM at 4096^3 (no cuBLAS
+        // here). New and not yet run on a GPU: a failure costs the floors, not the other figures.
+        let gemm = match smelt::runtime::cuda::gemm_rate(&gpu, 4096, 10) {
+            Ok(rate) => {
+                tracing::info!("{name}: smelt's bf16 GEMM at 4096^3: {:.0} TFLOP/s", rate / 1e12);
+                Some(rate)
+            }
+            Err(e) => {
+                tracing::warn!("the GEMM ceiling failed, prefill has no FLOP floor: {e}");
+                None
+            }
+        };
+        Ok(Device { name, free_before, total, bandwidth, gemm })
+    }
+}
+
+/// Decode at batch 1 at each context: (context, ms/token, floor ms, bytes per step) rows.
+fn bench_decode(
+    model: &mut Qwen3Cuda,
+    contexts: &[u32],
+    steps: usize,
+    bandwidth: f64,
+    token: &dyn Fn(usize) -> u32,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<(usize, f64, f64, u64)>> {
+    let program = model.decoder().program().clone();
+    let mut rows = Vec::new();
+    for &context in contexts {
         let context = context as usize;
-        let (ms, fill_s) = time_decode(&mut model, context, a.steps, &token)?;
-        let bytes: u64 = program.launches.iter().map(|s| s.cost.bytes_at(context as u64 + a.steps as u64 / 2)).sum();
+        let (ms, fill_s) = time_decode(model, context, steps, token)?;
+        let bytes: u64 = program.launches.iter().map(|s| s.cost.bytes_at(context as u64 + steps as u64 / 2)).sum();
         let floor_ms = bytes as f64 / bandwidth * 1e3;
         tracing::info!(
             "context {context}: {ms:.3} ms/token (floor {floor_ms:.3} ms, {:.0}% of bandwidth); filled in {fill_s:.1}s",
@@ -166,8 +250,18 @@ pub fn run(a: Args) -> Result<()> {
         json.insert(format!("decode_floor_ms_ctx{}", label(context)), floor_ms.into());
         rows.push((context, ms, floor_ms, bytes));
     }
-    // Prefill throughput: a fresh sequence of n tokens each time, median of 5 after a warm-up.
-    for &n in &prefill_lengths {
+    Ok(rows)
+}
+
+/// Prefill throughput: a fresh sequence of n tokens each time, median of 5 after a warm-up.
+fn bench_prefill(
+    model: &mut Qwen3Cuda,
+    lengths: &[u32],
+    gemm: Option<f64>,
+    token: &dyn Fn(usize) -> u32,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    for &n in lengths {
         let prompt: Vec<u32> = (0..n as usize).map(token).collect();
         let mut times = Vec::new();
         for i in 0..6 {
@@ -189,10 +283,22 @@ pub fn run(a: Args) -> Result<()> {
             json.insert(format!("prefill_floor_ms_{n}"), ms.into());
         }
     }
-    // Batched decode: every sequence at BATCH_CONTEXT, each weight read once per step.
-    for &n in &batch_sizes {
-        // New and not yet run on a GPU: a failure costs this figure, not the others.
-        let ms = match time_batched(model.decoder_mut(), n as usize, a.steps, &token) {
+    Ok(())
+}
+
+/// Batched decode: every sequence at BATCH_CONTEXT, each weight read once per step. New and
+/// not yet run on a GPU: a failure costs its figure (a warning), not the others.
+fn bench_batched(
+    model: &mut Qwen3Cuda,
+    sizes: &[u32],
+    steps: usize,
+    (bandwidth, dtype): (f64, smelt::ir::DType),
+    token: &dyn Fn(usize) -> u32,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    let weights: u64 = model.decoder().program().launches.iter().map(|s| s.cost.weight_bytes).sum();
+    for &n in sizes {
+        let ms = match time_batched(model.decoder_mut(), n as usize, steps, token) {
             Ok(ms) => ms,
             Err(e) => {
                 tracing::warn!("batched decode of {n} sequences failed: {e:#}");
@@ -201,9 +307,7 @@ pub fn run(a: Args) -> Result<()> {
         };
         let rate = n as f64 / (ms / 1e3);
         // Every weight once, and each sequence's KV.
-        let weights: u64 = program.launches.iter().map(|s| s.cost.weight_bytes).sum();
-        let kv =
-            n as u64 * (BATCH_CONTEXT as u64 + a.steps as u64 / 2) * model.config().kv_bytes_per_token(dtype) as u64;
+        let kv = n as u64 * (BATCH_CONTEXT as u64 + steps as u64 / 2) * model.config().kv_bytes_per_token(dtype) as u64;
         let floor_ms = (weights + kv) as f64 / bandwidth * 1e3;
         tracing::info!(
             "batched decode of {n} sequences at context {BATCH_CONTEXT}: {ms:.3} ms/step, {rate:.0} tokens/s \
@@ -214,60 +318,36 @@ pub fn run(a: Args) -> Result<()> {
         json.insert(format!("batched_decode_ms_per_step_{n}"), ms.into());
         json.insert(format!("batched_decode_tokens_per_s_{n}"), rate.into());
     }
-    // The same step without programmatic dependent launch, for what it buys.
-    if pdl {
-        if let Some(&context) = contexts.iter().find(|&&c| c == 1024).or(contexts.first()) {
-            model.set_pdl(false);
-            let (ms, _) = time_decode(&mut model, context as usize, a.steps, &token)?;
-            tracing::info!("context {context} without programmatic dependent launch: {ms:.3} ms/token");
-            json.insert(format!("decode_ms_per_token_ctx{}_no_pdl", label(context as usize)), ms.into());
-            model.set_pdl(true);
-        }
-    }
-    if a.profile {
-        let context = model.position();
-        let times = model.profile_step(token(context))?;
-        print_profile(&program, &times, context as u64, bandwidth);
-    }
-    let (free_after, _) = model.decoder().gpu().memory()?;
-    let used = free_before.saturating_sub(free_after);
+}
 
+/// The closing table on stdout.
+fn print_summary(
+    a: &Args,
+    device: &Device,
+    (jit_cold, jit_cached): (f64, f64),
+    used: usize,
+    rows: &[(usize, f64, f64, u64)],
+) {
     println!(
-        "smelt bench on {device} ({} dtype, CUDA graphs {})",
+        "smelt bench on {} ({} dtype, CUDA graphs {})",
+        device.name,
         dtype_name(a.dtype),
         if a.no_cuda_graphs { "off" } else { "on" }
     );
-    println!("  copy bandwidth (read+write)      {:>10.0} GB/s", bandwidth / 1e9);
-    if let Some(rate) = gemm {
+    println!("  copy bandwidth (read+write)      {:>10.0} GB/s", device.bandwidth / 1e9);
+    if let Some(rate) = device.gemm {
         println!("  smelt's bf16 GEMM at 4096^3      {:>10.0} TFLOP/s", rate / 1e12);
     }
     println!("  JIT, empty cache / cached         {jit_cold:>8.2} s / {jit_cached:.2} s");
     println!(
         "  device memory used               {:>10.1} MiB of {:.0} GiB",
         used as f64 / 1048576.0,
-        total as f64 / 1073741824.0
+        device.total as f64 / 1073741824.0
     );
     println!("  {:<10} {:>12} {:>12} {:>10} {:>14}", "context", "ms/token", "floor ms", "of floor", "bytes/step");
-    for (context, ms, floor, bytes) in &rows {
+    for (context, ms, floor, bytes) in rows {
         println!("  {context:<10} {ms:>12.3} {floor:>12.3} {:>9.0}% {bytes:>14}", floor / ms * 100.0);
     }
-    json.insert("device".into(), device.into());
-    json.insert("dtype".into(), dtype_name(a.dtype).into());
-    json.insert("copy_bandwidth_gb_s".into(), (bandwidth / 1e9).into());
-    if let Some(rate) = gemm {
-        json.insert("gemm_4096_tflops".into(), (rate / 1e12).into());
-    }
-    json.insert("jit_cold_s".into(), jit_cold.into());
-    json.insert("jit_cached_s".into(), jit_cached.into());
-    json.insert("device_memory_used_bytes".into(), used.into());
-    json.insert("decode_steps_timed".into(), a.steps.into());
-    json.insert("cuda_graphs".into(), (!a.no_cuda_graphs).into());
-    json.insert("programmatic_dependent_launch".into(), pdl.into());
-    if let Some(path) = &a.json {
-        write_atomically(path, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
-        tracing::info!("wrote {}", path.display());
-    }
-    Ok(())
 }
 
 /// Fills the cache to `context` tokens, then times `steps` greedy steps: (median ms per step,
