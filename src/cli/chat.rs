@@ -87,23 +87,10 @@ pub fn run(a: Args) -> Result<()> {
         };
         interrupted = false;
         let text = line.as_str();
-        match text.trim() {
-            "" => continue,
-            "/exit" | "/quit" => break,
-            "/reset" => {
-                history.clear();
-                eprintln!("(conversation cleared)");
-                continue;
-            }
-            "/help" => {
-                eprintln!("{HELP}");
-                continue;
-            }
-            command if command.starts_with('/') => {
-                eprintln!("unknown command {command}; {HELP}");
-                continue;
-            }
-            _ => {}
+        match command(text, &mut history) {
+            Line::Done => continue,
+            Line::Quit => break,
+            Line::Message => {}
         }
         history.push(ChatMessage::new("user", text));
         let mut messages: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s.as_str())).collect();
@@ -129,6 +116,37 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{failed} of {turns} turns failed (their errors are above)");
     }
     Ok(())
+}
+
+/// What a line of input was.
+enum Line {
+    /// A command that has been carried out (or an empty line).
+    Done,
+    Quit,
+    /// The user's next message.
+    Message,
+}
+
+/// Carries out `text` if it is a command (`/reset`, `/help`, ...).
+fn command(text: &str, history: &mut Vec<ChatMessage>) -> Line {
+    match text.trim() {
+        "" => Line::Done,
+        "/exit" | "/quit" => Line::Quit,
+        "/reset" => {
+            history.clear();
+            eprintln!("(conversation cleared)");
+            Line::Done
+        }
+        "/help" => {
+            eprintln!("{HELP}");
+            Line::Done
+        }
+        command if command.starts_with('/') => {
+            eprintln!("unknown command {command}; {HELP}");
+            Line::Done
+        }
+        _ => Line::Message,
+    }
 }
 
 /// Generates the assistant's reply to `messages`, streaming its text to stdout; returns the

@@ -277,53 +277,13 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     }
     let tokenizer = tokenizer_for(&a)?;
     if let Some(path) = &a.batch {
-        tracing::info!("{} (a line's own fields take precedence)", describe_sampling(&sampling, defaults.as_ref()));
-        let batch_defaults = batch::Defaults {
-            max_new_tokens: a.max_new_tokens,
-            sampling,
-            stop: &a.stop,
-            chat: a.chat,
-            enable_thinking: a.no_think.then_some(false),
-        };
-        let file = batch::read_requests(path, &batch_defaults, tokenizer.as_ref())?;
-        a.backend.check_flags()?;
-        if let Some(block) = a.batching.kv_block_tokens() {
-            // Checked before the weights load: a block is at most the context.
-            let config = Qwen3Config::from_file(&model_dir_arg(&a.model)?.join("config.json"))?;
-            let context = config.max_position_embeddings;
-            if block > context {
-                bail!("--kv-block-tokens {block} is longer than the model's context ({context} tokens)");
-            }
-        }
-        if let Some(limit) = a.backend.memory_limit()? {
-            let bytes = a.batching.options().kv_budget_bytes as u64;
-            limit.check(&format!("--kv-memory {}", super::size(bytes)), bytes)?;
-        }
-        // On CUDA, the batched decode step is compiled for the batch's width.
-        let options = ModelOptions { batch: Some(a.batching.options()), ..a.backend.options() };
-        let mut model = a.backend.load(&a.model, &options, tokenizer)?;
-        return batch::run(&mut model, &file, &a.batching, a.ids_out.as_deref());
+        return generate_batch_file(&a, path, sampling, defaults.as_ref(), tokenizer);
     }
     a.sampling.refuse_unused(&sampling)?;
     if a.chat && a.prompt.is_none() {
         bail!("--chat takes the user's turn from --prompt TEXT (not --prompt-ids)");
     }
-    // What the prompt and stop strings need, before the weights load.
-    match &tokenizer {
-        None if a.prompt.is_some() => bail!(
-            "--prompt needs a tokenizer: {} has no tokenizer.json (pass --tokenizer or --prompt-ids)",
-            a.model.display()
-        ),
-        None if !a.stop.is_empty() => bail!(
-            "--stop needs a tokenizer to see text: {} has no tokenizer.json (pass --tokenizer)",
-            a.model.display()
-        ),
-        None => tracing::info!("note: no tokenizer.json in {}: streaming token ids", a.model.display()),
-        Some(t) if a.chat && t.chat_template().is_none() => {
-            bail!("--chat needs a chat template: {} has no tokenizer_config.json with one", a.model.display())
-        }
-        Some(_) => {}
-    }
+    check_tokenizer_for_prompt(&a, tokenizer.as_ref())?;
     let shows_text = tokenizer.is_some();
     let mut model = a.backend.load(&a.model, &a.backend.options(), tokenizer)?;
     let context = model.config().max_position_embeddings;
@@ -373,6 +333,63 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     }
     if let Some(path) = &a.ids_out {
         write_atomically(path, serde_json::to_string(&ids)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `generate --batch FILE`: the requests read and checked, then the model loaded with the
+/// batch engine's options.
+fn generate_batch_file(
+    a: &GenerateArgs,
+    path: &Path,
+    sampling: SamplingParams,
+    defaults: Option<&SamplingParams>,
+    tokenizer: Option<Tokenizer>,
+) -> Result<()> {
+    tracing::info!("{} (a line's own fields take precedence)", describe_sampling(&sampling, defaults));
+    let batch_defaults = batch::Defaults {
+        max_new_tokens: a.max_new_tokens,
+        sampling,
+        stop: &a.stop,
+        chat: a.chat,
+        enable_thinking: a.no_think.then_some(false),
+    };
+    let file = batch::read_requests(path, &batch_defaults, tokenizer.as_ref())?;
+    a.backend.check_flags()?;
+    if let Some(block) = a.batching.kv_block_tokens() {
+        // Checked before the weights load: a block is at most the context.
+        let config = Qwen3Config::from_file(&model_dir_arg(&a.model)?.join("config.json"))?;
+        let context = config.max_position_embeddings;
+        if block > context {
+            bail!("--kv-block-tokens {block} is longer than the model's context ({context} tokens)");
+        }
+    }
+    if let Some(limit) = a.backend.memory_limit()? {
+        let bytes = a.batching.options().kv_budget_bytes as u64;
+        limit.check(&format!("--kv-memory {}", super::size(bytes)), bytes)?;
+    }
+    // On CUDA, the batched decode step is compiled for the batch's width.
+    let options = ModelOptions { batch: Some(a.batching.options()), ..a.backend.options() };
+    let mut model = a.backend.load(&a.model, &options, tokenizer)?;
+    batch::run(&mut model, &file, &a.batching, a.ids_out.as_deref())
+}
+
+/// What the prompt and stop strings need of the tokenizer, checked before the weights load.
+fn check_tokenizer_for_prompt(a: &GenerateArgs, tokenizer: Option<&Tokenizer>) -> Result<()> {
+    match tokenizer {
+        None if a.prompt.is_some() => bail!(
+            "--prompt needs a tokenizer: {} has no tokenizer.json (pass --tokenizer or --prompt-ids)",
+            a.model.display()
+        ),
+        None if !a.stop.is_empty() => bail!(
+            "--stop needs a tokenizer to see text: {} has no tokenizer.json (pass --tokenizer)",
+            a.model.display()
+        ),
+        None => tracing::info!("note: no tokenizer.json in {}: streaming token ids", a.model.display()),
+        Some(t) if a.chat && t.chat_template().is_none() => {
+            bail!("--chat needs a chat template: {} has no tokenizer_config.json with one", a.model.display())
+        }
+        Some(_) => {}
     }
     Ok(())
 }
