@@ -149,3 +149,38 @@ fn remaining_kernel_kinds_source_snapshot() {
     }
     insta::assert_snapshot!(text);
 }
+
+/// Every decode GEMV of every published Qwen3 size keeps at least 8 16-byte weight loads in
+/// flight per lane (batch x parts), or all of K when K is shorter; read off the emitted
+/// kernels' constants. Qwen3-4B's down_proj (K = 9728: 38 steps, whose largest divisor up
+/// to 16 is 2) used to get 2. Its GEMVs compile without spills.
+#[test]
+fn decode_gemvs_keep_eight_loads_in_flight_for_every_qwen3_size() {
+    let constant = |source: &str, name: &str| -> usize {
+        let at = source.find(&format!(" {name} = ")).unwrap_or_else(|| panic!("no {name} in the kernel"));
+        let digits: String = source[at + name.len() + 4..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap()
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/assets/qwen3/configs");
+    for size in ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"] {
+        let cfg = Qwen3Config::from_file(&root.join(format!("{size}.json"))).unwrap();
+        let options = DeclareOptions { phase: Phase::Decode, dtype: DType::BF16, logits: Logits::LastPosition };
+        let mut g = declare(&cfg, options).unwrap();
+        standard().run(&mut g, "qwen3").unwrap();
+        let p = emit(&g).unwrap();
+        let gemvs: Vec<_> = p.kernels.iter().filter(|k| k.kind == "linear_gemv").collect();
+        assert_eq!(gemvs.len(), 5, "{size}: qkv, o_proj, gate_up, down, lm_head");
+        for k in &gemvs {
+            let (steps, batch, parts) =
+                (constant(&k.source, "STEPS"), constant(&k.source, "BATCH"), constant(&k.source, "PARTS"));
+            assert!(batch * parts >= 8 || batch == steps, "{size} {}: {batch} x {parts} of {steps} steps", k.name);
+        }
+        if size == "qwen3-4b" {
+            let down = gemvs.iter().find(|k| k.name.starts_with("down")).unwrap();
+            assert_eq!((constant(&down.source, "STEPS"), constant(&down.source, "BATCH")), (38, 16));
+            if let Some(tc) = kernel_checks::toolchain() {
+                tc.check_all(&gemvs.iter().map(|k| (*k).clone()).collect::<Vec<_>>());
+            }
+        }
+    }
+}

@@ -130,12 +130,20 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
     let ty = storage_type(dtype);
     let kv = k / vec; // 16-byte vectors per row
     let steps = kv.div_ceil(32); // vectors per lane per row
-    let batch = (1..=(LOADS_IN_FLIGHT / parts).max(1)).rev().find(|b| steps % b == 0).unwrap_or(1);
+                                 // Loads in flight per lane: a batch that divides the steps needs no guard, but the
+                                 // largest divisor can be far below what may be in flight (Qwen3-4B's down_proj: 38 steps,
+                                 // 2 at a time); under half of it, the batch is the most allowed and the last one, past K,
+                                 // is guarded.
+    let most = (LOADS_IN_FLIGHT / parts).min(steps).max(1);
+    let divisor = (1..=most).rev().find(|b| steps % b == 0).unwrap_or(1);
+    let batch = if 2 * divisor >= most { divisor } else { most };
     let (lanes, elem_get, elem_set) = elem_access(dtype);
 
     let norm = norm_eps.map_or(String::new(), |e| format!("rmsnorm(eps = {e:e}) "));
-    // The last step is partial only when KV is not a multiple of 32: guard it then only.
-    let (guard, zero) = if kv % 32 == 0 { ("", "") } else { ("i < KV ? ", " : uint4{0u, 0u, 0u, 0u}") };
+    // Loads can pass K only in a partial last step (KV not a multiple of 32) or a partial
+    // last batch: guard them then only.
+    let exact = kv % 32 == 0 && steps % batch == 0;
+    let (guard, zero) = if exact { ("", "") } else { ("i < KV ? ", " : uint4{0u, 0u, 0u, 0u}") };
 
     // x (and the norm weight) as 16-byte vectors when the view keeps them aligned.
     let vector_x = x_view.offset % vec == 0 && x_view.row_stride % vec == 0;
