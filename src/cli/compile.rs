@@ -93,16 +93,17 @@ pub fn run(a: Args) -> Result<()> {
     let mut prefill =
         declare(&cfg, opts(Phase::Prefill, Logits::AllPositions)).context("declaring the prefill graph")?;
     let primitive = (decode.clone(), prefill.clone());
-    print!("{}", summary(&cfg, &origin, dtype, &decode, &prefill)?);
+    // Printed at the end, in one write (see `print_stdout`).
+    let mut report = summary(&cfg, &origin, dtype, &decode, &prefill)?;
     let mut pass_dumps = Vec::new();
     let (mut program, mut prefill_program) = (None, None);
     if !a.no_fuse {
-        pass_dumps = run_passes(&a, &mut decode, &mut prefill)?;
-        program = emit_decode(&decode);
-        prefill_program = emit_prefill(&prefill);
+        pass_dumps = run_passes(&a, &mut decode, &mut prefill, &mut report)?;
+        program = emit_decode(&decode, &mut report);
+        prefill_program = emit_prefill(&prefill, &mut report);
     }
     let plan = Plan::new(&decode, &prefill, prefill_tokens, kv_block_tokens, a.kv_budget_gib)?;
-    print!("{}", plan.summary(a.no_fuse));
+    report += &plan.summary(a.no_fuse);
     if let Some(out) = &mut dump {
         // The fused graphs' lines name their kernels' files.
         let files = |p: &Option<Program>, phase| p.as_ref().map(|p| super::kernels::node_files(p, phase));
@@ -119,18 +120,18 @@ pub fn run(a: Args) -> Result<()> {
         let json = serde_json::to_string_pretty(&plan.json).context("serializing plan.json")?;
         out.write("plan.json", json.as_bytes())?;
         if let Some(program) = &program {
-            println!("{}", super::kernels::dump(out, program, arch, None)?);
+            let _ = writeln!(report, "{}", super::kernels::dump(out, program, arch, None)?);
         }
         if let Some(program) = &prefill_program {
-            println!("prefill: {}", super::kernels::dump(out, program, arch, Some("prefill"))?);
+            let _ = writeln!(report, "prefill: {}", super::kernels::dump(out, program, arch, Some("prefill"))?);
         }
     }
     if let Some(out) = dump {
         let dir = out.target().to_path_buf();
         out.finish()?;
-        println!("dumped graphs, passes/ and plan.json to {}", dir.display());
+        let _ = writeln!(report, "dumped graphs, passes/ and plan.json to {}", dir.display());
     }
-    Ok(())
+    super::print_stdout(&report)
 }
 
 /// The config `--model` or `--config` names, or the embedded Qwen3-0.6B one; and where it
@@ -167,7 +168,12 @@ fn context_sizes(a: &Args, cfg: &Qwen3Config) -> Result<(usize, usize)> {
 /// Runs the pass pipeline on both graphs and prints what each pass did to the decode graph
 /// (and the decode graph after the `--dump-after` pass); returns the decode graph's text after
 /// each pass, by dump file name (kept only when dumped).
-fn run_passes(a: &Args, decode: &mut Graph, prefill: &mut Graph) -> Result<Vec<(String, Option<String>)>> {
+fn run_passes(
+    a: &Args,
+    decode: &mut Graph,
+    prefill: &mut Graph,
+    report: &mut String,
+) -> Result<Vec<(String, Option<String>)>> {
     let keep = a.dump.is_some() || a.dump_after.is_some();
     let pipeline = smelt::passes::pipeline::standard().keep_text(keep);
     let shown =
@@ -176,9 +182,10 @@ fn run_passes(a: &Args, decode: &mut Graph, prefill: &mut Graph) -> Result<Vec<(
     let labels = pipeline.step_labels();
     let runs = pipeline.run(decode, "qwen3.decode").context("compiling the decode graph")?;
     pipeline.run(prefill, "qwen3.prefill").context("compiling the prefill graph")?;
-    println!("pass pipeline (decode graph):");
+    let _ = writeln!(report, "pass pipeline (decode graph):");
     for (i, r) in runs.iter().enumerate() {
-        println!(
+        let _ = writeln!(
+            report,
             "  {:02} {:<20} matched {:>4}  changed {:>4}  nodes {:>5}  {:>8.2} ms  {}",
             i + 1,
             r.name,
@@ -190,21 +197,21 @@ fn run_passes(a: &Args, decode: &mut Graph, prefill: &mut Graph) -> Result<Vec<(
         );
     }
     if let Some(r) = shown.and_then(|step| runs.get(step)) {
-        print!("{}", r.text.as_deref().unwrap_or_default());
+        *report += r.text.as_deref().unwrap_or_default();
     }
     Ok(labels.into_iter().zip(runs).map(|(label, r)| (format!("{label}.txt"), r.text)).collect())
 }
 
 /// The decode kernels, their table printed; none (and why, printed) for a model the emitters
 /// cannot handle yet, which still compiles to a graph and a plan.
-fn emit_decode(decode: &Graph) -> Option<Program> {
+fn emit_decode(decode: &Graph, report: &mut String) -> Option<Program> {
     match smelt::codegen::emit(decode) {
         Ok(program) => {
-            print!("{}", super::kernels::table(&program));
+            *report += &super::kernels::table(&program);
             Some(program)
         }
         Err(e) => {
-            println!("decode kernels: not generated: {e}");
+            let _ = writeln!(report, "decode kernels: not generated: {e}");
             None
         }
     }
@@ -212,11 +219,12 @@ fn emit_decode(decode: &Graph) -> Option<Program> {
 
 /// The prefill kernels, counted on one line; none (and why, printed) if they cannot be
 /// generated.
-fn emit_prefill(prefill: &Graph) -> Option<Program> {
+fn emit_prefill(prefill: &Graph, report: &mut String) -> Option<Program> {
     match smelt::codegen::emit(prefill) {
         Ok(p) => {
             let gemms = p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "linear_gemm").count();
-            println!(
+            let _ = writeln!(
+                report,
                 "prefill kernels: {} launches of {} kernels ({gemms} tensor-core GEMMs)",
                 p.launches.len(),
                 p.kernels.len()
@@ -224,7 +232,7 @@ fn emit_prefill(prefill: &Graph) -> Option<Program> {
             Some(p)
         }
         Err(e) => {
-            println!("prefill kernels: not generated: {e}");
+            let _ = writeln!(report, "prefill kernels: not generated: {e}");
             None
         }
     }

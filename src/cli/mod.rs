@@ -214,6 +214,17 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
+/// Writes `text` to stdout. A reader that has gone away (`smelt compile | head`) ends the
+/// output quietly: `print!` would panic on the broken pipe.
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.context("writing to stdout"),
+    }
+}
+
 /// In decimal units, as bandwidths are given: `1.192 GB`, `37.50 MB`, `197.6 KB`, `512 B`.
 pub fn decimal_size(bytes: u64) -> String {
     let b = bytes as f64;

@@ -346,3 +346,19 @@ fn compile_counts_and_sizes_read_naturally() {
     assert!(stdout.contains(" µs/token on an H200"), "a tiny step's floor in µs: {stdout}");
     assert_kernel_table_aligned(&stdout);
 }
+
+/// `smelt compile | head -1`: a reader that goes away leaves smelt to end quietly, not to
+/// panic on the broken pipe.
+#[test]
+fn compile_into_a_closed_pipe_ends_quietly() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .arg("compile")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("panicked"), "{}: {stderr}", out.status);
+}
