@@ -26,7 +26,7 @@ pub mod verify;
 pub use builder::Builder;
 pub use dtype::DType;
 pub use error::IrError;
-pub use eval::{eval, eval_with, EvalError, EvalOptions, WeightSource};
+pub use eval::{eval, eval_observed, eval_with, EvalError, EvalOptions, WeightSource};
 pub use expr::{Expr, ExprKind};
 pub use graph::{Graph, Node, NodeId};
 pub use op::{BinaryOp, Bound, Op, ReduceOp, UnaryOp, WEIGHT_CONCAT};

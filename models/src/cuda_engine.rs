@@ -12,12 +12,9 @@ use smelt_runtime::progress::{Task, Unit};
 use crate::batch::{BatchLm, Chunk, ChunkOutput};
 use crate::config::Qwen3Config;
 use crate::engine::{ModelError, Qwen3Cpu};
-use crate::lm::{check_ids, CausalLm};
+use crate::lm::{check_ids, CausalLm, LONG_PROMPT};
 use crate::qwen3::Logits;
 use crate::sample::argmax;
-
-/// Prompts at least this long report their progress (run token by token).
-const LONG_PROMPT: usize = 256;
 
 /// A batched decode step against the same rows run one at a time (see
 /// [`Qwen3Cuda::check_batch`]).

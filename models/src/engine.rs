@@ -13,6 +13,7 @@ use crate::config::{ConfigError, Qwen3Config};
 use crate::generation_config::GenerationConfig;
 use crate::lm::{check_ids, CausalLm};
 use crate::qwen3::{declare, DeclareOptions, Logits, Phase, EMBED, LM_HEAD, LOGITS, POSITIONS, TOKEN_IDS};
+use smelt_runtime::progress::{Task, Unit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -272,7 +273,14 @@ impl Qwen3Cpu {
             (_, Logits::LastPosition) => &self.graphs.prefill_last,
             (_, Logits::AllPositions) => &self.graphs.prefill_all,
         };
-        let mut out = self.state.run(graph, &self.weights, step_inputs(ids, self.position))?;
+        let inputs = step_inputs(ids, self.position);
+        let mut out = if ids.len() >= crate::lm::LONG_PROMPT {
+            // A long prompt takes seconds on the CPU: its progress through the graph's nodes.
+            let task = Task::begin("prompt", graph.node_count() as u64, Unit::Fraction);
+            self.state.run_observed(graph, &self.weights, inputs, &mut || task.advance(1))?
+        } else {
+            self.state.run(graph, &self.weights, inputs)?
+        };
         let logits = out.remove(LOGITS).expect("the graph outputs logits");
         // A row per new token, or the last one's only.
         let first_row = if logits.shape()[0] == ids.len() { self.position } else { needed - 1 };

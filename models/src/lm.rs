@@ -8,6 +8,9 @@ use crate::continuation::{Completion, Continuation, Step};
 use crate::engine::ModelError;
 use crate::qwen3::Logits;
 
+/// Prompts at least this long show their progress (where a progress sink is installed).
+pub const LONG_PROMPT: usize = 256;
+
 /// What generation needs of a backend: the CPU reference ([`crate::Qwen3Cpu`]) or the GPU
 /// ([`crate::Qwen3Cuda`]).
 pub trait CausalLm {

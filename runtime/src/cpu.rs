@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use smelt_ir::{
-    eval_with, DType, Data, Dim, EvalError, EvalOptions, Graph, Op, Sym, Tensor, WeightSource, WEIGHT_CONCAT,
+    eval_observed, DType, Data, Dim, EvalError, EvalOptions, Graph, Op, Sym, Tensor, WeightSource, WEIGHT_CONCAT,
 };
 
 /// How the CPU backend evaluates a model: an f16 activation that overflows is an error naming
@@ -93,7 +93,18 @@ impl CpuState {
         &mut self,
         graph: &Graph,
         weights: &HostWeights,
+        inputs: HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, EvalError> {
+        self.run_observed(graph, weights, inputs, &mut || {})
+    }
+
+    /// [`CpuState::run`], calling `after_node` after each node (see [`smelt_ir::eval_observed`]).
+    pub fn run_observed(
+        &mut self,
+        graph: &Graph,
+        weights: &HostWeights,
         mut inputs: HashMap<String, Tensor>,
+        after_node: &mut dyn FnMut(),
     ) -> Result<HashMap<String, Tensor>, EvalError> {
         let mut state_names = Vec::new();
         for (name, id) in graph.kv_cache_inputs() {
@@ -104,7 +115,7 @@ impl CpuState {
             inputs.insert(name.clone(), t);
             state_names.push(name);
         }
-        let mut out = eval_with(graph, inputs, weights, MODEL_EVAL)?;
+        let mut out = eval_observed(graph, inputs, weights, MODEL_EVAL, after_node)?;
         for name in state_names {
             if let Some(t) = out.remove(&name) {
                 self.values.insert(name, t);

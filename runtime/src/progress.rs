@@ -10,6 +10,8 @@ pub enum Unit {
     Bytes,
     /// Kernels, tokens: counted.
     Items,
+    /// Steps of work that mean nothing counted (a graph's nodes): shown as a percentage.
+    Fraction,
 }
 
 /// Where progress goes.

@@ -19,6 +19,7 @@ impl Sink for Bars {
         let counts = match unit {
             Unit::Bytes => "{bytes}/{total_bytes}",
             Unit::Items => "{pos}/{len}",
+            Unit::Fraction => "{percent}%",
         };
         let template = format!("{{msg}} [{{bar:30}}] {counts} ({{elapsed}}, {{eta}} left)");
         let style = ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar());

@@ -95,9 +95,21 @@ pub struct EvalOptions {
 /// [`eval`] with options.
 pub fn eval_with(
     graph: &Graph,
+    inputs: HashMap<String, Tensor>,
+    weights: &dyn WeightSource,
+    options: EvalOptions,
+) -> Result<HashMap<String, Tensor>, EvalError> {
+    eval_observed(graph, inputs, weights, options, &mut || {})
+}
+
+/// [`eval_with`], calling `after_node` once per node evaluated, `graph.len()` times in all: a
+/// caller's progress through a long evaluation (a long prompt).
+pub fn eval_observed(
+    graph: &Graph,
     mut inputs: HashMap<String, Tensor>,
     weights: &dyn WeightSource,
     options: EvalOptions,
+    after_node: &mut dyn FnMut(),
 ) -> Result<HashMap<String, Tensor>, EvalError> {
     let order = graph.topo_order().ok_or(EvalError::Cycle)?;
     let bindings = bind(graph, &inputs)?;
@@ -114,6 +126,7 @@ pub fn eval_with(
             op => Val::Owned(run.compute(id, op)?),
         };
         run.values[id.index()] = Some(val);
+        after_node();
     }
     run.outputs()
 }

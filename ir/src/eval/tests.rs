@@ -343,3 +343,15 @@ fn an_epilogue_reads_its_part_of_the_accumulator() {
     assert_eq!(part(2, 3).to_f32_vec(), [4.0, 5.0, 14.0, 15.0]);
     assert_eq!(part(1, 2).to_f32_vec(), [3.0, 4.0, 5.0, 13.0, 14.0, 15.0]);
 }
+
+/// `eval_observed` reports each node once, after it is computed, and computes what `eval`
+/// computes.
+#[test]
+fn eval_observed_counts_every_node_once() {
+    let g = gather_graph(shape![Sym::NewTokens]);
+    let inputs = || HashMap::from([("x0".to_string(), i32t(&[3], &[3, 0, 2]))]);
+    let mut seen = 0;
+    let observed = super::eval_observed(&g, inputs(), &table(), EvalOptions::default(), &mut || seen += 1).unwrap();
+    assert_eq!(seen, g.node_count());
+    assert_eq!(observed, eval(&g, inputs(), &table()).unwrap());
+}
