@@ -18,14 +18,15 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     for chunk in &mut generation {
         print!("{}", chunk?.text);
     }
-    println!("\n[finish: {:?}]", generation.finish_reason());
+    let finish = generation.finish_reason().map_or("unfinished", |f| f.as_str());
+    println!("\n[finish: {finish}]");
 
     // Many requests at once: continuous batching with prefix caching; completions in input
     // order, each exactly what generate gives it alone.
     let requests = [(Prompt::Text("Hello"), params.clone()), (Prompt::Text("Hello there"), params)];
     let (completions, _stats) = model.generate_batch(&requests, |_event| {})?;
     for completion in &completions {
-        println!("{} tokens, {:?}: {}", completion.ids.len(), completion.finish, completion.text);
+        println!("{} tokens, {}: {}", completion.ids.len(), completion.finish.as_str(), completion.text);
     }
     Ok(())
 }
