@@ -91,24 +91,25 @@ fn tokens(t: usize) -> Bindings {
 fn launch_config() {
     let gate_up = Case::new("gate_up", DType::BF16, 1024, 6144, Some(swiglu(DType::BF16))).kernel();
     assert_eq!((gate_up.launch.block, gate_up.launch.shared_bytes), (256, 48 * 1024));
-    // 3072 output columns, 64 per tile (times 2 parts): 48 column tiles; 16 rows per block.
-    let blocks: Vec<u32> = [1, 17, 2048].iter().map(|&t| gate_up.launch.grid.blocks(&tokens(t))).collect();
-    assert_eq!(blocks, [3, 51, 1024]);
+    // 3072 output columns, 64 per tile (times 2 parts): 48 column tiles; a block per tile of
+    // 128 rows, at every T (1024 at most).
+    let blocks: Vec<u32> = [1, 17, 129, 2048].iter().map(|&t| gate_up.launch.grid.blocks(&tokens(t))).collect();
+    assert_eq!(blocks, [48, 48, 96, 768]);
     let qkv = Case::new("qkv", DType::F16, 1024, 4096, None).kernel();
-    let blocks: Vec<u32> = [1, 17, 2048].iter().map(|&t| qkv.launch.grid.blocks(&tokens(t))).collect();
-    assert_eq!(blocks, [2, 34, 1024]);
+    let blocks: Vec<u32> = [1, 17, 2048, 4096].iter().map(|&t| qkv.launch.grid.blocks(&tokens(t))).collect();
+    assert_eq!(blocks, [32, 32, 512, 1024]);
     let lm = Case::new("logits", DType::BF16, 1024, 151936, Some(to_f32(DType::BF16))).kernel();
     let blocks: Vec<u32> = [1, 17, 2048].iter().map(|&t| lm.launch.grid.blocks(&tokens(t))).collect();
-    assert_eq!(blocks, [75, 1024, 1024]);
-    // From T = 16 on, every 128 x 128 tile gets a block of its own unless the cap is reached.
+    assert_eq!(blocks, [1024, 1024, 1024]);
+    // Every 128 x 128 output tile gets a block of its own at every T, unless the cap is
+    // reached (then blocks loop over tiles); the grid never exceeds the tiles.
     for case in qwen3_prefill(DType::BF16) {
         let k = case.kernel();
-        let Grid::Cover { shape, max, .. } = &k.launch.grid else { panic!("{}: a GEMM covers [T, tiles]", k.name) };
-        let n_tiles = shape.dims()[1].fixed().expect("fixed column tiles");
-        for t in 16..3000usize {
-            let tiles = t.div_ceil(128) * n_tiles;
+        let Grid::Tiles { column_tiles, max, .. } = k.launch.grid else { panic!("{}: a GEMM has a tile grid", k.name) };
+        for t in (1..=16usize).chain([127, 128, 129, 512, 2999]) {
+            let tiles = t.div_ceil(128) * column_tiles as usize;
             let blocks = k.launch.grid.blocks(&tokens(t)) as usize;
-            assert!(blocks >= tiles.min(*max as usize), "{} at T = {t}: {blocks} blocks for {tiles} tiles", k.name);
+            assert_eq!(blocks, tiles.min(max as usize), "{} at T = {t}: {blocks} blocks for {tiles} tiles", k.name);
         }
     }
 }

@@ -72,11 +72,7 @@ const STAGES: usize = 3;
 const BLOCK: usize = 256;
 /// Dynamic shared memory: A and B tiles of 16-bit values per stage (48 KiB).
 const SHARED: usize = STAGES * (BM + BN) * BK * 2;
-/// Grid cover granularity: one block per 16 rows of each column tile. For T >= 16 that is at
-/// least one block per tile (T <= 128: T/16 >= 1; above: T/16 >= ceil(T/128)), at most 8x
-/// more (the surplus exits at once); below 16 some blocks loop over tiles.
-const COVER_ROWS: u32 = 16;
-/// Past this many blocks, blocks loop over tiles (bounding the idle surplus).
+/// Past this many blocks (one per output tile up to it), blocks loop over tiles.
 const MAX_BLOCKS: u32 = 1024;
 
 /// `epilogue(x @ w^T)` for `M = step->new_tokens` rows. Operands, in the kernel's parameter
@@ -183,16 +179,14 @@ pub fn linear_gemm(name: &str, spec: &GemmSpec) -> Kernel {
     ]);
     let s = format!("{PRELUDE}{kernel}");
 
-    let n_tiles = n_out.div_ceil(BN / parts);
-    let shape = Shape::new([Dim::Sym(Sym::NewTokens), Dim::Fixed(n_tiles)]);
+    // One block per output tile at every T (a cover of 16 rows per block gave T = 1 a
+    // sixteenth of the tiles' blocks, each looping over 16 tiles).
+    let column_tiles = n_out.div_ceil(BN / parts) as u32;
+    let grid = Grid::Tiles { rows: Dim::Sym(Sym::NewTokens), tile_rows: BM as u32, column_tiles, max: MAX_BLOCKS };
     Kernel {
         name: name.to_string(),
         kind: "linear_gemm",
         source: s,
-        launch: Launch {
-            block: BLOCK as u32,
-            grid: Grid::Cover { shape, per_block: COVER_ROWS, max: MAX_BLOCKS },
-            shared_bytes: SHARED as u32,
-        },
+        launch: Launch { block: BLOCK as u32, grid, shared_bytes: SHARED as u32 },
     }
 }

@@ -81,6 +81,14 @@ pub enum Grid {
         per_block: u32,
         max: u32,
     },
+    /// One block per tile of `tile_rows` rows of `rows` by one of `column_tiles`:
+    /// `ceil(rows / tile_rows) * column_tiles` blocks, at most `max`.
+    Tiles {
+        rows: Dim,
+        tile_rows: u32,
+        column_tiles: u32,
+        max: u32,
+    },
 }
 
 impl Grid {
@@ -90,6 +98,11 @@ impl Grid {
             Grid::Cover { shape, per_block, max } => {
                 let n: usize = shape.resolve(b).iter().product();
                 (n.div_ceil(*per_block as usize) as u32).clamp(1, *max)
+            }
+            Grid::Tiles { rows, tile_rows, column_tiles, max } => {
+                let rows = Shape::new([*rows]).resolve(b)[0];
+                let tiles = rows.div_ceil(*tile_rows as usize).saturating_mul(*column_tiles as usize);
+                (tiles.min(u32::MAX as usize) as u32).clamp(1, *max)
             }
         }
     }

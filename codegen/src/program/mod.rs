@@ -88,6 +88,10 @@ impl Program {
                     kernels::Grid::Cover { shape, per_block, max } => {
                         serde_json::json!({ "cover": shape.to_string(), "per_block": per_block, "max": max })
                     }
+                    kernels::Grid::Tiles { rows, tile_rows, column_tiles, max } => serde_json::json!({
+                        "tiles": { "rows": rows.to_string(), "tile_rows": tile_rows, "column_tiles": column_tiles },
+                        "max": max
+                    }),
                 };
                 let cost = first.map(|s| s.cost.clone()).unwrap_or_default();
                 serde_json::json!({
