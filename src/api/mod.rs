@@ -128,10 +128,12 @@ impl Model {
         }
         let dtype = options.dtype();
         let load = LoadOptions { dtype, fuse: !options.no_fuse };
+        // The small files first: a bad one fails before the weights are read.
+        let config = Qwen3Config::from_file(&dir.join("config.json")).map_err(ModelError::from)?;
+        let sampling = GenerationConfig::load(dir, config.vocab_size)?.sampling;
         let lm: Box<dyn CausalLm> = match options.device {
             Device::Cpu => Box::new(Qwen3Cpu::load_with(dir, load)?),
             Device::Cuda => {
-                let config = Qwen3Config::from_file(&dir.join("config.json")).map_err(ModelError::from)?;
                 options.cuda.check_fits(&config, dtype)?;
                 let cpu = Qwen3Cpu::load_with(dir, load)?;
                 // With batch options, the batched decode step is compiled too (for generate_batch).
@@ -140,7 +142,6 @@ impl Model {
             }
         };
         let batch = options.batch.unwrap_or_default();
-        let sampling = GenerationConfig::load(dir, lm.config().vocab_size)?.sampling;
         Ok(Model { lm, tokenizer, dir: dir.to_path_buf(), batch, sampling })
     }
 
