@@ -132,3 +132,26 @@ fn launch_and_epilogue_addressing() {
 fn unaligned_k_is_refused() {
     Case::new("odd", DType::BF16, 1020, 64, false, None).kernel();
 }
+
+/// A decode GEMV loads its matrix before the grid-dependency wait (while the previous kernel
+/// finishes), which is right only for a weight: a matmul by another value is refused by name
+/// instead of reading it before it is written.
+#[test]
+fn a_gemv_reads_only_weights_before_its_wait() {
+    let matmul_by = |weight: bool| {
+        let mut b = smelt_ir::Builder::new();
+        let x = b.input("x", DType::BF16, smelt_ir::shape![1, 64]);
+        let w = if weight {
+            b.weight("w", DType::BF16, smelt_ir::shape![32, 64]).unwrap()
+        } else {
+            b.input("w", DType::BF16, smelt_ir::shape![32, 64])
+        };
+        let y = b.matmul("y", x, w).unwrap();
+        b.output("y", y).unwrap();
+        smelt_codegen::emit(&b.finish().unwrap())
+    };
+    let p = matmul_by(true).expect("a matmul by a weight has a GEMV");
+    assert_eq!(p.kernels[0].kind, "linear_gemv");
+    let e = matmul_by(false).expect_err("a matmul by an input is refused").to_string();
+    assert!(e.contains("operand 1 is not a weight") && e.contains("PDL wait"), "{e}");
+}

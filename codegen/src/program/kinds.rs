@@ -70,6 +70,14 @@ impl<'g> NodeCtx<'g> {
             .ok_or_else(|| CodegenError::Shape { node: self.label.clone(), message: format!("dim {d} must be fixed") })
     }
 
+    /// Operand `i` is read before the kernel's grid-dependency wait (a GEMV loads its matrix
+    /// and norm weight while the previous kernel finishes), which only a weight allows: any
+    /// other value may not be written yet.
+    fn read_before_wait(&self, i: usize) -> Result<(), CodegenError> {
+        let is_weight = matches!(self.g.node(resolve_view(self.g, self.ops[i]).0).op, Op::Weight { .. });
+        self.supported(is_weight, &format!("a GEMV whose operand {i} is not a weight (it is read before the PDL wait)"))
+    }
+
     /// A weight operand `[n, k]`'s n and k.
     fn weight_nk(&self, i: usize) -> Result<(usize, usize), CodegenError> {
         let w = &self.operand(i).shape;
@@ -162,6 +170,10 @@ fn gemm(n: &NodeCtx, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, Codeg
 
 fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, CodegenError> {
     let (nw, k) = n.weight_nk(1)?;
+    n.read_before_wait(1)?;
+    if norm_eps.is_some() {
+        n.read_before_wait(2)?;
+    }
     let extras = n.types_from(2 + usize::from(norm_eps.is_some()));
     let xs = &n.operand(0).shape;
     let fixed_rows = xs.dims()[..xs.rank() - 1].iter().all(|d| d.fixed().is_some());
@@ -191,6 +203,7 @@ fn matmul_gemv(n: &NodeCtx) -> Result<Planned, CodegenError> {
     let one_row = xs.dims()[..xs.rank() - 1].iter().all(|d| d.fixed() == Some(1));
     n.supported(one_row, "a matmul of more than one row outside the GEMM")?;
     let (nw, k) = n.weight_nk(1)?;
+    n.read_before_wait(1)?;
     let dtype = n.node.dtype;
     if let Some(why) = kernels::gemv_unsupported(1, k, dtype) {
         n.supported(false, &why)?;
