@@ -12,9 +12,11 @@ use crate::{tokens, Case};
 /// after another), `__syncthreads` is a barrier. Warp-collective `ldmatrix` and `mma` publish
 /// each lane's operands to a per-warp slot array between two warp barriers, then every lane
 /// computes its own registers from the PTX ISA's fragment tables (written here from the ISA,
-/// independently of the kernel's index math). `cp.async` copies wait in their commit groups
-/// and land only when a `wait_group` requires them, the latest moment the PTX allows, so a
-/// stage read before it is waited for reads stale data (shared memory starts as NaNs).
+/// independently of the kernel's index math). `cp.async` copies either wait in their commit
+/// groups and land only when a `wait_group` requires them, the latest moment the PTX allows, so
+/// a stage read before it is waited for reads stale data (shared memory starts as NaNs); or land
+/// at issue, the earliest, so a stage refilled while a warp still reads it changes what it
+/// reads. Every case runs both ways and must give the same bits.
 const SHIM: &str = r#"#include <barrier>
 #include <thread>
 #include <vector>
@@ -43,17 +45,23 @@ static unsigned int emu_smem_word(unsigned int addr) {
 struct emu_copy { unsigned int dst; const void* src; unsigned int bytes; };
 static thread_local std::vector<emu_copy> emu_pending;
 static thread_local std::deque<std::vector<emu_copy>> emu_groups;
+/* When copies land: at the latest moment a wait_group allows (default), or at issue, the
+   earliest (argv[1] = "early"): a stage refilled while another warp still reads it then
+   corrupts what that warp reads. A correct kernel gives the same result both ways. */
+static bool emu_land_early;
+static void emu_land(const emu_copy& c) {
+  memset(dynamic_smem + c.dst, 0, 16);
+  if (c.bytes) memcpy(dynamic_smem + c.dst, c.src, 16);
+}
 static void emu_cp16(unsigned int dst, const void* src, unsigned int bytes) {
   if (dst % 16 || dst + 16 > dynamic_bytes || (bytes != 0 && bytes != 16) || (bytes && (size_t)src % 16)) emu_fail("bad cp.async");
-  emu_pending.push_back({dst, src, bytes});
+  if (emu_land_early) emu_land({dst, src, bytes});
+  else emu_pending.push_back({dst, src, bytes});
 }
 static void emu_commit() { emu_groups.push_back(std::move(emu_pending)); emu_pending.clear(); }
 static void emu_wait(unsigned int n) {
   for (; emu_groups.size() > n; emu_groups.pop_front())
-    for (const emu_copy& c : emu_groups.front()) {
-      memset(dynamic_smem + c.dst, 0, 16);
-      if (c.bytes) memcpy(dynamic_smem + c.dst, c.src, 16);
-    }
+    for (const emu_copy& c : emu_groups.front()) emu_land(c);
 }
 /* Each lane's words, visible to its warp between the two barriers. */
 static unsigned int emu_slot[8][32][6];
@@ -206,7 +214,8 @@ fn emulate(cases: &[(Case, Run)], cxx: &str) -> Vec<Vec<f32>> {
     c.push_str("static void* slurp(const char* path) {\n  FILE* f = fopen(path, \"rb\"); fseek(f, 0, SEEK_END);\n");
     c.push_str("  long n = ftell(f); fseek(f, 0, SEEK_SET); void* p = malloc(n);\n");
     c.push_str("  if (fread(p, 1, n, f) != (size_t)n) abort(); fclose(f); return p;\n}\n");
-    c.push_str("int main() {\n  block_barrier = new std::barrier<>(256);\n");
+    c.push_str("int main(int argc, char** argv) {\n  block_barrier = new std::barrier<>(256);\n");
+    c.push_str("  emu_land_early = argc > 1 && strcmp(argv[1], \"early\") == 0;\n");
     c.push_str("  for (int w = 0; w < 8; w++) warp_barrier[w] = new std::barrier<>(32);\n");
     for (i, (case, run)) in cases.iter().enumerate() {
         let kernel = case.kernel();
@@ -246,14 +255,32 @@ fn emulate(cases: &[(Case, Run)], cxx: &str) -> Vec<Vec<f32>> {
     let flags = ["-std=c++20", "-O1", "-pthread", "-fsanitize=address", "-fno-omit-frame-pointer", "-o"];
     let built = std::process::Command::new(cxx).args(flags).arg(&exe).arg(&src).arg("-lm").output().expect("run c++");
     assert!(built.status.success(), "{cxx} failed on {}:\n{}", src.display(), String::from_utf8_lossy(&built.stderr));
-    let ran = std::process::Command::new(&exe).env("ASAN_OPTIONS", "detect_leaks=0").output().expect("run emulation");
-    assert!(ran.status.success(), "the emulated kernels failed:\n{}", String::from_utf8_lossy(&ran.stderr));
     let out_dtype = |case: &Case| case.epilogue.as_ref().map_or(case.dtype, |e| e.dtype);
-    (0..cases.len())
-        .map(|i| {
-            from_storage(out_dtype(&cases[i].0), &std::fs::read(dir.path().join(format!("y{i}"))).expect("output"))
-        })
-        .collect()
+    let run = |mode: &str| -> Vec<Vec<f32>> {
+        let ran = std::process::Command::new(&exe)
+            .arg(mode)
+            .env("ASAN_OPTIONS", "detect_leaks=0")
+            .output()
+            .expect("run emulation");
+        assert!(
+            ran.status.success(),
+            "the emulated kernels failed ({mode}):\n{}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        (0..cases.len())
+            .map(|i| {
+                from_storage(out_dtype(&cases[i].0), &std::fs::read(dir.path().join(format!("y{i}"))).expect("output"))
+            })
+            .collect()
+    };
+    // Copies landing as late and as early as the PTX allows: the same bits, or a stage is
+    // read while it is refilled (a missing barrier).
+    let (late, early) = (run("late"), run("early"));
+    for (i, (l, e)) in late.iter().zip(&early).enumerate() {
+        let same = l.iter().zip(e).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{}: cp.async landing at issue changes the output (a race on a stage)", cases[i].0.name);
+    }
+    late
 }
 
 /// Summation order differs from `ir::eval`, so an f32 sum may land on the other side of a
