@@ -19,6 +19,7 @@ use crate::{tokens, Case};
 /// reads. Every case runs both ways and must give the same bits.
 const SHIM: &str = r#"#include <barrier>
 #include <thread>
+#include <chrono>
 #include <vector>
 #include <deque>
 #include <memory>
@@ -74,6 +75,9 @@ static void emu_publish(const unsigned int* v, int n) {
 /* ldmatrix .x4: lanes 8i..8i+7 give matrix i's row addresses; lane l gets row l/4, 32-bit word l%4. */
 static void emu_ldsm4(unsigned int addr, unsigned int* r) {
   const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  /* Landing early, the warps also drift apart (warp w reads w us late), so that a warp racing
+     ahead past a missing barrier refills a stage another warp has yet to read. */
+  if (emu_land_early) std::this_thread::sleep_for(std::chrono::microseconds(w));
   emu_publish(&addr, 1);
   for (int i = 0; i < 4; i++) {
     const unsigned int row = emu_slot[w][8 * i + l / 4][0];
