@@ -239,7 +239,9 @@ impl CausalLm for Qwen3Cuda {
             for &id in init {
                 let step = self.decoder.step(id, want)?;
                 self.check_finite(step.logits.as_deref().unwrap_or_default())?;
-                task.iter().for_each(|t| t.advance(1));
+                if let Some(task) = &task {
+                    task.advance(1);
+                }
             }
             self.decoder.step(*last, want)?
         };

@@ -234,7 +234,9 @@ fn write_checkpoint(out: &mut impl Write, plan: &Plan, dtype: DTypeArg, seed: u6
             }
             out.write_all(&buf)?;
             left -= n;
-            task.iter().for_each(|t| t.advance(buf.len() as u64));
+            if let Some(task) = &task {
+                task.advance(buf.len() as u64);
+            }
         }
     }
     out.flush()?;

@@ -100,8 +100,7 @@ impl Grid {
                 (n.div_ceil(*per_block as usize) as u32).clamp(1, *max)
             }
             Grid::Tiles { rows, tile_rows, column_tiles, max } => {
-                let rows = Shape::new([*rows]).resolve(b)[0];
-                let tiles = rows.div_ceil(*tile_rows as usize).saturating_mul(*column_tiles as usize);
+                let tiles = b.dim(*rows).div_ceil(*tile_rows as usize).saturating_mul(*column_tiles as usize);
                 (tiles.min(u32::MAX as usize) as u32).clamp(1, *max)
             }
         }
