@@ -35,7 +35,7 @@ fn fixture_decode_programs_compile_with_nvrtc() {
     let Some(nvrtc) = nvrtc() else { return };
     for name in GPU_FIXTURES {
         let model = Qwen3Cpu::load_with(&common::fixture_dir(name), LoadOptions::new(DType::F32)).expect(name);
-        let program = emit(model.decode_graph()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let program = emit(model.blueprint().decode_graph()).unwrap_or_else(|e| panic!("{name}: {e}"));
         for k in &program.kernels {
             nvrtc.compile(&k.name, &k.source, Arch::Sm90).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
@@ -76,10 +76,11 @@ fn every_kernel_matches_the_evaluator_on_the_gpu() {
         return;
     }
     for name in GPU_FIXTURES {
-        let cpu = Qwen3Cpu::load_with(&common::fixture_dir(name), LoadOptions::new(DType::F32)).expect(name);
-        let mut model = Qwen3Cuda::new(cpu, &options()).expect(name);
+        let dir = common::fixture_dir(name);
+        let cpu = Qwen3Cpu::load_with(&dir, LoadOptions::new(DType::F32)).expect(name);
+        let mut model = Qwen3Cuda::load(&dir, DType::F32, &options()).expect(name);
         for (p, token) in [3u32, 1, 4, 1, 5, 9, 2, 6].into_iter().enumerate() {
-            let checks = model.check_step(token).expect(name);
+            let checks = model.check_step(&cpu, token).expect(name);
             let bad: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
             assert!(bad.is_empty(), "{name} position {p}: {bad:#?}");
         }
@@ -96,7 +97,8 @@ fn gpu_greedy_generation_matches_the_cpu() {
         let mut cpu = Qwen3Cpu::load_with(&dir, LoadOptions::new(DType::F32)).expect(name);
         let prompt = [5u32, 17, 42, 7];
         let want = generate(&mut cpu, &prompt, greedy(&prompt, 12), |_, _| {}).expect(name).ids;
-        let mut gpu = Qwen3Cuda::new(cpu, &options()).expect(name);
+        // Weights streamed from the checkpoint, as `smelt generate --device cuda` loads them.
+        let mut gpu = Qwen3Cuda::load(&dir, DType::F32, &options()).expect(name);
         let got = generate(&mut gpu, &prompt, greedy(&prompt, 12), |_, _| {}).expect(name).ids;
         assert_eq!(got, want, "{name}: GPU and CPU greedy ids differ");
         assert_eq!(gpu.position(), prompt.len() + got.len() - 1);
@@ -116,7 +118,7 @@ fn gpu_batches_give_every_request_its_one_at_a_time_output() {
     let name = GPU_FIXTURES[0];
     let cpu = Qwen3Cpu::load_with(&common::fixture_dir(name), LoadOptions::new(DType::F32)).expect(name);
     let options = DecoderOptions { module_cache: None, ..DecoderOptions::new(1024) };
-    let mut model = Qwen3Cuda::new(cpu, &options).expect(name);
+    let mut model = Qwen3Cuda::from_cpu(&cpu, &options).expect(name);
     let shared: Vec<u32> = (0..40).map(|i| (i * 7 + 1) % 384).collect();
     let requests: Vec<Request> = (0..10u32)
         .map(|i| {

@@ -1,17 +1,21 @@
-//! Qwen3 on the GPU: the CPU model's fused decode graph and weights, compiled and uploaded by
-//! the CUDA backend. Prompts run through the decode step one token at a time unless the
+//! Qwen3 on the GPU: the model's fused graphs compiled by the CUDA backend, its weights
+//! streamed to the device from the checkpoint (or uploaded from a CPU model's). Prompts run through the decode step one token at a time unless the
 //! prefill kernels (tensor-core GEMM, prefill attention) are asked for.
+
+use std::path::Path;
 
 use smelt_ir::{DType, Tensor};
 use smelt_passes::kv::KvPlan;
 use smelt_runtime::cuda::{
-    check_prefill, check_step, BatchRow, CudaDecoder, DecoderGraphs, DecoderOptions, Gpu, NodeCheck,
+    check_prefill, check_step, BatchRow, CudaDecoder, DecoderGraphs, DecoderOptions, Gpu, NodeCheck, WeightBytes,
 };
 use smelt_runtime::progress::{Task, Unit};
+use smelt_runtime::HostWeights;
 
 use crate::batch::{BatchLm, Chunk, ChunkOutput};
+use crate::blueprint::Blueprint;
 use crate::config::Qwen3Config;
-use crate::engine::{ModelError, Qwen3Cpu};
+use crate::engine::{LoadOptions, ModelError, Qwen3Cpu};
 use crate::lm::{check_ids, CausalLm, LONG_PROMPT};
 use crate::qwen3::Logits;
 use crate::sample::argmax;
@@ -32,33 +36,48 @@ pub struct BatchCheck {
 }
 
 pub struct Qwen3Cuda {
-    /// Keeps the host weights and graphs: the reference for [`Qwen3Cuda::check_step`].
-    cpu: Qwen3Cpu,
+    /// Config, graphs and EOS ids; the weights are on the device only.
+    blueprint: Blueprint,
     decoder: CudaDecoder,
 }
 
 impl Qwen3Cuda {
-    /// Compiles `cpu`'s decode graph for device 0 and uploads its weights. The graph must be
-    /// fused (the CUDA backend has kernels for fused ops only) and in bf16, f16 or f32.
-    /// With `options.prefill`, prompts run through the prefill graph's kernels. Reports the
-    /// kernels' JIT time and the device memory as a `tracing` event.
-    pub fn new(cpu: Qwen3Cpu, options: &DecoderOptions) -> Result<Qwen3Cuda, ModelError> {
-        let gpu = Gpu::open(0)?;
-        // Batched decode runs its matmuls on the tensor-core GEMM: bf16 and f16 only.
-        let batched = matches!(cpu.dtype(), DType::BF16 | DType::F16);
-        let graphs = DecoderGraphs {
-            decode: cpu.decode_graph(),
-            prefill: options.prefill.then(|| cpu.prefill_graph()),
-            batch: batched.then(|| cpu.batch_graph()),
-        };
-        let decoder = CudaDecoder::with_graphs(gpu, graphs, cpu.host_weights(), options)?;
-        crate::report::compiled(&decoder);
-        Ok(Qwen3Cuda { cpu, decoder })
+    /// Loads `dir` onto device 0 in `dtype` (bf16, f16 or f32): checks the config and the
+    /// checkpoint as the CPU backend does, compiles the fused graphs and streams each weight
+    /// from the mapped checkpoint to the device a staging buffer at a time, so the host never
+    /// holds the model. With `options.prefill`, prompts run through the prefill graph's
+    /// kernels. Reports the load, the kernels' JIT time and the device memory as `tracing` events.
+    pub fn load(dir: &Path, dtype: DType, options: &DecoderOptions) -> Result<Qwen3Cuda, ModelError> {
+        let started = std::time::Instant::now();
+        let opened = Blueprint::open(dir, LoadOptions::new(dtype))?;
+        let model = Qwen3Cuda::start(opened.blueprint, &opened.checkpoint, options)?;
+        crate::report::loaded(dir, &model.blueprint, started);
+        Ok(model)
     }
 
-    /// Frees the GPU side and gives back the host model.
-    pub fn into_cpu(self) -> Qwen3Cpu {
-        self.cpu
+    /// Compiles `cpu`'s graphs for device 0 and uploads its host weights: for checks and
+    /// benchmarks that hold a CPU model anyway. The graphs must be fused (the CUDA backend has
+    /// kernels for fused ops only).
+    pub fn from_cpu(cpu: &Qwen3Cpu, options: &DecoderOptions) -> Result<Qwen3Cuda, ModelError> {
+        Qwen3Cuda::start(cpu.blueprint().clone(), cpu.host_weights(), options)
+    }
+
+    fn start(
+        blueprint: Blueprint,
+        weights: &dyn WeightBytes,
+        options: &DecoderOptions,
+    ) -> Result<Qwen3Cuda, ModelError> {
+        let gpu = Gpu::open(0)?;
+        // Batched decode runs its matmuls on the tensor-core GEMM: bf16 and f16 only.
+        let batched = matches!(blueprint.dtype(), DType::BF16 | DType::F16);
+        let graphs = DecoderGraphs {
+            decode: blueprint.decode_graph(),
+            prefill: options.prefill.then(|| blueprint.prefill_graph()),
+            batch: batched.then(|| blueprint.batch_graph()),
+        };
+        let decoder = CudaDecoder::with_graphs(gpu, graphs, weights, options)?;
+        crate::report::compiled(&decoder);
+        Ok(Qwen3Cuda { blueprint, decoder })
     }
 
     /// Turns programmatic dependent launch on or off (see `CudaDecoder::set_pdl`).
@@ -77,21 +96,41 @@ impl Qwen3Cuda {
     }
 
     pub fn dtype(&self) -> DType {
-        self.cpu.dtype()
+        self.blueprint.dtype()
     }
 
     /// Runs one decode step kernel by kernel, checking every node against `ir::eval` on the
-    /// same operands (see `smelt_runtime::cuda::check_step`).
-    pub fn check_step(&mut self, token: u32) -> Result<Vec<NodeCheck>, ModelError> {
-        check_ids(self.cpu.config(), self.decoder.position(), &[token])?;
-        Ok(check_step(&mut self.decoder, self.cpu.host_weights(), token)?)
+    /// same operands with `reference`'s host weights (see `smelt_runtime::cuda::check_step`).
+    pub fn check_step(&mut self, reference: &Qwen3Cpu, token: u32) -> Result<Vec<NodeCheck>, ModelError> {
+        check_ids(self.blueprint.config(), self.decoder.position(), &[token])?;
+        let weights = self.reference_weights(reference)?;
+        Ok(check_step(&mut self.decoder, weights, token)?)
     }
 
     /// Runs `tokens` through the prefill kernels launch by launch, checking every node against
-    /// `ir::eval` on the same operands (see `smelt_runtime::cuda::check_prefill`).
-    pub fn check_prefill(&mut self, tokens: &[u32]) -> Result<Vec<NodeCheck>, ModelError> {
+    /// `ir::eval` on the same operands with `reference`'s host weights (see
+    /// `smelt_runtime::cuda::check_prefill`).
+    pub fn check_prefill(&mut self, reference: &Qwen3Cpu, tokens: &[u32]) -> Result<Vec<NodeCheck>, ModelError> {
         self.check(tokens)?;
-        Ok(check_prefill(&mut self.decoder, self.cpu.host_weights(), tokens)?)
+        let weights = self.reference_weights(reference)?;
+        Ok(check_prefill(&mut self.decoder, weights, tokens)?)
+    }
+
+    /// The host weights of a CPU model of the same dtype and shapes (the checks evaluate this
+    /// model's graphs with them).
+    fn reference_weights<'r>(&self, reference: &'r Qwen3Cpu) -> Result<&'r HostWeights, ModelError> {
+        let (mine, theirs) = (self.blueprint.config(), reference.config());
+        if reference.dtype() != self.dtype()
+            || (mine.num_layers, mine.hidden_size) != (theirs.num_layers, theirs.hidden_size)
+        {
+            let why = format!(
+                "a {:?} reference model for a {:?} GPU model of another shape",
+                reference.dtype(),
+                self.dtype()
+            );
+            return Err(ModelError::Internal(why));
+        }
+        Ok(reference.host_weights())
     }
 
     /// One decode step kernel by kernel, timed per launch (see `CudaDecoder::profile_step`).
@@ -106,7 +145,7 @@ impl Qwen3Cuda {
     /// kernels (a GEMM over the rows against GEMVs) and both round to the model dtype, so they
     /// agree to rounding noise; a wrong position or block table makes a row's error about 1.
     pub fn check_batch(&mut self, rows: usize) -> Result<BatchCheck, ModelError> {
-        let vocab = self.cpu.config().vocab_size;
+        let vocab = self.blueprint.config().vocab_size;
         let d = &mut self.decoder;
         if rows == 0 || rows > d.batch_rows() {
             let why = format!("a batched step of {rows} rows (this model's batch graph takes 1 to {})", d.batch_rows());
@@ -155,7 +194,7 @@ impl Qwen3Cuda {
     }
 
     fn f16(&self) -> bool {
-        self.cpu.dtype() == DType::F16
+        self.blueprint.dtype() == DType::F16
     }
 
     /// Logits read from the GPU must be finite (greedy steps need no read: the argmax kernel
@@ -174,7 +213,7 @@ impl Qwen3Cuda {
     }
 
     fn check(&self, ids: &[u32]) -> Result<(), ModelError> {
-        check_ids(self.cpu.config(), self.decoder.position(), ids)?;
+        check_ids(self.blueprint.config(), self.decoder.position(), ids)?;
         let needed = self.decoder.position() + ids.len();
         if needed > self.decoder.capacity() {
             return Err(smelt_runtime::cuda::CudaError::KvFull { capacity: self.decoder.capacity() }.into());
@@ -185,11 +224,11 @@ impl Qwen3Cuda {
 
 impl CausalLm for Qwen3Cuda {
     fn config(&self) -> &Qwen3Config {
-        self.cpu.config()
+        self.blueprint.config()
     }
 
     fn eos_token_ids(&self) -> &[u32] {
-        self.cpu.eos_token_ids()
+        self.blueprint.eos_token_ids()
     }
 
     fn position(&self) -> usize {
@@ -202,7 +241,7 @@ impl CausalLm for Qwen3Cuda {
 
     fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
         self.check(ids)?;
-        let vocab = self.cpu.config().vocab_size;
+        let vocab = self.blueprint.config().vocab_size;
         if logits == Logits::LastPosition && ids.len() > 1 && self.decoder.has_prefill() {
             let row = self.decoder.prefill(ids, true)?.logits.expect("asked for logits");
             self.check_finite(&row)?;
@@ -259,11 +298,11 @@ impl CausalLm for Qwen3Cuda {
 /// batch graph every sequence runs exactly the kernels it runs alone.
 impl BatchLm for Qwen3Cuda {
     fn config(&self) -> &Qwen3Config {
-        self.cpu.config()
+        self.blueprint.config()
     }
 
     fn eos_token_ids(&self) -> &[u32] {
-        self.cpu.eos_token_ids()
+        self.blueprint.eos_token_ids()
     }
 
     fn kv_plan(&self, block_tokens: usize, budget_bytes: usize) -> Result<KvPlan, ModelError> {
@@ -273,7 +312,7 @@ impl BatchLm for Qwen3Cuda {
             return Err(ModelError::BadRequest(message));
         }
         // The pool was sized at load (--kv-tokens); the budget can only use less of it.
-        let mut plan = self.cpu.kv_plan(block_tokens, budget_bytes)?;
+        let mut plan = self.blueprint.kv_plan(block_tokens, budget_bytes)?;
         plan.blocks = plan.blocks.min(shape.blocks);
         plan.capacity_tokens = plan.blocks * block_tokens;
         Ok(plan)
@@ -289,7 +328,7 @@ impl BatchLm for Qwen3Cuda {
 
     fn run_chunks(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<ChunkOutput>, ModelError> {
         for c in chunks {
-            check_ids(self.cpu.config(), c.start, c.ids)?;
+            check_ids(self.blueprint.config(), c.start, c.ids)?;
         }
         let mut out: Vec<Option<ChunkOutput>> = vec![None; chunks.len()];
         // Decode chunks (one token each) run together when there is a batch graph.

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use rand::Rng as _;
 
-use smelt_ir::{DType, EvalError, Graph, IrError, Tensor};
-use smelt_runtime::{Checkpoint, CpuState, HostWeights, PagedKv, WeightError};
+use smelt_ir::{DType, EvalError, IrError, Tensor};
+use smelt_runtime::{CpuState, HostWeights, PagedKv, WeightError};
 
+use crate::blueprint::{Blueprint, Graphs, Opened};
 use crate::config::{ConfigError, Qwen3Config};
-use crate::generation_config::GenerationConfig;
 use crate::lm::{check_ids, CausalLm};
-use crate::qwen3::{declare, DeclareOptions, Logits, Phase, EMBED, LM_HEAD, LOGITS, POSITIONS, TOKEN_IDS};
+use crate::qwen3::{Logits, EMBED, LOGITS, POSITIONS, TOKEN_IDS};
 use smelt_runtime::progress::{Task, Unit};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,48 +82,13 @@ impl LoadOptions {
     }
 }
 
-/// The three graphs a CPU model runs.
-struct Graphs {
-    prefill_all: Graph,
-    prefill_last: Graph,
-    decode: Graph,
-}
-
-impl Graphs {
-    fn declare(cfg: &Qwen3Config, dtype: DType) -> Result<Graphs, IrError> {
-        let opts = |phase, logits| DeclareOptions { phase, dtype, logits };
-        Ok(Graphs {
-            prefill_all: declare(cfg, opts(Phase::Prefill, Logits::AllPositions))?,
-            prefill_last: declare(cfg, opts(Phase::Prefill, Logits::LastPosition))?,
-            decode: declare(cfg, opts(Phase::Decode, Logits::LastPosition))?,
-        })
-    }
-
-    fn all(&self) -> [&Graph; 3] {
-        [&self.prefill_all, &self.prefill_last, &self.decode]
-    }
-
-    /// Runs the standard pass pipeline over each graph.
-    fn fuse(mut self) -> Result<Graphs, smelt_passes::PassError> {
-        let pipeline = smelt_passes::pipeline::standard();
-        for g in [&mut self.prefill_all, &mut self.prefill_last, &mut self.decode] {
-            pipeline.run(g, "qwen3")?;
-        }
-        Ok(self)
-    }
-}
-
 pub struct Qwen3Cpu {
-    config: Qwen3Config,
-    dtype: DType,
-    graphs: Graphs,
+    blueprint: Blueprint,
     weights: HostWeights,
     state: CpuState,
     /// The batch engine's KV pool (see [`Qwen3Cpu::allocate_paged`]).
     paged: Option<PagedKv>,
     position: usize,
-    eos_token_ids: Vec<u32>,
-    unused_tensors: Vec<String>,
 }
 
 impl Qwen3Cpu {
@@ -138,53 +103,23 @@ impl Qwen3Cpu {
     pub fn load_with(dir: &Path, options: LoadOptions) -> Result<Qwen3Cpu, ModelError> {
         let started = std::time::Instant::now();
         let dtype = options.dtype;
-        if !dir.is_dir() {
-            return Err(ModelError::NoDir(dir.to_path_buf()));
-        }
-        let config_path = dir.join("config.json");
-        let config = Qwen3Config::from_file(&config_path)?;
-        let checkpoint = Checkpoint::open(dir)?;
-        crate::checkpoint_fit::check(&config, &checkpoint, &config_path.display().to_string())?;
+        let Opened { blueprint, checkpoint, specs } = Blueprint::open(dir, options)?;
         // Weights stay in 16 bits when the checkpoint or the execution dtype has them so (a
-        // missing or odd embedding is reported with everything else by the weight checks).
+        // missing or odd embedding was reported with everything else by the weight checks).
         let stored = checkpoint.dtype(EMBED).unwrap_or(DType::F32);
         let kept = if dtype == DType::F32 { stored } else { dtype };
-        check_host_memory(&config, kept.size_bytes() as u64)?;
-        let graphs = Graphs::declare(&config, dtype)?;
-        // Tied checkpoints may still carry lm_head.weight (the real 0.6B does): accept it.
-        let ignore: &[&str] = if config.tie_word_embeddings { &[LM_HEAD] } else { &[] };
-        // Checked against the declared (primitive) graphs: the checkpoint's own tensor names.
-        let (mut weights, unused_tensors) = HostWeights::load(&checkpoint, &graphs.all(), ignore, dtype)?;
-        let graphs = if options.fuse { graphs.fuse()? } else { graphs };
-        weights.prepare_for(&graphs.all())?;
-        let mut eos_token_ids = GenerationConfig::load(dir, config.vocab_size)?.eos_token_ids.unwrap_or_default();
-        if eos_token_ids.is_empty() {
-            eos_token_ids = config.eos_token_ids.clone();
-        }
-        let model = Qwen3Cpu::assemble(config, dtype, graphs, weights, eos_token_ids, unused_tensors);
-        crate::report::loaded(dir, &model, started);
+        check_host_memory(&blueprint.config, kept.size_bytes() as u64)?;
+        let ignored = Blueprint::ignored(&blueprint.config);
+        let loaded = checkpoint.load_all(&specs, ignored, dtype)?;
+        let mut weights = HostWeights::from_map(loaded.tensors.into_iter().collect());
+        weights.prepare_for(&blueprint.graphs.all())?;
+        let model = Qwen3Cpu::assemble(blueprint, weights);
+        crate::report::loaded(dir, model.blueprint(), started);
         Ok(model)
     }
 
-    fn assemble(
-        config: Qwen3Config,
-        dtype: DType,
-        graphs: Graphs,
-        weights: HostWeights,
-        eos_token_ids: Vec<u32>,
-        unused_tensors: Vec<String>,
-    ) -> Qwen3Cpu {
-        Qwen3Cpu {
-            config,
-            dtype,
-            graphs,
-            weights,
-            state: CpuState::new(),
-            paged: None,
-            position: 0,
-            eos_token_ids,
-            unused_tensors,
-        }
+    fn assemble(blueprint: Blueprint, weights: HostWeights) -> Qwen3Cpu {
+        Qwen3Cpu { blueprint, weights, state: CpuState::new(), paged: None, position: 0 }
     }
 
     /// A model with seeded random weights (uniform in ±0.05, norm weights 1): for benchmarks
@@ -209,28 +144,17 @@ impl Qwen3Cpu {
         let mut weights = HostWeights::from_map(weights);
         let graphs = if options.fuse { graphs.fuse()? } else { graphs };
         weights.prepare_for(&graphs.all())?;
-        Ok(Qwen3Cpu::assemble(config, dtype, graphs, weights, eos_token_ids, Vec::new()))
+        let blueprint = Blueprint { config, dtype, graphs, eos_token_ids, unused_tensors: Vec::new() };
+        Ok(Qwen3Cpu::assemble(blueprint, weights))
+    }
+
+    /// The model without its weights: config, graphs, EOS ids.
+    pub fn blueprint(&self) -> &Blueprint {
+        &self.blueprint
     }
 
     pub fn config(&self) -> &Qwen3Config {
-        &self.config
-    }
-
-    /// The decode graph (fused unless loaded with `fuse: false`), which the GPU backend compiles.
-    pub fn decode_graph(&self) -> &Graph {
-        &self.graphs.decode
-    }
-
-    /// The graph of a batched decode step on the GPU: the all-positions prefill graph, its T
-    /// rows taken as one new token each of T sequences (see `smelt_codegen::EmitOptions`).
-    pub fn batch_graph(&self) -> &Graph {
-        &self.graphs.prefill_all
-    }
-
-    /// The prefill graph a GPU backend runs prompts with: the last position's logits only
-    /// (the lm_head reads row T - 1 of the final norm's output).
-    pub fn prefill_graph(&self) -> &Graph {
-        &self.graphs.prefill_last
+        &self.blueprint.config
     }
 
     /// The weights, in the execution dtype, shaped for the graphs (concatenations made).
@@ -239,17 +163,12 @@ impl Qwen3Cpu {
     }
 
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.blueprint.dtype
     }
 
     /// Ids that end generation: `generation_config.json`'s, else `config.json`'s.
     pub fn eos_token_ids(&self) -> &[u32] {
-        &self.eos_token_ids
-    }
-
-    /// Checkpoint tensors the model does not use (worth a warning).
-    pub fn unused_tensors(&self) -> &[String] {
-        &self.unused_tensors
+        &self.blueprint.eos_token_ids
     }
 
     /// Tokens in the KV cache.
@@ -266,12 +185,12 @@ impl Qwen3Cpu {
     /// Appends `ids` to the sequence and returns f32 logits: `[ids.len(), vocab]` for
     /// `AllPositions`, `[1, vocab]` for `LastPosition`.
     pub fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
-        check_ids(&self.config, self.position, ids)?;
+        check_ids(&self.blueprint.config, self.position, ids)?;
         let needed = self.position + ids.len();
         let graph = match (ids.len(), logits) {
-            (1, Logits::LastPosition) => &self.graphs.decode,
-            (_, Logits::LastPosition) => &self.graphs.prefill_last,
-            (_, Logits::AllPositions) => &self.graphs.prefill_all,
+            (1, Logits::LastPosition) => &self.blueprint.graphs.decode,
+            (_, Logits::LastPosition) => &self.blueprint.graphs.prefill_last,
+            (_, Logits::AllPositions) => &self.blueprint.graphs.prefill_all,
         };
         let inputs = step_inputs(ids, self.position);
         let mut out = if ids.len() >= crate::lm::LONG_PROMPT {
@@ -291,13 +210,13 @@ impl Qwen3Cpu {
 
     /// The paged KV layout `budget_bytes` buys, from the decode graph's caches.
     pub fn kv_plan(&self, block_tokens: usize, budget_bytes: usize) -> Result<smelt_passes::kv::KvPlan, ModelError> {
-        Ok(smelt_passes::kv::plan_kv(&self.graphs.decode, block_tokens, budget_bytes)?)
+        self.blueprint.kv_plan(block_tokens, budget_bytes)
     }
 
     /// Makes a paged KV pool of `blocks` blocks for [`Qwen3Cpu::forward_paged`]; blocks take
     /// memory when first written.
     pub fn allocate_paged(&mut self, blocks: usize, block_tokens: usize) -> Result<(), ModelError> {
-        self.paged = Some(PagedKv::for_graph(&self.graphs.decode, blocks, block_tokens)?);
+        self.paged = Some(PagedKv::for_graph(&self.blueprint.graphs.decode, blocks, block_tokens)?);
         Ok(())
     }
 
@@ -305,8 +224,8 @@ impl Qwen3Cpu {
     /// [`Qwen3Cpu::allocate_paged`] made), writing theirs after it; returns the f32 logits of
     /// the last position. The single-sequence state ([`Qwen3Cpu::forward`]) is untouched.
     pub fn forward_paged(&mut self, ids: &[u32], start: usize, table: &[u32]) -> Result<Tensor, ModelError> {
-        check_ids(&self.config, start, ids)?;
-        let graph = if ids.len() == 1 { &self.graphs.decode } else { &self.graphs.prefill_last };
+        check_ids(&self.blueprint.config, start, ids)?;
+        let graph = if ids.len() == 1 { &self.blueprint.graphs.decode } else { &self.blueprint.graphs.prefill_last };
         let paged = self.paged.as_mut().ok_or_else(|| ModelError::Internal("no paged KV pool allocated".into()))?;
         let mut out = paged.run(graph, &self.weights, step_inputs(ids, start), table, start)?;
         let logits = out.remove(LOGITS).expect("the graph outputs logits");

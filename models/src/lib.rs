@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod batch;
+pub mod blueprint;
 pub mod chat;
 pub mod checkpoint_fit;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod sample;
 pub mod stop;
 pub mod tokenizer;
 
+pub use blueprint::Blueprint;
 pub use chat::{ChatError, ChatMessage, ChatTemplate};
 pub use config::{ConfigError, Qwen3Config};
 pub use continuation::{Completion, Continuation, FinishReason, Request, Step};

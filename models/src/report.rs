@@ -7,13 +7,13 @@ use std::time::Instant;
 
 use smelt_runtime::cuda::CudaDecoder;
 
-use crate::engine::Qwen3Cpu;
+use crate::blueprint::Blueprint;
 
 /// Names of unused tensors shown; a checkpoint of another model can hold thousands, and the
 /// warning stays one line.
 const SHOWN: usize = 5;
 
-pub(crate) fn loaded(dir: &Path, model: &Qwen3Cpu, started: Instant) {
+pub(crate) fn loaded(dir: &Path, model: &Blueprint, started: Instant) {
     let unused = model.unused_tensors();
     if !unused.is_empty() {
         let mut names = unused.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");

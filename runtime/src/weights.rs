@@ -33,6 +33,13 @@ use safetensors::Dtype;
 /// Bytes read from a checkpoint at a time (a multiple of every element size).
 const STAGING_BYTES: usize = 4 << 20;
 
+/// What [`Checkpoint::read`] keeps: the whole tensor, or each chunk until the next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Whole,
+    Chunk,
+}
+
 /// What the model expects: a tensor name and its exact shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeightSpec {
@@ -148,46 +155,96 @@ impl Checkpoint {
     /// stays bf16 for bf16 and for f32 (widened per tile as it is used, exactly); an f32 one
     /// loaded as bf16 rounds to nearest even. The bytes go through a bounded staging buffer.
     pub fn load(&self, name: &str, dtype: DType) -> Result<Tensor, WeightError> {
+        let shape = self.entry(name)?.shape.clone();
+        let kept = self.read(name, dtype, Keep::Whole, |_| Ok::<(), WeightError>(()))?;
+        Ok(kept.into_tensor(dtype, shape))
+    }
+
+    /// Gives tensor `name` to `sink` as little-endian `dtype` words (what a device buffer of
+    /// that dtype holds), one staging buffer's worth at a time, so no more than that is ever
+    /// on the host: the values [`load`](Self::load) gives, with the same refusals. A refused
+    /// tensor stops reaching `sink` at the chunk where the problem shows; the caller discards
+    /// what it received.
+    pub fn stream<E: From<WeightError>>(
+        &self,
+        name: &str,
+        dtype: DType,
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut words = Vec::new();
+        self.read(name, dtype, Keep::Chunk, |kept| {
+            words.clear();
+            kept.write_storage(dtype, &mut words);
+            sink(&words)
+        })?;
+        Ok(())
+    }
+
+    /// Reads tensor `name` for `dtype` through the staging buffer, calling `each` with the
+    /// values kept after every chunk (all so far, or that chunk's alone) while none was refused.
+    /// NaN or inf in a weight makes every logit NaN, and greedy decoding then prints token 0
+    /// forever: refused here, where the tensor and file can be named, as are finite values
+    /// that round to infinity in a narrower dtype.
+    fn read<E: From<WeightError>>(
+        &self,
+        name: &str,
+        dtype: DType,
+        keep: Keep,
+        mut each: impl FnMut(&convert::Kept) -> Result<(), E>,
+    ) -> Result<convert::Kept, E> {
         let entry = self.entry(name)?;
         let path = self.path_of(entry);
         if !dtype.is_float() {
-            return Err(WeightError::Target { name: name.to_string(), path: path.to_path_buf(), requested: dtype });
+            return Err(
+                WeightError::Target { name: name.to_string(), path: path.to_path_buf(), requested: dtype }.into()
+            );
         }
         // Checks the stored dtype (and names the tensor) before any conversion work.
-        let stored = self.dtype(name)?;
+        self.dtype(name)?;
         let bytes = entry.end - entry.start;
         let numel = entry.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         let file = self.files.get(entry.file);
         let kept = numel.filter(|n| n.checked_mul(entry.dtype.bitsize() / 8) == Some(bytes));
-        let (Some(file), Some(mut kept)) = (file, kept.and_then(|n| convert::Kept::new(entry.dtype, dtype, n))) else {
+        let capacity = |n: usize| if keep == Keep::Whole { n } else { n.min(STAGING_BYTES) };
+        let kept = kept.and_then(|n| convert::Kept::new(entry.dtype, dtype, capacity(n)));
+        let (Some(file), Some(mut kept)) = (file, kept) else {
             return Err(WeightError::malformed(
                 path,
                 format!("tensor {name}: {bytes} bytes of {} do not match shape {:?}", entry.dtype, entry.shape),
-            ));
+            )
+            .into());
         };
         let mut staging = vec![0u8; STAGING_BYTES.min(bytes)];
-        let mut finite = true;
+        let (mut stored_finite, mut count, mut first, mut done) = (true, 0, None, 0);
         for offset in (entry.start..entry.end).step_by(STAGING_BYTES) {
             let chunk = &mut staging[..STAGING_BYTES.min(entry.end - offset)];
             file.read_at(offset, chunk).map_err(|e| {
                 WeightError::malformed(path, format!("tensor {name}: cannot read its bytes at offset {offset}: {e}"))
             })?;
-            finite &= kept.append(entry.dtype, chunk);
-        }
-        // NaN or inf in a weight makes every logit NaN, and greedy decoding then prints token
-        // 0 forever: refused here, where the tensor and file can be named.
-        let (count, first) = if finite { (0, 0) } else { kept.non_finite() };
-        if count > 0 {
-            return Err(WeightError::NonFinite { name: name.to_string(), path: path.to_path_buf(), count, first });
-        }
-        // Finite stored values that rounded to infinity in a narrower dtype.
-        if dtype != DType::F32 && dtype != stored {
-            let (count, _) = kept.non_finite();
-            if count > 0 {
-                return Err(WeightError::Range { name: name.to_string(), path: path.to_path_buf(), count, dtype });
+            let from = kept.len();
+            stored_finite &= kept.append(entry.dtype, chunk);
+            let (bad, at) = kept.non_finite_from(from);
+            if bad > 0 {
+                count += bad;
+                first.get_or_insert(done + at - from);
+            }
+            if count == 0 {
+                each(&kept)?;
+            }
+            done += kept.len() - from;
+            if keep == Keep::Chunk {
+                kept.clear();
             }
         }
-        Ok(kept.into_tensor(dtype, entry.shape.clone()))
+        let (path, first) = (path.to_path_buf(), first.unwrap_or(0));
+        if !stored_finite {
+            return Err(WeightError::NonFinite { name: name.to_string(), path, count, first }.into());
+        }
+        if count > 0 {
+            // Finite stored values that rounded to infinity in a narrower dtype.
+            return Err(WeightError::Range { name: name.to_string(), path, count, dtype }.into());
+        }
+        Ok(kept)
     }
 
     /// [`validate`](Self::validate), then [`load`](Self::load) every spec, in spec order.

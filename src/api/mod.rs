@@ -135,10 +135,9 @@ impl Model {
             Device::Cpu => Box::new(Qwen3Cpu::load_with(dir, load)?),
             Device::Cuda => {
                 options.cuda.check_fits(&config, dtype)?;
-                let cpu = Qwen3Cpu::load_with(dir, load)?;
                 // With batch options, the batched decode step is compiled too (for generate_batch).
                 let rows = options.batch.map_or(0, |b| b.max_batch);
-                Box::new(Qwen3Cuda::new(cpu, &options.cuda.decoder_options(&config, rows))?)
+                Box::new(Qwen3Cuda::load(dir, dtype, &options.cuda.decoder_options(&config, rows))?)
             }
         };
         let batch = options.batch.unwrap_or_default();

@@ -66,14 +66,17 @@ pub fn run(a: Args) -> Result<()> {
     let plan = Plan::check(&a)?;
     let dtype = a.dtype.into();
     super::MemoryLimit::gpu("smelt bench")?;
-    let t0 = Instant::now();
-    let cpu = match &a.model {
-        Some(dir) => {
-            Qwen3Cpu::load_with(dir, LoadOptions::new(dtype)).with_context(|| format!("loading {}", dir.display()))?
-        }
-        None => Qwen3Cpu::with_random_weights(plan.config.clone(), LoadOptions::new(dtype), 0)?,
+    // A checkpoint streams to the device; random weights are made on the host first.
+    let random = match &a.model {
+        Some(_) => None,
+        None => Some(Qwen3Cpu::with_random_weights(plan.config.clone(), LoadOptions::new(dtype), 0)?),
     };
-    tracing::info!("host model ready in {:.1}s", t0.elapsed().as_secs_f64());
+    let start = |options: DecoderOptions| match (&a.model, &random) {
+        (Some(dir), _) => Qwen3Cuda::load(dir, dtype, &options).with_context(|| format!("loading {}", dir.display())),
+        (None, cpu) => {
+            Qwen3Cuda::from_cpu(cpu.as_ref().expect("made above"), &options).context("starting the CUDA backend")
+        }
+    };
     let device = Device::measure()?;
 
     // JIT: cold into an empty module cache, then again from it.
@@ -89,10 +92,10 @@ pub fn run(a: Args) -> Result<()> {
         batch_rows: plan.batch_rows,
         ..DecoderOptions::new(plan.max_context(a.steps))
     };
-    let cold = Qwen3Cuda::new(cpu, &options(cache_dir.path())).context("starting the CUDA backend")?;
+    let cold = start(options(cache_dir.path()))?;
     let jit_cold = cold.decoder().jit().seconds;
-    let cpu = cold.into_cpu();
-    let mut model = Qwen3Cuda::new(cpu, &options(cache_dir.path())).context("starting the CUDA backend")?;
+    drop(cold);
+    let mut model = start(options(cache_dir.path()))?;
     let jit_cached = model.decoder().jit().seconds;
     drop(cache_dir);
     tracing::info!(

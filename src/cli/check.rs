@@ -56,9 +56,11 @@ pub fn run(a: Args) -> Result<()> {
     let vocab = cpu.config().vocab_size as u64;
     let prefill_too = smelt::CudaOptions { prefill: cuda.prefill || !prefill.is_empty(), ..cuda };
     let options = prefill_too.decoder_options(&config, a.batch.unwrap_or(0));
-    let mut model = Qwen3Cuda::new(cpu, &options).context("starting the CUDA backend")?;
+    // The reference is a CPU model of its own; the GPU's weights stream from the checkpoint
+    // as they do for generation.
+    let mut model = Qwen3Cuda::load(&a.model, a.dtype.into(), &options).context("starting the CUDA backend")?;
     let (mut failed, mut checked) = (0, 0);
-    for (what, checks) in check_runs(&mut model, &positions, &prefill, vocab)? {
+    for (what, checks) in check_runs(&mut model, &cpu, &positions, &prefill, vocab)? {
         print_checks(&what, &checks, a.verbose);
         checked += checks.len();
         failed += checks.iter().filter(|c| !c.ok).count();
@@ -82,6 +84,7 @@ pub fn run(a: Args) -> Result<()> {
 /// node checks under what it was.
 fn check_runs(
     model: &mut Qwen3Cuda,
+    reference: &Qwen3Cpu,
     positions: &[u32],
     prefill: &[u32],
     vocab: u64,
@@ -93,13 +96,13 @@ fn check_runs(
         while model.position() < p {
             model.forward_greedy(&[token(model.position()) as u32])?;
         }
-        runs.push((format!("decode at position {p}"), model.check_step(token(p) as u32)?));
+        runs.push((format!("decode at position {p}"), model.check_step(reference, token(p) as u32)?));
     }
     model.reset();
     for &n in prefill {
         let at = model.position();
         let chunk: Vec<u32> = (at..at + n as usize).map(|p| token(p) as u32).collect();
-        runs.push((format!("prefill of {n} tokens at position {at}"), model.check_prefill(&chunk)?));
+        runs.push((format!("prefill of {n} tokens at position {at}"), model.check_prefill(reference, &chunk)?));
     }
     Ok(runs)
 }

@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use cudarc::driver::{sys, CudaModule};
 use smelt_codegen::{emit_with, EmitOptions, ModuleCache, Program};
-use smelt_ir::{Bindings, Graph, Sym, WeightSource};
+use smelt_ir::{Bindings, Graph, Sym};
 
 use super::batch::BatchRunner;
 use super::device::{check, Gpu};
-use super::layout::{DeviceWeights, KvPool, KvShape};
+use super::device_weights::{DeviceWeights, WeightBytes};
+use super::layout::{KvPool, KvShape};
 use super::CudaError;
 use kernels::load_kernels;
 pub(crate) use kernels::{launch_raw, load_function};
@@ -126,7 +127,7 @@ impl CudaDecoder {
     pub fn new(
         gpu: Gpu,
         graph: &Graph,
-        weights: &dyn WeightSource,
+        weights: &dyn WeightBytes,
         options: &DecoderOptions,
     ) -> Result<CudaDecoder, CudaError> {
         let graphs = DecoderGraphs { decode: graph, prefill: None, batch: None };
@@ -139,7 +140,7 @@ impl CudaDecoder {
     pub fn with_graphs(
         gpu: Gpu,
         graphs: DecoderGraphs<'_>,
-        weights: &dyn WeightSource,
+        weights: &dyn WeightBytes,
         options: &DecoderOptions,
     ) -> Result<CudaDecoder, CudaError> {
         let DecoderGraphs { decode, prefill, batch } = graphs;

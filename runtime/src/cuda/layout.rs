@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 
 use smelt_codegen::{resolve_view, Params, Program};
-use smelt_ir::{Bindings, DType, Data, Graph, NodeId, Op, Tensor, WeightSource};
+use smelt_ir::{Bindings, DType, Data, Graph, NodeId, Op, Tensor};
 use smelt_passes::{plan_memory, ARENA_ALIGN};
 
 use super::device::{DeviceBuffer, Gpu};
+use super::device_weights::DeviceWeights;
 use super::CudaError;
 
-fn align(n: usize) -> usize {
+pub(crate) fn align(n: usize) -> usize {
     n.div_ceil(ARENA_ALIGN) * ARENA_ALIGN
 }
 
@@ -80,50 +81,6 @@ pub(crate) struct ResolvedLaunch {
 /// Names a value for errors.
 fn label(g: &Graph, id: NodeId) -> String {
     g.node(id).name.clone().unwrap_or_else(|| format!("%{}", id.index()))
-}
-
-/// Weights on the device by checkpoint name (concatenations included), uploaded once and
-/// shared by every graph of a model.
-pub struct DeviceWeights {
-    buffer: DeviceBuffer,
-    by_name: HashMap<String, u64>,
-}
-
-impl DeviceWeights {
-    /// Uploads, in its node's dtype, every weight that any of `graphs` reads.
-    pub fn upload(gpu: &Gpu, graphs: &[&Graph], weights: &dyn WeightSource) -> Result<DeviceWeights, CudaError> {
-        let mut nodes: Vec<(String, &Graph, NodeId)> = Vec::new();
-        for g in graphs {
-            for (name, id) in g.weights() {
-                if !nodes.iter().any(|(n, _, _)| *n == name) {
-                    nodes.push((name, g, id));
-                }
-            }
-        }
-        let mut offsets = Vec::new();
-        let mut total = 0;
-        for (name, g, id) in &nodes {
-            let n = g.node(*id);
-            let bytes = n.shape.fixed_volume().map(|v| v * n.dtype.size_bytes());
-            let bytes = bytes.ok_or_else(|| CudaError::Layout(format!("weight {name}: shape is not fixed")))?;
-            offsets.push(total);
-            total += align(bytes);
-        }
-        let buffer = gpu.alloc(total, "weights")?;
-        let mut by_name = HashMap::new();
-        for ((name, g, id), offset) in nodes.iter().zip(offsets) {
-            let host =
-                weights.weight(name).ok_or_else(|| CudaError::Layout(format!("weight {name} was not loaded")))?;
-            let addr = buffer.ptr() + offset as u64;
-            gpu.upload(addr, &storage_bytes(host, g.node(*id).dtype), &format!("uploading {name}"))?;
-            by_name.insert(name.clone(), addr);
-        }
-        Ok(DeviceWeights { buffer, by_name })
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.buffer.bytes()
-    }
 }
 
 /// Bytes of `smelt_step` (the prelude's struct, on a 64-bit device).
@@ -261,11 +218,9 @@ impl Layout {
         let mut homes = HashMap::new();
         let constants_buffer = upload_constants(gpu, graph, &mut homes)?;
         for (name, id) in graph.weights() {
-            let addr = weights
-                .by_name
-                .get(&name)
-                .ok_or_else(|| CudaError::Layout(format!("weight {name} was not uploaded")))?;
-            homes.insert(id.index(), *addr);
+            let addr =
+                weights.address(&name).ok_or_else(|| CudaError::Layout(format!("weight {name} was not uploaded")))?;
+            homes.insert(id.index(), addr);
         }
         for (name, id) in graph.inputs() {
             if let Some(addr) = kv.by_name.get(&name) {

@@ -11,6 +11,7 @@ mod check;
 mod decoder;
 #[allow(unsafe_code)]
 mod device;
+mod device_weights;
 mod layout;
 
 pub use batch::BatchRow;
@@ -18,6 +19,7 @@ pub use ceiling::{gemm_ceiling_kernel, gemm_rate};
 pub use check::{check_prefill, check_step, NodeCheck};
 pub use decoder::{CudaDecoder, DecoderGraphs, DecoderOptions, JitReport, StepOutput};
 pub use device::{probe, DeviceBuffer, DeviceInfo, Gpu};
+pub use device_weights::{DeviceWeights, WeightBytes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -35,6 +37,9 @@ pub enum CudaError {
     Codegen(String),
     #[error("{0}")]
     Nvrtc(String),
+    /// A checkpoint tensor refused while it was streamed to the device.
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightError),
     #[error("device layout: {0}")]
     Layout(String),
     #[error("the KV cache is full: it holds {capacity} tokens (raise --kv-tokens)")]

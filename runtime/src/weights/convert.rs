@@ -53,16 +53,71 @@ impl Kept {
         }
     }
 
-    /// How many values are NaN or infinite, and the index of the first.
-    pub fn non_finite(&self) -> (usize, usize) {
-        fn count<T: Copy>(v: &[T], finite: impl Fn(T) -> bool) -> (usize, usize) {
-            let first = v.iter().position(|&x| !finite(x)).unwrap_or(v.len());
-            (v[first..].iter().filter(|&&x| !finite(x)).count(), first)
+    pub fn len(&self) -> usize {
+        match self {
+            Kept::F32(v) => v.len(),
+            Kept::Bf16(v) => v.len(),
+            Kept::F16(v) => v.len(),
+        }
+    }
+
+    /// Forgets the values, keeping the allocation (a streamed tensor reuses it per chunk).
+    pub fn clear(&mut self) {
+        match self {
+            Kept::F32(v) => v.clear(),
+            Kept::Bf16(v) => v.clear(),
+            Kept::F16(v) => v.clear(),
+        }
+    }
+
+    /// How many values from index `from` on are NaN or infinite, and the index of the first
+    /// (the length when there is none).
+    pub fn non_finite_from(&self, from: usize) -> (usize, usize) {
+        fn count<T: Copy>(v: &[T], from: usize, finite: impl Fn(T) -> bool) -> (usize, usize) {
+            let tail = v.get(from..).unwrap_or_default();
+            let first = tail.iter().position(|&x| !finite(x)).unwrap_or(tail.len());
+            (tail[first..].iter().filter(|&&x| !finite(x)).count(), from + first)
         }
         match self {
-            Kept::F32(v) => count(v, f32::is_finite),
-            Kept::Bf16(v) => count(v, bf16::is_finite),
-            Kept::F16(v) => count(v, f16::is_finite),
+            Kept::F32(v) => count(v, from, f32::is_finite),
+            Kept::Bf16(v) => count(v, from, bf16::is_finite),
+            Kept::F16(v) => count(v, from, f16::is_finite),
+        }
+    }
+
+    /// Appends the values as little-endian `dtype` words, what a device buffer of that dtype
+    /// holds: the same values [`Kept::into_tensor`] gives, so 16-bit values widen to f32
+    /// exactly and f32 narrows to nearest even (as `half` and `DType::round` do).
+    pub fn write_storage(&self, dtype: DType, out: &mut Vec<u8>) {
+        fn each<T: Copy, const N: usize>(v: &[T], out: &mut Vec<u8>, word: impl Fn(T) -> [u8; N]) {
+            out.reserve(v.len() * N);
+            for &x in v {
+                out.extend_from_slice(&word(x));
+            }
+        }
+        match (self, dtype) {
+            (Kept::Bf16(v), DType::BF16) => each(v, out, |x| x.to_bits().to_le_bytes()),
+            (Kept::F16(v), DType::F16) => each(v, out, |x| x.to_bits().to_le_bytes()),
+            (Kept::F32(v), DType::F32) => each(v, out, f32::to_le_bytes),
+            (Kept::Bf16(v), DType::F32) => each(v, out, |x| x.to_f32().to_le_bytes()),
+            (Kept::F16(v), DType::F32) => each(v, out, |x| x.to_f32().to_le_bytes()),
+            // Not made by `Kept::new` (a 16-bit target keeps its own 16 bits), but defined.
+            (kept, _) => {
+                let values = kept.to_f32();
+                match dtype {
+                    DType::BF16 => each(&values, out, |x| bf16::from_f32(x).to_bits().to_le_bytes()),
+                    DType::F16 => each(&values, out, |x| f16::from_f32(x).to_bits().to_le_bytes()),
+                    DType::F32 | DType::I32 => each(&values, out, f32::to_le_bytes),
+                }
+            }
+        }
+    }
+
+    fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Kept::F32(v) => v.clone(),
+            Kept::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Kept::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
         }
     }
 

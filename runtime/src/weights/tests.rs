@@ -330,3 +330,86 @@ fn values_beyond_f16_are_an_error_when_loading_in_f16() {
     assert!(err.to_string().contains("tensor big in") && err.to_string().contains("bf16 or f32"), "{err}");
     assert_eq!(ck.load("big", DType::BF16).unwrap().shape(), &[3]);
 }
+
+/// The bytes a device buffer of `dtype` holds for `t`, computed from its values.
+fn storage_of(t: &Tensor, dtype: DType) -> Vec<u8> {
+    let v = t.to_f32_vec();
+    match dtype {
+        DType::F32 => f32s(&v),
+        DType::BF16 => bf16s(&v),
+        DType::F16 => f16s(&v),
+        DType::I32 => unreachable!("weights are floats"),
+    }
+}
+
+/// Streams `name` as `dtype`, returning the bytes and the largest piece `sink` was given.
+fn streamed(ck: &Checkpoint, name: &str, dtype: DType) -> Result<(Vec<u8>, usize), WeightError> {
+    let (mut bytes, mut largest) = (Vec::new(), 0);
+    ck.stream(name, dtype, |piece| {
+        largest = largest.max(piece.len());
+        bytes.extend_from_slice(piece);
+        Ok::<(), WeightError>(())
+    })?;
+    Ok((bytes, largest))
+}
+
+#[test]
+fn streaming_gives_the_loaded_values_in_every_dtype_a_chunk_at_a_time() {
+    // 2.5 staging buffers of f32: three chunks, the last partial.
+    let n = STAGING_BYTES / 4 * 5 / 2 + 3;
+    let values: Vec<f32> = (0..n).map(|i| ((i * 7919) % 2003) as f32 / 64.0 - 15.0 + i as f32 * 1e-7).collect();
+    let dir = single(&[
+        ("w.f32", Dtype::F32, vec![n], f32s(&values)),
+        ("w.bf16", Dtype::BF16, vec![n], bf16s(&values)),
+        ("w.f16", Dtype::F16, vec![n], f16s(&values)),
+    ]);
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    for name in ["w.f32", "w.bf16", "w.f16"] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let (bytes, largest) = streamed(&ck, name, dtype).unwrap();
+            let expected = storage_of(&ck.load(name, dtype).unwrap(), dtype);
+            assert!(bytes == expected, "{name} as {dtype:?}: streamed bytes differ from the loaded values");
+            // A chunk's stored bytes, widened at most 2x (bf16 -> f32).
+            assert!(largest <= 2 * STAGING_BYTES, "{name} as {dtype:?}: a piece of {largest} bytes");
+            assert!(bytes.len() > largest, "{name} as {dtype:?}: {} bytes in one piece", bytes.len());
+        }
+    }
+}
+
+#[test]
+fn streaming_refuses_what_loading_refuses_and_stops_at_the_bad_chunk() {
+    // A NaN and an inf in the second of three chunks.
+    let n = STAGING_BYTES / 4 * 5 / 2;
+    let mut values = vec![0.5f32; n];
+    let bad = STAGING_BYTES / 4 + 10;
+    values[bad] = f32::NAN;
+    values[bad + 5] = f32::INFINITY;
+    values[5] = 70000.0;
+    let dir = single(&[("w", Dtype::F32, vec![n], f32s(&values))]);
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let mut received = 0;
+        let err = ck
+            .stream("w", dtype, |piece| {
+                received += piece.len();
+                Ok::<(), WeightError>(())
+            })
+            .unwrap_err();
+        let loaded = ck.load("w", dtype).unwrap_err();
+        assert_eq!(err.to_string(), loaded.to_string(), "{dtype:?}");
+        // In f16, 70000 rounds to inf: counted with the NaN and inf, and first.
+        let (count, first) = if dtype == DType::F16 { (3, 5) } else { (2, bad) };
+        assert!(
+            matches!(err, WeightError::NonFinite { count: c, first: f, .. } if (c, f) == (count, first)),
+            "{dtype:?}: {err}"
+        );
+        let words_per_chunk = STAGING_BYTES / 4;
+        let expected = if dtype == DType::F16 { 0 } else { words_per_chunk * dtype.size_bytes() };
+        assert_eq!(received, expected, "{dtype:?}: bytes given before the refusal");
+    }
+    // Finite values beyond f16 alone: a range error, nothing given.
+    let dir = single(&[("big", Dtype::F32, vec![3], f32s(&[1.0, 70000.0, -1e6]))]);
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    let err = streamed(&ck, "big", DType::F16).unwrap_err();
+    assert!(matches!(err, WeightError::Range { count: 2, dtype: DType::F16, .. }), "{err}");
+}

@@ -10,7 +10,8 @@ use smelt_ir::{Bindings, Dim, Graph, NodeId, Role, Sym};
 use super::launch_raw;
 use super::StepOutput;
 use crate::cuda::device::{check, Gpu};
-use crate::cuda::layout::{DeviceWeights, KvPool, Layout};
+use crate::cuda::device_weights::DeviceWeights;
+use crate::cuda::layout::{KvPool, Layout};
 use crate::cuda::CudaError;
 
 /// One graph's program on the device.

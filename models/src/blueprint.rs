@@ -1,0 +1,139 @@
+//! A model directory read and checked without its weights: the config, the graphs each
+//! backend runs, the EOS ids; with the checkpoint opened and validated against the graphs,
+//! so that a backend reads weights only after everything that can be refused cheaply was.
+
+use std::path::Path;
+
+use smelt_ir::{DType, Graph, IrError};
+use smelt_runtime::{weight_specs, Checkpoint, WeightSpec};
+
+use crate::config::Qwen3Config;
+use crate::engine::{LoadOptions, ModelError};
+use crate::generation_config::GenerationConfig;
+use crate::qwen3::{declare, DeclareOptions, Logits, Phase, LM_HEAD};
+
+/// The three graphs a model runs.
+#[derive(Clone)]
+pub(crate) struct Graphs {
+    pub(crate) prefill_all: Graph,
+    pub(crate) prefill_last: Graph,
+    pub(crate) decode: Graph,
+}
+
+impl Graphs {
+    pub(crate) fn declare(cfg: &Qwen3Config, dtype: DType) -> Result<Graphs, IrError> {
+        let opts = |phase, logits| DeclareOptions { phase, dtype, logits };
+        Ok(Graphs {
+            prefill_all: declare(cfg, opts(Phase::Prefill, Logits::AllPositions))?,
+            prefill_last: declare(cfg, opts(Phase::Prefill, Logits::LastPosition))?,
+            decode: declare(cfg, opts(Phase::Decode, Logits::LastPosition))?,
+        })
+    }
+
+    pub(crate) fn all(&self) -> [&Graph; 3] {
+        [&self.prefill_all, &self.prefill_last, &self.decode]
+    }
+
+    /// Runs the standard pass pipeline over each graph.
+    pub(crate) fn fuse(mut self) -> Result<Graphs, smelt_passes::PassError> {
+        let pipeline = smelt_passes::pipeline::standard();
+        for g in [&mut self.prefill_all, &mut self.prefill_last, &mut self.decode] {
+            pipeline.run(g, "qwen3")?;
+        }
+        Ok(self)
+    }
+}
+
+/// A model without its weights.
+#[derive(Clone)]
+pub struct Blueprint {
+    pub(crate) config: Qwen3Config,
+    pub(crate) dtype: DType,
+    pub(crate) graphs: Graphs,
+    pub(crate) eos_token_ids: Vec<u32>,
+    pub(crate) unused_tensors: Vec<String>,
+}
+
+/// [`Blueprint::open`]'s result: the blueprint, the checkpoint it was checked against, and the
+/// checkpoint tensors its graphs read (before fusion joins any).
+pub(crate) struct Opened {
+    pub(crate) blueprint: Blueprint,
+    pub(crate) checkpoint: Checkpoint,
+    pub(crate) specs: Vec<WeightSpec>,
+}
+
+impl Blueprint {
+    /// Reads `dir/config.json` and `dir/generation_config.json` (optional), opens the
+    /// checkpoint and checks every tensor the graphs read (name, shape, float dtype), and makes
+    /// the graphs for `options.dtype` (fused unless `options.fuse` is off). Reads no weights.
+    pub(crate) fn open(dir: &Path, options: LoadOptions) -> Result<Opened, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::NoDir(dir.to_path_buf()));
+        }
+        let config_path = dir.join("config.json");
+        let config = Qwen3Config::from_file(&config_path)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        crate::checkpoint_fit::check(&config, &checkpoint, &config_path.display().to_string())?;
+        let graphs = Graphs::declare(&config, options.dtype)?;
+        // Checked against the declared (primitive) graphs: the checkpoint's own tensor names.
+        let specs = weight_specs(&graphs.all());
+        let unused_tensors = checkpoint.validate(&specs, Blueprint::ignored(&config))?;
+        let graphs = if options.fuse { graphs.fuse()? } else { graphs };
+        let mut eos_token_ids = GenerationConfig::load(dir, config.vocab_size)?.eos_token_ids.unwrap_or_default();
+        if eos_token_ids.is_empty() {
+            eos_token_ids = config.eos_token_ids.clone();
+        }
+        let blueprint = Blueprint { config, dtype: options.dtype, graphs, eos_token_ids, unused_tensors };
+        Ok(Opened { blueprint, checkpoint, specs })
+    }
+
+    /// Checkpoint tensors a model may carry and not use: tied checkpoints may still carry
+    /// lm_head.weight (the real 0.6B does).
+    pub(crate) fn ignored(config: &Qwen3Config) -> &'static [&'static str] {
+        if config.tie_word_embeddings {
+            &[LM_HEAD]
+        } else {
+            &[]
+        }
+    }
+
+    pub fn config(&self) -> &Qwen3Config {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The decode graph (fused unless loaded with `fuse: false`), which the GPU backend compiles.
+    pub fn decode_graph(&self) -> &Graph {
+        &self.graphs.decode
+    }
+
+    /// The graph of a batched decode step on the GPU: the all-positions prefill graph, its T
+    /// rows taken as one new token each of T sequences (see `smelt_codegen::EmitOptions`).
+    pub fn batch_graph(&self) -> &Graph {
+        &self.graphs.prefill_all
+    }
+
+    /// The prefill graph a GPU backend runs prompts with: the last position's logits only
+    /// (the lm_head reads row T - 1 of the final norm's output).
+    pub fn prefill_graph(&self) -> &Graph {
+        &self.graphs.prefill_last
+    }
+
+    /// Ids that end generation: `generation_config.json`'s, else `config.json`'s.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_ids
+    }
+
+    /// Checkpoint tensors the model does not use (worth a warning).
+    pub fn unused_tensors(&self) -> &[String] {
+        &self.unused_tensors
+    }
+
+    /// The paged KV layout `budget_bytes` buys, from the decode graph's caches.
+    pub fn kv_plan(&self, block_tokens: usize, budget_bytes: usize) -> Result<smelt_passes::kv::KvPlan, ModelError> {
+        Ok(smelt_passes::kv::plan_kv(&self.graphs.decode, block_tokens, budget_bytes)?)
+    }
+}
