@@ -1,4 +1,4 @@
-//! The decode attention kernels (split, then combine) run on the host (`common::host`) and
+//! The decode attention kernels (split, then combine) run on the host (`smelt-emulate`) and
 //! compared with `ir::eval`: one sequence's T new tokens after P cached (a decode or prefill
 //! step), and a batched decode step whose rows are sequences of their own (each row's
 //! position and block table from `smelt_step`'s row arrays). Both with and without the
@@ -9,9 +9,11 @@ mod common;
 mod tensors;
 
 use std::collections::HashMap;
-use std::process::Command;
 
+use common::emulated;
 use smelt_codegen::kernels::{decode_attention, decode_attention_scratch_bytes, AttentionSpec, View};
+use smelt_codegen::Kernel;
+use smelt_emulate::{Arg, Buffer, Checker, Launch, Schedule};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, NodeId, Op, Shape, Tensor};
 use tensors::{bytes, decode, tensor, worst_relative};
 
@@ -172,57 +174,68 @@ fn cases() -> Vec<Case> {
     out
 }
 
-/// Runs every case's split and combine kernels on the host; returns each case's output bytes.
+/// Runs every case's split and combine kernels through the emulator, twice: under
+/// AddressSanitizer (bounds; the split's q and caches and the combine's scratch and output,
+/// what the previous kernel wrote, hidden until each block's grid-dependency wait) and under
+/// ThreadSanitizer (races, blocks in a seeded order). Both must give the same bits; returns
+/// each case's output bytes.
 fn emulate(cases: &[Case]) -> Option<Vec<Vec<u8>>> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (mut src, mut switch) = (String::from(common::host::SHIM), String::new());
-    let file = |name: String, bytes: &[u8]| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, bytes).expect("write buffer");
-        format!("smelt_read({:?})", path.display().to_string())
+    let pairs: Vec<(Kernel, Kernel)> = cases
+        .iter()
+        .enumerate()
+        .map(|(c, case)| match &decode_attention(&format!("attn{c}"), &case.spec)[..] {
+            [split, combine] => (split.clone(), combine.clone()),
+            _ => panic!("split_tokens > 0 gives a split and a combine kernel"),
+        })
+        .collect();
+    let kernels: Vec<_> = pairs.iter().flat_map(|(s, c)| [emulated::source(s), emulated::source(c)]).collect();
+    let run = |checker: Checker, schedule: Schedule| -> Option<Vec<Vec<u8>>> {
+        let emu = emulated::build(&kernels, checker)?;
+        let outputs = cases.iter().zip(&pairs).enumerate().map(|(c, (case, (split, combine)))| {
+            let b = Bindings { batch: 1, new_tokens: case.t, cached_tokens: case.p };
+            let n = case.bufs.len();
+            let (out, scratch, step_id, table) = (n, n + 1, n + 2, n + 3);
+            let mut buffers: Vec<Buffer> = case.bufs.iter().cloned().map(Buffer::Bytes).collect();
+            buffers.push(Buffer::Unwritten(case.t * H * D * case.spec.dtype.size_bytes()));
+            buffers.push(Buffer::Unwritten(decode_attention_scratch_bytes(&case.spec, case.p + case.t, case.t)));
+            let rows = case.rows.as_ref().map(|(positions, tables, stride)| {
+                buffers.extend([Buffer::Bytes(emulated::words(positions)), Buffer::Bytes(emulated::words(tables))]);
+                emulated::Rows { positions: n + 4, tables: n + 5, stride: *stride as u32 }
+            });
+            let (step, pointers) = emulated::step(step_id, case.t, case.p, BT, table, rows);
+            buffers.insert(step_id, step);
+            buffers.insert(table, Buffer::Bytes(emulated::words(&case.table)));
+            let mut split_args: Vec<Arg> = (0..n).map(Arg::buffer).collect();
+            split_args.extend([Arg::buffer(out), Arg::buffer(scratch), Arg::buffer(step_id)]);
+            let launches = [
+                Launch {
+                    kernel: 2 * c,
+                    grid: split.launch.grid.blocks(&b),
+                    block: split.launch.block,
+                    shared_bytes: split.launch.shared_bytes,
+                    args: split_args,
+                    // q from the qkv matmul, the caches from the KV append.
+                    hidden: vec![0, n - 2, n - 1],
+                },
+                Launch {
+                    kernel: 2 * c + 1,
+                    grid: combine.launch.grid.blocks(&b),
+                    block: combine.launch.block,
+                    shared_bytes: combine.launch.shared_bytes,
+                    args: vec![Arg::buffer(scratch), Arg::buffer(out), Arg::buffer(step_id)],
+                    hidden: vec![scratch, out],
+                },
+            ];
+            let mut bufs =
+                emu.run(&buffers, &pointers, &launches, schedule).unwrap_or_else(|e| panic!("case {c}: {e}"));
+            bufs.swap_remove(out)
+        });
+        Some(outputs.collect())
     };
-    let words = |v: &[u32]| v.iter().chain(&[0]).flat_map(|b| b.to_le_bytes()).collect::<Vec<u8>>();
-    for (c, case) in cases.iter().enumerate() {
-        let [split, combine] = &decode_attention(&format!("attn{c}"), &case.spec)[..] else {
-            panic!("split_tokens > 0 gives a split and a combine kernel")
-        };
-        src.push_str(&format!("namespace s{c} {{\n{}}}\nnamespace c{c} {{\n{}}}\n", split.source, combine.source));
-        let b = Bindings { batch: 1, new_tokens: case.t, cached_tokens: case.p };
-        let (gs, gc) = (split.launch.grid.blocks(&b), combine.launch.grid.blocks(&b));
-        let scratch = decode_attention_scratch_bytes(&case.spec, case.p + case.t, case.t);
-        let out_bytes = case.t * H * D * case.spec.dtype.size_bytes();
-        let bufs: Vec<String> = case.bufs.iter().enumerate().map(|(i, b)| file(format!("c{c}_{i}"), b)).collect();
-        let table = file(format!("c{c}_table"), &words(&case.table));
-        let rows = match &case.rows {
-            Some((positions, tables, stride)) => {
-                format!(
-                    ", {}, {}, {stride}u",
-                    file(format!("c{c}_pos"), &words(positions)),
-                    file(format!("c{c}_tabs"), &words(tables))
-                )
-            }
-            None => ", nullptr, nullptr, 0u".into(),
-        };
-        let args: String = (0..bufs.len()).map(|i| format!("b[{i}], ")).collect();
-        switch.push_str(&format!(
-            "  case {c}: {{\n    smelt_any b[] = {{{}}};\n    void* out = calloc({out_bytes}, 1);\n    \
-             float* scratch = (float*)calloc({scratch} / 4 + 1, 4);\n    \
-             s{c}::smelt_step st = {{1u, {}u, {}u, {BT}u, {table}{rows}, 0u}};\n    \
-             smelt_launch({gs}, {}, [&] {{ s{c}::{}({args}(s{c}::smelt_attn_t*)out, scratch, &st); }});\n    \
-             smelt_launch({gc}, {}, [&] {{ c{c}::{}(scratch, (c{c}::smelt_attn_t*)out, (const c{c}::smelt_step*)&st); }});\n    \
-             fwrite(out, 1, {out_bytes}, stdout);\n    break;\n  }}\n",
-            bufs.join(", "),
-            case.t,
-            case.p,
-            split.launch.block,
-            split.name,
-            combine.launch.block,
-            combine.name,
-        ));
-    }
-    src.push_str(&format!("int main(int, char** argv) {{\n  switch (atoi(argv[1])) {{\n{switch}  }}\n}}\n"));
-    let exe = common::host::build(dir.path(), &src)?;
-    Some((0..cases.len()).map(|c| Command::new(&exe).arg(c.to_string()).output().expect("run").stdout).collect())
+    let bounds = run(Checker::Bounds, Schedule::default())?;
+    let races = run(Checker::Races, Schedule { block_order: Some(0x5eed), ..Schedule::default() })?;
+    assert!(bounds == races, "the outputs depend on the block order or the build");
+    Some(bounds)
 }
 
 #[test]

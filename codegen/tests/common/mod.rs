@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod emulated;
 pub mod epilogues;
 pub mod host;
 

@@ -1,6 +1,8 @@
 //! Operand buffers for the kernels run on the host: reproducible tensors, and their storage
 //! bytes each way. (Included by the host-emulation tests, which have `half`.)
 
+#![allow(dead_code)]
+
 use smelt_ir::{DType, Tensor};
 
 /// Reproducible values in `[lo, hi)`, stored in `dtype`.
@@ -45,4 +47,13 @@ pub fn worst_relative(got: &[f32], want: &[f32], dtype: DType) -> f32 {
     let largest = want.iter().fold(0f32, |m, w| m.max(w.abs()));
     let floor = if dtype == DType::F32 { largest } else { largest * 2f32.powi(-10) };
     got.iter().zip(want).map(|(g, w)| (g - w).abs() / w.abs().max(floor).max(f32::MIN_POSITIVE)).fold(0.0, f32::max)
+}
+
+/// ‖got − want‖ / ‖want‖ over the whole tensor, and the largest absolute difference.
+pub fn whole_tensor_error(got: &[f32], want: &[f32]) -> (f64, f32) {
+    let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let rel =
+        norm(&mut got.iter().zip(want).map(|(g, w)| g - w)) / norm(&mut want.iter().copied()).max(f64::MIN_POSITIVE);
+    let max_abs = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+    (rel, max_abs)
 }

@@ -1,0 +1,62 @@
+//! Kernels run on the host through `smelt-emulate`: building (or saying why not) and the
+//! `smelt_step` parameter block as a buffer.
+
+use smelt_codegen::PRELUDE;
+use smelt_emulate::{Buffer, Checker, EmuError, Emulator, KernelSource, Pointer};
+
+/// `kernels` built for the host with `checker`, or None with a "skipped" line when this
+/// machine has no C++20 compiler for it (a failure under `CI=true`).
+pub fn build(kernels: &[KernelSource], checker: Checker) -> Option<Emulator> {
+    match Emulator::build(kernels, PRELUDE, checker) {
+        Ok(e) => Some(e),
+        Err(e @ EmuError::NoCompiler { .. }) => {
+            smelt_codegen::skip::missing_tool(&super::current_test(), &e.to_string());
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+pub fn source(k: &smelt_codegen::Kernel) -> KernelSource {
+    KernelSource { name: k.name.clone(), source: k.source.clone() }
+}
+
+/// Little-endian u32 words, one spare (a table is read one entry past its last block by
+/// nothing, but an empty one must still be a buffer).
+pub fn words(v: &[u32]) -> Vec<u8> {
+    v.iter().chain(&[0]).flat_map(|b| b.to_le_bytes()).collect()
+}
+
+/// A step's per-row arrays for a batched step: positions, tables and the table stride.
+pub struct Rows {
+    pub positions: usize,
+    pub tables: usize,
+    pub stride: u32,
+}
+
+/// `smelt_step` as a buffer (`{batch, new_tokens, cached_tokens, block_tokens, block_table,
+/// row_positions, row_tables, table_stride, reserved}`, 48 bytes on a 64-bit host) for buffer
+/// id `id`, and the pointers into it: the block table (buffer `table`) and, for a batched
+/// step, the row arrays.
+pub fn step(
+    id: usize,
+    t: usize,
+    p: usize,
+    block_tokens: usize,
+    table: usize,
+    rows: Option<Rows>,
+) -> (Buffer, Vec<Pointer>) {
+    let mut b = Vec::with_capacity(48);
+    for v in [1u32, t as u32, p as u32, block_tokens as u32] {
+        b.extend(v.to_le_bytes());
+    }
+    b.extend([0u8; 24]);
+    b.extend(rows.as_ref().map_or(0, |r| r.stride).to_le_bytes());
+    b.extend(0u32.to_le_bytes());
+    let at = |offset, target| Pointer { buffer: id, offset, target, target_offset: 0 };
+    let mut pointers = vec![at(16, table)];
+    if let Some(r) = rows {
+        pointers.extend([at(24, r.positions), at(32, r.tables)]);
+    }
+    (Buffer::Bytes(b), pointers)
+}

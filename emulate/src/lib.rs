@@ -1,0 +1,331 @@
+//! smelt's CUDA emulator: the exact CUDA C source NVRTC compiles, built as host C++ against a
+//! device shim (`shim/smelt_emu.h`: one OS thread per CUDA thread, real barriers, warp
+//! collectives per lane, the PTX smelt uses emulated from the ISA's tables in
+//! `shim/smelt_emu_ptx.h`) and run launch by launch on host buffers.
+//!
+//! Checks, by build ([`Checker`]): array bounds under AddressSanitizer (every buffer a heap
+//! block of exactly its size); shared- and global-memory races between CUDA threads under
+//! ThreadSanitizer (two accesses to one address with no barrier between them, one a write);
+//! in every build, `cp.async` landing at its wait, at issue, or by a seeded coin ([`Landing`]),
+//! blocks in a seeded order, and programmatic dependent launch: buffers a launch names as the
+//! previous kernel's outputs are hidden from each block until it passes its grid-dependency
+//! wait ([`Launch::hidden`]). A finding fails the run with the checker's report, which names
+//! the kernel (its source file), the line and the CUDA thread.
+//!
+//! The source is changed only where host C++ must differ: `extern "C"` goes (each kernel
+//! lives in a namespace of its own), an `extern __shared__` array becomes a pointer to the
+//! emulator's dynamic shared memory, and the PTX wrappers and PDL macros the prelude defines
+//! for NVRTC alone are defined after it.
+
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod source;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub use source::emulated_source;
+
+const SHIM: &str = include_str!("../shim/smelt_emu.h");
+const PTX: &str = include_str!("../shim/smelt_emu_ptx.h");
+const MAIN: &str = include_str!("../shim/smelt_emu_main.h");
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmuError {
+    /// No C++20 compiler (or none with the checker's sanitizer): the caller may skip.
+    #[error("no C++20 compiler{sanitizer} ({cxx}): {why}")]
+    NoCompiler { cxx: String, sanitizer: &'static str, why: String },
+    #[error("kernel {kernel}: {why}")]
+    Source { kernel: String, why: String },
+    #[error("the emulated kernels do not compile ({cxx}, {path}):\n{log}")]
+    Compile { cxx: String, path: PathBuf, log: String },
+    /// A checker's report, or a kernel that crashed.
+    #[error("{what}:\n{report}")]
+    Run { what: String, report: String },
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What the build checks besides the emulator's own assertions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checker {
+    /// None: fastest.
+    Plain,
+    /// AddressSanitizer: reads and writes outside a buffer or a shared array, and any access
+    /// to a buffer hidden until the grid-dependency wait.
+    Bounds,
+    /// ThreadSanitizer: two accesses to one word by different CUDA threads with no barrier
+    /// ordering them, at least one a write.
+    Races,
+}
+
+impl Checker {
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Checker::Plain => &[],
+            Checker::Bounds => &["-fsanitize=address", "-fno-omit-frame-pointer"],
+            Checker::Races => &["-fsanitize=thread"],
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Checker::Plain => "",
+            Checker::Bounds => " with AddressSanitizer",
+            Checker::Races => " with ThreadSanitizer",
+        }
+    }
+}
+
+/// When a `cp.async` copy lands in shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Landing {
+    /// At the `wait_group` that requires it: the latest moment the PTX allows.
+    Latest,
+    /// At issue: the earliest.
+    Earliest,
+    /// Either, by a coin seeded from this value, the block and the thread.
+    Random(u64),
+}
+
+/// One kernel, as NVRTC receives it.
+#[derive(Clone, Debug)]
+pub struct KernelSource {
+    pub name: String,
+    pub source: String,
+}
+
+/// A kernel parameter: a pointer `offset` bytes into buffer `buffer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arg {
+    pub buffer: usize,
+    pub offset: usize,
+}
+
+impl Arg {
+    pub fn buffer(buffer: usize) -> Arg {
+        Arg { buffer, offset: 0 }
+    }
+}
+
+/// A pointer stored in a buffer (e.g. `smelt_step`'s block table): at `buffer + offset`,
+/// the address of `target + target_offset`.
+#[derive(Clone, Copy, Debug)]
+pub struct Pointer {
+    pub buffer: usize,
+    pub offset: usize,
+    pub target: usize,
+    pub target_offset: usize,
+}
+
+/// One kernel launch (1-D grid and block, as smelt's kernels use).
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// Index into the kernels the emulator was built with.
+    pub kernel: usize,
+    pub grid: u32,
+    pub block: u32,
+    pub shared_bytes: u32,
+    pub args: Vec<Arg>,
+    /// Buffers the previous kernel wrote: each block sees them only after its grid-dependency
+    /// wait (all ones before it, or under [`Checker::Bounds`] poisoned, so that any access is
+    /// reported).
+    pub hidden: Vec<usize>,
+}
+
+/// How a run schedules what the hardware leaves open.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    pub landing: Landing,
+    /// Blocks in a random order from this seed; `None` in index order.
+    pub block_order: Option<u64>,
+}
+
+impl Default for Schedule {
+    fn default() -> Schedule {
+        Schedule { landing: Landing::Latest, block_order: None }
+    }
+}
+
+/// A buffer's bytes: given, or left for the kernels to write (all ones: NaN in every float
+/// type, so a read of a value nothing wrote shows).
+#[derive(Clone, Debug)]
+pub enum Buffer {
+    Bytes(Vec<u8>),
+    Unwritten(usize),
+}
+
+impl Buffer {
+    pub fn len(&self) -> usize {
+        match self {
+            Buffer::Bytes(b) => b.len(),
+            Buffer::Unwritten(n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Kernels built for the host, ready to run.
+pub struct Emulator {
+    dir: tempfile::TempDir,
+    exe: PathBuf,
+    kernels: Vec<String>,
+    checker: Checker,
+}
+
+impl Emulator {
+    /// Builds `kernels` (each `prelude` followed by its body, as NVRTC receives it) into one
+    /// host program with `checker`. `CXX` names the compiler (default `c++`).
+    pub fn build(kernels: &[KernelSource], prelude: &str, checker: Checker) -> Result<Emulator, EmuError> {
+        let dir = tempfile::Builder::new()
+            .prefix("smelt-emulate-")
+            .tempdir()
+            .map_err(|e| EmuError::Io(format!("creating a build folder: {e}")))?;
+        let mut program = String::from(SHIM);
+        for (i, k) in kernels.iter().enumerate() {
+            let body = emulated_source(&k.name, &k.source, prelude)?;
+            // Reports name the kernel's own file and line; the rest is kernels.cc's.
+            let _ = write!(program, "\nnamespace smelt_k{i} {{\n{prelude}\n{PTX}\n#line 1 \"{}.cu\"\n{body}\n", k.name);
+            let _ = writeln!(program, "#line {} \"kernels.cc\"\n}}", program.lines().count() + 2);
+        }
+        program.push_str(MAIN);
+        for (i, k) in kernels.iter().enumerate() {
+            let _ = writeln!(
+                program,
+                "static void smelt_emu_call{i}(void** a) {{ smelt_emu_invoke(&smelt_k{i}::{}, a); }}",
+                k.name
+            );
+        }
+        let calls: Vec<String> = (0..kernels.len()).map(|i| format!("smelt_emu_call{i}")).collect();
+        let _ = writeln!(program, "const smelt_emu_kernel smelt_emu_kernels[] = {{{}}};", calls.join(", "));
+        let _ = writeln!(program, "const unsigned int smelt_emu_kernel_count = {};", kernels.len());
+        let (src, exe) = (dir.path().join("kernels.cc"), dir.path().join("kernels"));
+        write_file(&src, program.as_bytes())?;
+        compile(&src, &exe, checker)?;
+        Ok(Emulator { dir, exe, kernels: kernels.iter().map(|k| k.name.clone()).collect(), checker })
+    }
+
+    pub fn checker(&self) -> Checker {
+        self.checker
+    }
+
+    /// Runs `launches` in order on `buffers` (with `pointers` stored first) and returns every
+    /// buffer's bytes afterwards.
+    pub fn run(
+        &self,
+        buffers: &[Buffer],
+        pointers: &[Pointer],
+        launches: &[Launch],
+        schedule: Schedule,
+    ) -> Result<Vec<Vec<u8>>, EmuError> {
+        let mut script = String::new();
+        for (i, b) in buffers.iter().enumerate() {
+            match b {
+                Buffer::Bytes(bytes) => {
+                    let path = self.dir.path().join(format!("in{i}"));
+                    write_file(&path, bytes)?;
+                    let _ = writeln!(script, "buffer {i} {} {}", bytes.len(), path.display());
+                }
+                Buffer::Unwritten(n) => {
+                    let _ = writeln!(script, "buffer {i} {n} -");
+                }
+            }
+        }
+        for p in pointers {
+            self.check_buffer(p.buffer, buffers)?;
+            self.check_buffer(p.target, buffers)?;
+            let _ = writeln!(script, "pointer {} {} {} {}", p.buffer, p.offset, p.target, p.target_offset);
+        }
+        let (landing, seed) = match schedule.landing {
+            Landing::Latest => (0, 0),
+            Landing::Earliest => (1, 0),
+            Landing::Random(seed) => (2, seed),
+        };
+        for l in launches {
+            if l.kernel >= self.kernels.len() {
+                return Err(EmuError::Usage(format!("launch of kernel {} of {}", l.kernel, self.kernels.len())));
+            }
+            let _ = write!(
+                script,
+                "launch {} {} {} {} {landing} {seed} {} {}",
+                l.kernel,
+                l.grid,
+                l.block,
+                l.shared_bytes,
+                schedule.block_order.map_or(0, |s| s.max(1)),
+                l.args.len()
+            );
+            for a in &l.args {
+                self.check_buffer(a.buffer, buffers)?;
+                let _ = write!(script, " {} {}", a.buffer, a.offset);
+            }
+            let _ = write!(script, " {}", l.hidden.len());
+            for &h in &l.hidden {
+                self.check_buffer(h, buffers)?;
+                let _ = write!(script, " {h}");
+            }
+            script.push('\n');
+        }
+        for i in 0..buffers.len() {
+            let _ = writeln!(script, "dump {i} {}", self.dir.path().join(format!("out{i}")).display());
+        }
+        let script_path = self.dir.path().join("script");
+        write_file(&script_path, script.as_bytes())?;
+        let ran = Command::new(&self.exe)
+            .arg(&script_path)
+            .env("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
+            .env("TSAN_OPTIONS", "halt_on_error=1:exitcode=66:report_signal_unsafe=0")
+            .output()
+            .map_err(|e| EmuError::Io(format!("running {}: {e}", self.exe.display())))?;
+        if !ran.status.success() {
+            let names: Vec<&str> = launches.iter().map(|l| self.kernels[l.kernel].as_str()).collect();
+            let what = format!("the emulated launches of {} failed ({})", names.join(", "), ran.status);
+            return Err(EmuError::Run { what, report: String::from_utf8_lossy(&ran.stderr).into_owned() });
+        }
+        (0..buffers.len())
+            .map(|i| {
+                let path = self.dir.path().join(format!("out{i}"));
+                std::fs::read(&path).map_err(|e| EmuError::Io(format!("reading {}: {e}", path.display())))
+            })
+            .collect()
+    }
+
+    fn check_buffer(&self, id: usize, buffers: &[Buffer]) -> Result<(), EmuError> {
+        match id < buffers.len() {
+            true => Ok(()),
+            false => Err(EmuError::Usage(format!("buffer {id} of {}", buffers.len()))),
+        }
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), EmuError> {
+    std::fs::write(path, bytes).map_err(|e| EmuError::Io(format!("writing {}: {e}", path.display())))
+}
+
+fn compile(src: &Path, exe: &Path, checker: Checker) -> Result<(), EmuError> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    // No FMA contraction: eval rounds every product before a sum, and so do the kernels
+    // (__fmul_rn); -g for the reports' source lines.
+    let mut cmd = Command::new(&cxx);
+    cmd.args(["-std=c++20", "-O1", "-g", "-ffp-contract=off", "-pthread", "-w"]).args(checker.flags());
+    cmd.arg("-o").arg(exe).arg(src);
+    let no_compiler = |why: String| EmuError::NoCompiler { cxx: cxx.clone(), sanitizer: checker.describe(), why };
+    let out = cmd.output().map_err(|e| no_compiler(e.to_string()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    // A compiler without the sanitizer's runtime is a missing tool, not a kernel error.
+    if log.contains("cannot find -lasan") || log.contains("cannot find -ltsan") || log.contains("unrecognized") {
+        return Err(no_compiler(log.lines().take(3).collect::<Vec<_>>().join(" ")));
+    }
+    Err(EmuError::Compile { cxx, path: src.to_path_buf(), log })
+}
