@@ -9,10 +9,12 @@ mod common;
 mod tensors;
 
 use std::collections::HashMap;
-use std::process::Command;
+
+use common::emulated;
 
 use smelt_codegen::kernels::{argmax, gather, kv_append, norm_rope, norm_rope_kv_append, rmsnorm, Grid, View};
 use smelt_codegen::{Kernel, PRELUDE};
+use smelt_emulate::{Arg, Buffer, Checker, Launch, Schedule};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, Dim, NodeId, Op, Shape, Sym, Tensor};
 use tensors::{bytes, decode, tensor, worst_relative};
 
@@ -82,7 +84,7 @@ fn launches_cover_the_rows() {
     assert!(matches!(next.launch.grid, Grid::Cover { max: 65535, .. }));
 }
 
-// ---- Host emulation: the kernels run on the CPU (see `common::host`) and match `ir::eval`,
+// ---- Host emulation: the kernels run on the CPU (`smelt-emulate`) and match `ir::eval`,
 // bit for bit except where the norm's f32 sum (a tree here, left to right in eval) rounds
 // differently.
 
@@ -100,43 +102,39 @@ struct Run {
     rows: Option<(Vec<u32>, Vec<u32>, usize)>,
 }
 
-/// Runs every `Run` under the shim; returns each one's output bytes.
+/// Runs every `Run` through the emulator under AddressSanitizer, then under ThreadSanitizer
+/// with the blocks in a seeded order (the same bits both ways); returns each one's output
+/// bytes.
 fn emulate(runs: &[Run]) -> Option<Vec<Vec<u8>>> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (mut src, mut cases) = (String::from(common::host::SHIM), String::new());
-    let file = |name: String, bytes: Vec<u8>| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, bytes).expect("write buffer");
-        format!("smelt_read({:?})", path.display().to_string())
+    let kernels: Vec<_> = runs.iter().map(|r| emulated::source(&r.kernel)).collect();
+    let run = |checker, schedule| -> Option<Vec<Vec<u8>>> {
+        let emu = emulated::build(&kernels, checker)?;
+        let outputs = runs.iter().enumerate().map(|(c, r)| {
+            let n = r.bufs.len();
+            let mut buffers: Vec<Buffer> = r.bufs.iter().map(|b| Buffer::Bytes(bytes(b))).collect();
+            buffers.push(Buffer::Bytes(emulated::words(&r.table)));
+            let rows = r.rows.as_ref().map(|(positions, tables, stride)| {
+                buffers.extend([Buffer::Bytes(emulated::words(positions)), Buffer::Bytes(emulated::words(tables))]);
+                emulated::Rows { positions: n + 1, tables: n + 2, stride: *stride as u32 }
+            });
+            let step_id = buffers.len();
+            let (step, pointers) = emulated::step(step_id, r.t, 37, BLOCK_TOKENS, n, rows);
+            buffers.push(step);
+            let mut args: Vec<Arg> = (0..n).map(Arg::buffer).collect();
+            args.push(Arg::buffer(step_id));
+            // A few blocks, so the grid-stride loops go round.
+            let grid = r.kernel.launch.grid.blocks(&Bindings { batch: 1, new_tokens: r.t, cached_tokens: 37 }).min(3);
+            let (block, shared_bytes) = (r.kernel.launch.block, r.kernel.launch.shared_bytes);
+            let launch = Launch { kernel: c, grid, block, shared_bytes, args, hidden: vec![] };
+            let out = emu.run(&buffers, &pointers, &[launch], schedule).unwrap_or_else(|e| panic!("{}: {e}", r.kernel.name));
+            out[n - 1][..bytes(&r.want).len()].to_vec()
+        });
+        Some(outputs.collect())
     };
-    for (c, r) in runs.iter().enumerate() {
-        // Namespaces keep each kernel's copy of the prelude apart.
-        src.push_str(&format!("namespace k{c} {{\n{}}}\n", r.kernel.source));
-        let bufs: Vec<String> = r.bufs.iter().enumerate().map(|(i, b)| file(format!("c{c}_{i}"), bytes(b))).collect();
-        let table = file(format!("c{c}_table"), r.table.iter().chain(&[0]).flat_map(|b| b.to_le_bytes()).collect());
-        let args: String = (0..bufs.len()).map(|i| format!("b[{i}], ")).collect();
-        let rows = match &r.rows {
-            Some((positions, tables, stride)) => {
-                let words = |v: &[u32]| v.iter().flat_map(|b| b.to_le_bytes()).collect::<Vec<u8>>();
-                let (p, t) = (file(format!("c{c}_pos"), words(positions)), file(format!("c{c}_tables"), words(tables)));
-                format!(", {p}, {t}, {stride}u")
-            }
-            None => String::new(),
-        };
-        // A few blocks, so the grid-stride loops go round.
-        let blocks = r.kernel.launch.grid.blocks(&Bindings { batch: 1, new_tokens: r.t, cached_tokens: 37 }).min(3);
-        let (n, out, block, name) = (bytes(&r.want).len(), bufs.len() - 1, r.kernel.launch.block, &r.kernel.name);
-        cases.push_str(&format!(
-            "  case {c}: {{\n    smelt_any b[] = {{{}}};\n    k{c}::smelt_step st = {{1, {}, 37, {BLOCK_TOKENS}, {table}{rows}}};\n    \
-             smelt_launch({blocks}, {block}, [&] {{ k{c}::{name}({args}&st); }});\n    \
-             fwrite(b[{out}].p, 1, {n}, stdout);\n    break;\n  }}\n",
-            bufs.join(", "),
-            r.t,
-        ));
-    }
-    src.push_str(&format!("int main(int, char** argv) {{\n  switch (atoi(argv[1])) {{\n{cases}  }}\n}}\n"));
-    let exe = common::host::build(dir.path(), &src)?;
-    Some((0..runs.len()).map(|c| Command::new(&exe).arg(c.to_string()).output().expect("run").stdout).collect())
+    let bounds = run(Checker::Bounds, Schedule::default())?;
+    let races = run(Checker::Races, Schedule { block_order: Some(0x5eed), ..Schedule::default() })?;
+    assert!(bounds == races, "the outputs depend on the block order or the build");
+    Some(bounds)
 }
 
 /// `ir::eval` of one op over named inputs.

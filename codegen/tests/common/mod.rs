@@ -6,7 +6,6 @@
 
 pub mod emulated;
 pub mod epilogues;
-pub mod host;
 
 use std::path::PathBuf;
 
