@@ -126,7 +126,8 @@ fn emulate(runs: &[Run]) -> Option<Vec<Vec<u8>>> {
             let grid = r.kernel.launch.grid.blocks(&Bindings { batch: 1, new_tokens: r.t, cached_tokens: 37 }).min(3);
             let (block, shared_bytes) = (r.kernel.launch.block, r.kernel.launch.shared_bytes);
             let launch = Launch { kernel: c, grid, block, shared_bytes, args, hidden: vec![] };
-            let out = emu.run(&buffers, &pointers, &[launch], schedule).unwrap_or_else(|e| panic!("{}: {e}", r.kernel.name));
+            let out =
+                emu.run(&buffers, &pointers, &[launch], schedule).unwrap_or_else(|e| panic!("{}: {e}", r.kernel.name));
             out[n - 1][..bytes(&r.want).len()].to_vec()
         });
         Some(outputs.collect())

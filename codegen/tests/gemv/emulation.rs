@@ -1,15 +1,15 @@
-//! The GEMV run on the host against `ir::eval`: a C++ emulation of CUDA (one OS thread per
-//! CUDA thread, real barriers and warp shuffles), under AddressSanitizer.
+//! The GEMV run on the host against `ir::eval` through `smelt-emulate`, under
+//! AddressSanitizer and under ThreadSanitizer.
 
 use std::collections::HashMap;
-use std::fmt::Write;
-use std::process::Command;
 
 use smelt_codegen::kernels::{Grid, View};
 use smelt_ir::{shape, BinaryOp, Bound, Builder, DType, Expr, ExprKind, Op, Tensor};
 
+use crate::common::emulated;
 use crate::common::epilogues::{acc, node, residual, swiglu, to_f32};
 use crate::{Case, EPS};
+use smelt_emulate::{Arg, Buffer, Checker, Launch, Schedule};
 
 struct Rng(u64);
 
@@ -22,42 +22,6 @@ impl Rng {
         (0..n).map(|_| lo + (hi - lo) * self.unit()).collect()
     }
 }
-
-/// CUDA, as much as the GEMV uses, on the host: a block's 256 threads run as OS threads
-/// (blocks one after another), `__syncthreads` is a barrier, a warp shuffle goes through a
-/// per-warp slot array between two warp barriers, `__shared__` is `static`.
-const SHIM: &str = r#"#include <barrier>
-#include <thread>
-#include <vector>
-#include <memory>
-#include <cstdio>
-#include <cstdlib>
-#include <math.h>
-struct alignas(16) uint4 { unsigned int x, y, z, w; };
-struct smelt_dim3 { unsigned int x, y, z; };
-static thread_local smelt_dim3 threadIdx, blockIdx;
-static smelt_dim3 gridDim;
-static std::barrier<>* block_barrier;
-static std::barrier<>* warp_barrier[8];
-static float shuffle_slot[8][32];
-static unsigned char* dynamic_smem;
-static void __syncthreads() { block_barrier->arrive_and_wait(); }
-static float __shfl_xor_sync(unsigned int, float v, int d) {
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32;
-  warp_barrier[w]->arrive_and_wait();
-  shuffle_slot[w][l] = v;
-  warp_barrier[w]->arrive_and_wait();
-  return shuffle_slot[w][l ^ d];
-}
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(n)
-#define __shared__ static
-#define __restrict__ __restrict
-/* The prelude's warp collectives are built on the shuffle above. */
-#define SMELT_HOST_WARPS
-"#;
 
 fn storage_bytes(dtype: DType, values: &[f32]) -> Vec<u8> {
     values
@@ -76,14 +40,6 @@ fn from_storage(dtype: DType, bytes: &[u8]) -> Vec<f32> {
         DType::BF16 => bytes.chunks(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         DType::F16 => bytes.chunks(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         _ => bytes.chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-    }
-}
-
-fn c_type(dtype: DType) -> &'static str {
-    if dtype == DType::F32 {
-        "float"
-    } else {
-        "unsigned short"
     }
 }
 
@@ -143,68 +99,41 @@ fn prepare(case: &Case, seed: u64) -> Prepared {
     Prepared { buffers, want }
 }
 
-/// Runs every case's kernel in one host program (one compile): each kernel in a namespace of
-/// its own (each source carries the prelude), its operands read from files into heap blocks of
-/// exactly their size (so AddressSanitizer catches any read past them); returns the outputs.
-fn emulate(cases: &[Case], data: &[Prepared], cxx: &str) -> Vec<Vec<f32>> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let dynamic = "  extern __shared__ uint4 xs_vec[];";
-    let mut c = String::from(SHIM);
-    for (i, case) in cases.iter().enumerate() {
-        let source = case.kernel().source;
-        assert!(source.contains(dynamic), "{}: no dynamic shared memory declaration", case.name);
-        let source = source.replace(dynamic, "  uint4* xs_vec = (uint4*)dynamic_smem;");
-        let _ = writeln!(c, "namespace case{i} {{\n{source}}}");
-    }
-    c.push_str("static void* slurp(const char* path) {\n  FILE* f = fopen(path, \"rb\"); fseek(f, 0, SEEK_END);\n");
-    c.push_str("  long n = ftell(f); fseek(f, 0, SEEK_SET); void* p = malloc(n);\n");
-    c.push_str("  if (fread(p, 1, n, f) != (size_t)n) abort(); fclose(f); return p;\n}\n");
-    c.push_str("int main() {\n  block_barrier = new std::barrier<>(256);\n");
-    c.push_str("  for (int w = 0; w < 8; w++) warp_barrier[w] = new std::barrier<>(32);\n");
-    for (i, (case, data)) in cases.iter().zip(data).enumerate() {
-        let kernel = case.kernel();
-        assert_eq!(kernel.launch.block, 256);
-        let Grid::Fixed(blocks) = kernel.launch.grid else { panic!("a GEMV has a fixed grid") };
-        // The column loop is grid-stride, so any grid computes the same: a smaller one tests it.
-        let blocks = case.emulated_grid.unwrap_or(blocks);
-        let _ = writeln!(c, "  {{ /* {} */\n    std::vector<void*> buf;", case.name);
-        for (j, (d, v)) in data.buffers.iter().enumerate() {
-            let path = dir.path().join(format!("c{i}_b{j}"));
-            std::fs::write(&path, storage_bytes(*d, v)).expect("write operand");
-            let _ = writeln!(c, "    buf.push_back(slurp(\"{}\"));", path.display());
-        }
-        let out_bytes = case.rows * case.n_out() * case.out_dtype.size_bytes();
-        let _ = writeln!(c, "    void* y = calloc({out_bytes}, 1);");
-        let _ = writeln!(c, "    dynamic_smem = (unsigned char*)malloc({});", kernel.launch.shared_bytes);
-        let _ = writeln!(c, "    case{i}::smelt_step step = {{1u, {}u, 0u, 16u, nullptr}};", case.new_tokens);
-        let _ = writeln!(c, "    gridDim = {{{blocks}u, 1u, 1u}};\n    std::vector<std::thread> threads;");
-        let args: Vec<String> =
-            data.buffers.iter().enumerate().map(|(j, (d, _))| format!("(const {}*)buf[{j}]", c_type(*d))).collect();
-        let out_type = c_type(case.out_dtype);
-        c.push_str("    for (unsigned int t = 0; t < 256u; t++) threads.emplace_back([&, t] {\n");
-        let _ = writeln!(c, "      threadIdx = {{t, 0u, 0u}};\n      for (unsigned int b = 0; b < {blocks}u; b++) {{");
-        let _ = writeln!(c, "        blockIdx = {{b, 0u, 0u}};");
-        let _ = writeln!(c, "        case{i}::{}({}, ({out_type}*)y, &step);", kernel.name, args.join(", "));
-        c.push_str("        __syncthreads();\n      }\n    });\n    for (auto& t : threads) t.join();\n");
-        let out = dir.path().join(format!("y{i}"));
-        let _ =
-            writeln!(c, "    FILE* f = fopen(\"{}\", \"wb\"); fwrite(y, 1, {out_bytes}, f); fclose(f);", out.display());
-        c.push_str("  }\n");
-    }
-    c.push_str("  return 0;\n}\n");
-    let (src, exe) = (dir.path().join("gemv.cc"), dir.path().join("gemv"));
-    std::fs::write(&src, &c).expect("write harness");
-    let flags = ["-std=c++20", "-O1", "-pthread", "-fsanitize=address", "-fno-omit-frame-pointer", "-o"];
-    let built = Command::new(cxx).args(flags).arg(&exe).arg(&src).arg("-lm").output().expect("run the C++ compiler");
-    assert!(built.status.success(), "{cxx} failed on {}:\n{}", src.display(), String::from_utf8_lossy(&built.stderr));
-    let ran = Command::new(&exe).env("ASAN_OPTIONS", "detect_leaks=0").output().expect("run the emulation");
-    assert!(ran.status.success(), "the emulated kernels failed:\n{}", String::from_utf8_lossy(&ran.stderr));
-    (0..cases.len())
-        .zip(cases)
-        .map(|(i, case)| {
-            from_storage(case.out_dtype, &std::fs::read(dir.path().join(format!("y{i}"))).expect("output"))
-        })
-        .collect()
+/// Runs every case's kernel through the emulator under AddressSanitizer (operands in heap
+/// blocks of exactly their size; x, what the previous kernel wrote, hidden until the grid
+/// wait), then under ThreadSanitizer with the blocks in a seeded order; both must give the
+/// same bits. Returns the outputs, or None when no compiler can build them.
+fn emulate(cases: &[Case], data: &[Prepared]) -> Option<Vec<Vec<f32>>> {
+    let kernels: Vec<_> = cases.iter().map(|c| emulated::source(&c.kernel())).collect();
+    let run = |checker, schedule| -> Option<Vec<Vec<u8>>> {
+        let emu = emulated::build(&kernels, checker)?;
+        let outputs = cases.iter().zip(data).enumerate().map(|(i, (case, data))| {
+            let kernel = case.kernel();
+            assert_eq!(kernel.launch.block, 256);
+            let Grid::Fixed(blocks) = kernel.launch.grid else { panic!("a GEMV has a fixed grid") };
+            let n = data.buffers.len();
+            let mut buffers: Vec<Buffer> =
+                data.buffers.iter().map(|(d, v)| Buffer::Bytes(storage_bytes(*d, v))).collect();
+            buffers.push(Buffer::Unwritten(case.rows * case.n_out() * case.out_dtype.size_bytes()));
+            buffers.push(Buffer::Bytes(emulated::words(&[])));
+            let (step, pointers) = emulated::step(n + 2, case.new_tokens, 0, 16, n + 1, None);
+            buffers.push(step);
+            let mut args: Vec<Arg> = (0..=n).map(Arg::buffer).collect();
+            args.push(Arg::buffer(n + 2));
+            // The column loop is grid-stride, so any grid computes the same: a smaller one tests it.
+            let grid = case.emulated_grid.unwrap_or(blocks);
+            let launch =
+                Launch { kernel: i, grid, block: 256, shared_bytes: kernel.launch.shared_bytes, args, hidden: vec![0] };
+            let mut out =
+                emu.run(&buffers, &pointers, &[launch], schedule).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            out.swap_remove(n)
+        });
+        Some(outputs.collect())
+    };
+    let bounds = run(Checker::Bounds, Schedule::default())?;
+    let races = run(Checker::Races, Schedule { block_order: Some(0x5eed), ..Schedule::default() })?;
+    assert!(bounds == races, "the outputs depend on the block order or the build");
+    Some(cases.iter().zip(&bounds).map(|(case, out)| from_storage(case.out_dtype, out)).collect())
 }
 
 /// Summation order differs from `ir::eval` (lanes, then a butterfly), so an f32 sum may land on
@@ -233,19 +162,8 @@ fn compare(case: &Case, got: &[f32], want: &[f32]) {
     }
 }
 
-fn which_cxx() -> Option<String> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
-    let probe = Command::new(&cxx).args(["-std=c++20", "-fsanitize=address", "-x", "c++", "-E", "-"]).output();
-    probe.is_ok_and(|o| o.status.success()).then_some(cxx)
-}
-
 #[test]
 fn emulated_kernels_match_eval() {
-    let Some(cxx) = which_cxx() else {
-        let why = "no C++20 compiler with AddressSanitizer (c++) to emulate the kernel on the host";
-        smelt_codegen::skip::missing_tool("emulated_kernels_match_eval", why);
-        return;
-    };
     // The Qwen3-0.6B decode projections with their real K, parts and epilogues, but fewer
     // columns: the emulation costs milliseconds per column, and columns are independent.
     let mut cases: Vec<Case> = Vec::new();
@@ -280,7 +198,7 @@ fn emulated_kernels_match_eval() {
     // not divide them and the second batch's loads past K are guarded; the residual read too.
     cases.push(Case::new("partial_batch", DType::BF16, 19 * 32 * 8, 24, false, Some(residual(DType::BF16))));
     let data: Vec<Prepared> = cases.iter().enumerate().map(|(i, case)| prepare(case, 0x9e37 + i as u64)).collect();
-    let outputs = emulate(&cases, &data, &cxx);
+    let Some(outputs) = emulate(&cases, &data) else { return };
     for ((case, data), got) in cases.iter().zip(&data).zip(&outputs) {
         compare(case, got, &data.want);
     }
