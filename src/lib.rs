@@ -19,6 +19,7 @@ pub use smelt_models::batch::{BatchEvent, BatchOptions, BatchStats, Completion, 
 pub use smelt_models::{ChatMessage, SamplingParams};
 
 pub use smelt_codegen as codegen;
+pub use smelt_emulate as emulate;
 pub use smelt_ir as ir;
 pub use smelt_models as models;
 pub use smelt_passes as passes;

@@ -138,6 +138,14 @@ pub struct Launch {
     pub hidden: Vec<usize>,
 }
 
+/// One thing a run does, in order.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Launch(Launch),
+    /// The bytes of a buffer at this point (an operand before an in-place kernel, an output).
+    Dump(usize),
+}
+
 /// How a run schedules what the hardware leaves open.
 #[derive(Clone, Copy, Debug)]
 pub struct Schedule {
@@ -226,6 +234,20 @@ impl Emulator {
         launches: &[Launch],
         schedule: Schedule,
     ) -> Result<Vec<Vec<u8>>, EmuError> {
+        let mut steps: Vec<Step> = launches.iter().cloned().map(Step::Launch).collect();
+        steps.extend((0..buffers.len()).map(Step::Dump));
+        self.run_steps(buffers, pointers, &steps, schedule)
+    }
+
+    /// Runs `steps` in order on `buffers` (with `pointers` stored first); returns the bytes of
+    /// each [`Step::Dump`], in order.
+    pub fn run_steps(
+        &self,
+        buffers: &[Buffer],
+        pointers: &[Pointer],
+        steps: &[Step],
+        schedule: Schedule,
+    ) -> Result<Vec<Vec<u8>>, EmuError> {
         let mut script = String::new();
         for (i, b) in buffers.iter().enumerate() {
             match b {
@@ -244,38 +266,17 @@ impl Emulator {
             self.check_buffer(p.target, buffers)?;
             let _ = writeln!(script, "pointer {} {} {} {}", p.buffer, p.offset, p.target, p.target_offset);
         }
-        let (landing, seed) = match schedule.landing {
-            Landing::Latest => (0, 0),
-            Landing::Earliest => (1, 0),
-            Landing::Random(seed) => (2, seed),
-        };
-        for l in launches {
-            if l.kernel >= self.kernels.len() {
-                return Err(EmuError::Usage(format!("launch of kernel {} of {}", l.kernel, self.kernels.len())));
+        let mut dumps = Vec::new();
+        for step in steps {
+            match step {
+                Step::Launch(l) => self.launch_line(&mut script, l, buffers, schedule)?,
+                Step::Dump(b) => {
+                    self.check_buffer(*b, buffers)?;
+                    let path = self.dir.path().join(format!("dump{}", dumps.len()));
+                    let _ = writeln!(script, "dump {b} {}", path.display());
+                    dumps.push(path);
+                }
             }
-            let _ = write!(
-                script,
-                "launch {} {} {} {} {landing} {seed} {} {}",
-                l.kernel,
-                l.grid,
-                l.block,
-                l.shared_bytes,
-                schedule.block_order.map_or(0, |s| s.max(1)),
-                l.args.len()
-            );
-            for a in &l.args {
-                self.check_buffer(a.buffer, buffers)?;
-                let _ = write!(script, " {} {}", a.buffer, a.offset);
-            }
-            let _ = write!(script, " {}", l.hidden.len());
-            for &h in &l.hidden {
-                self.check_buffer(h, buffers)?;
-                let _ = write!(script, " {h}");
-            }
-            script.push('\n');
-        }
-        for i in 0..buffers.len() {
-            let _ = writeln!(script, "dump {i} {}", self.dir.path().join(format!("out{i}")).display());
         }
         let script_path = self.dir.path().join("script");
         write_file(&script_path, script.as_bytes())?;
@@ -286,16 +287,59 @@ impl Emulator {
             .output()
             .map_err(|e| EmuError::Io(format!("running {}: {e}", self.exe.display())))?;
         if !ran.status.success() {
-            let names: Vec<&str> = launches.iter().map(|l| self.kernels[l.kernel].as_str()).collect();
+            let mut names: Vec<&str> = Vec::new();
+            for s in steps {
+                if let Step::Launch(l) = s {
+                    if !names.contains(&self.kernels[l.kernel].as_str()) {
+                        names.push(&self.kernels[l.kernel]);
+                    }
+                }
+            }
             let what = format!("the emulated launches of {} failed ({})", names.join(", "), ran.status);
             return Err(EmuError::Run { what, report: String::from_utf8_lossy(&ran.stderr).into_owned() });
         }
-        (0..buffers.len())
-            .map(|i| {
-                let path = self.dir.path().join(format!("out{i}"));
-                std::fs::read(&path).map_err(|e| EmuError::Io(format!("reading {}: {e}", path.display())))
-            })
+        dumps
+            .iter()
+            .map(|path| std::fs::read(path).map_err(|e| EmuError::Io(format!("reading {}: {e}", path.display()))))
             .collect()
+    }
+
+    fn launch_line(
+        &self,
+        script: &mut String,
+        l: &Launch,
+        buffers: &[Buffer],
+        schedule: Schedule,
+    ) -> Result<(), EmuError> {
+        let (landing, seed) = match schedule.landing {
+            Landing::Latest => (0, 0),
+            Landing::Earliest => (1, 0),
+            Landing::Random(seed) => (2, seed),
+        };
+        if l.kernel >= self.kernels.len() {
+            return Err(EmuError::Usage(format!("launch of kernel {} of {}", l.kernel, self.kernels.len())));
+        }
+        let order = schedule.block_order.map_or(0, |s| s.max(1));
+        let _ = write!(
+            script,
+            "launch {} {} {} {} {landing} {seed} {order} {}",
+            l.kernel,
+            l.grid,
+            l.block,
+            l.shared_bytes,
+            l.args.len()
+        );
+        for a in &l.args {
+            self.check_buffer(a.buffer, buffers)?;
+            let _ = write!(script, " {} {}", a.buffer, a.offset);
+        }
+        let _ = write!(script, " {}", l.hidden.len());
+        for &h in &l.hidden {
+            self.check_buffer(h, buffers)?;
+            let _ = write!(script, " {h}");
+        }
+        script.push('\n');
+        Ok(())
     }
 
     fn check_buffer(&self, id: usize, buffers: &[Buffer]) -> Result<(), EmuError> {

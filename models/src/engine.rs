@@ -171,6 +171,12 @@ impl Qwen3Cpu {
         &self.blueprint.eos_token_ids
     }
 
+    /// The sequence's KV caches by graph input name, `[tokens, KV heads, head dim]` each
+    /// (empty before the first token).
+    pub fn kv_caches(&self) -> &HashMap<String, Tensor> {
+        self.state.values()
+    }
+
     /// Tokens in the KV cache.
     pub fn position(&self) -> usize {
         self.position

@@ -82,6 +82,11 @@ impl CpuState {
         CpuState::default()
     }
 
+    /// The state values (the KV caches by input name, `[cached tokens, ...]` each).
+    pub fn values(&self) -> &HashMap<String, Tensor> {
+        &self.values
+    }
+
     /// Forgets all state (a new sequence).
     pub fn reset(&mut self) {
         self.values.clear();

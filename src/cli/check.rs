@@ -30,6 +30,14 @@ pub struct Args {
     /// Print every node, not only the worst of each kernel.
     #[arg(long)]
     verbose: bool,
+    /// Run the kernels on the CPU through the emulator (no GPU needed): the decode program at
+    /// --positions and the prefill program on --prefill chunks, node by node, and their logits
+    /// against the CPU backend's.
+    #[arg(long)]
+    emulate: bool,
+    /// With --emulate: what the emulated kernels are checked for besides their results.
+    #[arg(long, value_enum, default_value = "bounds", requires = "emulate")]
+    checker: super::check_emulated::CheckerArg,
     #[command(flatten)]
     cuda: CudaArgs,
 }
@@ -48,6 +56,22 @@ pub fn run(a: Args) -> Result<()> {
     let prefill_total = prefill.iter().map(|&n| n as usize).sum::<usize>();
     if prefill_total > capacity {
         bail!("--prefill chunks of {prefill_total} tokens in all are more than the KV cache holds ({capacity})");
+    }
+    if a.emulate {
+        if a.batch.is_some() {
+            bail!("--batch is not emulated yet: run it on a GPU, or leave it out");
+        }
+        let pdl = !a.cuda.given().contains(&"--no-pdl");
+        let o = super::check_emulated::run(&a.model, a.dtype.into(), a.checker, pdl, &positions, &prefill, a.verbose)?;
+        println!("{} node checks, {} failed; {} logits checks failed", o.checked, o.failed, o.logits_failed);
+        if o.failed + o.logits_failed > 0 {
+            bail!(
+                "{} kernel outputs and {} logits differ from the CPU reference beyond tolerance",
+                o.failed,
+                o.logits_failed
+            );
+        }
+        return Ok(());
     }
     MemoryLimit::gpu("smelt check-kernels")?;
     cuda.check_fits(&config, a.dtype.into()).map_err(|e| super::load_error(e, &a.model))?;
@@ -109,7 +133,7 @@ fn check_runs(
 
 /// Prints one run's checks: the worst node of each kernel (every layer runs the same kernels),
 /// failures first, or with `verbose` every node.
-fn print_checks(what: &str, checks: &[NodeCheck], verbose: bool) {
+pub(super) fn print_checks(what: &str, checks: &[NodeCheck], verbose: bool) {
     println!("{what}: {} nodes", checks.len());
     println!(
         "  {:<36} {:<32} {:>6} {:>10} {:>10} {:>9}  result",

@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod chat_input;
 mod check;
+mod check_emulated;
 mod compile;
 mod generate;
 mod kernels;

@@ -22,13 +22,19 @@ const CONFIG: &str = r#"{
 /// `<|endoftext|>`), model.safetensors (seeded uniform ±0.05, norms 1), tokenizer.json and
 /// tokenizer_config.json.
 pub fn write_random_qwen3(dir: &Path, seed: u64) {
-    std::fs::write(dir.join("config.json"), CONFIG).unwrap();
     std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [151645, 151643]}"#).unwrap();
     let assets = super::root().join("models/assets/qwen3");
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(assets.join(f), dir.join(f)).unwrap();
     }
-    let config = Qwen3Config::from_json_str(CONFIG, "random model").unwrap();
+    write_weights(dir, CONFIG, seed);
+}
+
+/// Writes `config` (a config.json) and seeded random bf16 weights of its shapes to `dir`: a
+/// model without a tokenizer, of any shape.
+pub fn write_weights(dir: &Path, config: &str, seed: u64) {
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let config = Qwen3Config::from_json_str(config, "random model").unwrap();
     let options = DeclareOptions { phase: Phase::Prefill, dtype: DType::BF16, logits: Logits::AllPositions };
     let graph = declare(&config, options).unwrap();
     let mut rng = smelt::models::sample::seeded_rng(seed);

@@ -41,7 +41,7 @@ fn tolerance(dtype: DType) -> f64 {
     }
 }
 
-fn concrete(shape: &Shape, b: &Bindings) -> Shape {
+pub(super) fn concrete(shape: &Shape, b: &Bindings) -> Shape {
     Shape::new(shape.resolve(b).into_iter().map(Dim::Fixed))
 }
 
@@ -166,7 +166,13 @@ fn read_value(gpu: &Gpu, runner: &Runner, id: NodeId, b: &Bindings) -> Result<Te
     Ok(tensor_from_storage(node.dtype, shape, &host))
 }
 
-fn compare(node: String, op: &'static str, kernels: Vec<String>, gpu: &Tensor, reference: &Tensor) -> NodeCheck {
+pub(super) fn compare(
+    node: String,
+    op: &'static str,
+    kernels: Vec<String>,
+    gpu: &Tensor,
+    reference: &Tensor,
+) -> NodeCheck {
     let (a, r) = (gpu.to_f32_vec(), reference.to_f32_vec());
     let (mut diff2, mut ref2, mut max_abs, mut nonfinite) = (0f64, 0f64, 0f64, 0usize);
     for (&x, &y) in a.iter().zip(&r) {

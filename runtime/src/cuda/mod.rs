@@ -12,6 +12,7 @@ mod decoder;
 #[allow(unsafe_code)]
 mod device;
 mod device_weights;
+mod emulated;
 mod layout;
 
 pub use batch::BatchRow;
@@ -20,6 +21,7 @@ pub use check::{check_prefill, check_step, NodeCheck};
 pub use decoder::{CudaDecoder, DecoderGraphs, DecoderOptions, JitReport, StepOutput};
 pub use device::{probe, DeviceBuffer, DeviceInfo, Gpu};
 pub use device_weights::{DeviceWeights, WeightBytes};
+pub use emulated::{EmulatedProgram, EmulatedRun, EmulationOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -40,6 +42,9 @@ pub enum CudaError {
     /// A checkpoint tensor refused while it was streamed to the device.
     #[error(transparent)]
     Weights(#[from] crate::weights::WeightError),
+    /// The CPU emulator's report (a checker's finding, or a kernel that crashed).
+    #[error("emulation: {0}")]
+    Emulation(String),
     #[error("device layout: {0}")]
     Layout(String),
     #[error("the KV cache is full: it holds {capacity} tokens (raise --kv-tokens)")]

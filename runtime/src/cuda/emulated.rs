@@ -1,0 +1,350 @@
+//! A whole generated program run through the CPU emulator (`smelt-emulate`) as the GPU would
+//! run it, node by node against `ir::eval` with the GPU check's tolerances ([`super::check`]).
+//!
+//! Every value gets a host buffer of exactly its size (AddressSanitizer sees a kernel that
+//! reads or writes past one): weights, constants, each activation, the KV caches (a pool of
+//! whole blocks through the identity block table, rows past the context left unwritten), the
+//! attention scratch and `smelt_step`. Unwritten memory holds all ones (NaN in every float
+//! type). Before a node's kernels run its operands are dumped, after them its output, so each
+//! node is checked on the operands it saw even when a kernel works in place. With
+//! programmatic dependent launch, each launch sees what the launch before it wrote only after
+//! its grid-dependency wait.
+
+use std::collections::HashMap;
+
+use smelt_codegen::{resolve_view, Params, Program, PRELUDE};
+use smelt_emulate::{Arg, Buffer, Checker, EmuError, Emulator, KernelSource, Launch, Pointer, Schedule, Step};
+use smelt_ir::{eval, Bindings, Graph, Node, NodeId, Op, Role, Tensor, WeightSource};
+
+use super::check::{compare, concrete, NodeCheck};
+use super::layout::{storage_bytes, tensor_from_storage};
+use super::CudaError;
+
+/// A program built for the emulator once, run for any number of steps.
+pub struct EmulatedProgram {
+    graph: Graph,
+    program: Program,
+    emulator: Emulator,
+}
+
+/// What one emulated run gives: every node's check, and the logits (`[rows, vocab]`, f32).
+pub struct EmulatedRun {
+    pub checks: Vec<NodeCheck>,
+    pub logits: Tensor,
+}
+
+/// How an emulated run is laid out and scheduled.
+#[derive(Clone, Copy, Debug)]
+pub struct EmulationOptions {
+    /// Tokens per block of the paged KV cache.
+    pub block_tokens: usize,
+    pub schedule: Schedule,
+    /// Programmatic dependent launch: each launch sees the previous one's outputs only after
+    /// its grid-dependency wait.
+    pub pdl: bool,
+}
+
+/// One node's kernels in a run: the dumps of its operands' buffers (by storage node) and
+/// of its output.
+struct NodeRun {
+    node: NodeId,
+    operands: HashMap<usize, usize>,
+    output: usize,
+    kernels: Vec<String>,
+}
+
+/// Where a run's values live: buffer ids by storage node, and the fixed buffers.
+struct Memory {
+    buffers: Vec<Buffer>,
+    pointers: Vec<Pointer>,
+    home: HashMap<usize, usize>,
+    scratch: usize,
+    step: usize,
+}
+
+impl EmulatedProgram {
+    /// Builds `program` (emitted from `graph`) for the host with `checker`.
+    pub fn build(graph: &Graph, program: Program, checker: Checker) -> Result<EmulatedProgram, EmuError> {
+        let kernels: Vec<KernelSource> =
+            program.kernels.iter().map(|k| KernelSource { name: k.name.clone(), source: k.source.clone() }).collect();
+        let emulator = Emulator::build(&kernels, PRELUDE, checker)?;
+        Ok(EmulatedProgram { graph: graph.clone(), program, emulator })
+    }
+
+    /// Runs `tokens` after `at` cached ones whose keys and values `caches` holds (by cache
+    /// input name, `[at, ...]` each, as the CPU backend keeps them), launch by launch.
+    pub fn run(
+        &self,
+        weights: &dyn WeightSource,
+        caches: &HashMap<String, Tensor>,
+        tokens: &[u32],
+        at: usize,
+        options: &EmulationOptions,
+    ) -> Result<EmulatedRun, CudaError> {
+        let b = Bindings { batch: 1, new_tokens: tokens.len(), cached_tokens: at };
+        let memory = self.place(weights, caches, tokens, &b, options.block_tokens)?;
+        let (steps, dumped) = self.steps(&memory, &b, options.pdl)?;
+        let dumps = self
+            .emulator
+            .run_steps(&memory.buffers, &memory.pointers, &steps, options.schedule)
+            .map_err(|e| CudaError::Emulation(e.to_string()))?;
+        self.checks(weights, &b, &dumped, dumps)
+    }
+
+    /// The node whose buffer holds `id`'s value: under any views, and a cache append's cache.
+    fn storage_of(&self, id: NodeId) -> NodeId {
+        let g = &self.graph;
+        let (mut base, _) = resolve_view(g, id);
+        while let Some(k) = g.node(base).op.kv_cache_operand() {
+            base = resolve_view(g, g.operands(base)[k]).0;
+        }
+        base
+    }
+
+    fn place(
+        &self,
+        weights: &dyn WeightSource,
+        caches: &HashMap<String, Tensor>,
+        tokens: &[u32],
+        b: &Bindings,
+        block_tokens: usize,
+    ) -> Result<Memory, CudaError> {
+        let g = &self.graph;
+        let (mut buffers, mut home) = (Vec::new(), HashMap::new());
+        let context = b.cached_tokens + b.new_tokens;
+        let pool_tokens = context.div_ceil(block_tokens.max(1)) * block_tokens.max(1);
+        let positions: Vec<i32> = (b.cached_tokens..context).map(|p| p as i32).collect();
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let mut storages: Vec<NodeId> = Vec::new();
+        for s in &self.program.launches {
+            for &x in s.operand_ids.iter().chain([&s.node_id]) {
+                let base = self.storage_of(x);
+                if !storages.contains(&base) {
+                    storages.push(base);
+                }
+            }
+        }
+        for id in storages {
+            let node = g.node(id);
+            let bytes = match &node.op {
+                Op::Weight { name } => {
+                    let t = weights
+                        .weight(name)
+                        .ok_or_else(|| CudaError::Layout(format!("weight {name} was not loaded")))?;
+                    Buffer::Bytes(storage_bytes(t, node.dtype))
+                }
+                Op::Constant { values } => {
+                    let t = Tensor::from_f32(node.dtype, node.shape.resolve(&Bindings::default()), values.to_vec());
+                    Buffer::Bytes(storage_bytes(&t, node.dtype))
+                }
+                Op::Input { name } => match g.role(name) {
+                    Role::TokenIds => Buffer::Bytes(ids.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                    Role::Positions => Buffer::Bytes(positions.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                    role if role.is_kv_cache() => {
+                        cache_pool(node, name, caches.get(name), b.cached_tokens, pool_tokens)?
+                    }
+                    role => return Err(CudaError::Layout(format!("input {name} ({role}) has no emulated value"))),
+                },
+                _ => Buffer::Unwritten(node.shape.resolve(b).iter().product::<usize>() * node.dtype.size_bytes()),
+            };
+            home.insert(id.index(), buffers.len());
+            buffers.push(bytes);
+        }
+        let scratch_bytes = self
+            .program
+            .launches
+            .iter()
+            .filter_map(|s| match &s.params {
+                Params::WritesScratch(scratch) => Some(scratch.bytes(pool_tokens, b.new_tokens)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let (scratch, table, step) = (buffers.len(), buffers.len() + 1, buffers.len() + 2);
+        buffers.push(Buffer::Unwritten(scratch_bytes.max(4)));
+        let table_words: Vec<u32> = (0..(pool_tokens / block_tokens.max(1)) as u32).chain([0]).collect();
+        buffers.push(Buffer::Bytes(table_words.iter().flat_map(|w| w.to_le_bytes()).collect()));
+        // smelt_step: {batch, new_tokens, cached_tokens, block_tokens, block_table, row_positions,
+        // row_tables, table_stride, reserved}.
+        let mut words: Vec<u8> = [1, b.new_tokens as u32, b.cached_tokens as u32, block_tokens as u32]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        words.extend([0u8; 32]);
+        buffers.push(Buffer::Bytes(words));
+        let pointers = vec![Pointer { buffer: step, offset: 16, target: table, target_offset: 0 }];
+        Ok(Memory { buffers, pointers, home, scratch, step })
+    }
+
+    /// The launches with a dump of each node's operands before and its output after; and for
+    /// each node the dump indices of its operands' storages and of its output.
+    fn steps(&self, memory: &Memory, b: &Bindings, pdl: bool) -> Result<(Vec<Step>, Vec<NodeRun>), CudaError> {
+        let g = &self.graph;
+        let buffer_of = |id: NodeId| {
+            let base = self.storage_of(id);
+            memory
+                .home
+                .get(&base.index())
+                .copied()
+                .ok_or_else(|| CudaError::Layout(format!("{} has no buffer", label(g, id))))
+        };
+        let (mut steps, mut nodes) = (Vec::new(), Vec::new());
+        let mut dumps = 0;
+        let mut previous_writes: Vec<usize> = Vec::new();
+        let launches = &self.program.launches;
+        let mut i = 0;
+        while i < launches.len() {
+            let id = launches[i].node_id;
+            let end = i + launches[i..].iter().take_while(|l| l.node_id == id).count();
+            let mut operand_dumps = HashMap::new();
+            for x in g.operands(id) {
+                let base = self.storage_of(x);
+                if !matches!(g.node(base).op, Op::Weight { .. } | Op::Constant { .. })
+                    && !operand_dumps.contains_key(&base.index())
+                {
+                    steps.push(Step::Dump(buffer_of(base)?));
+                    operand_dumps.insert(base.index(), dumps);
+                    dumps += 1;
+                }
+            }
+            let mut kernels = Vec::new();
+            for s in &launches[i..end] {
+                let kernel = &self.program.kernels[s.kernel];
+                let out = buffer_of(s.node_id)?;
+                let ins =
+                    s.operand_ids.iter().map(|&x| buffer_of(x).map(Arg::buffer)).collect::<Result<Vec<_>, _>>()?;
+                let (mut args, writes) = match s.params {
+                    Params::Standard => ([ins, vec![Arg::buffer(out)]].concat(), vec![out]),
+                    Params::WritesScratch(_) => {
+                        ([ins, vec![Arg::buffer(out), Arg::buffer(memory.scratch)]].concat(), vec![out, memory.scratch])
+                    }
+                    Params::ReadsScratch => (vec![Arg::buffer(memory.scratch), Arg::buffer(out)], vec![out]),
+                };
+                args.push(Arg::buffer(memory.step));
+                let previous = std::mem::replace(&mut previous_writes, writes);
+                let hidden = if pdl { previous } else { Vec::new() };
+                steps.push(Step::Launch(Launch {
+                    kernel: s.kernel,
+                    grid: kernel.launch.grid.blocks(b),
+                    block: kernel.launch.block,
+                    shared_bytes: kernel.launch.shared_bytes,
+                    args,
+                    hidden,
+                }));
+                kernels.push(kernel.name.clone());
+            }
+            steps.push(Step::Dump(buffer_of(id)?));
+            nodes.push(NodeRun { node: id, operands: operand_dumps, output: dumps, kernels });
+            dumps += 1;
+            i = end;
+        }
+        Ok((steps, nodes))
+    }
+
+    fn checks(
+        &self,
+        weights: &dyn WeightSource,
+        b: &Bindings,
+        nodes: &[NodeRun],
+        dumps: Vec<Vec<u8>>,
+    ) -> Result<EmulatedRun, CudaError> {
+        let g = &self.graph;
+        let mut checks = Vec::new();
+        for NodeRun { node: id, operands: operand_dumps, output: out_dump, kernels } in nodes {
+            let node = g.node(*id);
+            let mut sub = Graph::new();
+            let mut inputs = HashMap::new();
+            let operands = g
+                .operands(*id)
+                .into_iter()
+                .map(|x| {
+                    self.import(x, b, &mut sub, &mut inputs, &|base: NodeId| {
+                        operand_dumps.get(&base.index()).map(|&d| &dumps[d][..])
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let got = value(node, b, &dumps[*out_dump]);
+            let copy = Node { shape: concrete(&node.shape, b), ..node.clone() };
+            let out = sub.add_node(copy, &operands);
+            sub.set_output("out", out);
+            let reference = eval(&sub, inputs, weights)
+                .map_err(|e| CudaError::Layout(format!("evaluating {} on the CPU: {e}", label(g, *id))))?
+                .remove("out")
+                .expect("output named out");
+            checks.push(compare(label(g, *id), node.op.kind(), kernels.clone(), &got, &reference));
+        }
+        let (_, logits_id) =
+            g.output_with(Role::Logits).ok_or_else(|| CudaError::Layout("the graph has no logits".into()))?;
+        let logits_node = nodes.iter().find(|n| self.storage_of(n.node) == self.storage_of(logits_id));
+        let logits = match logits_node {
+            Some(n) => value(g.node(logits_id), b, &dumps[n.output]),
+            None => return Err(CudaError::Layout("no kernel writes the logits".into())),
+        };
+        Ok(EmulatedRun { checks, logits })
+    }
+
+    /// Adds operand `x` to `sub` as the GPU check does: weights and constants as they are,
+    /// views over their imported operand, anything else an input holding the dumped value.
+    fn import<'d>(
+        &self,
+        x: NodeId,
+        b: &Bindings,
+        sub: &mut Graph,
+        inputs: &mut HashMap<String, Tensor>,
+        dumped: &dyn Fn(NodeId) -> Option<&'d [u8]>,
+    ) -> Result<NodeId, CudaError> {
+        let g = &self.graph;
+        let node = g.node(x);
+        let copy = Node { shape: concrete(&node.shape, b), ..node.clone() };
+        match &node.op {
+            Op::Weight { .. } | Op::Constant { .. } => Ok(sub.add_node(copy, &[])),
+            op if op.is_view() => {
+                let inner = self.import(g.operands(x)[0], b, sub, inputs, dumped)?;
+                Ok(sub.add_node(copy, &[inner]))
+            }
+            _ => {
+                let bytes = dumped(self.storage_of(x))
+                    .ok_or_else(|| CudaError::Layout(format!("{} was not dumped", label(g, x))))?;
+                let name = format!("v{}", x.index());
+                inputs.insert(name.clone(), value(node, b, bytes));
+                Ok(sub.add_node(Node { op: Op::Input { name }, ..copy }, &[]))
+            }
+        }
+    }
+}
+
+/// A node's value from its buffer's bytes: the first elements (a cache's first rows: with the
+/// identity block table the pages lie in order).
+fn value(node: &Node, b: &Bindings, bytes: &[u8]) -> Tensor {
+    let shape = node.shape.resolve(b);
+    let n = shape.iter().product::<usize>() * node.dtype.size_bytes();
+    tensor_from_storage(node.dtype, shape, &bytes[..n.min(bytes.len())])
+}
+
+/// A KV cache input's pool of `pool_tokens` rows: the `cached` rows the CPU backend holds,
+/// then unwritten rows (all ones).
+fn cache_pool(
+    node: &Node,
+    name: &str,
+    held: Option<&Tensor>,
+    cached: usize,
+    pool_tokens: usize,
+) -> Result<Buffer, CudaError> {
+    let row: usize = node.shape.dims()[1..].iter().map(|d| d.fixed().unwrap_or(0)).product();
+    let width = row * node.dtype.size_bytes();
+    let mut bytes = vec![0xffu8; pool_tokens * width];
+    if cached > 0 {
+        let t =
+            held.ok_or_else(|| CudaError::Layout(format!("cache {name}: no rows for the {cached} cached tokens")))?;
+        let rows = storage_bytes(t, node.dtype);
+        if rows.len() != cached * width {
+            return Err(CudaError::Layout(format!("cache {name}: {} bytes for {cached} rows of {width}", rows.len())));
+        }
+        bytes[..rows.len()].copy_from_slice(&rows);
+    }
+    Ok(Buffer::Bytes(bytes))
+}
+
+fn label(g: &Graph, id: NodeId) -> String {
+    g.node(id).name.clone().unwrap_or_else(|| format!("%{}", id.index()))
+}

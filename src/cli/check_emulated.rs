@@ -1,0 +1,137 @@
+//! `smelt check-kernels --emulate`: the decode and prefill programs run through the CPU
+//! emulator (`smelt-emulate`) as a GPU would run them, node by node against `ir::eval`, and
+//! their logits against the CPU backend's; no GPU needed.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use smelt::codegen::emit;
+use smelt::emulate::{Checker, Landing, Schedule};
+use smelt::ir::{Graph, Tensor};
+use smelt::models::qwen3::Logits;
+use smelt::models::{LoadOptions, Qwen3Cpu};
+use smelt::runtime::cuda::{EmulatedProgram, EmulationOptions, NodeCheck};
+
+/// Which checker the emulated kernels are built with.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CheckerArg {
+    /// Out-of-bounds reads and writes, and reads of the previous kernel's output before the
+    /// grid-dependency wait (AddressSanitizer).
+    Bounds,
+    /// Shared- and global-memory races between CUDA threads (ThreadSanitizer); blocks run in
+    /// a seeded order and cp.async copies land at a seeded moment.
+    Races,
+    /// None (fastest).
+    Plain,
+}
+
+/// The logits' relative error allowed against the CPU backend, per dtype: every layer's
+/// kernels round as the evaluator does but sum in another order, and the differences grow
+/// through the layers.
+fn logits_tolerance(dtype: smelt::ir::DType) -> f64 {
+    match dtype {
+        smelt::ir::DType::BF16 => 5e-2,
+        smelt::ir::DType::F16 => 1e-2,
+        _ => 1e-4,
+    }
+}
+
+/// What the emulated checks found: node checks (and failures), logits failures.
+#[derive(Default)]
+pub struct Outcome {
+    pub checked: usize,
+    pub failed: usize,
+    pub logits_failed: usize,
+}
+
+/// Checks decode steps at `positions` and prefill chunks of `prefill` tokens, each on the
+/// caches the CPU backend made for the tokens before it.
+pub fn run(
+    model: &std::path::Path,
+    dtype: smelt::ir::DType,
+    checker: CheckerArg,
+    pdl: bool,
+    positions: &[u32],
+    prefill: &[u32],
+    verbose: bool,
+) -> Result<Outcome> {
+    let mut cpu =
+        Qwen3Cpu::load_with(model, LoadOptions::new(dtype)).with_context(|| format!("loading {}", model.display()))?;
+    let (checker, schedule) = match checker {
+        CheckerArg::Bounds => (Checker::Bounds, Schedule::default()),
+        CheckerArg::Races => (Checker::Races, Schedule { landing: Landing::Random(0x5eed), block_order: Some(0x5eed) }),
+        CheckerArg::Plain => (Checker::Plain, Schedule::default()),
+    };
+    let options = EmulationOptions { block_tokens: BLOCK_TOKENS, schedule, pdl };
+    let build = |g: &Graph| -> Result<EmulatedProgram> {
+        let program = emit(g).context("generating the kernels")?;
+        EmulatedProgram::build(g, program, checker).context("building the kernels for the emulator")
+    };
+    let vocab = cpu.config().vocab_size as u64;
+    let token = |p: usize| (((p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % vocab) as u32;
+    let mut outcome = Outcome::default();
+    let mut check = |what: String, checks: &[NodeCheck], got: &Tensor, want: &Tensor| {
+        super::check::print_checks(&what, checks, verbose);
+        outcome.checked += checks.len();
+        outcome.failed += checks.iter().filter(|c| !c.ok).count();
+        let (rel, max_abs, same_top) = logits_error(got, want);
+        let tol = logits_tolerance(dtype);
+        let ok = rel <= tol;
+        outcome.logits_failed += usize::from(!ok);
+        println!(
+            "  logits vs the CPU backend: rel err {rel:.3e} (tolerance {tol:.0e}), max abs {max_abs:.3e}, same argmax: {same_top}: {}",
+            if ok { "ok" } else { "FAIL" }
+        );
+    };
+    if !positions.is_empty() {
+        let decode = build(cpu.blueprint().decode_graph())?;
+        for &p in positions {
+            let p = p as usize;
+            let (caches, want) = cpu_step(&mut cpu, &(0..p).map(token).collect::<Vec<_>>(), &[token(p)])?;
+            let run = decode.run(cpu.host_weights(), &caches, &[token(p)], p, &options)?;
+            check(format!("emulated decode at position {p}"), &run.checks, &run.logits, &want);
+        }
+    }
+    if !prefill.is_empty() {
+        let program = build(cpu.blueprint().prefill_graph())?;
+        let mut at = 0;
+        for &n in prefill {
+            let chunk: Vec<u32> = (at..at + n as usize).map(token).collect();
+            let (caches, want) = cpu_step(&mut cpu, &(0..at).map(token).collect::<Vec<_>>(), &chunk)?;
+            let run = program.run(cpu.host_weights(), &caches, &chunk, at, &options)?;
+            check(format!("emulated prefill of {n} tokens at position {at}"), &run.checks, &run.logits, &want);
+            at += n as usize;
+        }
+    }
+    Ok(outcome)
+}
+
+/// The paged cache's block size in the emulated runs (the GPU's default).
+const BLOCK_TOKENS: usize = smelt::passes::DEFAULT_BLOCK_TOKENS;
+
+/// Runs `before` on the CPU from an empty cache; returns its caches, then the last-position
+/// logits of `tokens` after it.
+fn cpu_step(cpu: &mut Qwen3Cpu, before: &[u32], tokens: &[u32]) -> Result<(HashMap<String, Tensor>, Tensor)> {
+    cpu.reset();
+    if !before.is_empty() {
+        cpu.forward(before, Logits::LastPosition)?;
+    }
+    let caches = cpu.kv_caches().clone();
+    let logits = cpu.forward(tokens, Logits::LastPosition)?;
+    Ok((caches, logits))
+}
+
+/// ‖got − want‖ / ‖want‖, the largest absolute difference, and whether the argmax agrees.
+fn logits_error(got: &Tensor, want: &Tensor) -> (f64, f64, bool) {
+    let (g, w) = (got.to_f32_vec(), want.to_f32_vec());
+    let (mut d2, mut w2, mut max_abs) = (0f64, 0f64, 0f64);
+    for (&x, &y) in g.iter().zip(&w) {
+        let d = (x as f64 - y as f64).abs();
+        d2 += if d.is_finite() { d * d } else { f64::INFINITY };
+        w2 += (y as f64).powi(2);
+        max_abs = max_abs.max(d);
+    }
+    let rel = if g.len() == w.len() { (d2 / w2.max(f64::MIN_POSITIVE)).sqrt() } else { f64::INFINITY };
+    let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+    (rel, max_abs, argmax(&g) == argmax(&w))
+}
