@@ -5,7 +5,9 @@
  * __syncwarp and each warp collective a warp barrier (shuffles and votes exchange per-lane
  * slots between two of them). Threads that return early drop out of every barrier, as on the
  * GPU. Shared memory is host memory: static __shared__ arrays are statics, the dynamic array
- * a static arena, poisoned (all ones: NaN in every float type) at each block's start.
+ * a static arena, filled with ones (NaN in every float type) at each block's start; under
+ * AddressSanitizer the arena past the launch's dynamic bytes is poisoned. Reports name each
+ * CUDA thread "b<block>.t<thread>".
  *
  * Built three ways (the runner chooses): plain; under AddressSanitizer, where every buffer is
  * a heap block of exactly its size (a read or write past it is reported with the kernel's
@@ -254,6 +256,11 @@ static void smelt_emu_begin_block(unsigned int shared_bytes) {
   for (unsigned int w = 0; w < blockDim.x / 32; w++) smelt_emu_warp.emplace_back(new std::barrier<>(32));
   smelt_emu_pdl.reset(new std::barrier<smelt_emu_reveal>(blockDim.x));
   smelt_emu_dynamic_bytes = shared_bytes;
+#if SMELT_EMU_ASAN
+  /* Past the launch's dynamic shared memory nothing may be touched. */
+  ASAN_UNPOISON_MEMORY_REGION(smelt_emu_dynamic, SMELT_EMU_MAX_DYNAMIC);
+  ASAN_POISON_MEMORY_REGION(smelt_emu_dynamic + shared_bytes, SMELT_EMU_MAX_DYNAMIC - shared_bytes);
+#endif
   std::memset(smelt_emu_dynamic, 0xff, shared_bytes);
   smelt_emu_hide();
 }
@@ -281,11 +288,12 @@ template <class F> static void smelt_emu_run(const smelt_emu_launch& l, F kernel
   std::vector<std::thread> threads;
   for (unsigned int t = 0; t < l.block; t++) {
     threads.emplace_back([&, t] {
-      char name[16];
-      snprintf(name, sizeof name, "cuda-thread-%u", t);
-      pthread_setname_np(pthread_self(), name);
       for (size_t k = 0; k < l.order.size(); k++) {
         threadIdx = {t, 0, 0}, blockIdx = {l.order[k], 0, 0};
+        /* Reports name the thread as block.thread. */
+        char name[16];
+        snprintf(name, sizeof name, "b%u.t%u", blockIdx.x, t);
+        pthread_setname_np(pthread_self(), name);
         smelt_emu_waited = false;
         smelt_emu_begin_copies();
         kernel();
