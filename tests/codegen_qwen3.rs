@@ -107,7 +107,7 @@ fn batched_decode_program_uses_gemms_and_per_row_decode_attention() {
     let options = DeclareOptions { phase: Phase::Prefill, dtype: DType::BF16, logits: Logits::AllPositions };
     let mut g = declare(&cfg, options).expect("declares");
     standard().run(&mut g, "qwen3").expect("pipeline");
-    let p = emit_with(&g, EmitOptions { rows_are_sequences: true }).expect("emits");
+    let p = emit_with(&g, EmitOptions { rows_are_sequences: true, ..EmitOptions::default() }).expect("emits");
     let kinds: Vec<&str> = p.launches.iter().map(|l| p.kernels[l.kernel].kind).collect();
     let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
     assert_eq!(count("linear_gemm"), 28 * 4 + 1, "{kinds:?}");
@@ -182,5 +182,42 @@ fn decode_gemvs_keep_eight_loads_in_flight_for_every_qwen3_size() {
                 tc.check_all(&gemvs.iter().map(|k| (*k).clone()).collect::<Vec<_>>());
             }
         }
+    }
+}
+
+/// Split-K is on by default and `EmitOptions::split_k` (`--no-split-k`) turns it off, in the
+/// real prefill programs of every published Qwen3 size: each GEMM takes a scratch and counters
+/// (Params::SplitK) and launches a block per (tile, split); off, the standard parameters and a
+/// block per tile; every other kernel is the same source either way.
+#[test]
+fn prefill_gemms_split_k_unless_switched_off() {
+    use smelt::codegen::Params;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/assets/qwen3/configs");
+    for size in ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"] {
+        let cfg = Qwen3Config::from_file(&root.join(format!("{size}.json"))).unwrap();
+        let options = DeclareOptions { phase: Phase::Prefill, dtype: DType::BF16, logits: Logits::LastPosition };
+        let mut g = declare(&cfg, options).unwrap();
+        standard().run(&mut g, "qwen3").unwrap();
+        let on = emit(&g).unwrap();
+        let off = emit_with(&g, EmitOptions { split_k: false, ..EmitOptions::default() }).unwrap();
+        assert_eq!(on.launches.len(), off.launches.len());
+        let mut gemms = 0;
+        for (a, b) in on.launches.iter().zip(&off.launches) {
+            let (ka, kb) = (&on.kernels[a.kernel], &off.kernels[b.kernel]);
+            if ka.kind != "linear_gemm" {
+                assert_eq!((&ka.source, &a.params), (&kb.source, &b.params), "{size} {}", ka.name);
+                continue;
+            }
+            gemms += 1;
+            assert!(matches!(a.params, Params::SplitK { .. }), "{size} {}: {:?}", ka.name, a.params);
+            assert_eq!(b.params, Params::Standard, "{size} {}", kb.name);
+            let blocks = |k: &smelt::codegen::Kernel, t| {
+                k.launch.grid.blocks(&Bindings { batch: 1, new_tokens: t, cached_tokens: 0 })
+            };
+            for t in [1, 16, 128, 512] {
+                assert!(blocks(ka, t) >= blocks(kb, t), "{size} {} at T = {t}", ka.name);
+            }
+        }
+        assert_eq!(gemms, cfg.num_layers * 4, "{size}: qkv, o_proj, gate_up, down per layer");
     }
 }
