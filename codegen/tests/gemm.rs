@@ -9,7 +9,7 @@ mod common;
 #[path = "gemm/emulation.rs"]
 mod emulation;
 
-use smelt_codegen::kernels::{linear_gemm, GemmSpec, Grid, Kernel, View};
+use smelt_codegen::kernels::{linear_gemm, GemmSpec, Grid, Kernel, SplitK, View};
 use smelt_codegen::PRELUDE;
 use smelt_ir::{shape, BinaryOp, Bindings, DType, Expr, ExprKind, Shape, Sym};
 
@@ -152,16 +152,20 @@ fn launch_config() {
 /// Every published Qwen3 size's prefill GEMMs at T = 1..16, 127..129, 512, 2999: the grid is
 /// a block per (tile, split) unit (1024 at most: then blocks loop over units), so the working
 /// blocks are at least min(tiles x splits, 2 x 132); splits fill the target (blocks within
-/// one tile count of 264, or every split K allows); unsplit, a block per tile.
+/// one tile count of 264, or every split K allows; none past 132 column tiles); unsplit, a
+/// block per tile.
 #[test]
 fn every_qwen3_gemm_fills_the_gpu_at_every_t() {
     const TARGET: usize = 2 * 132;
     for size in ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"] {
         for case in qwen3_size(size, DType::BF16) {
             let (k, off) = (case.kernel(), Case { split_k: false, ..case }.kernel());
-            let Grid::Tiles { column_tiles, max, split_k: Some(split), .. } = k.launch.grid else {
-                panic!("{size} {}: a GEMM has a split tile grid", k.name)
+            let Grid::Tiles { column_tiles, max, split_k, .. } = k.launch.grid else {
+                panic!("{size} {}: a GEMM has a tile grid", k.name)
             };
+            // No split plan: more than 132 column tiles (or K too short), never a split.
+            assert_eq!(split_k.is_none(), column_tiles > 132 || case.k < 8 * 32, "{size} {}", k.name);
+            let split = split_k.unwrap_or(SplitK { k_steps: 1, min_steps: 1, target_blocks: 1 });
             let mut row = format!("{size} {:8} K {:5} N {:6}:", k.name, case.k, case.n);
             for t in (1..=16usize).chain([127, 128, 129, 512, 2999]) {
                 let tiles = t.div_ceil(128) * column_tiles as usize;
@@ -171,11 +175,8 @@ fn every_qwen3_gemm_fills_the_gpu_at_every_t() {
                 assert_eq!(blocks, (tiles * splits).min(max as usize), "{what}");
                 let working = blocks.min(tiles * splits);
                 assert!(working >= (tiles * splits).min(TARGET), "{what}");
-                let kt = case.k / 32;
-                assert!(
-                    working >= (tiles * (kt / 4).max(1)).min(TARGET + 1 - tiles.min(TARGET)),
-                    "{what}: short of the target"
-                );
+                let most = if split_k.is_some() { (case.k / 32 / 4).max(1) } else { 1 };
+                assert!(working >= (tiles * most).min(TARGET + 1 - tiles.min(TARGET)), "{what}: short of the target");
                 assert!(splits == 1 || tiles * splits <= TARGET, "{what}: past one wave");
                 assert_eq!(before as usize, tiles.min(max as usize), "{what}: unsplit");
                 if [1, 16, 128, 512].contains(&t) {

@@ -53,10 +53,12 @@
 //! ([`SplitK::splits`]; the kernel computes the same from T at run time). So a split grid is at
 //! most one wave of two blocks per SM on a 132-SM H100/H200, and no tile splits past 132 tiles.
 //! Each split's K steps are a balanced range (sizes differ by at most one step). A block writes
-//! its f32 accumulators to its (tile, split) slot of the scratch buffer, fences, and counts its
-//! arrival on the tile's counter; the last block to arrive adds the slots in split order (the
-//! same bits whichever block is last), resets the counter to zero for the next launch or graph
-//! replay, and applies the epilogue once, to the full sum: the same code as an unsplit tile.
+//! its f32 accumulators (rows below M) to its (tile, split) slot of the scratch buffer; after a
+//! barrier one thread fences and counts the block's arrival on the tile's counter; the last
+//! block to arrive adds the slots in split order (the same bits whichever block is last),
+//! resets the counter to zero for the next launch or graph replay, and applies the epilogue
+//! once, to the full sum: the same code as an unsplit tile. With split-K off, or K under two
+//! splits, `MAX_SPLITS = 1` folds all of it away (the PTX is the unsplit kernel's).
 //! Split-K rather than stream-K: a split's K range is fixed by (tile, split), so a tile's sum
 //! has one order by construction and the combine is one loop; stream-K would also level the
 //! tile counts between 132 and 264 that split-K leaves at one wave, at the cost of tiles
@@ -65,9 +67,9 @@
 //! Against `ir::eval` (`fused::linear`): products of bf16/f16 values are exact in f32 and the
 //! tensor cores sum them into f32 accumulators, in their own order (and internal rounding), so
 //! the sums agree with the reference's f32 sums up to rounding (split-K adds per-split f32
-//! sums: another order, the same bound); each is then rounded to the
-//! storage dtype as the matmul's output is, and the epilogue rendered by `expr::render` rounds
-//! every node where the reference does (as gemv).
+//! sums: another order, the same bound); each is then rounded to the storage dtype as the
+//! matmul's output is, and the epilogue rendered by `expr::render` rounds every node where the
+//! reference does (as gemv).
 //!
 //! The launch must provide: x and w 16-byte aligned (cp.async), so every x row (the view's
 //! offset and stride are multiples of 8 values, checked here) and weight row (K % 32 == 0) is;
@@ -106,7 +108,8 @@ pub const GEMM_SLOT_BYTES: usize = BM * BN * 4;
 /// `epilogue(x @ w^T)` for `M = step->new_tokens` rows. Operands, in the kernel's parameter
 /// order: `x [M, K]` (read at `x_view`), `w [N, K]`, the epilogue's extra inputs; then the
 /// output `y [M, N_out]` (`N_out = N / parts` when the epilogue reads accumulator parts,
-/// else N), then the step.
+/// else N), then (a kernel that can split K: [`gemm_split_k`]) the scratch and the counters,
+/// then the step.
 pub struct GemmSpec<'a> {
     pub k: usize,
     /// The weight is `[n, k]`.
@@ -156,18 +159,23 @@ fn accumulator_parts(epilogue: Option<&Expr>) -> Vec<usize> {
     parts
 }
 
-/// How `spec`'s kernel splits K, or None when it never does (split-K off, or K too short
-/// for two splits).
+/// Output tiles per 128 rows: N_out / (BN / parts) = N / BN, rounded up.
+fn column_tiles(spec: &GemmSpec) -> u32 {
+    let parts = accumulator_parts(spec.epilogue).first().copied().unwrap_or(1);
+    (spec.n / parts).div_ceil(BN / parts) as u32
+}
+
+/// How `spec`'s kernel splits K, or None when it never does: split-K off, or not even one row
+/// of tiles (the fewest, at T <= 128) leaves room for two splits (K too short, or more than
+/// 132 column tiles: the lm_head, the gate_up of Qwen3-4B and 8B), so no combine is emitted.
 fn split_plan(spec: &GemmSpec) -> Option<SplitK> {
     let plan = SplitK { k_steps: (spec.k / BK) as u32, min_steps: MIN_SPLIT_STEPS, target_blocks: TARGET_BLOCKS };
-    (spec.split_k && plan.max_splits() > 1).then_some(plan)
+    (spec.split_k && plan.splits(column_tiles(spec) as usize) > 1).then_some(plan)
 }
 
 /// The launch grid: a block per (output tile, split).
 fn grid(spec: &GemmSpec) -> Grid {
-    let parts = accumulator_parts(spec.epilogue).first().copied().unwrap_or(1);
-    let column_tiles = (spec.n / parts).div_ceil(BN / parts) as u32;
-    let rows = Dim::Sym(Sym::NewTokens);
+    let (rows, column_tiles) = (Dim::Sym(Sym::NewTokens), column_tiles(spec));
     Grid::Tiles { rows, tile_rows: BM as u32, column_tiles, max: MAX_BLOCKS, split_k: split_plan(spec) }
 }
 

@@ -297,7 +297,9 @@ impl Layout {
 
         let scratch = gpu.alloc(scratch_bytes(program, kv, max_new_tokens), "attention and split-K scratch")?;
         let counters = gpu.alloc(counter_bytes(program), "split-K counters")?;
-        gpu.fill(counters.ptr(), 0, counters.bytes(), "zeroing the split-K counters")?;
+        if counters.bytes() > 0 {
+            gpu.fill(counters.ptr(), 0, counters.bytes(), "zeroing the split-K counters")?;
+        }
         let step = gpu.alloc(STEP_BYTES, "the step parameters")?;
 
         let mut layout = Layout {
