@@ -107,7 +107,7 @@ fn batched_decode_program_uses_gemms_and_per_row_decode_attention() {
     let options = DeclareOptions { phase: Phase::Prefill, dtype: DType::BF16, logits: Logits::AllPositions };
     let mut g = declare(&cfg, options).expect("declares");
     standard().run(&mut g, "qwen3").expect("pipeline");
-    let p = emit_with(&g, EmitOptions { rows_are_sequences: true }).expect("emits");
+    let p = emit_with(&g, EmitOptions { rows_are_sequences: true, ..EmitOptions::default() }).expect("emits");
     let kinds: Vec<&str> = p.launches.iter().map(|l| p.kernels[l.kernel].kind).collect();
     let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
     assert_eq!(count("linear_gemm"), 28 * 4 + 1, "{kinds:?}");
@@ -182,5 +182,48 @@ fn decode_gemvs_keep_eight_loads_in_flight_for_every_qwen3_size() {
                 tc.check_all(&gemvs.iter().map(|k| (*k).clone()).collect::<Vec<_>>());
             }
         }
+    }
+}
+
+/// Split-K is on by default and `EmitOptions::split_k` (`--no-split-k`) turns it off, in the
+/// real prefill programs of every published Qwen3 size: each GEMM of at most 132 column tiles
+/// takes a scratch and counters (Params::SplitK) and launches a block per (tile, split); off,
+/// the standard parameters and a block per tile; every other kernel (and a GEMM that never
+/// splits) is the same source either way.
+#[test]
+fn prefill_gemms_split_k_unless_switched_off() {
+    use smelt::codegen::Params;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/assets/qwen3/configs");
+    for size in ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"] {
+        let cfg = Qwen3Config::from_file(&root.join(format!("{size}.json"))).unwrap();
+        let options = DeclareOptions { phase: Phase::Prefill, dtype: DType::BF16, logits: Logits::LastPosition };
+        let mut g = declare(&cfg, options).unwrap();
+        standard().run(&mut g, "qwen3").unwrap();
+        let on = emit(&g).unwrap();
+        let off = emit_with(&g, EmitOptions { split_k: false, ..EmitOptions::default() }).unwrap();
+        assert_eq!(on.launches.len(), off.launches.len());
+        let mut split_gemms = 0;
+        for (a, b) in on.launches.iter().zip(&off.launches) {
+            let (ka, kb) = (&on.kernels[a.kernel], &off.kernels[b.kernel]);
+            if ka.kind != "linear_gemm" {
+                assert_eq!((&ka.source, &a.params), (&kb.source, &b.params), "{size} {}", ka.name);
+                continue;
+            }
+            let blocks = |k: &smelt::codegen::Kernel, t| {
+                k.launch.grid.blocks(&Bindings { batch: 1, new_tokens: t, cached_tokens: 0 })
+            };
+            // A GEMM takes a scratch and counters exactly when it splits (at T = 1, if ever).
+            let splits = blocks(ka, 1) > blocks(kb, 1);
+            assert_eq!(matches!(a.params, Params::SplitK { .. }), splits, "{size} {}: {:?}", ka.name, a.params);
+            assert!(splits || ka.source == kb.source, "{size} {}: unsplit, the same source", ka.name);
+            assert_eq!(b.params, Params::Standard, "{size} {}", kb.name);
+            for t in [1, 16, 128, 512] {
+                assert!(blocks(ka, t) >= blocks(kb, t), "{size} {} at T = {t}", ka.name);
+            }
+            split_gemms += usize::from(splits);
+        }
+        // qkv, o_proj, down per layer; gate_up too, except past 132 column tiles (4B, 8B).
+        let want = if size.ends_with("4b") || size.ends_with("8b") { 3 } else { 4 };
+        assert_eq!(split_gemms, cfg.num_layers * want, "{size}");
     }
 }

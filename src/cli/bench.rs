@@ -52,6 +52,9 @@ pub struct Args {
     /// (as the PyTorch baseline's batched decode), e.g. 8,32,64.
     #[arg(long, value_parser = numbers)]
     batch: Option<Numbers>,
+    /// Prefill and batched GEMMs never split K among blocks (the A/B variant of split-K).
+    #[arg(long)]
+    no_split_k: bool,
 }
 
 /// The context of every sequence in a timed batched decode step.
@@ -90,6 +93,7 @@ pub fn run(a: Args) -> Result<()> {
         prefill: a.prefill.is_some(),
         prefill_chunk: 2048,
         batch_rows: plan.batch_rows,
+        split_k: !a.no_split_k,
         ..DecoderOptions::new(plan.max_context(a.steps))
     };
     let cold = start(options(cache_dir.path()))?;

@@ -59,6 +59,10 @@ pub struct Args {
     /// GPU architecture the dumped kernels are compiled for (sm_90, sm_80) [default: sm_90].
     #[arg(long, value_parser = parse_arch, requires = "dump")]
     arch: Option<Arch>,
+    /// Emit prefill GEMMs that never split K (the A/B variant; by default a GEMM with few
+    /// output tiles splits K among blocks).
+    #[arg(long)]
+    no_split_k: bool,
 }
 
 /// The largest `--kv-budget-gib`: more than any GPU has (the largest hold 288 GB).
@@ -100,7 +104,8 @@ pub fn run(a: Args) -> Result<()> {
     if !a.no_fuse {
         pass_dumps = run_passes(&a, &mut decode, &mut prefill, &mut report)?;
         program = emit_decode(&decode, &mut report);
-        prefill_program = emit_prefill(&prefill, &mut report);
+        let options = smelt::codegen::EmitOptions { split_k: !a.no_split_k, ..Default::default() };
+        prefill_program = emit_prefill(&prefill, options, &mut report);
     }
     let plan = Plan::new(&decode, &prefill, prefill_tokens, kv_block_tokens, a.kv_budget_gib)?;
     report += &plan.summary(a.no_fuse);
@@ -219,8 +224,8 @@ fn emit_decode(decode: &Graph, report: &mut String) -> Option<Program> {
 
 /// The prefill kernels, counted on one line; none (and why, printed) if they cannot be
 /// generated.
-fn emit_prefill(prefill: &Graph, report: &mut String) -> Option<Program> {
-    match smelt::codegen::emit(prefill) {
+fn emit_prefill(prefill: &Graph, options: smelt::codegen::EmitOptions, report: &mut String) -> Option<Program> {
+    match smelt::codegen::emit_with(prefill, options) {
         Ok(p) => {
             let gemms = p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "linear_gemm").count();
             let _ = writeln!(

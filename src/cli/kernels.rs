@@ -99,7 +99,8 @@ fn scratch_bytes(program: &Program, context: u64) -> Vec<u64> {
                 written
             }
             Params::ReadsScratch => written,
-            Params::Standard => 0,
+            // The table shows decode programs, whose matmuls are GEMVs: no split-K GEMM here.
+            Params::Standard | Params::SplitK { .. } => 0,
         })
         .collect()
 }

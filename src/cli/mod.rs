@@ -125,6 +125,10 @@ pub struct CudaArgs {
     /// of one decode step per token. Experimental: not yet checked on a GPU.
     #[arg(long)]
     gpu_prefill: bool,
+    /// Prefill and batched GEMMs never split K among blocks (the A/B variant; by default a
+    /// GEMM with few output tiles does).
+    #[arg(long)]
+    no_split_k: bool,
 }
 
 impl CudaArgs {
@@ -135,6 +139,7 @@ impl CudaArgs {
             ("--no-cuda-graphs", self.no_cuda_graphs),
             ("--no-pdl", self.no_pdl),
             ("--gpu-prefill", self.gpu_prefill),
+            ("--no-split-k", self.no_split_k),
         ];
         flags.into_iter().filter(|(_, set)| *set).map(|(flag, _)| flag).collect()
     }
@@ -145,6 +150,7 @@ impl CudaArgs {
             no_cuda_graphs: self.no_cuda_graphs,
             no_pdl: self.no_pdl,
             prefill: self.gpu_prefill,
+            no_split_k: self.no_split_k,
         }
     }
 }

@@ -1,5 +1,25 @@
 /* Byte offset of 16-byte chunk c of row r in a 64-byte-row tile, swizzled (see the module). */
 SMELT_FN unsigned int gemm_swz(unsigned int r, unsigned int c) { return r * 64u + ((c ^ ((r >> 1) & 3u)) << 4); }
+#ifdef __CUDACC__
+/* Split-K partial sums, two floats at a time. Loads go through L2 only (.cg): the partials of
+   other blocks, written during this launch, must not come from a stale L1 line. */
+SMELT_FN void gemm_store_pair(float* p, float a, float b) {
+  asm volatile("st.global.v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(a), "f"(b) : "memory");
+}
+SMELT_FN void gemm_load_pair(const float* p, float& a, float& b) {
+  asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(a), "=f"(b) : "l"(p) : "memory");
+}
+#endif
+/* A block's arrival on its tile's split-K counter, by one thread after a barrier: the fence
+   before publishes the block's partial (which the barrier ordered before it), the fence
+   after orders the earlier arrivals' partials before the reads the next barrier releases (as
+   CUTLASS's split-K semaphore). Returns the splits that arrived before. */
+SMELT_FN unsigned int gemm_arrive(unsigned int* counter) {
+  __threadfence();
+  const unsigned int before = atomicAdd(counter, 1u);
+  __threadfence();
+  return before;
+}
 /* $NAME: y[T, $N_OUT] = $EPILOGUE_TEXT over acc = x[T, $K] @ w[$N, $K]^T, T = step->new_tokens. */
 extern "C" __global__ void __launch_bounds__($BLOCK, 2) $NAME(
     $PARAMS) {
@@ -11,6 +31,9 @@ $GRID_WAIT
   /* Output columns per block and per warp, and n-tiles per part in a warp. */
   constexpr unsigned int COLS = 128u / PARTS, WCOLS = 32u / PARTS, JP = 4u / PARTS;
   constexpr unsigned int N_TILES = (N_OUT + COLS - 1u) / COLS;
+  /* Split-K (gemm.rs): at most MAX_SPLITS splits of K per output tile, as many as keep
+     tiles x splits within TARGET blocks; 1 folds every split away. */
+  constexpr unsigned int MAX_SPLITS = $MAX_SPLITSu, TARGET = $TARGETu;
   extern __shared__ uint4 gemm_smem[];
   const unsigned int smem = smelt_smem_addr(gemm_smem);
   const unsigned int tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
@@ -18,7 +41,14 @@ $GRID_WAIT
   const unsigned int wm = warp & 1u, wn = warp >> 1;
   const unsigned int M = $M;
   const unsigned int m_tiles = (M + BM - 1u) / BM, tiles = m_tiles * N_TILES;
-  for (unsigned int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+  const unsigned int fit = TARGET / (tiles > 0u ? tiles : 1u);
+  const unsigned int splits = MAX_SPLITS == 1u || fit < 2u ? 1u : (fit < MAX_SPLITS ? fit : MAX_SPLITS);
+  /* Work unit = (tile, split), tiles fastest (within them M fastest, as blocks running
+     together then share weight tiles in L2). */
+  for (unsigned int unit = blockIdx.x; unit < tiles * splits; unit += gridDim.x) {
+    const unsigned int split = MAX_SPLITS == 1u ? 0u : unit / tiles, tile = unit - split * tiles;
+    /* This split's K steps kt0 .. kt0 + steps, balanced: sizes differ by at most one. */
+    const unsigned int kt0 = split * KT / splits, steps = (split + 1u) * KT / splits - kt0;
     const unsigned int m0 = (tile % m_tiles) * BM, c0 = (tile / m_tiles) * COLS;
     /* This thread's cp.async chunks: chunk i = tid + 256 j of a tile is row i / 4, 16-byte
        chunk i % 4, for A (x rows m0 + row) and B (the weight row of tile row `row`). */
@@ -30,12 +60,12 @@ $GRID_WAIT
       const unsigned int i = tid + j * 256u, row = i >> 2, c = i & 3u;
       dst[j] = gemm_swz(row, c);
       const bool a_ok = m0 + row < M;
-      a_src[j] = x + X_OFFSET + (unsigned long long)(a_ok ? m0 + row : 0u) * X_STRIDE + c * 8u;
+      a_src[j] = x + X_OFFSET + (unsigned long long)(a_ok ? m0 + row : 0u) * X_STRIDE + c * 8u + kt0 * BK;
       a_bytes[j] = a_ok ? 16u : 0u;
       const unsigned int nt = (row >> 3) & 3u; /* the n-tile within warp column row / 32 */
       const unsigned int col = c0 + (row >> 5) * WCOLS + (nt % JP) * 8u + (row & 7u);
       const bool b_ok = col < N_OUT;
-      b_src[j] = w + (unsigned long long)(b_ok ? (nt / JP) * N_OUT + col : 0u) * K + c * 8u;
+      b_src[j] = w + (unsigned long long)(b_ok ? (nt / JP) * N_OUT + col : 0u) * K + c * 8u + kt0 * BK;
       b_bytes[j] = b_ok ? 16u : 0u;
     }
 #define GEMM_LOAD(kt) \
@@ -48,14 +78,14 @@ $GRID_WAIT
     float sum[4][4][4] = {};
 #pragma unroll
     for (unsigned int s = 0; s < STAGES - 1u; s++) {
-      if (s < KT) { GEMM_LOAD(s) }
+      if (s < steps) { GEMM_LOAD(s) }
       smelt_cp_async_commit();
     }
-    for (unsigned int kt = 0; kt < KT; kt++) {
+    for (unsigned int kt = 0; kt < steps; kt++) {
       /* Groups committed so far: STAGES - 1 + kt; at most STAGES - 2 pending: stage kt is in. */
       SMELT_CP_ASYNC_WAIT(STAGES - 2u);
       __syncthreads();
-      if (kt + STAGES - 1u < KT) { GEMM_LOAD(kt + STAGES - 1u) }
+      if (kt + STAGES - 1u < steps) { GEMM_LOAD(kt + STAGES - 1u) }
       smelt_cp_async_commit();
       const unsigned int sa = smem + (kt % STAGES) * STAGE_BYTES, sb = sa + TILE_BYTES;
 #pragma unroll
@@ -80,7 +110,7 @@ $GRID_WAIT
        prologue refills it. */
     SMELT_CP_ASYNC_WAIT(0);
     __syncthreads();
-    /* Epilogue: thread (g, t) holds rows g, g + 8 (h) of each m-tile, columns 2t, 2t + 1 (e)
+$COMBINE    /* Epilogue: thread (g, t) holds rows g, g + 8 (h) of each m-tile, columns 2t, 2t + 1 (e)
        of each n-tile. */
 #pragma unroll
     for (unsigned int mi = 0; mi < 4u; mi++)

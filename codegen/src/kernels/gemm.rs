@@ -47,20 +47,41 @@
 //! `ir::eval`: part p of the accumulator is columns `p * N_OUT ..` of `x @ w^T`). So thread
 //! (g, t)'s C element (j, e) for every part is the same output column.
 //!
+//! Split-K. With few output tiles (o_proj and down_proj of Qwen3-0.6B are 8 column tiles, so
+//! 8 blocks at T <= 128 against 264 resident slots), each tile's K is split among blocks:
+//! splits = min(floor(TARGET_BLOCKS / tiles), floor(KT / MIN_SPLIT_STEPS)), at least 1
+//! ([`SplitK::splits`]; the kernel computes the same from T at run time). So a split grid is at
+//! most one wave of two blocks per SM on a 132-SM H100/H200, and no tile splits past 132 tiles.
+//! Each split's K steps are a balanced range (sizes differ by at most one step). A block writes
+//! its f32 accumulators (rows below M) to its (tile, split) slot of the scratch buffer; after a
+//! barrier one thread fences and counts the block's arrival on the tile's counter; the last
+//! block to arrive adds the slots in split order (the same bits whichever block is last),
+//! resets the counter to zero for the next launch or graph replay, and applies the epilogue
+//! once, to the full sum: the same code as an unsplit tile. With split-K off, or K under two
+//! splits, `MAX_SPLITS = 1` folds all of it away (the PTX is the unsplit kernel's).
+//! Split-K rather than stream-K: a split's K range is fixed by (tile, split), so a tile's sum
+//! has one order by construction and the combine is one loop; stream-K would also level the
+//! tile counts between 132 and 264 that split-K leaves at one wave, at the cost of tiles
+//! shared across blocks at run-time boundaries.
+//!
 //! Against `ir::eval` (`fused::linear`): products of bf16/f16 values are exact in f32 and the
 //! tensor cores sum them into f32 accumulators, in their own order (and internal rounding), so
-//! the sums agree with the reference's f32 sums up to rounding; each is then rounded to the
-//! storage dtype as the matmul's output is, and the epilogue rendered by `expr::render` rounds
-//! every node where the reference does (as gemv).
+//! the sums agree with the reference's f32 sums up to rounding (split-K adds per-split f32
+//! sums: another order, the same bound); each is then rounded to the storage dtype as the
+//! matmul's output is, and the epilogue rendered by `expr::render` rounds every node where the
+//! reference does (as gemv).
 //!
 //! The launch must provide: x and w 16-byte aligned (cp.async), so every x row (the view's
 //! offset and stride are multiples of 8 values, checked here) and weight row (K % 32 == 0) is;
-//! y and the extras aligned to their element type; 48 KiB of dynamic shared memory.
+//! y and the extras aligned to their element type; 48 KiB of dynamic shared memory; for a
+//! kernel that can split K, a scratch buffer of [`Scratch::bytes`] at the largest T it runs
+//! (8-byte aligned) and the counters of [`gemm_split_k`], all zero at the first launch and
+//! written by nothing else (each launch leaves them zero).
 
 use smelt_ir::{DType, Dim, Expr, Shape, Sym};
 
 use super::epilogue::{leaves, Epilogue};
-use super::{dim_expr, storage_type, Grid, Kernel, Launch, View, GRID_WAIT};
+use super::{dim_expr, storage_type, Grid, Kernel, Launch, Scratch, SplitK, View, GRID_WAIT};
 use crate::{Template, PRELUDE};
 
 /// Rows (M) and weight rows per block tile, K per pipeline stage, stages, threads. `BODY`
@@ -74,11 +95,21 @@ const BLOCK: usize = 256;
 const SHARED: usize = STAGES * (BM + BN) * BK * 2;
 /// Past this many blocks (one per output tile up to it), blocks loop over tiles.
 const MAX_BLOCKS: u32 = 1024;
+/// Split-K aims for this many blocks: two resident per SM (at most 128 registers and 48 KiB
+/// of shared memory each) on the 132 SMs of an H100/H200.
+const TARGET_BLOCKS: u32 = 2 * 132;
+/// The fewest K steps (of BK) a split may have: fewer, and the ring's two-stage prologue is
+/// half a split's loads, while a full tile's f32 partial (64 KiB written, then read back)
+/// outweighs the 16 KiB of operands a step loads several times over.
+const MIN_SPLIT_STEPS: u32 = 4;
+/// Bytes of one split's partial sums in scratch: a BM x BN tile of f32.
+pub const GEMM_SLOT_BYTES: usize = BM * BN * 4;
 
 /// `epilogue(x @ w^T)` for `M = step->new_tokens` rows. Operands, in the kernel's parameter
 /// order: `x [M, K]` (read at `x_view`), `w [N, K]`, the epilogue's extra inputs; then the
 /// output `y [M, N_out]` (`N_out = N / parts` when the epilogue reads accumulator parts,
-/// else N), then the step.
+/// else N), then (a kernel that can split K: [`gemm_split_k`]) the scratch and the counters,
+/// then the step.
 pub struct GemmSpec<'a> {
     pub k: usize,
     /// The weight is `[n, k]`.
@@ -91,16 +122,16 @@ pub struct GemmSpec<'a> {
     /// The epilogue's inputs (contiguous), broadcast against `[M, N_out]`.
     pub extras: &'a [(DType, Shape)],
     pub out_dtype: DType,
+    /// Split K among blocks when there are few output tiles (see the module); off emits the
+    /// kernel that never splits (the A/B switch).
+    pub split_k: bool,
 }
 
 /// Why `spec` has no GEMM kernel (None: it has one): the shapes and dtypes `linear_gemm`
 /// takes, stated once: a code generator refuses cleanly with it, `linear_gemm` panics with it.
 pub fn gemm_unsupported(spec: &GemmSpec) -> Option<String> {
     let GemmSpec { k, n, dtype, x_view, epilogue, .. } = *spec;
-    let (mut parts, mut inputs) = (Vec::new(), Vec::new());
-    if let Some(e) = epilogue {
-        leaves(e, &mut parts, &mut inputs);
-    }
+    let parts = accumulator_parts(epilogue);
     let p = parts.first().copied().unwrap_or(1);
     let reason = if !matches!(dtype, DType::BF16 | DType::F16) {
         format!("GEMM operands in {dtype} (bf16 or f16 only)")
@@ -119,15 +150,57 @@ pub fn gemm_unsupported(spec: &GemmSpec) -> Option<String> {
     Some(reason)
 }
 
+/// The part counts of the accumulator reads in `epilogue` (all the same for a kernel).
+fn accumulator_parts(epilogue: Option<&Expr>) -> Vec<usize> {
+    let (mut parts, mut inputs) = (Vec::new(), Vec::new());
+    if let Some(e) = epilogue {
+        leaves(e, &mut parts, &mut inputs);
+    }
+    parts
+}
+
+/// Output tiles per 128 rows: N_out / (BN / parts) = N / BN, rounded up.
+fn column_tiles(spec: &GemmSpec) -> u32 {
+    let parts = accumulator_parts(spec.epilogue).first().copied().unwrap_or(1);
+    (spec.n / parts).div_ceil(BN / parts) as u32
+}
+
+/// How `spec`'s kernel splits K, or None when it never does: split-K off, or not even one row
+/// of tiles (the fewest, at T <= 128) leaves room for two splits (K too short, or more than
+/// 132 column tiles: the lm_head, the gate_up of Qwen3-4B and 8B), so no combine is emitted.
+fn split_plan(spec: &GemmSpec) -> Option<SplitK> {
+    let plan = SplitK { k_steps: (spec.k / BK) as u32, min_steps: MIN_SPLIT_STEPS, target_blocks: TARGET_BLOCKS };
+    (spec.split_k && plan.splits(column_tiles(spec) as usize) > 1).then_some(plan)
+}
+
+/// The launch grid: a block per (output tile, split).
+fn grid(spec: &GemmSpec) -> Grid {
+    let (rows, column_tiles) = (Dim::Sym(Sym::NewTokens), column_tiles(spec));
+    Grid::Tiles { rows, tile_rows: BM as u32, column_tiles, max: MAX_BLOCKS, split_k: split_plan(spec) }
+}
+
+/// What `spec`'s kernel takes when it can split K: a scratch buffer for the partial sums (a
+/// [`GEMM_SLOT_BYTES`] slot per (tile, split)) and this many u32 arrival counters, zero before
+/// a launch and left zero by it; its parameters then end `y, scratch, counters, step`. None:
+/// it never splits, and takes the standard parameters.
+pub fn gemm_split_k(spec: &GemmSpec) -> Option<(Scratch, usize)> {
+    let plan = split_plan(spec)?;
+    let scratch =
+        Scratch { header_bytes: 0, item_bytes: GEMM_SLOT_BYTES, writer_grid: grid(spec), min_items_per_token: 0 };
+    Some((scratch, plan.counters()))
+}
+
 /// The kernel after the prelude: the PTX wrappers (no CUDA headers, so cp.async, ldmatrix and
 /// mma are inline assembly), then the entry point; `$EPILOGUE` computes and stores one element
 /// `(r, col)` from `sum[mi][p * JP + jj][h * 2 + e]` for each part p. The body is written for
 /// exactly the geometry of the constants above, which size the launch.
 const TEMPLATE: Template = Template::new("gemm.cu", include_str!("gemm.cu"));
+/// The `$COMBINE` slot of a kernel that can split K: partials out, the last block sums them.
+const COMBINE: &str = include_str!("gemm_combine.cu");
 
 /// Emits `name(x, w, extra0…, y, step)` computing `spec` with `M = step->new_tokens`.
 pub fn linear_gemm(name: &str, spec: &GemmSpec) -> Kernel {
-    let GemmSpec { k, n, dtype, x_view, epilogue, extras, out_dtype } = *spec;
+    let GemmSpec { k, n, dtype, x_view, epilogue, extras, out_dtype, .. } = *spec;
     if let Some(why) = gemm_unsupported(spec) {
         panic!("{name}: linear_gemm has no kernel for {why} (check gemm_unsupported first)");
     }
@@ -143,6 +216,11 @@ pub fn linear_gemm(name: &str, spec: &GemmSpec) -> Kernel {
         params.push(format!("const {}* __restrict__ extra{i}", storage_type(*d)));
     }
     params.push(format!("{}* __restrict__ y", storage_type(out_dtype)));
+    let split = split_plan(spec);
+    if split.is_some() {
+        params.push("float* __restrict__ scratch".into());
+        params.push("unsigned int* __restrict__ counters".into());
+    }
     params.push("const smelt_step* __restrict__ step".into());
 
     // One output element per line, each line ending (the slot starts the closing brace's line).
@@ -176,17 +254,18 @@ pub fn linear_gemm(name: &str, spec: &GemmSpec) -> Kernel {
         ("STORAGE", ty),
         ("M", &dim_expr(Dim::Sym(Sym::NewTokens))),
         ("EPILOGUE", &epi),
+        ("MAX_SPLITS", &split.map_or(1, |s| s.max_splits()).to_string()),
+        ("TARGET", &TARGET_BLOCKS.to_string()),
+        ("COMBINE", if split.is_some() { COMBINE } else { "" }),
     ]);
     let s = format!("{PRELUDE}{kernel}");
 
     // One block per output tile at every T (a cover of 16 rows per block gave T = 1 a
-    // sixteenth of the tiles' blocks, each looping over 16 tiles).
-    let column_tiles = n_out.div_ceil(BN / parts) as u32;
-    let grid = Grid::Tiles { rows: Dim::Sym(Sym::NewTokens), tile_rows: BM as u32, column_tiles, max: MAX_BLOCKS };
+    // sixteenth of the tiles' blocks, each looping over 16 tiles), times the splits.
     Kernel {
         name: name.to_string(),
         kind: "linear_gemm",
         source: s,
-        launch: Launch { block: BLOCK as u32, grid, shared_bytes: SHARED as u32 },
+        launch: Launch { block: BLOCK as u32, grid: grid(spec), shared_bytes: SHARED as u32 },
     }
 }

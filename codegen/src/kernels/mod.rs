@@ -26,7 +26,7 @@ pub use argmax::argmax;
 pub use attention::{decode_attention, decode_attention_scratch, decode_attention_scratch_bytes, AttentionSpec};
 pub use elementwise::elementwise;
 pub use gather::gather;
-pub use gemm::{gemm_unsupported, linear_gemm, GemmSpec};
+pub use gemm::{gemm_split_k, gemm_unsupported, linear_gemm, GemmSpec, GEMM_SLOT_BYTES};
 pub use gemv::{gemv_unsupported, linear_gemv, GemvSpec};
 pub use norm::{kv_append, norm_rope, norm_rope_kv_append, norm_rope_unsupported, rmsnorm};
 pub use prefill_attention::{prefill_attention, PrefillAttentionSpec};
@@ -82,13 +82,62 @@ pub enum Grid {
         max: u32,
     },
     /// One block per tile of `tile_rows` rows of `rows` by one of `column_tiles`:
-    /// `ceil(rows / tile_rows) * column_tiles` blocks, at most `max`.
+    /// `ceil(rows / tile_rows) * column_tiles` blocks, at most `max`; with `split_k`, one per
+    /// (tile, split) at the step's split count (never more than `max` then).
     Tiles {
         rows: Dim,
         tile_rows: u32,
         column_tiles: u32,
         max: u32,
+        split_k: Option<SplitK>,
     },
+}
+
+/// Split-K of a tile grid: each output tile's `k_steps` K steps are divided among `splits`
+/// blocks, balanced (sizes differ by at most one step), whose f32 partial sums the last of them
+/// to arrive adds up in split order (the GEMM: see `gemm.rs`). The kernel computes the same
+/// split count from the same rule, at run time, as the tile count depends on T.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitK {
+    pub k_steps: u32,
+    /// The fewest K steps a split may have.
+    pub min_steps: u32,
+    /// The blocks that splitting aims for, and never exceeds (a wave of resident blocks).
+    pub target_blocks: u32,
+}
+
+impl SplitK {
+    /// The most splits K allows: each at least `min_steps` steps.
+    pub fn max_splits(&self) -> u32 {
+        (self.k_steps / self.min_steps.max(1)).max(1)
+    }
+
+    /// Splits per tile with `tiles` output tiles: as many as keep `tiles * splits` within the
+    /// target (so a split grid is at most one wave), at most [`SplitK::max_splits`], at least 1
+    /// (more than half the target in tiles: no split).
+    pub fn splits(&self, tiles: usize) -> u32 {
+        let fit = self.target_blocks as usize / tiles.max(1);
+        fit.clamp(1, self.max_splits() as usize) as u32
+    }
+
+    /// Partial-sum slots (one per (tile, split)) a launch with up to `rows` rows of
+    /// `tile_rows`-row tiles writes at most: over every row count up to it, as the slots are
+    /// not monotonic in the rows (more tiles, fewer splits).
+    pub fn max_slots(&self, rows: usize, tile_rows: u32, column_tiles: u32) -> usize {
+        let row_tiles = rows.div_ceil(tile_rows.max(1) as usize);
+        (1..=row_tiles)
+            .map(|m| m * column_tiles as usize)
+            .take_while(|&tiles| self.splits(tiles) > 1)
+            .map(|tiles| tiles * self.splits(tiles) as usize)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Arrival counters (one per output tile that splits) a launch needs at most: a tile count
+    /// that splits is at most half the target.
+    pub fn counters(&self) -> usize {
+        self.target_blocks as usize / 2
+    }
 }
 
 impl Grid {
@@ -99,10 +148,22 @@ impl Grid {
                 let n: usize = shape.resolve(b).iter().product();
                 (n.div_ceil(*per_block as usize) as u32).clamp(1, *max)
             }
-            Grid::Tiles { rows, tile_rows, column_tiles, max } => {
+            Grid::Tiles { rows, tile_rows, column_tiles, max, split_k } => {
                 let tiles = b.dim(*rows).div_ceil(*tile_rows as usize).saturating_mul(*column_tiles as usize);
-                (tiles.min(u32::MAX as usize) as u32).clamp(1, *max)
+                let splits = split_k.map_or(1, |s| s.splits(tiles)) as usize;
+                (tiles.saturating_mul(splits).min(u32::MAX as usize) as u32).clamp(1, *max)
             }
+        }
+    }
+
+    /// Records a kernel with this grid writes to scratch at most, over every step up to `b`'s
+    /// sizes: one per block, except a split-K grid's partial slots.
+    fn scratch_items(&self, b: &Bindings) -> usize {
+        match self {
+            Grid::Tiles { rows, tile_rows, column_tiles, split_k: Some(s), .. } => {
+                s.max_slots(b.dim(*rows), *tile_rows, *column_tiles)
+            }
+            _ => self.blocks(b) as usize,
         }
     }
 }
@@ -126,7 +187,7 @@ impl Scratch {
     /// smaller launch.
     pub fn bytes(&self, context: usize, new_tokens: usize) -> usize {
         let b = Bindings { batch: 1, new_tokens, cached_tokens: context.saturating_sub(new_tokens) };
-        let items = (self.writer_grid.blocks(&b) as usize).max(new_tokens * self.min_items_per_token);
+        let items = self.writer_grid.scratch_items(&b).max(new_tokens * self.min_items_per_token);
         self.header_bytes + items * self.item_bytes
     }
 }

@@ -158,14 +158,26 @@ fn gemm(n: &NodeCtx, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, Codeg
     let (nw, k) = n.weight_nk(1)?;
     let extras = n.types_from(2);
     let dtype = n.operand(1).dtype;
-    let spec =
-        kernels::GemmSpec { k, n: nw, dtype, x_view: n.view(0), epilogue, extras: &extras, out_dtype: n.node.dtype };
+    let spec = kernels::GemmSpec {
+        k,
+        n: nw,
+        dtype,
+        x_view: n.view(0),
+        epilogue,
+        extras: &extras,
+        out_dtype: n.node.dtype,
+        split_k: n.options.split_k,
+    };
     if let Some(why) = kernels::gemm_unsupported(&spec) {
         n.supported(false, &why)?;
     }
     let kind = if epilogue.is_some() { "gemm_epilogue" } else { "gemm" };
     // FLOPs at one new token, like every cost here (multiply by T).
-    Ok(Planned::one(kernels::linear_gemm(&n.name(kind), &spec), 2 * (nw * k) as u64))
+    let mut planned = Planned::one(kernels::linear_gemm(&n.name(kind), &spec), 2 * (nw * k) as u64);
+    if let Some((scratch, counters)) = kernels::gemm_split_k(&spec) {
+        planned.kernels[0].1 = Params::SplitK { scratch, counters };
+    }
+    Ok(planned)
 }
 
 fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, CodegenError> {

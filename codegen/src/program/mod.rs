@@ -70,6 +70,11 @@ pub enum Params {
     WritesScratch(Scratch),
     /// `(scratch, output, step)`: reads them (the combine kernel).
     ReadsScratch,
+    /// `(operands…, output, scratch, counters, step)`: a kernel whose blocks combine their own
+    /// partial results (split-K GEMM): partials to a scratch buffer of at least
+    /// [`Scratch::bytes`], and `counters` u32 arrival counters, in a buffer of their own that
+    /// nothing else writes, zero before the first launch; every launch leaves them zero.
+    SplitK { scratch: Scratch, counters: usize },
 }
 
 impl Program {
@@ -88,9 +93,12 @@ impl Program {
                     kernels::Grid::Cover { shape, per_block, max } => {
                         serde_json::json!({ "cover": shape.to_string(), "per_block": per_block, "max": max })
                     }
-                    kernels::Grid::Tiles { rows, tile_rows, column_tiles, max } => serde_json::json!({
+                    kernels::Grid::Tiles { rows, tile_rows, column_tiles, max, split_k } => serde_json::json!({
                         "tiles": { "rows": rows.to_string(), "tile_rows": tile_rows, "column_tiles": column_tiles },
-                        "max": max
+                        "max": max,
+                        "split_k": split_k.map(|s| serde_json::json!({
+                            "k_steps": s.k_steps, "min_steps": s.min_steps, "target_blocks": s.target_blocks
+                        })),
                     }),
                 };
                 let cost = first.map(|s| s.cost.clone()).unwrap_or_default();
@@ -159,12 +167,21 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
 }
 
 /// Choices [`emit`] leaves at their defaults.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct EmitOptions {
     /// A graph of T new-token rows runs as a batched decode step: each row is a sequence of
     /// its own (the step's `row_positions` and `row_tables`), so attention is the decode
     /// kernel, row by row, instead of the prefill kernel's causal tiles over one sequence.
     pub rows_are_sequences: bool,
+    /// GEMMs split K among blocks when the output tiles are few (default on; off emits GEMMs
+    /// that never split, the A/B variant: `--no-split-k`).
+    pub split_k: bool,
+}
+
+impl Default for EmitOptions {
+    fn default() -> EmitOptions {
+        EmitOptions { rows_are_sequences: false, split_k: true }
+    }
 }
 
 /// [`emit`] with options.

@@ -1,127 +1,19 @@
 //! The GEMM run on the host against `ir::eval`: a C++ emulation of CUDA and of the PTX the
 //! kernel uses (`ldmatrix`, `mma`, `cp.async`), under AddressSanitizer.
 
-use smelt_codegen::kernels::View;
+use smelt_codegen::kernels::{gemm_split_k, Grid, View};
 use smelt_codegen::PRELUDE;
 use smelt_ir::{shape, BinaryOp, DType, Expr, ExprKind, Shape, Sym};
 
 use crate::common::epilogues::{acc, node, residual, swiglu, to_f32};
 use crate::{tokens, Case};
 
-/// CUDA and the GEMM's PTX on the host: a block's 256 threads run as OS threads (blocks one
-/// after another), `__syncthreads` is a barrier. Warp-collective `ldmatrix` and `mma` publish
-/// each lane's operands to a per-warp slot array between two warp barriers, then every lane
-/// computes its own registers from the PTX ISA's fragment tables (written here from the ISA,
-/// independently of the kernel's index math). `cp.async` copies either wait in their commit
-/// groups and land only when a `wait_group` requires them, the latest moment the PTX allows, so
-/// a stage read before it is waited for reads stale data (shared memory starts as NaNs); or land
-/// at issue, the earliest, so a stage refilled while a warp still reads it changes what it
-/// reads. Every case runs both ways and must give the same bits.
-const SHIM: &str = r#"#include <barrier>
-#include <thread>
-#include <chrono>
-#include <vector>
-#include <deque>
-#include <memory>
-#include <cstring>
-#include <cstdio>
-#include <cstdlib>
-#include <math.h>
-struct alignas(16) uint4 { unsigned int x, y, z, w; };
-struct smelt_dim3 { unsigned int x, y, z; };
-static thread_local smelt_dim3 threadIdx, blockIdx;
-static smelt_dim3 gridDim;
-static std::barrier<>* block_barrier;
-static std::barrier<>* warp_barrier[8];
-static unsigned char* dynamic_smem;
-static unsigned int dynamic_bytes;
-static void __syncthreads() { block_barrier->arrive_and_wait(); }
-static void emu_fail(const char* what) { fprintf(stderr, "emulation: %s\n", what); abort(); }
-/* Shared-window addresses are offsets into the dynamic shared memory. */
-static unsigned int emu_smem_addr(const void* p) { return (unsigned int)((const unsigned char*)p - dynamic_smem); }
-static unsigned int emu_smem_word(unsigned int addr) {
-  if (addr % 4 || addr + 4 > dynamic_bytes) emu_fail("shared read out of bounds");
-  unsigned int v; memcpy(&v, dynamic_smem + addr, 4); return v;
-}
-struct emu_copy { unsigned int dst; const void* src; unsigned int bytes; };
-static thread_local std::vector<emu_copy> emu_pending;
-static thread_local std::deque<std::vector<emu_copy>> emu_groups;
-/* When copies land: at the latest moment a wait_group allows (default), or at issue, the
-   earliest (argv[1] = "early"): a stage refilled while another warp still reads it then
-   corrupts what that warp reads. A correct kernel gives the same result both ways. */
-static bool emu_land_early;
-static void emu_land(const emu_copy& c) {
-  memset(dynamic_smem + c.dst, 0, 16);
-  if (c.bytes) memcpy(dynamic_smem + c.dst, c.src, 16);
-}
-static void emu_cp16(unsigned int dst, const void* src, unsigned int bytes) {
-  if (dst % 16 || dst + 16 > dynamic_bytes || (bytes != 0 && bytes != 16) || (bytes && (size_t)src % 16)) emu_fail("bad cp.async");
-  if (emu_land_early) emu_land({dst, src, bytes});
-  else emu_pending.push_back({dst, src, bytes});
-}
-static void emu_commit() { emu_groups.push_back(std::move(emu_pending)); emu_pending.clear(); }
-static void emu_wait(unsigned int n) {
-  for (; emu_groups.size() > n; emu_groups.pop_front())
-    for (const emu_copy& c : emu_groups.front()) emu_land(c);
-}
-/* Each lane's words, visible to its warp between the two barriers. */
-static unsigned int emu_slot[8][32][6];
-static void emu_publish(const unsigned int* v, int n) {
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32;
-  warp_barrier[w]->arrive_and_wait();
-  for (int i = 0; i < n; i++) emu_slot[w][l][i] = v[i];
-  warp_barrier[w]->arrive_and_wait();
-}
-/* ldmatrix .x4: lanes 8i..8i+7 give matrix i's row addresses; lane l gets row l/4, 32-bit word l%4. */
-static void emu_ldsm4(unsigned int addr, unsigned int* r) {
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32;
-  /* Landing early, the warps also drift apart (warp w reads w us late), so that a warp racing
-     ahead past a missing barrier refills a stage another warp has yet to read. */
-  if (emu_land_early) std::this_thread::sleep_for(std::chrono::microseconds(w));
-  emu_publish(&addr, 1);
-  for (int i = 0; i < 4; i++) {
-    const unsigned int row = emu_slot[w][8 * i + l / 4][0];
-    if (row % 16) emu_fail("ldmatrix row not 16-byte aligned");
-    r[i] = emu_smem_word(row + 4 * (l % 4));
-  }
-}
-/* mma.m16n8k16 .row.col, f32 accumulators (PTX ISA fragment tables, g = lane/4, t = lane%4):
-   A[r][k] is in lane (r%8)*4 + (k%8)/2, register (r/8) + 2*(k/8), half k%2;
-   B[k][n] is in lane n*4 + (k%8)/2, register k/8, half k%2; c[i] = C[g + 8*(i/2)][2t + i%2]. */
-static void emu_mma(float* c, const unsigned int* a, unsigned int b0, unsigned int b1, float (*value)(unsigned short)) {
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32;
-  const unsigned int v[6] = {a[0], a[1], a[2], a[3], b0, b1};
-  emu_publish(v, 6);
-  for (int i = 0; i < 4; i++) {
-    const int r = l / 4 + 8 * (i / 2), n = 2 * (l % 4) + i % 2;
-    for (int k = 0; k < 16; k++) {
-      const unsigned int aw = emu_slot[w][(r % 8) * 4 + (k % 8) / 2][r / 8 + 2 * (k / 8)];
-      const unsigned int bw = emu_slot[w][n * 4 + (k % 8) / 2][4 + k / 8];
-      c[i] += value((unsigned short)(aw >> (16 * (k % 2)))) * value((unsigned short)(bw >> (16 * (k % 2))));
-    }
-  }
-}
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __shared__ static
-#define __restrict__ __restrict
-"#;
+#[path = "shim.rs"]
+mod shim;
+#[path = "split.rs"]
+mod split;
 
-/// The prelude's PTX helpers (defined only under `__CUDACC__`), emulated: the same names,
-/// after the prelude (the mma needs its loaders).
-const EMULATED_HELPERS: &str = "\
-SMELT_FN unsigned int smelt_smem_addr(const void* p) { return emu_smem_addr(p); }
-SMELT_FN void smelt_cp_async16(unsigned int dst, const void* src, unsigned int n) { emu_cp16(dst, src, n); }
-SMELT_FN void smelt_cp_async_commit() { emu_commit(); }
-#define SMELT_CP_ASYNC_WAIT(n) emu_wait(n)
-SMELT_FN void smelt_ldmatrix_x4(unsigned int addr, unsigned int& r0, unsigned int& r1, unsigned int& r2, unsigned int& r3) {
-  unsigned int r[4]; emu_ldsm4(addr, r); r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];
-}
-SMELT_FN void smelt_mma_bf16(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) { emu_mma(c, a, b0, b1, smelt_load_bf16); }
-SMELT_FN void smelt_mma_f16(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) { emu_mma(c, a, b0, b1, smelt_load_f16); }
-";
+use shim::{EMULATED_HELPERS, SHIM};
 
 struct Rng(u64);
 
@@ -199,9 +91,83 @@ fn prepare(case: &Case, t: usize, grid: Option<u32>, seed: u64) -> Run {
     Run { t, grid, buffers, want }
 }
 
+/// A case's launch in the host program: its operands (files the harness reads), its scratch
+/// and counters when it splits K (exactly [`Scratch::bytes`] and the counters it asks for, so
+/// AddressSanitizer catches a slot past them), two launches in the block order `argv[2]`
+/// gives, each checked for the arrivals its grid implies and for counters left at zero.
+fn launch_code(i: usize, case: &Case, run: &Run, dir: &std::path::Path) -> String {
+    use std::fmt::Write;
+    let kernel = case.kernel();
+    let blocks = run.grid.unwrap_or_else(|| kernel.launch.grid.blocks(&tokens(run.t)));
+    let mut c = format!("  {{ /* {} at T = {} */\n    std::vector<void*> buf;\n", case.name, run.t);
+    for (j, (d, v)) in run.buffers.iter().enumerate() {
+        let path = dir.join(format!("c{i}_b{j}"));
+        std::fs::write(&path, storage_bytes(*d, v)).expect("write operand");
+        let _ = writeln!(c, "    buf.push_back(slurp(\"{}\"));", path.display());
+    }
+    let out_bytes = run.want.len() * out_dtype(case).size_bytes();
+    let _ = writeln!(c, "    void* y = calloc({out_bytes}, 1);");
+    let shared = kernel.launch.shared_bytes;
+    let _ = writeln!(c, "    dynamic_bytes = {shared}u; dynamic_smem = (unsigned char*)malloc({shared});");
+    let _ = writeln!(c, "    memset(dynamic_smem, 0xff, {shared});");
+    let c_type = |d: DType| if d == DType::F32 { "float" } else { "unsigned short" };
+    let mut args: Vec<String> =
+        run.buffers.iter().enumerate().map(|(j, (d, _))| format!("(const {}*)buf[{j}]", c_type(*d))).collect();
+    args.push(format!("({}*)y", c_type(out_dtype(case))));
+    let split = gemm_split_k(&case.spec()).map(|(s, n)| (s.bytes(0, run.t), n));
+    if split.is_some() {
+        args.extend(["(float*)scratch".to_string(), "counters".to_string()]);
+    }
+    let (scratch, counters) = split.unwrap_or((0, 0));
+    let _ = writeln!(c, "    void* scratch = malloc({});", scratch.max(1));
+    let _ = writeln!(c, "    unsigned int* counters = (unsigned int*)calloc({}, 4);", counters.max(1));
+    let _ = writeln!(c, "    case{i}::smelt_step step = {{1u, {}u, 0u, 16u, nullptr}};", run.t);
+    let _ = writeln!(c, "    gridDim = {{{blocks}u, 1u, 1u}};");
+    c.push_str("    for (int launch = 0; launch < 2; launch++) {\n");
+    let _ = writeln!(c, "      memset(scratch, 0xff, {});", scratch.max(1));
+    let _ = writeln!(c, "      if (launch) memset(y, 0xff, {out_bytes});");
+    c.push_str("      emu_arrivals = 0;\n      std::vector<std::thread> threads;\n");
+    c.push_str("      for (unsigned int t = 0; t < 256u; t++) threads.emplace_back([&, t] {\n");
+    let _ = writeln!(c, "        threadIdx = {{t, 0u, 0u}};\n        for (unsigned int b = 0; b < {blocks}u; b++) {{");
+    let _ = writeln!(c, "          blockIdx = {{emu_reverse ? {blocks}u - 1u - b : b, 0u, 0u}};");
+    let _ = writeln!(c, "          case{i}::{}({}, &step);", kernel.name, args.join(", "));
+    c.push_str("          __syncthreads();\n        }\n      });\n      for (auto& t : threads) t.join();\n");
+    let arrivals = split_arrivals(&kernel.launch.grid, run.t);
+    let _ = writeln!(c, "      if (emu_arrivals != {arrivals}u) {{ fprintf(stderr, \"{}: %u arrivals, the grid implies {arrivals}\\n\", emu_arrivals.load()); abort(); }}", case.name);
+    let _ = writeln!(
+        c,
+        "      for (int k = 0; k < {counters}; k++) if (counters[k]) emu_fail(\"a counter left nonzero\");"
+    );
+    let out = dir.join(format!("y{i}"));
+    let _ = writeln!(c, "      char path[4096]; snprintf(path, sizeof path, \"{}_%d\", launch);", out.display());
+    let _ = writeln!(c, "      FILE* f = fopen(path, \"wb\"); fwrite(y, 1, {out_bytes}, f); fclose(f);");
+    c.push_str("    }\n    free(dynamic_smem); free(scratch); free(counters);\n  }\n");
+    c
+}
+
+/// Blocks that arrive on a split-K counter at `t` rows: every (tile, split) unit when the
+/// tiles split, none otherwise.
+fn split_arrivals(grid: &Grid, t: usize) -> usize {
+    let Grid::Tiles { tile_rows, column_tiles, split_k: Some(s), .. } = grid else { return 0 };
+    let tiles = t.div_ceil(*tile_rows as usize) * *column_tiles as usize;
+    let splits = s.splits(tiles) as usize;
+    if splits > 1 {
+        tiles * splits
+    } else {
+        0
+    }
+}
+
+fn out_dtype(case: &Case) -> DType {
+    case.epilogue.as_ref().map_or(case.dtype, |e| e.dtype)
+}
+
 /// Runs every case's kernel in one host program (one compile), each in a namespace of its
 /// own, operands in heap blocks of exactly their size (AddressSanitizer catches any read past
-/// them); returns the outputs.
+/// them); returns the outputs. Every run must give the same bits: copies landing as late and
+/// as early as the PTX allows (else a stage is read while it is refilled: a missing barrier),
+/// blocks in order and reversed (else a split-K sum depends on which block arrives last), and
+/// a second launch (else a counter or a stale partial carries over).
 fn emulate(cases: &[(Case, Run)], cxx: &str) -> Vec<Vec<f32>> {
     use std::fmt::Write;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -220,38 +186,10 @@ fn emulate(cases: &[(Case, Run)], cxx: &str) -> Vec<Vec<f32>> {
     c.push_str("  if (fread(p, 1, n, f) != (size_t)n) abort(); fclose(f); return p;\n}\n");
     c.push_str("int main(int argc, char** argv) {\n  block_barrier = new std::barrier<>(256);\n");
     c.push_str("  emu_land_early = argc > 1 && strcmp(argv[1], \"early\") == 0;\n");
+    c.push_str("  const bool emu_reverse = argc > 2 && strcmp(argv[2], \"reverse\") == 0;\n");
     c.push_str("  for (int w = 0; w < 8; w++) warp_barrier[w] = new std::barrier<>(32);\n");
     for (i, (case, run)) in cases.iter().enumerate() {
-        let kernel = case.kernel();
-        let blocks = run.grid.unwrap_or_else(|| kernel.launch.grid.blocks(&tokens(run.t)));
-        let _ = writeln!(c, "  {{ /* {} at T = {} */\n    std::vector<void*> buf;", case.name, run.t);
-        for (j, (d, v)) in run.buffers.iter().enumerate() {
-            let path = dir.path().join(format!("c{i}_b{j}"));
-            std::fs::write(&path, storage_bytes(*d, v)).expect("write operand");
-            let _ = writeln!(c, "    buf.push_back(slurp(\"{}\"));", path.display());
-        }
-        let out_dtype = case.epilogue.as_ref().map_or(case.dtype, |e| e.dtype);
-        let out_bytes = run.want.len() * out_dtype.size_bytes();
-        let _ = writeln!(c, "    void* y = calloc({out_bytes}, 1);");
-        let _ = writeln!(
-            c,
-            "    dynamic_bytes = {0}u; dynamic_smem = (unsigned char*)malloc({0}); memset(dynamic_smem, 0xff, {0});",
-            kernel.launch.shared_bytes
-        );
-        let _ = writeln!(c, "    case{i}::smelt_step step = {{1u, {}u, 0u, 16u, nullptr}};", run.t);
-        let _ = writeln!(c, "    gridDim = {{{blocks}u, 1u, 1u}};\n    std::vector<std::thread> threads;");
-        let c_type = |d: DType| if d == DType::F32 { "float" } else { "unsigned short" };
-        let args: Vec<String> =
-            run.buffers.iter().enumerate().map(|(j, (d, _))| format!("(const {}*)buf[{j}]", c_type(*d))).collect();
-        c.push_str("    for (unsigned int t = 0; t < 256u; t++) threads.emplace_back([&, t] {\n");
-        let _ = writeln!(c, "      threadIdx = {{t, 0u, 0u}};\n      for (unsigned int b = 0; b < {blocks}u; b++) {{");
-        let _ = writeln!(c, "        blockIdx = {{b, 0u, 0u}};");
-        let _ = writeln!(c, "        case{i}::{}({}, ({}*)y, &step);", kernel.name, args.join(", "), c_type(out_dtype));
-        c.push_str("        __syncthreads();\n      }\n    });\n    for (auto& t : threads) t.join();\n");
-        let out = dir.path().join(format!("y{i}"));
-        let _ =
-            writeln!(c, "    FILE* f = fopen(\"{}\", \"wb\"); fwrite(y, 1, {out_bytes}, f); fclose(f);", out.display());
-        c.push_str("    free(dynamic_smem);\n  }\n");
+        c.push_str(&launch_code(i, case, run, dir.path()));
     }
     c.push_str("  return 0;\n}\n");
     let (src, exe) = (dir.path().join("gemm.cc"), dir.path().join("gemm"));
@@ -259,32 +197,30 @@ fn emulate(cases: &[(Case, Run)], cxx: &str) -> Vec<Vec<f32>> {
     let flags = ["-std=c++20", "-O1", "-pthread", "-fsanitize=address", "-fno-omit-frame-pointer", "-o"];
     let built = std::process::Command::new(cxx).args(flags).arg(&exe).arg(&src).arg("-lm").output().expect("run c++");
     assert!(built.status.success(), "{cxx} failed on {}:\n{}", src.display(), String::from_utf8_lossy(&built.stderr));
-    let out_dtype = |case: &Case| case.epilogue.as_ref().map_or(case.dtype, |e| e.dtype);
-    let run = |mode: &str| -> Vec<Vec<f32>> {
+    let run = |landing: &str, order: &str| -> Vec<[Vec<f32>; 2]> {
         let ran = std::process::Command::new(&exe)
-            .arg(mode)
+            .args([landing, order])
             .env("ASAN_OPTIONS", "detect_leaks=0")
             .output()
             .expect("run emulation");
-        assert!(
-            ran.status.success(),
-            "the emulated kernels failed ({mode}):\n{}",
-            String::from_utf8_lossy(&ran.stderr)
-        );
-        (0..cases.len())
-            .map(|i| {
-                from_storage(out_dtype(&cases[i].0), &std::fs::read(dir.path().join(format!("y{i}"))).expect("output"))
-            })
-            .collect()
+        let stderr = String::from_utf8_lossy(&ran.stderr);
+        assert!(ran.status.success(), "the emulated kernels failed ({landing}, {order}):\n{stderr}");
+        let read = |i: usize, launch: usize| {
+            let bytes = std::fs::read(dir.path().join(format!("y{i}_{launch}"))).expect("output");
+            from_storage(out_dtype(&cases[i].0), &bytes)
+        };
+        (0..cases.len()).map(|i| [read(i, 0), read(i, 1)]).collect()
     };
-    // Copies landing as late and as early as the PTX allows: the same bits, or a stage is
-    // read while it is refilled (a missing barrier).
-    let (late, early) = (run("late"), run("early"));
+    let (late, early) = (run("late", "forward"), run("early", "reverse"));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     for (i, (l, e)) in late.iter().zip(&early).enumerate() {
-        let same = l.iter().zip(e).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "{}: cp.async landing at issue changes the output (a race on a stage)", cases[i].0.name);
+        let name = &cases[i].0.name;
+        assert!(bits(&l[0]) == bits(&l[1]), "{name}: a second launch gives other bits (state carried over)");
+        assert!(bits(&e[0]) == bits(&e[1]), "{name}: a second launch gives other bits (state carried over)");
+        let same = bits(&l[0]) == bits(&e[0]);
+        assert!(same, "{name}: early cp.async landing or reversed blocks change the output (a race)");
     }
-    late
+    late.into_iter().map(|[first, _]| first).collect()
 }
 
 /// Summation order differs from `ir::eval`, so an f32 sum may land on the other side of a
@@ -292,29 +228,50 @@ fn emulate(cases: &[(Case, Run)], cxx: &str) -> Vec<Vec<f32>> {
 /// the outputs' RMS; the worst measured is 0.075 of one, plain_bf16), but most outputs must
 /// match bit for bit, which they only do if every rounding point is where `ir::eval` puts it.
 fn compare(case: &Case, t: usize, got: &[f32], want: &[f32]) {
+    compare_with_slack(case, t, got, want, &[]);
+}
+
+/// [`compare`] with `slack[i]` more magnitude under output i's ulp (missing entries: 0): where
+/// an epilogue adds the rounded accumulator to another value (the residual), a sum on the
+/// other side of the accumulator's rounding moves the output by one ulp of |acc| <= |y| +
+/// |in0|, which cancellation can make many ulps of y. Longer K (split-K's cases) meets it:
+/// without slack split3_uneven_f16 measured 1.15 of the tolerance at one output (in0 + acc =
+/// -0.0088, acc off by 2^-11, one f16 ulp at |acc| in [0.5, 1)); its unsplit twin 0.83.
+fn compare_with_slack(case: &Case, t: usize, got: &[f32], want: &[f32], slack: &[f32]) {
     assert_eq!(got.len(), want.len(), "{}", case.name);
     let ulp = if case.dtype == DType::BF16 { 1.0 / 128.0 } else { 1.0 / 1024.0 };
     let scale = (want.iter().map(|v| v * v).sum::<f32>() / want.len() as f32).sqrt();
+    let mut worst: f32 = 0.0;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let tol = ulp * (w.abs() + 0.1 * scale) + 1e-6 * scale;
+        let basis = w.abs() + slack.get(i).map_or(0.0, |s| s.abs()) + 0.1 * scale;
+        let tol = ulp * basis + 1e-6 * scale;
         assert!((g - w).abs() <= tol, "{} T = {t} [{i}]: kernel {g:e}, ir::eval {w:e} (tolerance {tol:e})", case.name);
+        worst = worst.max((g - w).abs() / (ulp * basis));
     }
     let exact = got.iter().zip(want).filter(|(g, w)| g.to_bits() == w.to_bits()).count();
     let share = exact as f64 / want.len() as f64;
-    eprintln!("{} T = {t}: {} outputs, {:.1}% bit-exact, the rest within an ulp", case.name, want.len(), share * 100.0);
+    let n = want.len();
+    eprintln!("{} T = {t}: {n} outputs, {:.1}% bit-exact, worst {worst:.3} of the tolerance", case.name, share * 100.0);
     assert!(share > 0.9, "{} T = {t}: only {:.1}% bit-exact", case.name, share * 100.0);
 }
 
-#[test]
-fn emulated_kernels_match_eval() {
+/// The C++20 compiler with AddressSanitizer the emulation needs (`$CXX`, else `c++`), or
+/// None after saying that `test` is skipped (a failure under CI).
+fn host_cxx(test: &str) -> Option<String> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
     let probe =
         std::process::Command::new(&cxx).args(["-std=c++20", "-fsanitize=address", "-x", "c++", "-E", "-"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
         let why = format!("no C++20 compiler with AddressSanitizer ({cxx}) to emulate the kernel on the host");
-        smelt_codegen::skip::missing_tool("emulated_kernels_match_eval", &why);
-        return;
+        smelt_codegen::skip::missing_tool(test, &why);
+        return None;
     }
+    Some(cxx)
+}
+
+#[test]
+fn emulated_kernels_match_eval() {
+    let Some(cxx) = host_cxx("emulated_kernels_match_eval") else { return };
     // Qwen3's epilogues with small K and N (emulated warps are slow), chosen for the edges: M
     // tails (T = 130: two row tiles, the second of 2 rows), partial column tiles (N_out = 192,
     // 72, 40), K of 1, 2, 3 and 4 stages, a grid smaller than the tiles (1 block for 2 tiles:

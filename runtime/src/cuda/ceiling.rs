@@ -63,6 +63,8 @@ pub fn gemm_ceiling_kernel(size: usize) -> Result<Kernel, CudaError> {
         epilogue: None,
         extras: &[],
         out_dtype: DType::BF16,
+        // A large square has tiles enough for every SM, and the launch passes (x, w, y, step).
+        split_k: false,
     };
     if let Some(why) = gemm_unsupported(&spec) {
         return Err(CudaError::Unsupported(why));

@@ -46,6 +46,9 @@ pub struct DecoderOptions {
     /// Sequences a batched decode step takes at most (when the model provides a batch graph);
     /// 0 compiles no batched decode (its GEMMs add to the JIT time of a single-sequence run).
     pub batch_rows: usize,
+    /// Prefill and batched GEMMs split K among blocks when their output tiles are few (off:
+    /// the A/B variant, GEMMs that never split).
+    pub split_k: bool,
 }
 
 impl DecoderOptions {
@@ -63,6 +66,7 @@ impl DecoderOptions {
             prefill: false,
             prefill_chunk: 512,
             batch_rows: 0,
+            split_k: true,
         }
     }
 }
@@ -149,9 +153,11 @@ impl CudaDecoder {
         }
         let batch = batch.filter(|_| options.batch_rows > 0);
         let codegen = |g: &Graph, options| emit_with(g, options).map_err(|e| CudaError::Codegen(e.to_string()));
-        let decode_program = codegen(decode, EmitOptions::default())?;
-        let prefill_program = prefill.map(|g| codegen(g, EmitOptions::default())).transpose()?;
-        let batch_program = batch.map(|g| codegen(g, EmitOptions { rows_are_sequences: true })).transpose()?;
+        let emit_options = EmitOptions { split_k: options.split_k, ..EmitOptions::default() };
+        let decode_program = codegen(decode, emit_options)?;
+        let prefill_program = prefill.map(|g| codegen(g, emit_options)).transpose()?;
+        let batch_options = EmitOptions { rows_are_sequences: true, ..emit_options };
+        let batch_program = batch.map(|g| codegen(g, batch_options)).transpose()?;
         let mut programs = vec![&decode_program];
         programs.extend(prefill_program.as_ref());
         programs.extend(batch_program.as_ref());

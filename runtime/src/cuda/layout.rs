@@ -181,11 +181,23 @@ fn scratch_bytes(program: &Program, kv: &KvPool, max_new_tokens: usize) -> usize
         .launches
         .iter()
         .filter_map(|s| match &s.params {
-            Params::WritesScratch(scratch) => Some(scratch.bytes(kv.shape.tokens(), max_new_tokens)),
+            Params::WritesScratch(scratch) | Params::SplitK { scratch, .. } => {
+                Some(scratch.bytes(kv.shape.tokens(), max_new_tokens))
+            }
             _ => None,
         })
         .max()
         .unwrap_or(0)
+}
+
+/// Bytes of the split-K arrival counters the program's GEMMs share (launches run one after
+/// another, and each leaves its counters at zero).
+fn counter_bytes(program: &Program) -> usize {
+    let words = program.launches.iter().filter_map(|s| match &s.params {
+        Params::SplitK { counters, .. } => Some(*counters),
+        _ => None,
+    });
+    words.max().unwrap_or(0) * 4
 }
 
 /// Device memory of one graph's program: its constants, its activation arena (planned for up
@@ -195,6 +207,9 @@ pub struct Layout {
     _constants: DeviceBuffer,
     pub(crate) arena: DeviceBuffer,
     pub(crate) scratch: DeviceBuffer,
+    /// Split-K arrival counters: zeroed once here, left zero by every launch; nothing else
+    /// writes them (the check poisons the scratch buffer, not these).
+    counters: DeviceBuffer,
     step: DeviceBuffer,
     table: u64,
     pub(crate) kv_shape: KvShape,
@@ -235,13 +250,18 @@ impl Layout {
             homes.insert(b.node, arena.ptr() + b.offset as u64);
         }
 
-        let scratch = gpu.alloc(scratch_bytes(program, kv, max_new_tokens), "attention scratch")?;
+        let scratch = gpu.alloc(scratch_bytes(program, kv, max_new_tokens), "attention and split-K scratch")?;
+        let counters = gpu.alloc(counter_bytes(program), "split-K counters")?;
+        if counters.bytes() > 0 {
+            gpu.fill(counters.ptr(), 0, counters.bytes(), "zeroing the split-K counters")?;
+        }
         let step = gpu.alloc(STEP_BYTES, "the step parameters")?;
 
         let mut layout = Layout {
             _constants: constants_buffer,
             arena,
             scratch,
+            counters,
             step,
             table: kv.table.ptr(),
             kv_shape: kv.shape,
@@ -265,6 +285,7 @@ impl Layout {
                 Params::Standard => [ins, vec![out]].concat(),
                 Params::WritesScratch(_) => [ins, vec![out, self.scratch.ptr()]].concat(),
                 Params::ReadsScratch => vec![self.scratch.ptr(), out],
+                Params::SplitK { .. } => [ins, vec![out, self.scratch.ptr(), self.counters.ptr()]].concat(),
             };
             params.push(self.step.ptr());
             launches.push(ResolvedLaunch { kernel: s.kernel, node: s.node_id, params });
@@ -331,8 +352,8 @@ impl Layout {
         gpu.upload(self.step.ptr(), &words, "writing the step parameters")
     }
 
-    /// Bytes of this graph's own device memory (arena, scratch).
+    /// Bytes of this graph's own device memory (arena, scratch, counters).
     pub fn own_bytes(&self) -> usize {
-        self.arena.bytes() + self.scratch.bytes()
+        self.arena.bytes() + self.scratch.bytes() + self.counters.bytes()
     }
 }
