@@ -7,10 +7,11 @@ use common::random_model::write_weights;
 use common::smelt;
 
 /// Head dim 128 (the prefill attention kernel's), two query heads sharing one KV head, a
-/// small vocabulary: the prefill GEMM and flash attention run in a few seconds emulated.
+/// small vocabulary: the prefill GEMM and flash attention run in a few seconds emulated. One
+/// output tile per GEMM, so o_proj (K = 256) splits K in 2 and down_proj (K = 512) in 4.
 const HEAD_DIM_128: &str = r#"{
   "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
-  "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+  "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2,
   "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 128,
   "vocab_size": 512, "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
   "rope_theta": 1000000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",

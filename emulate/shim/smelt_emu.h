@@ -62,6 +62,17 @@ static std::unique_ptr<std::barrier<smelt_emu_reveal>> smelt_emu_pdl;
 static thread_local bool smelt_emu_waited;
 
 static void __syncthreads() { smelt_emu_block->arrive_and_wait(); }
+/* A barrier that also ORs a predicate over the block. */
+static std::atomic<int> smelt_emu_or_flag{0};
+static int __syncthreads_or(int p) {
+  if (p) smelt_emu_or_flag.store(1);
+  __syncthreads();
+  const int r = smelt_emu_or_flag.load();
+  __syncthreads();
+  if (threadIdx.x == 0) smelt_emu_or_flag.store(0);
+  __syncthreads();
+  return r;
+}
 static void __syncwarp(unsigned int = 0xffffffffu) { smelt_emu_warp[threadIdx.x / 32]->arrive_and_wait(); }
 static void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 static float __fmul_rn(float a, float b) { return a * b; }

@@ -61,8 +61,13 @@ pub fn run(a: Args) -> Result<()> {
         if a.batch.is_some() {
             bail!("--batch is not emulated yet: run it on a GPU, or leave it out");
         }
-        let pdl = !a.cuda.given().contains(&"--no-pdl");
-        let o = super::check_emulated::run(&a.model, a.dtype.into(), a.checker, pdl, &positions, &prefill, a.verbose)?;
+        let settings = super::check_emulated::Settings {
+            checker: a.checker,
+            pdl: !a.cuda.given().contains(&"--no-pdl"),
+            split_k: !a.cuda.options().no_split_k,
+            verbose: a.verbose,
+        };
+        let o = super::check_emulated::run(&a.model, a.dtype.into(), &settings, &positions, &prefill)?;
         println!("{} node checks, {} failed; {} logits checks failed", o.checked, o.failed, o.logits_failed);
         if o.failed + o.logits_failed > 0 {
             bail!(

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use smelt::codegen::emit;
+use smelt::codegen::{emit_with, EmitOptions};
 use smelt::emulate::{Checker, Landing, Schedule};
 use smelt::ir::{Graph, Tensor};
 use smelt::models::qwen3::Logits;
@@ -44,17 +44,26 @@ pub struct Outcome {
     pub logits_failed: usize,
 }
 
+/// How the emulated programs are made, run and shown.
+pub struct Settings {
+    pub checker: CheckerArg,
+    /// Programmatic dependent launch (`--no-pdl` turns it off).
+    pub pdl: bool,
+    /// Split-K GEMMs (`--no-split-k` turns them off).
+    pub split_k: bool,
+    pub verbose: bool,
+}
+
 /// Checks decode steps at `positions` and prefill chunks of `prefill` tokens, each on the
 /// caches the CPU backend made for the tokens before it.
 pub fn run(
     model: &std::path::Path,
     dtype: smelt::ir::DType,
-    checker: CheckerArg,
-    pdl: bool,
+    settings: &Settings,
     positions: &[u32],
     prefill: &[u32],
-    verbose: bool,
 ) -> Result<Outcome> {
+    let &Settings { checker, pdl, split_k, verbose } = settings;
     let mut cpu =
         Qwen3Cpu::load_with(model, LoadOptions::new(dtype)).with_context(|| format!("loading {}", model.display()))?;
     let (checker, schedule) = match checker {
@@ -64,7 +73,8 @@ pub fn run(
     };
     let options = EmulationOptions { block_tokens: BLOCK_TOKENS, schedule, pdl };
     let build = |g: &Graph| -> Result<EmulatedProgram> {
-        let program = emit(g).context("generating the kernels")?;
+        let program =
+            emit_with(g, EmitOptions { split_k, ..EmitOptions::default() }).context("generating the kernels")?;
         EmulatedProgram::build(g, program, checker).context("building the kernels for the emulator")
     };
     let vocab = cpu.config().vocab_size as u64;

@@ -9,6 +9,10 @@ SMELT_FN void gemm_store_pair(float* p, float a, float b) {
 SMELT_FN void gemm_load_pair(const float* p, float& a, float& b) {
   asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(a), "=f"(b) : "l"(p) : "memory");
 }
+#else
+/* The host emulation's: plain accesses (its barriers and fences order them). */
+SMELT_FN void gemm_store_pair(float* p, float a, float b) { p[0] = a, p[1] = b; }
+SMELT_FN void gemm_load_pair(const float* p, float& a, float& b) { a = p[0], b = p[1]; }
 #endif
 /* A block's arrival on its tile's split-K counter, by one thread after a barrier: the fence
    before publishes the block's partial (which the barrier ordered before it), the fence

@@ -131,6 +131,4 @@ SMELT_FN void smelt_ldmatrix_x4(unsigned int addr, unsigned int& r0, unsigned in
 }
 SMELT_FN void smelt_mma_bf16(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) { emu_mma(c, a, b0, b1, smelt_load_bf16); }
 SMELT_FN void smelt_mma_f16(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) { emu_mma(c, a, b0, b1, smelt_load_f16); }
-SMELT_FN void gemm_store_pair(float* p, float a, float b) { if ((size_t)p % 8) emu_fail(\"unaligned partial\"); p[0] = a; p[1] = b; }
-SMELT_FN void gemm_load_pair(const float* p, float& a, float& b) { if ((size_t)p % 8) emu_fail(\"unaligned partial\"); a = p[0]; b = p[1]; }
 ";

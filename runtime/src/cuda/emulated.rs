@@ -4,7 +4,7 @@
 //! Every value gets a host buffer of exactly its size (AddressSanitizer sees a kernel that
 //! reads or writes past one): weights, constants, each activation, the KV caches (a pool of
 //! whole blocks through the identity block table, rows past the context left unwritten), the
-//! attention scratch and `smelt_step`. Unwritten memory holds all ones (NaN in every float
+//! attention and split-K scratch, the split-K arrival counters (zero) and `smelt_step`. Unwritten memory holds all ones (NaN in every float
 //! type). Before a node's kernels run its operands are dumped, after them its output, so each
 //! node is checked on the operands it saw even when a kernel works in place. With
 //! programmatic dependent launch, each launch sees what the launch before it wrote only after
@@ -59,6 +59,7 @@ struct Memory {
     pointers: Vec<Pointer>,
     home: HashMap<usize, usize>,
     scratch: usize,
+    counters: usize,
     step: usize,
 }
 
@@ -155,13 +156,27 @@ impl EmulatedProgram {
             .launches
             .iter()
             .filter_map(|s| match &s.params {
-                Params::WritesScratch(scratch) => Some(scratch.bytes(pool_tokens, b.new_tokens)),
+                Params::WritesScratch(scratch) | Params::SplitK { scratch, .. } => {
+                    Some(scratch.bytes(pool_tokens, b.new_tokens))
+                }
                 _ => None,
             })
             .max()
             .unwrap_or(0);
-        let (scratch, table, step) = (buffers.len(), buffers.len() + 1, buffers.len() + 2);
+        // Split-K arrival counters: zero before the first launch, left zero by each.
+        let counter_words = self
+            .program
+            .launches
+            .iter()
+            .filter_map(|s| match &s.params {
+                Params::SplitK { counters, .. } => Some(*counters),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1);
+        let (scratch, counters, table, step) = (buffers.len(), buffers.len() + 1, buffers.len() + 2, buffers.len() + 3);
         buffers.push(Buffer::Unwritten(scratch_bytes.max(4)));
+        buffers.push(Buffer::Bytes(vec![0; 4 * counter_words]));
         let table_words: Vec<u32> = (0..(pool_tokens / block_tokens.max(1)) as u32).chain([0]).collect();
         buffers.push(Buffer::Bytes(table_words.iter().flat_map(|w| w.to_le_bytes()).collect()));
         // smelt_step: {batch, new_tokens, cached_tokens, block_tokens, block_table, row_positions,
@@ -173,7 +188,7 @@ impl EmulatedProgram {
         words.extend([0u8; 32]);
         buffers.push(Buffer::Bytes(words));
         let pointers = vec![Pointer { buffer: step, offset: 16, target: table, target_offset: 0 }];
-        Ok(Memory { buffers, pointers, home, scratch, step })
+        Ok(Memory { buffers, pointers, home, scratch, counters, step })
     }
 
     /// The launches with a dump of each node's operands before and its output after; and for
@@ -219,6 +234,13 @@ impl EmulatedProgram {
                         ([ins, vec![Arg::buffer(out), Arg::buffer(memory.scratch)]].concat(), vec![out, memory.scratch])
                     }
                     Params::ReadsScratch => (vec![Arg::buffer(memory.scratch), Arg::buffer(out)], vec![out]),
+                    Params::SplitK { .. } => {
+                        let (scratch, counters) = (Arg::buffer(memory.scratch), Arg::buffer(memory.counters));
+                        (
+                            [ins, vec![Arg::buffer(out), scratch, counters]].concat(),
+                            vec![out, memory.scratch, memory.counters],
+                        )
+                    }
                 };
                 args.push(Arg::buffer(memory.step));
                 let previous = std::mem::replace(&mut previous_writes, writes);
