@@ -14,7 +14,7 @@ use common::emulated;
 
 use smelt_codegen::kernels::{argmax, gather, kv_append, norm_rope, norm_rope_kv_append, rmsnorm, Grid, View};
 use smelt_codegen::{Kernel, PRELUDE};
-use smelt_emulate::{Arg, Buffer, Checker, Launch, Schedule};
+use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, Launch, Schedule};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, Dim, NodeId, Op, Shape, Sym, Tensor};
 use tensors::{bytes, decode, tensor, worst_relative};
 
@@ -133,7 +133,7 @@ fn emulate(runs: &[Run]) -> Option<Vec<Vec<u8>>> {
         Some(outputs.collect())
     };
     let bounds = run(Checker::Bounds, Schedule::default())?;
-    let races = run(Checker::Races, Schedule { block_order: Some(0x5eed), ..Schedule::default() })?;
+    let races = run(Checker::Races, Schedule { block_order: BlockOrder::Seeded(0x5eed), ..Schedule::default() })?;
     assert!(bounds == races, "the outputs depend on the block order or the build");
     Some(bounds)
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use common::emulated;
 use smelt_codegen::kernels::{prefill_attention, PrefillAttentionSpec, View};
 use smelt_codegen::{Kernel, PRELUDE};
-use smelt_emulate::{Arg, Buffer, Checker, EmuError, Emulator, Landing, Launch, Schedule};
+use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, EmuError, Emulator, Landing, Launch, Schedule};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, NodeId, Op, Shape, Tensor};
 use tensors::{bytes, decode, tensor, whole_tensor_error};
 
@@ -190,7 +190,7 @@ fn emulate(cases: &[Case], checker: Checker, schedule: Schedule) -> Option<Vec<V
 fn prefill_attention_matches_eval() {
     let cases = cases();
     let Some(bounds) = emulate(&cases, Checker::Bounds, Schedule::default()) else { return };
-    let seeded = Schedule { landing: Landing::Random(7), block_order: Some(11) };
+    let seeded = Schedule { landing: Landing::Random(7), block_order: BlockOrder::Seeded(11) };
     let Some(races) = emulate(&cases, Checker::Races, seeded) else { return };
     for ((case, got), again) in cases.iter().zip(&bounds).zip(&races) {
         assert!(got == again, "{}: the output depends on the block order or when copies land", case.what);
@@ -333,7 +333,7 @@ fn injected_faults_are_caught() {
     let sources: Vec<_> = kernels.iter().map(emulated::source).collect();
     let Some(bounds) = emulated::build(&sources, Checker::Bounds) else { return };
     let Some(races) = emulated::build(&sources, Checker::Races) else { return };
-    let seeded = Schedule { landing: Landing::Random(7), block_order: Some(11) };
+    let seeded = Schedule { landing: Landing::Random(7), block_order: BlockOrder::Seeded(11) };
     for (i, (f, k)) in FAULTS.iter().zip(&kernels).enumerate() {
         let plain = run(&bounds, i, k, &case, Schedule::default());
         let raced = run(&races, i, k, &case, seeded);

@@ -112,8 +112,10 @@ static unsigned int __ballot_sync(unsigned int, int p) {
 static int __any_sync(unsigned int m, int p) { return __ballot_sync(m, p) != 0; }
 static int __all_sync(unsigned int m, int p) { return __ballot_sync(m, p) == 0xffffffffu; }
 
-template <class T> static T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
-template <class T> static T atomicExch(T* p, T v) { return std::atomic_ref<T>(*p).exchange(v); }
+/* Atomics, counted per launch (a kernel's arrivals can be checked against its grid). */
+static std::atomic<unsigned long long> smelt_emu_atomics{0};
+template <class T> static T atomicAdd(T* p, T v) { smelt_emu_atomics++; return std::atomic_ref<T>(*p).fetch_add(v); }
+template <class T> static T atomicExch(T* p, T v) { smelt_emu_atomics++; return std::atomic_ref<T>(*p).exchange(v); }
 
 /* Dynamic shared memory and the 32-bit shared window: addresses are offsets from an anchor
    among the statics, so static __shared__ arrays and the dynamic arena both fit in 32 bits. */

@@ -4,9 +4,13 @@
  *   pointer <buf> <offset> <target> <target offset>
  *                                      stores the host address of target + offset at buf + offset
  *   launch <kernel> <grid> <block> <shared bytes> <landing: 0 late, 1 early, 2 random> <seed>
- *          <block order seed, 0 = in order> <n> (<buf> <offset>) x n <m> (<buf>) x m
+ *          <block order: 0 in order, r reversed, else a seed> <n> (<buf> <offset>) x n
+ *          <m> (<buf>) x m
  *                                      the m buffers stay hidden until each block's grid wait
  *   dump <buf> <path>                  writes the buffer's bytes
+ *   fill <buf>                         sets every byte of the buffer to 0xff (unwritten)
+ *   atomics <path>                     writes the number of atomic operations of the last
+ *                                      launch (8 bytes, little-endian)
  *
  * Ids are dense from 0. Each launch's parameters are pointers into buffers. */
 #pragma once
@@ -17,9 +21,10 @@ typedef void (*smelt_emu_kernel)(void** args);
 extern const smelt_emu_kernel smelt_emu_kernels[];
 extern const unsigned int smelt_emu_kernel_count;
 
-static std::vector<unsigned int> smelt_emu_block_order(unsigned int grid, unsigned long long seed) {
+static std::vector<unsigned int> smelt_emu_block_order(unsigned int grid, const std::string& how) {
   std::vector<unsigned int> order(grid);
-  for (unsigned int b = 0; b < grid; b++) order[b] = b;
+  for (unsigned int b = 0; b < grid; b++) order[b] = how == "r" ? grid - 1 - b : b;
+  unsigned long long seed = how == "r" ? 0 : std::stoull(how);
   for (unsigned int b = grid; seed && b > 1; b--) {
     seed = seed * 6364136223846793005ull + 1442695040888963407ull;
     std::swap(order[b - 1], order[(seed >> 33) % b]);
@@ -56,7 +61,7 @@ int main(int argc, char** argv) {
       std::memcpy(buffers[buf] + offset, &value, 8);
     } else if (word == "launch") {
       unsigned int kernel, landing, n, m;
-      unsigned long long order_seed;
+      std::string order_seed;
       smelt_emu_launch l;
       script >> kernel >> l.grid >> l.block >> l.shared_bytes >> landing >> smelt_emu_seed >> order_seed >> n;
       if (kernel >= smelt_emu_kernel_count || landing > 2) smelt_emu_fail("bad launch line");
@@ -79,6 +84,7 @@ int main(int argc, char** argv) {
       l.order = smelt_emu_block_order(l.grid, order_seed);
       std::vector<void*> args(n);
       for (unsigned int i = 0; i < n; i++) args[i] = &params[i];
+      smelt_emu_atomics = 0;
       smelt_emu_run(l, [&] { smelt_emu_kernels[kernel](args.data()); });
       smelt_emu_hide_list.clear();
     } else if (word == "dump") {
@@ -88,6 +94,18 @@ int main(int argc, char** argv) {
       if (buf >= buffers.size()) smelt_emu_fail("dump of a buffer that does not exist");
       FILE* f = fopen(path.c_str(), "wb");
       if (!f || fwrite(buffers[buf], 1, sizes[buf], f) != sizes[buf]) smelt_emu_fail("cannot write a dump");
+      fclose(f);
+    } else if (word == "fill") {
+      size_t buf;
+      script >> buf;
+      if (buf >= buffers.size()) smelt_emu_fail("fill of a buffer that does not exist");
+      std::memset(buffers[buf], 0xff, sizes[buf]);
+    } else if (word == "atomics") {
+      std::string path;
+      script >> path;
+      const unsigned long long n = smelt_emu_atomics.load();
+      FILE* f = fopen(path.c_str(), "wb");
+      if (!f || fwrite(&n, 8, 1, f) != 1) smelt_emu_fail("cannot write the atomics count");
       fclose(f);
     } else {
       smelt_emu_fail("unknown script word");

@@ -144,19 +144,32 @@ pub enum Step {
     Launch(Launch),
     /// The bytes of a buffer at this point (an operand before an in-place kernel, an output).
     Dump(usize),
+    /// Sets a buffer back to unwritten (all ones) between launches.
+    Fill(usize),
+    /// The number of atomic operations the last launch made, as a dump of 8 bytes
+    /// (little-endian).
+    Atomics,
+}
+
+/// The order a launch's blocks run in (one at a time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockOrder {
+    InOrder,
+    Reversed,
+    /// A permutation drawn from this seed.
+    Seeded(u64),
 }
 
 /// How a run schedules what the hardware leaves open.
 #[derive(Clone, Copy, Debug)]
 pub struct Schedule {
     pub landing: Landing,
-    /// Blocks in a random order from this seed; `None` in index order.
-    pub block_order: Option<u64>,
+    pub block_order: BlockOrder,
 }
 
 impl Default for Schedule {
     fn default() -> Schedule {
-        Schedule { landing: Landing::Latest, block_order: None }
+        Schedule { landing: Landing::Latest, block_order: BlockOrder::InOrder }
     }
 }
 
@@ -240,7 +253,7 @@ impl Emulator {
     }
 
     /// Runs `steps` in order on `buffers` (with `pointers` stored first); returns the bytes of
-    /// each [`Step::Dump`], in order.
+    /// each [`Step::Dump`] and [`Step::Atomics`], in order.
     pub fn run_steps(
         &self,
         buffers: &[Buffer],
@@ -274,6 +287,15 @@ impl Emulator {
                     self.check_buffer(*b, buffers)?;
                     let path = self.dir.path().join(format!("dump{}", dumps.len()));
                     let _ = writeln!(script, "dump {b} {}", path.display());
+                    dumps.push(path);
+                }
+                Step::Fill(b) => {
+                    self.check_buffer(*b, buffers)?;
+                    let _ = writeln!(script, "fill {b}");
+                }
+                Step::Atomics => {
+                    let path = self.dir.path().join(format!("dump{}", dumps.len()));
+                    let _ = writeln!(script, "atomics {}", path.display());
                     dumps.push(path);
                 }
             }
@@ -319,7 +341,11 @@ impl Emulator {
         if l.kernel >= self.kernels.len() {
             return Err(EmuError::Usage(format!("launch of kernel {} of {}", l.kernel, self.kernels.len())));
         }
-        let order = schedule.block_order.map_or(0, |s| s.max(1));
+        let order = match schedule.block_order {
+            BlockOrder::InOrder => "0".to_string(),
+            BlockOrder::Reversed => "r".to_string(),
+            BlockOrder::Seeded(seed) => seed.max(1).to_string(),
+        };
         let _ = write!(
             script,
             "launch {} {} {} {} {landing} {seed} {order} {}",

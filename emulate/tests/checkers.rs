@@ -3,7 +3,7 @@
 //! read before its copies land) and passes the corrected kernel.
 
 use smelt_codegen::PRELUDE;
-use smelt_emulate::{Arg, Buffer, Checker, EmuError, Emulator, KernelSource, Landing, Launch, Schedule};
+use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, EmuError, Emulator, KernelSource, Landing, Launch, Schedule};
 
 fn kernel(name: &str, body: &str) -> KernelSource {
     KernelSource { name: name.to_string(), source: format!("{PRELUDE}{body}") }
@@ -71,7 +71,7 @@ fn a_correct_kernel_runs_clean_under_every_checker_and_any_block_order() {
     let (buffers, want) = sum_inputs(5);
     for checker in [Checker::Plain, Checker::Bounds, Checker::Races] {
         let Some(emu) = build(&[block_sum(true)], checker) else { continue };
-        for order in [None, Some(7)] {
+        for order in [BlockOrder::InOrder, BlockOrder::Reversed, BlockOrder::Seeded(7)] {
             let schedule = Schedule { block_order: order, ..Schedule::default() };
             let out = emu.run(&buffers, &[], &[sum_launch(0, 5)], schedule).unwrap();
             assert_eq!(floats(&out[1]), want, "{checker:?}, block order {order:?}");
@@ -199,7 +199,7 @@ fn a_stage_read_before_its_copies_land_differs_by_landing_and_races() {
     };
     let want: Vec<f32> = (0..64).map(|t| (63 - t) as f32).collect();
     let run = |emu: &Emulator, landing| {
-        emu.run(&buffers, &[], std::slice::from_ref(&launch), Schedule { landing, block_order: None })
+        emu.run(&buffers, &[], std::slice::from_ref(&launch), Schedule { landing, block_order: BlockOrder::InOrder })
     };
     let Some(good) = build(&[staged(true)], Checker::Plain) else { return };
     for landing in [Landing::Latest, Landing::Earliest, Landing::Random(3)] {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use smelt::codegen::{emit_with, EmitOptions};
-use smelt::emulate::{Checker, Landing, Schedule};
+use smelt::emulate::{BlockOrder, Checker, Landing, Schedule};
 use smelt::ir::{Graph, Tensor};
 use smelt::models::qwen3::Logits;
 use smelt::models::{LoadOptions, Qwen3Cpu};
@@ -68,7 +68,9 @@ pub fn run(
         Qwen3Cpu::load_with(model, LoadOptions::new(dtype)).with_context(|| format!("loading {}", model.display()))?;
     let (checker, schedule) = match checker {
         CheckerArg::Bounds => (Checker::Bounds, Schedule::default()),
-        CheckerArg::Races => (Checker::Races, Schedule { landing: Landing::Random(0x5eed), block_order: Some(0x5eed) }),
+        CheckerArg::Races => {
+            (Checker::Races, Schedule { landing: Landing::Random(0x5eed), block_order: BlockOrder::Seeded(0x5eed) })
+        }
         CheckerArg::Plain => (Checker::Plain, Schedule::default()),
     };
     let options = EmulationOptions { block_tokens: BLOCK_TOKENS, schedule, pdl };

@@ -1,19 +1,18 @@
-//! The GEMM run on the host against `ir::eval`: a C++ emulation of CUDA and of the PTX the
-//! kernel uses (`ldmatrix`, `mma`, `cp.async`), under AddressSanitizer.
+//! The GEMM run on the host against `ir::eval` through `smelt-emulate` (CUDA and the PTX the
+//! kernel uses: `ldmatrix`, `mma`, `cp.async`), under AddressSanitizer and ThreadSanitizer.
 
 use smelt_codegen::kernels::{gemm_split_k, Grid, View};
-use smelt_codegen::PRELUDE;
+use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, Landing, Launch, Pointer, Schedule, Step};
 use smelt_ir::{shape, BinaryOp, DType, Expr, ExprKind, Shape, Sym};
 
+use crate::common::emulated;
 use crate::common::epilogues::{acc, node, residual, swiglu, to_f32};
 use crate::{tokens, Case};
 
-#[path = "shim.rs"]
-mod shim;
+#[path = "faults.rs"]
+mod faults;
 #[path = "split.rs"]
 mod split;
-
-use shim::{EMULATED_HELPERS, SHIM};
 
 struct Rng(u64);
 
@@ -91,60 +90,6 @@ fn prepare(case: &Case, t: usize, grid: Option<u32>, seed: u64) -> Run {
     Run { t, grid, buffers, want }
 }
 
-/// A case's launch in the host program: its operands (files the harness reads), its scratch
-/// and counters when it splits K (exactly [`Scratch::bytes`] and the counters it asks for, so
-/// AddressSanitizer catches a slot past them), two launches in the block order `argv[2]`
-/// gives, each checked for the arrivals its grid implies and for counters left at zero.
-fn launch_code(i: usize, case: &Case, run: &Run, dir: &std::path::Path) -> String {
-    use std::fmt::Write;
-    let kernel = case.kernel();
-    let blocks = run.grid.unwrap_or_else(|| kernel.launch.grid.blocks(&tokens(run.t)));
-    let mut c = format!("  {{ /* {} at T = {} */\n    std::vector<void*> buf;\n", case.name, run.t);
-    for (j, (d, v)) in run.buffers.iter().enumerate() {
-        let path = dir.join(format!("c{i}_b{j}"));
-        std::fs::write(&path, storage_bytes(*d, v)).expect("write operand");
-        let _ = writeln!(c, "    buf.push_back(slurp(\"{}\"));", path.display());
-    }
-    let out_bytes = run.want.len() * out_dtype(case).size_bytes();
-    let _ = writeln!(c, "    void* y = calloc({out_bytes}, 1);");
-    let shared = kernel.launch.shared_bytes;
-    let _ = writeln!(c, "    dynamic_bytes = {shared}u; dynamic_smem = (unsigned char*)malloc({shared});");
-    let _ = writeln!(c, "    memset(dynamic_smem, 0xff, {shared});");
-    let c_type = |d: DType| if d == DType::F32 { "float" } else { "unsigned short" };
-    let mut args: Vec<String> =
-        run.buffers.iter().enumerate().map(|(j, (d, _))| format!("(const {}*)buf[{j}]", c_type(*d))).collect();
-    args.push(format!("({}*)y", c_type(out_dtype(case))));
-    let split = gemm_split_k(&case.spec()).map(|(s, n)| (s.bytes(0, run.t), n));
-    if split.is_some() {
-        args.extend(["(float*)scratch".to_string(), "counters".to_string()]);
-    }
-    let (scratch, counters) = split.unwrap_or((0, 0));
-    let _ = writeln!(c, "    void* scratch = malloc({});", scratch.max(1));
-    let _ = writeln!(c, "    unsigned int* counters = (unsigned int*)calloc({}, 4);", counters.max(1));
-    let _ = writeln!(c, "    case{i}::smelt_step step = {{1u, {}u, 0u, 16u, nullptr}};", run.t);
-    let _ = writeln!(c, "    gridDim = {{{blocks}u, 1u, 1u}};");
-    c.push_str("    for (int launch = 0; launch < 2; launch++) {\n");
-    let _ = writeln!(c, "      memset(scratch, 0xff, {});", scratch.max(1));
-    let _ = writeln!(c, "      if (launch) memset(y, 0xff, {out_bytes});");
-    c.push_str("      emu_arrivals = 0;\n      std::vector<std::thread> threads;\n");
-    c.push_str("      for (unsigned int t = 0; t < 256u; t++) threads.emplace_back([&, t] {\n");
-    let _ = writeln!(c, "        threadIdx = {{t, 0u, 0u}};\n        for (unsigned int b = 0; b < {blocks}u; b++) {{");
-    let _ = writeln!(c, "          blockIdx = {{emu_reverse ? {blocks}u - 1u - b : b, 0u, 0u}};");
-    let _ = writeln!(c, "          case{i}::{}({}, &step);", kernel.name, args.join(", "));
-    c.push_str("          __syncthreads();\n        }\n      });\n      for (auto& t : threads) t.join();\n");
-    let arrivals = split_arrivals(&kernel.launch.grid, run.t);
-    let _ = writeln!(c, "      if (emu_arrivals != {arrivals}u) {{ fprintf(stderr, \"{}: %u arrivals, the grid implies {arrivals}\\n\", emu_arrivals.load()); abort(); }}", case.name);
-    let _ = writeln!(
-        c,
-        "      for (int k = 0; k < {counters}; k++) if (counters[k]) emu_fail(\"a counter left nonzero\");"
-    );
-    let out = dir.join(format!("y{i}"));
-    let _ = writeln!(c, "      char path[4096]; snprintf(path, sizeof path, \"{}_%d\", launch);", out.display());
-    let _ = writeln!(c, "      FILE* f = fopen(path, \"wb\"); fwrite(y, 1, {out_bytes}, f); fclose(f);");
-    c.push_str("    }\n    free(dynamic_smem); free(scratch); free(counters);\n  }\n");
-    c
-}
-
 /// Blocks that arrive on a split-K counter at `t` rows: every (tile, split) unit when the
 /// tiles split, none otherwise.
 fn split_arrivals(grid: &Grid, t: usize) -> usize {
@@ -162,65 +107,85 @@ fn out_dtype(case: &Case) -> DType {
     case.epilogue.as_ref().map_or(case.dtype, |e| e.dtype)
 }
 
-/// Runs every case's kernel in one host program (one compile), each in a namespace of its
-/// own, operands in heap blocks of exactly their size (AddressSanitizer catches any read past
-/// them); returns the outputs. Every run must give the same bits: copies landing as late and
-/// as early as the PTX allows (else a stage is read while it is refilled: a missing barrier),
-/// blocks in order and reversed (else a split-K sum depends on which block arrives last), and
-/// a second launch (else a counter or a stale partial carries over).
-fn emulate(cases: &[(Case, Run)], cxx: &str) -> Vec<Vec<f32>> {
-    use std::fmt::Write;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut c = String::from(SHIM);
-    for (i, (case, _)) in cases.iter().enumerate() {
-        let source = case.kernel().source;
-        let body = source.strip_prefix(PRELUDE).expect("a kernel source starts with the prelude");
-        let source = format!("{PRELUDE}{EMULATED_HELPERS}{body}");
-        let dynamic = "  extern __shared__ uint4 gemm_smem[];";
-        assert!(source.contains(dynamic), "{}: no dynamic shared memory declaration", case.name);
-        let source = source.replace(dynamic, "  uint4* gemm_smem = (uint4*)dynamic_smem;");
-        let _ = writeln!(c, "namespace case{i} {{\n{source}}}");
+/// A case's buffers (x, w, extras, y, [scratch, counters,] table, step) and its steps: two
+/// launches on the same counters, y and the scratch set back to unwritten before the second,
+/// each followed by dumps of y and the counters and the launch's count of atomic additions.
+fn case_steps(index: usize, case: &Case, run: &Run) -> (Vec<Buffer>, Vec<Pointer>, Vec<Step>) {
+    let kernel = case.kernel();
+    let n = run.buffers.len();
+    let mut buffers: Vec<Buffer> = run.buffers.iter().map(|(d, v)| Buffer::Bytes(storage_bytes(*d, v))).collect();
+    let y = n;
+    buffers.push(Buffer::Unwritten(run.want.len() * out_dtype(case).size_bytes()));
+    let mut args: Vec<Arg> = (0..=n).map(Arg::buffer).collect();
+    // Split-K: exactly `Scratch::bytes` of partials (AddressSanitizer sees a slot past them)
+    // and the counters it asks for, zero.
+    let split = gemm_split_k(&case.spec()).map(|(s, counters)| (s.bytes(0, run.t), counters));
+    let (scratch, counters) = (buffers.len(), buffers.len() + 1);
+    if let Some((bytes, words)) = split {
+        buffers.extend([Buffer::Unwritten(bytes), Buffer::Bytes(vec![0; 4 * words])]);
+        args.extend([Arg::buffer(scratch), Arg::buffer(counters)]);
     }
-    c.push_str("static void* slurp(const char* path) {\n  FILE* f = fopen(path, \"rb\"); fseek(f, 0, SEEK_END);\n");
-    c.push_str("  long n = ftell(f); fseek(f, 0, SEEK_SET); void* p = malloc(n);\n");
-    c.push_str("  if (fread(p, 1, n, f) != (size_t)n) abort(); fclose(f); return p;\n}\n");
-    c.push_str("int main(int argc, char** argv) {\n  block_barrier = new std::barrier<>(256);\n");
-    c.push_str("  emu_land_early = argc > 1 && strcmp(argv[1], \"early\") == 0;\n");
-    c.push_str("  const bool emu_reverse = argc > 2 && strcmp(argv[2], \"reverse\") == 0;\n");
-    c.push_str("  for (int w = 0; w < 8; w++) warp_barrier[w] = new std::barrier<>(32);\n");
-    for (i, (case, run)) in cases.iter().enumerate() {
-        c.push_str(&launch_code(i, case, run, dir.path()));
+    let (table, step_id) = (buffers.len(), buffers.len() + 1);
+    let (step, pointers) = emulated::step(step_id, run.t, 0, 16, table, None);
+    buffers.extend([Buffer::Bytes(emulated::words(&[])), step]);
+    args.push(Arg::buffer(step_id));
+    let grid = run.grid.unwrap_or_else(|| kernel.launch.grid.blocks(&tokens(run.t)));
+    let launch =
+        Launch { kernel: index, grid, block: 256, shared_bytes: kernel.launch.shared_bytes, args, hidden: vec![0] };
+    let mut steps = Vec::new();
+    for again in [false, true] {
+        if again {
+            steps.push(Step::Fill(y));
+            if split.is_some() {
+                steps.push(Step::Fill(scratch));
+            }
+        }
+        steps.extend([Step::Launch(launch.clone()), Step::Atomics, Step::Dump(y)]);
+        if split.is_some() {
+            steps.push(Step::Dump(counters));
+        }
     }
-    c.push_str("  return 0;\n}\n");
-    let (src, exe) = (dir.path().join("gemm.cc"), dir.path().join("gemm"));
-    std::fs::write(&src, &c).expect("write harness");
-    let flags = ["-std=c++20", "-O1", "-pthread", "-fsanitize=address", "-fno-omit-frame-pointer", "-o"];
-    let built = std::process::Command::new(cxx).args(flags).arg(&exe).arg(&src).arg("-lm").output().expect("run c++");
-    assert!(built.status.success(), "{cxx} failed on {}:\n{}", src.display(), String::from_utf8_lossy(&built.stderr));
-    let run = |landing: &str, order: &str| -> Vec<[Vec<f32>; 2]> {
-        let ran = std::process::Command::new(&exe)
-            .args([landing, order])
-            .env("ASAN_OPTIONS", "detect_leaks=0")
-            .output()
-            .expect("run emulation");
-        let stderr = String::from_utf8_lossy(&ran.stderr);
-        assert!(ran.status.success(), "the emulated kernels failed ({landing}, {order}):\n{stderr}");
-        let read = |i: usize, launch: usize| {
-            let bytes = std::fs::read(dir.path().join(format!("y{i}_{launch}"))).expect("output");
-            from_storage(out_dtype(&cases[i].0), &bytes)
-        };
-        (0..cases.len()).map(|i| [read(i, 0), read(i, 1)]).collect()
+    (buffers, pointers, steps)
+}
+
+/// Runs every case's kernel through the emulator, twice: under AddressSanitizer (operands in
+/// heap blocks of exactly their size; x, the previous kernel's output, hidden until the grid
+/// wait) with copies landing at their wait and blocks in order; under ThreadSanitizer (a
+/// missing barrier is a race report) with copies landing at a seeded moment and blocks in
+/// reverse order (another block arrives last on a split-K counter). Each runs every case twice on the same counters. All four outputs must have
+/// the same bits (else a race, a sum that depends on which block arrives last, or state
+/// carried over); the counters end at zero, and the atomic additions are the (tile, split)
+/// arrivals the grid implies. Returns the outputs, or None when no compiler can build them.
+fn emulate(cases: &[(Case, Run)]) -> Option<Vec<Vec<f32>>> {
+    let kernels: Vec<_> = cases.iter().map(|(c, _)| emulated::source(&c.kernel())).collect();
+    let run = |checker, schedule| -> Option<Vec<Vec<u8>>> {
+        let emu = emulated::build(&kernels, checker)?;
+        let outputs = cases.iter().enumerate().map(|(i, (case, run))| {
+            let (buffers, pointers, steps) = case_steps(i, case, run);
+            let dumps = emu
+                .run_steps(&buffers, &pointers, &steps, schedule)
+                .unwrap_or_else(|e| panic!("{} ({checker:?}): {e}", case.name));
+            let per_launch = dumps.len() / 2;
+            let arrivals = split_arrivals(&case.kernel().launch.grid, run.t) as u64;
+            for launch in dumps.chunks(per_launch) {
+                let atomics = u64::from_le_bytes(launch[0][..8].try_into().expect("8 bytes"));
+                assert_eq!(atomics, arrivals, "{}: arrivals against the (tile, split) units of its grid", case.name);
+                if let Some(counters) = launch.get(2) {
+                    assert!(counters.iter().all(|&b| b == 0), "{}: a counter left nonzero", case.name);
+                }
+            }
+            let (first, second) = (&dumps[1], &dumps[per_launch + 1]);
+            assert!(first == second, "{}: a second launch gives other bits (state carried over)", case.name);
+            first.clone()
+        });
+        Some(outputs.collect())
     };
-    let (late, early) = (run("late", "forward"), run("early", "reverse"));
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-    for (i, (l, e)) in late.iter().zip(&early).enumerate() {
-        let name = &cases[i].0.name;
-        assert!(bits(&l[0]) == bits(&l[1]), "{name}: a second launch gives other bits (state carried over)");
-        assert!(bits(&e[0]) == bits(&e[1]), "{name}: a second launch gives other bits (state carried over)");
-        let same = bits(&l[0]) == bits(&e[0]);
-        assert!(same, "{name}: early cp.async landing or reversed blocks change the output (a race)");
+    let bounds = run(Checker::Bounds, Schedule::default())?;
+    let races = run(Checker::Races, Schedule { landing: Landing::Random(0x5eed), block_order: BlockOrder::Reversed })?;
+    for (i, (a, b)) in bounds.iter().zip(&races).enumerate() {
+        assert!(a == b, "{}: copies landing early or blocks in another order change the output", cases[i].0.name);
     }
-    late.into_iter().map(|[first, _]| first).collect()
+    Some(cases.iter().zip(&bounds).map(|((case, _), out)| from_storage(out_dtype(case), out)).collect())
 }
 
 /// Summation order differs from `ir::eval`, so an f32 sum may land on the other side of a
@@ -255,23 +220,8 @@ fn compare_with_slack(case: &Case, t: usize, got: &[f32], want: &[f32], slack: &
     assert!(share > 0.9, "{} T = {t}: only {:.1}% bit-exact", case.name, share * 100.0);
 }
 
-/// The C++20 compiler with AddressSanitizer the emulation needs (`$CXX`, else `c++`), or
-/// None after saying that `test` is skipped (a failure under CI).
-fn host_cxx(test: &str) -> Option<String> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
-    let probe =
-        std::process::Command::new(&cxx).args(["-std=c++20", "-fsanitize=address", "-x", "c++", "-E", "-"]).output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        let why = format!("no C++20 compiler with AddressSanitizer ({cxx}) to emulate the kernel on the host");
-        smelt_codegen::skip::missing_tool(test, &why);
-        return None;
-    }
-    Some(cxx)
-}
-
 #[test]
 fn emulated_kernels_match_eval() {
-    let Some(cxx) = host_cxx("emulated_kernels_match_eval") else { return };
     // Qwen3's epilogues with small K and N (emulated warps are slow), chosen for the edges: M
     // tails (T = 130: two row tiles, the second of 2 rows), partial column tiles (N_out = 192,
     // 72, 40), K of 1, 2, 3 and 4 stages, a grid smaller than the tiles (1 block for 2 tiles:
@@ -314,7 +264,7 @@ fn emulated_kernels_match_eval() {
             (case, run)
         })
         .collect();
-    let outputs = emulate(&runs, &cxx);
+    let Some(outputs) = emulate(&runs) else { return };
     for ((case, run), got) in runs.iter().zip(&outputs) {
         compare(case, run.t, got, &run.want);
     }

@@ -9,7 +9,7 @@ use smelt_ir::{shape, BinaryOp, Bound, Builder, DType, Expr, ExprKind, Op, Tenso
 use crate::common::emulated;
 use crate::common::epilogues::{acc, node, residual, swiglu, to_f32};
 use crate::{Case, EPS};
-use smelt_emulate::{Arg, Buffer, Checker, Launch, Schedule};
+use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, Launch, Schedule};
 
 struct Rng(u64);
 
@@ -131,7 +131,7 @@ fn emulate(cases: &[Case], data: &[Prepared]) -> Option<Vec<Vec<f32>>> {
         Some(outputs.collect())
     };
     let bounds = run(Checker::Bounds, Schedule::default())?;
-    let races = run(Checker::Races, Schedule { block_order: Some(0x5eed), ..Schedule::default() })?;
+    let races = run(Checker::Races, Schedule { block_order: BlockOrder::Seeded(0x5eed), ..Schedule::default() })?;
     assert!(bounds == races, "the outputs depend on the block order or the build");
     Some(cases.iter().zip(&bounds).map(|(case, out)| from_storage(case.out_dtype, out)).collect())
 }
