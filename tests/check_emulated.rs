@@ -57,3 +57,21 @@ fn the_prefill_program_runs_its_gemm_and_flash_attention_emulated() {
     }
     assert!(out.contains(" 0 failed; 0 logits checks failed"), "{out}");
 }
+
+#[test]
+fn a_batched_decode_step_matches_each_sequence_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    write_weights(dir.path(), HEAD_DIM_128, 4);
+    let model = dir.path().to_str().unwrap();
+    // Five sequences of 1, 38, 14, 51 and 27 tokens, each through blocks of its own.
+    let Some(out) = emulate(&["--model", model, "--dtype", "bf16", "--positions", "0", "--batch", "5"]) else {
+        return;
+    };
+    let batched = out.split("emulated batched decode step of 5 sequences").nth(1).unwrap_or_else(|| panic!("{out}"));
+    // Row-wise kernels node by node (the GEMMs: rows are what they batch), the attention and
+    // appends through each row's logits against the same sequence run alone on the CPU.
+    for kernel in ["qkv_gemm", "down_residual_gemm_epilogue", "lm_head_gemm_epilogue", "logits vs the CPU backend"] {
+        assert!(batched.contains(kernel), "no {kernel} in the batched step's checks:\n{out}");
+    }
+    assert!(out.contains(" 0 failed; 0 logits checks failed"), "{out}");
+}

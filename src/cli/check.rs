@@ -31,8 +31,8 @@ pub struct Args {
     #[arg(long)]
     verbose: bool,
     /// Run the kernels on the CPU through the emulator (no GPU needed): the decode program at
-    /// --positions and the prefill program on --prefill chunks, node by node, and their logits
-    /// against the CPU backend's.
+    /// --positions, the prefill program on --prefill chunks and a batched step of --batch
+    /// sequences, node by node, and their logits against the CPU backend's.
     #[arg(long)]
     emulate: bool,
     /// With --emulate: what the emulated kernels are checked for besides their results.
@@ -58,16 +58,13 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--prefill chunks of {prefill_total} tokens in all are more than the KV cache holds ({capacity})");
     }
     if a.emulate {
-        if a.batch.is_some() {
-            bail!("--batch is not emulated yet: run it on a GPU, or leave it out");
-        }
         let settings = super::check_emulated::Settings {
             checker: a.checker,
             pdl: !a.cuda.given().contains(&"--no-pdl"),
             split_k: !a.cuda.options().no_split_k,
             verbose: a.verbose,
         };
-        let o = super::check_emulated::run(&a.model, a.dtype.into(), &settings, &positions, &prefill)?;
+        let o = super::check_emulated::run(&a.model, a.dtype.into(), &settings, &positions, &prefill, a.batch)?;
         println!("{} node checks, {} failed; {} logits checks failed", o.checked, o.failed, o.logits_failed);
         if o.failed + o.logits_failed > 0 {
             bail!(

@@ -1,6 +1,6 @@
-//! `smelt check-kernels --emulate`: the decode and prefill programs run through the CPU
-//! emulator (`smelt-emulate`) as a GPU would run them, node by node against `ir::eval`, and
-//! their logits against the CPU backend's; no GPU needed.
+//! `smelt check-kernels --emulate`: the decode, prefill and batched decode programs run
+//! through the CPU emulator (`smelt-emulate`) as a GPU would run them, node by node against
+//! `ir::eval`, and their logits against the CPU backend's; no GPU needed.
 
 use std::collections::HashMap;
 
@@ -10,7 +10,7 @@ use smelt::emulate::{BlockOrder, Checker, Landing, Schedule};
 use smelt::ir::{Graph, Tensor};
 use smelt::models::qwen3::Logits;
 use smelt::models::{LoadOptions, Qwen3Cpu};
-use smelt::runtime::cuda::{EmulatedProgram, EmulationOptions, NodeCheck};
+use smelt::runtime::cuda::{EmulatedProgram, EmulatedRow, EmulationOptions, NodeCheck};
 
 /// Which checker the emulated kernels are built with.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -62,6 +62,7 @@ pub fn run(
     settings: &Settings,
     positions: &[u32],
     prefill: &[u32],
+    batch: Option<usize>,
 ) -> Result<Outcome> {
     let &Settings { checker, pdl, split_k, verbose } = settings;
     let mut cpu =
@@ -114,6 +115,28 @@ pub fn run(
             check(format!("emulated prefill of {n} tokens at position {at}"), &run.checks, &run.logits, &want);
             at += n as usize;
         }
+    }
+    if let Some(rows) = batch {
+        let g = cpu.blueprint().batch_graph().clone();
+        let options_k = EmitOptions { rows_are_sequences: true, split_k };
+        let program = emit_with(&g, options_k).context("generating the batched kernels")?;
+        let program = EmulatedProgram::build(&g, program, checker).context("building the kernels for the emulator")?;
+        // Row i: a sequence of 1 + 37 i mod 61 tokens (within the context), then its new token.
+        let context = cpu.config().max_position_embeddings;
+        let row_token = |i: usize, p: usize| token(i * 1000 + p);
+        let mut batch_rows = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..rows {
+            let len = (1 + (i * 37) % 61).min(context - 1);
+            let prefix: Vec<u32> = (0..len).map(|p| row_token(i, p)).collect();
+            let (caches, logits) = cpu_step(&mut cpu, &prefix, &[row_token(i, len)])?;
+            want.extend(logits.to_f32_vec());
+            batch_rows.push(EmulatedRow { caches, token: row_token(i, len), position: len });
+        }
+        let run = program.run_batch(cpu.host_weights(), &batch_rows, &options)?;
+        let want = Tensor::from_stored(smelt::ir::DType::F32, vec![rows, want.len() / rows.max(1)], want);
+        let what = format!("emulated batched decode step of {rows} sequences (cache nodes checked through the logits)");
+        check(what, &run.checks, &run.logits, &want);
     }
     Ok(outcome)
 }

@@ -13,12 +13,17 @@
 use std::collections::HashMap;
 
 use smelt_codegen::{resolve_view, Params, Program, PRELUDE};
-use smelt_emulate::{Arg, Buffer, Checker, EmuError, Emulator, KernelSource, Launch, Pointer, Schedule, Step};
+use smelt_emulate::{Arg, Checker, EmuError, Emulator, KernelSource, Launch, Schedule, Step};
 use smelt_ir::{eval, Bindings, Graph, Node, NodeId, Op, Role, Tensor, WeightSource};
 
 use super::check::{compare, concrete, NodeCheck};
-use super::layout::{storage_bytes, tensor_from_storage};
+use super::layout::tensor_from_storage;
 use super::CudaError;
+
+mod memory;
+
+pub use memory::BatchRow;
+use memory::{place, Memory, Rows};
 
 /// A program built for the emulator once, run for any number of steps.
 pub struct EmulatedProgram {
@@ -53,16 +58,6 @@ struct NodeRun {
     kernels: Vec<String>,
 }
 
-/// Where a run's values live: buffer ids by storage node, and the fixed buffers.
-struct Memory {
-    buffers: Vec<Buffer>,
-    pointers: Vec<Pointer>,
-    home: HashMap<usize, usize>,
-    scratch: usize,
-    counters: usize,
-    step: usize,
-}
-
 impl EmulatedProgram {
     /// Builds `program` (emitted from `graph`) for the host with `checker`.
     pub fn build(graph: &Graph, program: Program, checker: Checker) -> Result<EmulatedProgram, EmuError> {
@@ -82,14 +77,37 @@ impl EmulatedProgram {
         at: usize,
         options: &EmulationOptions,
     ) -> Result<EmulatedRun, CudaError> {
-        let b = Bindings { batch: 1, new_tokens: tokens.len(), cached_tokens: at };
-        let memory = self.place(weights, caches, tokens, &b, options.block_tokens)?;
+        self.run_rows(weights, &Rows::One { caches, tokens, at }, options)
+    }
+
+    /// Runs a batched decode step (a program emitted with `rows_are_sequences`): row i is
+    /// `rows[i]`'s token at its position, its sequence's keys and values read through a block
+    /// table of its own. Nodes that read or write the caches are checked through the logits
+    /// only (the evaluator would take the rows for one sequence's tokens); every other node
+    /// is checked as in [`EmulatedProgram::run`].
+    pub fn run_batch(
+        &self,
+        weights: &dyn WeightSource,
+        rows: &[BatchRow],
+        options: &EmulationOptions,
+    ) -> Result<EmulatedRun, CudaError> {
+        self.run_rows(weights, &Rows::Own(rows), options)
+    }
+
+    fn run_rows(
+        &self,
+        weights: &dyn WeightSource,
+        rows: &Rows<'_>,
+        options: &EmulationOptions,
+    ) -> Result<EmulatedRun, CudaError> {
+        let b = rows.bindings();
+        let memory = place(&self.graph, &self.program, &self.storages(), weights, rows, options.block_tokens)?;
         let (steps, dumped) = self.steps(&memory, &b, options.pdl)?;
         let dumps = self
             .emulator
             .run_steps(&memory.buffers, &memory.pointers, &steps, options.schedule)
             .map_err(|e| CudaError::Emulation(e.to_string()))?;
-        self.checks(weights, &b, &dumped, dumps)
+        self.checks(weights, &b, &dumped, dumps, matches!(rows, Rows::Own(_)))
     }
 
     /// The node whose buffer holds `id`'s value: under any views, and a cache append's cache.
@@ -102,20 +120,8 @@ impl EmulatedProgram {
         base
     }
 
-    fn place(
-        &self,
-        weights: &dyn WeightSource,
-        caches: &HashMap<String, Tensor>,
-        tokens: &[u32],
-        b: &Bindings,
-        block_tokens: usize,
-    ) -> Result<Memory, CudaError> {
-        let g = &self.graph;
-        let (mut buffers, mut home) = (Vec::new(), HashMap::new());
-        let context = b.cached_tokens + b.new_tokens;
-        let pool_tokens = context.div_ceil(block_tokens.max(1)) * block_tokens.max(1);
-        let positions: Vec<i32> = (b.cached_tokens..context).map(|p| p as i32).collect();
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    /// Every node whose buffer a launch reads or writes.
+    fn storages(&self) -> Vec<NodeId> {
         let mut storages: Vec<NodeId> = Vec::new();
         for s in &self.program.launches {
             for &x in s.operand_ids.iter().chain([&s.node_id]) {
@@ -125,70 +131,7 @@ impl EmulatedProgram {
                 }
             }
         }
-        for id in storages {
-            let node = g.node(id);
-            let bytes = match &node.op {
-                Op::Weight { name } => {
-                    let t = weights
-                        .weight(name)
-                        .ok_or_else(|| CudaError::Layout(format!("weight {name} was not loaded")))?;
-                    Buffer::Bytes(storage_bytes(t, node.dtype))
-                }
-                Op::Constant { values } => {
-                    let t = Tensor::from_f32(node.dtype, node.shape.resolve(&Bindings::default()), values.to_vec());
-                    Buffer::Bytes(storage_bytes(&t, node.dtype))
-                }
-                Op::Input { name } => match g.role(name) {
-                    Role::TokenIds => Buffer::Bytes(ids.iter().flat_map(|v| v.to_le_bytes()).collect()),
-                    Role::Positions => Buffer::Bytes(positions.iter().flat_map(|v| v.to_le_bytes()).collect()),
-                    role if role.is_kv_cache() => {
-                        cache_pool(node, name, caches.get(name), b.cached_tokens, pool_tokens)?
-                    }
-                    role => return Err(CudaError::Layout(format!("input {name} ({role}) has no emulated value"))),
-                },
-                _ => Buffer::Unwritten(node.shape.resolve(b).iter().product::<usize>() * node.dtype.size_bytes()),
-            };
-            home.insert(id.index(), buffers.len());
-            buffers.push(bytes);
-        }
-        let scratch_bytes = self
-            .program
-            .launches
-            .iter()
-            .filter_map(|s| match &s.params {
-                Params::WritesScratch(scratch) | Params::SplitK { scratch, .. } => {
-                    Some(scratch.bytes(pool_tokens, b.new_tokens))
-                }
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        // Split-K arrival counters: zero before the first launch, left zero by each.
-        let counter_words = self
-            .program
-            .launches
-            .iter()
-            .filter_map(|s| match &s.params {
-                Params::SplitK { counters, .. } => Some(*counters),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(1);
-        let (scratch, counters, table, step) = (buffers.len(), buffers.len() + 1, buffers.len() + 2, buffers.len() + 3);
-        buffers.push(Buffer::Unwritten(scratch_bytes.max(4)));
-        buffers.push(Buffer::Bytes(vec![0; 4 * counter_words]));
-        let table_words: Vec<u32> = (0..(pool_tokens / block_tokens.max(1)) as u32).chain([0]).collect();
-        buffers.push(Buffer::Bytes(table_words.iter().flat_map(|w| w.to_le_bytes()).collect()));
-        // smelt_step: {batch, new_tokens, cached_tokens, block_tokens, block_table, row_positions,
-        // row_tables, table_stride, reserved}.
-        let mut words: Vec<u8> = [1, b.new_tokens as u32, b.cached_tokens as u32, block_tokens as u32]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
-        words.extend([0u8; 32]);
-        buffers.push(Buffer::Bytes(words));
-        let pointers = vec![Pointer { buffer: step, offset: 16, target: table, target_offset: 0 }];
-        Ok(Memory { buffers, pointers, home, scratch, counters, step })
+        storages
     }
 
     /// The launches with a dump of each node's operands before and its output after; and for
@@ -269,11 +212,19 @@ impl EmulatedProgram {
         b: &Bindings,
         nodes: &[NodeRun],
         dumps: Vec<Vec<u8>>,
+        rows_own: bool,
     ) -> Result<EmulatedRun, CudaError> {
         let g = &self.graph;
         let mut checks = Vec::new();
         for NodeRun { node: id, operands: operand_dumps, output: out_dump, kernels } in nodes {
             let node = g.node(*id);
+            let touches_cache =
+                g.operands(*id).into_iter().chain([*id]).any(
+                    |x| matches!(&g.node(self.storage_of(x)).op, Op::Input { name } if g.role(name).is_kv_cache()),
+                );
+            if rows_own && touches_cache {
+                continue;
+            }
             let mut sub = Graph::new();
             let mut inputs = HashMap::new();
             let operands = g
@@ -341,30 +292,6 @@ fn value(node: &Node, b: &Bindings, bytes: &[u8]) -> Tensor {
     let shape = node.shape.resolve(b);
     let n = shape.iter().product::<usize>() * node.dtype.size_bytes();
     tensor_from_storage(node.dtype, shape, &bytes[..n.min(bytes.len())])
-}
-
-/// A KV cache input's pool of `pool_tokens` rows: the `cached` rows the CPU backend holds,
-/// then unwritten rows (all ones).
-fn cache_pool(
-    node: &Node,
-    name: &str,
-    held: Option<&Tensor>,
-    cached: usize,
-    pool_tokens: usize,
-) -> Result<Buffer, CudaError> {
-    let row: usize = node.shape.dims()[1..].iter().map(|d| d.fixed().unwrap_or(0)).product();
-    let width = row * node.dtype.size_bytes();
-    let mut bytes = vec![0xffu8; pool_tokens * width];
-    if cached > 0 {
-        let t =
-            held.ok_or_else(|| CudaError::Layout(format!("cache {name}: no rows for the {cached} cached tokens")))?;
-        let rows = storage_bytes(t, node.dtype);
-        if rows.len() != cached * width {
-            return Err(CudaError::Layout(format!("cache {name}: {} bytes for {cached} rows of {width}", rows.len())));
-        }
-        bytes[..rows.len()].copy_from_slice(&rows);
-    }
-    Ok(Buffer::Bytes(bytes))
 }
 
 fn label(g: &Graph, id: NodeId) -> String {
