@@ -13,8 +13,9 @@ mod tensors;
 use std::collections::HashMap;
 
 use common::emulated;
+use common::faults::{Caught, Fault};
 use smelt_codegen::kernels::{prefill_attention, PrefillAttentionSpec, View};
-use smelt_codegen::{Kernel, PRELUDE};
+use smelt_codegen::Kernel;
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, EmuError, Emulator, Landing, Launch, Schedule};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, NodeId, Op, Shape, Tensor};
 use tensors::{bytes, decode, tensor, whole_tensor_error};
@@ -221,29 +222,6 @@ fn prefill_attention_matches_eval() {
     }
 }
 
-/// What an injected fault must produce.
-#[derive(Clone, Copy, Debug)]
-enum Caught {
-    /// ThreadSanitizer reports a data race.
-    Race,
-    /// A stage misused: a race report, the emulator's report of copies never waited for, or
-    /// (copies landing at their wait) a wrong result.
-    Copies,
-    /// AddressSanitizer's report of this kind.
-    Bounds(&'static str),
-    /// The output differs from `ir::eval` beyond the tolerance.
-    Wrong,
-}
-
-/// A fault: the `nth` occurrence of `from` in the generated source replaced by `to`.
-struct Fault {
-    name: &'static str,
-    from: &'static str,
-    nth: usize,
-    to: &'static str,
-    caught: Caught,
-}
-
 const FAULTS: [Fault; 10] = [
     Fault { name: "barrier 1 dropped", from: "__syncthreads();", nth: 0, to: "", caught: Caught::Race },
     Fault { name: "barrier 2 dropped", from: "__syncthreads();", nth: 1, to: "", caught: Caught::Race },
@@ -299,15 +277,6 @@ const FAULTS: [Fault; 10] = [
     },
 ];
 
-/// `source` with the `nth` occurrence of `from` in the kernel's body (after the prelude)
-/// replaced by `to`.
-fn inject(source: &str, f: &Fault) -> String {
-    let body = source.strip_prefix(PRELUDE).expect("a kernel source starts with the prelude");
-    let at =
-        body.match_indices(f.from).nth(f.nth).unwrap_or_else(|| panic!("{}: no {:?} #{}", f.name, f.from, f.nth)).0;
-    format!("{PRELUDE}{}{}{}", &body[..at], f.to, &body[at + f.from.len()..])
-}
-
 /// Whether `got` (output bytes) is wrong: non-finite, or beyond the bf16 tolerance above.
 fn wrong(case: &Case, got: &[u8]) -> bool {
     let got = decode(case.spec.dtype, got);
@@ -322,14 +291,8 @@ fn wrong(case: &Case, got: &[u8]) -> bool {
 fn injected_faults_are_caught() {
     let mut seed = 0x9fe1;
     let case = case(&mut seed, SWEEP[0]);
-    let kernels: Vec<Kernel> = FAULTS
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let k = prefill_attention(&format!("fault{i}"), &case.spec);
-            Kernel { source: inject(&k.source, f), ..k }
-        })
-        .collect();
+    let kernels: Vec<Kernel> =
+        FAULTS.iter().enumerate().map(|(i, f)| f.inject(prefill_attention(&format!("fault{i}"), &case.spec))).collect();
     let sources: Vec<_> = kernels.iter().map(emulated::source).collect();
     let Some(bounds) = emulated::build(&sources, Checker::Bounds) else { return };
     let Some(races) = emulated::build(&sources, Checker::Races) else { return };
@@ -337,21 +300,6 @@ fn injected_faults_are_caught() {
     for (i, (f, k)) in FAULTS.iter().zip(&kernels).enumerate() {
         let plain = run(&bounds, i, k, &case, Schedule::default());
         let raced = run(&races, i, k, &case, seeded);
-        let race = matches!(&raced, Err(e) if e.to_string().contains("ThreadSanitizer: data race"));
-        let caught = match f.caught {
-            Caught::Race => race,
-            Caught::Copies => {
-                let unwaited = |r: &Result<Vec<u8>, EmuError>| matches!(r, Err(e) if e.to_string().contains("cp.async copies still in flight"));
-                race || unwaited(&plain) || unwaited(&raced) || matches!(&plain, Ok(out) if wrong(&case, out))
-            }
-            Caught::Bounds(kind) => matches!(&plain, Err(e) if e.to_string().contains(kind)),
-            Caught::Wrong => matches!(&plain, Ok(out) if wrong(&case, out)),
-        };
-        let outcome = |r: &Result<Vec<u8>, EmuError>| match r {
-            Ok(out) => format!("ran, {}", if wrong(&case, out) { "wrong output" } else { "right output" }),
-            Err(e) => e.to_string().lines().take(3).collect::<Vec<_>>().join(" | "),
-        };
-        eprintln!("{}: bounds build: {}; races build: {}", f.name, outcome(&plain), outcome(&raced));
-        assert!(caught, "{} was not caught as {:?}", f.name, f.caught);
+        f.assert_caught(&plain, &raced, |out| wrong(&case, out), |_| false);
     }
 }

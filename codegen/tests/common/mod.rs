@@ -6,6 +6,7 @@
 
 pub mod emulated;
 pub mod epilogues;
+pub mod faults;
 
 use std::path::PathBuf;
 
