@@ -10,7 +10,7 @@ use smelt::emulate::{BlockOrder, Checker, Landing, Schedule};
 use smelt::ir::{Graph, Tensor};
 use smelt::models::qwen3::Logits;
 use smelt::models::{LoadOptions, Qwen3Cpu};
-use smelt::runtime::cuda::{EmulatedProgram, EmulatedRow, EmulationOptions, NodeCheck};
+use smelt::runtime::cuda::{EmulatedProgram, EmulatedRow, EmulatedRun, EmulationOptions};
 
 /// Which checker the emulated kernels are built with.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -44,6 +44,23 @@ pub struct Outcome {
     pub logits_failed: usize,
 }
 
+impl Outcome {
+    /// Prints a run's node checks and its logits against the CPU backend's `want`; counts them.
+    fn record(&mut self, what: &str, run: &EmulatedRun, want: &Tensor, dtype: smelt::ir::DType, verbose: bool) {
+        super::check::print_checks(what, &run.checks, verbose);
+        self.checked += run.checks.len();
+        self.failed += run.checks.iter().filter(|c| !c.ok).count();
+        let (rel, max_abs, same_top) = logits_error(&run.logits, want);
+        let tol = logits_tolerance(dtype);
+        let ok = rel <= tol;
+        self.logits_failed += usize::from(!ok);
+        println!(
+            "  logits vs the CPU backend: rel err {rel:.3e} (tolerance {tol:.0e}), max abs {max_abs:.3e}, same argmax: {same_top}: {}",
+            if ok { "ok" } else { "FAIL" }
+        );
+    }
+}
+
 /// How the emulated programs are made, run and shown.
 pub struct Settings {
     pub checker: CheckerArg,
@@ -54,8 +71,8 @@ pub struct Settings {
     pub verbose: bool,
 }
 
-/// Checks decode steps at `positions` and prefill chunks of `prefill` tokens, each on the
-/// caches the CPU backend made for the tokens before it.
+/// Checks decode steps at `positions`, prefill chunks of `prefill` tokens and a batched step
+/// of `batch` sequences, each on the caches the CPU backend made for the tokens before it.
 pub fn run(
     model: &std::path::Path,
     dtype: smelt::ir::DType,
@@ -83,26 +100,14 @@ pub fn run(
     let vocab = cpu.config().vocab_size as u64;
     let token = |p: usize| (((p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % vocab) as u32;
     let mut outcome = Outcome::default();
-    let mut check = |what: String, checks: &[NodeCheck], got: &Tensor, want: &Tensor| {
-        super::check::print_checks(&what, checks, verbose);
-        outcome.checked += checks.len();
-        outcome.failed += checks.iter().filter(|c| !c.ok).count();
-        let (rel, max_abs, same_top) = logits_error(got, want);
-        let tol = logits_tolerance(dtype);
-        let ok = rel <= tol;
-        outcome.logits_failed += usize::from(!ok);
-        println!(
-            "  logits vs the CPU backend: rel err {rel:.3e} (tolerance {tol:.0e}), max abs {max_abs:.3e}, same argmax: {same_top}: {}",
-            if ok { "ok" } else { "FAIL" }
-        );
-    };
+    let mut check = |what: String, run: &EmulatedRun, want: &Tensor| outcome.record(&what, run, want, dtype, verbose);
     if !positions.is_empty() {
         let decode = build(cpu.blueprint().decode_graph())?;
         for &p in positions {
             let p = p as usize;
             let (caches, want) = cpu_step(&mut cpu, &(0..p).map(token).collect::<Vec<_>>(), &[token(p)])?;
             let run = decode.run(cpu.host_weights(), &caches, &[token(p)], p, &options)?;
-            check(format!("emulated decode at position {p}"), &run.checks, &run.logits, &want);
+            check(format!("emulated decode at position {p}"), &run, &want);
         }
     }
     if !prefill.is_empty() {
@@ -112,33 +117,46 @@ pub fn run(
             let chunk: Vec<u32> = (at..at + n as usize).map(token).collect();
             let (caches, want) = cpu_step(&mut cpu, &(0..at).map(token).collect::<Vec<_>>(), &chunk)?;
             let run = program.run(cpu.host_weights(), &caches, &chunk, at, &options)?;
-            check(format!("emulated prefill of {n} tokens at position {at}"), &run.checks, &run.logits, &want);
+            check(format!("emulated prefill of {n} tokens at position {at}"), &run, &want);
             at += n as usize;
         }
     }
     if let Some(rows) = batch {
-        let g = cpu.blueprint().batch_graph().clone();
-        let options_k = EmitOptions { rows_are_sequences: true, split_k };
-        let program = emit_with(&g, options_k).context("generating the batched kernels")?;
-        let program = EmulatedProgram::build(&g, program, checker).context("building the kernels for the emulator")?;
-        // Row i: a sequence of 1 + 37 i mod 61 tokens (within the context), then its new token.
-        let context = cpu.config().max_position_embeddings;
-        let row_token = |i: usize, p: usize| token(i * 1000 + p);
-        let mut batch_rows = Vec::new();
-        let mut want = Vec::new();
-        for i in 0..rows {
-            let len = (1 + (i * 37) % 61).min(context - 1);
-            let prefix: Vec<u32> = (0..len).map(|p| row_token(i, p)).collect();
-            let (caches, logits) = cpu_step(&mut cpu, &prefix, &[row_token(i, len)])?;
-            want.extend(logits.to_f32_vec());
-            batch_rows.push(EmulatedRow { caches, token: row_token(i, len), position: len });
-        }
-        let run = program.run_batch(cpu.host_weights(), &batch_rows, &options)?;
-        let want = Tensor::from_stored(smelt::ir::DType::F32, vec![rows, want.len() / rows.max(1)], want);
+        let (run, want) = batched_step(&mut cpu, rows, checker, split_k, &options, &token)?;
         let what = format!("emulated batched decode step of {rows} sequences (cache nodes checked through the logits)");
-        check(what, &run.checks, &run.logits, &want);
+        check(what, &run, &want);
     }
     Ok(outcome)
+}
+
+/// A batched decode step of `rows` sequences, row i of 1 + 37 i mod 61 tokens (within the
+/// context) then its new token, each in blocks of its own; the emulated run and the CPU
+/// backend's logits of each sequence alone.
+fn batched_step(
+    cpu: &mut Qwen3Cpu,
+    rows: usize,
+    checker: Checker,
+    split_k: bool,
+    options: &EmulationOptions,
+    token: &dyn Fn(usize) -> u32,
+) -> Result<(EmulatedRun, Tensor)> {
+    let g = cpu.blueprint().batch_graph().clone();
+    let program =
+        emit_with(&g, EmitOptions { rows_are_sequences: true, split_k }).context("generating the batched kernels")?;
+    let program = EmulatedProgram::build(&g, program, checker).context("building the kernels for the emulator")?;
+    let context = cpu.config().max_position_embeddings;
+    let row_token = |i: usize, p: usize| token(i * 1000 + p);
+    let (mut batch_rows, mut want) = (Vec::new(), Vec::new());
+    for i in 0..rows {
+        let len = (1 + (i * 37) % 61).min(context.saturating_sub(1));
+        let prefix: Vec<u32> = (0..len).map(|p| row_token(i, p)).collect();
+        let (caches, logits) = cpu_step(cpu, &prefix, &[row_token(i, len)])?;
+        want.extend(logits.to_f32_vec());
+        batch_rows.push(EmulatedRow { caches, token: row_token(i, len), position: len });
+    }
+    let run = program.run_batch(cpu.host_weights(), &batch_rows, options)?;
+    let want = Tensor::from_stored(smelt::ir::DType::F32, vec![rows, want.len() / rows.max(1)], want);
+    Ok((run, want))
 }
 
 /// The paged cache's block size in the emulated runs (the GPU's default).

@@ -3,12 +3,13 @@
 //!
 //! Every value gets a host buffer of exactly its size (AddressSanitizer sees a kernel that
 //! reads or writes past one): weights, constants, each activation, the KV caches (a pool of
-//! whole blocks through the identity block table, rows past the context left unwritten), the
-//! attention and split-K scratch, the split-K arrival counters (zero) and `smelt_step`. Unwritten memory holds all ones (NaN in every float
-//! type). Before a node's kernels run its operands are dumped, after them its output, so each
-//! node is checked on the operands it saw even when a kernel works in place. With
-//! programmatic dependent launch, each launch sees what the launch before it wrote only after
-//! its grid-dependency wait.
+//! whole blocks: one sequence's through the identity block table, a batched step's rows each
+//! through blocks of their own in reverse; rows past a context left unwritten), the attention
+//! and split-K scratch, the split-K arrival counters (zero) and `smelt_step` (`memory.rs`).
+//! Unwritten memory holds all ones (NaN in every float type). Before a node's kernels run its
+//! operands are dumped, after them its output, so each node is checked on the operands it saw
+//! even when a kernel works in place. With programmatic dependent launch, each launch sees
+//! what the launch before it wrote only after its grid-dependency wait.
 
 use std::collections::HashMap;
 
