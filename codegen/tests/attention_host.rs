@@ -11,9 +11,10 @@ mod tensors;
 use std::collections::HashMap;
 
 use common::emulated;
+use common::faults::{Caught, Fault};
 use smelt_codegen::kernels::{decode_attention, decode_attention_scratch_bytes, AttentionSpec, View};
 use smelt_codegen::Kernel;
-use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, Launch, Schedule};
+use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, EmuError, Emulator, Launch, Schedule};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, NodeId, Op, Shape, Tensor};
 use tensors::{bytes, decode, tensor, worst_relative};
 
@@ -174,6 +175,53 @@ fn cases() -> Vec<Case> {
     out
 }
 
+/// Runs `case` on the split kernel `first` of `emu` and the combine after it (`pair` their
+/// launches): q and the caches (what the qkv matmul and the KV append wrote) hidden from the
+/// split until its grid wait, the scratch and output from the combine. The output bytes.
+fn run_case(
+    emu: &Emulator,
+    first: usize,
+    case: &Case,
+    pair: &(Kernel, Kernel),
+    schedule: Schedule,
+) -> Result<Vec<u8>, EmuError> {
+    let (split, combine) = pair;
+    let b = Bindings { batch: 1, new_tokens: case.t, cached_tokens: case.p };
+    let n = case.bufs.len();
+    let (out, scratch, step_id, table) = (n, n + 1, n + 2, n + 3);
+    let mut buffers: Vec<Buffer> = case.bufs.iter().cloned().map(Buffer::Bytes).collect();
+    buffers.push(Buffer::Unwritten(case.t * H * D * case.spec.dtype.size_bytes()));
+    buffers.push(Buffer::Unwritten(decode_attention_scratch_bytes(&case.spec, case.p + case.t, case.t)));
+    let rows = case.rows.as_ref().map(|(positions, tables, stride)| {
+        buffers.extend([Buffer::Bytes(emulated::words(positions)), Buffer::Bytes(emulated::words(tables))]);
+        emulated::Rows { positions: n + 4, tables: n + 5, stride: *stride as u32 }
+    });
+    let (step, pointers) = emulated::step(step_id, case.t, case.p, BT, table, rows);
+    buffers.insert(step_id, step);
+    buffers.insert(table, Buffer::Bytes(emulated::words(&case.table)));
+    let mut split_args: Vec<Arg> = (0..n).map(Arg::buffer).collect();
+    split_args.extend([Arg::buffer(out), Arg::buffer(scratch), Arg::buffer(step_id)]);
+    let launch = |kernel: usize, k: &Kernel, args, hidden| Launch {
+        kernel,
+        grid: k.launch.grid.blocks(&b),
+        block: k.launch.block,
+        shared_bytes: k.launch.shared_bytes,
+        args,
+        hidden,
+    };
+    let launches = [
+        launch(first, split, split_args, vec![0, n - 2, n - 1]),
+        launch(
+            first + 1,
+            combine,
+            vec![Arg::buffer(scratch), Arg::buffer(out), Arg::buffer(step_id)],
+            vec![scratch, out],
+        ),
+    ];
+    let mut bufs = emu.run(&buffers, &pointers, &launches, schedule)?;
+    Ok(bufs.swap_remove(out))
+}
+
 /// Runs every case's split and combine kernels through the emulator, twice: under
 /// AddressSanitizer (bounds; the split's q and caches and the combine's scratch and output,
 /// what the previous kernel wrote, hidden until each block's grid-dependency wait) and under
@@ -191,44 +239,8 @@ fn emulate(cases: &[Case]) -> Option<Vec<Vec<u8>>> {
     let kernels: Vec<_> = pairs.iter().flat_map(|(s, c)| [emulated::source(s), emulated::source(c)]).collect();
     let run = |checker: Checker, schedule: Schedule| -> Option<Vec<Vec<u8>>> {
         let emu = emulated::build(&kernels, checker)?;
-        let outputs = cases.iter().zip(&pairs).enumerate().map(|(c, (case, (split, combine)))| {
-            let b = Bindings { batch: 1, new_tokens: case.t, cached_tokens: case.p };
-            let n = case.bufs.len();
-            let (out, scratch, step_id, table) = (n, n + 1, n + 2, n + 3);
-            let mut buffers: Vec<Buffer> = case.bufs.iter().cloned().map(Buffer::Bytes).collect();
-            buffers.push(Buffer::Unwritten(case.t * H * D * case.spec.dtype.size_bytes()));
-            buffers.push(Buffer::Unwritten(decode_attention_scratch_bytes(&case.spec, case.p + case.t, case.t)));
-            let rows = case.rows.as_ref().map(|(positions, tables, stride)| {
-                buffers.extend([Buffer::Bytes(emulated::words(positions)), Buffer::Bytes(emulated::words(tables))]);
-                emulated::Rows { positions: n + 4, tables: n + 5, stride: *stride as u32 }
-            });
-            let (step, pointers) = emulated::step(step_id, case.t, case.p, BT, table, rows);
-            buffers.insert(step_id, step);
-            buffers.insert(table, Buffer::Bytes(emulated::words(&case.table)));
-            let mut split_args: Vec<Arg> = (0..n).map(Arg::buffer).collect();
-            split_args.extend([Arg::buffer(out), Arg::buffer(scratch), Arg::buffer(step_id)]);
-            let launches = [
-                Launch {
-                    kernel: 2 * c,
-                    grid: split.launch.grid.blocks(&b),
-                    block: split.launch.block,
-                    shared_bytes: split.launch.shared_bytes,
-                    args: split_args,
-                    // q from the qkv matmul, the caches from the KV append.
-                    hidden: vec![0, n - 2, n - 1],
-                },
-                Launch {
-                    kernel: 2 * c + 1,
-                    grid: combine.launch.grid.blocks(&b),
-                    block: combine.launch.block,
-                    shared_bytes: combine.launch.shared_bytes,
-                    args: vec![Arg::buffer(scratch), Arg::buffer(out), Arg::buffer(step_id)],
-                    hidden: vec![scratch, out],
-                },
-            ];
-            let mut bufs =
-                emu.run(&buffers, &pointers, &launches, schedule).unwrap_or_else(|e| panic!("case {c}: {e}"));
-            bufs.swap_remove(out)
+        let outputs = cases.iter().zip(&pairs).enumerate().map(|(c, (case, pair))| {
+            run_case(&emu, 2 * c, case, pair, schedule).unwrap_or_else(|e| panic!("case {c}: {e}"))
         });
         Some(outputs.collect())
     };
@@ -264,5 +276,46 @@ fn split_and_combine_match_eval_for_one_sequence_and_for_rows_of_their_own() {
         let exact = got.iter().zip(&want).filter(|(g, w)| g.to_bits() == w.to_bits()).count();
         eprintln!("{what}: {exact} of {} bit-exact, worst relative error {worst:e}", want.len());
         assert!(worst <= tol, "{what}: differs from eval by {worst:e} (tolerance {tol:e})");
+    }
+}
+
+/// Faults in the split kernel of a batched step (rows of their own), each caught by a wrong
+/// output: every row reading row 0's position, or row 0's block table.
+#[test]
+fn batched_rows_reading_another_rows_position_or_table_are_caught() {
+    let faults = [
+        Fault {
+            name: "rows read row 0's position",
+            from: "smelt_row_position(step, t)",
+            nth: 0,
+            to: "smelt_row_position(step, 0u)",
+            caught: Caught::Wrong,
+        },
+        Fault {
+            name: "rows read row 0's block table",
+            from: "smelt_row_table(step, t)",
+            nth: 0,
+            to: "smelt_row_table(step, 0u)",
+            caught: Caught::Wrong,
+        },
+    ];
+    let case = cases().into_iter().find(|c| c.rows.is_some() && c.spec.dtype == DType::BF16).expect("a batched case");
+    let pairs: Vec<(Kernel, Kernel)> = faults
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match &decode_attention(&format!("fault{i}"), &case.spec)[..] {
+            [split, combine] => (f.inject(split.clone()), combine.clone()),
+            _ => panic!("a split and a combine kernel"),
+        })
+        .collect();
+    let kernels: Vec<_> = pairs.iter().flat_map(|(s, c)| [emulated::source(s), emulated::source(c)]).collect();
+    let Some(bounds) = emulated::build(&kernels, Checker::Bounds) else { return };
+    let Some(races) = emulated::build(&kernels, Checker::Races) else { return };
+    let want = case.want.to_f32_vec();
+    let wrong = |out: &Vec<u8>| worst_relative(&decode(DType::BF16, out), &want, DType::BF16) > 0.0;
+    for (i, (f, pair)) in faults.iter().zip(&pairs).enumerate() {
+        let plain = run_case(&bounds, 2 * i, &case, pair, Schedule::default());
+        let raced = run_case(&races, 2 * i, &case, pair, Schedule::default());
+        f.assert_caught(&plain, &raced, wrong, |_| false);
     }
 }
