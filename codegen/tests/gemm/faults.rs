@@ -80,12 +80,13 @@ fn compare_within(got: &[f32], want: &[f32]) -> bool {
 
 #[test]
 fn injected_faults_are_caught() {
-    // T = 130: two row tiles, the second of 2 rows, both on one block (the ring reused
-    // across tiles: the end-of-tile barrier matters); the split case splits K in 3.
+    // T = 386: four row tiles, the last of 2 rows, all on one block (the ring reused across
+    // tiles, 3 times: the end-of-tile barrier matters, and ThreadSanitizer, which keeps a few
+    // accesses per word, gets 3 chances); the split case (T = 130) splits K in 3.
     // K = 128: 4 steps, so the last reads stage 0, which the next tile's prologue refills.
     let plain = Case::new("fault_plain", DType::BF16, 128, 128, Some(residual(DType::BF16)));
     let split = Case::new("fault_split", DType::BF16, 384, 64, Some(residual(DType::BF16)));
-    let (plain_run, split_run) = (prepare(&plain, 130, Some(1), 0xfa), prepare(&split, 130, None, 0xfb));
+    let (plain_run, split_run) = (prepare(&plain, 386, Some(1), 0xfa), prepare(&split, 130, None, 0xfb));
     let pick = |split_case: bool| -> (&Case, &Run) {
         if split_case {
             (&split, &split_run)
