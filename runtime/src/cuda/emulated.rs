@@ -13,12 +13,12 @@
 
 use std::collections::HashMap;
 
-use smelt_codegen::{resolve_view, Params, Program, PRELUDE};
+use smelt_codegen::{Params, Program, PRELUDE};
 use smelt_emulate::{Arg, Checker, EmuError, Emulator, KernelSource, Launch, Schedule, Step};
 use smelt_ir::{eval, Bindings, Graph, Node, NodeId, Op, Role, Tensor, WeightSource};
 
 use super::check::{compare, concrete, NodeCheck};
-use super::layout::tensor_from_storage;
+use super::layout::{storage_of, tensor_from_storage};
 use super::CudaError;
 
 mod memory;
@@ -111,14 +111,8 @@ impl EmulatedProgram {
         self.checks(weights, &b, &dumped, dumps, matches!(rows, Rows::Own(_)))
     }
 
-    /// The node whose buffer holds `id`'s value: under any views, and a cache append's cache.
     fn storage_of(&self, id: NodeId) -> NodeId {
-        let g = &self.graph;
-        let (mut base, _) = resolve_view(g, id);
-        while let Some(k) = g.node(base).op.kv_cache_operand() {
-            base = resolve_view(g, g.operands(base)[k]).0;
-        }
-        base
+        storage_of(&self.graph, id)
     }
 
     /// Every node whose buffer a launch reads or writes.

@@ -176,13 +176,13 @@ fn upload_constants(gpu: &Gpu, graph: &Graph, homes: &mut HashMap<usize, u64>) -
 
 /// The scratch buffer the program's kernels share, sized for the longest context the pool
 /// holds.
-fn scratch_bytes(program: &Program, kv: &KvPool, max_new_tokens: usize) -> usize {
+pub(crate) fn scratch_bytes(program: &Program, pool_tokens: usize, max_new_tokens: usize) -> usize {
     program
         .launches
         .iter()
         .filter_map(|s| match &s.params {
             Params::WritesScratch(scratch) | Params::SplitK { scratch, .. } => {
-                Some(scratch.bytes(kv.shape.tokens(), max_new_tokens))
+                Some(scratch.bytes(pool_tokens, max_new_tokens))
             }
             _ => None,
         })
@@ -192,12 +192,22 @@ fn scratch_bytes(program: &Program, kv: &KvPool, max_new_tokens: usize) -> usize
 
 /// Bytes of the split-K arrival counters the program's GEMMs share (launches run one after
 /// another, and each leaves its counters at zero).
-fn counter_bytes(program: &Program) -> usize {
+pub(crate) fn counter_bytes(program: &Program) -> usize {
     let words = program.launches.iter().filter_map(|s| match &s.params {
         Params::SplitK { counters, .. } => Some(*counters),
         _ => None,
     });
     words.max().unwrap_or(0) * 4
+}
+
+/// The node whose storage holds `id`'s value: the one under any views, and for a cache
+/// append the cache itself.
+pub(crate) fn storage_of(graph: &Graph, id: NodeId) -> NodeId {
+    let (mut base, _) = resolve_view(graph, id);
+    while let Some(k) = graph.node(base).op.kv_cache_operand() {
+        base = resolve_view(graph, graph.operands(base)[k]).0;
+    }
+    base
 }
 
 /// Device memory of one graph's program: its constants, its activation arena (planned for up
@@ -250,7 +260,8 @@ impl Layout {
             homes.insert(b.node, arena.ptr() + b.offset as u64);
         }
 
-        let scratch = gpu.alloc(scratch_bytes(program, kv, max_new_tokens), "attention and split-K scratch")?;
+        let scratch =
+            gpu.alloc(scratch_bytes(program, kv.shape.tokens(), max_new_tokens), "attention and split-K scratch")?;
         let counters = gpu.alloc(counter_bytes(program), "split-K counters")?;
         if counters.bytes() > 0 {
             gpu.fill(counters.ptr(), 0, counters.bytes(), "zeroing the split-K counters")?;
@@ -296,20 +307,11 @@ impl Layout {
     /// The device address a kernel is given for value `id`: the storage under any views (the
     /// kernel applies the view), and for a cache append the cache itself.
     pub(crate) fn address(&self, graph: &Graph, id: NodeId) -> Result<u64, CudaError> {
-        let base = self.storage_of(graph, id);
+        let base = storage_of(graph, id);
         self.homes
             .get(&base.index())
             .copied()
             .ok_or_else(|| CudaError::Layout(format!("{} has no device storage", label(graph, id))))
-    }
-
-    /// The node whose storage holds `id`'s value.
-    pub(crate) fn storage_of(&self, graph: &Graph, id: NodeId) -> NodeId {
-        let (mut base, _) = resolve_view(graph, id);
-        while let Some(k) = graph.node(base).op.kv_cache_operand() {
-            base = resolve_view(graph, graph.operands(base)[k]).0;
-        }
-        base
     }
 
     /// Writes `smelt_step` for `new_tokens` new tokens of one sequence after `cached` cached ones.

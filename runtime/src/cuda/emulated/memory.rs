@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
-use smelt_codegen::{Params, Program};
+use smelt_codegen::Program;
 use smelt_emulate::{Buffer, Pointer};
 use smelt_ir::{Bindings, Graph, NodeId, Op, Role, Tensor, WeightSource};
 
-use super::super::layout::storage_bytes;
+use super::super::layout::{counter_bytes, scratch_bytes, storage_bytes};
 use super::super::CudaError;
 
 /// One sequence of a batched step: its KV caches (by cache input name, `[position, ...]`
@@ -128,10 +128,11 @@ pub(super) fn place(
         home.insert(id.index(), buffers.len());
         buffers.push(buffer);
     }
-    let (scratch_bytes, counter_words) = scratch_and_counters(program, pool_tokens, b.new_tokens);
+    let (scratch_bytes, counter_bytes) = (scratch_bytes(program, pool_tokens, b.new_tokens), counter_bytes(program));
     let (scratch, counters, table, step) = (buffers.len(), buffers.len() + 1, buffers.len() + 2, buffers.len() + 3);
     buffers.push(Buffer::Unwritten(scratch_bytes.max(4)));
-    buffers.push(Buffer::Bytes(vec![0; 4 * counter_words.max(1)]));
+    // Split-K arrival counters: zero before the first launch, left zero by each.
+    buffers.push(Buffer::Bytes(vec![0; counter_bytes.max(4)]));
     // The tables, each padded to the longest (the stride), one spare entry.
     let stride = paged.iter().map(|p| p.table.len()).max().unwrap_or(0);
     let mut table_words: Vec<u32> = Vec::new();
@@ -157,23 +158,6 @@ pub(super) fn place(
         pointers.extend([at(24, row_positions), at(32, table)]);
     }
     Ok(Memory { buffers, pointers, home, scratch, counters, step })
-}
-
-/// Scratch bytes (the largest any launch asks for) and split-K counters (zero before the
-/// first launch, left zero by each).
-fn scratch_and_counters(program: &Program, pool_tokens: usize, new_tokens: usize) -> (usize, usize) {
-    let (mut scratch, mut counters) = (0, 0);
-    for s in &program.launches {
-        match &s.params {
-            Params::WritesScratch(sc) => scratch = scratch.max(sc.bytes(pool_tokens, new_tokens)),
-            Params::SplitK { scratch: sc, counters: n } => {
-                scratch = scratch.max(sc.bytes(pool_tokens, new_tokens));
-                counters = counters.max(*n);
-            }
-            Params::Standard | Params::ReadsScratch => {}
-        }
-    }
-    (scratch, counters)
 }
 
 /// A KV cache input's pool of `pool_tokens` rows: each sequence's cached rows (as the CPU
