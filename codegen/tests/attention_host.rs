@@ -15,7 +15,7 @@ use common::faults::{Caught, Fault};
 use smelt_codegen::kernels::{decode_attention, decode_attention_scratch_bytes, AttentionSpec, View};
 use smelt_codegen::Kernel;
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, EmuError, Emulator, Launch, Schedule};
-use smelt_ir::{shape, Bindings, Bound, Builder, DType, NodeId, Op, Shape, Tensor};
+use smelt_ir::{shape, Bindings, Bound, Builder, DType, FusedOp, NodeId, Op, Shape, Tensor};
 use tensors::{bytes, decode, tensor, worst_relative};
 
 const H: usize = 4;
@@ -71,7 +71,7 @@ fn reference(
                 ("inv".into(), extra[1].clone()),
             ]);
             let ops: [NodeId; 6] = [q, w, pos, inv, kc, vc];
-            b.op("attn", Op::NormRopeAttention { eps, scale: spec.scale }, &ops).unwrap()
+            b.op("attn", Op::Fused(FusedOp::NormRopeAttention { eps, scale: spec.scale }), &ops).unwrap()
         }
         None => b.op("attn", Op::Attention { scale: spec.scale }, &[q, kc, vc]).unwrap(),
     };

@@ -15,7 +15,7 @@ use common::emulated;
 use smelt_codegen::kernels::{argmax, gather, kv_append, norm_rope, norm_rope_kv_append, rmsnorm, Grid, View};
 use smelt_codegen::{Kernel, PRELUDE};
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, Launch, Schedule};
-use smelt_ir::{shape, Bindings, Bound, Builder, DType, Dim, NodeId, Op, Shape, Sym, Tensor};
+use smelt_ir::{shape, Bindings, Bound, Builder, DType, Dim, FusedOp, NodeId, Op, Shape, Sym, Tensor};
 use tensors::{bytes, decode, tensor, worst_relative};
 
 // Qwen3-0.6B.
@@ -230,13 +230,14 @@ fn dtype_runs(r: &mut u64, dtype: DType, shared: &Shared) -> Vec<Run> {
             ("inv", inv_freq, shape![HEAD_DIM / 2]),
         ]
     };
-    let want =
-        eval(&[("x", &x, tok(HIDDEN)), ("w", &x_w, shape![HIDDEN])], |b, i| b.op("n", Op::RmsNorm { eps }, i).unwrap());
+    let want = eval(&[("x", &x, tok(HIDDEN)), ("w", &x_w, shape![HIDDEN])], |b, i| {
+        b.op("n", Op::Fused(FusedOp::RmsNorm { eps }), i).unwrap()
+    });
     let kernel = rmsnorm(&name("norm"), s, HIDDEN, dtype, eps, View::contiguous(HIDDEN));
     runs.push(Run { kernel, bufs: vec![x, x_w, want.clone()], table: vec![], t, want, rows: None });
     let want = eval(&rope_ins(q_pos), |b, i| {
         let x = heads_of(b, i[0], Q_VIEW, HEADS);
-        b.op("q", Op::NormRope { eps, append: false }, &[x, i[1], i[2], i[3]]).unwrap()
+        b.op("q", Op::Fused(FusedOp::NormRope { eps, append: false }), &[x, i[1], i[2], i[3]]).unwrap()
     });
     let kernel = norm_rope(&name("q"), HEADS, HEAD_DIM, dtype, eps, Q_VIEW);
     let bufs = vec![qkv.clone(), w.clone(), q_pos.clone(), inv_freq.clone(), want.clone()];
@@ -245,7 +246,7 @@ fn dtype_runs(r: &mut u64, dtype: DType, shared: &Shared) -> Vec<Run> {
     ins.push(("cache", &k_cache, past.clone()));
     let want = eval(&ins, |b, i| {
         let x = heads_of(b, i[0], K_VIEW, KV_HEADS);
-        b.op("k", Op::NormRope { eps, append: true }, &[x, i[1], i[2], i[3], i[4]]).unwrap()
+        b.op("k", Op::Fused(FusedOp::NormRope { eps, append: true }), &[x, i[1], i[2], i[3], i[4]]).unwrap()
     });
     let ((before, table), (want, _)) = (paged(&k_cache, p + t), paged(&want, p + t));
     let kernel = norm_rope_kv_append(&name("k"), KV_HEADS, HEAD_DIM, dtype, eps, K_VIEW);

@@ -17,7 +17,7 @@ use common::faults::{Caught, Fault};
 use smelt_codegen::kernels::{prefill_attention, PrefillAttentionSpec, View};
 use smelt_codegen::Kernel;
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, EmuError, Emulator, Landing, Launch, Schedule};
-use smelt_ir::{shape, Bindings, Bound, Builder, DType, NodeId, Op, Shape, Tensor};
+use smelt_ir::{shape, Bindings, Bound, Builder, DType, FusedOp, NodeId, Op, Shape, Tensor};
 use tensors::{bytes, decode, tensor, whole_tensor_error};
 
 /// The one head dim the kernel supports.
@@ -66,7 +66,7 @@ fn reference(
             let invn = b.input("inv", DType::F32, shape![D / 2]);
             feed.extend([("w".to_string(), w.clone()), ("pos".into(), positions.clone()), ("inv".into(), inv.clone())]);
             let ops: [NodeId; 6] = [q, wn, pos, invn, kc, vc];
-            b.op("attn", Op::NormRopeAttention { eps, scale: spec.scale }, &ops).unwrap()
+            b.op("attn", Op::Fused(FusedOp::NormRopeAttention { eps, scale: spec.scale }), &ops).unwrap()
         }
         None => b.op("attn", Op::Attention { scale: spec.scale }, &[q, kc, vc]).unwrap(),
     };

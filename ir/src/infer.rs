@@ -65,11 +65,7 @@ pub fn infer(op: &Op, ins: &[Ty]) -> Result<Option<(DType, Shape)>, String> {
         Op::Cast { to } => (*to, ins[0].1.clone()),
         Op::KvAppend => kv_append(op, ins)?,
         Op::Attention { .. } => attention(op, ins)?,
-        Op::RmsNorm { .. }
-        | Op::Linear { .. }
-        | Op::NormRope { .. }
-        | Op::NormRopeAttention { .. }
-        | Op::Elementwise { .. } => crate::infer_fused::infer_fused(op, ins)?,
+        Op::Fused(f) => f.infer(ins)?,
         Op::ArgMax { axis } => {
             float(op, ins[0])?;
             let mut dims = ins[0].1 .0.clone();

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::dtype::DType;
-use crate::expr::Expr;
+pub use crate::fused::FusedOp;
 use crate::shape::Shape;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -130,36 +130,8 @@ pub enum Op {
         axis: usize,
     },
 
-    // Fused ops: made by passes from the primitive chains above, never declared by a model.
-    // Each means exactly the chain it replaced (see `eval`).
-    /// HF's Qwen3RMSNorm over the last axis: `(x, w)`.
-    RmsNorm {
-        eps: f32,
-    },
-    /// `epilogue(rmsnorm?(x) @ w^T)`. Operands: `x, w`, then the norm weight when `norm_eps` is
-    /// set, then the epilogue's inputs (`Input(i)` is the i-th of those).
-    Linear {
-        norm_eps: Option<f32>,
-        epilogue: Option<Expr>,
-    },
-    /// RMSNorm over the head dim then rotary embedding (NeoX split-half) at `positions`, with
-    /// cos/sin computed in f32 from `inv_freq`. Operands: `x[T, heads, D], norm_w[D],
-    /// positions i32[T], inv_freq f32[D/2]`, then, when `append`, a cache `[P, heads, D]` that
-    /// the result is appended to (the op then yields the cache `[P+T, heads, D]`).
-    NormRope {
-        eps: f32,
-        append: bool,
-    },
-    /// Attention whose queries get `NormRope` first. Operands: `q_raw[T, H, D], norm_w[D],
-    /// positions, inv_freq, k[S, KVH, D], v[S, KVH, D]`.
-    NormRopeAttention {
-        eps: f32,
-        scale: f32,
-    },
-    /// A fused elementwise region: `body` over the operands, broadcast as NumPy does.
-    Elementwise {
-        body: Expr,
-    },
+    /// A fused op, made by a pass from a chain of the ops above (see [`FusedOp`]).
+    Fused(FusedOp),
 }
 
 impl Op {
@@ -202,15 +174,7 @@ impl Op {
             Op::KvAppend => "kv_append",
             Op::Attention { .. } => "attention",
             Op::ArgMax { .. } => "argmax",
-            Op::RmsNorm { .. } => "rmsnorm",
-            Op::Linear { norm_eps: None, epilogue: None } => "linear",
-            Op::Linear { norm_eps: Some(_), epilogue: None } => "linear_rmsnorm",
-            Op::Linear { norm_eps: None, epilogue: Some(_) } => "linear_epilogue",
-            Op::Linear { norm_eps: Some(_), epilogue: Some(_) } => "linear_rmsnorm_epilogue",
-            Op::NormRope { append: false, .. } => "norm_rope",
-            Op::NormRope { append: true, .. } => "norm_rope_kv_append",
-            Op::NormRopeAttention { .. } => "norm_rope_attention",
-            Op::Elementwise { .. } => "elementwise",
+            Op::Fused(f) => f.kind(),
         }
     }
 
@@ -230,21 +194,14 @@ impl Op {
     pub fn kv_cache_operand(&self) -> Option<usize> {
         match self {
             Op::KvAppend => Some(0),
-            Op::NormRope { append: true, .. } => Some(4),
+            Op::Fused(f) => f.kv_cache_operand(),
             _ => None,
         }
     }
 
     /// Fused ops (made by passes).
     pub fn is_fused(&self) -> bool {
-        matches!(
-            self,
-            Op::RmsNorm { .. }
-                | Op::Linear { .. }
-                | Op::NormRope { .. }
-                | Op::NormRopeAttention { .. }
-                | Op::Elementwise { .. }
-        )
+        matches!(self, Op::Fused(_))
     }
 
     /// The number of operands, or `None` for variadic ops (concat).
@@ -255,10 +212,8 @@ impl Op {
             Op::Cast { .. } | Op::ArgMax { .. } => Some(1),
             Op::Binary(_) | Op::MatMul | Op::Gather | Op::KvAppend => Some(2),
             Op::Attention { .. } => Some(3),
-            Op::RmsNorm { .. } => Some(2),
-            Op::NormRope { append, .. } => Some(if *append { 5 } else { 4 }),
-            Op::NormRopeAttention { .. } => Some(6),
-            Op::Concat { .. } | Op::Linear { .. } | Op::Elementwise { .. } => None,
+            Op::Fused(f) => f.arity(),
+            Op::Concat { .. } => None,
         }
     }
 
@@ -278,20 +233,7 @@ impl Op {
             Op::Slice { axis, start, end } => format!("axis={axis}, {start}:{end}"),
             Op::Cast { to } => format!("to={to}"),
             Op::Attention { scale } => format!("scale={scale:?}, causal"),
-            Op::RmsNorm { eps } => format!("eps={eps:?}"),
-            Op::Linear { norm_eps, epilogue } => {
-                let mut parts = Vec::new();
-                if let Some(eps) = norm_eps {
-                    parts.push(format!("norm_eps={eps:?}"));
-                }
-                if let Some(e) = epilogue {
-                    parts.push(format!("epilogue={e}"));
-                }
-                parts.join(", ")
-            }
-            Op::NormRope { eps, .. } => format!("eps={eps:?}"),
-            Op::NormRopeAttention { eps, scale } => format!("eps={eps:?}, scale={scale:?}, causal"),
-            Op::Elementwise { body } => format!("{body}"),
+            Op::Fused(f) => f.attrs(),
             _ => String::new(),
         }
     }

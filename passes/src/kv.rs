@@ -103,6 +103,7 @@ mod tests {
     use smelt_ir::{shape, Builder, KvPart, Role, Sym};
 
     use super::*;
+    use smelt_ir::FusedOp;
 
     const T: Sym = Sym::NewTokens;
     const P: Sym = Sym::CachedTokens;
@@ -179,7 +180,7 @@ mod tests {
         let positions = b.input("positions", DType::I32, shape![T]);
         let inv = b.constant("inv_freq", DType::F32, shape![2], vec![1.0, 0.01]).unwrap();
         let cache = b.input_as("cache", DType::BF16, shape![P, 2, 4], Role::KvCache { layer: 0, part: KvPart::Key });
-        let op = Op::NormRope { eps: 1e-6, append: true };
+        let op = Op::Fused(FusedOp::NormRope { eps: 1e-6, append: true });
         let all = b.op("k_append", op, &[x, w, positions, inv, cache]).unwrap();
         let o = b.op("attention", Op::Attention { scale: 0.5 }, &[x, all, all]).unwrap();
         b.output("cache", all).unwrap();

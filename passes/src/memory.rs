@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use smelt_ir::{Bindings, Graph, NodeId, Op};
+use smelt_ir::{Bindings, FusedOp, Graph, NodeId, Op};
 
 use crate::kv::appends_to_cache;
 
@@ -281,7 +281,7 @@ fn in_place_operand(graph: &Graph, id: NodeId, root: &impl Fn(NodeId) -> Option<
     let operand = graph.node(x);
     let elementwise = match &node.op {
         Op::Unary(_) => true,
-        Op::Binary(_) | Op::Elementwise { .. } => node.shape == operand.shape,
+        Op::Binary(_) | Op::Fused(FusedOp::Elementwise { .. }) => node.shape == operand.shape,
         Op::Cast { to } => to.size_bytes() == operand.dtype.size_bytes(),
         _ => false,
     };

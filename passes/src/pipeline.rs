@@ -5,28 +5,17 @@
 use crate::canonicalize::Canonicalize;
 use crate::cse::Cse;
 use crate::dce::Dce;
-use crate::fuse::{FuseElementwise, FuseEpilogue, FuseHorizontal, FuseNormPrologue, FuseNormRope, FuseRmsNorm};
 use crate::pass::{Pass, PassManager};
 
-/// The passes of [`standard`], by name, in order.
+/// The passes of [`standard`], by name, in order: the cleanups, then each fusion of
+/// [`crate::fuse::fusions`] followed by `Dce`.
 pub fn standard_passes() -> Vec<Box<dyn Pass>> {
-    vec![
-        Box::new(Canonicalize),
-        Box::new(Cse),
-        Box::new(Dce),
-        Box::new(FuseHorizontal),
-        Box::new(Dce),
-        Box::new(FuseRmsNorm),
-        Box::new(Dce),
-        Box::new(FuseNormRope),
-        Box::new(Dce),
-        Box::new(FuseNormPrologue),
-        Box::new(Dce),
-        Box::new(FuseElementwise),
-        Box::new(Dce),
-        Box::new(FuseEpilogue),
-        Box::new(Dce),
-    ]
+    let mut passes: Vec<Box<dyn Pass>> = vec![Box::new(Canonicalize), Box::new(Cse), Box::new(Dce)];
+    for fusion in crate::fuse::fusions() {
+        passes.push(fusion);
+        passes.push(Box::new(Dce));
+    }
+    passes
 }
 
 pub fn standard() -> PassManager {

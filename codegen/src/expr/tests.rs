@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::process::Command;
 
-use smelt_ir::{BinaryOp, Builder, DType, Expr, ExprKind, Op, Shape, Tensor, UnaryOp};
+use smelt_ir::{BinaryOp, Builder, DType, Expr, ExprKind, FusedOp, Op, Shape, Tensor, UnaryOp};
 
 use super::{render, Leaves, LocalNames};
 use crate::PRELUDE;
@@ -94,7 +94,7 @@ fn eval(body: &Expr, inputs: &[Tensor]) -> Vec<f32> {
         .enumerate()
         .map(|(i, t)| b.input(&format!("x{i}"), t.dtype(), Shape::new([LEN.into()])))
         .collect();
-    let out = b.op("body", Op::Elementwise { body: body.clone() }, &ids).expect("body type-checks");
+    let out = b.op("body", Op::Fused(FusedOp::Elementwise { body: body.clone() }), &ids).expect("body type-checks");
     b.output("out", out).expect("one output");
     let g = b.finish().expect("verifies");
     let feed: HashMap<String, Tensor> = inputs.iter().enumerate().map(|(i, t)| (format!("x{i}"), t.clone())).collect();

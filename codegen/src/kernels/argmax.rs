@@ -9,7 +9,7 @@
 use smelt_ir::{DType, Dim, Shape};
 
 use super::norm::{vector_elems, Access};
-use super::{dim_expr, load, storage_type, Grid, Kernel, Launch, GRID_WAIT};
+use super::{dim_expr, load, storage_type, Grid, Kernel, Launch, Params, GRID_WAIT};
 use crate::{Template, PRELUDE};
 
 /// Grid-stride over rows: no launch needs more blocks than this.
@@ -57,5 +57,6 @@ pub fn argmax(name: &str, rows: Dim, v: usize, dtype: DType) -> Kernel {
             grid: Grid::Cover { shape: Shape::new([rows]), per_block: 1, max: MAX_BLOCKS },
             shared_bytes: 0,
         },
+        params: Params::Standard,
     }
 }

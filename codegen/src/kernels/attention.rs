@@ -31,7 +31,7 @@
 
 use smelt_ir::{shape, DType, Sym};
 
-use super::{Grid, Kernel, Launch, Scratch, View, GRID_WAIT};
+use super::{Grid, Kernel, Launch, Params, Scratch, View, GRID_WAIT};
 use crate::expr::f32_literal;
 use crate::{Template, PRELUDE};
 
@@ -284,6 +284,10 @@ fn main_kernel(name: &str, spec: &AttentionSpec, split: bool, grid: Grid) -> Ker
         kind,
         source: format!("{PRELUDE}{}{kernel}", helpers(spec)),
         launch: Launch { block: threads as u32, grid, shared_bytes: 0 },
+        params: match decode_attention_scratch(spec) {
+            Some(scratch) if split => Params::WritesScratch(scratch),
+            _ => Params::Standard,
+        },
     }
 }
 
@@ -300,5 +304,6 @@ fn combine_kernel(name: &str, spec: &AttentionSpec) -> Kernel {
         kind: "attention_combine",
         source: format!("{PRELUDE}{}{kernel}", helpers(spec)),
         launch: Launch { block: spec.d.clamp(32, 256) as u32, grid, shared_bytes: 0 },
+        params: Params::ReadsScratch,
     }
 }

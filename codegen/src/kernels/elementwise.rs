@@ -3,7 +3,7 @@
 
 use smelt_ir::{DType, Expr, Shape};
 
-use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, GRID_WAIT};
+use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, Params, GRID_WAIT};
 use crate::expr::{render, LocalNames};
 use crate::{Template, PRELUDE};
 
@@ -74,5 +74,6 @@ pub fn elementwise(name: &str, body: &Expr, inputs: &[(DType, Shape)], out: (DTy
         kind: "elementwise",
         source: format!("{PRELUDE}{kernel}"),
         launch: Launch { block: BLOCK, grid, shared_bytes: 0 },
+        params: Params::Standard,
     }
 }

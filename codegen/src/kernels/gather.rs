@@ -4,7 +4,7 @@
 use smelt_ir::{DType, Dim, Shape};
 
 use super::norm::{vector_elems, word_type};
-use super::{dim_expr, storage_type, Grid, Kernel, Launch, GRID_WAIT};
+use super::{dim_expr, storage_type, Grid, Kernel, Launch, Params, GRID_WAIT};
 use crate::{Template, PRELUDE};
 
 /// Grid-stride over rows: no launch needs more blocks than this.
@@ -45,5 +45,6 @@ pub fn gather(name: &str, rows: Dim, d: usize, dtype: DType) -> Kernel {
             grid: Grid::Cover { shape: Shape::new([rows]), per_block: 1, max: MAX_BLOCKS },
             shared_bytes: 0,
         },
+        params: Params::Standard,
     }
 }

@@ -81,7 +81,7 @@
 use smelt_ir::{DType, Dim, Expr, Shape, Sym};
 
 use super::epilogue::{leaves, Epilogue};
-use super::{dim_expr, storage_type, Grid, Kernel, Launch, Scratch, SplitK, View, GRID_WAIT};
+use super::{dim_expr, storage_type, Grid, Kernel, Launch, Params, Scratch, SplitK, View, GRID_WAIT};
 use crate::{Template, PRELUDE};
 
 /// Rows (M) and weight rows per block tile, K per pipeline stage, stages, threads. `BODY`
@@ -267,5 +267,9 @@ pub fn linear_gemm(name: &str, spec: &GemmSpec) -> Kernel {
         kind: "linear_gemm",
         source: s,
         launch: Launch { block: BLOCK as u32, grid: grid(spec), shared_bytes: SHARED as u32 },
+        params: match gemm_split_k(spec) {
+            Some((scratch, counters)) => Params::SplitK { scratch, counters },
+            None => Params::Standard,
+        },
     }
 }

@@ -15,7 +15,7 @@
 use smelt_ir::{DType, Dim, Expr, Shape};
 
 use super::epilogue::{round, Epilogue};
-use super::{load, storage_type, store, Grid, Kernel, Launch, View, GRID_WAIT};
+use super::{load, storage_type, store, Grid, Kernel, Launch, Params, View, GRID_WAIT};
 use crate::expr::f32_literal;
 use crate::{Template, PRELUDE};
 
@@ -198,6 +198,7 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
             grid: Grid::Fixed(blocks),
             shared_bytes: (rows * k * dtype.size_bytes()) as u32,
         },
+        params: Params::Standard,
     }
 }
 

@@ -60,6 +60,25 @@ pub struct Kernel {
     pub kind: &'static str,
     pub source: String,
     pub launch: Launch,
+    /// How it is called: the emitter that chose the kernel knows its parameter list.
+    pub params: Params,
+}
+
+/// A launch's parameter list. Every kernel ends with `const smelt_step* step`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Params {
+    /// `(operands…, output, step)`.
+    Standard,
+    /// `(operands…, output, scratch, step)`: writes partial results to a scratch buffer of at
+    /// least [`Scratch::bytes`] (flash-decoding's split kernel).
+    WritesScratch(Scratch),
+    /// `(scratch, output, step)`: reads them (the combine kernel).
+    ReadsScratch,
+    /// `(operands…, output, scratch, counters, step)`: a kernel whose blocks combine their own
+    /// partial results (split-K GEMM): partials to a scratch buffer of at least
+    /// [`Scratch::bytes`], and `counters` u32 arrival counters, in a buffer of their own that
+    /// nothing else writes, zero before the first launch; every launch leaves them zero.
+    SplitK { scratch: Scratch, counters: usize },
 }
 
 /// How a kernel is launched, as a function of the step's sizes.

@@ -9,7 +9,7 @@
 
 use smelt_ir::{DType, Dim, Shape, Sym};
 
-use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, View, GRID_WAIT};
+use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, Params, View, GRID_WAIT};
 use crate::expr::f32_literal;
 use crate::{Template, PRELUDE};
 
@@ -162,6 +162,7 @@ pub fn rmsnorm(name: &str, rows: Dim, d: usize, dtype: DType, eps: f32, x_view: 
             grid: Grid::Cover { shape: Shape::new([rows]), per_block: WARPS, max: MAX_BLOCKS },
             shared_bytes: 0,
         },
+        params: Params::Standard,
     }
 }
 
@@ -259,6 +260,7 @@ fn norm_rope_kernel(name: &str, heads: usize, d: usize, dtype: DType, eps: f32, 
             },
             shared_bytes: 0,
         },
+        params: Params::Standard,
     }
 }
 
@@ -299,5 +301,6 @@ pub fn kv_append(name: &str, heads: usize, d: usize, dtype: DType, x_view: View)
             },
             shared_bytes: 0,
         },
+        params: Params::Standard,
     }
 }

@@ -45,7 +45,7 @@
 
 use smelt_ir::{shape, DType, Sym};
 
-use super::{AttentionSpec, Grid, Kernel, Launch, View, GRID_WAIT};
+use super::{AttentionSpec, Grid, Kernel, Launch, Params, View, GRID_WAIT};
 use crate::expr::f32_literal;
 use crate::{Template, PRELUDE};
 
@@ -143,5 +143,6 @@ pub fn prefill_attention(name: &str, spec: &PrefillAttentionSpec) -> Kernel {
         kind: "prefill_attention",
         source: format!("{PRELUDE}{kernel}"),
         launch: Launch { block: threads as u32, grid: grid(spec), shared_bytes: 0 },
+        params: Params::Standard,
     }
 }

@@ -6,7 +6,7 @@
 
 use smelt_ir::{DType, Dim, ReduceOp, Shape};
 
-use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, GRID_WAIT};
+use super::{dim_expr, load, storage_type, store, Grid, Kernel, Launch, Params, GRID_WAIT};
 use crate::{Template, PRELUDE};
 
 const WARPS: u32 = 8;
@@ -73,5 +73,6 @@ pub fn reduce(name: &str, op: ReduceOp, input: (DType, &Shape), axis: usize, out
         kind: "reduce",
         source: format!("{PRELUDE}{kernel}"),
         launch: Launch { block: WARPS * 32, grid, shared_bytes: 0 },
+        params: Params::Standard,
     }
 }

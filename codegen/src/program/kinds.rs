@@ -2,9 +2,9 @@
 //! its kernel kind, and each kind's function builds the kernel's spec from the node (refusing
 //! shapes it has no kernel for, with a clear error), prices it and emits it.
 
-use smelt_ir::{Bindings, DType, Dim, Graph, Node, NodeId, Op, Shape, Sym};
+use smelt_ir::{Bindings, DType, Dim, FusedOp, Graph, Node, NodeId, Op, Shape, Sym};
 
-use super::{bytes, resolve_view, CodegenError, EmitOptions, Params, ATTENTION_SPLIT_TOKENS};
+use super::{bytes, resolve_view, CodegenError, EmitOptions, ATTENTION_SPLIT_TOKENS};
 use crate::kernels::{self, AttentionSpec, GemvSpec, Kernel, View};
 
 /// A node being planned, and what every kind asks of it.
@@ -19,10 +19,10 @@ pub(crate) struct NodeCtx<'g> {
     options: EmitOptions,
 }
 
-/// What a node becomes: its kernels in launch order, each with how it is called, and the
-/// op-specific part of its cost at one new token.
+/// What a node becomes: its kernels in launch order, and the op-specific part of its cost at one
+/// new token.
 pub(crate) struct Planned {
-    pub kernels: Vec<(Kernel, Params)>,
+    pub kernels: Vec<Kernel>,
     pub flops: u64,
     pub kv_bytes_per_context_token: u64,
     /// Replaces the weight bytes of the operands (a gather reads only the rows it picks).
@@ -31,7 +31,7 @@ pub(crate) struct Planned {
 
 impl Planned {
     fn one(kernel: Kernel, flops: u64) -> Planned {
-        Planned { kernels: vec![(kernel, Params::Standard)], flops, kv_bytes_per_context_token: 0, weight_bytes: None }
+        Planned { kernels: vec![kernel], flops, kv_bytes_per_context_token: 0, weight_bytes: None }
     }
 }
 
@@ -127,24 +127,26 @@ impl<'g> NodeCtx<'g> {
 pub(crate) fn plan(n: &NodeCtx) -> Result<Planned, CodegenError> {
     let prefill = !n.decode;
     match &n.node.op {
-        Op::Linear { norm_eps: Some(_), .. } if prefill => {
+        Op::Fused(FusedOp::Linear { norm_eps: Some(_), .. }) if prefill => {
             Err(n.unsupported(": a prefill matmul with a norm prologue (prefill keeps RMSNorm as its own op)"))
         }
         // A prefill matmul over T rows; one over the last row (the lm_head when only the last
         // position's logits are wanted) is a GEMV.
-        Op::Linear { norm_eps: None, epilogue } if prefill && n.x_is_t_rows() => gemm(n, epilogue.as_ref()),
+        Op::Fused(FusedOp::Linear { norm_eps: None, epilogue }) if prefill && n.x_is_t_rows() => {
+            gemm(n, epilogue.as_ref())
+        }
         Op::MatMul if prefill && n.x_is_t_rows() => gemm(n, None),
-        Op::Linear { norm_eps, epilogue } => linear_gemv(n, *norm_eps, epilogue.as_ref()),
+        Op::Fused(FusedOp::Linear { norm_eps, epilogue }) => linear_gemv(n, *norm_eps, epilogue.as_ref()),
         Op::MatMul => matmul_gemv(n),
-        Op::NormRope { eps, append } => norm_rope(n, *eps, *append),
+        Op::Fused(FusedOp::NormRope { eps, append }) => norm_rope(n, *eps, *append),
         Op::KvAppend => kv_append(n),
         Op::Attention { scale } => attention(n, *scale, None),
-        Op::NormRopeAttention { scale, eps, .. } => attention(n, *scale, Some(*eps)),
-        Op::RmsNorm { eps } => rmsnorm(n, *eps),
+        Op::Fused(FusedOp::NormRopeAttention { scale, eps, .. }) => attention(n, *scale, Some(*eps)),
+        Op::Fused(FusedOp::RmsNorm { eps }) => rmsnorm(n, *eps),
         Op::Gather => gather(n),
         Op::ArgMax { .. } => argmax(n),
         Op::Reduce { op, axis } => reduce(n, *op, *axis),
-        Op::Elementwise { body } => elementwise(n, body),
+        Op::Fused(FusedOp::Elementwise { body }) => elementwise(n, body),
         Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. } | Op::Reshape { .. } | Op::Slice { .. } => {
             Err(n.unsupported(": leaves and views are not kernels"))
         }
@@ -173,11 +175,7 @@ fn gemm(n: &NodeCtx, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, Codeg
     }
     let kind = if epilogue.is_some() { "gemm_epilogue" } else { "gemm" };
     // FLOPs at one new token, like every cost here (multiply by T).
-    let mut planned = Planned::one(kernels::linear_gemm(&n.name(kind), &spec), 2 * (nw * k) as u64);
-    if let Some((scratch, counters)) = kernels::gemm_split_k(&spec) {
-        planned.kernels[0].1 = Params::SplitK { scratch, counters };
-    }
-    Ok(planned)
+    Ok(Planned::one(kernels::linear_gemm(&n.name(kind), &spec), 2 * (nw * k) as u64))
 }
 
 fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, CodegenError> {
@@ -281,18 +279,13 @@ fn attention(n: &NodeCtx, scale: f32, norm_rope_eps: Option<f32>) -> Result<Plan
     if !n.decode && one_sequence && kernels::PrefillAttentionSpec::supports(spec.d, dtype) {
         let prefill = kernels::PrefillAttentionSpec::from(&spec);
         let kernel = kernels::prefill_attention(&n.name("prefill_attention"), &prefill);
-        planned.kernels.push((kernel, Params::Standard));
+        planned.kernels.push(kernel);
         return Ok(planned);
     }
     if let Some(why) = spec.unsupported() {
         n.supported(false, &why)?;
     }
-    let emitted = kernels::decode_attention(&n.name("attention"), &spec);
-    let params = match kernels::decode_attention_scratch(&spec) {
-        Some(scratch) => vec![Params::WritesScratch(scratch), Params::ReadsScratch],
-        None => vec![Params::Standard],
-    };
-    planned.kernels = emitted.into_iter().zip(params).collect();
+    planned.kernels = kernels::decode_attention(&n.name("attention"), &spec);
     Ok(planned)
 }
 

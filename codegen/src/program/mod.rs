@@ -6,7 +6,8 @@
 use serde::Serialize;
 use smelt_ir::{Bindings, DType, Dim, Graph, NodeId, Op, Shape, Sym};
 
-use crate::kernels::{self, Kernel, Scratch, View};
+pub use crate::kernels::Params;
+use crate::kernels::{self, Kernel, View};
 
 mod kinds;
 
@@ -58,23 +59,6 @@ pub struct Scheduled {
     pub operand_ids: Vec<NodeId>,
     /// The kernel's parameter list, in the calling convention's terms.
     pub params: Params,
-}
-
-/// A launch's parameter list. Every kernel ends with `const smelt_step* step`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Params {
-    /// `(operands…, output, step)`.
-    Standard,
-    /// `(operands…, output, scratch, step)`: writes partial results to a scratch buffer of at
-    /// least [`Scratch::bytes`] (flash-decoding's split kernel).
-    WritesScratch(Scratch),
-    /// `(scratch, output, step)`: reads them (the combine kernel).
-    ReadsScratch,
-    /// `(operands…, output, scratch, counters, step)`: a kernel whose blocks combine their own
-    /// partial results (split-K GEMM): partials to a scratch buffer of at least
-    /// [`Scratch::bytes`], and `counters` u32 arrival counters, in a buffer of their own that
-    /// nothing else writes, zero before the first launch; every launch leaves them zero.
-    SplitK { scratch: Scratch, counters: usize },
 }
 
 impl Program {
@@ -213,7 +197,8 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
                 }
             })
             .collect();
-        for (i, (kernel, params)) in planned.kernels.into_iter().enumerate() {
+        for (i, kernel) in planned.kernels.into_iter().enumerate() {
+            let params = kernel.params.clone();
             // A multi-kernel op (split attention) charges its cost to its first kernel.
             let cost = if i == 0 { cost.clone() } else { Cost::default() };
             let index = match program.kernels.iter().position(|k| k.source == kernel.source) {

@@ -3,7 +3,7 @@
 
 use smelt_codegen::kernels::{gemm_split_k, Grid, View};
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, Landing, Launch, Pointer, Schedule, Step};
-use smelt_ir::{shape, BinaryOp, DType, Expr, ExprKind, Shape, Sym};
+use smelt_ir::{shape, BinaryOp, DType, Expr, ExprKind, FusedOp, Shape, Sym};
 
 use crate::common::emulated;
 use crate::common::epilogues::{acc, node, residual, swiglu, to_f32};
@@ -77,7 +77,7 @@ fn prepare(case: &Case, t: usize, grid: Option<u32>, seed: u64) -> Run {
     for (i, e) in extras.iter().enumerate() {
         ops.push(b.input(&format!("e{i}"), e.dtype(), Shape::new(e.shape().iter().map(|&d| d.into()))));
     }
-    let op = Op::Linear { norm_eps: None, epilogue: case.epilogue.clone() };
+    let op = Op::Fused(FusedOp::Linear { norm_eps: None, epilogue: case.epilogue.clone() });
     let y = b.op("y", op, &ops).expect("linear type-checks");
     b.output("y", y).expect("output");
     let g = b.finish().expect("verifies");

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use smelt_codegen::kernels::{Grid, View};
-use smelt_ir::{shape, BinaryOp, Bound, Builder, DType, Expr, ExprKind, Op, Tensor};
+use smelt_ir::{shape, BinaryOp, Bound, Builder, DType, Expr, ExprKind, FusedOp, Op, Tensor};
 
 use crate::common::emulated;
 use crate::common::epilogues::{acc, node, residual, swiglu, to_f32};
@@ -82,7 +82,7 @@ fn prepare(case: &Case, seed: u64) -> Prepared {
     for (i, (d, s)) in case.extras.iter().enumerate() {
         ops.push(b.input(&format!("e{i}"), *d, s.clone()));
     }
-    let op = Op::Linear { norm_eps: case.norm.then_some(EPS), epilogue: case.epilogue.clone() };
+    let op = Op::Fused(FusedOp::Linear { norm_eps: case.norm.then_some(EPS), epilogue: case.epilogue.clone() });
     let y = b.op("y", op, &ops).expect("linear type-checks");
     b.output("y", y).expect("output");
     let g = b.finish().expect("verifies");

@@ -14,7 +14,7 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 
 use super::*;
-use crate::{shape, Builder};
+use crate::{shape, Builder, FusedOp};
 
 /// Values in [-2, 2) from a seed.
 fn noise(seed: u64, n: usize) -> Vec<f32> {
@@ -103,7 +103,7 @@ fn run_fused(op: Op, dtype: DType, x: &[f32], w: &[f32], positions: &[i32], h: u
     let xs = b.input("x", dtype, shape![t, h, d]);
     let ws = b.input("w", dtype, shape![d]);
     let mut operands = vec![xs, ws];
-    if !matches!(op, Op::RmsNorm { .. }) {
+    if !matches!(op, Op::Fused(FusedOp::RmsNorm { .. })) {
         operands.push(b.input("positions", DType::I32, shape![t]));
         let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / THETA.powf((2 * i) as f32 / d as f32)).collect();
         operands.push(b.constant("inv_freq", DType::F32, shape![d / 2], inv).unwrap());
@@ -135,14 +135,14 @@ proptest! {
             let (x64, w64): (Vec<f64>, Vec<f64>) =
                 (x.iter().map(|&v| v as f64).collect(), w.iter().map(|&v| v as f64).collect());
             let normed = norm_formula(&x64, &w64, d, eps, dtype);
-            let got = run_fused(Op::RmsNorm { eps }, dtype, &x, &w, &positions, h, d);
+            let got = run_fused(Op::Fused(FusedOp::RmsNorm { eps }), dtype, &x, &w, &positions, h, d);
             let own: Vec<f64> = normed.iter().map(|v| v.abs()).collect();
             assert_matches(&got, &normed, &own, dtype, &format!("{dtype} rmsnorm"));
             // NormRope rotates the normed values the fused op itself computed (its own
             // rounding), so the rotation is judged alone.
             let got_normed: Vec<f64> = got.to_f32_vec().iter().map(|&v| v as f64).collect();
             let rotated = rope_formula(&got_normed, &positions, h, d, THETA, dtype);
-            let got = run_fused(Op::NormRope { eps, append: false }, dtype, &x, &w, &positions, h, d);
+            let got = run_fused(Op::Fused(FusedOp::NormRope { eps, append: false }), dtype, &x, &w, &positions, h, d);
             assert_matches(&got, &rotated, &row_scale(&got_normed, d), dtype, &format!("{dtype} norm_rope"));
         }
     }

@@ -4,11 +4,11 @@
 //! runs at a usable speed.
 
 mod elementwise;
-mod fused;
+pub(crate) mod fused;
 // An AVX2 kernel, called only after the CPU is checked to have it.
 #[allow(unsafe_code)]
 mod linalg;
-mod movement;
+pub(crate) mod movement;
 
 use std::collections::HashMap;
 
@@ -212,7 +212,9 @@ impl<'g, 'w> Run<'g, 'w> {
         let result = if consumable.is_some() {
             // The appended rows are computed before the cache is moved out of `args`.
             let rows = match op {
-                Op::NormRope { eps, .. } => fused::norm_rope(&args[..4], *eps),
+                Op::Fused(f) => {
+                    f.appended_rows(&args).unwrap_or_else(|| Err("a fused op without a cache appends nothing".into()))
+                }
                 _ => Ok(args[1].clone()),
             };
             drop(args);
@@ -328,10 +330,11 @@ fn bind(graph: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Bindings, Eva
 /// For an op that normalizes its first operand: no row's mean square overflows (see
 /// [`fused::norm_overflows`]).
 fn check_norm_input(op: &Op, args: &[&Tensor]) -> Result<(), String> {
-    let eps = match op {
-        Op::RmsNorm { eps } | Op::Linear { norm_eps: Some(eps), .. } => *eps,
-        Op::NormRope { eps, .. } | Op::NormRopeAttention { eps, .. } => *eps,
-        _ => return Ok(()),
+    let Some(eps) = (match op {
+        Op::Fused(f) => f.norm_eps(),
+        _ => None,
+    }) else {
+        return Ok(());
     };
     match fused::norm_overflows(args[0], eps)? {
         0 => Ok(()),
@@ -354,12 +357,7 @@ fn apply(op: &Op, dtype: DType, out_shape: &[usize], args: &[&Tensor]) -> Result
         Op::Slice { axis, start, end } => movement::slice(a(0), *axis, *start, *end)?,
         Op::Concat { axis } => movement::concat(args, *axis),
         Op::KvAppend => movement::append_rows(a(0).clone(), a(1)),
-        Op::RmsNorm { eps } => fused::rms_norm(a(0), a(1), *eps)?,
-        Op::Linear { norm_eps, epilogue } => fused::linear(args, *norm_eps, epilogue.as_ref())?,
-        Op::NormRope { eps, append: false } => fused::norm_rope(args, *eps)?,
-        Op::NormRope { eps, append: true } => movement::append_rows(a(4).clone(), &fused::norm_rope(&args[..4], *eps)?),
-        Op::NormRopeAttention { eps, scale } => fused::norm_rope_attention(args, *eps, *scale, dtype)?,
-        Op::Elementwise { body } => fused::expr(body, args, None)?.into_owned(),
+        Op::Fused(f) => f.eval(args, dtype)?,
         Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. } => return Err(format!("{} is a leaf", op.kind())),
     })
 }

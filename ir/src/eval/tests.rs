@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use super::{eval, eval_with, EvalError, EvalOptions};
-use crate::{shape, BinaryOp, Bound, Builder, DType, Dim, Graph, NodeId, Op, ReduceOp, Shape, Sym, Tensor, UnaryOp};
+use crate::{
+    shape, BinaryOp, Bound, Builder, DType, Dim, FusedOp, Graph, NodeId, Op, ReduceOp, Shape, Sym, Tensor, UnaryOp,
+};
 
 pub(super) type Map = HashMap<String, Tensor>;
 
@@ -282,7 +284,7 @@ fn a_bf16_or_f32_overflow_inside_the_graph_is_an_error_naming_the_node() {
     let mut b = Builder::new();
     let x = b.input("x", DType::F32, fixed(&[1, 2]));
     let w = b.input("w", DType::F32, fixed(&[2]));
-    let y = b.op("norm", Op::RmsNorm { eps: 1e-6 }, &[x, w]).unwrap();
+    let y = b.op("norm", Op::Fused(FusedOp::RmsNorm { eps: 1e-6 }), &[x, w]).unwrap();
     let z = b.op("z", Op::Unary(UnaryOp::Neg), &[y]).unwrap();
     b.output("z", z).unwrap();
     let graph = b.finish().unwrap();

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use smelt_ir::{Expr, ExprKind, Graph, IrError, NodeId, Op};
+use smelt_ir::{Expr, ExprKind, FusedOp, Graph, IrError, NodeId, Op};
 
 use super::{only_used_by, op, replace_with, topo};
 use crate::pass::{Pass, Report};
@@ -70,7 +70,7 @@ impl Pass for FuseElementwise {
             }
             let (mut inputs, mut absorbed) = (Vec::new(), 0);
             let body = build(g, root, root, &mut inputs, &mut absorbed);
-            replace_with(g, root, Op::Elementwise { body }, &inputs);
+            replace_with(g, root, Op::Fused(FusedOp::Elementwise { body }), &inputs);
             report.matched += 1;
             report.changed += absorbed;
         }

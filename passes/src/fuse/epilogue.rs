@@ -2,7 +2,7 @@
 //! along N, as after horizontal fusion) and nothing else of it becomes that matmul's epilogue:
 //! SwiGLU `silu(gate)*up`, the residual add, the cast of the logits.
 
-use smelt_ir::{Bound, Expr, ExprKind, Graph, IrError, NodeId, Op};
+use smelt_ir::{Bound, Expr, ExprKind, FusedOp, Graph, IrError, NodeId, Op};
 
 use super::{only_used_by, op, replace_with, topo};
 use crate::pass::{Pass, Report};
@@ -13,7 +13,7 @@ pub struct FuseEpilogue;
 fn plain_matmul(g: &Graph, id: NodeId) -> Option<Option<f32>> {
     match op(g, id) {
         Op::MatMul => Some(None),
-        Op::Linear { norm_eps, epilogue: None } => Some(*norm_eps),
+        Op::Fused(FusedOp::Linear { norm_eps, epilogue: None }) => Some(*norm_eps),
         _ => None,
     }
 }
@@ -49,7 +49,7 @@ impl Pass for FuseEpilogue {
             if !g.contains(e) {
                 continue;
             }
-            let Op::Elementwise { body } = op(g, e).clone() else { continue };
+            let Op::Fused(FusedOp::Elementwise { body }) = op(g, e).clone() else { continue };
             let inputs = g.operands(e);
             // The matmul behind the first input that reads one.
             let Some(m) = inputs.iter().find_map(|&i| {
@@ -85,7 +85,7 @@ impl Pass for FuseEpilogue {
                 }
             }
             let epilogue: Expr = body.map_inputs(&|i| remap[i].clone());
-            replace_with(g, e, Op::Linear { norm_eps, epilogue: Some(epilogue) }, &operands);
+            replace_with(g, e, Op::Fused(FusedOp::Linear { norm_eps, epilogue: Some(epilogue) }), &operands);
             report.matched += 1;
             report.changed += 1;
         }

@@ -16,6 +16,21 @@ pub use prologue::FuseNormPrologue;
 pub use rmsnorm::FuseRmsNorm;
 pub use rope::FuseNormRope;
 
+/// The fusion passes, in the order the standard pipeline runs them (each followed by `Dce`): a
+/// new fusion is listed here, once. Horizontal fusion goes first so that the norms and matmuls
+/// after it see the concatenated projections; epilogues last, over the fused elementwise
+/// regions.
+pub fn fusions() -> Vec<Box<dyn Pass>> {
+    vec![
+        Box::new(FuseHorizontal),
+        Box::new(FuseRmsNorm),
+        Box::new(FuseNormRope),
+        Box::new(FuseNormPrologue),
+        Box::new(FuseElementwise),
+        Box::new(FuseEpilogue),
+    ]
+}
+
 #[cfg(test)]
 mod near_miss;
 #[cfg(test)]
@@ -24,6 +39,8 @@ mod rope_tests;
 mod tests;
 
 use smelt_ir::{Graph, Node, NodeId, Op};
+
+use crate::pass::Pass;
 
 pub(crate) fn op(g: &Graph, id: NodeId) -> &Op {
     &g.node(id).op

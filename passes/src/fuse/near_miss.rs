@@ -4,7 +4,7 @@
 //! the graph must evaluate as before (exactly: a fused op evaluates as the chain it replaces).
 //! The norm+RoPE matcher has its own file, `rope_tests.rs`.
 
-use smelt_ir::{shape, Builder, DType, Graph, NodeId, Op, Sym, UnaryOp};
+use smelt_ir::{shape, Builder, DType, FusedOp, Graph, NodeId, Op, Sym, UnaryOp};
 
 use super::*;
 use crate::dce::Dce;
@@ -111,7 +111,7 @@ fn elementwise_regions_absorb_only_values_private_to_them() {
     let after = run_verified(&Dce, &after).0;
     let exps = after
         .node_ids()
-        .filter(|&id| matches!(op(&after, id), Op::Elementwise { body } if body.to_string().contains("exp")))
+        .filter(|&id| matches!(op(&after, id), Op::Fused(FusedOp::Elementwise { body }) if body.to_string().contains("exp")))
         .count();
     assert_eq!(exps, 1, "exp is computed once, not inlined into z's region as well");
     assert_same_eval(&g, &after, 2, 1, 0.0);
@@ -209,7 +209,9 @@ fn epilogues_read_a_matmul_through_its_parts_only() {
         g = run_verified(&Dce, &fused).0;
     }
     let e = g.outputs()[0].1;
-    let Op::Linear { norm_eps: None, epilogue: Some(body) } = op(&g, e) else { panic!("{:?}", op(&g, e)) };
+    let Op::Fused(FusedOp::Linear { norm_eps: None, epilogue: Some(body) }) = op(&g, e) else {
+        panic!("{:?}", op(&g, e))
+    };
     let text = body.to_string();
     assert!(text.contains("acc[0/3]") && text.contains("acc[2/3]"), "{text}");
     assert_eq!(g.operands(e).len(), 3, "x, the weight and the residual");
@@ -302,7 +304,7 @@ fn fused_nodes_carry_the_models_layer_and_label() {
     b.output("y", y).unwrap();
     let (after, _) = run_verified(&FuseElementwise, &b.finish().unwrap());
     let region = after.outputs()[0].1;
-    assert!(matches!(op(&after, region), Op::Elementwise { .. }));
+    assert!(matches!(op(&after, region), Op::Fused(FusedOp::Elementwise { .. })));
     assert_eq!(after.node(region).meta, meta(Some(1), Some("outer")));
 }
 
@@ -338,11 +340,11 @@ fn an_epilogue_never_broadcasts_the_matmul() {
 fn norm_prologue_leaves_a_norm_that_is_an_output() {
     let mut g = prologue_graph(false, true);
     g = run_verified(&FuseRmsNorm, &g).0;
-    let norm = g.node_ids().find(|&n| matches!(op(&g, n), Op::RmsNorm { .. })).expect("fused norm");
+    let norm = g.node_ids().find(|&n| matches!(op(&g, n), Op::Fused(FusedOp::RmsNorm { .. }))).expect("fused norm");
     g.set_output("normed", norm);
     let (after, report) = run_verified(&FuseNormPrologue, &g);
     assert_eq!((report.matched, report.changed), (0, 0));
-    assert!(after.node_ids().any(|n| matches!(op(&after, n), Op::RmsNorm { .. })), "the norm stays");
+    assert!(after.node_ids().any(|n| matches!(op(&after, n), Op::Fused(FusedOp::RmsNorm { .. }))), "the norm stays");
 }
 
 /// Reports count what changed: one RMSNorm chain fused; one norm folded into its 2 matmuls.

@@ -2,7 +2,7 @@
 //! (`T` pinned to 1): there the norm of one row is nearly free inside a GEMV and saves a
 //! kernel and a round trip; a prefill GEMM would redo the norm for every tile of columns.
 
-use smelt_ir::{Graph, IrError, NodeId, Op, Sym};
+use smelt_ir::{FusedOp, Graph, IrError, NodeId, Op, Sym};
 
 use super::{op, replace_with, topo};
 use crate::pass::{Pass, Report};
@@ -24,7 +24,7 @@ impl Pass for FuseNormPrologue {
             if !g.contains(norm) {
                 continue;
             }
-            let Op::RmsNorm { eps } = *op(g, norm) else { continue };
+            let Op::Fused(FusedOp::RmsNorm { eps }) = *op(g, norm) else { continue };
             let users = g.users(norm);
             let is_output = g.outputs().iter().any(|(_, o)| *o == norm);
             let all_matmuls =
@@ -35,7 +35,12 @@ impl Pass for FuseNormPrologue {
             let [h, w] = <[NodeId; 2]>::try_from(g.operands(norm)).expect("rmsnorm has 2 operands");
             for mm in users {
                 let weight = g.operands(mm)[1];
-                replace_with(g, mm, Op::Linear { norm_eps: Some(eps), epilogue: None }, &[h, weight, w]);
+                replace_with(
+                    g,
+                    mm,
+                    Op::Fused(FusedOp::Linear { norm_eps: Some(eps), epilogue: None }),
+                    &[h, weight, w],
+                );
                 report.changed += 1;
             }
             report.matched += 1;

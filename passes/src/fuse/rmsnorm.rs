@@ -1,7 +1,7 @@
 //! RMSNorm from its primitive chain, as `models::qwen3` declares HF's Qwen3RMSNorm:
 //! `mul(w, cast?(mul(x32, rsqrt(add(mean(square(x32)), eps)))))` with `x32 = cast?(x)`.
 
-use smelt_ir::{BinaryOp, Graph, IrError, NodeId, Op, ReduceOp, UnaryOp};
+use smelt_ir::{BinaryOp, FusedOp, Graph, IrError, NodeId, Op, ReduceOp, UnaryOp};
 
 use super::{op, replace_with, scalar_value, through_cast, topo};
 use crate::pass::{Pass, Report};
@@ -59,7 +59,7 @@ impl Pass for FuseRmsNorm {
                 continue;
             }
             if let Some((x, w, eps)) = match_rmsnorm(g, root) {
-                replace_with(g, root, Op::RmsNorm { eps }, &[x, w]);
+                replace_with(g, root, Op::Fused(FusedOp::RmsNorm { eps }), &[x, w]);
                 report.matched += 1;
                 report.changed += 1;
             }

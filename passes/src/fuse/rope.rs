@@ -3,7 +3,7 @@
 //! itself. Then the op that consumes it absorbs it: a KV append (`NormRope { append }`, the
 //! K-cache write) or attention's queries (`NormRopeAttention`).
 
-use smelt_ir::{BinaryOp, Bound, Graph, IrError, NodeId, Op, UnaryOp};
+use smelt_ir::{BinaryOp, Bound, FusedOp, Graph, IrError, NodeId, Op, UnaryOp};
 
 use super::{only_used_by, op, replace_with, through_cast, topo};
 use crate::pass::{Pass, Report};
@@ -48,7 +48,7 @@ fn match_norm_rope(g: &Graph, root: NodeId) -> Option<[NodeId; 4]> {
         let (x, cos, rot, sin) = (xc[0], xc[1], rs[0], rs[1]);
         let x_node = g.node(x);
         let d = x_node.shape.dims().last()?.fixed()?;
-        let Op::RmsNorm { .. } = op(g, x) else { return None };
+        let Op::Fused(FusedOp::RmsNorm { .. }) = op(g, x) else { return None };
         if x_node.shape.rank() != 3 {
             return None;
         }
@@ -97,9 +97,9 @@ impl Pass for FuseNormRope {
                 continue;
             }
             let Some([norm, pos, inv, _]) = match_norm_rope(g, root) else { continue };
-            let Op::RmsNorm { eps } = *op(g, norm) else { continue };
+            let Op::Fused(FusedOp::RmsNorm { eps }) = *op(g, norm) else { continue };
             let [raw, w] = <[NodeId; 2]>::try_from(g.operands(norm)).expect("rmsnorm has 2 operands");
-            let fused = replace_with(g, root, Op::NormRope { eps, append: false }, &[raw, w, pos, inv]);
+            let fused = replace_with(g, root, Op::Fused(FusedOp::NormRope { eps, append: false }), &[raw, w, pos, inv]);
             report.matched += 1;
             let users = g.users(fused);
             let Some(&user) = users.first().filter(|&&u| only_used_by(g, fused, u)) else {
@@ -109,12 +109,22 @@ impl Pass for FuseNormRope {
             match op(g, user).clone() {
                 // Not also the cache operand: that one is [P, ..], this one [T, ..].
                 Op::KvAppend if uops[1] == fused => {
-                    replace_with(g, user, Op::NormRope { eps, append: true }, &[raw, w, pos, inv, uops[0]]);
+                    replace_with(
+                        g,
+                        user,
+                        Op::Fused(FusedOp::NormRope { eps, append: true }),
+                        &[raw, w, pos, inv, uops[0]],
+                    );
                     appends += 1;
                 }
                 // Only as the queries; if k or v is the same value, it stays computed for them.
                 Op::Attention { scale } if uops[0] == fused => {
-                    replace_with(g, user, Op::NormRopeAttention { eps, scale }, &[raw, w, pos, inv, uops[1], uops[2]]);
+                    replace_with(
+                        g,
+                        user,
+                        Op::Fused(FusedOp::NormRopeAttention { eps, scale }),
+                        &[raw, w, pos, inv, uops[1], uops[2]],
+                    );
                     attentions += 1;
                 }
                 _ => {}

@@ -1,7 +1,7 @@
 //! The norm+RoPE matcher on Qwen3's chain and its near misses, and where the fused op goes
 //! next: into the KV append or attention that alone reads it, and nowhere else.
 
-use smelt_ir::{shape, Builder, DType, Graph, NodeId, Op, Sym};
+use smelt_ir::{shape, Builder, DType, FusedOp, Graph, NodeId, Op, Sym};
 
 use super::near_miss::{fused_count, DTYPES};
 use super::*;
@@ -68,8 +68,8 @@ fn norm_rope_goes_into_its_append_and_attention_only_when_private() {
         let after = run_verified(&Dce, &after).0;
         assert_eq!((report.matched, report.changed), (2, 2 + absorbed), "rope outputs: {rope_outputs}");
         let count = |want: fn(&Op) -> bool| after.node_ids().filter(|&id| want(op(&after, id))).count();
-        let appends = count(|o| matches!(o, Op::NormRope { append: true, .. }));
-        let attentions = count(|o| matches!(o, Op::NormRopeAttention { .. }));
+        let appends = count(|o| matches!(o, Op::Fused(FusedOp::NormRope { append: true, .. })));
+        let attentions = count(|o| matches!(o, Op::Fused(FusedOp::NormRopeAttention { .. })));
         assert_eq!((appends, attentions), (absorbed / 2, absorbed / 2), "rope outputs: {rope_outputs}");
         for t in [1, 3] {
             assert_same_eval(&g, &after, t, 5, 0.0);
