@@ -9,14 +9,8 @@ use common::smelt;
 /// Head dim 128 (the prefill attention kernel's), two query heads sharing one KV head, a
 /// small vocabulary: the prefill GEMM and flash attention run in a few seconds emulated. One
 /// output tile per GEMM, so o_proj (K = 256) splits K in 2 and down_proj (K = 512) in 4.
-const HEAD_DIM_128: &str = r#"{
-  "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
-  "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2,
-  "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 128,
-  "vocab_size": 512, "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
-  "rope_theta": 1000000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
-  "bos_token_id": 1, "eos_token_id": 2
-}"#;
+/// `scripts/gpu-check` runs the same config on a GPU and compares it with the emulator.
+const HEAD_DIM_128: &str = include_str!("fixtures/configs/head-dim-128.json");
 
 fn emulate(args: &[&str]) -> Option<String> {
     let out = smelt(&[&["check-kernels", "--emulate"], args].concat());
@@ -78,4 +72,44 @@ fn a_batched_decode_step_matches_each_sequence_alone() {
         assert!(batched.contains(kernel), "no {kernel} in the batched step's checks:\n{out}");
     }
     assert!(out.contains(" 0 failed; 0 logits checks failed"), "{out}");
+}
+
+/// `scripts/compare-checks` (the GPU check's emulator/GPU report) matches the two runs' nodes
+/// by section and name, and fails on a node one side passes and the other fails, or whose
+/// errors differ by more than half its tolerance.
+#[test]
+fn the_emulator_gpu_report_flags_each_disagreement() {
+    let header = "  node                                 kernels                           dtype    rel err    max abs       tol  result";
+    let run = |prefix: &str, attention: &str, gemm: &str| {
+        format!(
+            "{prefix}prefill of 13 tokens at position 20: 2 nodes\n{header}\n  \
+             l00.attn.attention                   prefill_attention                  bf16   {attention}\n  \
+             l00.attn.q_proj+k_proj+v_proj        qkv_gemm                           bf16   {gemm}\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ok = "2.113e-3   9.766e-4    1.0e-2  ok";
+    let emulated = write("emulated.txt", run("emulated ", ok, "0.000e0    0.000e0    1.0e-2  ok"));
+    let report = |gpu: String| {
+        let gpu = write("gpu.txt", gpu);
+        let out = std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/compare-checks"))
+            .args([&emulated, &gpu])
+            .output()
+            .expect("python3 runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (agree, out) = report(run("", "2.500e-3   9.766e-4    1.0e-2  ok", "0.000e0    0.000e0    1.0e-2  ok"));
+    assert!(agree && out.contains("0 disagreements"), "{out}");
+    let (agree, out) =
+        report(run("", "2.113e-3   9.766e-4    1.0e-2  FAIL (0 non-finite)", "8.000e-3    1.0e-3    1.0e-2  ok"));
+    assert!(!agree && out.contains("2 disagreements"), "{out}");
+    let (agree, out) =
+        report(run("", ok, "0.000e0    0.000e0    1.0e-2  ok").replace("prefill of 13", "prefill of 12"));
+    assert!(!agree && out.contains("only in the emulated run"), "{out}");
 }
