@@ -3,7 +3,7 @@
 //! without local-memory spills, and the decode launches read every weight once. Without NVRTC
 //! the compile part says so and is skipped, except under `CI=true`.
 
-use smelt::codegen::{emit, emit_with, EmitOptions, Program};
+use smelt::codegen::{emit, emit_with, EmitOptions, Program, Variants};
 use smelt::ir::cost::weight_bytes_read;
 use smelt::ir::{Bindings, DType};
 use smelt::models::qwen3::{declare, DeclareOptions, Logits, Phase};
@@ -200,7 +200,11 @@ fn prefill_gemms_split_k_unless_switched_off() {
         let mut g = declare(&cfg, options).unwrap();
         standard().run(&mut g, "qwen3").unwrap();
         let on = emit(&g).unwrap();
-        let off = emit_with(&g, EmitOptions { split_k: false, ..EmitOptions::default() }).unwrap();
+        let off = emit_with(
+            &g,
+            EmitOptions { variants: Variants { split_k: false, ..Variants::default() }, ..EmitOptions::default() },
+        )
+        .unwrap();
         assert_eq!(on.launches.len(), off.launches.len());
         let mut split_gemms = 0;
         for (a, b) in on.launches.iter().zip(&off.launches) {

@@ -25,5 +25,7 @@ pub use expr::{render, Leaves, LocalNames};
 pub use kernels::{kernel_name, Kernel};
 pub use nvrtc::{Arch, Nvrtc, NvrtcError};
 pub use prelude::PRELUDE;
-pub use program::{emit, emit_with, resolve_view, CodegenError, Cost, EmitOptions, Params, Program, Scheduled};
+pub use program::{
+    emit, emit_with, resolve_view, CodegenError, Cost, EmitOptions, Params, Program, Scheduled, Variants,
+};
 pub use template::{Template, TemplateError};

@@ -117,6 +117,17 @@ SMELT_FN float smelt_warp_sum(float v) {
   for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
   return v;
 }
+/* A block's arrival on the counter of the blocks that split one piece of work (split-K, split
+   attention), by one thread after a barrier: the fence before publishes the block's partial
+   (which the barrier ordered before it), the fence after orders the earlier arrivals'
+   partials before the reads the next barrier releases (as CUTLASS's split-K semaphore).
+   Returns the arrivals before this one (splits - 1: this block is the last). */
+SMELT_FN unsigned int smelt_arrive(unsigned int* counter) {
+  __threadfence();
+  const unsigned int before = atomicAdd(counter, 1u);
+  __threadfence();
+  return before;
+}
 /* NeoX rotary's rotate-half for a head whose D elements lie D/32 per lane in order: element j
    pairs with j +- D/2, the same slot of lane ^ 16; rot = concat(-x[D/2:], x[:D/2]), so lanes
    0-15 (the first half) take their partner negated. */

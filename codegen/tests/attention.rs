@@ -5,7 +5,7 @@
 mod common;
 
 use smelt_codegen::kernels::{decode_attention, decode_attention_scratch_bytes, AttentionSpec, View};
-use smelt_codegen::{Kernel, PRELUDE};
+use smelt_codegen::{Kernel, Params, PRELUDE};
 use smelt_ir::{Bindings, DType};
 
 /// Qwen3-0.6B's attention: 16 query heads, 8 KV heads, D = 128, q the first 2048 columns of
@@ -20,6 +20,7 @@ fn qwen3_0_6b(dtype: DType, norm_rope: bool, split_tokens: usize) -> AttentionSp
         q_view: View { offset: 0, row_stride: 4096, from_last_row: false },
         norm_rope_eps: norm_rope.then_some(1e-6),
         split_tokens,
+        merge_splits: false,
     }
 }
 
@@ -29,7 +30,10 @@ fn all_variants() -> Vec<(String, AttentionSpec)> {
         for norm_rope in [false, true] {
             for split in [0, 256] {
                 let name = format!("l00_attn_{dtype}{}_s{split}", if norm_rope { "_nr" } else { "" });
-                v.push((name, qwen3_0_6b(dtype, norm_rope, split)));
+                v.push((name.clone(), qwen3_0_6b(dtype, norm_rope, split)));
+                if split > 0 {
+                    v.push((name, AttentionSpec { merge_splits: true, ..qwen3_0_6b(dtype, norm_rope, split) }));
+                }
             }
         }
     }
@@ -52,6 +56,18 @@ fn kernels_and_launches() {
     assert!(ks[1]
         .source
         .contains("(const float* __restrict__ scratch, smelt_attn_t* __restrict__ out, const smelt_step*"));
+
+    assert!(matches!(ks[0].params, Params::WritesScratch(_)) && ks[1].params == Params::ReadsScratch);
+
+    // Merged: the split kernel alone, which also takes the arrival counters (one per KV head).
+    let merged = decode_attention("l00_attn", &AttentionSpec { merge_splits: true, ..spec });
+    assert_eq!(merged.len(), 1);
+    assert_eq!((merged[0].name.as_str(), merged[0].kind), ("l00_attn_merged", "attention_merged"));
+    assert_eq!(merged[0].launch.grid.blocks(&b(4095)), 8 * 16);
+    assert!(matches!(merged[0].params, Params::SplitK { counters: 8, .. }), "{:?}", merged[0].params);
+    assert!(merged[0].source.contains(
+        "float* __restrict__ scratch, unsigned int* __restrict__ counters, const smelt_step* __restrict__ step)"
+    ));
 
     let single = decode_attention("l00_attn", &qwen3_0_6b(DType::F16, false, 0));
     assert_eq!(single.len(), 1);
@@ -90,6 +106,16 @@ fn decode_attention_compiles_for_every_arch_without_spills() {
     let Some(tc) = common::toolchain() else { return };
     let kernels: Vec<Kernel> = all_variants().iter().flat_map(|(name, spec)| decode_attention(name, spec)).collect();
     tc.check_all(&kernels);
+}
+
+/// The merged kernel's merge, after the split kernel's store (the rest is the split kernel's).
+#[test]
+fn merged_split_source() {
+    let spec = AttentionSpec { merge_splits: true, ..qwen3_0_6b(DType::BF16, false, 256) };
+    let ks = decode_attention("l00_attn_attention", &spec);
+    let body = ks[0].source.strip_prefix(PRELUDE).expect("every kernel starts with the prelude");
+    let merge = &body[body.find("smelt_arrive").map(|i| body[..i].rfind('\n').unwrap_or(0)).expect("an arrival")..];
+    insta::assert_snapshot!(format!("// {} ({}): {:?}\n...{merge}", ks[0].name, ks[0].kind, ks[0].launch));
 }
 
 #[test]

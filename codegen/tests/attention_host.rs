@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use common::emulated;
 use common::faults::{Caught, Fault};
 use smelt_codegen::kernels::{decode_attention, decode_attention_scratch_bytes, AttentionSpec, View};
-use smelt_codegen::Kernel;
+use smelt_codegen::{Kernel, Params};
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, EmuError, Emulator, Launch, Schedule};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, FusedOp, NodeId, Op, Shape, Tensor};
 use tensors::{bytes, decode, tensor, worst_relative};
@@ -37,6 +37,7 @@ fn spec(dtype: DType, norm_rope: bool) -> AttentionSpec {
         norm_rope_eps: norm_rope.then_some(EPS),
         // Small splits, so several split blocks and the combine take part.
         split_tokens: 16,
+        merge_splits: false,
     }
 }
 
@@ -175,17 +176,23 @@ fn cases() -> Vec<Case> {
     out
 }
 
-/// Runs `case` on the split kernel `first` of `emu` and the combine after it (`pair` their
-/// launches): q and the caches (what the qkv matmul and the KV append wrote) hidden from the
-/// split until its grid wait, the scratch and output from the combine. The output bytes.
+/// What a run leaves: the output, and the arrival counters (which every launch must leave zero).
+struct Ran {
+    out: Vec<u8>,
+    counters: Vec<u8>,
+}
+
+/// Runs `case` through `kernels` (the family's launches, in order; `first` is the first one's
+/// index in `emu`), each called as its `Params` say: q and the caches (what the qkv matmul and
+/// the KV append wrote) hidden from the first until its grid wait, the scratch and output from
+/// a combine kernel.
 fn run_case(
     emu: &Emulator,
     first: usize,
     case: &Case,
-    pair: &(Kernel, Kernel),
+    kernels: &[Kernel],
     schedule: Schedule,
-) -> Result<Vec<u8>, EmuError> {
-    let (split, combine) = pair;
+) -> Result<Ran, EmuError> {
     let b = Bindings { batch: 1, new_tokens: case.t, cached_tokens: case.p };
     let n = case.bufs.len();
     let (out, scratch, step_id, table) = (n, n + 1, n + 2, n + 3);
@@ -199,48 +206,50 @@ fn run_case(
     let (step, pointers) = emulated::step(step_id, case.t, case.p, BT, table, rows);
     buffers.insert(step_id, step);
     buffers.insert(table, Buffer::Bytes(emulated::words(&case.table)));
-    let mut split_args: Vec<Arg> = (0..n).map(Arg::buffer).collect();
-    split_args.extend([Arg::buffer(out), Arg::buffer(scratch), Arg::buffer(step_id)]);
-    let launch = |kernel: usize, k: &Kernel, args, hidden| Launch {
-        kernel,
-        grid: k.launch.grid.blocks(&b),
-        block: k.launch.block,
-        shared_bytes: k.launch.shared_bytes,
-        args,
-        hidden,
-    };
-    let launches = [
-        launch(first, split, split_args, vec![0, n - 2, n - 1]),
-        launch(
-            first + 1,
-            combine,
-            vec![Arg::buffer(scratch), Arg::buffer(out), Arg::buffer(step_id)],
-            vec![scratch, out],
-        ),
-    ];
-    let mut bufs = emu.run(&buffers, &pointers, &launches, schedule)?;
-    Ok(bufs.swap_remove(out))
-}
-
-/// Runs every case's split and combine kernels through the emulator, twice: under
-/// AddressSanitizer (bounds; the split's q and caches and the combine's scratch and output,
-/// what the previous kernel wrote, hidden until each block's grid-dependency wait) and under
-/// ThreadSanitizer (races, blocks in a seeded order). Both must give the same bits; returns
-/// each case's output bytes.
-fn emulate(cases: &[Case]) -> Option<Vec<Vec<u8>>> {
-    let pairs: Vec<(Kernel, Kernel)> = cases
+    let counters = buffers.len();
+    buffers.push(Buffer::Bytes(vec![0; 4 * KVH]));
+    let launches: Vec<Launch> = kernels
         .iter()
         .enumerate()
-        .map(|(c, case)| match &decode_attention(&format!("attn{c}"), &case.spec)[..] {
-            [split, combine] => (split.clone(), combine.clone()),
-            _ => panic!("split_tokens > 0 gives a split and a combine kernel"),
+        .map(|(i, k)| {
+            let ins = 0..n;
+            let (args, hidden): (Vec<usize>, _) = match &k.params {
+                Params::Standard => (ins.chain([out]).collect(), vec![0, n - 2, n - 1]),
+                Params::WritesScratch(_) => (ins.chain([out, scratch]).collect(), vec![0, n - 2, n - 1]),
+                Params::SplitK { .. } => (ins.chain([out, scratch, counters]).collect(), vec![0, n - 2, n - 1]),
+                Params::ReadsScratch => (vec![scratch, out], vec![scratch, out]),
+            };
+            Launch {
+                kernel: first + i,
+                grid: k.launch.grid.blocks(&b),
+                block: k.launch.block,
+                shared_bytes: k.launch.shared_bytes,
+                args: args.into_iter().chain([step_id]).map(Arg::buffer).collect(),
+                hidden,
+            }
         })
         .collect();
-    let kernels: Vec<_> = pairs.iter().flat_map(|(s, c)| [emulated::source(s), emulated::source(c)]).collect();
+    let mut bufs = emu.run(&buffers, &pointers, &launches, schedule)?;
+    let counters = bufs.swap_remove(counters);
+    Ok(Ran { out: bufs.swap_remove(out), counters })
+}
+
+/// Runs every case's kernels (`family` of its spec) through the emulator, twice: under
+/// AddressSanitizer (bounds; what the previous kernel wrote hidden until each block's
+/// grid-dependency wait) and under ThreadSanitizer (races, blocks in a seeded order). Both must
+/// give the same bits and leave the counters zero; returns each case's output bytes.
+fn emulate(cases: &[Case], family: impl Fn(&AttentionSpec) -> AttentionSpec) -> Option<Vec<Vec<u8>>> {
+    let per_case: Vec<Vec<Kernel>> =
+        cases.iter().enumerate().map(|(c, case)| decode_attention(&format!("attn{c}"), &family(&case.spec))).collect();
+    let kernels: Vec<_> = per_case.iter().flatten().map(emulated::source).collect();
     let run = |checker: Checker, schedule: Schedule| -> Option<Vec<Vec<u8>>> {
         let emu = emulated::build(&kernels, checker)?;
-        let outputs = cases.iter().zip(&pairs).enumerate().map(|(c, (case, pair))| {
-            run_case(&emu, 2 * c, case, pair, schedule).unwrap_or_else(|e| panic!("case {c}: {e}"))
+        let mut first = 0;
+        let outputs = cases.iter().zip(&per_case).enumerate().map(|(c, (case, family))| {
+            let ran = run_case(&emu, first, case, family, schedule).unwrap_or_else(|e| panic!("case {c}: {e}"));
+            first += family.len();
+            assert!(ran.counters.iter().all(|&b| b == 0), "case {c}: counters left {:?}", ran.counters);
+            ran.out
         });
         Some(outputs.collect())
     };
@@ -253,7 +262,7 @@ fn emulate(cases: &[Case]) -> Option<Vec<Vec<u8>>> {
 #[test]
 fn split_and_combine_match_eval_for_one_sequence_and_for_rows_of_their_own() {
     let cases = cases();
-    let Some(outputs) = emulate(&cases) else { return };
+    let Some(outputs) = emulate(&cases, |spec| *spec) else { return };
     for (case, got) in cases.iter().zip(&outputs) {
         let dtype = case.spec.dtype;
         let what = format!(
@@ -279,6 +288,55 @@ fn split_and_combine_match_eval_for_one_sequence_and_for_rows_of_their_own() {
     }
 }
 
+/// One sequence's decode step (T = 1) after P cached tokens, P from the first block to a dozen
+/// splits, for every dtype, with and without the prologue.
+fn one_token_cases() -> Vec<Case> {
+    let mut seed = 0x1e1e;
+    let inv_freq: Vec<f32> = (0..D / 2).map(|i| 1e6f32.powf(-2.0 * i as f32 / D as f32)).collect();
+    let inv_freq = Tensor::from_f32(DType::F32, vec![D / 2], inv_freq);
+    let mut out = Vec::new();
+    for dtype in [DType::BF16, DType::F16, DType::F32] {
+        for norm_rope in [false, true] {
+            let spec = spec(dtype, norm_rope);
+            let w = tensor(&mut seed, dtype, &[D], 0.5, 1.5);
+            for p in [0, 37, 100] {
+                let qkv = tensor(&mut seed, dtype, &[1, QKV], -2.0, 2.0);
+                let k = tensor(&mut seed, dtype, &[p + 1, KVH, D], -2.0, 2.0);
+                let v = tensor(&mut seed, dtype, &[p + 1, KVH, D], -2.0, 2.0);
+                let positions = Tensor::from_i32(vec![1], vec![p as i32]);
+                let blocks = (p + 1).div_ceil(BT);
+                let table: Vec<u32> = (0..blocks as u32).rev().collect();
+                let mut bufs = vec![bytes(&qkv)];
+                if norm_rope {
+                    bufs.extend([bytes(&w), bytes(&positions), bytes(&inv_freq)]);
+                }
+                bufs.extend([
+                    pool(std::slice::from_ref(&k), &table, blocks, blocks),
+                    pool(std::slice::from_ref(&v), &table, blocks, blocks),
+                ]);
+                let want = reference(&spec, &qkv, &positions, &k, &v, &[w.clone(), inv_freq.clone()]);
+                out.push(Case { spec, bufs, t: 1, p, table, rows: None, want });
+            }
+        }
+    }
+    out
+}
+
+/// The merged kernel (the last split of each KV head merges them, T = 1) gives the bits the
+/// split and combine kernels give, and leaves its counters zero, at 1, 2 and 6 splits.
+#[test]
+fn merged_splits_give_the_split_and_combine_bits() {
+    let cases = one_token_cases();
+    let Some(pairs) = emulate(&cases, |spec| *spec) else { return };
+    let Some(merged) = emulate(&cases, |spec| AttentionSpec { merge_splits: true, ..*spec }) else { return };
+    for (case, (pair, merged)) in cases.iter().zip(pairs.iter().zip(&merged)) {
+        let what = format!("{} P = {} norm+rope {}", case.spec.dtype, case.p, case.spec.norm_rope_eps.is_some());
+        assert!(pair == merged, "{what}: the merged kernel's output differs from split + combine");
+        let worst = worst_relative(&decode(case.spec.dtype, merged), &case.want.to_f32_vec(), case.spec.dtype);
+        assert!(worst <= 2f32.powi(-10), "{what}: differs from eval by {worst:e}");
+    }
+}
+
 /// Faults in the split kernel of a batched step (rows of their own), each caught by a wrong
 /// output: every row reading row 0's position, or row 0's block table.
 #[test]
@@ -300,22 +358,64 @@ fn batched_rows_reading_another_rows_position_or_table_are_caught() {
         },
     ];
     let case = cases().into_iter().find(|c| c.rows.is_some() && c.spec.dtype == DType::BF16).expect("a batched case");
-    let pairs: Vec<(Kernel, Kernel)> = faults
+    let pairs: Vec<Vec<Kernel>> = faults
         .iter()
         .enumerate()
         .map(|(i, f)| match &decode_attention(&format!("fault{i}"), &case.spec)[..] {
-            [split, combine] => (f.inject(split.clone()), combine.clone()),
+            [split, combine] => vec![f.inject(split.clone()), combine.clone()],
             _ => panic!("a split and a combine kernel"),
         })
         .collect();
-    let kernels: Vec<_> = pairs.iter().flat_map(|(s, c)| [emulated::source(s), emulated::source(c)]).collect();
+    let kernels: Vec<_> = pairs.iter().flatten().map(emulated::source).collect();
     let Some(bounds) = emulated::build(&kernels, Checker::Bounds) else { return };
     let Some(races) = emulated::build(&kernels, Checker::Races) else { return };
     let want = case.want.to_f32_vec();
-    let wrong = |out: &Vec<u8>| worst_relative(&decode(DType::BF16, out), &want, DType::BF16) > 0.0;
+    let wrong = |ran: &Ran| worst_relative(&decode(DType::BF16, &ran.out), &want, DType::BF16) > 0.0;
     for (i, (f, pair)) in faults.iter().zip(&pairs).enumerate() {
         let plain = run_case(&bounds, 2 * i, &case, pair, Schedule::default());
         let raced = run_case(&races, 2 * i, &case, pair, Schedule::default());
         f.assert_caught(&plain, &raced, wrong, |_| false);
+    }
+}
+
+/// Faults in the merged kernel's arrival: a counter not reset for the next launch, and a merge
+/// one arrival early (before the last split's partial is written). (A merge by every arrival
+/// is not caught: blocks run one at a time, so the last one's merge, complete, is what stays.)
+#[test]
+fn merged_arrival_faults_are_caught() {
+    let faults = [
+        Fault {
+            name: "counter not reset",
+            from: "if (threadIdx.x == 0u) counters[kvh] = 0u;",
+            nth: 0,
+            to: "",
+            caught: Caught::CounterLeft,
+        },
+        Fault {
+            name: "the next-to-last arrival merges",
+            from: "== nsplit - 1u",
+            nth: 0,
+            to: "== nsplit - 2u",
+            caught: Caught::Wrong,
+        },
+    ];
+    let case = one_token_cases().into_iter().find(|c| c.p == 100 && c.spec.dtype == DType::BF16).expect("6 splits");
+    let spec = AttentionSpec { merge_splits: true, ..case.spec };
+    let kernels: Vec<Kernel> = faults
+        .iter()
+        .enumerate()
+        .map(|(i, f)| f.inject(decode_attention(&format!("fault{i}"), &spec).remove(0)))
+        .collect();
+    let sources: Vec<_> = kernels.iter().map(emulated::source).collect();
+    let Some(bounds) = emulated::build(&sources, Checker::Bounds) else { return };
+    let Some(races) = emulated::build(&sources, Checker::Races) else { return };
+    let want = case.want.to_f32_vec();
+    let wrong = |ran: &Ran| worst_relative(&decode(DType::BF16, &ran.out), &want, DType::BF16) > 2f32.powi(-10);
+    let counter_left = |ran: &Ran| ran.counters.iter().any(|&b| b != 0);
+    for (i, (f, kernel)) in faults.iter().zip(&kernels).enumerate() {
+        let one = std::slice::from_ref(kernel);
+        let plain = run_case(&bounds, i, &case, one, Schedule::default());
+        let raced = run_case(&races, i, &case, one, Schedule::default());
+        f.assert_caught(&plain, &raced, wrong, counter_left);
     }
 }

@@ -92,6 +92,7 @@ fn from_decode_spec() {
         q_view: View { offset: 0, row_stride: 4096, from_last_row: false },
         norm_rope_eps: Some(1e-6),
         split_tokens: 256,
+        merge_splits: false,
     };
     assert_eq!(PrefillAttentionSpec::from(&decode), qwen3_0_6b(DType::BF16, true));
 }

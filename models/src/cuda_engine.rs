@@ -181,10 +181,13 @@ impl Qwen3Cuda {
             let (b, s) = (b.logits.as_deref().unwrap_or_default(), single.logits.as_deref().unwrap_or_default());
             let diff: f64 = b.iter().zip(s).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>().sqrt();
             let norm: f64 = s.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
-            let rel = diff / norm.max(1e-30);
+            // NaN as the worst error (f64::max would drop it), though a NaN logit is refused on
+            // the way out of the GPU already.
+            let nan_is_worst = |e: f64| if e.is_nan() { f64::INFINITY } else { e };
+            let rel = nan_is_worst(diff / norm.max(1e-30));
             check.max_rel_err = check.max_rel_err.max(rel);
             check.mean_rel_err += rel / rows as f64;
-            let max_abs = b.iter().zip(s).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+            let max_abs = b.iter().zip(s).map(|(x, y)| nan_is_worst((x - y).abs() as f64)).fold(0.0, f64::max);
             check.max_abs = check.max_abs.max(max_abs);
             check.top1_agreement += f64::from(u8::from(argmax(b) == argmax(s))) / rows as f64;
             check.greedy_agreement += f64::from(u8::from(batched[i].next_token == single.next_token)) / rows as f64;

@@ -68,8 +68,8 @@ pub struct CudaOptions {
     /// Run prompts through the prefill kernels instead of one decode step per token
     /// (not yet checked on a GPU).
     pub prefill: bool,
-    /// Prefill and batched GEMMs never split K among blocks (the A/B variant of split-K).
-    pub no_split_k: bool,
+    /// The kernel variants (each on by default; off is its A/B twin).
+    pub variants: smelt_codegen::Variants,
 }
 
 impl CudaOptions {
@@ -80,7 +80,11 @@ impl CudaOptions {
 
     /// Whether any option differs from the default (on the CPU, that is an error).
     pub fn any_set(&self) -> bool {
-        self.kv_tokens.is_some() || self.no_cuda_graphs || self.no_pdl || self.prefill || self.no_split_k
+        self.kv_tokens.is_some()
+            || self.no_cuda_graphs
+            || self.no_pdl
+            || self.prefill
+            || self.variants != smelt_codegen::Variants::default()
     }
 
     /// Refuses a KV cache larger than the GPU's memory (probing the GPU), before any weights
@@ -103,7 +107,7 @@ impl CudaOptions {
             cuda_graphs: !self.no_cuda_graphs,
             pdl: !self.no_pdl,
             prefill: self.prefill,
-            split_k: !self.no_split_k,
+            variants: self.variants,
             batch_rows,
             ..DecoderOptions::new(self.kv_tokens(config))
         }

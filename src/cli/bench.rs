@@ -52,9 +52,8 @@ pub struct Args {
     /// (as the PyTorch baseline's batched decode), e.g. 8,32,64.
     #[arg(long, value_parser = numbers)]
     batch: Option<Numbers>,
-    /// Prefill and batched GEMMs never split K among blocks (the A/B variant of split-K).
-    #[arg(long)]
-    no_split_k: bool,
+    #[command(flatten)]
+    variants: super::VariantArgs,
 }
 
 /// The context of every sequence in a timed batched decode step.
@@ -93,7 +92,7 @@ pub fn run(a: Args) -> Result<()> {
         prefill: a.prefill.is_some(),
         prefill_chunk: 2048,
         batch_rows: plan.batch_rows,
-        split_k: !a.no_split_k,
+        variants: a.variants.variants(),
         ..DecoderOptions::new(plan.max_context(a.steps))
     };
     let cold = start(options(cache_dir.path()))?;

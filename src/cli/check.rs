@@ -61,7 +61,7 @@ pub fn run(a: Args) -> Result<()> {
         let settings = super::check_emulated::Settings {
             checker: a.checker,
             pdl: !a.cuda.given().contains(&"--no-pdl"),
-            split_k: !a.cuda.options().no_split_k,
+            variants: a.cuda.variants.variants(),
             verbose: a.verbose,
         };
         let o = super::check_emulated::run(&a.model, a.dtype.into(), &settings, &positions, &prefill, a.batch)?;

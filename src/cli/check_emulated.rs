@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use smelt::codegen::{emit_with, EmitOptions};
+use smelt::codegen::{emit_with, EmitOptions, Variants};
 use smelt::emulate::{BlockOrder, Checker, Landing, Schedule};
 use smelt::ir::{Graph, Tensor};
 use smelt::models::qwen3::Logits;
@@ -66,8 +66,8 @@ pub struct Settings {
     pub checker: CheckerArg,
     /// Programmatic dependent launch (`--no-pdl` turns it off).
     pub pdl: bool,
-    /// Split-K GEMMs (`--no-split-k` turns them off).
-    pub split_k: bool,
+    /// The kernel variants (`--no-split-k`, `--no-merged-attention` turn them off).
+    pub variants: Variants,
     pub verbose: bool,
 }
 
@@ -81,7 +81,7 @@ pub fn run(
     prefill: &[u32],
     batch: Option<usize>,
 ) -> Result<Outcome> {
-    let &Settings { checker, pdl, split_k, verbose } = settings;
+    let &Settings { checker, pdl, variants, verbose } = settings;
     let mut cpu =
         Qwen3Cpu::load_with(model, LoadOptions::new(dtype)).with_context(|| format!("loading {}", model.display()))?;
     let (checker, schedule) = match checker {
@@ -94,7 +94,7 @@ pub fn run(
     let options = EmulationOptions { block_tokens: BLOCK_TOKENS, schedule, pdl };
     let build = |g: &Graph| -> Result<EmulatedProgram> {
         let program =
-            emit_with(g, EmitOptions { split_k, ..EmitOptions::default() }).context("generating the kernels")?;
+            emit_with(g, EmitOptions { variants, ..EmitOptions::default() }).context("generating the kernels")?;
         EmulatedProgram::build(g, program, checker).context("building the kernels for the emulator")
     };
     let vocab = cpu.config().vocab_size as u64;
@@ -122,7 +122,7 @@ pub fn run(
         }
     }
     if let Some(rows) = batch {
-        let (run, want) = batched_step(&mut cpu, rows, checker, split_k, &options, &token)?;
+        let (run, want) = batched_step(&mut cpu, rows, checker, variants, &options, &token)?;
         let what = format!("emulated batched decode step of {rows} sequences (cache nodes checked through the logits)");
         check(what, &run, &want);
     }
@@ -136,13 +136,13 @@ fn batched_step(
     cpu: &mut Qwen3Cpu,
     rows: usize,
     checker: Checker,
-    split_k: bool,
+    variants: Variants,
     options: &EmulationOptions,
     token: &dyn Fn(usize) -> u32,
 ) -> Result<(EmulatedRun, Tensor)> {
     let g = cpu.blueprint().batch_graph().clone();
     let program =
-        emit_with(&g, EmitOptions { rows_are_sequences: true, split_k }).context("generating the batched kernels")?;
+        emit_with(&g, EmitOptions { rows_are_sequences: true, variants }).context("generating the batched kernels")?;
     let program = EmulatedProgram::build(&g, program, checker).context("building the kernels for the emulator")?;
     let context = cpu.config().max_position_embeddings;
     let row_token = |i: usize, p: usize| token(i * 1000 + p);

@@ -59,10 +59,8 @@ pub struct Args {
     /// GPU architecture the dumped kernels are compiled for (sm_90, sm_80) [default: sm_90].
     #[arg(long, value_parser = parse_arch, requires = "dump")]
     arch: Option<Arch>,
-    /// Emit prefill GEMMs that never split K (the A/B variant; by default a GEMM with few
-    /// output tiles splits K among blocks).
-    #[arg(long)]
-    no_split_k: bool,
+    #[command(flatten)]
+    variants: super::VariantArgs,
 }
 
 /// The largest `--kv-budget-gib`: more than any GPU has (the largest hold 288 GB).
@@ -103,8 +101,8 @@ pub fn run(a: Args) -> Result<()> {
     let (mut program, mut prefill_program) = (None, None);
     if !a.no_fuse {
         pass_dumps = run_passes(&a, &mut decode, &mut prefill, &mut report)?;
-        program = emit_decode(&decode, &mut report);
-        let options = smelt::codegen::EmitOptions { split_k: !a.no_split_k, ..Default::default() };
+        let options = smelt::codegen::EmitOptions { variants: a.variants.variants(), ..Default::default() };
+        program = emit_decode(&decode, options, &mut report);
         prefill_program = emit_prefill(&prefill, options, &mut report);
     }
     let plan = Plan::new(&decode, &prefill, prefill_tokens, kv_block_tokens, a.kv_budget_gib)?;
@@ -209,8 +207,8 @@ fn run_passes(
 
 /// The decode kernels, their table printed; none (and why, printed) for a model the emitters
 /// cannot handle yet, which still compiles to a graph and a plan.
-fn emit_decode(decode: &Graph, report: &mut String) -> Option<Program> {
-    match smelt::codegen::emit(decode) {
+fn emit_decode(decode: &Graph, options: smelt::codegen::EmitOptions, report: &mut String) -> Option<Program> {
+    match smelt::codegen::emit_with(decode, options) {
         Ok(program) => {
             *report += &super::kernels::table(&program);
             Some(program)

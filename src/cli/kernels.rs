@@ -25,8 +25,8 @@ pub const TABLE_CONTEXT: u64 = 1024;
 
 /// The table: one row per kernel of layer 0 and outside the layers; the other layers repeat
 /// layer 0's kernels, so they are summed in one line. Bytes per call include the flash-decoding
-/// scratch the attention split kernel writes and the combine kernel reads back (the op's own
-/// cost, its output included, is the split kernel's). Columns are as wide as their widest cell.
+/// scratch the attention split kernel writes and the combine kernel (or the merged kernel's
+/// last blocks) read back (the op's own cost, its output included, is the split kernel's). Columns are as wide as their widest cell.
 pub fn table(program: &Program) -> String {
     let scratch = scratch_bytes(program, TABLE_CONTEXT);
     let floor_us = |bytes: u64| format!("{:.2}", bytes as f64 / FLOOR_BYTES_PER_S * 1e6);
@@ -87,7 +87,8 @@ fn step_time(seconds: f64) -> String {
 }
 
 /// Per launch, the bytes of scratch it writes (attention split) or reads back (the combine
-/// that follows it) at `context` tokens; 0 for the others.
+/// that follows it), or both (a merged split: its last blocks read back what all wrote) at
+/// `context` tokens; 0 for the others.
 fn scratch_bytes(program: &Program, context: u64) -> Vec<u64> {
     let mut written = 0u64;
     program
@@ -99,8 +100,10 @@ fn scratch_bytes(program: &Program, context: u64) -> Vec<u64> {
                 written
             }
             Params::ReadsScratch => written,
-            // The table shows decode programs, whose matmuls are GEMVs: no split-K GEMM here.
-            Params::Standard | Params::SplitK { .. } => 0,
+            // The table shows decode programs, whose matmuls are GEMVs: the one kernel with
+            // counters is the merged attention.
+            Params::SplitK { scratch, .. } => 2 * scratch.bytes(context as usize, 1) as u64,
+            Params::Standard => 0,
         })
         .collect()
 }

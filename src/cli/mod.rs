@@ -125,10 +125,32 @@ pub struct CudaArgs {
     /// of one decode step per token. Experimental: not yet checked on a GPU.
     #[arg(long)]
     gpu_prefill: bool,
+    #[command(flatten)]
+    pub variants: VariantArgs,
+}
+
+/// The A/B twins of the kernel variants (`smelt::codegen::Variants`), each a flag that turns
+/// one off.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct VariantArgs {
     /// Prefill and batched GEMMs never split K among blocks (the A/B variant; by default a
     /// GEMM with few output tiles does).
     #[arg(long)]
-    no_split_k: bool,
+    pub no_split_k: bool,
+    /// Decode attention runs as a split kernel and a combine kernel (the A/B variant; by
+    /// default the last split of each KV head merges them).
+    #[arg(long)]
+    pub no_merged_attention: bool,
+}
+
+impl VariantArgs {
+    pub fn variants(&self) -> smelt::codegen::Variants {
+        smelt::codegen::Variants { split_k: !self.no_split_k, merged_attention: !self.no_merged_attention }
+    }
+
+    fn given(&self) -> [(&'static str, bool); 2] {
+        [("--no-split-k", self.no_split_k), ("--no-merged-attention", self.no_merged_attention)]
+    }
 }
 
 impl CudaArgs {
@@ -139,9 +161,8 @@ impl CudaArgs {
             ("--no-cuda-graphs", self.no_cuda_graphs),
             ("--no-pdl", self.no_pdl),
             ("--gpu-prefill", self.gpu_prefill),
-            ("--no-split-k", self.no_split_k),
         ];
-        flags.into_iter().filter(|(_, set)| *set).map(|(flag, _)| flag).collect()
+        flags.into_iter().chain(self.variants.given()).filter(|(_, set)| *set).map(|(flag, _)| flag).collect()
     }
 
     pub fn options(&self) -> smelt::CudaOptions {
@@ -150,7 +171,7 @@ impl CudaArgs {
             no_cuda_graphs: self.no_cuda_graphs,
             no_pdl: self.no_pdl,
             prefill: self.gpu_prefill,
-            no_split_k: self.no_split_k,
+            variants: self.variants.variants(),
         }
     }
 }

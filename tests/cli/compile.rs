@@ -128,10 +128,10 @@ fn compile_dump_writes_text_and_dot_graphs() {
     let kernels: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("kernels.json")).unwrap()).unwrap();
     let list = kernels["kernels"].as_array().unwrap();
-    assert_eq!(list.len(), 11);
+    assert_eq!(list.len(), 10);
     assert!(list.iter().all(|k| k["name"].is_string() && k["launch"]["block"].as_u64().unwrap() > 0));
     let calls: u64 = list.iter().map(|k| k["calls_per_step"].as_u64().unwrap()).sum();
-    assert_eq!(calls, 28 * 8 + 3);
+    assert_eq!(calls, 28 * 7 + 3);
     // The prefill program's kernels (tensor-core GEMMs, flash attention) in their own folder.
     let prefill = std::fs::read_to_string(dir.join("kernels/prefill/gate_up_swiglu_gemm_epilogue.cu")).unwrap();
     assert!(prefill.starts_with("#include \"../smelt_prelude.h\"\n"), "{prefill}");
@@ -179,9 +179,7 @@ fn compile_dump_graph_lines_name_their_kernel_files() {
         assert_eq!(noted, plan[graph]["ops"].as_u64().unwrap(), "{graph}.txt:\n{text}");
     }
     let decode = std::fs::read_to_string(dir.join("decode.txt")).unwrap();
-    let attention = decode
-        .lines()
-        .find(|l| l.ends_with("# l00.attn.attention  => kernels/attention_split.cu, kernels/attention_combine.cu"));
+    let attention = decode.lines().find(|l| l.ends_with("# l00.attn.attention  => kernels/attention_merged.cu"));
     assert!(attention.is_some(), "{decode}");
     assert!(decode.contains("# l00.mlp.gate_up  => kernels/gate_up_swiglu_gemv_rmsnorm.cu\n"), "{decode}");
     // The primitive graphs have no kernels.
@@ -204,7 +202,10 @@ fn compile_writes_plan_json() {
     assert_eq!(plan["kv"]["block_tokens"], 16);
     assert_eq!(plan["kv"]["bytes_per_token"], 114_688);
     // The kernel table adds up to the model's weights plus KV reads at context 1024.
-    assert!(stdout.contains("total: 227 launches of 11 kernels"), "{stdout}");
+    // One attention launch per layer (merged splits); split and combine are one more each.
+    assert!(stdout.contains("total: 199 launches of 10 kernels"), "{stdout}");
+    let (split, _) = smelt_ok(&["compile", "--no-merged-attention"]);
+    assert!(split.contains("total: 227 launches of 11 kernels"), "{split}");
     // One card, named with the bandwidth it is priced at, in the header and the total.
     assert!(stdout.contains("floor at 4.25 TB/s, an H200's copy rate"), "{stdout}");
     assert!(stdout.contains("floor 0.312 ms/token on an H200") && !stdout.contains("H100"), "{stdout}");
@@ -298,27 +299,36 @@ fn compile_kernel_table_columns_align() {
     assert_kernel_table_aligned(&stdout);
     let (stdout, _) = smelt_ok(&["compile", "--config", "models/assets/qwen3/configs/qwen3-8b.json"]);
     assert_kernel_table_aligned(&stdout);
-    assert!(stdout.contains("gate_up_swiglu_gemv_rmsnorm") && stdout.contains("(layers 1-35: 280 more launches)"));
+    assert!(stdout.contains("gate_up_swiglu_gemv_rmsnorm") && stdout.contains("(layers 1-35: 245 more launches)"));
 }
 
-/// The combine kernel reads back what the split kernel wrote: the scratch at context 1024.
+/// The merged attention kernel writes its splits' partials and its last blocks read them back:
+/// twice the scratch at context 1024; with `--no-merged-attention`, the combine kernel reads
+/// back what the split kernel wrote.
 #[test]
-fn compile_kernel_table_shows_the_scratch_attention_combine_reads() {
-    let (stdout, _) = smelt_ok(&["compile"]);
+fn compile_kernel_table_shows_the_scratch_attention_writes_and_reads() {
     let program = compiled_decode_program();
     let scratch = program
         .launches
         .iter()
         .find_map(|l| match &l.params {
-            smelt::codegen::Params::WritesScratch(s) => Some(s.bytes(1024, 1)),
+            smelt::codegen::Params::SplitK { scratch, .. } => Some(scratch.bytes(1024, 1)),
             _ => None,
         })
-        .expect("split attention");
-    let row = kernel_table(&stdout).into_iter().find(|l| l.contains("attention_combine")).expect("a combine row");
-    let bytes: usize = row.split_whitespace().nth(2).unwrap().parse().unwrap();
-    assert_eq!(bytes, scratch, "{row}");
+        .expect("merged attention");
     assert!(scratch > 100_000, "{scratch}");
-    assert!(stdout.contains(&format!("{} of attention scratch", 2 * 28 * scratch)), "{stdout}");
+    let row_bytes = |stdout: &str, kind: &str| -> usize {
+        let row = kernel_table(stdout).into_iter().find(|l| l.contains(kind)).unwrap_or_else(|| panic!("{stdout}"));
+        row.split_whitespace().nth(2).unwrap().parse::<usize>().unwrap()
+    };
+    let (merged, _) = smelt_ok(&["compile"]);
+    let (split, _) = smelt_ok(&["compile", "--no-merged-attention"]);
+    assert_eq!(row_bytes(&split, "attention_combine"), scratch);
+    assert_eq!(row_bytes(&merged, "attention_merged"), row_bytes(&split, "attention_split") + scratch);
+    for stdout in [&merged, &split] {
+        assert!(stdout.contains(&format!("{} of attention scratch", 2 * 28 * scratch)), "{stdout}");
+    }
+    assert!(!merged.contains("attention_combine") && !split.contains("attention_merged"));
 }
 
 /// Counts agree with their nouns ("1 layer", "1 KV head") and small sizes get small units.
@@ -342,7 +352,7 @@ fn compile_counts_and_sizes_read_naturally() {
         "{stdout}"
     );
     let (stdout, _) = smelt_ok(&["compile", "--model", path_str(&fixture_dir("one-token")), "--dtype", "f32"]);
-    assert!(stdout.contains("(layer 1: 8 more launches)"), "{stdout}");
+    assert!(stdout.contains("(layer 1: 7 more launches)"), "{stdout}");
     assert!(stdout.contains(" µs/token on an H200"), "a tiny step's floor in µs: {stdout}");
     assert_kernel_table_aligned(&stdout);
 }

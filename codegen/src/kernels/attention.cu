@@ -94,5 +94,5 @@ $PROLOGUE    float m[G], l[G], acc[G][E];
       }
 $STORE    }
     __syncthreads();
-  }
+$MERGE  }
 }

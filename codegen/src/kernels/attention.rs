@@ -59,6 +59,9 @@ pub struct AttentionSpec {
     pub norm_rope_eps: Option<f32>,
     /// Context positions per split (flash-decoding); 0 = no split.
     pub split_tokens: usize,
+    /// With splits, for a step of one new token (a decode program): the last split of each KV
+    /// head to finish merges them, in one kernel (arrival counters, no combine kernel).
+    pub merge_splits: bool,
 }
 
 impl AttentionSpec {
@@ -121,10 +124,12 @@ pub fn decode_attention(name: &str, spec: &AttentionSpec) -> Vec<Kernel> {
     spec.check();
     if spec.split_tokens == 0 {
         let grid = Grid::Cover { shape: shape![Sym::NewTokens, spec.kv_heads], per_block: 1, max: MAX_BLOCKS };
-        vec![main_kernel(name, spec, false, grid)]
+        vec![main_kernel(name, spec, SINGLE, grid)]
+    } else if spec.merge_splits {
+        vec![main_kernel(&format!("{name}_merged"), spec, MERGED, spec.split_grid())]
     } else {
         vec![
-            main_kernel(&format!("{name}_split"), spec, true, spec.split_grid()),
+            main_kernel(&format!("{name}_split"), spec, SPLIT, spec.split_grid()),
             combine_kernel(&format!("{name}_combine"), spec),
         ]
     }
@@ -165,16 +170,27 @@ const PROLOGUE: Template = Template::new("attention_prologue.cu", include_str!("
 /// The combine kernel, after the helpers.
 const COMBINE: Template = Template::new("attention_combine.cu", include_str!("attention_combine.cu"));
 
-/// What the split and the single kernel put in `MAIN`'s `$ABOUT`, `$ITEMS` and `$STORE`.
+/// What each kernel of the family puts in `MAIN`'s `$ABOUT`, `$ITEMS`, `$STORE` and `$MERGE`
+/// (after an item's partial is stored and the block has passed a barrier), and how it is
+/// called.
+#[derive(Clone, Copy)]
 struct Variant {
+    kind: &'static str,
     about: &'static str,
     items: &'static str,
     store: &'static str,
+    merge: &'static str,
+    scratch: bool,
+    counters: bool,
 }
 
 /// The split kernel: `gridDim.x / (T * KVH)` splits (at least 1) of the context per (token, KV
 /// head); partials go to the scratch buffer, the split count to its header.
 const SPLIT: Variant = Variant {
+    kind: "attention_split",
+    merge: "",
+    scratch: true,
+    counters: false,
     about: "/* Split kernel: scratch is f32 [4 header words (word 0: the split count S, as u32), then
    [T, heads, S, D] unnormalized outputs, then [T, heads, S] (max, sum) pairs]. */",
     items: "  const unsigned int nsplit = gridDim.x / (T * KVH) > 1u ? gridDim.x / (T * KVH) : 1u;
@@ -193,12 +209,45 @@ const SPLIT: Variant = Variant {
 
 /// The single kernel: one split, the whole context; stores the normalized output.
 const SINGLE: Variant = Variant {
+    kind: "attention",
+    merge: "",
+    scratch: false,
+    counters: false,
     about: "/* Single kernel: one block per (token, KV head) over the whole context. */",
     items: "  const unsigned int s = 0u, span = P + T;
   for (unsigned int item = blockIdx.x; item < T * KVH; item += gridDim.x) {
     const unsigned int t = item / KVH, kvh = item % KVH;
 ",
     store: "      out[((size_t)t * H + h) * D + j] = smelt_attn_st(a / sum);\n",
+};
+
+/// The split kernel whose last block per (token, KV head) merges the splits as the combine
+/// kernel does (in split order, so the same bits whichever block is last), for T = 1: one
+/// arrival counter per KV head, left at zero for the next launch or graph replay.
+const MERGED: Variant = Variant {
+    kind: "attention_merged",
+    about: "/* Merged split kernel (T = 1): the split kernel's scratch, and the last split of each KV head
+   to arrive (counters[kvh]) merges them into out. */",
+    scratch: true,
+    counters: true,
+    merge: "    if (!__syncthreads_or(threadIdx.x == 0u && smelt_arrive(counters + kvh) == nsplit - 1u)) continue;
+    if (threadIdx.x == 0u) counters[kvh] = 0u;
+    for (unsigned int i = threadIdx.x; i < G * D; i += blockDim.x) {
+      const unsigned int g = i / D, j = i % D, h = kvh * G + g;
+      const size_t th = (size_t)t * H + h;
+      const float* __restrict__ ml = part_ml + th * nsplit * 2;
+      float mx = NEG_INF;
+      for (unsigned int sp = 0; sp < nsplit; ++sp) mx = fmaxf(mx, ml[2 * sp]);
+      float sum = 0.0f, a = 0.0f;
+      for (unsigned int sp = 0; sp < nsplit; ++sp) {
+        const float f = expf(ml[2 * sp] - mx); /* 0 for a split with no visible key */
+        sum += f * ml[2 * sp + 1];
+        a += f * part_acc[(th * nsplit + sp) * D + j];
+      }
+      out[th * D + j] = smelt_attn_st(a / sum);
+    }
+",
+    ..SPLIT
 };
 
 /// The helpers filled for `spec`'s storage dtype.
@@ -233,8 +282,8 @@ fn helpers(spec: &AttentionSpec) -> String {
 }
 
 /// The parameter list of an attention kernel over storage type `ty`: q, [q_norm_w, positions,
-/// inv_freq,] k_cache, v_cache, out, [float* scratch,] step.
-pub(super) fn attention_params(ty: &str, norm_rope: bool, scratch: bool) -> Vec<String> {
+/// inv_freq,] k_cache, v_cache, out, [float* scratch, [unsigned int* counters,]] step.
+pub(super) fn attention_params(ty: &str, norm_rope: bool, scratch: bool, counters: bool) -> Vec<String> {
     let mut params = vec![format!("const {ty}* __restrict__ q")];
     if norm_rope {
         params.push(format!("const {ty}* __restrict__ q_norm_w"));
@@ -247,14 +296,17 @@ pub(super) fn attention_params(ty: &str, norm_rope: bool, scratch: bool) -> Vec<
     if scratch {
         params.push("float* __restrict__ scratch".into());
     }
+    if counters {
+        params.push("unsigned int* __restrict__ counters".into());
+    }
     params.push("const smelt_step* __restrict__ step".into());
     params
 }
 
-fn main_kernel(name: &str, spec: &AttentionSpec, split: bool, grid: Grid) -> Kernel {
-    let params = attention_params("smelt_attn_t", spec.norm_rope_eps.is_some(), split);
+fn main_kernel(name: &str, spec: &AttentionSpec, variant: Variant, grid: Grid) -> Kernel {
+    let Variant { kind, about, items, store, merge, scratch: partials, counters } = variant;
+    let params = attention_params("smelt_attn_t", spec.norm_rope_eps.is_some(), partials, counters);
     let threads = WARPS * 32;
-    let Variant { about, items, store } = if split { SPLIT } else { SINGLE };
     let eps = spec.norm_rope_eps.map(|e| format!("\n  const float EPS = {};", f32_literal(e))).unwrap_or_default();
     let prologue = if spec.norm_rope_eps.is_some() { PROLOGUE.fill(&[]) } else { String::new() };
     let kernel = MAIN.fill(&[
@@ -277,15 +329,17 @@ fn main_kernel(name: &str, spec: &AttentionSpec, split: bool, grid: Grid) -> Ker
         ("ITEMS", items),
         ("PROLOGUE", &prologue),
         ("STORE", store),
+        ("MERGE", merge),
     ]);
-    let kind = if split { "attention_split" } else { "attention" };
     Kernel {
         name: name.to_string(),
         kind,
         source: format!("{PRELUDE}{}{kernel}", helpers(spec)),
         launch: Launch { block: threads as u32, grid, shared_bytes: 0 },
         params: match decode_attention_scratch(spec) {
-            Some(scratch) if split => Params::WritesScratch(scratch),
+            // T = 1: one counter per KV head.
+            Some(scratch) if counters => Params::SplitK { scratch, counters: spec.kv_heads },
+            Some(scratch) if partials => Params::WritesScratch(scratch),
             _ => Params::Standard,
         },
     }

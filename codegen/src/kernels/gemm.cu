@@ -14,16 +14,6 @@ SMELT_FN void gemm_load_pair(const float* p, float& a, float& b) {
 SMELT_FN void gemm_store_pair(float* p, float a, float b) { p[0] = a, p[1] = b; }
 SMELT_FN void gemm_load_pair(const float* p, float& a, float& b) { a = p[0], b = p[1]; }
 #endif
-/* A block's arrival on its tile's split-K counter, by one thread after a barrier: the fence
-   before publishes the block's partial (which the barrier ordered before it), the fence
-   after orders the earlier arrivals' partials before the reads the next barrier releases (as
-   CUTLASS's split-K semaphore). Returns the splits that arrived before. */
-SMELT_FN unsigned int gemm_arrive(unsigned int* counter) {
-  __threadfence();
-  const unsigned int before = atomicAdd(counter, 1u);
-  __threadfence();
-  return before;
-}
 /* $NAME: y[T, $N_OUT] = $EPILOGUE_TEXT over acc = x[T, $K] @ w[$N, $K]^T, T = step->new_tokens. */
 extern "C" __global__ void __launch_bounds__($BLOCK, 2) $NAME(
     $PARAMS) {

@@ -12,11 +12,11 @@
           for (unsigned int h = 0; h < 2u; h++)
             if (m0 + wm * 64u + mi * 16u + (lane >> 2) + h * 8u < M)
               gemm_store_pair(part + split * SLOT + ((mi * 4u + j) * 2u + h) * 512u, sum[mi][j][2u * h], sum[mi][j][2u * h + 1u]);
-      /* Once every warp has stored, one thread arrives for the block (gemm_arrive); the
+      /* Once every warp has stored, one thread arrives for the block (smelt_arrive); the
          barrier shares whether it was the tile's last split, which then adds them up and
          leaves the counter at zero for the next launch or graph replay. */
       __syncthreads();
-      if (!__syncthreads_or(tid == 0u && gemm_arrive(counters + tile) == splits - 1u)) continue;
+      if (!__syncthreads_or(tid == 0u && smelt_arrive(counters + tile) == splits - 1u)) continue;
       if (tid == 0u) counters[tile] = 0u;
       /* The sum in split order (its own slot read back too), whichever block is last: the
          same bits every run. A split's 32 loads are issued together. */

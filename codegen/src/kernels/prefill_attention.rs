@@ -73,7 +73,8 @@ pub struct PrefillAttentionSpec {
 
 impl From<&AttentionSpec> for PrefillAttentionSpec {
     fn from(a: &AttentionSpec) -> Self {
-        let AttentionSpec { heads, kv_heads, d, dtype, scale, q_view, norm_rope_eps, split_tokens: _ } = *a;
+        let AttentionSpec { heads, kv_heads, d, dtype, scale, q_view, norm_rope_eps, split_tokens: _, merge_splits: _ } =
+            *a;
         PrefillAttentionSpec { heads, kv_heads, d, dtype, scale, q_view, norm_rope_eps }
     }
 }
@@ -115,7 +116,7 @@ const PROLOGUE: Template =
 /// 4-byte aligned. 128 threads, 32 KiB static shared memory; any grid is correct.
 pub fn prefill_attention(name: &str, spec: &PrefillAttentionSpec) -> Kernel {
     spec.check();
-    let params = super::attention::attention_params("smelt_pa_t", spec.norm_rope_eps.is_some(), false);
+    let params = super::attention::attention_params("smelt_pa_t", spec.norm_rope_eps.is_some(), false, false);
     let ty = if spec.dtype == DType::BF16 { "bf16" } else { "f16" };
     let threads = WARPS * 32;
     let eps = spec.norm_rope_eps.map(|e| format!("\n  const float EPS = {};", f32_literal(e))).unwrap_or_default();

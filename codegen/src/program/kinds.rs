@@ -168,7 +168,7 @@ fn gemm(n: &NodeCtx, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, Codeg
         epilogue,
         extras: &extras,
         out_dtype: n.node.dtype,
-        split_k: n.options.split_k,
+        split_k: n.options.variants.split_k,
     };
     if let Some(why) = kernels::gemm_unsupported(&spec) {
         n.supported(false, &why)?;
@@ -265,6 +265,8 @@ fn attention(n: &NodeCtx, scale: f32, norm_rope_eps: Option<f32>) -> Result<Plan
         q_view: n.view(0),
         norm_rope_eps,
         split_tokens: ATTENTION_SPLIT_TOKENS,
+        // One counter per KV head: only a step of one token (a decode program) merges.
+        merge_splits: n.decode && n.options.variants.merged_attention,
     };
     let mut planned = Planned {
         kernels: Vec::new(),

@@ -151,20 +151,30 @@ pub fn emit(g: &Graph) -> Result<Program, CodegenError> {
 }
 
 /// Choices [`emit`] leaves at their defaults.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct EmitOptions {
     /// A graph of T new-token rows runs as a batched decode step: each row is a sequence of
     /// its own (the step's `row_positions` and `row_tables`), so attention is the decode
     /// kernel, row by row, instead of the prefill kernel's causal tiles over one sequence.
     pub rows_are_sequences: bool,
-    /// GEMMs split K among blocks when the output tiles are few (default on; off emits GEMMs
-    /// that never split, the A/B variant: `--no-split-k`).
-    pub split_k: bool,
+    pub variants: Variants,
 }
 
-impl Default for EmitOptions {
-    fn default() -> EmitOptions {
-        EmitOptions { rows_are_sequences: false, split_k: true }
+/// The kernel variants a GPU window compares: each on by default, off (the A/B twin) with its
+/// `--no-*` flag. A variant is a field here and a flag in the CLI's `VariantArgs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variants {
+    /// GEMMs split K among blocks when the output tiles are few (off: GEMMs that never split;
+    /// `--no-split-k`).
+    pub split_k: bool,
+    /// Decode attention (T = 1) merges its splits in the last split's block instead of a
+    /// combine kernel (off: split and combine; `--no-merged-attention`).
+    pub merged_attention: bool,
+}
+
+impl Default for Variants {
+    fn default() -> Variants {
+        Variants { split_k: true, merged_attention: true }
     }
 }
 

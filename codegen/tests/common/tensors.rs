@@ -46,7 +46,20 @@ pub fn decode(dtype: DType, b: &[u8]) -> Vec<f32> {
 pub fn worst_relative(got: &[f32], want: &[f32], dtype: DType) -> f32 {
     let largest = want.iter().fold(0f32, |m, w| m.max(w.abs()));
     let floor = if dtype == DType::F32 { largest } else { largest * 2f32.powi(-10) };
-    got.iter().zip(want).map(|(g, w)| (g - w).abs() / w.abs().max(floor).max(f32::MIN_POSITIVE)).fold(0.0, f32::max)
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| nan_is_worst((g - w).abs() / w.abs().max(floor).max(f32::MIN_POSITIVE)))
+        .fold(0.0, f32::max)
+}
+
+/// An error that is NaN (a NaN output, or NaN against NaN) as the worst there is: `f32::max`
+/// drops NaN, so folding errors with it would pass a NaN output.
+fn nan_is_worst(e: f32) -> f32 {
+    if e.is_nan() {
+        f32::INFINITY
+    } else {
+        e
+    }
 }
 
 /// ‖got − want‖ / ‖want‖ over the whole tensor, and the largest absolute difference.
@@ -54,6 +67,6 @@ pub fn whole_tensor_error(got: &[f32], want: &[f32]) -> (f64, f32) {
     let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64).powi(2)).sum::<f64>().sqrt();
     let rel =
         norm(&mut got.iter().zip(want).map(|(g, w)| g - w)) / norm(&mut want.iter().copied()).max(f64::MIN_POSITIVE);
-    let max_abs = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+    let max_abs = got.iter().zip(want).map(|(g, w)| nan_is_worst((g - w).abs())).fold(0f32, f32::max);
     (rel, max_abs)
 }

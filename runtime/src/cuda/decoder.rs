@@ -11,7 +11,7 @@ mod runner;
 use std::sync::Arc;
 
 use cudarc::driver::{sys, CudaModule};
-use smelt_codegen::{emit_with, EmitOptions, ModuleCache, Program};
+use smelt_codegen::{emit_with, EmitOptions, ModuleCache, Program, Variants};
 use smelt_ir::{Bindings, Graph, Sym};
 
 use super::batch::BatchRunner;
@@ -46,9 +46,8 @@ pub struct DecoderOptions {
     /// Sequences a batched decode step takes at most (when the model provides a batch graph);
     /// 0 compiles no batched decode (its GEMMs add to the JIT time of a single-sequence run).
     pub batch_rows: usize,
-    /// Prefill and batched GEMMs split K among blocks when their output tiles are few (off:
-    /// the A/B variant, GEMMs that never split).
-    pub split_k: bool,
+    /// The kernel variants (each on by default; off is its A/B twin).
+    pub variants: Variants,
 }
 
 impl DecoderOptions {
@@ -66,7 +65,7 @@ impl DecoderOptions {
             prefill: false,
             prefill_chunk: 512,
             batch_rows: 0,
-            split_k: true,
+            variants: Variants::default(),
         }
     }
 }
@@ -153,7 +152,7 @@ impl CudaDecoder {
         }
         let batch = batch.filter(|_| options.batch_rows > 0);
         let codegen = |g: &Graph, options| emit_with(g, options).map_err(|e| CudaError::Codegen(e.to_string()));
-        let emit_options = EmitOptions { split_k: options.split_k, ..EmitOptions::default() };
+        let emit_options = EmitOptions { variants: options.variants, ..EmitOptions::default() };
         let decode_program = codegen(decode, emit_options)?;
         let prefill_program = prefill.map(|g| codegen(g, emit_options)).transpose()?;
         let batch_options = EmitOptions { rows_are_sequences: true, ..emit_options };

@@ -190,8 +190,8 @@ pub(crate) fn scratch_bytes(program: &Program, pool_tokens: usize, max_new_token
         .unwrap_or(0)
 }
 
-/// Bytes of the split-K arrival counters the program's GEMMs share (launches run one after
-/// another, and each leaves its counters at zero).
+/// Bytes of the arrival counters the program's split-K GEMMs and merged attention share
+/// (launches run one after another, and each leaves its counters at zero).
 pub(crate) fn counter_bytes(program: &Program) -> usize {
     let words = program.launches.iter().filter_map(|s| match &s.params {
         Params::SplitK { counters, .. } => Some(*counters),
