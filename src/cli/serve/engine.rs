@@ -147,16 +147,19 @@ impl Engine<'_, '_, '_> {
                     self.session.cancel(seq);
                     self.routes.remove(&seq);
                 }
+                self.metrics.publish(&self.session.usage());
             }
         }
     }
 
+    /// Adds a request's sequences, then says it is accepted (and publishes the new usage),
+    /// so that what a client sees after its answer's headers has the request counted.
     fn submit(&mut self, s: Submission) {
         if let Some(e) = s.requests.iter().find_map(|r| self.session.check(r).err()) {
             let _ = s.events.send(Event::Rejected(e.to_string()));
             return;
         }
-        let _ = s.events.send(Event::Accepted);
+        let mut early = Vec::new();
         for (choice, request) in s.requests.iter().enumerate() {
             let seq = s.first + choice;
             match self.session.add(seq, request, s.options) {
@@ -164,13 +167,14 @@ impl Engine<'_, '_, '_> {
                     let route = Route { choice, events: s.events.clone(), received: s.received, last_token: None };
                     self.routes.insert(seq, route);
                 }
-                Ok(Some(done)) => {
-                    let _ = s.events.send(Event::Finished { choice, text: String::new(), finish: done.finish });
-                }
-                Err(e) => {
-                    let _ = s.events.send(Event::Failed(e.to_string()));
-                }
+                Ok(Some(done)) => early.push(Event::Finished { choice, text: String::new(), finish: done.finish }),
+                Err(e) => early.push(Event::Failed(e.to_string())),
             }
+        }
+        self.metrics.publish(&self.session.usage());
+        let _ = s.events.send(Event::Accepted);
+        for event in early {
+            let _ = s.events.send(event);
         }
     }
 
