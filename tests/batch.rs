@@ -211,3 +211,54 @@ fn bad_requests_are_errors_naming_the_request() {
     let (_, msg) = run(&mut model, Request { sampling, ..ok.clone() }, &BatchOptions::default());
     assert!(msg.contains("top_p"), "{msg}");
 }
+
+/// The step-wise session a server runs: requests join while others run, a cancelled sequence
+/// gives its KV blocks back at once, and the rest still get their solo outputs; asking for
+/// log-probabilities changes no token.
+#[test]
+fn a_session_takes_requests_between_steps_and_cancels_at_once() {
+    use smelt::models::batch::{BatchEvent, BatchSession, SeqOptions};
+    let mut model = load("gqa1-tied-f32", DType::F32);
+    let requests = mixed_requests(model.config().vocab_size);
+    let expected: Vec<Vec<u32>> = requests.iter().map(|r| solo(&mut model, r)).collect();
+    let options = BatchOptions { prefix_cache: false, ..BatchOptions::default() };
+    let mut session = BatchSession::new(&mut model, &options, None).unwrap();
+    let mut got: Vec<Vec<u32>> = vec![Vec::new(); requests.len()];
+    let mut logprob_events = 0;
+    let with_logprobs = SeqOptions { top_logprobs: Some(2), ..SeqOptions::default() };
+    assert!(session.add(4, &requests[4], SeqOptions::default()).unwrap().is_none());
+    assert!(session.add(4, &requests[1], SeqOptions::default()).is_err(), "an id already live");
+    let mut step = |session: &mut BatchSession<'_, '_>, got: &mut Vec<Vec<u32>>| {
+        session
+            .step(|e| {
+                if let BatchEvent::Token { request, token, logprobs, .. } = e {
+                    got[request].push(token);
+                    if let Some(lp) = logprobs {
+                        assert_eq!((lp.token, lp.top.len()), (token, 2));
+                        assert!(lp.logprob <= 0.0 && lp.top[0].1 >= lp.logprob);
+                        logprob_events += 1;
+                    }
+                }
+            })
+            .unwrap()
+    };
+    step(&mut session, &mut got);
+    step(&mut session, &mut got);
+    // Joins after two steps of request 4 (11 new tokens); request 2 asks for log-probabilities.
+    session.add(1, &requests[1], SeqOptions::default()).unwrap();
+    session.add(2, &requests[2], with_logprobs).unwrap();
+    step(&mut session, &mut got);
+    let held = session.usage().blocks_used;
+    assert!(held > 0 && session.usage().running == 3, "{:?}", session.usage());
+    assert!(session.cancel(1));
+    assert!(!session.cancel(1), "cancelled already");
+    assert!(session.usage().blocks_used < held, "the cancelled sequence's blocks are free at once");
+    while !session.is_idle() {
+        step(&mut session, &mut got);
+    }
+    assert_eq!(session.usage().blocks_used, 0);
+    assert_eq!(got[4], expected[4]);
+    assert_eq!(got[2], expected[2]);
+    assert_eq!(logprob_events, expected[2].len());
+    assert!(got[1].len() < expected[1].len() || expected[1].len() <= 1);
+}

@@ -21,7 +21,7 @@ mod options;
 use std::path::{Path, PathBuf};
 
 use smelt_ir::{DType, Tensor};
-use smelt_models::batch::{generate_batch, BatchEvent, BatchOptions, BatchStats, Completion, Request};
+use smelt_models::batch::{generate_batch, BatchEvent, BatchOptions, BatchSession, BatchStats, Completion, Request};
 use smelt_models::lm::next_token;
 use smelt_models::qwen3::Logits;
 use smelt_models::{
@@ -258,6 +258,16 @@ impl Model {
             });
         }
         self.run_batch(&batch, on_event)
+    }
+
+    /// The batch engine one step at a time, for a server: requests join between steps and a
+    /// cancelled one frees its KV blocks at once ([`BatchSession`]). It holds the model until
+    /// dropped; the KV cache is sized by [`ModelOptions::batch`].
+    pub fn batch_session(&mut self) -> Result<BatchSession<'_, '_>, Error> {
+        let options = self.batch;
+        let Model { lm, tokenizer, .. } = self;
+        let lm = lm.as_batch().ok_or(Error::Unsupported("this backend cannot run a batch"))?;
+        Ok(BatchSession::new(lm, &options, tokenizer.as_ref())?)
     }
 
     /// [`Model::generate_batch`] of requests already in token ids; a request's error names its

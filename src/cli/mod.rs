@@ -13,6 +13,7 @@ pub mod log;
 mod outputs;
 mod progress;
 mod random_model;
+mod serve;
 mod stats;
 mod tokenize;
 
@@ -44,6 +45,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Chat with a model interactively: history, streaming replies, /reset, --no-think.
     Chat(chat::Args),
+    /// Serve the model over HTTP with OpenAI's API (chat, completions, streaming), every
+    /// request joining one continuous batch.
+    Serve(serve::Args),
     /// Write a Qwen3 model directory with random weights (tiny or a published shape): runs
     /// every other command without a download.
     RandomModel(random_model::Args),
@@ -95,6 +99,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logits(a) => generate::logits(a),
         Command::Generate(a) => generate::generate(a),
         Command::Chat(a) => chat::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::RandomModel(a) => random_model::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),

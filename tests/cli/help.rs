@@ -5,10 +5,10 @@ use crate::common::*;
 #[test]
 fn help_lists_subcommands_and_flags() {
     let (stdout, _) = smelt_ok(&["--help"]);
-    for sub in ["compile", "logits", "generate", "tokenize", "random-model"] {
+    for sub in ["compile", "logits", "generate", "tokenize", "random-model", "serve"] {
         assert!(stdout.contains(sub), "smelt --help does not mention {sub}:\n{stdout}");
     }
-    let flags: [(&str, &[&str]); 5] = [
+    let flags: [(&str, &[&str]); 6] = [
         ("compile", &["--model", "--config", "--dump", "--dtype"]),
         ("logits", &["--model", "--prompt-ids", "--out", "--device", "--dtype"]),
         (
@@ -28,6 +28,22 @@ fn help_lists_subcommands_and_flags() {
         ),
         ("tokenize", &["--tokenizer", "--text", "--decode", "--skip-special-tokens"]),
         ("random-model", &["--config", "--out", "--dtype", "--seed", "tiny", "qwen3-8b"]),
+        (
+            "serve",
+            &[
+                "--model",
+                "--host",
+                "--port",
+                "--device",
+                "--dtype",
+                "--served-model-name",
+                "--max-batch",
+                "--kv-memory",
+                "--max-waiting",
+                "--api-key",
+                "--reasoning-parser",
+            ],
+        ),
     ];
     for (sub, flags) in flags {
         let (stdout, _) = smelt_ok(&[sub, "--help"]);

@@ -6,10 +6,12 @@ use std::time::Instant;
 
 use smelt_passes::kv::KvPlan;
 
-use super::blocks::{BlockId, BlockPool};
-use super::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
+use super::blocks::BlockId;
+use super::logprobs::TokenLogprobs;
+use super::scheduler::SchedulerStats;
+use super::session::{plan_kv, BatchSession, SeqOptions};
 use crate::config::Qwen3Config;
-use crate::continuation::{Completion, Continuation, Request};
+use crate::continuation::{Completion, Request};
 use crate::engine::ModelError;
 use crate::lm::check_ids;
 use crate::tokenizer::Tokenizer;
@@ -77,7 +79,8 @@ impl Default for BatchOptions {
 #[derive(Debug)]
 pub enum BatchEvent<'a> {
     /// Request `request` generated `token`, completing `text` (possibly empty).
-    Token { request: usize, token: u32, text: &'a str },
+    /// `logprobs` where its sequence asked for them ([`super::SeqOptions::top_logprobs`]).
+    Token { request: usize, token: u32, text: &'a str, logprobs: Option<&'a TokenLogprobs> },
     /// Request `request` ended; `text` is the last of its text.
     Finished { request: usize, text: &'a str, completion: &'a Completion },
 }
@@ -110,73 +113,32 @@ pub fn generate_batch(
     mut on_event: impl FnMut(BatchEvent<'_>),
 ) -> Result<(Vec<Completion>, BatchStats), ModelError> {
     let t0 = Instant::now();
-    let context = model.config().max_position_embeddings;
-    if options.block_tokens > context {
-        return Err(ModelError::BadRequest(format!(
-            "a KV block of {} tokens is longer than the model's context ({context} tokens)",
-            options.block_tokens
-        )));
-    }
-    let kv = model.kv_plan(options.block_tokens, options.kv_budget_bytes)?;
+    let kv = plan_kv(model, options)?;
     for (index, r) in requests.iter().enumerate() {
         check_request(model.config(), &kv, r, tokenizer.is_some())
             .map_err(|e| ModelError::Request { index, source: Box::new(e) })?;
     }
-    model.allocate_kv(&kv)?;
-    let config = SchedulerConfig { max_batch: options.max_batch, max_step_tokens: options.max_step_tokens };
-    let mut sched = Scheduler::new(BlockPool::new(kv.blocks, kv.block_tokens, options.prefix_cache), config);
-    let mut live: Vec<Option<Continuation<'_>>> = Vec::with_capacity(requests.len());
+    let mut session = BatchSession::with_plan(model, kv, options, tokenizer)?;
     let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
     for (i, r) in requests.iter().enumerate() {
-        let seq = Continuation::new(r, tokenizer);
-        if seq.finish().is_some() {
-            done[i] = Some(seq.into_completion());
-            live.push(None);
-            continue;
-        }
-        sched.add(i, r.prompt.clone());
-        live.push(Some(seq));
+        done[i] = session.add(i, r, SeqOptions::default())?;
     }
-    while !sched.is_idle() {
-        let plan = sched.schedule();
-        if plan.is_empty() {
-            return Err(ModelError::Internal("the scheduler has work but scheduled none".into()));
-        }
-        let chunks: Vec<Chunk<'_>> = plan
-            .iter()
-            .map(|s| Chunk {
-                ids: &sched.tokens(s.seq)[s.start..s.start + s.len],
-                start: s.start,
-                blocks: sched.blocks(s.seq),
-                greedy: live[s.seq].as_ref().is_some_and(Continuation::greedy),
-            })
-            .collect();
-        let outputs = model.run_chunks(&chunks)?;
-        for (s, output) in plan.iter().zip(outputs) {
-            if !sched.advance(s.seq, s.len) {
-                continue;
+    while !session.is_idle() {
+        session.step(|event| {
+            if let BatchEvent::Finished { request, completion, .. } = &event {
+                done[*request] = Some((*completion).clone());
             }
-            let seq = live[s.seq].as_mut().expect("scheduled requests are live");
-            let token = match output {
-                ChunkOutput::Logits(logits) => seq.choose(&logits),
-                ChunkOutput::Greedy(token) => token,
-            };
-            let step = seq.accept(token, model.eos_token_ids(), sched.computed(s.seq), context);
-            on_event(BatchEvent::Token { request: s.seq, token, text: &step.text });
-            let Some((_, tail)) = step.end else {
-                sched.push_token(s.seq, token);
-                continue;
-            };
-            sched.finish(s.seq);
-            let completion = live[s.seq].take().expect("scheduled requests are live").into_completion();
-            on_event(BatchEvent::Finished { request: s.seq, text: &tail, completion: &completion });
-            done[s.seq] = Some(completion);
-        }
+            on_event(event);
+        })?;
     }
-    let completions: Vec<Completion> = done.into_iter().map(|c| c.expect("every request finished")).collect();
+    let completions = done
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| c.ok_or_else(|| ModelError::Internal(format!("request {i} did not finish"))))
+        .collect::<Result<Vec<Completion>, ModelError>>()?;
     let stats = BatchStats {
-        kv,
-        scheduler: sched.stats(),
+        kv: session.kv().clone(),
+        scheduler: session.usage().scheduler,
         prompt_tokens: requests.iter().map(|r| r.prompt.len()).sum(),
         generated_tokens: completions.iter().map(|c| c.ids.len()).sum(),
         seconds: t0.elapsed().as_secs_f64(),
@@ -184,8 +146,13 @@ pub fn generate_batch(
     Ok((completions, stats))
 }
 
-/// The checks a request passes before the batch starts.
-fn check_request(config: &Qwen3Config, kv: &KvPlan, r: &Request, has_tokenizer: bool) -> Result<(), ModelError> {
+/// Whether `r` can run on a model of `config` with the KV cache `kv`.
+pub(super) fn check_request(
+    config: &Qwen3Config,
+    kv: &KvPlan,
+    r: &Request,
+    has_tokenizer: bool,
+) -> Result<(), ModelError> {
     r.sampling.validate().map_err(ModelError::BadRequest)?;
     crate::stop::check_stops(&r.stop).map_err(ModelError::BadRequest)?;
     if !r.stop.is_empty() && !has_tokenizer {

@@ -119,6 +119,16 @@ impl Scheduler {
         self.waiting.push_back(id);
     }
 
+    /// Sequences holding a place in the batch.
+    pub fn running_len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Sequences waiting for a place in the batch (new or preempted).
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.running.is_empty()
     }
