@@ -15,17 +15,6 @@ use crate::testing::{assert_same_eval, graph_strategy, random_graph, run_verifie
 
 const TOL: f64 = 0.0;
 
-fn passes() -> Vec<Box<dyn Pass>> {
-    vec![
-        Box::new(FuseHorizontal),
-        Box::new(FuseRmsNorm),
-        Box::new(FuseNormRope),
-        Box::new(FuseNormPrologue),
-        Box::new(FuseElementwise),
-        Box::new(FuseEpilogue),
-    ]
-}
-
 /// Runs `pass` then `Dce` (fusion leaves the replaced chain dead until then).
 fn fuse(pass: &dyn Pass, g: &smelt_ir::Graph) -> (smelt_ir::Graph, crate::Report) {
     let (g, report) = run_verified(pass, g);
@@ -37,7 +26,7 @@ proptest! {
 
     #[test]
     fn each_fusion_pass_preserves_eval(rg in graph_strategy()) {
-        for pass in passes() {
+        for pass in super::fusions() {
             let (after, _) = fuse(pass.as_ref(), &rg.graph);
             for t in [1, 3] {
                 assert_same_eval(&rg.graph, &after, t, rg.seed, TOL);
@@ -49,7 +38,7 @@ proptest! {
     #[test]
     fn fusion_passes_compose(rg in graph_strategy()) {
         let mut g = rg.graph.clone();
-        for pass in passes() {
+        for pass in super::fusions() {
             g = fuse(pass.as_ref(), &g).0;
         }
         assert_same_eval(&rg.graph, &g, 2, rg.seed, TOL);
