@@ -2,6 +2,7 @@
 
 mod batch;
 mod bench;
+mod bench_serve;
 mod chat;
 mod chat_input;
 mod check;
@@ -48,6 +49,9 @@ enum Command {
     /// Serve the model over HTTP with OpenAI's API (chat, completions, streaming), every
     /// request joining one continuous batch.
     Serve(serve::Args),
+    /// Benchmark a running OpenAI-compatible server: request throughput, output tokens/s, TTFT
+    /// and inter-token latency percentiles at several concurrencies.
+    BenchServe(bench_serve::Args),
     /// Write a Qwen3 model directory with random weights (tiny or a published shape): runs
     /// every other command without a download.
     RandomModel(random_model::Args),
@@ -100,6 +104,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::generate(a),
         Command::Chat(a) => chat::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::BenchServe(a) => bench_serve::run(a),
         Command::RandomModel(a) => random_model::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),

@@ -7,6 +7,7 @@ mod common;
 
 mod abuse;
 mod api;
+mod bench;
 mod load;
 mod openai;
 
