@@ -30,6 +30,15 @@ fn bench_serve_reports_each_concurrency_level() {
     }
     server.wait_drained(Duration::from_secs(5));
     assert_eq!(server.metric("smelt_kv_blocks_used"), 0.0);
+    // Prometheus text: every metric's TYPE line names a type (the hit rate's had its help
+    // there), and its HELP line comes first.
+    let text = client().get(format!("{}/metrics", server.url)).send().unwrap().text().unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.starts_with("# TYPE ")) {
+        let parts: Vec<&str> = line.split(' ').collect();
+        assert!(parts.len() == 4 && ["counter", "gauge", "histogram"].contains(&parts[3]), "{line}");
+        assert!(i > 0 && lines[i - 1].starts_with(&format!("# HELP {} ", parts[2])), "{line}");
+    }
 }
 
 #[test]

@@ -148,8 +148,8 @@ impl Metrics {
         }
         metric(
             "smelt_prefix_cache_hit_rate",
-            "Prompt tokens found in the prefix cache over those looked up.",
             "gauge",
+            "Prompt tokens found in the prefix cache over those looked up.",
             format!("{hit_rate}"),
         );
         let _ = writeln!(
