@@ -22,6 +22,7 @@ pub mod role;
 pub mod shape;
 pub mod tensor;
 pub mod verify;
+pub mod weight_slice;
 
 pub use builder::Builder;
 pub use dtype::DType;
@@ -33,3 +34,4 @@ pub use op::{BinaryOp, Bound, FusedOp, Op, ReduceOp, UnaryOp, WEIGHT_CONCAT};
 pub use role::{KvPart, Meta, Role};
 pub use shape::{Bindings, Dim, Shape, Sym};
 pub use tensor::{Data, Tensor};
+pub use weight_slice::WeightSlice;
