@@ -205,6 +205,11 @@ impl Builder {
         Ok(())
     }
 
+    /// Makes the graph one rank's part of a tensor-parallel group (its collectives' world).
+    pub fn set_rank(&mut self, rank: crate::graph::Rank) {
+        self.graph.set_rank(rank);
+    }
+
     /// The finished graph, verified.
     pub fn finish(self) -> Result<Graph, IrError> {
         crate::verify::verify(&self.graph)?;

@@ -43,6 +43,15 @@ pub struct Graph {
     pins: Vec<(Sym, usize)>,
     /// The role of each input and output name that has one; the rest are [`Role::Other`].
     roles: BTreeMap<String, Role>,
+    /// Which rank of a tensor-parallel group this graph is; `None`: the whole model.
+    rank: Option<Rank>,
+}
+
+/// One rank of a tensor-parallel group of `world` ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rank {
+    pub rank: u32,
+    pub world: u32,
 }
 
 impl Graph {
@@ -115,6 +124,20 @@ impl Graph {
         self.pins.retain(|(s, _)| *s != sym);
         self.pins.push((sym, value));
         self.pins.sort();
+    }
+
+    /// The tensor-parallel rank this graph computes, if it is one rank's part of a model.
+    pub fn rank(&self) -> Option<Rank> {
+        self.rank
+    }
+
+    /// The size of the tensor-parallel group this graph belongs to (1 for a whole model).
+    pub fn world(&self) -> u32 {
+        self.rank.map_or(1, |r| r.world)
+    }
+
+    pub fn set_rank(&mut self, rank: Rank) {
+        self.rank = Some(rank);
     }
 
     pub fn outputs(&self) -> &[(String, NodeId)] {

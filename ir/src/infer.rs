@@ -37,8 +37,13 @@ pub fn infer(op: &Op, ins: &[Ty]) -> Result<Option<(DType, Shape)>, String> {
             (ins[0].0, Shape(dims))
         }
         Op::MatMul => matmul(op, ins)?,
-        Op::Gather => {
+        Op::Gather | Op::PartialGather { .. } => {
             let (table, ids) = (ins[0], ins[1]);
+            if let (Op::PartialGather { start, total }, Some(rows)) = (op, table.1.dims().first().and_then(|d| d.fixed())) {
+                if start + rows > *total {
+                    return Err(format!("rows {start}..{} of a table of {total}", start + rows));
+                }
+            }
             if ids.0 != DType::I32 {
                 return Err(format!("gather ids must be i32, found {}", ids.0));
             }
@@ -66,6 +71,20 @@ pub fn infer(op: &Op, ins: &[Ty]) -> Result<Option<(DType, Shape)>, String> {
         Op::KvAppend => kv_append(op, ins)?,
         Op::Attention { .. } => attention(op, ins)?,
         Op::Fused(f) => f.infer(ins)?,
+        Op::AllReduce { .. } => {
+            float(op, ins[0])?;
+            (ins[0].0, ins[0].1.clone())
+        }
+        Op::AllGather { axis, world } => {
+            let mut dims = ins[0].1 .0.clone();
+            check_axis(*axis, dims.len())?;
+            dims[*axis] = match dims[*axis] {
+                Dim::Fixed(n) => Dim::Fixed(n * *world as usize),
+                d if *world == 1 => d,
+                d => return Err(format!("all_gather along a symbolic axis ({d})")),
+            };
+            (ins[0].0, Shape(dims))
+        }
         Op::ArgMax { axis } => {
             float(op, ins[0])?;
             let mut dims = ins[0].1 .0.clone();

@@ -130,6 +130,26 @@ pub enum Op {
         axis: usize,
     },
 
+    /// The sum over the `world` ranks of a tensor-parallel group, which every rank gets:
+    /// computed in f32 in rank order and rounded once to the dtype, so every rank holds the
+    /// same bits.
+    AllReduce {
+        world: u32,
+    },
+    /// The `world` ranks' tensors concatenated along `axis` in rank order; every rank gets it.
+    AllGather {
+        axis: usize,
+        world: u32,
+    },
+    /// One rank's part of a gather from a table of `total` rows split by rows: row
+    /// `ids[i] - start` of this rank's `table[rows, D]`, or zeros where that row is another
+    /// rank's. Summed over the ranks ([`Op::AllReduce`]) the parts are the gather from the whole
+    /// table. An id outside `0..total` is an error, as in [`Op::Gather`].
+    PartialGather {
+        start: usize,
+        total: usize,
+    },
+
     /// A fused op, made by a pass from a chain of the ops above (see [`FusedOp`]).
     Fused(FusedOp),
 }
@@ -174,6 +194,9 @@ impl Op {
             Op::KvAppend => "kv_append",
             Op::Attention { .. } => "attention",
             Op::ArgMax { .. } => "argmax",
+            Op::AllReduce { .. } => "all_reduce",
+            Op::AllGather { .. } => "all_gather",
+            Op::PartialGather { .. } => "partial_gather",
             Op::Fused(f) => f.kind(),
         }
     }
@@ -199,6 +222,11 @@ impl Op {
         }
     }
 
+    /// Ops that exchange values between the ranks of a tensor-parallel group.
+    pub fn is_collective(&self) -> bool {
+        matches!(self, Op::AllReduce { .. } | Op::AllGather { .. })
+    }
+
     /// Fused ops (made by passes).
     pub fn is_fused(&self) -> bool {
         matches!(self, Op::Fused(_))
@@ -209,8 +237,8 @@ impl Op {
         match self {
             Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. } => Some(0),
             Op::Unary(_) | Op::Reduce { .. } | Op::Reshape { .. } | Op::Slice { .. } => Some(1),
-            Op::Cast { .. } | Op::ArgMax { .. } => Some(1),
-            Op::Binary(_) | Op::MatMul | Op::Gather | Op::KvAppend => Some(2),
+            Op::Cast { .. } | Op::ArgMax { .. } | Op::AllReduce { .. } | Op::AllGather { .. } => Some(1),
+            Op::Binary(_) | Op::MatMul | Op::Gather | Op::PartialGather { .. } | Op::KvAppend => Some(2),
             Op::Attention { .. } => Some(3),
             Op::Fused(f) => f.arity(),
             Op::Concat { .. } => None,
@@ -233,6 +261,9 @@ impl Op {
             Op::Slice { axis, start, end } => format!("axis={axis}, {start}:{end}"),
             Op::Cast { to } => format!("to={to}"),
             Op::Attention { scale } => format!("scale={scale:?}, causal"),
+            Op::AllReduce { world } => format!("sum, world={world}"),
+            Op::AllGather { axis, world } => format!("axis={axis}, world={world}"),
+            Op::PartialGather { start, total } => format!("start={start}, of={total}"),
             Op::Fused(f) => f.attrs(),
             _ => String::new(),
         }

@@ -41,6 +41,9 @@ pub fn to_text_with_notes(graph: &Graph, title: &str, note: &dyn Fn(NodeId) -> O
     for (sym, v) in graph.pins() {
         let _ = writeln!(s, "  pin {} = {v}", sym.name());
     }
+    if let Some(r) = graph.rank() {
+        let _ = writeln!(s, "  rank {} of {}", r.rank, r.world);
+    }
     for &id in &order {
         let n = graph.node(id);
         let ops: Vec<String> = graph.operands(id).iter().map(|x| format!("%{}", index[x])).collect();

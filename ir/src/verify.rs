@@ -35,6 +35,11 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
                 }
             }
         }
+        if let Op::AllReduce { world } | Op::AllGather { world, .. } = node.op {
+            if world != graph.world() {
+                return Err(err(format!("a collective over {world} ranks in a graph of {}", graph.world())));
+            }
+        }
         if let Op::Constant { values } = &node.op {
             if node.shape.fixed_volume() != Some(values.len()) {
                 return Err(err(format!("{} values for shape {}", values.len(), node.shape)));

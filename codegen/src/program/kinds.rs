@@ -150,6 +150,9 @@ pub(crate) fn plan(n: &NodeCtx) -> Result<Planned, CodegenError> {
         Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. } | Op::Reshape { .. } | Op::Slice { .. } => {
             Err(n.unsupported(": leaves and views are not kernels"))
         }
+        Op::AllReduce { .. } | Op::AllGather { .. } | Op::PartialGather { .. } => {
+            Err(n.unsupported(": no CUDA kernel exchanges between ranks yet"))
+        }
         Op::Unary(_) | Op::Binary(_) | Op::Concat { .. } | Op::Cast { .. } => {
             Err(n.unsupported(": run the pass pipeline first (primitive ops are not kernels)"))
         }

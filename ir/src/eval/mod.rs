@@ -3,6 +3,7 @@
 //! plain loops over cleverness, except for matmul (a CPU GEMM crate) so that the real model
 //! runs at a usable speed.
 
+pub mod collective;
 mod elementwise;
 pub(crate) mod fused;
 // An AVX2 kernel, called only after the CPU is checked to have it.
@@ -18,6 +19,8 @@ use crate::op::Op;
 use crate::print::node_label;
 use crate::shape::{Bindings, Dim, Sym};
 use crate::tensor::Tensor;
+
+pub use collective::{Collective, ThreadGroup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -106,14 +109,30 @@ pub fn eval_with(
 /// caller's progress through a long evaluation (a long prompt).
 pub fn eval_observed(
     graph: &Graph,
+    inputs: HashMap<String, Tensor>,
+    weights: &dyn WeightSource,
+    options: EvalOptions,
+    after_node: &mut dyn FnMut(),
+) -> Result<HashMap<String, Tensor>, EvalError> {
+    eval_rank(graph, inputs, weights, options, None, after_node)
+}
+
+/// [`eval_observed`] of one rank's graph of a tensor-parallel group: its collective ops
+/// exchange values with the other ranks through `collective` (every rank's evaluation must
+/// run at the same time, each on its own thread). Without one, a graph of more than one rank
+/// fails at its first collective; a whole model's (world 1) collectives are the identity.
+pub fn eval_rank(
+    graph: &Graph,
     mut inputs: HashMap<String, Tensor>,
     weights: &dyn WeightSource,
     options: EvalOptions,
+    collective: Option<&dyn Collective>,
     after_node: &mut dyn FnMut(),
 ) -> Result<HashMap<String, Tensor>, EvalError> {
     let order = graph.topo_order().ok_or(EvalError::Cycle)?;
     let bindings = bind(graph, &inputs)?;
     let mut run = Run::new(graph, &order, bindings, options);
+    run.collective = collective;
     for &id in &order {
         let node = graph.node(id);
         let val = match &node.op {
@@ -160,6 +179,7 @@ struct Run<'g, 'w> {
     is_output: Vec<bool>,
     /// Indexed by node index; never resized while evaluating.
     values: Vec<Option<Val<'w>>>,
+    collective: Option<&'w dyn Collective>,
 }
 
 impl<'g, 'w> Run<'g, 'w> {
@@ -176,7 +196,7 @@ impl<'g, 'w> Run<'g, 'w> {
             is_output[id.index()] = true;
         }
         let values = (0..graph.node_bound()).map(|_| None).collect();
-        Run { graph, bindings, options, remaining_uses, is_output, values }
+        Run { graph, bindings, options, remaining_uses, is_output, values, collective: None }
     }
 
     /// Computes node `id`, whose op `op` is not a leaf, from its operands' values.
@@ -219,6 +239,8 @@ impl<'g, 'w> Run<'g, 'w> {
             };
             drop(args);
             rows.map(|rows| movement::append_rows(consumable.expect("checked"), &rows))
+        } else if op.is_collective() {
+            exchange(graph, self.collective, op, args[0])
         } else {
             apply(op, node.dtype, &out_shape, &args)
         };
@@ -342,6 +364,18 @@ fn check_norm_input(op: &Op, args: &[&Tensor]) -> Result<(), String> {
     }
 }
 
+/// A collective op's result: `value` exchanged with the other ranks of `graph`'s group.
+fn exchange(graph: &Graph, collective: Option<&dyn Collective>, op: &Op, value: &Tensor) -> Result<Tensor, String> {
+    let rank = graph.rank().map_or(0, |r| r.rank);
+    match (collective, op) {
+        (_, _) if graph.world() == 1 => Ok(value.clone()),
+        (None, _) => Err(format!("{} needs the other {} ranks (evaluate each rank with a collective)", op.kind(), graph.world() - 1)),
+        (Some(c), Op::AllReduce { .. }) => c.all_reduce(rank, value),
+        (Some(c), Op::AllGather { axis, .. }) => c.all_gather(rank, value, *axis),
+        (Some(_), _) => Err(format!("{} is not a collective", op.kind())),
+    }
+}
+
 fn apply(op: &Op, dtype: DType, out_shape: &[usize], args: &[&Tensor]) -> Result<Tensor, String> {
     let a = |i: usize| args[i];
     Ok(match op {
@@ -353,12 +387,14 @@ fn apply(op: &Op, dtype: DType, out_shape: &[usize], args: &[&Tensor]) -> Result
         Op::Attention { scale } => linalg::attention(a(0), a(1), a(2), *scale, dtype)?,
         Op::ArgMax { axis } => elementwise::argmax(a(0), *axis),
         Op::Gather => movement::gather(a(0), a(1))?,
+        Op::PartialGather { start, total } => movement::partial_gather(a(0), a(1), *start, *total)?,
         Op::Reshape { .. } => a(0).clone().reshaped(out_shape.to_vec()),
         Op::Slice { axis, start, end } => movement::slice(a(0), *axis, *start, *end)?,
         Op::Concat { axis } => movement::concat(args, *axis),
         Op::KvAppend => movement::append_rows(a(0).clone(), a(1)),
         Op::Fused(f) => f.eval(args, dtype)?,
         Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. } => return Err(format!("{} is a leaf", op.kind())),
+        Op::AllReduce { .. } | Op::AllGather { .. } => return Err(format!("{} exchanges between ranks", op.kind())),
     })
 }
 

@@ -41,6 +41,29 @@ pub fn gather(table: &Tensor, ids: &Tensor) -> Result<Tensor, String> {
     Ok(Tensor::from_stored(table.dtype(), shape, out))
 }
 
+/// One rank's part of a gather from a table of `total` rows split by rows
+/// ([`crate::Op::PartialGather`]): ids in `start..start + rows` pick row `id - start`, every
+/// other id in `0..total` gives a row of zeros.
+pub fn partial_gather(table: &Tensor, ids: &Tensor, start: usize, total: usize) -> Result<Tensor, String> {
+    let mut shape = ids.shape().to_vec();
+    let ids = ids.i32s().ok_or("gather ids must be i32")?;
+    let (rows, width) = (table.shape()[0], table.shape()[1]);
+    if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= total) {
+        return Err(format!("token id {bad} is out of range for a table of {total} rows"));
+    }
+    if !table.dtype().is_float() {
+        return Err("gather table must be float".to_string());
+    }
+    let mut out = vec![0.0; ids.len() * width];
+    for (&i, row) in ids.iter().zip(out.chunks_exact_mut(width.max(1))) {
+        if let Some(local) = (i as usize).checked_sub(start).filter(|&r| r < rows) {
+            table.floats_into(local * width, row);
+        }
+    }
+    shape.push(width);
+    Ok(Tensor::from_stored(table.dtype(), shape, out))
+}
+
 pub fn slice(x: &Tensor, axis: usize, start: Bound, end: Bound) -> Result<Tensor, String> {
     let (outer, len, inner) = around(x.shape(), axis);
     let (s, e) = match (start.resolve(len), end.resolve(len)) {
