@@ -47,8 +47,13 @@ impl Builder {
         self.graph.node_mut(x).meta.label = Some(label.to_string());
     }
 
+    /// Says how tensor parallelism may split weight `w` (see [`Meta::split`]).
+    pub fn split(&mut self, w: NodeId, split: crate::role::Split) {
+        self.graph.node_mut(w).meta.split = Some(split);
+    }
+
     fn meta(&self) -> Meta {
-        Meta { layer: self.layer, label: None }
+        Meta { layer: self.layer, label: None, split: None }
     }
 
     fn qualified(&self, name: &str) -> String {

@@ -31,7 +31,7 @@ pub use eval::{eval, eval_observed, eval_rank, eval_with, Collective, EvalError,
 pub use expr::{Expr, ExprKind};
 pub use graph::{Graph, Node, NodeId, Rank};
 pub use op::{BinaryOp, Bound, FusedOp, Op, ReduceOp, UnaryOp, WEIGHT_CONCAT};
-pub use role::{KvPart, Meta, Role};
+pub use role::{KvPart, Meta, Role, Split};
 pub use shape::{Bindings, Dim, Shape, Sym};
 pub use tensor::{Data, Tensor};
 pub use weight_slice::WeightSlice;

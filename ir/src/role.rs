@@ -50,8 +50,9 @@ impl fmt::Display for Role {
     }
 }
 
-/// What the model says about a node, for people and kernel names. No pass decides anything
-/// from it; passes carry it from the nodes they replace to the node that replaces them.
+/// What the model says about a node, for people, kernel names and the tensor-parallel layout.
+/// Only the shard pass decides anything from it ([`Meta::split`]); passes carry it from the
+/// nodes they replace to the node that replaces them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Meta {
     /// The decoder layer the node belongs to, if any.
@@ -59,4 +60,34 @@ pub struct Meta {
     /// What the node computes, in the model's words (`qkv`, `lm_head`): a kernel rooted
     /// at the node is named after it. `Some("")` asks for the kernel kind alone.
     pub label: Option<String>,
+    /// On a weight: how tensor parallelism may split it across ranks (Megatron's layout, said by
+    /// the model); unsplit weights are replicated.
+    pub split: Option<Split>,
+}
+
+/// How a weight `[rows, columns]` may be split across the ranks of a tensor-parallel group, in
+/// whole groups of `unit` (a head's `head_dim` rows or columns, or single ones). When the
+/// groups are fewer than the ranks, each group is held by `world / groups` ranks (replicated:
+/// a KV head shared by the query heads of several ranks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Split {
+    /// Along axis 0: a matmul's output features, an embedding's vocabulary.
+    Rows { unit: usize },
+    /// Along axis 1: a matmul's input features (its partial products are summed across ranks).
+    Columns { unit: usize },
+}
+
+impl Split {
+    pub fn axis(self) -> usize {
+        match self {
+            Split::Rows { .. } => 0,
+            Split::Columns { .. } => 1,
+        }
+    }
+
+    pub fn unit(self) -> usize {
+        match self {
+            Split::Rows { unit } | Split::Columns { unit } => unit,
+        }
+    }
 }

@@ -101,6 +101,15 @@ impl Tensor {
         self.dtype
     }
 
+    /// Elements `range` of axis `axis`, every other axis whole (a copy).
+    ///
+    /// Panics when the range is empty or past the axis: callers slice by shapes they checked.
+    pub fn slice_along(&self, axis: usize, range: std::ops::Range<usize>) -> Tensor {
+        use crate::op::Bound;
+        crate::eval::movement::slice(self, axis, Bound::FromStart(range.start), Bound::FromStart(range.end))
+            .unwrap_or_else(|e| panic!("slice_along: {e}"))
+    }
+
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }

@@ -34,6 +34,20 @@ impl Graphs {
         [&self.prefill_all, &self.prefill_last, &self.decode]
     }
 
+    /// Each rank's graphs for a tensor-parallel group of `world` ranks (see
+    /// [`smelt_passes::shard`]), from the declared (unfused) graphs.
+    pub(crate) fn shard(&self, world: u32) -> Result<Vec<Graphs>, smelt_passes::ShardError> {
+        let all = smelt_passes::shard(&self.prefill_all, world)?;
+        let last = smelt_passes::shard(&self.prefill_last, world)?;
+        let decode = smelt_passes::shard(&self.decode, world)?;
+        Ok(all
+            .into_iter()
+            .zip(last)
+            .zip(decode)
+            .map(|((prefill_all, prefill_last), decode)| Graphs { prefill_all, prefill_last, decode })
+            .collect())
+    }
+
     /// Runs the standard pass pipeline over each graph.
     pub(crate) fn fuse(mut self) -> Result<Graphs, smelt_passes::PassError> {
         let pipeline = smelt_passes::pipeline::standard();
@@ -50,16 +64,18 @@ pub struct Blueprint {
     pub(crate) config: Qwen3Config,
     pub(crate) dtype: DType,
     pub(crate) graphs: Graphs,
+    /// Each rank's graphs of a tensor-parallel group (fused like `graphs`); empty for one rank.
+    pub(crate) ranks: Vec<Graphs>,
     pub(crate) eos_token_ids: Vec<u32>,
     pub(crate) unused_tensors: Vec<String>,
 }
 
 /// [`Blueprint::open`]'s result: the blueprint, the checkpoint it was checked against, and the
-/// checkpoint tensors its graphs read (before fusion joins any).
+/// checkpoint tensors (or slices of them) each rank's graphs read, before fusion joins any.
 pub(crate) struct Opened {
     pub(crate) blueprint: Blueprint,
     pub(crate) checkpoint: Checkpoint,
-    pub(crate) specs: Vec<WeightSpec>,
+    pub(crate) specs: Vec<Vec<WeightSpec>>,
 }
 
 impl Blueprint {
@@ -75,15 +91,21 @@ impl Blueprint {
         let checkpoint = Checkpoint::open(dir)?;
         crate::checkpoint_fit::check(&config, &checkpoint, &config_path.display().to_string())?;
         let graphs = Graphs::declare(&config, options.dtype)?;
-        // Checked against the declared (primitive) graphs: the checkpoint's own tensor names.
-        let specs = weight_specs(&graphs.all());
-        let unused_tensors = checkpoint.validate(&specs, Blueprint::ignored(&config))?;
+        let ranks = if options.tensor_parallel > 1 { graphs.shard(options.tensor_parallel)? } else { Vec::new() };
+        // Checked against the declared (primitive) graphs: the checkpoint's own tensor names
+        // (each rank's slices of them).
+        let specs: Vec<Vec<WeightSpec>> = match ranks.is_empty() {
+            true => vec![weight_specs(&graphs.all())],
+            false => ranks.iter().map(|r| weight_specs(&r.all())).collect(),
+        };
+        let unused_tensors = checkpoint.validate(&specs.concat(), Blueprint::ignored(&config))?;
         let graphs = if options.fuse { graphs.fuse()? } else { graphs };
+        let ranks = ranks.into_iter().map(|r| if options.fuse { r.fuse() } else { Ok(r) }).collect::<Result<_, _>>()?;
         let mut eos_token_ids = GenerationConfig::load(dir, config.vocab_size)?.eos_token_ids.unwrap_or_default();
         if eos_token_ids.is_empty() {
             eos_token_ids = config.eos_token_ids.clone();
         }
-        let blueprint = Blueprint { config, dtype: options.dtype, graphs, eos_token_ids, unused_tensors };
+        let blueprint = Blueprint { config, dtype: options.dtype, graphs, ranks, eos_token_ids, unused_tensors };
         Ok(Opened { blueprint, checkpoint, specs })
     }
 
@@ -103,6 +125,19 @@ impl Blueprint {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The ranks of its tensor-parallel group (1: the whole model on one device).
+    pub fn tensor_parallel(&self) -> u32 {
+        self.ranks.len().max(1) as u32
+    }
+
+    /// Rank `rank`'s decode graph (the whole model's for one rank).
+    pub fn rank_decode_graph(&self, rank: usize) -> Option<&Graph> {
+        match self.ranks.is_empty() {
+            true => (rank == 0).then_some(&self.graphs.decode),
+            false => self.ranks.get(rank).map(|r| &r.decode),
+        }
     }
 
     /// The decode graph (fused unless loaded with `fuse: false`), which the GPU backend compiles.

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 
 use rand::Rng as _;
 
-use smelt_ir::{DType, EvalError, IrError, Tensor};
-use smelt_runtime::{CpuState, HostWeights, PagedKv, WeightError};
+use smelt_ir::{Collective, DType, EvalError, Graph, IrError, Tensor, WeightSlice, WEIGHT_CONCAT};
+use smelt_runtime::{HostWeights, PagedKv, WeightError};
 
 use crate::blueprint::{Blueprint, Graphs, Opened};
 use crate::config::{ConfigError, Qwen3Config};
 use crate::lm::{check_ids, CausalLm};
+use crate::ranks::{run_ranks, RankCpu};
 use crate::qwen3::{Logits, EMBED, LOGITS, POSITIONS, TOKEN_IDS};
 use smelt_runtime::progress::{Task, Unit};
 
@@ -37,6 +38,8 @@ pub enum ModelError {
     GenerationConfig { path: PathBuf, message: String },
     #[error("compiling the graph: {0}")]
     Pass(#[from] smelt_passes::PassError),
+    #[error(transparent)]
+    Shard(#[from] smelt_passes::ShardError),
     #[error(transparent)]
     Cuda(#[from] smelt_runtime::cuda::CudaError),
     #[error("the KV cache: {0}")]
@@ -74,20 +77,21 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Run the fused graphs the pass pipeline makes (the default), or the primitive ones.
     pub fuse: bool,
+    /// Ranks of a tensor-parallel group (1: none). On the CPU each rank is a thread holding
+    /// its slices of the weights and its share of the KV heads.
+    pub tensor_parallel: u32,
 }
 
 impl LoadOptions {
     pub fn new(dtype: DType) -> LoadOptions {
-        LoadOptions { dtype, fuse: true }
+        LoadOptions { dtype, fuse: true, tensor_parallel: 1 }
     }
 }
 
 pub struct Qwen3Cpu {
     blueprint: Blueprint,
-    weights: HostWeights,
-    state: CpuState,
-    /// The batch engine's KV pool (see [`Qwen3Cpu::allocate_paged`]).
-    paged: Option<PagedKv>,
+    /// One, or one per tensor-parallel rank.
+    ranks: Vec<RankCpu>,
     position: usize,
 }
 
@@ -110,16 +114,29 @@ impl Qwen3Cpu {
         let kept = if dtype == DType::F32 { stored } else { dtype };
         check_host_memory(&blueprint.config, kept.size_bytes() as u64)?;
         let ignored = Blueprint::ignored(&blueprint.config);
-        let loaded = checkpoint.load_all(&specs, ignored, dtype)?;
-        let mut weights = HostWeights::from_map(loaded.tensors.into_iter().collect());
-        weights.prepare_for(&blueprint.graphs.all())?;
-        let model = Qwen3Cpu::assemble(blueprint, weights);
+        let mut weights = Vec::new();
+        for specs in &specs {
+            let loaded = checkpoint.load_all(specs, ignored, dtype)?;
+            weights.push(HostWeights::from_map(loaded.tensors.into_iter().collect()));
+        }
+        let model = Qwen3Cpu::assemble(blueprint, weights)?;
         crate::report::loaded(dir, model.blueprint(), started);
         Ok(model)
     }
 
-    fn assemble(blueprint: Blueprint, weights: HostWeights) -> Qwen3Cpu {
-        Qwen3Cpu { blueprint, weights, state: CpuState::new(), paged: None, position: 0 }
+    /// The model from its blueprint and each rank's checkpoint tensors (or slices), which are
+    /// joined as the fused graphs read them.
+    fn assemble(blueprint: Blueprint, weights: Vec<HostWeights>) -> Result<Qwen3Cpu, ModelError> {
+        let graphs = match blueprint.ranks.is_empty() {
+            true => vec![blueprint.graphs.clone()],
+            false => blueprint.ranks.clone(),
+        };
+        let mut ranks = Vec::new();
+        for (graphs, mut weights) in graphs.into_iter().zip(weights) {
+            weights.prepare_for(&graphs.all())?;
+            ranks.push(RankCpu::new(graphs, weights));
+        }
+        Ok(Qwen3Cpu { blueprint, ranks, position: 0 })
     }
 
     /// A model with seeded random weights (uniform in ±0.05, norm weights 1): for benchmarks
@@ -129,6 +146,8 @@ impl Qwen3Cpu {
         check_host_memory(&config, 4)?;
         let dtype = options.dtype;
         let graphs = Graphs::declare(&config, dtype)?;
+        let world = options.tensor_parallel;
+        let ranks = if world > 1 { graphs.shard(world)? } else { Vec::new() };
         let mut rng = crate::sample::seeded_rng(seed);
         let mut weights = HashMap::new();
         for spec in smelt_runtime::weight_specs(&graphs.all()) {
@@ -141,11 +160,16 @@ impl Qwen3Cpu {
             weights.insert(spec.name, Tensor::from_f32(dtype, spec.shape, values));
         }
         let eos_token_ids = config.eos_token_ids.clone();
-        let mut weights = HostWeights::from_map(weights);
-        let graphs = if options.fuse { graphs.fuse()? } else { graphs };
-        weights.prepare_for(&graphs.all())?;
-        let blueprint = Blueprint { config, dtype, graphs, eos_token_ids, unused_tensors: Vec::new() };
-        Ok(Qwen3Cpu::assemble(blueprint, weights))
+        // Each rank's slices of the whole tensors.
+        let rank_weights = match ranks.is_empty() {
+            true => vec![HostWeights::from_map(weights)],
+            false => ranks.iter().map(|r| sliced_weights(&weights, &r.all())).collect::<Result<_, _>>()?,
+        };
+        let fuse = |g: Graphs| if options.fuse { g.fuse() } else { Ok(g) };
+        let graphs = fuse(graphs)?;
+        let ranks = ranks.into_iter().map(fuse).collect::<Result<_, _>>()?;
+        let blueprint = Blueprint { config, dtype, graphs, ranks, eos_token_ids, unused_tensors: Vec::new() };
+        Qwen3Cpu::assemble(blueprint, rank_weights)
     }
 
     /// The model without its weights: config, graphs, EOS ids.
@@ -157,9 +181,15 @@ impl Qwen3Cpu {
         &self.blueprint.config
     }
 
-    /// The weights, in the execution dtype, shaped for the graphs (concatenations made).
+    /// The weights, in the execution dtype, shaped for the graphs (concatenations made); rank
+    /// 0's slices of them under tensor parallelism.
     pub fn host_weights(&self) -> &HostWeights {
-        &self.weights
+        &self.ranks[0].weights
+    }
+
+    /// Each rank's weights (one entry without tensor parallelism).
+    pub fn rank_weights(&self) -> impl Iterator<Item = &HostWeights> {
+        self.ranks.iter().map(|r| &r.weights)
     }
 
     pub fn dtype(&self) -> DType {
@@ -172,9 +202,9 @@ impl Qwen3Cpu {
     }
 
     /// The sequence's KV caches by graph input name, `[tokens, KV heads, head dim]` each
-    /// (empty before the first token).
+    /// (empty before the first token); rank 0's heads under tensor parallelism.
     pub fn kv_caches(&self) -> &HashMap<String, Tensor> {
-        self.state.values()
+        self.ranks[0].state.values()
     }
 
     /// Tokens in the KV cache.
@@ -184,7 +214,9 @@ impl Qwen3Cpu {
 
     /// Starts a new sequence.
     pub fn reset(&mut self) {
-        self.state.reset();
+        for rank in &mut self.ranks {
+            rank.state.reset();
+        }
         self.position = 0;
     }
 
@@ -193,19 +225,22 @@ impl Qwen3Cpu {
     pub fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
         check_ids(&self.blueprint.config, self.position, ids)?;
         let needed = self.position + ids.len();
-        let graph = match (ids.len(), logits) {
-            (1, Logits::LastPosition) => &self.blueprint.graphs.decode,
-            (_, Logits::LastPosition) => &self.blueprint.graphs.prefill_last,
-            (_, Logits::AllPositions) => &self.blueprint.graphs.prefill_all,
+        let pick: fn(&Graphs) -> &Graph = match (ids.len(), logits) {
+            (1, Logits::LastPosition) => |g| &g.decode,
+            (_, Logits::LastPosition) => |g| &g.prefill_last,
+            (_, Logits::AllPositions) => |g| &g.prefill_all,
         };
         let inputs = step_inputs(ids, self.position);
-        let mut out = if ids.len() >= crate::lm::LONG_PROMPT {
-            // A long prompt takes seconds on the CPU: its progress through the graph's nodes.
-            let task = Task::begin("prompt", graph.node_count() as u64, Unit::Fraction);
-            self.state.run_observed(graph, &self.weights, inputs, &mut || task.advance(1))?
-        } else {
-            self.state.run(graph, &self.weights, inputs)?
+        // A long prompt takes seconds on the CPU: its progress through the graph's nodes (shown
+        // for one rank; a group's ranks advance together).
+        let nodes = pick(&self.ranks[0].graphs).node_count() as u64;
+        let one_rank = self.ranks.len() == 1;
+        let task = (one_rank && ids.len() >= crate::lm::LONG_PROMPT).then(|| Task::begin("prompt", nodes, Unit::Fraction));
+        let step = |rank: &mut RankCpu, graph: &Graph, inputs, group: Option<&dyn Collective>| {
+            let mut advance = || task.iter().for_each(|t| t.advance(1));
+            crate::ranks::sequence_step(rank, graph, inputs, group, &mut advance)
         };
+        let mut out = run_ranks(&mut self.ranks, pick, inputs, &step)?;
         let logits = out.remove(LOGITS).expect("the graph outputs logits");
         // A row per new token, or the last one's only.
         let first_row = if logits.shape()[0] == ids.len() { self.position } else { needed - 1 };
@@ -222,7 +257,9 @@ impl Qwen3Cpu {
     /// Makes a paged KV pool of `blocks` blocks for [`Qwen3Cpu::forward_paged`]; blocks take
     /// memory when first written.
     pub fn allocate_paged(&mut self, blocks: usize, block_tokens: usize) -> Result<(), ModelError> {
-        self.paged = Some(PagedKv::for_graph(&self.blueprint.graphs.decode, blocks, block_tokens)?);
+        for rank in &mut self.ranks {
+            rank.paged = Some(PagedKv::for_graph(&rank.graphs.decode, blocks, block_tokens)?);
+        }
         Ok(())
     }
 
@@ -231,9 +268,12 @@ impl Qwen3Cpu {
     /// the last position. The single-sequence state ([`Qwen3Cpu::forward`]) is untouched.
     pub fn forward_paged(&mut self, ids: &[u32], start: usize, table: &[u32]) -> Result<Tensor, ModelError> {
         check_ids(&self.blueprint.config, start, ids)?;
-        let graph = if ids.len() == 1 { &self.blueprint.graphs.decode } else { &self.blueprint.graphs.prefill_last };
-        let paged = self.paged.as_mut().ok_or_else(|| ModelError::Internal("no paged KV pool allocated".into()))?;
-        let mut out = paged.run(graph, &self.weights, step_inputs(ids, start), table, start)?;
+        let pick: fn(&Graphs) -> &Graph = if ids.len() == 1 { |g| &g.decode } else { |g| &g.prefill_last };
+        let step = |rank: &mut RankCpu, graph: &Graph, inputs, group: Option<&dyn Collective>| {
+            let paged = rank.paged.as_mut().ok_or_else(|| ModelError::Internal("no paged KV pool allocated".into()))?;
+            Ok(paged.run_rank(graph, &rank.weights, inputs, table, start, group)?)
+        };
+        let mut out = run_ranks(&mut self.ranks, pick, step_inputs(ids, start), &step)?;
         let logits = out.remove(LOGITS).expect("the graph outputs logits");
         check_finite_logits(&logits, start + ids.len() - 1)?;
         Ok(logits)
@@ -268,6 +308,23 @@ fn check_host_memory(config: &Qwen3Config, bytes_per_parameter: u64) -> Result<(
         return Err(ModelError::HostMemory { parameters, bytes_per_parameter, need, have });
     }
     Ok(())
+}
+
+/// One rank's weights: the slices its `graphs` name, cut from the whole tensors `whole`.
+fn sliced_weights(whole: &HashMap<String, Tensor>, graphs: &[&Graph]) -> Result<HostWeights, ModelError> {
+    let mut tensors = HashMap::new();
+    for spec in smelt_runtime::weight_specs(graphs) {
+        for part in spec.name.split(WEIGHT_CONCAT) {
+            let (base, slice) = WeightSlice::parse(part);
+            let t = whole.get(base).ok_or_else(|| ModelError::Internal(format!("no weight {base}")))?;
+            let t = match slice {
+                Some(s) => t.slice_along(s.axis, s.start..s.end),
+                None => t.clone(),
+            };
+            tensors.insert(part.to_string(), t);
+        }
+    }
+    Ok(HostWeights::from_map(tensors))
 }
 
 /// The token ids and positions of `ids` appended after `start` tokens.

@@ -16,6 +16,7 @@ pub mod cuda_engine;
 pub mod engine;
 pub mod generation_config;
 pub mod lm;
+mod ranks;
 pub mod qwen3;
 mod report;
 pub mod sample;

@@ -3,7 +3,7 @@
 //! the passes' work. Activations are token-major: `[T, hidden]`, heads as `[T, H, head_dim]`.
 
 use smelt_ir::shape;
-use smelt_ir::{BinaryOp, Bound, Builder, DType, Graph, IrError, KvPart, NodeId, ReduceOp, Role, Shape, Sym, UnaryOp};
+use smelt_ir::{BinaryOp, Bound, Builder, DType, Graph, IrError, KvPart, NodeId, ReduceOp, Role, Shape, Split, Sym, UnaryOp};
 
 use crate::config::Qwen3Config;
 
@@ -66,7 +66,10 @@ pub fn declare(cfg: &Qwen3Config, opts: DeclareOptions) -> Result<Graph, IrError
     let positions = b.input_as(POSITIONS, DType::I32, Shape::new([t]), Role::Positions);
     let d = cfg.hidden_size;
 
+    // Tensor parallelism splits the vocabulary (each rank gathers its rows; lm_head's logits
+    // are gathered), the attention heads and the MLP's intermediate features (Megatron).
     let embed = b.weight(EMBED, dt, shape![cfg.vocab_size, d])?;
+    b.split(embed, Split::Rows { unit: 1 });
     let mut h = b.gather("embed", embed, ids)?;
     b.label(h, "embed");
     let (cos, sin) = b.scoped("rope", |b| rope_tables(b, cfg, positions, dt))?;
@@ -82,6 +85,7 @@ pub fn declare(cfg: &Qwen3Config, opts: DeclareOptions) -> Result<Graph, IrError
     };
     let head_name = if cfg.tie_word_embeddings { EMBED } else { LM_HEAD };
     let head = b.weight(head_name, dt, shape![cfg.vocab_size, d])?;
+    b.split(head, Split::Rows { unit: 1 });
     let logits = b.matmul("lm_head", h, head)?;
     let logits = b.cast("logits_f32", logits, DType::F32)?;
     b.label(logits, "lm_head");
@@ -149,9 +153,11 @@ fn apply_rope(b: &mut Builder, x: NodeId, cos: NodeId, sin: NodeId, hd: usize) -
     b.add("rope", a, c)
 }
 
-fn linear(b: &mut Builder, name: &str, x: NodeId, weight: &str, out: usize, dt: DType) -> Result<NodeId, IrError> {
+/// `x @ weight^T`; tensor parallelism may split the weight as `split` says.
+fn linear(b: &mut Builder, name: &str, x: NodeId, weight: &str, out: usize, split: Split) -> Result<NodeId, IrError> {
     let inp = b.shape(x).last().expect("rank >= 1");
-    let w = b.weight(weight, dt, Shape::new([out.into(), inp]))?;
+    let w = b.weight(weight, b.dtype(x), Shape::new([out.into(), inp]))?;
+    b.split(w, split);
     b.matmul(name, x, w)
 }
 
@@ -172,9 +178,11 @@ fn decoder_layer(
 
     let x = b.scoped("input_norm", |b| rms_norm(b, h, &format!("{p}.input_layernorm.weight"), cfg.rms_norm_eps))?;
     let attn = b.scoped("attn", |b| -> Result<NodeId, IrError> {
-        let q = linear(b, "q_proj", x, &format!("{p}.self_attn.q_proj.weight"), nh * hd, dt)?;
-        let k = linear(b, "k_proj", x, &format!("{p}.self_attn.k_proj.weight"), nkv * hd, dt)?;
-        let v = linear(b, "v_proj", x, &format!("{p}.self_attn.v_proj.weight"), nkv * hd, dt)?;
+        // Whole heads per rank: q, k and v by output rows, o_proj by input columns.
+        let heads = Split::Rows { unit: hd };
+        let q = linear(b, "q_proj", x, &format!("{p}.self_attn.q_proj.weight"), nh * hd, heads)?;
+        let k = linear(b, "k_proj", x, &format!("{p}.self_attn.k_proj.weight"), nkv * hd, heads)?;
+        let v = linear(b, "v_proj", x, &format!("{p}.self_attn.v_proj.weight"), nkv * hd, heads)?;
         // Fused side by side, the three become one `qkv` kernel.
         for (node, label) in [(q, "q"), (k, "k"), (v, "v")] {
             b.label(node, label);
@@ -201,7 +209,7 @@ fn decoder_layer(
         let o = b.op("attention", smelt_ir::Op::Attention { scale }, &[q, k_all, v_all])?;
         b.label(o, "");
         let o = b.reshape("merge_heads", o, Shape::new([t, (nh * hd).into()]))?;
-        linear(b, "o_proj", o, &format!("{p}.self_attn.o_proj.weight"), d, dt)
+        linear(b, "o_proj", o, &format!("{p}.self_attn.o_proj.weight"), d, Split::Columns { unit: hd })
     })?;
     let h = b.add("attn_residual", h, attn)?;
     b.label(h, "o_proj_residual");
@@ -211,12 +219,12 @@ fn decoder_layer(
     })?;
     let mlp = b.scoped("mlp", |b| -> Result<NodeId, IrError> {
         let i = cfg.intermediate_size;
-        let gate = linear(b, "gate_proj", x, &format!("{p}.mlp.gate_proj.weight"), i, dt)?;
-        let up = linear(b, "up_proj", x, &format!("{p}.mlp.up_proj.weight"), i, dt)?;
+        let gate = linear(b, "gate_proj", x, &format!("{p}.mlp.gate_proj.weight"), i, Split::Rows { unit: 1 })?;
+        let up = linear(b, "up_proj", x, &format!("{p}.mlp.up_proj.weight"), i, Split::Rows { unit: 1 })?;
         let act = b.unary("silu", UnaryOp::Silu, gate)?;
         let prod = b.binary("gate_up", BinaryOp::Mul, act, up)?;
         b.label(prod, "gate_up_swiglu");
-        linear(b, "down_proj", prod, &format!("{p}.mlp.down_proj.weight"), d, dt)
+        linear(b, "down_proj", prod, &format!("{p}.mlp.down_proj.weight"), d, Split::Columns { unit: 1 })
     })?;
     let out = b.add("mlp_residual", h, mlp)?;
     b.label(out, "down_residual");

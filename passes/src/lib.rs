@@ -14,6 +14,7 @@ pub mod kv;
 pub mod memory;
 pub mod pass;
 pub mod pipeline;
+pub mod shard;
 pub mod stats;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -24,3 +25,4 @@ pub use dce::Dce;
 pub use kv::{plan_kv, KvPlan, KvPlanError, DEFAULT_BLOCK_TOKENS};
 pub use memory::{check_plan, plan_memory, Buffer, MemoryPlan, ARENA_ALIGN};
 pub use pass::{Pass, PassError, PassManager, PassRun, Report};
+pub use shard::{shard, ShardError};

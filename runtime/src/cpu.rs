@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use smelt_ir::{
-    eval_observed, DType, Data, Dim, EvalError, EvalOptions, Graph, Op, Sym, Tensor, WeightSource, WEIGHT_CONCAT,
+    eval_rank, Collective, DType, Data, Dim, EvalError, EvalOptions, Graph, Op, Sym, Tensor, WeightSource, WEIGHT_CONCAT,
 };
 
 /// How the CPU backend evaluates a model: an f16 activation that overflows is an error naming
@@ -108,7 +108,20 @@ impl CpuState {
         &mut self,
         graph: &Graph,
         weights: &HostWeights,
+        inputs: HashMap<String, Tensor>,
+        after_node: &mut dyn FnMut(),
+    ) -> Result<HashMap<String, Tensor>, EvalError> {
+        self.run_rank(graph, weights, inputs, None, after_node)
+    }
+
+    /// [`CpuState::run_observed`] of one rank's graph of a tensor-parallel group, exchanging
+    /// with the other ranks through `collective` (see [`smelt_ir::eval_rank`]).
+    pub fn run_rank(
+        &mut self,
+        graph: &Graph,
+        weights: &HostWeights,
         mut inputs: HashMap<String, Tensor>,
+        collective: Option<&dyn Collective>,
         after_node: &mut dyn FnMut(),
     ) -> Result<HashMap<String, Tensor>, EvalError> {
         let mut state_names = Vec::new();
@@ -120,7 +133,7 @@ impl CpuState {
             inputs.insert(name.clone(), t);
             state_names.push(name);
         }
-        let mut out = eval_observed(graph, inputs, weights, MODEL_EVAL, after_node)?;
+        let mut out = eval_rank(graph, inputs, weights, MODEL_EVAL, collective, after_node)?;
         for name in state_names {
             if let Some(t) = out.remove(&name) {
                 self.values.insert(name, t);

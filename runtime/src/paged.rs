@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use smelt_ir::{eval_with, DType, EvalError, Graph, Tensor};
+use smelt_ir::{DType, EvalError, Graph, Tensor};
 
 use crate::cpu::{HostWeights, MODEL_EVAL};
 
@@ -77,9 +77,23 @@ impl PagedKv {
         &mut self,
         graph: &Graph,
         weights: &HostWeights,
+        inputs: HashMap<String, Tensor>,
+        table: &[u32],
+        cached: usize,
+    ) -> Result<HashMap<String, Tensor>, PagedKvError> {
+        self.run_rank(graph, weights, inputs, table, cached, None)
+    }
+
+    /// [`PagedKv::run`] of one rank's graph of a tensor-parallel group (each rank keeps a pool
+    /// of its own KV heads), exchanging through `collective`.
+    pub fn run_rank(
+        &mut self,
+        graph: &Graph,
+        weights: &HostWeights,
         mut inputs: HashMap<String, Tensor>,
         table: &[u32],
         cached: usize,
+        collective: Option<&dyn smelt_ir::Collective>,
     ) -> Result<HashMap<String, Tensor>, PagedKvError> {
         for (name, _) in graph.inputs() {
             if inputs.contains_key(&name) {
@@ -88,7 +102,7 @@ impl PagedKv {
             let cache = self.caches.iter().find(|c| c.name == name).ok_or(PagedKvError::UnknownCache(name))?;
             inputs.insert(cache.name.clone(), self.gather(cache, table, cached)?);
         }
-        let mut out = eval_with(graph, inputs, weights, MODEL_EVAL)?;
+        let mut out = smelt_ir::eval_rank(graph, inputs, weights, MODEL_EVAL, collective, &mut || {})?;
         for c in 0..self.caches.len() {
             let Some(all) = out.remove(&self.caches[c].name) else { continue };
             let values = all.f32s().map(|v| v.to_vec()).unwrap_or_else(|| all.to_f32_vec());

@@ -26,7 +26,7 @@ fn joined_name(names: &[Option<String>]) -> Option<String> {
 fn joined_meta(metas: &[Meta]) -> Meta {
     let layer = metas[0].layer.filter(|l| metas.iter().all(|m| m.layer == Some(*l)));
     let labels: Option<Vec<&str>> = metas.iter().map(|m| m.label.as_deref()).collect();
-    Meta { layer, label: labels.map(|l| l.concat()) }
+    Meta { layer, label: labels.map(|l| l.concat()), split: None }
 }
 
 impl Pass for FuseHorizontal {
