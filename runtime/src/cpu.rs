@@ -161,7 +161,8 @@ fn empty_state(node: &smelt_ir::Node) -> Tensor {
 
 impl HostWeights {
     /// Makes the weights fit `graphs` (fused ones may name `a+b+c`, the concatenation of
-    /// checkpoint tensors along axis 0), then drops tensors none of them reads. Each part is
+    /// checkpoint tensors along axis 0; a part may be a slice, `q[0:512]+k[:, 0:256]`, loaded
+    /// under that name), then drops tensors none of them reads. Each part is
     /// dropped as soon as the last concatenation that needs it is made, so the parts and their
     /// copies are never all held at once.
     pub fn prepare_for(&mut self, graphs: &[&Graph]) -> Result<(), EvalError> {

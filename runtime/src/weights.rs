@@ -6,6 +6,9 @@
 //! [`Checkpoint::validate`] then checks the checkpoint against what the model expects (names,
 //! exact shapes, float dtypes) and reports *all* missing tensors at once, before any of the
 //! (large) conversion work in [`Checkpoint::load`] happens.
+//!
+//! A weight name may name a slice of a stored tensor (`base[start:end]`, `base[:, start:end]`:
+//! [`WeightSlice`], a tensor-parallel rank's part): only the slice's bytes are read.
 
 mod convert;
 mod diagnose;
@@ -14,13 +17,16 @@ mod error;
 // process may change it).
 #[allow(unsafe_code)]
 mod file;
+mod part;
+#[cfg(test)]
+mod slice_tests;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use smelt_ir::{DType, Tensor};
+use smelt_ir::{DType, Tensor, WeightSlice};
 
 use crate::progress::{Task, Unit};
 
@@ -28,6 +34,7 @@ pub use error::WeightError;
 pub use file::{INDEX_FILE, SINGLE_FILE};
 
 use file::{Entry, TensorFile};
+use part::Part;
 use safetensors::Dtype;
 
 /// Bytes read from a checkpoint at a time (a multiple of every element size).
@@ -68,6 +75,9 @@ pub struct LoadedWeights {
 pub struct Checkpoint {
     files: Vec<TensorFile>,
     entries: BTreeMap<String, Entry>,
+    /// Bytes read at a time: [`STAGING_BYTES`], smaller in tests (a multiple of every
+    /// element size).
+    staging_bytes: usize,
 }
 
 impl Checkpoint {
@@ -76,7 +86,15 @@ impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Checkpoint, WeightError> {
         let opened = file::open_dir(dir)?;
         tracing::debug!(dir = %dir.display(), files = opened.files.len(), tensors = opened.entries.len(), "checkpoint opened");
-        Ok(Checkpoint { files: opened.files, entries: opened.entries })
+        Ok(Checkpoint { files: opened.files, entries: opened.entries, staging_bytes: STAGING_BYTES })
+    }
+
+    /// This checkpoint reading `bytes` at a time (a multiple of 4: every element size), so
+    /// tests cross staging buffers with small tensors.
+    #[cfg(test)]
+    fn with_staging_bytes(self, bytes: usize) -> Checkpoint {
+        assert!(bytes > 0 && bytes % 4 == 0, "{bytes} staging bytes");
+        Checkpoint { staging_bytes: bytes, ..self }
     }
 
     /// Every tensor name, sorted.
@@ -94,14 +112,19 @@ impl Checkpoint {
         self.entries.get(name).map(|e| self.path_of(e))
     }
 
-    /// The stored shape of a tensor.
+    /// The stored shape of a tensor (a stored name: a slice's name is not one).
     pub fn shape(&self, name: &str) -> Result<&[usize], WeightError> {
         Ok(&self.entry(name)?.shape)
     }
 
-    /// The stored dtype of a tensor; an error for anything but BF16, F16 or F32.
+    /// The stored dtype of a tensor (of the one it slices, for a slice's name); an error for
+    /// anything but BF16, F16 or F32.
     pub fn dtype(&self, name: &str) -> Result<DType, WeightError> {
-        let entry = self.entry(name)?;
+        self.dtype_of(name, self.part(name)?.entry)
+    }
+
+    /// [`dtype`](Self::dtype) of the tensor `entry`, named `name` in the error.
+    fn dtype_of(&self, name: &str, entry: &Entry) -> Result<DType, WeightError> {
         match entry.dtype {
             Dtype::F32 => Ok(DType::F32),
             Dtype::F16 => Ok(DType::F16),
@@ -114,25 +137,32 @@ impl Checkpoint {
         }
     }
 
-    /// Checks every spec is present with exactly that shape and a float dtype.
+    /// Checks every spec is present with exactly that shape and a float dtype. A spec naming
+    /// a slice needs its stored tensor, and the slice must fit it and give the spec's shape.
     ///
     /// All specs are checked. If any are missing, the error is [`WeightError::Missing`] listing
     /// every missing name (the usual sign of a wrong model, best seen whole); otherwise the first
     /// shape/dtype problem in spec order is returned. `ignore` names tensors that may be present
     /// and are skipped (e.g. `lm_head.weight` of a tied model). Returns the names present but
-    /// neither expected nor ignored, sorted, for the caller to warn about.
+    /// neither expected nor ignored, sorted, for the caller to warn about (a tensor a spec
+    /// slices is expected).
     pub fn validate(&self, specs: &[WeightSpec], ignore: &[&str]) -> Result<Vec<String>, WeightError> {
         let mut missing = Vec::new();
         let mut first_problem = None;
+        let mut seen = HashSet::with_capacity(specs.len());
         let mut expected = HashSet::with_capacity(specs.len());
         for spec in specs {
-            if !expected.insert(spec.name.as_str()) {
+            if !seen.insert(spec.name.as_str()) {
                 continue;
             }
-            match self.entries.get(&spec.name) {
-                None => missing.push(spec.name.clone()),
-                Some(_) if first_problem.is_some() => {}
-                Some(entry) => first_problem = self.check(&spec.name, entry, &spec.shape).err(),
+            match self.part(&spec.name) {
+                Err(_) => missing.push(spec.name.clone()),
+                Ok(part) => {
+                    expected.insert(part.base);
+                    if first_problem.is_none() {
+                        first_problem = self.check(&spec.name, &part, &spec.shape).err();
+                    }
+                }
             }
         }
         if !missing.is_empty() {
@@ -154,8 +184,10 @@ impl Checkpoint {
     /// holds exactly the values `dtype` computes with ([`convert::Kept`]): a bf16 checkpoint
     /// stays bf16 for bf16 and for f32 (widened per tile as it is used, exactly); an f32 one
     /// loaded as bf16 rounds to nearest even. The bytes go through a bounded staging buffer.
+    /// A slice's name loads the slice, reading only its bytes.
     pub fn load(&self, name: &str, dtype: DType) -> Result<Tensor, WeightError> {
-        let shape = self.entry(name)?.shape.clone();
+        let part = self.part(name)?;
+        let shape = part.shape().map_err(|slice| self.slice_error(name, part.entry, slice, None))?;
         let kept = self.read(name, dtype, Keep::Whole, |_| Ok::<(), WeightError>(()))?;
         Ok(kept.into_tensor(dtype, shape))
     }
@@ -164,7 +196,7 @@ impl Checkpoint {
     /// that dtype holds), one staging buffer's worth at a time, so no more than that is ever
     /// on the host: the values [`load`](Self::load) gives, with the same refusals. A refused
     /// tensor stops reaching `sink` at the chunk where the problem shows; the caller discards
-    /// what it received.
+    /// what it received. A slice's name streams the slice, reading only its bytes.
     pub fn stream<E: From<WeightError>>(
         &self,
         name: &str,
@@ -180,11 +212,13 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Reads tensor `name` for `dtype` through the staging buffer, calling `each` with the
-    /// values kept after every chunk (all so far, or that chunk's alone) while none was refused.
-    /// NaN or inf in a weight makes every logit NaN, and greedy decoding then prints token 0
-    /// forever: refused here, where the tensor and file can be named, as are finite values
-    /// that round to infinity in a narrower dtype.
+    /// Reads weight `name` (a stored tensor, or only the bytes of the slice it names) for
+    /// `dtype` through the staging buffer, calling `each` with the values kept after every
+    /// chunk (all so far, or that chunk's alone) while none was refused. A slice's runs (one
+    /// per row of a column slice) fill the staging buffer one after another, so a narrow
+    /// slice is still converted in full chunks. NaN or inf in a weight makes every logit NaN,
+    /// and greedy decoding then prints token 0 forever: refused here, where the tensor and
+    /// file can be named, as are finite values that round to infinity in a narrower dtype.
     fn read<E: From<WeightError>>(
         &self,
         name: &str,
@@ -192,7 +226,8 @@ impl Checkpoint {
         keep: Keep,
         mut each: impl FnMut(&convert::Kept) -> Result<(), E>,
     ) -> Result<convert::Kept, E> {
-        let entry = self.entry(name)?;
+        let part = self.part(name)?;
+        let entry = part.entry;
         let path = self.path_of(entry);
         if !dtype.is_float() {
             return Err(
@@ -200,27 +235,22 @@ impl Checkpoint {
             );
         }
         // Checks the stored dtype (and names the tensor) before any conversion work.
-        self.dtype(name)?;
-        let bytes = entry.end - entry.start;
-        let numel = entry.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-        let file = self.files.get(entry.file);
-        let kept = numel.filter(|n| n.checked_mul(entry.dtype.bitsize() / 8) == Some(bytes));
-        let capacity = |n: usize| if keep == Keep::Whole { n } else { n.min(STAGING_BYTES) };
-        let kept = kept.and_then(|n| convert::Kept::new(entry.dtype, dtype, capacity(n)));
-        let (Some(file), Some(mut kept)) = (file, kept) else {
-            return Err(WeightError::malformed(
-                path,
-                format!("tensor {name}: {bytes} bytes of {} do not match shape {:?}", entry.dtype, entry.shape),
-            )
-            .into());
+        self.dtype_of(name, entry)?;
+        let element = entry.dtype.bitsize() / 8;
+        let malformed = || {
+            let bytes = entry.end - entry.start;
+            let what = format!("{bytes} bytes of {} do not match shape {:?}", entry.dtype, entry.shape);
+            WeightError::malformed(path, format!("tensor {}: {what}", part.base))
         };
-        let mut staging = vec![0u8; STAGING_BYTES.min(bytes)];
+        let file = self.files.get(entry.file).filter(|_| part.shape_covers_bytes(element));
+        let Some(file) = file else { return Err(malformed().into()) };
+        let runs = part.runs(element).map_err(|slice| self.slice_error(name, entry, slice, None))?;
+        let staging_len = self.staging_bytes.min(runs.bytes());
+        let values = if keep == Keep::Whole { runs.bytes() } else { staging_len } / element;
+        let Some(mut kept) = convert::Kept::new(entry.dtype, dtype, values) else { return Err(malformed().into()) };
+
         let (mut stored_finite, mut count, mut first, mut done) = (true, 0, None, 0);
-        for offset in (entry.start..entry.end).step_by(STAGING_BYTES) {
-            let chunk = &mut staging[..STAGING_BYTES.min(entry.end - offset)];
-            file.read_at(offset, chunk).map_err(|e| {
-                WeightError::malformed(path, format!("tensor {name}: cannot read its bytes at offset {offset}: {e}"))
-            })?;
+        let mut take_chunk = |chunk: &[u8]| -> Result<(), E> {
             let from = kept.len();
             stored_finite &= kept.append(entry.dtype, chunk);
             let (bad, at) = kept.non_finite_from(from);
@@ -235,6 +265,29 @@ impl Checkpoint {
             if keep == Keep::Chunk {
                 kept.clear();
             }
+            Ok(())
+        };
+        let mut staging = vec![0u8; staging_len];
+        let mut filled = 0;
+        for run in runs.iter() {
+            let mut offset = run.start;
+            while offset < run.end {
+                let take = (run.end - offset).min(staging_len - filled);
+                file.read_at(offset, &mut staging[filled..filled + take]).map_err(|e| {
+                    WeightError::malformed(
+                        path,
+                        format!("tensor {name}: cannot read its bytes at offset {offset}: {e}"),
+                    )
+                })?;
+                (offset, filled) = (offset + take, filled + take);
+                if filled == staging_len {
+                    take_chunk(&staging)?;
+                    filled = 0;
+                }
+            }
+        }
+        if filled > 0 {
+            take_chunk(&staging[..filled])?;
         }
         let (path, first) = (path.to_path_buf(), first.unwrap_or(0));
         if !stored_finite {
@@ -250,7 +303,7 @@ impl Checkpoint {
     /// [`validate`](Self::validate), then [`load`](Self::load) every spec, in spec order.
     pub fn load_all(&self, specs: &[WeightSpec], ignore: &[&str], dtype: DType) -> Result<LoadedWeights, WeightError> {
         let unexpected = self.validate(specs, ignore)?;
-        let bytes = |name: &str| self.entries.get(name).map_or(0, |e| (e.end - e.start) as u64);
+        let bytes = |name: &str| self.bytes_read(name) as u64;
         let task = Task::begin("loading weights", specs.iter().map(|s| bytes(&s.name)).sum(), Unit::Bytes);
         let tensors = specs
             .iter()
@@ -270,19 +323,53 @@ impl Checkpoint {
             .ok_or_else(|| WeightError::Missing { missing: vec![name.to_string()], searched: self.searched() })
     }
 
-    /// One present tensor against its spec: float dtype first (an unsupported checkpoint), then
-    /// the exact shape.
-    fn check(&self, name: &str, entry: &Entry, expected: &[usize]) -> Result<(), WeightError> {
-        self.dtype(name)?;
-        if entry.shape != expected {
-            return Err(WeightError::Shape {
-                name: name.to_string(),
-                path: self.path_of(entry).to_path_buf(),
-                expected: expected.to_vec(),
-                found: entry.shape.clone(),
-            });
+    /// Resolves a weight name to the stored tensor it reads: itself, or the one it slices
+    /// (missing under the name asked for).
+    fn part<'a>(&'a self, name: &str) -> Result<Part<'a>, WeightError> {
+        let (base, slice) = WeightSlice::parse(name);
+        let Some((base, entry)) = self.entries.get_key_value(base) else {
+            return Err(WeightError::Missing { missing: vec![name.to_string()], searched: self.searched() });
+        };
+        Ok(Part { base, entry, slice })
+    }
+
+    /// The bytes loading weight `name` reads from its file (0 when it cannot be read).
+    fn bytes_read(&self, name: &str) -> usize {
+        let Ok(part) = self.part(name) else { return 0 };
+        let element = part.entry.dtype.bitsize() / 8;
+        if !part.shape_covers_bytes(element) {
+            return 0;
         }
-        Ok(())
+        part.runs(element).map_or(0, |runs| runs.bytes())
+    }
+
+    /// One present weight against its spec: float dtype first (an unsupported checkpoint),
+    /// then the exact shape (a slice's, which must fit the stored shape).
+    fn check(&self, name: &str, part: &Part, expected: &[usize]) -> Result<(), WeightError> {
+        self.dtype_of(name, part.entry)?;
+        match (part.slice, part.shape()) {
+            (None, Ok(found)) if found != expected => Err(WeightError::Shape {
+                name: name.to_string(),
+                path: self.path_of(part.entry).to_path_buf(),
+                expected: expected.to_vec(),
+                found,
+            }),
+            (Some(slice), Ok(found)) if found != expected => {
+                Err(self.slice_error(name, part.entry, slice, Some(expected)))
+            }
+            (_, Err(slice)) => Err(self.slice_error(name, part.entry, slice, Some(expected))),
+            _ => Ok(()),
+        }
+    }
+
+    fn slice_error(&self, name: &str, entry: &Entry, slice: WeightSlice, expected: Option<&[usize]>) -> WeightError {
+        WeightError::Slice {
+            name: name.to_string(),
+            path: self.path_of(entry).to_path_buf(),
+            stored: entry.shape.clone(),
+            slice,
+            expected: expected.map(<[usize]>::to_vec),
+        }
     }
 
     fn path_of(&self, entry: &Entry) -> &Path {

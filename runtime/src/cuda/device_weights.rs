@@ -18,7 +18,7 @@ use crate::weights::Checkpoint;
 pub trait WeightBytes {
     /// Gives weight `name` to `sink` as little-endian `dtype` words, in order, in pieces. A
     /// fused graph's name may join checkpoint names with [`WEIGHT_CONCAT`]: their rows one
-    /// after another.
+    /// after another. A part may name a slice of a stored tensor ([`smelt_ir::WeightSlice`]).
     fn stream(
         &self,
         name: &str,
@@ -28,7 +28,8 @@ pub trait WeightBytes {
 }
 
 /// Each part read from the mapped file through the checkpoint's staging buffer (see
-/// [`Checkpoint::stream`]): the values a CPU model loads, refused for the same reasons.
+/// [`Checkpoint::stream`]; a slice's bytes alone): the values a CPU model loads, refused for
+/// the same reasons.
 impl WeightBytes for Checkpoint {
     fn stream(
         &self,

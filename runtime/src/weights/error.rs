@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use smelt_ir::DType;
+use smelt_ir::{DType, WeightSlice};
 
 /// Why weights could not be opened, validated or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,14 @@ pub enum WeightError {
     )]
     Shape { name: String, path: PathBuf, expected: Vec<usize>, found: Vec<usize> },
 
+    /// A weight names a slice of a stored tensor that does not fit the stored shape, or gives
+    /// another shape than the model expects (`expected`, when there is a spec to compare with).
+    #[error(
+        "tensor {name} in {}: slice {slice} of a tensor stored with shape {stored:?} {}",
+        .path.display(), slice_problem(.stored, .slice, .expected.as_deref())
+    )]
+    Slice { name: String, path: PathBuf, stored: Vec<usize>, slice: WeightSlice, expected: Option<Vec<usize>> },
+
     /// A tensor is stored in a dtype we do not convert (only BF16, F16 and F32 are weights).
     #[error(
         "tensor {name} in {} is stored as {found}; only BF16, F16 and F32 weights are supported",
@@ -110,6 +118,15 @@ fn list_names(names: &[String]) -> String {
         let _ = write!(s, ", ... and {} more", names.len() - SHOWN);
     }
     s
+}
+
+/// What is wrong with taking `slice` of a tensor of shape `stored`, for [`WeightError::Slice`].
+fn slice_problem(stored: &[usize], slice: &WeightSlice, expected: Option<&[usize]>) -> String {
+    match (slice.shape_in(stored), expected) {
+        (None, _) => "lies outside it".to_string(),
+        (Some(found), Some(expected)) => format!("has shape {found:?}, expected {expected:?}"),
+        (Some(found), None) => format!("has shape {found:?}"),
+    }
 }
 
 fn list_paths(paths: &[PathBuf]) -> String {

@@ -33,6 +33,8 @@ impl TensorFile {
     /// Fills `buf` from byte `offset` on; an error if the file ends first (truncated since
     /// it was opened).
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
+        #[cfg(test)]
+        BYTES_READ.with(|n| n.set(n.get() + buf.len()));
         #[cfg(unix)]
         return std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset as u64);
         #[cfg(not(unix))]
@@ -44,6 +46,19 @@ impl TensorFile {
             file.read_exact(buf)
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Bytes this thread asked [`TensorFile::read_at`] for: a test reads its own (tests run
+    /// on threads of their own).
+    static BYTES_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes read from checkpoint data so far on this thread.
+#[cfg(test)]
+pub fn bytes_read() -> usize {
+    BYTES_READ.with(std::cell::Cell::get)
 }
 
 /// Where one tensor lives: `file` indexes `Opened::files`, `start..end` is absolute in that file.

@@ -12,30 +12,30 @@ use super::*;
 use smelt_ir::Data;
 
 /// One stored tensor: name, dtype, shape, raw little-endian bytes.
-type Raw = (&'static str, Dtype, Vec<usize>, Vec<u8>);
+pub(super) type Raw = (&'static str, Dtype, Vec<usize>, Vec<u8>);
 
-fn f32s(v: &[f32]) -> Vec<u8> {
+pub(super) fn f32s(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
-fn bf16s(v: &[f32]) -> Vec<u8> {
+pub(super) fn bf16s(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes()).collect()
 }
-fn f16s(v: &[f32]) -> Vec<u8> {
+pub(super) fn f16s(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes()).collect()
 }
 
-fn f32_raw(name: &'static str, shape: &[usize]) -> Raw {
+pub(super) fn f32_raw(name: &'static str, shape: &[usize]) -> Raw {
     let n = shape.iter().product::<usize>();
     let v: Vec<f32> = (0..n).map(|i| i as f32).collect();
     (name, Dtype::F32, shape.to_vec(), f32s(&v))
 }
 
-fn write(path: &Path, tensors: &[Raw]) {
+pub(super) fn write(path: &Path, tensors: &[Raw]) {
     let views: Vec<_> = tensors.iter().map(|(n, d, s, b)| (*n, TensorView::new(*d, s.clone(), b).unwrap())).collect();
     fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
-fn single(tensors: &[Raw]) -> TempDir {
+pub(super) fn single(tensors: &[Raw]) -> TempDir {
     let dir = TempDir::new().unwrap();
     write(&dir.path().join(SINGLE_FILE), tensors);
     dir
@@ -55,7 +55,7 @@ fn sharded() -> TempDir {
     dir
 }
 
-fn spec(name: &str, shape: &[usize]) -> WeightSpec {
+pub(super) fn spec(name: &str, shape: &[usize]) -> WeightSpec {
     WeightSpec::new(name, shape)
 }
 
@@ -332,7 +332,7 @@ fn values_beyond_f16_are_an_error_when_loading_in_f16() {
 }
 
 /// The bytes a device buffer of `dtype` holds for `t`, computed from its values.
-fn storage_of(t: &Tensor, dtype: DType) -> Vec<u8> {
+pub(super) fn storage_of(t: &Tensor, dtype: DType) -> Vec<u8> {
     let v = t.to_f32_vec();
     match dtype {
         DType::F32 => f32s(&v),
@@ -343,7 +343,7 @@ fn storage_of(t: &Tensor, dtype: DType) -> Vec<u8> {
 }
 
 /// Streams `name` as `dtype`, returning the bytes and the largest piece `sink` was given.
-fn streamed(ck: &Checkpoint, name: &str, dtype: DType) -> Result<(Vec<u8>, usize), WeightError> {
+pub(super) fn streamed(ck: &Checkpoint, name: &str, dtype: DType) -> Result<(Vec<u8>, usize), WeightError> {
     let (mut bytes, mut largest) = (Vec::new(), 0);
     ck.stream(name, dtype, |piece| {
         largest = largest.max(piece.len());

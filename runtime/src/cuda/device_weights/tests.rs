@@ -108,3 +108,49 @@ fn a_source_that_does_not_fill_its_region_is_named() {
     let err = image(&[&b.finish().unwrap()], &ck).unwrap_err().to_string();
     assert!(err.contains("tensor b in") && err.contains("f16"), "{err}");
 }
+
+/// A tensor-parallel rank's fused graph: concatenations of row and column slices, one slice
+/// read alone.
+fn sliced_graph(dtype: DType) -> Graph {
+    let mut b = Builder::new();
+    for (i, (name, rows, cols)) in
+        [("c[1:2]+a+b[0:1]", 4, 3), ("a[:, 1:3]+c[:, 0:2]", 4, 2), ("b[:, 2:3]", 1, 1)].into_iter().enumerate()
+    {
+        let w = b.weight(name, dtype, shape![rows, cols]).unwrap();
+        b.output(&format!("y{i}"), w).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+#[test]
+fn concatenations_of_slices_stream_to_the_device_as_prepared_host_weights_do() {
+    let dir = checkpoint();
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    for dtype in [DType::BF16, DType::F32] {
+        let g = sliced_graph(dtype);
+        let specs = [
+            WeightSpec::new("c[1:2]", [1, 3]),
+            WeightSpec::new("a", [2, 3]),
+            WeightSpec::new("b[0:1]", [1, 3]),
+            WeightSpec::new("a[:, 1:3]", [2, 2]),
+            WeightSpec::new("c[:, 0:2]", [2, 2]),
+            WeightSpec::new("b[:, 2:3]", [1, 1]),
+        ];
+        let loaded = ck.load_all(&specs, &[], dtype).unwrap();
+        let mut host = HostWeights::from_map(loaded.tensors.into_iter().collect());
+        host.prepare_for(&[&g]).unwrap();
+        let from_host = image(&[&g], &host).unwrap();
+        let streamed = image(&[&g], &ck).unwrap();
+        assert!(streamed == from_host, "{dtype:?}: the images differ");
+        // The column concatenation, second region: a's last two columns, then c's first two.
+        let at = align(4 * 3 * dtype.size_bytes());
+        let word = |i: usize| {
+            let w = &streamed[at + i * dtype.size_bytes()..][..dtype.size_bytes()];
+            match dtype {
+                DType::BF16 => bf16::from_le_bytes([w[0], w[1]]).to_f32(),
+                _ => f32::from_le_bytes([w[0], w[1], w[2], w[3]]),
+            }
+        };
+        assert_eq!((0..8).map(word).collect::<Vec<_>>(), [2.0, 3.0, 5.0, 6.0, -1.0, -2.0, -4.0, -5.0]);
+    }
+}
