@@ -31,7 +31,7 @@ fn check_fixture_with(name: &str, fuse: bool) {
     let decode = read_tensor(&reference, "decode_logits");
     let vocab = prefill.shape[1];
 
-    let options = LoadOptions { dtype: DType::F32, fuse };
+    let options = LoadOptions { dtype: DType::F32, fuse, tensor_parallel: 1 };
     let mut model = Qwen3Cpu::load_with(&dir, options).unwrap_or_else(|e| panic!("{name}: {e}"));
     let name = &format!("{name} ({})", if fuse { "fused" } else { "primitive" });
     let logits = model.forward(&prompt, Logits::AllPositions).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -122,6 +122,15 @@ impl Tensor {
         self.len() == 0
     }
 
+    /// The bytes its storage holds: 2 per element kept in 16 bits, else 4.
+    pub fn storage_bytes(&self) -> usize {
+        let per = match self.data {
+            Data::Bf16(_) | Data::F16(_) => 2,
+            Data::F32(_) | Data::I32(_) => 4,
+        };
+        self.len() * per
+    }
+
     pub fn data(&self) -> &Data {
         &self.data
     }

@@ -46,6 +46,11 @@ impl HostWeights {
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }
+
+    /// The bytes the tensors' storage holds (2 per element kept in 16 bits, else 4).
+    pub fn bytes(&self) -> usize {
+        self.tensors.values().map(Tensor::storage_bytes).sum()
+    }
 }
 
 impl WeightSource for HostWeights {

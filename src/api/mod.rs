@@ -127,7 +127,7 @@ impl Model {
             _ => {}
         }
         let dtype = options.dtype();
-        let load = LoadOptions { dtype, fuse: !options.no_fuse };
+        let load = LoadOptions { dtype, fuse: !options.no_fuse, tensor_parallel: options.tensor_parallel.max(1) };
         // The small files first: a bad one fails before the weights are read.
         let config = Qwen3Config::from_file(&dir.join("config.json")).map_err(ModelError::from)?;
         let sampling = GenerationConfig::load(dir, config.vocab_size)?.sampling;

@@ -134,6 +134,9 @@ pub struct ModelOptions {
     pub dtype: Option<DType>,
     /// Run the primitive graphs instead of the fused ones (CPU only).
     pub no_fuse: bool,
+    /// Split the model over this many tensor-parallel ranks (0 or 1: none). CPU only for now:
+    /// each rank is a thread with its slices of the weights and its share of the KV heads.
+    pub tensor_parallel: u32,
     /// A tokenizer.json to use instead of the model directory's (without a chat template).
     pub tokenizer: Option<PathBuf>,
     pub needs: Needs,
@@ -155,6 +158,9 @@ impl ModelOptions {
         match self.device {
             Device::Cpu if self.cuda.any_set() => refuse("CUDA options apply to the GPU (device cuda)"),
             Device::Cuda if self.no_fuse => refuse("the CUDA backend runs fused graphs only"),
+            Device::Cuda if self.tensor_parallel > 1 => {
+                refuse("tensor parallelism runs on the CPU backend only for now (no NCCL yet)")
+            }
             _ => Ok(()),
         }
     }

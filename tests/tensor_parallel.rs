@@ -1,0 +1,93 @@
+//! Tensor parallelism on the CPU backend (issue 14): each rank a thread holding its slices of
+//! the weights, exchanging through in-process collectives. Against the same model on one rank:
+//! logits at every prompt position and every greedy step through the KV cache, on every
+//! fixture at every world its head counts allow (replicating KV heads when ranks outnumber
+//! them), and the refusal of a world they do not allow.
+//!
+//! Tolerance: whole-tensor ‖N ranks − 1 rank‖/‖1 rank‖ ≤ 1e-5 in f32 (the sums of partial
+//! products round in another order), and greedy ids identical.
+
+mod common;
+
+use common::*;
+use smelt::ir::DType;
+use smelt::models::qwen3::Logits;
+use smelt::models::{LoadOptions, Qwen3Cpu};
+
+const REL_TOL: f64 = 1e-5;
+const STEPS: usize = 6;
+
+fn load(name: &str, world: u32) -> Result<Qwen3Cpu, String> {
+    let options = LoadOptions { dtype: DType::F32, fuse: true, tensor_parallel: world };
+    Qwen3Cpu::load_with(&fixture_dir(name), options).map_err(|e| e.to_string())
+}
+
+/// Prefill logits at every position, then `STEPS` greedy decode steps' logits and ids.
+fn run(model: &mut Qwen3Cpu, prompt: &[u32]) -> (Vec<f32>, Vec<Vec<f32>>, Vec<u32>) {
+    let prefill = model.forward(prompt, Logits::AllPositions).unwrap();
+    let prefill = prefill.f32s().unwrap().to_vec();
+    let vocab = prefill.len() / prompt.len();
+    let mut next = argmax(&prefill[prefill.len() - vocab..]);
+    let (mut steps, mut ids) = (Vec::new(), vec![next]);
+    for _ in 0..STEPS {
+        let logits = model.forward(&[next], Logits::LastPosition).unwrap();
+        let row = logits.f32s().unwrap().to_vec();
+        next = argmax(&row);
+        ids.push(next);
+        steps.push(row);
+    }
+    (prefill, steps, ids)
+}
+
+#[test]
+fn every_fixture_at_every_world_its_heads_allow_matches_one_rank() {
+    // (fixture, worlds it allows): query heads divisible by the world, KV heads divisible by it
+    // or replicated.
+    let cases = [
+        ("gqa1-tied-f32", &[2, 4][..]),
+        ("gqa2-untied-bf16-sharded", &[2, 4][..]),
+        ("gqa4-long-rope", &[2, 4, 8][..]),
+        ("one-token", &[2][..]),
+    ];
+    for (name, worlds) in cases {
+        let prompt: Vec<u32> = (0..11).map(|i| (i * 37 + 5) % 200).collect();
+        let (want_prefill, want_steps, want_ids) = run(&mut load(name, 1).unwrap(), &prompt);
+        for &world in worlds {
+            let mut model = load(name, world).unwrap_or_else(|e| panic!("{name} over {world} ranks: {e}"));
+            let (prefill, steps, ids) = run(&mut model, &prompt);
+            let (rel, abs) = rel_err(&prefill, &want_prefill);
+            assert!(rel <= REL_TOL, "{name} over {world}: prefill rel err {rel:.2e} (max abs {abs:.2e})");
+            let mut worst = rel;
+            for (i, (got, want)) in steps.iter().zip(&want_steps).enumerate() {
+                let (rel, abs) = rel_err(got, want);
+                assert!(rel <= REL_TOL, "{name} over {world}: decode step {i} rel err {rel:.2e} (max abs {abs:.2e})");
+                worst = worst.max(rel);
+            }
+            assert_eq!(ids, want_ids, "{name} over {world}: greedy ids");
+            eprintln!("{name} over {world} ranks: worst rel err {worst:.2e}, greedy ids {ids:?}");
+        }
+    }
+}
+
+#[test]
+fn a_world_the_heads_do_not_allow_is_refused_naming_them() {
+    // gqa1-tied-f32: 4 query heads of 16 rows; 3 ranks split them neither evenly nor by
+    // replication; 8 ranks would hold overlapping query heads.
+    let e = load("gqa1-tied-f32", 3).err().expect("3 ranks refused");
+    assert!(e.contains("over 3 ranks") && e.contains("4 groups of 16"), "{e}");
+    let e = load("gqa1-tied-f32", 8).err().expect("8 ranks refused");
+    assert!(e.contains("over 8 ranks") && e.contains("overlapping"), "{e}");
+}
+
+#[test]
+fn each_rank_holds_its_share_of_the_split_weights() {
+    let bytes = |m: &Qwen3Cpu| -> Vec<usize> { m.rank_weights().map(|w| w.bytes()).collect() };
+    let whole = bytes(&load("gqa4-long-rope", 1).unwrap())[0];
+    let ranks = bytes(&load("gqa4-long-rope", 4).unwrap());
+    assert_eq!(ranks.len(), 4);
+    // Every rank the same; together the whole plus what is replicated (norms, KV heads).
+    assert!(ranks.iter().all(|&b| b == ranks[0]), "{ranks:?}");
+    let share = ranks[0] as f64 / whole as f64;
+    eprintln!("gqa4-long-rope: {whole} bytes of weights on one rank, {ranks:?} over 4 ranks ({share:.3} each)");
+    assert!(share < 0.3, "each rank holds {share:.3} of the weights");
+}
