@@ -24,12 +24,16 @@ fn load(name: &str, world: u32) -> Result<Qwen3Cpu, String> {
 
 /// Prefill logits at every position, then `STEPS` greedy decode steps' logits and ids.
 fn run(model: &mut Qwen3Cpu, prompt: &[u32]) -> (Vec<f32>, Vec<Vec<f32>>, Vec<u32>) {
+    run_steps(model, prompt, STEPS)
+}
+
+fn run_steps(model: &mut Qwen3Cpu, prompt: &[u32], steps_wanted: usize) -> (Vec<f32>, Vec<Vec<f32>>, Vec<u32>) {
     let prefill = model.forward(prompt, Logits::AllPositions).unwrap();
     let prefill = prefill.f32s().unwrap().to_vec();
     let vocab = prefill.len() / prompt.len();
     let mut next = argmax(&prefill[prefill.len() - vocab..]);
     let (mut steps, mut ids) = (Vec::new(), vec![next]);
-    for _ in 0..STEPS {
+    for _ in 0..steps_wanted {
         let logits = model.forward(&[next], Logits::LastPosition).unwrap();
         let row = logits.f32s().unwrap().to_vec();
         next = argmax(&row);
@@ -90,4 +94,53 @@ fn each_rank_holds_its_share_of_the_split_weights() {
     let share = ranks[0] as f64 / whole as f64;
     eprintln!("gqa4-long-rope: {whole} bytes of weights on one rank, {ranks:?} over 4 ranks ({share:.3} each)");
     assert!(share < 0.3, "each rank holds {share:.3} of the weights");
+}
+
+#[test]
+fn a_full_size_random_qwen3_0_6b_matches_one_rank() {
+    let config = smelt::models::Qwen3Config::qwen3_0_6b();
+    let load = |world| {
+        let options = LoadOptions { dtype: DType::F32, fuse: true, tensor_parallel: world };
+        Qwen3Cpu::with_random_weights(config.clone(), options, 7).unwrap()
+    };
+    let prompt = [9u32, 151, 20_000, 3_000, 151_000];
+    let (want_prefill, want_steps, want_ids) = run_steps(&mut load(1), &prompt, 2);
+    // 16 query heads, 8 KV heads: 16 ranks replicate each KV head twice.
+    for world in [2, 16] {
+        let (prefill, steps, ids) = run_steps(&mut load(world), &prompt, 2);
+        let (rel, abs) = rel_err(&prefill, &want_prefill);
+        assert!(rel <= REL_TOL, "0.6B over {world}: prefill rel err {rel:.2e} (max abs {abs:.2e})");
+        let mut worst = rel;
+        for (got, want) in steps.iter().zip(&want_steps) {
+            let (rel, abs) = rel_err(got, want);
+            assert!(rel <= REL_TOL, "0.6B over {world}: decode rel err {rel:.2e} (max abs {abs:.2e})");
+            worst = worst.max(rel);
+        }
+        assert_eq!(ids, want_ids, "0.6B over {world}: greedy ids");
+        eprintln!("Qwen3-0.6B (random) over {world} ranks: worst rel err {worst:.2e}, greedy ids {ids:?}");
+    }
+}
+
+#[test]
+fn a_batch_over_two_ranks_gives_each_request_its_one_at_a_time_output() {
+    use smelt::models::batch::{generate_batch, BatchOptions, Request};
+    use smelt::models::{generate, Continuation};
+    let (mut one, mut two) =
+        (load("gqa2-untied-bf16-sharded", 1).unwrap(), load("gqa2-untied-bf16-sharded", 2).unwrap());
+    let requests: Vec<Request> = (0..6u32)
+        .map(|i| {
+            let prompt = (0..3 + i * 7).map(|j| (j * 31 + i * 11 + 1) % 384).collect();
+            Request { prompt, max_new_tokens: 4 + i as usize, ..Request::default() }
+        })
+        .collect();
+    let solo =
+        |m: &mut Qwen3Cpu, r: &Request| generate(m, &r.prompt, Continuation::new(r, None), |_, _| {}).unwrap().ids;
+    let alone: Vec<Vec<u32>> = requests.iter().map(|r| solo(&mut two, r)).collect();
+    let on_one_rank: Vec<Vec<u32>> = requests.iter().map(|r| solo(&mut one, r)).collect();
+    assert_eq!(alone, on_one_rank, "one at a time, 2 ranks against 1");
+    let options = BatchOptions { block_tokens: 4, ..BatchOptions::default() };
+    let (done, _) = generate_batch(&mut two, &requests, &options, None, |_| {}).unwrap();
+    for (i, c) in done.iter().enumerate() {
+        assert_eq!(c.ids, alone[i], "request {i} in the batch over 2 ranks");
+    }
 }

@@ -39,7 +39,9 @@ pub fn infer(op: &Op, ins: &[Ty]) -> Result<Option<(DType, Shape)>, String> {
         Op::MatMul => matmul(op, ins)?,
         Op::Gather | Op::PartialGather { .. } => {
             let (table, ids) = (ins[0], ins[1]);
-            if let (Op::PartialGather { start, total }, Some(rows)) = (op, table.1.dims().first().and_then(|d| d.fixed())) {
+            if let (Op::PartialGather { start, total }, Some(rows)) =
+                (op, table.1.dims().first().and_then(|d| d.fixed()))
+            {
                 if start + rows > *total {
                     return Err(format!("rows {start}..{} of a table of {total}", start + rows));
                 }

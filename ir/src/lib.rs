@@ -27,7 +27,9 @@ pub mod weight_slice;
 pub use builder::Builder;
 pub use dtype::DType;
 pub use error::IrError;
-pub use eval::{eval, eval_observed, eval_rank, eval_with, Collective, EvalError, EvalOptions, ThreadGroup, WeightSource};
+pub use eval::{
+    eval, eval_observed, eval_rank, eval_with, Collective, EvalError, EvalOptions, ThreadGroup, WeightSource,
+};
 pub use expr::{Expr, ExprKind};
 pub use graph::{Graph, Node, NodeId, Rank};
 pub use op::{BinaryOp, Bound, FusedOp, Op, ReduceOp, UnaryOp, WEIGHT_CONCAT};

@@ -12,8 +12,8 @@ use smelt_runtime::{HostWeights, PagedKv, WeightError};
 use crate::blueprint::{Blueprint, Graphs, Opened};
 use crate::config::{ConfigError, Qwen3Config};
 use crate::lm::{check_ids, CausalLm};
-use crate::ranks::{run_ranks, RankCpu};
 use crate::qwen3::{Logits, EMBED, LOGITS, POSITIONS, TOKEN_IDS};
+use crate::ranks::{run_ranks, RankCpu};
 use smelt_runtime::progress::{Task, Unit};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +120,7 @@ impl Qwen3Cpu {
             weights.push(HostWeights::from_map(loaded.tensors.into_iter().collect()));
         }
         let model = Qwen3Cpu::assemble(blueprint, weights)?;
+        crate::report::rank_weights(&model.rank_weights().map(HostWeights::bytes).collect::<Vec<_>>());
         crate::report::loaded(dir, model.blueprint(), started);
         Ok(model)
     }
@@ -235,7 +236,8 @@ impl Qwen3Cpu {
         // for one rank; a group's ranks advance together).
         let nodes = pick(&self.ranks[0].graphs).node_count() as u64;
         let one_rank = self.ranks.len() == 1;
-        let task = (one_rank && ids.len() >= crate::lm::LONG_PROMPT).then(|| Task::begin("prompt", nodes, Unit::Fraction));
+        let task =
+            (one_rank && ids.len() >= crate::lm::LONG_PROMPT).then(|| Task::begin("prompt", nodes, Unit::Fraction));
         let step = |rank: &mut RankCpu, graph: &Graph, inputs, group: Option<&dyn Collective>| {
             let mut advance = || task.iter().for_each(|t| t.advance(1));
             crate::ranks::sequence_step(rank, graph, inputs, group, &mut advance)

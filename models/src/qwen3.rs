@@ -3,7 +3,9 @@
 //! the passes' work. Activations are token-major: `[T, hidden]`, heads as `[T, H, head_dim]`.
 
 use smelt_ir::shape;
-use smelt_ir::{BinaryOp, Bound, Builder, DType, Graph, IrError, KvPart, NodeId, ReduceOp, Role, Shape, Split, Sym, UnaryOp};
+use smelt_ir::{
+    BinaryOp, Bound, Builder, DType, Graph, IrError, KvPart, NodeId, ReduceOp, Role, Shape, Split, Sym, UnaryOp,
+};
 
 use crate::config::Qwen3Config;
 

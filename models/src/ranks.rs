@@ -28,10 +28,14 @@ impl RankCpu {
 
 /// What one rank runs in a step: its graph (picked from its graphs), its inputs, and its
 /// state, weights and the group.
-pub(crate) type RankStep<'a> =
-    dyn Fn(&mut RankCpu, &Graph, HashMap<String, Tensor>, Option<&dyn Collective>) -> Result<HashMap<String, Tensor>, ModelError>
-        + Sync
-        + 'a;
+pub(crate) type RankStep<'a> = dyn Fn(
+        &mut RankCpu,
+        &Graph,
+        HashMap<String, Tensor>,
+        Option<&dyn Collective>,
+    ) -> Result<HashMap<String, Tensor>, ModelError>
+    + Sync
+    + 'a;
 
 /// Runs `step` on every rank with the same `inputs`; returns rank 0's outputs (every rank's
 /// graph outputs are whole, hence equal). One rank runs on the calling thread; a group runs a
@@ -64,7 +68,10 @@ pub(crate) fn run_ranks(
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(ModelError::Internal("a rank panicked".into())))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(ModelError::Internal("a rank panicked".into()))))
+            .collect()
     });
     // The error to report is the one a rank met, not the others' "another rank failed".
     let mut first_err = None;

@@ -33,6 +33,14 @@ pub(crate) fn loaded(dir: &Path, model: &Blueprint, started: Instant) {
     );
 }
 
+/// Each tensor-parallel rank's weight bytes (its slices, and what it replicates).
+pub(crate) fn rank_weights(bytes: &[usize]) {
+    if bytes.len() > 1 {
+        let each: Vec<String> = bytes.iter().map(|b| format!("{:.1} MiB", *b as f64 / 1048576.0)).collect();
+        tracing::info!("tensor parallelism over {} ranks: weights per rank {}", bytes.len(), each.join(", "));
+    }
+}
+
 pub(crate) fn compiled(decoder: &CudaDecoder) {
     let jit = decoder.jit();
     let bytes: Vec<String> =

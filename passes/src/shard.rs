@@ -32,7 +32,11 @@ enum Layout {
     Whole,
     /// Rank `r` holds elements `parts[r]` of axis `axis`; `from` names the weight and its
     /// groups the split comes from (for errors).
-    Split { axis: usize, parts: Vec<Range<usize>>, from: String },
+    Split {
+        axis: usize,
+        parts: Vec<Range<usize>>,
+        from: String,
+    },
     Partial,
 }
 
@@ -206,7 +210,8 @@ impl<'g> Plan<'g> {
         let Some(len) = node.shape.dims().get(axis).and_then(|d| d.fixed()) else {
             return Err(self.err(format!("weight {name}: no fixed axis {axis} to split")));
         };
-        let parts = parts(len, split.unit(), self.world as usize).map_err(|why| self.err(format!("weight {name}: {why}")))?;
+        let parts =
+            parts(len, split.unit(), self.world as usize).map_err(|why| self.err(format!("weight {name}: {why}")))?;
         let what = match split {
             Split::Rows { .. } => "rows",
             Split::Columns { .. } => "columns",
@@ -312,7 +317,9 @@ impl Plan<'_> {
                 }
                 (Op::Gather, _) if self.partial_gathers.contains(&id) => {
                     let table = g.operands(id)[0];
-                    let Layout::Split { parts, .. } = &self.layout[&table] else { unreachable!("a partial gather's table is split") };
+                    let Layout::Split { parts, .. } = &self.layout[&table] else {
+                        unreachable!("a partial gather's table is split")
+                    };
                     let total = g.node(table).shape.dims()[0].fixed().unwrap_or(0);
                     Op::PartialGather { start: parts[r].start, total }
                 }

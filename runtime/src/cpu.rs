@@ -5,7 +5,8 @@
 use std::collections::{HashMap, HashSet};
 
 use smelt_ir::{
-    eval_rank, Collective, DType, Data, Dim, EvalError, EvalOptions, Graph, Op, Sym, Tensor, WeightSource, WEIGHT_CONCAT,
+    eval_rank, Collective, DType, Data, Dim, EvalError, EvalOptions, Graph, Op, Sym, Tensor, WeightSource,
+    WEIGHT_CONCAT,
 };
 
 /// How the CPU backend evaluates a model: an f16 activation that overflows is an error naming

@@ -61,6 +61,11 @@ pub struct Args {
     arch: Option<Arch>,
     #[command(flatten)]
     variants: super::VariantArgs,
+    /// Also compile for this many tensor-parallel ranks (Megatron layout): per rank what it
+    /// reads and exchanges per decode step, a predicted time per token at 1, 2, 4 and 8 ranks,
+    /// and with --dump each rank's graphs, plan and kernels under rank<r>/.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    tensor_parallel: u32,
 }
 
 /// The largest `--kv-budget-gib`: more than any GPU has (the largest hold 288 GB).
@@ -79,6 +84,9 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.tensor_parallel > 1 && a.no_fuse {
+        bail!("--tensor-parallel compiles each rank's fused graphs, and --no-fuse runs no passes: drop one of them");
+    }
     if a.dump_after.is_some() && a.no_fuse {
         bail!("--dump-after shows a pass's output, and --no-fuse runs no passes: drop one of them");
     }
@@ -107,6 +115,23 @@ pub fn run(a: Args) -> Result<()> {
     }
     let plan = Plan::new(&decode, &prefill, prefill_tokens, kv_block_tokens, a.kv_budget_gib)?;
     report += &plan.summary(a.no_fuse);
+    if a.tensor_parallel > 1 {
+        let options = smelt::codegen::EmitOptions { variants: a.variants.variants(), ..Default::default() };
+        let world = a.tensor_parallel;
+        let steps = super::compile_tp::decode_steps(&primitive.0, world, options)?;
+        let _ = writeln!(report, "tensor parallelism over {world} ranks (Megatron layout), decode step per rank:");
+        for (r, step) in steps.iter().enumerate() {
+            report += &super::compile_tp::describe(r, step);
+        }
+        report += &super::compile_tp::prediction(&primitive.0, options)?;
+        if let Some(out) = &mut dump {
+            let prefill = super::compile_tp::ranks(&primitive.1, world, "prefill")?;
+            let plan =
+                |d: &Graph, p: &Graph| Ok(Plan::new(d, p, prefill_tokens, kv_block_tokens, a.kv_budget_gib)?.json);
+            super::compile_tp::dump_ranks(out, &steps, &prefill, arch, options, &plan)?;
+            let _ = writeln!(report, "dumped each rank's graphs, plan.json and kernels to rank<r>/");
+        }
+    }
     if let Some(out) = &mut dump {
         // The fused graphs' lines name their kernels' files.
         let files = |p: &Option<Program>, phase| p.as_ref().map(|p| super::kernels::node_files(p, phase));

@@ -86,6 +86,13 @@ fn step_time(seconds: f64) -> String {
     }
 }
 
+/// The bytes one step of `program` moves at `context` tokens: every launch's operands and
+/// result, attention scratch included (the table's total).
+pub fn step_bytes(program: &Program, context: u64) -> u64 {
+    let scratch = scratch_bytes(program, context);
+    program.launches.iter().zip(scratch).map(|(k, s)| k.cost.bytes_at(context) + s).sum()
+}
+
 /// Per launch, the bytes of scratch it writes (attention split) or reads back (the combine
 /// that follows it), or both (a merged split: its last blocks read back what all wrote) at
 /// `context` tokens; 0 for the others.
@@ -130,16 +137,17 @@ fn columns<const N: usize>(rows: &[[String; N]], right: [bool; N]) -> String {
 }
 
 /// The folder of the dump that [`dump`] writes a program's kernels to: `kernels`, or with a
-/// phase `kernels/<phase>`.
-fn kernel_dir(phase: Option<&str>) -> String {
-    phase.map_or("kernels".to_string(), |p| format!("kernels/{p}"))
+/// phase `kernels/<phase>`; under `root` (`rank1/`, or empty).
+fn kernel_dir(root: &str, phase: Option<&str>) -> String {
+    phase.map_or(format!("{root}kernels"), |p| format!("{root}kernels/{p}"))
 }
 
 /// For each node that launches kernels, `=> ` and the files [`dump`] writes them to, in launch
 /// order (`=> kernels/attention_split.cu, kernels/attention_combine.cu`): the note each line of
 /// the dumped decode.txt and prefill.txt carries.
 pub fn node_files(program: &Program, phase: Option<&str>) -> HashMap<NodeId, String> {
-    let kdir = kernel_dir(phase);
+    // The graph text sits beside `kernels/`, so its notes name the files from there.
+    let kdir = kernel_dir("", phase);
     let mut files: HashMap<NodeId, Vec<String>> = HashMap::new();
     for launch in &program.launches {
         let file = format!("{kdir}/{}.cu", program.kernels[launch.kernel].name);
@@ -161,12 +169,17 @@ pub const PRELUDE_FILE: &str = "smelt_prelude.h";
 /// written once, as `kernels/smelt_prelude.h`: each `.cu` includes it where NVRTC sees it
 /// inline (prelude + the file's text after the `#include` line is the source compiled).
 pub fn dump(out: &mut Dump, program: &Program, arch: Arch, phase: Option<&str>) -> Result<String> {
-    let kdir = kernel_dir(phase);
+    dump_under(out, "", program, arch, phase)
+}
+
+/// [`dump`] under the folder `root` of the dump (`rank1/`: one rank's program).
+pub fn dump_under(out: &mut Dump, root: &str, program: &Program, arch: Arch, phase: Option<&str>) -> Result<String> {
+    let kdir = kernel_dir(root, phase);
     let include = match phase {
         Some(_) => format!("#include \"../{PRELUDE_FILE}\"\n"),
         None => format!("#include \"{PRELUDE_FILE}\"\n"),
     };
-    out.write(&format!("kernels/{PRELUDE_FILE}"), PRELUDE.as_bytes())?;
+    out.write(&format!("{root}kernels/{PRELUDE_FILE}"), PRELUDE.as_bytes())?;
     let nvrtc = Nvrtc::load().ok();
     let ptxas = find_ptxas();
     let cache = ModuleCache::default_dir().map(ModuleCache::at);
@@ -215,7 +228,7 @@ pub fn dump(out: &mut Dump, program: &Program, arch: Arch, phase: Option<&str>) 
         )),
     }
     let text = serde_json::to_string_pretty(&json).context("serializing kernels.json")?;
-    let json_name = phase.map_or("kernels.json".to_string(), |p| format!("kernels.{p}.json"));
+    let json_name = phase.map_or(format!("{root}kernels.json"), |p| format!("{root}kernels.{p}.json"));
     out.write(&json_name, text.as_bytes())?;
     Ok(note)
 }

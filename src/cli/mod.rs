@@ -8,6 +8,7 @@ mod chat_input;
 mod check;
 mod check_emulated;
 mod compile;
+mod compile_tp;
 mod generate;
 mod kernels;
 pub mod log;

@@ -25,7 +25,7 @@ mod reduce;
 pub use argmax::argmax;
 pub use attention::{decode_attention, decode_attention_scratch, decode_attention_scratch_bytes, AttentionSpec};
 pub use elementwise::elementwise;
-pub use gather::gather;
+pub use gather::{gather, partial_gather};
 pub use gemm::{gemm_split_k, gemm_unsupported, linear_gemm, GemmSpec, GEMM_SLOT_BYTES};
 pub use gemv::{gemv_unsupported, linear_gemv, GemvSpec};
 pub use norm::{kv_append, norm_rope, norm_rope_kv_append, norm_rope_unsupported, rmsnorm};

@@ -27,11 +27,18 @@ pub(crate) struct Planned {
     pub kv_bytes_per_context_token: u64,
     /// Replaces the weight bytes of the operands (a gather reads only the rows it picks).
     pub weight_bytes: Option<u64>,
+    /// A collective: no kernel of this program; the runtime exchanges the value with the
+    /// other ranks' programs at this point of the schedule.
+    pub exchange: bool,
 }
 
 impl Planned {
     fn one(kernel: Kernel, flops: u64) -> Planned {
-        Planned { kernels: vec![kernel], flops, kv_bytes_per_context_token: 0, weight_bytes: None }
+        Planned { kernels: vec![kernel], flops, kv_bytes_per_context_token: 0, weight_bytes: None, exchange: false }
+    }
+
+    fn exchange() -> Planned {
+        Planned { kernels: Vec::new(), flops: 0, kv_bytes_per_context_token: 0, weight_bytes: None, exchange: true }
     }
 }
 
@@ -150,9 +157,8 @@ pub(crate) fn plan(n: &NodeCtx) -> Result<Planned, CodegenError> {
         Op::Input { .. } | Op::Weight { .. } | Op::Constant { .. } | Op::Reshape { .. } | Op::Slice { .. } => {
             Err(n.unsupported(": leaves and views are not kernels"))
         }
-        Op::AllReduce { .. } | Op::AllGather { .. } | Op::PartialGather { .. } => {
-            Err(n.unsupported(": no CUDA kernel exchanges between ranks yet"))
-        }
+        Op::PartialGather { start, .. } => partial_gather(n, *start),
+        Op::AllReduce { .. } | Op::AllGather { .. } => Ok(Planned::exchange()),
         Op::Unary(_) | Op::Binary(_) | Op::Concat { .. } | Op::Cast { .. } => {
             Err(n.unsupported(": run the pass pipeline first (primitive ops are not kernels)"))
         }
@@ -276,6 +282,7 @@ fn attention(n: &NodeCtx, scale: f32, norm_rope_eps: Option<f32>) -> Result<Plan
         flops: (4 * spec.heads * spec.d) as u64,
         kv_bytes_per_context_token: (2 * spec.kv_heads * spec.d * dtype.size_bytes()) as u64,
         weight_bytes: None,
+        exchange: false,
     };
     // Prefill: flash attention on tensor cores where it has a kernel for the head dim;
     // otherwise the decode kernel, which is correct for any T (but reads the cache once per
@@ -305,6 +312,17 @@ fn gather(n: &NodeCtx) -> Result<Planned, CodegenError> {
     let node = n.node;
     let mut planned = Planned::one(kernels::gather(&n.name("gather"), node.shape.dims()[0], d, node.dtype), 0);
     // Only the gathered rows of the table are read.
+    planned.weight_bytes = Some(bytes(&node.shape, node.dtype, &ONE_TOKEN));
+    Ok(planned)
+}
+
+fn partial_gather(n: &NodeCtx, start: usize) -> Result<Planned, CodegenError> {
+    let (part_rows, d) = n.weight_nk(0)?;
+    let node = n.node;
+    let kernel =
+        kernels::partial_gather(&n.name("partial_gather"), node.shape.dims()[0], d, node.dtype, start, part_rows);
+    let mut planned = Planned::one(kernel, 0);
+    // At most the gathered rows of the table are read.
     planned.weight_bytes = Some(bytes(&node.shape, node.dtype, &ONE_TOKEN));
     Ok(planned)
 }

@@ -107,11 +107,29 @@ impl Program {
 }
 
 /// Distinct kernels (every layer launches the same ones: compiled once) and the launch
-/// schedule of one step.
+/// schedule of one step; for one rank of a tensor-parallel group, the exchanges between them.
 #[derive(Clone, Debug, Default)]
 pub struct Program {
     pub kernels: Vec<Kernel>,
     pub launches: Vec<Scheduled>,
+    pub exchanges: Vec<Exchange>,
+}
+
+/// A collective (all-reduce, all-gather) in a rank's schedule: it runs after the first `after`
+/// launches, over the value of `operand` into `node`'s buffer.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub after: usize,
+    pub node: String,
+    pub node_id: NodeId,
+    pub operand_id: NodeId,
+    /// `all_reduce[sum, world=4]`.
+    pub op: String,
+    pub layer: Option<u32>,
+    /// Bytes of this rank's part (what it sends) and of the whole value (what every rank holds
+    /// after), at one new token.
+    pub part_bytes: u64,
+    pub whole_bytes: u64,
 }
 
 /// The buffer a view chain (reshape, last-axis slice) reads, and how rows are addressed in it.
@@ -140,6 +158,8 @@ pub fn resolve_view(g: &Graph, mut id: NodeId) -> (NodeId, View) {
         }
     }
 }
+
+const ONE_TOKEN_STEP: Bindings = Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 };
 
 fn bytes(shape: &Shape, dtype: DType, b: &Bindings) -> u64 {
     (shape.resolve(b).iter().product::<usize>() * dtype.size_bytes()) as u64
@@ -196,6 +216,20 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
             cost.weight_bytes = bytes;
         }
         let op = format!("{}[{}]", node.op.kind(), node.op.attrs());
+        if planned.exchange {
+            let x = g.node(n.ops[0]);
+            program.exchanges.push(Exchange {
+                after: program.launches.len(),
+                node: n.label.clone(),
+                node_id: id,
+                operand_id: n.ops[0],
+                op,
+                layer: node.meta.layer,
+                part_bytes: bytes(&x.shape, x.dtype, &ONE_TOKEN_STEP),
+                whole_bytes: bytes(&node.shape, node.dtype, &ONE_TOKEN_STEP),
+            });
+            continue;
+        }
         let operands: Vec<String> = n
             .ops
             .iter()

@@ -134,10 +134,8 @@ pub fn gather_in_rank_order(parts: &[Tensor], axis: usize) -> Result<Tensor, Str
     if axis >= first.shape().len() {
         return Err(format!("all_gather along axis {axis} of a rank-{} tensor", first.shape().len()));
     }
-    if let Some((rank, p)) = parts
-        .iter()
-        .enumerate()
-        .find(|(_, p)| p.dtype() != first.dtype() || other_axes(p) != other_axes(first))
+    if let Some((rank, p)) =
+        parts.iter().enumerate().find(|(_, p)| p.dtype() != first.dtype() || other_axes(p) != other_axes(first))
     {
         return Err(format!("all_gather: rank 0 has {:?}, rank {rank} has {:?}", first.shape(), p.shape()));
     }
@@ -234,7 +232,8 @@ mod tests {
         assert!(alone.unwrap_err().to_string().contains("needs the other 1 ranks"));
         let outs = each_rank(2, |r, g| {
             let inputs = HashMap::from([("x".to_string(), x.clone())]);
-            crate::eval::eval_rank(&graphs[r as usize], inputs, &weights, Default::default(), Some(g), &mut || {}).unwrap()
+            crate::eval::eval_rank(&graphs[r as usize], inputs, &weights, Default::default(), Some(g), &mut || {})
+                .unwrap()
         });
         // x @ (w0 + w1)^T.
         assert_eq!(outs[0]["y"].floats().to_vec(), vec![3., 6., 3., 9., 12., 7.]);

@@ -369,7 +369,11 @@ fn exchange(graph: &Graph, collective: Option<&dyn Collective>, op: &Op, value: 
     let rank = graph.rank().map_or(0, |r| r.rank);
     match (collective, op) {
         (_, _) if graph.world() == 1 => Ok(value.clone()),
-        (None, _) => Err(format!("{} needs the other {} ranks (evaluate each rank with a collective)", op.kind(), graph.world() - 1)),
+        (None, _) => Err(format!(
+            "{} needs the other {} ranks (evaluate each rank with a collective)",
+            op.kind(),
+            graph.world() - 1
+        )),
         (Some(c), Op::AllReduce { .. }) => c.all_reduce(rank, value),
         (Some(c), Op::AllGather { axis, .. }) => c.all_gather(rank, value, *axis),
         (Some(_), _) => Err(format!("{} is not a collective", op.kind())),

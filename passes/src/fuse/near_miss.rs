@@ -287,7 +287,8 @@ fn fused_nodes_carry_the_models_layer_and_label() {
         let fused = after.node_ids().find(|&id| *op(&after, id) == Op::MatMul && !after.users(id).is_empty());
         after.node(fused.expect("one fused matmul")).meta.clone()
     };
-    let meta = |layer: Option<u32>, label: Option<&str>| smelt_ir::Meta { layer, label: label.map(String::from), split: None };
+    let meta =
+        |layer: Option<u32>, label: Option<&str>| smelt_ir::Meta { layer, label: label.map(String::from), split: None };
     assert_eq!(horizontal([3, 3, 3], [Some("q"), Some("k"), Some("v")]), meta(Some(3), Some("qkv")));
     assert_eq!(horizontal([3, 3, 4], [Some("q"), Some("k"), Some("v")]), meta(None, Some("qkv")));
     assert_eq!(horizontal([0, 0, 0], [Some("q"), None, Some("v")]), meta(Some(0), None));
