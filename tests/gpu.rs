@@ -156,3 +156,42 @@ fn gpu_batches_give_every_request_its_one_at_a_time_output() {
         generate(&mut model, &requests[0].prompt, Continuation::new(&requests[0], None), |_, _| {}).map(|c| c.ids);
     assert_eq!(again.unwrap(), expected[0]);
 }
+
+/// NCCL at world 1 (issue 14): an all-reduce over one rank leaves its values as they were, in
+/// each dtype; on a machine with more GPUs, the sum over all of them. (Tensor-parallel programs
+/// run their exchanges through this group.)
+#[test]
+fn nccl_all_reduce_over_the_gpus_of_this_machine() {
+    use smelt::runtime::cuda::NcclGroup;
+    let Some(gpu0) = gpu() else { return };
+    let mut gpus = vec![gpu0];
+    while let Ok(g) = Gpu::open(gpus.len()) {
+        gpus.push(g);
+    }
+    let world = gpus.len();
+    let group = match NcclGroup::new(gpus.iter().collect()) {
+        Ok(g) => g,
+        Err(e) => {
+            smelt::codegen::skip::missing_tool(&current_test(), &e.to_string());
+            return;
+        }
+    };
+    let values: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) / 8.0).collect();
+    let buffers: Vec<_> = gpus
+        .iter()
+        .map(|g| {
+            let b = g.alloc(values.len() * 4, "all-reduce test").unwrap();
+            g.upload(b.ptr(), &values, "all-reduce test").unwrap();
+            b
+        })
+        .collect();
+    group.all_reduce_sum(&buffers.iter().collect::<Vec<_>>(), values.len(), DType::F32).unwrap();
+    for (r, (g, b)) in gpus.iter().zip(&buffers).enumerate() {
+        g.synchronize("all-reduce test").unwrap();
+        let mut got = vec![0f32; values.len()];
+        g.download(&mut got, b.ptr(), "all-reduce test").unwrap();
+        let want: Vec<f32> = values.iter().map(|v| v * world as f32).collect();
+        assert_eq!(got, want, "rank {r} of {world}");
+    }
+    eprintln!("NCCL all-reduce over {world} GPU(s): exact");
+}

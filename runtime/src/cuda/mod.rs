@@ -14,6 +14,9 @@ mod device;
 mod device_weights;
 mod emulated;
 mod layout;
+// FFI: NCCL's collectives on device buffers.
+#[allow(unsafe_code)]
+mod nccl;
 
 pub use batch::BatchRow;
 pub use ceiling::{gemm_ceiling_kernel, gemm_rate};
@@ -22,6 +25,7 @@ pub use decoder::{CudaDecoder, DecoderGraphs, DecoderOptions, JitReport, StepOut
 pub use device::{probe, DeviceBuffer, DeviceInfo, Gpu};
 pub use device_weights::{DeviceWeights, WeightBytes};
 pub use emulated::{BatchRow as EmulatedRow, EmulatedProgram, EmulatedRun, EmulationOptions};
+pub use nccl::NcclGroup;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
