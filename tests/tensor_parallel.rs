@@ -144,3 +144,33 @@ fn a_batch_over_two_ranks_gives_each_request_its_one_at_a_time_output() {
         assert_eq!(c.ids, alone[i], "request {i} in the batch over 2 ranks");
     }
 }
+
+/// 12 query heads over 3 KV heads (groups of 4): 3 ranks hold one KV head each, 6 ranks hold
+/// each KV head twice and 12 four times (each rank's query heads read the one it holds); 2 and
+/// 4 ranks split the KV heads neither evenly nor by replication.
+#[test]
+fn an_odd_head_layout_replicates_kv_heads_past_their_count() {
+    let config =
+        smelt::models::Qwen3Config::from_json_str(include_str!("fixtures/configs/odd-heads.json"), "odd-heads.json")
+            .unwrap();
+    let load = |world| {
+        let options = LoadOptions { dtype: DType::F32, fuse: true, tensor_parallel: world };
+        Qwen3Cpu::with_random_weights(config.clone(), options, 3).map_err(|e| e.to_string())
+    };
+    let prompt: Vec<u32> = (0..9).map(|i| (i * 41 + 3) % 384).collect();
+    let (want_prefill, want_steps, want_ids) = run(&mut load(1).unwrap(), &prompt);
+    for world in [3, 6, 12] {
+        let (prefill, steps, ids) = run(&mut load(world).unwrap(), &prompt);
+        let mut worst = rel_err(&prefill, &want_prefill).0;
+        for (got, want) in steps.iter().zip(&want_steps) {
+            worst = worst.max(rel_err(got, want).0);
+        }
+        assert!(worst <= REL_TOL, "odd heads over {world}: rel err {worst:.2e}");
+        assert_eq!(ids, want_ids, "odd heads over {world}: greedy ids");
+        eprintln!("odd heads (12/3) over {world} ranks: worst rel err {worst:.2e}");
+    }
+    for world in [2, 4] {
+        let e = load(world).err().expect("refused");
+        assert!(e.contains("3 groups of 16") && e.contains(&format!("over {world} ranks")), "{e}");
+    }
+}

@@ -88,6 +88,7 @@ impl<'g> Plan<'g> {
             whole_outputs: HashSet::new(),
             partial_gathers: HashSet::new(),
         };
+        plan.check_weights()?;
         for id in order {
             let layout = plan.rule(id)?;
             plan.layout.insert(id, layout);
@@ -104,6 +105,29 @@ impl<'g> Plan<'g> {
             }
         }
         Ok(plan)
+    }
+
+    /// Every weight the world cannot split, reported together (once per shape of split): the
+    /// head counts are named even when the vocabulary fails too.
+    fn check_weights(&self) -> Result<(), ShardError> {
+        let mut seen = HashSet::new();
+        let mut failures = Vec::new();
+        for (name, id) in self.graph.weights() {
+            let node = self.graph.node(id);
+            let Some(split) = node.meta.split else { continue };
+            let len = node.shape.dims().get(split.axis()).and_then(|d| d.fixed());
+            if let (Some(len), Err(why)) =
+                (len, len.map_or(Ok(Vec::new()), |l| parts(l, split.unit(), self.world as usize)))
+            {
+                if seen.insert((split, len)) {
+                    failures.push(format!("weight {name}: its {} {why}", what_splits(split, len)));
+                }
+            }
+        }
+        match failures.is_empty() {
+            true => Ok(()),
+            false => Err(self.err(failures.join("; "))),
+        }
     }
 
     fn err(&self, why: String) -> ShardError {
@@ -210,13 +234,9 @@ impl<'g> Plan<'g> {
         let Some(len) = node.shape.dims().get(axis).and_then(|d| d.fixed()) else {
             return Err(self.err(format!("weight {name}: no fixed axis {axis} to split")));
         };
-        let parts =
-            parts(len, split.unit(), self.world as usize).map_err(|why| self.err(format!("weight {name}: {why}")))?;
-        let what = match split {
-            Split::Rows { .. } => "rows",
-            Split::Columns { .. } => "columns",
-        };
-        let from = format!("{name}: {} groups of {} {what}", len / split.unit(), split.unit());
+        let parts = parts(len, split.unit(), self.world as usize)
+            .map_err(|why| self.err(format!("weight {name}: its {} {why}", what_splits(split, len))))?;
+        let from = format!("{name}: {}", what_splits(split, len));
         Ok(Layout::Split { axis, parts, from })
     }
 
@@ -387,11 +407,23 @@ fn local_shape(global: &Shape, layout: &Layout, r: usize) -> Shape {
     Shape(dims)
 }
 
+/// `2048 rows in 16 groups of 128` (whole heads), or `151936 rows`.
+fn what_splits(split: Split, len: usize) -> String {
+    let what = match split {
+        Split::Rows { .. } => "rows",
+        Split::Columns { .. } => "columns",
+    };
+    match split.unit() {
+        1 => format!("{len} {what}"),
+        unit => format!("{len} {what} in {} groups of {unit}", len / unit),
+    }
+}
+
 /// Rank `r`'s range of an axis of `len` split in groups of `unit`: `groups / world` whole groups
 /// each, or one group held by `world / groups` ranks each.
 fn parts(len: usize, unit: usize, world: usize) -> Result<Vec<Range<usize>>, String> {
     if unit == 0 || len % unit != 0 {
-        return Err(format!("{len} is not a whole number of groups of {unit}"));
+        return Err(format!("are not a whole number of groups of {unit}"));
     }
     let groups = len / unit;
     if groups % world == 0 {
@@ -401,6 +433,6 @@ fn parts(len: usize, unit: usize, world: usize) -> Result<Vec<Range<usize>>, Str
         let share = world / groups;
         Ok((0..world).map(|r| (r / share) * unit..(r / share + 1) * unit).collect())
     } else {
-        Err(format!("{groups} groups of {unit} split over {world} ranks neither evenly nor by replication"))
+        Err(format!("do not split over {world} ranks, evenly or by replication"))
     }
 }

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod compile;
+mod compile_tp;
 mod generate;
 mod help;
 mod logits;

@@ -54,7 +54,10 @@ impl<'g> NcclGroup<'g> {
             return Err(CudaError::Unsupported(format!("{} buffers for {} ranks", buffers.len(), self.world())));
         }
         if let Some(b) = buffers.iter().find(|b| b.bytes() < elements * dtype.size_bytes()) {
-            return Err(CudaError::Unsupported(format!("an all-reduce of {elements} values over a buffer of {} bytes", b.bytes())));
+            return Err(CudaError::Unsupported(format!(
+                "an all-reduce of {elements} values over a buffer of {} bytes",
+                b.bytes()
+            )));
         }
         result::group_start().map_err(|e| nccl_error("starting a group", e))?;
         for ((buffer, &comm), gpu) in buffers.iter().zip(&self.comms).zip(&self.gpus) {
@@ -62,7 +65,15 @@ impl<'g> NcclGroup<'g> {
             // SAFETY: the buffer holds `elements` values of `dtype` on this rank's device (checked
             // above); the stream is the rank's own.
             unsafe {
-                result::all_reduce(ptr, ptr, elements, datatype, sys::ncclRedOp_t::ncclSum, comm, gpu.stream.cu_stream() as _)
+                result::all_reduce(
+                    ptr,
+                    ptr,
+                    elements,
+                    datatype,
+                    sys::ncclRedOp_t::ncclSum,
+                    comm,
+                    gpu.stream.cu_stream() as _,
+                )
             }
             .map_err(|e| nccl_error("enqueueing an all-reduce", e))?;
         }
