@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use common::emulated;
 
-use smelt_codegen::kernels::{argmax, gather, kv_append, norm_rope, norm_rope_kv_append, rmsnorm, Grid, View};
+use smelt_codegen::kernels::{
+    argmax, gather, kv_append, norm_rope, norm_rope_kv_append, partial_gather, rmsnorm, Grid, View,
+};
 use smelt_codegen::{Kernel, PRELUDE};
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, Launch, Schedule};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, Dim, FusedOp, NodeId, Op, Shape, Sym, Tensor};
@@ -51,6 +53,10 @@ fn norm_rope_gather_argmax_compile_for_every_arch_without_spills() {
     all.extend(kernels(DType::F16));
     // The logits are f32 when the lm_head computes in f32.
     all.push(argmax("next_token_f32", Dim::Sym(Sym::NewTokens), VOCAB, DType::F32));
+    // A tensor-parallel rank's part of the embedding (a quarter of Qwen3-0.6B's vocabulary).
+    for dtype in [DType::BF16, DType::F16] {
+        all.push(partial_gather(&format!("embed_part_{dtype}"), Dim::Sym(Sym::NewTokens), HIDDEN, dtype, 37984, 37984));
+    }
     tc.check_all(&all);
 }
 
@@ -264,7 +270,17 @@ fn dtype_runs(r: &mut u64, dtype: DType, shared: &Shared) -> Vec<Run> {
         b.gather("g", i[0], i[1]).unwrap()
     });
     let kernel = gather(&name("g"), s, HIDDEN, dtype);
-    runs.push(Run { kernel, bufs: vec![embed, ids.clone(), want.clone()], table: vec![], t, want, rows: None });
+    runs.push(Run { kernel, bufs: vec![embed.clone(), ids.clone(), want.clone()], table: vec![], t, want, rows: None });
+    // A tensor-parallel rank's part of the table, rows 10..210: of the ids 299, 0 and 17 only
+    // 17 is this rank's; the others' rows are zeros.
+    let part = embed.slice_along(0, 10..210);
+    let want = eval(&[("e", &part, shape![200, HIDDEN]), ("ids", ids, shape![Sym::NewTokens])], |b, i| {
+        b.op("pg", Op::PartialGather { start: 10, total: 300 }, i).unwrap()
+    });
+    let zero_rows = want.to_f32_vec().chunks(HIDDEN).filter(|r| r.iter().all(|&v| v == 0.0)).count();
+    assert_eq!(zero_rows, 2, "eval's partial gather");
+    let kernel = partial_gather(&name("pg"), s, HIDDEN, dtype, 10, 200);
+    runs.push(Run { kernel, bufs: vec![part, ids.clone(), want.clone()], table: vec![], t, want, rows: None });
     runs.push(argmax_run(r, dtype, &name("a")));
     runs
 }
