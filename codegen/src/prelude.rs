@@ -79,6 +79,13 @@ SMELT_FN unsigned short smelt_store_f16(float x) {
 #define SMELT_GRID_WAIT() ((void)0)
 #define SMELT_GRID_LAUNCH() ((void)0)
 #endif
+/* A hint: the 128-byte line at p into L2 (a weight read after the wait, fetched before it).
+   Off the device (host emulation) it reads the byte at p, so a sanitizer checks the address. */
+#if defined(__CUDA_ARCH__)
+#define SMELT_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
+#else
+#define SMELT_PREFETCH_L2(p) ((void)*(const volatile char*)(p))
+#endif
 /* Run-time values of one step, in device memory so a captured CUDA graph replays unchanged:
    the symbolic sizes, and the paged KV cache's block table. By default the T new tokens are
    one sequence's, at positions P..P+T (P = cached_tokens) through block_table. A batched

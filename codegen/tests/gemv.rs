@@ -34,6 +34,8 @@ struct Case {
     emulated_grid: Option<u32>,
     /// The step's new tokens T: rows in x when the view reads its last row.
     new_tokens: usize,
+    /// The L2-prefetch variant (issue 17 A4).
+    l2_prefetch: bool,
 }
 
 impl Case {
@@ -53,6 +55,7 @@ impl Case {
             out_dtype,
             emulated_grid: None,
             new_tokens: 1,
+            l2_prefetch: false,
         }
     }
 
@@ -69,6 +72,7 @@ impl Case {
                 epilogue: self.epilogue.as_ref(),
                 extras: &self.extras,
                 out_dtype: self.out_dtype,
+                l2_prefetch: self.l2_prefetch,
             },
         )
     }
@@ -96,8 +100,13 @@ fn qwen3_decode(dtype: DType) -> Vec<Case> {
 #[test]
 fn qwen3_decode_gemvs_compile_for_every_arch_without_spills() {
     let Some(tc) = common::toolchain() else { return };
-    let kernels: Vec<Kernel> =
+    let mut kernels: Vec<Kernel> =
         [DType::BF16, DType::F16].into_iter().flat_map(qwen3_decode).map(|c| c.kernel()).collect();
+    // The L2-prefetch variant of each (bf16).
+    kernels.extend(qwen3_decode(DType::BF16).into_iter().map(|mut c| {
+        (c.name, c.l2_prefetch) = (format!("{}_l2", c.name), true);
+        c.kernel()
+    }));
     assert!(kernels.iter().all(|k| k.kind == "linear_gemv"));
     tc.check_all(&kernels);
 }

@@ -152,15 +152,27 @@ pub struct VariantArgs {
     /// default the last split of each KV head merges them).
     #[arg(long)]
     pub no_merged_attention: bool,
+    /// Decode GEMVs prefetch the weight rows they read into L2 before waiting for the previous
+    /// kernel (the A/B variant; off by default until measured).
+    #[arg(long)]
+    pub l2_prefetch: bool,
 }
 
 impl VariantArgs {
     pub fn variants(&self) -> smelt::codegen::Variants {
-        smelt::codegen::Variants { split_k: !self.no_split_k, merged_attention: !self.no_merged_attention }
+        smelt::codegen::Variants {
+            split_k: !self.no_split_k,
+            merged_attention: !self.no_merged_attention,
+            l2_prefetch: self.l2_prefetch,
+        }
     }
 
-    fn given(&self) -> [(&'static str, bool); 2] {
-        [("--no-split-k", self.no_split_k), ("--no-merged-attention", self.no_merged_attention)]
+    fn given(&self) -> [(&'static str, bool); 3] {
+        [
+            ("--no-split-k", self.no_split_k),
+            ("--no-merged-attention", self.no_merged_attention),
+            ("--l2-prefetch", self.l2_prefetch),
+        ]
     }
 }
 

@@ -37,7 +37,7 @@ $X_VIEW
      wait, overlapping the previous kernel's tail (see SMELT_GRID_WAIT). */
   if (col < N_OUT) {
     GEMV_LOAD_BATCH(0u)
-  }
+  }$L2_PREFETCH
 $PROLOGUE
   const uint4* xv = (const uint4*)xs; /* row r's vector i is xv[r * KV + i] */
   bool prefetched = col < N_OUT;

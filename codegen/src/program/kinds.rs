@@ -212,6 +212,7 @@ fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::E
         epilogue,
         extras: &extras,
         out_dtype: n.node.dtype,
+        l2_prefetch: n.options.variants.l2_prefetch,
     };
     let kind = if norm_eps.is_some() { "gemv_rmsnorm" } else { "gemv" };
     Ok(Planned::one(kernels::linear_gemv(&n.name(kind), &spec), 2 * (rows * nw * k) as u64))
@@ -237,6 +238,7 @@ fn matmul_gemv(n: &NodeCtx) -> Result<Planned, CodegenError> {
         epilogue: None,
         extras: &[],
         out_dtype: dtype,
+        l2_prefetch: n.options.variants.l2_prefetch,
     };
     Ok(Planned::one(kernels::linear_gemv(&n.name("gemv"), &spec), 2 * (nw * k) as u64))
 }

@@ -190,11 +190,14 @@ pub struct Variants {
     /// Decode attention (T = 1) merges its splits in the last split's block instead of a
     /// combine kernel (off: split and combine; `--no-merged-attention`).
     pub merged_attention: bool,
+    /// Decode GEMVs prefetch the weight rows they read into L2 before their grid-dependency
+    /// wait (issue 17 A4; off by default until a GPU window measures it: `--l2-prefetch`).
+    pub l2_prefetch: bool,
 }
 
 impl Default for Variants {
     fn default() -> Variants {
-        Variants { split_k: true, merged_attention: true }
+        Variants { split_k: true, merged_attention: true, l2_prefetch: false }
     }
 }
 

@@ -197,6 +197,17 @@ fn emulated_kernels_match_eval() {
     // Qwen3-4B's down_proj shape of batching: K of 19 steps (a prime), so the batch (16) does
     // not divide them and the second batch's loads past K are guarded; the residual read too.
     cases.push(Case::new("partial_batch", DType::BF16, 19 * 32 * 8, 24, false, Some(residual(DType::BF16))));
+    // The L2-prefetch variant (each prefetched line is read on the host, so AddressSanitizer
+    // checks it lies in the weight): the same results, with the weight's columns in parts
+    // (gate_up), and with more columns than warps (the logits' stride).
+    for mut case in [
+        Case::new("gate_up_l2", DType::BF16, 1024, 2 * 96, true, Some(swiglu(DType::BF16))),
+        Case::new("logits_l2", DType::F16, 1024, 200, true, Some(to_f32(DType::F16))),
+    ] {
+        case.l2_prefetch = true;
+        case.emulated_grid = Some(3);
+        cases.push(case);
+    }
     let data: Vec<Prepared> = cases.iter().enumerate().map(|(i, case)| prepare(case, 0x9e37 + i as u64)).collect();
     let Some(outputs) = emulate(&cases, &data) else { return };
     for ((case, data), got) in cases.iter().zip(&data).zip(&outputs) {
