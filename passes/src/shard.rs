@@ -277,7 +277,7 @@ impl<'g> Plan<'g> {
         if from.dims().get(..axis) != to.dims().get(..axis) {
             return None;
         }
-        let inner = |s: &Shape| s.dims().get(axis + 1..).map(|d| Shape(d.to_vec()).fixed_volume()).flatten();
+        let inner = |s: &Shape| s.dims().get(axis + 1..).and_then(|d| Shape(d.to_vec()).fixed_volume());
         let (inner_from, inner_to) = (inner(from)?, inner(to)?);
         let map = |i: usize| (i * inner_from % inner_to == 0).then_some(i * inner_from / inner_to);
         let parts = parts.iter().map(|p| Some(map(p.start)?..map(p.end)?)).collect::<Option<Vec<_>>>()?;

@@ -30,7 +30,7 @@ use smelt_ir::{DType, Tensor, WeightSlice};
 
 use crate::progress::{Task, Unit};
 
-pub use error::WeightError;
+pub use error::{SliceMismatch, WeightError};
 pub use file::{INDEX_FILE, SINGLE_FILE};
 
 use file::{Entry, TensorFile};
@@ -363,13 +363,13 @@ impl Checkpoint {
     }
 
     fn slice_error(&self, name: &str, entry: &Entry, slice: WeightSlice, expected: Option<&[usize]>) -> WeightError {
-        WeightError::Slice {
+        WeightError::Slice(Box::new(SliceMismatch {
             name: name.to_string(),
             path: self.path_of(entry).to_path_buf(),
             stored: entry.shape.clone(),
             slice,
             expected: expected.map(<[usize]>::to_vec),
-        }
+        }))
     }
 
     fn path_of(&self, entry: &Entry) -> &Path {

@@ -65,11 +65,8 @@ pub enum WeightError {
 
     /// A weight names a slice of a stored tensor that does not fit the stored shape, or gives
     /// another shape than the model expects (`expected`, when there is a spec to compare with).
-    #[error(
-        "tensor {name} in {}: slice {slice} of a tensor stored with shape {stored:?} {}",
-        .path.display(), slice_problem(.stored, .slice, .expected.as_deref())
-    )]
-    Slice { name: String, path: PathBuf, stored: Vec<usize>, slice: WeightSlice, expected: Option<Vec<usize>> },
+    #[error("{0}")]
+    Slice(Box<SliceMismatch>),
 
     /// A tensor is stored in a dtype we do not convert (only BF16, F16 and F32 are weights).
     #[error(
@@ -118,6 +115,21 @@ fn list_names(names: &[String]) -> String {
         let _ = write!(s, ", ... and {} more", names.len() - SHOWN);
     }
     s
+}
+
+/// [`WeightError::Slice`]'s facts (boxed: every error type that carries a `WeightError` stays
+/// small).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "tensor {name} in {}: slice {slice} of a tensor stored with shape {stored:?} {}",
+    .path.display(), slice_problem(.stored, .slice, .expected.as_deref())
+)]
+pub struct SliceMismatch {
+    pub name: String,
+    pub path: PathBuf,
+    pub stored: Vec<usize>,
+    pub slice: WeightSlice,
+    pub expected: Option<Vec<usize>>,
 }
 
 /// What is wrong with taking `slice` of a tensor of shape `stored`, for [`WeightError::Slice`].
