@@ -1,13 +1,14 @@
 /* smelt's CUDA emulator: generated kernels compiled as host C++ and run as a GPU would run them.
  *
- * A launch runs its blocks one after another (in a seeded order) on a pool of blockDim OS
- * threads, one per CUDA thread, so every barrier is real: __syncthreads is a block barrier,
+ * A launch runs its blocks in a seeded order on a pool of blockDim OS threads per group of
+ * blocks (one group, or under ThreadSanitizer SMELT_EMU_GROUPS running at once), one thread
+ * per CUDA thread, so every barrier is real: __syncthreads is a block barrier,
  * __syncwarp and each warp collective a warp barrier (shuffles and votes exchange per-lane
  * slots between two of them). Threads that return early drop out of every barrier, as on the
- * GPU. Shared memory is host memory: static __shared__ arrays are statics, the dynamic array
- * a static arena, filled with ones (NaN in every float type) at each block's start; under
- * AddressSanitizer the arena past the launch's dynamic bytes is poisoned. Reports name each
- * CUDA thread "b<block>.t<thread>".
+ * GPU. Shared memory is host memory: static __shared__ arrays are statics (one per group),
+ * the dynamic array a static arena per group, filled with ones (NaN in every float type) at
+ * each block's start; under AddressSanitizer the arena past the launch's dynamic bytes is
+ * poisoned. Reports name each CUDA thread "b<block>.t<thread>".
  *
  * Built three ways (the runner chooses): plain; under AddressSanitizer, where every buffer is
  * a heap block of exactly its size (a read or write past it is reported with the kernel's
@@ -18,12 +19,14 @@
  * Programmatic dependent launch: a launch may name buffers the previous kernel wrote; until a
  * thread's block has passed SMELT_GRID_WAIT (every thread arrived there or returned) they are
  * hidden: poisoned under AddressSanitizer (any access is reported), else overwritten with ones
- * (NaN) and restored at the wait. Triggering dependents before the wait is reported too.
+ * (NaN) and restored at the wait (with several groups, once the first block of each has passed
+ * it). Triggering dependents before the wait is reported too.
  *
- * The PTX the kernels use (cp.async, ldmatrix, mma.sync) is in smelt_emu_ptx.h. */
+ * The PTX the kernels use (cp.async, ldmatrix, mma.sync) is in smelt_emu_ptx.h; running a
+ * launch in smelt_emu_launch.h. */
 #pragma once
 #include <atomic>
-#include <barrier>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -34,6 +37,9 @@
 #include <thread>
 #include <vector>
 #include <pthread.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -54,44 +60,101 @@ static void smelt_emu_fail(const char* what) {
   abort();
 }
 
-/* The barriers of the block now running; replaced between blocks. */
+/* A barrier of n threads (std::barrier's interface): the last to arrive runs the completion
+   and opens the next phase; the others sleep on the phase word's own futex. (std::barrier
+   waits on a small pool of wait queues shared by every barrier, so each warp's phase woke
+   the block's other waiters too: most of the emulator's time.) Arrivals release and the
+   phase's opening acquires, so ThreadSanitizer orders every access before the barrier before
+   every access after it, as __syncthreads does. */
+struct smelt_emu_no_completion { void operator()() noexcept {} };
+template <class F = smelt_emu_no_completion> struct smelt_emu_barrier {
+  explicit smelt_emu_barrier(int n, F f = F{}) : left(n), expected(n), completion(f) {}
+  void arrive_and_wait() { arrive(false); }
+  void arrive_and_drop() { arrive(true); }
+
+ private:
+  std::atomic<int> phase{0}, left, dropped{0};
+  int expected;
+  F completion;
+  void arrive(bool drop) {
+    const int ph = phase.load(std::memory_order_relaxed);
+    if (drop) dropped.fetch_add(1, std::memory_order_relaxed);
+    if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      expected -= dropped.exchange(0, std::memory_order_relaxed);
+      completion();
+      left.store(expected, std::memory_order_relaxed);
+      phase.store(ph + 1, std::memory_order_release);
+      syscall(SYS_futex, (int*)&phase, FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+      return;
+    }
+    if (drop) return;
+    while (phase.load(std::memory_order_acquire) == ph)
+      syscall(SYS_futex, (int*)&phase, FUTEX_WAIT_PRIVATE, ph, nullptr, nullptr, 0);
+  }
+};
+
+/* Blocks run SMELT_EMU_GROUPS at a time, each group on threads of its own that share nothing
+   with another group's but global memory and the kernel's atomics: no barrier orders two
+   groups' blocks, so ThreadSanitizer sees a cross-block ordering a kernel relies on without
+   making it (split-K's last block reading partials another block stored after its arrival).
+   The runner builds it with 1 group but under ThreadSanitizer. */
+#ifndef SMELT_EMU_GROUPS
+#define SMELT_EMU_GROUPS 1
+#endif
+static constexpr unsigned int SMELT_EMU_MAX_DYNAMIC = 232448;
 struct smelt_emu_reveal { void operator()() noexcept; };
-static std::unique_ptr<std::barrier<>> smelt_emu_block;
-static std::vector<std::unique_ptr<std::barrier<>>> smelt_emu_warp;
-static std::unique_ptr<std::barrier<smelt_emu_reveal>> smelt_emu_pdl;
+/* What one group's running block owns: its barriers (replaced between blocks), the warps'
+   exchange slots and its dynamic shared memory. */
+struct smelt_emu_group_state {
+  std::unique_ptr<smelt_emu_barrier<>> block;
+  std::vector<std::unique_ptr<smelt_emu_barrier<>>> warp;
+  /* The block's grid-dependency barrier (null: nothing to wait for, see smelt_emu_run). */
+  std::unique_ptr<smelt_emu_barrier<smelt_emu_reveal>> pdl;
+  std::atomic<int> or_flag{0};
+  unsigned long long slot[2][32][32];
+  unsigned int operand[2][32][32][6];
+  alignas(128) unsigned char dynamic[SMELT_EMU_MAX_DYNAMIC];
+};
+static smelt_emu_group_state smelt_emu_groups_state[SMELT_EMU_GROUPS];
+/* The calling thread's group: its index (static __shared__ arrays are one per group, see
+   source.rs), its state and its dynamic shared memory (what `extern __shared__` names). */
+static thread_local unsigned int smelt_emu_group;
+static thread_local smelt_emu_group_state* smelt_emu_g;
+static thread_local unsigned char* smelt_emu_dynamic;
+static thread_local smelt_emu_barrier<smelt_emu_reveal>* smelt_emu_pdl;
 static thread_local bool smelt_emu_waited;
 
-static void __syncthreads() { smelt_emu_block->arrive_and_wait(); }
+static void __syncthreads() { smelt_emu_g->block->arrive_and_wait(); }
 /* A barrier that also ORs a predicate over the block. */
-static std::atomic<int> smelt_emu_or_flag{0};
 static int __syncthreads_or(int p) {
-  if (p) smelt_emu_or_flag.store(1);
+  if (p) smelt_emu_g->or_flag.store(1);
   __syncthreads();
-  const int r = smelt_emu_or_flag.load();
+  const int r = smelt_emu_g->or_flag.load();
   __syncthreads();
-  if (threadIdx.x == 0) smelt_emu_or_flag.store(0);
+  if (threadIdx.x == 0) smelt_emu_g->or_flag.store(0);
   __syncthreads();
   return r;
 }
-static void __syncwarp(unsigned int = 0xffffffffu) { smelt_emu_warp[threadIdx.x / 32]->arrive_and_wait(); }
+static void __syncwarp(unsigned int = 0xffffffffu) { smelt_emu_g->warp[threadIdx.x / 32]->arrive_and_wait(); }
 static void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 static float __fmul_rn(float a, float b) { return a * b; }
 static float __fadd_rn(float a, float b) { return a + b; }
 
-/* Warp collectives: each lane publishes a word, the warp meets, each reads, the warp meets
-   (so the next exchange cannot overwrite a slot still being read). */
-static unsigned long long smelt_emu_slot[32][32];
+/* Warp collectives: each lane publishes a word, the warp meets, each reads. The slots
+   alternate between two sets, so one meeting per collective is enough: a lane writes a set
+   again only after the next collective's meeting, which every lane reaches after its reads of
+   that set. (The phase restarts with each block; a warp's lanes run the same collectives.) */
+static thread_local unsigned int smelt_emu_phase;
 template <class T> static T smelt_emu_exchange(T v, unsigned int from) {
   static_assert(sizeof(T) <= 8, "a shuffle moves one register");
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32, p = smelt_emu_phase ^= 1;
   unsigned long long word = 0;
   std::memcpy(&word, &v, sizeof(T));
-  smelt_emu_slot[w][l] = word;
+  smelt_emu_g->slot[p][w][l] = word;
   __syncwarp();
   T r;
-  word = smelt_emu_slot[w][from % 32];
+  word = smelt_emu_g->slot[p][w][from % 32];
   std::memcpy(&r, &word, sizeof(T));
-  __syncwarp();
   return r;
 }
 template <class T> static T __shfl_xor_sync(unsigned int, T v, int m) { return smelt_emu_exchange(v, (threadIdx.x % 32) ^ m); }
@@ -112,16 +175,20 @@ static unsigned int __ballot_sync(unsigned int, int p) {
 static int __any_sync(unsigned int m, int p) { return __ballot_sync(m, p) != 0; }
 static int __all_sync(unsigned int m, int p) { return __ballot_sync(m, p) == 0xffffffffu; }
 
-/* Atomics, counted per launch (a kernel's arrivals can be checked against its grid). */
+/* Atomics, counted per launch (a kernel's arrivals can be checked against its grid). The
+   count is relaxed: ThreadSanitizer takes a synchronizing one for an ordering between blocks
+   that the kernel's own atomics do not make. */
 static std::atomic<unsigned long long> smelt_emu_atomics{0};
-template <class T> static T atomicAdd(T* p, T v) { smelt_emu_atomics++; return std::atomic_ref<T>(*p).fetch_add(v); }
-template <class T> static T atomicExch(T* p, T v) { smelt_emu_atomics++; return std::atomic_ref<T>(*p).exchange(v); }
+static void smelt_emu_count() { smelt_emu_atomics.fetch_add(1, std::memory_order_relaxed); }
+template <class T> static T atomicAdd(T* p, T v) { smelt_emu_count(); return std::atomic_ref<T>(*p).fetch_add(v); }
+template <class T> static T atomicExch(T* p, T v) { smelt_emu_count(); return std::atomic_ref<T>(*p).exchange(v); }
 
-/* Dynamic shared memory and the 32-bit shared window: addresses are offsets from an anchor
-   among the statics, so static __shared__ arrays and the dynamic arena both fit in 32 bits. */
-static constexpr unsigned int SMELT_EMU_MAX_DYNAMIC = 232448;
-alignas(128) static unsigned char smelt_emu_dynamic[SMELT_EMU_MAX_DYNAMIC];
+/* The 32-bit shared window: addresses are offsets from the group's dynamic arena, a static,
+   so static __shared__ arrays and the arena both fit in 32 bits. */
 static unsigned int smelt_emu_dynamic_bytes;
+/* What memory nothing wrote holds: all ones (NaN in every float type), or the runner's other
+   fill, for a second run whose outputs must not differ (see smelt_emu_main.h). */
+static unsigned char smelt_emu_unwritten = 0xff;
 static unsigned int smelt_emu_smem_addr(const void* p) {
   return (unsigned int)((uintptr_t)p - (uintptr_t)smelt_emu_dynamic);
 }
@@ -152,7 +219,7 @@ void smelt_emu_reveal::operator()() noexcept {
 static void smelt_emu_grid_wait() {
   if (smelt_emu_waited) smelt_emu_fail("SMELT_GRID_WAIT twice");
   smelt_emu_waited = true;
-  smelt_emu_pdl->arrive_and_wait();
+  if (smelt_emu_pdl) smelt_emu_pdl->arrive_and_wait();
 }
 static void smelt_emu_grid_launch() {
   if (!smelt_emu_waited) smelt_emu_fail("SMELT_GRID_LAUNCH before SMELT_GRID_WAIT: dependents would read unfinished inputs");
@@ -210,12 +277,13 @@ static void smelt_emu_end_copies() {
   if (open) smelt_emu_fail("cp.async copies still in flight when the thread ended (never waited for)");
 }
 
-/* Each lane's operand words, visible to its warp between two warp barriers. */
-static unsigned int smelt_emu_operand[32][32][6];
-static void smelt_emu_publish(const unsigned int* v, int n) {
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32;
-  for (int i = 0; i < n; i++) smelt_emu_operand[w][l][i] = v[i];
+/* Each lane's operand words, visible to its warp after a warp barrier (in the set of this
+   collective's phase, as the exchange's slots); returns the warp's words. */
+static unsigned int (*smelt_emu_publish(const unsigned int* v, int n))[6] {
+  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32, p = smelt_emu_phase ^= 1;
+  for (int i = 0; i < n; i++) smelt_emu_g->operand[p][w][l][i] = v[i];
   __syncwarp();
+  return smelt_emu_g->operand[p][w];
 }
 static unsigned short smelt_emu_half(unsigned int addr) {
   smelt_emu_check_smem(addr, 2, "ldmatrix past the dynamic shared memory");
@@ -224,99 +292,36 @@ static unsigned short smelt_emu_half(unsigned int addr) {
   return h;
 }
 static void smelt_emu_ldmatrix(unsigned int addr, int matrices, bool trans, unsigned int* r) {
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32;
-  smelt_emu_publish(&addr, 1);
+  const unsigned int l = threadIdx.x % 32;
+  unsigned int(*const lanes)[6] = smelt_emu_publish(&addr, 1);
   for (int i = 0; i < matrices; i++) {
     unsigned int lo, hi;
     if (!trans) {
-      const unsigned int row = smelt_emu_operand[w][8 * i + l / 4][0];
+      const unsigned int row = lanes[8 * i + l / 4][0];
       if (row % 16) smelt_emu_fail("ldmatrix: a row address is not 16-byte aligned");
       lo = smelt_emu_half(row + 4 * (l % 4)), hi = smelt_emu_half(row + 4 * (l % 4) + 2);
     } else {
-      const unsigned int r0 = smelt_emu_operand[w][8 * i + 2 * (l % 4)][0], r1 = smelt_emu_operand[w][8 * i + 2 * (l % 4) + 1][0];
+      const unsigned int r0 = lanes[8 * i + 2 * (l % 4)][0], r1 = lanes[8 * i + 2 * (l % 4) + 1][0];
       if (r0 % 16 || r1 % 16) smelt_emu_fail("ldmatrix: a row address is not 16-byte aligned");
       lo = smelt_emu_half(r0 + 2 * (l / 4)), hi = smelt_emu_half(r1 + 2 * (l / 4));
     }
     r[i] = lo | (hi << 16);
   }
-  __syncwarp();
 }
 static void smelt_emu_mma(float* c, const unsigned int* a, unsigned int b0, unsigned int b1, float (*value)(unsigned short)) {
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  const unsigned int l = threadIdx.x % 32;
   const unsigned int mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
-  smelt_emu_publish(mine, 6);
+  unsigned int(*const lanes)[6] = smelt_emu_publish(mine, 6);
   /* A[r][k] is in lane (r % 8) * 4 + (k % 8) / 2, register r / 8 + 2 (k / 8), half k % 2;
      B[k][n] in lane n * 4 + (k % 8) / 2, register 4 + k / 8, half k % 2. */
   const auto half = [&](unsigned int lane, int reg, int k) {
-    return value((unsigned short)(smelt_emu_operand[w][lane][reg] >> (16 * (k % 2))));
+    return value((unsigned short)(lanes[lane][reg] >> (16 * (k % 2))));
   };
   for (int i = 0; i < 4; i++) {
     const int r = l / 4 + 8 * (i / 2), n = 2 * (l % 4) + i % 2;
     for (int k = 0; k < 16; k++)
       c[i] += half((r % 8) * 4 + (k % 8) / 2, r / 8 + 2 * (k / 8), k) * half(n * 4 + (k % 8) / 2, 4 + k / 8, k);
   }
-  __syncwarp();
-}
-
-/* One launch. `order` lists the blocks in the order they run. */
-struct smelt_emu_launch {
-  unsigned int grid, block, shared_bytes;
-  std::vector<unsigned int> order;
-};
-static void smelt_emu_begin_block(unsigned int shared_bytes) {
-  smelt_emu_block.reset(new std::barrier<>(blockDim.x));
-  smelt_emu_warp.clear();
-  for (unsigned int w = 0; w < blockDim.x / 32; w++) smelt_emu_warp.emplace_back(new std::barrier<>(32));
-  smelt_emu_pdl.reset(new std::barrier<smelt_emu_reveal>(blockDim.x));
-  smelt_emu_dynamic_bytes = shared_bytes;
-#if SMELT_EMU_ASAN
-  /* Past the launch's dynamic shared memory nothing may be touched. */
-  ASAN_UNPOISON_MEMORY_REGION(smelt_emu_dynamic, SMELT_EMU_MAX_DYNAMIC);
-  ASAN_POISON_MEMORY_REGION(smelt_emu_dynamic + shared_bytes, SMELT_EMU_MAX_DYNAMIC - shared_bytes);
-#endif
-  std::memset(smelt_emu_dynamic, 0xff, shared_bytes);
-  smelt_emu_hide();
-}
-static void smelt_emu_end_thread() {
-  if (!smelt_emu_waited) smelt_emu_pdl->arrive_and_drop();
-  smelt_emu_warp[threadIdx.x / 32]->arrive_and_drop();
-  smelt_emu_block->arrive_and_drop();
-}
-struct smelt_emu_next_block {
-  const smelt_emu_launch* l;
-  unsigned int* i;
-  void operator()() noexcept {
-    if (++*i < l->order.size()) smelt_emu_begin_block(l->shared_bytes);
-  }
-};
-/* Runs `kernel()` for every thread of every block. */
-template <class F> static void smelt_emu_run(const smelt_emu_launch& l, F kernel) {
-  if (l.block == 0 || l.block % 32 || l.block > 1024) smelt_emu_fail("block size must be a multiple of 32, at most 1024");
-  if (l.shared_bytes > SMELT_EMU_MAX_DYNAMIC) smelt_emu_fail("more dynamic shared memory than a GPU has");
-  blockDim = {l.block, 1, 1}, gridDim = {l.grid, 1, 1};
-  if (l.order.empty()) return;
-  unsigned int i = 0;
-  smelt_emu_begin_block(l.shared_bytes);
-  std::barrier<smelt_emu_next_block> between(l.block, smelt_emu_next_block{&l, &i});
-  std::vector<std::thread> threads;
-  for (unsigned int t = 0; t < l.block; t++) {
-    threads.emplace_back([&, t] {
-      for (size_t k = 0; k < l.order.size(); k++) {
-        threadIdx = {t, 0, 0}, blockIdx = {l.order[k], 0, 0};
-        /* Reports name the thread as block.thread. */
-        char name[16];
-        snprintf(name, sizeof name, "b%u.t%u", blockIdx.x, t);
-        pthread_setname_np(pthread_self(), name);
-        smelt_emu_waited = false;
-        smelt_emu_begin_copies();
-        kernel();
-        smelt_emu_end_copies();
-        smelt_emu_end_thread();
-        between.arrive_and_wait();
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
 }
 
 #define __global__

@@ -1,6 +1,9 @@
-/* The emulator's runner: reads a script of buffers and launches, runs it, writes buffers back.
+/* The emulator's runner: `kernels SCRIPT [FILL]` reads a script of buffers and launches, runs
+ * it, writes buffers back. Memory nothing wrote (buffers given no bytes, filled ones, each
+ * block's dynamic shared memory) holds all ones, or every byte FILL (decimal): the runner's
+ * second run, whose dumps differ from the first only where a kernel read such memory.
  *
- *   buffer <id> <bytes> <path | ->     a heap block of exactly <bytes>, from a file or all ones
+ *   buffer <id> <bytes> <path | ->     a heap block of exactly <bytes>, from a file or unwritten
  *   pointer <buf> <offset> <target> <target offset>
  *                                      stores the host address of target + offset at buf + offset
  *   launch <kernel> <grid> <block> <shared bytes> <landing: 0 late, 1 early, 2 random> <seed>
@@ -8,7 +11,7 @@
  *          <m> (<buf>) x m
  *                                      the m buffers stay hidden until each block's grid wait
  *   dump <buf> <path>                  writes the buffer's bytes
- *   fill <buf>                         sets every byte of the buffer to 0xff (unwritten)
+ *   fill <buf>                         sets the buffer back to unwritten
  *   atomics <path>                     writes the number of atomic operations of the last
  *                                      launch (8 bytes, little-endian)
  *
@@ -33,7 +36,8 @@ static std::vector<unsigned int> smelt_emu_block_order(unsigned int grid, const 
 }
 
 int main(int argc, char** argv) {
-  if (argc != 2) smelt_emu_fail("usage: emulator SCRIPT");
+  if (argc != 2 && argc != 3) smelt_emu_fail("usage: emulator SCRIPT [FILL]");
+  if (argc == 3) smelt_emu_unwritten = (unsigned char)std::stoul(argv[2]);
   std::ifstream script(argv[1]);
   std::vector<unsigned char*> buffers;
   std::vector<size_t> sizes;
@@ -45,7 +49,7 @@ int main(int argc, char** argv) {
       script >> id >> bytes >> path;
       if (id != buffers.size()) smelt_emu_fail("buffer ids must be dense");
       unsigned char* p = (unsigned char*)malloc(bytes ? bytes : 1);
-      if (path == "-") std::memset(p, 0xff, bytes);
+      if (path == "-") std::memset(p, smelt_emu_unwritten, bytes);
       else {
         FILE* f = fopen(path.c_str(), "rb");
         if (!f || fread(p, 1, bytes, f) != bytes) smelt_emu_fail("cannot read a buffer's file");
@@ -99,7 +103,7 @@ int main(int argc, char** argv) {
       size_t buf;
       script >> buf;
       if (buf >= buffers.size()) smelt_emu_fail("fill of a buffer that does not exist");
-      std::memset(buffers[buf], 0xff, sizes[buf]);
+      std::memset(buffers[buf], smelt_emu_unwritten, sizes[buf]);
     } else if (word == "atomics") {
       std::string path;
       script >> path;
@@ -111,6 +115,7 @@ int main(int argc, char** argv) {
       smelt_emu_fail("unknown script word");
     }
   }
+  smelt_emu_pool_end();
   for (unsigned char* p : buffers) free(p);
   return 0;
 }

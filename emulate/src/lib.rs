@@ -7,7 +7,8 @@
 //! block of exactly its size); shared- and global-memory races between CUDA threads under
 //! ThreadSanitizer (two accesses to one address with no barrier between them, one a write);
 //! in every build, `cp.async` landing at its wait, at issue, or by a seeded coin ([`Landing`]),
-//! blocks in a seeded order, and programmatic dependent launch: buffers a launch names as the
+//! blocks in a seeded order (under ThreadSanitizer several at once, so that an ordering between
+//! blocks the kernel does not make is a race), and programmatic dependent launch: buffers a launch names as the
 //! previous kernel's outputs are hidden from each block until it passes its grid-dependency
 //! wait ([`Launch::hidden`]). A finding fails the run with the checker's report, which names
 //! the kernel (its source file), the line and the CUDA thread.
@@ -21,6 +22,7 @@
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod run;
 mod source;
 
 use std::fmt::Write as _;
@@ -30,6 +32,7 @@ use std::process::Command;
 pub use source::emulated_source;
 
 const SHIM: &str = include_str!("../shim/smelt_emu.h");
+const LAUNCH: &str = include_str!("../shim/smelt_emu_launch.h");
 const PTX: &str = include_str!("../shim/smelt_emu_ptx.h");
 const MAIN: &str = include_str!("../shim/smelt_emu_main.h");
 
@@ -57,10 +60,13 @@ pub enum Checker {
     /// None: fastest.
     Plain,
     /// AddressSanitizer: reads and writes outside a buffer or a shared array, and any access
-    /// to a buffer hidden until the grid-dependency wait.
+    /// to a buffer hidden until the grid-dependency wait; and (each run made twice, see
+    /// [`Emulator::check_unwritten`]) reads of memory nothing wrote.
     Bounds,
     /// ThreadSanitizer: two accesses to one word by different CUDA threads with no barrier
-    /// ordering them, at least one a write.
+    /// ordering them, at least one a write. Blocks run four at a time (each group of blocks
+    /// in its own threads, in the schedule's order), so this includes threads of different
+    /// blocks with nothing but the kernel's own atomics between them.
     Races,
 }
 
@@ -69,7 +75,8 @@ impl Checker {
         match self {
             Checker::Plain => &[],
             Checker::Bounds => &["-fsanitize=address", "-fno-omit-frame-pointer"],
-            Checker::Races => &["-fsanitize=thread"],
+            // Blocks run in groups at once: no barrier orders two groups' blocks.
+            Checker::Races => &["-fsanitize=thread", "-DSMELT_EMU_GROUPS=4"],
         }
     }
 
@@ -151,7 +158,8 @@ pub enum Step {
     Atomics,
 }
 
-/// The order a launch's blocks run in (one at a time).
+/// The order a launch's blocks start in (one at a time, or under [`Checker::Races`] four at a
+/// time: block i of the order after block i - 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockOrder {
     InOrder,
@@ -174,7 +182,8 @@ impl Default for Schedule {
 }
 
 /// A buffer's bytes: given, or left for the kernels to write (all ones: NaN in every float
-/// type, so a read of a value nothing wrote shows).
+/// type, so a read of a value nothing wrote shows; other bytes in the second run of
+/// [`Emulator::check_unwritten`]).
 #[derive(Clone, Debug)]
 pub enum Buffer {
     Bytes(Vec<u8>),
@@ -200,6 +209,7 @@ pub struct Emulator {
     exe: PathBuf,
     kernels: Vec<String>,
     checker: Checker,
+    unwritten: bool,
 }
 
 impl Emulator {
@@ -210,7 +220,7 @@ impl Emulator {
             .prefix("smelt-emulate-")
             .tempdir()
             .map_err(|e| EmuError::Io(format!("creating a build folder: {e}")))?;
-        let mut program = String::from(SHIM);
+        let mut program = format!("{SHIM}\n{LAUNCH}");
         for (i, k) in kernels.iter().enumerate() {
             let body = emulated_source(&k.name, &k.source, prelude)?;
             // Reports name the kernel's own file and line; the rest is kernels.cc's.
@@ -231,7 +241,8 @@ impl Emulator {
         let (src, exe) = (dir.path().join("kernels.cc"), dir.path().join("kernels"));
         write_file(&src, program.as_bytes())?;
         compile(&src, &exe, checker)?;
-        Ok(Emulator { dir, exe, kernels: kernels.iter().map(|k| k.name.clone()).collect(), checker })
+        let names = kernels.iter().map(|k| k.name.clone()).collect();
+        Ok(Emulator { dir, exe, kernels: names, checker, unwritten: checker == Checker::Bounds })
     }
 
     pub fn checker(&self) -> Checker {
@@ -253,7 +264,9 @@ impl Emulator {
     }
 
     /// Runs `steps` in order on `buffers` (with `pointers` stored first); returns the bytes of
-    /// each [`Step::Dump`] and [`Step::Atomics`], in order.
+    /// each [`Step::Dump`] and [`Step::Atomics`], in order. With [`Emulator::check_unwritten`],
+    /// runs them again with memory nothing wrote filled otherwise, and reports a dump that
+    /// differs (`run.rs`).
     pub fn run_steps(
         &self,
         buffers: &[Buffer],
@@ -261,118 +274,15 @@ impl Emulator {
         steps: &[Step],
         schedule: Schedule,
     ) -> Result<Vec<Vec<u8>>, EmuError> {
-        let mut script = String::new();
-        for (i, b) in buffers.iter().enumerate() {
-            match b {
-                Buffer::Bytes(bytes) => {
-                    let path = self.dir.path().join(format!("in{i}"));
-                    write_file(&path, bytes)?;
-                    let _ = writeln!(script, "buffer {i} {} {}", bytes.len(), path.display());
-                }
-                Buffer::Unwritten(n) => {
-                    let _ = writeln!(script, "buffer {i} {n} -");
-                }
-            }
-        }
-        for p in pointers {
-            self.check_buffer(p.buffer, buffers)?;
-            self.check_buffer(p.target, buffers)?;
-            let _ = writeln!(script, "pointer {} {} {} {}", p.buffer, p.offset, p.target, p.target_offset);
-        }
-        let mut dumps = Vec::new();
-        for step in steps {
-            match step {
-                Step::Launch(l) => self.launch_line(&mut script, l, buffers, schedule)?,
-                Step::Dump(b) => {
-                    self.check_buffer(*b, buffers)?;
-                    let path = self.dir.path().join(format!("dump{}", dumps.len()));
-                    let _ = writeln!(script, "dump {b} {}", path.display());
-                    dumps.push(path);
-                }
-                Step::Fill(b) => {
-                    self.check_buffer(*b, buffers)?;
-                    let _ = writeln!(script, "fill {b}");
-                }
-                Step::Atomics => {
-                    let path = self.dir.path().join(format!("dump{}", dumps.len()));
-                    let _ = writeln!(script, "atomics {}", path.display());
-                    dumps.push(path);
-                }
-            }
-        }
-        let script_path = self.dir.path().join("script");
-        write_file(&script_path, script.as_bytes())?;
-        let ran = Command::new(&self.exe)
-            .arg(&script_path)
-            .env("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
-            .env("TSAN_OPTIONS", "halt_on_error=1:exitcode=66:report_signal_unsafe=0")
-            .output()
-            .map_err(|e| EmuError::Io(format!("running {}: {e}", self.exe.display())))?;
-        if !ran.status.success() {
-            let mut names: Vec<&str> = Vec::new();
-            for s in steps {
-                if let Step::Launch(l) = s {
-                    if !names.contains(&self.kernels[l.kernel].as_str()) {
-                        names.push(&self.kernels[l.kernel]);
-                    }
-                }
-            }
-            let what = format!("the emulated launches of {} failed ({})", names.join(", "), ran.status);
-            return Err(EmuError::Run { what, report: String::from_utf8_lossy(&ran.stderr).into_owned() });
-        }
-        dumps
-            .iter()
-            .map(|path| std::fs::read(path).map_err(|e| EmuError::Io(format!("reading {}: {e}", path.display()))))
-            .collect()
+        run::run_steps(self, buffers, pointers, steps, schedule)
     }
 
-    fn launch_line(
-        &self,
-        script: &mut String,
-        l: &Launch,
-        buffers: &[Buffer],
-        schedule: Schedule,
-    ) -> Result<(), EmuError> {
-        let (landing, seed) = match schedule.landing {
-            Landing::Latest => (0, 0),
-            Landing::Earliest => (1, 0),
-            Landing::Random(seed) => (2, seed),
-        };
-        if l.kernel >= self.kernels.len() {
-            return Err(EmuError::Usage(format!("launch of kernel {} of {}", l.kernel, self.kernels.len())));
-        }
-        let order = match schedule.block_order {
-            BlockOrder::InOrder => "0".to_string(),
-            BlockOrder::Reversed => "r".to_string(),
-            BlockOrder::Seeded(seed) => seed.max(1).to_string(),
-        };
-        let _ = write!(
-            script,
-            "launch {} {} {} {} {landing} {seed} {order} {}",
-            l.kernel,
-            l.grid,
-            l.block,
-            l.shared_bytes,
-            l.args.len()
-        );
-        for a in &l.args {
-            self.check_buffer(a.buffer, buffers)?;
-            let _ = write!(script, " {} {}", a.buffer, a.offset);
-        }
-        let _ = write!(script, " {}", l.hidden.len());
-        for &h in &l.hidden {
-            self.check_buffer(h, buffers)?;
-            let _ = write!(script, " {h}");
-        }
-        script.push('\n');
-        Ok(())
-    }
-
-    fn check_buffer(&self, id: usize, buffers: &[Buffer]) -> Result<(), EmuError> {
-        match id < buffers.len() {
-            true => Ok(()),
-            false => Err(EmuError::Usage(format!("buffer {id} of {}", buffers.len()))),
-        }
+    /// Whether each run is made twice, the second with memory nothing wrote (buffers given no
+    /// bytes, [`Step::Fill`], dynamic shared memory) holding another value, so that a read of
+    /// it that reaches a dump is reported, naming the dump's buffer, the kernel before it and
+    /// the bytes that differ. Twice the run time; on by default under [`Checker::Bounds`].
+    pub fn check_unwritten(&mut self, on: bool) {
+        self.unwritten = on;
     }
 }
 

@@ -215,3 +215,88 @@ fn a_stage_read_before_its_copies_land_differs_by_landing_and_races() {
         assert!(err.contains("data race") && err.contains("staged_early_read.cu"), "{err}");
     }
 }
+
+/// Each block stores its 32 values to `part`, thread 0 arrives on a counter, and the last
+/// block to arrive adds every block's values up: split-K's arrival. With the barrier before
+/// the arrival every store precedes it; without, thread 0 may arrive while its block still
+/// stores, and the last block reads those stores with nothing ordering them.
+fn last_block_sums(barrier: bool) -> KernelSource {
+    let sync = if barrier { "__syncthreads();" } else { "" };
+    let name = if barrier { "last_block_sums" } else { "last_block_sums_early" };
+    let body = format!(
+        r#"extern "C" __global__ void {name}(const float* x, float* part, unsigned int* counter, float* y) {{
+  const unsigned int t = threadIdx.x;
+  part[blockIdx.x * 32u + t] = 2.0f * x[blockIdx.x * 32u + t];
+  {sync}
+  if (!__syncthreads_or(t == 0u && smelt_arrive(counter) == gridDim.x - 1u)) return;
+  float s = 0.0f;
+  for (unsigned int b = 0; b < gridDim.x; b++) s += part[b * 32u + t];
+  y[t] = s;
+}}
+"#
+    );
+    kernel(name, &body)
+}
+
+#[test]
+fn an_ordering_between_blocks_the_kernel_does_not_make_is_a_race() {
+    let blocks = 8usize;
+    let x: Vec<f32> = (0..blocks * 32).map(|i| (i % 5) as f32).collect();
+    let want: Vec<f32> = (0..32).map(|t| (0..blocks).map(|b| 2.0 * x[b * 32 + t]).sum()).collect();
+    let buffers = [
+        Buffer::Bytes(bytes(&x)),
+        Buffer::Unwritten(4 * blocks * 32),
+        Buffer::Bytes(vec![0; 4]),
+        Buffer::Unwritten(4 * 32),
+    ];
+    let launch = Launch {
+        kernel: 0,
+        grid: blocks as u32,
+        block: 32,
+        shared_bytes: 0,
+        args: (0..4).map(Arg::buffer).collect(),
+        hidden: vec![],
+    };
+    let seeded = Schedule { block_order: BlockOrder::Seeded(5), ..Schedule::default() };
+    let Some(good) = build(&[last_block_sums(true)], Checker::Races) else { return };
+    let out = good.run(&buffers, &[], std::slice::from_ref(&launch), seeded).unwrap();
+    assert_eq!(floats(&out[3]), want);
+    // One block at a time, the early arrival goes unseen: the block is done by the time the
+    // next one starts. Under ThreadSanitizer blocks run four at a time.
+    let Some(plain) = build(&[last_block_sums(false)], Checker::Plain) else { return };
+    assert_eq!(floats(&plain.run(&buffers, &[], std::slice::from_ref(&launch), seeded).unwrap()[3]), want);
+    let Some(bad) = build(&[last_block_sums(false)], Checker::Races) else { return };
+    let err = bad.run(&buffers, &[], &[launch], seeded).unwrap_err().to_string();
+    assert!(err.contains("ThreadSanitizer: data race") && err.contains("last_block_sums_early.cu"), "{err}");
+}
+
+#[test]
+fn a_read_of_memory_nothing_wrote_is_reported_with_the_bytes_it_reached() {
+    // Threads 0-15 store their scratch word before reading it back; threads 16-31 read theirs
+    // with nothing written: y[16..32] come from memory nothing wrote.
+    let body = "extern \"C\" __global__ void stale(const float* x, float* scratch, float* y) {\n  \
+                const unsigned int t = threadIdx.x;\n  if (t < 16u) scratch[t] = 1.0f;\n  \
+                y[t] = x[t] + scratch[t];\n}\n";
+    let buffers = [Buffer::Bytes(bytes(&[2.0; 32])), Buffer::Unwritten(128), Buffer::Unwritten(128)];
+    let launch = Launch {
+        kernel: 0,
+        grid: 1,
+        block: 32,
+        shared_bytes: 0,
+        args: (0..3).map(Arg::buffer).collect(),
+        hidden: vec![],
+    };
+    let Some(bounds) = build(&[kernel("stale", body)], Checker::Bounds) else { return };
+    let err = bounds.run(&buffers, &[], std::slice::from_ref(&launch), Schedule::default()).unwrap_err().to_string();
+    assert!(err.contains("reads of memory nothing wrote in the emulated launches of stale"), "{err}");
+    // y's floats 16-31; the scratch (dumped too) differs only where nothing wrote it: not a read.
+    assert!(err.contains("buffer 2 after the launch of stale: 64 bytes differ, at bytes 64..128"), "{err}");
+    assert!(!err.contains("buffer 1"), "{err}");
+    // Off (the default without AddressSanitizer), the read shows only as NaN.
+    let Some(mut plain) = build(&[kernel("stale", body)], Checker::Plain) else { return };
+    let out = plain.run(&buffers, &[], std::slice::from_ref(&launch), Schedule::default()).unwrap();
+    let y = floats(&out[2]);
+    assert!(y[..16].iter().all(|&v| v == 3.0) && y[16..].iter().all(|v| v.is_nan()), "{y:?}");
+    plain.check_unwritten(true);
+    assert!(plain.run(&buffers, &[], &[launch], Schedule::default()).is_err());
+}

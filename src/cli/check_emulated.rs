@@ -16,10 +16,11 @@ use smelt::runtime::cuda::{EmulatedProgram, EmulatedRow, EmulatedRun, EmulationO
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum CheckerArg {
     /// Out-of-bounds reads and writes, and reads of the previous kernel's output before the
-    /// grid-dependency wait (AddressSanitizer).
+    /// grid-dependency wait (AddressSanitizer); reads of memory nothing wrote (every run twice,
+    /// such memory holding other bytes the second time).
     Bounds,
-    /// Shared- and global-memory races between CUDA threads (ThreadSanitizer); blocks run in
-    /// a seeded order and cp.async copies land at a seeded moment.
+    /// Shared- and global-memory races between CUDA threads (ThreadSanitizer); blocks run
+    /// four at a time in a seeded order and cp.async copies land at a seeded moment.
     Races,
     /// None (fastest).
     Plain,

@@ -10,7 +10,8 @@ pub enum Caught {
     /// ThreadSanitizer reports a data race.
     Race,
     /// A stage misused: a race report, the emulator's report of copies never waited for, or
-    /// (copies landing at their wait) a wrong result.
+    /// (copies landing at their wait) a read of the stage before they land: of memory nothing
+    /// wrote, or a wrong result.
     Copies,
     /// AddressSanitizer's report of this kind.
     Bounds(&'static str),
@@ -18,6 +19,9 @@ pub enum Caught {
     Wrong,
     /// A split-K counter is not zero after the launch.
     CounterLeft,
+    /// The emulator's report of a read of memory nothing wrote (the AddressSanitizer build
+    /// runs twice, such memory holding other bytes the second time).
+    Unwritten,
 }
 
 /// A fault: the `nth` occurrence of `from` in the kernel's body replaced by `to`.
@@ -52,15 +56,17 @@ impl Fault {
         let says = |r: &Result<T, EmuError>, what: &str| matches!(r, Err(e) if e.to_string().contains(what));
         let is_wrong = |r: &Result<T, EmuError>| matches!(r, Ok(out) if wrong(out));
         let race = says(races, "ThreadSanitizer: data race");
+        let unwritten = says(bounds, "reads of memory nothing wrote");
         let caught = match self.caught {
             Caught::Race => race,
             Caught::Copies => {
                 let unwaited = "cp.async copies still in flight";
-                race || says(bounds, unwaited) || says(races, unwaited) || is_wrong(bounds)
+                race || says(bounds, unwaited) || says(races, unwaited) || unwritten || is_wrong(bounds)
             }
             Caught::Bounds(kind) => says(bounds, kind),
             Caught::Wrong => is_wrong(bounds),
             Caught::CounterLeft => matches!(bounds, Ok(out) if counter_left(out)),
+            Caught::Unwritten => unwritten,
         };
         let outcome = |r: &Result<T, EmuError>| match r {
             Ok(out) => format!("ran, {} output", if wrong(out) { "wrong" } else { "right" }),

@@ -1,10 +1,11 @@
 //! Faults injected into the GEMM's generated source, each of which the emulation must catch:
 //! its barriers dropped (a race report), a wait_group off by one, mma B registers swapped,
-//! the ragged tile's rows past M stored, split-K's counter left set. Not caught, and why:
-//! split-K's barrier before the arrival dropped (the emulator runs one block at a time, so
-//! another block's partials are always complete when it reads them); the last block summing
-//! the splits in its own order (the f32 sums round to bf16 before any output, which hides a
-//! reordering's last-bit differences).
+//! the ragged tile's rows past M stored, split-K's counter left set, split-K's barrier before
+//! the arrival dropped (a race between blocks: under ThreadSanitizer blocks run several at a
+//! time), the residual read from the output nothing wrote yet. Not caught, and why: the last
+//! block summing the splits in its own order (the f32 sums round to bf16 before any output,
+//! which hides a reordering's last-bit differences); the fences around the arrival dropped
+//! (the emulator's atomics are sequentially consistent, so they order what the fences would).
 
 use smelt_emulate::{BlockOrder, Checker, EmuError, Landing, Schedule};
 use smelt_ir::DType;
@@ -13,7 +14,7 @@ use super::{case_steps, emulated, from_storage, out_dtype, prepare, residual, Ca
 use crate::common::faults::{Caught, Fault};
 
 /// A fault, and whether it goes into the split-K case (else the plain one).
-const FAULTS: [(Fault, bool); 6] = [
+const FAULTS: [(Fault, bool); 8] = [
     (
         Fault { name: "the K loop's barrier dropped", from: "__syncthreads();", nth: 0, to: "", caught: Caught::Race },
         false,
@@ -67,6 +68,26 @@ const FAULTS: [(Fault, bool); 6] = [
             caught: Caught::CounterLeft,
         },
         true,
+    ),
+    (
+        Fault {
+            name: "split-K's barrier before the arrival dropped",
+            from: "__syncthreads();\n      if (!__syncthreads_or(",
+            nth: 0,
+            to: "if (!__syncthreads_or(",
+            caught: Caught::Race,
+        },
+        true,
+    ),
+    (
+        Fault {
+            name: "the residual read from the output (nothing wrote it)",
+            from: "smelt_load_bf16(extra0[r * 128u + col])",
+            nth: 0,
+            to: "smelt_load_bf16(y[r * N_OUT + col])",
+            caught: Caught::Unwritten,
+        },
+        false,
     ),
 ];
 

@@ -6,7 +6,8 @@
 //! whole blocks: one sequence's through the identity block table, a batched step's rows each
 //! through blocks of their own in reverse; rows past a context left unwritten), the attention
 //! and split-K scratch, the split-K arrival counters (zero) and `smelt_step` (`memory.rs`).
-//! Unwritten memory holds all ones (NaN in every float type). Before a node's kernels run its
+//! Unwritten memory holds all ones (NaN in every float type; under AddressSanitizer a second
+//! run fills it otherwise and reports a dump that changes). Before a node's kernels run its
 //! operands are dumped, after them its output, so each node is checked on the operands it saw
 //! even when a kernel works in place. With programmatic dependent launch, each launch sees
 //! what the launch before it wrote only after its grid-dependency wait.
