@@ -22,12 +22,29 @@ fn load(name: &str, world: u32) -> Result<Qwen3Cpu, String> {
     Qwen3Cpu::load_with(&fixture_dir(name), options).map_err(|e| e.to_string())
 }
 
+/// A run's prefill logits, each decode step's logits, and the greedy ids.
+type Outputs = (Vec<f32>, Vec<Vec<f32>>, Vec<u32>);
+
 /// Prefill logits at every position, then `STEPS` greedy decode steps' logits and ids.
-fn run(model: &mut Qwen3Cpu, prompt: &[u32]) -> (Vec<f32>, Vec<Vec<f32>>, Vec<u32>) {
+fn run(model: &mut Qwen3Cpu, prompt: &[u32]) -> Outputs {
     run_steps(model, prompt, STEPS)
 }
 
-fn run_steps(model: &mut Qwen3Cpu, prompt: &[u32], steps_wanted: usize) -> (Vec<f32>, Vec<Vec<f32>>, Vec<u32>) {
+/// `got` equals `want` (one rank's) within the tolerance, with the same greedy ids.
+fn assert_same(what: &str, got: &Outputs, want: &Outputs) {
+    let (rel, abs) = rel_err(&got.0, &want.0);
+    assert!(rel <= REL_TOL, "{what}: prefill rel err {rel:.2e} (max abs {abs:.2e})");
+    let mut worst = rel;
+    for (i, (g, w)) in got.1.iter().zip(&want.1).enumerate() {
+        let (rel, abs) = rel_err(g, w);
+        assert!(rel <= REL_TOL, "{what}: decode step {i} rel err {rel:.2e} (max abs {abs:.2e})");
+        worst = worst.max(rel);
+    }
+    assert_eq!(got.2, want.2, "{what}: greedy ids");
+    eprintln!("{what}: worst rel err {worst:.2e}, greedy ids {:?}", got.2);
+}
+
+fn run_steps(model: &mut Qwen3Cpu, prompt: &[u32], steps_wanted: usize) -> Outputs {
     let prefill = model.forward(prompt, Logits::AllPositions).unwrap();
     let prefill = prefill.f32s().unwrap().to_vec();
     let vocab = prefill.len() / prompt.len();
@@ -55,20 +72,10 @@ fn every_fixture_at_every_world_its_heads_allow_matches_one_rank() {
     ];
     for (name, worlds) in cases {
         let prompt: Vec<u32> = (0..11).map(|i| (i * 37 + 5) % 200).collect();
-        let (want_prefill, want_steps, want_ids) = run(&mut load(name, 1).unwrap(), &prompt);
+        let want = run(&mut load(name, 1).unwrap(), &prompt);
         for &world in worlds {
             let mut model = load(name, world).unwrap_or_else(|e| panic!("{name} over {world} ranks: {e}"));
-            let (prefill, steps, ids) = run(&mut model, &prompt);
-            let (rel, abs) = rel_err(&prefill, &want_prefill);
-            assert!(rel <= REL_TOL, "{name} over {world}: prefill rel err {rel:.2e} (max abs {abs:.2e})");
-            let mut worst = rel;
-            for (i, (got, want)) in steps.iter().zip(&want_steps).enumerate() {
-                let (rel, abs) = rel_err(got, want);
-                assert!(rel <= REL_TOL, "{name} over {world}: decode step {i} rel err {rel:.2e} (max abs {abs:.2e})");
-                worst = worst.max(rel);
-            }
-            assert_eq!(ids, want_ids, "{name} over {world}: greedy ids");
-            eprintln!("{name} over {world} ranks: worst rel err {worst:.2e}, greedy ids {ids:?}");
+            assert_same(&format!("{name} over {world} ranks"), &run(&mut model, &prompt), &want);
         }
     }
 }
@@ -104,20 +111,11 @@ fn a_full_size_random_qwen3_0_6b_matches_one_rank() {
         Qwen3Cpu::with_random_weights(config.clone(), options, 7).unwrap()
     };
     let prompt = [9u32, 151, 20_000, 3_000, 151_000];
-    let (want_prefill, want_steps, want_ids) = run_steps(&mut load(1), &prompt, 2);
+    let want = run_steps(&mut load(1), &prompt, 2);
     // 16 query heads, 8 KV heads: 16 ranks replicate each KV head twice.
     for world in [2, 16] {
-        let (prefill, steps, ids) = run_steps(&mut load(world), &prompt, 2);
-        let (rel, abs) = rel_err(&prefill, &want_prefill);
-        assert!(rel <= REL_TOL, "0.6B over {world}: prefill rel err {rel:.2e} (max abs {abs:.2e})");
-        let mut worst = rel;
-        for (got, want) in steps.iter().zip(&want_steps) {
-            let (rel, abs) = rel_err(got, want);
-            assert!(rel <= REL_TOL, "0.6B over {world}: decode rel err {rel:.2e} (max abs {abs:.2e})");
-            worst = worst.max(rel);
-        }
-        assert_eq!(ids, want_ids, "0.6B over {world}: greedy ids");
-        eprintln!("Qwen3-0.6B (random) over {world} ranks: worst rel err {worst:.2e}, greedy ids {ids:?}");
+        let what = format!("Qwen3-0.6B (random) over {world} ranks");
+        assert_same(&what, &run_steps(&mut load(world), &prompt, 2), &want);
     }
 }
 
@@ -158,16 +156,9 @@ fn an_odd_head_layout_replicates_kv_heads_past_their_count() {
         Qwen3Cpu::with_random_weights(config.clone(), options, 3).map_err(|e| e.to_string())
     };
     let prompt: Vec<u32> = (0..9).map(|i| (i * 41 + 3) % 384).collect();
-    let (want_prefill, want_steps, want_ids) = run(&mut load(1).unwrap(), &prompt);
+    let want = run(&mut load(1).unwrap(), &prompt);
     for world in [3, 6, 12] {
-        let (prefill, steps, ids) = run(&mut load(world).unwrap(), &prompt);
-        let mut worst = rel_err(&prefill, &want_prefill).0;
-        for (got, want) in steps.iter().zip(&want_steps) {
-            worst = worst.max(rel_err(got, want).0);
-        }
-        assert!(worst <= REL_TOL, "odd heads over {world}: rel err {worst:.2e}");
-        assert_eq!(ids, want_ids, "odd heads over {world}: greedy ids");
-        eprintln!("odd heads (12/3) over {world} ranks: worst rel err {worst:.2e}");
+        assert_same(&format!("odd heads (12/3) over {world} ranks"), &run(&mut load(world).unwrap(), &prompt), &want);
     }
     for world in [2, 4] {
         let e = load(world).err().expect("refused");

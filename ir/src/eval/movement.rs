@@ -22,23 +22,9 @@ fn gather_rows<T: Copy>(src: &[T], inner: usize, rows: impl Iterator<Item = usiz
     out
 }
 
+/// Rows of `table` picked by `ids`: the partial gather of a rank that holds the whole table.
 pub fn gather(table: &Tensor, ids: &Tensor) -> Result<Tensor, String> {
-    let mut shape = ids.shape().to_vec();
-    let ids = ids.i32s().ok_or("gather ids must be i32")?;
-    let (rows, width) = (table.shape()[0], table.shape()[1]);
-    if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= rows) {
-        return Err(format!("token id {bad} is out of range for a table of {rows} rows"));
-    }
-    if !table.dtype().is_float() {
-        return Err("gather table must be float".to_string());
-    }
-    // Row by row: an embedding table kept in 16 bits is widened only where it is read.
-    let mut out = vec![0.0; ids.len() * width];
-    for (&i, row) in ids.iter().zip(out.chunks_exact_mut(width.max(1))) {
-        table.floats_into(i as usize * width, row);
-    }
-    shape.push(width);
-    Ok(Tensor::from_stored(table.dtype(), shape, out))
+    partial_gather(table, ids, 0, table.shape()[0])
 }
 
 /// One rank's part of a gather from a table of `total` rows split by rows
@@ -54,6 +40,7 @@ pub fn partial_gather(table: &Tensor, ids: &Tensor, start: usize, total: usize) 
     if !table.dtype().is_float() {
         return Err("gather table must be float".to_string());
     }
+    // Row by row: an embedding table kept in 16 bits is widened only where it is read.
     let mut out = vec![0.0; ids.len() * width];
     for (&i, row) in ids.iter().zip(out.chunks_exact_mut(width.max(1))) {
         if let Some(local) = (i as usize).checked_sub(start).filter(|&r| r < rows) {
