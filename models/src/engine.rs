@@ -13,7 +13,7 @@ use crate::blueprint::{Blueprint, Graphs, Opened};
 use crate::config::{ConfigError, Qwen3Config};
 use crate::lm::{check_ids, CausalLm};
 use crate::qwen3::{Logits, EMBED, LOGITS, POSITIONS, TOKEN_IDS};
-use crate::ranks::{run_ranks, RankCpu};
+use crate::ranks::{run_ranks, RankCpu, RankRun};
 use smelt_runtime::progress::{Task, Unit};
 
 #[derive(Debug, thiserror::Error)]
@@ -185,12 +185,12 @@ impl Qwen3Cpu {
     /// The weights, in the execution dtype, shaped for the graphs (concatenations made); rank
     /// 0's slices of them under tensor parallelism.
     pub fn host_weights(&self) -> &HostWeights {
-        &self.ranks[0].weights
+        &self.ranks[0].run.weights
     }
 
     /// Each rank's weights (one entry without tensor parallelism).
     pub fn rank_weights(&self) -> impl Iterator<Item = &HostWeights> {
-        self.ranks.iter().map(|r| &r.weights)
+        self.ranks.iter().map(|r| &r.run.weights)
     }
 
     pub fn dtype(&self) -> DType {
@@ -205,7 +205,7 @@ impl Qwen3Cpu {
     /// The sequence's KV caches by graph input name, `[tokens, KV heads, head dim]` each
     /// (empty before the first token); rank 0's heads under tensor parallelism.
     pub fn kv_caches(&self) -> &HashMap<String, Tensor> {
-        self.ranks[0].state.values()
+        self.ranks[0].run.state.values()
     }
 
     /// Tokens in the KV cache.
@@ -216,7 +216,7 @@ impl Qwen3Cpu {
     /// Starts a new sequence.
     pub fn reset(&mut self) {
         for rank in &mut self.ranks {
-            rank.state.reset();
+            rank.run.state.reset();
         }
         self.position = 0;
     }
@@ -238,7 +238,7 @@ impl Qwen3Cpu {
         let one_rank = self.ranks.len() == 1;
         let task =
             (one_rank && ids.len() >= crate::lm::LONG_PROMPT).then(|| Task::begin("prompt", nodes, Unit::Fraction));
-        let step = |rank: &mut RankCpu, graph: &Graph, inputs, group: Option<&dyn Collective>| {
+        let step = |rank: &mut RankRun, graph: &Graph, inputs, group: Option<&dyn Collective>| {
             let mut advance = || task.iter().for_each(|t| t.advance(1));
             crate::ranks::sequence_step(rank, graph, inputs, group, &mut advance)
         };
@@ -260,7 +260,7 @@ impl Qwen3Cpu {
     /// memory when first written.
     pub fn allocate_paged(&mut self, blocks: usize, block_tokens: usize) -> Result<(), ModelError> {
         for rank in &mut self.ranks {
-            rank.paged = Some(PagedKv::for_graph(&rank.graphs.decode, blocks, block_tokens)?);
+            rank.run.paged = Some(PagedKv::for_graph(&rank.graphs.decode, blocks, block_tokens)?);
         }
         Ok(())
     }
@@ -271,7 +271,7 @@ impl Qwen3Cpu {
     pub fn forward_paged(&mut self, ids: &[u32], start: usize, table: &[u32]) -> Result<Tensor, ModelError> {
         check_ids(&self.blueprint.config, start, ids)?;
         let pick: fn(&Graphs) -> &Graph = if ids.len() == 1 { |g| &g.decode } else { |g| &g.prefill_last };
-        let step = |rank: &mut RankCpu, graph: &Graph, inputs, group: Option<&dyn Collective>| {
+        let step = |rank: &mut RankRun, graph: &Graph, inputs, group: Option<&dyn Collective>| {
             let paged = rank.paged.as_mut().ok_or_else(|| ModelError::Internal("no paged KV pool allocated".into()))?;
             Ok(paged.run_rank(graph, &rank.weights, inputs, table, start, group)?)
         };

@@ -14,6 +14,11 @@ use crate::engine::ModelError;
 
 pub(crate) struct RankCpu {
     pub(crate) graphs: Graphs,
+    pub(crate) run: RankRun,
+}
+
+/// What a rank runs its graphs with: its weights and its KV state.
+pub(crate) struct RankRun {
     pub(crate) weights: HostWeights,
     pub(crate) state: CpuState,
     /// The batch engine's KV pool, this rank's heads.
@@ -22,14 +27,14 @@ pub(crate) struct RankCpu {
 
 impl RankCpu {
     pub(crate) fn new(graphs: Graphs, weights: HostWeights) -> RankCpu {
-        RankCpu { graphs, weights, state: CpuState::new(), paged: None }
+        RankCpu { graphs, run: RankRun { weights, state: CpuState::new(), paged: None } }
     }
 }
 
 /// What one rank runs in a step: its graph (picked from its graphs), its inputs, and its
 /// state, weights and the group.
 pub(crate) type RankStep<'a> = dyn Fn(
-        &mut RankCpu,
+        &mut RankRun,
         &Graph,
         HashMap<String, Tensor>,
         Option<&dyn Collective>,
@@ -46,20 +51,19 @@ pub(crate) fn run_ranks(
     inputs: HashMap<String, Tensor>,
     step: &RankStep<'_>,
 ) -> Result<HashMap<String, Tensor>, ModelError> {
-    if let [rank] = ranks {
-        let graph = pick(&rank.graphs).clone();
-        return step(rank, &graph, inputs, None);
+    if let [RankCpu { graphs, run }] = ranks {
+        return step(run, pick(graphs), inputs, None);
     }
     let group = ThreadGroup::new(ranks.len());
     let results: Vec<Result<HashMap<String, Tensor>, ModelError>> = std::thread::scope(|s| {
         let handles: Vec<_> = ranks
             .iter_mut()
             .enumerate()
-            .map(|(r, rank)| {
+            .map(|(r, RankCpu { graphs, run })| {
                 let (inputs, group) = (inputs.clone(), &group);
                 s.spawn(move || {
-                    let graph = pick(&rank.graphs).clone();
-                    let result = catch_unwind(AssertUnwindSafe(|| step(rank, &graph, inputs, Some(group))))
+                    let graph = pick(graphs);
+                    let result = catch_unwind(AssertUnwindSafe(|| step(run, graph, inputs, Some(group))))
                         .unwrap_or_else(|_| Err(ModelError::Internal(format!("tensor-parallel rank {r} panicked"))));
                     if let Err(e) = &result {
                         group.abort(format!("rank {r}: {e}"));
@@ -73,26 +77,13 @@ pub(crate) fn run_ranks(
             .map(|h| h.join().unwrap_or_else(|_| Err(ModelError::Internal("a rank panicked".into()))))
             .collect()
     });
+    let (outputs, errors): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let mut errors = errors.into_iter().filter_map(Result::err);
     // The error to report is the one a rank met, not the others' "another rank failed".
-    let mut first_err = None;
-    let mut outputs = None;
-    for result in results {
-        match result {
-            Ok(out) => {
-                outputs.get_or_insert(out);
-            }
-            Err(e) if first_err.is_none() || !is_abort(&e) => {
-                if first_err.as_ref().is_none_or(is_abort) {
-                    first_err = Some(e);
-                }
-            }
-            Err(_) => {}
-        }
-    }
-    match (first_err, outputs) {
-        (Some(e), _) => Err(e),
-        (None, Some(out)) => Ok(out),
-        (None, None) => Err(ModelError::Internal("no rank ran".into())),
+    match errors.next() {
+        None => outputs.into_iter().next().unwrap_or_else(|| Err(ModelError::Internal("no rank ran".into()))),
+        Some(first) if is_abort(&first) => Err(errors.find(|e| !is_abort(e)).unwrap_or(first)),
+        Some(first) => Err(first),
     }
 }
 
@@ -102,7 +93,7 @@ fn is_abort(e: &ModelError) -> bool {
 
 /// [`RankStep`] for one sequence's KV state (`Qwen3Cpu::forward`).
 pub(crate) fn sequence_step(
-    rank: &mut RankCpu,
+    rank: &mut RankRun,
     graph: &Graph,
     inputs: HashMap<String, Tensor>,
     group: Option<&dyn Collective>,
