@@ -25,7 +25,8 @@ const NVLINK_BYTES_PER_S: f64 = 450e9;
 /// One rank's compiled decode step.
 pub(super) struct RankStep {
     pub graph: Graph,
-    pub program: Option<Program>,
+    /// The kernels, or why the emitters cannot make them.
+    pub program: Result<Program, String>,
 }
 
 /// Shards and fuses `primitive` for `world` ranks (rank 0 first).
@@ -45,7 +46,7 @@ pub(super) fn decode_steps(primitive: &Graph, world: u32, options: EmitOptions) 
     Ok(ranks(primitive, world, "decode")?
         .into_iter()
         .map(|graph| {
-            let program = smelt::codegen::emit_with(&graph, options).ok();
+            let program = smelt::codegen::emit_with(&graph, options).map_err(|e| e.to_string());
             RankStep { graph, program }
         })
         .collect())
@@ -53,9 +54,9 @@ pub(super) fn decode_steps(primitive: &Graph, world: u32, options: EmitOptions) 
 
 /// What rank `r`'s decode step reads and exchanges, and what follows each exchange of layer 0.
 pub(super) fn describe(r: usize, step: &RankStep) -> String {
-    let Some(p) = &step.program else {
-        let why = smelt::codegen::emit(&step.graph).err().map(|e| e.to_string()).unwrap_or_default();
-        return format!("  rank {r}: decode kernels not generated: {why}\n");
+    let p = match &step.program {
+        Ok(p) => p,
+        Err(why) => return format!("  rank {r}: decode kernels not generated: {why}\n"),
     };
     let (sent, whole): (u64, u64) =
         p.exchanges.iter().map(|e| (e.part_bytes, e.whole_bytes)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
@@ -102,7 +103,7 @@ pub(super) fn prediction(primitive: &Graph, options: EmitOptions) -> Result<Stri
                 continue;
             }
         };
-        let Some(p) = steps[0].program.as_ref() else { continue };
+        let Ok(p) = &steps[0].program else { continue };
         let (bytes, launches) = (step_bytes(p, TABLE_CONTEXT) as f64, p.launches.len() as f64);
         let share = 2.0 * (world as f64 - 1.0) / world as f64;
         let exchange =
@@ -136,10 +137,10 @@ pub(super) fn dump_ranks(
     for (r, (step, prefill)) in decode.iter().zip(prefill).enumerate() {
         let root = format!("rank{r}/");
         let prefill_program = smelt::codegen::emit_with(prefill, options).ok();
-        let files = |p: &Option<Program>, phase| p.as_ref().map(|p| super::kernels::node_files(p, phase));
+        let files = |p: Option<&Program>, phase| p.map(|p| super::kernels::node_files(p, phase));
         let graphs = [
-            ("decode", &step.graph, files(&step.program, None)),
-            ("prefill", prefill, files(&prefill_program, Some("prefill"))),
+            ("decode", &step.graph, files(step.program.as_ref().ok(), None)),
+            ("prefill", prefill, files(prefill_program.as_ref(), Some("prefill"))),
         ];
         for (name, g, notes) in graphs {
             let title = format!("qwen3.{name}.rank{r}");
@@ -148,7 +149,7 @@ pub(super) fn dump_ranks(
         }
         let json = serde_json::to_string_pretty(&plan(&step.graph, prefill)?).context("serializing plan.json")?;
         out.write(&format!("{root}plan.json"), json.as_bytes())?;
-        if let Some(p) = &step.program {
+        if let Ok(p) = &step.program {
             super::kernels::dump_under(out, &root, p, arch, None)?;
         }
         if let Some(p) = &prefill_program {

@@ -2,9 +2,9 @@
 //! its kernel kind, and each kind's function builds the kernel's spec from the node (refusing
 //! shapes it has no kernel for, with a clear error), prices it and emits it.
 
-use smelt_ir::{Bindings, DType, Dim, FusedOp, Graph, Node, NodeId, Op, Shape, Sym};
+use smelt_ir::{DType, Dim, FusedOp, Graph, Node, NodeId, Op, Shape, Sym};
 
-use super::{bytes, resolve_view, CodegenError, EmitOptions, ATTENTION_SPLIT_TOKENS};
+use super::{bytes, resolve_view, CodegenError, EmitOptions, ATTENTION_SPLIT_TOKENS, ONE_TOKEN};
 use crate::kernels::{self, AttentionSpec, GemvSpec, Kernel, View};
 
 /// A node being planned, and what every kind asks of it.
@@ -41,9 +41,6 @@ impl Planned {
         Planned { kernels: Vec::new(), flops: 0, kv_bytes_per_context_token: 0, weight_bytes: None, exchange: true }
     }
 }
-
-/// The step every cost is priced at.
-const ONE_TOKEN: Bindings = Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 };
 
 impl<'g> NodeCtx<'g> {
     pub fn new(g: &'g Graph, id: NodeId, options: EmitOptions) -> NodeCtx<'g> {

@@ -159,7 +159,8 @@ pub fn resolve_view(g: &Graph, mut id: NodeId) -> (NodeId, View) {
     }
 }
 
-const ONE_TOKEN_STEP: Bindings = Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 };
+/// The step every cost is priced at: one new token.
+const ONE_TOKEN: Bindings = Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 };
 
 fn bytes(shape: &Shape, dtype: DType, b: &Bindings) -> u64 {
     (shape.resolve(b).iter().product::<usize>() * dtype.size_bytes()) as u64
@@ -228,8 +229,8 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
                 operand_id: n.ops[0],
                 op,
                 layer: node.meta.layer,
-                part_bytes: bytes(&x.shape, x.dtype, &ONE_TOKEN_STEP),
-                whole_bytes: bytes(&node.shape, node.dtype, &ONE_TOKEN_STEP),
+                part_bytes: bytes(&x.shape, x.dtype, &ONE_TOKEN),
+                whole_bytes: bytes(&node.shape, node.dtype, &ONE_TOKEN),
             });
             continue;
         }
@@ -278,20 +279,19 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
 /// Bytes a node moves at one new token: each operand once (weights apart from activations; a
 /// KV cache read by the token, not here) and its result, unless it appends to a cache.
 fn base_cost(g: &Graph, id: NodeId) -> Cost {
-    let step = Bindings { batch: 1, new_tokens: 1, cached_tokens: 0 };
     let node = g.node(id);
     let mut cost = Cost::default();
     for x in g.operands(id) {
         let (base, _) = resolve_view(g, x);
         let n = g.node(base);
         match n.op {
-            Op::Weight { .. } => cost.weight_bytes += bytes(&n.shape, n.dtype, &step),
+            Op::Weight { .. } => cost.weight_bytes += bytes(&n.shape, n.dtype, &ONE_TOKEN),
             Op::Input { .. } if n.shape.dims().first() == Some(&Dim::Sym(Sym::CachedTokens)) => {}
-            _ => cost.activation_bytes += bytes(&n.shape, n.dtype, &step),
+            _ => cost.activation_bytes += bytes(&n.shape, n.dtype, &ONE_TOKEN),
         }
     }
     if node.op.kv_cache_operand().is_none() {
-        cost.activation_bytes += bytes(&node.shape, node.dtype, &step);
+        cost.activation_bytes += bytes(&node.shape, node.dtype, &ONE_TOKEN);
     }
     cost
 }
