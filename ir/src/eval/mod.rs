@@ -20,7 +20,7 @@ use crate::print::node_label;
 use crate::shape::{Bindings, Dim, Sym};
 use crate::tensor::Tensor;
 
-pub use collective::{Collective, ThreadGroup};
+pub use collective::{gather_in_rank_order, sum_in_rank_order, Collective, ThreadGroup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
