@@ -74,6 +74,56 @@ fn a_batched_decode_step_matches_each_sequence_alone() {
     assert!(out.contains(" 0 failed; 0 logits checks failed"), "{out}");
 }
 
+/// Tensor parallelism: every rank's program of a group, its all-reduces and the logits'
+/// all-gather run as kernels between the ranks' launches; each rank's nodes against
+/// `ir::eval`, each exchange's output on every rank against the evaluator's collective over
+/// the parts the ranks wrote, every rank's logits equal, bit for bit, and equal to the CPU
+/// backend's. Four ranks over two KV heads replicate each KV head to two ranks.
+#[test]
+fn every_ranks_decode_program_and_its_exchanges_match() {
+    let model = common::fixture_dir("gqa2-untied-bf16-sharded");
+    for world in ["2", "4"] {
+        let args =
+            ["--model", model.to_str().unwrap(), "--dtype", "f32", "--positions", "0,20", "--tensor-parallel", world];
+        let Some(out) = emulate(&args) else { return };
+        let last_rank = format!("rank {}: ", world.parse::<u32>().unwrap() - 1);
+        for what in [&last_rank[..], "all_reduce_", "all_gather_", "partial_gather"] {
+            assert!(out.contains(what), "{world} ranks: nothing of {what} checked:\n{out}");
+        }
+        assert_eq!(out.matches("every rank's logits equal rank 0's, bit for bit: ok").count(), 2, "{out}");
+        assert!(out.contains(" 0 failed; 0 logits checks failed"), "{world} ranks:\n{out}");
+    }
+}
+
+/// Two ranks of the head-dim-128 model (one KV head, replicated): the prefill program's GEMMs
+/// and flash attention and a batched step, per rank.
+#[test]
+fn every_ranks_prefill_and_batched_programs_match() {
+    let dir = tempfile::tempdir().unwrap();
+    write_weights(dir.path(), HEAD_DIM_128, 5);
+    let model = dir.path().to_str().unwrap();
+    let args = [
+        "--model",
+        model,
+        "--dtype",
+        "bf16",
+        "--positions",
+        "2",
+        "--prefill",
+        "19",
+        "--batch",
+        "3",
+        "--tensor-parallel",
+        "2",
+    ];
+    let Some(out) = emulate(&args) else { return };
+    for what in ["rank 1: ", "prefill_attention", "qkv_gemm", "all_reduce_", "emulated batched decode step of 3"] {
+        assert!(out.contains(what), "nothing of {what} checked:\n{out}");
+    }
+    assert_eq!(out.matches("every rank's logits equal rank 0's, bit for bit: ok").count(), 3, "{out}");
+    assert!(out.contains(" 0 failed; 0 logits checks failed"), "{out}");
+}
+
 /// `scripts/compare-checks` (the GPU check's emulator/GPU report) matches the two runs' nodes
 /// by section and name, and fails on a node one side passes and the other fails, or whose
 /// errors differ by more than half its tolerance.

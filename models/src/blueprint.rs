@@ -58,6 +58,15 @@ impl Graphs {
     }
 }
 
+/// The graphs a GPU backend compiles, by what a step runs: see [`Blueprint::decode_graph`],
+/// [`Blueprint::prefill_graph`] and [`Blueprint::batch_graph`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphKind {
+    Decode,
+    Prefill,
+    Batch,
+}
+
 /// A model without its weights.
 #[derive(Clone)]
 pub struct Blueprint {
@@ -132,12 +141,17 @@ impl Blueprint {
         self.ranks.len().max(1) as u32
     }
 
-    /// Rank `rank`'s decode graph (the whole model's for one rank).
-    pub fn rank_decode_graph(&self, rank: usize) -> Option<&Graph> {
-        match self.ranks.is_empty() {
-            true => (rank == 0).then_some(&self.graphs.decode),
-            false => self.ranks.get(rank).map(|r| &r.decode),
-        }
+    /// Rank `rank`'s graph of `kind` (the whole model's for one rank).
+    pub fn rank_graph(&self, rank: usize, kind: GraphKind) -> Option<&Graph> {
+        let graphs = match self.ranks.is_empty() {
+            true => (rank == 0).then_some(&self.graphs),
+            false => self.ranks.get(rank),
+        }?;
+        Some(match kind {
+            GraphKind::Decode => &graphs.decode,
+            GraphKind::Prefill => &graphs.prefill_last,
+            GraphKind::Batch => &graphs.prefill_all,
+        })
     }
 
     /// The decode graph (fused unless loaded with `fuse: false`), which the GPU backend compiles.

@@ -208,6 +208,11 @@ impl Qwen3Cpu {
         self.ranks[0].run.state.values()
     }
 
+    /// Each rank's KV caches, in rank order (one entry without tensor parallelism).
+    pub fn rank_kv_caches(&self) -> impl Iterator<Item = &HashMap<String, Tensor>> {
+        self.ranks.iter().map(|r| r.run.state.values())
+    }
+
     /// Tokens in the KV cache.
     pub fn position(&self) -> usize {
         self.position

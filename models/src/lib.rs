@@ -23,7 +23,7 @@ pub mod sample;
 pub mod stop;
 pub mod tokenizer;
 
-pub use blueprint::Blueprint;
+pub use blueprint::{Blueprint, GraphKind};
 pub use chat::{ChatError, ChatMessage, ChatTemplate};
 pub use config::{ConfigError, Qwen3Config};
 pub use continuation::{Completion, Continuation, FinishReason, Request, Step};

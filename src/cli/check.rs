@@ -38,6 +38,11 @@ pub struct Args {
     /// With --emulate: what the emulated kernels are checked for besides their results.
     #[arg(long, value_enum, default_value = "bounds", requires = "emulate")]
     checker: super::check_emulated::CheckerArg,
+    /// With --emulate: split the model over N tensor-parallel ranks and check every rank's
+    /// kernels, the exchanges between them as kernels in place of NCCL.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "emulate",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    tensor_parallel: u32,
     #[command(flatten)]
     cuda: CudaArgs,
 }
@@ -63,6 +68,7 @@ pub fn run(a: Args) -> Result<()> {
             pdl: !a.cuda.given().contains(&"--no-pdl"),
             variants: a.cuda.variants.variants(),
             verbose: a.verbose,
+            tensor_parallel: a.tensor_parallel,
         };
         let o = super::check_emulated::run(&a.model, a.dtype.into(), &settings, &positions, &prefill, a.batch)?;
         println!("{} node checks, {} failed; {} logits checks failed", o.checked, o.failed, o.logits_failed);

@@ -1,16 +1,17 @@
 //! `smelt check-kernels --emulate`: the decode, prefill and batched decode programs run
 //! through the CPU emulator (`smelt-emulate`) as a GPU would run them, node by node against
-//! `ir::eval`, and their logits against the CPU backend's; no GPU needed.
+//! `ir::eval`, and their logits against the CPU backend's; no GPU needed. With
+//! `--tensor-parallel N`, every rank's program runs, the exchanges as kernels between them.
 
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use smelt::codegen::{emit_with, EmitOptions, Variants};
 use smelt::emulate::{BlockOrder, Checker, Landing, Schedule};
-use smelt::ir::{Graph, Tensor};
+use smelt::ir::{Tensor, WeightSource};
 use smelt::models::qwen3::Logits;
-use smelt::models::{LoadOptions, Qwen3Cpu};
-use smelt::runtime::cuda::{EmulatedProgram, EmulatedRow, EmulatedRun, EmulationOptions};
+use smelt::models::{Blueprint, GraphKind, LoadOptions, Qwen3Cpu};
+use smelt::runtime::cuda::{EmulatedRanks, EmulatedRow, EmulatedRun, EmulationOptions};
 
 /// Which checker the emulated kernels are built with.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -46,12 +47,27 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Prints a run's node checks and its logits against the CPU backend's `want`; counts them.
-    fn record(&mut self, what: &str, run: &EmulatedRun, want: &Tensor, dtype: smelt::ir::DType, verbose: bool) {
-        super::check::print_checks(what, &run.checks, verbose);
-        self.checked += run.checks.len();
-        self.failed += run.checks.iter().filter(|c| !c.ok).count();
-        let (rel, max_abs, same_top) = logits_error(&run.logits, want);
+    /// Prints a run's node checks (every rank's, named by rank in a group) and its logits
+    /// against the CPU backend's `want`; counts them. A group's ranks must hold the same
+    /// logits, bit for bit, as NCCL leaves them.
+    fn record(&mut self, what: &str, runs: Vec<EmulatedRun>, want: &Tensor, dtype: smelt::ir::DType, verbose: bool) {
+        let group = runs.len() > 1;
+        let bits = |t: &Tensor| t.to_f32_vec().into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let mut checks = Vec::new();
+        let mut logits = Vec::new();
+        for (r, run) in runs.into_iter().enumerate() {
+            checks.extend(run.checks.into_iter().map(|mut c| {
+                if group {
+                    c.node = format!("rank {r}: {}", c.node);
+                }
+                c
+            }));
+            logits.push(run.logits);
+        }
+        super::check::print_checks(what, &checks, verbose);
+        self.checked += checks.len();
+        self.failed += checks.iter().filter(|c| !c.ok).count();
+        let (rel, max_abs, same_top) = logits_error(&logits[0], want);
         let tol = logits_tolerance(dtype);
         let ok = rel <= tol;
         self.logits_failed += usize::from(!ok);
@@ -59,6 +75,15 @@ impl Outcome {
             "  logits vs the CPU backend: rel err {rel:.3e} (tolerance {tol:.0e}), max abs {max_abs:.3e}, same argmax: {same_top}: {}",
             if ok { "ok" } else { "FAIL" }
         );
+        if group {
+            let differ: Vec<String> =
+                (1..logits.len()).filter(|&r| bits(&logits[r]) != bits(&logits[0])).map(|r| r.to_string()).collect();
+            self.logits_failed += usize::from(!differ.is_empty());
+            match differ.is_empty() {
+                true => println!("  every rank's logits equal rank 0's, bit for bit: ok"),
+                false => println!("  the logits of rank(s) {} differ from rank 0's: FAIL", differ.join(", ")),
+            }
+        }
     }
 }
 
@@ -70,6 +95,8 @@ pub struct Settings {
     /// The kernel variants (`--no-split-k`, `--no-merged-attention` turn them off).
     pub variants: Variants,
     pub verbose: bool,
+    /// Ranks of a tensor-parallel group (1: the whole model).
+    pub tensor_parallel: u32,
 }
 
 /// Checks decode steps at `positions`, prefill chunks of `prefill` tokens and a batched step
@@ -82,9 +109,9 @@ pub fn run(
     prefill: &[u32],
     batch: Option<usize>,
 ) -> Result<Outcome> {
-    let &Settings { checker, pdl, variants, verbose } = settings;
-    let mut cpu =
-        Qwen3Cpu::load_with(model, LoadOptions::new(dtype)).with_context(|| format!("loading {}", model.display()))?;
+    let &Settings { checker, pdl, variants, verbose, tensor_parallel } = settings;
+    let load = LoadOptions { tensor_parallel, ..LoadOptions::new(dtype) };
+    let mut cpu = Qwen3Cpu::load_with(model, load).with_context(|| format!("loading {}", model.display()))?;
     let (checker, schedule) = match checker {
         CheckerArg::Bounds => (Checker::Bounds, Schedule::default()),
         CheckerArg::Races => {
@@ -93,84 +120,98 @@ pub fn run(
         CheckerArg::Plain => (Checker::Plain, Schedule::default()),
     };
     let options = EmulationOptions { block_tokens: BLOCK_TOKENS, schedule, pdl };
-    let build = |g: &Graph| -> Result<EmulatedProgram> {
-        let program =
-            emit_with(g, EmitOptions { variants, ..EmitOptions::default() }).context("generating the kernels")?;
-        EmulatedProgram::build(g, program, checker).context("building the kernels for the emulator")
-    };
+    let blueprint = cpu.blueprint().clone();
+    let build = |kind| build(&blueprint, kind, checker, variants);
     let vocab = cpu.config().vocab_size as u64;
     let token = |p: usize| (((p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % vocab) as u32;
     let mut outcome = Outcome::default();
-    let mut check = |what: String, run: &EmulatedRun, want: &Tensor| outcome.record(&what, run, want, dtype, verbose);
+    let mut check = |what: String, runs, want: &Tensor| outcome.record(&what, runs, want, dtype, verbose);
     if !positions.is_empty() {
-        let decode = build(cpu.blueprint().decode_graph())?;
+        let decode = build(GraphKind::Decode)?;
         for &p in positions {
             let p = p as usize;
             let (caches, want) = cpu_step(&mut cpu, &(0..p).map(token).collect::<Vec<_>>(), &[token(p)])?;
-            let run = decode.run(cpu.host_weights(), &caches, &[token(p)], p, &options)?;
-            check(format!("emulated decode at position {p}"), &run, &want);
+            let runs = decode.run(&rank_weights(&cpu), &caches, &[token(p)], p, &options)?;
+            check(format!("emulated decode at position {p}"), runs, &want);
         }
     }
     if !prefill.is_empty() {
-        let program = build(cpu.blueprint().prefill_graph())?;
+        let program = build(GraphKind::Prefill)?;
         let mut at = 0;
         for &n in prefill {
             let chunk: Vec<u32> = (at..at + n as usize).map(token).collect();
             let (caches, want) = cpu_step(&mut cpu, &(0..at).map(token).collect::<Vec<_>>(), &chunk)?;
-            let run = program.run(cpu.host_weights(), &caches, &chunk, at, &options)?;
-            check(format!("emulated prefill of {n} tokens at position {at}"), &run, &want);
+            let runs = program.run(&rank_weights(&cpu), &caches, &chunk, at, &options)?;
+            check(format!("emulated prefill of {n} tokens at position {at}"), runs, &want);
             at += n as usize;
         }
     }
     if let Some(rows) = batch {
-        let (run, want) = batched_step(&mut cpu, rows, checker, variants, &options, &token)?;
+        let program = build(GraphKind::Batch)?;
+        let (runs, want) = batched_step(&mut cpu, &program, rows, &options, &token)?;
         let what = format!("emulated batched decode step of {rows} sequences (cache nodes checked through the logits)");
-        check(what, &run, &want);
+        check(what, runs, &want);
     }
     Ok(outcome)
 }
 
+/// Every rank's program of `kind` (one rank: the whole model's), emitted and built for the
+/// emulator. A batched step's rows are sequences of their own.
+fn build(blueprint: &Blueprint, kind: GraphKind, checker: Checker, variants: Variants) -> Result<EmulatedRanks> {
+    let emit = EmitOptions { rows_are_sequences: kind == GraphKind::Batch, variants };
+    let ranks = (0..blueprint.tensor_parallel() as usize)
+        .map(|r| {
+            let g = blueprint.rank_graph(r, kind).context("a rank of the group has no graph")?;
+            let program = emit_with(g, emit).with_context(|| format!("generating rank {r}'s kernels"))?;
+            Ok((g.clone(), program))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    EmulatedRanks::build(ranks, checker).context("building the kernels for the emulator")
+}
+
+fn rank_weights(cpu: &Qwen3Cpu) -> Vec<&dyn WeightSource> {
+    cpu.rank_weights().map(|w| w as &dyn WeightSource).collect()
+}
+
 /// A batched decode step of `rows` sequences, row i of 1 + 37 i mod 61 tokens (within the
-/// context) then its new token, each in blocks of its own; the emulated run and the CPU
+/// context) then its new token, each in blocks of its own; the emulated runs and the CPU
 /// backend's logits of each sequence alone.
 fn batched_step(
     cpu: &mut Qwen3Cpu,
+    program: &EmulatedRanks,
     rows: usize,
-    checker: Checker,
-    variants: Variants,
     options: &EmulationOptions,
     token: &dyn Fn(usize) -> u32,
-) -> Result<(EmulatedRun, Tensor)> {
-    let g = cpu.blueprint().batch_graph().clone();
-    let program =
-        emit_with(&g, EmitOptions { rows_are_sequences: true, variants }).context("generating the batched kernels")?;
-    let program = EmulatedProgram::build(&g, program, checker).context("building the kernels for the emulator")?;
+) -> Result<(Vec<EmulatedRun>, Tensor)> {
     let context = cpu.config().max_position_embeddings;
     let row_token = |i: usize, p: usize| token(i * 1000 + p);
-    let (mut batch_rows, mut want) = (Vec::new(), Vec::new());
+    let mut batch_rows: Vec<Vec<EmulatedRow>> = (0..cpu.blueprint().tensor_parallel()).map(|_| Vec::new()).collect();
+    let mut want = Vec::new();
     for i in 0..rows {
         let len = (1 + (i * 37) % 61).min(context.saturating_sub(1));
         let prefix: Vec<u32> = (0..len).map(|p| row_token(i, p)).collect();
         let (caches, logits) = cpu_step(cpu, &prefix, &[row_token(i, len)])?;
         want.extend(logits.to_f32_vec());
-        batch_rows.push(EmulatedRow { caches, token: row_token(i, len), position: len });
+        for (rank_rows, caches) in batch_rows.iter_mut().zip(caches) {
+            rank_rows.push(EmulatedRow { caches, token: row_token(i, len), position: len });
+        }
     }
-    let run = program.run_batch(cpu.host_weights(), &batch_rows, options)?;
+    let runs = program.run_batch(&rank_weights(cpu), &batch_rows, options)?;
     let want = Tensor::from_stored(smelt::ir::DType::F32, vec![rows, want.len() / rows.max(1)], want);
-    Ok((run, want))
+    Ok((runs, want))
 }
 
 /// The paged cache's block size in the emulated runs (the GPU's default).
 const BLOCK_TOKENS: usize = smelt::passes::DEFAULT_BLOCK_TOKENS;
 
-/// Runs `before` on the CPU from an empty cache; returns its caches, then the last-position
-/// logits of `tokens` after it.
-fn cpu_step(cpu: &mut Qwen3Cpu, before: &[u32], tokens: &[u32]) -> Result<(HashMap<String, Tensor>, Tensor)> {
+/// Runs `before` on the CPU from an empty cache; returns each rank's caches, then the
+/// last-position logits of `tokens` after it.
+fn cpu_step(cpu: &mut Qwen3Cpu, before: &[u32], tokens: &[u32]) -> Result<(Vec<HashMap<String, Tensor>>, Tensor)> {
     cpu.reset();
     if !before.is_empty() {
         cpu.forward(before, Logits::LastPosition)?;
     }
-    let caches = cpu.kv_caches().clone();
+    let caches = cpu.rank_kv_caches().cloned().collect();
     let logits = cpu.forward(tokens, Logits::LastPosition)?;
     Ok((caches, logits))
 }

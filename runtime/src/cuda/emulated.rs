@@ -23,9 +23,11 @@ use super::layout::{storage_of, tensor_from_storage};
 use super::CudaError;
 
 mod memory;
+mod ranks;
 
 pub use memory::BatchRow;
 use memory::{place, Memory, Rows};
+pub use ranks::EmulatedRanks;
 
 /// A program built for the emulator once, run for any number of steps.
 pub struct EmulatedProgram {
@@ -51,6 +53,15 @@ pub struct EmulationOptions {
     pub pdl: bool,
 }
 
+/// A program's steps in a run: the launches with a dump of each node's operands before and
+/// its output after, each node's dumps, and where each of the program's exchanges falls (an
+/// index into `steps`: the exchange runs before that step).
+struct Steps {
+    steps: Vec<Step>,
+    nodes: Vec<NodeRun>,
+    exchanges: Vec<usize>,
+}
+
 /// One node's kernels in a run: the dumps of its operands' buffers (by storage node) and
 /// of its output.
 struct NodeRun {
@@ -67,6 +78,10 @@ impl EmulatedProgram {
             program.kernels.iter().map(|k| KernelSource { name: k.name.clone(), source: k.source.clone() }).collect();
         let emulator = Emulator::build(&kernels, PRELUDE, checker)?;
         Ok(EmulatedProgram { graph: graph.clone(), program, emulator })
+    }
+
+    fn part(&self) -> Part<'_> {
+        Part { graph: &self.graph, program: &self.program }
     }
 
     /// Runs `tokens` after `at` cached ones whose keys and values `caches` holds (by cache
@@ -103,17 +118,30 @@ impl EmulatedProgram {
         options: &EmulationOptions,
     ) -> Result<EmulatedRun, CudaError> {
         let b = rows.bindings();
-        let memory = place(&self.graph, &self.program, &self.storages(), weights, rows, options.block_tokens)?;
-        let (steps, dumped) = self.steps(&memory, &b, options.pdl)?;
+        let part = self.part();
+        if !self.program.exchanges.is_empty() {
+            return Err(CudaError::Layout("a rank's program runs with its group (EmulatedRanks)".into()));
+        }
+        let memory = place(&self.graph, &self.program, &part.storages(), weights, rows, options.block_tokens)?;
+        let Steps { steps, nodes, .. } = part.steps(&memory, &b, options.pdl, &|k| k)?;
         let dumps = self
             .emulator
             .run_steps(&memory.buffers, &memory.pointers, &steps, options.schedule)
             .map_err(|e| CudaError::Emulation(e.to_string()))?;
-        self.checks(weights, &b, &dumped, dumps, matches!(rows, Rows::Own(_)))
+        part.checks(weights, &b, &nodes, dumps, matches!(rows, Rows::Own(_)), &[])
     }
+}
 
+/// One program over its graph: a whole model's, or one rank's of a group.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    graph: &'a Graph,
+    program: &'a Program,
+}
+
+impl Part<'_> {
     fn storage_of(&self, id: NodeId) -> NodeId {
-        storage_of(&self.graph, id)
+        storage_of(self.graph, id)
     }
 
     /// Every node whose buffer a launch reads or writes.
@@ -130,10 +158,17 @@ impl EmulatedProgram {
         storages
     }
 
-    /// The launches with a dump of each node's operands before and its output after; and for
-    /// each node the dump indices of its operands' storages and of its output.
-    fn steps(&self, memory: &Memory, b: &Bindings, pdl: bool) -> Result<(Vec<Step>, Vec<NodeRun>), CudaError> {
-        let g = &self.graph;
+    /// The launches with a dump of each node's operands before and its output after (each
+    /// launch's kernel is `kernel_of` its index in the program). An exchange's output is
+    /// what the first launch after it waits for.
+    fn steps(
+        &self,
+        memory: &Memory,
+        b: &Bindings,
+        pdl: bool,
+        kernel_of: &dyn Fn(usize) -> usize,
+    ) -> Result<Steps, CudaError> {
+        let g = self.graph;
         let buffer_of = |id: NodeId| {
             let base = self.storage_of(id);
             memory
@@ -142,12 +177,17 @@ impl EmulatedProgram {
                 .copied()
                 .ok_or_else(|| CudaError::Layout(format!("{} has no buffer", label(g, id))))
         };
-        let (mut steps, mut nodes) = (Vec::new(), Vec::new());
+        let (mut steps, mut node_runs) = (Vec::new(), Vec::new());
         let mut dumps = 0;
         let mut previous_writes: Vec<usize> = Vec::new();
         let launches = &self.program.launches;
+        let mut exchanges = Vec::new();
         let mut i = 0;
         while i < launches.len() {
+            for x in self.program.exchanges.iter().skip(exchanges.len()).take_while(|x| x.after == i) {
+                exchanges.push(steps.len());
+                previous_writes = vec![buffer_of(x.node_id)?];
+            }
             let id = launches[i].node_id;
             let end = i + launches[i..].iter().take_while(|l| l.node_id == id).count();
             let mut operand_dumps = HashMap::new();
@@ -185,7 +225,7 @@ impl EmulatedProgram {
                 let previous = std::mem::replace(&mut previous_writes, writes);
                 let hidden = if pdl { previous } else { Vec::new() };
                 steps.push(Step::Launch(Launch {
-                    kernel: s.kernel,
+                    kernel: kernel_of(s.kernel),
                     grid: kernel.launch.grid.blocks(b),
                     block: kernel.launch.block,
                     shared_bytes: kernel.launch.shared_bytes,
@@ -195,13 +235,17 @@ impl EmulatedProgram {
                 kernels.push(kernel.name.clone());
             }
             steps.push(Step::Dump(buffer_of(id)?));
-            nodes.push(NodeRun { node: id, operands: operand_dumps, output: dumps, kernels });
+            node_runs.push(NodeRun { node: id, operands: operand_dumps, output: dumps, kernels });
             dumps += 1;
             i = end;
         }
-        Ok((steps, nodes))
+        exchanges.extend(std::iter::repeat_n(steps.len(), self.program.exchanges.len() - exchanges.len()));
+        Ok(Steps { steps, nodes: node_runs, exchanges })
     }
 
+    /// Each node of `nodes` against `ir::eval` on the operands dumped before it, and the
+    /// logits: written by a node's kernels, or by an exchange (`exchanged`: the nodes the
+    /// group's exchanges wrote, with their bytes).
     fn checks(
         &self,
         weights: &dyn WeightSource,
@@ -209,8 +253,9 @@ impl EmulatedProgram {
         nodes: &[NodeRun],
         dumps: Vec<Vec<u8>>,
         rows_own: bool,
+        exchanged: &[(NodeId, &[u8])],
     ) -> Result<EmulatedRun, CudaError> {
-        let g = &self.graph;
+        let g = self.graph;
         let mut checks = Vec::new();
         for NodeRun { node: id, operands: operand_dumps, output: out_dump, kernels } in nodes {
             let node = g.node(*id);
@@ -244,10 +289,12 @@ impl EmulatedProgram {
         }
         let (_, logits_id) =
             g.output_with(Role::Logits).ok_or_else(|| CudaError::Layout("the graph has no logits".into()))?;
-        let logits_node = nodes.iter().find(|n| self.storage_of(n.node) == self.storage_of(logits_id));
-        let logits = match logits_node {
-            Some(n) => value(g.node(logits_id), b, &dumps[n.output]),
-            None => return Err(CudaError::Layout("no kernel writes the logits".into())),
+        let logits_storage = self.storage_of(logits_id);
+        let by_kernel = nodes.iter().find(|n| self.storage_of(n.node) == logits_storage).map(|n| &dumps[n.output][..]);
+        let by_exchange = || exchanged.iter().find(|(id, _)| self.storage_of(*id) == logits_storage).map(|(_, d)| *d);
+        let logits = match by_kernel.or_else(by_exchange) {
+            Some(bytes) => value(g.node(logits_id), b, bytes),
+            None => return Err(CudaError::Layout("no kernel or exchange writes the logits".into())),
         };
         Ok(EmulatedRun { checks, logits })
     }
@@ -262,7 +309,7 @@ impl EmulatedProgram {
         inputs: &mut HashMap<String, Tensor>,
         dumped: &dyn Fn(NodeId) -> Option<&'d [u8]>,
     ) -> Result<NodeId, CudaError> {
-        let g = &self.graph;
+        let g = self.graph;
         let node = g.node(x);
         let copy = Node { shape: concrete(&node.shape, b), ..node.clone() };
         match &node.op {

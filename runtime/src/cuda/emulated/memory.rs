@@ -89,6 +89,19 @@ pub(super) struct Memory {
     pub(super) step: usize,
 }
 
+impl Memory {
+    /// Moves every buffer id up by `by` (its buffers then follow `by` others of a run).
+    pub(super) fn shift(&mut self, by: usize) {
+        for id in self.home.values_mut().chain([&mut self.scratch, &mut self.counters, &mut self.step]) {
+            *id += by;
+        }
+        for p in &mut self.pointers {
+            p.buffer += by;
+            p.target += by;
+        }
+    }
+}
+
 /// Places every value `program`'s launches touch (their storage nodes, `storages`).
 pub(super) fn place(
     graph: &Graph,
