@@ -4,9 +4,13 @@
 //! after up to 200 cached ones, with and without the queries' RMSNorm + RoPE prologue, in
 //! bf16 and f16, on the kernel's grid and on one block; under AddressSanitizer and under
 //! ThreadSanitizer with blocks in a seeded order and `cp.async` copies landing at a seeded
-//! moment. Then faults injected into the generated source, each of which must be caught.
+//! moment. Then faults injected into the generated source, each of which must be caught. The
+//! grid (`prefill_attention_host/grid.rs`) runs 46 more shapes, T and P on every tile edge,
+//! without a sanitizer.
 
 mod common;
+#[path = "prefill_attention_host/grid.rs"]
+mod grid;
 #[path = "common/tensors.rs"]
 mod tensors;
 
@@ -195,31 +199,31 @@ fn prefill_attention_matches_eval() {
     let Some(races) = emulate(&cases, Checker::Races, seeded) else { return };
     for ((case, got), again) in cases.iter().zip(&bounds).zip(&races) {
         assert!(got == again, "{}: the output depends on the block order or when copies land", case.what);
-        let dtype = case.spec.dtype;
-        let (got, want) = (decode(dtype, got), case.want.to_f32_vec());
-        assert_eq!(got.len(), want.len(), "{}: output size", case.what);
-        assert!(got.iter().all(|v| v.is_finite()), "{}: non-finite outputs (an unwritten or poisoned read)", case.what);
-        // Over the whole tensor, ‖got − want‖ / ‖want‖, and the largest absolute difference
-        // (the outputs are of order 1). Besides the decode kernels' differences (summation
-        // order, online softmax, host expf), the probabilities enter P V rounded to the
-        // storage dtype (the module doc): about 2^-9 relative per weight in bf16, 2^-12 in f16;
-        // per element that is a large relative error where an output nearly cancels, hence
-        // not a per-element measure. Measured over the sweep: bf16 2.6e-3 and 7.8e-3 at worst,
-        // f16 2.6e-4 and 9.8e-4; a causal mask one key too wide gives 0.31 and 2.4.
-        let (rel, max_abs) = whole_tensor_error(&got, &want);
-        let (tol_rel, tol_abs) = if dtype == DType::BF16 { (4e-3, 2e-2) } else { (5e-4, 4e-3) };
-        let exact = got.iter().zip(&want).filter(|(g, w)| g.to_bits() == w.to_bits()).count();
-        eprintln!(
-            "{}: {exact} of {} bit-exact, relative error {rel:.2e}, max abs {max_abs:.2e}",
-            case.what,
-            want.len()
-        );
-        assert!(
-            rel <= tol_rel && max_abs <= tol_abs,
-            "{}: relative {rel:e} (tolerance {tol_rel:e}), max abs {max_abs:e} (tolerance {tol_abs:e})",
-            case.what
-        );
+        assert_matches_eval(case, got);
     }
+}
+
+/// `got` (output bytes) against `ir::eval` over the whole tensor: ‖got − want‖ / ‖want‖ and
+/// the largest absolute difference (the outputs are of order 1). Besides the decode kernels'
+/// differences (summation order, online softmax, host expf), the probabilities enter P V
+/// rounded to the storage dtype (the module doc): about 2^-9 relative per weight in bf16,
+/// 2^-12 in f16; per element that is a large relative error where an output nearly cancels,
+/// hence not a per-element measure. Measured over the sweep: bf16 2.6e-3 and 7.8e-3 at worst,
+/// f16 2.6e-4 and 9.8e-4; a causal mask one key too wide gives 0.31 and 2.4.
+fn assert_matches_eval(case: &Case, got: &[u8]) {
+    let dtype = case.spec.dtype;
+    let (got, want) = (decode(dtype, got), case.want.to_f32_vec());
+    assert_eq!(got.len(), want.len(), "{}: output size", case.what);
+    assert!(got.iter().all(|v| v.is_finite()), "{}: non-finite outputs (an unwritten or poisoned read)", case.what);
+    let (rel, max_abs) = whole_tensor_error(&got, &want);
+    let (tol_rel, tol_abs) = if dtype == DType::BF16 { (4e-3, 2e-2) } else { (5e-4, 4e-3) };
+    let exact = got.iter().zip(&want).filter(|(g, w)| g.to_bits() == w.to_bits()).count();
+    eprintln!("{}: {exact} of {} bit-exact, relative error {rel:.2e}, max abs {max_abs:.2e}", case.what, want.len());
+    assert!(
+        rel <= tol_rel && max_abs <= tol_abs,
+        "{}: relative {rel:e} (tolerance {tol_rel:e}), max abs {max_abs:e} (tolerance {tol_abs:e})",
+        case.what
+    );
 }
 
 const FAULTS: [Fault; 10] = [
