@@ -4,7 +4,7 @@
 
 mod common;
 
-use smelt_codegen::kernels::elementwise;
+use smelt_codegen::kernels::{all_gather, all_reduce, elementwise};
 use smelt_codegen::{Arch, NvrtcError};
 use smelt_ir::{shape, BinaryOp, DType, Expr, ExprKind, Shape, Sym, UnaryOp};
 
@@ -47,6 +47,22 @@ fn elementwise_kernels_compile_for_every_arch_without_spills() {
             &[(dtype, x.clone()), (dtype, x.clone()), (dtype, scale)],
             (dtype, &x),
         ));
+    }
+    tc.check_all(&kernels);
+}
+
+/// The exchanges' kernels (a tensor-parallel group's ranks on one device): the all-reduce of
+/// a hidden state and the all-gather of logits split by vocabulary, over 2, 4 and 8 ranks.
+#[test]
+fn exchange_kernels_compile_for_every_arch_without_spills() {
+    let Some(tc) = common::toolchain() else { return };
+    let t = Sym::NewTokens;
+    let mut kernels = Vec::new();
+    for world in [2, 4, 8] {
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            kernels.push(all_reduce(world, dtype, &shape![t, 1024]));
+        }
+        kernels.push(all_gather(world, DType::F32, &shape![t, 151936 / world as usize], 1));
     }
     tc.check_all(&kernels);
 }
