@@ -21,23 +21,16 @@ const GATHER: Template = Template::new("exchange_gather.cu", include_str!("excha
 pub fn all_reduce(world: u32, dtype: DType, shape: &Shape) -> Kernel {
     assert!(dtype.is_float(), "an all-reduce of {dtype}");
     let name = format!("all_reduce_{world}_{dtype}_{}", shape_tag(shape));
-    let (world_s, elements) = (world.to_string(), volume_expr(shape.dims()));
+    let elements = volume_expr(shape.dims());
     let (first, next, sum_store) =
         (load(dtype, "parts[0]", "i"), load(dtype, "parts[r]", "i"), store(dtype, "y", "i", "sum"));
-    let (parts, list) = parts(world, dtype);
-    let source = SUM.fill(&[
-        ("NAME", &name),
-        ("WORLD", &world_s),
-        ("BLOCK", &BLOCK.to_string()),
-        ("PARTS", &parts),
-        ("PART_LIST", &list),
-        ("STORAGE", storage_type(dtype)),
-        ("GRID_WAIT", GRID_WAIT),
-        ("ELEMENTS", &elements),
-        ("FIRST", &first),
-        ("NEXT", &next),
-        ("STORE", &sum_store),
-    ]);
+    let source = fill(
+        &SUM,
+        &name,
+        world,
+        dtype,
+        &[("ELEMENTS", &elements), ("FIRST", &first), ("NEXT", &next), ("STORE", &sum_store)],
+    );
     kernel(name, "all_reduce", source, shape.clone())
 }
 
@@ -45,20 +38,8 @@ pub fn all_reduce(world: u32, dtype: DType, shape: &Shape) -> Kernel {
 pub fn all_gather(world: u32, dtype: DType, part: &Shape, axis: usize) -> Kernel {
     assert!(axis < part.rank(), "an all-gather along axis {axis} of a rank-{} value", part.rank());
     let name = format!("all_gather_{world}_{dtype}_{}_axis{axis}", shape_tag(part));
-    let (world_s, outer, inner) =
-        (world.to_string(), volume_expr(&part.dims()[..axis]), volume_expr(&part.dims()[axis..]));
-    let (parts, list) = parts(world, dtype);
-    let source = GATHER.fill(&[
-        ("NAME", &name),
-        ("WORLD", &world_s),
-        ("BLOCK", &BLOCK.to_string()),
-        ("PARTS", &parts),
-        ("PART_LIST", &list),
-        ("STORAGE", storage_type(dtype)),
-        ("GRID_WAIT", GRID_WAIT),
-        ("OUTER", &outer),
-        ("INNER", &inner),
-    ]);
+    let (outer, inner) = (volume_expr(&part.dims()[..axis]), volume_expr(&part.dims()[axis..]));
+    let source = fill(&GATHER, &name, world, dtype, &[("OUTER", &outer), ("INNER", &inner)]);
     let mut whole = part.dims().to_vec();
     whole[axis] = match whole[axis] {
         Dim::Fixed(n) => Dim::Fixed(n * world as usize),
@@ -81,12 +62,24 @@ fn kernel(name: String, kind: &'static str, body: String, output: Shape) -> Kern
     }
 }
 
-/// The parts' parameter declarations and the initializer of the array that indexes them.
-fn parts(world: u32, dtype: DType) -> (String, String) {
+/// `template` with the slots both exchanges have (the parts' parameters and the array that
+/// indexes them, sizes, the PDL wait) and `extra`.
+fn fill(template: &Template, name: &str, world: u32, dtype: DType, extra: &[(&str, &str)]) -> String {
     let storage = storage_type(dtype);
     let decls: Vec<String> = (0..world).map(|r| format!("    const {storage}* __restrict__ part{r},")).collect();
     let list: Vec<String> = (0..world).map(|r| format!("part{r}")).collect();
-    (decls.join("\n"), list.join(", "))
+    let (decls, list, world, block) = (decls.join("\n"), list.join(", "), world.to_string(), BLOCK.to_string());
+    let mut slots = vec![
+        ("NAME", name),
+        ("WORLD", &world[..]),
+        ("BLOCK", &block[..]),
+        ("PARTS", &decls[..]),
+        ("PART_LIST", &list[..]),
+        ("STORAGE", storage),
+        ("GRID_WAIT", GRID_WAIT),
+    ];
+    slots.extend_from_slice(extra);
+    template.fill(&slots)
 }
 
 /// The number of elements of `dims` as a C expression (64-bit).

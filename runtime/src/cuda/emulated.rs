@@ -1,5 +1,6 @@
-//! A whole generated program run through the CPU emulator (`smelt-emulate`) as the GPU would
-//! run it, node by node against `ir::eval` with the GPU check's tolerances ([`super::check`]).
+//! A whole generated program (or every rank's of a tensor-parallel group: `ranks.rs`) run
+//! through the CPU emulator (`smelt-emulate`) as the GPU would run it, node by node against
+//! `ir::eval` with the GPU check's tolerances ([`super::check`]).
 //!
 //! Every value gets a host buffer of exactly its size (AddressSanitizer sees a kernel that
 //! reads or writes past one): weights, constants, each activation, the KV caches (a pool of
@@ -14,8 +15,8 @@
 
 use std::collections::HashMap;
 
-use smelt_codegen::{Params, Program, PRELUDE};
-use smelt_emulate::{Arg, Checker, EmuError, Emulator, KernelSource, Launch, Schedule, Step};
+use smelt_codegen::{Params, Program};
+use smelt_emulate::{Arg, Launch, Schedule, Step};
 use smelt_ir::{eval, Bindings, Graph, Node, NodeId, Op, Role, Tensor, WeightSource};
 
 use super::check::{compare, concrete, NodeCheck};
@@ -26,15 +27,8 @@ mod memory;
 mod ranks;
 
 pub use memory::BatchRow;
-use memory::{place, Memory, Rows};
+use memory::{Memory, Rows};
 pub use ranks::EmulatedRanks;
-
-/// A program built for the emulator once, run for any number of steps.
-pub struct EmulatedProgram {
-    graph: Graph,
-    program: Program,
-    emulator: Emulator,
-}
 
 /// What one emulated run gives: every node's check, and the logits (`[rows, vocab]`, f32).
 pub struct EmulatedRun {
@@ -69,67 +63,6 @@ struct NodeRun {
     operands: HashMap<usize, usize>,
     output: usize,
     kernels: Vec<String>,
-}
-
-impl EmulatedProgram {
-    /// Builds `program` (emitted from `graph`) for the host with `checker`.
-    pub fn build(graph: &Graph, program: Program, checker: Checker) -> Result<EmulatedProgram, EmuError> {
-        let kernels: Vec<KernelSource> =
-            program.kernels.iter().map(|k| KernelSource { name: k.name.clone(), source: k.source.clone() }).collect();
-        let emulator = Emulator::build(&kernels, PRELUDE, checker)?;
-        Ok(EmulatedProgram { graph: graph.clone(), program, emulator })
-    }
-
-    fn part(&self) -> Part<'_> {
-        Part { graph: &self.graph, program: &self.program }
-    }
-
-    /// Runs `tokens` after `at` cached ones whose keys and values `caches` holds (by cache
-    /// input name, `[at, ...]` each, as the CPU backend keeps them), launch by launch.
-    pub fn run(
-        &self,
-        weights: &dyn WeightSource,
-        caches: &HashMap<String, Tensor>,
-        tokens: &[u32],
-        at: usize,
-        options: &EmulationOptions,
-    ) -> Result<EmulatedRun, CudaError> {
-        self.run_rows(weights, &Rows::One { caches, tokens, at }, options)
-    }
-
-    /// Runs a batched decode step (a program emitted with `rows_are_sequences`): row i is
-    /// `rows[i]`'s token at its position, its sequence's keys and values read through a block
-    /// table of its own. Nodes that read or write the caches are checked through the logits
-    /// only (the evaluator would take the rows for one sequence's tokens); every other node
-    /// is checked as in [`EmulatedProgram::run`].
-    pub fn run_batch(
-        &self,
-        weights: &dyn WeightSource,
-        rows: &[BatchRow],
-        options: &EmulationOptions,
-    ) -> Result<EmulatedRun, CudaError> {
-        self.run_rows(weights, &Rows::Own(rows), options)
-    }
-
-    fn run_rows(
-        &self,
-        weights: &dyn WeightSource,
-        rows: &Rows<'_>,
-        options: &EmulationOptions,
-    ) -> Result<EmulatedRun, CudaError> {
-        let b = rows.bindings();
-        let part = self.part();
-        if !self.program.exchanges.is_empty() {
-            return Err(CudaError::Layout("a rank's program runs with its group (EmulatedRanks)".into()));
-        }
-        let memory = place(&self.graph, &self.program, &part.storages(), weights, rows, options.block_tokens)?;
-        let Steps { steps, nodes, .. } = part.steps(&memory, &b, options.pdl, &|k| k)?;
-        let dumps = self
-            .emulator
-            .run_steps(&memory.buffers, &memory.pointers, &steps, options.schedule)
-            .map_err(|e| CudaError::Emulation(e.to_string()))?;
-        part.checks(weights, &b, &nodes, dumps, matches!(rows, Rows::Own(_)), &[])
-    }
 }
 
 /// One program over its graph: a whole model's, or one rank's of a group.

@@ -24,7 +24,7 @@ pub use check::{check_prefill, check_step, NodeCheck};
 pub use decoder::{CudaDecoder, DecoderGraphs, DecoderOptions, JitReport, StepOutput};
 pub use device::{probe, DeviceBuffer, DeviceInfo, Gpu};
 pub use device_weights::{DeviceWeights, WeightBytes};
-pub use emulated::{BatchRow as EmulatedRow, EmulatedProgram, EmulatedRanks, EmulatedRun, EmulationOptions};
+pub use emulated::{BatchRow as EmulatedRow, EmulatedRanks, EmulatedRun, EmulationOptions};
 pub use nccl::NcclGroup;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
-//! A tensor-parallel group's rank programs run through the emulator together, in one process,
+//! Programs run through the emulator: a whole model's (a group of one), or a tensor-parallel
+//! group's rank programs together, in one process,
 //! as one device would run every rank's kernels in turn (`check-kernels --tensor-parallel`):
 //! each rank's launches up to an exchange, then the exchange as kernels in place of NCCL
 //! (`smelt_codegen::kernels::{all_reduce, all_gather}`: one launch per rank, reading every
@@ -16,7 +17,8 @@ use super::memory::{place, BatchRow, Rows};
 use super::{label, value, EmulatedRun, EmulationOptions, Part, Steps};
 use crate::cuda::CudaError;
 
-/// Every rank's program of a group, built for the emulator once, run for any number of steps.
+/// Every rank's program of a group (one: a whole model's), built for the emulator once, run
+/// for any number of steps.
 pub struct EmulatedRanks {
     ranks: Vec<(Graph, Program)>,
     /// Per rank, the emulator's index of each of its program's kernels.
@@ -67,8 +69,9 @@ impl EmulatedRanks {
         Ok(EmulatedRanks { ranks, kernel_of, exchanges, emulator })
     }
 
-    /// [`super::EmulatedProgram::run`] for the group: rank r with `weights[r]` (its slices)
-    /// and `caches[r]` (its heads); each rank's run, in rank order.
+    /// Runs `tokens` after `at` cached ones, launch by launch: rank r with `weights[r]` (its
+    /// slices) and `caches[r]` (its heads' keys and values, by cache input name, `[at, ...]`
+    /// each, as the CPU backend keeps them); each rank's run, in rank order.
     pub fn run(
         &self,
         weights: &[&dyn WeightSource],
@@ -81,8 +84,11 @@ impl EmulatedRanks {
         self.run_rows(weights, &rows, options)
     }
 
-    /// [`super::EmulatedProgram::run_batch`] for the group: `rows[r]` holds rank r's caches of
-    /// the same sequences.
+    /// Runs a batched decode step (programs emitted with `rows_are_sequences`): row i is a
+    /// sequence's token at its position, its keys and values read through a block table of
+    /// its own; `rows[r]` holds rank r's caches of the same sequences. Nodes that read or
+    /// write the caches are checked through the logits only (the evaluator would take the
+    /// rows for one sequence's tokens); every other node as in [`EmulatedRanks::run`].
     pub fn run_batch(
         &self,
         weights: &[&dyn WeightSource],
