@@ -27,7 +27,7 @@ mod memory;
 mod ranks;
 
 pub use memory::BatchRow;
-use memory::{Memory, Rows};
+use memory::Memory;
 pub use ranks::EmulatedRanks;
 
 /// What one emulated run gives: every node's check, and the logits (`[rows, vocab]`, f32).
