@@ -18,10 +18,6 @@
  * Ids are dense from 0. Each launch's parameters are pointers into buffers. */
 #pragma once
 #include <fstream>
-#include <cstddef>
-#include <sched.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <string>
 
 typedef void (*smelt_emu_kernel)(void** args);
@@ -39,42 +35,8 @@ static std::vector<unsigned int> smelt_emu_block_order(unsigned int grid, const 
   return order;
 }
 
-/* Keeps every thread of the run on one CPU no other run holds. One OS thread per CUDA thread
-   means each barrier puts most of a block to sleep and wakes it, and waking a thread on
-   another CPU costs far more than on its own (an interrupt between CPUs; in a virtual machine
-   an exit to the hypervisor). Measured on a 2-CPU VM (`check-kernels --emulate`, a decode
-   step, bounds checker): 6.6 s user + 17.3 s system spread over both CPUs, 6.7 s + 9.8 s on
-   one, in the same wall time. A CPU is held by binding an abstract socket named after it, so
-   that runs in other processes (tests run side by side) take other CPUs, and the hold ends
-   with the process however it ends. With every CPU held, or SMELT_EMU_PIN=off, the run is
-   left to the scheduler. */
-static void smelt_emu_pin() {
-  const char* pin = getenv("SMELT_EMU_PIN");
-  cpu_set_t allowed;
-  if ((pin && std::strcmp(pin, "off") == 0) || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
-  if (CPU_COUNT(&allowed) <= 1) return;
-  for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
-    if (!CPU_ISSET(cpu, &allowed)) continue;
-    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return;
-    sockaddr_un name{};
-    name.sun_family = AF_UNIX;
-    const int len = std::snprintf(name.sun_path + 1, sizeof name.sun_path - 1, "smelt-emu-cpu-%d", cpu);
-    if (bind(fd, (sockaddr*)&name, (socklen_t)(offsetof(sockaddr_un, sun_path) + 1 + len)) != 0) {
-      close(fd);
-      continue;
-    }
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(cpu, &one);
-    sched_setaffinity(0, sizeof one, &one); /* a refusal leaves the run unpinned, not wrong */
-    return; /* the socket stays open: the hold lasts as long as the process */
-  }
-}
-
 int main(int argc, char** argv) {
   if (argc != 2 && argc != 3) smelt_emu_fail("usage: emulator SCRIPT [FILL]");
-  smelt_emu_pin();
   if (argc == 3) smelt_emu_unwritten = (unsigned char)std::stoul(argv[2]);
   std::ifstream script(argv[1]);
   std::vector<unsigned char*> buffers;
