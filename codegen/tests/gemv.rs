@@ -1,7 +1,7 @@
 //! The decode GEMV (`linear_gemv`): the Qwen3-0.6B decode projections compile with NVRTC for
 //! sm_80 and sm_90 without spills; the source reads well (snapshot); and the kernel, run on
-//! the host by a small CUDA emulation (one OS thread per CUDA thread, real barriers and warp
-//! shuffles, AddressSanitizer on), computes what `ir::eval` computes for `Op::Linear`.
+//! the host by the CUDA emulator (a fiber per CUDA thread, real barriers and warp shuffles,
+//! AddressSanitizer on), computes what `ir::eval` computes for `Op::Linear`.
 //!
 //! Without libnvrtc (or a C++ compiler) these tests say so and pass, except under `CI=true`,
 //! where a missing NVRTC is a failure (.ci/run installs it).

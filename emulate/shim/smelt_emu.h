@@ -1,20 +1,22 @@
 /* smelt's CUDA emulator: generated kernels compiled as host C++ and run as a GPU would run them.
  *
- * A launch runs its blocks in a seeded order on a pool of blockDim OS threads per group of
- * blocks (one group, or under ThreadSanitizer SMELT_EMU_GROUPS running at once), one thread
- * per CUDA thread, so every barrier is real: __syncthreads is a block barrier,
- * __syncwarp and each warp collective a warp barrier (shuffles and votes exchange per-lane
- * slots between two of them). Threads that return early drop out of every barrier, as on the
- * GPU. Shared memory is host memory: static __shared__ arrays are statics (one per group),
- * the dynamic array a static arena per group, filled with ones (NaN in every float type) at
- * each block's start; under AddressSanitizer the arena past the launch's dynamic bytes is
+ * A launch runs its blocks in a seeded order, one group of blocks at a time (or under
+ * ThreadSanitizer SMELT_EMU_GROUPS at once), each CUDA thread a fiber of its own on the
+ * runner's one OS thread (smelt_emu_fiber.h), so every barrier is real: __syncthreads is a
+ * block barrier, __syncwarp and each warp collective a warp barrier (shuffles and votes
+ * exchange per-lane slots between two of them), and a fiber that reaches one runs no further
+ * until it opens. Threads that return early drop out of every barrier, as on the GPU.
+ * Shared memory is host memory: static __shared__ arrays are statics (one per group), the
+ * dynamic array a static arena per group, filled with ones (NaN in every float type) at each
+ * block's start; under AddressSanitizer the arena past the launch's dynamic bytes is
  * poisoned. Reports name each CUDA thread "b<block>.t<thread>".
  *
  * Built three ways (the runner chooses): plain; under AddressSanitizer, where every buffer is
  * a heap block of exactly its size (a read or write past it is reported with the kernel's
  * source line); or under ThreadSanitizer, where two accesses to one address by different CUDA
  * threads with no barrier between them, one a write, are reported (read-after-write and
- * write-after-read alike: TSan orders accesses by the barriers' happens-before edges).
+ * write-after-read alike: each fiber is a thread to TSan, fiber switches order nothing, and
+ * the barriers' atomics make its happens-before edges).
  *
  * Programmatic dependent launch: a launch may name buffers the previous kernel wrote; until a
  * thread's block has passed SMELT_GRID_WAIT (every thread arrived there or returned) they are
@@ -26,7 +28,6 @@
  * launch in smelt_emu_launch.h. */
 #pragma once
 #include <atomic>
-#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -34,12 +35,7 @@
 #include <cstring>
 #include <math.h>
 #include <memory>
-#include <thread>
 #include <vector>
-#include <pthread.h>
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -47,12 +43,51 @@
 #else
 #define SMELT_EMU_ASAN 0
 #endif
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define SMELT_EMU_TSAN 1
+/* The emulator's own bookkeeping (barrier counts, which fiber runs and which wait) is left out
+   of ThreadSanitizer's view: every fiber touches it, all on one OS thread. What a barrier
+   orders, it tells ThreadSanitizer itself. */
+#define SMELT_EMU_SCHEDULER __attribute__((no_sanitize_thread))
+#else
+#define SMELT_EMU_TSAN 0
+#define SMELT_EMU_SCHEDULER
+#endif
 
 struct alignas(16) uint4 { unsigned int x, y, z, w; };
 struct alignas(8) uint2 { unsigned int x, y; };
 struct smelt_emu_dim3 { unsigned int x, y, z; };
-static thread_local smelt_emu_dim3 threadIdx, blockIdx;
 static smelt_emu_dim3 blockDim, gridDim;
+
+/* What each CUDA thread has of its own (besides its stack): its indices; its group of blocks'
+   index (static __shared__ arrays are one per group, see source.rs), state and dynamic shared
+   memory (what `extern __shared__` names); the grid-dependency barrier it meets at
+   SMELT_GRID_WAIT and whether it has; its warp collectives' phase; its cp.async copies (the
+   open group, the committed groups not yet landed) and their coin. smelt_emu_self is the
+   running fiber's (smelt_emu_fiber.h): each CUDA thread touches only its own, so that
+   ThreadSanitizer, to which each fiber is a thread, sees no race in the emulator's state. */
+struct smelt_emu_group_state;
+struct smelt_emu_reveal;
+template <class F> struct smelt_emu_barrier;
+struct smelt_emu_copy { unsigned int dst; const void* src; unsigned int bytes; };
+struct smelt_emu_thread {
+  smelt_emu_dim3 thread_idx{}, block_idx{};
+  unsigned int group = 0;
+  smelt_emu_group_state* g = nullptr;
+  unsigned char* dynamic = nullptr;
+  smelt_emu_barrier<smelt_emu_reveal>* pdl = nullptr;
+  bool waited = false;
+  unsigned int phase = 0;
+  std::vector<smelt_emu_copy> open_copies;
+  std::vector<std::vector<smelt_emu_copy>> committed_copies;
+  unsigned long long coin = 0;
+};
+/* Outside a launch: the runner's. */
+static smelt_emu_thread smelt_emu_runner_thread;
+static smelt_emu_thread* smelt_emu_self = &smelt_emu_runner_thread;
+#define threadIdx (smelt_emu_self->thread_idx)
+#define blockIdx (smelt_emu_self->block_idx)
 
 static void smelt_emu_fail(const char* what) {
   fprintf(stderr, "smelt-emu: %s (block %u, thread %u)\n", what, blockIdx.x, threadIdx.x);
@@ -60,41 +95,55 @@ static void smelt_emu_fail(const char* what) {
   abort();
 }
 
-/* A barrier of n threads (std::barrier's interface): the last to arrive runs the completion
-   and opens the next phase; the others sleep on the phase word's own futex. (std::barrier
-   waits on a small pool of wait queues shared by every barrier, so each warp's phase woke
-   the block's other waiters too: most of the emulator's time.) Arrivals release and the
-   phase's opening acquires, so ThreadSanitizer orders every access before the barrier before
-   every access after it, as __syncthreads does. */
+/* Blocks the running fiber until *word no longer holds value (smelt_emu_fiber.h). */
+static void smelt_emu_block_on(const int* word, int value);
+
+/* A barrier of n threads: the last to arrive runs the completion and opens the next phase;
+   the others leave the CPU to other fibers until it opens. A thread may drop out (it
+   returned). Waiting at it orders memory (__syncthreads, __syncwarp, the grid-dependency
+   wait): to ThreadSanitizer every access before it happens before every access after it, and
+   before the completion. Meeting at it does not: warp collectives (shuffles, votes, ldmatrix,
+   mma) make the warp's lanes wait for each other but order no memory access, on the GPU as
+   here. */
 struct smelt_emu_no_completion { void operator()() noexcept {} };
 template <class F = smelt_emu_no_completion> struct smelt_emu_barrier {
   explicit smelt_emu_barrier(int n, F f = F{}) : left(n), expected(n), completion(f) {}
-  void arrive_and_wait() { arrive(false); }
-  void arrive_and_drop() { arrive(true); }
+  void arrive_and_wait() { arrive(false, true); }
+  void arrive_and_drop() { arrive(true, true); }
+  void meet() { arrive(false, false); }
 
  private:
-  std::atomic<int> phase{0}, left, dropped{0};
-  int expected;
+  int phase = 0, left, expected, dropped = 0;
   F completion;
-  void arrive(bool drop) {
-    const int ph = phase.load(std::memory_order_relaxed);
-    if (drop) dropped.fetch_add(1, std::memory_order_relaxed);
-    if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      expected -= dropped.exchange(0, std::memory_order_relaxed);
+  SMELT_EMU_SCHEDULER void arrive(bool drop, bool orders_memory) {
+#if SMELT_EMU_TSAN
+    if (orders_memory) __tsan_release(this);
+#endif
+    const int ph = phase;
+    if (drop) dropped++;
+    if (--left == 0) {
+#if SMELT_EMU_TSAN
+      __tsan_acquire(this);
+#endif
+      expected -= dropped, dropped = 0;
       completion();
-      left.store(expected, std::memory_order_relaxed);
-      phase.store(ph + 1, std::memory_order_release);
-      syscall(SYS_futex, (int*)&phase, FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+      left = expected;
+#if SMELT_EMU_TSAN
+      __tsan_release(this);
+#endif
+      phase = ph + 1;
       return;
     }
     if (drop) return;
-    while (phase.load(std::memory_order_acquire) == ph)
-      syscall(SYS_futex, (int*)&phase, FUTEX_WAIT_PRIVATE, ph, nullptr, nullptr, 0);
+    while (phase == ph) smelt_emu_block_on(&phase, ph);
+#if SMELT_EMU_TSAN
+    if (orders_memory) __tsan_acquire(this);
+#endif
   }
 };
 
-/* Blocks run SMELT_EMU_GROUPS at a time, each group on threads of its own that share nothing
-   with another group's but global memory and the kernel's atomics: no barrier orders two
+/* Blocks run SMELT_EMU_GROUPS at a time, each group's threads sharing nothing with another
+   group's but global memory and the kernel's atomics: no barrier orders two
    groups' blocks, so ThreadSanitizer sees a cross-block ordering a kernel relies on without
    making it (split-K's last block reading partials another block stored after its arrival).
    The runner builds it with 1 group but under ThreadSanitizer. */
@@ -116,26 +165,19 @@ struct smelt_emu_group_state {
   alignas(128) unsigned char dynamic[SMELT_EMU_MAX_DYNAMIC];
 };
 static smelt_emu_group_state smelt_emu_groups_state[SMELT_EMU_GROUPS];
-/* The calling thread's group: its index (static __shared__ arrays are one per group, see
-   source.rs), its state and its dynamic shared memory (what `extern __shared__` names). */
-static thread_local unsigned int smelt_emu_group;
-static thread_local smelt_emu_group_state* smelt_emu_g;
-static thread_local unsigned char* smelt_emu_dynamic;
-static thread_local smelt_emu_barrier<smelt_emu_reveal>* smelt_emu_pdl;
-static thread_local bool smelt_emu_waited;
 
-static void __syncthreads() { smelt_emu_g->block->arrive_and_wait(); }
+static void __syncthreads() { smelt_emu_self->g->block->arrive_and_wait(); }
 /* A barrier that also ORs a predicate over the block. */
 static int __syncthreads_or(int p) {
-  if (p) smelt_emu_g->or_flag.store(1);
+  if (p) smelt_emu_self->g->or_flag.store(1);
   __syncthreads();
-  const int r = smelt_emu_g->or_flag.load();
+  const int r = smelt_emu_self->g->or_flag.load();
   __syncthreads();
-  if (threadIdx.x == 0) smelt_emu_g->or_flag.store(0);
+  if (threadIdx.x == 0) smelt_emu_self->g->or_flag.store(0);
   __syncthreads();
   return r;
 }
-static void __syncwarp(unsigned int = 0xffffffffu) { smelt_emu_g->warp[threadIdx.x / 32]->arrive_and_wait(); }
+static void __syncwarp(unsigned int = 0xffffffffu) { smelt_emu_self->g->warp[threadIdx.x / 32]->arrive_and_wait(); }
 static void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 static float __fmul_rn(float a, float b) { return a * b; }
 static float __fadd_rn(float a, float b) { return a + b; }
@@ -143,17 +185,20 @@ static float __fadd_rn(float a, float b) { return a + b; }
 /* Warp collectives: each lane publishes a word, the warp meets, each reads. The slots
    alternate between two sets, so one meeting per collective is enough: a lane writes a set
    again only after the next collective's meeting, which every lane reaches after its reads of
-   that set. (The phase restarts with each block; a warp's lanes run the same collectives.) */
-static thread_local unsigned int smelt_emu_phase;
+   that set. (The phase restarts with each block; a warp's lanes run the same collectives.)
+   Slots are written and read as relaxed atomics: ThreadSanitizer sees neither a race nor an
+   ordering in them (and the compiler plain moves). */
+template <class T> static void smelt_emu_put(T* slot, T v) { __atomic_store_n(slot, v, __ATOMIC_RELAXED); }
+template <class T> static T smelt_emu_get(const T* slot) { return __atomic_load_n(slot, __ATOMIC_RELAXED); }
 template <class T> static T smelt_emu_exchange(T v, unsigned int from) {
   static_assert(sizeof(T) <= 8, "a shuffle moves one register");
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32, p = smelt_emu_phase ^= 1;
+  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32, p = smelt_emu_self->phase ^= 1;
   unsigned long long word = 0;
   std::memcpy(&word, &v, sizeof(T));
-  smelt_emu_g->slot[p][w][l] = word;
-  __syncwarp();
+  smelt_emu_put(&smelt_emu_self->g->slot[p][w][l], word);
+  smelt_emu_self->g->warp[w]->meet();
   T r;
-  word = smelt_emu_g->slot[p][w][from % 32];
+  word = smelt_emu_get(&smelt_emu_self->g->slot[p][w][from % 32]);
   std::memcpy(&r, &word, sizeof(T));
   return r;
 }
@@ -190,10 +235,10 @@ static unsigned int smelt_emu_dynamic_bytes;
    fill, for a second run whose outputs must not differ (see smelt_emu_main.h). */
 static unsigned char smelt_emu_unwritten = 0xff;
 static unsigned int smelt_emu_smem_addr(const void* p) {
-  return (unsigned int)((uintptr_t)p - (uintptr_t)smelt_emu_dynamic);
+  return (unsigned int)((uintptr_t)p - (uintptr_t)smelt_emu_self->dynamic);
 }
 static unsigned char* smelt_emu_smem_ptr(unsigned int addr) {
-  return smelt_emu_dynamic + (intptr_t)(int32_t)addr;
+  return smelt_emu_self->dynamic + (intptr_t)(int32_t)addr;
 }
 
 /* Hidden buffers (PDL): what the previous kernel wrote, until the grid-dependency wait. */
@@ -217,12 +262,12 @@ void smelt_emu_reveal::operator()() noexcept {
   }
 }
 static void smelt_emu_grid_wait() {
-  if (smelt_emu_waited) smelt_emu_fail("SMELT_GRID_WAIT twice");
-  smelt_emu_waited = true;
-  if (smelt_emu_pdl) smelt_emu_pdl->arrive_and_wait();
+  if (smelt_emu_self->waited) smelt_emu_fail("SMELT_GRID_WAIT twice");
+  smelt_emu_self->waited = true;
+  if (smelt_emu_self->pdl) smelt_emu_self->pdl->arrive_and_wait();
 }
 static void smelt_emu_grid_launch() {
-  if (!smelt_emu_waited) smelt_emu_fail("SMELT_GRID_LAUNCH before SMELT_GRID_WAIT: dependents would read unfinished inputs");
+  if (!smelt_emu_self->waited) smelt_emu_fail("SMELT_GRID_LAUNCH before SMELT_GRID_WAIT: dependents would read unfinished inputs");
 }
 
 /* ---- The PTX twins' machinery (smelt_emu_ptx.h defines the prelude's names on it). ---- */
@@ -230,13 +275,9 @@ static void smelt_emu_grid_launch() {
 enum smelt_emu_landing_mode { SMELT_EMU_LATE, SMELT_EMU_EARLY, SMELT_EMU_RANDOM };
 static smelt_emu_landing_mode smelt_emu_landing = SMELT_EMU_LATE;
 static unsigned long long smelt_emu_seed;
-struct smelt_emu_copy { unsigned int dst; const void* src; unsigned int bytes; };
-static thread_local std::vector<smelt_emu_copy> smelt_emu_open_group;
-static thread_local std::vector<std::vector<smelt_emu_copy>> smelt_emu_groups;
-static thread_local unsigned long long smelt_emu_coin_state;
 static bool smelt_emu_coin() {
   /* splitmix64 over (seed, block, thread, draw). */
-  unsigned long long z = (smelt_emu_coin_state += 0x9e3779b97f4a7c15ull);
+  unsigned long long z = (smelt_emu_self->coin += 0x9e3779b97f4a7c15ull);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return ((z ^ (z >> 31)) & 1) != 0;
@@ -255,35 +296,37 @@ static void smelt_emu_cp16(unsigned int dst, const void* src, unsigned int bytes
   smelt_emu_check_smem(dst, 16, "cp.async past the dynamic shared memory");
   const bool early = smelt_emu_landing == SMELT_EMU_EARLY || (smelt_emu_landing == SMELT_EMU_RANDOM && smelt_emu_coin());
   if (early) smelt_emu_land({dst, src, bytes});
-  else smelt_emu_open_group.push_back({dst, src, bytes});
+  else smelt_emu_self->open_copies.push_back({dst, src, bytes});
 }
 static void smelt_emu_commit() {
-  smelt_emu_groups.push_back(std::move(smelt_emu_open_group));
-  smelt_emu_open_group.clear();
+  smelt_emu_thread& self = *smelt_emu_self;
+  self.committed_copies.push_back(std::move(self.open_copies));
+  self.open_copies.clear();
 }
 static void smelt_emu_wait(unsigned int n) {
-  while (smelt_emu_groups.size() > n) {
-    for (const smelt_emu_copy& c : smelt_emu_groups.front()) smelt_emu_land(c);
-    smelt_emu_groups.erase(smelt_emu_groups.begin());
+  auto& committed = smelt_emu_self->committed_copies;
+  while (committed.size() > n) {
+    for (const smelt_emu_copy& c : committed.front()) smelt_emu_land(c);
+    committed.erase(committed.begin());
   }
 }
 static void smelt_emu_begin_copies() {
-  smelt_emu_open_group.clear(), smelt_emu_groups.clear();
-  smelt_emu_coin_state = smelt_emu_seed ^ ((unsigned long long)blockIdx.x << 32) ^ threadIdx.x;
+  smelt_emu_self->open_copies.clear(), smelt_emu_self->committed_copies.clear();
+  smelt_emu_self->coin = smelt_emu_seed ^ ((unsigned long long)blockIdx.x << 32) ^ threadIdx.x;
 }
 static void smelt_emu_end_copies() {
-  bool open = !smelt_emu_open_group.empty();
-  for (auto& g : smelt_emu_groups) open |= !g.empty();
+  bool open = !smelt_emu_self->open_copies.empty();
+  for (auto& g : smelt_emu_self->committed_copies) open |= !g.empty();
   if (open) smelt_emu_fail("cp.async copies still in flight when the thread ended (never waited for)");
 }
 
-/* Each lane's operand words, visible to its warp after a warp barrier (in the set of this
+/* Each lane's operand words, visible to its warp once it has met (in the set of this
    collective's phase, as the exchange's slots); returns the warp's words. */
 static unsigned int (*smelt_emu_publish(const unsigned int* v, int n))[6] {
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32, p = smelt_emu_phase ^= 1;
-  for (int i = 0; i < n; i++) smelt_emu_g->operand[p][w][l][i] = v[i];
-  __syncwarp();
-  return smelt_emu_g->operand[p][w];
+  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32, p = smelt_emu_self->phase ^= 1;
+  for (int i = 0; i < n; i++) smelt_emu_put(&smelt_emu_self->g->operand[p][w][l][i], v[i]);
+  smelt_emu_self->g->warp[w]->meet();
+  return smelt_emu_self->g->operand[p][w];
 }
 static unsigned short smelt_emu_half(unsigned int addr) {
   smelt_emu_check_smem(addr, 2, "ldmatrix past the dynamic shared memory");
@@ -297,11 +340,12 @@ static void smelt_emu_ldmatrix(unsigned int addr, int matrices, bool trans, unsi
   for (int i = 0; i < matrices; i++) {
     unsigned int lo, hi;
     if (!trans) {
-      const unsigned int row = lanes[8 * i + l / 4][0];
+      const unsigned int row = smelt_emu_get(&lanes[8 * i + l / 4][0]);
       if (row % 16) smelt_emu_fail("ldmatrix: a row address is not 16-byte aligned");
       lo = smelt_emu_half(row + 4 * (l % 4)), hi = smelt_emu_half(row + 4 * (l % 4) + 2);
     } else {
-      const unsigned int r0 = lanes[8 * i + 2 * (l % 4)][0], r1 = lanes[8 * i + 2 * (l % 4) + 1][0];
+      const unsigned int r0 = smelt_emu_get(&lanes[8 * i + 2 * (l % 4)][0]);
+      const unsigned int r1 = smelt_emu_get(&lanes[8 * i + 2 * (l % 4) + 1][0]);
       if (r0 % 16 || r1 % 16) smelt_emu_fail("ldmatrix: a row address is not 16-byte aligned");
       lo = smelt_emu_half(r0 + 2 * (l / 4)), hi = smelt_emu_half(r1 + 2 * (l / 4));
     }
@@ -315,7 +359,7 @@ static void smelt_emu_mma(float* c, const unsigned int* a, unsigned int b0, unsi
   /* A[r][k] is in lane (r % 8) * 4 + (k % 8) / 2, register r / 8 + 2 (k / 8), half k % 2;
      B[k][n] in lane n * 4 + (k % 8) / 2, register 4 + k / 8, half k % 2. */
   const auto half = [&](unsigned int lane, int reg, int k) {
-    return value((unsigned short)(lanes[lane][reg] >> (16 * (k % 2))));
+    return value((unsigned short)(smelt_emu_get(&lanes[lane][reg]) >> (16 * (k % 2))));
   };
   for (int i = 0; i < 4; i++) {
     const int r = l / 4 + 8 * (i / 2), n = 2 * (l % 4) + i % 2;

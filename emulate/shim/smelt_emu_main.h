@@ -115,7 +115,6 @@ int main(int argc, char** argv) {
       smelt_emu_fail("unknown script word");
     }
   }
-  smelt_emu_pool_end();
   for (unsigned char* p : buffers) free(p);
   return 0;
 }

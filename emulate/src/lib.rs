@@ -1,11 +1,12 @@
 //! smelt's CUDA emulator: the exact CUDA C source NVRTC compiles, built as host C++ against a
-//! device shim (`shim/smelt_emu.h`: one OS thread per CUDA thread, real barriers, warp
-//! collectives per lane, the PTX smelt uses emulated from the ISA's tables in
+//! device shim (`shim/smelt_emu.h`: a fiber per CUDA thread (`shim/smelt_emu_fiber.h`), real
+//! barriers, warp collectives per lane, the PTX smelt uses emulated from the ISA's tables in
 //! `shim/smelt_emu_ptx.h`) and run launch by launch on host buffers.
 //!
 //! Checks, by build ([`Checker`]): array bounds under AddressSanitizer (every buffer a heap
 //! block of exactly its size); shared- and global-memory races between CUDA threads under
-//! ThreadSanitizer (two accesses to one address with no barrier between them, one a write);
+//! ThreadSanitizer (two accesses to one address with no barrier between them, one a write; a
+//! warp collective orders no memory, as on the GPU);
 //! in every build, `cp.async` landing at its wait, at issue, or by a seeded coin ([`Landing`]),
 //! blocks in a seeded order (under ThreadSanitizer several at once, so that an ordering between
 //! blocks the kernel does not make is a race), and programmatic dependent launch: buffers a launch names as the
@@ -32,6 +33,7 @@ use std::process::Command;
 pub use source::emulated_source;
 
 const SHIM: &str = include_str!("../shim/smelt_emu.h");
+const FIBER: &str = include_str!("../shim/smelt_emu_fiber.h");
 const LAUNCH: &str = include_str!("../shim/smelt_emu_launch.h");
 const PTX: &str = include_str!("../shim/smelt_emu_ptx.h");
 const MAIN: &str = include_str!("../shim/smelt_emu_main.h");
@@ -220,7 +222,7 @@ impl Emulator {
             .prefix("smelt-emulate-")
             .tempdir()
             .map_err(|e| EmuError::Io(format!("creating a build folder: {e}")))?;
-        let mut program = format!("{SHIM}\n{LAUNCH}");
+        let mut program = format!("{SHIM}\n{FIBER}\n{LAUNCH}");
         for (i, k) in kernels.iter().enumerate() {
             let body = emulated_source(&k.name, &k.source, prelude)?;
             // Reports name the kernel's own file and line; the rest is kernels.cc's.
@@ -293,9 +295,9 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), EmuError> {
 fn compile(src: &Path, exe: &Path, checker: Checker) -> Result<(), EmuError> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     // No FMA contraction: eval rounds every product before a sum, and so do the kernels
-    // (__fmul_rn); -g for the reports' source lines.
+    // (__fmul_rn); -g1 (line tables) for the reports' source lines.
     let mut cmd = Command::new(&cxx);
-    cmd.args(["-std=c++20", "-O1", "-g", "-ffp-contract=off", "-pthread", "-w"]).args(checker.flags());
+    cmd.args(["-std=c++20", "-O1", "-g1", "-ffp-contract=off", "-w"]).args(checker.flags());
     cmd.arg("-o").arg(exe).arg(src);
     let no_compiler = |why: String| EmuError::NoCompiler { cxx: cxx.clone(), sanitizer: checker.describe(), why };
     let out = cmd.output().map_err(|e| no_compiler(e.to_string()))?;

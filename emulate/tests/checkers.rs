@@ -1,6 +1,7 @@
 //! The emulator on small hand-written kernels: each checker finds the bug it is for (a
-//! missing barrier, a write past a buffer, a read before the grid-dependency wait, a stage
-//! read before its copies land) and passes the corrected kernel.
+//! missing barrier, a shuffle taken for one, a write past a buffer, a read before the
+//! grid-dependency wait, a stage read before its copies land) and passes the corrected kernel;
+//! a barrier that cannot open stops the run.
 
 use smelt_codegen::PRELUDE;
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, EmuError, Emulator, KernelSource, Landing, Launch, Schedule};
@@ -103,6 +104,8 @@ fn a_write_past_a_buffer_is_reported_with_its_line() {
     let launch = Launch { block: 32, ..sum_launch(0, 3) };
     let err = emu.run(&buffers, &[], &[launch], Schedule::default()).unwrap_err().to_string();
     assert!(err.contains("heap-buffer-overflow") && err.contains("shifted.cu:2"), "{err}");
+    // Thread 0 of the last block (blocks run in order) made the access.
+    assert!(err.contains("CUDA thread b2.t0"), "{err}");
 }
 
 /// `y = 2 x` where x is the previous kernel's output: read after the grid-dependency wait, or
@@ -299,4 +302,58 @@ fn a_read_of_memory_nothing_wrote_is_reported_with_the_bytes_it_reached() {
     assert!(y[..16].iter().all(|&v| v == 3.0) && y[16..].iter().all(|v| v.is_nan()), "{y:?}");
     plain.check_unwritten(true);
     assert!(plain.run(&buffers, &[], &[launch], Schedule::default()).is_err());
+}
+
+/// Lane 0 of the one warp writes a shared word; lane 1 reads it after a shuffle (`sync`:
+/// after `__syncwarp` too).
+fn handed_over(sync: bool) -> KernelSource {
+    let (name, fence) = if sync { ("handed_over", "__syncwarp();") } else { ("handed_over_racy", "") };
+    let body = format!(
+        r#"extern "C" __global__ void {name}(const float* x, float* y) {{
+  __shared__ float word;
+  if (threadIdx.x == 0u) word = x[0];
+  const float from_lane_0 = __shfl_sync(0xffffffffu, x[threadIdx.x], 0);
+  {fence}
+  if (threadIdx.x == 1u) y[0] = word + from_lane_0;
+}}
+"#
+    );
+    kernel(name, &body)
+}
+
+#[test]
+fn a_shuffle_orders_no_memory_access_but_syncwarp_does() {
+    let buffers = [Buffer::Bytes(bytes(&[2.0; 32])), Buffer::Unwritten(4)];
+    let launch = Launch {
+        kernel: 0,
+        grid: 1,
+        block: 32,
+        shared_bytes: 0,
+        args: vec![Arg::buffer(0), Arg::buffer(1)],
+        hidden: vec![],
+    };
+    let Some(racy) = build(&[handed_over(false)], Checker::Races) else { return };
+    let err = racy.run(&buffers, &[], std::slice::from_ref(&launch), Schedule::default()).unwrap_err().to_string();
+    // Line 3 writes the word, line 6 reads it: the shuffle between them orders neither.
+    assert!(err.contains("data race") && err.contains("handed_over_racy.cu:3"), "{err}");
+    assert!(err.contains("handed_over_racy.cu:6"), "{err}");
+    let Some(fenced) = build(&[handed_over(true)], Checker::Races) else { return };
+    let out = fenced.run(&buffers, &[], &[launch], Schedule::default()).unwrap();
+    assert_eq!(floats(&out[1]), [4.0]);
+}
+
+#[test]
+fn a_barrier_that_cannot_open_is_reported_not_waited_for() {
+    // Half the warp shuffles (a collective of all 32 lanes), the other half waits at
+    // __syncthreads: each waits for the other. A GPU hangs (or worse); the emulator stops.
+    let body = r#"extern "C" __global__ void split_warp(float* x) {
+  if (threadIdx.x < 16u) x[threadIdx.x] = __shfl_xor_sync(0xffffffffu, x[threadIdx.x], 1);
+  __syncthreads();
+}
+"#;
+    let Some(emu) = build(&[kernel("split_warp", body)], Checker::Plain) else { return };
+    let launch = Launch { kernel: 0, grid: 1, block: 32, shared_bytes: 0, args: vec![Arg::buffer(0)], hidden: vec![] };
+    let err =
+        emu.run(&[Buffer::Bytes(bytes(&[1.0; 32]))], &[], &[launch], Schedule::default()).unwrap_err().to_string();
+    assert!(err.contains("deadlock") && err.contains("b0.t0 ") && err.contains("(32 threads)"), "{err}");
 }
