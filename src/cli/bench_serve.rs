@@ -43,7 +43,10 @@ struct Timed {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(3600)).build()?;
+    // A status other than 2xx is an answer to report, not a transport error.
+    let config =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3600))).http_status_as_error(false);
+    let client: ureq::Agent = config.build().into();
     let base = a.url.trim_end_matches('/');
     let model = match &a.model {
         Some(m) => m.clone(),
@@ -78,9 +81,10 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn first_model(client: &reqwest::blocking::Client, base: &str) -> Result<String> {
+fn first_model(client: &ureq::Agent, base: &str) -> Result<String> {
     let url = format!("{base}/v1/models");
-    let models: Value = client.get(&url).send().and_then(|r| r.json()).with_context(|| format!("GET {url}"))?;
+    let models: Value =
+        client.get(&url).call().and_then(|mut r| r.body_mut().read_json()).with_context(|| format!("GET {url}"))?;
     match models["data"][0]["id"].as_str() {
         Some(id) => Ok(id.to_string()),
         None => bail!("{url} lists no model: {models}"),
@@ -89,7 +93,7 @@ fn first_model(client: &reqwest::blocking::Client, base: &str) -> Result<String>
 
 /// `total` requests over `clients` threads, each sending its next request when the last ends.
 fn run_level(
-    client: &reqwest::blocking::Client,
+    client: &ureq::Agent,
     base: &str,
     model: &str,
     a: &Args,
@@ -121,7 +125,7 @@ fn run_level(
 }
 
 /// Request `i`: a prompt of its own (so the prefix cache shares only what real traffic would).
-fn one_request(client: &reqwest::blocking::Client, base: &str, model: &str, a: &Args, i: usize) -> Result<Timed> {
+fn one_request(client: &ureq::Agent, base: &str, model: &str, a: &Args, i: usize) -> Result<Timed> {
     let words: Vec<String> = (0..a.prompt_words).map(|w| format!("w{}", (i * 7919 + w * 104729) % 5000)).collect();
     let body = json!({
         "model": model, "prompt": words.join(" "), "max_tokens": a.max_tokens, "temperature": 0.0,
@@ -129,13 +133,13 @@ fn one_request(client: &reqwest::blocking::Client, base: &str, model: &str, a: &
     });
     let url = format!("{base}/v1/completions");
     let sent = Instant::now();
-    let response = client.post(&url).json(&body).send().with_context(|| format!("POST {url}"))?;
+    let mut response = client.post(&url).send_json(&body).with_context(|| format!("POST {url}"))?;
     if !response.status().is_success() {
         let status = response.status();
-        bail!("POST {url}: {status}: {}", response.text().unwrap_or_default());
+        bail!("POST {url}: {status}: {}", response.body_mut().read_to_string().unwrap_or_default());
     }
     let (mut token_times, mut tokens) = (Vec::new(), 0);
-    for line in BufReader::new(response).lines() {
+    for line in BufReader::new(response.into_body().into_reader()).lines() {
         let line = line.with_context(|| format!("reading the stream of {url}"))?;
         let Some(data) = line.strip_prefix("data: ") else { continue };
         if data == "[DONE]" {

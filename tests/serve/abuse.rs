@@ -10,10 +10,11 @@ use serde_json::{json, Value};
 use super::*;
 
 /// Opens a stream and reads its first chunk; the response is returned still open.
-fn open_stream(server: &Server, max_tokens: usize) -> reqwest::blocking::Response {
+fn open_stream(server: &Server, max_tokens: usize) -> ureq::BodyReader<'static> {
     let body = completion("Tell me a long story", max_tokens, json!({"stream": true}));
-    let mut response = client().post(format!("{}/v1/completions", server.url)).json(&body).send().unwrap();
+    let response = client().post(format!("{}/v1/completions", server.url)).send_json(&body).unwrap();
     assert_eq!(response.status().as_u16(), 200);
+    let mut response = response.into_body().into_reader();
     let mut first = [0u8; 16];
     response.read_exact(&mut first).unwrap();
     assert_eq!(&first[..6], b"data: ");
@@ -129,7 +130,7 @@ fn past_the_waiting_queue_requests_get_429_then_recover() {
     let running = open_stream(&server, 3000);
     // The second waits (the batch holds one); it is admitted before any token comes.
     let body = completion("Tell me a long story", 3000, json!({"stream": true}));
-    let waiting = client().post(format!("{}/v1/completions", server.url)).json(&body).send().unwrap();
+    let waiting = client().post(format!("{}/v1/completions", server.url)).send_json(&body).unwrap();
     assert_eq!(waiting.status().as_u16(), 200);
     let (status, reply) = server.post("/v1/completions", &completion("Hi", 2, json!({})));
     assert_eq!(status, 429, "{reply}");
@@ -147,14 +148,14 @@ fn an_api_key_is_required_on_the_api_only() {
     let server = Server::start(&["--api-key", "sesame"]);
     let url = format!("{}/v1/completions", server.url);
     let body = completion("Hi", 2, json!({}));
-    let refused = client().post(&url).json(&body).send().unwrap();
+    let mut refused = client().post(&url).send_json(&body).unwrap();
     assert_eq!(refused.status().as_u16(), 401);
-    assert_eq!(refused.json::<Value>().unwrap()["error"]["type"], "authentication_error");
-    let wrong = client().post(&url).bearer_auth("open").json(&body).send().unwrap();
+    assert_eq!(refused.body_mut().read_json::<Value>().unwrap()["error"]["type"], "authentication_error");
+    let wrong = client().post(&url).header("Authorization", "Bearer open").send_json(&body).unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
-    let right = client().post(&url).bearer_auth("sesame").json(&body).send().unwrap();
+    let right = client().post(&url).header("Authorization", "Bearer sesame").send_json(&body).unwrap();
     assert_eq!(right.status().as_u16(), 200);
-    assert_eq!(client().get(format!("{}/health", server.url)).send().unwrap().status().as_u16(), 200);
+    assert_eq!(client().get(format!("{}/health", server.url)).call().unwrap().status().as_u16(), 200);
 }
 
 #[test]

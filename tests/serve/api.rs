@@ -10,7 +10,8 @@ fn completions_and_chat_answer_what_generate_gives_alone() {
     let server = Server::start(&[]);
     let (status, models) = server.post_bytes("/v1/models", Vec::new());
     assert_eq!(status, 405, "GET only: {models}");
-    let models: Value = client().get(format!("{}/v1/models", server.url)).send().unwrap().json().unwrap();
+    let models: Value =
+        client().get(format!("{}/v1/models", server.url)).call().unwrap().body_mut().read_json().unwrap();
     assert_eq!(models["data"][0]["id"], NAME);
 
     let want = generate_alone("The capital of France is", 12, &[]);
@@ -142,7 +143,7 @@ fn tokenize_detokenize_health_and_metrics() {
     let ids = server.post("/tokenize", &json!({"prompt": "Hello world"})).1;
     assert_eq!(ids["tokens"], json!([9707, 1879]));
     assert_eq!(server.post("/detokenize", &json!({"tokens": [9707, 1879]})).1["prompt"], "Hello world");
-    let health = client().get(format!("{}/health", server.url)).send().unwrap();
+    let health = client().get(format!("{}/health", server.url)).call().unwrap();
     assert_eq!(health.status().as_u16(), 200);
     server.post("/v1/completions", &completion("Hello", 5, json!({})));
     assert_eq!(server.metric("smelt_generation_tokens_total"), 5.0);

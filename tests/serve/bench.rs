@@ -32,7 +32,7 @@ fn bench_serve_reports_each_concurrency_level() {
     assert_eq!(server.metric("smelt_kv_blocks_used"), 0.0);
     // Prometheus text: every metric's TYPE line names a type (the hit rate's had its help
     // there), and its HELP line comes first.
-    let text = client().get(format!("{}/metrics", server.url)).send().unwrap().text().unwrap();
+    let text = get_text(&format!("{}/metrics", server.url));
     let lines: Vec<&str> = text.lines().collect();
     for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.starts_with("# TYPE ")) {
         let parts: Vec<&str> = line.split(' ').collect();

@@ -70,8 +70,5 @@ fn sixty_four_concurrent_streams_each_equal_to_the_request_alone() {
         server.metric("smelt_kv_blocks_used"),
     );
     // The figures a run reports (`--nocapture` shows them).
-    eprintln!(
-        "/metrics after the load:\n{}",
-        client().get(format!("{}/metrics", server.url)).send().unwrap().text().unwrap()
-    );
+    eprintln!("/metrics after the load:\n{}", get_text(&format!("{}/metrics", server.url)));
 }

@@ -87,29 +87,29 @@ impl Server {
     }
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = client().post(format!("{}{path}", self.url)).json(body).send().unwrap();
+        let mut response = client().post(format!("{}{path}", self.url)).send_json(body).unwrap();
         let status = response.status().as_u16();
-        (status, response.json().unwrap())
+        (status, response.body_mut().read_json().unwrap())
     }
 
     /// POSTs raw bytes; the status and the body as JSON (Null if it is not JSON).
     pub fn post_bytes(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
-        let response = client().post(format!("{}{path}", self.url)).body(body).send().unwrap();
+        let mut response = client().post(format!("{}{path}", self.url)).send(&body[..]).unwrap();
         let status = response.status().as_u16();
-        (status, response.json().unwrap_or(Value::Null))
+        (status, response.body_mut().read_json().unwrap_or(Value::Null))
     }
 
     /// A streamed request's `data:` payloads, `[DONE]` included.
     pub fn stream(&self, path: &str, body: &Value) -> Vec<String> {
-        let response = client().post(format!("{}{path}", self.url)).json(body).send().unwrap();
+        let mut response = client().post(format!("{}{path}", self.url)).send_json(body).unwrap();
         assert_eq!(response.status().as_u16(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        sse_events(&response.text().unwrap())
+        sse_events(&response.body_mut().read_to_string().unwrap())
     }
 
     /// A value of `/metrics` (the first line that starts with `name `).
     pub fn metric(&self, name: &str) -> f64 {
-        let text = client().get(format!("{}/metrics", self.url)).send().unwrap().text().unwrap();
+        let text = get_text(&format!("{}/metrics", self.url));
         let prefix = format!("{name} ");
         let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
         line[prefix.len()..].parse().unwrap()
@@ -135,8 +135,15 @@ impl Drop for Server {
     }
 }
 
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+/// An HTTP client that returns every status as a response (the tests look at 4xx bodies).
+fn client() -> ureq::Agent {
+    let config =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(120))).http_status_as_error(false);
+    config.build().into()
+}
+
+fn get_text(url: &str) -> String {
+    client().get(url).call().unwrap().body_mut().read_to_string().unwrap()
 }
 
 /// The `data:` payloads of a server-sent-events body.
