@@ -46,13 +46,14 @@
 #if defined(__SANITIZE_THREAD__)
 #include <sanitizer/tsan_interface.h>
 #define SMELT_EMU_TSAN 1
-/* The emulator's own bookkeeping (barrier counts, which fiber runs and which wait) is left out
-   of ThreadSanitizer's view: every fiber touches it, all on one OS thread. What a barrier
-   orders, it tells ThreadSanitizer itself. */
-#define SMELT_EMU_SCHEDULER __attribute__((no_sanitize_thread))
+/* Left out of ThreadSanitizer's view: the emulator's own bookkeeping (barrier counts, which
+   fiber runs and which wait), which every fiber touches, all on one OS thread (what a barrier
+   orders, it tells ThreadSanitizer itself); and mma's arithmetic, which touches only the
+   lane's registers and the warp's exchange slots. */
+#define SMELT_EMU_NO_TSAN __attribute__((no_sanitize_thread))
 #else
 #define SMELT_EMU_TSAN 0
-#define SMELT_EMU_SCHEDULER
+#define SMELT_EMU_NO_TSAN
 #endif
 
 struct alignas(16) uint4 { unsigned int x, y, z, w; };
@@ -64,7 +65,7 @@ static smelt_emu_dim3 blockDim, gridDim;
    index (static __shared__ arrays are one per group, see source.rs), state and dynamic shared
    memory (what `extern __shared__` names); the grid-dependency barrier it meets at
    SMELT_GRID_WAIT and whether it has; its warp collectives' phase; its cp.async copies (the
-   open group, the committed groups not yet landed) and their coin. smelt_emu_self is the
+   open group, the committed groups not yet landed) and their coin. smelt_emu_self() is the
    running fiber's (smelt_emu_fiber.h): each CUDA thread touches only its own, so that
    ThreadSanitizer, to which each fiber is a thread, sees no race in the emulator's state. */
 struct smelt_emu_group_state;
@@ -85,9 +86,15 @@ struct smelt_emu_thread {
 };
 /* Outside a launch: the runner's. */
 static smelt_emu_thread smelt_emu_runner_thread;
-static smelt_emu_thread* smelt_emu_self = &smelt_emu_runner_thread;
-#define threadIdx (smelt_emu_self->thread_idx)
-#define blockIdx (smelt_emu_self->block_idx)
+static smelt_emu_thread* smelt_emu_running_thread = &smelt_emu_runner_thread;
+/* Read through functions out of ThreadSanitizer's view: the pointer changes at every switch
+   (the scheduler's write, which it does not see), and instrumenting each of the kernels'
+   countless reads of threadIdx was a fifth of a race check's time. */
+SMELT_EMU_NO_TSAN static smelt_emu_thread* smelt_emu_self() { return smelt_emu_running_thread; }
+SMELT_EMU_NO_TSAN static smelt_emu_dim3 smelt_emu_thread_idx() { return smelt_emu_running_thread->thread_idx; }
+SMELT_EMU_NO_TSAN static smelt_emu_dim3 smelt_emu_block_idx() { return smelt_emu_running_thread->block_idx; }
+#define threadIdx (smelt_emu_thread_idx())
+#define blockIdx (smelt_emu_block_idx())
 
 static void smelt_emu_fail(const char* what) {
   fprintf(stderr, "smelt-emu: %s (block %u, thread %u)\n", what, blockIdx.x, threadIdx.x);
@@ -115,7 +122,7 @@ template <class F = smelt_emu_no_completion> struct smelt_emu_barrier {
  private:
   int phase = 0, left, expected, dropped = 0;
   F completion;
-  SMELT_EMU_SCHEDULER void arrive(bool drop, bool orders_memory) {
+  SMELT_EMU_NO_TSAN void arrive(bool drop, bool orders_memory) {
 #if SMELT_EMU_TSAN
     if (orders_memory) __tsan_release(this);
 #endif
@@ -166,18 +173,18 @@ struct smelt_emu_group_state {
 };
 static smelt_emu_group_state smelt_emu_groups_state[SMELT_EMU_GROUPS];
 
-static void __syncthreads() { smelt_emu_self->g->block->arrive_and_wait(); }
+static void __syncthreads() { smelt_emu_self()->g->block->arrive_and_wait(); }
 /* A barrier that also ORs a predicate over the block. */
 static int __syncthreads_or(int p) {
-  if (p) smelt_emu_self->g->or_flag.store(1);
+  if (p) smelt_emu_self()->g->or_flag.store(1);
   __syncthreads();
-  const int r = smelt_emu_self->g->or_flag.load();
+  const int r = smelt_emu_self()->g->or_flag.load();
   __syncthreads();
-  if (threadIdx.x == 0) smelt_emu_self->g->or_flag.store(0);
+  if (threadIdx.x == 0) smelt_emu_self()->g->or_flag.store(0);
   __syncthreads();
   return r;
 }
-static void __syncwarp(unsigned int = 0xffffffffu) { smelt_emu_self->g->warp[threadIdx.x / 32]->arrive_and_wait(); }
+static void __syncwarp(unsigned int = 0xffffffffu) { smelt_emu_self()->g->warp[threadIdx.x / 32]->arrive_and_wait(); }
 static void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 static float __fmul_rn(float a, float b) { return a * b; }
 static float __fadd_rn(float a, float b) { return a + b; }
@@ -192,13 +199,13 @@ template <class T> static void smelt_emu_put(T* slot, T v) { __atomic_store_n(sl
 template <class T> static T smelt_emu_get(const T* slot) { return __atomic_load_n(slot, __ATOMIC_RELAXED); }
 template <class T> static T smelt_emu_exchange(T v, unsigned int from) {
   static_assert(sizeof(T) <= 8, "a shuffle moves one register");
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32, p = smelt_emu_self->phase ^= 1;
+  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32, p = smelt_emu_self()->phase ^= 1;
   unsigned long long word = 0;
   std::memcpy(&word, &v, sizeof(T));
-  smelt_emu_put(&smelt_emu_self->g->slot[p][w][l], word);
-  smelt_emu_self->g->warp[w]->meet();
+  smelt_emu_put(&smelt_emu_self()->g->slot[p][w][l], word);
+  smelt_emu_self()->g->warp[w]->meet();
   T r;
-  word = smelt_emu_get(&smelt_emu_self->g->slot[p][w][from % 32]);
+  word = smelt_emu_get(&smelt_emu_self()->g->slot[p][w][from % 32]);
   std::memcpy(&r, &word, sizeof(T));
   return r;
 }
@@ -235,10 +242,10 @@ static unsigned int smelt_emu_dynamic_bytes;
    fill, for a second run whose outputs must not differ (see smelt_emu_main.h). */
 static unsigned char smelt_emu_unwritten = 0xff;
 static unsigned int smelt_emu_smem_addr(const void* p) {
-  return (unsigned int)((uintptr_t)p - (uintptr_t)smelt_emu_self->dynamic);
+  return (unsigned int)((uintptr_t)p - (uintptr_t)smelt_emu_self()->dynamic);
 }
 static unsigned char* smelt_emu_smem_ptr(unsigned int addr) {
-  return smelt_emu_self->dynamic + (intptr_t)(int32_t)addr;
+  return smelt_emu_self()->dynamic + (intptr_t)(int32_t)addr;
 }
 
 /* Hidden buffers (PDL): what the previous kernel wrote, until the grid-dependency wait. */
@@ -262,12 +269,12 @@ void smelt_emu_reveal::operator()() noexcept {
   }
 }
 static void smelt_emu_grid_wait() {
-  if (smelt_emu_self->waited) smelt_emu_fail("SMELT_GRID_WAIT twice");
-  smelt_emu_self->waited = true;
-  if (smelt_emu_self->pdl) smelt_emu_self->pdl->arrive_and_wait();
+  if (smelt_emu_self()->waited) smelt_emu_fail("SMELT_GRID_WAIT twice");
+  smelt_emu_self()->waited = true;
+  if (smelt_emu_self()->pdl) smelt_emu_self()->pdl->arrive_and_wait();
 }
 static void smelt_emu_grid_launch() {
-  if (!smelt_emu_self->waited) smelt_emu_fail("SMELT_GRID_LAUNCH before SMELT_GRID_WAIT: dependents would read unfinished inputs");
+  if (!smelt_emu_self()->waited) smelt_emu_fail("SMELT_GRID_LAUNCH before SMELT_GRID_WAIT: dependents would read unfinished inputs");
 }
 
 /* ---- The PTX twins' machinery (smelt_emu_ptx.h defines the prelude's names on it). ---- */
@@ -277,7 +284,7 @@ static smelt_emu_landing_mode smelt_emu_landing = SMELT_EMU_LATE;
 static unsigned long long smelt_emu_seed;
 static bool smelt_emu_coin() {
   /* splitmix64 over (seed, block, thread, draw). */
-  unsigned long long z = (smelt_emu_self->coin += 0x9e3779b97f4a7c15ull);
+  unsigned long long z = (smelt_emu_self()->coin += 0x9e3779b97f4a7c15ull);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return ((z ^ (z >> 31)) & 1) != 0;
@@ -296,37 +303,37 @@ static void smelt_emu_cp16(unsigned int dst, const void* src, unsigned int bytes
   smelt_emu_check_smem(dst, 16, "cp.async past the dynamic shared memory");
   const bool early = smelt_emu_landing == SMELT_EMU_EARLY || (smelt_emu_landing == SMELT_EMU_RANDOM && smelt_emu_coin());
   if (early) smelt_emu_land({dst, src, bytes});
-  else smelt_emu_self->open_copies.push_back({dst, src, bytes});
+  else smelt_emu_self()->open_copies.push_back({dst, src, bytes});
 }
 static void smelt_emu_commit() {
-  smelt_emu_thread& self = *smelt_emu_self;
+  smelt_emu_thread& self = *smelt_emu_self();
   self.committed_copies.push_back(std::move(self.open_copies));
   self.open_copies.clear();
 }
 static void smelt_emu_wait(unsigned int n) {
-  auto& committed = smelt_emu_self->committed_copies;
+  auto& committed = smelt_emu_self()->committed_copies;
   while (committed.size() > n) {
     for (const smelt_emu_copy& c : committed.front()) smelt_emu_land(c);
     committed.erase(committed.begin());
   }
 }
 static void smelt_emu_begin_copies() {
-  smelt_emu_self->open_copies.clear(), smelt_emu_self->committed_copies.clear();
-  smelt_emu_self->coin = smelt_emu_seed ^ ((unsigned long long)blockIdx.x << 32) ^ threadIdx.x;
+  smelt_emu_self()->open_copies.clear(), smelt_emu_self()->committed_copies.clear();
+  smelt_emu_self()->coin = smelt_emu_seed ^ ((unsigned long long)blockIdx.x << 32) ^ threadIdx.x;
 }
 static void smelt_emu_end_copies() {
-  bool open = !smelt_emu_self->open_copies.empty();
-  for (auto& g : smelt_emu_self->committed_copies) open |= !g.empty();
+  bool open = !smelt_emu_self()->open_copies.empty();
+  for (auto& g : smelt_emu_self()->committed_copies) open |= !g.empty();
   if (open) smelt_emu_fail("cp.async copies still in flight when the thread ended (never waited for)");
 }
 
 /* Each lane's operand words, visible to its warp once it has met (in the set of this
    collective's phase, as the exchange's slots); returns the warp's words. */
 static unsigned int (*smelt_emu_publish(const unsigned int* v, int n))[6] {
-  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32, p = smelt_emu_self->phase ^= 1;
-  for (int i = 0; i < n; i++) smelt_emu_put(&smelt_emu_self->g->operand[p][w][l][i], v[i]);
-  smelt_emu_self->g->warp[w]->meet();
-  return smelt_emu_self->g->operand[p][w];
+  const unsigned int w = threadIdx.x / 32, l = threadIdx.x % 32, p = smelt_emu_self()->phase ^= 1;
+  for (int i = 0; i < n; i++) smelt_emu_put(&smelt_emu_self()->g->operand[p][w][l][i], v[i]);
+  smelt_emu_self()->g->warp[w]->meet();
+  return smelt_emu_self()->g->operand[p][w];
 }
 static unsigned short smelt_emu_half(unsigned int addr) {
   smelt_emu_check_smem(addr, 2, "ldmatrix past the dynamic shared memory");
@@ -352,20 +359,27 @@ static void smelt_emu_ldmatrix(unsigned int addr, int matrices, bool trans, unsi
     r[i] = lo | (hi << 16);
   }
 }
-static void smelt_emu_mma(float* c, const unsigned int* a, unsigned int b0, unsigned int b1, float (*value)(unsigned short)) {
+SMELT_EMU_NO_TSAN static void smelt_emu_mma(float* c, const unsigned int* a, unsigned int b0, unsigned int b1,
+                                             float (*value)(unsigned short)) {
   const unsigned int l = threadIdx.x % 32;
   const unsigned int mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
   unsigned int(*const lanes)[6] = smelt_emu_publish(mine, 6);
   /* A[r][k] is in lane (r % 8) * 4 + (k % 8) / 2, register r / 8 + 2 (k / 8), half k % 2;
-     B[k][n] in lane n * 4 + (k % 8) / 2, register 4 + k / 8, half k % 2. */
-  const auto half = [&](unsigned int lane, int reg, int k) {
-    return value((unsigned short)(smelt_emu_get(&lanes[lane][reg]) >> (16 * (k % 2))));
-  };
-  for (int i = 0; i < 4; i++) {
-    const int r = l / 4 + 8 * (i / 2), n = 2 * (l % 4) + i % 2;
-    for (int k = 0; k < 16; k++)
-      c[i] += half((r % 8) * 4 + (k % 8) / 2, r / 8 + 2 * (k / 8), k) * half(n * 4 + (k % 8) / 2, 4 + k / 8, k);
+     B[k][n] in lane n * 4 + (k % 8) / 2, register 4 + k / 8, half k % 2. The lane's rows of A
+     (r and r + 8) and columns of B (n and n + 1), each element widened once. (No lambda: it
+     would be a function of its own, in ThreadSanitizer's view.) */
+  float rows[2][16], columns[2][16];
+  for (int h = 0; h < 2; h++) {
+    const unsigned int r = l / 4 + 8 * h, n = 2 * (l % 4) + h;
+    for (int k = 0; k < 16; k++) {
+      const unsigned int shift = 16 * (k % 2);
+      rows[h][k] = value((unsigned short)(lanes[(r % 8) * 4 + (k % 8) / 2][r / 8 + 2 * (k / 8)] >> shift));
+      columns[h][k] = value((unsigned short)(lanes[n * 4 + (k % 8) / 2][4 + k / 8] >> shift));
+    }
   }
+  /* c0, c1 = C[r][n, n + 1], c2, c3 = C[r + 8][n, n + 1]; each a sum in k order. */
+  for (int i = 0; i < 4; i++)
+    for (int k = 0; k < 16; k++) c[i] += rows[i / 2][k] * columns[i % 2][k];
 }
 
 #define __global__

@@ -92,7 +92,7 @@ smelt_emu_switch_stack:
 
 /* The running fiber's switch is complete (AddressSanitizer's bookkeeping: the stack it came
    from, the runner's learned here, is inactive). */
-SMELT_EMU_SCHEDULER static void smelt_emu_finish_switch(void* fake_stack) {
+SMELT_EMU_NO_TSAN static void smelt_emu_finish_switch(void* fake_stack) {
 #if SMELT_EMU_ASAN
   __sanitizer_finish_switch_fiber(fake_stack, &smelt_emu_switched_from->stack, &smelt_emu_switched_from->stack_bytes);
 #else
@@ -100,10 +100,10 @@ SMELT_EMU_SCHEDULER static void smelt_emu_finish_switch(void* fake_stack) {
 #endif
 }
 
-SMELT_EMU_SCHEDULER static void smelt_emu_switch_to(smelt_emu_fiber* to) {
+SMELT_EMU_NO_TSAN static void smelt_emu_switch_to(smelt_emu_fiber* to) {
   smelt_emu_fiber* from = smelt_emu_running;
   smelt_emu_switched_from = from, smelt_emu_running = to;
-  smelt_emu_self = to == &smelt_emu_runner ? &smelt_emu_runner_thread : &to->thread;
+  smelt_emu_running_thread = to == &smelt_emu_runner ? &smelt_emu_runner_thread : &to->thread;
 #if SMELT_EMU_ASAN
   __sanitizer_start_switch_fiber(&from->asan_fake_stack, to->stack, to->stack_bytes);
 #endif
@@ -121,7 +121,7 @@ SMELT_EMU_SCHEDULER static void smelt_emu_switch_to(smelt_emu_fiber* to) {
 static void smelt_emu_deadlock();
 /* Hands the CPU to the next fiber, after the running one, that has work and is not waiting;
    to the runner once no fiber has work. Returns when the running fiber is chosen again. */
-SMELT_EMU_SCHEDULER static void smelt_emu_yield() {
+SMELT_EMU_NO_TSAN static void smelt_emu_yield() {
   const unsigned int n = smelt_emu_active, self = smelt_emu_running->id;
   for (unsigned int k = 1; k <= n; k++) {
     smelt_emu_fiber* f = smelt_emu_fibers[(self + k) % n];
@@ -134,7 +134,7 @@ SMELT_EMU_SCHEDULER static void smelt_emu_yield() {
   smelt_emu_switch_to(&smelt_emu_runner);
 }
 
-SMELT_EMU_SCHEDULER static void smelt_emu_block_on(const int* word, int value) {
+SMELT_EMU_NO_TSAN static void smelt_emu_block_on(const int* word, int value) {
   smelt_emu_fiber* self = smelt_emu_running;
   if (self == &smelt_emu_runner) smelt_emu_fail("a barrier outside a launch");
   self->wait_word = word, self->wait_value = value;
@@ -142,7 +142,7 @@ SMELT_EMU_SCHEDULER static void smelt_emu_block_on(const int* word, int value) {
   self->wait_word = nullptr;
 }
 
-SMELT_EMU_SCHEDULER static void smelt_emu_deadlock() {
+SMELT_EMU_NO_TSAN static void smelt_emu_deadlock() {
   unsigned int waiting = 0;
   fprintf(stderr, "smelt-emu: deadlock: every CUDA thread with work left waits at a barrier the others will not reach:");
   for (unsigned int i = 0; i < smelt_emu_active; i++) {
@@ -156,7 +156,7 @@ SMELT_EMU_SCHEDULER static void smelt_emu_deadlock() {
 }
 
 /* A fiber's life: each job of each launch it takes part in, then back to the scheduler. */
-[[noreturn]] SMELT_EMU_SCHEDULER static void smelt_emu_fiber_main() {
+[[noreturn]] SMELT_EMU_NO_TSAN static void smelt_emu_fiber_main() {
   smelt_emu_finish_switch(nullptr);
   for (;;) {
     smelt_emu_fiber* self = smelt_emu_running;
@@ -172,7 +172,7 @@ SMELT_EMU_SCHEDULER static void smelt_emu_deadlock() {
   }
 }
 
-SMELT_EMU_SCHEDULER static smelt_emu_fiber* smelt_emu_new_fiber(unsigned int id) {
+SMELT_EMU_NO_TSAN static smelt_emu_fiber* smelt_emu_new_fiber(unsigned int id) {
   const size_t page = (size_t)sysconf(_SC_PAGESIZE);
   void* base = mmap(nullptr, SMELT_EMU_STACK + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (base == MAP_FAILED || mprotect(base, page, PROT_NONE) != 0) smelt_emu_fail("cannot map a fiber's stack");
@@ -199,7 +199,7 @@ SMELT_EMU_SCHEDULER static smelt_emu_fiber* smelt_emu_new_fiber(unsigned int id)
 }
 
 /* Runs job(i) for i < n, each on a fiber, and returns when all have. */
-SMELT_EMU_SCHEDULER static void smelt_emu_pool_run(unsigned int n, std::function<void(unsigned int)> job) {
+SMELT_EMU_NO_TSAN static void smelt_emu_pool_run(unsigned int n, std::function<void(unsigned int)> job) {
   if (n == 0) return;
 #if SMELT_EMU_TSAN
   if (!smelt_emu_runner.tsan) smelt_emu_runner.tsan = __tsan_get_current_fiber();
@@ -220,7 +220,7 @@ SMELT_EMU_SCHEDULER static void smelt_emu_pool_run(unsigned int n, std::function
 }
 
 /* Names the running fiber's CUDA thread in ThreadSanitizer's reports. */
-SMELT_EMU_SCHEDULER static void smelt_emu_name_thread(const char* name) {
+SMELT_EMU_NO_TSAN static void smelt_emu_name_thread(const char* name) {
 #if SMELT_EMU_TSAN
   __tsan_set_fiber_name(smelt_emu_running->tsan, name);
 #else

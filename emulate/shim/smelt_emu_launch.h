@@ -27,7 +27,7 @@ static void smelt_emu_begin_block(unsigned int g) {
   }
 }
 static void smelt_emu_end_thread() {
-  smelt_emu_thread& self = *smelt_emu_self;
+  smelt_emu_thread& self = *smelt_emu_self();
   if (!self.waited && self.pdl) self.pdl->arrive_and_drop();
   self.g->warp[threadIdx.x / 32]->arrive_and_drop();
   self.g->block->arrive_and_drop();
@@ -65,7 +65,7 @@ template <class F> static void smelt_emu_run(const smelt_emu_launch& l, F kernel
   }
   smelt_emu_pool_run(groups * l.block, [&](unsigned int i) {
     const unsigned int g = i / l.block, t = i % l.block;
-    smelt_emu_thread& self = *smelt_emu_self;
+    smelt_emu_thread& self = *smelt_emu_self();
     self.group = g, self.g = &smelt_emu_groups_state[g], self.dynamic = self.g->dynamic;
     for (unsigned int k = g; k < n; k += groups) {
       self.thread_idx = {t, 0, 0}, self.block_idx = {l.order[k], 0, 0};

@@ -21,7 +21,7 @@ pub fn emulated_source(name: &str, source: &str, prelude: &str) -> Result<String
             decl.rfind(|c: char| c.is_whitespace()).ok_or_else(|| error("an extern __shared__ without a type"))?;
         let (ty, var) = (decl[..split].trim(), decl[split..].trim());
         let ty = ty.split_whitespace().filter(|w| !w.starts_with("alignas")).collect::<Vec<_>>().join(" ");
-        out.replace_range(at..=end, &format!("{ty}* const {var} = ({ty}*)smelt_emu_self->dynamic;"));
+        out.replace_range(at..=end, &format!("{ty}* const {var} = ({ty}*)smelt_emu_self()->dynamic;"));
     }
     per_group_shared(&mut out, &error)?;
     Ok(out)
@@ -66,7 +66,7 @@ fn per_group_shared(out: &mut String, error: &dyn Fn(&str) -> EmuError) -> Resul
             let _ = write!(
                 rewritten,
                 "{align}static {ty} smelt_emu_shared_{name}[SMELT_EMU_GROUPS]{dims}; \
-                 auto& {name} = smelt_emu_shared_{name}[smelt_emu_self->group];"
+                 auto& {name} = smelt_emu_shared_{name}[smelt_emu_self()->group];"
             );
         }
         out.replace_range(at..=end, &rewritten);
@@ -105,7 +105,7 @@ mod tests {
         let group = |align: &str, ty: &str, name: &str, dims: &str| {
             format!(
                 "{align}static {ty} smelt_emu_shared_{name}[SMELT_EMU_GROUPS]{dims}; \
-                 auto& {name} = smelt_emu_shared_{name}[smelt_emu_self->group];"
+                 auto& {name} = smelt_emu_shared_{name}[smelt_emu_self()->group];"
             )
         };
         let (a, b) = (group("alignas(16) ", "float", "a", "[4]"), group("alignas(16) ", "float", "b", "[4]"));
@@ -114,7 +114,7 @@ mod tests {
         assert_eq!(
             out,
             format!(
-                "__global__ void k(float* x) {{\n  uint4* const smem = (uint4*)smelt_emu_self->dynamic;\n  \
+                "__global__ void k(float* x) {{\n  uint4* const smem = (uint4*)smelt_emu_self()->dynamic;\n  \
                  {a}{b}\n  {s}\n  x[0] = 1;\n}}\n"
             )
         );
