@@ -15,8 +15,8 @@
  * a heap block of exactly its size (a read or write past it is reported with the kernel's
  * source line); or under ThreadSanitizer, where two accesses to one address by different CUDA
  * threads with no barrier between them, one a write, are reported (read-after-write and
- * write-after-read alike: each fiber is a thread to TSan, fiber switches order nothing, and
- * the barriers' atomics make its happens-before edges).
+ * write-after-read alike: each fiber is a thread to TSan, a fiber switch orders nothing, and
+ * each barrier tells it what it orders; a warp collective orders nothing, as on the GPU).
  *
  * Programmatic dependent launch: a launch may name buffers the previous kernel wrote; until a
  * thread's block has passed SMELT_GRID_WAIT (every thread arrived there or returned) they are
@@ -150,8 +150,8 @@ template <class F = smelt_emu_no_completion> struct smelt_emu_barrier {
 };
 
 /* Blocks run SMELT_EMU_GROUPS at a time, each group's threads sharing nothing with another
-   group's but global memory and the kernel's atomics: no barrier orders two
-   groups' blocks, so ThreadSanitizer sees a cross-block ordering a kernel relies on without
+   group's but global memory and the kernel's atomics: no barrier orders two groups' blocks,
+   so ThreadSanitizer sees a cross-block ordering a kernel relies on without
    making it (split-K's last block reading partials another block stored after its arrival).
    The runner builds it with 1 group but under ThreadSanitizer. */
 #ifndef SMELT_EMU_GROUPS
