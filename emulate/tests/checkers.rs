@@ -324,14 +324,7 @@ fn handed_over(sync: bool) -> KernelSource {
 #[test]
 fn a_shuffle_orders_no_memory_access_but_syncwarp_does() {
     let buffers = [Buffer::Bytes(bytes(&[2.0; 32])), Buffer::Unwritten(4)];
-    let launch = Launch {
-        kernel: 0,
-        grid: 1,
-        block: 32,
-        shared_bytes: 0,
-        args: vec![Arg::buffer(0), Arg::buffer(1)],
-        hidden: vec![],
-    };
+    let launch = Launch { block: 32, ..sum_launch(0, 1) };
     let Some(racy) = build(&[handed_over(false)], Checker::Races) else { return };
     let err = racy.run(&buffers, &[], std::slice::from_ref(&launch), Schedule::default()).unwrap_err().to_string();
     // Line 3 writes the word, line 6 reads it: the shuffle between them orders neither.
