@@ -4,7 +4,8 @@
 
 mod common;
 
-use smelt_codegen::kernels::{decode_attention, decode_attention_scratch_bytes, AttentionSpec, View};
+use smelt_codegen::kernels::attention::{decode_attention, decode_attention_scratch_bytes, AttentionSpec};
+use smelt_codegen::kernels::View;
 use smelt_codegen::{Kernel, Params, PRELUDE};
 use smelt_ir::{Bindings, DType};
 

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 
 use common::emulated;
 use common::faults::{Caught, Fault};
-use smelt_codegen::kernels::{decode_attention, decode_attention_scratch_bytes, AttentionSpec, View};
+use smelt_codegen::kernels::attention::{decode_attention, decode_attention_scratch_bytes, AttentionSpec};
+use smelt_codegen::kernels::View;
 use smelt_codegen::{Kernel, Params};
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, EmuError, Emulator, Launch, Schedule};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, FusedOp, NodeId, Op, Shape, Tensor};

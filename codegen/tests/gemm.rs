@@ -9,7 +9,8 @@ mod common;
 #[path = "gemm/emulation.rs"]
 mod emulation;
 
-use smelt_codegen::kernels::{linear_gemm, GemmSpec, Grid, Kernel, SplitK, View};
+use smelt_codegen::kernels::gemm::{linear_gemm, GemmSpec};
+use smelt_codegen::kernels::{Grid, Kernel, SplitK, View};
 use smelt_codegen::PRELUDE;
 use smelt_ir::{shape, BinaryOp, Bindings, DType, Expr, ExprKind, Shape, Sym};
 

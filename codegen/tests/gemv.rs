@@ -10,7 +10,8 @@ mod common;
 #[path = "gemv/emulation.rs"]
 mod emulation;
 
-use smelt_codegen::kernels::{linear_gemv, GemvSpec, Grid, Kernel, View};
+use smelt_codegen::kernels::gemv::{linear_gemv, GemvSpec};
+use smelt_codegen::kernels::{Grid, Kernel, View};
 use smelt_codegen::PRELUDE;
 use smelt_ir::{shape, BinaryOp, DType, Expr, ExprKind, Shape};
 

@@ -12,9 +12,10 @@ use std::collections::HashMap;
 
 use common::emulated;
 
-use smelt_codegen::kernels::{
-    argmax, gather, kv_append, norm_rope, norm_rope_kv_append, partial_gather, rmsnorm, Grid, View,
-};
+use smelt_codegen::kernels::argmax::argmax;
+use smelt_codegen::kernels::gather::{gather, partial_gather};
+use smelt_codegen::kernels::norm::{kv_append, norm_rope, norm_rope_kv_append, rmsnorm};
+use smelt_codegen::kernels::{Grid, View};
 use smelt_codegen::{Kernel, PRELUDE};
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, Launch, Schedule};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, Dim, FusedOp, NodeId, Op, Shape, Sym, Tensor};

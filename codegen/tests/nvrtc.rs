@@ -4,7 +4,8 @@
 
 mod common;
 
-use smelt_codegen::kernels::{all_gather, all_reduce, elementwise};
+use smelt_codegen::kernels::elementwise::elementwise;
+use smelt_codegen::kernels::exchange::{all_gather, all_reduce};
 use smelt_codegen::{Arch, NvrtcError};
 use smelt_ir::{shape, BinaryOp, DType, Expr, ExprKind, Shape, Sym, UnaryOp};
 

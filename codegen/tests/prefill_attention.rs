@@ -4,7 +4,9 @@
 
 mod common;
 
-use smelt_codegen::kernels::{prefill_attention, AttentionSpec, PrefillAttentionSpec, View};
+use smelt_codegen::kernels::attention::AttentionSpec;
+use smelt_codegen::kernels::prefill_attention::{prefill_attention, PrefillAttentionSpec};
+use smelt_codegen::kernels::View;
 use smelt_codegen::{Kernel, PRELUDE};
 use smelt_ir::{Bindings, DType};
 

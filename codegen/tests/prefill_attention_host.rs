@@ -18,7 +18,8 @@ use std::collections::HashMap;
 
 use common::emulated;
 use common::faults::{Caught, Fault};
-use smelt_codegen::kernels::{prefill_attention, PrefillAttentionSpec, View};
+use smelt_codegen::kernels::prefill_attention::{prefill_attention, PrefillAttentionSpec};
+use smelt_codegen::kernels::View;
 use smelt_codegen::Kernel;
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, EmuError, Emulator, Landing, Launch, Schedule};
 use smelt_ir::{shape, Bindings, Bound, Builder, DType, FusedOp, NodeId, Op, Shape, Tensor};

@@ -5,7 +5,8 @@
 
 mod common;
 
-use smelt_codegen::kernels::{reduce, Kernel};
+use smelt_codegen::kernels::reduce::reduce;
+use smelt_codegen::kernels::Kernel;
 use smelt_codegen::{emit, PRELUDE};
 use smelt_ir::{shape, Bindings, Builder, DType, ReduceOp, Sym};
 

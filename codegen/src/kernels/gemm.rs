@@ -27,9 +27,10 @@
 //!
 //! Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type";
 //! g = lane >> 2, t = lane & 3; a register's low half holds the lower-indexed element):
-//! - A (16 x 16, row-major): a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1],
-//!   a2 = A[g][2t+8, 2t+9], a3 = A[g+8][2t+8, 2t+9].
-//! - B (16 x 8, "col": B[k][n] = wt row n, value k): b0 = B[2t, 2t+1][g], b1 = B[2t+8, 2t+9][g].
+//! - A (16 x 16, row-major): `a0 = A[g][2t, 2t+1]`, `a1 = A[g+8][2t, 2t+1]`,
+//!   `a2 = A[g][2t+8, 2t+9]`, `a3 = A[g+8][2t+8, 2t+9]`.
+//! - B (16 x 8, "col": `B[k][n]` = wt row n, value k): `b0 = B[2t, 2t+1][g]`,
+//!   `b1 = B[2t+8, 2t+9][g]`.
 //!   Weight row n's K values are contiguous, so a B fragment is a row of the weight tile, as an
 //!   A fragment is a row of the x tile: neither needs `ldmatrix .trans`.
 //! - C (16 x 8, f32): c0, c1 = C[g][2t, 2t+1]; c2, c3 = C[g+8][2t, 2t+1].

@@ -10,29 +10,21 @@
 //! KV caches are paged: a cache (one layer's K or V) is physically
 //! `[blocks, block_tokens, KVH, D]`; logical position `p` lives in block
 //! `step->block_table[p / step->block_tokens]`, row `p % step->block_tokens`.
+//!
+//! Each kind's emitters (and its support rules) are a module of their own, named by callers
+//! through it (`kernels::norm::norm_rope`): a kernel added to a module is listed nowhere else.
 
-mod argmax;
-mod attention;
-mod elementwise;
+pub mod argmax;
+pub mod attention;
+pub mod elementwise;
 mod epilogue;
-mod exchange;
-mod gather;
-mod gemm;
-mod gemv;
-mod norm;
-mod prefill_attention;
-mod reduce;
-
-pub use argmax::argmax;
-pub use attention::{decode_attention, decode_attention_scratch, decode_attention_scratch_bytes, AttentionSpec};
-pub use elementwise::elementwise;
-pub use exchange::{all_gather, all_reduce};
-pub use gather::{gather, partial_gather};
-pub use gemm::{gemm_split_k, gemm_unsupported, linear_gemm, GemmSpec, GEMM_SLOT_BYTES};
-pub use gemv::{gemv_unsupported, linear_gemv, GemvSpec};
-pub use norm::{kv_append, norm_rope, norm_rope_kv_append, norm_rope_unsupported, rmsnorm};
-pub use prefill_attention::{prefill_attention, PrefillAttentionSpec};
-pub use reduce::reduce;
+pub mod exchange;
+pub mod gather;
+pub mod gemm;
+pub mod gemv;
+pub mod norm;
+pub mod prefill_attention;
+pub mod reduce;
 
 use smelt_ir::{Bindings, DType, Dim, Shape, Sym};
 

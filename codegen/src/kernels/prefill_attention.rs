@@ -27,7 +27,7 @@
 //! col 2c, 2c+1), (row g+8, col 2c, 2c+1). A 32-bit register holds its lower-indexed element in
 //! its low half. `ldmatrix.x4` gives register i the 8x8 matrix whose row addresses lanes
 //! 8i..8i+7 supply: lane gets row lane/4, cols 2(lane%4)+{0,1}; with `.trans` it gets rows
-//! 2(lane%4)+{0,1} of col lane/4. K rows ([key][d]) read plainly are B fragments of K^T, V rows
+//! 2(lane%4)+{0,1} of col lane/4. K rows (`[key][d]`) read plainly are B fragments of K^T, V rows
 //! read transposed are B fragments of V, and S's C fragments re-packed are P's A fragments.
 //!
 //! Shared tiles are [64 rows][128 d] of 16-bit values, each row 16 chunks of 16 bytes; chunk c
@@ -45,7 +45,8 @@
 
 use smelt_ir::{shape, DType, Sym};
 
-use super::{AttentionSpec, Grid, Kernel, Launch, Params, View, GRID_WAIT};
+use super::attention::AttentionSpec;
+use super::{Grid, Kernel, Launch, Params, View, GRID_WAIT};
 use crate::expr::f32_literal;
 use crate::{Template, PRELUDE};
 

@@ -5,7 +5,9 @@
 use smelt_ir::{DType, Dim, FusedOp, Graph, Node, NodeId, Op, Shape, Sym};
 
 use super::{bytes, resolve_view, CodegenError, EmitOptions, ATTENTION_SPLIT_TOKENS, ONE_TOKEN};
-use crate::kernels::{self, AttentionSpec, GemvSpec, Kernel, View};
+use crate::kernels::attention::AttentionSpec;
+use crate::kernels::gemv::GemvSpec;
+use crate::kernels::{self, Kernel, View};
 
 /// A node being planned, and what every kind asks of it.
 pub(crate) struct NodeCtx<'g> {
@@ -166,7 +168,7 @@ fn gemm(n: &NodeCtx, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, Codeg
     let (nw, k) = n.weight_nk(1)?;
     let extras = n.types_from(2);
     let dtype = n.operand(1).dtype;
-    let spec = kernels::GemmSpec {
+    let spec = kernels::gemm::GemmSpec {
         k,
         n: nw,
         dtype,
@@ -176,12 +178,12 @@ fn gemm(n: &NodeCtx, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, Codeg
         out_dtype: n.node.dtype,
         split_k: n.options.variants.split_k,
     };
-    if let Some(why) = kernels::gemm_unsupported(&spec) {
+    if let Some(why) = kernels::gemm::gemm_unsupported(&spec) {
         n.supported(false, &why)?;
     }
     let kind = if epilogue.is_some() { "gemm_epilogue" } else { "gemm" };
     // FLOPs at one new token, like every cost here (multiply by T).
-    Ok(Planned::one(kernels::linear_gemm(&n.name(kind), &spec), 2 * (nw * k) as u64))
+    Ok(Planned::one(kernels::gemm::linear_gemm(&n.name(kind), &spec), 2 * (nw * k) as u64))
 }
 
 fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, CodegenError> {
@@ -196,7 +198,7 @@ fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::E
     n.supported(fixed_rows, "a prefill matmul whose x is neither T whole rows nor the last row")?;
     let rows = xs.resolve(&ONE_TOKEN)[..xs.rank() - 1].iter().product();
     let dtype = n.operand(1).dtype;
-    if let Some(why) = kernels::gemv_unsupported(rows, k, dtype) {
+    if let Some(why) = kernels::gemv::gemv_unsupported(rows, k, dtype) {
         n.supported(false, &why)?;
     }
     let spec = GemvSpec {
@@ -212,7 +214,7 @@ fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::E
         l2_prefetch: n.options.variants.l2_prefetch,
     };
     let kind = if norm_eps.is_some() { "gemv_rmsnorm" } else { "gemv" };
-    Ok(Planned::one(kernels::linear_gemv(&n.name(kind), &spec), 2 * (rows * nw * k) as u64))
+    Ok(Planned::one(kernels::gemv::linear_gemv(&n.name(kind), &spec), 2 * (rows * nw * k) as u64))
 }
 
 fn matmul_gemv(n: &NodeCtx) -> Result<Planned, CodegenError> {
@@ -222,7 +224,7 @@ fn matmul_gemv(n: &NodeCtx) -> Result<Planned, CodegenError> {
     let (nw, k) = n.weight_nk(1)?;
     n.read_before_wait(1)?;
     let dtype = n.node.dtype;
-    if let Some(why) = kernels::gemv_unsupported(1, k, dtype) {
+    if let Some(why) = kernels::gemv::gemv_unsupported(1, k, dtype) {
         n.supported(false, &why)?;
     }
     let spec = GemvSpec {
@@ -237,20 +239,20 @@ fn matmul_gemv(n: &NodeCtx) -> Result<Planned, CodegenError> {
         out_dtype: dtype,
         l2_prefetch: n.options.variants.l2_prefetch,
     };
-    Ok(Planned::one(kernels::linear_gemv(&n.name("gemv"), &spec), 2 * (nw * k) as u64))
+    Ok(Planned::one(kernels::gemv::linear_gemv(&n.name("gemv"), &spec), 2 * (nw * k) as u64))
 }
 
 fn norm_rope(n: &NodeCtx, eps: f32, append: bool) -> Result<Planned, CodegenError> {
     let s = &n.operand(0).shape;
     let (heads, d) = (n.fixed(s.dims()[1])?, n.fixed(s.dims()[2])?);
-    if let Some(why) = kernels::norm_rope_unsupported(d) {
+    if let Some(why) = kernels::norm::norm_rope_unsupported(d) {
         n.supported(false, &why)?;
     }
     let (dtype, view) = (n.node.dtype, n.view(0));
     let kernel = if append {
-        kernels::norm_rope_kv_append(&n.name("norm_rope_kv_append"), heads, d, dtype, eps, view)
+        kernels::norm::norm_rope_kv_append(&n.name("norm_rope_kv_append"), heads, d, dtype, eps, view)
     } else {
-        kernels::norm_rope(&n.name("norm_rope"), heads, d, dtype, eps, view)
+        kernels::norm::norm_rope(&n.name("norm_rope"), heads, d, dtype, eps, view)
     };
     Ok(Planned::one(kernel, 0))
 }
@@ -258,7 +260,7 @@ fn norm_rope(n: &NodeCtx, eps: f32, append: bool) -> Result<Planned, CodegenErro
 fn kv_append(n: &NodeCtx) -> Result<Planned, CodegenError> {
     let s = &n.operand(1).shape;
     let (heads, d) = (n.fixed(s.dims()[1])?, n.fixed(s.dims()[2])?);
-    Ok(Planned::one(kernels::kv_append(&n.name("kv_append"), heads, d, n.node.dtype, n.view(1)), 0))
+    Ok(Planned::one(kernels::norm::kv_append(&n.name("kv_append"), heads, d, n.node.dtype, n.view(1)), 0))
 }
 
 fn attention(n: &NodeCtx, scale: f32, norm_rope_eps: Option<f32>) -> Result<Planned, CodegenError> {
@@ -287,29 +289,29 @@ fn attention(n: &NodeCtx, scale: f32, norm_rope_eps: Option<f32>) -> Result<Plan
     // otherwise the decode kernel, which is correct for any T (but reads the cache once per
     // query token). A batched decode step's rows are sequences of their own: decode kernel.
     let one_sequence = !n.options.rows_are_sequences;
-    if !n.decode && one_sequence && kernels::PrefillAttentionSpec::supports(spec.d, dtype) {
-        let prefill = kernels::PrefillAttentionSpec::from(&spec);
-        let kernel = kernels::prefill_attention(&n.name("prefill_attention"), &prefill);
+    if !n.decode && one_sequence && kernels::prefill_attention::PrefillAttentionSpec::supports(spec.d, dtype) {
+        let prefill = kernels::prefill_attention::PrefillAttentionSpec::from(&spec);
+        let kernel = kernels::prefill_attention::prefill_attention(&n.name("prefill_attention"), &prefill);
         planned.kernels.push(kernel);
         return Ok(planned);
     }
     if let Some(why) = spec.unsupported() {
         n.supported(false, &why)?;
     }
-    planned.kernels = kernels::decode_attention(&n.name("attention"), &spec);
+    planned.kernels = kernels::attention::decode_attention(&n.name("attention"), &spec);
     Ok(planned)
 }
 
 fn rmsnorm(n: &NodeCtx, eps: f32) -> Result<Planned, CodegenError> {
     let s = &n.node.shape;
     let d = n.fixed(*s.dims().last().expect("rank >= 1"))?;
-    Ok(Planned::one(kernels::rmsnorm(&n.name("rmsnorm"), s.dims()[0], d, n.node.dtype, eps, n.view(0)), 0))
+    Ok(Planned::one(kernels::norm::rmsnorm(&n.name("rmsnorm"), s.dims()[0], d, n.node.dtype, eps, n.view(0)), 0))
 }
 
 fn gather(n: &NodeCtx) -> Result<Planned, CodegenError> {
     let d = n.fixed(n.operand(0).shape.dims()[1])?;
     let node = n.node;
-    let mut planned = Planned::one(kernels::gather(&n.name("gather"), node.shape.dims()[0], d, node.dtype), 0);
+    let mut planned = Planned::one(kernels::gather::gather(&n.name("gather"), node.shape.dims()[0], d, node.dtype), 0);
     // Only the gathered rows of the table are read.
     planned.weight_bytes = Some(bytes(&node.shape, node.dtype, &ONE_TOKEN));
     Ok(planned)
@@ -318,8 +320,14 @@ fn gather(n: &NodeCtx) -> Result<Planned, CodegenError> {
 fn partial_gather(n: &NodeCtx, start: usize) -> Result<Planned, CodegenError> {
     let (part_rows, d) = n.weight_nk(0)?;
     let node = n.node;
-    let kernel =
-        kernels::partial_gather(&n.name("partial_gather"), node.shape.dims()[0], d, node.dtype, start, part_rows);
+    let kernel = kernels::gather::partial_gather(
+        &n.name("partial_gather"),
+        node.shape.dims()[0],
+        d,
+        node.dtype,
+        start,
+        part_rows,
+    );
     let mut planned = Planned::one(kernel, 0);
     // At most the gathered rows of the table are read.
     planned.weight_bytes = Some(bytes(&node.shape, node.dtype, &ONE_TOKEN));
@@ -329,17 +337,17 @@ fn partial_gather(n: &NodeCtx, start: usize) -> Result<Planned, CodegenError> {
 fn argmax(n: &NodeCtx) -> Result<Planned, CodegenError> {
     let x = n.operand(0);
     let v = n.fixed(*x.shape.dims().last().expect("rank >= 1"))?;
-    Ok(Planned::one(kernels::argmax(&n.name("argmax"), x.shape.dims()[0], v, x.dtype), 0))
+    Ok(Planned::one(kernels::argmax::argmax(&n.name("argmax"), x.shape.dims()[0], v, x.dtype), 0))
 }
 
 fn reduce(n: &NodeCtx, op: smelt_ir::ReduceOp, axis: usize) -> Result<Planned, CodegenError> {
     let x = n.operand(0);
     n.supported(x.dtype != DType::I32 && n.node.dtype != DType::I32, "a reduction of i32")?;
-    Ok(Planned::one(kernels::reduce(&n.name("reduce"), op, (x.dtype, &x.shape), axis, n.node.dtype), 0))
+    Ok(Planned::one(kernels::reduce::reduce(&n.name("reduce"), op, (x.dtype, &x.shape), axis, n.node.dtype), 0))
 }
 
 fn elementwise(n: &NodeCtx, body: &smelt_ir::Expr) -> Result<Planned, CodegenError> {
     let inputs = n.types_from(0);
     let out = (n.node.dtype, &n.node.shape);
-    Ok(Planned::one(kernels::elementwise(&n.name("elementwise"), body, &inputs, out), 0))
+    Ok(Planned::one(kernels::elementwise::elementwise(&n.name("elementwise"), body, &inputs, out), 0))
 }

@@ -1,7 +1,8 @@
 //! The GEMM run on the host against `ir::eval` through `smelt-emulate` (CUDA and the PTX the
 //! kernel uses: `ldmatrix`, `mma`, `cp.async`), under AddressSanitizer and ThreadSanitizer.
 
-use smelt_codegen::kernels::{gemm_split_k, Grid, View};
+use smelt_codegen::kernels::gemm::gemm_split_k;
+use smelt_codegen::kernels::{Grid, View};
 use smelt_emulate::{Arg, BlockOrder, Buffer, Checker, Landing, Launch, Pointer, Schedule, Step};
 use smelt_ir::{shape, BinaryOp, DType, Expr, ExprKind, FusedOp, Shape, Sym};
 

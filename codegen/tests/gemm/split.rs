@@ -7,7 +7,8 @@
 //! [`super::compare_with_slack`] states; the same GEMMs unsplit (the A/B switch off), on the
 //! same data, land within it too.
 
-use smelt_codegen::kernels::{gemm_split_k, Grid};
+use smelt_codegen::kernels::gemm::gemm_split_k;
+use smelt_codegen::kernels::Grid;
 use smelt_ir::DType;
 
 use super::{compare_with_slack, emulate, prepare, residual, swiglu, Case, Run};

@@ -5,30 +5,23 @@
 mod elementwise;
 mod epilogue;
 mod horizontal;
-mod prologue;
-mod rmsnorm;
-mod rope;
+mod norm;
 
 pub use elementwise::FuseElementwise;
 pub use epilogue::FuseEpilogue;
 pub use horizontal::FuseHorizontal;
-pub use prologue::FuseNormPrologue;
-pub use rmsnorm::FuseRmsNorm;
-pub use rope::FuseNormRope;
+pub use norm::{FuseNormPrologue, FuseNormRope, FuseRmsNorm};
 
 /// The fusion passes, in the order the standard pipeline runs them (each followed by `Dce`): a
-/// new fusion is listed here, once. Horizontal fusion goes first so that the norms and matmuls
-/// after it see the concatenated projections; epilogues last, over the fused elementwise
-/// regions.
+/// new fusion is listed once, here or in its family's list (`norm::fusions`). Horizontal
+/// fusion goes first so that the norms and matmuls after it see the concatenated projections;
+/// epilogues last, over the fused elementwise regions.
 pub fn fusions() -> Vec<Box<dyn Pass>> {
-    vec![
-        Box::new(FuseHorizontal),
-        Box::new(FuseRmsNorm),
-        Box::new(FuseNormRope),
-        Box::new(FuseNormPrologue),
-        Box::new(FuseElementwise),
-        Box::new(FuseEpilogue),
-    ]
+    let mut passes: Vec<Box<dyn Pass>> = vec![Box::new(FuseHorizontal)];
+    passes.extend(norm::fusions());
+    passes.push(Box::new(FuseElementwise));
+    passes.push(Box::new(FuseEpilogue));
+    passes
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! own tensor-core GEMM on a large square problem. (With no cuBLAS in the project, this is
 //! the best rate smelt's kernels reach, not the device's peak; the bench labels it so.)
 
-use smelt_codegen::kernels::{gemm_unsupported, linear_gemm, GemmSpec, View};
+use smelt_codegen::kernels::gemm::{gemm_unsupported, linear_gemm, GemmSpec};
+use smelt_codegen::kernels::View;
 use smelt_codegen::{Kernel, Nvrtc};
 use smelt_ir::{Bindings, DType};
 

@@ -2,7 +2,7 @@
 //! group's rank programs together, in one process,
 //! as one device would run every rank's kernels in turn (`check-kernels --tensor-parallel`):
 //! each rank's launches up to an exchange, then the exchange as kernels in place of NCCL
-//! (`smelt_codegen::kernels::{all_reduce, all_gather}`: one launch per rank, reading every
+//! (`smelt_codegen::kernels::exchange::{all_reduce, all_gather}`: one launch per rank, reading every
 //! rank's part), and so on. Each rank's nodes are checked against `ir::eval` as a whole
 //! program's are; each exchange's output on every rank against the evaluator's collective
 //! (`sum_in_rank_order`, `gather_in_rank_order`) over the parts the ranks' kernels wrote.
@@ -259,8 +259,8 @@ struct Script {
 fn exchange_kernel(g: &Graph, x: &Exchange) -> Result<Kernel, CudaError> {
     let part = g.node(x.operand_id);
     match g.node(x.node_id).op {
-        Op::AllReduce { world } => Ok(kernels::all_reduce(world, part.dtype, &part.shape)),
-        Op::AllGather { axis, world } => Ok(kernels::all_gather(world, part.dtype, &part.shape, axis)),
+        Op::AllReduce { world } => Ok(kernels::exchange::all_reduce(world, part.dtype, &part.shape)),
+        Op::AllGather { axis, world } => Ok(kernels::exchange::all_gather(world, part.dtype, &part.shape, axis)),
         ref op => Err(CudaError::Layout(format!("{} is not an exchange", op.kind()))),
     }
 }

@@ -1,12 +1,91 @@
-//! Q/K norm + RoPE: `x*cos + rotate_half(x)*sin` over an RMSNorm'd `x`, with the cos/sin
-//! tables computed from the positions, becomes one `NormRope` that computes the tables
-//! itself. Then the op that consumes it absorbs it: a KV append (`NormRope { append }`, the
-//! K-cache write) or attention's queries (`NormRopeAttention`).
+//! The norm family's fusions, in the order they run ([`fusions`]):
+//! - [`FuseRmsNorm`]: RMSNorm from its primitive chain, as `models::qwen3` declares HF's
+//!   Qwen3RMSNorm: `mul(w, cast?(mul(x32, rsqrt(add(mean(square(x32)), eps)))))` with
+//!   `x32 = cast?(x)`.
+//! - [`FuseNormRope`]: Q/K norm + RoPE: `x*cos + rotate_half(x)*sin` over an RMSNorm'd `x`,
+//!   with the cos/sin tables computed from the positions, becomes one `NormRope` that computes
+//!   the tables itself. Then the op that consumes it absorbs it: a KV append
+//!   (`NormRope { append }`, the K-cache write) or attention's queries (`NormRopeAttention`).
+//! - [`FuseNormPrologue`]: RMSNorm folded into the matmuls that consume it, as their
+//!   prologue. Only in decode graphs (`T` pinned to 1): there the norm of one row is nearly
+//!   free inside a GEMV and saves a kernel and a round trip; a prefill GEMM would redo the
+//!   norm for every tile of columns.
+//!
+//! A new fusion around a norm is written here and listed in [`fusions`].
 
-use smelt_ir::{BinaryOp, Bound, FusedOp, Graph, IrError, NodeId, Op, UnaryOp};
+use smelt_ir::{BinaryOp, Bound, FusedOp, Graph, IrError, NodeId, Op, ReduceOp, Sym, UnaryOp};
 
-use super::{only_used_by, op, replace_with, through_cast, topo};
+use super::{only_used_by, op, replace_with, scalar_value, through_cast, topo};
 use crate::pass::{Pass, Report};
+
+/// The norm family's passes, in order: the norm first, then what absorbs it (RoPE before the
+/// matmul prologue, which takes the norms RoPE left).
+pub(super) fn fusions() -> [Box<dyn Pass>; 3] {
+    [Box::new(FuseRmsNorm), Box::new(FuseNormRope), Box::new(FuseNormPrologue)]
+}
+
+pub struct FuseRmsNorm;
+
+/// The operands (x, w) and eps of an RMSNorm chain rooted at `root`, if it is one.
+fn match_rmsnorm(g: &Graph, root: NodeId) -> Option<(NodeId, NodeId, f32)> {
+    if *op(g, root) != Op::Binary(BinaryOp::Mul) {
+        return None;
+    }
+    let ops = g.operands(root);
+    // mul(w, normalized) with the weight on either side.
+    [(ops[0], ops[1]), (ops[1], ops[0])].into_iter().find_map(|(w, y)| {
+        if !matches!(op(g, w), Op::Weight { .. }) {
+            return None;
+        }
+        let normalized = through_cast(g, y);
+        if *op(g, normalized) != Op::Binary(BinaryOp::Mul) {
+            return None;
+        }
+        let [x32, inv] = <[NodeId; 2]>::try_from(g.operands(normalized)).ok()?;
+        if *op(g, inv) != Op::Unary(UnaryOp::Rsqrt) {
+            return None;
+        }
+        let var = g.operands(inv)[0];
+        if *op(g, var) != Op::Binary(BinaryOp::Add) {
+            return None;
+        }
+        let [mean, eps_node] = <[NodeId; 2]>::try_from(g.operands(var)).ok()?;
+        let eps = scalar_value(g, eps_node)?;
+        let last = g.node(x32).shape.rank().checked_sub(1)?;
+        if *op(g, mean) != (Op::Reduce { op: ReduceOp::Mean, axis: last }) {
+            return None;
+        }
+        let sq = g.operands(mean)[0];
+        if *op(g, sq) != Op::Unary(UnaryOp::Square) || g.operands(sq)[0] != x32 {
+            return None;
+        }
+        let x = through_cast(g, x32);
+        // The fused op keeps x's dtype throughout; the chain must end where it began.
+        (g.node(x).dtype == g.node(root).dtype && g.node(x).shape == g.node(root).shape).then_some((x, w, eps))
+    })
+}
+
+impl Pass for FuseRmsNorm {
+    fn name(&self) -> &'static str {
+        "fuse_rmsnorm"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<Report, IrError> {
+        let mut report = Report::default();
+        for root in topo(g) {
+            if !g.contains(root) {
+                continue;
+            }
+            if let Some((x, w, eps)) = match_rmsnorm(g, root) {
+                replace_with(g, root, Op::Fused(FusedOp::RmsNorm { eps }), &[x, w]);
+                report.matched += 1;
+                report.changed += 1;
+            }
+        }
+        report.note(format!("fused {} RMSNorm chains", report.matched));
+        Ok(report)
+    }
+}
 
 pub struct FuseNormRope;
 
@@ -135,6 +214,49 @@ impl Pass for FuseNormRope {
             "fused {} norm+rope chains; {appends} into a KV append, {attentions} into attention",
             report.matched
         ));
+        Ok(report)
+    }
+}
+
+pub struct FuseNormPrologue;
+
+impl Pass for FuseNormPrologue {
+    fn name(&self) -> &'static str {
+        "fuse_norm_prologue"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<Report, IrError> {
+        let mut report = Report::default();
+        if g.pinned(Sym::NewTokens) != Some(1) {
+            report.note("not a decode graph (T is not pinned to 1): norms stay separate");
+            return Ok(report);
+        }
+        for norm in topo(g) {
+            if !g.contains(norm) {
+                continue;
+            }
+            let Op::Fused(FusedOp::RmsNorm { eps }) = *op(g, norm) else { continue };
+            let users = g.users(norm);
+            let is_output = g.outputs().iter().any(|(_, o)| *o == norm);
+            let all_matmuls =
+                users.iter().all(|&u| *op(g, u) == Op::MatMul && g.operands(u)[0] == norm && g.operands(u)[1] != norm);
+            if users.is_empty() || is_output || !all_matmuls {
+                continue;
+            }
+            let [h, w] = <[NodeId; 2]>::try_from(g.operands(norm)).expect("rmsnorm has 2 operands");
+            for mm in users {
+                let weight = g.operands(mm)[1];
+                replace_with(
+                    g,
+                    mm,
+                    Op::Fused(FusedOp::Linear { norm_eps: Some(eps), epilogue: None }),
+                    &[h, weight, w],
+                );
+                report.changed += 1;
+            }
+            report.matched += 1;
+        }
+        report.note(format!("folded {} norms into {} matmul prologues", report.matched, report.changed));
         Ok(report)
     }
 }
