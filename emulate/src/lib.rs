@@ -23,6 +23,7 @@
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod pch;
 mod run;
 mod source;
 
@@ -80,6 +81,15 @@ impl Checker {
             // Blocks run in groups at once: no barrier orders two groups' blocks.
             Checker::Races => &["-fsanitize=thread", "-DSMELT_EMU_GROUPS=4"],
         }
+    }
+
+    /// Every flag of a build: no FMA contraction (eval rounds every product before a sum, and
+    /// so do the kernels: `__fmul_rn`), `-g1` (line tables) for the reports' source lines, then
+    /// the checker's.
+    fn compile_flags(self) -> Vec<&'static str> {
+        let mut flags = vec!["-std=c++20", "-O1", "-g1", "-ffp-contract=off", "-w"];
+        flags.extend(self.flags());
+        flags
     }
 
     fn describe(self) -> &'static str {
@@ -222,14 +232,18 @@ impl Emulator {
             .prefix("smelt-emulate-")
             .tempdir()
             .map_err(|e| EmuError::Io(format!("creating a build folder: {e}")))?;
-        let mut program = format!("{SHIM}\n{FIBER}\n{LAUNCH}");
+        // The fixed part first: precompiled where the compiler allows (`pch.rs`).
+        let cxx = compiler();
+        let flags = checker.compile_flags();
+        let head = format!("{SHIM}\n{FIBER}\n{LAUNCH}\n{MAIN}");
+        let pre = pch::precompiled(&cxx, &flags, &head).and_then(|dir| pch::include_line(&dir));
+        let mut program = pre.unwrap_or(head);
         for (i, k) in kernels.iter().enumerate() {
             let body = emulated_source(&k.name, &k.source, prelude)?;
             // Reports name the kernel's own file and line; the rest is kernels.cc's.
             let _ = write!(program, "\nnamespace smelt_k{i} {{\n{prelude}\n{PTX}\n#line 1 \"{}.cu\"\n{body}\n", k.name);
             let _ = writeln!(program, "#line {} \"kernels.cc\"\n}}", program.lines().count() + 2);
         }
-        program.push_str(MAIN);
         for (i, k) in kernels.iter().enumerate() {
             let _ = writeln!(
                 program,
@@ -242,7 +256,7 @@ impl Emulator {
         let _ = writeln!(program, "const unsigned int smelt_emu_kernel_count = {};", kernels.len());
         let (src, exe) = (dir.path().join("kernels.cc"), dir.path().join("kernels"));
         write_file(&src, program.as_bytes())?;
-        compile(&src, &exe, checker)?;
+        compile(&cxx, &flags, &src, &exe, checker)?;
         let names = kernels.iter().map(|k| k.name.clone()).collect();
         Ok(Emulator { dir, exe, kernels: names, checker, unwritten: checker == Checker::Bounds })
     }
@@ -292,14 +306,15 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), EmuError> {
     std::fs::write(path, bytes).map_err(|e| EmuError::Io(format!("writing {}: {e}", path.display())))
 }
 
-fn compile(src: &Path, exe: &Path, checker: Checker) -> Result<(), EmuError> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    // No FMA contraction: eval rounds every product before a sum, and so do the kernels
-    // (__fmul_rn); -g1 (line tables) for the reports' source lines.
-    let mut cmd = Command::new(&cxx);
-    cmd.args(["-std=c++20", "-O1", "-g1", "-ffp-contract=off", "-w"]).args(checker.flags());
-    cmd.arg("-o").arg(exe).arg(src);
-    let no_compiler = |why: String| EmuError::NoCompiler { cxx: cxx.clone(), sanitizer: checker.describe(), why };
+/// `$CXX`, else `c++`.
+fn compiler() -> String {
+    std::env::var("CXX").unwrap_or_else(|_| "c++".into())
+}
+
+fn compile(cxx: &str, flags: &[&str], src: &Path, exe: &Path, checker: Checker) -> Result<(), EmuError> {
+    let mut cmd = Command::new(cxx);
+    cmd.args(flags).arg("-o").arg(exe).arg(src);
+    let no_compiler = |why: String| EmuError::NoCompiler { cxx: cxx.to_string(), sanitizer: checker.describe(), why };
     let out = cmd.output().map_err(|e| no_compiler(e.to_string()))?;
     if out.status.success() {
         return Ok(());
@@ -309,5 +324,5 @@ fn compile(src: &Path, exe: &Path, checker: Checker) -> Result<(), EmuError> {
     if log.contains("cannot find -lasan") || log.contains("cannot find -ltsan") || log.contains("unrecognized") {
         return Err(no_compiler(log.lines().take(3).collect::<Vec<_>>().join(" ")));
     }
-    Err(EmuError::Compile { cxx, path: src.to_path_buf(), log })
+    Err(EmuError::Compile { cxx: cxx.to_string(), path: src.to_path_buf(), log })
 }
