@@ -8,7 +8,10 @@ pub mod emulated;
 pub mod epilogues;
 pub mod faults;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use smelt_codegen::kernels::Kernel;
 use smelt_codegen::ptxas::{find_ptxas, resources};
@@ -66,11 +69,32 @@ impl Toolchain {
         }
     }
 
-    /// Checks every kernel and says how many compiled.
+    /// Checks every kernel, as many at once as there are CPUs (NVRTC and ptxas each use one),
+    /// and says how many compiled. A kernel that another test of this binary has checked (the
+    /// same name and source) is not checked again: its test fails if it fails.
     pub fn check_all(&self, kernels: &[Kernel]) {
-        for k in kernels {
-            self.check(k);
-        }
-        eprintln!("NVRTC {:?}: {} kernels compiled for {} archs", self.nvrtc.version(), kernels.len(), Arch::ALL.len());
+        static CHECKED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+        let fresh: Vec<&Kernel> = {
+            let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+            kernels.iter().filter(|k| checked.insert((k.name.clone(), k.source.clone()))).collect()
+        };
+        let next = AtomicUsize::new(0);
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(fresh.len());
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    while let Some(k) = fresh.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        self.check(k);
+                    }
+                });
+            }
+        });
+        eprintln!(
+            "NVRTC {:?}: {} kernels compiled for {} archs ({} checked before)",
+            self.nvrtc.version(),
+            fresh.len(),
+            Arch::ALL.len(),
+            kernels.len() - fresh.len()
+        );
     }
 }

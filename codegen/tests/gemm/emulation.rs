@@ -181,8 +181,14 @@ fn emulate(cases: &[(Case, Run)]) -> Option<Vec<Vec<f32>>> {
         });
         Some(outputs.collect())
     };
-    let bounds = run(Checker::Bounds, Schedule::default())?;
-    let races = run(Checker::Races, Schedule { landing: Landing::Random(0x5eed), block_order: BlockOrder::Reversed })?;
+    // The two checkers at once: each emulator run keeps one CPU busy.
+    let (bounds, races) = std::thread::scope(|s| {
+        let reordered = Schedule { landing: Landing::Random(0x5eed), block_order: BlockOrder::Reversed };
+        let races = s.spawn(move || run(Checker::Races, reordered));
+        let bounds = run(Checker::Bounds, Schedule::default());
+        (bounds, races.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    let (bounds, races) = (bounds?, races?);
     for (i, (a, b)) in bounds.iter().zip(&races).enumerate() {
         assert!(a == b, "{}: copies landing early or blocks in another order change the output", cases[i].0.name);
     }
