@@ -195,3 +195,48 @@ fn nccl_all_reduce_over_the_gpus_of_this_machine() {
     }
     eprintln!("NCCL all-reduce over {world} GPU(s): exact");
 }
+
+/// `check-kernels --tensor-parallel` on one GPU (issue 14): every rank's decode program in
+/// turn, the exchanges as kernels in place of NCCL, each node against the evaluator, after 5
+/// cached tokens the CPU backend made; every rank's logits equal rank 0's bit for bit, and the
+/// CPU backend's within 1e-4 relative (f32).
+#[test]
+fn every_ranks_kernels_match_the_evaluator_on_one_gpu() {
+    use smelt::codegen::{emit_with, EmitOptions};
+    use smelt::ir::WeightSource;
+    use smelt::models::qwen3::Logits;
+    use smelt::models::GraphKind;
+    use smelt::runtime::cuda::{GpuRanks, GroupOptions, WeightBytes};
+    let Some(gpu) = gpu() else { return };
+    let dir = common::fixture_dir("gqa2-untied-bf16-sharded");
+    let mut cpu =
+        Qwen3Cpu::load_with(&dir, LoadOptions { tensor_parallel: 2, ..LoadOptions::new(DType::F32) }).unwrap();
+    let ranks: Vec<_> = (0..2)
+        .map(|r| {
+            let g = cpu.blueprint().rank_graph(r, GraphKind::Decode).unwrap().clone();
+            let program = emit_with(&g, EmitOptions::default()).unwrap();
+            (g, program)
+        })
+        .collect();
+    let bytes: Vec<&dyn WeightBytes> = cpu.rank_weights().map(|w| w as &dyn WeightBytes).collect();
+    let options = GroupOptions { kv_tokens: 64, block_tokens: 16, max_new_tokens: 1, pdl: true };
+    let group = GpuRanks::build(gpu, ranks, &bytes, &options).unwrap();
+    cpu.forward(&[3, 1, 4, 1, 5], Logits::LastPosition).unwrap();
+    let caches: Vec<_> = cpu.rank_kv_caches().cloned().collect();
+    let want = cpu.forward(&[9], Logits::LastPosition).unwrap().to_f32_vec();
+    let weights: Vec<&dyn WeightSource> = cpu.rank_weights().map(|w| w as &dyn WeightSource).collect();
+    let runs = group.run(&weights, &caches, &[9], 5).unwrap();
+    for (r, run) in runs.iter().enumerate() {
+        let failed: Vec<_> = run.checks.iter().filter(|c| !c.ok).map(|c| &c.node).collect();
+        assert!(failed.is_empty(), "rank {r}: {failed:?}");
+        assert_eq!(run.logits.to_f32_vec(), runs[0].logits.to_f32_vec(), "rank {r}'s logits differ from rank 0's");
+    }
+    let got = runs[0].logits.to_f32_vec();
+    let (d2, w2) = got
+        .iter()
+        .zip(&want)
+        .fold((0f64, 0f64), |(d, w), (&g, &y)| (d + (g as f64 - y as f64).powi(2), w + (y as f64).powi(2)));
+    let rel = (d2 / w2).sqrt();
+    assert!(rel <= 1e-4, "logits rel err {rel:e} against the CPU backend");
+    eprintln!("2 ranks on one GPU: {} node checks each, logits rel err {rel:.3e}", runs[0].checks.len());
+}

@@ -37,11 +37,11 @@ pub struct Args {
     emulate: bool,
     /// With --emulate: what the emulated kernels are checked for besides their results.
     #[arg(long, value_enum, default_value = "bounds", requires = "emulate")]
-    checker: super::check_emulated::CheckerArg,
-    /// With --emulate: split the model over N tensor-parallel ranks and check every rank's
-    /// kernels, the exchanges between them as kernels in place of NCCL.
-    #[arg(long, value_name = "N", default_value_t = 1, requires = "emulate",
-          value_parser = clap::value_parser!(u32).range(1..=64))]
+    checker: super::check_ranks::CheckerArg,
+    /// Split the model over N tensor-parallel ranks and check every rank's kernels, the
+    /// exchanges between them as kernels in place of NCCL: in the emulator with --emulate, else
+    /// every rank in turn on GPU 0 (decode and --prefill; --batch under --emulate only).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     tensor_parallel: u32,
     #[command(flatten)]
     cuda: CudaArgs,
@@ -62,15 +62,22 @@ pub fn run(a: Args) -> Result<()> {
     if prefill_total > capacity {
         bail!("--prefill chunks of {prefill_total} tokens in all are more than the KV cache holds ({capacity})");
     }
-    if a.emulate {
-        let settings = super::check_emulated::Settings {
-            checker: a.checker,
+    if a.emulate || a.tensor_parallel > 1 {
+        let executor = match a.emulate {
+            true => super::check_ranks::Executor::Emulator(a.checker),
+            false => {
+                MemoryLimit::gpu("smelt check-kernels")?;
+                super::check_ranks::Executor::Gpu
+            }
+        };
+        let settings = super::check_ranks::Settings {
+            executor,
             pdl: !a.cuda.given().contains(&"--no-pdl"),
             variants: a.cuda.variants.variants(),
             verbose: a.verbose,
             tensor_parallel: a.tensor_parallel,
         };
-        let o = super::check_emulated::run(&a.model, a.dtype.into(), &settings, &positions, &prefill, a.batch)?;
+        let o = super::check_ranks::run(&a.model, a.dtype.into(), &settings, &positions, &prefill, a.batch)?;
         println!("{} node checks, {} failed; {} logits checks failed", o.checked, o.failed, o.logits_failed);
         if o.failed + o.logits_failed > 0 {
             bail!(

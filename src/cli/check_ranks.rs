@@ -1,17 +1,20 @@
-//! `smelt check-kernels --emulate`: the decode, prefill and batched decode programs run
-//! through the CPU emulator (`smelt-emulate`) as a GPU would run them, node by node against
-//! `ir::eval`, and their logits against the CPU backend's; no GPU needed. With
-//! `--tensor-parallel N`, every rank's program runs, the exchanges as kernels between them.
+//! The checks of programs that one device runs in turn: a whole model's (a group of one) or
+//! every rank's of a tensor-parallel group, the exchanges as kernels between them. Through the
+//! CPU emulator (`smelt check-kernels --emulate`: `smelt-emulate`, as a GPU would run them;
+//! no GPU needed), or on one GPU (`smelt check-kernels --tensor-parallel N`); either way node
+//! by node against `ir::eval`, and the logits against the CPU backend's.
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use smelt::codegen::{emit_with, EmitOptions, Variants};
 use smelt::emulate::{BlockOrder, Checker, Landing, Schedule};
 use smelt::ir::{Tensor, WeightSource};
 use smelt::models::qwen3::Logits;
 use smelt::models::{Blueprint, GraphKind, LoadOptions, Qwen3Cpu};
-use smelt::runtime::cuda::{EmulatedRanks, EmulatedRow, EmulatedRun, EmulationOptions};
+use smelt::runtime::cuda::{
+    CheckedRun, EmulatedRanks, EmulatedRow, EmulationOptions, Gpu, GpuRanks, GroupOptions, WeightBytes,
+};
 
 /// Which checker the emulated kernels are built with.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -50,7 +53,7 @@ impl Outcome {
     /// Prints a run's node checks (every rank's, named by rank in a group) and its logits
     /// against the CPU backend's `want`; counts them. A group's ranks must hold the same
     /// logits, bit for bit, as NCCL leaves them.
-    fn record(&mut self, what: &str, runs: Vec<EmulatedRun>, want: &Tensor, dtype: smelt::ir::DType, verbose: bool) {
+    fn record(&mut self, what: &str, runs: Vec<CheckedRun>, want: &Tensor, dtype: smelt::ir::DType, verbose: bool) {
         let group = runs.len() > 1;
         let bits = |t: &Tensor| t.to_f32_vec().into_iter().map(f32::to_bits).collect::<Vec<_>>();
         let mut checks = Vec::new();
@@ -87,9 +90,18 @@ impl Outcome {
     }
 }
 
-/// How the emulated programs are made, run and shown.
+/// Where the programs run.
+#[derive(Clone, Copy, Debug)]
+pub enum Executor {
+    /// The CPU emulator, its kernels built with this checker.
+    Emulator(CheckerArg),
+    /// GPU 0, every rank's kernels in turn.
+    Gpu,
+}
+
+/// How the programs are made, run and shown.
 pub struct Settings {
-    pub checker: CheckerArg,
+    pub executor: Executor,
     /// Programmatic dependent launch (`--no-pdl` turns it off).
     pub pdl: bool,
     /// The kernel variants (`--no-split-k`, `--no-merged-attention` turn them off).
@@ -109,9 +121,113 @@ pub fn run(
     prefill: &[u32],
     batch: Option<usize>,
 ) -> Result<Outcome> {
-    let &Settings { checker, pdl, variants, verbose, tensor_parallel } = settings;
+    let &Settings { executor, pdl, variants, verbose, tensor_parallel } = settings;
+    if matches!(executor, Executor::Gpu) && batch.is_some() {
+        bail!("--batch with --tensor-parallel runs under --emulate only (the GPU check of a group's batched step is not built yet)");
+    }
     let load = LoadOptions { tensor_parallel, ..LoadOptions::new(dtype) };
     let mut cpu = Qwen3Cpu::load_with(model, load).with_context(|| format!("loading {}", model.display()))?;
+    let longest_chunk = prefill.iter().copied().max().unwrap_or(1) as usize;
+    let kv_tokens = positions.iter().map(|&p| p as usize + 1).chain([prefill.iter().map(|&n| n as usize).sum()]).max();
+    let layout = |max_new_tokens| GroupOptions {
+        kv_tokens: kv_tokens.unwrap_or(1).max(1),
+        block_tokens: BLOCK_TOKENS,
+        max_new_tokens,
+        pdl,
+    };
+    let blueprint = cpu.blueprint().clone();
+    // The GPU's ranks take their weights from the CPU model's slices.
+    let build = |kind, max_new_tokens, cpu: &Qwen3Cpu| match executor {
+        Executor::Emulator(checker) => emulated(&blueprint, kind, checker, pdl, variants),
+        Executor::Gpu => on_gpu(&blueprint, kind, variants, cpu, &layout(max_new_tokens)),
+    };
+    let place = match executor {
+        Executor::Emulator(_) => "emulated",
+        Executor::Gpu => "GPU",
+    };
+    let vocab = cpu.config().vocab_size as u64;
+    let token = |p: usize| (((p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % vocab) as u32;
+    let mut outcome = Outcome::default();
+    let mut check = |what: String, runs, want: &Tensor| outcome.record(&what, runs, want, dtype, verbose);
+    if !positions.is_empty() {
+        let decode = build(GraphKind::Decode, 1, &cpu)?;
+        for &p in positions {
+            let p = p as usize;
+            let (caches, want) = cpu_step(&mut cpu, &(0..p).map(token).collect::<Vec<_>>(), &[token(p)])?;
+            let runs = decode.run(&rank_weights(&cpu), &caches, &[token(p)], p)?;
+            check(format!("{place} decode at position {p}"), runs, &want);
+        }
+    }
+    if !prefill.is_empty() {
+        let program = build(GraphKind::Prefill, longest_chunk, &cpu)?;
+        let mut at = 0;
+        for &n in prefill {
+            let chunk: Vec<u32> = (at..at + n as usize).map(token).collect();
+            let (caches, want) = cpu_step(&mut cpu, &(0..at).map(token).collect::<Vec<_>>(), &chunk)?;
+            let runs = program.run(&rank_weights(&cpu), &caches, &chunk, at)?;
+            check(format!("{place} prefill of {n} tokens at position {at}"), runs, &want);
+            at += n as usize;
+        }
+    }
+    if let Some(rows) = batch {
+        let Group::Emulated(program, options) = build(GraphKind::Batch, rows, &cpu)? else {
+            bail!("a batched step is checked under --emulate only");
+        };
+        let (runs, want) = batched_step(&mut cpu, &program, rows, &options, &token)?;
+        let what = format!("emulated batched decode step of {rows} sequences (cache nodes checked through the logits)");
+        check(what, runs, &want);
+    }
+    Ok(outcome)
+}
+
+/// Every rank's program of one kind, ready to run: in the emulator (with how its runs are
+/// scheduled), or on the GPU.
+enum Group {
+    Emulated(EmulatedRanks, EmulationOptions),
+    Gpu(GpuRanks),
+}
+
+impl Group {
+    /// `tokens` after `at` cached ones: rank r with `weights[r]` and `caches[r]`.
+    fn run(
+        &self,
+        weights: &[&dyn WeightSource],
+        caches: &[HashMap<String, Tensor>],
+        tokens: &[u32],
+        at: usize,
+    ) -> Result<Vec<CheckedRun>> {
+        Ok(match self {
+            Group::Emulated(ranks, options) => ranks.run(weights, caches, tokens, at, options)?,
+            Group::Gpu(ranks) => ranks.run(weights, caches, tokens, at)?,
+        })
+    }
+}
+
+/// Every rank's program of `kind` (one rank: the whole model's), emitted. A batched step's
+/// rows are sequences of their own.
+fn rank_programs(
+    blueprint: &Blueprint,
+    kind: GraphKind,
+    variants: Variants,
+) -> Result<Vec<(smelt::ir::Graph, smelt::codegen::Program)>> {
+    let emit = EmitOptions { rows_are_sequences: kind == GraphKind::Batch, variants };
+    (0..blueprint.tensor_parallel() as usize)
+        .map(|r| {
+            let g = blueprint.rank_graph(r, kind).context("a rank of the group has no graph")?;
+            let program = emit_with(g, emit).with_context(|| format!("generating rank {r}'s kernels"))?;
+            Ok((g.clone(), program))
+        })
+        .collect()
+}
+
+/// The programs of `kind` built for the emulator with `checker`.
+fn emulated(
+    blueprint: &Blueprint,
+    kind: GraphKind,
+    checker: CheckerArg,
+    pdl: bool,
+    variants: Variants,
+) -> Result<Group> {
     let (checker, schedule) = match checker {
         CheckerArg::Bounds => (Checker::Bounds, Schedule::default()),
         CheckerArg::Races => {
@@ -120,53 +236,24 @@ pub fn run(
         CheckerArg::Plain => (Checker::Plain, Schedule::default()),
     };
     let options = EmulationOptions { block_tokens: BLOCK_TOKENS, schedule, pdl };
-    let blueprint = cpu.blueprint().clone();
-    let build = |kind| build(&blueprint, kind, checker, variants);
-    let vocab = cpu.config().vocab_size as u64;
-    let token = |p: usize| (((p as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % vocab) as u32;
-    let mut outcome = Outcome::default();
-    let mut check = |what: String, runs, want: &Tensor| outcome.record(&what, runs, want, dtype, verbose);
-    if !positions.is_empty() {
-        let decode = build(GraphKind::Decode)?;
-        for &p in positions {
-            let p = p as usize;
-            let (caches, want) = cpu_step(&mut cpu, &(0..p).map(token).collect::<Vec<_>>(), &[token(p)])?;
-            let runs = decode.run(&rank_weights(&cpu), &caches, &[token(p)], p, &options)?;
-            check(format!("emulated decode at position {p}"), runs, &want);
-        }
-    }
-    if !prefill.is_empty() {
-        let program = build(GraphKind::Prefill)?;
-        let mut at = 0;
-        for &n in prefill {
-            let chunk: Vec<u32> = (at..at + n as usize).map(token).collect();
-            let (caches, want) = cpu_step(&mut cpu, &(0..at).map(token).collect::<Vec<_>>(), &chunk)?;
-            let runs = program.run(&rank_weights(&cpu), &caches, &chunk, at, &options)?;
-            check(format!("emulated prefill of {n} tokens at position {at}"), runs, &want);
-            at += n as usize;
-        }
-    }
-    if let Some(rows) = batch {
-        let program = build(GraphKind::Batch)?;
-        let (runs, want) = batched_step(&mut cpu, &program, rows, &options, &token)?;
-        let what = format!("emulated batched decode step of {rows} sequences (cache nodes checked through the logits)");
-        check(what, runs, &want);
-    }
-    Ok(outcome)
+    let ranks = rank_programs(blueprint, kind, variants)?;
+    Ok(Group::Emulated(EmulatedRanks::build(ranks, checker).context("building the kernels for the emulator")?, options))
 }
 
-/// Every rank's program of `kind` (one rank: the whole model's), emitted and built for the
-/// emulator. A batched step's rows are sequences of their own.
-fn build(blueprint: &Blueprint, kind: GraphKind, checker: Checker, variants: Variants) -> Result<EmulatedRanks> {
-    let emit = EmitOptions { rows_are_sequences: kind == GraphKind::Batch, variants };
-    let ranks = (0..blueprint.tensor_parallel() as usize)
-        .map(|r| {
-            let g = blueprint.rank_graph(r, kind).context("a rank of the group has no graph")?;
-            let program = emit_with(g, emit).with_context(|| format!("generating rank {r}'s kernels"))?;
-            Ok((g.clone(), program))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    EmulatedRanks::build(ranks, checker).context("building the kernels for the emulator")
+/// The programs of `kind` loaded on GPU 0, each rank's weights from the CPU model's slices.
+fn on_gpu(
+    blueprint: &Blueprint,
+    kind: GraphKind,
+    variants: Variants,
+    cpu: &Qwen3Cpu,
+    layout: &GroupOptions,
+) -> Result<Group> {
+    let gpu = Gpu::open(0).context("opening GPU 0")?;
+    let weights: Vec<&dyn WeightBytes> = cpu.rank_weights().map(|w| w as &dyn WeightBytes).collect();
+    let ranks = rank_programs(blueprint, kind, variants)?;
+    Ok(Group::Gpu(
+        GpuRanks::build(gpu, ranks, &weights, layout).context("loading every rank's kernels and weights on the GPU")?,
+    ))
 }
 
 fn rank_weights(cpu: &Qwen3Cpu) -> Vec<&dyn WeightSource> {
@@ -182,7 +269,7 @@ fn batched_step(
     rows: usize,
     options: &EmulationOptions,
     token: &dyn Fn(usize) -> u32,
-) -> Result<(Vec<EmulatedRun>, Tensor)> {
+) -> Result<(Vec<CheckedRun>, Tensor)> {
     let context = cpu.config().max_position_embeddings;
     let row_token = |i: usize, p: usize| token(i * 1000 + p);
     let mut batch_rows: Vec<Vec<EmulatedRow>> = (0..cpu.blueprint().tensor_parallel()).map(|_| Vec::new()).collect();

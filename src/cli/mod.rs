@@ -6,7 +6,7 @@ mod bench_serve;
 mod chat;
 mod chat_input;
 mod check;
-mod check_emulated;
+mod check_ranks;
 mod compile;
 mod compile_tp;
 mod generate;

@@ -23,6 +23,7 @@ fn commands_that_need_a_gpu_probe_it_before_loading_anything() {
     let out_file = out.file("logits.safetensors");
     for (args, command) in [
         (vec!["check-kernels", "--model", dir], "smelt check-kernels needs an NVIDIA GPU"),
+        (vec!["check-kernels", "--model", dir, "--tensor-parallel", "2"], "smelt check-kernels needs an NVIDIA GPU"),
         (vec!["bench", "--model", dir, "--contexts", "128"], "smelt bench needs an NVIDIA GPU"),
         (vec!["bench"], "smelt bench needs an NVIDIA GPU"),
         (vec!["generate", "--model", dir, "--prompt-ids", PROMPT, "--device", "cuda"], "--device cuda needs"),

@@ -30,6 +30,13 @@ pub struct NodeCheck {
     pub ok: bool,
 }
 
+/// What one checked run of a program gives (on a GPU or in the emulator): every node's
+/// check, and the logits (`[rows, vocab]`).
+pub struct CheckedRun {
+    pub checks: Vec<NodeCheck>,
+    pub logits: Tensor,
+}
+
 /// Relative error allowed per output dtype: a few roundings in the output's precision (the
 /// kernels sum in another order than the evaluator); integer outputs must match exactly.
 fn tolerance(dtype: DType) -> f64 {
@@ -86,14 +93,32 @@ fn check_run(
     weights: &dyn WeightSource,
 ) -> Result<Vec<NodeCheck>, CudaError> {
     let b = Bindings { batch: 1, new_tokens: tokens.len(), cached_tokens: at };
+    prepare_run(gpu, runner, tokens, at)?;
+    check_launches(gpu, runner, pdl, 0..runner.layout.launches.len(), &b, weights)
+}
+
+/// Poisons `runner`'s arena and scratch (all bytes 0xFF) and writes the run's inputs.
+pub(super) fn prepare_run(gpu: &Gpu, runner: &Runner, tokens: &[u32], at: usize) -> Result<(), CudaError> {
     let (arena, scratch) = (&runner.layout.arena, &runner.layout.scratch);
     gpu.fill(arena.ptr(), 0xff, arena.bytes(), "poisoning the arena")?;
     gpu.fill(scratch.ptr(), 0xff, scratch.bytes(), "poisoning the scratch buffer")?;
-    runner.write_inputs(gpu, tokens, at)?;
+    runner.write_inputs(gpu, tokens, at)
+}
+
+/// Runs `runner`'s launches `range` (whole nodes), each node's checked against `ir::eval` on
+/// the operands it saw.
+pub(super) fn check_launches(
+    gpu: &Gpu,
+    runner: &Runner,
+    pdl: bool,
+    range: std::ops::Range<usize>,
+    b: &Bindings,
+    weights: &dyn WeightSource,
+) -> Result<Vec<NodeCheck>, CudaError> {
     let graph = &runner.graph;
-    let launches = &runner.layout.launches;
+    let launches = &runner.layout.launches[..range.end];
     let mut checks = Vec::new();
-    let mut i = 0;
+    let mut i = range.start;
     while i < launches.len() {
         let id = launches[i].node;
         let end = i + launches[i..].iter().take_while(|l| l.node == id).count();
@@ -103,15 +128,15 @@ fn check_run(
         let operands = graph
             .operands(id)
             .into_iter()
-            .map(|x| import(gpu, runner, x, &b, &mut sub, &mut inputs))
+            .map(|x| import(gpu, runner, x, b, &mut sub, &mut inputs))
             .collect::<Result<Vec<_>, _>>()?;
         for l in i..end {
-            runner.launch(gpu, l, &b, pdl)?;
+            runner.launch(gpu, l, b, pdl)?;
         }
         let node = graph.node(id);
         gpu.synchronize(&format!("running {}", runner.node_name(id)))?;
-        let gpu_out = read_value(gpu, runner, id, &b)?;
-        let copy = Node { shape: concrete(&node.shape, &b), ..node.clone() };
+        let gpu_out = read_value(gpu, runner, id, b)?;
+        let copy = Node { shape: concrete(&node.shape, b), ..node.clone() };
         let out = sub.add_node(copy, &operands);
         sub.set_output("out", out);
         let reference = eval(&sub, inputs, weights)
@@ -155,7 +180,7 @@ fn import(
 
 /// The value of a non-view node as the device holds it. A cache (input or append) is read as
 /// its first rows: with the identity block table the pages lie in order.
-fn read_value(gpu: &Gpu, runner: &Runner, id: NodeId, b: &Bindings) -> Result<Tensor, CudaError> {
+pub(super) fn read_value(gpu: &Gpu, runner: &Runner, id: NodeId, b: &Bindings) -> Result<Tensor, CudaError> {
     let graph = &runner.graph;
     let node = graph.node(id);
     let shape = node.shape.resolve(b);

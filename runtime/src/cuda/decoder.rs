@@ -19,8 +19,7 @@ use super::device::{check, Gpu};
 use super::device_weights::{DeviceWeights, WeightBytes};
 use super::layout::{KvPool, KvShape};
 use super::CudaError;
-use kernels::load_kernels;
-pub(crate) use kernels::{launch_raw, load_function};
+pub(crate) use kernels::{launch_raw, load_function, load_kernels};
 pub(crate) use runner::Runner;
 
 /// Smallest context bucket: below it, one captured graph serves every length.

@@ -19,7 +19,7 @@ use smelt_codegen::{Params, Program};
 use smelt_emulate::{Arg, Launch, Schedule, Step};
 use smelt_ir::{eval, Bindings, Graph, Node, NodeId, Op, Role, Tensor, WeightSource};
 
-use super::check::{compare, concrete, NodeCheck};
+use super::check::{compare, concrete, CheckedRun};
 use super::layout::{storage_of, tensor_from_storage};
 use super::CudaError;
 
@@ -29,12 +29,6 @@ mod ranks;
 pub use memory::BatchRow;
 use memory::Memory;
 pub use ranks::EmulatedRanks;
-
-/// What one emulated run gives: every node's check, and the logits (`[rows, vocab]`, f32).
-pub struct EmulatedRun {
-    pub checks: Vec<NodeCheck>,
-    pub logits: Tensor,
-}
 
 /// How an emulated run is laid out and scheduled.
 #[derive(Clone, Copy, Debug)]
@@ -187,7 +181,7 @@ impl Part<'_> {
         dumps: Vec<Vec<u8>>,
         rows_own: bool,
         exchanged: &[(NodeId, &[u8])],
-    ) -> Result<EmulatedRun, CudaError> {
+    ) -> Result<CheckedRun, CudaError> {
         let g = self.graph;
         let mut checks = Vec::new();
         for NodeRun { node: id, operands: operand_dumps, output: out_dump, kernels } in nodes {
@@ -229,7 +223,7 @@ impl Part<'_> {
             Some(bytes) => value(g.node(logits_id), b, bytes),
             None => return Err(CudaError::Layout("no kernel or exchange writes the logits".into())),
         };
-        Ok(EmulatedRun { checks, logits })
+        Ok(CheckedRun { checks, logits })
     }
 
     /// Adds operand `x` to `sub` as the GPU check does: weights and constants as they are,

@@ -149,6 +149,16 @@ impl KvPool {
     pub fn bytes(&self) -> usize {
         self.buffer.bytes()
     }
+
+    /// Sets every byte of every cache to 0xFF (NaN in every float type).
+    pub(crate) fn poison(&self, gpu: &Gpu) -> Result<(), CudaError> {
+        gpu.fill(self.buffer.ptr(), 0xff, self.buffer.bytes(), "poisoning the KV cache")
+    }
+
+    /// The device address of KV cache `name`'s slab (block 0, row 0).
+    pub(crate) fn address(&self, name: &str) -> Option<u64> {
+        self.by_name.get(name).copied()
+    }
 }
 
 /// Uploads `graph`'s constants (RoPE's inverse frequencies): small, one buffer per graph.
@@ -352,6 +362,11 @@ impl Layout {
         words.extend([stride as u32, 0]);
         debug_assert_eq!(words.len() * 4, STEP_BYTES);
         gpu.upload(self.step.ptr(), &words, "writing the step parameters")
+    }
+
+    /// The device address of `smelt_step`, every launch's last parameter.
+    pub(crate) fn step_ptr(&self) -> u64 {
+        self.step.ptr()
     }
 
     /// Bytes of this graph's own device memory (arena, scratch, counters).

@@ -13,19 +13,24 @@ mod decoder;
 mod device;
 mod device_weights;
 mod emulated;
+mod group;
 mod layout;
 // FFI: NCCL's collectives on device buffers.
 #[allow(unsafe_code)]
 mod nccl;
+// FFI: launches of the exchange kernels.
+#[allow(unsafe_code)]
+mod ranks;
 
 pub use batch::BatchRow;
 pub use ceiling::{gemm_ceiling_kernel, gemm_rate};
-pub use check::{check_prefill, check_step, NodeCheck};
+pub use check::{check_prefill, check_step, CheckedRun, NodeCheck};
 pub use decoder::{CudaDecoder, DecoderGraphs, DecoderOptions, JitReport, StepOutput};
 pub use device::{probe, DeviceBuffer, DeviceInfo, Gpu};
 pub use device_weights::{DeviceWeights, WeightBytes};
-pub use emulated::{BatchRow as EmulatedRow, EmulatedRanks, EmulatedRun, EmulationOptions};
+pub use emulated::{BatchRow as EmulatedRow, EmulatedRanks, EmulationOptions};
 pub use nccl::NcclGroup;
+pub use ranks::{GpuRanks, GroupOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {

@@ -72,11 +72,11 @@ pub(crate) fn load_function(gpu: &Gpu, k: &Kernel, ptx: String) -> Result<(Arc<C
 }
 
 /// Per program its functions in kernel order; the modules that hold them; how long it took.
-pub(super) type LoadedKernels = (Vec<Vec<CudaFunction>>, Vec<Arc<CudaModule>>, JitReport);
+pub(crate) type LoadedKernels = (Vec<Vec<CudaFunction>>, Vec<Arc<CudaModule>>, JitReport);
 
 /// Compiles and loads every distinct kernel of `programs`; returns per program the functions
 /// in its kernel order.
-pub(super) fn load_kernels(
+pub(crate) fn load_kernels(
     gpu: &Gpu,
     programs: &[&Program],
     cache: Option<&ModuleCache>,

@@ -30,7 +30,7 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
-    pub(super) fn new(
+    pub(crate) fn new(
         gpu: &Gpu,
         graph: &Graph,
         program: Program,

@@ -2,19 +2,18 @@
 //! group's rank programs together, in one process,
 //! as one device would run every rank's kernels in turn (`check-kernels --tensor-parallel`):
 //! each rank's launches up to an exchange, then the exchange as kernels in place of NCCL
-//! (`smelt_codegen::kernels::exchange::{all_reduce, all_gather}`: one launch per rank, reading every
-//! rank's part), and so on. Each rank's nodes are checked against `ir::eval` as a whole
+//! (`group.rs`), and so on. Each rank's nodes are checked against `ir::eval` as a whole
 //! program's are; each exchange's output on every rank against the evaluator's collective
 //! (`sum_in_rank_order`, `gather_in_rank_order`) over the parts the ranks' kernels wrote.
 
-use smelt_codegen::{kernels, Exchange, Kernel, Program, PRELUDE};
+use smelt_codegen::{Kernel, Program, PRELUDE};
 use smelt_emulate::{Arg, Buffer, Checker, Emulator, KernelSource, Launch, Pointer, Step};
-use smelt_ir::eval::{gather_in_rank_order, sum_in_rank_order};
-use smelt_ir::{Bindings, Graph, NodeId, Op, Tensor, WeightSource};
+use smelt_ir::{Bindings, Graph, NodeId, Tensor, WeightSource};
 
 use super::super::check::{compare, NodeCheck};
 use super::memory::{place, BatchRow, Rows};
-use super::{label, value, EmulatedRun, EmulationOptions, Part, Steps};
+use super::{label, value, CheckedRun, EmulationOptions, Part, Steps};
+use crate::cuda::group::{exchange_kernel, exchange_reference, same_exchanges};
 use crate::cuda::CudaError;
 
 /// Every rank's program of a group (one: a whole model's), built for the emulator once, run
@@ -33,9 +32,8 @@ impl EmulatedRanks {
     /// it) and the kernels of their exchanges for the host with `checker`. The ranks must
     /// exchange the same values in the same order, as sharding makes them.
     pub fn build(ranks: Vec<(Graph, Program)>, checker: Checker) -> Result<EmulatedRanks, CudaError> {
-        let Some((first_graph, first)) = ranks.first() else {
-            return Err(CudaError::Layout("a group of no ranks".into()));
-        };
+        same_exchanges(&ranks)?;
+        let (first_graph, first) = &ranks[0];
         let mut sources: Vec<KernelSource> = Vec::new();
         let mut index_of = |k: &Kernel| match sources.iter().position(|s| s.name == k.name && s.source == k.source) {
             Some(i) => i,
@@ -45,17 +43,6 @@ impl EmulatedRanks {
             }
         };
         let kernel_of = ranks.iter().map(|(_, p)| p.kernels.iter().map(&mut index_of).collect()).collect();
-        for (r, (g, p)) in ranks.iter().enumerate() {
-            let same = p.exchanges.len() == first.exchanges.len()
-                && p.exchanges
-                    .iter()
-                    .zip(&first.exchanges)
-                    .all(|(a, b)| a.op == b.op && g.node(a.operand_id).shape == first_graph.node(b.operand_id).shape);
-            if !same {
-                let message = format!("rank {r} does not exchange the values rank 0 does, in the same order");
-                return Err(CudaError::Layout(message));
-            }
-        }
         let exchanges = first
             .exchanges
             .iter()
@@ -79,7 +66,7 @@ impl EmulatedRanks {
         tokens: &[u32],
         at: usize,
         options: &EmulationOptions,
-    ) -> Result<Vec<EmulatedRun>, CudaError> {
+    ) -> Result<Vec<CheckedRun>, CudaError> {
         let rows: Vec<Rows<'_>> = caches.iter().map(|caches| Rows::One { caches, tokens, at }).collect();
         self.run_rows(weights, &rows, options)
     }
@@ -94,7 +81,7 @@ impl EmulatedRanks {
         weights: &[&dyn WeightSource],
         rows: &[Vec<BatchRow>],
         options: &EmulationOptions,
-    ) -> Result<Vec<EmulatedRun>, CudaError> {
+    ) -> Result<Vec<CheckedRun>, CudaError> {
         let rows: Vec<Rows<'_>> = rows.iter().map(|r| Rows::Own(r)).collect();
         self.run_rows(weights, &rows, options)
     }
@@ -108,7 +95,7 @@ impl EmulatedRanks {
         weights: &[&dyn WeightSource],
         rows: &[Rows<'_>],
         options: &EmulationOptions,
-    ) -> Result<Vec<EmulatedRun>, CudaError> {
+    ) -> Result<Vec<CheckedRun>, CudaError> {
         let world = self.ranks.len();
         if weights.len() != world || rows.len() != world {
             let message = format!("{} weights and {} rows for {world} ranks", weights.len(), rows.len());
@@ -221,12 +208,7 @@ impl EmulatedRanks {
             .collect();
         let (g, p) = &self.ranks[0];
         let x = &p.exchanges[k];
-        let reference = match g.node(x.node_id).op {
-            Op::AllReduce { .. } => sum_in_rank_order(&parts),
-            Op::AllGather { axis, .. } => gather_in_rank_order(&parts, axis),
-            ref op => Err(format!("{} is not an exchange", op.kind())),
-        }
-        .map_err(|e| CudaError::Layout(format!("{}: {e}", label(g, x.node_id))))?;
+        let reference = exchange_reference(g, x, &parts)?;
         Ok(self
             .ranks
             .iter()
@@ -253,14 +235,4 @@ struct Script {
     steps: Vec<Step>,
     dumps: Vec<Vec<usize>>,
     exchanges: Vec<(Vec<usize>, Vec<usize>)>,
-}
-
-/// The kernel that does exchange `x` of a rank's program over `g`.
-fn exchange_kernel(g: &Graph, x: &Exchange) -> Result<Kernel, CudaError> {
-    let part = g.node(x.operand_id);
-    match g.node(x.node_id).op {
-        Op::AllReduce { world } => Ok(kernels::exchange::all_reduce(world, part.dtype, &part.shape)),
-        Op::AllGather { axis, world } => Ok(kernels::exchange::all_gather(world, part.dtype, &part.shape, axis)),
-        ref op => Err(CudaError::Layout(format!("{} is not an exchange", op.kind()))),
-    }
 }
