@@ -21,18 +21,23 @@ use sha2::{Digest, Sha256};
 /// The header's file name; its `.gch` is beside it.
 const HEADER: &str = "smelt_emu_pre.h";
 
-/// The folder holding the precompiled `header` for `cxx` with `flags`, building it on first
-/// use; `None` where it cannot be had (not GCC, no cache folder, the build failed). Threads of
-/// one process wait for one build.
+/// The folder holding the precompiled `header` for `cxx` with `flags`, found or built on a
+/// process's first ask and remembered after (so the compiler is asked its version once); `None`
+/// where it cannot be had (not GCC, no cache folder, the build failed). Threads of one process
+/// wait for one build.
 pub(crate) fn precompiled(cxx: &str, flags: &[&str], header: &str) -> Option<PathBuf> {
     static BUILT: OnceLock<Mutex<HashMap<String, Option<PathBuf>>>> = OnceLock::new();
     if std::env::var_os("SMELT_EMU_NO_PCH").is_some() {
         return None;
     }
-    let version = gcc_version(cxx)?;
-    let key = key(&[cxx, &version, &flags.join(" "), header]);
+    let flags_text = flags.join(" ");
+    let asked = key(&[cxx, &flags_text, header]);
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    built.entry(key.clone()).or_insert_with(|| build(cxx, flags, header, &key)).clone()
+    let found = || {
+        let version = gcc_version(cxx)?;
+        build(cxx, flags, header, &key(&[cxx, &version, &flags_text, header]))
+    };
+    built.entry(asked).or_insert_with(found).clone()
 }
 
 /// `c++ --version`'s first line when the compiler is GCC.

@@ -156,9 +156,9 @@ impl CudaDecoder {
         let prefill_program = prefill.map(|g| codegen(g, emit_options)).transpose()?;
         let batch_options = EmitOptions { rows_are_sequences: true, ..emit_options };
         let batch_program = batch.map(|g| codegen(g, batch_options)).transpose()?;
-        let mut programs = vec![&decode_program];
-        programs.extend(prefill_program.as_ref());
-        programs.extend(batch_program.as_ref());
+        let mut programs = vec![&decode_program.kernels[..]];
+        programs.extend(prefill_program.as_ref().map(|p| &p.kernels[..]));
+        programs.extend(batch_program.as_ref().map(|p| &p.kernels[..]));
         let (functions, modules, jit) = load_kernels(&gpu, &programs, options.module_cache.as_ref())?;
         let mut functions = functions.into_iter();
         let mut all_graphs = vec![decode];

@@ -20,7 +20,7 @@ use smelt_emulate::{Arg, Launch, Schedule, Step};
 use smelt_ir::{eval, Bindings, Graph, Node, NodeId, Op, Role, Tensor, WeightSource};
 
 use super::check::{compare, concrete, CheckedRun};
-use super::layout::{storage_of, tensor_from_storage};
+use super::layout::{label, storage_of, tensor_from_storage};
 use super::CudaError;
 
 mod memory;
@@ -262,8 +262,4 @@ fn value(node: &Node, b: &Bindings, bytes: &[u8]) -> Tensor {
     let shape = node.shape.resolve(b);
     let n = shape.iter().product::<usize>() * node.dtype.size_bytes();
     tensor_from_storage(node.dtype, shape, &bytes[..n.min(bytes.len())])
-}
-
-fn label(g: &Graph, id: NodeId) -> String {
-    g.node(id).name.clone().unwrap_or_else(|| format!("%{}", id.index()))
 }

@@ -7,8 +7,9 @@
 use smelt_codegen::kernels::exchange::{all_gather, all_reduce};
 use smelt_codegen::{Exchange, Kernel, Program};
 use smelt_ir::eval::{gather_in_rank_order, sum_in_rank_order};
-use smelt_ir::{Graph, NodeId, Op, Tensor};
+use smelt_ir::{Graph, Op, Tensor};
 
+use super::layout::label;
 use super::CudaError;
 
 /// Checks that every rank's program exchanges the values rank 0's does, in the same order, as
@@ -49,8 +50,4 @@ pub(crate) fn exchange_reference(g: &Graph, x: &Exchange, parts: &[Tensor]) -> R
         ref op => Err(format!("{} is not an exchange", op.kind())),
     }
     .map_err(|e| CudaError::Layout(format!("{}: {e}", label(g, x.node_id))))
-}
-
-pub(crate) fn label(g: &Graph, id: NodeId) -> String {
-    g.node(id).name.clone().unwrap_or_else(|| format!("%{}", id.index()))
 }

@@ -78,8 +78,8 @@ pub(crate) struct ResolvedLaunch {
     pub params: Vec<u64>,
 }
 
-/// Names a value for errors.
-fn label(g: &Graph, id: NodeId) -> String {
+/// Names a value for errors and reports.
+pub(crate) fn label(g: &Graph, id: NodeId) -> String {
     g.node(id).name.clone().unwrap_or_else(|| format!("%{}", id.index()))
 }
 

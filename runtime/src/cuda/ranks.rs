@@ -10,15 +10,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaModule};
-use smelt_codegen::{Kernel, Nvrtc, Program};
+use smelt_codegen::{Kernel, Program};
 use smelt_ir::{Bindings, Graph, Role, Tensor, WeightSource};
 
 use super::check::{check_launches, compare, prepare_run, read_value, CheckedRun};
-use super::decoder::{launch_raw, load_function, load_kernels, Runner};
+use super::decoder::{launch_raw, load_kernels, Runner};
 use super::device::Gpu;
 use super::device_weights::{DeviceWeights, WeightBytes};
-use super::group::{exchange_kernel, exchange_reference, label, same_exchanges};
-use super::layout::{storage_bytes, KvPool, KvShape};
+use super::group::{exchange_kernel, exchange_reference, same_exchanges};
+use super::layout::{label, storage_bytes, KvPool, KvShape};
 use super::CudaError;
 
 /// One rank's program on the device, with its weights and KV pool.
@@ -65,16 +65,12 @@ impl GpuRanks {
         }
         let (g0, p0) = &ranks[0];
         let exchange_kernels = p0.exchanges.iter().map(|x| exchange_kernel(g0, x)).collect::<Result<Vec<_>, _>>()?;
-        let programs: Vec<&Program> = ranks.iter().map(|(_, p)| p).collect();
-        let (functions, mut modules, _) = load_kernels(&gpu, &programs, None)?;
-        let nvrtc = Nvrtc::load().map_err(|e| CudaError::Nvrtc(e.to_string()))?;
-        let mut exchanges = Vec::new();
-        for k in exchange_kernels {
-            let ptx = nvrtc.compile(&k.name, &k.source, gpu.arch()).map_err(|e| CudaError::Nvrtc(e.to_string()))?;
-            let (module, f) = load_function(&gpu, &k, ptx)?;
-            modules.push(module);
-            exchanges.push((k, f));
-        }
+        // Every rank's kernels and the exchanges' in one load (kernels the ranks share, once).
+        let mut lists: Vec<&[Kernel]> = ranks.iter().map(|(_, p)| &p.kernels[..]).collect();
+        lists.push(&exchange_kernels);
+        let (mut functions, modules, _) = load_kernels(&gpu, &lists, None)?;
+        let exchange_functions = functions.pop().expect("one function list per kernel list");
+        let exchanges = exchange_kernels.into_iter().zip(exchange_functions).collect();
         let shape = KvShape {
             block_tokens: options.block_tokens.max(1),
             blocks: options.kv_tokens.div_ceil(options.block_tokens.max(1)).max(1),

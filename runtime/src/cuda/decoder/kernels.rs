@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use cudarc::driver::{sys, CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
-use smelt_codegen::{Kernel, ModuleCache, Nvrtc, Program};
+use smelt_codegen::{Kernel, ModuleCache, Nvrtc};
 
 use super::JitReport;
 use crate::cuda::device::{check, Gpu};
@@ -71,14 +71,14 @@ pub(crate) fn load_function(gpu: &Gpu, k: &Kernel, ptx: String) -> Result<(Arc<C
     Ok((module, f))
 }
 
-/// Per program its functions in kernel order; the modules that hold them; how long it took.
+/// Per kernel list its functions in order; the modules that hold them; how long it took.
 pub(crate) type LoadedKernels = (Vec<Vec<CudaFunction>>, Vec<Arc<CudaModule>>, JitReport);
 
-/// Compiles and loads every distinct kernel of `programs`; returns per program the functions
-/// in its kernel order.
+/// Compiles and loads every distinct kernel of `lists` (each a program's kernels, say); returns
+/// per list the functions in its order.
 pub(crate) fn load_kernels(
     gpu: &Gpu,
-    programs: &[&Program],
+    lists: &[&[Kernel]],
     cache: Option<&ModuleCache>,
 ) -> Result<LoadedKernels, CudaError> {
     let t0 = Instant::now();
@@ -88,11 +88,11 @@ pub(crate) fn load_kernels(
     let mut loaded: HashMap<&str, CudaFunction> = HashMap::new();
     let mut per_program = Vec::new();
     let distinct: std::collections::HashSet<&str> =
-        programs.iter().flat_map(|p| &p.kernels).map(|k| k.source.as_str()).collect();
+        lists.iter().flat_map(|l| l.iter()).map(|k| k.source.as_str()).collect();
     let task = Task::begin("compiling kernels", distinct.len() as u64, Unit::Items);
-    for p in programs {
+    for list in lists {
         let mut functions = Vec::new();
-        for k in &p.kernels {
+        for k in list.iter() {
             if let Some(f) = loaded.get(k.source.as_str()) {
                 functions.push(f.clone());
                 continue;
