@@ -179,9 +179,11 @@ impl Engine<'_, '_, '_> {
     }
 
     /// One step; tokens go to their requests. A request whose receiver is gone is cancelled
-    /// after the step, and a failed step fails every live request.
+    /// after the step, and a failed step fails every live request. The step's events wait
+    /// until its usage is published, so a client that has a token sees metrics that count
+    /// what made it (its KV blocks are taken in the step, not when the request is added).
     fn step(&mut self) {
-        let mut gone = Vec::new();
+        let mut outbox: Vec<(SeqId, UnboundedSender<Event>, Event)> = Vec::new();
         let (routes, metrics) = (&mut self.routes, self.metrics);
         let result = self.session.step(|event| match event {
             BatchEvent::Token { request, text, logprobs, .. } => {
@@ -193,18 +195,24 @@ impl Engine<'_, '_, '_> {
                 }
                 metrics.generated_tokens(1);
                 let event = Event::Token { choice: route.choice, text: text.to_string(), logprobs: logprobs.cloned() };
-                if route.events.send(event).is_err() {
-                    gone.push(request);
-                }
+                outbox.push((request, route.events.clone(), event));
             }
             BatchEvent::Finished { request, text, completion } => {
                 if let Some(route) = routes.remove(&request) {
                     let event =
                         Event::Finished { choice: route.choice, text: text.to_string(), finish: completion.finish };
-                    let _ = route.events.send(event);
+                    outbox.push((request, route.events, event));
                 }
             }
         });
+        self.metrics.publish(&self.session.usage());
+        let mut gone = Vec::new();
+        for (seq, events, event) in outbox {
+            let is_token = matches!(event, Event::Token { .. });
+            if events.send(event).is_err() && is_token {
+                gone.push(seq);
+            }
+        }
         if let Err(e) = result {
             tracing::error!("the engine step failed: {e}");
             for (seq, route) in self.routes.drain() {
