@@ -7,7 +7,8 @@ use std::path::Path;
 use smelt_ir::{DType, Tensor};
 use smelt_passes::kv::KvPlan;
 use smelt_runtime::cuda::{
-    check_prefill, check_step, BatchRow, CudaDecoder, DecoderGraphs, DecoderOptions, Gpu, NodeCheck, WeightBytes,
+    check_prefill, check_step, BatchRow, CudaDecoder, CudaError, DecoderGraphs, DecoderOptions, Gpu, NodeCheck,
+    StepOutput, WeightBytes,
 };
 use smelt_runtime::progress::{Task, Unit};
 use smelt_runtime::HostWeights;
@@ -200,49 +201,92 @@ impl Qwen3Cuda {
         self.blueprint.dtype() == DType::F16
     }
 
-    /// Logits read from the GPU must be finite (greedy steps need no read: the argmax kernel
-    /// flags non-finite rows). f16 activations can overflow where bf16 ones cannot; the
-    /// kernels accumulate in f32 but store f16, so an overflow shows as non-finite logits. The
-    /// CPU backend names the op (`EvalOptions::overflow_is_error`); here the logits of
-    /// every f16 step are read and checked, and a failure says it was f16.
     fn check_finite(&self, logits: &[f32]) -> Result<(), ModelError> {
-        let count = logits.iter().filter(|v| !v.is_finite()).count();
-        let position = self.decoder.position().saturating_sub(1);
-        match count {
-            0 => Ok(()),
-            _ if self.f16() => Err(ModelError::F16Overflow { position, count }),
-            _ => Err(ModelError::NonFiniteLogits { position, count }),
-        }
+        check_finite(&self.blueprint, self.decoder.position(), logits)
+    }
+
+    fn check(&mut self, ids: &[u32]) -> Result<(), ModelError> {
+        self.one_sequence().check(ids)
+    }
+
+    fn one_sequence(&mut self) -> OneSequence<'_, CudaDecoder> {
+        OneSequence { blueprint: &self.blueprint, decoder: &mut self.decoder }
+    }
+}
+
+/// Logits read from the GPU must be finite (greedy steps need no read: the argmax kernel
+/// flags non-finite rows). f16 activations can overflow where bf16 ones cannot; the kernels
+/// accumulate in f32 but store f16, so an overflow shows as non-finite logits. The CPU backend
+/// names the op (`EvalOptions::overflow_is_error`); here the logits of every f16 step are read
+/// and checked, and a failure says it was f16. `position`: tokens in the cache after the step.
+fn check_finite(blueprint: &Blueprint, position: usize, logits: &[f32]) -> Result<(), ModelError> {
+    let count = logits.iter().filter(|v| !v.is_finite()).count();
+    let position = position.saturating_sub(1);
+    match count {
+        0 => Ok(()),
+        _ if blueprint.dtype() == DType::F16 => Err(ModelError::F16Overflow { position, count }),
+        _ => Err(ModelError::NonFiniteLogits { position, count }),
+    }
+}
+
+/// What the one-sequence paths need of the GPU: one device's decoder, or a tensor-parallel
+/// group's ([`crate::Qwen3CudaGroup`]).
+pub(crate) trait SequenceDecoder {
+    fn position(&self) -> usize;
+    fn capacity(&self) -> usize;
+    fn has_prefill(&self) -> bool;
+    fn step(&mut self, token: u32, want_logits: bool) -> Result<StepOutput, CudaError>;
+    fn prefill(&mut self, tokens: &[u32], want_logits: bool) -> Result<StepOutput, CudaError>;
+}
+
+impl SequenceDecoder for CudaDecoder {
+    fn position(&self) -> usize {
+        CudaDecoder::position(self)
+    }
+
+    fn capacity(&self) -> usize {
+        CudaDecoder::capacity(self)
+    }
+
+    fn has_prefill(&self) -> bool {
+        CudaDecoder::has_prefill(self)
+    }
+
+    fn step(&mut self, token: u32, want_logits: bool) -> Result<StepOutput, CudaError> {
+        CudaDecoder::step(self, token, want_logits)
+    }
+
+    fn prefill(&mut self, tokens: &[u32], want_logits: bool) -> Result<StepOutput, CudaError> {
+        CudaDecoder::prefill(self, tokens, want_logits)
+    }
+}
+
+/// One sequence on a GPU decoder: [`CausalLm`]'s forward passes, shared by one device and a
+/// group.
+pub(crate) struct OneSequence<'a, D: SequenceDecoder> {
+    pub blueprint: &'a Blueprint,
+    pub decoder: &'a mut D,
+}
+
+impl<D: SequenceDecoder> OneSequence<'_, D> {
+    fn f16(&self) -> bool {
+        self.blueprint.dtype() == DType::F16
+    }
+
+    fn check_finite(&self, logits: &[f32]) -> Result<(), ModelError> {
+        check_finite(self.blueprint, self.decoder.position(), logits)
     }
 
     fn check(&self, ids: &[u32]) -> Result<(), ModelError> {
         check_ids(self.blueprint.config(), self.decoder.position(), ids)?;
         let needed = self.decoder.position() + ids.len();
         if needed > self.decoder.capacity() {
-            return Err(smelt_runtime::cuda::CudaError::KvFull { capacity: self.decoder.capacity() }.into());
+            return Err(CudaError::KvFull { capacity: self.decoder.capacity() }.into());
         }
         Ok(())
     }
-}
 
-impl CausalLm for Qwen3Cuda {
-    fn config(&self) -> &Qwen3Config {
-        self.blueprint.config()
-    }
-
-    fn eos_token_ids(&self) -> &[u32] {
-        self.blueprint.eos_token_ids()
-    }
-
-    fn position(&self) -> usize {
-        self.decoder.position()
-    }
-
-    fn reset(&mut self) {
-        self.decoder.reset()
-    }
-
-    fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
+    pub fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
         self.check(ids)?;
         let vocab = self.blueprint.config().vocab_size;
         if logits == Logits::LastPosition && ids.len() > 1 && self.decoder.has_prefill() {
@@ -264,11 +308,7 @@ impl CausalLm for Qwen3Cuda {
         Ok(Tensor::from_stored(DType::F32, vec![n, vocab], rows))
     }
 
-    fn as_batch(&mut self) -> Option<&mut dyn BatchLm> {
-        Some(self)
-    }
-
-    fn forward_greedy(&mut self, ids: &[u32]) -> Result<u32, ModelError> {
+    pub fn forward_greedy(&mut self, ids: &[u32]) -> Result<u32, ModelError> {
         self.check(ids)?;
         // In f16 every step's logits are read and checked (see `check_finite`).
         let want = self.f16();
@@ -289,6 +329,36 @@ impl CausalLm for Qwen3Cuda {
         };
         self.check_finite(out.logits.as_deref().unwrap_or_default())?;
         Ok(out.next_token)
+    }
+}
+
+impl CausalLm for Qwen3Cuda {
+    fn config(&self) -> &Qwen3Config {
+        self.blueprint.config()
+    }
+
+    fn eos_token_ids(&self) -> &[u32] {
+        self.blueprint.eos_token_ids()
+    }
+
+    fn position(&self) -> usize {
+        self.decoder.position()
+    }
+
+    fn reset(&mut self) {
+        self.decoder.reset()
+    }
+
+    fn forward(&mut self, ids: &[u32], logits: Logits) -> Result<Tensor, ModelError> {
+        self.one_sequence().forward(ids, logits)
+    }
+
+    fn as_batch(&mut self) -> Option<&mut dyn BatchLm> {
+        Some(self)
+    }
+
+    fn forward_greedy(&mut self, ids: &[u32]) -> Result<u32, ModelError> {
+        self.one_sequence().forward_greedy(ids)
     }
 }
 

@@ -26,7 +26,7 @@ use smelt_models::lm::next_token;
 use smelt_models::qwen3::Logits;
 use smelt_models::{
     CausalLm, ChatError, ChatMessage, Continuation, FinishReason, GenerationConfig, LoadOptions, ModelError,
-    Qwen3Config, Qwen3Cpu, Qwen3Cuda, SamplingParams, Tokenizer, TokenizerError,
+    Qwen3Config, Qwen3Cpu, Qwen3Cuda, Qwen3CudaGroup, SamplingParams, Tokenizer, TokenizerError,
 };
 
 pub use options::{CudaOptions, Device, ModelOptions, Needs, DEFAULT_MAX_KV_TOKENS};
@@ -137,7 +137,11 @@ impl Model {
                 options.cuda.check_fits(&config, dtype)?;
                 // With batch options, the batched decode step is compiled too (for generate_batch).
                 let rows = options.batch.map_or(0, |b| b.max_batch);
-                Box::new(Qwen3Cuda::load(dir, dtype, &options.cuda.decoder_options(&config, rows))?)
+                let decoder = options.cuda.decoder_options(&config, rows);
+                match options.tensor_parallel {
+                    0 | 1 => Box::new(Qwen3Cuda::load(dir, dtype, &decoder)?),
+                    world => Box::new(Qwen3CudaGroup::load(dir, dtype, world, &decoder)?),
+                }
             }
         };
         let batch = options.batch.unwrap_or_default();

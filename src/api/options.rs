@@ -134,8 +134,9 @@ pub struct ModelOptions {
     pub dtype: Option<DType>,
     /// Run the primitive graphs instead of the fused ones (CPU only).
     pub no_fuse: bool,
-    /// Split the model over this many tensor-parallel ranks (0 or 1: none). CPU only for now:
-    /// each rank is a thread with its slices of the weights and its share of the KV heads.
+    /// Split the model over this many tensor-parallel ranks (0 or 1: none), each with its
+    /// slices of the weights and its share of the KV heads: on the CPU a thread per rank, on
+    /// CUDA a GPU per rank (devices 0..N, NCCL between them; one sequence at a time).
     pub tensor_parallel: u32,
     /// A tokenizer.json to use instead of the model directory's (without a chat template).
     pub tokenizer: Option<PathBuf>,
@@ -158,9 +159,9 @@ impl ModelOptions {
         match self.device {
             Device::Cpu if self.cuda.any_set() => refuse("CUDA options apply to the GPU (device cuda)"),
             Device::Cuda if self.no_fuse => refuse("the CUDA backend runs fused graphs only"),
-            Device::Cuda if self.tensor_parallel > 1 => {
-                refuse("tensor parallelism runs on the CPU backend only for now (no NCCL yet)")
-            }
+            Device::Cuda if self.tensor_parallel > 1 && self.batch.is_some() => refuse(
+                "batched decode over a tensor-parallel group of GPUs is not built: batch on one GPU, or on the CPU with --tensor-parallel",
+            ),
             _ => Ok(()),
         }
     }
@@ -177,6 +178,19 @@ mod tests {
         }
         assert!("gpu".parse::<Device>().unwrap_err().contains("cpu or cuda"));
         assert_eq!((Device::Cpu.default_dtype(), Device::Cuda.default_dtype()), (DType::F32, DType::BF16));
+    }
+
+    /// A group of GPUs runs one sequence at a time: batch options with it are refused, not
+    /// ignored; one GPU, or a CPU group, takes them.
+    #[test]
+    fn a_gpu_group_refuses_the_batch_engine() {
+        let group = ModelOptions { device: Device::Cuda, tensor_parallel: 2, ..ModelOptions::default() };
+        assert!(group.check().is_ok());
+        let batched = ModelOptions { batch: Some(BatchOptions::default()), ..group.clone() };
+        let e = batched.check().unwrap_err().to_string();
+        assert!(e.contains("tensor-parallel group of GPUs"), "{e}");
+        assert!(ModelOptions { tensor_parallel: 1, ..batched.clone() }.check().is_ok());
+        assert!(ModelOptions { device: Device::Cpu, ..batched }.check().is_ok());
     }
 
     #[test]

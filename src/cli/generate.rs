@@ -188,8 +188,9 @@ pub struct BackendArgs {
     /// Run the primitive graph instead of the fused one (CPU only).
     #[arg(long)]
     no_fuse: bool,
-    /// Split the model over N tensor-parallel ranks (Megatron layout), each a thread holding
-    /// its slices of the weights and its share of the KV heads (CPU only for now).
+    /// Split the model over N tensor-parallel ranks (Megatron layout), each holding its slices
+    /// of the weights and its share of the KV heads: a thread per rank on the CPU, a GPU per
+    /// rank with --device cuda (devices 0..N, NCCL between them; needs libnccl).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     tensor_parallel: u32,
     #[command(flatten)]
@@ -216,9 +217,6 @@ impl BackendArgs {
         }
         if self.no_fuse && self.device == Device::Cuda {
             bail!("--no-fuse: the CUDA backend runs fused graphs only");
-        }
-        if self.tensor_parallel > 1 && self.device == Device::Cuda {
-            bail!("--tensor-parallel runs on the CPU backend only for now (the CUDA backend has no NCCL path yet)");
         }
         Ok(())
     }

@@ -28,6 +28,10 @@ fn commands_that_need_a_gpu_probe_it_before_loading_anything() {
         (vec!["bench"], "smelt bench needs an NVIDIA GPU"),
         (vec!["generate", "--model", dir, "--prompt-ids", PROMPT, "--device", "cuda"], "--device cuda needs"),
         (
+            vec!["generate", "--model", dir, "--prompt-ids", PROMPT, "--device", "cuda", "--tensor-parallel", "2"],
+            "--device cuda needs",
+        ),
+        (
             vec!["logits", "--model", dir, "--prompt-ids", PROMPT, "--out", path_str(&out_file), "--device", "cuda"],
             "--device cuda needs",
         ),

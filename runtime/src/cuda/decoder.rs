@@ -369,7 +369,7 @@ impl CudaDecoder {
 
 /// The context bucket a step at `context` tokens replays: powers of two from [`MIN_BUCKET`],
 /// at most the cache's capacity. Attention's split count follows the bucket's grid.
-fn bucket(context: usize, capacity: usize) -> usize {
+pub(crate) fn bucket(context: usize, capacity: usize) -> usize {
     context.next_power_of_two().max(MIN_BUCKET).min(capacity.max(1))
 }
 

@@ -14,11 +14,12 @@ use super::CudaError;
 
 /// Checks that every rank's program exchanges the values rank 0's does, in the same order, as
 /// sharding makes them.
-pub(crate) fn same_exchanges(ranks: &[(Graph, Program)]) -> Result<(), CudaError> {
-    let Some((first_graph, first)) = ranks.first() else {
+pub(crate) fn same_exchanges<'a>(ranks: impl IntoIterator<Item = (&'a Graph, &'a Program)>) -> Result<(), CudaError> {
+    let mut ranks = ranks.into_iter().enumerate().peekable();
+    let Some(&(_, (first_graph, first))) = ranks.peek() else {
         return Err(CudaError::Layout("a group of no ranks".into()));
     };
-    for (r, (g, p)) in ranks.iter().enumerate() {
+    for (r, (g, p)) in ranks {
         let same = p.exchanges.len() == first.exchanges.len()
             && p.exchanges
                 .iter()

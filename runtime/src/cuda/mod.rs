@@ -14,6 +14,9 @@ mod device;
 mod device_weights;
 mod emulated;
 mod group;
+// FFI: the group's collectives (NCCL) between its launches.
+#[allow(unsafe_code)]
+mod group_decoder;
 mod layout;
 // FFI: NCCL's collectives on device buffers.
 #[allow(unsafe_code)]
@@ -29,6 +32,7 @@ pub use decoder::{CudaDecoder, DecoderGraphs, DecoderOptions, JitReport, StepOut
 pub use device::{probe, DeviceBuffer, DeviceInfo, Gpu};
 pub use device_weights::{DeviceWeights, WeightBytes};
 pub use emulated::{BatchRow as EmulatedRow, EmulatedRanks, EmulationOptions};
+pub use group_decoder::GroupDecoder;
 pub use nccl::NcclGroup;
 pub use ranks::{GpuRanks, GroupOptions};
 

@@ -59,7 +59,7 @@ impl GpuRanks {
         weights: &[&dyn WeightBytes],
         options: &GroupOptions,
     ) -> Result<GpuRanks, CudaError> {
-        same_exchanges(&ranks)?;
+        same_exchanges(ranks.iter().map(|(g, p)| (g, p)))?;
         if weights.len() != ranks.len() {
             return Err(CudaError::Layout(format!("{} weight sources for {} ranks", weights.len(), ranks.len())));
         }

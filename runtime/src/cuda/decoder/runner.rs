@@ -25,7 +25,7 @@ pub(crate) struct Runner {
     pub(crate) logits: (u64, usize),
     pub(crate) next_token: u64,
     /// Whether the outputs have a row per new token (else one row: the last position's).
-    pub(super) row_per_token: bool,
+    pub(crate) row_per_token: bool,
     pub(super) graphs: HashMap<usize, CudaGraph>,
 }
 
@@ -80,7 +80,7 @@ impl Runner {
     /// The greedy token and (if `want_logits`) the logits of output row `row` (the graph's
     /// outputs have one row per new token, or one in all), the token at `position`. A greedy
     /// token of -1 means non-finite logits: an error, found with no extra transfer.
-    pub(super) fn read_outputs(
+    pub(crate) fn read_outputs(
         &self,
         gpu: &Gpu,
         want_logits: bool,

@@ -32,7 +32,7 @@ impl EmulatedRanks {
     /// it) and the kernels of their exchanges for the host with `checker`. The ranks must
     /// exchange the same values in the same order, as sharding makes them.
     pub fn build(ranks: Vec<(Graph, Program)>, checker: Checker) -> Result<EmulatedRanks, CudaError> {
-        same_exchanges(&ranks)?;
+        same_exchanges(ranks.iter().map(|(g, p)| (g, p)))?;
         let (first_graph, first) = &ranks[0];
         let mut sources: Vec<KernelSource> = Vec::new();
         let mut index_of = |k: &Kernel| match sources.iter().position(|s| s.name == k.name && s.source == k.source) {
