@@ -2,7 +2,7 @@
 //! `smelt_step` parameter block as a buffer.
 
 use smelt_codegen::PRELUDE;
-use smelt_emulate::{Buffer, Checker, EmuError, Emulator, KernelSource, Pointer};
+use smelt_emulate::{BlockOrder, Buffer, Checker, EmuError, Emulator, KernelSource, Pointer, Schedule};
 
 /// `kernels` built for the host with `checker`, or None with a "skipped" line when this
 /// machine has no C++20 compiler for it (a failure under `CI=true`).
@@ -15,6 +15,21 @@ pub fn build(kernels: &[KernelSource], checker: Checker) -> Option<Emulator> {
         }
         Err(e) => panic!("{e}"),
     }
+}
+
+/// `run` under AddressSanitizer with the blocks in order and, at the same time, under
+/// ThreadSanitizer with the blocks in a seeded order (each is one compiler or emulator process
+/// at a time, so together they keep two cores busy); both must give the same outputs. None
+/// when a build could not be made.
+pub fn bounds_and_races<T: PartialEq + Send>(run: impl Fn(Checker, Schedule) -> Option<T> + Sync) -> Option<T> {
+    let seeded = Schedule { block_order: BlockOrder::Seeded(0x5eed), ..Schedule::default() };
+    let (bounds, races) = std::thread::scope(|s| {
+        let races = s.spawn(|| run(Checker::Races, seeded));
+        (run(Checker::Bounds, Schedule::default()), races.join().expect("the race-checked run panicked"))
+    });
+    let (bounds, races) = (bounds?, races?);
+    assert!(bounds == races, "the outputs depend on the block order or the build");
+    Some(bounds)
 }
 
 pub fn source(k: &smelt_codegen::Kernel) -> KernelSource {
