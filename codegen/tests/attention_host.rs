@@ -365,8 +365,7 @@ fn batched_rows_reading_another_rows_position_or_table_are_caught() {
         })
         .collect();
     let kernels: Vec<_> = pairs.iter().flatten().map(emulated::source).collect();
-    let Some(bounds) = emulated::build(&kernels, Checker::Bounds) else { return };
-    let Some(races) = emulated::build(&kernels, Checker::Races) else { return };
+    let Some((bounds, races)) = emulated::build_both(&kernels) else { return };
     let want = case.want.to_f32_vec();
     let wrong = |ran: &Ran| worst_relative(&decode(DType::BF16, &ran.out), &want, DType::BF16) > 0.0;
     for (i, (f, pair)) in faults.iter().zip(&pairs).enumerate() {
@@ -407,8 +406,7 @@ fn merged_arrival_faults_are_caught() {
         .map(|(i, f)| f.inject(decode_attention(&format!("fault{i}"), &spec).remove(0)))
         .collect();
     let sources: Vec<_> = kernels.iter().map(emulated::source).collect();
-    let Some(bounds) = emulated::build(&sources, Checker::Bounds) else { return };
-    let Some(races) = emulated::build(&sources, Checker::Races) else { return };
+    let Some((bounds, races)) = emulated::build_both(&sources) else { return };
     let want = case.want.to_f32_vec();
     let wrong = |ran: &Ran| worst_relative(&decode(DType::BF16, &ran.out), &want, DType::BF16) > 2f32.powi(-10);
     let counter_left = |ran: &Ran| ran.counters.iter().any(|&b| b != 0);

@@ -195,9 +195,12 @@ fn emulate(cases: &[Case], checker: Checker, schedule: Schedule) -> Option<Vec<V
 #[test]
 fn prefill_attention_matches_eval() {
     let cases = cases();
-    let Some(bounds) = emulate(&cases, Checker::Bounds, Schedule::default()) else { return };
     let seeded = Schedule { landing: Landing::Random(7), block_order: BlockOrder::Seeded(11) };
-    let Some(races) = emulate(&cases, Checker::Races, seeded) else { return };
+    let both = emulated::with_both_checkers(|checker| match checker {
+        Checker::Races => emulate(&cases, checker, seeded),
+        _ => emulate(&cases, checker, Schedule::default()),
+    });
+    let Some((bounds, races)) = both else { return };
     for ((case, got), again) in cases.iter().zip(&bounds).zip(&races) {
         assert!(got == again, "{}: the output depends on the block order or when copies land", case.what);
         assert_matches_eval(case, got);
@@ -301,8 +304,7 @@ fn injected_faults_are_caught() {
     let kernels: Vec<Kernel> =
         FAULTS.iter().enumerate().map(|(i, f)| f.inject(prefill_attention(&format!("fault{i}"), &case.spec))).collect();
     let sources: Vec<_> = kernels.iter().map(emulated::source).collect();
-    let Some(bounds) = emulated::build(&sources, Checker::Bounds) else { return };
-    let Some(races) = emulated::build(&sources, Checker::Races) else { return };
+    let Some((bounds, races)) = emulated::build_both(&sources) else { return };
     let seeded = Schedule { landing: Landing::Random(7), block_order: BlockOrder::Seeded(11) };
     for (i, (f, k)) in FAULTS.iter().zip(&kernels).enumerate() {
         let plain = run(&bounds, i, k, &case, Schedule::default());

@@ -17,17 +17,30 @@ pub fn build(kernels: &[KernelSource], checker: Checker) -> Option<Emulator> {
     }
 }
 
-/// `run` under AddressSanitizer with the blocks in order and, at the same time, under
-/// ThreadSanitizer with the blocks in a seeded order (each is one compiler or emulator process
-/// at a time, so together they keep two cores busy); both must give the same outputs. None
-/// when a build could not be made.
+/// `make` for AddressSanitizer and, at the same time, for ThreadSanitizer (each is one
+/// compiler or emulator process at a time, so together they keep two cores busy): (bounds,
+/// races), or None when either could not be built.
+pub fn with_both_checkers<T: Send>(make: impl Fn(Checker) -> Option<T> + Sync) -> Option<(T, T)> {
+    let (bounds, races) = std::thread::scope(|s| {
+        let races = s.spawn(|| make(Checker::Races));
+        (make(Checker::Bounds), races.join().expect("the ThreadSanitizer side panicked"))
+    });
+    Some((bounds?, races?))
+}
+
+/// `kernels` built under both checkers at once (see [`with_both_checkers`]).
+pub fn build_both(kernels: &[KernelSource]) -> Option<(Emulator, Emulator)> {
+    with_both_checkers(|checker| build(kernels, checker))
+}
+
+/// `run` under AddressSanitizer with the blocks in order and under ThreadSanitizer with the
+/// blocks in a seeded order, at once; both must give the same outputs.
 pub fn bounds_and_races<T: PartialEq + Send>(run: impl Fn(Checker, Schedule) -> Option<T> + Sync) -> Option<T> {
     let seeded = Schedule { block_order: BlockOrder::Seeded(0x5eed), ..Schedule::default() };
-    let (bounds, races) = std::thread::scope(|s| {
-        let races = s.spawn(|| run(Checker::Races, seeded));
-        (run(Checker::Bounds, Schedule::default()), races.join().expect("the race-checked run panicked"))
-    });
-    let (bounds, races) = (bounds?, races?);
+    let (bounds, races) = with_both_checkers(|checker| match checker {
+        Checker::Races => run(checker, seeded),
+        _ => run(checker, Schedule::default()),
+    })?;
     assert!(bounds == races, "the outputs depend on the block order or the build");
     Some(bounds)
 }

@@ -7,7 +7,7 @@
 //! which hides a reordering's last-bit differences); the fences around the arrival dropped
 //! (the emulator's atomics are sequentially consistent, so they order what the fences would).
 
-use smelt_emulate::{BlockOrder, Checker, EmuError, Landing, Schedule};
+use smelt_emulate::{BlockOrder, EmuError, Landing, Schedule};
 use smelt_ir::DType;
 
 use super::{case_steps, emulated, from_storage, out_dtype, prepare, residual, Case, Run};
@@ -116,8 +116,7 @@ fn injected_faults_are_caught() {
         }
     };
     let kernels: Vec<_> = FAULTS.iter().map(|(f, s)| emulated::source(&f.inject(pick(*s).0.kernel()))).collect();
-    let Some(bounds) = emulated::build(&kernels, Checker::Bounds) else { return };
-    let Some(races) = emulated::build(&kernels, Checker::Races) else { return };
+    let Some((bounds, races)) = emulated::build_both(&kernels) else { return };
     let seeded = Schedule { landing: Landing::Random(3), block_order: BlockOrder::Reversed };
     for (i, (f, split_case)) in FAULTS.iter().enumerate() {
         let (case, run) = pick(*split_case);
