@@ -231,13 +231,8 @@ fn every_ranks_kernels_match_the_evaluator_on_one_gpu() {
         assert!(failed.is_empty(), "rank {r}: {failed:?}");
         assert_eq!(run.logits.to_f32_vec(), runs[0].logits.to_f32_vec(), "rank {r}'s logits differ from rank 0's");
     }
-    let got = runs[0].logits.to_f32_vec();
-    let (d2, w2) = got
-        .iter()
-        .zip(&want)
-        .fold((0f64, 0f64), |(d, w), (&g, &y)| (d + (g as f64 - y as f64).powi(2), w + (y as f64).powi(2)));
-    let rel = (d2 / w2).sqrt();
-    assert!(rel <= 1e-4, "logits rel err {rel:e} against the CPU backend");
+    let (rel, max_abs) = common::rel_err(&runs[0].logits.to_f32_vec(), &want);
+    assert!(rel <= 1e-4, "logits rel err {rel:e} (max abs {max_abs:e}) against the CPU backend");
     eprintln!("2 ranks on one GPU: {} node checks each, logits rel err {rel:.3e}", runs[0].checks.len());
 }
 
@@ -276,12 +271,8 @@ fn two_gpus_as_a_tensor_parallel_group_generate_what_the_cpu_does() {
         assert_eq!(ids, want_ids, "prefill {prefill}: the group's greedy ids differ from the CPU's");
         group.reset();
         let got = group.forward(&prompt, Logits::LastPosition).unwrap().to_f32_vec();
-        let (d2, w2) = got
-            .iter()
-            .zip(&want)
-            .fold((0f64, 0f64), |(d, w), (&g, &y)| (d + (g as f64 - y as f64).powi(2), w + (y as f64).powi(2)));
-        let rel = (d2 / w2).sqrt();
-        assert!(rel <= 1e-4, "prefill {prefill}: logits rel err {rel:e} against the CPU backend");
+        let (rel, max_abs) = common::rel_err(&got, &want);
+        assert!(rel <= 1e-4, "prefill {prefill}: logits rel err {rel:e} (max abs {max_abs:e}) against the CPU backend");
         eprintln!("2 GPUs (prefill {prefill}): greedy ids equal the CPU's; logits rel err {rel:.3e}");
     }
 }
