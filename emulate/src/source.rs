@@ -8,7 +8,7 @@ use crate::EmuError;
 /// alone (the emulator puts the prelude and the PTX twins before it), with `extern "C"`
 /// removed, each `extern __shared__ TYPE NAME[];` made a pointer to the emulator's dynamic
 /// shared memory, and each static `__shared__` array made one per block group
-/// ([`per_group_shared`]).
+/// (`per_group_shared`).
 pub fn emulated_source(name: &str, source: &str, prelude: &str) -> Result<String, EmuError> {
     let error = |why: &str| EmuError::Source { kernel: name.to_string(), why: why.to_string() };
     let body = source.strip_prefix(prelude).ok_or_else(|| error("its source does not start with the prelude"))?;

@@ -49,7 +49,7 @@ pub struct DeclareOptions {
     pub logits: Logits,
 }
 
-/// Declares Qwen3 for `cfg`. Inputs: `token_ids` i32[T], `positions` i32[T], and per layer
+/// Declares Qwen3 for `cfg`. Inputs: `token_ids i32[T]`, `positions i32[T]`, and per layer
 /// `cache.lNN.k`/`.v` [P, KVH, head_dim]. Outputs: `logits` f32, `next_token` (greedy) i32,
 /// and every updated cache under its input's name, so a runtime feeds them back next step.
 /// Each plays its [`Role`], which is how the runtimes find them; every node of a decoder layer

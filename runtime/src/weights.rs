@@ -181,7 +181,7 @@ impl Checkpoint {
     }
 
     /// Reads one tensor as a host [`Tensor`] of `dtype`, kept in the narrowest storage that
-    /// holds exactly the values `dtype` computes with ([`convert::Kept`]): a bf16 checkpoint
+    /// holds exactly the values `dtype` computes with (`convert::Kept`): a bf16 checkpoint
     /// stays bf16 for bf16 and for f32 (widened per tile as it is used, exactly); an f32 one
     /// loaded as bf16 rounds to nearest even. The bytes go through a bounded staging buffer.
     /// A slice's name loads the slice, reading only its bytes.
