@@ -4,6 +4,8 @@
 //! (`smelt_codegen::kernels::exchange`: one launch per rank, reading every rank's part), and
 //! its output is checked against the evaluator's collective over the parts.
 
+use std::ops::Range;
+
 use smelt_codegen::kernels::exchange::{all_gather, all_reduce};
 use smelt_codegen::{Exchange, Kernel, Program};
 use smelt_ir::eval::{gather_in_rank_order, sum_in_rank_order};
@@ -11,6 +13,13 @@ use smelt_ir::{Graph, Op, Tensor};
 
 use super::layout::label;
 use super::CudaError;
+
+/// The launches of `program` (`launches` in all) after exchange `k - 1` and before exchange
+/// `k`; `k = exchanges.len()` gives those after the last.
+pub(crate) fn segment(program: &Program, launches: usize, k: usize) -> Range<usize> {
+    let start = k.checked_sub(1).map_or(0, |j| program.exchanges[j].after);
+    start..program.exchanges.get(k).map_or(launches, |x| x.after)
+}
 
 /// Checks that every rank's program exchanges the values rank 0's does, in the same order, as
 /// sharding makes them.

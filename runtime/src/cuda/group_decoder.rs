@@ -14,7 +14,7 @@ use smelt_ir::{Bindings, Op};
 use super::decoder::{bucket, CudaDecoder, DecoderGraphs, DecoderOptions, Runner, StepOutput};
 use super::device::{check, Gpu};
 use super::device_weights::WeightBytes;
-use super::group::same_exchanges;
+use super::group::{same_exchanges, segment};
 use super::layout::label;
 use super::nccl::{NcclGroup, Transfer};
 use super::CudaError;
@@ -178,15 +178,12 @@ impl GroupDecoder {
     fn run(&self, which: Which, b: &Bindings) -> Result<(), CudaError> {
         let runners = self.runners(which);
         let exchanges = runners[0].program.exchanges.len();
-        let mut from = vec![0; runners.len()];
         for k in 0..=exchanges {
-            for ((rank, runner), from) in self.ranks.iter().zip(&runners).zip(&mut from) {
-                let to = runner.program.exchanges.get(k).map_or(runner.layout.launches.len(), |x| x.after);
+            for (rank, runner) in self.ranks.iter().zip(&runners) {
                 bind(&rank.gpu)?;
-                for i in *from..to {
+                for i in segment(&runner.program, runner.layout.launches.len(), k) {
                     runner.launch(&rank.gpu, i, b, rank.pdl)?;
                 }
-                *from = to;
             }
             if k < exchanges {
                 self.exchange(&runners, k, b)?;

@@ -17,7 +17,7 @@ use super::check::{check_launches, compare, prepare_run, read_value, CheckedRun}
 use super::decoder::{launch_raw, load_kernels, Runner};
 use super::device::Gpu;
 use super::device_weights::{DeviceWeights, WeightBytes};
-use super::group::{exchange_kernel, exchange_reference, same_exchanges};
+use super::group::{exchange_kernel, exchange_reference, same_exchanges, segment};
 use super::layout::{label, storage_bytes, KvPool, KvShape};
 use super::CudaError;
 
@@ -116,13 +116,11 @@ impl GpuRanks {
         }
         let b = Bindings { batch: 1, new_tokens: tokens.len(), cached_tokens: at };
         let mut checks: Vec<Vec<_>> = vec![Vec::new(); world];
-        let mut from = vec![0; world];
         for k in 0..=self.exchanges.len() {
             for (r, rank) in self.ranks.iter().enumerate() {
                 let runner = &rank.runner;
-                let to = runner.program.exchanges.get(k).map_or(runner.layout.launches.len(), |x| x.after);
-                checks[r].extend(check_launches(&self.gpu, runner, self.pdl, from[r]..to, &b, weights[r])?);
-                from[r] = to;
+                let launches = segment(&runner.program, runner.layout.launches.len(), k);
+                checks[r].extend(check_launches(&self.gpu, runner, self.pdl, launches, &b, weights[r])?);
             }
             if k < self.exchanges.len() {
                 for (r, check) in self.exchange(k, &b)?.into_iter().enumerate() {
