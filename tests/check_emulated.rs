@@ -35,7 +35,17 @@ fn every_fixtures_decode_program_matches_node_by_node() {
         assert!(out.contains("emulated decode at position 40:"), "{fixture}: {out}");
         assert_eq!(out.matches("logits vs the CPU backend").count(), 3, "{fixture}: {out}");
         assert!(out.contains(" 0 failed; 0 logits checks failed"), "{fixture}: {out}");
+        // q's norm + RoPE, k's with the append and v's append: one kernel, three nodes checked.
+        assert!(out.contains("qkv_norm_rope_kv_append"), "{fixture}: {out}");
     }
+    // Apart (the A/B twin): a kernel each.
+    let model = common::fixture_dir("one-token");
+    let args = ["--model", model.to_str().unwrap(), "--dtype", "f32", "--positions", "5", "--no-co-launch"];
+    let Some(out) = emulate(&args) else { return };
+    for kernel in ["q_norm_rope", "k_norm_rope_kv_append", "v_kv_append"] {
+        assert!(out.contains(kernel), "no {kernel} kernel checked:\n{out}");
+    }
+    assert!(!out.contains("qkv_norm_rope_kv_append") && out.contains(" 0 failed; 0 logits checks failed"), "{out}");
 }
 
 #[test]
@@ -50,7 +60,7 @@ fn the_prefill_program_runs_its_gemm_and_flash_attention_emulated() {
         return;
     };
     assert!(out.contains("emulated prefill of 13 tokens at position 20"), "{out}");
-    for kernel in ["qkv_gemm", "prefill_attention", "down_residual_gemm_epilogue"] {
+    for kernel in ["qkv_gemm", "qkv_norm_rope_kv_append", "prefill_attention", "down_residual_gemm_epilogue"] {
         assert!(out.contains(kernel), "no {kernel} kernel checked:\n{out}");
     }
     assert!(out.contains(" 0 failed; 0 logits checks failed"), "{out}");

@@ -39,14 +39,10 @@ fn decode_program(dtype: DType) -> (Program, usize) {
 #[test]
 fn decode_program_reads_each_weight_once() {
     let (p, weights) = decode_program(DType::BF16);
-    // 7 fused ops per layer (attention is one kernel, its splits merged) + 3 outside.
-    assert_eq!(p.launches.len(), 28 * 7 + 3);
-    assert_eq!(
-        p.kernels.len(),
-        10,
-        "layers share kernels: {:?}",
-        p.kernels.iter().map(|k| &k.name).collect::<Vec<_>>()
-    );
+    // 6 launches per layer (attention is one kernel, its splits merged; q's norm + RoPE, k's
+    // norm + RoPE and append and v's append are one) + 3 outside.
+    assert_eq!(p.launches.len(), 28 * 6 + 3);
+    assert_eq!(p.kernels.len(), 9, "layers share kernels: {:?}", p.kernels.iter().map(|k| &k.name).collect::<Vec<_>>());
     let launched: u64 = p.launches.iter().map(|l| l.cost.weight_bytes).sum();
     // Every weight once, plus the one embedding row the gather reads (the tied table is
     // also read whole by lm_head).
@@ -55,6 +51,30 @@ fn decode_program_reads_each_weight_once() {
     assert_eq!(kv, 114_688, "attention reads the whole KV cache once");
     let names: Vec<&str> = p.kernels.iter().map(|k| k.name.as_str()).collect();
     assert!(names.contains(&"qkv_gemv_rmsnorm") && names.contains(&"gate_up_swiglu_gemv_rmsnorm"), "{names:?}");
+}
+
+/// The q, k and v heads' three nodes are one launch of one kernel, its parameters each node's
+/// operands and output in the order of the heads in the qkv row; with co-launch off, a launch
+/// each.
+#[test]
+fn the_q_k_and_v_heads_nodes_are_one_launch() {
+    let (p, _) = decode_program(DType::BF16);
+    let heads: Vec<_> = p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "head_rows").collect();
+    assert_eq!(heads.len(), 28);
+    let ops: Vec<&str> = heads[0].nodes.iter().map(|n| n.op.as_str()).collect();
+    assert_eq!(ops, ["norm_rope[eps=1e-6]", "norm_rope_kv_append[eps=1e-6]", "kv_append[]"]);
+    assert_eq!(p.kernels[heads[0].kernel].name, "qkv_norm_rope_kv_append");
+    let attention = p.launches.iter().find(|l| l.nodes[0].node == "l00.attn.attention").expect("attention");
+    assert_eq!(attention.nodes[0].operand_ids[0], heads[0].nodes[0].node_id, "attention reads q as normed");
+
+    let cfg = Qwen3Config::qwen3_0_6b();
+    let options = DeclareOptions { phase: Phase::Decode, dtype: DType::BF16, logits: Logits::LastPosition };
+    let mut g = declare(&cfg, options).expect("declares");
+    standard().run(&mut g, "qwen3").expect("pipeline");
+    let variants = Variants { co_launch: false, ..Variants::default() };
+    let apart = emit_with(&g, EmitOptions { variants, ..EmitOptions::default() }).expect("emits");
+    assert_eq!(apart.launches.len(), 28 * 8 + 3);
+    assert!(apart.launches.iter().all(|l| l.nodes.len() == 1));
 }
 
 #[test]
@@ -130,14 +150,15 @@ fn prefill_kernels_compile_for_sm80_and_sm90_without_spills() {
 }
 
 /// The kernel kinds the codegen crate's own tests do not snapshot (its tests hold the GEMV,
-/// GEMM, decode and prefill attention, norm+RoPE with the K append, argmax), as generated for
-/// Qwen3-0.6B in bf16: the embedding gather, the standalone RMSNorm (prefill) and the V append.
+/// GEMM, decode and prefill attention, the q, k and v heads' kernel, norm+RoPE with the K
+/// append, argmax), as generated for Qwen3-0.6B in bf16: the embedding gather and the
+/// standalone RMSNorm (prefill).
 #[test]
 fn remaining_kernel_kinds_source_snapshot() {
     let decode = decode_program(DType::BF16).0;
     let prefill = prefill_program(DType::BF16);
     let mut text = String::new();
-    for kind in ["gather", "rmsnorm", "kv_append"] {
+    for kind in ["gather", "rmsnorm"] {
         let k = decode
             .kernels
             .iter()

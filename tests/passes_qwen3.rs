@@ -22,28 +22,29 @@ fn fused(cfg: &Qwen3Config, phase: Phase, dtype: DType) -> Graph {
 }
 
 #[test]
-fn qwen3_0_6b_decode_fuses_to_seven_ops_per_layer() {
+fn qwen3_0_6b_decode_fuses_to_eight_ops_per_layer() {
     let g = fused(&Qwen3Config::qwen3_0_6b(), Phase::Decode, DType::BF16);
     let c = op_counts(&g);
-    // QKV matmul with the norm as prologue; k-norm + RoPE + K-cache write; V-cache write;
-    // attention with q-norm + RoPE as prologue; o_proj + residual; gate/up with the norm as
-    // prologue and SwiGLU as epilogue; down + residual.
-    assert!(c.ops_per_layer <= 7, "{} ops in a layer: {:?}", c.ops_per_layer, c.by_kind);
-    assert!(c.by_layer.values().all(|&n| n == 7), "{:?}", c.by_layer);
+    // QKV matmul with the norm as prologue; q-norm + RoPE; k-norm + RoPE + K-cache write;
+    // V-cache write (those three are one kernel, codegen's co-launch); attention; o_proj +
+    // residual; gate/up with the norm as prologue and SwiGLU as epilogue; down + residual.
+    assert!(c.ops_per_layer <= 8, "{} ops in a layer: {:?}", c.ops_per_layer, c.by_kind);
+    assert!(c.by_layer.values().all(|&n| n == 8), "{:?}", c.by_layer);
     // Embedding gather; final norm + lm_head + cast to f32; greedy argmax.
     assert!(c.ops_outside_layers <= 4, "{} ops outside the layers", c.ops_outside_layers);
-    assert_eq!(c.ops, 28 * 7 + 3);
+    assert_eq!(c.ops, 28 * 8 + 3);
     let kinds: Vec<(&str, usize)> = c.by_kind.iter().map(|(k, n)| (*k, *n)).collect();
     assert_eq!(
         kinds,
         [
             ("argmax", 1),
+            ("attention", 28),
             ("gather", 1),
             ("kv_append", 28),
             ("linear_epilogue", 56),
             ("linear_rmsnorm", 28),
             ("linear_rmsnorm_epilogue", 29),
-            ("norm_rope_attention", 28),
+            ("norm_rope", 28),
             ("norm_rope_kv_append", 28),
         ]
     );

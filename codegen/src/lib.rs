@@ -26,6 +26,7 @@ pub use kernels::{kernel_name, Kernel};
 pub use nvrtc::{Arch, Nvrtc, NvrtcError};
 pub use prelude::PRELUDE;
 pub use program::{
-    emit, emit_with, resolve_view, CodegenError, Cost, EmitOptions, Exchange, Params, Program, Scheduled, Variants,
+    emit, emit_with, resolve_view, CodegenError, Cost, EmitOptions, Exchange, Params, Program, Scheduled, Served,
+    Variants,
 };
 pub use template::{Template, TemplateError};

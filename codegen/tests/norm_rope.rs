@@ -14,7 +14,7 @@ use common::emulated;
 
 use smelt_codegen::kernels::argmax::argmax;
 use smelt_codegen::kernels::gather::{gather, partial_gather};
-use smelt_codegen::kernels::norm::{kv_append, norm_rope, norm_rope_kv_append, rmsnorm};
+use smelt_codegen::kernels::norm::{head_rows, kv_append, norm_rope, norm_rope_kv_append, rmsnorm, HeadPart};
 use smelt_codegen::kernels::{Grid, View};
 use smelt_codegen::{Kernel, PRELUDE};
 use smelt_emulate::{Arg, Buffer, Launch};
@@ -34,10 +34,29 @@ const Q_VIEW: View = View { offset: 0, row_stride: QKV, from_last_row: false };
 const K_VIEW: View = View { offset: HEADS * HEAD_DIM, row_stride: QKV, from_last_row: false };
 const V_VIEW: View = View { offset: (HEADS + KV_HEADS) * HEAD_DIM, row_stride: QKV, from_last_row: false };
 
+/// The q, k and v heads' kernel: q's norm + RoPE, k's with the append, v's append.
+fn qkv_heads(name: &str, dtype: DType) -> Kernel {
+    let parts = [
+        HeadPart::NormRope { heads: HEADS, eps: EPS, x_view: Q_VIEW, append: false },
+        HeadPart::NormRope { heads: KV_HEADS, eps: EPS, x_view: K_VIEW, append: true },
+        HeadPart::Append { heads: KV_HEADS, x_view: V_VIEW },
+    ];
+    head_rows(name, HEAD_DIM, dtype, &parts)
+}
+
 /// Every kernel of one layer's attention front and the model's ends, in `dtype`.
 fn kernels(dtype: DType) -> Vec<Kernel> {
     let t = Dim::Sym(Sym::NewTokens);
+    let appends =
+        [HeadPart::Append { heads: KV_HEADS, x_view: K_VIEW }, HeadPart::Append { heads: KV_HEADS, x_view: V_VIEW }];
+    let norms = [
+        HeadPart::NormRope { heads: HEADS, eps: EPS, x_view: Q_VIEW, append: false },
+        HeadPart::NormRope { heads: KV_HEADS, eps: EPS, x_view: K_VIEW, append: false },
+    ];
     vec![
+        qkv_heads(&format!("l00_attn_qkv_heads_{dtype}"), dtype),
+        head_rows(&format!("l00_attn_kv_appends_{dtype}"), HEAD_DIM, dtype, &appends),
+        head_rows(&format!("l00_attn_qk_norms_{dtype}"), HEAD_DIM, dtype, &norms),
         rmsnorm(&format!("final_norm_{dtype}"), t, HIDDEN, dtype, EPS, View::contiguous(HIDDEN)),
         norm_rope(&format!("l00_attn_q_rope_{dtype}"), HEADS, HEAD_DIM, dtype, EPS, Q_VIEW),
         norm_rope_kv_append(&format!("l00_attn_k_append_{dtype}"), KV_HEADS, HEAD_DIM, dtype, EPS, K_VIEW),
@@ -73,6 +92,11 @@ fn norm_rope_kv_append_source() {
 }
 
 #[test]
+fn qkv_heads_source() {
+    insta::assert_snapshot!(body(&qkv_heads("l00_attn_qkv_heads", DType::BF16)));
+}
+
+#[test]
 fn argmax_source() {
     let k = argmax("next_token", Dim::Sym(Sym::NewTokens), VOCAB, DType::BF16);
     insta::assert_snapshot!(body(&k));
@@ -82,7 +106,9 @@ fn argmax_source() {
 fn launches_cover_the_rows() {
     let b = |t| Bindings { batch: 1, new_tokens: t, cached_tokens: 9 };
     let blocks = |k: &Kernel, t| k.launch.grid.blocks(&b(t));
-    let [norm, q, k, v, embed, next] = <[Kernel; 6]>::try_from(kernels(DType::BF16)).expect("six kernels");
+    let [qkv, _, _, norm, q, k, v, embed, next] = <[Kernel; 9]>::try_from(kernels(DType::BF16)).expect("nine kernels");
+    // A warp per head of q, k and v: 32 heads.
+    assert_eq!((blocks(&qkv, 1), blocks(&qkv, 5), qkv.launch.block), (8, 40, 128));
     // One warp per row, four rows per block; one block per gathered row or argmax row.
     assert_eq!((blocks(&norm, 1), blocks(&norm, 9)), (1, 3));
     assert_eq!((blocks(&q, 1), blocks(&q, 5), blocks(&k, 1)), (4, 20, 2));
@@ -105,16 +131,18 @@ struct Run {
     table: Vec<u32>,
     t: usize,
     want: Tensor,
+    /// Other outputs (a kernel of several parts): buffer index and what eval says it holds.
+    more: Vec<(usize, Tensor)>,
     /// A batched decode step: each row's position, and the rows' block tables at a stride.
     rows: Option<(Vec<u32>, Vec<u32>, usize)>,
 }
 
 /// Runs every `Run` through the emulator under AddressSanitizer, then under ThreadSanitizer
 /// with the blocks in a seeded order (the same bits both ways); returns each one's output
-/// bytes.
-fn emulate(runs: &[Run]) -> Option<Vec<Vec<u8>>> {
+/// bytes: the last buffer's, then those of `more`.
+fn emulate(runs: &[Run]) -> Option<Vec<Vec<Vec<u8>>>> {
     let kernels: Vec<_> = runs.iter().map(|r| emulated::source(&r.kernel)).collect();
-    let run = |checker, schedule| -> Option<Vec<Vec<u8>>> {
+    let run = |checker, schedule| -> Option<Vec<Vec<Vec<u8>>>> {
         let emu = emulated::build(&kernels, checker)?;
         let outputs = runs.iter().enumerate().map(|(c, r)| {
             let n = r.bufs.len();
@@ -135,7 +163,9 @@ fn emulate(runs: &[Run]) -> Option<Vec<Vec<u8>>> {
             let launch = Launch { kernel: c, grid, block, shared_bytes, args, hidden: vec![] };
             let out =
                 emu.run(&buffers, &pointers, &[launch], schedule).unwrap_or_else(|e| panic!("{}: {e}", r.kernel.name));
-            out[n - 1][..bytes(&r.want).len()].to_vec()
+            let mut outputs = vec![out[n - 1][..bytes(&r.want).len()].to_vec()];
+            outputs.extend(r.more.iter().map(|(i, want)| out[*i][..bytes(want).len()].to_vec()));
+            outputs
         });
         Some(outputs.collect())
     };
@@ -200,6 +230,7 @@ fn batched_v_append(name: &str, qkv: &Tensor, dtype: DType) -> Run {
         table: vec![],
         t,
         want: pool(want),
+        more: vec![],
         rows: Some((positions, tables, stride)),
     }
 }
@@ -238,14 +269,15 @@ fn dtype_runs(r: &mut u64, dtype: DType, shared: &Shared) -> Vec<Run> {
         b.op("n", Op::Fused(FusedOp::RmsNorm { eps }), i).unwrap()
     });
     let kernel = rmsnorm(&name("norm"), s, HIDDEN, dtype, eps, View::contiguous(HIDDEN));
-    runs.push(Run { kernel, bufs: vec![x, x_w, want.clone()], table: vec![], t, want, rows: None });
+    runs.push(Run { kernel, bufs: vec![x, x_w, want.clone()], table: vec![], t, want, more: vec![], rows: None });
     let want = eval(&rope_ins(q_pos), |b, i| {
         let x = heads_of(b, i[0], Q_VIEW, HEADS);
         b.op("q", Op::Fused(FusedOp::NormRope { eps, append: false }), &[x, i[1], i[2], i[3]]).unwrap()
     });
     let kernel = norm_rope(&name("q"), HEADS, HEAD_DIM, dtype, eps, Q_VIEW);
     let bufs = vec![qkv.clone(), w.clone(), q_pos.clone(), inv_freq.clone(), want.clone()];
-    runs.push(Run { kernel, bufs, table: vec![], t, want, rows: None });
+    let (q_bufs, q_want) = (bufs.clone(), want.clone());
+    runs.push(Run { kernel, bufs, table: vec![], t, want, more: vec![], rows: None });
     let mut ins = rope_ins(k_pos);
     ins.push(("cache", &k_cache, past.clone()));
     let want = eval(&ins, |b, i| {
@@ -255,20 +287,44 @@ fn dtype_runs(r: &mut u64, dtype: DType, shared: &Shared) -> Vec<Run> {
     let ((before, table), (want, _)) = (paged(&k_cache, p + t), paged(&want, p + t));
     let kernel = norm_rope_kv_append(&name("k"), KV_HEADS, HEAD_DIM, dtype, eps, K_VIEW);
     let bufs = vec![qkv.clone(), w.clone(), k_pos.clone(), inv_freq.clone(), before.clone(), before];
-    runs.push(Run { kernel, bufs, table, t, want, rows: None });
+    let (k_bufs, k_want) = (bufs.clone(), want.clone());
+    runs.push(Run { kernel, bufs, table, t, want, more: vec![], rows: None });
     let want = eval(&[("cache", &v_cache, past.clone()), ("qkv", &qkv, tok(QKV))], |b, i| {
         let x = heads_of(b, i[1], V_VIEW, KV_HEADS);
         b.op("v", Op::KvAppend, &[i[0], x]).unwrap()
     });
     let ((before, table), (want, _)) = (paged(&v_cache, p + t), paged(&want, p + t));
     let kernel = kv_append(&name("v"), KV_HEADS, HEAD_DIM, dtype, V_VIEW);
-    runs.push(Run { kernel, bufs: vec![before.clone(), qkv.clone(), before], table, t, want, rows: None });
+    let v_bufs = vec![before.clone(), qkv.clone(), before];
+    runs.push(Run {
+        kernel,
+        bufs: v_bufs.clone(),
+        table: table.clone(),
+        t,
+        want: want.clone(),
+        more: vec![],
+        rows: None,
+    });
+    // The three as one kernel, each part with its own operands (q's positions are far, k's
+    // the next ones): the buffers q's, k's, then v's; q's output is buffer 4, k's 10, v's last.
+    // k's and v's caches share the block table.
+    let bufs = [q_bufs, k_bufs, v_bufs].concat();
+    let more = vec![(4, q_want), (10, k_want)];
+    runs.push(Run { kernel: qkv_heads(&name("qkv"), dtype), bufs, table, t, want, more, rows: None });
     runs.push(batched_v_append(&name("v_rows"), &qkv, dtype));
     let want = eval(&[("e", &embed, shape![300, HIDDEN]), ("ids", ids, shape![Sym::NewTokens])], |b, i| {
         b.gather("g", i[0], i[1]).unwrap()
     });
     let kernel = gather(&name("g"), s, HIDDEN, dtype);
-    runs.push(Run { kernel, bufs: vec![embed.clone(), ids.clone(), want.clone()], table: vec![], t, want, rows: None });
+    runs.push(Run {
+        kernel,
+        bufs: vec![embed.clone(), ids.clone(), want.clone()],
+        table: vec![],
+        t,
+        want,
+        more: vec![],
+        rows: None,
+    });
     // A tensor-parallel rank's part of the table, rows 10..210: of the ids 299, 0 and 17 only
     // 17 is this rank's; the others' rows are zeros.
     let part = embed.slice_along(0, 10..210);
@@ -278,7 +334,15 @@ fn dtype_runs(r: &mut u64, dtype: DType, shared: &Shared) -> Vec<Run> {
     let zero_rows = want.to_f32_vec().chunks(HIDDEN).filter(|r| r.iter().all(|&v| v == 0.0)).count();
     assert_eq!(zero_rows, 2, "eval's partial gather");
     let kernel = partial_gather(&name("pg"), s, HIDDEN, dtype, 10, 200);
-    runs.push(Run { kernel, bufs: vec![part, ids.clone(), want.clone()], table: vec![], t, want, rows: None });
+    runs.push(Run {
+        kernel,
+        bufs: vec![part, ids.clone(), want.clone()],
+        table: vec![],
+        t,
+        want,
+        more: vec![],
+        rows: None,
+    });
     runs.push(argmax_run(r, dtype, &name("a")));
     runs
 }
@@ -296,14 +360,15 @@ fn argmax_run(r: &mut u64, dtype: DType, name: &str) -> Run {
     let want = eval(&[("x", &x, shape![Sym::NewTokens, VOCAB])], |b, i| b.op("a", Op::ArgMax { axis: 1 }, i).unwrap());
     assert_eq!(want.i32s().map(|w| &w[1..6]), Some(&[5000, -1, -1, -1, -1][..]), "eval's argmax");
     let kernel = argmax(name, Dim::Sym(Sym::NewTokens), VOCAB, dtype);
-    Run { kernel, bufs: vec![x, want.clone()], table: vec![], t: 6, want, rows: None }
+    Run { kernel, bufs: vec![x, want.clone()], table: vec![], t: 6, want, more: vec![], rows: None }
 }
 
 /// A kernel's output bytes `got` against eval's: bit for bit, except where the norm's f32 sum
 /// rounds differently.
-fn check_against_eval(run: &Run, got: &[u8]) {
-    let (kind, dtype, want) = (run.kernel.kind, run.want.dtype(), run.want.to_f32_vec());
-    assert_eq!(got.len(), bytes(&run.want).len(), "{}: output size", run.kernel.name);
+fn check_against_eval(run: &Run, want: &Tensor, got: &[u8]) {
+    let (kind, dtype) = (run.kernel.kind, want.dtype());
+    assert_eq!(got.len(), bytes(want).len(), "{}: output size", run.kernel.name);
+    let want = want.to_f32_vec();
     let got = decode(dtype, got);
     let differ = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
     let worst = worst_relative(&got, &want, dtype);
@@ -314,7 +379,7 @@ fn check_against_eval(run: &Run, got: &[u8]) {
     // Relative per element (`worst_relative`), each with the worst measured: bf16 2^-6
     // (6.3e-3, q), f16 2^-5 (1.9e-2, q: an output at 2^-10 of the largest, from one ulp of
     // its normed input), f32 1e-6 (2.3e-7); every other kernel bit-exact.
-    let exact = !matches!(kind, "rmsnorm" | "norm_rope" | "norm_rope_kv_append");
+    let exact = !matches!(kind, "rmsnorm" | "norm_rope" | "norm_rope_kv_append" | "head_rows");
     let (few, tol) = match dtype {
         DType::BF16 => (differ * 100 < want.len(), 2f32.powi(-6)),
         DType::F16 => (differ * 100 < want.len(), 2f32.powi(-5)),
@@ -339,6 +404,9 @@ fn kernels_emulated_on_the_host_match_eval() {
         [DType::BF16, DType::F16, DType::F32].into_iter().flat_map(|d| dtype_runs(&mut r, d, &shared)).collect();
     let Some(got) = emulate(&runs) else { return };
     for (run, got) in runs.iter().zip(&got) {
-        check_against_eval(run, got);
+        let wants = std::iter::once(&run.want).chain(run.more.iter().map(|(_, w)| w));
+        for (want, got) in wants.zip(got) {
+            check_against_eval(run, want, got);
+        }
     }
 }

@@ -196,6 +196,9 @@ fn decoder_layer(
         let k = b.scoped("k_norm", |b| rms_norm(b, k, &format!("{p}.self_attn.k_norm.weight"), cfg.rms_norm_eps))?;
         let q = b.scoped("q_rope", |b| apply_rope(b, q, cos, sin, hd))?;
         let k = b.scoped("k_rope", |b| apply_rope(b, k, cos, sin, hd))?;
+        // The q, k and v heads' kernel (`qkv_norm_rope_kv_append`) is named from these and
+        // the appends' labels.
+        b.label(q, "q");
         let cache_shape = shape![Sym::CachedTokens, nkv, hd];
         let (kn, vn) = (kv_name(layer, KvPart::Key), kv_name(layer, KvPart::Value));
         let cache = |part| Role::KvCache { layer: layer as u32, part };

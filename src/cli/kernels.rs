@@ -47,7 +47,7 @@ pub fn table(program: &Program) -> String {
             _ => {
                 let kernel = program.kernels[k.kernel].name.clone();
                 rows.push([
-                    k.node.clone(),
+                    k.node_names(),
                     kernel,
                     bytes.to_string(),
                     k.cost.weight_bytes.to_string(),
@@ -151,9 +151,11 @@ pub fn node_files(program: &Program, phase: Option<&str>) -> HashMap<NodeId, Str
     let mut files: HashMap<NodeId, Vec<String>> = HashMap::new();
     for launch in &program.launches {
         let file = format!("{kdir}/{}.cu", program.kernels[launch.kernel].name);
-        let of_node = files.entry(launch.node_id).or_default();
-        if !of_node.contains(&file) {
-            of_node.push(file);
+        for id in launch.node_ids() {
+            let of_node = files.entry(id).or_default();
+            if !of_node.contains(&file) {
+                of_node.push(file.clone());
+            }
         }
     }
     files.into_iter().map(|(node, files)| (node, format!("=> {}", files.join(", ")))).collect()

@@ -156,6 +156,10 @@ pub struct VariantArgs {
     /// kernel (the A/B variant; off by default until measured).
     #[arg(long)]
     pub l2_prefetch: bool,
+    /// Each of q's norm + RoPE, k's norm + RoPE and append, and v's append runs as a kernel of
+    /// its own (the A/B variant; by default the three run as one kernel over the row's heads).
+    #[arg(long)]
+    pub no_co_launch: bool,
 }
 
 impl VariantArgs {
@@ -164,14 +168,16 @@ impl VariantArgs {
             split_k: !self.no_split_k,
             merged_attention: !self.no_merged_attention,
             l2_prefetch: self.l2_prefetch,
+            co_launch: !self.no_co_launch,
         }
     }
 
-    fn given(&self) -> [(&'static str, bool); 3] {
+    fn given(&self) -> [(&'static str, bool); 4] {
         [
             ("--no-split-k", self.no_split_k),
             ("--no-merged-attention", self.no_merged_attention),
             ("--l2-prefetch", self.l2_prefetch),
+            ("--no-co-launch", self.no_co_launch),
         ]
     }
 }

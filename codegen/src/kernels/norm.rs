@@ -93,7 +93,7 @@ impl Access {
 /// `[blocks, block_tokens, heads, d]`.
 fn cache_index(dst: &str, heads: usize, d: usize) -> String {
     format!(
-        "const unsigned long long {dst} =\n        \
+        "const unsigned long long {dst} =\n      \
          (unsigned long long)smelt_cache_row(smelt_row_table(step, t), smelt_row_position(step, t), block_tokens) * {}u + h * {d}u;",
         heads * d
     )
@@ -170,86 +170,193 @@ pub fn rmsnorm(name: &str, rows: Dim, d: usize, dtype: DType, eps: f32, x_view: 
 /// `h`, element `j` at `offset + t * row_stride + h * d + j`), `norm_w [d]`, `positions i32 [T]`,
 /// `inv_freq f32 [d/2]`; output `[T, heads, d]`, contiguous.
 pub fn norm_rope(name: &str, heads: usize, d: usize, dtype: DType, eps: f32, x_view: View) -> Kernel {
-    norm_rope_kernel(name, heads, d, dtype, eps, x_view, false)
+    head_rows(name, d, dtype, &[HeadPart::NormRope { heads, eps, x_view, append: false }])
 }
 
 /// NormRope with the append: the operands of [`norm_rope`] then the paged cache; the output is
 /// the same cache, its rows at logical positions `P .. P+T` written through the block table.
 pub fn norm_rope_kv_append(name: &str, heads: usize, d: usize, dtype: DType, eps: f32, x_view: View) -> Kernel {
-    norm_rope_kernel(name, heads, d, dtype, eps, x_view, true)
+    head_rows(name, d, dtype, &[HeadPart::NormRope { heads, eps, x_view, append: true }])
 }
 
-/// The NormRope kernel after the prelude, with or without the append: `$OUT_PARAMS` are the
-/// output's parameters, `$APPEND_SETUP` the statements the cache writer needs first (ending in
-/// a newline; none without the append), `$XV_STORE` the store of the finished row `xv`.
+/// What a [`head_rows`] kernel does to the heads of one part, each head of `d` elements of each
+/// new token (one warp each). Its parameters are its node's operands then its output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HeadPart {
+    /// NormRope, with or without the append: the parameters of [`norm_rope`] or
+    /// [`norm_rope_kv_append`].
+    NormRope { heads: usize, eps: f32, x_view: View, append: bool },
+    /// KvAppend: the parameters of [`kv_append`] (the cache, then `x` through `x_view`), as a
+    /// warp per head.
+    Append { heads: usize, x_view: View },
+}
+
+impl HeadPart {
+    fn heads(&self) -> usize {
+        match *self {
+            HeadPart::NormRope { heads, .. } | HeadPart::Append { heads, .. } => heads,
+        }
+    }
+
+    /// The part function's parameters before `step`: (C type, name).
+    fn params(&self, st: &str) -> Vec<(String, &'static str)> {
+        let restrict = |ty: &str| format!("{ty}* __restrict__");
+        match self {
+            HeadPart::NormRope { append, .. } => {
+                let mut p = vec![
+                    (restrict(&format!("const {st}")), "x"),
+                    (restrict(&format!("const {st}")), "norm_w"),
+                    (restrict("const int"), "positions"),
+                    (restrict("const float"), "inv_freq"),
+                ];
+                if *append {
+                    p.extend([(format!("const {st}*"), "cache_in"), (format!("{st}*"), "cache")]);
+                } else {
+                    p.push((restrict(st), "y"));
+                }
+                p
+            }
+            HeadPart::Append { .. } => {
+                vec![
+                    (format!("const {st}*"), "cache_in"),
+                    (restrict(&format!("const {st}")), "x"),
+                    (format!("{st}*"), "cache"),
+                ]
+            }
+        }
+    }
+
+    /// What the part does, for the kernel's comment.
+    fn doc(&self) -> &'static str {
+        match self {
+            HeadPart::NormRope { append: false, .. } => "RMSNorm + RoPE",
+            HeadPart::NormRope { append: true, .. } => "RMSNorm + RoPE appended to the paged KV cache",
+            HeadPart::Append { .. } => "appended to the paged KV cache",
+        }
+    }
+}
+
+/// Why a [`head_rows`] kernel has no form for heads of `d` (None: it has one), stated once: one
+/// warp per head.
+pub fn norm_rope_unsupported(d: usize) -> Option<String> {
+    (d % 32 != 0).then(|| format!("head dim {d} (norm_rope needs a multiple of 32: one warp per head)"))
+}
+
+/// The head-rows kernel after the prelude: `$PARTS` are the part functions, `$DISPATCH` the
+/// call of the part a head belongs to.
+const HEAD_ROWS: Template = Template::new("head_rows.cu", include_str!("head_rows.cu"));
+/// A NormRope part, with or without the append: `$OUT_PARAMS` are the output's parameters,
+/// `$APPEND_SETUP` the statements the cache writer needs first (ending in a newline; none
+/// without the append), `$XV_STORE` the store of the finished row `xv`.
 const NORM_ROPE: Template = Template::new("norm_rope.cu", include_str!("norm_rope.cu"));
+/// The rotary table the norm parts share, computed before the call of the part a head is in.
+const ROPE_TABLE: Template = Template::new("rope_table.cu", include_str!("rope_table.cu"));
+/// An Append part: the head's row copied as it is.
+const HEAD_APPEND: Template = Template::new("head_append.cu", include_str!("head_append.cu"));
 
 /// The append's first statements: the cache operand goes unused (the cache is written through
 /// `cache`), and the step's values `cache_index` reads.
 const APPEND_SETUP: &str = "  (void)cache_in;\n  const unsigned int block_tokens = step->block_tokens;\n";
 
-/// Why RMSNorm + RoPE of heads of `d` has no kernel (None: it has one), stated once: one warp
-/// per head.
-pub fn norm_rope_unsupported(d: usize) -> Option<String> {
-    (d % 32 != 0).then(|| format!("head dim {d} (norm_rope needs a multiple of 32: one warp per head)"))
-}
-
-fn norm_rope_kernel(name: &str, heads: usize, d: usize, dtype: DType, eps: f32, x_view: View, append: bool) -> Kernel {
+/// One kernel over the heads of several parts of each new token, a warp per (token, head):
+/// head `h` of a token is the part whose heads it falls in, in `parts` order. The parts are
+/// independent (each reads its own operands, writes its own output), so nodes that read one
+/// row (the q, k and v heads of the fused projection) run as one launch instead of one each.
+/// Parameters: each part's ([`HeadPart`]), in order, then `step`.
+pub fn head_rows(name: &str, d: usize, dtype: DType, parts: &[HeadPart]) -> Kernel {
     if let Some(why) = norm_rope_unsupported(d) {
         panic!("{name}: no kernel for {why} (check norm_rope_unsupported first)");
     }
-    let (st, per_lane, half) = (storage_type(dtype), d / 32, d / 2);
-    let vec = vector_elems(dtype, per_lane, &[per_lane, d, x_view.offset, x_view.row_stride]);
-    let a = Access::new(dtype, per_lane, vec);
-    let normed = rounded(dtype, &format!("{} * {}", load(dtype, "wv.e", "e"), rounded(dtype, "v[e] * inv")));
-    let (c, sn) = (rounded(dtype, "cs"), rounded(dtype, "sn"));
-    // The store rounds the sum to the dtype.
-    let out = format!(
-        "{} + {}",
-        rounded(dtype, &format!("__fmul_rn(v[e], {c})")),
-        rounded(dtype, &format!("__fmul_rn(rot, {sn})"))
+    assert!(!parts.is_empty(), "{name}: a head-rows kernel of no parts");
+    let st = storage_type(dtype);
+    let heads: usize = parts.iter().map(HeadPart::heads).sum();
+    let (mut functions, mut params, mut docs) = (Vec::new(), Vec::new(), Vec::new());
+    // Each part's call, and its first head past its own.
+    let (mut norm_calls, mut append_calls) = (Vec::new(), Vec::new());
+    let mut first = 0;
+    for (i, part) in parts.iter().enumerate() {
+        let function = format!("{name}_part{i}");
+        let names: Vec<(String, &str)> = part.params(st);
+        params.extend(names.iter().map(|(ty, p)| format!("    {ty} p{i}_{p},")));
+        // The rotary table's operands are the kernel's, not the part's.
+        let args: Vec<String> = names
+            .iter()
+            .filter(|(_, p)| !matches!(*p, "positions" | "inv_freq"))
+            .map(|(_, p)| format!("p{i}_{p}"))
+            .collect();
+        let h = if first == 0 { "h".to_string() } else { format!("h - {first}u") };
+        let last = first + part.heads();
+        docs.push(format!("heads {first}-{} {}", last - 1, part.doc()));
+        functions.push(part_function(&function, d, dtype, part));
+        match part {
+            HeadPart::NormRope { .. } => {
+                norm_calls.push((format!("{function}({}, step, t, {h}, lane, sn, cs);", args.join(", ")), last, i))
+            }
+            HeadPart::Append { .. } => {
+                append_calls.push((format!("{function}({}, step, t, {h}, lane);", args.join(", ")), last, i))
+            }
+        }
+        first = last;
+    }
+    assert!(
+        parts.iter().position(|p| matches!(p, HeadPart::Append { .. })).is_none_or(|a| a >= norm_calls.len()),
+        "{name}: the norm parts come first (their heads share the rotary table)"
     );
-    let (output, out_params, setup, xv_store) = if append {
-        // The cache operand and the output are one buffer: written through `cache` only.
-        let store = format!(
-            "    /* Position P + t of the paged cache: its block from the table, then its row. */\n    {}\n{}",
-            cache_index("ci", heads, d),
-            a.store("    ", "xv", "cache", "ci + j0")
-        );
-        ("appended to the paged KV cache", format!("const {st}* cache_in,\n    {st}* cache"), APPEND_SETUP, store)
-    } else {
-        let store = a.store("    ", "xv", "y", &format!("(unsigned long long)row * {d}u + j0"));
-        ("contiguous", format!("{st}* __restrict__ y"), "", store)
-    };
-    let kernel = NORM_ROPE.fill(&[
+    let mut dispatch = String::new();
+    if let Some(&(_, norm_heads, _)) = norm_calls.last() {
+        let pick = |param: &str| {
+            let mut expr = format!("p{}_{param}", norm_calls[norm_calls.len() - 1].2);
+            for (_, last, i) in norm_calls.iter().rev().skip(1) {
+                expr = format!("h < {last}u ? p{i}_{param} : {expr}");
+            }
+            expr
+        };
+        let table = ROPE_TABLE.fill(&[
+            ("HALF", &(d / 2).to_string()),
+            ("POSITIONS", &pick("positions")),
+            ("INV_FREQ", &pick("inv_freq")),
+            ("PER_LANE", &(d / 32).to_string()),
+        ]);
+        let calls = chain(&norm_calls, "      ");
+        if append_calls.is_empty() {
+            dispatch = format!(
+                "    {{
+{table}{calls}    }}"
+            );
+        } else {
+            dispatch = format!(
+                "    if (h < {norm_heads}u) {{
+{table}{calls}    }} else {{
+"
+            );
+        }
+    }
+    let appends = chain(&append_calls, if norm_calls.is_empty() { "    " } else { "      " });
+    dispatch.push_str(&appends);
+    if !norm_calls.is_empty() && !append_calls.is_empty() {
+        dispatch.push_str("    }");
+    }
+    let kernel = HEAD_ROWS.fill(&[
+        ("HEADS", &heads.to_string()),
         ("D", &d.to_string()),
-        ("OUTPUT", output),
-        ("PER_LANE", &per_lane.to_string()),
-        ("LAST", &(per_lane - 1).to_string()),
-        ("HALF", &half.to_string()),
+        ("DOC", &docs.join(", ")),
+        ("PARTS", &functions.join("")),
         ("BLOCK", &(WARPS * 32).to_string()),
         ("NAME", name),
-        ("STORAGE", st),
-        ("OUT_PARAMS", &out_params),
+        ("PARAMS", &params.join("\n")),
         ("GRID_WAIT", GRID_WAIT),
-        ("APPEND_SETUP", setup),
-        ("HEADS", &heads.to_string()),
         ("WARPS", &WARPS.to_string()),
-        ("X_STRIDE", &x_view.row_stride.to_string()),
-        ("X_OFFSET", &x_view.offset.to_string()),
-        ("XV_DECL", &a.decl("xv")),
-        ("XV_LOAD", &lines(a.load("    ", "xv", "x", &format!("{} + h * {d}u + j0", view_row(x_view, "t"))))),
-        ("XV_E", &load(dtype, "xv.e", "e")),
-        ("EPS", &f32_literal(eps)),
-        ("WV_DECL", &a.decl("wv")),
-        ("WV_LOAD", &lines(a.load("    ", "wv", "norm_w", "j0"))),
-        ("NORMED", &normed),
-        ("OUT_E", &store(dtype, "xv.e", "e", &out)),
-        ("XV_STORE", &lines(xv_store)),
+        ("DISPATCH", dispatch.trim_end()),
     ]);
+    let kind = match parts {
+        [HeadPart::NormRope { append: false, .. }] => "norm_rope",
+        [HeadPart::NormRope { append: true, .. }] => "norm_rope_kv_append",
+        [HeadPart::Append { .. }] => "kv_append",
+        _ => "head_rows",
+    };
     Kernel {
         name: name.to_string(),
-        kind: if append { "norm_rope_kv_append" } else { "norm_rope" },
+        kind,
         source: format!("{PRELUDE}{kernel}"),
         launch: Launch {
             block: WARPS * 32,
@@ -262,6 +369,102 @@ fn norm_rope_kernel(name: &str, heads: usize, d: usize, dtype: DType, eps: f32, 
         },
         params: Params::Standard,
     }
+}
+
+/// The calls of parts (call, the end of its heads) as one `if`/`else if` chain on `h`, each line
+/// indented by `ind`.
+fn chain(calls: &[(String, usize, usize)], ind: &str) -> String {
+    let mut s = String::new();
+    for (k, (call, last, _)) in calls.iter().enumerate() {
+        let line = match (k, k + 1 == calls.len()) {
+            (0, true) => call.clone(),
+            (0, false) => format!("if (h < {last}u) {call}"),
+            (_, false) => format!("else if (h < {last}u) {call}"),
+            (_, true) => format!("else {call}"),
+        };
+        s.push_str(&format!("{ind}{line}\n"));
+    }
+    s
+}
+
+/// The function of one part of a [`head_rows`] kernel, named `function`: one head `h` (of the
+/// part's own) of token `t`, on lane `lane` of its warp.
+fn part_function(function: &str, d: usize, dtype: DType, part: &HeadPart) -> String {
+    let (st, per_lane, half) = (storage_type(dtype), d / 32, d / 2);
+    let heads = part.heads();
+    let x_view = match *part {
+        HeadPart::NormRope { x_view, .. } | HeadPart::Append { x_view, .. } => x_view,
+    };
+    let vec = vector_elems(dtype, per_lane, &[per_lane, d, x_view.offset, x_view.row_stride]);
+    let a = Access::new(dtype, per_lane, vec);
+    let xv_load = lines(a.load("  ", "xv", "x", &format!("{} + h * {d}u + j0", view_row(x_view, "t"))));
+    // The cache operand and the output are one buffer: written through `cache` only.
+    let cache_store = || {
+        format!(
+            "  /* Position P + t of the paged cache: its block from the table, then its row. */\n  {}\n{}",
+            cache_index("ci", heads, d),
+            a.store("  ", "xv", "cache", "ci + j0")
+        )
+    };
+    let common = [
+        ("PART", function.to_string()),
+        ("HEADS", heads.to_string()),
+        ("D", d.to_string()),
+        ("PER_LANE", per_lane.to_string()),
+        ("STORAGE", st.to_string()),
+        ("X_STRIDE", x_view.row_stride.to_string()),
+        ("X_OFFSET", x_view.offset.to_string()),
+        ("XV_DECL", a.decl("xv")),
+        ("XV_LOAD", xv_load),
+    ];
+    let mut values: Vec<(&str, String)> = common.to_vec();
+    let template = match *part {
+        HeadPart::NormRope { eps, append, .. } => {
+            let normed = rounded(dtype, &format!("{} * {}", load(dtype, "wv.e", "e"), rounded(dtype, "v[e] * inv")));
+            let (c, sn) = (rounded(dtype, "cs[e]"), rounded(dtype, "sn[e]"));
+            // The store rounds the sum to the dtype.
+            let out = format!(
+                "{} + {}",
+                rounded(dtype, &format!("__fmul_rn(v[e], {c})")),
+                rounded(dtype, &format!("__fmul_rn(rot, {sn})"))
+            );
+            let (output, out_params, setup, xv_store) = if append {
+                (
+                    "appended to the paged KV cache",
+                    format!("const {st}* cache_in,\n    {st}* cache"),
+                    APPEND_SETUP,
+                    cache_store(),
+                )
+            } else {
+                let y = format!("((unsigned long long)t * {heads}u + h) * {d}u + j0");
+                ("contiguous", format!("{st}* __restrict__ y"), "", a.store("  ", "xv", "y", &y))
+            };
+            values.extend([
+                ("OUTPUT", output.to_string()),
+                ("LAST", (per_lane - 1).to_string()),
+                ("HALF", half.to_string()),
+                ("OUT_PARAMS", out_params),
+                ("APPEND_SETUP", setup.to_string()),
+                ("XV_E", load(dtype, "xv.e", "e")),
+                ("EPS", f32_literal(eps)),
+                ("WV_DECL", a.decl("wv")),
+                ("WV_LOAD", lines(a.load("  ", "wv", "norm_w", "j0"))),
+                ("NORMED", normed),
+                ("OUT_E", store(dtype, "xv.e", "e", &out)),
+                ("XV_STORE", lines(xv_store)),
+            ]);
+            NORM_ROPE
+        }
+        HeadPart::Append { .. } => {
+            values.extend([
+                ("CACHE_INDEX", cache_index("ci", heads, d)),
+                ("XV_STORE", lines(a.store("  ", "xv", "cache", "ci + j0"))),
+            ]);
+            HEAD_APPEND
+        }
+    };
+    let refs: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    template.fill(&refs)
 }
 
 /// The KV append kernel after the prelude: thread `i` copies `$VEC` elements (`$XV_LOAD`,

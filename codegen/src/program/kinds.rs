@@ -7,12 +7,14 @@ use smelt_ir::{DType, Dim, FusedOp, Graph, Node, NodeId, Op, Shape, Sym};
 use super::{bytes, resolve_view, CodegenError, EmitOptions, ATTENTION_SPLIT_TOKENS, ONE_TOKEN};
 use crate::kernels::attention::AttentionSpec;
 use crate::kernels::gemv::GemvSpec;
+use crate::kernels::norm::{norm_rope_unsupported, HeadPart};
 use crate::kernels::{self, Kernel, View};
 
 /// A node being planned, and what every kind asks of it.
 pub(crate) struct NodeCtx<'g> {
     g: &'g Graph,
     node: &'g Node,
+    pub id: NodeId,
     pub ops: Vec<NodeId>,
     /// The node's name (or `%index`), for errors and the schedule.
     pub label: String,
@@ -50,6 +52,7 @@ impl<'g> NodeCtx<'g> {
         NodeCtx {
             g,
             node,
+            id,
             ops: g.operands(id),
             label: node.name.clone().unwrap_or_else(|| format!("%{}", id.index())),
             decode: g.pinned(Sym::NewTokens) == Some(1),
@@ -111,13 +114,19 @@ impl<'g> NodeCtx<'g> {
     /// node (an empty label leaves the kind alone), else the last part of the node's name.
     /// Never the layer: every layer runs the same kernel.
     fn name(&self, kind: &str) -> String {
-        let what = match (&self.node.meta.label, &self.node.name) {
+        let what = self.what();
+        let name = if what.is_empty() { kind.to_string() } else { format!("{what}_{kind}") };
+        kernels::kernel_name(&name)
+    }
+
+    /// What the node computes, for kernel names: the label the model gave it, else the last
+    /// part of its name.
+    fn what(&self) -> &'g str {
+        match (&self.node.meta.label, &self.node.name) {
             (Some(label), _) => label.as_str(),
             (None, Some(name)) => name.rsplit('.').next().unwrap_or(name),
             (None, None) => "",
-        };
-        let name = if what.is_empty() { kind.to_string() } else { format!("{what}_{kind}") };
-        kernels::kernel_name(&name)
+        }
     }
 
     /// Whether x (operand 0 of a matmul) is T whole rows, as the GEMM reads it.
@@ -255,6 +264,63 @@ fn norm_rope(n: &NodeCtx, eps: f32, append: bool) -> Result<Planned, CodegenErro
         kernels::norm::norm_rope(&n.name("norm_rope"), heads, d, dtype, eps, view)
     };
     Ok(Planned::one(kernel, 0))
+}
+
+/// A node of a head-rows kernel: its part, and what must match the other parts': the value
+/// whose heads it reads, the tokens and the head dim.
+fn head_part(n: &NodeCtx) -> Option<(HeadPart, (NodeId, Dim, usize))> {
+    let (x, part) = match n.node.op {
+        Op::Fused(FusedOp::NormRope { eps, append }) => {
+            let heads = n.operand(0).shape.dims()[1].fixed()?;
+            (0, HeadPart::NormRope { heads, eps, x_view: n.view(0), append })
+        }
+        Op::KvAppend => (1, HeadPart::Append { heads: n.operand(1).shape.dims()[1].fixed()?, x_view: n.view(1) }),
+        _ => return None,
+    };
+    let dims = n.operand(x).shape.dims();
+    let (tokens, d) = (dims[0], dims[2].fixed()?);
+    let (base, view) = resolve_view(n.g, n.ops[x]);
+    // Every other operand is a leaf (norm weight, positions, frequencies, the cache): a part
+    // reads nothing another part could write.
+    let leaves = n.ops.iter().enumerate().all(|(i, &o)| i == x || n.g.node(resolve_view(n.g, o).0).op.is_leaf());
+    (norm_rope_unsupported(d).is_none() && leaves && !view.from_last_row).then_some((part, (base, tokens, d)))
+}
+
+/// Whether consecutive kernel nodes `nodes` (at least two) run as one head-rows kernel: each is
+/// a NormRope or KvAppend over heads of one value (the fused q/k/v projection's row), with the
+/// same head dim, dtype and tokens. They read only that value and leaves, and nothing runs
+/// between them, so one launch at the first one's place computes what they would: no part
+/// reads another's output, and no buffer the memory plan hands over between them is in use.
+pub(crate) fn co_launch(nodes: &[NodeCtx]) -> bool {
+    let Some(first) = nodes.first() else { return false };
+    let Some((_, shared)) = head_part(first) else { return false };
+    let like = |n: &NodeCtx| n.node.dtype == first.node.dtype && head_part(n).is_some_and(|(_, s)| s == shared);
+    nodes.len() >= 2 && nodes.iter().all(like)
+}
+
+/// The one kernel of nodes that [`co_launch`] accepts, in the order of their parts (sorted
+/// into `nodes`): the norms, then the plain appends (the kernel's norm parts come first), each
+/// in the order of their heads in the row they read (q, k, v).
+pub(crate) fn plan_co_launch(nodes: &mut [NodeCtx]) -> Result<Kernel, CodegenError> {
+    let order = |n: &NodeCtx| match head_part(n) {
+        Some((HeadPart::NormRope { x_view, .. }, _)) => (0, x_view.offset),
+        Some((HeadPart::Append { x_view, .. }, _)) => (1, x_view.offset),
+        None => (2, 0),
+    };
+    nodes.sort_by_key(order);
+    let parts: Vec<HeadPart> = nodes.iter().filter_map(|n| head_part(n).map(|(p, _)| p)).collect();
+    let first = &nodes[0];
+    let d = first.fixed(*first.node.shape.dims().last().expect("rank 3"))?;
+    let norms = parts.iter().any(|p| matches!(p, HeadPart::NormRope { .. }));
+    let appends = parts.iter().any(|p| matches!(p, HeadPart::NormRope { append: true, .. } | HeadPart::Append { .. }));
+    let kind = match (norms, appends) {
+        (true, true) => "norm_rope_kv_append",
+        (true, false) => "norm_rope",
+        (false, _) => "kv_append",
+    };
+    let whats: String = nodes.iter().map(|n| n.what()).collect();
+    let name = kernels::kernel_name(&if whats.is_empty() { kind.to_string() } else { format!("{whats}_{kind}") });
+    Ok(kernels::norm::head_rows(&name, d, first.node.dtype, &parts))
 }
 
 fn kv_append(n: &NodeCtx) -> Result<Planned, CodegenError> {

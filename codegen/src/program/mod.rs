@@ -45,20 +45,40 @@ impl Cost {
 pub struct Scheduled {
     /// Index into `Program::kernels`.
     pub kernel: usize,
-    /// The IR node it computes and that node's op, as printed (`linear_rmsnorm[norm_eps=…]`).
-    pub node: String,
-    /// The decoder layer of that node, as the model marked it.
+    /// The IR nodes it computes: one, or several independent ones co-launched (the q, k and v
+    /// heads' kernel). The kernel's parameters are each node's operands and output in this
+    /// order, then the step (see [`Params`]).
+    pub nodes: Vec<Served>,
+    /// The decoder layer of its nodes, as the model marked them.
     pub layer: Option<u32>,
+    pub cost: Cost,
+    /// The kernel's parameter list, in the calling convention's terms.
+    pub params: Params,
+}
+
+/// A node a launch computes.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// Its name (or `%index`) and its op, as printed (`linear_rmsnorm[norm_eps=…]`).
+    pub node: String,
     pub op: String,
     /// The buffers it reads, by weight/input name or node name, in operand order.
     pub operands: Vec<String>,
-    pub cost: Cost,
     /// The node and its operands as graph ids (operands as the graph has them, views
     /// included: a runtime passes the buffer under the view, the kernel applies the view).
     pub node_id: NodeId,
     pub operand_ids: Vec<NodeId>,
-    /// The kernel's parameter list, in the calling convention's terms.
-    pub params: Params,
+}
+
+impl Scheduled {
+    /// The nodes' names, joined by `+` (`l00.q_rope+l00.k_append`).
+    pub fn node_names(&self) -> String {
+        self.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>().join("+")
+    }
+
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes.iter().map(|n| n.node_id)
+    }
 }
 
 impl Program {
@@ -86,10 +106,16 @@ impl Program {
                     }),
                 };
                 let cost = first.map(|s| s.cost.clone()).unwrap_or_default();
+                let fused_ops = first.map(|s| s.nodes.iter().map(|n| n.op.as_str()).collect::<Vec<_>>().join(" + "));
+                let calls: Vec<serde_json::Value> = launches
+                    .iter()
+                    .flat_map(|s| &s.nodes)
+                    .map(|n| serde_json::json!({ "node": n.node, "inputs": n.operands, "output": n.node }))
+                    .collect();
                 serde_json::json!({
                     "name": k.name,
                     "kind": k.kind,
-                    "fused_op": first.map(|s| s.op.as_str()),
+                    "fused_op": fused_ops,
                     "launch": { "block": l.block, "grid": grid, "shared_bytes": l.shared_bytes },
                     "calls_per_step": launches.len(),
                     "per_call": {
@@ -98,7 +124,7 @@ impl Program {
                         "activation_bytes": cost.activation_bytes,
                         "kv_bytes_per_context_token": cost.kv_bytes_per_context_token,
                     },
-                    "calls": launches.iter().map(|s| serde_json::json!({ "node": s.node, "inputs": s.operands, "output": s.node })).collect::<Vec<_>>(),
+                    "calls": calls,
                 })
             })
             .collect();
@@ -194,32 +220,46 @@ pub struct Variants {
     /// Decode GEMVs prefetch the weight rows they read into L2 before their grid-dependency
     /// wait (issue 17 A4; off by default until a GPU window measures it: `--l2-prefetch`).
     pub l2_prefetch: bool,
+    /// Independent nodes over the heads of one row (q's norm + RoPE, k's norm + RoPE and
+    /// append, v's append) run as one kernel (off: a kernel each; `--no-co-launch`).
+    pub co_launch: bool,
 }
 
 impl Default for Variants {
     fn default() -> Variants {
-        Variants { split_k: true, merged_attention: true, l2_prefetch: false }
+        Variants { split_k: true, merged_attention: true, l2_prefetch: false, co_launch: true }
     }
 }
 
 /// [`emit`] with options.
 pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenError> {
     let order = g.topo_order().unwrap_or_else(|| g.node_ids().collect());
+    // Views and leaves are no kernels: what remains runs in this order.
+    let order: Vec<NodeId> =
+        order.into_iter().filter(|&id| !g.node(id).op.is_leaf() && !g.node(id).op.is_view()).collect();
     let mut program = Program::default();
-    for id in order {
-        let node = g.node(id);
-        if node.op.is_leaf() || node.op.is_view() {
-            continue;
+    let mut i = 0;
+    while i < order.len() {
+        if options.variants.co_launch {
+            let mut run = co_launch_run(g, &order[i..], options);
+            if !run.is_empty() {
+                i += run.len();
+                let kernel = kinds::plan_co_launch(&mut run)?;
+                let cost = base_cost(g, &run.iter().map(|n| n.id).collect::<Vec<_>>());
+                push_launches(&mut program, g, &run, vec![kernel], cost)?;
+                continue;
+            }
         }
+        let (id, node) = (order[i], g.node(order[i]));
         let n = kinds::NodeCtx::new(g, id, options);
+        i += 1;
         let planned = kinds::plan(&n)?;
-        let mut cost = base_cost(g, id);
+        let mut cost = base_cost(g, &[id]);
         cost.flops = planned.flops;
         cost.kv_bytes_per_context_token = planned.kv_bytes_per_context_token;
         if let Some(bytes) = planned.weight_bytes {
             cost.weight_bytes = bytes;
         }
-        let op = format!("{}[{}]", node.op.kind(), node.op.attrs());
         if planned.exchange {
             let x = g.node(n.ops[0]);
             program.exchanges.push(Exchange {
@@ -227,71 +267,120 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
                 node: n.label.clone(),
                 node_id: id,
                 operand_id: n.ops[0],
-                op,
+                op: op_text(g, id),
                 layer: node.meta.layer,
                 part_bytes: bytes(&x.shape, x.dtype, &ONE_TOKEN),
                 whole_bytes: bytes(&node.shape, node.dtype, &ONE_TOKEN),
             });
             continue;
         }
-        let operands: Vec<String> = n
-            .ops
-            .iter()
-            .map(|&x| {
-                let base = g.node(resolve_view(g, x).0);
-                match &base.op {
-                    Op::Weight { name } | Op::Input { name } => name.clone(),
-                    _ => base.name.clone().unwrap_or_default(),
-                }
-            })
-            .collect();
-        for (i, kernel) in planned.kernels.into_iter().enumerate() {
-            let params = kernel.params.clone();
-            // A multi-kernel op (split attention) charges its cost to its first kernel.
-            let cost = if i == 0 { cost.clone() } else { Cost::default() };
-            let index = match program.kernels.iter().position(|k| k.source == kernel.source) {
-                Some(index) => index,
-                None if program.kernels.iter().any(|k| k.name == kernel.name) => {
-                    let message = format!("two different kernels are both named {}", kernel.name);
-                    return Err(CodegenError::Shape { node: n.label.clone(), message });
-                }
-                None => {
-                    program.kernels.push(kernel);
-                    program.kernels.len() - 1
-                }
-            };
-            program.launches.push(Scheduled {
-                kernel: index,
-                node: n.label.clone(),
-                layer: node.meta.layer,
-                op: op.clone(),
-                operands: operands.clone(),
-                cost,
-                node_id: id,
-                operand_ids: n.ops.clone(),
-                params,
-            });
-        }
+        push_launches(&mut program, g, std::slice::from_ref(&n), planned.kernels, cost)?;
     }
     Ok(program)
 }
 
-/// Bytes a node moves at one new token: each operand once (weights apart from activations; a
-/// KV cache read by the token, not here) and its result, unless it appends to a cache.
-fn base_cost(g: &Graph, id: NodeId) -> Cost {
-    let node = g.node(id);
-    let mut cost = Cost::default();
-    for x in g.operands(id) {
-        let (base, _) = resolve_view(g, x);
-        let n = g.node(base);
-        match n.op {
-            Op::Weight { .. } => cost.weight_bytes += bytes(&n.shape, n.dtype, &ONE_TOKEN),
-            Op::Input { .. } if n.shape.dims().first() == Some(&Dim::Sym(Sym::CachedTokens)) => {}
-            _ => cost.activation_bytes += bytes(&n.shape, n.dtype, &ONE_TOKEN),
+/// The longest run of kernel nodes at the start of `order` that [`kinds::co_launch`] accepts
+/// (empty when not even the first two are).
+fn co_launch_run<'g>(g: &'g Graph, order: &[NodeId], options: EmitOptions) -> Vec<kinds::NodeCtx<'g>> {
+    let mut run: Vec<kinds::NodeCtx> = Vec::new();
+    for &id in order {
+        run.push(kinds::NodeCtx::new(g, id, options));
+        if run.len() >= 2 && !kinds::co_launch(&run) {
+            run.pop();
+            break;
         }
     }
-    if node.op.kv_cache_operand().is_none() {
-        cost.activation_bytes += bytes(&node.shape, node.dtype, &ONE_TOKEN);
+    if run.len() >= 2 {
+        run
+    } else {
+        Vec::new()
+    }
+}
+
+fn op_text(g: &Graph, id: NodeId) -> String {
+    let op = &g.node(id).op;
+    format!("{}[{}]", op.kind(), op.attrs())
+}
+
+/// Appends the launches of `kernels`, which compute `nodes`, to the program (each kernel
+/// compiled once: the same source reuses the kernel). A multi-kernel op (split attention)
+/// charges its cost to its first kernel.
+fn push_launches(
+    program: &mut Program,
+    g: &Graph,
+    nodes: &[kinds::NodeCtx],
+    kernels: Vec<Kernel>,
+    cost: Cost,
+) -> Result<(), CodegenError> {
+    let served: Vec<Served> = nodes
+        .iter()
+        .map(|n| Served {
+            node: n.label.clone(),
+            op: op_text(g, n.id),
+            operands: n
+                .ops
+                .iter()
+                .map(|&x| {
+                    let base = g.node(resolve_view(g, x).0);
+                    match &base.op {
+                        Op::Weight { name } | Op::Input { name } => name.clone(),
+                        _ => base.name.clone().unwrap_or_default(),
+                    }
+                })
+                .collect(),
+            node_id: n.id,
+            operand_ids: n.ops.clone(),
+        })
+        .collect();
+    let layer = g.node(nodes[0].id).meta.layer;
+    for (i, kernel) in kernels.into_iter().enumerate() {
+        let params = kernel.params.clone();
+        assert!(
+            served.len() == 1 || params == Params::Standard,
+            "{}: a co-launch takes standard parameters",
+            kernel.name
+        );
+        let index = match program.kernels.iter().position(|k| k.source == kernel.source) {
+            Some(index) => index,
+            None if program.kernels.iter().any(|k| k.name == kernel.name) => {
+                let message = format!("two different kernels are both named {}", kernel.name);
+                return Err(CodegenError::Shape { node: nodes[0].label.clone(), message });
+            }
+            None => {
+                program.kernels.push(kernel);
+                program.kernels.len() - 1
+            }
+        };
+        let cost = if i == 0 { cost.clone() } else { Cost::default() };
+        program.launches.push(Scheduled { kernel: index, nodes: served.clone(), layer, cost, params });
+    }
+    Ok(())
+}
+
+/// Bytes the nodes of one launch move at one new token: each buffer they read once (weights
+/// apart from activations; a KV cache read by the token, not here) and their results, except
+/// appends to a cache.
+fn base_cost(g: &Graph, ids: &[NodeId]) -> Cost {
+    let mut cost = Cost::default();
+    let mut read: Vec<NodeId> = Vec::new();
+    for &id in ids {
+        for x in g.operands(id) {
+            let (base, _) = resolve_view(g, x);
+            if read.contains(&base) {
+                continue;
+            }
+            read.push(base);
+            let n = g.node(base);
+            match n.op {
+                Op::Weight { .. } => cost.weight_bytes += bytes(&n.shape, n.dtype, &ONE_TOKEN),
+                Op::Input { .. } if n.shape.dims().first() == Some(&Dim::Sym(Sym::CachedTokens)) => {}
+                _ => cost.activation_bytes += bytes(&n.shape, n.dtype, &ONE_TOKEN),
+            }
+        }
+        let node = g.node(id);
+        if node.op.kv_cache_operand().is_none() {
+            cost.activation_bytes += bytes(&node.shape, node.dtype, &ONE_TOKEN);
+        }
     }
     cost
 }

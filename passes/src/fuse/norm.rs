@@ -5,7 +5,8 @@
 //! - [`FuseNormRope`]: Q/K norm + RoPE: `x*cos + rotate_half(x)*sin` over an RMSNorm'd `x`,
 //!   with the cos/sin tables computed from the positions, becomes one `NormRope` that computes
 //!   the tables itself. Then the op that consumes it absorbs it: a KV append
-//!   (`NormRope { append }`, the K-cache write) or attention's queries (`NormRopeAttention`).
+//!   (`NormRope { append }`, the K-cache write), or on request attention's queries
+//!   (`NormRopeAttention`).
 //! - [`FuseNormPrologue`]: RMSNorm folded into the matmuls that consume it, as their
 //!   prologue. Only in decode graphs (`T` pinned to 1): there the norm of one row is nearly
 //!   free inside a GEMV and saves a kernel and a round trip; a prefill GEMM would redo the
@@ -21,7 +22,7 @@ use crate::pass::{Pass, Report};
 /// The norm family's passes, in order: the norm first, then what absorbs it (RoPE before the
 /// matmul prologue, which takes the norms RoPE left).
 pub(super) fn fusions() -> [Box<dyn Pass>; 3] {
-    [Box::new(FuseRmsNorm), Box::new(FuseNormRope), Box::new(FuseNormPrologue)]
+    [Box::new(FuseRmsNorm), Box::new(FuseNormRope::default()), Box::new(FuseNormPrologue)]
 }
 
 pub struct FuseRmsNorm;
@@ -87,7 +88,15 @@ impl Pass for FuseRmsNorm {
     }
 }
 
-pub struct FuseNormRope;
+/// The norm + RoPE fusion. A fused NormRope goes into the KV append that is its only user;
+/// into attention (as its queries) only with `queries_into_attention`, which the standard
+/// pipeline leaves off: a decode attention block would redo the queries' norm + RoPE for each
+/// of its splits, while on its own the queries' NormRope runs once per head, in the same
+/// kernel as the k and v appends (`codegen`'s co-launch of the heads of one row).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FuseNormRope {
+    pub queries_into_attention: bool,
+}
 
 /// `(positions, inv_freq)` if `table` is `reshape(cast?(f(concat(freqs, freqs))))` with
 /// `freqs = reshape(cast(positions)) * inv_freq` and `f` the given unary op.
@@ -197,7 +206,7 @@ impl Pass for FuseNormRope {
                     appends += 1;
                 }
                 // Only as the queries; if k or v is the same value, it stays computed for them.
-                Op::Attention { scale } if uops[0] == fused => {
+                Op::Attention { scale } if uops[0] == fused && self.queries_into_attention => {
                     replace_with(
                         g,
                         user,

@@ -27,9 +27,9 @@ fn rope_graph(dt: DType, how: Rope) -> Graph {
 #[test]
 fn norm_rope_fuses_qwen3_chain_and_no_near_miss() {
     for dt in DTYPES {
-        assert_eq!(fused_count(&rope_graph(dt, Rope::Exact), &[&FuseRmsNorm, &FuseNormRope]), 1, "{dt}");
+        assert_eq!(fused_count(&rope_graph(dt, Rope::Exact), &[&FuseRmsNorm, &FuseNormRope::default()]), 1, "{dt}");
         for how in ROPE_MISSES {
-            assert_eq!(fused_count(&rope_graph(dt, how), &[&FuseRmsNorm, &FuseNormRope]), 0, "{dt} {how:?}");
+            assert_eq!(fused_count(&rope_graph(dt, how), &[&FuseRmsNorm, &FuseNormRope::default()]), 0, "{dt} {how:?}");
         }
     }
 }
@@ -58,13 +58,14 @@ fn attention_graph(rope_outputs: bool) -> Graph {
     b.finish().unwrap()
 }
 
-/// The KV append takes in k's norm+RoPE and attention takes in q's, but only where nothing
-/// else reads the RoPE result.
+/// The KV append takes in k's norm+RoPE and attention (when asked to) takes in q's, but only
+/// where nothing else reads the RoPE result.
 #[test]
 fn norm_rope_goes_into_its_append_and_attention_only_when_private() {
+    let into_attention = FuseNormRope { queries_into_attention: true };
     for (rope_outputs, absorbed) in [(false, 2), (true, 0)] {
         let g = attention_graph(rope_outputs);
-        let (after, report) = run_verified(&FuseNormRope, &run_verified(&FuseRmsNorm, &g).0);
+        let (after, report) = run_verified(&into_attention, &run_verified(&FuseRmsNorm, &g).0);
         let after = run_verified(&Dce, &after).0;
         assert_eq!((report.matched, report.changed), (2, 2 + absorbed), "rope outputs: {rope_outputs}");
         let count = |want: fn(&Op) -> bool| after.node_ids().filter(|&id| want(op(&after, id))).count();
@@ -74,6 +75,24 @@ fn norm_rope_goes_into_its_append_and_attention_only_when_private() {
         for t in [1, 3] {
             assert_same_eval(&g, &after, t, 5, 0.0);
         }
+    }
+}
+
+/// By default the queries' norm+RoPE stays a NormRope of its own (codegen runs it in the
+/// kernel of the k and v appends), still fused, and the graph computes the same.
+#[test]
+fn by_default_the_queries_norm_rope_stays_out_of_attention() {
+    let g = attention_graph(false);
+    let (after, report) = run_verified(&FuseNormRope::default(), &run_verified(&FuseRmsNorm, &g).0);
+    let after = run_verified(&Dce, &after).0;
+    assert_eq!((report.matched, report.changed), (2, 3));
+    let count = |want: fn(&Op) -> bool| after.node_ids().filter(|&id| want(op(&after, id))).count();
+    let alone = count(|o| matches!(o, Op::Fused(FusedOp::NormRope { append: false, .. })));
+    let appends = count(|o| matches!(o, Op::Fused(FusedOp::NormRope { append: true, .. })));
+    let attentions = count(|o| matches!(o, Op::Fused(FusedOp::NormRopeAttention { .. })));
+    assert_eq!((alone, appends, attentions), (1, 1, 0));
+    for t in [1, 3] {
+        assert_same_eval(&g, &after, t, 5, 0.0);
     }
 }
 
@@ -99,7 +118,8 @@ fn misplaced_rope_graph(as_cache: bool) -> Graph {
 fn norm_rope_stays_out_of_an_append_it_is_the_cache_of_or_attention_it_is_the_keys_of() {
     for as_cache in [true, false] {
         let g = misplaced_rope_graph(as_cache);
-        let (after, report) = run_verified(&FuseNormRope, &run_verified(&FuseRmsNorm, &g).0);
+        let into_attention = FuseNormRope { queries_into_attention: true };
+        let (after, report) = run_verified(&into_attention, &run_verified(&FuseRmsNorm, &g).0);
         assert_eq!((report.matched, report.changed), (1, 1), "as cache: {as_cache}");
         for t in [1, 3] {
             assert_same_eval(&g, &run_verified(&Dce, &after).0, t, 5, 0.0);

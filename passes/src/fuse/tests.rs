@@ -54,7 +54,7 @@ fn random_graphs_give_every_fusion_work() {
         horizontal += r.matched;
         let (g, r) = fuse(&FuseRmsNorm, &g);
         norms += r.matched;
-        let (g, r) = fuse(&FuseNormRope, &g);
+        let (g, r) = fuse(&FuseNormRope::default(), &g);
         ropes += r.matched;
         let (g, r) = fuse(&FuseElementwise, &g);
         elementwise += r.matched;

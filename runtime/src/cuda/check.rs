@@ -120,31 +120,41 @@ pub(super) fn check_launches(
     let mut checks = Vec::new();
     let mut i = range.start;
     while i < launches.len() {
-        let id = launches[i].node;
-        let end = i + launches[i..].iter().take_while(|l| l.node == id).count();
+        // The launches of one node, or of nodes co-launched in one kernel.
+        let ids = launches[i].nodes.clone();
+        let end = i + launches[i..].iter().take_while(|l| l.nodes == ids).count();
         // Operands first: an in-place kernel overwrites them.
         let mut sub = Graph::new();
         let mut inputs = HashMap::new();
-        let operands = graph
-            .operands(id)
-            .into_iter()
-            .map(|x| import(gpu, runner, x, b, &mut sub, &mut inputs))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut operands = Vec::new();
+        for &id in &ids {
+            let of_node = graph
+                .operands(id)
+                .into_iter()
+                .map(|x| import(gpu, runner, x, b, &mut sub, &mut inputs))
+                .collect::<Result<Vec<_>, _>>()?;
+            operands.push(of_node);
+        }
         for l in i..end {
             runner.launch(gpu, l, b, pdl)?;
         }
-        let node = graph.node(id);
-        gpu.synchronize(&format!("running {}", runner.node_name(id)))?;
-        let gpu_out = read_value(gpu, runner, id, b)?;
-        let copy = Node { shape: concrete(&node.shape, b), ..node.clone() };
-        let out = sub.add_node(copy, &operands);
-        sub.set_output("out", out);
-        let reference = eval(&sub, inputs, weights)
-            .map_err(|e| CudaError::Layout(format!("evaluating {} on the CPU: {e}", runner.node_name(id))))?
-            .remove("out")
-            .expect("output named out");
-        let kernels = (i..end).map(|l| runner.program.kernels[launches[l].kernel].name.clone()).collect();
-        checks.push(compare(runner.node_name(id), node.op.kind(), kernels, &gpu_out, &reference));
+        let names: Vec<String> = ids.iter().map(|&id| runner.node_name(id)).collect();
+        gpu.synchronize(&format!("running {}", names.join(" + ")))?;
+        let mut outputs = Vec::new();
+        for (k, (&id, operands)) in ids.iter().zip(&operands).enumerate() {
+            outputs.push(read_value(gpu, runner, id, b)?);
+            let node = graph.node(id);
+            let copy = Node { shape: concrete(&node.shape, b), ..node.clone() };
+            let out = sub.add_node(copy, operands);
+            sub.set_output(&format!("out{k}"), out);
+        }
+        let mut reference = eval(&sub, inputs, weights)
+            .map_err(|e| CudaError::Layout(format!("evaluating {} on the CPU: {e}", names.join(" + "))))?;
+        let kernels: Vec<String> = (i..end).map(|l| runner.program.kernels[launches[l].kernel].name.clone()).collect();
+        for (k, (&id, gpu_out)) in ids.iter().zip(&outputs).enumerate() {
+            let want = reference.remove(&format!("out{k}")).expect("an output per node");
+            checks.push(compare(runner.node_name(id), graph.node(id).op.kind(), kernels.clone(), gpu_out, &want));
+        }
         i = end;
     }
     Ok(checks)

@@ -74,8 +74,8 @@ impl Part<'_> {
     /// Every node whose buffer a launch reads or writes.
     fn storages(&self) -> Vec<NodeId> {
         let mut storages: Vec<NodeId> = Vec::new();
-        for s in &self.program.launches {
-            for &x in s.operand_ids.iter().chain([&s.node_id]) {
+        for n in self.program.launches.iter().flat_map(|s| &s.nodes) {
+            for &x in n.operand_ids.iter().chain([&n.node_id]) {
                 let base = self.storage_of(x);
                 if !storages.contains(&base) {
                     storages.push(base);
@@ -115,10 +115,11 @@ impl Part<'_> {
                 exchanges.push(steps.len());
                 previous_writes = vec![buffer_of(x.node_id)?];
             }
-            let id = launches[i].node_id;
-            let end = i + launches[i..].iter().take_while(|l| l.node_id == id).count();
+            // The launches of one node, or of nodes co-launched in one kernel.
+            let ids: Vec<NodeId> = launches[i].node_ids().collect();
+            let end = i + launches[i..].iter().take_while(|l| l.node_ids().eq(ids.iter().copied())).count();
             let mut operand_dumps = HashMap::new();
-            for x in g.operands(id) {
+            for x in ids.iter().flat_map(|&id| g.operands(id)) {
                 let base = self.storage_of(x);
                 if !matches!(g.node(base).op, Op::Weight { .. } | Op::Constant { .. })
                     && !operand_dumps.contains_key(&base.index())
@@ -131,23 +132,30 @@ impl Part<'_> {
             let mut kernels = Vec::new();
             for s in &launches[i..end] {
                 let kernel = &self.program.kernels[s.kernel];
-                let out = buffer_of(s.node_id)?;
-                let ins =
-                    s.operand_ids.iter().map(|&x| buffer_of(x).map(Arg::buffer)).collect::<Result<Vec<_>, _>>()?;
-                let (mut args, writes) = match s.params {
-                    Params::Standard => ([ins, vec![Arg::buffer(out)]].concat(), vec![out]),
+                let mut args = Vec::new();
+                let mut writes = Vec::new();
+                for n in &s.nodes {
+                    let out = buffer_of(n.node_id)?;
+                    for &x in &n.operand_ids {
+                        args.push(Arg::buffer(buffer_of(x)?));
+                    }
+                    args.push(Arg::buffer(out));
+                    writes.push(out);
+                }
+                match s.params {
+                    Params::Standard => {}
                     Params::WritesScratch(_) => {
-                        ([ins, vec![Arg::buffer(out), Arg::buffer(memory.scratch)]].concat(), vec![out, memory.scratch])
+                        args.push(Arg::buffer(memory.scratch));
+                        writes.push(memory.scratch);
                     }
-                    Params::ReadsScratch => (vec![Arg::buffer(memory.scratch), Arg::buffer(out)], vec![out]),
+                    Params::ReadsScratch => {
+                        args = vec![Arg::buffer(memory.scratch), Arg::buffer(writes[0])];
+                    }
                     Params::SplitK { .. } => {
-                        let (scratch, counters) = (Arg::buffer(memory.scratch), Arg::buffer(memory.counters));
-                        (
-                            [ins, vec![Arg::buffer(out), scratch, counters]].concat(),
-                            vec![out, memory.scratch, memory.counters],
-                        )
+                        args.extend([Arg::buffer(memory.scratch), Arg::buffer(memory.counters)]);
+                        writes.extend([memory.scratch, memory.counters]);
                     }
-                };
+                }
                 args.push(Arg::buffer(memory.step));
                 let previous = std::mem::replace(&mut previous_writes, writes);
                 let hidden = if pdl { previous } else { Vec::new() };
@@ -161,9 +169,16 @@ impl Part<'_> {
                 }));
                 kernels.push(kernel.name.clone());
             }
-            steps.push(Step::Dump(buffer_of(id)?));
-            node_runs.push(NodeRun { node: id, operands: operand_dumps, output: dumps, kernels });
-            dumps += 1;
+            for &id in &ids {
+                steps.push(Step::Dump(buffer_of(id)?));
+                node_runs.push(NodeRun {
+                    node: id,
+                    operands: operand_dumps.clone(),
+                    output: dumps,
+                    kernels: kernels.clone(),
+                });
+                dumps += 1;
+            }
             i = end;
         }
         exchanges.extend(std::iter::repeat_n(steps.len(), self.program.exchanges.len() - exchanges.len()));

@@ -73,7 +73,8 @@ impl KvShape {
 /// One launch, resolved: the function index and its parameters' values (device addresses).
 pub(crate) struct ResolvedLaunch {
     pub kernel: usize,
-    pub node: NodeId,
+    /// The nodes it computes (several when co-launched).
+    pub nodes: Vec<NodeId>,
     /// Device addresses, the step pointer last.
     pub params: Vec<u64>,
 }
@@ -300,16 +301,22 @@ impl Layout {
         let mut launches = Vec::new();
         for s in &program.launches {
             let addr = |id: NodeId| self.address(graph, id);
-            let out = addr(s.node_id)?;
-            let ins = s.operand_ids.iter().map(|&x| addr(x)).collect::<Result<Vec<_>, _>>()?;
-            let mut params = match s.params {
-                Params::Standard => [ins, vec![out]].concat(),
-                Params::WritesScratch(_) => [ins, vec![out, self.scratch.ptr()]].concat(),
-                Params::ReadsScratch => vec![self.scratch.ptr(), out],
-                Params::SplitK { .. } => [ins, vec![out, self.scratch.ptr(), self.counters.ptr()]].concat(),
-            };
+            // Each node's operands, then its output.
+            let mut params = Vec::new();
+            for n in &s.nodes {
+                for &x in &n.operand_ids {
+                    params.push(addr(x)?);
+                }
+                params.push(addr(n.node_id)?);
+            }
+            match s.params {
+                Params::Standard => {}
+                Params::WritesScratch(_) => params.push(self.scratch.ptr()),
+                Params::ReadsScratch => params = vec![self.scratch.ptr(), params[params.len() - 1]],
+                Params::SplitK { .. } => params.extend([self.scratch.ptr(), self.counters.ptr()]),
+            }
             params.push(self.step.ptr());
-            launches.push(ResolvedLaunch { kernel: s.kernel, node: s.node_id, params });
+            launches.push(ResolvedLaunch { kernel: s.kernel, nodes: s.node_ids().collect(), params });
         }
         Ok(launches)
     }

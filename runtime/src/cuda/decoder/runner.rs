@@ -106,7 +106,8 @@ impl Runner {
     pub(crate) fn launch(&self, gpu: &Gpu, i: usize, b: &Bindings, pdl: bool) -> Result<(), CudaError> {
         let l = &self.layout.launches[i];
         let kernel = &self.program.kernels[l.kernel];
-        let what = format!("launching {} for {}", kernel.name, self.node_name(l.node));
+        let nodes: Vec<String> = l.nodes.iter().map(|&id| self.node_name(id)).collect();
+        let what = format!("launching {} for {}", kernel.name, nodes.join(" + "));
         // SAFETY: every parameter is a device address inside live buffers of this model, in the
         // order and number of the kernel's parameter list (the calling convention).
         unsafe {
