@@ -40,9 +40,10 @@ fn decode_program(dtype: DType) -> (Program, usize) {
 fn decode_program_reads_each_weight_once() {
     let (p, weights) = decode_program(DType::BF16);
     // 6 launches per layer (attention is one kernel, its splits merged; q's norm + RoPE, k's
-    // norm + RoPE and append and v's append are one) + 3 outside.
-    assert_eq!(p.launches.len(), 28 * 6 + 3);
-    assert_eq!(p.kernels.len(), 9, "layers share kernels: {:?}", p.kernels.iter().map(|k| &k.name).collect::<Vec<_>>());
+    // norm + RoPE and append and v's append are one) + 2 outside (the embedding; the lm_head
+    // with the greedy token's argmax).
+    assert_eq!(p.launches.len(), 28 * 6 + 2);
+    assert_eq!(p.kernels.len(), 8, "layers share kernels: {:?}", p.kernels.iter().map(|k| &k.name).collect::<Vec<_>>());
     let launched: u64 = p.launches.iter().map(|l| l.cost.weight_bytes).sum();
     // Every weight once, plus the one embedding row the gather reads (the tied table is
     // also read whole by lm_head).
@@ -74,6 +75,12 @@ fn the_q_k_and_v_heads_nodes_are_one_launch() {
     let variants = Variants { co_launch: false, ..Variants::default() };
     let apart = emit_with(&g, EmitOptions { variants, ..EmitOptions::default() }).expect("emits");
     assert_eq!(apart.launches.len(), 28 * 8 + 3);
+    // The lm_head and the argmax: one launch, the token from its last block.
+    let head = p.launches.last().expect("launches");
+    let ops: Vec<&str> = head.nodes.iter().map(|n| n.op.as_str()).collect();
+    assert_eq!(ops, ["linear_rmsnorm_epilogue[norm_eps=1e-6, epilogue=cast<f32>(acc)]", "argmax[axis=1]"]);
+    assert_eq!(p.kernels[head.kernel].name, "lm_head_gemv_rmsnorm_argmax");
+    assert!(matches!(head.params, smelt::codegen::Params::SplitK { counters: 1, .. }));
     assert!(apart.launches.iter().all(|l| l.nodes.len() == 1));
 }
 

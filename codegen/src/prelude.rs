@@ -135,6 +135,22 @@ SMELT_FN unsigned int smelt_arrive(unsigned int* counter) {
   __threadfence();
   return before;
 }
+/* ArgMax as ir::eval's: whether (v, i) beats (bv, bi), a candidate value and its index (-1
+   for a NaN or an infinity): a non-finite value beats all, then larger, then equal and
+   earlier. (The argmax kernel, and the lm_head GEMV that computes the greedy token.) */
+SMELT_FN bool smelt_argmax_better(float v, int i, float bv, int bi) {
+  if (bi < 0) return false;
+  if (i < 0) return true;
+  return v > bv || (v == bv && i < bi);
+}
+/* Folds the lanes' argmax candidates together; every lane ends with the warp's winner. */
+SMELT_FN void smelt_argmax_warp(float& bv, int& bi) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (smelt_argmax_better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
+  }
+}
 /* NeoX rotary's rotate-half for a head whose D elements lie D/32 per lane in order: element j
    pairs with j +- D/2, the same slot of lane ^ 16; rot = concat(-x[D/2:], x[:D/2]), so lanes
    0-15 (the first half) take their partner negated. */

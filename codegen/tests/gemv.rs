@@ -37,6 +37,17 @@ struct Case {
     new_tokens: usize,
     /// The L2-prefetch variant (issue 17 A4).
     l2_prefetch: bool,
+    /// The fused ArgMax of the one row (the greedy token), over logits made to hold this.
+    argmax: Option<Logits>,
+}
+
+/// What the weights of an argmax case make of the logits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Logits {
+    /// Columns 5 and 190 equal and the largest (in blocks 0 and 2 of a 3-block grid): 5 wins.
+    Tie,
+    /// Column 150 infinite: the token is -1.
+    NonFinite,
 }
 
 impl Case {
@@ -57,6 +68,7 @@ impl Case {
             emulated_grid: None,
             new_tokens: 1,
             l2_prefetch: false,
+            argmax: None,
         }
     }
 
@@ -74,6 +86,7 @@ impl Case {
                 extras: &self.extras,
                 out_dtype: self.out_dtype,
                 l2_prefetch: self.l2_prefetch,
+                argmax: self.argmax.is_some(),
             },
         )
     }
@@ -108,8 +121,31 @@ fn qwen3_decode_gemvs_compile_for_every_arch_without_spills() {
         (c.name, c.l2_prefetch) = (format!("{}_l2", c.name), true);
         c.kernel()
     }));
+    // The lm_head with the greedy token's argmax (f32 and 16-bit logits).
+    for dtype in [DType::BF16, DType::F16] {
+        for epilogue in [Some(to_f32(dtype)), None] {
+            let mut case = Case::new("lm_head_argmax", dtype, 1024, 151936, true, epilogue);
+            case.name = format!("{}_{}", case.name, case.out_dtype);
+            case.argmax = Some(Logits::Tie);
+            kernels.push(case.kernel());
+        }
+    }
     assert!(kernels.iter().all(|k| k.kind == "linear_gemv"));
     tc.check_all(&kernels);
+}
+
+/// The lm_head with the argmax folded in: its column loop tracks each warp's best logit as
+/// stored, and its last block folds the blocks' (the part after the loop).
+#[test]
+fn lm_head_argmax_source_snapshot() {
+    let mut case = Case::new("lm_head_gemv_rmsnorm_argmax", DType::BF16, 1024, 151936, true, Some(to_f32(DType::BF16)));
+    case.argmax = Some(Logits::Tie);
+    let k = case.kernel();
+    let body = k.source.strip_prefix(PRELUDE).expect("the source starts with the prelude");
+    insta::assert_snapshot!(
+        "gemv_lm_head_argmax_bf16",
+        format!("// launch: {:?}\n// (prelude omitted)\n{body}", k.launch)
+    );
 }
 
 #[test]

@@ -26,7 +26,9 @@ pub const TABLE_CONTEXT: u64 = 1024;
 /// The table: one row per kernel of layer 0 and outside the layers; the other layers repeat
 /// layer 0's kernels, so they are summed in one line. Bytes per call include the flash-decoding
 /// scratch the attention split kernel writes and the combine kernel (or the merged kernel's
-/// last blocks) read back (the op's own cost, its output included, is the split kernel's). Columns are as wide as their widest cell.
+/// last blocks) read back (the op's own cost, its output included, is the split kernel's), and
+/// the lm_head's per-block argmax candidates, which its last block reads back. Columns are as
+/// wide as their widest cell.
 pub fn table(program: &Program) -> String {
     let scratch = scratch_bytes(program, TABLE_CONTEXT);
     let floor_us = |bytes: u64| format!("{:.2}", bytes as f64 / FLOOR_BYTES_PER_S * 1e6);
@@ -68,7 +70,7 @@ pub fn table(program: &Program) -> String {
     s.push_str(&columns(&rows, [false, false, true, true, true]));
     let _ = writeln!(
         s,
-        "  total: {} launches of {} kernels, {total} bytes ({weights} of weights, {scratch_total} of attention \
+        "  total: {} launches of {} kernels, {total} bytes ({weights} of weights, {scratch_total} of \
          scratch), floor {}/token on an {FLOOR_GPU}",
         program.launches.len(),
         program.kernels.len(),
@@ -87,7 +89,7 @@ fn step_time(seconds: f64) -> String {
 }
 
 /// The bytes one step of `program` moves at `context` tokens: every launch's operands and
-/// result, attention scratch included (the table's total).
+/// result, scratch included (the table's total).
 pub fn step_bytes(program: &Program, context: u64) -> u64 {
     let scratch = scratch_bytes(program, context);
     program.launches.iter().zip(scratch).map(|(k, s)| k.cost.bytes_at(context) + s).sum()
@@ -107,8 +109,9 @@ fn scratch_bytes(program: &Program, context: u64) -> Vec<u64> {
                 written
             }
             Params::ReadsScratch => written,
-            // The table shows decode programs, whose matmuls are GEMVs: the one kernel with
-            // counters is the merged attention.
+            // The table shows decode programs, whose matmuls are GEMVs: the kernels with
+            // counters are the merged attention and the lm_head with the argmax; each writes
+            // its scratch and its last blocks read it back.
             Params::SplitK { scratch, .. } => 2 * scratch.bytes(context as usize, 1) as u64,
             Params::Standard => 0,
         })

@@ -1,20 +1,5 @@
 /* ArgMax as ir::eval's: the first index of the largest value; -1 for a row holding a NaN
-   or an infinity. */
-/* Whether (v, i) beats (bv, bi): a non-finite value (i = -1) beats all, then larger, then
-   equal and earlier. */
-SMELT_FN bool smelt_argmax_better(float v, int i, float bv, int bi) {
-  if (bi < 0) return false;
-  if (i < 0) return true;
-  return v > bv || (v == bv && i < bi);
-}
-/* Folds the lanes' candidates together; every lane ends with the warp's winner. */
-SMELT_FN void smelt_argmax_warp(float& bv, int& bi) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (smelt_argmax_better(ov, oi, bv, bi)) { bv = ov; bi = oi; }
-  }
-}
+   or an infinity (smelt_argmax_better, in the prelude). */
 /* Rows of $V: thread k reads words k, k + $BLOCK, ... of $VEC elements, so a warp's loads are contiguous. */
 extern "C" __global__ void __launch_bounds__($BLOCK) $NAME(
     const $STORAGE* __restrict__ x,

@@ -39,7 +39,7 @@ $X_VIEW
     GEMV_LOAD_BATCH(0u)
   }$L2_PREFETCH
 $PROLOGUE
-  const uint4* xv = (const uint4*)xs; /* row r's vector i is xv[r * KV + i] */
+  const uint4* xv = (const uint4*)xs; /* row r's vector i is xv[r * KV + i] */$ARGMAX_DECL
   bool prefetched = col < N_OUT;
   for (; col < N_OUT; col += stride) {
     float sum[ROWS][PARTS] = {};
@@ -68,7 +68,7 @@ $PROLOGUE
 #pragma unroll
     for (unsigned int r = 0; r < ROWS; r++) {
       if (lane != r) continue;
-$EPILOGUE
+$EPILOGUE$ARGMAX_TRACK
     }
-  }
+  }$ARGMAX_MERGE
 }

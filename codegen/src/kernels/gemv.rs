@@ -15,7 +15,7 @@
 use smelt_ir::{DType, Dim, Expr, Shape};
 
 use super::epilogue::{round, Epilogue};
-use super::{load, storage_type, store, Grid, Kernel, Launch, Params, View, GRID_WAIT};
+use super::{load, storage_type, store, Grid, Kernel, Launch, Params, Scratch, View, GRID_WAIT};
 use crate::expr::f32_literal;
 use crate::{Template, PRELUDE};
 
@@ -54,6 +54,10 @@ pub struct GemvSpec<'a> {
     /// Before its wait, each warp also prefetches into L2 every weight row it will read
     /// (`Variants::l2_prefetch`).
     pub l2_prefetch: bool,
+    /// Also the ArgMax of the one output row, as the argmax kernel computes it (the greedy
+    /// token): the parameters go on `logits_in` (the output again, unused: the argmax's
+    /// operand), `int* greedy`, a scratch buffer and one arrival counter (see [`linear_gemv`]).
+    pub argmax: bool,
 }
 
 /// The `l2_prefetch` variant, after the first batch's loads: the lines of every weight row this
@@ -132,10 +136,11 @@ pub fn gemv_unsupported(rows: usize, k: usize, dtype: DType) -> Option<String> {
 
 /// Emits `name(x, w, [norm_w], extra0…, y, step)` computing `spec`.
 pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
-    let GemvSpec { rows, k, n, dtype, x_view, norm_eps, epilogue, extras, out_dtype, l2_prefetch } = *spec;
+    let GemvSpec { rows, k, n, dtype, x_view, norm_eps, epilogue, extras, out_dtype, l2_prefetch, argmax } = *spec;
     if let Some(why) = gemv_unsupported(rows, k, dtype) {
         panic!("{name}: linear_gemv has no kernel for {why} (check gemv_unsupported first)");
     }
+    assert!(!argmax || rows == 1, "{name}: the fused argmax takes one row, not {rows}");
     let (dot_what, dot_body, vec) = dot_helper(dtype);
     let fused = Epilogue::of(name, epilogue, dtype, n, out_dtype, extras.len());
     let (body, parts) = (&fused.body, fused.parts);
@@ -201,8 +206,21 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
         ("PROLOGUE", &prologue),
         ("L2_PREFETCH", if l2_prefetch { L2_PREFETCH } else { "" }),
         ("EPILOGUE", &epi.join("\n")),
+        ("ARGMAX_DECL", if argmax { ARGMAX_DECL } else { "" }),
+        ("ARGMAX_TRACK", &if argmax { argmax_track(out_dtype) } else { String::new() }),
+        ("ARGMAX_MERGE", if argmax { ARGMAX_MERGE.trim_ascii_end() } else { "" }),
     ]);
     let blocks = n_out.div_ceil(WARPS).clamp(1, MAX_BLOCKS) as u32;
+    // One (value, index) pair of f32 words per block, one arrival counter.
+    let params = if argmax {
+        let writer_grid = Grid::Fixed(blocks);
+        Params::SplitK {
+            scratch: Scratch { header_bytes: 0, item_bytes: 8, writer_grid, min_items_per_token: 0 },
+            counters: 1,
+        }
+    } else {
+        Params::Standard
+    };
     Kernel {
         name: name.to_string(),
         kind: "linear_gemv",
@@ -212,11 +230,37 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
             grid: Grid::Fixed(blocks),
             shared_bytes: (rows * k * dtype.size_bytes()) as u32,
         },
-        params: Params::Standard,
+        params,
     }
 }
 
-/// The kernel's parameters: `x, w, [norm_w], extra0…, y, step`.
+/// The fused argmax's part before the column loop: this warp's best so far (lane 0, the one
+/// row's), none yet being -inf at an index past the end.
+const ARGMAX_DECL: &str = "
+  const float NONE_V = smelt_u2f(0xff800000u);
+  const int NONE_I = 0x7fffffff;
+  float best_v = NONE_V;
+  int best_i = NONE_I;";
+
+/// The fused argmax's part after the column loop: the block's best, then the last block's fold.
+const ARGMAX_MERGE: &str = include_str!("gemv_argmax.cu");
+
+/// The fused argmax's part after a column's epilogue: the logit as stored, read back (what
+/// the argmax op reads), against the warp's best.
+fn argmax_track(out_dtype: DType) -> String {
+    format!(
+        "
+      {{
+        const float v = {};
+        const int i = fabsf(v) <= 3.402823466e+38f ? (int)col : -1;
+        if (smelt_argmax_better(v, i, best_v, best_i)) {{ best_v = v; best_i = i; }}
+      }}",
+        load(out_dtype, "y", "r * N_OUT + col")
+    )
+}
+
+/// The kernel's parameters: `x, w, [norm_w], extra0…, y, [logits_in, greedy, scratch,
+/// counters,] step`.
 fn params(spec: &GemvSpec) -> Vec<String> {
     let ty = storage_type(spec.dtype);
     let mut params = vec![format!("const {ty}* __restrict__ x"), format!("const {ty}* __restrict__ w")];
@@ -227,6 +271,12 @@ fn params(spec: &GemvSpec) -> Vec<String> {
         params.push(format!("const {}* __restrict__ extra{i}", storage_type(*d)));
     }
     params.push(format!("{}* __restrict__ y", storage_type(spec.out_dtype)));
+    if spec.argmax {
+        params.push(format!("const {}* logits_in", storage_type(spec.out_dtype)));
+        params.push("int* __restrict__ greedy".into());
+        params.push("float* __restrict__ scratch".into());
+        params.push("unsigned int* __restrict__ counters".into());
+    }
     params.push("const smelt_step* __restrict__ step".into());
     params
 }

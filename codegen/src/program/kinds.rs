@@ -151,8 +151,8 @@ pub(crate) fn plan(n: &NodeCtx) -> Result<Planned, CodegenError> {
             gemm(n, epilogue.as_ref())
         }
         Op::MatMul if prefill && n.x_is_t_rows() => gemm(n, None),
-        Op::Fused(FusedOp::Linear { norm_eps, epilogue }) => linear_gemv(n, *norm_eps, epilogue.as_ref()),
-        Op::MatMul => matmul_gemv(n),
+        Op::Fused(FusedOp::Linear { norm_eps, epilogue }) => linear_gemv(n, *norm_eps, epilogue.as_ref(), false),
+        Op::MatMul => matmul_gemv(n, false),
         Op::Fused(FusedOp::NormRope { eps, append }) => norm_rope(n, *eps, *append),
         Op::KvAppend => kv_append(n),
         Op::Attention { scale } => attention(n, *scale, None),
@@ -195,7 +195,14 @@ fn gemm(n: &NodeCtx, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, Codeg
     Ok(Planned::one(kernels::gemm::linear_gemm(&n.name(kind), &spec), 2 * (nw * k) as u64))
 }
 
-fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, CodegenError> {
+/// A GEMV node's kernel; with `argmax`, it also computes the ArgMax of its one row (the next
+/// node, [`gemv_argmax`]).
+fn linear_gemv(
+    n: &NodeCtx,
+    norm_eps: Option<f32>,
+    epilogue: Option<&smelt_ir::Expr>,
+    argmax: bool,
+) -> Result<Planned, CodegenError> {
     let (nw, k) = n.weight_nk(1)?;
     n.read_before_wait(1)?;
     if norm_eps.is_some() {
@@ -221,12 +228,18 @@ fn linear_gemv(n: &NodeCtx, norm_eps: Option<f32>, epilogue: Option<&smelt_ir::E
         extras: &extras,
         out_dtype: n.node.dtype,
         l2_prefetch: n.options.variants.l2_prefetch,
+        argmax,
     };
-    let kind = if norm_eps.is_some() { "gemv_rmsnorm" } else { "gemv" };
+    let kind = match (norm_eps.is_some(), argmax) {
+        (true, false) => "gemv_rmsnorm",
+        (true, true) => "gemv_rmsnorm_argmax",
+        (false, false) => "gemv",
+        (false, true) => "gemv_argmax",
+    };
     Ok(Planned::one(kernels::gemv::linear_gemv(&n.name(kind), &spec), 2 * (rows * nw * k) as u64))
 }
 
-fn matmul_gemv(n: &NodeCtx) -> Result<Planned, CodegenError> {
+fn matmul_gemv(n: &NodeCtx, argmax: bool) -> Result<Planned, CodegenError> {
     let xs = &n.operand(0).shape;
     let one_row = xs.dims()[..xs.rank() - 1].iter().all(|d| d.fixed() == Some(1));
     n.supported(one_row, "a matmul of more than one row outside the GEMM")?;
@@ -247,8 +260,10 @@ fn matmul_gemv(n: &NodeCtx) -> Result<Planned, CodegenError> {
         extras: &[],
         out_dtype: dtype,
         l2_prefetch: n.options.variants.l2_prefetch,
+        argmax,
     };
-    Ok(Planned::one(kernels::gemv::linear_gemv(&n.name("gemv"), &spec), 2 * (nw * k) as u64))
+    let kind = if argmax { "gemv_argmax" } else { "gemv" };
+    Ok(Planned::one(kernels::gemv::linear_gemv(&n.name(kind), &spec), 2 * (nw * k) as u64))
 }
 
 fn norm_rope(n: &NodeCtx, eps: f32, append: bool) -> Result<Planned, CodegenError> {
@@ -292,16 +307,52 @@ fn head_part(n: &NodeCtx) -> Option<(HeadPart, (NodeId, Dim, usize))> {
 /// between them, so one launch at the first one's place computes what they would: no part
 /// reads another's output, and no buffer the memory plan hands over between them is in use.
 pub(crate) fn co_launch(nodes: &[NodeCtx]) -> bool {
+    head_rows(nodes) || gemv_argmax(nodes)
+}
+
+/// Whether `nodes` are a matmul that runs as a GEMV of one row and the ArgMax of its result
+/// over the last axis (the lm_head and the greedy token): one kernel whose blocks fold their
+/// columns' best and whose last block folds theirs, instead of an argmax kernel reading the
+/// logits back.
+fn gemv_argmax(nodes: &[NodeCtx]) -> bool {
+    let [gemv, argmax] = nodes else { return false };
+    let gemv_planned = match gemv.node.op {
+        // As `plan` chooses: prefill keeps the norm apart, and T whole rows are a GEMM.
+        Op::Fused(FusedOp::Linear { norm_eps, .. }) => gemv.decode || (norm_eps.is_none() && !gemv.x_is_t_rows()),
+        Op::MatMul => gemv.decode || !gemv.x_is_t_rows(),
+        _ => false,
+    };
+    let xs = &gemv.operand(0).shape;
+    let one_row = xs.dims()[..xs.rank() - 1].iter().all(|d| d.fixed() == Some(1));
+    let last_axis = matches!(argmax.node.op, Op::ArgMax { axis } if axis + 1 == gemv.node.shape.rank());
+    gemv_planned && one_row && last_axis && argmax.ops == [gemv.id]
+}
+
+/// Whether `nodes` run as one [`kernels::norm::head_rows`] kernel (see [`co_launch`]).
+fn head_rows(nodes: &[NodeCtx]) -> bool {
     let Some(first) = nodes.first() else { return false };
     let Some((_, shared)) = head_part(first) else { return false };
     let like = |n: &NodeCtx| n.node.dtype == first.node.dtype && head_part(n).is_some_and(|(_, s)| s == shared);
     nodes.len() >= 2 && nodes.iter().all(like)
 }
 
-/// The one kernel of nodes that [`co_launch`] accepts, in the order of their parts (sorted
-/// into `nodes`): the norms, then the plain appends (the kernel's norm parts come first), each
-/// in the order of their heads in the row they read (q, k, v).
-pub(crate) fn plan_co_launch(nodes: &mut [NodeCtx]) -> Result<Kernel, CodegenError> {
+/// The one kernel of nodes that [`co_launch`] accepts: a GEMV with the argmax, or the heads'
+/// kernel.
+pub(crate) fn plan_co_launch(nodes: &mut [NodeCtx]) -> Result<Planned, CodegenError> {
+    if gemv_argmax(nodes) {
+        let n = &nodes[0];
+        return match &n.node.op {
+            Op::Fused(FusedOp::Linear { norm_eps, epilogue }) => linear_gemv(n, *norm_eps, epilogue.as_ref(), true),
+            _ => matmul_gemv(n, true),
+        };
+    }
+    Ok(Planned::one(plan_head_rows(nodes)?, 0))
+}
+
+/// The heads' kernel, its parts in order (sorted into `nodes`): the norms, then the plain
+/// appends (the kernel's norm parts come first), each in the order of their heads in the row
+/// they read (q, k, v).
+fn plan_head_rows(nodes: &mut [NodeCtx]) -> Result<Kernel, CodegenError> {
     let order = |n: &NodeCtx| match head_part(n) {
         Some((HeadPart::NormRope { x_view, .. }, _)) => (0, x_view.offset),
         Some((HeadPart::Append { x_view, .. }, _)) => (1, x_view.offset),

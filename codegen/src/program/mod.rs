@@ -220,8 +220,9 @@ pub struct Variants {
     /// Decode GEMVs prefetch the weight rows they read into L2 before their grid-dependency
     /// wait (issue 17 A4; off by default until a GPU window measures it: `--l2-prefetch`).
     pub l2_prefetch: bool,
-    /// Independent nodes over the heads of one row (q's norm + RoPE, k's norm + RoPE and
-    /// append, v's append) run as one kernel (off: a kernel each; `--no-co-launch`).
+    /// Consecutive nodes run as one kernel where one is built for them: those over the heads
+    /// of one row (q's norm + RoPE, k's norm + RoPE and append, v's append), and a one-row GEMV
+    /// with the ArgMax of its result (off: a kernel per node; `--no-co-launch`).
     pub co_launch: bool,
 }
 
@@ -244,9 +245,9 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
             let mut run = co_launch_run(g, &order[i..], options);
             if !run.is_empty() {
                 i += run.len();
-                let kernel = kinds::plan_co_launch(&mut run)?;
-                let cost = base_cost(g, &run.iter().map(|n| n.id).collect::<Vec<_>>());
-                push_launches(&mut program, g, &run, vec![kernel], cost)?;
+                let planned = kinds::plan_co_launch(&mut run)?;
+                let cost = cost_of(g, &run.iter().map(|n| n.id).collect::<Vec<_>>(), &planned);
+                push_launches(&mut program, g, &run, planned.kernels, cost)?;
                 continue;
             }
         }
@@ -254,12 +255,7 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
         let n = kinds::NodeCtx::new(g, id, options);
         i += 1;
         let planned = kinds::plan(&n)?;
-        let mut cost = base_cost(g, &[id]);
-        cost.flops = planned.flops;
-        cost.kv_bytes_per_context_token = planned.kv_bytes_per_context_token;
-        if let Some(bytes) = planned.weight_bytes {
-            cost.weight_bytes = bytes;
-        }
+        let cost = cost_of(g, &[id], &planned);
         if planned.exchange {
             let x = g.node(n.ops[0]);
             program.exchanges.push(Exchange {
@@ -295,6 +291,17 @@ fn co_launch_run<'g>(g: &'g Graph, order: &[NodeId], options: EmitOptions) -> Ve
     } else {
         Vec::new()
     }
+}
+
+/// What one launch of `planned`, computing `ids`, costs.
+fn cost_of(g: &Graph, ids: &[NodeId], planned: &kinds::Planned) -> Cost {
+    let mut cost = base_cost(g, ids);
+    cost.flops = planned.flops;
+    cost.kv_bytes_per_context_token = planned.kv_bytes_per_context_token;
+    if let Some(bytes) = planned.weight_bytes {
+        cost.weight_bytes = bytes;
+    }
+    cost
 }
 
 fn op_text(g: &Graph, id: NodeId) -> String {
@@ -335,11 +342,6 @@ fn push_launches(
     let layer = g.node(nodes[0].id).meta.layer;
     for (i, kernel) in kernels.into_iter().enumerate() {
         let params = kernel.params.clone();
-        assert!(
-            served.len() == 1 || params == Params::Standard,
-            "{}: a co-launch takes standard parameters",
-            kernel.name
-        );
         let index = match program.kernels.iter().position(|k| k.source == kernel.source) {
             Some(index) => index,
             None if program.kernels.iter().any(|k| k.name == kernel.name) => {
@@ -358,11 +360,11 @@ fn push_launches(
 }
 
 /// Bytes the nodes of one launch move at one new token: each buffer they read once (weights
-/// apart from activations; a KV cache read by the token, not here) and their results, except
-/// appends to a cache.
+/// apart from activations; a KV cache read by the token, not here; not what one of them
+/// computes) and their results, except appends to a cache.
 fn base_cost(g: &Graph, ids: &[NodeId]) -> Cost {
     let mut cost = Cost::default();
-    let mut read: Vec<NodeId> = Vec::new();
+    let mut read: Vec<NodeId> = ids.to_vec();
     for &id in ids {
         for x in g.operands(id) {
             let (base, _) = resolve_view(g, x);

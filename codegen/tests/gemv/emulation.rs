@@ -8,7 +8,7 @@ use smelt_ir::{shape, BinaryOp, Bound, Builder, DType, Expr, ExprKind, FusedOp, 
 
 use crate::common::emulated;
 use crate::common::epilogues::{acc, node, residual, swiglu, to_f32};
-use crate::{Case, EPS};
+use crate::{Case, Logits, EPS};
 use smelt_emulate::{Arg, Buffer, Launch};
 
 struct Rng(u64);
@@ -49,6 +49,21 @@ struct Prepared {
     want: Vec<f32>,
 }
 
+/// ArgMax as `ir::eval`'s, of one row: the first index of the largest, -1 if any value is
+/// not finite.
+fn argmax(row: &[f32]) -> i32 {
+    if row.iter().any(|v| !v.is_finite()) {
+        return -1;
+    }
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as i32
+}
+
 fn prepare(case: &Case, seed: u64) -> Prepared {
     let (rows, k, n, dtype) = (case.rows, case.k, case.n, case.dtype);
     let mut rng = Rng(seed);
@@ -56,7 +71,19 @@ fn prepare(case: &Case, seed: u64) -> Prepared {
     let x_rows = if case.x_view.from_last_row { case.new_tokens } else { rows };
     let wide = x_rows * case.x_view.row_stride;
     let x_wide = Tensor::from_f32(dtype, vec![x_rows, case.x_view.row_stride], rng.fill(wide, -3.0, 3.0));
-    let w = Tensor::from_f32(dtype, vec![n, k], rng.fill(n * k, -0.08, 0.08));
+    let mut w_values = rng.fill(n * k, -0.08, 0.08);
+    match case.argmax {
+        Some(Logits::Tie) => {
+            // Weights of x's signs (the norm keeps them): the largest logit, twice.
+            let x0 = &x_wide.to_f32_vec()[case.x_view.offset..case.x_view.offset + k];
+            let row: Vec<f32> = x0.iter().map(|v| 0.05f32.copysign(*v)).collect();
+            w_values[5 * k..6 * k].copy_from_slice(&row);
+            w_values[190 * k..191 * k].copy_from_slice(&row);
+        }
+        Some(Logits::NonFinite) => w_values[150 * k + 7] = f32::INFINITY,
+        None => {}
+    }
+    let w = Tensor::from_f32(dtype, vec![n, k], w_values);
     let norm_w = Tensor::from_f32(dtype, vec![k], rng.fill(k, 0.5, 1.5));
     let extras: Vec<Tensor> = case
         .extras
@@ -99,13 +126,16 @@ fn prepare(case: &Case, seed: u64) -> Prepared {
     Prepared { buffers, want }
 }
 
+/// A case's output, and with the fused argmax the token and the arrival counter after (words).
+type Emulated = (Vec<f32>, Option<[u32; 2]>);
+
 /// Runs every case's kernel through the emulator under AddressSanitizer (operands in heap
 /// blocks of exactly their size; x, what the previous kernel wrote, hidden until the grid
 /// wait), then under ThreadSanitizer with the blocks in a seeded order; both must give the
 /// same bits. Returns the outputs, or None when no compiler can build them.
-fn emulate(cases: &[Case], data: &[Prepared]) -> Option<Vec<Vec<f32>>> {
+fn emulate(cases: &[Case], data: &[Prepared]) -> Option<Vec<Emulated>> {
     let kernels: Vec<_> = cases.iter().map(|c| emulated::source(&c.kernel())).collect();
-    let run = |checker, schedule| -> Option<Vec<Vec<u8>>> {
+    let run = |checker, schedule| -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         let emu = emulated::build(&kernels, checker)?;
         let outputs = cases.iter().zip(data).enumerate().map(|(i, (case, data))| {
             let kernel = case.kernel();
@@ -115,23 +145,40 @@ fn emulate(cases: &[Case], data: &[Prepared]) -> Option<Vec<Vec<f32>>> {
             let mut buffers: Vec<Buffer> =
                 data.buffers.iter().map(|(d, v)| Buffer::Bytes(storage_bytes(*d, v))).collect();
             buffers.push(Buffer::Unwritten(case.rows * case.n_out() * case.out_dtype.size_bytes()));
-            buffers.push(Buffer::Bytes(emulated::words(&[])));
-            let (step, pointers) = emulated::step(n + 2, case.new_tokens, 0, 16, n + 1, None);
-            buffers.push(step);
             let mut args: Vec<Arg> = (0..=n).map(Arg::buffer).collect();
-            args.push(Arg::buffer(n + 2));
             // The column loop is grid-stride, so any grid computes the same: a smaller one tests it.
             let grid = case.emulated_grid.unwrap_or(blocks);
+            if case.argmax.is_some() {
+                // The logits again (the argmax's operand), the token, a (value, index) pair
+                // per block, the arrival counter (zero).
+                buffers.extend([
+                    Buffer::Unwritten(4),
+                    Buffer::Unwritten(8 * grid as usize),
+                    Buffer::Bytes(emulated::words(&[0])),
+                ]);
+                args.extend([n, n + 1, n + 2, n + 3].map(Arg::buffer));
+            }
+            let table = buffers.len();
+            buffers.push(Buffer::Bytes(emulated::words(&[])));
+            let (step, pointers) = emulated::step(table + 1, case.new_tokens, 0, 16, table, None);
+            buffers.push(step);
+            args.push(Arg::buffer(table + 1));
             let launch =
                 Launch { kernel: i, grid, block: 256, shared_bytes: kernel.launch.shared_bytes, args, hidden: vec![0] };
-            let mut out =
+            let out =
                 emu.run(&buffers, &pointers, &[launch], schedule).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-            out.swap_remove(n)
+            let greedy = if case.argmax.is_some() { [&out[n + 1][..], &out[n + 3][..]].concat() } else { vec![] };
+            (out[n].clone(), greedy)
         });
         Some(outputs.collect())
     };
     let bounds = emulated::bounds_and_races(run)?;
-    Some(cases.iter().zip(&bounds).map(|(case, out)| from_storage(case.out_dtype, out)).collect())
+    let words = |b: &[u8]| [0, 1].map(|i| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap()));
+    let results = cases
+        .iter()
+        .zip(&bounds)
+        .map(|(case, (out, greedy))| (from_storage(case.out_dtype, out), case.argmax.map(|_| words(greedy))));
+    Some(results.collect())
 }
 
 /// Summation order differs from `ir::eval` (lanes, then a butterfly), so an f32 sum may land on
@@ -155,7 +202,10 @@ fn compare(case: &Case, got: &[f32], want: &[f32]) {
     }
     let share = exact as f64 / want.len() as f64;
     eprintln!("{}: {} outputs, {:.1}% bit-exact, the rest within the tolerance", case.name, want.len(), share * 100.0);
-    if case.dtype != DType::F32 {
+    // The argmax cases' logits are held to the tolerance only: their bits are the logits
+    // cases' concern. (With an inverse norm one ulp off eval's, from the sum order, 12% of
+    // the f16 outputs of one of them move by an ulp.)
+    if case.dtype != DType::F32 && case.argmax.is_none() {
         assert!(share > 0.9, "{}: only {:.1}% bit-exact", case.name, share * 100.0);
     }
 }
@@ -206,9 +256,39 @@ fn emulated_kernels_match_eval() {
         case.emulated_grid = Some(3);
         cases.push(case);
     }
+    // The lm_head with the greedy token: a tie between blocks 0 and 2 (either may arrive
+    // last), an infinite logit; f32 logits from 16-bit weights, and 16-bit ones.
+    for (dtype, logits, epilogue) in [
+        (DType::BF16, Logits::Tie, Some(to_f32(DType::BF16))),
+        (DType::F16, Logits::NonFinite, Some(to_f32(DType::F16))),
+        (DType::BF16, Logits::NonFinite, None),
+        (DType::F32, Logits::Tie, None),
+    ] {
+        let mut case = Case::new(&format!("lm_head_argmax_{logits:?}"), dtype, 1024, 200, true, epilogue);
+        (case.argmax, case.emulated_grid) = (Some(logits), Some(3));
+        cases.push(case);
+    }
     let data: Vec<Prepared> = cases.iter().enumerate().map(|(i, case)| prepare(case, 0x9e37 + i as u64)).collect();
     let Some(outputs) = emulate(&cases, &data) else { return };
-    for ((case, data), got) in cases.iter().zip(&data).zip(&outputs) {
-        compare(case, got, &data.want);
+    for ((case, data), (got, greedy)) in cases.iter().zip(&data).zip(&outputs) {
+        if case.argmax == Some(Logits::NonFinite) {
+            // The infinite weight meets x: the logit is +-inf or NaN.
+            assert!(!data.want[150].is_finite(), "{}: {}", case.name, data.want[150]);
+            assert!(got.iter().enumerate().all(|(i, v)| v.is_finite() == data.want[i].is_finite()), "{}", case.name);
+            let finite: Vec<(f32, f32)> =
+                got.iter().copied().zip(data.want.iter().copied()).filter(|(_, w)| w.is_finite()).collect();
+            let (got, want): (Vec<f32>, Vec<f32>) = finite.into_iter().unzip();
+            compare(case, &got, &want);
+        } else {
+            compare(case, got, &data.want);
+        }
+        if let Some(logits) = case.argmax {
+            let [token, counter] = greedy.expect("the token");
+            // The kernel's own logits decide (a sum order may move one by an ulp), and they
+            // make what the case was built to make.
+            assert_eq!(token as i32, argmax(got), "{}: the greedy token", case.name);
+            assert_eq!(token as i32, if logits == Logits::Tie { 5 } else { -1 }, "{}", case.name);
+            assert_eq!(counter, 0, "{}: the arrival counter is left at zero", case.name);
+        }
     }
 }

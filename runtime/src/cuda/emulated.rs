@@ -118,10 +118,13 @@ impl Part<'_> {
             // The launches of one node, or of nodes co-launched in one kernel.
             let ids: Vec<NodeId> = launches[i].node_ids().collect();
             let end = i + launches[i..].iter().take_while(|l| l.node_ids().eq(ids.iter().copied())).count();
+            // An operand that a node of this launch computes (the lm_head's logits, for the
+            // argmax) is that node's output dump.
             let mut operand_dumps = HashMap::new();
             for x in ids.iter().flat_map(|&id| g.operands(id)) {
                 let base = self.storage_of(x);
                 if !matches!(g.node(base).op, Op::Weight { .. } | Op::Constant { .. })
+                    && !ids.contains(&base)
                     && !operand_dumps.contains_key(&base.index())
                 {
                     steps.push(Step::Dump(buffer_of(base)?));
@@ -169,16 +172,19 @@ impl Part<'_> {
                 }));
                 kernels.push(kernel.name.clone());
             }
-            for &id in &ids {
+            for (k, &id) in ids.iter().enumerate() {
                 steps.push(Step::Dump(buffer_of(id)?));
+                operand_dumps.insert(id.index(), dumps + k);
+            }
+            for (k, &id) in ids.iter().enumerate() {
                 node_runs.push(NodeRun {
                     node: id,
                     operands: operand_dumps.clone(),
-                    output: dumps,
+                    output: dumps + k,
                     kernels: kernels.clone(),
                 });
-                dumps += 1;
             }
+            dumps += ids.len();
             i = end;
         }
         exchanges.extend(std::iter::repeat_n(steps.len(), self.program.exchanges.len() - exchanges.len()));
