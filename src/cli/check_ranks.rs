@@ -104,7 +104,8 @@ pub struct Settings {
     pub executor: Executor,
     /// Programmatic dependent launch (`--no-pdl` turns it off).
     pub pdl: bool,
-    /// The kernel variants (`--no-split-k`, `--no-merged-attention` turn them off).
+    /// The kernel variants (`--no-split-k`, `--no-merged-attention`, `--no-co-launch` turn
+    /// them off).
     pub variants: Variants,
     pub verbose: bool,
     /// Ranks of a tensor-parallel group (1: the whole model).

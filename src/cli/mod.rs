@@ -156,8 +156,9 @@ pub struct VariantArgs {
     /// kernel (the A/B variant; off by default until measured).
     #[arg(long)]
     pub l2_prefetch: bool,
-    /// Each of q's norm + RoPE, k's norm + RoPE and append, and v's append runs as a kernel of
-    /// its own (the A/B variant; by default the three run as one kernel over the row's heads).
+    /// A kernel per fused op: q's norm + RoPE, k's norm + RoPE and append, v's append, and the
+    /// greedy token's argmax each on its own (the A/B variant; by default the first three run
+    /// as one kernel over the row's heads, and the lm_head GEMV computes the argmax).
     #[arg(long)]
     pub no_co_launch: bool,
 }

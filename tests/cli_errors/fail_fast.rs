@@ -87,9 +87,14 @@ fn negative_numbers_are_values_refused_by_name() {
 #[test]
 fn flags_that_do_nothing_here_are_refused() {
     let model = fixture_dir(ONE);
-    for flag in
-        [&["--kv-tokens", "64"][..], &["--no-cuda-graphs"], &["--no-pdl"], &["--gpu-prefill"], &["--no-split-k"]]
-    {
+    for flag in [
+        &["--kv-tokens", "64"][..],
+        &["--no-cuda-graphs"],
+        &["--no-pdl"],
+        &["--gpu-prefill"],
+        &["--no-split-k"],
+        &["--no-co-launch"],
+    ] {
         let stderr = generate_fails(&model, PROMPT, flag);
         mentions(&stderr, &[flag[0], "--device cuda"]);
     }
