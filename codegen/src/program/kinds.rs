@@ -301,11 +301,9 @@ fn head_part(n: &NodeCtx) -> Option<(HeadPart, (NodeId, Dim, usize))> {
     (norm_rope_unsupported(d).is_none() && leaves && !view.from_last_row).then_some((part, (base, tokens, d)))
 }
 
-/// Whether consecutive kernel nodes `nodes` (at least two) run as one head-rows kernel: each is
-/// a NormRope or KvAppend over heads of one value (the fused q/k/v projection's row), with the
-/// same head dim, dtype and tokens. They read only that value and leaves, and nothing runs
-/// between them, so one launch at the first one's place computes what they would: no part
-/// reads another's output, and no buffer the memory plan hands over between them is in use.
+/// Whether consecutive kernel nodes `nodes` run as one kernel built for them: the heads of one
+/// row ([`head_rows`]) or a GEMV with its argmax ([`gemv_argmax`]). Nothing runs between them,
+/// so one launch at the first one's place computes what they would.
 pub(crate) fn co_launch(nodes: &[NodeCtx]) -> bool {
     head_rows(nodes) || gemv_argmax(nodes)
 }
@@ -328,7 +326,11 @@ fn gemv_argmax(nodes: &[NodeCtx]) -> bool {
     gemv_planned && one_row && last_axis && argmax.ops == [gemv.id]
 }
 
-/// Whether `nodes` run as one [`kernels::norm::head_rows`] kernel (see [`co_launch`]).
+/// Whether `nodes` (at least two) run as one [`kernels::norm::head_rows`] kernel: each is a
+/// NormRope or KvAppend over heads of one value (the fused q/k/v projection's row), with the
+/// same head dim, dtype and tokens. They read only that value and leaves, so no part reads
+/// another's output, and no buffer the memory plan hands over between them is in use (the
+/// value they share stays live until the last of them).
 fn head_rows(nodes: &[NodeCtx]) -> bool {
     let Some(first) = nodes.first() else { return false };
     let Some((_, shared)) = head_part(first) else { return false };

@@ -144,21 +144,20 @@ pub(super) fn check_launches(
         let names: Vec<String> = ids.iter().map(|&id| runner.node_name(id)).collect();
         gpu.synchronize(&format!("running {}", names.join(" + ")))?;
         let mut outputs = Vec::new();
-        for (k, (&id, operands)) in ids.iter().zip(&operands).enumerate() {
-            let operands = graph
+        for (k, (&id, imported)) in ids.iter().zip(&operands).enumerate() {
+            let of_node = graph
                 .operands(id)
                 .into_iter()
-                .zip(operands)
+                .zip(imported)
                 .map(|(x, imported)| match imported {
                     Some(done) => Ok(*done),
                     None => import(gpu, runner, x, b, &mut sub, &mut inputs),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let operands = &operands;
             outputs.push(read_value(gpu, runner, id, b)?);
             let node = graph.node(id);
             let copy = Node { shape: concrete(&node.shape, b), ..node.clone() };
-            let out = sub.add_node(copy, operands);
+            let out = sub.add_node(copy, &of_node);
             sub.set_output(&format!("out{k}"), out);
         }
         let mut reference = eval(&sub, inputs, weights)
