@@ -136,6 +136,12 @@ impl<'g> NodeCtx<'g> {
             && !self.g.node(base).op.is_view()
             && !view.from_last_row
     }
+
+    /// Whether a matmul runs as the GEMM over T rows (a prefill or batched step whose x is T
+    /// whole rows); otherwise it is a GEMV (decode, or the last row of a prefill).
+    fn is_gemm(&self) -> bool {
+        !self.decode && self.x_is_t_rows()
+    }
 }
 
 /// The kernels of one fused node.
@@ -147,10 +153,8 @@ pub(crate) fn plan(n: &NodeCtx) -> Result<Planned, CodegenError> {
         }
         // A prefill matmul over T rows; one over the last row (the lm_head when only the last
         // position's logits are wanted) is a GEMV.
-        Op::Fused(FusedOp::Linear { norm_eps: None, epilogue }) if prefill && n.x_is_t_rows() => {
-            gemm(n, epilogue.as_ref())
-        }
-        Op::MatMul if prefill && n.x_is_t_rows() => gemm(n, None),
+        Op::Fused(FusedOp::Linear { norm_eps: None, epilogue }) if n.is_gemm() => gemm(n, epilogue.as_ref()),
+        Op::MatMul if n.is_gemm() => gemm(n, None),
         Op::Fused(FusedOp::Linear { norm_eps, epilogue }) => linear_gemv(n, *norm_eps, epilogue.as_ref(), false),
         Op::MatMul => matmul_gemv(n, false),
         Op::Fused(FusedOp::NormRope { eps, append }) => norm_rope(n, *eps, *append),
@@ -315,9 +319,9 @@ pub(crate) fn co_launch(nodes: &[NodeCtx]) -> bool {
 fn gemv_argmax(nodes: &[NodeCtx]) -> bool {
     let [gemv, argmax] = nodes else { return false };
     let gemv_planned = match gemv.node.op {
-        // As `plan` chooses: prefill keeps the norm apart, and T whole rows are a GEMM.
-        Op::Fused(FusedOp::Linear { norm_eps, .. }) => gemv.decode || (norm_eps.is_none() && !gemv.x_is_t_rows()),
-        Op::MatMul => gemv.decode || !gemv.x_is_t_rows(),
+        // As `plan` chooses (a prefill matmul with a norm prologue has no kernel).
+        Op::Fused(FusedOp::Linear { norm_eps, .. }) => !gemv.is_gemm() && (gemv.decode || norm_eps.is_none()),
+        Op::MatMul => !gemv.is_gemm(),
         _ => false,
     };
     let xs = &gemv.operand(0).shape;
