@@ -53,16 +53,23 @@ fn the_prefill_program_runs_its_gemm_and_flash_attention_emulated() {
     let dir = tempfile::tempdir().unwrap();
     write_weights(dir.path(), HEAD_DIM_128, 3);
     let model = dir.path().to_str().unwrap();
-    // A prompt of 20, then 13 more after it (the second chunk's keys cross a 16-token block);
-    // under ThreadSanitizer, blocks in a seeded order, copies landing at a seeded moment.
-    let args = ["--model", model, "--dtype", "bf16", "--positions", "3", "--prefill", "20,13", "--checker", "races"];
+    // A prompt of 20, then 13 more after it (the second chunk's keys cross a 16-token block),
+    // then 3 (few rows: GEMVs in place of the GEMMs); under ThreadSanitizer, blocks in a
+    // seeded order, copies landing at a seeded moment.
+    let args = ["--model", model, "--dtype", "bf16", "--positions", "3", "--prefill", "20,13,3", "--checker", "races"];
     let Some(out) = emulate(&args) else {
         return;
     };
-    assert!(out.contains("emulated prefill of 13 tokens at position 20"), "{out}");
+    let (gemms, gemvs) =
+        out.split_once("emulated prefill of 3 tokens at position 33").unwrap_or_else(|| panic!("{out}"));
+    assert!(gemms.contains("emulated prefill of 13 tokens at position 20"), "{out}");
     for kernel in ["qkv_gemm", "qkv_norm_rope_kv_append", "prefill_attention", "down_residual_gemm_epilogue"] {
-        assert!(out.contains(kernel), "no {kernel} kernel checked:\n{out}");
+        assert!(gemms.contains(kernel), "no {kernel} kernel checked:\n{out}");
     }
+    for kernel in ["qkv_gemv_rows", "down_residual_gemv_rows", "prefill_attention"] {
+        assert!(gemvs.contains(kernel), "no {kernel} kernel checked in the 3-token chunk:\n{out}");
+    }
+    assert!(!gemvs.contains("_gemm"), "{out}");
     assert!(out.contains(" 0 failed; 0 logits checks failed"), "{out}");
 }
 
@@ -81,6 +88,16 @@ fn a_batched_decode_step_matches_each_sequence_alone() {
     for kernel in ["qkv_gemm", "down_residual_gemm_epilogue", "lm_head_gemm_epilogue", "logits vs the CPU backend"] {
         assert!(batched.contains(kernel), "no {kernel} in the batched step's checks:\n{out}");
     }
+    assert!(out.contains(" 0 failed; 0 logits checks failed"), "{out}");
+    // Three sequences: every matmul a GEMV over the three rows (at most 4 by default).
+    let Some(out) = emulate(&["--model", model, "--dtype", "bf16", "--positions", "0", "--batch", "3"]) else {
+        return;
+    };
+    let batched = out.split("emulated batched decode step of 3 sequences").nth(1).unwrap_or_else(|| panic!("{out}"));
+    for kernel in ["qkv_gemv_rows", "down_residual_gemv_rows", "lm_head_gemv_rows", "logits vs the CPU backend"] {
+        assert!(batched.contains(kernel), "no {kernel} in the batched step's checks:\n{out}");
+    }
+    assert!(!batched.contains("_gemm"), "{out}");
     assert!(out.contains(" 0 failed; 0 logits checks failed"), "{out}");
 }
 

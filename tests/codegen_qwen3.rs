@@ -148,6 +148,57 @@ fn batched_decode_program_uses_gemms_and_per_row_decode_attention() {
     tc.check_all(&p.kernels);
 }
 
+/// A batched step of few rows (and a prefill chunk of few tokens) runs every GEMM's matmul as
+/// a GEMV over the step's rows: each GEMM launch carries one, chosen at steps of at most
+/// `Variants::gemv_rows` (4) rows; `--gemv-rows 0` leaves the GEMMs alone. A matmul whose K
+/// leaves shared memory (48 KiB) for fewer rows takes fewer: Qwen3-4B's down_proj (K = 9728
+/// in bf16: 19,456 bytes a row) two.
+#[test]
+fn steps_of_few_rows_run_each_gemm_as_a_gemv() {
+    let program = |cfg: &Qwen3Config, variants: Variants| {
+        let options = DeclareOptions { phase: Phase::Prefill, dtype: DType::BF16, logits: Logits::AllPositions };
+        let mut g = declare(cfg, options).expect("declares");
+        standard().run(&mut g, "qwen3").expect("pipeline");
+        emit_with(&g, EmitOptions { rows_are_sequences: true, variants }).expect("emits")
+    };
+    let p = program(&Qwen3Config::qwen3_0_6b(), Variants::default());
+    let gemms: Vec<_> = p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "linear_gemm").collect();
+    assert_eq!(gemms.len(), 28 * 4 + 1);
+    for l in &gemms {
+        let f = l.few_rows.as_ref().unwrap_or_else(|| panic!("{}: no GEMV for few rows", l.node_names()));
+        assert_eq!(f.rows, 4, "{}", l.node_names());
+        let gemv = &p.kernels[f.kernel];
+        assert_eq!(gemv.kind, "linear_gemv");
+        assert!(gemv.source.contains("step->new_tokens < ROWS ? step->new_tokens : ROWS"), "{}", gemv.name);
+        // The GEMV at 1 to 4 rows, the GEMM from 5 on.
+        assert_eq!((l.kernel_at(1).0, l.kernel_at(4).0, l.kernel_at(5).0), (f.kernel, f.kernel, l.kernel));
+    }
+    assert!(p.launches.iter().filter(|l| p.kernels[l.kernel].kind != "linear_gemm").all(|l| l.few_rows.is_none()));
+    // One GEMV per distinct GEMM: q/k/v, o, gate/up, down and the lm_head.
+    let names: Vec<&str> = p.kernels.iter().filter(|k| k.name.contains("gemv_rows")).map(|k| k.name.as_str()).collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    let off = program(&Qwen3Config::qwen3_0_6b(), Variants { gemv_rows: 0, ..Variants::default() });
+    assert!(off.launches.iter().all(|l| l.few_rows.is_none()));
+    assert_eq!(off.kernels.len() + 5, p.kernels.len());
+
+    let cfg_4b = Qwen3Config { hidden_size: 2560, intermediate_size: 9728, num_layers: 2, ..Qwen3Config::qwen3_0_6b() };
+    let p = program(&cfg_4b, Variants::default());
+    let rows = |what: &str| {
+        let l = p
+            .launches
+            .iter()
+            .find(|l| p.kernels[l.kernel].name.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what}"));
+        l.few_rows.as_ref().map(|f| f.rows)
+    };
+    assert_eq!(
+        (rows("down_residual"), rows("gate_up"), rows("o_proj"), rows("qkv")),
+        (Some(2), Some(4), Some(4), Some(4))
+    );
+    let Some(tc) = kernel_checks::toolchain() else { return };
+    tc.check_all(&p.kernels);
+}
+
 #[test]
 fn prefill_kernels_compile_for_sm80_and_sm90_without_spills() {
     let Some(tc) = kernel_checks::toolchain() else { return };

@@ -26,7 +26,7 @@ pub use kernels::{kernel_name, Kernel};
 pub use nvrtc::{Arch, Nvrtc, NvrtcError};
 pub use prelude::PRELUDE;
 pub use program::{
-    emit, emit_with, resolve_view, CodegenError, Cost, EmitOptions, Exchange, Params, Program, Scheduled, Served,
-    Variants,
+    emit, emit_with, resolve_view, CodegenError, Cost, EmitOptions, Exchange, FewRows, Params, Program, Scheduled,
+    Served, Variants, GEMV_ROWS,
 };
 pub use template::{Template, TemplateError};

@@ -13,7 +13,7 @@ mod emulation;
 use smelt_codegen::kernels::gemv::{linear_gemv, GemvSpec};
 use smelt_codegen::kernels::{Grid, Kernel, View};
 use smelt_codegen::PRELUDE;
-use smelt_ir::{shape, BinaryOp, DType, Expr, ExprKind, Shape};
+use smelt_ir::{shape, BinaryOp, DType, Dim, Expr, ExprKind, Shape, Sym};
 
 const EPS: f32 = 1e-6;
 
@@ -39,6 +39,8 @@ struct Case {
     l2_prefetch: bool,
     /// The fused ArgMax of the one row (the greedy token), over logits made to hold this.
     argmax: Option<Logits>,
+    /// `rows` is the most: the step's `new_tokens` rows are computed (a GEMM's GEMV).
+    rows_from_step: bool,
 }
 
 /// What the weights of an argmax case make of the logits.
@@ -69,6 +71,7 @@ impl Case {
             new_tokens: 1,
             l2_prefetch: false,
             argmax: None,
+            rows_from_step: false,
         }
     }
 
@@ -77,6 +80,7 @@ impl Case {
             &self.name,
             &GemvSpec {
                 rows: self.rows,
+                rows_from_step: self.rows_from_step,
                 k: self.k,
                 n: self.n,
                 dtype: self.dtype,
@@ -130,8 +134,49 @@ fn qwen3_decode_gemvs_compile_for_every_arch_without_spills() {
             kernels.push(case.kernel());
         }
     }
+    // A batched or prefill step's GEMVs (the GEMMs' stand-ins at few rows): 4 rows (the
+    // default) and 8 (the most) of the step's, with the batch graph's epilogues (no norm).
+    for (dtype, rows) in [(DType::BF16, 4), (DType::F16, 4), (DType::BF16, 8)] {
+        kernels.extend(qwen3_step_rows(dtype, rows).iter().map(Case::kernel));
+    }
     assert!(kernels.iter().all(|k| k.kind == "linear_gemv"));
     tc.check_all(&kernels);
+}
+
+/// The projections of Qwen3-0.6B's batched (or prefill) graph as a GEMV over the step's rows,
+/// at most `rows` of them: RMSNorm is an op of its own there, and the residual is `[T, N]`.
+fn qwen3_step_rows(dtype: DType, rows: usize) -> Vec<Case> {
+    let residual_rows = || vec![(dtype, Shape::new([Dim::Sym(Sym::NewTokens), Dim::Fixed(1024)]))];
+    let mut cases = vec![
+        Case::new("qkv_gemv_rows", dtype, 1024, 4096, false, None),
+        Case::new("o_residual_gemv_rows", dtype, 2048, 1024, false, Some(residual(dtype))),
+        Case::new("gate_up_swiglu_gemv_rows", dtype, 1024, 6144, false, Some(swiglu(dtype))),
+        Case::new("down_residual_gemv_rows", dtype, 3072, 1024, false, Some(residual(dtype))),
+        Case::new("lm_head_gemv_rows", dtype, 1024, 151936, false, Some(to_f32(dtype))),
+    ];
+    for case in &mut cases {
+        (case.name, case.rows, case.rows_from_step) = (format!("{}_{rows}", case.name), rows, true);
+        if !case.extras.is_empty() {
+            case.extras = residual_rows();
+        }
+    }
+    cases
+}
+
+/// The down projection's GEMV over a step's rows (at most 4): the row count read from the
+/// step, and every row loop stopping there.
+#[test]
+fn step_rows_source_snapshot() {
+    let case = qwen3_step_rows(DType::BF16, 4).remove(3);
+    let k = case.kernel();
+    let body = k.source.strip_prefix(PRELUDE).expect("the source starts with the prelude");
+    insta::assert_snapshot!(
+        "gemv_down_step_rows_bf16",
+        format!("// launch: {:?}\n// (prelude omitted)\n{body}", k.launch)
+    );
+    assert!(body.contains("const unsigned int rows = step->new_tokens < ROWS ? step->new_tokens : ROWS;"), "{body}");
+    assert!(body.contains("const float in0 = smelt_load_bf16(extra0[r * 1024u + col]);"), "{body}");
+    assert_eq!(k.launch.shared_bytes, 4 * 3072 * 2);
 }
 
 /// The lm_head with the argmax folded in: its column loop tracks each warp's best logit as

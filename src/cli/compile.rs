@@ -251,9 +251,17 @@ fn emit_prefill(prefill: &Graph, options: smelt::codegen::EmitOptions, report: &
     match smelt::codegen::emit_with(prefill, options) {
         Ok(p) => {
             let gemms = p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "linear_gemm").count();
+            let mut few_rows: Vec<usize> =
+                p.launches.iter().filter_map(|l| l.few_rows.as_ref().map(|f| f.rows)).collect();
+            few_rows.dedup();
+            let gemvs = match &few_rows[..] {
+                [] => String::new(),
+                [rows] => format!(", each a GEMV at steps of at most {rows} tokens"),
+                _ => ", each a GEMV at steps of few tokens".to_string(),
+            };
             let _ = writeln!(
                 report,
-                "prefill kernels: {} launches of {} kernels ({gemms} tensor-core GEMMs)",
+                "prefill kernels: {} launches of {} kernels ({gemms} tensor-core GEMMs{gemvs})",
                 p.launches.len(),
                 p.kernels.len()
             );

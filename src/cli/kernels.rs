@@ -147,17 +147,28 @@ fn kernel_dir(root: &str, phase: Option<&str>) -> String {
 
 /// For each node that launches kernels, `=> ` and the files [`dump`] writes them to, in launch
 /// order (`=> kernels/attention_split.cu, kernels/attention_combine.cu`): the note each line of
-/// the dumped decode.txt and prefill.txt carries.
+/// the dumped decode.txt and prefill.txt carries. A GEMM with a GEMV for steps of few tokens
+/// names both, each with the steps it runs at (`qkv_gemm.cu (T > 4), qkv_gemv_rows.cu (T <= 4)`).
 pub fn node_files(program: &Program, phase: Option<&str>) -> HashMap<NodeId, String> {
     // The graph text sits beside `kernels/`, so its notes name the files from there.
     let kdir = kernel_dir("", phase);
     let mut files: HashMap<NodeId, Vec<String>> = HashMap::new();
     for launch in &program.launches {
-        let file = format!("{kdir}/{}.cu", program.kernels[launch.kernel].name);
+        let file = |kernel: usize| format!("{kdir}/{}.cu", program.kernels[kernel].name);
+        // A GEMM with a GEMV for steps of few tokens: which runs when.
+        let launch_files = match &launch.few_rows {
+            Some(f) => vec![
+                format!("{} (T > {})", file(launch.kernel), f.rows),
+                format!("{} (T <= {})", file(f.kernel), f.rows),
+            ],
+            None => vec![file(launch.kernel)],
+        };
         for id in launch.node_ids() {
             let of_node = files.entry(id).or_default();
-            if !of_node.contains(&file) {
-                of_node.push(file.clone());
+            for file in &launch_files {
+                if !of_node.contains(file) {
+                    of_node.push(file.clone());
+                }
             }
         }
     }

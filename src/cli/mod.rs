@@ -161,6 +161,11 @@ pub struct VariantArgs {
     /// as one kernel over the row's heads, and the lm_head GEMV computes the argmax).
     #[arg(long)]
     pub no_co_launch: bool,
+    /// Prefill and batched steps of at most N new tokens (or sequences) run each matmul as a
+    /// GEMV over their rows instead of the tensor-core GEMM; fewer where a matmul's K leaves
+    /// shared memory for fewer rows (the A/B variant: 0 always runs the GEMM) [default: 4]
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=8))]
+    pub gemv_rows: Option<usize>,
 }
 
 impl VariantArgs {
@@ -170,15 +175,17 @@ impl VariantArgs {
             merged_attention: !self.no_merged_attention,
             l2_prefetch: self.l2_prefetch,
             co_launch: !self.no_co_launch,
+            gemv_rows: self.gemv_rows.unwrap_or(smelt::codegen::GEMV_ROWS),
         }
     }
 
-    fn given(&self) -> [(&'static str, bool); 4] {
+    fn given(&self) -> [(&'static str, bool); 5] {
         [
             ("--no-split-k", self.no_split_k),
             ("--no-merged-attention", self.no_merged_attention),
             ("--l2-prefetch", self.l2_prefetch),
             ("--no-co-launch", self.no_co_launch),
+            ("--gemv-rows", self.gemv_rows.is_some()),
         ]
     }
 }

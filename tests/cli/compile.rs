@@ -142,6 +142,20 @@ fn compile_dump_writes_text_and_dot_graphs() {
     let prelude_file = std::fs::read_to_string(dir.join("kernels/smelt_prelude.h")).unwrap();
     assert!(prelude_file.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{prelude_file}");
     assert!(dir.join("kernels/prefill/prefill_attention.cu").is_file());
+    // Each GEMM's GEMV for chunks of at most 4 tokens, dumped beside it and named on its line.
+    let gemv = std::fs::read_to_string(dir.join("kernels/prefill/down_residual_gemv_rows.cu")).unwrap();
+    assert!(gemv.contains("step->new_tokens < ROWS ? step->new_tokens : ROWS"), "{gemv}");
+    let prefill_txt = std::fs::read_to_string(dir.join("prefill.txt")).unwrap();
+    let down = prefill_txt.lines().find(|l| l.contains("down_residual_gemm_epilogue.cu")).expect("the down_proj line");
+    let gemm_then_gemv =
+        "kernels/prefill/down_residual_gemm_epilogue.cu (T > 4), kernels/prefill/down_residual_gemv_rows.cu (T <= 4)";
+    assert!(down.contains(gemm_then_gemv), "{down}");
+    let prefill_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("kernels.prefill.json")).unwrap()).unwrap();
+    let of = |name: &str| prefill_json["kernels"].as_array().unwrap().iter().find(|k| k["name"] == name).cloned();
+    let (gemv, gemm) = (of("down_residual_gemv_rows").unwrap(), of("down_residual_gemm_epilogue").unwrap());
+    assert_eq!((gemv["at_most_rows"].as_u64(), gemv["calls_per_step"].as_u64()), (Some(4), Some(28)), "{gemv}");
+    assert!(gemm["at_most_rows"].is_null(), "{gemm}");
 }
 
 /// A dumped graph's text without the kernel files its lines name (` => kernels/….cu`).
@@ -167,7 +181,8 @@ fn compile_dump_graph_lines_name_their_kernel_files() {
         for line in text.lines().filter(|l| l.contains(" => ")) {
             noted += 1;
             let files = &line[line.find(" => ").unwrap() + 4..];
-            for file in files.split(", ") {
+            // A GEMM's file and its GEMV's carry the steps each runs at: `(T > 4)`, `(T <= 4)`.
+            for file in files.split(", ").map(|f| f.split(" (T ").next().unwrap_or(f)) {
                 assert!(dir.join(file).is_file(), "{graph}.txt names {file}, which is not in the dump: {line}");
                 let folder = if graph == "prefill" { "kernels/prefill/" } else { "kernels/" };
                 assert!(
@@ -216,6 +231,9 @@ fn compile_writes_plan_json() {
     assert!(stdout.contains("floor 0.312 ms/token on an H200") && !stdout.contains("H100"), "{stdout}");
     // The same figures are printed.
     assert!(stdout.contains("227 fused ops, at most 8 per layer, 3 outside the layers"), "{stdout}");
+    assert!(stdout.contains("113 tensor-core GEMMs, each a GEMV at steps of at most 4 tokens)"), "{stdout}");
+    let (gemms_only, _) = smelt_ok(&["compile", "--gemv-rows", "0"]);
+    assert!(gemms_only.contains("(113 tensor-core GEMMs)"), "{gemms_only}");
     assert!(stdout.contains(&format!("activation arena: {} bytes", decode["arena_bytes"])), "{stdout}");
 }
 

@@ -94,6 +94,7 @@ fn flags_that_do_nothing_here_are_refused() {
         &["--gpu-prefill"],
         &["--no-split-k"],
         &["--no-co-launch"],
+        &["--gemv-rows", "2"],
     ] {
         let stderr = generate_fails(&model, PROMPT, flag);
         mentions(&stderr, &[flag[0], "--device cuda"]);

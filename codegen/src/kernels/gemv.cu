@@ -10,10 +10,12 @@ $DOT_BODY
 /* Element e of a 16-byte vector; setting one stores x rounded to the element type. */
 SMELT_FN float gemv_elem(uint4 v, unsigned int e) { union { uint4 v; $LANES; } u; u.v = v; return $ELEM_GET; }
 SMELT_FN void gemv_set(uint4& v, unsigned int e, float x) { union { uint4 v; $LANES; } u; u.v = v; $ELEM_SET; v = u.v; }
-/* $NAME: y[$ROWS, $N_OUT] = $EPILOGUE_TEXT over acc = $NORM_TEXTx[$ROWS, $K] @ w[$N, $K]^T. */
+/* $NAME: y[$M, $N_OUT] = $EPILOGUE_TEXT over acc = $NORM_TEXTx[$M, $K] @ w[$N, $K]^T. */
 extern "C" __global__ void __launch_bounds__($BLOCK) $NAME(
     $PARAMS) {
   constexpr unsigned int ROWS = $ROWSu, K = $Ku, N_OUT = $N_OUTu, PARTS = $PARTSu;
+  /* The rows this launch computes: $ROWS_WHAT. */
+  const unsigned int rows = $ROWS_NOW;
   constexpr unsigned int WARPS = $WARPSu, BLOCK = $BLOCKu, VEC = $VECu;
 $X_VIEW
   /* K as 16-byte vectors of $VEC values; lane l takes vectors l, l + 32, ... of each row,
@@ -53,6 +55,7 @@ $PROLOGUE
         const unsigned int i = (s0 + b) * 32u + lane;
 #pragma unroll
         for (unsigned int r = 0; r < ROWS; r++) {
+          if (r == rows) break;
           const uint4 a = $GUARDxv[r * KV + i]$ZERO;
 #pragma unroll
           for (unsigned int p = 0; p < PARTS; p++) sum[r][p] = gemv_dot(a, wb[b][p], sum[r][p]);
@@ -61,12 +64,14 @@ $PROLOGUE
     }
 #pragma unroll
     for (unsigned int r = 0; r < ROWS; r++) {
+      if (r == rows) break;
 #pragma unroll
       for (unsigned int p = 0; p < PARTS; p++) sum[r][p] = smelt_warp_sum(sum[r][p]);
     }
     /* Epilogue, lane r for row r: the accumulator rounded to $DTYPE as the matmul's output is, then the fused body. */
 #pragma unroll
     for (unsigned int r = 0; r < ROWS; r++) {
+      if (r == rows) break;
       if (lane != r) continue;
 $EPILOGUE$ARGMAX_TRACK
     }

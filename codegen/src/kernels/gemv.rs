@@ -1,5 +1,6 @@
-//! The decode GEMV: `epilogue(rmsnorm?(x) @ w^T)` for a few rows (decode: one). It is memory
-//! bound, so the design serves one goal, reading each weight byte once, coalesced:
+//! The decode GEMV: `epilogue(rmsnorm?(x) @ w^T)` for a few rows (decode: one; a prefill or
+//! batched step of few rows: the step's T, in place of the GEMM). It is memory bound, so the
+//! design serves one goal, reading each weight byte once, coalesced:
 //!
 //! - a block of 8 warps first stages its input rows in shared memory, normalized (when the op
 //!   has the RMSNorm prologue) and rounded exactly where `ir::eval` rounds them;
@@ -12,7 +13,7 @@
 //! anyway (`round(norm_w * round(x * inv))`), so this is exact, takes half the shared memory,
 //! and each 16-byte weight vector meets one 16-byte, bank-conflict-free vector of `x`.
 
-use smelt_ir::{DType, Dim, Expr, Shape};
+use smelt_ir::{DType, Dim, Expr, Shape, Sym};
 
 use super::epilogue::{round, Epilogue};
 use super::{load, storage_type, store, Grid, Kernel, Launch, Params, Scratch, View, GRID_WAIT};
@@ -37,8 +38,13 @@ const MAX_SHARED: usize = 48 * 1024;
 /// `norm_eps`, then the epilogue's extra inputs; then the output `y [M, N_out]`
 /// (`N_out = N / parts` when the epilogue reads accumulator parts, else N), then the step.
 pub struct GemvSpec<'a> {
-    /// M (fixed; 1 for decode).
+    /// M (1 for decode); with `rows_from_step`, the most rows the kernel takes.
     pub rows: usize,
+    /// The rows are the step's T new tokens (at most `rows`; the runtime launches the kernel
+    /// only then): the GEMV a prefill or batched step of few rows runs instead of the GEMM.
+    /// Shared memory and registers are sized for `rows`; rows past T are neither read nor
+    /// written.
+    pub rows_from_step: bool,
     pub k: usize,
     /// The weight is `[n, k]`.
     pub n: usize,
@@ -136,11 +142,25 @@ pub fn gemv_unsupported(rows: usize, k: usize, dtype: DType) -> Option<String> {
 
 /// Emits `name(x, w, [norm_w], extra0…, y, step)` computing `spec`.
 pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
-    let GemvSpec { rows, k, n, dtype, x_view, norm_eps, epilogue, extras, out_dtype, l2_prefetch, argmax } = *spec;
+    let GemvSpec {
+        rows,
+        rows_from_step,
+        k,
+        n,
+        dtype,
+        x_view,
+        norm_eps,
+        epilogue,
+        extras,
+        out_dtype,
+        l2_prefetch,
+        argmax,
+    } = *spec;
     if let Some(why) = gemv_unsupported(rows, k, dtype) {
         panic!("{name}: linear_gemv has no kernel for {why} (check gemv_unsupported first)");
     }
-    assert!(!argmax || rows == 1, "{name}: the fused argmax takes one row, not {rows}");
+    assert!(!argmax || (rows == 1 && !rows_from_step), "{name}: the fused argmax takes one row, not {rows}");
+    assert!(!rows_from_step || !x_view.from_last_row, "{name}: the step's rows cannot be its last row");
     let (dot_what, dot_body, vec) = dot_helper(dtype);
     let fused = Epilogue::of(name, epilogue, dtype, n, out_dtype, extras.len());
     let (body, parts) = (&fused.body, fused.parts);
@@ -172,9 +192,14 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
         |p| format!("sum[r][{p}]"),
         (dtype, out_dtype),
         extras,
-        (Dim::Fixed(rows), n_out),
+        (if rows_from_step { Dim::Sym(Sym::NewTokens) } else { Dim::Fixed(rows) }, n_out),
         name,
     );
+    let (rows_now, rows_what) = if rows_from_step {
+        ("step->new_tokens < ROWS ? step->new_tokens : ROWS", "the step's new tokens, at most ROWS")
+    } else {
+        ("ROWS", "all ROWS")
+    };
 
     let kernel = TEMPLATE.fill(&[
         ("DOT_WHAT", dot_what),
@@ -184,6 +209,9 @@ pub fn linear_gemv(name: &str, spec: &GemvSpec) -> Kernel {
         ("ELEM_SET", elem_set),
         ("NAME", name),
         ("ROWS", &rows.to_string()),
+        ("M", &if rows_from_step { format!("T <= {rows}") } else { rows.to_string() }),
+        ("ROWS_NOW", rows_now),
+        ("ROWS_WHAT", rows_what),
         ("N_OUT", &n_out.to_string()),
         ("EPILOGUE_TEXT", &body.to_string()),
         ("NORM_TEXT", &norm),

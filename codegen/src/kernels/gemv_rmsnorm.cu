@@ -1,7 +1,7 @@
 $GRID_WAIT
   /* RMSNorm prologue, as HF's Qwen3RMSNorm: in f32, cast to storage, then times the weight. */
   __shared__ float warp_ss[$WARPS];
-  for (unsigned int r = 0; r < ROWS; r++) {
+  for (unsigned int r = 0; r < rows; r++) {
     float ss = 0.0f;
     for (unsigned int k = threadIdx.x; k < K; k += $BLOCKu) {
       const float v = $X_K;

@@ -8,7 +8,7 @@
 $GRID_WAIT
   /* RMSNorm prologue, as HF's Qwen3RMSNorm: in f32, cast to storage, then times the weight. */
   __shared__ float warp_ss[WARPS];
-  for (unsigned int r = 0; r < ROWS; r++) {
+  for (unsigned int r = 0; r < rows; r++) {
     uint4 xr[XPT];
     float ss = 0.0f;
 #pragma unroll

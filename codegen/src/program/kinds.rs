@@ -34,15 +34,32 @@ pub(crate) struct Planned {
     /// A collective: no kernel of this program; the runtime exchanges the value with the
     /// other ranks' programs at this point of the schedule.
     pub exchange: bool,
+    /// The kernel that computes the node instead at steps of at most this many new tokens
+    /// (a GEMM's GEMV over the step's rows).
+    pub few_rows: Option<(Kernel, usize)>,
 }
 
 impl Planned {
     fn one(kernel: Kernel, flops: u64) -> Planned {
-        Planned { kernels: vec![kernel], flops, kv_bytes_per_context_token: 0, weight_bytes: None, exchange: false }
+        Planned {
+            kernels: vec![kernel],
+            flops,
+            kv_bytes_per_context_token: 0,
+            weight_bytes: None,
+            exchange: false,
+            few_rows: None,
+        }
     }
 
     fn exchange() -> Planned {
-        Planned { kernels: Vec::new(), flops: 0, kv_bytes_per_context_token: 0, weight_bytes: None, exchange: true }
+        Planned {
+            kernels: Vec::new(),
+            flops: 0,
+            kv_bytes_per_context_token: 0,
+            weight_bytes: None,
+            exchange: true,
+            few_rows: None,
+        }
     }
 }
 
@@ -196,7 +213,36 @@ fn gemm(n: &NodeCtx, epilogue: Option<&smelt_ir::Expr>) -> Result<Planned, Codeg
     }
     let kind = if epilogue.is_some() { "gemm_epilogue" } else { "gemm" };
     // FLOPs at one new token, like every cost here (multiply by T).
-    Ok(Planned::one(kernels::gemm::linear_gemm(&n.name(kind), &spec), 2 * (nw * k) as u64))
+    let mut planned = Planned::one(kernels::gemm::linear_gemm(&n.name(kind), &spec), 2 * (nw * k) as u64);
+    planned.few_rows = few_rows_gemv(n, epilogue, &extras);
+    Ok(planned)
+}
+
+/// The GEMV a GEMM node runs instead at a step of few rows: at most `Variants::gemv_rows`, or
+/// as many as shared memory holds at its K if fewer (none: no alternative). A GEMM spreads one
+/// 16-row tile's work over few blocks, and its tensor cores idle on the rows past T; the GEMV
+/// spreads the columns over every SM and reads each weight byte once for all the rows.
+fn few_rows_gemv(n: &NodeCtx, epilogue: Option<&smelt_ir::Expr>, extras: &[(DType, Shape)]) -> Option<(Kernel, usize)> {
+    let (nw, k) = n.weight_nk(1).ok()?;
+    n.read_before_wait(1).ok()?;
+    let dtype = n.operand(1).dtype;
+    let rows =
+        (1..=n.options.variants.gemv_rows).rev().find(|&r| kernels::gemv::gemv_unsupported(r, k, dtype).is_none())?;
+    let spec = GemvSpec {
+        rows,
+        rows_from_step: true,
+        k,
+        n: nw,
+        dtype,
+        x_view: n.view(0),
+        norm_eps: None,
+        epilogue,
+        extras,
+        out_dtype: n.node.dtype,
+        l2_prefetch: n.options.variants.l2_prefetch,
+        argmax: false,
+    };
+    Some((kernels::gemv::linear_gemv(&n.name("gemv_rows"), &spec), rows))
 }
 
 /// A GEMV node's kernel; with `argmax`, it also computes the ArgMax of its one row (the next
@@ -223,6 +269,7 @@ fn linear_gemv(
     }
     let spec = GemvSpec {
         rows,
+        rows_from_step: false,
         k,
         n: nw,
         dtype,
@@ -255,6 +302,7 @@ fn matmul_gemv(n: &NodeCtx, argmax: bool) -> Result<Planned, CodegenError> {
     }
     let spec = GemvSpec {
         rows: 1,
+        rows_from_step: false,
         k,
         n: nw,
         dtype,
@@ -407,6 +455,7 @@ fn attention(n: &NodeCtx, scale: f32, norm_rope_eps: Option<f32>) -> Result<Plan
         kv_bytes_per_context_token: (2 * spec.kv_heads * spec.d * dtype.size_bytes()) as u64,
         weight_bytes: None,
         exchange: false,
+        few_rows: None,
     };
     // Prefill: flash attention on tensor cores where it has a kernel for the head dim;
     // otherwise the decode kernel, which is correct for any T (but reads the cache once per

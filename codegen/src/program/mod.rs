@@ -54,6 +54,18 @@ pub struct Scheduled {
     pub cost: Cost,
     /// The kernel's parameter list, in the calling convention's terms.
     pub params: Params,
+    /// A kernel that computes the same nodes at a step of few new tokens (a GEMM's GEMV),
+    /// which runs instead when the step has that many or fewer.
+    pub few_rows: Option<FewRows>,
+}
+
+/// The kernel a launch runs instead at a step of at most `rows` new tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FewRows {
+    /// Index into `Program::kernels`.
+    pub kernel: usize,
+    pub rows: usize,
+    pub params: Params,
 }
 
 /// A node a launch computes.
@@ -79,17 +91,31 @@ impl Scheduled {
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.nodes.iter().map(|n| n.node_id)
     }
+
+    /// The kernel that runs at a step of `new_tokens` new tokens, and its parameter list.
+    pub fn kernel_at(&self, new_tokens: usize) -> (usize, &Params) {
+        match &self.few_rows {
+            Some(f) if new_tokens <= f.rows => (f.kernel, &f.params),
+            _ => (self.kernel, &self.params),
+        }
+    }
 }
 
 impl Program {
     /// `kernels.json`: per kernel its name, kind, the fused op it computes, operands, output,
-    /// launch configuration and cost per call.
+    /// launch configuration and cost per call; `at_most_rows` for a kernel that runs instead
+    /// of another at steps of at most that many new tokens (a GEMM's GEMV), else null.
     pub fn to_json(&self) -> serde_json::Value {
         let kernels: Vec<serde_json::Value> = self
             .kernels
             .iter()
-            .map(|k| {
-                let launches: Vec<&Scheduled> = self.launches.iter().filter(|s| &self.kernels[s.kernel] == k).collect();
+            .enumerate()
+            .map(|(i, k)| {
+                // A GEMV for few rows is listed with the launches it may stand in for.
+                let few_rows = |s: &Scheduled| s.few_rows.as_ref().filter(|f| f.kernel == i).map(|f| f.rows);
+                let launches: Vec<&Scheduled> =
+                    self.launches.iter().filter(|s| s.kernel == i || few_rows(s).is_some()).collect();
+                let at_most_rows = launches.first().and_then(|s| few_rows(s));
                 let first = launches.first();
                 let l = &k.launch;
                 let grid = match &l.grid {
@@ -118,6 +144,7 @@ impl Program {
                     "fused_op": fused_ops,
                     "launch": { "block": l.block, "grid": grid, "shared_bytes": l.shared_bytes },
                     "calls_per_step": launches.len(),
+                    "at_most_rows": at_most_rows,
                     "per_call": {
                         "flops": cost.flops,
                         "weight_bytes": cost.weight_bytes,
@@ -224,11 +251,19 @@ pub struct Variants {
     /// of one row (q's norm + RoPE, k's norm + RoPE and append, v's append), and a one-row GEMV
     /// with the ArgMax of its result (off: a kernel per node; `--no-co-launch`).
     pub co_launch: bool,
+    /// A prefill or batched step of at most this many new tokens runs each GEMM's matmul as a
+    /// GEMV over its rows (issue 17 A5; fewer where the matmul's K leaves shared memory for
+    /// fewer rows; 0: always the GEMM; `--gemv-rows N`).
+    pub gemv_rows: usize,
 }
+
+/// [`Variants::gemv_rows`]' default: the rows below which a GEMV is expected to beat the GEMM
+/// (a guess until a GPU window measures it: `bench/results/2026-11-28-h200-decode-tuning.md`).
+pub const GEMV_ROWS: usize = 4;
 
 impl Default for Variants {
     fn default() -> Variants {
-        Variants { split_k: true, merged_attention: true, l2_prefetch: false, co_launch: true }
+        Variants { split_k: true, merged_attention: true, l2_prefetch: false, co_launch: true, gemv_rows: GEMV_ROWS }
     }
 }
 
@@ -247,7 +282,7 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
                 i += run.len();
                 let planned = kinds::plan_co_launch(&mut run)?;
                 let cost = cost_of(g, &run.iter().map(|n| n.id).collect::<Vec<_>>(), &planned);
-                push_launches(&mut program, g, &run, planned.kernels, cost)?;
+                push_launches(&mut program, g, &run, planned, cost)?;
                 continue;
             }
         }
@@ -270,7 +305,7 @@ pub fn emit_with(g: &Graph, options: EmitOptions) -> Result<Program, CodegenErro
             });
             continue;
         }
-        push_launches(&mut program, g, std::slice::from_ref(&n), planned.kernels, cost)?;
+        push_launches(&mut program, g, std::slice::from_ref(&n), planned, cost)?;
     }
     Ok(program)
 }
@@ -309,14 +344,14 @@ fn op_text(g: &Graph, id: NodeId) -> String {
     format!("{}[{}]", op.kind(), op.attrs())
 }
 
-/// Appends the launches of `kernels`, which compute `nodes`, to the program (each kernel
-/// compiled once: the same source reuses the kernel). A multi-kernel op (split attention)
-/// charges its cost to its first kernel.
+/// Appends the launches of `planned`'s kernels, which compute `nodes`, to the program (each
+/// kernel compiled once: the same source reuses the kernel). A multi-kernel op (split
+/// attention) charges its cost to its first kernel; a kernel for few rows goes with it too.
 fn push_launches(
     program: &mut Program,
     g: &Graph,
     nodes: &[kinds::NodeCtx],
-    kernels: Vec<Kernel>,
+    planned: kinds::Planned,
     cost: Cost,
 ) -> Result<(), CodegenError> {
     let served: Vec<Served> = nodes
@@ -340,23 +375,37 @@ fn push_launches(
         })
         .collect();
     let layer = g.node(nodes[0].id).meta.layer;
-    for (i, kernel) in kernels.into_iter().enumerate() {
+    let mut few_rows = match planned.few_rows {
+        Some((kernel, rows)) => {
+            let params = kernel.params.clone();
+            Some(FewRows { kernel: add_kernel(program, kernel, &nodes[0].label)?, rows, params })
+        }
+        None => None,
+    };
+    for (i, kernel) in planned.kernels.into_iter().enumerate() {
         let params = kernel.params.clone();
-        let index = match program.kernels.iter().position(|k| k.source == kernel.source) {
-            Some(index) => index,
-            None if program.kernels.iter().any(|k| k.name == kernel.name) => {
-                let message = format!("two different kernels are both named {}", kernel.name);
-                return Err(CodegenError::Shape { node: nodes[0].label.clone(), message });
-            }
-            None => {
-                program.kernels.push(kernel);
-                program.kernels.len() - 1
-            }
-        };
+        let index = add_kernel(program, kernel, &nodes[0].label)?;
         let cost = if i == 0 { cost.clone() } else { Cost::default() };
-        program.launches.push(Scheduled { kernel: index, nodes: served.clone(), layer, cost, params });
+        let few_rows = few_rows.take();
+        program.launches.push(Scheduled { kernel: index, nodes: served.clone(), layer, cost, params, few_rows });
     }
     Ok(())
+}
+
+/// `kernel`'s index in the program, added unless a kernel of the same source is there; two
+/// different kernels of one name are an error (of `node`, the one being planned).
+fn add_kernel(program: &mut Program, kernel: Kernel, node: &str) -> Result<usize, CodegenError> {
+    match program.kernels.iter().position(|k| k.source == kernel.source) {
+        Some(index) => Ok(index),
+        None if program.kernels.iter().any(|k| k.name == kernel.name) => {
+            let message = format!("two different kernels are both named {}", kernel.name);
+            Err(CodegenError::Shape { node: node.to_string(), message })
+        }
+        None => {
+            program.kernels.push(kernel);
+            Ok(program.kernels.len() - 1)
+        }
+    }
 }
 
 /// Bytes the nodes of one launch move at one new token: each buffer they read once (weights

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use smelt_codegen::kernels::{Grid, View};
-use smelt_ir::{shape, BinaryOp, Bound, Builder, DType, Expr, ExprKind, FusedOp, Op, Tensor};
+use smelt_ir::{shape, BinaryOp, Bound, Builder, DType, Dim, Expr, ExprKind, FusedOp, Op, Shape, Sym, Tensor};
 
 use crate::common::emulated;
 use crate::common::epilogues::{acc, node, residual, swiglu, to_f32};
@@ -67,8 +67,8 @@ fn argmax(row: &[f32]) -> i32 {
 fn prepare(case: &Case, seed: u64) -> Prepared {
     let (rows, k, n, dtype) = (case.rows, case.k, case.n, case.dtype);
     let mut rng = Rng(seed);
-    // A view from the last row reads row T - 1 of T rows.
-    let x_rows = if case.x_view.from_last_row { case.new_tokens } else { rows };
+    // A view from the last row reads row T - 1 of T rows; a GEMM's GEMV reads T rows.
+    let x_rows = if case.x_view.from_last_row || case.rows_from_step { case.new_tokens } else { rows };
     let wide = x_rows * case.x_view.row_stride;
     let x_wide = Tensor::from_f32(dtype, vec![x_rows, case.x_view.row_stride], rng.fill(wide, -3.0, 3.0));
     let mut w_values = rng.fill(n * k, -0.08, 0.08);
@@ -89,7 +89,7 @@ fn prepare(case: &Case, seed: u64) -> Prepared {
         .extras
         .iter()
         .map(|(d, s)| {
-            let dims: Vec<usize> = s.dims().iter().map(|d| d.fixed().expect("fixed")).collect();
+            let dims: Vec<usize> = s.dims().iter().map(|d| d.fixed().unwrap_or(case.new_tokens)).collect();
             Tensor::from_f32(*d, dims.clone(), rng.fill(dims.iter().product(), -1.0, 1.0))
         })
         .collect();
@@ -106,8 +106,8 @@ fn prepare(case: &Case, seed: u64) -> Prepared {
     if case.norm {
         ops.push(b.weight("norm_w", dtype, shape![k]).expect("norm_w"));
     }
-    for (i, (d, s)) in case.extras.iter().enumerate() {
-        ops.push(b.input(&format!("e{i}"), *d, s.clone()));
+    for (i, t) in extras.iter().enumerate() {
+        ops.push(b.input(&format!("e{i}"), t.dtype(), Shape::new(t.shape().iter().map(|&d| Dim::Fixed(d)))));
     }
     let op = Op::Fused(FusedOp::Linear { norm_eps: case.norm.then_some(EPS), epilogue: case.epilogue.clone() });
     let y = b.op("y", op, &ops).expect("linear type-checks");
@@ -144,7 +144,9 @@ fn emulate(cases: &[Case], data: &[Prepared]) -> Option<Vec<Emulated>> {
             let n = data.buffers.len();
             let mut buffers: Vec<Buffer> =
                 data.buffers.iter().map(|(d, v)| Buffer::Bytes(storage_bytes(*d, v))).collect();
-            buffers.push(Buffer::Unwritten(case.rows * case.n_out() * case.out_dtype.size_bytes()));
+            // Exactly the rows it may write: a GEMM's GEMV, the step's.
+            let rows = if case.rows_from_step { case.new_tokens } else { case.rows };
+            buffers.push(Buffer::Unwritten(rows * case.n_out() * case.out_dtype.size_bytes()));
             let mut args: Vec<Arg> = (0..=n).map(Arg::buffer).collect();
             // The column loop is grid-stride, so any grid computes the same: a smaller one tests it.
             let grid = case.emulated_grid.unwrap_or(blocks);
@@ -266,6 +268,20 @@ fn emulated_kernels_match_eval() {
     ] {
         let mut case = Case::new(&format!("lm_head_argmax_{logits:?}"), dtype, 1024, 200, true, epilogue);
         (case.argmax, case.emulated_grid) = (Some(logits), Some(3));
+        cases.push(case);
+    }
+    // A GEMM's GEMV (a prefill or batched step of few rows): sized for 4 rows, it computes
+    // the step's T (3, 4 and 1) and touches no row past them (x and y hold exactly T rows).
+    for (dtype, t, epilogue) in [
+        (DType::BF16, 3, Some(residual(DType::BF16))),
+        (DType::F16, 4, Some(swiglu(DType::F16))),
+        (DType::F32, 1, Some(residual(DType::F32))),
+        (DType::BF16, 2, None),
+    ] {
+        let n = if epilogue.as_ref().is_some_and(|e| e.to_string().contains("/2]")) { 2 * 64 } else { 72 };
+        let mut case = Case::new(&format!("step_rows_{t}"), dtype, 1024, n, false, epilogue);
+        (case.rows, case.rows_from_step, case.new_tokens, case.emulated_grid) = (4, true, t, Some(3));
+        case.extras.iter_mut().for_each(|(_, s)| *s = Shape::new([Dim::Sym(Sym::NewTokens), Dim::Fixed(n)]));
         cases.push(case);
     }
     let data: Vec<Prepared> = cases.iter().enumerate().map(|(i, case)| prepare(case, 0x9e37 + i as u64)).collect();

@@ -162,7 +162,8 @@ pub(super) fn check_launches(
         }
         let mut reference = eval(&sub, inputs, weights)
             .map_err(|e| CudaError::Layout(format!("evaluating {} on the CPU: {e}", names.join(" + "))))?;
-        let kernels: Vec<String> = (i..end).map(|l| runner.program.kernels[launches[l].kernel].name.clone()).collect();
+        let kernel = |l: usize| runner.program.kernels[launches[l].at(b.new_tokens).0].name.clone();
+        let kernels: Vec<String> = (i..end).map(kernel).collect();
         for (k, (&id, gpu_out)) in ids.iter().zip(&outputs).enumerate() {
             let want = reference.remove(&format!("out{k}")).expect("an output per node");
             checks.push(compare(runner.node_name(id), graph.node(id).op.kind(), kernels.clone(), gpu_out, &want));

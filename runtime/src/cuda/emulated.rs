@@ -134,7 +134,8 @@ impl Part<'_> {
             }
             let mut kernels = Vec::new();
             for s in &launches[i..end] {
-                let kernel = &self.program.kernels[s.kernel];
+                let (index, params) = s.kernel_at(b.new_tokens);
+                let kernel = &self.program.kernels[index];
                 let mut args = Vec::new();
                 let mut writes = Vec::new();
                 for n in &s.nodes {
@@ -145,7 +146,7 @@ impl Part<'_> {
                     args.push(Arg::buffer(out));
                     writes.push(out);
                 }
-                match s.params {
+                match params {
                     Params::Standard => {}
                     Params::WritesScratch(_) => {
                         args.push(Arg::buffer(memory.scratch));
@@ -163,7 +164,7 @@ impl Part<'_> {
                 let previous = std::mem::replace(&mut previous_writes, writes);
                 let hidden = if pdl { previous } else { Vec::new() };
                 steps.push(Step::Launch(Launch {
-                    kernel: kernel_of(s.kernel),
+                    kernel: kernel_of(index),
                     grid: kernel.launch.grid.blocks(b),
                     block: kernel.launch.block,
                     shared_bytes: kernel.launch.shared_bytes,

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use smelt_codegen::{resolve_view, Params, Program};
+use smelt_codegen::{resolve_view, Params, Program, Scheduled};
 use smelt_ir::{Bindings, DType, Data, Graph, NodeId, Op, Tensor};
 use smelt_passes::{plan_memory, ARENA_ALIGN};
 
@@ -77,6 +77,19 @@ pub(crate) struct ResolvedLaunch {
     pub nodes: Vec<NodeId>,
     /// Device addresses, the step pointer last.
     pub params: Vec<u64>,
+    /// The kernel that runs instead at a step of at most `.0` new tokens, and its parameters.
+    pub few_rows: Option<(usize, usize, Vec<u64>)>,
+}
+
+impl ResolvedLaunch {
+    /// The function index and parameters of the kernel that runs at a step of `new_tokens`
+    /// new tokens (as `Scheduled::kernel_at` chooses).
+    pub(crate) fn at(&self, new_tokens: usize) -> (usize, &[u64]) {
+        match &self.few_rows {
+            Some((rows, kernel, params)) if new_tokens <= *rows => (*kernel, params),
+            _ => (self.kernel, &self.params),
+        }
+    }
 }
 
 /// Names a value for errors and reports.
@@ -300,25 +313,35 @@ impl Layout {
     fn resolve_launches(&self, graph: &Graph, program: &Program) -> Result<Vec<ResolvedLaunch>, CudaError> {
         let mut launches = Vec::new();
         for s in &program.launches {
-            let addr = |id: NodeId| self.address(graph, id);
-            // Each node's operands, then its output.
-            let mut params = Vec::new();
-            for n in &s.nodes {
-                for &x in &n.operand_ids {
-                    params.push(addr(x)?);
-                }
-                params.push(addr(n.node_id)?);
-            }
-            match s.params {
-                Params::Standard => {}
-                Params::WritesScratch(_) => params.push(self.scratch.ptr()),
-                Params::ReadsScratch => params = vec![self.scratch.ptr(), params[params.len() - 1]],
-                Params::SplitK { .. } => params.extend([self.scratch.ptr(), self.counters.ptr()]),
-            }
-            params.push(self.step.ptr());
-            launches.push(ResolvedLaunch { kernel: s.kernel, nodes: s.node_ids().collect(), params });
+            let params = self.resolve_params(graph, s, &s.params)?;
+            let few_rows = match &s.few_rows {
+                Some(f) => Some((f.rows, f.kernel, self.resolve_params(graph, s, &f.params)?)),
+                None => None,
+            };
+            launches.push(ResolvedLaunch { kernel: s.kernel, nodes: s.node_ids().collect(), params, few_rows });
         }
         Ok(launches)
+    }
+
+    /// The device addresses of a kernel of launch `s` with parameter list `list`.
+    fn resolve_params(&self, graph: &Graph, s: &Scheduled, list: &Params) -> Result<Vec<u64>, CudaError> {
+        let addr = |id: NodeId| self.address(graph, id);
+        // Each node's operands, then its output.
+        let mut params = Vec::new();
+        for n in &s.nodes {
+            for &x in &n.operand_ids {
+                params.push(addr(x)?);
+            }
+            params.push(addr(n.node_id)?);
+        }
+        match list {
+            Params::Standard => {}
+            Params::WritesScratch(_) => params.push(self.scratch.ptr()),
+            Params::ReadsScratch => params = vec![self.scratch.ptr(), params[params.len() - 1]],
+            Params::SplitK { .. } => params.extend([self.scratch.ptr(), self.counters.ptr()]),
+        }
+        params.push(self.step.ptr());
+        Ok(params)
     }
 
     /// The device address a kernel is given for value `id`: the storage under any views (the

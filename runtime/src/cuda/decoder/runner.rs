@@ -105,14 +105,13 @@ impl Runner {
     /// Launches launch `i` with grids sized for bindings `b`.
     pub(crate) fn launch(&self, gpu: &Gpu, i: usize, b: &Bindings, pdl: bool) -> Result<(), CudaError> {
         let l = &self.layout.launches[i];
-        let kernel = &self.program.kernels[l.kernel];
+        let (index, params) = l.at(b.new_tokens);
+        let kernel = &self.program.kernels[index];
         let nodes: Vec<String> = l.nodes.iter().map(|&id| self.node_name(id)).collect();
         let what = format!("launching {} for {}", kernel.name, nodes.join(" + "));
         // SAFETY: every parameter is a device address inside live buffers of this model, in the
         // order and number of the kernel's parameter list (the calling convention).
-        unsafe {
-            launch_raw(gpu, &self.functions[l.kernel], kernel, kernel.launch.grid.blocks(b), &l.params, pdl, &what)
-        }
+        unsafe { launch_raw(gpu, &self.functions[index], kernel, kernel.launch.grid.blocks(b), params, pdl, &what) }
     }
 
     pub(crate) fn node_name(&self, id: NodeId) -> String {
