@@ -162,7 +162,8 @@ pub(super) fn check_launches(
         }
         let mut reference = eval(&sub, inputs, weights)
             .map_err(|e| CudaError::Layout(format!("evaluating {} on the CPU: {e}", names.join(" + "))))?;
-        let kernel = |l: usize| runner.program.kernels[launches[l].at(b.new_tokens).0].name.clone();
+        let kernel =
+            |l: usize| runner.program.kernels[runner.program.launches[l].kernel_at(b.new_tokens).0].name.clone();
         let kernels: Vec<String> = (i..end).map(kernel).collect();
         for (k, (&id, gpu_out)) in ids.iter().zip(&outputs).enumerate() {
             let want = reference.remove(&format!("out{k}")).expect("an output per node");

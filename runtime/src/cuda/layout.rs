@@ -70,25 +70,21 @@ impl KvShape {
     }
 }
 
-/// One launch, resolved: the function index and its parameters' values (device addresses).
+/// One launch, resolved: each kernel it may run (its own; a GEMM's GEMV at steps of few rows)
+/// with its parameters' values (device addresses, the step pointer last).
 pub(crate) struct ResolvedLaunch {
-    pub kernel: usize,
     /// The nodes it computes (several when co-launched).
     pub nodes: Vec<NodeId>,
-    /// Device addresses, the step pointer last.
-    pub params: Vec<u64>,
-    /// The kernel that runs instead at a step of at most `.0` new tokens, and its parameters.
-    pub few_rows: Option<(usize, usize, Vec<u64>)>,
+    /// By function index.
+    pub kernels: Vec<(usize, Vec<u64>)>,
 }
 
 impl ResolvedLaunch {
-    /// The function index and parameters of the kernel that runs at a step of `new_tokens`
-    /// new tokens (as `Scheduled::kernel_at` chooses).
-    pub(crate) fn at(&self, new_tokens: usize) -> (usize, &[u64]) {
-        match &self.few_rows {
-            Some((rows, kernel, params)) if new_tokens <= *rows => (*kernel, params),
-            _ => (self.kernel, &self.params),
-        }
+    /// The parameters of function `kernel`, one this launch may run (as
+    /// `Scheduled::kernel_at` chooses).
+    pub(crate) fn params(&self, kernel: usize) -> Result<&[u64], CudaError> {
+        let found = self.kernels.iter().find(|(k, _)| *k == kernel).map(|(_, p)| &p[..]);
+        found.ok_or_else(|| CudaError::Layout(format!("kernel {kernel} is not one this launch runs")))
     }
 }
 
@@ -313,12 +309,11 @@ impl Layout {
     fn resolve_launches(&self, graph: &Graph, program: &Program) -> Result<Vec<ResolvedLaunch>, CudaError> {
         let mut launches = Vec::new();
         for s in &program.launches {
-            let params = self.resolve_params(graph, s, &s.params)?;
-            let few_rows = match &s.few_rows {
-                Some(f) => Some((f.rows, f.kernel, self.resolve_params(graph, s, &f.params)?)),
-                None => None,
-            };
-            launches.push(ResolvedLaunch { kernel: s.kernel, nodes: s.node_ids().collect(), params, few_rows });
+            let mut kernels = vec![(s.kernel, self.resolve_params(graph, s, &s.params)?)];
+            if let Some(f) = &s.few_rows {
+                kernels.push((f.kernel, self.resolve_params(graph, s, &f.params)?));
+            }
+            launches.push(ResolvedLaunch { nodes: s.node_ids().collect(), kernels });
         }
         Ok(launches)
     }

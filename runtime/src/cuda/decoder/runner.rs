@@ -105,7 +105,8 @@ impl Runner {
     /// Launches launch `i` with grids sized for bindings `b`.
     pub(crate) fn launch(&self, gpu: &Gpu, i: usize, b: &Bindings, pdl: bool) -> Result<(), CudaError> {
         let l = &self.layout.launches[i];
-        let (index, params) = l.at(b.new_tokens);
+        let (index, _) = self.program.launches[i].kernel_at(b.new_tokens);
+        let params = l.params(index)?;
         let kernel = &self.program.kernels[index];
         let nodes: Vec<String> = l.nodes.iter().map(|&id| self.node_name(id)).collect();
         let what = format!("launching {} for {}", kernel.name, nodes.join(" + "));
