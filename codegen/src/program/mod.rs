@@ -1,7 +1,8 @@
 //! A `Program`: the kernels of one fused graph in launch order, each with the IR node it
 //! computes and what a call costs (FLOPs, bytes of weights, activations and KV cache), at one
 //! new token. Decode graphs (`T` pinned to 1) get GEMVs and flash-decoding attention; prefill
-//! graphs (symbolic `T`) get the tensor-core GEMM and prefill attention.
+//! graphs (symbolic `T`) get the tensor-core GEMM, with a GEMV over the step's rows that runs
+//! instead at steps of few rows ([`FewRows`]), and prefill attention.
 
 use serde::Serialize;
 use smelt_ir::{Bindings, DType, Dim, Graph, NodeId, Op, Shape, Sym};

@@ -1,6 +1,7 @@
 //! Batched decode: one step for many sequences. The batch graph has a row per sequence (T =
-//! rows): every matmul is one tensor-core GEMM over all rows, so each weight is read once per
-//! step for the whole batch instead of once per sequence. Attention and the KV writes take
+//! rows): every matmul is one tensor-core GEMM over all rows (at a step of few rows, a GEMV
+//! over them: `Variants::gemv_rows`), so each weight is read once per step for the whole batch
+//! instead of once per sequence. Attention and the KV writes take
 //! each row as a sequence of its own: its position and block table come from per-row arrays
 //! that `smelt_step` points to (see the prelude).
 
