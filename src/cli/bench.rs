@@ -34,7 +34,7 @@ pub struct Args {
     /// Write the figures to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Launch kernel by kernel instead of replaying CUDA graphs.
+    /// Launch kernel by kernel instead of replaying CUDA graphs (decode and batched steps).
     #[arg(long)]
     no_cuda_graphs: bool,
     /// Launch without programmatic dependent launch.

@@ -125,7 +125,7 @@ pub struct CudaArgs {
     /// Tokens the GPU's KV cache holds (default: the model's context, at most 32768).
     #[arg(long, value_parser = at_least_one())]
     kv_tokens: Option<usize>,
-    /// Launch the decode step's kernels one by one instead of replaying a CUDA graph.
+    /// Launch the decode and batched steps' kernels one by one instead of replaying CUDA graphs.
     #[arg(long)]
     no_cuda_graphs: bool,
     /// Launch without programmatic dependent launch (Hopper lets a kernel start while the

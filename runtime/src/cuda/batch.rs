@@ -7,10 +7,14 @@
 
 use smelt_ir::Bindings;
 
-use super::decoder::{CudaDecoder, Runner, StepOutput};
+use super::decoder::{bucket, CudaDecoder, Runner, StepOutput};
+use super::device::check;
 use super::device::{DeviceBuffer, Gpu};
 use super::layout::KvPool;
 use super::CudaError;
+
+/// Captured batched steps kept at most (a graph per row count and context bucket in use).
+const MAX_BATCH_GRAPHS: usize = 64;
 
 /// One sequence's part of a batched decode step.
 #[derive(Clone, Copy, Debug)]
@@ -49,7 +53,8 @@ impl CudaDecoder {
     /// One decode step for every row at once; returns each row's greedy next token and, if
     /// `want_logits`, its logits. The single-sequence state (position, table) is untouched.
     pub fn decode_batch(&mut self, rows: &[BatchRow<'_>], want_logits: bool) -> Result<Vec<StepOutput>, CudaError> {
-        let Some(batch) = &self.batch else {
+        let capacity = self.capacity();
+        let Some(batch) = &mut self.batch else {
             return Err(CudaError::Unsupported("no batch graph was compiled".into()));
         };
         if rows.is_empty() || rows.len() > batch.rows {
@@ -74,7 +79,7 @@ impl CudaDecoder {
         let ids: Vec<i32> = rows.iter().map(|r| r.token as i32).collect();
         let positions: Vec<i32> = rows.iter().map(|r| r.position as i32).collect();
         let max_position = rows.iter().map(|r| r.position).max().unwrap_or(0);
-        let (gpu, runner) = (&self.gpu, &batch.runner);
+        let (gpu, runner) = (&self.gpu, &mut batch.runner);
         gpu.upload(runner.token_ids, &ids, "writing the batch's token ids")?;
         // RoPE reads the positions input (i32); attention and the KV writes read the row
         // positions (u32): the same values.
@@ -89,11 +94,21 @@ impl CudaDecoder {
             batch.tables.ptr(),
             stride,
         )?;
-        let b = Bindings { batch: 1, new_tokens: rows.len(), cached_tokens: max_position };
-        for l in 0..runner.layout.launches.len() {
-            runner.launch(gpu, l, &b, self.pdl)?;
-        }
         let what = format!("running a batched decode step of {} rows", rows.len());
+        if self.cuda_graphs {
+            // One graph per (rows, context bucket), as many as the steps need: at most
+            // MAX_BATCH_GRAPHS kept, all dropped when a new one would pass that.
+            let key = (rows.len(), bucket(max_position + 1, capacity));
+            if runner.graphs.len() >= MAX_BATCH_GRAPHS && !runner.graphs.contains_key(&key) {
+                runner.graphs.clear();
+            }
+            check(&what, runner.captured(gpu, key, self.pdl)?.launch())?;
+        } else {
+            let b = Bindings { batch: 1, new_tokens: rows.len(), cached_tokens: max_position };
+            for l in 0..runner.layout.launches.len() {
+                runner.launch(gpu, l, &b, self.pdl)?;
+            }
+        }
         let mut next = vec![0i32; rows.len()];
         gpu.download(&mut next, runner.next_token, &what)?;
         let mut out = Vec::with_capacity(rows.len());

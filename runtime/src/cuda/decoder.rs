@@ -100,7 +100,7 @@ pub struct CudaDecoder {
     pub(crate) position: usize,
     /// The block table: the identity (one sequence owning the pool) or a batch sequence's.
     table: Table,
-    cuda_graphs: bool,
+    pub(crate) cuda_graphs: bool,
     pub(crate) pdl: bool,
     jit: JitReport,
 }
@@ -234,6 +234,9 @@ impl CudaDecoder {
     pub fn set_pdl(&mut self, on: bool) {
         self.pdl = on && self.gpu.arch() == smelt_codegen::Arch::Sm90;
         self.decode.graphs.clear();
+        if let Some(batch) = &mut self.batch {
+            batch.runner.graphs.clear();
+        }
     }
 
     /// Tokens in the KV cache.
@@ -293,11 +296,8 @@ impl CudaDecoder {
         self.write_inputs(token)?;
         if self.cuda_graphs {
             let bucket = bucket(at + 1, self.capacity());
-            if !self.decode.graphs.contains_key(&bucket) {
-                let graph = self.decode.capture(&self.gpu, bucket, self.pdl)?;
-                self.decode.graphs.insert(bucket, graph);
-            }
-            check(&format!("replaying the decode step at position {at}"), self.decode.graphs[&bucket].launch())?;
+            let graph = self.decode.captured(&self.gpu, (1, bucket), self.pdl)?;
+            check(&format!("replaying the decode step at position {at}"), graph.launch())?;
         } else {
             let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: at };
             for i in 0..self.decode.layout.launches.len() {

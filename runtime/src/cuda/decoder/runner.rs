@@ -26,7 +26,9 @@ pub(crate) struct Runner {
     pub(crate) next_token: u64,
     /// Whether the outputs have a row per new token (else one row: the last position's).
     pub(crate) row_per_token: bool,
-    pub(super) graphs: HashMap<usize, CudaGraph>,
+    /// Steps captured as CUDA graphs, by (new tokens, context bucket): each replays with the
+    /// grids it was captured with.
+    pub(crate) graphs: HashMap<(usize, usize), CudaGraph>,
 }
 
 impl Runner {
@@ -119,15 +121,29 @@ impl Runner {
         self.graph.node(id).name.clone().unwrap_or_else(|| format!("%{}", id.index()))
     }
 
-    /// Captures the whole step with grids sized for contexts up to `bucket`.
-    pub(super) fn capture(&self, gpu: &Gpu, bucket: usize, pdl: bool) -> Result<CudaGraph, CudaError> {
-        let b = Bindings { batch: 1, new_tokens: 1, cached_tokens: bucket - 1 };
+    /// Captures the whole step of `new_tokens` rows with grids sized for contexts up to
+    /// `bucket`, unless it is captured already (then nothing happens); returns it.
+    pub(crate) fn captured(
+        &mut self,
+        gpu: &Gpu,
+        (new_tokens, bucket): (usize, usize),
+        pdl: bool,
+    ) -> Result<&CudaGraph, CudaError> {
+        if !self.graphs.contains_key(&(new_tokens, bucket)) {
+            let graph = self.capture(gpu, &Bindings { batch: 1, new_tokens, cached_tokens: bucket - 1 }, pdl)?;
+            self.graphs.insert((new_tokens, bucket), graph);
+        }
+        Ok(&self.graphs[&(new_tokens, bucket)])
+    }
+
+    /// Captures the whole step with grids sized for bindings `b`.
+    fn capture(&self, gpu: &Gpu, b: &Bindings, pdl: bool) -> Result<CudaGraph, CudaError> {
         let stream = &gpu.stream;
         check(
             "starting graph capture",
             stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
         )?;
-        let launched = (0..self.layout.launches.len()).try_for_each(|i| self.launch(gpu, i, &b, pdl));
+        let launched = (0..self.layout.launches.len()).try_for_each(|i| self.launch(gpu, i, b, pdl));
         let graph = check("ending graph capture", stream.end_capture(sys::CUgraphInstantiate_flags(0)));
         launched?;
         graph?.ok_or_else(|| CudaError::Unsupported("graph capture recorded nothing".into()))
