@@ -38,8 +38,19 @@ fn every_fixtures_decode_program_matches_node_by_node() {
         // q's norm + RoPE, k's with the append and v's append: one kernel, three nodes checked.
         assert!(out.contains("qkv_norm_rope_kv_append"), "{fixture}: {out}");
     }
-    // Apart (the A/B twin): a kernel each.
+    // With the grids of the CUDA graph that replays each step: attention sized for 256 tokens
+    // of context (the smallest bucket) at positions 5 and 40, merged and split + combine.
     let model = common::fixture_dir("one-token");
+    for (flag, kernel) in
+        [(None, "attention_merged"), (Some("--no-merged-attention"), "attention_split+attention_combine")]
+    {
+        let mut args =
+            vec!["--model", model.to_str().unwrap(), "--dtype", "f32", "--positions", "5,40", "--graph-grids"];
+        args.extend(flag);
+        let Some(out) = emulate(&args) else { return };
+        assert!(out.contains(kernel) && out.contains(" 0 failed; 0 logits checks failed"), "{args:?}:\n{out}");
+    }
+    // Apart (the A/B twin): a kernel each.
     let args = ["--model", model.to_str().unwrap(), "--dtype", "f32", "--positions", "5", "--no-co-launch"];
     let Some(out) = emulate(&args) else { return };
     for kernel in ["q_norm_rope", "k_norm_rope_kv_append", "v_kv_append"] {
@@ -89,8 +100,11 @@ fn a_batched_decode_step_matches_each_sequence_alone() {
         assert!(batched.contains(kernel), "no {kernel} in the batched step's checks:\n{out}");
     }
     assert!(out.contains(" 0 failed; 0 logits checks failed"), "{out}");
-    // Three sequences: every matmul a GEMV over the three rows (at most 4 by default).
-    let Some(out) = emulate(&["--model", model, "--dtype", "bf16", "--positions", "0", "--batch", "3"]) else {
+    // Three sequences: every matmul a GEMV over the three rows (at most 4 by default); the
+    // grids a replayed CUDA graph launches, sized for the bucket (256 tokens) instead of the
+    // longest row (51), so attention runs splits past every row's context.
+    let args = ["--model", model, "--dtype", "bf16", "--positions", "0", "--batch", "3", "--graph-grids"];
+    let Some(out) = emulate(&args) else {
         return;
     };
     let batched = out.split("emulated batched decode step of 3 sequences").nth(1).unwrap_or_else(|| panic!("{out}"));

@@ -38,6 +38,11 @@ pub struct Args {
     /// With --emulate: what the emulated kernels are checked for besides their results.
     #[arg(long, value_enum, default_value = "bounds", requires = "emulate")]
     checker: super::check_ranks::CheckerArg,
+    /// With --emulate: decode and batched steps launch with the grids of the CUDA graph that
+    /// replays them on the GPU, sized for the context's bucket (a power of two from 256, at
+    /// most the KV cache) instead of the step's own context.
+    #[arg(long, requires = "emulate")]
+    graph_grids: bool,
     /// Split the model over N tensor-parallel ranks and check every rank's kernels, the
     /// exchanges between them as kernels in place of NCCL: in the emulator with --emulate, else
     /// every rank in turn on GPU 0 (decode and --prefill; --batch under --emulate only).
@@ -76,6 +81,7 @@ pub fn run(a: Args) -> Result<()> {
             variants: a.cuda.variants.variants(),
             verbose: a.verbose,
             tensor_parallel: a.tensor_parallel,
+            graph_grids: a.graph_grids,
         };
         let o = super::check_ranks::run(&a.model, a.dtype.into(), &settings, &positions, &prefill, a.batch)?;
         println!("{} node checks, {} failed; {} logits checks failed", o.checked, o.failed, o.logits_failed);

@@ -110,6 +110,9 @@ pub struct Settings {
     pub verbose: bool,
     /// Ranks of a tensor-parallel group (1: the whole model).
     pub tensor_parallel: u32,
+    /// In the emulator, decode and batched steps launch with the grids of the CUDA graph that
+    /// replays them (`--graph-grids`; see `EmulationOptions::graph_grids`).
+    pub graph_grids: bool,
 }
 
 /// Checks decode steps at `positions`, prefill chunks of `prefill` tokens and a batched step
@@ -122,7 +125,7 @@ pub fn run(
     prefill: &[u32],
     batch: Option<usize>,
 ) -> Result<Outcome> {
-    let &Settings { executor, pdl, variants, verbose, tensor_parallel } = settings;
+    let &Settings { executor, pdl, variants, verbose, tensor_parallel, graph_grids } = settings;
     if matches!(executor, Executor::Gpu) && batch.is_some() {
         bail!("--batch with --tensor-parallel runs under --emulate only (the GPU check of a group's batched step is not built yet)");
     }
@@ -139,7 +142,7 @@ pub fn run(
     let blueprint = cpu.blueprint().clone();
     // The GPU's ranks take their weights from the CPU model's slices.
     let build = |kind, max_new_tokens, cpu: &Qwen3Cpu| match executor {
-        Executor::Emulator(checker) => emulated(&blueprint, kind, checker, pdl, variants),
+        Executor::Emulator(checker) => emulated(&blueprint, kind, checker, (pdl, graph_grids), variants),
         Executor::Gpu => on_gpu(&blueprint, kind, variants, cpu, &layout(max_new_tokens)),
     };
     let place = match executor {
@@ -226,7 +229,7 @@ fn emulated(
     blueprint: &Blueprint,
     kind: GraphKind,
     checker: CheckerArg,
-    pdl: bool,
+    (pdl, graph_grids): (bool, bool),
     variants: Variants,
 ) -> Result<Group> {
     let (checker, schedule) = match checker {
@@ -236,7 +239,7 @@ fn emulated(
         }
         CheckerArg::Plain => (Checker::Plain, Schedule::default()),
     };
-    let options = EmulationOptions { block_tokens: BLOCK_TOKENS, schedule, pdl };
+    let options = EmulationOptions { block_tokens: BLOCK_TOKENS, schedule, pdl, graph_grids };
     let ranks = rank_programs(blueprint, kind, variants)?;
     Ok(Group::Emulated(EmulatedRanks::build(ranks, checker).context("building the kernels for the emulator")?, options))
 }

@@ -39,6 +39,11 @@ pub struct EmulationOptions {
     /// Programmatic dependent launch: each launch sees the previous one's outputs only after
     /// its grid-dependency wait.
     pub pdl: bool,
+    /// Decode and batched steps launch with the grids of the CUDA graph that replays them on
+    /// the GPU: sized for the context's bucket (a power of two from 256, at most the pool),
+    /// not for the step's own context. Prefill runs launch as they do on the GPU, sized for
+    /// their own.
+    pub graph_grids: bool,
 }
 
 /// A program's steps in a run: the launches with a dump of each node's operands before and
@@ -86,12 +91,13 @@ impl Part<'_> {
     }
 
     /// The launches with a dump of each node's operands before and its output after (each
-    /// launch's kernel is `kernel_of` its index in the program). An exchange's output is
-    /// what the first launch after it waits for.
+    /// launch's kernel is `kernel_of` its index in the program; its grid sized for
+    /// `grids`). An exchange's output is what the first launch after it waits for.
     fn steps(
         &self,
         memory: &Memory,
         b: &Bindings,
+        grids: &Bindings,
         pdl: bool,
         kernel_of: &dyn Fn(usize) -> usize,
     ) -> Result<Steps, CudaError> {
@@ -165,7 +171,7 @@ impl Part<'_> {
                 let hidden = if pdl { previous } else { Vec::new() };
                 steps.push(Step::Launch(Launch {
                     kernel: kernel_of(index),
-                    grid: kernel.launch.grid.blocks(b),
+                    grid: kernel.launch.grid.blocks(grids),
                     block: kernel.launch.block,
                     shared_bytes: kernel.launch.shared_bytes,
                     args,

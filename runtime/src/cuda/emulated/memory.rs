@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 
-use smelt_codegen::Program;
 use smelt_emulate::{Buffer, Pointer};
 use smelt_ir::{Bindings, Graph, NodeId, Op, Role, Tensor, WeightSource};
 
 use super::super::layout::{counter_bytes, scratch_bytes, storage_bytes};
 use super::super::CudaError;
+use super::Part;
 
 /// One sequence of a batched step: its KV caches (by cache input name, `[position, ...]`
 /// each, as the CPU backend keeps them), its new token and that token's position.
@@ -87,6 +87,8 @@ pub(super) struct Memory {
     pub(super) scratch: usize,
     pub(super) counters: usize,
     pub(super) step: usize,
+    /// Tokens the KV pool holds (every sequence's blocks): the cache's capacity.
+    pub(super) pool_tokens: usize,
 }
 
 impl Memory {
@@ -102,23 +104,25 @@ impl Memory {
     }
 }
 
-/// Places every value `program`'s launches touch (their storage nodes, `storages`).
+/// Places every value `part`'s launches touch (their storage nodes), with a KV pool of the
+/// rows' blocks, and unused ones after them up to `pool_at_least` tokens.
 pub(super) fn place(
-    graph: &Graph,
-    program: &Program,
-    storages: &[NodeId],
+    part: Part<'_>,
     weights: &dyn WeightSource,
     rows: &Rows<'_>,
     block_tokens: usize,
+    pool_at_least: usize,
 ) -> Result<Memory, CudaError> {
+    let (graph, program, storages) = (part.graph, part.program, &part.storages());
     let bt = block_tokens.max(1);
     let b = rows.bindings();
     let (ids, positions) = rows.ids_and_positions();
     let paged = rows.paged(bt);
-    let pool_tokens = paged.iter().map(|p| p.table.len()).sum::<usize>() * bt;
+    let used_blocks = paged.iter().map(|p| p.table.len()).sum::<usize>();
+    let pool_tokens = used_blocks.max(pool_at_least.div_ceil(bt)) * bt;
     let (mut buffers, mut home) = (Vec::new(), HashMap::new());
     let words = |v: &[i32]| Buffer::Bytes(v.iter().flat_map(|x| x.to_le_bytes()).collect());
-    for &id in storages {
+    for &id in storages.iter() {
         let node = graph.node(id);
         let buffer = match &node.op {
             Op::Weight { name } => {
@@ -170,7 +174,7 @@ pub(super) fn place(
         buffers.push(words(&positions));
         pointers.extend([at(24, row_positions), at(32, table)]);
     }
-    Ok(Memory { buffers, pointers, home, scratch, counters, step })
+    Ok(Memory { buffers, pointers, home, scratch, counters, step, pool_tokens })
 }
 
 /// A KV cache input's pool of `pool_tokens` rows: each sequence's cached rows (as the CPU

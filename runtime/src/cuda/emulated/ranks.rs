@@ -13,6 +13,7 @@ use smelt_ir::{Bindings, Graph, NodeId, Tensor, WeightSource};
 use super::super::check::{compare, NodeCheck};
 use super::memory::{place, BatchRow, Rows};
 use super::{label, value, CheckedRun, EmulationOptions, Part, Steps};
+use crate::cuda::decoder::bucket;
 use crate::cuda::group::{exchange_kernel, exchange_reference, same_exchanges};
 use crate::cuda::CudaError;
 
@@ -104,10 +105,17 @@ impl EmulatedRanks {
         let b = rows[0].bindings();
         let (mut buffers, mut pointers, mut ranks) = (Vec::<Buffer>::new(), Vec::<Pointer>::new(), Vec::new());
         for (r, part) in self.parts().enumerate() {
-            let mut memory =
-                place(part.graph, part.program, &part.storages(), weights[r], &rows[r], options.block_tokens)?;
+            // As a captured graph's, decode (one token) and batched steps' grids cover the
+            // context's bucket, which a pool with blocks to spare holds (as a GPU's does).
+            let graphed = options.graph_grids && (b.new_tokens == 1 || matches!(rows[r], Rows::Own(_)));
+            let pool_at_least = if graphed { bucket(b.cached_tokens + 1, usize::MAX) } else { 0 };
+            let mut memory = place(part, weights[r], &rows[r], options.block_tokens, pool_at_least)?;
             memory.shift(buffers.len());
-            let steps = part.steps(&memory, &b, options.pdl, &|k| self.kernel_of[r][k])?;
+            let grids = match graphed {
+                true => Bindings { cached_tokens: bucket(b.cached_tokens + 1, memory.pool_tokens) - 1, ..b },
+                false => b,
+            };
+            let steps = part.steps(&memory, &b, &grids, options.pdl, &|k| self.kernel_of[r][k])?;
             buffers.append(&mut memory.buffers);
             pointers.append(&mut memory.pointers);
             let buffer_of = |id| memory.home.get(&part.storage_of(id).index()).copied();
