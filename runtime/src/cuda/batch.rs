@@ -8,8 +8,7 @@
 use smelt_ir::Bindings;
 
 use super::decoder::{bucket, CudaDecoder, Runner, StepOutput};
-use super::device::check;
-use super::device::{DeviceBuffer, Gpu};
+use super::device::{check, DeviceBuffer, Gpu};
 use super::layout::KvPool;
 use super::CudaError;
 

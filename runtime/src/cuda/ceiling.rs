@@ -36,7 +36,7 @@ pub fn gemm_rate(gpu: &Gpu, size: usize, reps: usize) -> Result<f64, CudaError> 
     let run = || {
         // SAFETY: the parameters are the kernel's (x, w, y, step), each a live buffer of the
         // size an m = n = k = `size` GEMM reads or writes.
-        unsafe { launch_raw(gpu, &function, &kernel, grid, &params, false, "running the GEMM ceiling") }
+        unsafe { launch_raw(gpu, &function, &kernel, grid, &params, false, &|| "running the GEMM ceiling".into()) }
     };
     run()?;
     gpu.synchronize("warming up the GEMM ceiling")?;

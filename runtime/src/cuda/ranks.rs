@@ -178,7 +178,7 @@ impl GpuRanks {
             let (g, x) = (&rank.runner.graph, &rank.runner.program.exchanges[k]);
             let mut params = part_addresses.clone();
             params.extend([rank.runner.layout.address(g, x.node_id)?, rank.runner.layout.step_ptr()]);
-            let what = format!("launching {} for rank {r}'s {}", kernel.name, label(g, x.node_id));
+            let what = || format!("launching {} for rank {r}'s {}", kernel.name, label(g, x.node_id));
             // SAFETY: the parameters are the parts' and this rank's output's device addresses
             // and its `smelt_step`, in the exchange kernels' order `(part_0..part_{w-1}, y,
             // step)`; every rank's buffers live on this device for the group's lifetime.

@@ -17,6 +17,7 @@ use crate::progress::{Task, Unit};
 /// Launches `function` (compiled from `kernel`) on `grid` blocks with `params` (device
 /// addresses, by value), optionally as a programmatic dependent launch: every kernel waits on
 /// its predecessor (SMELT_GRID_WAIT) before touching what it wrote, which makes that safe.
+/// `what` names the launch in an error (built only then: a step launches hundreds).
 ///
 /// # Safety
 /// `params` must match the kernel's parameter list in order and number, each a device address
@@ -28,7 +29,7 @@ pub(crate) unsafe fn launch_raw(
     grid: u32,
     params: &[u64],
     pdl: bool,
-    what: &str,
+    what: &dyn Fn() -> String,
 ) -> Result<(), CudaError> {
     let mut values = params.to_vec();
     let mut args: Vec<*mut std::ffi::c_void> = values.iter_mut().map(|v| v as *mut u64 as *mut _).collect();
@@ -53,7 +54,7 @@ pub(crate) unsafe fn launch_raw(
     let r = unsafe {
         sys::cuLaunchKernelEx(&config, function.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()).result()
     };
-    check(what, r)
+    r.or_else(|e| check(&what(), Err(e)))
 }
 
 /// Loads `kernel`'s compiled `ptx` as a module of its own, allowing the dynamic shared memory

@@ -110,8 +110,10 @@ impl Runner {
         let (index, _) = self.program.launches[i].kernel_at(b.new_tokens);
         let params = l.params(index)?;
         let kernel = &self.program.kernels[index];
-        let nodes: Vec<String> = l.nodes.iter().map(|&id| self.node_name(id)).collect();
-        let what = format!("launching {} for {}", kernel.name, nodes.join(" + "));
+        let what = || {
+            let nodes: Vec<String> = l.nodes.iter().map(|&id| self.node_name(id)).collect();
+            format!("launching {} for {}", kernel.name, nodes.join(" + "))
+        };
         // SAFETY: every parameter is a device address inside live buffers of this model, in the
         // order and number of the kernel's parameter list (the calling convention).
         unsafe { launch_raw(gpu, &self.functions[index], kernel, kernel.launch.grid.blocks(b), params, pdl, &what) }
