@@ -143,6 +143,7 @@ pub fn run(a: Args) -> Result<()> {
     json.insert("decode_steps_timed".into(), a.steps.into());
     json.insert("cuda_graphs".into(), (!a.no_cuda_graphs).into());
     json.insert("programmatic_dependent_launch".into(), pdl.into());
+    json.insert("variants".into(), serde_json::json!(a.variants.variants()));
     if let Some(path) = &a.json {
         write_atomically(path, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
         tracing::info!("wrote {}", path.display());

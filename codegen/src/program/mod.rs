@@ -235,9 +235,10 @@ pub struct EmitOptions {
     pub variants: Variants,
 }
 
-/// The kernel variants a GPU window compares: each on by default, off (the A/B twin) with its
-/// `--no-*` flag. A variant is a field here and a flag in the CLI's `VariantArgs`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The kernel variants a GPU window compares: each at its default, its A/B twin a flag
+/// (`--no-*`, `--l2-prefetch`, `--gemv-rows N`). A variant is a field here and a flag in the
+/// CLI's `VariantArgs`. `smelt bench --json` records them, so a result names what it timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Variants {
     /// GEMMs split K among blocks when the output tiles are few (off: GEMMs that never split;
     /// `--no-split-k`).
