@@ -251,13 +251,17 @@ fn emit_prefill(prefill: &Graph, options: smelt::codegen::EmitOptions, report: &
     match smelt::codegen::emit_with(prefill, options) {
         Ok(p) => {
             let gemms = p.launches.iter().filter(|l| p.kernels[l.kernel].kind == "linear_gemm").count();
+            // The GEMMs with a GEMV for steps of few tokens, and how many (by their K).
             let mut few_rows: Vec<usize> =
                 p.launches.iter().filter_map(|l| l.few_rows.as_ref().map(|f| f.rows)).collect();
+            let with = few_rows.len();
+            few_rows.sort_unstable();
             few_rows.dedup();
-            let gemvs = match &few_rows[..] {
+            let which = if with == gemms { "each".to_string() } else { format!("{with} with") };
+            let gemvs = match few_rows[..] {
                 [] => String::new(),
-                [rows] => format!(", each a GEMV at steps of at most {rows} tokens"),
-                _ => ", each a GEMV at steps of few tokens".to_string(),
+                [rows] => format!(", {which} a GEMV at steps of at most {rows} tokens"),
+                [least, .., most] => format!(", {which} a GEMV at steps of at most {least}-{most} tokens (by K)"),
             };
             let _ = writeln!(
                 report,

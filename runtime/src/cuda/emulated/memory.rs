@@ -122,7 +122,7 @@ pub(super) fn place(
     let pool_tokens = used_blocks.max(pool_at_least.div_ceil(bt)) * bt;
     let (mut buffers, mut home) = (Vec::new(), HashMap::new());
     let words = |v: &[i32]| Buffer::Bytes(v.iter().flat_map(|x| x.to_le_bytes()).collect());
-    for &id in storages.iter() {
+    for &id in storages {
         let node = graph.node(id);
         let buffer = match &node.op {
             Op::Weight { name } => {

@@ -8,7 +8,7 @@
 
 use smelt_codegen::{Kernel, Program, PRELUDE};
 use smelt_emulate::{Arg, Buffer, Checker, Emulator, KernelSource, Launch, Pointer, Step};
-use smelt_ir::{Bindings, Graph, NodeId, Tensor, WeightSource};
+use smelt_ir::{Bindings, Graph, NodeId, Sym, Tensor, WeightSource};
 
 use super::super::check::{compare, NodeCheck};
 use super::memory::{place, BatchRow, Rows};
@@ -107,7 +107,8 @@ impl EmulatedRanks {
         for (r, part) in self.parts().enumerate() {
             // As a captured graph's, decode (one token) and batched steps' grids cover the
             // context's bucket, which a pool with blocks to spare holds (as a GPU's does).
-            let graphed = options.graph_grids && (b.new_tokens == 1 || matches!(rows[r], Rows::Own(_)));
+            let decode = part.graph.pinned(Sym::NewTokens) == Some(1);
+            let graphed = options.graph_grids && (decode || matches!(rows[r], Rows::Own(_)));
             let pool_at_least = if graphed { bucket(b.cached_tokens + 1, usize::MAX) } else { 0 };
             let mut memory = place(part, weights[r], &rows[r], options.block_tokens, pool_at_least)?;
             memory.shift(buffers.len());
