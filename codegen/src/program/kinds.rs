@@ -25,6 +25,7 @@ pub(crate) struct NodeCtx<'g> {
 
 /// What a node becomes: its kernels in launch order, and the op-specific part of its cost at one
 /// new token.
+#[derive(Default)]
 pub(crate) struct Planned {
     pub kernels: Vec<Kernel>,
     pub flops: u64,
@@ -41,25 +42,11 @@ pub(crate) struct Planned {
 
 impl Planned {
     fn one(kernel: Kernel, flops: u64) -> Planned {
-        Planned {
-            kernels: vec![kernel],
-            flops,
-            kv_bytes_per_context_token: 0,
-            weight_bytes: None,
-            exchange: false,
-            few_rows: None,
-        }
+        Planned { kernels: vec![kernel], flops, ..Planned::default() }
     }
 
     fn exchange() -> Planned {
-        Planned {
-            kernels: Vec::new(),
-            flops: 0,
-            kv_bytes_per_context_token: 0,
-            weight_bytes: None,
-            exchange: true,
-            few_rows: None,
-        }
+        Planned { exchange: true, ..Planned::default() }
     }
 }
 
@@ -131,9 +118,7 @@ impl<'g> NodeCtx<'g> {
     /// node (an empty label leaves the kind alone), else the last part of the node's name.
     /// Never the layer: every layer runs the same kernel.
     fn name(&self, kind: &str) -> String {
-        let what = self.what();
-        let name = if what.is_empty() { kind.to_string() } else { format!("{what}_{kind}") };
-        kernels::kernel_name(&name)
+        named(self.what(), kind)
     }
 
     /// What the node computes, for kernel names: the label the model gave it, else the last
@@ -159,6 +144,12 @@ impl<'g> NodeCtx<'g> {
     fn is_gemm(&self) -> bool {
         !self.decode && self.x_is_t_rows()
     }
+}
+
+/// A kernel's name from what it computes and its kind (`qkv`, `gemv_rmsnorm` →
+/// `qkv_gemv_rmsnorm`; nothing computed named: the kind alone).
+fn named(what: &str, kind: &str) -> String {
+    kernels::kernel_name(&if what.is_empty() { kind.to_string() } else { format!("{what}_{kind}") })
 }
 
 /// The kernels of one fused node.
@@ -424,8 +415,7 @@ fn plan_head_rows(nodes: &mut [NodeCtx]) -> Result<Kernel, CodegenError> {
         (false, _) => "kv_append",
     };
     let whats: String = nodes.iter().map(|n| n.what()).collect();
-    let name = kernels::kernel_name(&if whats.is_empty() { kind.to_string() } else { format!("{whats}_{kind}") });
-    Ok(kernels::norm::head_rows(&name, d, first.node.dtype, &parts))
+    Ok(kernels::norm::head_rows(&named(&whats, kind), d, first.node.dtype, &parts))
 }
 
 fn kv_append(n: &NodeCtx) -> Result<Planned, CodegenError> {
@@ -453,9 +443,7 @@ fn attention(n: &NodeCtx, scale: f32, norm_rope_eps: Option<f32>) -> Result<Plan
         kernels: Vec::new(),
         flops: (4 * spec.heads * spec.d) as u64,
         kv_bytes_per_context_token: (2 * spec.kv_heads * spec.d * dtype.size_bytes()) as u64,
-        weight_bytes: None,
-        exchange: false,
-        few_rows: None,
+        ..Planned::default()
     };
     // Prefill: flash attention on tensor cores where it has a kernel for the head dim;
     // otherwise the decode kernel, which is correct for any T (but reads the cache once per
